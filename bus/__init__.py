@@ -1,0 +1,61 @@
+"""The wire: events, subjects, codec, the NATS connection, the stream, the embedded server."""
+
+from bus.codec import decode, encode, to_builtins
+from bus.connection import ConnectOptions, barrier, connect
+from bus.events import (
+    EVENT_TYPES,
+    SCHEMA_VERSION,
+    TERMINAL_TYPES,
+    Envelope,
+    Event,
+    PlanProposed,
+    PlanRejected,
+    PlanValidated,
+    StepCompleted,
+    StepFailed,
+    StepReady,
+    StepsProposed,
+    WorkflowCompleted,
+    WorkflowFailed,
+    WorkflowRequested,
+    derive_id,
+    make_event,
+)
+from bus.plan import Check, ErrorInfo, Plan, StepIntent, Task
+from bus.stream import StreamSpec, ensure_stream
+from bus.subjects import Subjects, check_token
+
+__all__ = [
+    "EVENT_TYPES",
+    "SCHEMA_VERSION",
+    "TERMINAL_TYPES",
+    "Check",
+    "ConnectOptions",
+    "Envelope",
+    "ErrorInfo",
+    "Event",
+    "Plan",
+    "PlanProposed",
+    "PlanRejected",
+    "PlanValidated",
+    "StepCompleted",
+    "StepFailed",
+    "StepIntent",
+    "StepReady",
+    "StepsProposed",
+    "StreamSpec",
+    "Subjects",
+    "Task",
+    "WorkflowCompleted",
+    "WorkflowFailed",
+    "WorkflowRequested",
+    "barrier",
+    "check_token",
+    "connect",
+    "decode",
+    "derive_id",
+    "encode",
+    "ensure_stream",
+    "make_event",
+    "to_builtins",
+]

@@ -1,0 +1,90 @@
+"""JSON codec of the envelope: fast (msgspec), strict about types, clear about errors.
+
+Decoding is two steps: the envelope with its ``data`` kept raw, then ``data`` with the
+decoder of the payload type the envelope names. Errors name the JSON path that failed::
+
+    DecodeError: invalid event: Expected `int`, got `str` (at $.data.revision)
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+import msgspec
+
+from bus.errors import DecodeError
+from bus.events import EVENT_TYPES, Envelope, Event
+
+_encoder = msgspec.json.Encoder()
+
+
+class _WireEnvelope(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    type: str
+    workflow_id: str
+    causation_id: str | None
+    actor: str
+    at: datetime
+    v: int = 1
+    data: msgspec.Raw
+
+
+_envelope_decoder = msgspec.json.Decoder(_WireEnvelope)
+_payload_decoders: dict[str, msgspec.json.Decoder[Event]] = {
+    name: msgspec.json.Decoder(cls) for name, cls in EVENT_TYPES.items()
+}
+_PATH = re.compile(r"^(?P<msg>.*?)(?: - at `(?P<path>\$[^`]*)`)?$", re.DOTALL)
+
+
+def _error(what: str, exc: msgspec.DecodeError, prefix: str = "") -> DecodeError:
+    """Turn msgspec's "Expected X, got Y - at `$.a.b`" into a DecodeError with a path."""
+    m = _PATH.match(str(exc))
+    assert m is not None  # the pattern matches every string
+    path = m.group("path") or "$"
+    if prefix:
+        path = prefix + path[1:]
+    return DecodeError(what, f"{m.group('msg')} (at {path})", path)
+
+
+def encode(event: Envelope) -> bytes:
+    """The event's wire bytes (JSON)."""
+    if event.at.tzinfo is None:
+        raise ValueError(f"event {event.id} has a naive timestamp; cadre records times in UTC")
+    return _encoder.encode(event)
+
+
+def decode(data: bytes | bytearray | memoryview) -> Envelope:
+    """Decode one event; raise :class:`DecodeError` naming what and where when it is not valid."""
+    try:
+        wire = _envelope_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise _error("event", exc) from None
+    payload_decoder = _payload_decoders.get(wire.type)
+    if payload_decoder is None:
+        raise DecodeError(
+            "event",
+            f"unknown event type {wire.type!r} (at $.type); known types: {', '.join(sorted(EVENT_TYPES))}",
+            "$.type",
+        )
+    try:
+        payload = payload_decoder.decode(wire.data)
+    except msgspec.DecodeError as exc:
+        raise _error("event", exc, prefix="$.data") from None
+    return Envelope(
+        id=wire.id,
+        type=wire.type,
+        workflow_id=wire.workflow_id,
+        causation_id=wire.causation_id,
+        actor=wire.actor,
+        at=wire.at,
+        v=wire.v,
+        data=payload,
+    )
+
+
+def to_builtins(event: Envelope) -> dict[str, object]:
+    """The event as plain JSON-ready Python values (for ``--json`` output)."""
+    out = msgspec.to_builtins(event)
+    assert isinstance(out, dict)
+    return out

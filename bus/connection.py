@@ -1,0 +1,91 @@
+"""Connecting to NATS: fail fast when nobody answers, then reconnect patiently.
+
+nats-py uses one setting, ``max_reconnect_attempts``, both for the first connect and for
+reconnects, and its defaults keep a first connect to a dead server trying for about two
+minutes (``../shared/SDK-FACTS.md`` §3.1). cadre wants the opposite: a command pointed at
+the wrong URL says so within a second or two, while a running actor rides out a server
+restart. So the first connect runs with a small attempt budget, and once connected the
+client's options are switched to the reconnect policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import nats
+from nats.aio.client import Client as NATS
+
+from bus.errors import NatsUnavailable
+
+log = logging.getLogger("cadre.bus")
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectOptions:
+    """How to reach NATS. ``url`` may list several servers separated by commas."""
+
+    url: str = "nats://127.0.0.1:4222"
+    name: str = "cadre"
+    connect_timeout: float = 2.0
+    connect_attempts: int = 2  # tries per server on the first connect, then NatsUnavailable
+    reconnect_wait: float = 0.5
+    max_reconnect_attempts: int = -1  # once connected: -1 = keep trying forever
+    ping_interval: float = 20.0
+
+
+async def connect(opts: ConnectOptions) -> NATS:
+    """Connect, or raise :class:`NatsUnavailable` quickly when no server answers."""
+    servers = [u.strip() for u in opts.url.split(",") if u.strip()]
+    holder: list[NATS] = []
+
+    def closing() -> bool:
+        return bool(holder) and (holder[0].is_closed or holder[0].is_draining)
+
+    async def on_error(exc: Exception) -> None:
+        if not closing():
+            log.warning("nats: %s: %s", type(exc).__name__, exc)
+
+    async def on_disconnected() -> None:
+        if not closing():
+            log.warning("nats: disconnected from %s; reconnecting", opts.url)
+
+    async def on_reconnected() -> None:
+        log.info("nats: reconnected")
+
+    try:
+        nc = await nats.connect(
+            servers=servers,
+            name=opts.name,
+            connect_timeout=opts.connect_timeout,
+            max_reconnect_attempts=max(1, opts.connect_attempts),
+            reconnect_time_wait=0.1,
+            ping_interval=opts.ping_interval,
+            error_cb=on_error,
+            disconnected_cb=on_disconnected,
+            reconnected_cb=on_reconnected,
+        )
+    except (TimeoutError, nats.errors.NoServersError, OSError) as exc:
+        raise NatsUnavailable(opts.url, f"{type(exc).__name__}: {exc}".rstrip(": ")) from None
+    holder.append(nc)
+    # Connected: from now on a lost connection is retried with the reconnect policy. nats-py
+    # reads these options on every reconnect attempt, so switching them here is safe.
+    nc.options["max_reconnect_attempts"] = opts.max_reconnect_attempts
+    nc.options["reconnect_time_wait"] = opts.reconnect_wait
+    return nc
+
+
+async def barrier(nc: NATS) -> None:
+    """Wait until the server has processed everything this client sent so far.
+
+    ``nc.flush()`` alone is not a barrier: it writes PING straight to the socket while
+    SUB/PUB commands may still sit in the client's pending buffer (SDK-FACTS §6.1). Yield to
+    the flusher task until the buffer is empty, then PING/PONG.
+    """
+    await asyncio.sleep(0)
+    # The flusher task empties the buffer within a loop iteration or two; there is no event
+    # to wait on, so yield until it has.
+    while nc.pending_data_size > 0:  # noqa: ASYNC110
+        await asyncio.sleep(0)
+    await nc.flush()

@@ -1,0 +1,204 @@
+"""The envelope and the event types: every message between actors is one of these.
+
+An event is an :class:`Envelope` whose ``data`` is one of the payload Structs below. The
+union :data:`Event` is the schema and the routing table: each payload has a stable
+``TYPE`` (its wire name, the last token of its subject), and handlers and folds dispatch
+with ``match`` over the union, ending in ``assert_never``.
+
+Wire form (JSON, so any NATS client can read it)::
+
+    {"id": "9f2c…", "type": "plan_proposed", "workflow_id": "wf-1", "causation_id": "1a7e…",
+     "actor": "planner", "at": "2026-11-21T10:00:00.123456Z", "v": 1, "data": {…}}
+
+Compatibility rules: a new field gets a default; a field is never renamed or retyped in
+place (add a new one, or bump ``v`` and add an upcaster); decoders ignore unknown fields.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from typing import Any, ClassVar
+
+import msgspec
+
+from bus.plan import Check, ErrorInfo, Plan, StepIntent
+
+SCHEMA_VERSION = 1
+
+
+class WorkflowRequested(msgspec.Struct, frozen=True, kw_only=True):
+    """A request arrived: the first event of every workflow."""
+
+    TYPE: ClassVar[str] = "workflow_requested"
+    request: str = ""
+    plan: Plan | None = None
+    budget_usd: float | None = None
+    intelligence: str = "adaptive"
+    mode: str = "adaptive"
+    idempotency_key: str | None = None
+
+
+class PlanProposed(msgspec.Struct, frozen=True, kw_only=True):
+    """The planner proposes a plan (``revision`` counts re-plans from 1)."""
+
+    TYPE: ClassVar[str] = "plan_proposed"
+    plan: Plan
+    revision: int = 1
+    source: str = "explicit"  # explicit | library | model
+    library_match: str | None = None
+    score: float | None = None
+    reason: str = ""
+
+
+class PlanValidated(msgspec.Struct, frozen=True, kw_only=True):
+    """The validator accepted a plan revision."""
+
+    TYPE: ClassVar[str] = "plan_validated"
+    revision: int
+    checks: tuple[Check, ...] = ()
+
+
+class PlanRejected(msgspec.Struct, frozen=True, kw_only=True):
+    """The validator refused a plan revision; the failed checks say why and how to fix it."""
+
+    TYPE: ClassVar[str] = "plan_rejected"
+    revision: int
+    checks: tuple[Check, ...] = ()
+
+
+class StepsProposed(msgspec.Struct, frozen=True, kw_only=True):
+    """The decomposer turned one task into steps."""
+
+    TYPE: ClassVar[str] = "steps_proposed"
+    task_id: str
+    steps: tuple[StepIntent, ...]
+
+
+class StepReady(msgspec.Struct, frozen=True, kw_only=True):
+    """The validator cleared a step for an agent to run."""
+
+    TYPE: ClassVar[str] = "step_ready"
+    step: StepIntent
+    checks: tuple[Check, ...] = ()
+
+
+class StepCompleted(msgspec.Struct, frozen=True, kw_only=True):
+    """An agent ran a step; ``tool`` is the tool used, ``planned_tool`` the one planned."""
+
+    TYPE: ClassVar[str] = "step_completed"
+    task_id: str
+    step_id: str
+    tool: str
+    planned_tool: str
+    output: dict[str, Any] = msgspec.field(default_factory=dict)
+    attempts: int = 1
+
+
+class StepFailed(msgspec.Struct, frozen=True, kw_only=True):
+    """An agent could not run a step with any of its tools."""
+
+    TYPE: ClassVar[str] = "step_failed"
+    task_id: str
+    step_id: str
+    tool: str
+    error: ErrorInfo
+    retryable: bool = False
+
+
+class WorkflowCompleted(msgspec.Struct, frozen=True, kw_only=True):
+    """The workflow's last event on success; ``result`` is the output task's output."""
+
+    TYPE: ClassVar[str] = "workflow_completed"
+    result: Any = None
+
+
+class WorkflowFailed(msgspec.Struct, frozen=True, kw_only=True):
+    """The workflow's last event on failure; ``reason`` is a stable code."""
+
+    TYPE: ClassVar[str] = "workflow_failed"
+    reason: str
+    message: str
+    task_id: str | None = None
+
+
+Event = (
+    WorkflowRequested
+    | PlanProposed
+    | PlanValidated
+    | PlanRejected
+    | StepsProposed
+    | StepReady
+    | StepCompleted
+    | StepFailed
+    | WorkflowCompleted
+    | WorkflowFailed
+)
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.TYPE: cls
+    for cls in (
+        WorkflowRequested,
+        PlanProposed,
+        PlanValidated,
+        PlanRejected,
+        StepsProposed,
+        StepReady,
+        StepCompleted,
+        StepFailed,
+        WorkflowCompleted,
+        WorkflowFailed,
+    )
+}
+
+TERMINAL_TYPES = frozenset({WorkflowCompleted.TYPE, WorkflowFailed.TYPE})
+
+
+class Envelope(msgspec.Struct, frozen=True, kw_only=True):
+    """One event: who emitted what, for which workflow, in answer to which event."""
+
+    id: str
+    type: str
+    workflow_id: str
+    causation_id: str | None
+    actor: str
+    at: datetime
+    v: int = SCHEMA_VERSION
+    data: Event
+
+
+def derive_id(causation_id: str, actor: str, index: int) -> str:
+    """The id of the ``index``-th event ``actor`` emits in answer to ``causation_id``.
+
+    Deterministic, so that a handler run twice on the same input (a redelivery, a replay)
+    produces the same ids, which JetStream then deduplicates as ``Nats-Msg-Id``.
+    """
+    digest = hashlib.blake2b(f"{causation_id}\x1f{actor}\x1f{index}".encode(), digest_size=16)
+    return digest.hexdigest()
+
+
+def make_event(
+    data: Event,
+    *,
+    workflow_id: str,
+    actor: str,
+    at: datetime,
+    causation_id: str | None = None,
+    index: int = 0,
+    event_id: str | None = None,
+) -> Envelope:
+    """Wrap a payload in an envelope, deriving its id from (causation, actor, index).
+
+    A root event (no causation) derives its id from the workflow id unless one is given.
+    """
+    if event_id is None:
+        event_id = derive_id(causation_id if causation_id is not None else workflow_id, actor, index)
+    return Envelope(
+        id=event_id,
+        type=data.TYPE,
+        workflow_id=workflow_id,
+        causation_id=causation_id,
+        actor=actor,
+        at=at,
+        data=data,
+    )

@@ -1,0 +1,78 @@
+"""The plan a workflow runs: a DAG of tasks, each decomposed into declarative tool intents.
+
+These are wire types (frozen msgspec Structs) so that events can carry them; the planner
+builds them and the validator checks them. Stored values tolerate unknown fields (a newer
+writer may add some); inbound requests are checked strictly at the intake.
+
+Tool ``inputs`` and outputs are JSON objects whose shape is the tool's own schema (the tool
+registry validates them), so they are typed as ``dict[str, Any]`` here and nowhere else.
+An input value may reference an upstream output as the string ``"${task_id.field}"``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+Severity = Literal["info", "warning", "error"]
+Complexity = Literal["low", "medium", "high"]
+
+
+class Task(msgspec.Struct, frozen=True, kw_only=True):
+    """One node of the plan's DAG."""
+
+    id: str
+    description: str = ""
+    depends_on: tuple[str, ...] = ()
+    tool: str | None = None
+    inputs: dict[str, Any] = msgspec.field(default_factory=dict)
+    fallback_tools: tuple[str, ...] = ()
+    capabilities: tuple[str, ...] = ()
+    parallelizable: bool = True
+    complexity: Complexity = "low"
+    confidence: float = 1.0
+    rationale: str = ""
+    retries: int = 0
+
+
+class Plan(msgspec.Struct, frozen=True, kw_only=True):
+    """A DAG of tasks; ``output`` names the task whose output is the workflow's result."""
+
+    nodes: tuple[Task, ...]
+    output: str | None = None
+    rationale: str = ""
+
+
+class StepIntent(msgspec.Struct, frozen=True, kw_only=True):
+    """An atomic, declarative tool call the validator checks before an agent runs it."""
+
+    id: str
+    task_id: str
+    tool: str
+    operation: str = ""
+    inputs: dict[str, Any] = msgspec.field(default_factory=dict)
+    expected_outputs: tuple[str, ...] = ()
+    preconditions: tuple[str, ...] = ()
+    postconditions: tuple[str, ...] = ()
+    rollback: str | None = None
+    fallback_tools: tuple[str, ...] = ()
+    requires_approval: bool = False
+
+
+class Check(msgspec.Struct, frozen=True, kw_only=True):
+    """One validation check and its outcome; ``fix`` suggests how to make it pass."""
+
+    name: str
+    passed: bool
+    severity: Severity = "error"
+    message: str = ""
+    fix: str | None = None
+    path: str | None = None
+
+
+class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """A failure as data: a stable code and a message for people."""
+
+    code: str
+    message: str

@@ -1,0 +1,74 @@
+"""The JetStream stream that holds every event: created or brought up to date at start-up.
+
+Safe to run from many processes at once: creating a stream with the identical config is a
+no-op for JetStream, and a config change is applied with an update.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nats.js import JetStreamContext, api
+from nats.js.errors import APIError, BadRequestError
+
+from bus.errors import StreamConfigError
+
+_EXISTS_WITH_OTHER_CONFIG = 10058
+_SUBJECTS_OVERLAP = 10065
+_STORAGE_CHANGE = 10052
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSpec:
+    """Settings of the event stream. Durations in seconds; 0 or -1 means unlimited."""
+
+    name: str = "CADRE_EVENTS"
+    subjects: str = "cadre.evt.>"
+    storage: str = "file"  # file | memory
+    replicas: int = 1
+    duplicate_window: float = 120.0
+    max_age: float = 0.0
+    max_bytes: int = -1
+    max_msgs: int = -1
+    max_msg_size: int = 1024 * 1024
+
+    def config(self) -> api.StreamConfig:
+        return api.StreamConfig(
+            name=self.name,
+            subjects=[self.subjects],
+            storage=api.StorageType.MEMORY if self.storage == "memory" else api.StorageType.FILE,
+            retention=api.RetentionPolicy.LIMITS,
+            discard=api.DiscardPolicy.OLD,
+            num_replicas=self.replicas,
+            duplicate_window=self.duplicate_window,
+            max_age=self.max_age,
+            max_bytes=self.max_bytes,
+            max_msgs=self.max_msgs,
+            max_msg_size=self.max_msg_size,
+            # Direct gets read the last event of a workflow cheaply; atomic batches store
+            # several events of one workflow all or nothing.
+            allow_direct=True,
+            allow_atomic=True,
+        )
+
+
+async def ensure_stream(js: JetStreamContext, spec: StreamSpec) -> api.StreamInfo:
+    """Create the event stream, or update it to ``spec``; raise :class:`StreamConfigError`."""
+    cfg = spec.config()
+    try:
+        try:
+            return await js.add_stream(cfg)
+        except BadRequestError as exc:
+            if exc.err_code != _EXISTS_WITH_OTHER_CONFIG:
+                raise
+            return await js.update_stream(cfg)
+    except APIError as exc:
+        hint = {
+            _SUBJECTS_OVERLAP: f"another stream already captures {spec.subjects!r}; delete it, or run "
+            "cadre with another subject prefix",
+            _STORAGE_CHANGE: f"stream {spec.name!r} exists with another storage type; JetStream cannot "
+            "change it in place: delete the stream or keep its storage setting",
+        }.get(exc.err_code or 0, "check the stream settings against the server's limits")
+        raise StreamConfigError(
+            f"could not create or update stream {spec.name!r}: {exc.description} (err_code {exc.err_code}); {hint}"
+        ) from None

@@ -1,0 +1,72 @@
+"""Subject names of cadre, under a configurable prefix (default ``cadre``).
+
+    <prefix>.requests                      requests from any NATS client (core NATS, request/reply)
+    <prefix>.evt.<workflow_id>.<type>      every event of a workflow (JetStream, the event log)
+
+A workflow id and an event type are single subject tokens: letters, digits, ``_`` and ``-``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from bus.errors import InvalidName
+
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_PREFIX = re.compile(r"[A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64}){0,7}")
+
+
+def check_token(kind: str, value: str) -> str:
+    """Return ``value`` if it can stand as one subject token, else raise :class:`InvalidName`."""
+    if not _TOKEN.fullmatch(value):
+        raise InvalidName(
+            f"{kind} {value!r} is not a valid subject token: expected 1-128 characters "
+            "from A-Z a-z 0-9 _ - (no dots, spaces or wildcards)"
+        )
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Subjects:
+    """Subject names for one deployment; every process of a deployment uses the same prefix."""
+
+    prefix: str = "cadre"
+
+    def __post_init__(self) -> None:
+        if not _PREFIX.fullmatch(self.prefix):
+            raise InvalidName(
+                f"subject prefix {self.prefix!r} is not valid: expected dot-separated tokens of "
+                "A-Z a-z 0-9 _ - (for example 'cadre' or 'acme.cadre')"
+            )
+
+    @property
+    def requests(self) -> str:
+        return f"{self.prefix}.requests"
+
+    @property
+    def events(self) -> str:
+        """Every event of every workflow: the stream's subject filter."""
+        return f"{self.prefix}.evt.>"
+
+    def event(self, workflow_id: str, event_type: str) -> str:
+        """The subject one event is stored under."""
+        return f"{self.prefix}.evt.{check_token('workflow id', workflow_id)}.{event_type}"
+
+    def workflow(self, workflow_id: str) -> str:
+        """Every event of one workflow (a wildcard filter)."""
+        return f"{self.prefix}.evt.{check_token('workflow id', workflow_id)}.>"
+
+    def of_type(self, event_type: str) -> str:
+        """Events of one type across all workflows (an actor's consumer filter)."""
+        return f"{self.prefix}.evt.*.{check_token('event type', event_type)}"
+
+    def parse_event(self, subject: str) -> tuple[str, str] | None:
+        """``(workflow_id, event_type)`` of an event subject, or None when it is not one."""
+        head = f"{self.prefix}.evt."
+        if not subject.startswith(head):
+            return None
+        rest = subject[len(head) :].split(".")
+        if len(rest) != 2 or not all(rest):
+            return None
+        return rest[0], rest[1]

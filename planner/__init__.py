@@ -1,0 +1,1 @@
+"""The reasoning layer, free of NATS: planning, decomposition, providers (filled in by later issues)."""

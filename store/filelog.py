@@ -1,0 +1,153 @@
+"""The event log as a JSON Lines file: export from JetStream, read back without NATS.
+
+File format (one JSON object per line)::
+
+    {"cadre_export": 1, "stream": "CADRE_EVENTS", "prefix": "cadre"}
+    {"seq": 1, "subject": "cadre.evt.wf-1.workflow_requested", "event": {…the stored bytes…}}
+    {"seq": 7, "subject": "cadre.evt.wf-1.x", "malformed": "JSON is malformed…", "data_b64": "Z2FyYmFnZQ=="}
+
+An event line embeds the event exactly as it was stored (not re-encoded), so digests and
+signatures computed over stored bytes stay valid on the file. A malformed message is kept,
+base64-encoded, with its reason: exporting loses nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO
+
+import msgspec
+
+from bus.errors import StoreError
+from bus.subjects import Subjects
+from store.records import Malformed, Record, StoredEvent, events_only, to_record
+from store.source import EventSource
+
+FORMAT_VERSION = 1
+
+
+class LogFileError(StoreError):
+    """An export file that cannot be read: names the file and line."""
+
+    code = "log_file_error"
+
+
+class _Header(msgspec.Struct, frozen=True):
+    cadre_export: int
+    stream: str = "CADRE_EVENTS"
+    prefix: str = "cadre"
+
+
+class _Line(msgspec.Struct, frozen=True, omit_defaults=True):
+    seq: int
+    subject: str
+    event: msgspec.Raw = msgspec.Raw(b"")  # empty when the line is a malformed record
+    malformed: str | None = None
+    data_b64: str | None = None
+
+
+_header_decoder = msgspec.json.Decoder(_Header)
+_line_decoder = msgspec.json.Decoder(_Line)
+_encoder = msgspec.json.Encoder()
+
+
+async def export(source: EventSource, workflow_ids: Iterable[str], out: IO[bytes]) -> int:
+    """Export the workflows' records (malformed ones included) from any event source."""
+    records: list[Record] = []
+    for wf in workflow_ids:
+        records.extend(await source.read_records(wf))
+    return write_export(out, records, stream=source.stream, subjects=source.subjects)
+
+
+def write_export(out: IO[bytes], records: Iterable[Record], *, stream: str, subjects: Subjects) -> int:
+    """Write a header and ``records``; return how many records were written."""
+    out.write(_encoder.encode(_Header(FORMAT_VERSION, stream, subjects.prefix)) + b"\n")
+    n = 0
+    for r in records:
+        if isinstance(r, StoredEvent):
+            line = _Line(r.seq, r.subject, event=msgspec.Raw(r.data))
+        else:
+            line = _Line(r.seq, r.subject, malformed=r.reason, data_b64=base64.b64encode(r.data).decode())
+        out.write(_encoder.encode(line) + b"\n")
+        n += 1
+    return n
+
+
+class FileLog:
+    """A read-only event log over an export file, with the read side of :class:`JetStreamLog`."""
+
+    def __init__(self, records: list[Record], *, stream: str, subjects: Subjects, path: Path | None = None):
+        self.records = records
+        self.subjects = subjects
+        self.path = path
+        self._stream = stream
+
+    @property
+    def stream(self) -> str:
+        return self._stream
+
+    @classmethod
+    def load(cls, path: Path) -> FileLog:
+        """Read an export file; raise :class:`LogFileError` naming the line that is not valid."""
+        try:
+            lines = path.read_bytes().splitlines()
+        except OSError as exc:
+            raise LogFileError(f"cannot read event file {str(path)!r}: {exc.strerror}") from None
+        if not lines:
+            raise LogFileError(f"{path}:1: empty file; expected a cadre export (see `cadre export`)")
+        try:
+            header = _header_decoder.decode(lines[0])
+        except msgspec.DecodeError as exc:
+            raise LogFileError(
+                f"{path}:1: not a cadre export header ({exc}); expected "
+                '{"cadre_export": 1, "stream": ..., "prefix": ...}'
+            ) from None
+        if header.cadre_export > FORMAT_VERSION:
+            raise LogFileError(
+                f"{path}:1: export format {header.cadre_export} is newer than this cadre reads "
+                f"({FORMAT_VERSION}); upgrade cadre"
+            )
+        subjects = Subjects(header.prefix)
+        records: list[Record] = []
+        for lineno, raw in enumerate(lines[1:], start=2):
+            if not raw.strip():
+                continue
+            records.append(_parse_line(path, lineno, raw, subjects))
+        return cls(records, stream=header.stream, subjects=subjects, path=path)
+
+    def _of(self, workflow_id: str, after_seq: int) -> list[Record]:
+        head = self.subjects.workflow(workflow_id)[:-1]  # "<prefix>.evt.<wf>."
+        return [r for r in self.records if r.seq > after_seq and r.subject.startswith(head)]
+
+    async def read_records(self, workflow_id: str, *, after_seq: int = 0) -> list[Record]:
+        return self._of(workflow_id, after_seq)
+
+    async def read(self, workflow_id: str, *, after_seq: int = 0) -> list[StoredEvent]:
+        return events_only(self._of(workflow_id, after_seq))
+
+    async def last_seq(self, workflow_id: str) -> int:
+        recs = self._of(workflow_id, 0)
+        return recs[-1].seq if recs else 0
+
+    async def workflows(self) -> list[str]:
+        found = {p[0] for r in self.records if (p := self.subjects.parse_event(r.subject)) is not None}
+        return sorted(found)
+
+
+def _parse_line(path: Path, lineno: int, raw: bytes, subjects: Subjects) -> Record:
+    try:
+        line = _line_decoder.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise LogFileError(f"{path}:{lineno}: not an exported record: {exc}") from None
+    if len(line.event):
+        return to_record(subjects, line.seq, line.subject, bytes(line.event))
+    if line.malformed is not None and line.data_b64 is not None:
+        try:
+            data = base64.b64decode(line.data_b64, validate=True)
+        except binascii.Error:
+            raise LogFileError(f"{path}:{lineno}: data_b64 is not valid base64") from None
+        return Malformed(line.seq, line.subject, line.malformed, data)
+    raise LogFileError(f"{path}:{lineno}: a record needs either 'event' or 'malformed' with 'data_b64'")

@@ -1,0 +1,316 @@
+"""The event log on JetStream.
+
+Appending *is* sending: an event is stored on ``<prefix>.evt.<workflow_id>.<type>`` and
+actors consume it from there. Three guarantees hold for :meth:`JetStreamLog.append`:
+
+* **Exactly once.** Each event's id is its ``Nats-Msg-Id``; JetStream drops a duplicate.
+* **Optimistic concurrency.** Given ``expected_seq``, the append only succeeds if the
+  workflow's last event (over ``<prefix>.evt.<wf>.>``) is still at that stream sequence,
+  using ``Nats-Expected-Last-Subject-Sequence(-Subject)``. Otherwise
+  :class:`~bus.errors.ConcurrencyConflict` carries the actual sequence.
+* **All or nothing.** Several events are stored as one JetStream atomic batch (ADR-50), so a
+  handler's outputs are either all in the log or none are. Batches over
+  :data:`MAX_ATOMIC_BATCH` events are split into consecutive batches.
+
+A lost ack is retried. JetStream checks the expected sequence *before* the Msg-Id dedupe
+(SDK-FACTS §3.3), so a retry of a write that did land is answered "wrong last sequence";
+the log then looks at the workflow's last message, and if it is our own last event, the
+append had succeeded and is reported as ``already_stored``.
+
+Appends use core request/reply with hand-built headers instead of ``js.publish`` /
+``publish_async``: nats-py has no atomic-batch API, and ``publish_async`` futures never
+resolve on a JetStream API error (nats.py#985).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import api
+from nats.js.errors import NotFoundError
+
+from bus import codec
+from bus.errors import AppendError, ConcurrencyConflict, StoreError
+from bus.events import Envelope
+from bus.stream import StreamSpec, ensure_stream
+from bus.subjects import Subjects
+from store.records import Record, StoredEvent, events_only, to_record
+
+MAX_ATOMIC_BATCH = 1000  # nats-server's default limit of messages in one atomic batch
+
+_WRONG_LAST_SEQUENCE = 10071
+_DUPLICATE_IN_BATCH = 10201
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """Where an append ended: the stream sequence of its last event."""
+
+    last_seq: int
+    count: int
+    already_stored: bool = False
+
+
+def _stream_seq(reply: str) -> int:
+    """The stream sequence from a JetStream delivery's reply subject.
+
+    ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>`` (9 tokens) or the
+    v2 form with domain and account hash before the stream (12 tokens).
+    """
+    tokens = reply.split(".")
+    return int(tokens[5] if len(tokens) == 9 else tokens[7])
+
+
+class JetStreamLog:
+    """Append to and read from the cadre event stream."""
+
+    def __init__(
+        self,
+        nc: NATS,
+        *,
+        stream: StreamSpec | None = None,
+        subjects: Subjects | None = None,
+        timeout: float = 5.0,
+        ack_retries: int = 3,
+    ) -> None:
+        self.spec = stream or StreamSpec()
+        self.subjects = subjects or Subjects()
+        self._nc = nc
+        self._js = nc.jetstream(timeout=timeout)
+        self._timeout = timeout
+        self._ack_retries = ack_retries
+
+    @property
+    def stream(self) -> str:
+        return self.spec.name
+
+    async def ensure_stream(self) -> api.StreamInfo:
+        """Create or update the event stream (safe from many processes at once)."""
+        return await ensure_stream(self._js, self.spec)
+
+    # -- writing ---------------------------------------------------------------------------
+
+    async def append(
+        self, workflow_id: str, events: Sequence[Envelope], *, expected_seq: int | None = None
+    ) -> AppendResult:
+        """Store ``events`` (all of ``workflow_id``) in order.
+
+        ``expected_seq``: the workflow's last stream sequence the caller based its decision
+        on (0 = the workflow has no events yet); None appends without the check.
+        """
+        if not events:
+            raise ValueError("append needs at least one event")
+        for e in events:
+            if e.workflow_id != workflow_id:
+                raise ValueError(f"event {e.id} belongs to workflow {e.workflow_id!r}, not {workflow_id!r}")
+        result: AppendResult | None = None
+        count = 0
+        stored = True
+        for start in range(0, len(events), MAX_ATOMIC_BATCH):
+            chunk = events[start : start + MAX_ATOMIC_BATCH]
+            result = await self._append_chunk(workflow_id, chunk, expected_seq)
+            count += result.count
+            stored = stored and result.already_stored
+            if expected_seq is not None:
+                expected_seq = result.last_seq
+        assert result is not None
+        return AppendResult(result.last_seq, count, stored)
+
+    async def _append_chunk(
+        self, workflow_id: str, events: Sequence[Envelope], expected_seq: int | None
+    ) -> AppendResult:
+        msgs = [(self.subjects.event(workflow_id, e.type), codec.encode(e), e.id) for e in events]
+        batch = len(msgs) > 1
+        last_error: Exception | None = None
+        for _attempt in range(self._ack_retries + 1):
+            try:
+                reply = await self._send(workflow_id, msgs, expected_seq, batch)
+            except nats.errors.TimeoutError as exc:
+                last_error = exc  # the ack may be lost while the write landed: try again
+                continue
+            except nats.errors.NoRespondersError:
+                raise AppendError(
+                    f"no stream stores {msgs[0][0]!r}: create the event stream first "
+                    f"(JetStreamLog.ensure_stream(), done by every cadre command)"
+                ) from None
+            error = reply.get("error")
+            if error is None:
+                return AppendResult(int(reply["seq"]), len(msgs), bool(reply.get("duplicate", False)))
+            code = error.get("err_code")
+            if code in (_WRONG_LAST_SEQUENCE, _DUPLICATE_IN_BATCH):
+                return await self._already_stored_or_conflict(
+                    workflow_id, msgs[-1][2], len(msgs), expected_seq, error.get("description", "")
+                )
+            raise AppendError(
+                f"JetStream refused the append to workflow {workflow_id!r}: "
+                f"{error.get('description', error)} (err_code {code})"
+            )
+        raise AppendError(
+            f"no ack from JetStream for workflow {workflow_id!r} after {self._ack_retries + 1} attempts "
+            f"of {self._timeout}s each ({last_error!r}); is the server overloaded or the stream offline?"
+        )
+
+    async def _send(
+        self,
+        workflow_id: str,
+        msgs: list[tuple[str, bytes, str]],
+        expected_seq: int | None,
+        batch: bool,
+    ) -> dict[str, Any]:
+        """Publish one event, or an atomic batch; return JetStream's parsed reply."""
+        batch_id = msgs[0][2]
+        last = len(msgs) - 1
+        for i, (subject, payload, event_id) in enumerate(msgs):
+            headers = {"Nats-Msg-Id": event_id}
+            if i == 0 and expected_seq is not None:
+                headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_seq)
+                headers["Nats-Expected-Last-Subject-Sequence-Subject"] = self.subjects.workflow(workflow_id)
+            if batch:
+                headers["Nats-Batch-Id"] = batch_id
+                headers["Nats-Batch-Sequence"] = str(i + 1)
+            if i < last:
+                await self._nc.publish(subject, payload, headers=headers)
+            else:
+                if batch:
+                    headers["Nats-Batch-Commit"] = "1"
+                resp = await self._nc.request(subject, payload, timeout=self._timeout, headers=headers)
+                parsed: dict[str, Any] = json.loads(resp.data)
+                return parsed
+        raise AssertionError("unreachable: msgs is not empty")
+
+    async def _already_stored_or_conflict(
+        self, workflow_id: str, last_id: str, count: int, expected_seq: int | None, description: str
+    ) -> AppendResult:
+        last = await self._last_msg(workflow_id)
+        if last is not None and (last.headers or {}).get("Nats-Msg-Id") == last_id:
+            return AppendResult(last.seq or 0, count, already_stored=True)
+        actual = (last.seq or 0) if last is not None else 0
+        if expected_seq is None:
+            raise AppendError(
+                f"JetStream refused the append to workflow {workflow_id!r} as a duplicate "
+                f"({description}) but its last event is not ours; events were reused across appends"
+            )
+        raise ConcurrencyConflict(workflow_id, expected_seq, actual)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def _last_msg(self, workflow_id: str) -> api.RawStreamMsg | None:
+        try:
+            return await self._js.get_last_msg(self.spec.name, self.subjects.workflow(workflow_id))
+        except NotFoundError:
+            return None
+
+    async def last_seq(self, workflow_id: str) -> int:
+        """Stream sequence of the workflow's last event, 0 when it has none."""
+        last = await self._last_msg(workflow_id)
+        return (last.seq or 0) if last is not None else 0
+
+    async def read(self, workflow_id: str, *, after_seq: int = 0) -> list[StoredEvent]:
+        """The workflow's events in order; raise MalformedEvent at a message that is not one."""
+        return events_only(await self.read_records(workflow_id, after_seq=after_seq))
+
+    async def read_records(self, workflow_id: str, *, after_seq: int = 0) -> list[Record]:
+        """Every message of the workflow after ``after_seq``, in order, malformed ones included.
+
+        Reads with an ordered push consumer up to the workflow's last sequence at the time of
+        the call (later appends are not waited for).
+        """
+        last = await self.last_seq(workflow_id)
+        if last <= after_seq:
+            return []
+        records: list[Record] = []
+        done = asyncio.Event()
+        subjects = self.subjects
+
+        async def on_msg(m: Msg) -> None:
+            seq = _stream_seq(m.reply)
+            records.append(to_record(subjects, seq, m.subject, m.data))
+            if seq >= last:
+                done.set()
+
+        sub = await self._subscribe(workflow_id, after_seq, cb=on_msg)
+        try:
+            while not done.is_set():
+                seen = len(records)
+                try:
+                    await asyncio.wait_for(done.wait(), self._timeout)
+                except TimeoutError:
+                    if len(records) == seen:  # no progress for a whole timeout
+                        raise StoreError(
+                            f"reading workflow {workflow_id!r} stalled at {seen} events "
+                            f"(expected up to stream sequence {last})"
+                        ) from None
+        finally:
+            await sub.unsubscribe()
+        # The ordered consumer may still deliver a message appended after `last`; cut there.
+        while records and records[-1].seq > last:
+            records.pop()
+        return records
+
+    async def _subscribe(self, workflow_id: str, after_seq: int, cb: Any = None) -> Any:
+        config = None
+        policy = api.DeliverPolicy.ALL
+        if after_seq > 0:
+            policy = api.DeliverPolicy.BY_START_SEQUENCE
+            config = api.ConsumerConfig(opt_start_seq=after_seq + 1)
+        return await self._js.subscribe(
+            self.subjects.workflow(workflow_id),
+            stream=self.spec.name,
+            ordered_consumer=True,
+            deliver_policy=policy,
+            config=config,
+            cb=cb,
+        )
+
+    async def follow(self, workflow_id: str, *, after_seq: int = 0) -> AsyncIterator[Record]:
+        """Every message of the workflow after ``after_seq``, then new ones as they arrive.
+
+        Runs until the caller stops iterating (or cancels); a bounded queue keeps a slow
+        reader from buffering without limit.
+        """
+        queue: asyncio.Queue[Record] = asyncio.Queue(maxsize=1024)
+        subjects = self.subjects
+
+        async def on_msg(m: Msg) -> None:
+            await queue.put(to_record(subjects, _stream_seq(m.reply), m.subject, m.data))
+
+        sub = await self._subscribe(workflow_id, after_seq, cb=on_msg)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            await sub.unsubscribe()
+
+    async def workflows(self) -> list[str]:
+        """Ids of every workflow in the stream, sorted."""
+        found: set[str] = set()
+        offset = 0
+        while True:
+            req = json.dumps({"subjects_filter": self.subjects.events, "offset": offset}).encode()
+            try:
+                resp = await self._nc.request(f"$JS.API.STREAM.INFO.{self.spec.name}", req, timeout=self._timeout)
+            except nats.errors.NoRespondersError:
+                raise StoreError("JetStream is not enabled on this NATS server (start it with -js)") from None
+            info = json.loads(resp.data)
+            if "error" in info:
+                raise StoreError(f"could not list workflows of stream {self.spec.name!r}: {info['error']}")
+            subjects: dict[str, int] = info.get("state", {}).get("subjects") or {}
+            for subject in subjects:
+                parsed = self.subjects.parse_event(subject)
+                if parsed is not None:
+                    found.add(parsed[0])
+            offset += len(subjects)
+            if not subjects or offset >= int(info.get("total", 0)):
+                return sorted(found)
+
+    async def raw_message(self, seq: int) -> tuple[str, bytes, dict[str, str]]:
+        """Subject, payload and headers of the message at ``seq`` (for diagnostics)."""
+        m = await self._js.get_msg(self.spec.name, seq=seq)
+        return m.subject or "", m.data or b"", dict(m.headers or {})

@@ -1,0 +1,65 @@
+"""What reading the log yields: a stored event, or a message that is not a valid event.
+
+A message on an event subject that does not decode, or whose subject disagrees with its
+envelope, is never skipped silently: it becomes a :class:`Malformed` record carrying its
+stream sequence and the reason, so tools can show it and strict readers can refuse it.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from bus import codec
+from bus.errors import DecodeError, MalformedEvent
+from bus.events import Envelope
+from bus.subjects import Subjects
+
+
+class StoredEvent(msgspec.Struct, frozen=True):
+    """An event as stored: its stream sequence, subject, the decoded envelope and its exact bytes."""
+
+    seq: int
+    subject: str
+    event: Envelope
+    data: bytes
+
+
+class Malformed(msgspec.Struct, frozen=True):
+    """A message on an event subject that is not a valid cadre event."""
+
+    seq: int
+    subject: str
+    reason: str
+    data: bytes
+
+    def error(self) -> MalformedEvent:
+        return MalformedEvent(self.seq, self.subject, self.reason)
+
+
+Record = StoredEvent | Malformed
+
+
+def to_record(subjects: Subjects, seq: int, subject: str, data: bytes) -> Record:
+    """Decode one stored message; a problem becomes a :class:`Malformed` record, never an exception."""
+    try:
+        event = codec.decode(data)
+    except DecodeError as exc:
+        return Malformed(seq, subject, exc.reason, data)
+    parsed = subjects.parse_event(subject)
+    if parsed is None or parsed != (event.workflow_id, event.type):
+        return Malformed(
+            seq,
+            subject,
+            f"envelope says workflow {event.workflow_id!r} type {event.type!r}, "
+            f"but it was stored under subject {subject!r}",
+            data,
+        )
+    return StoredEvent(seq, subject, event, data)
+
+
+def events_only(records: list[Record]) -> list[StoredEvent]:
+    """The records as events; raise :class:`MalformedEvent` at the first malformed one."""
+    for r in records:
+        if isinstance(r, Malformed):
+            raise r.error()
+    return records  # type: ignore[return-value]  # every record was checked to be a StoredEvent

@@ -1,0 +1,101 @@
+"""Shared fixtures: a real nats-server for the session, a connection and a fresh event log per test."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from nats.aio.client import Client as NATS
+
+from bus import ConnectOptions, StreamSpec, Subjects, connect
+from bus.embedded import server_binary
+from bus.events import Envelope, Event, WorkflowRequested, make_event
+from store import JetStreamLog
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One nats-server with JetStream for the whole session (started without an event loop)."""
+    binary = str(server_binary())
+    for _ in range(3):  # the free-port probe can race with another process; try a new port
+        port, store = _free_port(), tmp_path_factory.mktemp("js")
+        logfile = store / "server.log"
+        proc = subprocess.Popen(
+            [binary, "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store), "-l", str(logfile)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.02)
+        if proc.poll() is None:
+            break
+    else:
+        raise RuntimeError("could not start nats-server: " + logfile.read_text(errors="replace")[-2000:])
+    yield f"nats://127.0.0.1:{port}"
+    proc.terminate()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest_asyncio.fixture
+async def nc(nats_url: str) -> AsyncIterator[NATS]:
+    c = await connect(ConnectOptions(url=nats_url, name="cadre-tests"))
+    yield c
+    await c.drain()
+
+
+def unique(prefix: str = "t") -> str:
+    return prefix + uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def spec_and_subjects() -> tuple[StreamSpec, Subjects]:
+    """A stream and subject prefix of this test's own, so tests sharing the server never meet."""
+    prefix = unique("t")
+    return StreamSpec(name=prefix.upper(), subjects=f"{prefix}.evt.>", storage="memory"), Subjects(prefix)
+
+
+@pytest_asyncio.fixture
+async def log(nc: NATS, spec_and_subjects: tuple[StreamSpec, Subjects]) -> AsyncIterator[JetStreamLog]:
+    spec, subjects = spec_and_subjects
+    jlog = JetStreamLog(nc, stream=spec, subjects=subjects)
+    await jlog.ensure_stream()
+    yield jlog
+    await nc.jetstream().delete_stream(spec.name)
+
+
+def ev(data: Event, wf: str, *, cause: str | None = None, i: int = 0, actor: str = "test") -> Envelope:
+    """An event at a fixed time, with its id derived from (cause, actor, i)."""
+    return make_event(data, workflow_id=wf, actor=actor, at=T0 + timedelta(milliseconds=i), causation_id=cause, index=i)
+
+
+def requested(wf: str, text: str = "do something") -> Envelope:
+    return ev(WorkflowRequested(request=text), wf, actor="intake")
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "cadre-data"
