@@ -1,0 +1,42 @@
+"""How the CLI shows records: one human line each, or one JSON object each (``--json``)."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import msgspec
+
+from bus.codec import to_builtins
+from store.records import Malformed, Record, StoredEvent
+
+_json = msgspec.json.Encoder()
+
+
+def record_json(r: Record) -> dict[str, Any]:
+    """An event as its envelope plus ``seq`` and ``subject``; a malformed message with its reason."""
+    if isinstance(r, StoredEvent):
+        return {"seq": r.seq, "subject": r.subject, **to_builtins(r.event)}
+    return {
+        "seq": r.seq,
+        "subject": r.subject,
+        "malformed": r.reason,
+        "data_b64": base64.b64encode(r.data).decode("ascii"),
+    }
+
+
+def json_line(obj: Any) -> str:
+    return _json.encode(obj).decode()
+
+
+def record_line(r: Record, width: int = 100) -> str:
+    """``#seq  time  actor  type  data…`` for people; malformed messages stand out."""
+    if isinstance(r, Malformed):
+        preview = r.data[:60].decode("utf-8", errors="replace")
+        return f"#{r.seq:<6} MALFORMED  {r.subject}: {r.reason}  data={preview!r}"
+    e = r.event
+    data = _json.encode(e.data).decode()
+    if len(data) > width:
+        data = data[: width - 1] + "…"
+    at = e.at.strftime("%H:%M:%S.%f")[:-3]
+    return f"#{r.seq:<6} {at}  {e.actor:<10} {e.type:<20} {data}"

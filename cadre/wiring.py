@@ -1,0 +1,53 @@
+"""Wiring: from settings to a connected event log, starting the embedded server when needed."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from nats.aio.client import Client as NATS
+
+from bus.connection import connect
+from bus.embedded import EmbeddedServer, start_embedded
+from cadre.settings import Settings
+from store.jetstream import JetStreamLog
+
+
+@dataclass(frozen=True)
+class Bus:
+    """A live connection, the event log on it, and the embedded server if one is in use."""
+
+    url: str
+    nc: NATS
+    log: JetStreamLog
+    server: EmbeddedServer | None
+
+
+@asynccontextmanager
+async def open_bus(settings: Settings, *, name: str = "cadre") -> AsyncIterator[Bus]:
+    """Connect to ``settings.nats_url``, or to the embedded server of ``settings.data_dir``
+    (reusing a running one, else starting it), and make sure the event stream exists.
+
+    On exit the connection is drained, and an embedded server this call started is stopped.
+    """
+    server: EmbeddedServer | None = None
+    url = settings.nats_url
+    if url is None:
+        server = await asyncio.to_thread(start_embedded, settings.data_dir, port=settings.embedded_port)
+        url = server.url
+    try:
+        nc = await connect(settings.connect_options(url, name))
+        try:
+            log = JetStreamLog(
+                nc, stream=settings.stream(), subjects=settings.subjects, timeout=settings.request_timeout_s
+            )
+            await log.ensure_stream()
+            yield Bus(url, nc, log, server)
+        finally:
+            if not nc.is_closed:
+                await nc.drain()
+    finally:
+        if server is not None:
+            await asyncio.to_thread(server.stop)

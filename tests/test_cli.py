@@ -1,0 +1,161 @@
+"""The cadre command line, run as a user runs it, against a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nats
+import pytest
+
+from bus import ConnectOptions, StreamSpec, Subjects, connect
+from cadre.cli import main
+from store import JetStreamLog
+from tests.conftest import unique
+from tests.log_contract import happy_run
+
+CADRE = [sys.executable, "-m", "cadre.cli"]
+
+
+@pytest.fixture
+def isolated(monkeypatch: pytest.MonkeyPatch, nats_url: str) -> tuple[str, Subjects, StreamSpec]:
+    """CADRE_* settings that point the CLI at the test server, on a stream of this test's own."""
+    prefix = unique("c")
+    subjects = Subjects(prefix)
+    spec = StreamSpec(name=prefix.upper(), subjects=subjects.events)
+    monkeypatch.setenv("CADRE_NATS_URL", nats_url)
+    monkeypatch.setenv("CADRE_SUBJECT_PREFIX", prefix)
+    monkeypatch.setenv("CADRE_STREAM_NAME", spec.name)
+    return nats_url, subjects, spec
+
+
+def seed(url: str, subjects: Subjects, spec: StreamSpec, garbage: bytes | None = None) -> None:
+    async def go() -> None:
+        nc = await connect(ConnectOptions(url=url))
+        log = JetStreamLog(nc, stream=spec, subjects=subjects)
+        await log.ensure_stream()
+        await log.append("wf1", happy_run("wf1"), expected_seq=0)
+        if garbage is not None:
+            await nc.jetstream().publish(subjects.event("wf1", "x"), garbage)
+        await nc.drain()
+
+    asyncio.run(go())
+
+
+def test_events_json_is_one_object_per_event(
+    isolated: tuple[str, Subjects, StreamSpec], capsys: pytest.CaptureFixture[str]
+) -> None:
+    seed(*isolated)
+    assert main(["events", "wf1", "--json"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [x["type"] for x in lines] == ["workflow_requested", "plan_proposed", "step_completed", "workflow_completed"]
+    assert [x["seq"] for x in lines] == [1, 2, 3, 4]
+    assert lines[-1]["data"] == {"result": {"rows": [1]}}
+
+
+def test_garbage_is_reported_with_its_sequence(
+    isolated: tuple[str, Subjects, StreamSpec], capsys: pytest.CaptureFixture[str]
+) -> None:
+    seed(*isolated, garbage=b"not an event")
+    assert main(["events", "wf1"]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines()[-1].startswith("#5      MALFORMED  ")
+    assert "JSON is malformed" in out
+    assert err == "cadre: 1 malformed message(s) at stream sequence 5\n"
+    assert main(["events", "wf1", "--json"]) == 0
+    last = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert last["seq"] == 5
+    assert last["malformed"].startswith("JSON is malformed")
+
+
+def test_export_then_events_from_file(
+    isolated: tuple[str, Subjects, StreamSpec], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seed(*isolated, garbage=b"\x00")
+    out_file = tmp_path / "wf1.jsonl"
+    assert main(["export", "wf1", "-o", str(out_file)]) == 0
+    assert "exported 5 records of 1 workflow(s)" in capsys.readouterr().err
+    assert main(["events", "wf1", "--json"]) == 0
+    live = capsys.readouterr().out
+    assert main(["events", "wf1", "--json", "--from-file", str(out_file)]) == 0
+    assert capsys.readouterr().out == live
+
+
+def test_workflows(isolated: tuple[str, Subjects, StreamSpec], capsys: pytest.CaptureFixture[str]) -> None:
+    seed(*isolated)
+    assert main(["workflows", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"workflows": ["wf1"]}
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["events", "bad.id"], r"^cadre: invalid_name: workflow id 'bad\.id' is not a valid subject token"),
+        (["export"], r"^cadre: usage_error: name the workflows to export, or pass --all"),
+    ],
+)
+def test_usage_errors_exit_2(
+    isolated: tuple[str, Subjects, StreamSpec], capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    assert main(argv) == 2
+    assert re.match(message, capsys.readouterr().err)
+
+
+def test_unreachable_server_fails_fast_with_the_fix(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CADRE_NATS_URL", "nats://127.0.0.1:1")
+    started = time.monotonic()
+    assert main(["events", "wf1", "--json"]) == 1
+    assert time.monotonic() - started < 3
+    out, err = capsys.readouterr()
+    assert json.loads(out)["error"]["code"] == "nats_unavailable"
+    assert err.startswith("cadre: nats_unavailable: no NATS server answered at nats://127.0.0.1:1")
+    assert "cadre up" in err
+
+
+def test_version() -> None:
+    out = subprocess.run([*CADRE, "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("cadre 0.")
+
+
+def test_up_runs_the_embedded_server_and_stops_on_sigterm(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CADRE_")}
+    proc = subprocess.Popen(
+        [*CADRE, "up", "--data-dir", str(tmp_path / "d")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("cadre 0.1.0 up: embedded server at nats://127.0.0.1:")
+        url = line.split(" at ")[1].strip()
+
+        async def check() -> None:
+            nc = await nats.connect(url, max_reconnect_attempts=1)
+            info = await nc.jetstream().stream_info("CADRE_EVENTS")
+            assert info.config.subjects == ["cadre.evt.>"]
+            await nc.drain()
+
+        asyncio.run(check())
+        assert (tmp_path / "d" / "server.json").exists()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        assert not (tmp_path / "d" / "server.json").exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for f in (proc.stdout, proc.stderr):
+            if f is not None:
+                f.close()

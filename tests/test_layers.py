@@ -1,0 +1,36 @@
+"""The import direction of docs/architecture.md: bus <- store <- planner <- actors <- cadre."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ALLOWED = {
+    "bus": set(),
+    "store": {"bus"},
+    "planner": {"bus"},
+    "actors": {"bus", "store", "planner"},
+    "cadre": {"bus", "store", "planner", "actors"},
+}
+
+
+def imported_packages(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+    return found & set(ALLOWED)
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_imports_point_down(package: str) -> None:
+    bad = {
+        str(p.relative_to(ROOT)): sorted(imported_packages(p) - ALLOWED[package] - {package})
+        for p in (ROOT / package).rglob("*.py")
+    }
+    assert {k: v for k, v in bad.items() if v} == {}
