@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import msgspec
 
-from bus.plan import Check, ErrorInfo, Plan, StepIntent
+from bus.plan import Check, ErrorInfo, Plan, StepIntent, Task
 
 SCHEMA_VERSION = 1
 
@@ -93,6 +93,7 @@ class StepCompleted(msgspec.Struct, frozen=True, kw_only=True):
     planned_tool: str
     output: dict[str, Any] = msgspec.field(default_factory=dict)
     attempts: int = 1
+    deviations: tuple[str, ...] = ()  # how the run departed from the plan (a fallback tool, …)
 
 
 class StepFailed(msgspec.Struct, frozen=True, kw_only=True):
@@ -104,6 +105,7 @@ class StepFailed(msgspec.Struct, frozen=True, kw_only=True):
     tool: str
     error: ErrorInfo
     retryable: bool = False
+    tried: tuple[str, ...] = ()  # tools tried, in order
 
 
 class WorkflowCompleted(msgspec.Struct, frozen=True, kw_only=True):
@@ -122,6 +124,103 @@ class WorkflowFailed(msgspec.Struct, frozen=True, kw_only=True):
     task_id: str | None = None
 
 
+class TaskReady(msgspec.Struct, frozen=True, kw_only=True):
+    """The planner dispatched a task whose dependencies are done (``attempt`` counts retries from 1)."""
+
+    TYPE: ClassVar[str] = "task_ready"
+    task: Task
+    attempt: int = 1
+
+
+class StepsRejected(msgspec.Struct, frozen=True, kw_only=True):
+    """The validator refused a task's steps; the failed checks say why and how to fix it."""
+
+    TYPE: ClassVar[str] = "steps_rejected"
+    task_id: str
+    checks: tuple[Check, ...] = ()
+
+
+class ApprovalRequested(msgspec.Struct, frozen=True, kw_only=True):
+    """A step needs a person's approval before it runs; it is denied at ``deadline``."""
+
+    TYPE: ClassVar[str] = "approval_requested"
+    step: StepIntent
+    reason: str
+    deadline: datetime
+
+
+class ApprovalGranted(msgspec.Struct, frozen=True, kw_only=True):
+    """A person approved a step (``by`` names who, as they gave it)."""
+
+    TYPE: ClassVar[str] = "approval_granted"
+    step_id: str
+    by: str = "unknown"
+    reason: str = ""
+
+
+class ApprovalDenied(msgspec.Struct, frozen=True, kw_only=True):
+    """A step was refused, by a person or by its deadline passing (``by`` = "timeout")."""
+
+    TYPE: ClassVar[str] = "approval_denied"
+    step_id: str
+    by: str = "unknown"
+    reason: str = ""
+
+
+class TaskCompleted(msgspec.Struct, frozen=True, kw_only=True):
+    """Every step of a task is done; ``output`` is its last step's output."""
+
+    TYPE: ClassVar[str] = "task_completed"
+    task_id: str
+    output: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class TaskFailed(msgspec.Struct, frozen=True, kw_only=True):
+    """A task failed for good (retries and fallbacks used up)."""
+
+    TYPE: ClassVar[str] = "task_failed"
+    task_id: str
+    error: ErrorInfo
+    attempts: int = 1
+
+
+class Effect(msgspec.Struct, frozen=True, kw_only=True):
+    """One result from outside a handler (a tool call, a library lookup, a budget decision).
+
+    ``kind`` and ``key`` say what was asked (replay checks the handler asks the same, in the
+    same order); ``value`` is the answer, or ``error`` when the outside call failed.
+    """
+
+    kind: str
+    key: str
+    value: Any = None
+    error: ErrorInfo | None = None
+    ms: float = 0.0
+
+
+class EffectsRecorded(msgspec.Struct, frozen=True, kw_only=True):
+    """What a handler learned from outside while handling ``input_id``, in order.
+
+    Stored in the same atomic batch as the handler's outputs, before them, so a replay can
+    serve these answers back instead of calling anything.
+    """
+
+    TYPE: ClassVar[str] = "effects_recorded"
+    input_id: str
+    effects: tuple[Effect, ...]
+
+
+class HandlerFailed(msgspec.Struct, frozen=True, kw_only=True):
+    """Dead letter: an actor gave up on an event after ``attempts`` deliveries."""
+
+    TYPE: ClassVar[str] = "handler_failed"
+    input_id: str
+    input_type: str
+    input_seq: int
+    attempts: int
+    error: ErrorInfo
+
+
 Event = (
     WorkflowRequested
     | PlanProposed
@@ -133,6 +232,15 @@ Event = (
     | StepFailed
     | WorkflowCompleted
     | WorkflowFailed
+    | TaskReady
+    | StepsRejected
+    | ApprovalRequested
+    | ApprovalGranted
+    | ApprovalDenied
+    | TaskCompleted
+    | TaskFailed
+    | EffectsRecorded
+    | HandlerFailed
 )
 
 EVENT_TYPES: dict[str, type[Event]] = {
@@ -148,6 +256,15 @@ EVENT_TYPES: dict[str, type[Event]] = {
         StepFailed,
         WorkflowCompleted,
         WorkflowFailed,
+        TaskReady,
+        StepsRejected,
+        ApprovalRequested,
+        ApprovalGranted,
+        ApprovalDenied,
+        TaskCompleted,
+        TaskFailed,
+        EffectsRecorded,
+        HandlerFailed,
     )
 }
 

@@ -1,6 +1,8 @@
 """Subject names of cadre, under a configurable prefix (default ``cadre``).
 
     <prefix>.requests                      requests from any NATS client (core NATS, request/reply)
+    <prefix>.budget.consult                consultations to the budget actor (core NATS, request/reply)
+    <prefix>.ping                          liveness: every cadre process answers with what it runs
     <prefix>.evt.<workflow_id>.<type>      every event of a workflow (JetStream, the event log)
 
 A workflow id and an event type are single subject tokens: letters, digits, ``_`` and ``-``.
@@ -43,6 +45,16 @@ class Subjects:
     @property
     def requests(self) -> str:
         return f"{self.prefix}.requests"
+
+    @property
+    def budget(self) -> str:
+        """Consultations to the budget actor (core NATS request/reply, queue group)."""
+        return f"{self.prefix}.budget.consult"
+
+    @property
+    def ping(self) -> str:
+        """Every cadre process answers here with what it runs (``cadre status``)."""
+        return f"{self.prefix}.ping"
 
     @property
     def events(self) -> str:

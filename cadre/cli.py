@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,21 +20,15 @@ import pydantic
 from bus.errors import CadreError, InvalidName
 from bus.events import TERMINAL_TYPES
 from bus.subjects import check_token
-from cadre import __version__
+from cadre import __version__, commands
+from cadre.commands import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError
 from cadre.render import json_line, record_json, record_line
 from cadre.settings import Settings
+from cadre.system import KINDS
 from cadre.wiring import open_bus
 from store.filelog import FileLog, export
 from store.records import Malformed, Record, StoredEvent
 from store.source import EventSource
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-
-class UsageError(CadreError):
-    """The command line asks for something that cannot be done as asked."""
-
-    code = "usage_error"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,8 +42,40 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"cadre {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    up = sub.add_parser("up", parents=[bus], help="run cadre (the embedded NATS server unless --nats)")
+    req = argparse.ArgumentParser(add_help=False)
+    req.add_argument("text", nargs="?", help="the request, in words")
+    req.add_argument("--plan", type=Path, metavar="FILE", help="an explicit plan (JSON), or a library entry")
+    req.add_argument("--budget", type=float, metavar="USD", help="cap on LLM spend for this workflow")
+    req.add_argument("--intelligence", choices=["basic", "adaptive", "intelligent", "autonomous"])
+    req.add_argument("--mode", choices=["strict", "adaptive", "creative"])
+    req.add_argument("--idempotency-key", metavar="KEY", help="resubmitting with the same key returns the same run")
+    metrics = argparse.ArgumentParser(add_help=False)
+    metrics.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus /metrics on this port")
+
+    up = sub.add_parser("up", parents=[bus, metrics], help="run cadre: every actor (and the embedded NATS server)")
     up.add_argument("--port", type=int, help="port of the embedded server (default: a free one)")
+
+    actor = sub.add_parser("actor", parents=[bus, metrics], help="run one actor kind as its own process")
+    actor.add_argument("kind", choices=list(KINDS))
+    actor.add_argument("--replicas", type=int, default=1, help="replicas of the kind in this process")
+
+    run = sub.add_parser("run", parents=[bus, out, req], help="one shot: run a request to its end and stop")
+    run.add_argument("--port", type=int, help=argparse.SUPPRESS)
+
+    submit = sub.add_parser("submit", parents=[bus, out, req], help="send a request to a running cadre")
+    submit.add_argument("--wait", action="store_true", help="follow the workflow to its end")
+
+    approve = sub.add_parser("approve", parents=[bus], help="approve (or --deny) a step waiting for approval")
+    approve.add_argument("workflow_id")
+    approve.add_argument("step_id")
+    approve.add_argument("--deny", action="store_true")
+    approve.add_argument("--reason", default="")
+    approve.add_argument("--by", help="who decides (default: the OS user)")
+
+    sub.add_parser("status", parents=[bus, out], help="workflows by state, actors alive, backlogs")
+    schema = sub.add_parser("schema", help="print the JSON Schema of a request or an event")
+    schema.add_argument("what", choices=["request", "event"])
+    sub.add_parser("tools", parents=[out], help="list the tools plans may use")
 
     events = sub.add_parser("events", parents=[bus, out], help="list a workflow's events")
     events.add_argument("workflow_id")
@@ -73,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             nats_url=getattr(args, "nats", None),
             data_dir=getattr(args, "data_dir", None),
             embedded_port=getattr(args, "port", None),
+            metrics_port=getattr(args, "metrics_port", None),
         )
     except pydantic.ValidationError as exc:
         print(f"cadre: invalid settings: {exc}", file=sys.stderr)
@@ -94,10 +120,46 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
 
 
+def _payload(args: argparse.Namespace) -> bytes:
+    if not args.text and args.plan is None:
+        raise UsageError('give the request in words ("...") or a plan file (--plan FILE)')
+    return commands.request_payload(
+        args.text,
+        args.plan,
+        budget=args.budget,
+        intelligence=args.intelligence,
+        mode=args.mode,
+        idempotency_key=args.idempotency_key,
+    )
+
+
 async def _run(args: argparse.Namespace, settings: Settings) -> int:
     match args.command:
         case "up":
-            return await _up(settings)
+            return await commands.up(settings, KINDS, 1, "cadre-up")
+        case "actor":
+            if args.replicas < 1:
+                raise UsageError("--replicas must be at least 1")
+            return await commands.up(settings, (args.kind,), args.replicas, f"cadre-{args.kind}")
+        case "run":
+            return await commands.run(settings, _payload(args), args.json)
+        case "submit":
+            return await commands.submit_cmd(settings, _payload(args), wait=args.wait, as_json=args.json)
+        case "approve":
+            return await commands.approve(
+                settings,
+                check_token("workflow id", args.workflow_id),
+                args.step_id,
+                deny=args.deny,
+                reason=args.reason,
+                by=args.by,
+            )
+        case "status":
+            return await commands.status(settings, args.json)
+        case "schema":
+            return commands.schema(args.what)
+        case "tools":
+            return commands.tools(settings, args.json)
         case "events":
             return await _events(args, settings)
         case "export":
@@ -105,23 +167,6 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
         case "workflows":
             return await _workflows(args, settings)
     raise AssertionError(f"unhandled command {args.command!r}")
-
-
-async def _up(settings: Settings) -> int:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    async with open_bus(settings, name="cadre-up") as bus:
-        where = "embedded server" if bus.server is not None else "NATS"
-        if bus.server is not None and not bus.server.owned:
-            where = f"embedded server already running (pid {bus.server.pid})"
-        print(f"cadre {__version__} up: {where} at {bus.url}", flush=True)
-        print(f"  events stream {settings.stream_name} on {settings.subjects.events}", flush=True)
-        print(f"  try: cadre events WF --nats {bus.url}    (Ctrl-C to stop)", flush=True)
-        await stop.wait()
-        print("cadre: stopping", file=sys.stderr, flush=True)
-    return EXIT_OK
 
 
 def _print(r: Record, as_json: bool) -> None:

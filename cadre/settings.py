@@ -38,6 +38,23 @@ class Settings(BaseSettings):
     connect_timeout_s: float = Field(default=2.0, gt=0)
     request_timeout_s: float = Field(default=5.0, gt=0)
 
+    # actors
+    workspace: Path | None = Field(default=None, description="fs.* tools' root (default: <data_dir>/workspace)")
+    database: Path | None = Field(default=None, description="sql.* tools' SQLite file (default: the sample shop)")
+    http_allow: list[str] = Field(default_factory=list, description="URL prefixes http.get may fetch")
+    prohibited_tools: list[str] = Field(default_factory=list, description="tools the validator refuses")
+    approval_tools: list[str] = Field(default_factory=list, description="tools that need a person's approval")
+    approval_timeout_s: float = Field(default=3600.0, gt=0, description="unanswered approvals are denied after")
+    plan_library: Path | None = Field(default=None, description="example plans (default: ./examples/plans)")
+    library_threshold: float = Field(default=0.35, ge=0, le=1, description="similarity a library plan needs")
+    actor_batch: int = Field(default=32, ge=1, le=1000)
+    actor_max_in_flight: int = Field(default=64, ge=1)
+    actor_max_ack_pending: int = Field(default=1000, ge=1)
+    actor_ack_wait_s: float = Field(default=30.0, gt=0)
+    actor_max_attempts: int = Field(default=5, ge=1)
+    actor_drain_timeout_s: float = Field(default=10.0, ge=0)
+    metrics_port: int | None = Field(default=None, ge=0, le=65535, description="serve /metrics here (0 = any)")
+
     @classmethod
     def load(cls, **overrides: Any) -> Settings:
         """Environment and defaults, with the given (non-None) overrides on top."""
@@ -60,3 +77,18 @@ class Settings(BaseSettings):
 
     def connect_options(self, url: str, name: str) -> ConnectOptions:
         return ConnectOptions(url=url, name=name, connect_timeout=self.connect_timeout_s)
+
+    @property
+    def workspace_dir(self) -> Path:
+        return self.workspace if self.workspace is not None else self.data_dir / "workspace"
+
+    @property
+    def database_path(self) -> Path:
+        return self.database if self.database is not None else self.data_dir / "shop.db"
+
+    @property
+    def plan_library_dir(self) -> Path | None:
+        if self.plan_library is not None:
+            return self.plan_library
+        default = Path("examples/plans")
+        return default if default.is_dir() else None

@@ -33,7 +33,7 @@ from typing import Any
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js import api
+from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
 
 from bus import codec
@@ -58,7 +58,7 @@ class AppendResult:
     already_stored: bool = False
 
 
-def _stream_seq(reply: str) -> int:
+def stream_seq(reply: str) -> int:
     """The stream sequence from a JetStream delivery's reply subject.
 
     ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>`` (9 tokens) or the
@@ -90,6 +90,14 @@ class JetStreamLog:
     @property
     def stream(self) -> str:
         return self.spec.name
+
+    @property
+    def js(self) -> JetStreamContext:
+        return self._js
+
+    @property
+    def nc(self) -> NATS:
+        return self._nc
 
     async def ensure_stream(self) -> api.StreamInfo:
         """Create or update the event stream (safe from many processes at once)."""
@@ -230,7 +238,7 @@ class JetStreamLog:
         subjects = self.subjects
 
         async def on_msg(m: Msg) -> None:
-            seq = _stream_seq(m.reply)
+            seq = stream_seq(m.reply)
             records.append(to_record(subjects, seq, m.subject, m.data))
             if seq >= last:
                 done.set()
@@ -279,7 +287,7 @@ class JetStreamLog:
         subjects = self.subjects
 
         async def on_msg(m: Msg) -> None:
-            await queue.put(to_record(subjects, _stream_seq(m.reply), m.subject, m.data))
+            await queue.put(to_record(subjects, stream_seq(m.reply), m.subject, m.data))
 
         sub = await self._subscribe(workflow_id, after_seq, cb=on_msg)
         try:
@@ -288,9 +296,9 @@ class JetStreamLog:
         finally:
             await sub.unsubscribe()
 
-    async def workflows(self) -> list[str]:
-        """Ids of every workflow in the stream, sorted."""
-        found: set[str] = set()
+    async def subject_counts(self) -> dict[str, int]:
+        """Messages per subject of the event stream (paged through the stream info API)."""
+        counts: dict[str, int] = {}
         offset = 0
         while True:
             req = json.dumps({"subjects_filter": self.subjects.events, "offset": offset}).encode()
@@ -300,15 +308,17 @@ class JetStreamLog:
                 raise StoreError("JetStream is not enabled on this NATS server (start it with -js)") from None
             info = json.loads(resp.data)
             if "error" in info:
-                raise StoreError(f"could not list workflows of stream {self.spec.name!r}: {info['error']}")
-            subjects: dict[str, int] = info.get("state", {}).get("subjects") or {}
-            for subject in subjects:
-                parsed = self.subjects.parse_event(subject)
-                if parsed is not None:
-                    found.add(parsed[0])
-            offset += len(subjects)
-            if not subjects or offset >= int(info.get("total", 0)):
-                return sorted(found)
+                raise StoreError(f"could not list the subjects of stream {self.spec.name!r}: {info['error']}")
+            page: dict[str, int] = info.get("state", {}).get("subjects") or {}
+            counts.update(page)
+            offset += len(page)
+            if not page or offset >= int(info.get("total", 0)):
+                return counts
+
+    async def workflows(self) -> list[str]:
+        """Ids of every workflow in the stream, sorted."""
+        found = {p[0] for s in await self.subject_counts() if (p := self.subjects.parse_event(s)) is not None}
+        return sorted(found)
 
     async def raw_message(self, seq: int) -> tuple[str, bytes, dict[str, str]]:
         """Subject, payload and headers of the message at ``seq`` (for diagnostics)."""

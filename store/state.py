@@ -1,16 +1,25 @@
-"""Workflow state as a pure fold over its events: no I/O, no clock, callable from anywhere.
+"""Workflow state as a fold over its events: no I/O, no clock, callable from anywhere.
 
 ``fold(events)`` is the only way to learn a workflow's state: nothing else holds truth.
+``apply`` updates a state in place (one dict write per event, so folding a long workflow
+stays linear); whoever holds a state shared with others (the actors' state cache) is its
+only writer, and handlers treat the state they are given as read-only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from datetime import datetime
 from typing import Any, Literal, TypeVar, assert_never
 
 import msgspec
 
 from bus.events import (
+    ApprovalDenied,
+    ApprovalGranted,
+    ApprovalRequested,
+    EffectsRecorded,
+    HandlerFailed,
     PlanProposed,
     PlanRejected,
     PlanValidated,
@@ -18,65 +27,152 @@ from bus.events import (
     StepFailed,
     StepReady,
     StepsProposed,
+    StepsRejected,
+    TaskCompleted,
+    TaskFailed,
+    TaskReady,
     WorkflowCompleted,
     WorkflowFailed,
     WorkflowRequested,
 )
-from bus.plan import Plan
+from bus.plan import Check, ErrorInfo, Plan, StepIntent, Task
 from store.records import StoredEvent
 
 Status = Literal["new", "requested", "planned", "running", "completed", "failed"]
+TaskStatus = Literal["pending", "ready", "running", "completed", "failed"]
+StepStatus = Literal["proposed", "ready", "awaiting_approval", "approved", "denied", "completed", "failed"]
 
 
-class WorkflowState(msgspec.Struct, frozen=True, kw_only=True):
-    """What a workflow's events add up to (``last_seq`` is the stream sequence folded up to)."""
+class StepState(msgspec.Struct, kw_only=True):
+    step: StepIntent
+    status: StepStatus = "proposed"
+    tool: str | None = None  # the tool that ran it (may be a fallback)
+    output: dict[str, Any] | None = None
+    error: ErrorInfo | None = None
+    approval_deadline: datetime | None = None
+    approved_by: str | None = None
+
+
+class TaskState(msgspec.Struct, kw_only=True):
+    task: Task
+    status: TaskStatus = "pending"
+    attempt: int = 0
+    step_ids: list[str] = msgspec.field(default_factory=list)  # the current attempt's steps, in order
+    output: dict[str, Any] | None = None
+    error: ErrorInfo | None = None
+    rejected: tuple[Check, ...] = ()
+
+
+class WorkflowState(msgspec.Struct, kw_only=True):
+    """What a workflow's events add up to (``last_seq``: the stream sequence folded up to)."""
 
     workflow_id: str
     status: Status = "new"
-    request: str = ""
+    request: WorkflowRequested | None = None
     plan: Plan | None = None
     revision: int = 0
-    steps_ready: int = 0
-    step_outputs: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
-    failed_steps: tuple[str, ...] = ()
+    plan_source: str | None = None
+    rejected: tuple[Check, ...] = ()
+    tasks: dict[str, TaskState] = msgspec.field(default_factory=dict)
+    steps: dict[str, StepState] = msgspec.field(default_factory=dict)
     result: Any = None
-    failure: str | None = None
+    failure: ErrorInfo | None = None
+    failed_task: str | None = None
+    dead_letters: int = 0
     events: int = 0
     last_seq: int = 0
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
 
     @property
     def done(self) -> bool:
         return self.status in ("completed", "failed")
 
+    def task_status(self) -> dict[str, str]:
+        return {tid: t.status for tid, t in self.tasks.items()}
 
-def apply(state: WorkflowState, stored: StoredEvent) -> WorkflowState:
-    """The state after one more event."""
-    data = stored.event.data
-    base: dict[str, Any] = {"events": state.events + 1, "last_seq": stored.seq}
+
+def apply(state: WorkflowState, stored: StoredEvent) -> None:
+    """Fold one more event into ``state`` (in place)."""
+    e = stored.event
+    data = e.data
+    state.events += 1
+    state.last_seq = stored.seq
     match data:
         case WorkflowRequested():
-            changes: dict[str, Any] = {"status": "requested", "request": data.request, "plan": data.plan}
+            state.status = "requested"
+            state.request = data
+            state.started_at = e.at
         case PlanProposed():
-            changes = {"status": "planned", "plan": data.plan, "revision": data.revision}
+            state.status = "planned"
+            state.plan = data.plan
+            state.revision = data.revision
+            state.plan_source = data.source
+            state.tasks = {t.id: TaskState(task=t) for t in data.plan.nodes}
         case PlanValidated():
-            changes = {"status": "running"}
+            state.status = "running"
         case PlanRejected():
-            changes = {"status": "requested"}
+            state.rejected = data.checks
+        case TaskReady():
+            t = state.tasks.get(data.task.id)
+            if t is not None:
+                t.status, t.attempt, t.step_ids, t.error = "ready", data.attempt, [], None
         case StepsProposed():
-            changes = {}
+            t = state.tasks.get(data.task_id)
+            if t is not None:
+                t.status = "running"
+                t.step_ids = [s.id for s in data.steps]
+            for s in data.steps:
+                state.steps[s.id] = StepState(step=s)
+        case StepsRejected():
+            t = state.tasks.get(data.task_id)
+            if t is not None:
+                t.rejected = data.checks
         case StepReady():
-            changes = {"steps_ready": state.steps_ready + 1}
+            _step(state, data.step).status = "ready"
+        case ApprovalRequested():
+            st = _step(state, data.step)
+            st.status, st.approval_deadline = "awaiting_approval", data.deadline
+        case ApprovalGranted():
+            if (st2 := state.steps.get(data.step_id)) is not None:
+                st2.status, st2.approved_by = "approved", data.by
+        case ApprovalDenied():
+            if (st2 := state.steps.get(data.step_id)) is not None:
+                st2.status = "denied"
         case StepCompleted():
-            changes = {"step_outputs": {**state.step_outputs, data.step_id: data.output}}
+            if (st2 := state.steps.get(data.step_id)) is not None:
+                st2.status, st2.tool, st2.output = "completed", data.tool, data.output
         case StepFailed():
-            changes = {"failed_steps": (*state.failed_steps, data.step_id)}
+            if (st2 := state.steps.get(data.step_id)) is not None:
+                st2.status, st2.error = "failed", data.error
+        case TaskCompleted():
+            if (t := state.tasks.get(data.task_id)) is not None:
+                t.status, t.output = "completed", data.output
+        case TaskFailed():
+            if (t := state.tasks.get(data.task_id)) is not None:
+                t.status, t.error = "failed", data.error
         case WorkflowCompleted():
-            changes = {"status": "completed", "result": data.result}
+            state.status = "completed"
+            state.result = data.result
+            state.ended_at = e.at
         case WorkflowFailed():
-            changes = {"status": "failed", "failure": f"{data.reason}: {data.message}"}
+            state.status = "failed"
+            state.failure = ErrorInfo(code=data.reason, message=data.message)
+            state.failed_task = data.task_id
+            state.ended_at = e.at
+        case EffectsRecorded():
+            pass
+        case HandlerFailed():
+            state.dead_letters += 1
         case _:
             assert_never(data)
-    return msgspec.structs.replace(state, **base, **changes)
+
+
+def _step(state: WorkflowState, step: StepIntent) -> StepState:
+    st = state.steps.get(step.id)
+    if st is None:
+        st = state.steps[step.id] = StepState(step=step)
+    return st
 
 
 S = TypeVar("S")
@@ -92,5 +188,8 @@ def fold_with(step: Callable[[S, E], S], initial: S, events: Iterable[E]) -> S:
 
 
 def fold(workflow_id: str, events: Iterable[StoredEvent], state: WorkflowState | None = None) -> WorkflowState:
-    """The workflow's state after ``events`` (continuing from ``state`` when given)."""
-    return fold_with(apply, state or WorkflowState(workflow_id=workflow_id), events)
+    """The workflow's state after ``events``, continuing from ``state`` (which it updates) when given."""
+    state = state if state is not None else WorkflowState(workflow_id=workflow_id)
+    for stored in events:
+        apply(state, stored)
+    return state

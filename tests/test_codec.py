@@ -24,7 +24,7 @@ def test_every_event_of_a_run_round_trips() -> None:
 
 def test_every_type_is_registered_under_its_tag() -> None:
     assert all(name == cls.TYPE for name, cls in EVENT_TYPES.items())
-    assert len(EVENT_TYPES) == 10
+    assert len(EVENT_TYPES) == 19
 
 
 def test_wire_form_is_plain_json() -> None:
@@ -63,7 +63,7 @@ def test_unknown_fields_are_tolerated() -> None:
         (
             lambda w: w.update(type="nope"),
             "$.type",
-            r"unknown event type 'nope' \(at \$\.type\); known types: plan_proposed",
+            r"unknown event type 'nope' \(at \$\.type\); known types: approval_denied",
         ),
         (lambda w: w.pop("workflow_id"), "$", r"Object missing required field `workflow_id`"),
         (lambda w: w.update(at="yesterday"), "$.at", r"Invalid RFC3339 encoded datetime"),

@@ -25,6 +25,7 @@ def test_fold_continues_from_a_state() -> None:
     events = stored(happy_run("wf"))
     assert fold("wf", events[2:], fold("wf", events[:2])) == fold("wf", events)
     assert fold("wf", events).last_seq == 4
+    assert fold("wf", events).tasks["q"].status == "pending"
 
 
 def test_failure_and_rejection() -> None:
@@ -39,7 +40,7 @@ def test_failure_and_rejection() -> None:
     )
     assert fold("wf", events[:2]).status == "requested"
     end = fold("wf", events)
-    assert (end.status, end.failure, end.failed_steps, end.done) == ("failed", "no_plan: no plan matched", ("s",), True)
+    assert (end.status, end.failure, end.done) == ("failed", ErrorInfo(code="no_plan", message="no plan matched"), True)
 
 
 def test_fold_with_any_step() -> None:

@@ -1,0 +1,72 @@
+"""The intake: requests from any NATS client become workflows.
+
+A queue-group subscriber on ``<prefix>.requests``. It validates the request (unknown fields,
+wrong types, oversize, empty → a structured error reply and nothing appended), appends
+``workflow_requested`` as the workflow's first event, and replies ``{"workflow_id": ...}``
+when the request has a reply subject. With an ``idempotency_key`` the workflow id is
+derived from the key, so a resubmission returns the same workflow instead of a new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import msgspec
+from nats.aio.msg import Msg
+
+from actors.clock import random_token, utc_now
+from bus.errors import CadreError, ConcurrencyConflict
+from bus.events import make_event
+from bus.request import RequestError, parse_request
+from store.jetstream import JetStreamLog
+
+log = logging.getLogger("cadre.intake")
+_json = msgspec.json.Encoder()
+
+
+def workflow_id_for(idempotency_key: str | None) -> str:
+    if idempotency_key is None:
+        return "wf-" + random_token(8)
+    return "wf-" + hashlib.blake2b(idempotency_key.encode(), digest_size=8).hexdigest()
+
+
+async def submit(elog: JetStreamLog, data: bytes) -> dict[str, Any]:
+    """Validate and append one request; the reply to send (``workflow_id`` or ``error``)."""
+    try:
+        requested = parse_request(data)
+    except RequestError as exc:
+        return {"error": exc.to_wire()}
+    wf = workflow_id_for(requested.idempotency_key)
+    event = make_event(requested, workflow_id=wf, actor="intake", at=utc_now())
+    try:
+        result = await elog.append(wf, [event], expected_seq=0)
+    except ConcurrencyConflict:
+        # The workflow exists: the same idempotency key was submitted before.
+        return {"workflow_id": wf, "existing": True}
+    except CadreError as exc:
+        return {"error": exc.to_wire()}
+    return {"workflow_id": wf, "existing": True} if result.already_stored else {"workflow_id": wf}
+
+
+@asynccontextmanager
+async def serve_intake(elog: JetStreamLog) -> AsyncIterator[None]:
+    """Take requests until the block exits."""
+
+    async def on_msg(m: Msg) -> None:
+        reply = await submit(elog, m.data)
+        if "error" in reply:
+            log.info("request refused: %s", reply["error"])
+        if m.reply:
+            await m.respond(_json.encode(reply))
+
+    sub = await elog.nc.subscribe(elog.subjects.requests, queue="cadre-intake", cb=on_msg)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()

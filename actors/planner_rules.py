@@ -1,0 +1,127 @@
+"""The planner's progress rules: pure functions from a workflow's state and an event to the
+events that move the workflow on. No I/O, no clock: tests and replays call them directly.
+
+The planner owns progress: it dispatches every task whose dependencies are done (parallel
+branches go out together), hands each task's next validated step to the agents, completes
+the workflow with the output task's output, retries a failed task when its plan allows,
+and otherwise fails the workflow with a reason.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bus.events import (
+    Event,
+    HandlerFailed,
+    PlanRejected,
+    StepCompleted,
+    StepFailed,
+    StepReady,
+    StepsRejected,
+    TaskCompleted,
+    TaskFailed,
+    TaskReady,
+    WorkflowCompleted,
+    WorkflowFailed,
+)
+from bus.plan import Check, ErrorInfo
+from planner.scheduler import is_finished, ready_tasks, topo_order
+from store.state import WorkflowState
+
+# Failures a retry cannot fix: the same step would be refused again.
+NOT_RETRYABLE = frozenset({"approval_denied", "prohibited", "unknown_tool", "invalid_input", "outside_workspace"})
+
+
+def dispatch_ready(state: WorkflowState, completed: frozenset[str] = frozenset()) -> list[Event]:
+    """A ``task_ready`` for every pending task whose dependencies are done."""
+    assert state.plan is not None
+    status = state.task_status()
+    for t in completed:
+        status[t] = "completed"
+    return [TaskReady(task=state.tasks[t].task, attempt=1) for t in ready_tasks(state.plan, status)]
+
+
+def result_of(state: WorkflowState, outputs: dict[str, dict[str, Any] | None]) -> Any:
+    """The workflow's result: the plan's ``output`` task's output, else the last task's in DAG order."""
+    assert state.plan is not None
+    task_id = state.plan.output or topo_order(state.plan)[-1]
+    return outputs.get(task_id)
+
+
+def on_step_completed(state: WorkflowState, ev: StepCompleted) -> list[Event]:
+    task = state.tasks.get(ev.task_id)
+    if state.done or state.plan is None or task is None or task.status in ("completed", "failed"):
+        return []
+    if ev.step_id not in task.step_ids:
+        return []  # a step of an earlier attempt
+    i = task.step_ids.index(ev.step_id)
+    if i + 1 < len(task.step_ids):
+        nxt = state.steps[task.step_ids[i + 1]]
+        return [StepReady(step=nxt.step)] if nxt.status == "proposed" else []
+    out: list[Event] = [TaskCompleted(task_id=ev.task_id, output=ev.output)]
+    status = state.task_status()
+    status[ev.task_id] = "completed"
+    if is_finished(state.plan, status):
+        outputs = {tid: t.output for tid, t in state.tasks.items()}
+        outputs[ev.task_id] = ev.output
+        return [*out, WorkflowCompleted(result=result_of(state, outputs))]
+    return out + dispatch_ready(state, frozenset({ev.task_id}))
+
+
+def on_step_failed(state: WorkflowState, ev: StepFailed) -> list[Event]:
+    task = state.tasks.get(ev.task_id)
+    if state.done or task is None or task.status in ("completed", "failed") or ev.step_id not in task.step_ids:
+        return []
+    if ev.error.code not in NOT_RETRYABLE and task.attempt <= task.task.retries:
+        return [TaskReady(task=task.task, attempt=task.attempt + 1)]
+    return fail_task(ev.task_id, ev.error, task.attempt)
+
+
+def fail_task(task_id: str, error: ErrorInfo, attempts: int) -> list[Event]:
+    return [
+        TaskFailed(task_id=task_id, error=error, attempts=attempts),
+        WorkflowFailed(
+            reason="task_failed",
+            message=f"task {task_id!r} failed after {attempts} attempt(s): {error.code}: {error.message}",
+            task_id=task_id,
+        ),
+    ]
+
+
+def explain(checks: tuple[Check, ...]) -> str:
+    """The failed checks as one message: where, what, and the suggested fix."""
+    parts = []
+    for c in checks:
+        if c.passed or c.severity != "error":
+            continue
+        where = f"{c.path}: " if c.path else ""
+        fix = f" (fix: {c.fix})" if c.fix else ""
+        parts.append(f"{where}{c.message}{fix}")
+    return "; ".join(parts) or "no failed check was reported"
+
+
+def on_plan_rejected(state: WorkflowState, ev: PlanRejected) -> list[Event]:
+    if state.done or ev.revision != state.revision:
+        return []
+    return [WorkflowFailed(reason="plan_rejected", message=f"the plan was rejected: {explain(ev.checks)}")]
+
+
+def on_steps_rejected(state: WorkflowState, ev: StepsRejected) -> list[Event]:
+    task = state.tasks.get(ev.task_id)
+    if state.done or task is None or task.status in ("completed", "failed"):
+        return []
+    error = ErrorInfo(code="steps_rejected", message=explain(ev.checks))
+    return fail_task(ev.task_id, error, task.attempt)
+
+
+def on_handler_failed(state: WorkflowState, ev: HandlerFailed, actor: str) -> list[Event]:
+    if state.done:
+        return []
+    return [
+        WorkflowFailed(
+            reason="handler_failed",
+            message=f"{actor} gave up on {ev.input_type} (stream sequence {ev.input_seq}) after {ev.attempts} "
+            f"attempt(s): {ev.error.code}: {ev.error.message}",
+        )
+    ]

@@ -1,0 +1,355 @@
+"""The actor runtime: mailboxes on durable JetStream consumers, handlers, supervision.
+
+An actor kind declares the event types it handles. Its mailbox is one durable pull
+consumer filtered on those types (``<prefix>.evt.*.<type>``) and shared by every replica of
+the kind, in every process: JetStream hands each event to one of them.
+
+For each input the runtime:
+
+1. waits until the process's :class:`StateCache` holds the workflow's state including the input;
+2. calls the handler with a :class:`Context` (the clock, tools, budget, library, recorded);
+3. appends ``effects_recorded`` (when the handler learned anything from outside) and the
+   handler's events as one atomic batch, with ids derived from (input id, kind, index); for
+   the kind's *consistent* types the append expects the workflow's last sequence, and a
+   conflict re-runs the handler on the newer state;
+4. acks the input only after its outputs are stored. A handler error naks with backoff;
+   after ``max_attempts`` deliveries the runtime appends ``handler_failed`` (a dead letter
+   the planner turns into a workflow failure) and terminates the input.
+
+A handler may return :class:`Defer` to see its input again later (a durable timer).
+Structured concurrency: replicas run in a TaskGroup owned by :func:`run_actors`; entering it
+returns once every consumer exists and every replica is fetching; leaving it drains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js import api
+
+from actors.clock import utc_now
+from actors.context import Context, Outside
+from actors.metrics import Metrics
+from actors.outcome import Defer, Outcome
+from actors.state_cache import StateCache
+from bus.errors import ConcurrencyConflict
+from bus.events import EffectsRecorded, Envelope, Event, HandlerFailed, make_event
+from bus.plan import ErrorInfo
+from store.jetstream import JetStreamLog
+from store.records import Malformed, StoredEvent, to_record
+from store.state import WorkflowState
+
+log = logging.getLogger("cadre.actors")
+
+Handler = Callable[[Context, StoredEvent, WorkflowState], Awaitable[Outcome]]
+
+
+@dataclass(frozen=True)
+class ActorSpec:
+    """An actor kind: the types it handles, its handler, and which types need the latest state."""
+
+    kind: str
+    handles: frozenset[str]
+    handler: Handler
+    consistent: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """Knobs of the runtime; every one is a setting (``CADRE_ACTOR_*``)."""
+
+    batch: int = 32  # messages per fetch
+    max_in_flight: int = 64  # handlers running at once per replica
+    max_ack_pending: int = 1000  # per consumer (all replicas of a kind)
+    ack_wait: float = 30.0  # seconds before JetStream redelivers an unacked input
+    max_attempts: int = 5  # deliveries before an input is dead-lettered
+    backoff: tuple[float, ...] = (0.2, 1.0, 5.0, 15.0)  # nak delays by attempt
+    conflict_retries: int = 50
+    fetch_timeout: float = 0.5
+    drain_timeout: float = 10.0
+
+
+class Lifecycle(enum.Enum):
+    CREATED = "created"
+    RUNNING = "running"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+def consumer_name(prefix: str, kind: str) -> str:
+    return f"{prefix.replace('.', '_')}_{kind}"
+
+
+class _Replica:
+    def __init__(self, system: ActorSystem, spec: ActorSpec, index: int) -> None:
+        self.system = system
+        self.spec = spec
+        self.name = f"{spec.kind}#{index}"
+        self._slots = asyncio.Semaphore(system.options.max_in_flight)
+
+    async def run(self, ready: asyncio.Event) -> None:
+        sys_ = self.system
+        sub = await sys_.log.js.pull_subscribe_bind(
+            durable=consumer_name(sys_.log.subjects.prefix, self.spec.kind), stream=sys_.log.stream
+        )
+        ready.set()
+        opts = sys_.options
+        try:
+            async with asyncio.TaskGroup() as inflight:
+                while not sys_.stopping.is_set():
+                    await self._slots.acquire()
+                    want = 1
+                    while want < opts.batch and not self._slots.locked():
+                        await self._slots.acquire()
+                        want += 1
+                    try:
+                        msgs = await sub.fetch(want, timeout=opts.fetch_timeout)
+                    except (TimeoutError, nats.errors.TimeoutError):
+                        msgs = []
+                    except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
+                        msgs = []
+                        sys_.stopping.set()
+                    for _ in range(want - len(msgs)):
+                        self._slots.release()
+                    for m in msgs:
+                        inflight.create_task(self._process(m))
+                await self._drain()
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _drain(self) -> None:
+        """Let in-flight handlers finish (up to the drain timeout); unfinished inputs are redelivered later."""
+        opts = self.system.options
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(opts.drain_timeout):
+                for _ in range(opts.max_in_flight):
+                    await self._slots.acquire()
+                return
+        log.warning(
+            "%s: drain timed out after %ss; in-flight inputs will be redelivered", self.name, opts.drain_timeout
+        )
+        raise _DrainTimeout
+
+    async def _process(self, m: Msg) -> None:
+        sys_, kind = self.system, self.spec.kind
+        try:
+            meta = m.metadata
+            seq, delivered = meta.sequence.stream, meta.num_delivered
+            rec = to_record(sys_.log.subjects, seq, m.subject, m.data)
+            if delivered > 1:
+                sys_.metrics.redeliveries.labels(kind).inc()
+            if isinstance(rec, Malformed):
+                await sys_.dead_letter_malformed(kind, rec)
+                await m.term()
+                return
+            etype = rec.event.type
+            try:
+                with sys_.metrics.handler_seconds.labels(kind, etype).time():
+                    outcome = await self._with_keepalive(m, sys_.handle(self.spec, rec))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if delivered >= sys_.options.max_attempts:
+                    log.error("%s: giving up on %s #%d after %d attempts: %r", self.name, etype, seq, delivered, exc)
+                    await sys_.dead_letter(kind, rec, delivered, exc)
+                    await m.term()
+                    sys_.metrics.events_handled.labels(kind, etype, "dead_letter").inc()
+                else:
+                    delay = sys_.options.backoff[min(delivered, len(sys_.options.backoff)) - 1]
+                    log.warning(
+                        "%s: %s #%d failed (attempt %d), retry in %ss: %r", self.name, etype, seq, delivered, delay, exc
+                    )
+                    await m.nak(delay=delay)
+                    sys_.metrics.events_handled.labels(kind, etype, "retry").inc()
+                return
+            if isinstance(outcome, Defer):
+                delay = max(0.0, (outcome.until - utc_now()).total_seconds())
+                await m.nak(delay=delay)
+                sys_.metrics.events_handled.labels(kind, etype, "deferred").inc()
+                return
+            await m.ack()
+            sys_.metrics.events_handled.labels(kind, etype, "ok").inc()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # NATS gone while acking: the input is redelivered after ack_wait
+            log.exception("%s: could not settle a message", self.name)
+        finally:
+            self._slots.release()
+
+    async def _with_keepalive(self, m: Msg, work: Awaitable[Outcome | None]) -> Outcome | None:
+        """Run ``work`` while telling JetStream, every third of ack_wait, that the input is in progress."""
+        period = self.system.options.ack_wait / 3
+
+        async def keepalive() -> None:
+            while True:
+                await asyncio.sleep(period)
+                with contextlib.suppress(Exception):
+                    await m.in_progress()
+
+        async with asyncio.TaskGroup() as tg:
+            beat = tg.create_task(keepalive())
+            try:
+                return await work
+            finally:
+                beat.cancel()
+
+
+class _DrainTimeout(Exception):
+    pass
+
+
+@dataclass
+class ActorSystem:
+    """The actors of one process, their shared state cache, and the ports they use."""
+
+    log: JetStreamLog
+    outside: Outside
+    options: RuntimeOptions
+    metrics: Metrics
+    cache: StateCache
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    lifecycle: Lifecycle = Lifecycle.CREATED
+
+    async def ensure_consumer(self, spec: ActorSpec) -> None:
+        subjects = self.log.subjects
+        cfg = api.ConsumerConfig(
+            durable_name=consumer_name(subjects.prefix, spec.kind),
+            filter_subjects=[subjects.of_type(t) for t in sorted(spec.handles)],
+            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=self.options.ack_wait,
+            max_deliver=-1,  # the runtime dead-letters after max_attempts itself, so the failure is logged
+            max_ack_pending=self.options.max_ack_pending,
+            deliver_policy=api.DeliverPolicy.ALL,
+        )
+        await self.log.js.add_consumer(self.log.stream, cfg)
+
+    async def handle(self, spec: ActorSpec, rec: StoredEvent) -> Outcome | None:
+        """Run the handler on the input and store its outputs; returns the handler's outcome."""
+        wf = rec.event.workflow_id
+        consistent = rec.event.type in spec.consistent
+        state = await self.cache.state_at(wf, rec.seq)
+        for _ in range(self.options.conflict_retries):
+            now = utc_now()
+            ctx = Context(kind=spec.kind, stored=rec, now=now, outside=self.outside)
+            outcome = await spec.handler(ctx, rec, state)
+            if isinstance(outcome, Defer):
+                return outcome
+            payloads: list[Event] = []
+            if ctx.effects:
+                payloads.append(EffectsRecorded(input_id=rec.event.id, effects=tuple(ctx.effects)))
+            payloads.extend(outcome)
+            if not payloads:
+                return outcome
+            envelopes = self.wrap(spec.kind, rec.event, payloads, now)
+            try:
+                await self.log.append(wf, envelopes, expected_seq=state.last_seq if consistent else None)
+            except ConcurrencyConflict as exc:
+                self.metrics.conflicts.labels(spec.kind).inc()
+                state = await self.cache.state_at(wf, exc.actual)
+                continue
+            self._count(payloads)
+            return outcome
+        raise RuntimeError(f"{spec.kind}: gave up after {self.options.conflict_retries} concurrency conflicts")
+
+    @staticmethod
+    def wrap(kind: str, cause: Envelope, payloads: Sequence[Event], now: object) -> list[Envelope]:
+        assert isinstance(now, type(cause.at))
+        return [
+            make_event(p, workflow_id=cause.workflow_id, actor=kind, at=now, causation_id=cause.id, index=i)
+            for i, p in enumerate(payloads)
+        ]
+
+    def _count(self, payloads: Sequence[Event]) -> None:
+        for p in payloads:
+            if p.TYPE == "workflow_completed":
+                self.metrics.workflows.labels("completed").inc()
+            elif p.TYPE == "workflow_failed":
+                self.metrics.workflows.labels("failed").inc()
+            elif p.TYPE == "plan_proposed":
+                self.metrics.workflows.labels("started").inc()
+            elif isinstance(p, EffectsRecorded):
+                for e in p.effects:
+                    if e.kind == "tool":
+                        self.metrics.tool_calls.labels(e.key.split(":", 1)[0], "error" if e.error else "ok").inc()
+
+    async def dead_letter(self, kind: str, rec: StoredEvent, attempts: int, exc: Exception) -> None:
+        failed = HandlerFailed(
+            input_id=rec.event.id,
+            input_type=rec.event.type,
+            input_seq=rec.seq,
+            attempts=attempts,
+            error=ErrorInfo(code=type(exc).__name__, message=str(exc)[:2000] or repr(exc)),
+        )
+        self.metrics.dead_letters.labels(kind).inc()
+        env = make_event(
+            failed,
+            workflow_id=rec.event.workflow_id,
+            actor=kind,
+            at=utc_now(),
+            causation_id=rec.event.id,
+            index=1000,  # apart from the handler's own output indexes
+        )
+        await self.log.append(rec.event.workflow_id, [env])
+
+    async def dead_letter_malformed(self, kind: str, rec: Malformed) -> None:
+        parsed = self.log.subjects.parse_event(rec.subject)
+        if parsed is None:
+            return
+        wf, etype = parsed
+        failed = HandlerFailed(
+            input_id="",
+            input_type=etype,
+            input_seq=rec.seq,
+            attempts=1,
+            error=ErrorInfo(code="malformed_event", message=rec.reason),
+        )
+        self.metrics.dead_letters.labels(kind).inc()
+        env = make_event(failed, workflow_id=wf, actor=kind, at=utc_now(), causation_id=f"seq:{rec.seq}", index=1000)
+        await self.log.append(wf, [env])
+
+
+@asynccontextmanager
+async def run_actors(
+    elog: JetStreamLog,
+    specs: Sequence[tuple[ActorSpec, int]],
+    *,
+    outside: Outside,
+    options: RuntimeOptions | None = None,
+    metrics: Metrics | None = None,
+) -> AsyncIterator[ActorSystem]:
+    """Run ``replicas`` of each actor kind until the block exits, then drain.
+
+    Entering returns once every consumer exists and every replica is fetching.
+    """
+    cache = StateCache(elog)
+    system = ActorSystem(elog, outside, options or RuntimeOptions(), metrics or Metrics.create(), cache)
+    for spec, _ in specs:
+        await system.ensure_consumer(spec)
+    await cache.start()
+    try:
+        async with asyncio.TaskGroup() as tg:
+            for spec, replicas in specs:
+                for i in range(replicas):
+                    ready = asyncio.Event()
+                    tg.create_task(_Replica(system, spec, i).run(ready))
+                    await ready.wait()
+            system.lifecycle = Lifecycle.RUNNING
+            try:
+                yield system
+            finally:
+                system.lifecycle = Lifecycle.DRAINING
+                system.stopping.set()
+    except* _DrainTimeout:
+        pass
+    finally:
+        system.lifecycle = Lifecycle.STOPPED
+        await cache.stop()

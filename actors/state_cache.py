@@ -1,0 +1,158 @@
+"""Workflow states kept current in memory, for every actor of a process.
+
+One ordered push consumer per process follows the whole event stream from the moment the
+cache starts and folds each event into the state of its workflow:
+
+* a workflow whose ``workflow_requested`` the cache sees is followed from its first event,
+  so its state never needs a read from the log;
+* a workflow the cache meets later (it started before this process, or was evicted) is
+  loaded once from the log; events that arrive while it loads are buffered and applied
+  after, so nothing falls between the read and the live feed.
+
+``state_at(wf, seq)`` returns once the state includes stream sequence ``seq``. If the
+feed falls behind (a reconnect), a waiter catches up by reading the log directly.
+Invariant: an entry's ``state.last_seq`` only grows, and every event of the workflow up to
+it has been applied exactly once. The cache is the only writer of these states.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from nats.aio.msg import Msg
+from nats.js import api
+
+from store.jetstream import JetStreamLog, stream_seq
+from store.records import StoredEvent, to_record
+from store.state import WorkflowState, apply
+
+log = logging.getLogger("cadre.state")
+
+
+@dataclass
+class _Entry:
+    state: WorkflowState
+    loading: bool = False
+    buffer: list[tuple[int, str, bytes]] = field(default_factory=list)
+    waiters: list[tuple[int, asyncio.Future[None]]] = field(default_factory=list)
+    loaded: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class StateCache:
+    """Current states of workflows, shared by the actors of one process."""
+
+    def __init__(self, elog: JetStreamLog, *, max_workflows: int = 10_000, catch_up_after: float = 2.0) -> None:
+        self._log = elog
+        self._max = max_workflows
+        self._catch_up_after = catch_up_after
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._sub: Any = None
+
+    async def start(self) -> None:
+        """Begin following the stream; returns once the feed's consumer exists."""
+        self._sub = await self._log.js.subscribe(
+            self._log.subjects.events,
+            stream=self._log.stream,
+            ordered_consumer=True,
+            deliver_policy=api.DeliverPolicy.NEW,
+            cb=self._on_msg,
+        )
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+            self._sub = None
+        for entry in self._entries.values():
+            for _, fut in entry.waiters:
+                fut.cancel()
+
+    async def _on_msg(self, m: Msg) -> None:
+        parsed = self._log.subjects.parse_event(m.subject)
+        if parsed is None:
+            return
+        wf, etype = parsed
+        entry = self._entries.get(wf)
+        seq = stream_seq(m.reply)
+        if entry is None:
+            if etype != "workflow_requested":
+                return  # not followed here; loaded from the log if an actor needs it
+            entry = self._entries[wf] = _Entry(WorkflowState(workflow_id=wf))
+            entry.loaded.set()
+            self._evict()
+        if entry.loading:
+            entry.buffer.append((seq, m.subject, m.data))
+            return
+        self._apply(entry, seq, m.subject, m.data)
+
+    def _apply(self, entry: _Entry, seq: int, subject: str, data: bytes) -> None:
+        if seq <= entry.state.last_seq:
+            return  # already folded (from the log read, or a redelivered feed message)
+        rec = to_record(self._log.subjects, seq, subject, data)
+        if isinstance(rec, StoredEvent):
+            apply(entry.state, rec)
+        else:
+            entry.state.last_seq = seq  # a malformed message is skipped here; actors dead-letter it
+        if entry.waiters:
+            still = []
+            for min_seq, fut in entry.waiters:
+                if entry.state.last_seq >= min_seq:
+                    if not fut.done():
+                        fut.set_result(None)
+                else:
+                    still.append((min_seq, fut))
+            entry.waiters = still
+
+    async def _load(self, wf: str) -> _Entry:
+        entry = self._entries[wf] = _Entry(WorkflowState(workflow_id=wf), loading=True)
+        self._evict()
+        try:
+            records = await self._log.read_records(wf)
+        except BaseException:
+            del self._entries[wf]
+            entry.loaded.set()  # wake waiters; they find no entry and load it themselves
+            raise
+        for r in records:
+            self._apply(entry, r.seq, r.subject, r.data)
+        entry.loading = False
+        for seq, subject, data in entry.buffer:
+            self._apply(entry, seq, subject, data)
+        entry.buffer = []
+        entry.loaded.set()
+        return entry
+
+    async def state_at(self, wf: str, min_seq: int) -> WorkflowState:
+        """The workflow's state including at least stream sequence ``min_seq``."""
+        entry = self._entries.get(wf)
+        if entry is None:
+            entry = await self._load(wf)
+        else:
+            self._entries.move_to_end(wf)
+            if entry.loading:  # another actor is loading it: wait for that read
+                await entry.loaded.wait()
+                entry = self._entries.get(wf) or await self._load(wf)
+        while entry.state.last_seq < min_seq:
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            entry.waiters.append((min_seq, fut))
+            try:
+                await asyncio.wait_for(fut, self._catch_up_after)
+            except TimeoutError:
+                # The feed is behind (reconnecting?): read what is missing from the log.
+                log.info("state of %s behind (%d < %d); catching up from the log", wf, entry.state.last_seq, min_seq)
+                for r in await self._log.read_records(wf, after_seq=entry.state.last_seq):
+                    self._apply(entry, r.seq, r.subject, r.data)
+        return entry.state
+
+    def forget(self, wf: str) -> None:
+        self._entries.pop(wf, None)
+
+    def _evict(self) -> None:
+        while len(self._entries) > self._max:
+            wf, entry = next(iter(self._entries.items()))
+            if entry.loading or entry.waiters:
+                self._entries.move_to_end(wf)
+                return
+            del self._entries[wf]

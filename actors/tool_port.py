@@ -1,0 +1,20 @@
+"""The agents' tools as the context's ``Tools`` port: a ToolBox whose errors become ToolFailure."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from actors.context import ToolFailure
+from actors.tools import ToolBox, ToolCall, ToolError
+from bus.plan import ErrorInfo
+
+
+class ToolRunner:
+    def __init__(self, box: ToolBox) -> None:
+        self.box = box
+
+    async def run(self, tool: str, inputs: dict[str, Any], idempotency_key: str) -> dict[str, Any]:
+        try:
+            return await self.box.call(tool, inputs, ToolCall(idempotency_key=idempotency_key))
+        except ToolError as exc:
+            raise ToolFailure(tool, ErrorInfo(code=exc.code, message=exc.message), exc.retryable) from None

@@ -1,0 +1,56 @@
+"""The validator actor: checks plans and steps before anything runs.
+
+Verdicts are events listing every check, passed and failed, with severity, message and a
+suggested fix: ``plan_validated`` / ``plan_rejected`` for a plan, ``step_ready`` (the task's
+first step, cleared to run) / ``steps_rejected`` for a task's steps.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from actors.context import Context
+from actors.outcome import Outcome
+from actors.runtime import ActorSpec
+from bus.events import PlanProposed, PlanRejected, PlanValidated, StepReady, StepsProposed, StepsRejected
+from bus.plan import Check
+from planner.catalog import Catalog
+from planner.validation import Limits, passed_all, validate_plan, validate_steps
+from store.records import StoredEvent
+from store.state import WorkflowState
+
+
+def make_spec(catalog: Catalog, limits: Limits | None = None) -> ActorSpec:
+    lim = limits or Limits()
+
+    async def handle(ctx: Context, rec: StoredEvent, state: WorkflowState) -> Outcome:
+        data = rec.event.data
+        if state.done:
+            return []
+        if isinstance(data, PlanProposed):
+            if data.revision != state.revision:
+                return []  # superseded by a newer revision
+            checks = tuple(validate_plan(data.plan, catalog, lim))
+            if passed_all(list(checks)):
+                return [PlanValidated(revision=data.revision, checks=checks)]
+            return [PlanRejected(revision=data.revision, checks=checks)]
+        if isinstance(data, StepsProposed):
+            task = state.tasks.get(data.task_id)
+            if task is None or task.status != "running" or task.step_ids != [s.id for s in data.steps]:
+                return []  # an earlier attempt's steps
+            upstream: dict[str, dict[str, Any]] = {
+                dep: out
+                for dep in task.task.depends_on
+                if (t := state.tasks.get(dep)) is not None and (out := t.output) is not None
+            }
+            checks = tuple(validate_steps(task.task, data.steps, catalog, upstream, lim))
+            if passed_all(list(checks)):
+                return [StepReady(step=data.steps[0], checks=checks)]
+            return [StepsRejected(task_id=data.task_id, checks=checks)]
+        return []
+
+    return ActorSpec(kind="validator", handles=frozenset({PlanProposed.TYPE, StepsProposed.TYPE}), handler=handle)
+
+
+def failed_checks(checks: tuple[Check, ...]) -> list[Check]:
+    return [c for c in checks if not c.passed and c.severity == "error"]

@@ -1,0 +1,331 @@
+"""The actor-system commands of the CLI: up, actor, run, submit, approve, status, schema, tools."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import signal
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import nats.errors
+
+from actors.clock import utc_now
+from actors.intake import submit
+from actors.ping import ping_all
+from bus.errors import CadreError, ConcurrencyConflict
+from bus.events import (
+    EVENT_TYPES,
+    TERMINAL_TYPES,
+    ApprovalDenied,
+    ApprovalGranted,
+    ApprovalRequested,
+    make_event,
+)
+from bus.request import request_schema
+from bus.subjects import check_token
+from cadre import __version__
+from cadre.progress import describe
+from cadre.render import json_line
+from cadre.settings import Settings
+from cadre.system import KINDS, catalog_for, run_system
+from cadre.wiring import Bus, open_bus
+from store.jetstream import JetStreamLog
+from store.records import StoredEvent
+from store.state import WorkflowState, fold
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(CadreError):
+    """The command line asks for something that cannot be done as asked."""
+
+    code = "usage_error"
+
+
+def _stop_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+async def up(settings: Settings, kinds: tuple[str, ...], replicas: int, name: str) -> int:
+    """Run actor kinds until SIGINT/SIGTERM, then drain and stop."""
+    stop = _stop_on_signals()
+    async with open_bus(settings, name=name) as bus, run_system(bus, settings, kinds, replicas=replicas):
+        where = "embedded server" if bus.server is not None else "NATS"
+        if bus.server is not None and not bus.server.owned:
+            where = f"embedded server already running (pid {bus.server.pid})"
+        _say(f"cadre {__version__} up: {where} at {bus.url}")
+        _say(f"  actors: {', '.join(f'{k} x{replicas}' if k != 'budget' else k for k in kinds)}")
+        if "planner" in kinds:
+            _say(f"  requests on {settings.subjects.requests}; events on {settings.subjects.events}")
+        _say(f'  try: cadre submit "..." --wait --nats {bus.url}    (Ctrl-C to stop)')
+        await stop.wait()
+        print("cadre: draining and stopping", file=sys.stderr, flush=True)
+    return EXIT_OK
+
+
+def request_payload(
+    text: str | None,
+    plan_file: Path | None,
+    *,
+    budget: float | None,
+    intelligence: str | None,
+    mode: str | None,
+    idempotency_key: str | None,
+) -> bytes:
+    """The JSON request the CLI sends, from its arguments (the intake validates it)."""
+    body: dict[str, Any] = {}
+    if plan_file is not None:
+        try:
+            loaded = json.loads(plan_file.read_text())
+        except OSError as exc:
+            raise UsageError(f"cannot read plan file {str(plan_file)!r}: {exc.strerror}") from None
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"plan file {plan_file} is not JSON: {exc}") from None
+        if isinstance(loaded, dict) and "plan" in loaded:  # a library entry: {"name", "request", "plan"}
+            body["plan"] = loaded["plan"]
+            text = text or loaded.get("request")
+        else:
+            body["plan"] = loaded
+    if text:
+        body["request"] = text
+    for key, value in (
+        ("budget_usd", budget),
+        ("intelligence", intelligence),
+        ("mode", mode),
+        ("idempotency_key", idempotency_key),
+    ):
+        if value is not None:
+            body[key] = value
+    return json.dumps(body).encode()
+
+
+async def watch(log: JetStreamLog, wf: str, *, quiet: bool) -> WorkflowState:
+    """Print progress until the workflow ends; return its final state."""
+    state = WorkflowState(workflow_id=wf)
+    async for r in log.follow(wf):
+        if not isinstance(r, StoredEvent):
+            if not quiet:
+                _say(f"  #{r.seq} MALFORMED {r.subject}: {r.reason}")
+            continue
+        fold(wf, [r], state)
+        line = describe(r.event)
+        if line and not quiet:
+            _say("  " + line)
+        if r.event.type in TERMINAL_TYPES:
+            return state
+    return state
+
+
+def _summary(state: WorkflowState) -> dict[str, Any]:
+    out: dict[str, Any] = {"workflow_id": state.workflow_id, "status": state.status, "events": state.events}
+    if state.status == "completed":
+        out["result"] = state.result
+    if state.failure is not None:
+        out["failure"] = {"reason": state.failure.code, "message": state.failure.message}
+    if state.plan_source:
+        out["plan_source"] = state.plan_source
+    return out
+
+
+async def _finish(bus: Bus, state: WorkflowState, as_json: bool, settings: Settings) -> int:
+    if as_json:
+        _say(json_line(_summary(state)))
+    else:
+        flag = "" if settings.nats_url is None else f" --nats {bus.url}"
+        _say(f"\nworkflow {state.workflow_id}: {state.status} ({state.events} events)")
+        _say(f"  events:  cadre events {state.workflow_id}{flag}")
+        _say(f"  export:  cadre export {state.workflow_id}{flag} -o {state.workflow_id}.jsonl")
+    return EXIT_OK if state.status == "completed" else EXIT_FAILED
+
+
+async def run(settings: Settings, payload: bytes, as_json: bool) -> int:
+    """One shot: server, every actor, submit, follow, print the result, stop."""
+    async with open_bus(settings, name="cadre-run") as bus, run_system(bus, settings):
+        reply = await submit(bus.log, payload)
+        if "error" in reply:
+            raise _request_error(reply["error"])
+        wf = reply["workflow_id"]
+        if not as_json:
+            _say(f"workflow {wf} on {bus.url}")
+        state = await watch(bus.log, wf, quiet=as_json)
+        return await _finish(bus, state, as_json, settings)
+
+
+def _request_error(err: dict[str, str]) -> CadreError:
+    exc = UsageError(f"{err.get('message')} (at {err.get('path', '$')})")
+    exc.code = err.get("code", "invalid_request")
+    return exc
+
+
+async def submit_cmd(settings: Settings, payload: bytes, *, wait: bool, as_json: bool) -> int:
+    async with open_bus(settings, name="cadre-submit") as bus:
+        try:
+            resp = await bus.nc.request(settings.subjects.requests, payload, timeout=settings.request_timeout_s)
+        except nats.errors.NoRespondersError:
+            raise CadreError(
+                f"no intake listens on {settings.subjects.requests}: start `cadre up` (or `cadre actor planner`)"
+            ) from None
+        reply = json.loads(resp.data)
+        if "error" in reply:
+            raise _request_error(reply["error"])
+        wf = reply["workflow_id"]
+        if not wait:
+            _say(json_line(reply) if as_json else wf)
+            return EXIT_OK
+        if not as_json:
+            _say(f"workflow {wf}")
+        state = await watch(bus.log, wf, quiet=as_json)
+        return await _finish(bus, state, as_json, settings)
+
+
+async def approve(settings: Settings, wf: str, step_id: str, *, deny: bool, reason: str, by: str | None) -> int:
+    who = by or getpass.getuser()
+    async with open_bus(settings, name="cadre-approve") as bus:
+        for _ in range(10):
+            events = await bus.log.read(wf)
+            if not events:
+                raise UsageError(f"no workflow {wf!r} in the log (see `cadre workflows`)")
+            state = fold(wf, events)
+            st = state.steps.get(step_id)
+            if st is None:
+                waiting = [s for s, x in state.steps.items() if x.status == "awaiting_approval"]
+                raise UsageError(
+                    f"workflow {wf} has no step {step_id!r}; steps awaiting approval: {', '.join(waiting) or 'none'}"
+                )
+            if st.status != "awaiting_approval":
+                raise CadreError(f"step {step_id} of {wf} is {st.status}, not awaiting approval")
+            request = next(
+                e.event
+                for e in reversed(events)
+                if isinstance(e.event.data, ApprovalRequested) and e.event.data.step.id == step_id
+            )
+            decision: ApprovalGranted | ApprovalDenied = (
+                ApprovalDenied(step_id=step_id, by=who, reason=reason)
+                if deny
+                else ApprovalGranted(step_id=step_id, by=who, reason=reason)
+            )
+            event = make_event(
+                decision, workflow_id=wf, actor="human", at=utc_now(), causation_id=request.id, index=int(deny)
+            )
+            try:
+                await bus.log.append(wf, [event], expected_seq=state.last_seq)
+            except ConcurrencyConflict:
+                continue  # the workflow moved on; look again
+            _say(f"{'denied' if deny else 'approved'} {step_id} of {wf} as {who}")
+            return EXIT_OK
+    raise CadreError(f"workflow {wf} kept changing; try again")
+
+
+async def status(settings: Settings, as_json: bool) -> int:
+    async with open_bus(settings, name="cadre-status") as bus:
+        counts = await bus.log.subject_counts()
+        answers = await ping_all(bus.nc, settings.subjects)
+        consumers: dict[str, dict[str, Any] | None] = {}
+        for kind in KINDS[:-1]:
+            name = f"{settings.subject_prefix.replace('.', '_')}_{kind}"
+            try:
+                ci = await bus.log.js.consumer_info(settings.stream_name, name)
+                consumers[kind] = {
+                    "pending": ci.num_pending,
+                    "in_flight": ci.num_ack_pending,
+                    "waiting": ci.num_waiting,
+                }
+            except Exception:
+                consumers[kind] = None
+    per_wf: dict[str, Counter[str]] = {}
+    for subject, n in counts.items():
+        parsed = settings.subjects.parse_event(subject)
+        if parsed is not None:
+            per_wf.setdefault(parsed[0], Counter())[parsed[1]] += n
+    by_state: Counter[str] = Counter(workflow_state(c) for c in per_wf.values())
+    alive: Counter[str] = Counter()
+    for a in answers:
+        for k in a.get("kinds", []):
+            alive[k] += int(a.get("replicas", 1)) if k != "budget" else 1
+    report = {
+        "workflows": dict(sorted(by_state.items())),
+        "actors_alive": dict(alive),
+        "consumers": consumers,
+        "processes": answers,
+    }
+    if as_json:
+        _say(json_line(report))
+        return EXIT_OK
+    _say("workflows: " + (", ".join(f"{k} {v}" for k, v in sorted(by_state.items())) or "none"))
+    _say("actors alive: " + (", ".join(f"{k} x{v}" for k, v in sorted(alive.items())) or "none"))
+    for kind, c in consumers.items():
+        if c is not None:
+            _say(f"  {kind:<10} backlog {c['pending']}, in flight {c['in_flight']}, fetching {c['waiting']}")
+    return EXIT_OK
+
+
+def workflow_state(types: Counter[str]) -> str:
+    """A workflow's state from the event types it holds (no fold needed)."""
+    if types["workflow_completed"]:
+        return "completed"
+    if types["workflow_failed"]:
+        return "failed"
+    if types["approval_requested"] > types["approval_granted"] + types["approval_denied"]:
+        return "awaiting_approval"
+    if types["plan_proposed"]:
+        return "running"
+    return "requested"
+
+
+def schema(what: str) -> int:
+    if what == "request":
+        _say(json.dumps(request_schema(), indent=2))
+        return EXIT_OK
+    payloads = list(EVENT_TYPES.values())
+    (env_schema, *payload_schemas), defs = msgspec.json.schema_components([_EnvelopeHead, *payloads])
+    variants = []
+    for name, ps in zip(EVENT_TYPES, payload_schemas, strict=True):
+        head = dict(env_schema)
+        variants.append(
+            {
+                "title": name,
+                "allOf": [head, {"type": "object", "properties": {"type": {"const": name}, "data": ps}}],
+            }
+        )
+    _say(json.dumps({"$defs": defs, "oneOf": variants, "title": "cadre event"}, indent=2))
+    return EXIT_OK
+
+
+class _EnvelopeHead(msgspec.Struct, kw_only=True):
+    """The envelope's fields other than ``data`` (for the event schema)."""
+
+    id: str
+    type: str
+    workflow_id: str
+    causation_id: str | None
+    actor: str
+    at: str
+    v: int = 1
+
+
+def tools(settings: Settings, as_json: bool) -> int:
+    catalog = catalog_for(settings)
+    if as_json:
+        _say(json_line(catalog.describe()))
+        return EXIT_OK
+    for spec in catalog.values():
+        flags = spec.safety.value + (", approval" if spec.requires_approval else "")
+        _say(f"{spec.name:<12} [{flags}] {spec.description.splitlines()[0]}")
+    return EXIT_OK
+
+
+def valid_wf(value: str) -> str:
+    return check_token("workflow id", value)

@@ -1,0 +1,85 @@
+"""One line per event that matters to a person watching a run (``cadre run``, ``submit --wait``)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from bus.events import (
+    ApprovalDenied,
+    ApprovalGranted,
+    ApprovalRequested,
+    EffectsRecorded,
+    Envelope,
+    HandlerFailed,
+    PlanProposed,
+    PlanRejected,
+    PlanValidated,
+    StepCompleted,
+    StepFailed,
+    StepReady,
+    StepsProposed,
+    StepsRejected,
+    TaskCompleted,
+    TaskFailed,
+    TaskReady,
+    WorkflowCompleted,
+    WorkflowFailed,
+    WorkflowRequested,
+)
+
+
+def _short(value: Any, width: int = 90) -> str:
+    text = json.dumps(value, default=str, separators=(",", ":"))
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def describe(e: Envelope) -> str | None:
+    """A line for people, or None for events that are bookkeeping."""
+    d = e.data
+    wf = e.workflow_id
+    match d:
+        case WorkflowRequested():
+            return f"request   {d.request or '(explicit plan)'}"
+        case PlanProposed():
+            lines = [f"plan      {len(d.plan.nodes)} task(s), {d.source}" + (f": {d.reason}" if d.reason else "")]
+            for t in d.plan.nodes:
+                after = f"  after {', '.join(t.depends_on)}" if t.depends_on else ""
+                lines.append(f"            - {t.id}: {t.tool}{after}  {t.description}".rstrip())
+            return "\n".join(lines)
+        case PlanValidated():
+            return f"validated {sum(c.passed for c in d.checks)}/{len(d.checks)} checks passed"
+        case PlanRejected():
+            bad = [f"{c.path or c.name}: {c.message}" for c in d.checks if not c.passed and c.severity == "error"]
+            return "rejected  " + "; ".join(bad)
+        case TaskReady():
+            return f"task      {d.task.id} ready" + (f" (attempt {d.attempt})" if d.attempt > 1 else "")
+        case StepReady():
+            return f"step      {d.step.id} -> {d.step.tool}"
+        case StepCompleted():
+            dev = f"  [{'; '.join(d.deviations)}]" if d.deviations else ""
+            return f"done      {d.step_id} with {d.tool}: {_short(d.output, 70)}{dev}"
+        case StepFailed():
+            return f"failed    {d.step_id} ({d.tool}): {d.error.code}: {d.error.message}"
+        case ApprovalRequested():
+            return (
+                f"approval  {d.step.id} needs approval ({d.reason}); run: cadre approve {wf} {d.step.id} "
+                f"[--deny] (denied at {d.deadline:%H:%M:%S} if no answer)"
+            )
+        case ApprovalGranted():
+            return f"approved  {d.step_id} by {d.by}"
+        case ApprovalDenied():
+            return f"denied    {d.step_id} by {d.by}" + (f": {d.reason}" if d.reason else "")
+        case StepsRejected():
+            bad = [c.message for c in d.checks if not c.passed and c.severity == "error"]
+            return f"rejected  steps of {d.task_id}: " + "; ".join(bad)
+        case TaskFailed():
+            return f"failed    task {d.task_id}: {d.error.code}: {d.error.message}"
+        case WorkflowCompleted():
+            return f"completed result: {_short(d.result, 200)}"
+        case WorkflowFailed():
+            return f"FAILED    {d.reason}: {d.message}"
+        case HandlerFailed():
+            return f"dead      {e.actor} gave up on {d.input_type} after {d.attempts} attempts: {d.error.message}"
+        case StepsProposed() | TaskCompleted() | EffectsRecorded():
+            return None

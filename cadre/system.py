@@ -1,0 +1,93 @@
+"""Composition of the actor system from settings: which kinds run here, with which ports."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import timedelta
+
+from actors import agent, decomposer, planner, validator
+from actors.budget import BudgetClient, serve_budget
+from actors.context import Outside
+from actors.intake import serve_intake
+from actors.library_source import LogLibrary
+from actors.metrics import Metrics
+from actors.ping import serve_ping
+from actors.runtime import ActorSpec, ActorSystem, RuntimeOptions, run_actors
+from actors.tool_port import ToolRunner
+from actors.tools import ToolConfig, builtin_toolbox, ensure_sample_database
+from cadre.settings import Settings
+from cadre.wiring import Bus
+from planner.builtin_tools import builtin_catalog
+from planner.catalog import Catalog
+
+KINDS = ("planner", "validator", "decomposer", "agent", "budget")
+
+
+def catalog_for(settings: Settings) -> Catalog:
+    return builtin_catalog().with_policy(prohibited=settings.prohibited_tools, approval=settings.approval_tools)
+
+
+def runtime_options(settings: Settings) -> RuntimeOptions:
+    return RuntimeOptions(
+        batch=settings.actor_batch,
+        max_in_flight=settings.actor_max_in_flight,
+        max_ack_pending=settings.actor_max_ack_pending,
+        ack_wait=settings.actor_ack_wait_s,
+        max_attempts=settings.actor_max_attempts,
+        drain_timeout=settings.actor_drain_timeout_s,
+    )
+
+
+@asynccontextmanager
+async def run_system(
+    bus: Bus, settings: Settings, kinds: Sequence[str] = KINDS, *, replicas: int = 1, metrics: Metrics | None = None
+) -> AsyncIterator[ActorSystem | None]:
+    """Run the given actor kinds (``replicas`` of each) on ``bus`` until the block exits.
+
+    The intake runs with the planner; the budget is a request/reply service. Yields the
+    actor system (None when only the budget runs here).
+    """
+    unknown = set(kinds) - set(KINDS)
+    if unknown:
+        raise ValueError(f"unknown actor kind(s) {sorted(unknown)}; known: {', '.join(KINDS)}")
+    catalog = catalog_for(settings)
+    metrics = metrics or Metrics.create()
+    if settings.metrics_port is not None:
+        metrics.serve(settings.metrics_port)
+    tools = None
+    if "agent" in kinds:
+        settings.workspace_dir.mkdir(parents=True, exist_ok=True)
+        database = (
+            settings.database if settings.database is not None else ensure_sample_database(settings.database_path)
+        )
+        config = ToolConfig(workspace=settings.workspace_dir, database=database, http_allow=tuple(settings.http_allow))
+        tools = ToolRunner(builtin_toolbox(config, catalog))
+    library = None
+    if "planner" in kinds:
+        library = LogLibrary(bus.log, settings.plan_library_dir, threshold=settings.library_threshold)
+    outside = Outside(tools=tools, budget=BudgetClient(bus.nc, settings.subjects), library=library)
+
+    specs: list[tuple[ActorSpec, int]] = []
+    for kind in kinds:
+        match kind:
+            case "planner":
+                specs.append((planner.SPEC, replicas))
+            case "validator":
+                specs.append((validator.make_spec(catalog), replicas))
+            case "decomposer":
+                specs.append((decomposer.make_spec(catalog), replicas))
+            case "agent":
+                specs.append((agent.make_spec(timedelta(seconds=settings.approval_timeout_s)), replicas))
+    async with AsyncExitStack() as stack:
+        if "budget" in kinds:
+            await stack.enter_async_context(serve_budget(bus.nc, settings.subjects))
+        system = None
+        if specs:
+            system = await stack.enter_async_context(
+                run_actors(bus.log, specs, outside=outside, options=runtime_options(settings), metrics=metrics)
+            )
+        if "planner" in kinds:
+            await stack.enter_async_context(serve_intake(bus.log))
+        await stack.enter_async_context(serve_ping(bus.nc, settings.subjects, kinds, replicas))
+        yield system

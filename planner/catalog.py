@@ -1,0 +1,85 @@
+"""The tool catalog: what each tool is, takes, returns and may do.
+
+The planner grounds plans in it (and lists it in prompts), the validator checks intents
+against it, and agents run the implementations registered under the same names
+(``actors/tools/``). A spec is data plus two pydantic models; it never runs anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel
+
+
+class Safety(StrEnum):
+    """What a tool may do to the world."""
+
+    READ_ONLY = "read_only"  # no effect outside cadre; safe to retry and replay
+    SIDE_EFFECT = "side_effect"  # changes something; runs with the step id as idempotency key
+    PROHIBITED = "prohibited"  # never runs; the validator refuses any step that names it
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """One tool: its name (``family.verb``), description, input and output models, safety."""
+
+    name: str
+    description: str
+    input_model: type[BaseModel]
+    output_model: type[BaseModel]
+    safety: Safety = Safety.READ_ONLY
+    requires_approval: bool = False
+    timeout_s: float = 10.0
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready description (for prompts, ``cadre tools`` and docs)."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "safety": self.safety.value,
+            "requires_approval": self.requires_approval,
+            "input_schema": self.input_model.model_json_schema(),
+            "output_schema": self.output_model.model_json_schema(),
+        }
+
+
+class Catalog(Mapping[str, ToolSpec]):
+    """An immutable set of tool specs by name."""
+
+    def __init__(self, specs: Iterable[ToolSpec]) -> None:
+        by_name: dict[str, ToolSpec] = {}
+        for spec in specs:
+            if spec.name in by_name:
+                raise ValueError(f"tool {spec.name!r} is registered twice")
+            by_name[spec.name] = spec
+        self._specs = by_name
+
+    def __getitem__(self, name: str) -> ToolSpec:
+        return self._specs[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._specs)
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+    def with_policy(self, *, prohibited: Iterable[str] = (), approval: Iterable[str] = ()) -> Catalog:
+        """The same tools with some made prohibited or approval-gated (a deployment's policy)."""
+        from dataclasses import replace
+
+        banned, gated = set(prohibited), set(approval)
+        return Catalog(
+            replace(
+                s,
+                safety=Safety.PROHIBITED if s.name in banned else s.safety,
+                requires_approval=s.requires_approval or s.name in gated,
+            )
+            for s in self._specs.values()
+        )
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [s.describe() for s in self._specs.values()]
