@@ -27,8 +27,6 @@ from bus.events import (
     StepReady,
     StepsProposed,
     StepsRejected,
-    TaskCompleted,
-    TaskFailed,
     TaskReady,
     WorkflowCompleted,
     WorkflowFailed,
@@ -118,8 +116,6 @@ async def handle(ctx: Context, rec: StoredEvent, state: WorkflowState) -> Outcom
             | ApprovalRequested()
             | ApprovalGranted()
             | ApprovalDenied()
-            | TaskCompleted()
-            | TaskFailed()
             | WorkflowCompleted()
             | WorkflowFailed()
             | EffectsRecorded()

@@ -19,8 +19,6 @@ from bus.events import (
     StepFailed,
     StepReady,
     StepsRejected,
-    TaskCompleted,
-    TaskFailed,
     TaskReady,
     WorkflowCompleted,
     WorkflowFailed,
@@ -33,12 +31,10 @@ from store.state import WorkflowState
 NOT_RETRYABLE = frozenset({"approval_denied", "prohibited", "unknown_tool", "invalid_input", "outside_workspace"})
 
 
-def dispatch_ready(state: WorkflowState, completed: frozenset[str] = frozenset()) -> list[Event]:
+def dispatch_ready(state: WorkflowState) -> list[Event]:
     """A ``task_ready`` for every pending task whose dependencies are done."""
     assert state.plan is not None
     status = state.task_status()
-    for t in completed:
-        status[t] = "completed"
     return [TaskReady(task=state.tasks[t].task, attempt=1) for t in ready_tasks(state.plan, status)]
 
 
@@ -50,23 +46,25 @@ def result_of(state: WorkflowState, outputs: dict[str, dict[str, Any] | None]) -
 
 
 def on_step_completed(state: WorkflowState, ev: StepCompleted) -> list[Event]:
+    """The task's next step, or the tasks this completion made ready, or the workflow's end.
+
+    ``state`` already includes ``ev`` (and maybe later events): the fold marks a task
+    completed with its last step, so tasks dispatched since are no longer pending and are
+    not dispatched twice.
+    """
     task = state.tasks.get(ev.task_id)
-    if state.done or state.plan is None or task is None or task.status in ("completed", "failed"):
+    if state.done or state.plan is None or task is None or ev.step_id not in task.step_ids:
+        return []  # finished, or a step of an earlier attempt
+    if task.status != "completed":
+        i = task.step_ids.index(ev.step_id)
+        if i + 1 < len(task.step_ids):
+            nxt = state.steps[task.step_ids[i + 1]]
+            return [StepReady(step=nxt.step)] if nxt.status == "proposed" else []
         return []
-    if ev.step_id not in task.step_ids:
-        return []  # a step of an earlier attempt
-    i = task.step_ids.index(ev.step_id)
-    if i + 1 < len(task.step_ids):
-        nxt = state.steps[task.step_ids[i + 1]]
-        return [StepReady(step=nxt.step)] if nxt.status == "proposed" else []
-    out: list[Event] = [TaskCompleted(task_id=ev.task_id, output=ev.output)]
     status = state.task_status()
-    status[ev.task_id] = "completed"
     if is_finished(state.plan, status):
-        outputs = {tid: t.output for tid, t in state.tasks.items()}
-        outputs[ev.task_id] = ev.output
-        return [*out, WorkflowCompleted(result=result_of(state, outputs))]
-    return out + dispatch_ready(state, frozenset({ev.task_id}))
+        return [WorkflowCompleted(result=result_of(state, {tid: t.output for tid, t in state.tasks.items()}))]
+    return dispatch_ready(state)
 
 
 def on_step_failed(state: WorkflowState, ev: StepFailed) -> list[Event]:
@@ -80,7 +78,6 @@ def on_step_failed(state: WorkflowState, ev: StepFailed) -> list[Event]:
 
 def fail_task(task_id: str, error: ErrorInfo, attempts: int) -> list[Event]:
     return [
-        TaskFailed(task_id=task_id, error=error, attempts=attempts),
         WorkflowFailed(
             reason="task_failed",
             message=f"task {task_id!r} failed after {attempts} attempt(s): {error.code}: {error.message}",

@@ -30,6 +30,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import nats.errors
 from nats.aio.msg import Msg
@@ -41,7 +42,7 @@ from actors.metrics import Metrics
 from actors.outcome import Defer, Outcome
 from actors.state_cache import StateCache
 from bus.errors import ConcurrencyConflict
-from bus.events import EffectsRecorded, Envelope, Event, HandlerFailed, make_event
+from bus.events import Effect, EffectsRecorded, Envelope, Event, HandlerFailed, make_event
 from bus.plan import ErrorInfo
 from store.jetstream import JetStreamLog
 from store.records import Malformed, StoredEvent, to_record
@@ -243,13 +244,12 @@ class ActorSystem:
             outcome = await spec.handler(ctx, rec, state)
             if isinstance(outcome, Defer):
                 return outcome
-            payloads: list[Event] = []
-            if ctx.effects:
-                payloads.append(EffectsRecorded(input_id=rec.event.id, effects=tuple(ctx.effects)))
-            payloads.extend(outcome)
+            payloads: list[Event] = list(outcome)
+            if not payloads and ctx.effects:
+                payloads = [EffectsRecorded(input_id=rec.event.id, effects=tuple(ctx.effects))]
             if not payloads:
                 return outcome
-            envelopes = self.wrap(spec.kind, rec.event, payloads, now)
+            envelopes = self.wrap(spec.kind, rec.event, payloads, now, tuple(ctx.effects))
             try:
                 await self.log.append(wf, envelopes, expected_seq=state.last_seq if consistent else None)
             except ConcurrencyConflict as exc:
@@ -257,14 +257,27 @@ class ActorSystem:
                 state = await self.cache.state_at(wf, exc.actual)
                 continue
             self._count(payloads)
+            self._count_effects(ctx.effects)
             return outcome
         raise RuntimeError(f"{spec.kind}: gave up after {self.options.conflict_retries} concurrency conflicts")
 
     @staticmethod
-    def wrap(kind: str, cause: Envelope, payloads: Sequence[Event], now: object) -> list[Envelope]:
-        assert isinstance(now, type(cause.at))
+    def wrap(
+        kind: str, cause: Envelope, payloads: Sequence[Event], now: datetime, effects: tuple[Effect, ...] = ()
+    ) -> list[Envelope]:
+        """Envelopes for a handler's outputs; its effects ride on the first one (not on EffectsRecorded,
+        which carries them in its payload)."""
+        first = () if payloads and isinstance(payloads[0], EffectsRecorded) else effects
         return [
-            make_event(p, workflow_id=cause.workflow_id, actor=kind, at=now, causation_id=cause.id, index=i)
+            make_event(
+                p,
+                workflow_id=cause.workflow_id,
+                actor=kind,
+                at=now,
+                causation_id=cause.id,
+                index=i,
+                effects=first if i == 0 else (),
+            )
             for i, p in enumerate(payloads)
         ]
 
@@ -276,10 +289,11 @@ class ActorSystem:
                 self.metrics.workflows.labels("failed").inc()
             elif p.TYPE == "plan_proposed":
                 self.metrics.workflows.labels("started").inc()
-            elif isinstance(p, EffectsRecorded):
-                for e in p.effects:
-                    if e.kind == "tool":
-                        self.metrics.tool_calls.labels(e.key.split(":", 1)[0], "error" if e.error else "ok").inc()
+
+    def _count_effects(self, effects: Sequence[Effect]) -> None:
+        for e in effects:
+            if e.kind == "tool":
+                self.metrics.tool_calls.labels(e.key.split(":", 1)[0], "error" if e.error else "ok").inc()
 
     async def dead_letter(self, kind: str, rec: StoredEvent, attempts: int, exc: Exception) -> None:
         failed = HandlerFailed(

@@ -15,6 +15,7 @@ from actors.runtime import ActorSpec
 from bus.events import PlanProposed, PlanRejected, PlanValidated, StepReady, StepsProposed, StepsRejected
 from bus.plan import Check
 from planner.catalog import Catalog
+from planner.scheduler import upstream
 from planner.validation import Limits, passed_all, validate_plan, validate_steps
 from store.records import StoredEvent
 from store.state import WorkflowState
@@ -38,12 +39,12 @@ def make_spec(catalog: Catalog, limits: Limits | None = None) -> ActorSpec:
             task = state.tasks.get(data.task_id)
             if task is None or task.status != "running" or task.step_ids != [s.id for s in data.steps]:
                 return []  # an earlier attempt's steps
-            upstream: dict[str, dict[str, Any]] = {
-                dep: out
-                for dep in task.task.depends_on
-                if (t := state.tasks.get(dep)) is not None and (out := t.output) is not None
+            assert state.plan is not None
+            ids = upstream(state.plan, task.task.id)  # references may reach any (transitive) upstream task
+            outputs: dict[str, dict[str, Any]] = {
+                dep: out for dep in ids if (t := state.tasks.get(dep)) is not None and (out := t.output) is not None
             }
-            checks = tuple(validate_steps(task.task, data.steps, catalog, upstream, lim))
+            checks = tuple(validate_steps(task.task, data.steps, catalog, outputs, lim, upstream_ids=ids))
             if passed_all(list(checks)):
                 return [StepReady(step=data.steps[0], checks=checks)]
             return [StepsRejected(task_id=data.task_id, checks=checks)]

@@ -14,12 +14,12 @@ from datetime import datetime
 import msgspec
 
 from bus.errors import DecodeError
-from bus.events import EVENT_TYPES, Envelope, Event
+from bus.events import EVENT_TYPES, Effect, Envelope, Event
 
 _encoder = msgspec.json.Encoder()
 
 
-class _WireEnvelope(msgspec.Struct, frozen=True, kw_only=True):
+class _WireEnvelope(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     id: str
     type: str
     workflow_id: str
@@ -28,6 +28,7 @@ class _WireEnvelope(msgspec.Struct, frozen=True, kw_only=True):
     at: datetime
     v: int = 1
     data: msgspec.Raw
+    effects: tuple[Effect, ...] = ()
 
 
 _envelope_decoder = msgspec.json.Decoder(_WireEnvelope)
@@ -80,6 +81,7 @@ def decode(data: bytes | bytearray | memoryview) -> Envelope:
         at=wire.at,
         v=wire.v,
         data=payload,
+        effects=wire.effects,
     )
 
 

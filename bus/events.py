@@ -27,7 +27,7 @@ from bus.plan import Check, ErrorInfo, Plan, StepIntent, Task
 SCHEMA_VERSION = 1
 
 
-class WorkflowRequested(msgspec.Struct, frozen=True, kw_only=True):
+class WorkflowRequested(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A request arrived: the first event of every workflow."""
 
     TYPE: ClassVar[str] = "workflow_requested"
@@ -39,7 +39,7 @@ class WorkflowRequested(msgspec.Struct, frozen=True, kw_only=True):
     idempotency_key: str | None = None
 
 
-class PlanProposed(msgspec.Struct, frozen=True, kw_only=True):
+class PlanProposed(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """The planner proposes a plan (``revision`` counts re-plans from 1)."""
 
     TYPE: ClassVar[str] = "plan_proposed"
@@ -51,7 +51,7 @@ class PlanProposed(msgspec.Struct, frozen=True, kw_only=True):
     reason: str = ""
 
 
-class PlanValidated(msgspec.Struct, frozen=True, kw_only=True):
+class PlanValidated(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """The validator accepted a plan revision."""
 
     TYPE: ClassVar[str] = "plan_validated"
@@ -59,7 +59,7 @@ class PlanValidated(msgspec.Struct, frozen=True, kw_only=True):
     checks: tuple[Check, ...] = ()
 
 
-class PlanRejected(msgspec.Struct, frozen=True, kw_only=True):
+class PlanRejected(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """The validator refused a plan revision; the failed checks say why and how to fix it."""
 
     TYPE: ClassVar[str] = "plan_rejected"
@@ -67,7 +67,7 @@ class PlanRejected(msgspec.Struct, frozen=True, kw_only=True):
     checks: tuple[Check, ...] = ()
 
 
-class StepsProposed(msgspec.Struct, frozen=True, kw_only=True):
+class StepsProposed(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """The decomposer turned one task into steps."""
 
     TYPE: ClassVar[str] = "steps_proposed"
@@ -75,7 +75,7 @@ class StepsProposed(msgspec.Struct, frozen=True, kw_only=True):
     steps: tuple[StepIntent, ...]
 
 
-class StepReady(msgspec.Struct, frozen=True, kw_only=True):
+class StepReady(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """The validator cleared a step for an agent to run."""
 
     TYPE: ClassVar[str] = "step_ready"
@@ -83,7 +83,7 @@ class StepReady(msgspec.Struct, frozen=True, kw_only=True):
     checks: tuple[Check, ...] = ()
 
 
-class StepCompleted(msgspec.Struct, frozen=True, kw_only=True):
+class StepCompleted(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """An agent ran a step; ``tool`` is the tool used, ``planned_tool`` the one planned."""
 
     TYPE: ClassVar[str] = "step_completed"
@@ -96,7 +96,7 @@ class StepCompleted(msgspec.Struct, frozen=True, kw_only=True):
     deviations: tuple[str, ...] = ()  # how the run departed from the plan (a fallback tool, …)
 
 
-class StepFailed(msgspec.Struct, frozen=True, kw_only=True):
+class StepFailed(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """An agent could not run a step with any of its tools."""
 
     TYPE: ClassVar[str] = "step_failed"
@@ -108,14 +108,14 @@ class StepFailed(msgspec.Struct, frozen=True, kw_only=True):
     tried: tuple[str, ...] = ()  # tools tried, in order
 
 
-class WorkflowCompleted(msgspec.Struct, frozen=True, kw_only=True):
+class WorkflowCompleted(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """The workflow's last event on success; ``result`` is the output task's output."""
 
     TYPE: ClassVar[str] = "workflow_completed"
     result: Any = None
 
 
-class WorkflowFailed(msgspec.Struct, frozen=True, kw_only=True):
+class WorkflowFailed(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """The workflow's last event on failure; ``reason`` is a stable code."""
 
     TYPE: ClassVar[str] = "workflow_failed"
@@ -124,7 +124,7 @@ class WorkflowFailed(msgspec.Struct, frozen=True, kw_only=True):
     task_id: str | None = None
 
 
-class TaskReady(msgspec.Struct, frozen=True, kw_only=True):
+class TaskReady(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """The planner dispatched a task whose dependencies are done (``attempt`` counts retries from 1)."""
 
     TYPE: ClassVar[str] = "task_ready"
@@ -132,7 +132,7 @@ class TaskReady(msgspec.Struct, frozen=True, kw_only=True):
     attempt: int = 1
 
 
-class StepsRejected(msgspec.Struct, frozen=True, kw_only=True):
+class StepsRejected(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """The validator refused a task's steps; the failed checks say why and how to fix it."""
 
     TYPE: ClassVar[str] = "steps_rejected"
@@ -140,7 +140,7 @@ class StepsRejected(msgspec.Struct, frozen=True, kw_only=True):
     checks: tuple[Check, ...] = ()
 
 
-class ApprovalRequested(msgspec.Struct, frozen=True, kw_only=True):
+class ApprovalRequested(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A step needs a person's approval before it runs; it is denied at ``deadline``."""
 
     TYPE: ClassVar[str] = "approval_requested"
@@ -149,7 +149,7 @@ class ApprovalRequested(msgspec.Struct, frozen=True, kw_only=True):
     deadline: datetime
 
 
-class ApprovalGranted(msgspec.Struct, frozen=True, kw_only=True):
+class ApprovalGranted(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A person approved a step (``by`` names who, as they gave it)."""
 
     TYPE: ClassVar[str] = "approval_granted"
@@ -158,7 +158,7 @@ class ApprovalGranted(msgspec.Struct, frozen=True, kw_only=True):
     reason: str = ""
 
 
-class ApprovalDenied(msgspec.Struct, frozen=True, kw_only=True):
+class ApprovalDenied(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A step was refused, by a person or by its deadline passing (``by`` = "timeout")."""
 
     TYPE: ClassVar[str] = "approval_denied"
@@ -167,24 +167,7 @@ class ApprovalDenied(msgspec.Struct, frozen=True, kw_only=True):
     reason: str = ""
 
 
-class TaskCompleted(msgspec.Struct, frozen=True, kw_only=True):
-    """Every step of a task is done; ``output`` is its last step's output."""
-
-    TYPE: ClassVar[str] = "task_completed"
-    task_id: str
-    output: dict[str, Any] = msgspec.field(default_factory=dict)
-
-
-class TaskFailed(msgspec.Struct, frozen=True, kw_only=True):
-    """A task failed for good (retries and fallbacks used up)."""
-
-    TYPE: ClassVar[str] = "task_failed"
-    task_id: str
-    error: ErrorInfo
-    attempts: int = 1
-
-
-class Effect(msgspec.Struct, frozen=True, kw_only=True):
+class Effect(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One result from outside a handler (a tool call, a library lookup, a budget decision).
 
     ``kind`` and ``key`` say what was asked (replay checks the handler asks the same, in the
@@ -198,11 +181,11 @@ class Effect(msgspec.Struct, frozen=True, kw_only=True):
     ms: float = 0.0
 
 
-class EffectsRecorded(msgspec.Struct, frozen=True, kw_only=True):
-    """What a handler learned from outside while handling ``input_id``, in order.
+class EffectsRecorded(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """What a handler learned from outside while handling ``input_id``, when it emitted nothing.
 
-    Stored in the same atomic batch as the handler's outputs, before them, so a replay can
-    serve these answers back instead of calling anything.
+    A handler's effects normally travel in the ``effects`` of its first output event; this
+    event records them when there is no output to carry them.
     """
 
     TYPE: ClassVar[str] = "effects_recorded"
@@ -210,7 +193,7 @@ class EffectsRecorded(msgspec.Struct, frozen=True, kw_only=True):
     effects: tuple[Effect, ...]
 
 
-class HandlerFailed(msgspec.Struct, frozen=True, kw_only=True):
+class HandlerFailed(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """Dead letter: an actor gave up on an event after ``attempts`` deliveries."""
 
     TYPE: ClassVar[str] = "handler_failed"
@@ -237,8 +220,6 @@ Event = (
     | ApprovalRequested
     | ApprovalGranted
     | ApprovalDenied
-    | TaskCompleted
-    | TaskFailed
     | EffectsRecorded
     | HandlerFailed
 )
@@ -261,8 +242,6 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ApprovalRequested,
         ApprovalGranted,
         ApprovalDenied,
-        TaskCompleted,
-        TaskFailed,
         EffectsRecorded,
         HandlerFailed,
     )
@@ -271,8 +250,13 @@ EVENT_TYPES: dict[str, type[Event]] = {
 TERMINAL_TYPES = frozenset({WorkflowCompleted.TYPE, WorkflowFailed.TYPE})
 
 
-class Envelope(msgspec.Struct, frozen=True, kw_only=True):
-    """One event: who emitted what, for which workflow, in answer to which event."""
+class Envelope(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """One event: who emitted what, for which workflow, in answer to which event.
+
+    ``effects`` holds what the emitting handler learned from outside (tool outputs, library
+    hits, budget decisions) in order, on the first event of its output, so a replay can
+    serve the same answers.
+    """
 
     id: str
     type: str
@@ -282,6 +266,7 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
     at: datetime
     v: int = SCHEMA_VERSION
     data: Event
+    effects: tuple[Effect, ...] = ()
 
 
 def derive_id(causation_id: str, actor: str, index: int) -> str:
@@ -303,6 +288,7 @@ def make_event(
     causation_id: str | None = None,
     index: int = 0,
     event_id: str | None = None,
+    effects: tuple[Effect, ...] = (),
 ) -> Envelope:
     """Wrap a payload in an envelope, deriving its id from (causation, actor, index).
 
@@ -318,4 +304,5 @@ def make_event(
         actor=actor,
         at=at,
         data=data,
+        effects=effects,
     )

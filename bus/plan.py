@@ -4,6 +4,9 @@ These are wire types (frozen msgspec Structs) so that events can carry them; the
 builds them and the validator checks them. Stored values tolerate unknown fields (a newer
 writer may add some); inbound requests are checked strictly at the intake.
 
+Structs are declared ``gc=False`` (they hold only JSON-like data and never form reference
+cycles), which keeps the garbage collector from rescanning millions of events on a long read.
+
 Tool ``inputs`` and outputs are JSON objects whose shape is the tool's own schema (the tool
 registry validates them), so they are typed as ``dict[str, Any]`` here and nowhere else.
 An input value may reference an upstream output as the string ``"${task_id.field}"``.
@@ -19,7 +22,7 @@ Severity = Literal["info", "warning", "error"]
 Complexity = Literal["low", "medium", "high"]
 
 
-class Task(msgspec.Struct, frozen=True, kw_only=True):
+class Task(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One node of the plan's DAG."""
 
     id: str
@@ -36,7 +39,7 @@ class Task(msgspec.Struct, frozen=True, kw_only=True):
     retries: int = 0
 
 
-class Plan(msgspec.Struct, frozen=True, kw_only=True):
+class Plan(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A DAG of tasks; ``output`` names the task whose output is the workflow's result."""
 
     nodes: tuple[Task, ...]
@@ -44,7 +47,7 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     rationale: str = ""
 
 
-class StepIntent(msgspec.Struct, frozen=True, kw_only=True):
+class StepIntent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """An atomic, declarative tool call the validator checks before an agent runs it."""
 
     id: str
@@ -60,7 +63,7 @@ class StepIntent(msgspec.Struct, frozen=True, kw_only=True):
     requires_approval: bool = False
 
 
-class Check(msgspec.Struct, frozen=True, kw_only=True):
+class Check(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One validation check and its outcome; ``fix`` suggests how to make it pass."""
 
     name: str
@@ -71,7 +74,7 @@ class Check(msgspec.Struct, frozen=True, kw_only=True):
     path: str | None = None
 
 
-class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
+class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A failure as data: a stable code and a message for people."""
 
     code: str

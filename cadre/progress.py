@@ -20,8 +20,6 @@ from bus.events import (
     StepReady,
     StepsProposed,
     StepsRejected,
-    TaskCompleted,
-    TaskFailed,
     TaskReady,
     WorkflowCompleted,
     WorkflowFailed,
@@ -73,13 +71,11 @@ def describe(e: Envelope) -> str | None:
         case StepsRejected():
             bad = [c.message for c in d.checks if not c.passed and c.severity == "error"]
             return f"rejected  steps of {d.task_id}: " + "; ".join(bad)
-        case TaskFailed():
-            return f"failed    task {d.task_id}: {d.error.code}: {d.error.message}"
         case WorkflowCompleted():
             return f"completed result: {_short(d.result, 200)}"
         case WorkflowFailed():
             return f"FAILED    {d.reason}: {d.message}"
         case HandlerFailed():
             return f"dead      {e.actor} gave up on {d.input_type} after {d.attempts} attempts: {d.error.message}"
-        case StepsProposed() | TaskCompleted() | EffectsRecorded():
+        case StepsProposed() | EffectsRecorded():
             return None

@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     workspace: Path | None = Field(default=None, description="fs.* tools' root (default: <data_dir>/workspace)")
     database: Path | None = Field(default=None, description="sql.* tools' SQLite file (default: the sample shop)")
     http_allow: list[str] = Field(default_factory=list, description="URL prefixes http.get may fetch")
+    tool_modules: list[str] = Field(default_factory=list, description="Python modules defining TOOLS of your own")
     prohibited_tools: list[str] = Field(default_factory=list, description="tools the validator refuses")
     approval_tools: list[str] = Field(default_factory=list, description="tools that need a person's approval")
     approval_timeout_s: float = Field(default=3600.0, gt=0, description="unanswered approvals are denied after")

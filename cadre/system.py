@@ -15,7 +15,8 @@ from actors.metrics import Metrics
 from actors.ping import serve_ping
 from actors.runtime import ActorSpec, ActorSystem, RuntimeOptions, run_actors
 from actors.tool_port import ToolRunner
-from actors.tools import ToolConfig, builtin_toolbox, ensure_sample_database
+from actors.tools import ToolBox, ToolConfig, builtin_impls, ensure_sample_database
+from actors.tools.plugins import load_tool_modules, plugin_impls
 from cadre.settings import Settings
 from cadre.wiring import Bus
 from planner.builtin_tools import builtin_catalog
@@ -25,7 +26,10 @@ KINDS = ("planner", "validator", "decomposer", "agent", "budget")
 
 
 def catalog_for(settings: Settings) -> Catalog:
-    return builtin_catalog().with_policy(prohibited=settings.prohibited_tools, approval=settings.approval_tools)
+    """The built-in tools and the tool modules' tools, under the deployment's policy."""
+    extra = [spec for spec, _ in load_tool_modules(settings.tool_modules)]
+    catalog = Catalog([*builtin_catalog().values(), *extra])
+    return catalog.with_policy(prohibited=settings.prohibited_tools, approval=settings.approval_tools)
 
 
 def runtime_options(settings: Settings) -> RuntimeOptions:
@@ -62,7 +66,8 @@ async def run_system(
             settings.database if settings.database is not None else ensure_sample_database(settings.database_path)
         )
         config = ToolConfig(workspace=settings.workspace_dir, database=database, http_allow=tuple(settings.http_allow))
-        tools = ToolRunner(builtin_toolbox(config, catalog))
+        impls = {**builtin_impls(), **plugin_impls(load_tool_modules(settings.tool_modules))}
+        tools = ToolRunner(ToolBox(catalog, {n: f for n, f in impls.items() if n in catalog}, config))
     library = None
     if "planner" in kinds:
         library = LogLibrary(bus.log, settings.plan_library_dir, threshold=settings.library_threshold)

@@ -15,7 +15,7 @@ from bus.events import Envelope
 from bus.subjects import Subjects
 
 
-class StoredEvent(msgspec.Struct, frozen=True):
+class StoredEvent(msgspec.Struct, frozen=True, gc=False):
     """An event as stored: its stream sequence, subject, the decoded envelope and its exact bytes."""
 
     seq: int
@@ -24,7 +24,7 @@ class StoredEvent(msgspec.Struct, frozen=True):
     data: bytes
 
 
-class Malformed(msgspec.Struct, frozen=True):
+class Malformed(msgspec.Struct, frozen=True, gc=False):
     """A message on an event subject that is not a valid cadre event."""
 
     seq: int

@@ -28,8 +28,6 @@ from bus.events import (
     StepReady,
     StepsProposed,
     StepsRejected,
-    TaskCompleted,
-    TaskFailed,
     TaskReady,
     WorkflowCompleted,
     WorkflowFailed,
@@ -142,15 +140,13 @@ def apply(state: WorkflowState, stored: StoredEvent) -> None:
         case StepCompleted():
             if (st2 := state.steps.get(data.step_id)) is not None:
                 st2.status, st2.tool, st2.output = "completed", data.tool, data.output
+            # A task is complete when the last step of its current attempt is: its output is that step's.
+            t = state.tasks.get(data.task_id)
+            if t is not None and t.step_ids and t.step_ids[-1] == data.step_id and t.status == "running":
+                t.status, t.output = "completed", data.output
         case StepFailed():
             if (st2 := state.steps.get(data.step_id)) is not None:
                 st2.status, st2.error = "failed", data.error
-        case TaskCompleted():
-            if (t := state.tasks.get(data.task_id)) is not None:
-                t.status, t.output = "completed", data.output
-        case TaskFailed():
-            if (t := state.tasks.get(data.task_id)) is not None:
-                t.status, t.error = "failed", data.error
         case WorkflowCompleted():
             state.status = "completed"
             state.result = data.result
@@ -160,6 +156,8 @@ def apply(state: WorkflowState, stored: StoredEvent) -> None:
             state.failure = ErrorInfo(code=data.reason, message=data.message)
             state.failed_task = data.task_id
             state.ended_at = e.at
+            if data.task_id is not None and (t := state.tasks.get(data.task_id)) is not None:
+                t.status, t.error = "failed", state.failure
         case EffectsRecorded():
             pass
         case HandlerFailed():

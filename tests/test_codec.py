@@ -24,7 +24,7 @@ def test_every_event_of_a_run_round_trips() -> None:
 
 def test_every_type_is_registered_under_its_tag() -> None:
     assert all(name == cls.TYPE for name, cls in EVENT_TYPES.items())
-    assert len(EVENT_TYPES) == 19
+    assert len(EVENT_TYPES) == 17
 
 
 def test_wire_form_is_plain_json() -> None:
@@ -35,7 +35,7 @@ def test_wire_form_is_plain_json() -> None:
     assert wire["type"] == "step_failed"
     assert wire["at"] == "2026-01-01T00:00:00Z"
     assert wire["data"]["error"] == {"code": "timeout", "message": "slow"}
-    assert set(wire) == {"id", "type", "workflow_id", "causation_id", "actor", "at", "v", "data"}
+    assert set(wire) == {"id", "type", "workflow_id", "causation_id", "actor", "at", "v", "data", "effects"}
 
 
 def test_ids_are_derived_deterministically() -> None:

@@ -1,0 +1,245 @@
+"""sql.schema and sql.query: read-only SQLite.
+
+Three locks keep the database read-only, each enough on its own for the common cases:
+the file is opened ``mode=ro``, ``PRAGMA query_only`` is on, and an authorizer denies every
+action but reading (SELECT, READ, FUNCTION, RECURSIVE; and ``PRAGMA table_info`` for
+sql.schema only). The authorizer decides; the error names the refused statement by its
+leading keywords (``DROP TABLE``) or by the action the authorizer denied (``INSERT on 'orders'``).
+
+A query runs in a worker thread; when the call is cancelled (its time limit) the
+connection is interrupted, so a runaway query does not keep the thread busy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from actors.tools.base import ToolCall, ToolConfig, ToolError
+from planner.builtin_tools import (
+    SqlColumn,
+    SqlQueryInput,
+    SqlQueryOutput,
+    SqlSchemaInput,
+    SqlSchemaOutput,
+    SqlTable,
+    SqlValue,
+)
+
+_T = TypeVar("_T")
+
+_READ_ACTIONS = frozenset(
+    {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE}
+)
+_SCHEMA_PRAGMAS = frozenset({"table_info"})
+
+# Authorizer action codes by name, for messages ("DROP TABLE on 'orders'").
+_ACTIONS = (
+    "CREATE_INDEX",
+    "CREATE_TABLE",
+    "CREATE_TEMP_INDEX",
+    "CREATE_TEMP_TABLE",
+    "CREATE_TEMP_TRIGGER",
+    "CREATE_TEMP_VIEW",
+    "CREATE_TRIGGER",
+    "CREATE_VIEW",
+    "DELETE",
+    "DROP_INDEX",
+    "DROP_TABLE",
+    "DROP_TEMP_INDEX",
+    "DROP_TEMP_TABLE",
+    "DROP_TEMP_TRIGGER",
+    "DROP_TEMP_VIEW",
+    "DROP_TRIGGER",
+    "DROP_VIEW",
+    "INSERT",
+    "PRAGMA",
+    "READ",
+    "SELECT",
+    "TRANSACTION",
+    "UPDATE",
+    "ATTACH",
+    "DETACH",
+    "ALTER_TABLE",
+    "REINDEX",
+    "ANALYZE",
+    "CREATE_VTABLE",
+    "DROP_VTABLE",
+    "FUNCTION",
+    "SAVEPOINT",
+    "RECURSIVE",
+)
+_ACTION_NAMES = {getattr(sqlite3, f"SQLITE_{name}"): name.replace("_", " ") for name in _ACTIONS}
+
+
+class _Guard:
+    """The authorizer of one connection; remembers the first action it denied."""
+
+    def __init__(self, *, schema: bool) -> None:
+        self.schema = schema
+        self.denied: str | None = None
+
+    def __call__(self, action: int, arg1: str | None, arg2: str | None, db: str | None, trigger: str | None) -> int:
+        if action in _READ_ACTIONS:
+            return sqlite3.SQLITE_OK
+        if self.schema and action == sqlite3.SQLITE_PRAGMA and arg1 in _SCHEMA_PRAGMAS:
+            return sqlite3.SQLITE_OK
+        if self.denied is None:
+            kind = _ACTION_NAMES.get(action, f"action {action}")
+            if action == sqlite3.SQLITE_PRAGMA:
+                self.denied = f"PRAGMA {arg1}"
+            elif arg1:
+                self.denied = f"{kind} on {arg1!r}"
+            else:
+                self.denied = kind
+        return sqlite3.SQLITE_DENY
+
+
+class _Interrupter:
+    """Lets the event loop interrupt a connection that a worker thread is using."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._interrupted = False
+
+    def attach(self, conn: sqlite3.Connection) -> None:
+        with self._lock:
+            # sqlite3_interrupt only stops statements already running, so a call that was
+            # cancelled before its thread got here must not start one.
+            if self._interrupted:
+                raise sqlite3.OperationalError("interrupted")
+            self._conn = conn
+
+    def detach(self) -> None:
+        with self._lock:
+            self._conn = None
+
+    def interrupt(self) -> None:
+        with self._lock:
+            self._interrupted = True
+            if self._conn is not None:
+                self._conn.interrupt()
+
+
+def _database(tool: str, config: ToolConfig) -> Path:
+    if config.database is None:
+        raise ToolError(tool, "not_configured", f"{tool} needs a database: set CADRE_DATABASE to a SQLite file")
+    return config.database
+
+
+def _connect(tool: str, path: Path, guard: _Guard) -> sqlite3.Connection:
+    if not path.is_file():
+        raise ToolError(tool, "not_found", f"database {str(path)!r} does not exist")
+    # check_same_thread=False: interrupt() comes from the event loop's thread.
+    conn = sqlite3.connect(
+        f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+    )
+    conn.execute("PRAGMA query_only = ON")
+    conn.set_authorizer(guard)
+    return conn
+
+
+_COMMENT = re.compile(r"--[^\n]*|/\*.*?(?:\*/|$)", re.S)
+_SCHEMA_OBJECTS = {"TABLE", "VIEW", "INDEX", "TRIGGER"}
+
+
+def statement_kind(sql: str) -> str | None:
+    """The kind a statement announces by its leading keywords (``"DROP TABLE"``, ``"INSERT"``), if any.
+
+    Used for messages only: the authorizer decides. For CREATE and DROP SQLite's first
+    authorizer call is a write to ``sqlite_master``, which names the statement badly.
+    """
+    words: list[str] = re.findall(r"[A-Za-z_]+", _COMMENT.sub(" ", sql)[:300])
+    if not words:
+        return None
+    first = words[0].upper()
+    if first in ("CREATE", "DROP", "ALTER"):
+        head = [first]
+        for w in words[1:5]:
+            head.append(w.upper())
+            if w.upper() in _SCHEMA_OBJECTS:
+                break
+        return " ".join(head)
+    if first in ("WITH", "SELECT", "VALUES", "PRAGMA", "EXPLAIN"):
+        return None  # the authorizer's action says more (e.g. INSERT on 'orders', PRAGMA writable_schema)
+    return first
+
+
+def _sql_failure(tool: str, guard: _Guard, err: sqlite3.Error, sql: str | None) -> ToolError:
+    if guard.denied is not None:
+        kind = (statement_kind(sql) if sql else None) or guard.denied
+        return ToolError(tool, "write_refused", f"{tool} is read-only: {kind} is refused; send one SELECT statement")
+    return ToolError(tool, "sql_error", f"SQLite refused the statement: {err}")
+
+
+async def _run(tool: str, config: ToolConfig, *, sql: str | None, work: Callable[[sqlite3.Connection], _T]) -> _T:
+    """Run ``work`` on a read-only connection in a thread; ``sql`` is None for sql.schema."""
+    path = _database(tool, config)
+    guard = _Guard(schema=sql is None)
+    interrupter = _Interrupter()
+
+    def in_thread() -> _T:
+        conn = _connect(tool, path, guard)
+        try:
+            interrupter.attach(conn)
+            return work(conn)
+        except sqlite3.Error as e:
+            raise _sql_failure(tool, guard, e, sql) from e
+        finally:
+            interrupter.detach()
+            conn.close()
+
+    try:
+        return await asyncio.to_thread(in_thread)
+    except asyncio.CancelledError:
+        interrupter.interrupt()
+        raise
+
+
+def _json_value(v: object) -> SqlValue:
+    if v is None or isinstance(v, str | int | float):
+        return v
+    if isinstance(v, bytes):
+        return "0x" + v.hex()
+    raise TypeError(f"sqlite3 returned a {type(v).__name__}")  # only with custom converters, which we never register
+
+
+async def sql_schema(inputs: SqlSchemaInput, config: ToolConfig, call: ToolCall) -> SqlSchemaOutput:
+    """The user tables of the configured database and their columns, by table name."""
+
+    def work(conn: sqlite3.Connection) -> SqlSchemaOutput:
+        names = [
+            r[0]
+            for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' "
+                "ORDER BY name"
+            )
+        ]
+        tables = []
+        for name in names:
+            quoted = '"' + name.replace('"', '""') + '"'
+            cols = [SqlColumn(name=r[1], type=r[2]) for r in conn.execute(f"PRAGMA table_info({quoted})")]
+            tables.append(SqlTable(name=name, columns=cols))
+        return SqlSchemaOutput(tables=tables)
+
+    return await _run("sql.schema", config, sql=None, work=work)
+
+
+async def sql_query(inputs: SqlQueryInput, config: ToolConfig, call: ToolCall) -> SqlQueryOutput:
+    """Run one read-only statement; at most ``max_rows`` rows, ``truncated`` when there were more."""
+
+    def work(conn: sqlite3.Connection) -> SqlQueryOutput:
+        cur = conn.execute(inputs.sql, inputs.params)
+        columns = [d[0] for d in cur.description or ()]
+        fetched = cur.fetchmany(inputs.max_rows + 1)
+        truncated = len(fetched) > inputs.max_rows
+        rows = [[_json_value(v) for v in r] for r in fetched[: inputs.max_rows]]
+        return SqlQueryOutput(columns=columns, rows=rows, row_count=len(rows), truncated=truncated)
+
+    return await _run("sql.query", config, sql=inputs.sql, work=work)

@@ -1,0 +1,105 @@
+"""Shared helpers of the benches: a server to measure against, timing, medians, output.
+
+Benches print one JSON object to stdout and everything else (progress, diagnostics) to
+stderr, so ``bench/x.py > result.json`` keeps the result clean.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from nats.aio.client import Client as NATS
+
+from bus.embedded import embedded_server
+
+
+def note(msg: str) -> None:
+    """A progress line on stderr."""
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def bench_server(url: str | None, data_dir: Path | None) -> Iterator[str]:
+    """The URL of the server to measure against.
+
+    ``url`` given: that server, left running. Otherwise the bundled nats-server (file
+    storage) under ``data_dir``, or under a fresh temporary dir that is removed afterwards;
+    a server this process started is stopped on exit.
+    """
+    if url is not None:
+        yield url
+        return
+    tmp: str | None = None
+    if data_dir is None:
+        tmp = tempfile.mkdtemp(prefix="cadre-bench-")
+        data_dir = Path(tmp)
+    try:
+        with embedded_server(data_dir) as server:
+            note(f"embedded nats-server at {server.url} (data dir {data_dir}, owned={server.owned})")
+            yield server.url
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def environment(nc: NATS) -> dict[str, Any]:
+    """Versions to print beside the figures."""
+    v = nc.connected_server_version
+    return {
+        "server": f"nats-server v{v.major}.{v.minor}.{v.patch}",
+        "python": platform.python_version(),
+        "nats_py": metadata.version("nats-py"),
+        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0,
+    }
+
+
+async def timed(run: Callable[[], Awaitable[object]], limit_s: float) -> float:
+    """Seconds ``run()`` took; raise TimeoutError after ``limit_s`` seconds (a bench never hangs).
+
+    A garbage collection first, so that one run does not pay for the previous one's garbage.
+    """
+    gc.collect()
+    start = time.perf_counter()
+    async with asyncio.timeout(limit_s):
+        await run()
+    return time.perf_counter() - start
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def comparison(
+    events: int, cadre_s: list[float], raw_s: list[float], target: float | None, **extra: Any
+) -> dict[str, Any]:
+    """One result: medians of events per second for cadre and the raw baseline, their ratio.
+
+    ``target`` None: an informational figure, and ``ok`` is None too.
+    """
+    cadre = [events / s for s in cadre_s]
+    raw = [events / s for s in raw_s]
+    ratio = median(cadre) / median(raw)
+    return {
+        "events": events,
+        **extra,
+        "cadre_per_s": round(median(cadre)),
+        "raw_per_s": round(median(raw)),
+        "ratio": round(ratio, 3),
+        "target": target,
+        "ok": None if target is None else ratio >= target,
+        "cadre_runs_per_s": [round(r) for r in cadre],
+        "raw_runs_per_s": [round(r) for r in raw],
+    }

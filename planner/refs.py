@@ -1,0 +1,250 @@
+"""References between tasks: ``"${task_id}"`` and ``"${task_id.field.sub}"`` in tool inputs.
+
+A value that is *exactly* such a string, anywhere in an inputs dict or list, stands for an
+upstream output: ``"${top}"`` is the whole output object of task ``top``, ``"${top.rows}"``
+its ``rows`` field, ``"${top.rows.0}"`` the first item of that list (numeric segments index
+lists). A string that merely *contains* ``${...}`` inside other text is plain text and is
+left alone (``text.render`` has its own ``{name}`` placeholders).
+
+Task ids and path segments are tokens (``[A-Za-z0-9_-]+``), so the dot is always a separator.
+A step's id is ``<task_id>.<local part>`` (``top.s1``, ``top.a2.s1``), which makes
+``"${top.s1.rows}"`` read as "field ``rows`` of step ``top.s1``": :func:`with_step_outputs`
+nests the outputs of a task's earlier steps under the task id so that :func:`resolve`
+serves such references too.
+
+Everything here is pure: no I/O, and values are copied, never mutated.
+
+    CadreError
+     └─ RefError                      a reference that cannot be resolved (code "unresolved_reference")
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections.abc import Collection, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from bus.errors import CadreError
+
+__all__ = [
+    "Ref",
+    "RefError",
+    "find_refs",
+    "format_location",
+    "is_ref",
+    "lookup",
+    "parse_ref",
+    "resolve",
+    "with_step_outputs",
+]
+
+TOKEN = r"[A-Za-z0-9_-]+"
+# The whole string must be the reference; re.fullmatch enforces it.
+_REF = re.compile(rf"\$\{{(?P<task>{TOKEN})(?P<path>(?:\.{TOKEN})*)\}}")
+_SIMPLE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+Loc = tuple[str | int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Ref:
+    """One reference found in a value.
+
+    ``task_id`` and ``path`` say what it points at; ``where`` is its JSON-path-like location
+    for people (``inputs.values.top``, ``inputs.params[0]``) and ``loc`` the same location as
+    keys and indices relative to the searched value (``("values", "top")``), the shape
+    pydantic uses in its error locations.
+    """
+
+    task_id: str
+    path: tuple[str, ...] = ()
+    where: str = ""
+    loc: Loc = ()
+
+    @property
+    def text(self) -> str:
+        """The reference as written: ``${task_id.path}``."""
+        return "${" + ".".join((self.task_id, *self.path)) + "}"
+
+
+class RefError(CadreError):
+    """A reference whose target does not exist in the outputs it was resolved against."""
+
+    code = "unresolved_reference"
+
+    def __init__(self, ref: Ref, reason: str, fix: str) -> None:
+        super().__init__(f"cannot resolve {ref.text} at {ref.where}: {reason}; {fix}")
+        self.ref = ref
+        self.reason = reason
+        self.fix = fix
+
+
+def format_location(root: str, loc: Loc) -> str:
+    """``root`` followed by ``loc`` as ``.key`` / ``[index]`` / ``["odd key"]`` segments."""
+    out = root
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif _SIMPLE_KEY.fullmatch(part):
+            out += f".{part}" if out else part
+        else:
+            out += f"[{json.dumps(part)}]"
+    return out
+
+
+def parse_ref(value: Any, *, where: str = "", loc: Loc = ()) -> Ref | None:
+    """The reference ``value`` is, or None when it is anything else (including text around one)."""
+    if not isinstance(value, str):
+        return None
+    m = _REF.fullmatch(value)
+    if m is None:
+        return None
+    path = tuple(m["path"].split(".")[1:]) if m["path"] else ()
+    return Ref(task_id=m["task"], path=path, where=where, loc=loc)
+
+
+def is_ref(value: Any) -> bool:
+    """Whether ``value`` is exactly a reference string."""
+    return parse_ref(value) is not None
+
+
+def _walk(value: Any, loc: Loc) -> Iterator[tuple[Loc, Any]]:
+    """Every (location, leaf-or-container) pair under ``value``, depth first, in order."""
+    yield loc, value
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _walk(item, (*loc, str(key)))
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            yield from _walk(item, (*loc, index))
+
+
+def find_refs(value: Any, *, root: str = "inputs") -> list[Ref]:
+    """Every reference nested anywhere in ``value``, in document order.
+
+    ``root`` names ``value`` itself in each :attr:`Ref.where` (``inputs`` gives
+    ``inputs.values.top``).
+    """
+    refs: list[Ref] = []
+    for loc, item in _walk(value, ()):
+        ref = parse_ref(item, where=format_location(root, loc), loc=loc)
+        if ref is not None:
+            refs.append(ref)
+    return refs
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
+
+
+def lookup(ref: Ref, outputs: Mapping[str, Mapping[str, Any]]) -> Any:
+    """The value ``ref`` points at in ``outputs`` (task id -> output object), copied.
+
+    Raises :class:`RefError` naming the reference, where it stands, and the first segment
+    of its path that is missing, with what exists there instead.
+    """
+    if ref.task_id not in outputs:
+        available = ", ".join(sorted(outputs)) or "none"
+        raise RefError(
+            ref,
+            f"there is no output of task {ref.task_id!r} (outputs available: {available})",
+            f"make the task depend on {ref.task_id!r} or fix the task id",
+        )
+    current: Any = outputs[ref.task_id]
+    walked = ref.task_id
+    for segment in ref.path:
+        if isinstance(current, Mapping):
+            if segment not in current:
+                fields = ", ".join(str(k) for k in current) or "no fields"
+                owner = f"task {walked!r} has no output field" if walked == ref.task_id else f"{walked!r} has no field"
+                raise RefError(
+                    ref,
+                    f"{owner} {segment!r}; it has: {fields}",
+                    f"use one of those fields, or reference the whole output as ${{{walked}}}",
+                )
+            current = current[segment]
+        elif isinstance(current, list | tuple):
+            if not segment.isdigit():
+                raise RefError(
+                    ref,
+                    f"{walked!r} is a list of {len(current)} items and {segment!r} is not an index",
+                    f"use a numeric index from 0 to {len(current) - 1}" if current else "the list is empty",
+                )
+            index = int(segment)
+            if index >= len(current):
+                raise RefError(
+                    ref,
+                    f"{walked!r} has {len(current)} items; index {index} is out of range",
+                    f"use an index below {len(current)}" if current else "the list is empty; do not index it",
+                )
+            current = current[index]
+        else:
+            raise RefError(
+                ref,
+                f"{walked!r} is {_describe(current)}, which has no field {segment!r}",
+                f"reference {walked!r} itself as ${{{walked}}}",
+            )
+        walked = f"{walked}.{segment}"
+    # A copy, so that the resolved inputs never alias (and never let anyone mutate) a stored output.
+    return copy.deepcopy(current)
+
+
+def resolve(
+    value: Any,
+    outputs: Mapping[str, Mapping[str, Any]],
+    *,
+    root: str = "inputs",
+    leave: Collection[str] = (),
+) -> Any:
+    """A copy of ``value`` with every reference replaced by the value it points at.
+
+    References to the task ids in ``leave`` stay as they are (the step validator leaves a
+    task's references to its own earlier steps, whose outputs do not exist yet). Raises
+    :class:`RefError` on the first reference that does not resolve, in document order.
+    """
+    return _resolve(value, outputs, root, (), frozenset(leave))
+
+
+def _resolve(value: Any, outputs: Mapping[str, Mapping[str, Any]], root: str, loc: Loc, leave: frozenset[str]) -> Any:
+    ref = parse_ref(value, where=format_location(root, loc), loc=loc)
+    if ref is not None:
+        return value if ref.task_id in leave else lookup(ref, outputs)
+    if isinstance(value, Mapping):
+        return {key: _resolve(item, outputs, root, (*loc, str(key)), leave) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_resolve(item, outputs, root, (*loc, i), leave) for i, item in enumerate(value)]
+    if isinstance(value, tuple):
+        return tuple(_resolve(item, outputs, root, (*loc, i), leave) for i, item in enumerate(value))
+    return value
+
+
+def with_step_outputs(
+    outputs: Mapping[str, Mapping[str, Any]], step_outputs: Mapping[str, Mapping[str, Any]]
+) -> dict[str, Mapping[str, Any]]:
+    """``outputs`` plus the outputs of a task's finished steps, nested under the task id.
+
+    ``{"top.s1": out}`` becomes ``{"top": {"s1": out}}`` and ``{"top.a2.s1": out}`` becomes
+    ``{"top": {"a2": {"s1": out}}}``, so ``"${top.s1.rows}"`` resolves to ``out["rows"]``.
+    A task's own output exists only once all its steps are done, so a step's task id never
+    collides with an entry of ``outputs``; if it does, that is a caller bug and raises
+    ``ValueError``.
+    """
+    merged: dict[str, Any] = dict(outputs)
+    for step_id, output in step_outputs.items():
+        task_id, *parts = step_id.split(".")
+        if not parts:
+            raise ValueError(f"step id {step_id!r} is not of the form '<task_id>.<step>' (like 'top.s1')")
+        if task_id in outputs:
+            raise ValueError(
+                f"step {step_id!r} belongs to task {task_id!r}, which already has an output; "
+                "pass the outputs of the steps of unfinished tasks only"
+            )
+        node: dict[str, Any] = merged.setdefault(task_id, {})
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = output
+    return merged

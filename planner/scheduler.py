@@ -1,0 +1,211 @@
+"""Which tasks can run: graph questions about a plan, answered over plain data.
+
+The planner actor keeps each task's status (a string: ``"pending"``, ``"running"``,
+``"completed"``, ``"failed"``; a task with no status yet counts as pending) and asks these
+functions what to do next. They read the plan and the statuses, never change them, and do
+no I/O, so replays and tests call them directly.
+
+Graph functions (:func:`topo_order`, :func:`depth`, :func:`upstream`, :func:`find_cycle`)
+assume a plan that :func:`planner.validation.validate_plan` accepted; on any other plan they
+ignore dependencies on unknown task ids and use the first of several tasks sharing an id,
+and those that need a DAG raise :class:`PlanCycle` on a cycle.
+
+    CadreError
+     └─ SchedulingError               a graph question that has no answer (code "scheduling_error")
+         ├─ PlanCycle                 the dependencies form a cycle (code "plan_cycle")
+         └─ UnknownTask               a task id the plan does not have (code "unknown_task")
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Mapping, Sequence
+
+from bus.errors import CadreError
+from bus.plan import Plan
+
+__all__ = [
+    "COMPLETED",
+    "FAILED",
+    "PENDING",
+    "RUNNING",
+    "PlanCycle",
+    "SchedulingError",
+    "UnknownTask",
+    "blocked_by_failure",
+    "depth",
+    "find_cycle",
+    "is_finished",
+    "ready_tasks",
+    "topo_order",
+    "upstream",
+]
+
+PENDING = "pending"
+RUNNING = "running"
+COMPLETED = "completed"
+FAILED = "failed"
+
+
+class SchedulingError(CadreError):
+    """A graph question about a plan that has no answer."""
+
+    code = "scheduling_error"
+
+
+class PlanCycle(SchedulingError):
+    """The plan's dependencies form a cycle; ``cycle`` is its path, first id repeated last."""
+
+    code = "plan_cycle"
+
+    def __init__(self, cycle: Sequence[str]) -> None:
+        super().__init__(
+            f"the plan's dependencies form a cycle: {' -> '.join(cycle)} (each task depends on the next); "
+            "remove one of these dependencies"
+        )
+        self.cycle = tuple(cycle)
+
+
+class UnknownTask(SchedulingError):
+    """A task id the plan does not have."""
+
+    code = "unknown_task"
+
+    def __init__(self, task_id: str, known: Iterable[str]) -> None:
+        super().__init__(f"the plan has no task {task_id!r}; its tasks are: {', '.join(known) or 'none'}")
+        self.task_id = task_id
+
+
+def _graph(plan: Plan) -> dict[str, tuple[str, ...]]:
+    """Task id -> ids of the known tasks it depends on, in plan order (first of duplicate ids wins)."""
+    ids = {t.id for t in plan.nodes}
+    graph: dict[str, tuple[str, ...]] = {}
+    for task in plan.nodes:
+        if task.id not in graph:
+            graph[task.id] = tuple(dict.fromkeys(d for d in task.depends_on if d in ids))
+    return graph
+
+
+def find_cycle(plan: Plan) -> list[str] | None:
+    """One dependency cycle as a path ``[a, b, a]`` (a depends on b, b on a), or None if acyclic.
+
+    Deterministic: the search starts from tasks in plan order and follows ``depends_on`` in order.
+    """
+    graph = _graph(plan)
+    done: set[str] = set()
+    for root in graph:
+        if root in done:
+            continue
+        # Iterative DFS; `path` is the chain of tasks on the stack (the "grey" set), in order.
+        path = [root]
+        on_path = {root}
+        stack = [iter(graph[root])]
+        while stack:
+            nxt = next(stack[-1], None)
+            if nxt is None:
+                stack.pop()
+                finished = path.pop()
+                on_path.discard(finished)
+                done.add(finished)
+                continue
+            if nxt in on_path:
+                return [*path[path.index(nxt) :], nxt]
+            if nxt not in done:
+                path.append(nxt)
+                on_path.add(nxt)
+                stack.append(iter(graph[nxt]))
+    return None
+
+
+def topo_order(plan: Plan) -> list[str]:
+    """Task ids so that every task comes after all its dependencies.
+
+    Stable: of the tasks whose dependencies are all placed, the one earliest in the plan goes
+    first, so a plan already written in dependency order keeps its order. Raises
+    :class:`PlanCycle` if there is no such order.
+    """
+    graph = _graph(plan)
+    ids = list(graph)
+    position = {task_id: i for i, task_id in enumerate(ids)}
+    waiting = {task_id: len(deps) for task_id, deps in graph.items()}
+    dependents: dict[str, list[str]] = {task_id: [] for task_id in ids}
+    for task_id, deps in graph.items():
+        for dep in deps:
+            dependents[dep].append(task_id)
+    ready = [position[t] for t in ids if waiting[t] == 0]
+    heapq.heapify(ready)
+    order: list[str] = []
+    while ready:
+        task_id = ids[heapq.heappop(ready)]
+        order.append(task_id)
+        for dependent in dependents[task_id]:
+            waiting[dependent] -= 1
+            if waiting[dependent] == 0:
+                heapq.heappush(ready, position[dependent])
+    if len(order) < len(ids):
+        raise PlanCycle(find_cycle(plan) or [t for t in ids if t not in set(order)])
+    return order
+
+
+def depth(plan: Plan) -> int:
+    """The number of tasks on the longest dependency chain (0 for an empty plan, 1 with no dependencies)."""
+    graph = _graph(plan)
+    level: dict[str, int] = {}
+    for task_id in topo_order(plan):
+        level[task_id] = 1 + max((level[d] for d in graph[task_id]), default=0)
+    return max(level.values(), default=0)
+
+
+def upstream(plan: Plan, task_id: str) -> set[str]:
+    """Every task ``task_id`` depends on, directly or through other tasks (not itself, unless in a cycle)."""
+    graph = _graph(plan)
+    if task_id not in graph:
+        raise UnknownTask(task_id, graph)
+    seen: set[str] = set()
+    todo = list(graph[task_id])
+    while todo:
+        dep = todo.pop()
+        if dep not in seen:
+            seen.add(dep)
+            todo.extend(graph[dep])
+    return seen
+
+
+def _pending(status: Mapping[str, str], task_id: str) -> bool:
+    return status.get(task_id, PENDING) == PENDING
+
+
+def ready_tasks(plan: Plan, status: Mapping[str, str]) -> list[str]:
+    """Pending tasks (status ``"pending"`` or none) whose dependencies have all ``"completed"``, in plan order.
+
+    A dependency on an unknown task never completes, so such a task is never ready.
+    """
+    ready: list[str] = []
+    for task in plan.nodes:
+        if (
+            task.id not in ready
+            and _pending(status, task.id)
+            and all(status.get(dep) == COMPLETED for dep in task.depends_on)
+        ):
+            ready.append(task.id)
+    return ready
+
+
+def is_finished(plan: Plan, status: Mapping[str, str]) -> bool:
+    """Whether every task has ``"completed"`` (vacuously true for an empty plan)."""
+    return all(status.get(task.id) == COMPLETED for task in plan.nodes)
+
+
+def blocked_by_failure(plan: Plan, status: Mapping[str, str]) -> list[str]:
+    """Pending tasks that can never run because a task upstream of them ``"failed"``, in plan order.
+
+    Together with the failed tasks themselves, these are what a re-plan has to replace.
+    """
+    failed = {task_id for task_id, s in status.items() if s == FAILED}
+    if not failed:
+        return []
+    blocked: list[str] = []
+    for task_id in _graph(plan):
+        if _pending(status, task_id) and upstream(plan, task_id) & failed:
+            blocked.append(task_id)
+    return blocked

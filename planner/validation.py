@@ -1,0 +1,696 @@
+"""Plan and step checks: what the validator actor decides, as plain functions over plain data.
+
+:func:`validate_plan` checks a whole plan before anything runs; :func:`validate_steps` checks
+the steps one task was decomposed into, just before they run. Both return every check they
+made, passed or not, as :class:`bus.plan.Check` values (name, severity, message, fix, path),
+so a verdict can be recorded and audited in full; :func:`failed` and :func:`passed_all` sum
+them up. A check that does not pass with severity ``"error"`` rejects the plan; ``"warning"``
+checks that do not pass are notes for people (an approval pause, an unchosen tool) and never
+reject anything.
+
+Check names are stable (tests, audits and fix-up prompts use them):
+
+    plan_not_empty  task_id_valid  task_ids_unique  dependency_known  no_self_dependency
+    acyclic  plan_size  plan_depth  inputs_size  tool_named  tool_exists  tool_allowed
+    approval_required  fallback_exists  fallback_allowed  fallback_inputs  inputs_valid
+    reference_known  reference_upstream  reference_field  reference_resolves  reference_order
+    output_known  steps_present  step_count  step_id_form  step_ids_unique  step_task
+
+References and input validation. A reference (``"${top.rows}"``) stands for a value that
+does not exist yet, so it cannot be checked against the tool's input model as written, and
+no placeholder fits every field type. The choice made here: validate the inputs as written
+and *discard the model errors located at or below a reference* (pydantic reports each error
+with its location, and :class:`planner.refs.Ref` carries the same location). Every other
+field is still checked, required fields included (a reference is present, so the field is
+not missing), and the referenced parts are checked later by :func:`validate_steps`, which
+resolves the references against the upstream outputs first. At plan level the first path
+segment of a reference is still checked against the upstream tool's *output* model
+(``reference_field``).
+
+    CadreError
+     └─ ValidationFailed              checks that rejected a plan or steps (code "validation_failed")
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import re
+import typing
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from pydantic import BaseModel, ValidationError
+
+from bus.errors import CadreError
+from bus.plan import Check, Plan, Severity, StepIntent, Task
+from planner.catalog import Catalog, Safety, ToolSpec
+from planner.refs import Loc, Ref, RefError, find_refs, format_location, lookup, resolve
+from planner.scheduler import depth, find_cycle, upstream
+
+__all__ = [
+    "TASK_ID",
+    "Limits",
+    "ValidationFailed",
+    "failed",
+    "needs_approval",
+    "passed_all",
+    "validate_plan",
+    "validate_steps",
+    "warnings",
+]
+
+# Task ids end up in step ids (``<task>.s1``), references (``${task.field}``) and subjects,
+# so they are tokens without dots.
+TASK_ID = re.compile(r"[A-Za-z0-9_-]+")
+_STEP_ID = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)+")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Size limits on plans and steps (a deployment may tighten them)."""
+
+    max_tasks: int = 50
+    max_depth: int = 20
+    max_steps_per_task: int = 10
+    max_inputs_bytes: int = 64_000  # of one task's or step's inputs, encoded as JSON
+
+
+class ValidationFailed(CadreError):
+    """A plan or a task's steps failed error checks; ``checks`` holds the failed ones."""
+
+    code = "validation_failed"
+
+    def __init__(self, what: str, checks: Iterable[Check]) -> None:
+        errors = failed(checks)
+        details = "; ".join(f"[{c.name} at {c.path or '$'}] {c.message} (fix: {c.fix})" for c in errors)
+        super().__init__(f"{what} failed {len(errors)} check(s): {details}")
+        self.checks = tuple(errors)
+
+
+# -- summaries -------------------------------------------------------------------------------
+
+
+def failed(checks: Iterable[Check]) -> list[Check]:
+    """The checks that reject: severity ``"error"`` and not passed."""
+    return [c for c in checks if c.severity == "error" and not c.passed]
+
+
+def warnings(checks: Iterable[Check]) -> list[Check]:
+    """The notes for people: severity ``"warning"`` and not passed."""
+    return [c for c in checks if c.severity == "warning" and not c.passed]
+
+
+def passed_all(checks: Iterable[Check]) -> bool:
+    """Whether no check rejects (warnings do not count)."""
+    return not failed(checks)
+
+
+def needs_approval(step: StepIntent, catalog: Catalog) -> bool:
+    """Whether a person must approve ``step`` before it runs.
+
+    True when the step says so, or its tool or one of its fallback tools requires approval
+    in ``catalog``: a step is approved as a whole, whichever of its tools ends up running.
+    """
+    return step.requires_approval or any(
+        catalog[name].requires_approval for name in (step.tool, *step.fallback_tools) if name in catalog
+    )
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _ok(name: str, message: str, path: str | None, severity: Severity = "error") -> Check:
+    return Check(name=name, passed=True, severity=severity, message=message, path=path)
+
+
+def _fail(name: str, message: str, fix: str, path: str | None, severity: Severity = "error") -> Check:
+    return Check(name=name, passed=False, severity=severity, message=message, fix=fix, path=path)
+
+
+def _quoted(names: Iterable[str]) -> str:
+    return ", ".join(repr(n) for n in names) or "(none)"
+
+
+def _allowed(catalog: Catalog) -> list[str]:
+    """The names of the tools that may run, sorted (the only ones worth suggesting)."""
+    return sorted(n for n, s in catalog.items() if s.safety is not Safety.PROHIBITED)
+
+
+def _allowed_names(catalog: Catalog) -> str:
+    return _quoted(_allowed(catalog))
+
+
+def _did_you_mean(word: str, candidates: Iterable[str], otherwise: str) -> str:
+    close = difflib.get_close_matches(word, list(candidates), n=3, cutoff=0.6)
+    return f"did you mean {' or '.join(repr(c) for c in close)}?" if close else otherwise
+
+
+def _type_name(annotation: Any) -> str:
+    if isinstance(annotation, type) and not typing.get_args(annotation):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
+def _schema_hint(model: type[BaseModel]) -> str:
+    """``{sql: str, max_rows: int (optional)}``: the fields a model takes, for fix suggestions."""
+    fields = (
+        f"{name}: {_type_name(field.annotation)}{'' if field.is_required() else ' (optional)'}"
+        for name, field in model.model_fields.items()
+    )
+    return "{" + ", ".join(fields) + "}"
+
+
+def _under(loc: Loc, prefixes: Collection[Loc]) -> bool:
+    return any(loc[: len(p)] == p for p in prefixes)
+
+
+def _input_errors(model: type[BaseModel], inputs: Mapping[str, Any], skip: Collection[Loc]) -> list[str]:
+    """Model errors of ``inputs``, leaving out those at or below a location in ``skip``."""
+    try:
+        model.model_validate(inputs)
+    except ValidationError as exc:
+        errors: list[str] = []
+        for error in exc.errors():
+            loc: Loc = tuple(error["loc"])
+            if _under(loc, skip):
+                continue  # the value there is a reference, checked once it is resolved
+            got = "" if error["type"] == "missing" else f" (got {error['input']!r:.60})"
+            errors.append(f"{format_location('inputs', loc)}: {error['msg']}{got}")
+        return errors
+    return []
+
+
+def _check_inputs(
+    name: str, who: str, spec: ToolSpec, inputs: Mapping[str, Any], skip: Collection[Loc], path: str, severity: Severity
+) -> Check:
+    errors = _input_errors(spec.input_model, inputs, skip)
+    model = spec.input_model.__name__
+    if not errors:
+        return _ok(name, f"{who}: inputs match {model}, the input model of {spec.name!r}", path, severity)
+    return _fail(
+        name,
+        f"{who}: inputs do not match {model}, the input model of {spec.name!r}: {'; '.join(errors)}",
+        f"give inputs of the form {_schema_hint(spec.input_model)}",
+        path,
+        severity,
+    )
+
+
+def _check_inputs_size(who: str, inputs: Mapping[str, Any], limits: Limits, path: str) -> Check:
+    try:
+        size = len(msgspec.json.encode(inputs))
+    except (TypeError, msgspec.EncodeError) as exc:
+        return _fail("inputs_size", f"{who}: inputs are not JSON ({exc})", "use only JSON values in inputs", path)
+    if size > limits.max_inputs_bytes:
+        return _fail(
+            "inputs_size",
+            f"{who}: inputs take {size} bytes as JSON; the limit is {limits.max_inputs_bytes}",
+            "pass large data by reference to an upstream output (${task.field}) or through a file",
+            path,
+        )
+    return _ok("inputs_size", f"{who}: inputs take {size} bytes as JSON", path)
+
+
+def _check_tool(
+    who: str, tool: str, catalog: Catalog, path: str, prohibited_fix: str
+) -> tuple[list[Check], ToolSpec | None]:
+    """``tool_exists`` and ``tool_allowed``; the spec when the tool exists."""
+    if tool not in catalog:
+        fix = _did_you_mean(tool, _allowed(catalog), f"use one of {_allowed_names(catalog)}")
+        return [_fail("tool_exists", f"{who} uses tool {tool!r}, which is not in the catalog", fix, path)], None
+    spec = catalog[tool]
+    checks = [_ok("tool_exists", f"{who} uses tool {tool!r}, which is in the catalog", path)]
+    if spec.safety is Safety.PROHIBITED:
+        checks.append(_fail("tool_allowed", f"{who} uses tool {tool!r}, which is prohibited", prohibited_fix, path))
+    else:
+        checks.append(_ok("tool_allowed", f"{who} uses tool {tool!r}, which is allowed ({spec.safety.value})", path))
+    return checks, spec
+
+
+def _check_fallbacks(
+    who: str, fallbacks: Sequence[str], catalog: Catalog, path: str
+) -> tuple[list[Check], list[tuple[int, ToolSpec]]]:
+    """``fallback_exists`` and ``fallback_allowed``; the usable fallbacks with their index."""
+    checks: list[Check] = []
+    usable: list[tuple[int, ToolSpec]] = []
+    for k, name in enumerate(fallbacks):
+        where = f"{path}[{k}]"
+        said = f"{who} falls back to tool {name!r}"
+        if name not in catalog:
+            otherwise = f"remove it from fallback_tools, or use one of {_allowed_names(catalog)}"
+            fix = _did_you_mean(name, _allowed(catalog), otherwise)
+            checks.append(_fail("fallback_exists", f"{said}, which is not in the catalog", fix, where))
+            continue
+        checks.append(_ok("fallback_exists", f"{said}, which is in the catalog", where))
+        if catalog[name].safety is Safety.PROHIBITED:
+            fix = "remove it from fallback_tools"
+            checks.append(_fail("fallback_allowed", f"{said}, which is prohibited", fix, where))
+        else:
+            checks.append(_ok("fallback_allowed", f"{said}, which is allowed", where))
+            usable.append((k, catalog[name]))
+    return checks, usable
+
+
+def _approval_check(who: str, tool: str, path: str) -> Check:
+    return _fail(
+        "approval_required",
+        f"{who} uses tool {tool!r}, which requires approval: the workflow will pause for approval before it runs",
+        "approve it when asked (cadre approve), or choose a tool that needs no approval",
+        path,
+        "warning",
+    )
+
+
+# -- plans -----------------------------------------------------------------------------------
+
+
+def validate_plan(plan: Plan, catalog: Catalog, limits: Limits = Limits()) -> list[Check]:
+    """Every check of ``plan`` against ``catalog`` and ``limits``, passed and failed.
+
+    Structure (ids, dependencies, acyclic, size and depth), each task's tool, fallbacks and
+    inputs (see the module docstring for references), references between tasks (to known,
+    upstream tasks and existing output fields), and ``output``.
+    """
+    if not plan.nodes:
+        return [_fail("plan_not_empty", "the plan has no tasks", 'add at least one task to "nodes"', "nodes")]
+    checks = [_ok("plan_not_empty", f"the plan has {len(plan.nodes)} task(s)", "nodes")]
+    checks += _check_ids(plan)
+    checks += _check_dependencies(plan)
+    checks += _check_shape(plan, limits)
+    for index, task in enumerate(plan.nodes):
+        checks += _check_task(index, task, catalog, limits)
+    checks += _check_plan_references(plan, catalog)
+    checks += _check_output(plan)
+    return checks
+
+
+def _check_ids(plan: Plan) -> list[Check]:
+    checks: list[Check] = []
+    first_at: dict[str, int] = {}
+    for i, task in enumerate(plan.nodes):
+        path = f"nodes[{i}].id"
+        if TASK_ID.fullmatch(task.id):
+            checks.append(_ok("task_id_valid", f"task id {task.id!r} is a valid id", path))
+        else:
+            checks.append(
+                _fail(
+                    "task_id_valid",
+                    f"task id {task.id!r} at nodes[{i}] is not a valid id",
+                    "use only letters, digits, '_' and '-' (ids appear in step ids, references and subjects)",
+                    path,
+                )
+            )
+        if task.id in first_at:
+            checks.append(
+                _fail(
+                    "task_ids_unique",
+                    f"task id {task.id!r} is used by nodes[{first_at[task.id]}] and nodes[{i}]",
+                    "give each task its own id, and update the depends_on lists and references that name it",
+                    path,
+                )
+            )
+        else:
+            first_at[task.id] = i
+    if len(first_at) == len(plan.nodes):
+        checks.append(_ok("task_ids_unique", f"the {len(first_at)} task ids are distinct", "nodes"))
+    return checks
+
+
+def _check_dependencies(plan: Plan) -> list[Check]:
+    checks: list[Check] = []
+    ids = [t.id for t in plan.nodes]
+    for i, task in enumerate(plan.nodes):
+        bad = False
+        for j, dep in enumerate(task.depends_on):
+            path = f"nodes[{i}].depends_on[{j}]"
+            if dep == task.id:
+                bad = True
+                fix = f"remove {dep!r} from its depends_on"
+                checks.append(_fail("no_self_dependency", f"task {task.id!r} depends on itself", fix, path))
+            elif dep not in ids:
+                bad = True
+                fix = _did_you_mean(dep, ids, f"remove it from depends_on, or add a task {dep!r}")
+                said = f"task {task.id!r} depends on {dep!r}, which is not a task of this plan"
+                checks.append(_fail("dependency_known", said, fix, path))
+        if task.depends_on and not bad:
+            checks.append(
+                _ok(
+                    "dependency_known",
+                    f"task {task.id!r} depends on known tasks: {', '.join(task.depends_on)}",
+                    f"nodes[{i}].depends_on",
+                )
+            )
+    return checks
+
+
+def _without_self_dependencies(plan: Plan) -> Plan:
+    # Self-dependencies are reported by no_self_dependency; dropping them here keeps them from
+    # also being reported as one-task cycles and lets the depth be measured.
+    nodes = tuple(
+        msgspec.structs.replace(t, depends_on=tuple(d for d in t.depends_on if d != t.id)) for t in plan.nodes
+    )
+    return msgspec.structs.replace(plan, nodes=nodes)
+
+
+def _check_shape(plan: Plan, limits: Limits) -> list[Check]:
+    checks: list[Check] = []
+    count = len(plan.nodes)
+    if count > limits.max_tasks:
+        checks.append(
+            _fail(
+                "plan_size",
+                f"the plan has {count} tasks; the limit is {limits.max_tasks}",
+                "merge small tasks, or split the request into several workflows",
+                "nodes",
+            )
+        )
+    else:
+        checks.append(_ok("plan_size", f"the plan has {count} tasks (limit {limits.max_tasks})", "nodes"))
+    graph = _without_self_dependencies(plan)
+    cycle = find_cycle(graph)
+    if cycle is not None:
+        start = next(i for i, t in enumerate(plan.nodes) if t.id == cycle[0])
+        edge = plan.nodes[start].depends_on.index(cycle[1])
+        edges = ", ".join(f"{a!r} on {b!r}" for a, b in itertools.pairwise(cycle))
+        checks.append(
+            _fail(
+                "acyclic",
+                f"the dependencies form a cycle: {' -> '.join(cycle)} (each task depends on the next)",
+                f"remove one of these dependencies: {edges}",
+                f"nodes[{start}].depends_on[{edge}]",
+            )
+        )
+        return checks  # the depth of a cyclic graph is not defined
+    checks.append(_ok("acyclic", "the dependencies form a DAG", "nodes"))
+    levels = depth(graph)
+    if levels > limits.max_depth:
+        checks.append(
+            _fail(
+                "plan_depth",
+                f"the longest dependency chain has {levels} tasks; the limit is {limits.max_depth}",
+                "let independent tasks run side by side instead of in a chain, or split the workflow",
+                "nodes",
+            )
+        )
+    else:
+        said = f"the longest dependency chain has {levels} tasks (limit {limits.max_depth})"
+        checks.append(_ok("plan_depth", said, "nodes"))
+    return checks
+
+
+def _check_task(index: int, task: Task, catalog: Catalog, limits: Limits) -> list[Check]:
+    who = f"task {task.id!r}"
+    prefix = f"nodes[{index}]"
+    checks = [_check_inputs_size(who, task.inputs, limits, f"{prefix}.inputs")]
+    add = f'add "tool": one of {_allowed_names(catalog)}'
+    if task.tool is None:
+        if task.capabilities:
+            checks.append(
+                _fail(
+                    "tool_named",
+                    f"{who} names no tool, only capabilities ({', '.join(task.capabilities)}); "
+                    "an LLM decomposer must choose one, the rule-based decomposer cannot",
+                    add,
+                    f"{prefix}.tool",
+                    "warning",
+                )
+            )
+        else:
+            checks.append(_fail("tool_named", f"{who} names no tool; {add}", add, f"{prefix}.tool"))
+    else:
+        checks.append(_ok("tool_named", f"{who} names tool {task.tool!r}", f"{prefix}.tool"))
+        found, spec = _check_tool(
+            who, task.tool, catalog, f"{prefix}.tool", f"choose another tool: {_allowed_names(catalog)}"
+        )
+        checks += found
+        if spec is not None and spec.safety is not Safety.PROHIBITED:
+            if spec.requires_approval:
+                checks.append(_approval_check(who, spec.name, f"{prefix}.tool"))
+            skip = [ref.loc for ref in find_refs(task.inputs)]
+            checks.append(_check_inputs("inputs_valid", who, spec, task.inputs, skip, f"{prefix}.inputs", "error"))
+    checks += _check_fallbacks(who, task.fallback_tools, catalog, f"{prefix}.fallback_tools")[0]
+    return checks
+
+
+def _check_plan_references(plan: Plan, catalog: Catalog) -> list[Check]:
+    checks: list[Check] = []
+    by_id: dict[str, Task] = {}
+    for task in plan.nodes:
+        by_id.setdefault(task.id, task)
+    for index, task in enumerate(plan.nodes):
+        who = f"task {task.id!r}"
+        # Through this task's own depends_on, so that a duplicate id gets its own answer.
+        above = {d for dep in task.depends_on if dep in by_id for d in (dep, *upstream(plan, dep))}
+        for ref in find_refs(task.inputs):
+            path = f"nodes[{index}].{ref.where}"
+            said = f"{who} references {ref.text} at {ref.where}"
+            if ref.task_id not in by_id:
+                otherwise = f"reference one of the upstream tasks: {_quoted(sorted(above))}"
+                fix = _did_you_mean(ref.task_id, by_id, otherwise)
+                checks.append(_fail("reference_known", f"{said}, but the plan has no task {ref.task_id!r}", fix, path))
+            elif ref.task_id == task.id:
+                checks.append(
+                    _fail(
+                        "reference_upstream",
+                        f"{said}, its own output, which exists only once it has run",
+                        "reference an upstream task's output instead",
+                        path,
+                    )
+                )
+            elif ref.task_id not in above:
+                checks.append(
+                    _fail(
+                        "reference_upstream",
+                        f"{said}, but {ref.task_id!r} is not upstream of it, so its output may not exist yet",
+                        f"add {ref.task_id!r} to depends_on",
+                        path,
+                    )
+                )
+            else:
+                checks.append(_ok("reference_upstream", f"{said}, an upstream task", path))
+                checks += _check_reference_field(said, ref, by_id[ref.task_id], catalog, path)
+    return checks
+
+
+def _check_reference_field(said: str, ref: Ref, target: Task, catalog: Catalog, path: str) -> list[Check]:
+    """The first path segment of ``ref`` against the output model of the task it points at."""
+    if not ref.path or target.tool is None or target.tool not in catalog:
+        return []  # nothing to check (a whole output), or the target's tool check already failed
+    model = catalog[target.tool].output_model
+    field = ref.path[0]
+    if field in model.model_fields or model.model_config.get("extra") == "allow":
+        return [_ok("reference_field", f"{said}; {target.tool!r} outputs {field!r}", path)]
+    fields = list(model.model_fields)
+    return [
+        _fail(
+            "reference_field",
+            f"{said}, but task {target.id!r} (tool {target.tool!r}) has no output field {field!r}; "
+            f"it has: {', '.join(fields)}",
+            _did_you_mean(field, fields, f"use one of its fields, or reference the whole output as ${{{target.id}}}"),
+            path,
+        )
+    ]
+
+
+def _check_output(plan: Plan) -> list[Check]:
+    if plan.output is None:
+        return []
+    ids = [t.id for t in plan.nodes]
+    if plan.output in ids:
+        return [_ok("output_known", f'"output" names task {plan.output!r}', "output")]
+    fix = _did_you_mean(plan.output, ids, f"set it to one of {_quoted(ids)}, or leave it out")
+    return [_fail("output_known", f'"output" names {plan.output!r}, which is not a task of this plan', fix, "output")]
+
+
+# -- steps -----------------------------------------------------------------------------------
+
+
+def validate_steps(
+    task: Task,
+    steps: Sequence[StepIntent],
+    catalog: Catalog,
+    upstream_outputs: Mapping[str, Mapping[str, Any]] | None,
+    limits: Limits = Limits(),
+    *,
+    upstream_ids: Collection[str] | None = None,
+) -> list[Check]:
+    """Every check of the ``steps`` that ``task`` was decomposed into, passed and failed.
+
+    With ``upstream_outputs`` (task id -> output) the references to other tasks are resolved
+    first and the inputs validated with the resolved values; a reference that does not
+    resolve is a ``reference_resolves`` error. Without it, references must point at
+    ``upstream_ids`` (default: ``task.depends_on``; pass :func:`planner.scheduler.upstream`
+    to allow transitive ones). Either way a reference to the task itself must name an
+    *earlier* step (``${top.s1.rows}``); such references stay unresolved here.
+    """
+    if not steps:
+        return [
+            _fail(
+                "steps_present",
+                f"task {task.id!r} was decomposed into no steps",
+                "decompose it into at least one tool step",
+                "steps",
+            )
+        ]
+    checks = [_ok("steps_present", f"task {task.id!r} has {len(steps)} step(s)", "steps")]
+    if len(steps) > limits.max_steps_per_task:
+        checks.append(
+            _fail(
+                "step_count",
+                f"task {task.id!r} has {len(steps)} steps; the limit is {limits.max_steps_per_task}",
+                "split the task into several tasks in the plan",
+                "steps",
+            )
+        )
+    else:
+        said = f"task {task.id!r} has {len(steps)} steps (limit {limits.max_steps_per_task})"
+        checks.append(_ok("step_count", said, "steps"))
+    ids = [s.id for s in steps]
+    seen: dict[str, int] = {}
+    for i, step in enumerate(steps):
+        if step.id in seen:
+            checks.append(
+                _fail(
+                    "step_ids_unique",
+                    f"step id {step.id!r} is used by steps[{seen[step.id]}] and steps[{i}]",
+                    "give each step its own id",
+                    f"steps[{i}].id",
+                )
+            )
+        else:
+            seen[step.id] = i
+    if len(seen) == len(steps):
+        checks.append(_ok("step_ids_unique", f"the {len(steps)} step ids are distinct", "steps"))
+    for i, step in enumerate(steps):
+        checks += _check_step(i, step, task, ids, catalog, upstream_outputs, limits, upstream_ids)
+    return checks
+
+
+def _step_target(ref: Ref, step_ids: Sequence[str]) -> str | None:
+    """The step a reference to the task itself points at: the longest step id its segments start with."""
+    parts = (ref.task_id, *ref.path)
+    best: str | None = None
+    for sid in step_ids:
+        segments = tuple(sid.split("."))
+        if parts[: len(segments)] == segments and (best is None or len(segments) > best.count(".") + 1):
+            best = sid
+    return best
+
+
+def _check_step(
+    index: int,
+    step: StepIntent,
+    task: Task,
+    step_ids: Sequence[str],
+    catalog: Catalog,
+    upstream_outputs: Mapping[str, Mapping[str, Any]] | None,
+    limits: Limits,
+    upstream_ids: Collection[str] | None,
+) -> list[Check]:
+    who = f"step {step.id!r}"
+    prefix = f"steps[{index}]"
+    checks: list[Check] = []
+    if _STEP_ID.fullmatch(step.id) and step.id.startswith(f"{task.id}."):
+        checks.append(_ok("step_id_form", f"{who} is named after its task", f"{prefix}.id"))
+    else:
+        checks.append(
+            _fail(
+                "step_id_form",
+                f"{who} is not of the form '{task.id}.<step>'",
+                f"name it like '{task.id}.s{index + 1}' (task id, a dot, then letters, digits, '_' or '-')",
+                f"{prefix}.id",
+            )
+        )
+    if step.task_id == task.id:
+        checks.append(_ok("step_task", f"{who} belongs to task {task.id!r}", f"{prefix}.task_id"))
+    else:
+        checks.append(
+            _fail(
+                "step_task",
+                f"{who} belongs to task {step.task_id!r}, not {task.id!r}",
+                f"set its task_id to {task.id!r}",
+                f"{prefix}.task_id",
+            )
+        )
+    checks.append(_check_inputs_size(who, step.inputs, limits, f"{prefix}.inputs"))
+    found, spec = _check_tool(who, step.tool, catalog, f"{prefix}.tool", "remove the step or choose another tool")
+    checks += found
+    if needs_approval(step, catalog):
+        checks.append(_approval_check(who, step.tool, f"{prefix}.tool"))
+
+    # References: to earlier steps of this task (left as they are), or to upstream tasks.
+    refs = find_refs(step.inputs)
+    own = [r for r in refs if r.task_id == task.id]
+    resolvable = True
+    for ref in own:
+        path = f"{prefix}.{ref.where}"
+        said = f"{who} references {ref.text} at {ref.where}"
+        target = _step_target(ref, step_ids)
+        if target is None:
+            checks.append(
+                _fail(
+                    "reference_known",
+                    f"{said}, which names no step of task {task.id!r} (its steps: {', '.join(step_ids)})",
+                    "reference an earlier step as ${<step id>.<field>}, or an upstream task",
+                    path,
+                )
+            )
+        elif step_ids.index(target) >= index:
+            whose = "itself" if target == step.id else f"the later step {target!r}"
+            checks.append(
+                _fail("reference_order", f"{said}, the output of {whose}", "reference only earlier steps", path)
+            )
+        else:
+            checks.append(_ok("reference_order", f"{said}, an earlier step", path))
+    for ref in (r for r in refs if r.task_id != task.id):
+        path = f"{prefix}.{ref.where}"
+        said = f"{who} references {ref.text} at {ref.where}"
+        if upstream_outputs is not None:
+            try:
+                lookup(ref, upstream_outputs)
+            except RefError as exc:
+                resolvable = False
+                checks.append(_fail("reference_resolves", f"{who}: {exc.message}", exc.fix, path))
+            else:
+                checks.append(_ok("reference_resolves", f"{said}, which resolves", path))
+        else:
+            allowed = task.depends_on if upstream_ids is None else upstream_ids
+            if ref.task_id in allowed:
+                checks.append(_ok("reference_upstream", f"{said}, an upstream task", path))
+            else:
+                checks.append(
+                    _fail(
+                        "reference_upstream",
+                        f"{said}, but {ref.task_id!r} is not upstream of task {task.id!r}",
+                        f"add {ref.task_id!r} to the depends_on of task {task.id!r}",
+                        path,
+                    )
+                )
+
+    # Inputs: resolved when the upstream outputs are known and every reference to them resolves;
+    # otherwise as written, with the model errors under references left out (module docstring).
+    if upstream_outputs is not None and resolvable:
+        inputs: Mapping[str, Any] = resolve(step.inputs, upstream_outputs, leave={task.id})
+        skip = [r.loc for r in own]
+    else:
+        inputs, skip = step.inputs, [r.loc for r in refs]
+    if spec is not None and spec.safety is not Safety.PROHIBITED:
+        checks.append(_check_inputs("inputs_valid", who, spec, inputs, skip, f"{prefix}.inputs", "error"))
+    found, usable = _check_fallbacks(who, step.fallback_tools, catalog, f"{prefix}.fallback_tools")
+    checks += found
+    for k, fallback in usable:
+        checks.append(
+            _check_inputs(
+                "fallback_inputs",
+                f"{who} (fallback {fallback.name!r})",
+                fallback,
+                inputs,
+                skip,
+                f"{prefix}.fallback_tools[{k}]",
+                "warning",
+            )
+        )
+    return checks

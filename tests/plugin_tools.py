@@ -1,0 +1,69 @@
+"""Tools for the tests, loaded like any user's tool module (CADRE_TOOL_MODULES=tests.plugin_tools)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from pydantic import BaseModel, ConfigDict
+
+from actors.tools import ToolCall, ToolConfig, ToolError, typed_impl
+from actors.tools.fs import fs_write
+from planner.builtin_tools import FsWriteInput, FsWriteOutput
+from planner.catalog import Safety, ToolSpec
+
+
+class Value(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    value: str
+
+
+class Seconds(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    seconds: float
+
+
+class SlowAppend(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: str
+    line: str
+    sleep_s: float = 0.0
+
+
+async def flaky(inputs: Value, config: ToolConfig, call: ToolCall) -> Value:
+    raise ToolError("test.flaky", "unavailable", "the flaky service is down", retryable=True)
+
+
+async def echo(inputs: Value, config: ToolConfig, call: ToolCall) -> Value:
+    return Value(value=inputs.value)
+
+
+async def sleep(inputs: Seconds, config: ToolConfig, call: ToolCall) -> Seconds:
+    await asyncio.sleep(inputs.seconds)
+    return inputs
+
+
+async def slow_append(inputs: SlowAppend, config: ToolConfig, call: ToolCall) -> FsWriteOutput:
+    """Append a line exactly once per step (fs.write's guarantee), then linger, so a test can
+    kill the agent after the side effect and before the step's result is stored."""
+    out = await fs_write(FsWriteInput(path=inputs.path, content=inputs.line + "\n", mode="append"), config, call)
+    if not out.already_done:
+        await asyncio.sleep(inputs.sleep_s)
+    return out
+
+
+TOOLS = [
+    (ToolSpec("test.flaky", "always fails (retryable)", Value, Value), typed_impl("test.flaky", Value, flaky)),
+    (ToolSpec("test.echo", "returns its input", Value, Value), typed_impl("test.echo", Value, echo)),
+    (ToolSpec("test.sleep", "sleeps", Seconds, Seconds, timeout_s=30), typed_impl("test.sleep", Seconds, sleep)),
+    (
+        ToolSpec(
+            "test.slow_append",
+            "appends a line once, then sleeps",
+            SlowAppend,
+            FsWriteOutput,
+            safety=Safety.SIDE_EFFECT,
+            timeout_s=60,
+        ),
+        typed_impl("test.slow_append", SlowAppend, slow_append),
+    ),
+]

@@ -1,0 +1,76 @@
+"""Run a whole cadre (every actor in this process) against the test server, and drive it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cadre.settings import Settings
+from cadre.system import run_system
+from cadre.wiring import Bus, open_bus
+from store.records import StoredEvent
+from store.state import WorkflowState, fold
+from tests.conftest import unique
+
+
+def settings_for(nats_url: str, data_dir: Path, **overrides: Any) -> Settings:
+    prefix = unique("e")
+    base: dict[str, Any] = {
+        "nats_url": nats_url,
+        "data_dir": data_dir,
+        "subject_prefix": prefix,
+        "stream_name": prefix.upper(),
+        "stream_storage": "memory",
+        "tool_modules": ["tests.plugin_tools"],
+        "actor_ack_wait_s": 5.0,
+        "actor_drain_timeout_s": 2.0,
+    }
+    base.update(overrides)
+    return Settings(**base)
+
+
+@dataclass
+class Harness:
+    bus: Bus
+    settings: Settings
+
+    async def submit(self, body: dict[str, Any] | bytes) -> dict[str, Any]:
+        payload = body if isinstance(body, bytes) else json.dumps(body).encode()
+        resp = await self.bus.nc.request(self.settings.subjects.requests, payload, timeout=5)
+        reply: dict[str, Any] = json.loads(resp.data)
+        return reply
+
+    async def wait(self, wf: str, *, until: str = "end", within: float = 20) -> WorkflowState:
+        """Follow ``wf`` until it ends (or until an event of type ``until``); its state then."""
+        async with asyncio.timeout(within):
+            async for r in self.bus.log.follow(wf):
+                if isinstance(r, StoredEvent) and (
+                    r.event.type == until
+                    or (until == "end" and r.event.type in ("workflow_completed", "workflow_failed"))
+                ):
+                    break
+        return fold(wf, await self.events(wf))
+
+    async def run(self, body: dict[str, Any], within: float = 20) -> WorkflowState:
+        reply = await self.submit(body)
+        assert "workflow_id" in reply, reply
+        return await self.wait(reply["workflow_id"], within=within)
+
+    async def events(self, wf: str) -> list[StoredEvent]:
+        """The workflow's events (malformed messages, which some tests inject, left out)."""
+        return [r for r in await self.bus.log.read_records(wf) if isinstance(r, StoredEvent)]
+
+
+@asynccontextmanager
+async def cadre_running(settings: Settings) -> AsyncIterator[Harness]:
+    async with open_bus(settings, name="test-cadre") as bus:
+        try:
+            async with run_system(bus, settings):
+                yield Harness(bus, settings)
+        finally:
+            await bus.nc.jetstream().delete_stream(settings.stream_name)

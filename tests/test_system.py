@@ -1,0 +1,211 @@
+"""The whole actor system in one process, driven through cadre.requests like any NATS client would."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bus.errors import CadreError
+from bus.events import (
+    ApprovalRequested,
+    HandlerFailed,
+    StepCompleted,
+    StepReady,
+    TaskReady,
+    WorkflowFailed,
+)
+from cadre import commands
+from store.state import WorkflowState
+from tests.system_harness import Harness, cadre_running, settings_for
+
+TOP_CUSTOMERS = "find the three customers who spent most in 2024 and write a report"
+
+
+def plan(*nodes: dict[str, object], output: str | None = None) -> dict[str, object]:
+    body: dict[str, object] = {"nodes": list(nodes)}
+    if output:
+        body["output"] = output
+    return {"plan": body}
+
+
+@pytest.fixture
+async def cadre(nats_url: str, tmp_path: Path):  # type: ignore[no-untyped-def]
+    async with cadre_running(settings_for(nats_url, tmp_path)) as h:
+        yield h
+
+
+async def test_request_from_any_client_runs_a_library_plan(cadre: Harness) -> None:
+    state = await cadre.run({"request": "find the 3 customers who spent the most in 2024 and write a report"})
+    assert state.status == "completed", state.failure
+    assert state.plan_source == "library"
+    assert set(state.tasks) == {"top", "report", "save"}
+    assert all(t.status == "completed" for t in state.tasks.values())
+    report = (cadre.settings.workspace_dir / "reports" / "top_customers_2024.md").read_text()
+    assert report.startswith("# ")
+    assert "|" in report  # the markdown table of the three customers
+
+
+async def test_the_plan_library_learns_completed_workflows(cadre: Harness) -> None:
+    explicit = plan({"id": "hello", "tool": "test.echo", "inputs": {"value": "hi"}})
+    first = await cadre.run({"request": "say hello to the operators of the night shift", **explicit})
+    assert first.plan_source == "explicit"
+    again = await cadre.run({"request": "say hello to the operators of the night shift"})
+    assert again.status == "completed"
+    assert again.plan_source == "library"
+    assert again.result == {"value": "hi"}
+
+
+async def test_no_plan_fails_with_the_reason_and_the_fix(cadre: Harness) -> None:
+    state = await cadre.run({"request": "what is the weather in Paris tomorrow"})
+    assert state.status == "failed"
+    assert state.failure is not None
+    assert state.failure.code == "no_plan"
+    assert "ANTHROPIC_API_KEY or GEMINI_API_KEY" in state.failure.message
+    assert "model planning not available (denied: no_provider" in state.failure.message
+
+
+async def test_parallel_branches_really_overlap(cadre: Harness) -> None:
+    body = plan(
+        {"id": "a", "tool": "test.sleep", "inputs": {"seconds": 0.6}},
+        {"id": "b", "tool": "test.sleep", "inputs": {"seconds": 0.6}},
+        {"id": "c", "tool": "test.echo", "depends_on": ["a", "b"], "inputs": {"value": "joined"}},
+    )
+    state = await cadre.run(body)
+    assert state.status == "completed"
+    events = await cadre.events(state.workflow_id)
+    ready = [e for e in events if isinstance(e.event.data, StepReady)]
+    done = [e for e in events if isinstance(e.event.data, StepCompleted)]
+    # both branches were running before either finished, and the whole run took about one sleep
+    assert ready[0].seq < ready[1].seq < done[0].seq
+    assert {r.event.data.step.task_id for r in ready[:2]} == {"a", "b"}  # type: ignore[union-attr]
+    assert state.ended_at is not None
+    assert state.started_at is not None
+    assert (state.ended_at - state.started_at).total_seconds() < 1.1
+
+
+async def test_failing_primary_tool_falls_back(cadre: Harness) -> None:
+    state = await cadre.run(
+        plan({"id": "x", "tool": "test.flaky", "fallback_tools": ["test.echo"], "inputs": {"value": "v"}})
+    )
+    assert state.status == "completed"
+    done = [e.event.data for e in await cadre.events(state.workflow_id) if isinstance(e.event.data, StepCompleted)]
+    assert done[0].tool == "test.echo"
+    assert done[0].planned_tool == "test.flaky"
+    assert done[0].deviations == (
+        "test.flaky failed: unavailable: the flaky service is down",
+        "used fallback tool test.echo instead of test.flaky",
+    )
+
+
+async def test_failed_task_is_retried_then_fails_the_workflow(cadre: Harness) -> None:
+    state = await cadre.run(plan({"id": "x", "tool": "test.flaky", "retries": 2, "inputs": {"value": "v"}}))
+    assert state.status == "failed"
+    assert state.failure is not None
+    assert state.failure.code == "task_failed"
+    assert state.failure.message == "task 'x' failed after 3 attempt(s): unavailable: the flaky service is down"
+    attempts = [
+        e.event.data.attempt for e in await cadre.events(state.workflow_id) if isinstance(e.event.data, TaskReady)
+    ]
+    assert attempts == [1, 2, 3]
+
+
+async def test_rejected_plan_says_what_to_fix(cadre: Harness) -> None:
+    state = await cadre.run(plan({"id": "q", "tool": "sql.qery", "inputs": {"sql": "select 1"}}))
+    assert state.status == "failed"
+    assert state.failure is not None
+    assert state.failure.code == "plan_rejected"
+    assert "sql.qery" in state.failure.message
+    assert "sql.query" in state.failure.message  # the suggested fix
+
+
+@pytest.mark.parametrize(
+    ("payload", "code", "path"),
+    [
+        (b"not json", "invalid_json", "$"),
+        (b"", "empty_request", "$"),
+        (b"{}", "empty_request", "$"),
+        (b'{"request": "x", "budjet_usd": 1}', "unknown_field", "$.budjet_usd"),
+        (b'{"request": 5}', "invalid_request", "$.request"),
+        (b'{"plan": {"nodes": [{"id": "a", "tool": "x", "depends": []}]}}', "unknown_field", "$.plan.nodes[0].depends"),
+        (json.dumps({"request": "x" * 300_000}).encode(), "request_too_large", "$"),
+    ],
+)
+async def test_bad_request_gets_a_structured_error_and_appends_nothing(
+    cadre: Harness, payload: bytes, code: str, path: str
+) -> None:
+    reply = await cadre.submit(payload)
+    assert reply["error"]["code"] == code
+    assert reply["error"]["path"] == path
+    assert reply["error"]["message"]
+    assert await cadre.bus.log.subject_counts() == {}
+
+
+async def test_idempotency_key_returns_the_same_workflow(cadre: Harness) -> None:
+    body = {"idempotency_key": "order-42", **plan({"id": "x", "tool": "test.echo", "inputs": {"value": "v"}})}
+    first = await cadre.submit(body)
+    second = await cadre.submit(body)
+    changed = await cadre.submit({**body, "request": "a different text, same key"})
+    assert first["workflow_id"] == second["workflow_id"] == changed["workflow_id"]
+    assert second.get("existing") is True
+    assert changed.get("existing") is True
+    await cadre.wait(first["workflow_id"])
+    assert len(await cadre.bus.log.workflows()) == 1
+
+
+def approval_plan() -> dict[str, object]:
+    return plan({"id": "save", "tool": "fs.write", "inputs": {"path": "out/approved.txt", "content": "ok"}})
+
+
+async def test_approval_gate_pauses_and_resumes(nats_url: str, tmp_path: Path) -> None:
+    settings = settings_for(nats_url, tmp_path, approval_tools=["fs.write"])
+    async with cadre_running(settings) as h:
+        wf = (await h.submit(approval_plan()))["workflow_id"]
+        paused = await h.wait(wf, until=ApprovalRequested.TYPE)
+        assert paused.steps["save.s1"].status == "awaiting_approval"
+        assert not (settings.workspace_dir / "out" / "approved.txt").exists()
+        assert await commands.approve(settings, wf, "save.s1", deny=False, reason="looks fine", by="tester") == 0
+        state = await h.wait(wf)
+    assert state.status == "completed"
+    assert state.steps["save.s1"].approved_by == "tester"
+    assert (settings.workspace_dir / "out" / "approved.txt").read_text() == "ok"
+
+
+async def test_approval_denied_fails_the_step(nats_url: str, tmp_path: Path) -> None:
+    settings = settings_for(nats_url, tmp_path, approval_tools=["fs.write"])
+    async with cadre_running(settings) as h:
+        wf = (await h.submit(approval_plan()))["workflow_id"]
+        await h.wait(wf, until=ApprovalRequested.TYPE)
+        await commands.approve(settings, wf, "save.s1", deny=True, reason="not today", by="tester")
+        state = await h.wait(wf)
+        with pytest.raises(CadreError, match=r"^step save\.s1 of .* is failed, not awaiting approval$"):
+            await commands.approve(settings, wf, "save.s1", deny=False, reason="", by="late")
+    assert state.status == "failed"
+    assert state.failure is not None
+    assert state.failure.message.endswith("approval_denied: denied by tester: not today")
+    assert not (settings.workspace_dir / "out" / "approved.txt").exists()
+
+
+async def test_unanswered_approval_is_denied_at_its_deadline(nats_url: str, tmp_path: Path) -> None:
+    settings = settings_for(nats_url, tmp_path, approval_tools=["fs.write"], approval_timeout_s=0.5)
+    async with cadre_running(settings) as h:
+        state = await h.run(approval_plan())
+    assert state.status == "failed"
+    assert state.steps["save.s1"].status == "failed"
+    assert state.failure is not None
+    assert "denied by timeout" in state.failure.message
+
+
+async def test_undecodable_input_is_dead_lettered_and_fails_the_workflow(nats_url: str, tmp_path: Path) -> None:
+    settings = settings_for(nats_url, tmp_path, approval_tools=["fs.write"])
+    async with cadre_running(settings) as h:
+        wf = (await h.submit(approval_plan()))["workflow_id"]
+        await h.wait(wf, until=ApprovalRequested.TYPE)
+        await h.bus.nc.jetstream().publish(settings.subjects.event(wf, "step_ready"), b"{garbage")
+        state: WorkflowState = await h.wait(wf)
+        dead = [e.event.data for e in await h.events(wf) if isinstance(e.event.data, HandlerFailed)]
+        failed = [e.event.data for e in await h.events(wf) if isinstance(e.event.data, WorkflowFailed)]
+    assert state.status == "failed"
+    assert dead[0].error.code == "malformed_event"
+    assert failed[0].reason == "handler_failed"
