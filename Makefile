@@ -14,8 +14,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
+DEMO_REQUEST := find the three customers who spent most in 2024 and write a report
+
 demo: $(STAMP)
-	$(BIN)/python examples/append_demo.py
+	$(BIN)/cadre run "$(DEMO_REQUEST)"
+	@printf '\nThe report the workflow wrote (.cadre/workspace/reports/top_customers_2024.md):\n\n'
+	@cat .cadre/workspace/reports/top_customers_2024.md
+	@printf '\nEvery step is in the log: .venv/bin/cadre workflows, then .venv/bin/cadre events WF [--json]\n'
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest

@@ -57,8 +57,9 @@ async def run_step(ctx: Context, state: WorkflowState, step: StepIntent) -> list
     last: ToolFailure | None = None
     for i, tool in enumerate(tools):
         try:
-            # One idempotency key per (step, tool): a redelivered step does not apply a side effect twice.
-            out = await ctx.call_tool(tool, inputs, idempotency_key=f"{step.id}:{tool}")
+            # One idempotency key per (workflow, step, tool): a redelivered step does not apply a side
+            # effect twice, while another workflow running the same plan applies its own.
+            out = await ctx.call_tool(tool, inputs, idempotency_key=f"{ctx.workflow_id}/{step.id}:{tool}")
         except ToolFailure as exc:
             deviations.append(f"{tool} failed: {exc.error.code}: {exc.error.message}")
             last = exc

@@ -349,6 +349,7 @@ async def run_actors(
     for spec, _ in specs:
         await system.ensure_consumer(spec)
     await cache.start()
+    body_error: Exception | None = None
     try:
         async with asyncio.TaskGroup() as tg:
             for spec, replicas in specs:
@@ -359,6 +360,8 @@ async def run_actors(
             system.lifecycle = Lifecycle.RUNNING
             try:
                 yield system
+            except Exception as exc:  # the caller's error: drain, then re-raise it as it was
+                body_error = exc
             finally:
                 system.lifecycle = Lifecycle.DRAINING
                 system.stopping.set()
@@ -367,3 +370,5 @@ async def run_actors(
     finally:
         system.lifecycle = Lifecycle.STOPPED
         await cache.stop()
+    if body_error is not None:
+        raise body_error

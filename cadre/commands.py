@@ -165,7 +165,8 @@ async def run(settings: Settings, payload: bytes, as_json: bool) -> int:
 
 
 def _request_error(err: dict[str, str]) -> CadreError:
-    exc = UsageError(f"{err.get('message')} (at {err.get('path', '$')})")
+    message, path = err.get("message", ""), err.get("path", "$")
+    exc = UsageError(message if path in message else f"{message} (at {path})")
     exc.code = err.get("code", "invalid_request")
     return exc
 

@@ -159,3 +159,64 @@ def test_up_runs_the_embedded_server_and_stops_on_sigterm(tmp_path: Path) -> Non
         for f in (proc.stdout, proc.stderr):
             if f is not None:
                 f.close()
+
+
+@pytest.fixture
+def runner_env(isolated: tuple[str, Subjects, StreamSpec], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    monkeypatch.setenv("CADRE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("CADRE_TOOL_MODULES", '["tests.plugin_tools"]')
+    return tmp_path
+
+
+def test_run_a_plan_file_to_its_end(runner_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plan_file = runner_env / "plan.json"
+    plan_file.write_text(json.dumps({"nodes": [{"id": "x", "tool": "test.echo", "inputs": {"value": "hi"}}]}))
+    assert main(["run", "--plan", str(plan_file), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["status"] == "completed"
+    assert out["result"] == {"value": "hi"}
+    assert out["workflow_id"].startswith("wf-")
+    assert main(["status", "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["workflows"] == {"completed": 1}
+
+
+def test_run_without_a_plan_fails_with_exit_1(runner_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "what is the weather in Paris"]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED    no_plan: no plan for this request" in out
+    assert "workflow wf-" in out
+
+
+def test_run_and_submit_need_something_to_do(runner_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run"]) == 2
+    assert "give the request in words" in capsys.readouterr().err
+    assert main(["run", "--plan", str(runner_env / "missing.json")]) == 2
+    assert "cannot read plan file" in capsys.readouterr().err
+
+
+def test_invalid_request_is_a_usage_error(runner_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "x", "--budget", "-1", "--json"]) == 2
+    out = json.loads(capsys.readouterr().out)
+    assert out["error"]["code"] == "invalid_request"
+    assert "$.budget_usd" in out["error"]["message"]
+
+
+def test_submit_without_a_running_cadre_says_what_to_start(
+    runner_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["submit", "hello"]) == 1
+    assert "no intake listens on c" in capsys.readouterr().err
+
+
+def test_schemas_and_tools(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["schema", "request"]) == 0
+    request = json.loads(capsys.readouterr().out)
+    assert {"request", "plan", "budget_usd", "intelligence", "mode", "idempotency_key"} <= set(request["properties"])
+    assert request["additionalProperties"] is False
+    assert main(["schema", "event"]) == 0
+    event = json.loads(capsys.readouterr().out)
+    assert len(event["oneOf"]) == 17
+    assert main(["tools", "--json"]) == 0
+    names = [t["name"] for t in json.loads(capsys.readouterr().out)]
+    assert names == ["sql.schema", "sql.query", "fs.read", "fs.write", "http.get", "text.render"]

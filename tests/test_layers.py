@@ -34,3 +34,11 @@ def test_imports_point_down(package: str) -> None:
         for p in (ROOT / package).rglob("*.py")
     }
     assert {k: v for k, v in bad.items() if v} == {}
+
+
+def test_every_event_type_is_documented() -> None:
+    from bus.events import EVENT_TYPES
+
+    doc = (ROOT / "docs" / "events.md").read_text()
+    missing = [name for name in EVENT_TYPES if f"## `{name}`" not in doc]
+    assert missing == []

@@ -726,9 +726,8 @@ EXPECTED = {  # plan name -> (the file it writes, or None, and text the result m
     "product-sales": ("reports/product_sales_2024.md", ["Best seller: ", " EUR).", "## By category", "| kitchen |"]),
 }
 
-# The agent runs a fallback tool with the step's inputs. No two built-in tools take the same
-# inputs, so a built-in fallback always draws this warning; the example shows the field anyway.
-EXPECTED_WARNINGS = {"product-sales": {("products", "fallback_inputs")}}
+# Example plans validate without warnings (a warning here means an example teaches a bad habit).
+EXPECTED_WARNINGS: dict[str, set[tuple[str, str]]] = {}
 
 
 def load_plans() -> list[dict[str, Any]]:
