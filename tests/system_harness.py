@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from actors.runtime import ActorSystem
 from cadre.settings import Settings
 from cadre.system import run_system
 from cadre.wiring import Bus, open_bus
@@ -38,6 +39,7 @@ def settings_for(nats_url: str, data_dir: Path, **overrides: Any) -> Settings:
 class Harness:
     bus: Bus
     settings: Settings
+    system: ActorSystem | None = None
 
     async def submit(self, body: dict[str, Any] | bytes) -> dict[str, Any]:
         payload = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -70,7 +72,7 @@ class Harness:
 async def cadre_running(settings: Settings) -> AsyncIterator[Harness]:
     async with open_bus(settings, name="test-cadre") as bus:
         try:
-            async with run_system(bus, settings):
-                yield Harness(bus, settings)
+            async with run_system(bus, settings) as system:
+                yield Harness(bus, settings, system)
         finally:
             await bus.nc.jetstream().delete_stream(settings.stream_name)

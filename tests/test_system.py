@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -209,3 +210,30 @@ async def test_undecodable_input_is_dead_lettered_and_fails_the_workflow(nats_ur
     assert state.status == "failed"
     assert dead[0].error.code == "malformed_event"
     assert failed[0].reason == "handler_failed"
+
+
+async def test_two_workflows_running_one_plan_each_apply_their_side_effects(cadre: Harness) -> None:
+    first = await cadre.run({"request": TOP_CUSTOMERS})
+    report = cadre.settings.workspace_dir / "reports" / "top_customers_2024.md"
+    report.unlink()
+    second = await cadre.run({"request": TOP_CUSTOMERS})
+    assert (first.status, second.status) == ("completed", "completed")
+    assert second.result is not None
+    assert second.result["already_done"] is False
+    assert report.exists()
+
+
+async def test_metrics_count_what_happened(cadre: Harness) -> None:
+    import urllib.request
+
+    await cadre.run(plan({"id": "x", "tool": "test.echo", "inputs": {"value": "v"}}))
+    assert cadre.system is not None
+    metrics = cadre.system.metrics
+    sample = metrics.registry.get_sample_value
+    assert sample("cadre_workflows_total", {"outcome": "completed"}) == 1
+    assert sample("cadre_events_handled_total", {"kind": "agent", "type": "step_ready", "outcome": "ok"}) == 1
+    assert sample("cadre_tool_calls_total", {"tool": "test.echo", "outcome": "ok"}) == 1
+    port = metrics.serve(0, addr="127.0.0.1")
+    url = f"http://127.0.0.1:{port}/metrics"
+    text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read().decode())
+    assert "cadre_handler_seconds_bucket" in text
