@@ -196,12 +196,19 @@ class _Replica:
                 with contextlib.suppress(Exception):
                     await m.in_progress()
 
+        error: Exception | None = None
+        result: Outcome | None = None
         async with asyncio.TaskGroup() as tg:
             beat = tg.create_task(keepalive())
             try:
-                return await work
+                result = await work
+            except Exception as exc:  # kept out of the group, so the caller sees the handler's own error
+                error = exc
             finally:
                 beat.cancel()
+        if error is not None:
+            raise error
+        return result
 
 
 class _DrainTimeout(Exception):

@@ -1,0 +1,121 @@
+"""The actor runtime's guarantees, with small actors of the tests' own on a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import pytest
+import pytest_asyncio
+from nats.aio.client import Client as NATS
+
+from actors.context import Context, Outside
+from actors.outcome import Defer, Outcome
+from actors.runtime import ActorSpec, Lifecycle, RuntimeOptions, consumer_name, run_actors
+from bus.events import HandlerFailed, WorkflowCompleted, WorkflowRequested
+from store import JetStreamLog, StoredEvent
+from store.state import WorkflowState
+from tests.conftest import requested
+
+FAST = RuntimeOptions(backoff=(0.05,), max_attempts=3, fetch_timeout=0.2, drain_timeout=5)
+
+
+@pytest_asyncio.fixture
+async def elog(log: JetStreamLog) -> AsyncIterator[JetStreamLog]:
+    yield log
+
+
+async def wait_for_type(log: JetStreamLog, wf: str, etype: str, within: float = 10) -> list[StoredEvent]:
+    async with asyncio.timeout(within):
+        async for r in log.follow(wf):
+            if isinstance(r, StoredEvent) and r.event.type == etype:
+                break
+    return await log.read(wf)
+
+
+async def test_start_returns_once_consumers_exist_and_stop_drains(elog: JetStreamLog, nc: NATS) -> None:
+    started, finished = asyncio.Event(), asyncio.Event()
+
+    async def slow(ctx: Context, rec: StoredEvent, state: WorkflowState) -> Outcome:
+        started.set()
+        await asyncio.sleep(0.5)
+        finished.set()
+        return [WorkflowCompleted(result="done")]
+
+    spec = ActorSpec(kind="slow", handles=frozenset({WorkflowRequested.TYPE}), handler=slow)
+    async with run_actors(elog, [(spec, 1)], outside=Outside(), options=FAST) as system:
+        info = await nc.jetstream().consumer_info(elog.stream, consumer_name(elog.subjects.prefix, "slow"))
+        assert info.config.filter_subjects == [elog.subjects.of_type("workflow_requested")]
+        assert system.lifecycle is Lifecycle.RUNNING
+        await elog.append("wf", [requested("wf")], expected_seq=0)
+        await asyncio.wait_for(started.wait(), 5)
+    # leaving the block waited for the handler in flight, whose output is stored
+    assert finished.is_set()
+    assert system.lifecycle is Lifecycle.STOPPED
+    assert [e.event.type for e in await elog.read("wf")] == ["workflow_requested", "workflow_completed"]
+
+
+async def test_failing_handler_is_retried_then_dead_lettered(elog: JetStreamLog) -> None:
+    calls = 0
+
+    async def broken(ctx: Context, rec: StoredEvent, state: WorkflowState) -> Outcome:
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("the handler has a bug")
+
+    spec = ActorSpec(kind="broken", handles=frozenset({WorkflowRequested.TYPE}), handler=broken)
+    async with run_actors(elog, [(spec, 1)], outside=Outside(), options=FAST):
+        await elog.append("wf", [requested("wf")], expected_seq=0)
+        events = await wait_for_type(elog, "wf", HandlerFailed.TYPE)
+        await asyncio.sleep(0.3)  # no further delivery after the dead letter
+    assert calls == 3
+    dead = events[-1].event.data
+    assert isinstance(dead, HandlerFailed)
+    assert (dead.input_type, dead.attempts, dead.error.code) == ("workflow_requested", 3, "RuntimeError")
+    assert dead.error.message == "the handler has a bug"
+    assert events[-1].event.causation_id == events[0].event.id
+
+
+async def test_defer_is_a_durable_timer(elog: JetStreamLog) -> None:
+    seen: list[float] = []
+
+    async def later(ctx: Context, rec: StoredEvent, state: WorkflowState) -> Outcome:
+        seen.append(asyncio.get_running_loop().time())
+        if len(seen) == 1:
+            return Defer(until=ctx.now() + timedelta(seconds=0.4))
+        return [WorkflowCompleted(result=len(seen))]
+
+    spec = ActorSpec(kind="later", handles=frozenset({WorkflowRequested.TYPE}), handler=later)
+    async with run_actors(elog, [(spec, 1)], outside=Outside(), options=FAST):
+        await elog.append("wf", [requested("wf")], expected_seq=0)
+        await wait_for_type(elog, "wf", WorkflowCompleted.TYPE)
+    assert len(seen) == 2
+    assert seen[1] - seen[0] >= 0.35
+
+
+async def test_consistent_handlers_see_the_latest_state(elog: JetStreamLog) -> None:
+    """Two replicas race to complete one workflow; optimistic concurrency lets exactly one win."""
+    gate = asyncio.Barrier(2)
+
+    async def finish(ctx: Context, rec: StoredEvent, state: WorkflowState) -> Outcome:
+        if state.done:
+            return []
+        if rec.event.actor == "intake":
+            with pytest.raises(TimeoutError):  # both replicas decide on the same state, then append
+                await asyncio.wait_for(gate.wait(), 0.3)
+        return [WorkflowCompleted(result=rec.event.id)]
+
+    spec = ActorSpec(
+        kind="finisher",
+        handles=frozenset({WorkflowRequested.TYPE}),
+        handler=finish,
+        consistent=frozenset({WorkflowRequested.TYPE}),
+    )
+    async with run_actors(elog, [(spec, 2)], outside=Outside(), options=FAST):
+        root = requested("wf")
+        await elog.append("wf", [root], expected_seq=0)
+        events = await wait_for_type(elog, "wf", WorkflowCompleted.TYPE)
+        await asyncio.sleep(0.3)
+        events = await elog.read("wf")
+    assert [e.event.type for e in events] == ["workflow_requested", "workflow_completed"]
