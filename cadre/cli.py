@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
@@ -197,10 +198,11 @@ async def _events(args: argparse.Namespace, settings: Settings) -> int:
                 _print(r, args.json)
             _report_malformed(records)
             return EXIT_OK
-        async for r in bus.log.follow(wf):
-            _print(r, args.json)
-            if isinstance(r, StoredEvent) and r.event.type in TERMINAL_TYPES:
-                break
+        async with contextlib.aclosing(bus.log.follow(wf)) as feed:
+            async for r in feed:
+                _print(r, args.json)
+                if isinstance(r, StoredEvent) and r.event.type in TERMINAL_TYPES:
+                    break
     return EXIT_OK
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
 import json
 import signal
@@ -115,17 +116,18 @@ def request_payload(
 async def watch(log: JetStreamLog, wf: str, *, quiet: bool) -> WorkflowState:
     """Print progress until the workflow ends; return its final state."""
     state = WorkflowState(workflow_id=wf)
-    async for r in log.follow(wf):
-        if not isinstance(r, StoredEvent):
-            if not quiet:
-                _say(f"  #{r.seq} MALFORMED {r.subject}: {r.reason}")
-            continue
-        fold(wf, [r], state)
-        line = describe(r.event)
-        if line and not quiet:
-            _say("  " + line)
-        if r.event.type in TERMINAL_TYPES:
-            return state
+    async with contextlib.aclosing(log.follow(wf)) as records:
+        async for r in records:
+            if not isinstance(r, StoredEvent):
+                if not quiet:
+                    _say(f"  #{r.seq} MALFORMED {r.subject}: {r.reason}")
+                continue
+            fold(wf, [r], state)
+            line = describe(r.event)
+            if line and not quiet:
+                _say("  " + line)
+            if r.event.type in TERMINAL_TYPES:
+                break
     return state
 
 

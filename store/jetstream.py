@@ -25,8 +25,9 @@ resolve on a JetStream API error (nats.py#985).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -277,11 +278,12 @@ class JetStreamLog:
             cb=cb,
         )
 
-    async def follow(self, workflow_id: str, *, after_seq: int = 0) -> AsyncIterator[Record]:
+    async def follow(self, workflow_id: str, *, after_seq: int = 0) -> AsyncGenerator[Record, None]:
         """Every message of the workflow after ``after_seq``, then new ones as they arrive.
 
         Runs until the caller stops iterating (or cancels); a bounded queue keeps a slow
-        reader from buffering without limit.
+        reader from buffering without limit. Close it when done
+        (``async with contextlib.aclosing(log.follow(wf)) as records``).
         """
         queue: asyncio.Queue[Record] = asyncio.Queue(maxsize=1024)
         subjects = self.subjects
@@ -294,7 +296,9 @@ class JetStreamLog:
             while True:
                 yield await queue.get()
         finally:
-            await sub.unsubscribe()
+            # The reader may stop late (a generator closed after its connection): nothing to undo then.
+            with contextlib.suppress(nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
+                await sub.unsubscribe()
 
     async def subject_counts(self) -> dict[str, int]:
         """Messages per subject of the event stream (paged through the stream info API)."""
