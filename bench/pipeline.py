@@ -1,32 +1,39 @@
 """Benchmark of a whole cadre pipeline, beside a raw nats-py actor chain of the same run.
 
     .venv/bin/python bench/pipeline.py [--workflows N] [--concurrency C] [--runs R]
-                                       [--data-dir DIR] [--nats URL] [--profile FILE]
+                                       [--latency-workflows M] [--data-dir DIR] [--nats URL]
+                                       [--profile FILE]
 
-**cadre**: every actor kind (planner, validator, decomposer, agent, budget, the intake) runs
-in this process with ``cadre.system.run_system``, on a file-storage stream of its own, as in
-production. A client submits N workflows, at most C in flight, each an explicit plan (rule
-based planning, no model): the DAG ``a, b -> c`` of three instant tools (``bench.echo``
-from ``bench/_tools.py``): ``a`` and ``b`` run in parallel, ``c`` depends on both. A submit
-is a NATS request to ``<prefix>.requests`` (the intake appends ``workflow_requested`` and
-replies); a workflow ends with its ``workflow_completed`` event, which the client sees on
-one ordered consumer filtered on ``<prefix>.evt.*.workflow_completed`` (so it only sees
-stored events). Latency = completion - submit.
+**cadre**: every actor kind (planner, validator, decomposer, agent, budget, and the intake)
+runs in this process with ``cadre.system.run_system``, on a file-storage stream of its own,
+as in production. A client submits N workflows, at most C in flight. Each is an explicit
+plan, so planning is rule based and uses no model: the DAG ``a, b -> c`` of three instant
+tools (``bench.echo`` from ``bench/_tools.py``). ``a`` and ``b`` run in parallel and ``c``
+depends on both. A submit is a NATS request to ``<prefix>.requests``: the intake appends
+``workflow_requested`` and replies. A workflow ends with its ``workflow_completed`` event,
+which the client sees on one ordered consumer filtered on
+``<prefix>.evt.*.workflow_completed``, so it only sees stored events. Latency is the time
+from submit to completion.
 
-**raw** (the baseline): 4 "actors", each a durable pull consumer (``fetch`` + ``ack``) on a
-subject of its own in a file-storage stream, each republishing what it takes to the next
-actor's subject with an awaited ``js.publish`` (with a ``Nats-Msg-Id``), in a ring, until a
-message has made as many hops as cadre's actors append events per workflow; the last hop
-publishes to a ``done`` subject, which the client follows like cadre's completions. The
-client submits with an awaited ``js.publish``, with the same N and C. Payloads have the
-average size of cadre's events. Each raw actor handles a fetched batch concurrently, as
-cadre's replicas do.
+**cadre_chain** (informational): the same with the chain ``a -> b -> c``. It has as many
+events per workflow as the DAG, but no append of more than one event (the DAG's planner
+dispatches ``a`` and ``b`` as one atomic batch of two events) and no concurrency conflict.
+
+**raw** (the baseline): 4 "actors" in a ring. Each is a durable pull consumer (``fetch`` +
+``ack``) on a subject of its own in a file-storage stream. Each republishes what it takes
+to the next actor's subject with an awaited ``js.publish`` that carries a ``Nats-Msg-Id``.
+A message goes round until it has made as many hops as cadre's actors append events per
+workflow; the last hop publishes to a ``done`` subject, which the client follows as it
+follows cadre's completions. The client submits with an awaited ``js.publish``, with the
+same N and C. Payloads have the average size of cadre's events. Each raw actor handles a
+fetched batch concurrently, as cadre's replicas do.
 
 The figure to read is the hop rate: events appended by cadre's actors per second against
-raw hops per second (for the same number of hops per workflow this equals the ratio of
-workflows per second). Every figure is the median of R runs; raw and cadre alternate, the
-order flipping every run, after a warm-up of each. ``--profile FILE`` writes a cProfile of
-the measured cadre runs (the whole process: actors, client, nats-py) to FILE.
+raw hops per second. With the same number of hops per workflow, this equals the ratio of
+workflows per second. Latency is also measured unloaded, with M workflows one at a time.
+Every figure is the median of R runs. The sides alternate, and the order rotates every
+run, after a warm-up of each. ``--profile FILE`` writes a cProfile of the measured cadre
+(DAG) runs to FILE. It covers the whole process: actors, client and nats-py.
 
 By default the bundled nats-server runs in a fresh temporary data dir (file storage) and is
 stopped at the end. One JSON object goes to stdout; progress to stderr.
@@ -43,7 +50,6 @@ import json
 import logging
 import secrets
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -51,10 +57,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from _common import bench_server, environment, median, note
+from _common import bench_server, environment, median, note, percentile
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext, api
+from nats.js import api
 
 from actors.intake import workflow_id_for
 from actors.metrics import Metrics
@@ -62,6 +68,7 @@ from bus.connection import ConnectOptions, barrier, connect
 from cadre.settings import Settings
 from cadre.system import run_system
 from cadre.wiring import open_bus
+from store.jetstream import JetStreamLog
 
 TARGET_HOP_RATIO = 0.75
 TARGET_WORKFLOWS_PER_S = 150.0
@@ -69,15 +76,28 @@ TARGET_P50_MS = 25.0
 RAW_ACTORS = 4
 RAW_BATCH = 32  # messages per fetch of a raw actor, like cadre's default actor_batch
 
-DAG = "a, b -> c: three bench.echo tasks; a and b run in parallel, c depends on both"
-PLAN: dict[str, Any] = {
-    "nodes": [
-        {"id": "a", "tool": "bench.echo", "inputs": {"value": "alpha"}},
-        {"id": "b", "tool": "bench.echo", "inputs": {"value": "beta"}},
-        {"id": "c", "tool": "bench.echo", "depends_on": ["a", "b"], "inputs": {"value": "${a.value}"}},
-    ],
-    "output": "c",
+DAG = "a, b -> c (bench.echo x 3; a and b in parallel, c after both)"
+CHAIN = "a -> b -> c (bench.echo x 3)"
+PLANS: dict[str, dict[str, Any]] = {
+    "dag": {
+        "nodes": [
+            {"id": "a", "tool": "bench.echo", "inputs": {"value": "alpha"}},
+            {"id": "b", "tool": "bench.echo", "inputs": {"value": "beta"}},
+            {"id": "c", "tool": "bench.echo", "depends_on": ["a", "b"], "inputs": {"value": "${a.value}"}},
+        ],
+        "output": "c",
+    },
+    "chain": {
+        "nodes": [
+            {"id": "a", "tool": "bench.echo", "inputs": {"value": "alpha"}},
+            {"id": "b", "tool": "bench.echo", "depends_on": ["a"], "inputs": {"value": "${a.value}"}},
+            {"id": "c", "tool": "bench.echo", "depends_on": ["b"], "inputs": {"value": "${b.value}"}},
+        ],
+        "output": "c",
+    },
 }
+
+Run = tuple[float, list[float]]  # seconds of the run, latency of each workflow
 
 
 def run_timeout(n: int) -> float:
@@ -109,7 +129,7 @@ class Driver:
 
     async def run(
         self, ids: Sequence[str], submit: Callable[[int], Awaitable[None]], concurrency: int, limit: float
-    ) -> tuple[float, list[float]]:
+    ) -> Run:
         """Seconds from the first submit to the last completion, and each workflow's latency."""
         loop = asyncio.get_running_loop()
         slots = asyncio.Semaphore(concurrency)
@@ -138,19 +158,27 @@ class Driver:
         return time.perf_counter() - start, latencies
 
 
-def summary(ids: int, hops_per_wf: float, runs: list[tuple[float, list[float]]]) -> dict[str, Any]:
+def summary(runs: list[Run], hops_per_wf: float) -> dict[str, Any]:
     """Medians over runs of workflows/s, hops/s, p50 and p99 latency."""
-    wps = [ids / s for s, _ in runs]
-    p50 = [statistics.median(lat) * 1000 for _, lat in runs]
-    p99 = [statistics.quantiles(lat, n=100, method="inclusive")[98] * 1000 for _, lat in runs]
+    wps = [len(lat) / s for s, lat in runs]
+    p50 = [percentile(lat, 50) * 1000 for _, lat in runs]
+    p99 = [percentile(lat, 99) * 1000 for _, lat in runs]
     return {
         "workflows_per_s": round(median(wps), 1),
         "hops_per_s": round(median(wps) * hops_per_wf),
-        "p50_ms": round(median(p50), 2),
-        "p99_ms": round(median(p99), 2),
+        "p50_ms": round(median(p50), 1),
+        "p99_ms": round(median(p99), 1),
         "runs_workflows_per_s": [round(x, 1) for x in wps],
-        "runs_p50_ms": [round(x, 2) for x in p50],
-        "runs_p99_ms": [round(x, 2) for x in p99],
+        "runs_p50_ms": [round(x, 1) for x in p50],
+        "runs_p99_ms": [round(x, 1) for x in p99],
+    }
+
+
+def unloaded(runs: list[Run]) -> dict[str, Any]:
+    """Latency of workflows run one at a time: medians over runs of p50 and p99."""
+    return {
+        "p50_ms": round(median([percentile(lat, 50) * 1000 for _, lat in runs]), 2),
+        "p99_ms": round(median([percentile(lat, 99) * 1000 for _, lat in runs]), 2),
     }
 
 
@@ -168,6 +196,10 @@ class CadreSide:
         self.driver = Driver()
         self.js = client.jetstream(timeout=5.0)
         self._subs: list[Any] = []
+        # Per run, by plan: messages the run added to the stream, and concurrency conflicts,
+        # each per workflow.
+        self.events: dict[str, list[float]] = {}
+        self.conflicts: dict[str, list[float]] = {}
 
     async def start(self) -> None:
         subjects = self.settings.subjects
@@ -202,11 +234,14 @@ class CadreSide:
         info = await self.js.stream_info(self.settings.stream_name)
         return int(info.state.messages)
 
-    async def run(self, label: str, n: int, concurrency: int) -> tuple[float, list[float], int]:
-        """One run: seconds, latencies, and the messages it added to the stream."""
-        keys = [f"{self.tag}-{label}-{i}" for i in range(n)]
-        ids = [workflow_id_for(k) for k in keys]
-        bodies = [json.dumps({"plan": PLAN, "idempotency_key": k}).encode() for k in keys]
+    def ids(self, plan: str, label: str, n: int) -> tuple[list[str], list[str]]:
+        """Idempotency keys and the workflow ids the intake derives from them (known before submitting)."""
+        keys = [f"{self.tag}-{plan}-{label}-{i}" for i in range(n)]
+        return keys, [workflow_id_for(k) for k in keys]
+
+    async def run(self, plan: str, label: str, n: int, concurrency: int) -> Run:
+        keys, ids = self.ids(plan, label, n)
+        bodies = [json.dumps({"plan": PLANS[plan], "idempotency_key": k}).encode() for k in keys]
         subject = self.settings.subjects.requests
 
         async def submit(i: int) -> None:
@@ -215,10 +250,11 @@ class CadreSide:
             if reply.get("workflow_id") != ids[i] or reply.get("existing"):
                 raise RuntimeError(f"intake replied {reply!r} to request {keys[i]}")
 
-        before = await self.stream_messages()
-        seconds, latencies = await self.driver.run(ids, submit, concurrency, run_timeout(n))
-        added = await self.stream_messages() - before
-        return seconds, latencies, added
+        before, conflicts = await self.stream_messages(), counter_total(self.metrics, "cadre_conflicts")
+        result = await self.driver.run(ids, submit, concurrency, run_timeout(n))
+        self.events.setdefault(plan, []).append((await self.stream_messages() - before) / n)
+        self.conflicts.setdefault(plan, []).append((counter_total(self.metrics, "cadre_conflicts") - conflicts) / n)
+        return result
 
 
 # -- raw nats-py chain -------------------------------------------------------------------------
@@ -235,7 +271,7 @@ class RawChain:
         self.prefix = f"raw{tag}"
         self.done_subject = f"{self.prefix}.done"
         self.driver = Driver()
-        self.hops = 15  # set from cadre's events per workflow before measuring
+        self.hops = 15  # set to cadre's actor events per workflow before measuring
         self.pad = b""
         self._done_sub: Any = None
 
@@ -275,10 +311,15 @@ class RawChain:
         if self._done_sub is not None:
             with contextlib.suppress(Exception):
                 await self._done_sub.unsubscribe()
-        await asyncio.wait_for(self.client_js.delete_stream(self.stream), 10)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.client_js.delete_stream(self.stream), 10)
 
     def payload(self, wf: str, hop: int) -> bytes:
         return f"{wf} {hop} ".encode() + self.pad
+
+    def pad_to(self, size: int) -> None:
+        """Pad payloads to about ``size`` bytes (cadre's average event)."""
+        self.pad = b"x" * max(0, size - len(self.payload("r-x-00000", 10)))
 
     async def _actor(self, k: int, ready: asyncio.Event, stop: asyncio.Event) -> None:
         sub = await self.js.pull_subscribe_bind(durable=self.durable(k), stream=self.stream)
@@ -303,8 +344,8 @@ class RawChain:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
-    async def run(self, label: str, n: int, concurrency: int) -> tuple[float, list[float]]:
-        ids = [f"r{label}-{i:05d}" for i in range(n)]
+    async def run(self, label: str, n: int, concurrency: int) -> Run:
+        ids = [f"r-{label}-{i:05d}" for i in range(n)]
         first = self.hop_subject(0)
 
         async def submit(i: int) -> None:
@@ -327,14 +368,53 @@ class RawChain:
 # -- the bench ----------------------------------------------------------------------------------
 
 
-def counter_total(metrics: Metrics, name: str, **labels: str) -> float:
-    """Sum of a counter's samples (``<name>_total``) whose labels include ``labels``."""
-    total = 0.0
-    for family in metrics.registry.collect():
-        for s in family.samples:
-            if s.name == f"{name}_total" and all(s.labels.get(k) == v for k, v in labels.items()):
-                total += s.value
-    return total
+def counter_total(metrics: Metrics, name: str) -> float:
+    """Sum over all labels of a counter's samples (``<name>_total``)."""
+    return float(sum(s.value for fam in metrics.registry.collect() for s in fam.samples if s.name == f"{name}_total"))
+
+
+async def workflow_shape(elog: JetStreamLog, wf: str) -> tuple[list[str], float]:
+    """The event types of a stored workflow, in order, and the average size of its events."""
+    records = await elog.read_records(wf)
+    return [r.subject.rsplit(".", 1)[1] for r in records], sum(len(r.data) for r in records) / len(records)
+
+
+async def measure(
+    args: argparse.Namespace, cadre: CadreSide, raw: RawChain, profile: cProfile.Profile | None
+) -> dict[str, list[Run]]:
+    """Every measured run of every side, the order rotating every run."""
+    n, c, m = args.workflows, args.concurrency, args.latency_workflows
+
+    async def profiled(work: Awaitable[Run]) -> Run:
+        if profile is None:
+            return await work
+        profile.enable()
+        try:
+            return await work
+        finally:
+            profile.disable()
+
+    sides: dict[str, Callable[[int], Awaitable[Run]]] = {
+        "raw": lambda r: raw.run(f"{r:02d}", n, c),
+        "cadre": lambda r: profiled(cadre.run("dag", f"m{r}", n, c)),
+        "cadre_chain": lambda r: cadre.run("chain", f"m{r}", n, c),
+        "raw_unloaded": lambda r: raw.run(f"u{r:02d}", m, 1),
+        "cadre_unloaded": lambda r: cadre.run("dag", f"u{r}", m, 1),
+        "cadre_chain_unloaded": lambda r: cadre.run("chain", f"u{r}", m, 1),
+    }
+    runs: dict[str, list[Run]] = {name: [] for name in sides}
+    names = list(sides)
+    note(f"measuring: {n} workflows with {c} in flight, {m} one at a time, {args.runs} runs per side")
+    for r in range(args.runs):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            runs[name].append(await sides[name](r))
+        figures = []
+        for name in ("cadre", "cadre_chain", "raw"):
+            s, lat = runs[name][-1]
+            figures.append(f"{name} {len(lat) / s:.0f} wf/s p50 {percentile(lat, 50) * 1000:.1f} ms")
+        note(f"  run {r + 1}/{args.runs}: " + ", ".join(figures))
+    return runs
 
 
 async def main(args: argparse.Namespace, url: str, data_dir: Path) -> dict[str, Any]:
@@ -349,65 +429,41 @@ async def main(args: argparse.Namespace, url: str, data_dir: Path) -> dict[str, 
         tool_modules=["_tools"],
         actor_drain_timeout_s=5.0,
     )
-    n, c, runs = args.workflows, args.concurrency, args.runs
     client = await connect(ConnectOptions(url=url, name="bench-client"))
     raw_nc = await connect(ConnectOptions(url=url, name="bench-raw-actors"))
     metrics = Metrics.create()
     profile = cProfile.Profile() if args.profile else None
-    out: dict[str, Any] = {**environment(client), "runs": runs, "storage": "file", "workflows": n, "concurrency": c}
+    out: dict[str, Any] = {**environment(client), "runs": args.runs, "storage": "file"}
     raw = RawChain(client, raw_nc, tag)
     try:
         async with open_bus(settings, name="bench-cadre") as bus:
             try:
                 async with run_system(bus, settings, metrics=metrics):
                     await barrier(bus.nc)
-                    side = CadreSide(client, settings, metrics, tag)
-                    await side.start()
+                    cadre = CadreSide(client, settings, metrics, tag)
+                    await cadre.start()
                     await raw.setup()
                     try:
-                        note(f"warm-up: cadre and raw, {min(n, 50)} workflows each")
-                        _, _, added = await side.run("warm", min(n, 50), c)
-                        sample = next(iter(await bus.log.workflows()))
-                        records = await bus.log.read_records(sample)
-                        avg_bytes = sum(len(r.data) for r in records) / len(records)
-                        types = [r.subject.rsplit(".", 1)[1] for r in records]
-                        raw.hops = len(records) - 1  # the events cadre's actors append per workflow
-                        raw.pad = b"x" * max(0, round(avg_bytes) - len(raw.payload("r00-00000", 10)))
-                        await raw.run("w", min(n, 50), c)
-                        conflicts0 = counter_total(metrics, "cadre_conflicts")
-                        handled0 = counter_total(metrics, "cadre_events_handled")
-                        redeliveries0 = counter_total(metrics, "cadre_redeliveries")
-
-                        cadre_runs: list[tuple[float, list[float]]] = []
-                        raw_runs: list[tuple[float, list[float]]] = []
-                        events: list[int] = []
-                        note(f"measuring: {n} workflows, {c} in flight, {runs} runs per side")
-                        for r in range(runs):
-                            order = ("raw", "cadre") if r % 2 == 0 else ("cadre", "raw")
-                            for which in order:
-                                if which == "raw":
-                                    raw_runs.append(await raw.run(f"{r:02d}", n, c))
-                                else:
-                                    if profile is not None:
-                                        profile.enable()
-                                    try:
-                                        s, lat, added = await side.run(f"m{r}", n, c)
-                                    finally:
-                                        if profile is not None:
-                                            profile.disable()
-                                    cadre_runs.append((s, lat))
-                                    events.append(added)
-                            note(
-                                f"  run {r + 1}/{runs}: cadre {n / cadre_runs[-1][0]:.0f} wf/s "
-                                f"(p50 {statistics.median(cadre_runs[-1][1]) * 1000:.1f} ms), "
-                                f"raw {n / raw_runs[-1][0]:.0f} wf/s "
-                                f"(p50 {statistics.median(raw_runs[-1][1]) * 1000:.1f} ms)"
-                            )
+                        warm = min(args.workflows, 50)
+                        note(f"warm-up: {warm} workflows of each side")
+                        await cadre.run("dag", "warm", warm, args.concurrency)
+                        dag_types, dag_bytes = await workflow_shape(bus.log, cadre.ids("dag", "warm", 1)[1][0])
+                        await cadre.run("chain", "warm", warm, args.concurrency)
+                        chain_types, _ = await workflow_shape(bus.log, cadre.ids("chain", "warm", 1)[1][0])
+                        raw.hops = len(dag_types) - 1  # the events cadre's actors append per workflow
+                        raw.pad_to(round(dag_bytes))
+                        await raw.run("w", warm, args.concurrency)
+                        cadre.events.clear()
+                        cadre.conflicts.clear()
+                        redeliveries = counter_total(metrics, "cadre_redeliveries")
+                        runs = await measure(args, cadre, raw, profile)
+                        redeliveries = counter_total(metrics, "cadre_redeliveries") - redeliveries
                     finally:
-                        await side.stop()
+                        await cadre.stop()
                         await raw.teardown()
             finally:
-                await asyncio.wait_for(client.jetstream().delete_stream(settings.stream_name), 10)
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(client.jetstream().delete_stream(settings.stream_name), 10)
     finally:
         for nc in (raw_nc, client):
             with contextlib.suppress(Exception):
@@ -416,33 +472,61 @@ async def main(args: argparse.Namespace, url: str, data_dir: Path) -> dict[str, 
         profile.dump_stats(args.profile)
         note(f"cProfile of the measured cadre runs written to {args.profile}")
 
-    per_wf = median([e / n for e in events])
-    actor_events = per_wf - 1  # the intake's workflow_requested is not an actor hop
-    handled = (counter_total(metrics, "cadre_events_handled") - handled0) / (n * runs)
-    cadre = summary(n, actor_events, cadre_runs)
-    baseline = summary(n, raw.hops, raw_runs)
-    ratio = cadre["hops_per_s"] / baseline["hops_per_s"]
+    n = args.workflows
+    per_wf = {plan: median(ev) for plan, ev in cadre.events.items()}
+    dag_hops = per_wf["dag"] - 1  # the intake's workflow_requested is not an actor hop
+    chain_hops = per_wf["chain"] - 1
+    result = summary(runs["cadre"], dag_hops)
+    chain = summary(runs["cadre_chain"], chain_hops)
+    baseline = summary(runs["raw"], raw.hops)
+    ratio = result["hops_per_s"] / baseline["hops_per_s"]
+    lat_unloaded = {
+        "workflows": args.latency_workflows,
+        "cadre": unloaded(runs["cadre_unloaded"]),
+        "cadre_chain": unloaded(runs["cadre_chain_unloaded"]),
+        "raw": unloaded(runs["raw_unloaded"]),
+    }
     out.update(
         {
+            "workflows": n,
+            "concurrency": args.concurrency,
             "dag": DAG,
-            "events_per_workflow": round(per_wf, 2),
-            "event_types": types,
-            "event_bytes_avg": round(avg_bytes),
-            "actor_events_per_workflow": round(actor_events, 2),
-            "inputs_handled_per_workflow": round(handled, 2),
-            "conflicts": round(counter_total(metrics, "cadre_conflicts") - conflicts0),
-            "redeliveries": round(counter_total(metrics, "cadre_redeliveries") - redeliveries0),
-            "cadre": cadre,
-            "raw": {**baseline, "hops_per_workflow": raw.hops, "actors": RAW_ACTORS},
+            "events_per_workflow": round(per_wf["dag"], 2),
+            "actor_events_per_workflow": round(dag_hops, 2),
+            "event_types": dag_types,
+            "event_bytes_avg": round(dag_bytes),
+            "conflicts_per_workflow": round(median(cadre.conflicts["dag"]), 2),
+            "redeliveries": round(redeliveries),
+            "cadre": result,
+            "raw": {
+                **baseline,
+                "hops_per_workflow": raw.hops,
+                "actors": RAW_ACTORS,
+                "payload_bytes": len(raw.payload("r-00-00000", 10)),
+            },
             "hop_ratio": round(ratio, 3),
+            "unloaded_latency": lat_unloaded,
+            "cadre_chain": {
+                "dag": CHAIN,
+                "events_per_workflow": round(per_wf["chain"], 2),
+                "conflicts_per_workflow": round(median(cadre.conflicts["chain"]), 2),
+                "event_types": chain_types,
+                **chain,
+                "hop_ratio": round(chain["hops_per_s"] / baseline["hops_per_s"], 3),
+            },
             "targets": {
                 "hop_ratio": {"target": TARGET_HOP_RATIO, "value": round(ratio, 3), "ok": ratio >= TARGET_HOP_RATIO},
                 "workflows_per_s": {
                     "target": TARGET_WORKFLOWS_PER_S,
-                    "value": cadre["workflows_per_s"],
-                    "ok": cadre["workflows_per_s"] >= TARGET_WORKFLOWS_PER_S,
+                    "value": result["workflows_per_s"],
+                    "ok": result["workflows_per_s"] >= TARGET_WORKFLOWS_PER_S,
                 },
-                "p50_ms": {"target": TARGET_P50_MS, "value": cadre["p50_ms"], "ok": cadre["p50_ms"] <= TARGET_P50_MS},
+                "p50_ms": {"target": TARGET_P50_MS, "value": result["p50_ms"], "ok": result["p50_ms"] <= TARGET_P50_MS},
+                "p50_ms_unloaded": {
+                    "target": TARGET_P50_MS,
+                    "value": lat_unloaded["cadre"]["p50_ms"],
+                    "ok": lat_unloaded["cadre"]["p50_ms"] <= TARGET_P50_MS,
+                },
             },
         }
     )
@@ -454,19 +538,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--workflows", type=int, default=300, help="workflows per run")
     ap.add_argument("--concurrency", type=int, default=32, help="workflows in flight at most")
     ap.add_argument("--runs", type=int, default=3, help="runs per side; figures are medians")
+    ap.add_argument("--latency-workflows", type=int, default=50, help="workflows run one at a time, per run")
     ap.add_argument("--data-dir", type=Path, help="embedded server data dir (default: a fresh temp dir)")
     ap.add_argument("--nats", metavar="URL", help="use this server instead of an embedded one")
     ap.add_argument("--profile", metavar="FILE", help="write a cProfile of the measured cadre runs here")
     args = ap.parse_args(argv)
-    if args.workflows < 10 or min(args.concurrency, args.runs) < 1:
-        ap.error("--workflows >= 10 and --concurrency, --runs >= 1")
+    if args.workflows < 10 or min(args.concurrency, args.runs, args.latency_workflows) < 1:
+        ap.error("--workflows >= 10 and --concurrency, --runs, --latency-workflows >= 1")
     return args
 
 
 def run() -> None:
     args = parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
-    total = 120 + 2 * (args.runs + 1) * run_timeout(args.workflows)
+    per_round = 3 * run_timeout(args.workflows) + 3 * run_timeout(args.latency_workflows)
+    total = 120 + (args.runs + 1) * per_round
     work = Path(tempfile.mkdtemp(prefix="cadre-pipeline-"))  # cadre's workspace and sample database
     try:
         with bench_server(args.nats, args.data_dir) as url:
