@@ -269,11 +269,13 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     effects: tuple[Effect, ...] = ()
 
 
-def derive_id(causation_id: str, actor: str, index: int) -> str:
-    """The id of the ``index``-th event ``actor`` emits in answer to ``causation_id``.
+def derive_id(causation_id: str, actor: str, index: int | str) -> str:
+    """The id of the event ``actor`` emits in answer to ``causation_id`` at ``index``.
 
     Deterministic, so that a handler run twice on the same input (a redelivery, a replay)
-    produces the same ids, which JetStream then deduplicates as ``Nats-Msg-Id``.
+    produces the same ids, which JetStream then deduplicates as ``Nats-Msg-Id``. ``index``
+    is the output's position, or a key naming what the output is about (``task_ready:b:1``)
+    when the set of outputs depends on state that a partial earlier write changed.
     """
     digest = hashlib.blake2b(f"{causation_id}\x1f{actor}\x1f{index}".encode(), digest_size=16)
     return digest.hexdigest()
@@ -286,7 +288,7 @@ def make_event(
     actor: str,
     at: datetime,
     causation_id: str | None = None,
-    index: int = 0,
+    index: int | str = 0,
     event_id: str | None = None,
     effects: tuple[Effect, ...] = (),
 ) -> Envelope:

@@ -107,18 +107,34 @@ class JetStreamLog:
     # -- writing ---------------------------------------------------------------------------
 
     async def append(
-        self, workflow_id: str, events: Sequence[Envelope], *, expected_seq: int | None = None
+        self,
+        workflow_id: str,
+        events: Sequence[Envelope],
+        *,
+        expected_seq: int | None = None,
+        atomic: bool = True,
     ) -> AppendResult:
         """Store ``events`` (all of ``workflow_id``) in order.
 
         ``expected_seq``: the workflow's last stream sequence the caller based its decision
         on (0 = the workflow has no events yet); None appends without the check.
+        ``atomic=False`` stores several events as separate messages: the first with the
+        expectation, then the rest pipelined, each deduplicated by its id. Much cheaper than
+        an atomic batch on file storage, for callers whose outputs are safe to store in part.
         """
         if not events:
             raise ValueError("append needs at least one event")
         for e in events:
             if e.workflow_id != workflow_id:
                 raise ValueError(f"event {e.id} belongs to workflow {e.workflow_id!r}, not {workflow_id!r}")
+        if not atomic and len(events) > 1:
+            first = await self._append_chunk(workflow_id, events[:1], expected_seq)
+            rest = await asyncio.gather(*(self._append_chunk(workflow_id, [e], None) for e in events[1:]))
+            return AppendResult(
+                max(r.last_seq for r in (first, *rest)),
+                len(events),
+                first.already_stored and all(r.already_stored for r in rest),
+            )
         result: AppendResult | None = None
         count = 0
         stored = True
@@ -155,7 +171,7 @@ class JetStreamLog:
             code = error.get("err_code")
             if code in (_WRONG_LAST_SEQUENCE, _DUPLICATE_IN_BATCH):
                 return await self._already_stored_or_conflict(
-                    workflow_id, msgs[-1][2], len(msgs), expected_seq, error.get("description", "")
+                    workflow_id, msgs[0][2], msgs[-1][2], len(msgs), expected_seq, error.get("description", "")
                 )
             raise AppendError(
                 f"JetStream refused the append to workflow {workflow_id!r}: "
@@ -195,18 +211,32 @@ class JetStreamLog:
         raise AssertionError("unreachable: msgs is not empty")
 
     async def _already_stored_or_conflict(
-        self, workflow_id: str, last_id: str, count: int, expected_seq: int | None, description: str
+        self, workflow_id: str, first_id: str, last_id: str, count: int, expected_seq: int | None, description: str
     ) -> AppendResult:
+        """After "wrong last sequence" or "duplicate": did our own earlier write land?
+
+        With an expectation, our write would be the workflow's first message after
+        ``expected_seq`` (an atomic batch stores its messages consecutively); it is ours when
+        it carries our first event's id. Without one, it is ours when the workflow's last
+        message carries our last event's id.
+        """
+        if expected_seq is not None:
+            try:
+                mine = await self._js.get_msg(
+                    self.spec.name, seq=expected_seq + 1, subject=self.subjects.workflow(workflow_id), next=True
+                )
+            except NotFoundError:
+                mine = None
+            if mine is not None and (mine.headers or {}).get("Nats-Msg-Id") == first_id:
+                return AppendResult((mine.seq or 0) + count - 1, count, already_stored=True)
+            raise ConcurrencyConflict(workflow_id, expected_seq, await self.last_seq(workflow_id))
         last = await self._last_msg(workflow_id)
         if last is not None and (last.headers or {}).get("Nats-Msg-Id") == last_id:
             return AppendResult(last.seq or 0, count, already_stored=True)
-        actual = (last.seq or 0) if last is not None else 0
-        if expected_seq is None:
-            raise AppendError(
-                f"JetStream refused the append to workflow {workflow_id!r} as a duplicate "
-                f"({description}) but its last event is not ours; events were reused across appends"
-            )
-        raise ConcurrencyConflict(workflow_id, expected_seq, actual)
+        raise AppendError(
+            f"JetStream refused the append to workflow {workflow_id!r} as a duplicate "
+            f"({description}) but its last event is not ours; events were reused across appends"
+        )
 
     # -- reading ---------------------------------------------------------------------------
 

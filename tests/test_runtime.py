@@ -119,3 +119,31 @@ async def test_consistent_handlers_see_the_latest_state(elog: JetStreamLog) -> N
         await asyncio.sleep(0.3)
         events = await elog.read("wf")
     assert [e.event.type for e in events] == ["workflow_requested", "workflow_completed"]
+
+
+def test_a_fan_out_stored_in_part_keeps_its_ids_when_decided_again() -> None:
+    """A crash between two outputs leaves one stored; the redelivered input, handled on the
+    newer state, emits only the missing one, and it gets the id it had the first time."""
+    from actors.runtime import ActorSystem
+    from bus.events import TaskReady
+    from bus.plan import Task
+
+    cause = requested("wf")
+    a, b = TaskReady(task=Task(id="a", tool="x")), TaskReady(task=Task(id="b", tool="x"))
+    first = ActorSystem.wrap("planner", cause, [a, b], cause.at)
+    again = ActorSystem.wrap("planner", cause, [b], cause.at)
+    assert again[0].id == first[1].id
+    assert first[0].id != first[1].id
+
+
+async def test_non_atomic_append_stores_in_order_and_is_idempotent(elog: JetStreamLog) -> None:
+    from tests.conftest import ev
+
+    root = requested("wf")
+    r0 = await elog.append("wf", [root], expected_seq=0)
+    outs = [ev(WorkflowCompleted(result=i), "wf", cause=root.id, i=i) for i in range(4)]
+    first = await elog.append("wf", outs, expected_seq=r0.last_seq, atomic=False)
+    again = await elog.append("wf", outs, expected_seq=r0.last_seq, atomic=False)
+    assert not first.already_stored
+    assert again.already_stored
+    assert [e.event for e in await elog.read("wf")] == [root, *outs]
