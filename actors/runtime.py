@@ -387,7 +387,7 @@ class ActorSystem:
             actor=kind,
             at=utc_now(),
             causation_id=rec.event.id,
-            index=1000,  # apart from the handler's own output indexes
+            index="handler_failed",  # apart from the handler's own outputs
         )
         await self.log.append(rec.event.workflow_id, [env])
 
@@ -404,7 +404,9 @@ class ActorSystem:
             error=ErrorInfo(code="malformed_event", message=rec.reason),
         )
         self.metrics.dead_letters.labels(kind).inc()
-        env = make_event(failed, workflow_id=wf, actor=kind, at=utc_now(), causation_id=f"seq:{rec.seq}", index=1000)
+        env = make_event(
+            failed, workflow_id=wf, actor=kind, at=utc_now(), causation_id=f"seq:{rec.seq}", index="handler_failed"
+        )
         await self.log.append(wf, [env])
 
 

@@ -13,7 +13,6 @@ from actors.context import Context
 from actors.outcome import Outcome
 from actors.runtime import ActorSpec
 from bus.events import PlanProposed, PlanRejected, PlanValidated, StepReady, StepsProposed, StepsRejected
-from bus.plan import Check
 from planner.catalog import Catalog
 from planner.scheduler import upstream
 from planner.validation import Limits, passed_all, validate_plan, validate_steps
@@ -51,7 +50,3 @@ def make_spec(catalog: Catalog, limits: Limits | None = None) -> ActorSpec:
         return []
 
     return ActorSpec(kind="validator", handles=frozenset({PlanProposed.TYPE, StepsProposed.TYPE}), handler=handle)
-
-
-def failed_checks(checks: tuple[Check, ...]) -> list[Check]:
-    return [c for c in checks if not c.passed and c.severity == "error"]
