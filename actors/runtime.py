@@ -43,11 +43,11 @@ from actors.context import Context, Outside
 from actors.metrics import Metrics
 from actors.outcome import Defer, Outcome
 from actors.state_cache import StateCache
-from bus.errors import ConcurrencyConflict
+from bus.errors import ConcurrencyConflict, InvalidName
 from bus.events import Effect, EffectsRecorded, Envelope, Event, HandlerFailed, StepReady, TaskReady, make_event
 from bus.plan import ErrorInfo
 from store.jetstream import JetStreamLog
-from store.records import Malformed, StoredEvent, to_record
+from store.records import Malformed, Record, StoredEvent, to_record
 from store.state import WorkflowState
 
 log = logging.getLogger("cadre.actors")
@@ -167,7 +167,7 @@ class _Replica:
         sys_, kind = self.system, self.spec.kind
         try:
             seq, delivered = delivery(m)
-            rec = to_record(sys_.log.subjects, seq, m.subject, m.data)
+            rec = await sys_.input_record(seq, m.subject, m.data)
             if delivered > 1:
                 sys_.metrics.redeliveries.labels(kind).inc()
             if isinstance(rec, Malformed):
@@ -305,6 +305,19 @@ class ActorSystem:
             deliver_policy=api.DeliverPolicy.ALL,
         )
         await self.log.js.add_consumer(self.log.stream, cfg)
+
+    async def input_record(self, seq: int, subject: str, data: bytes) -> Record:
+        """The input as a record, once the state cache holds its workflow's state up to it.
+
+        The cache's feed has usually decoded the same event already; decode it here only if not.
+        """
+        parsed = self.log.subjects.parse_event(subject)
+        if parsed is not None:
+            with contextlib.suppress(InvalidName):  # a subject no workflow id can have: decoded below
+                await self.cache.state_at(parsed[0], seq)
+                if (rec := self.cache.recent(seq)) is not None:
+                    return rec
+        return to_record(self.log.subjects, seq, subject, data)
 
     async def handle(self, spec: ActorSpec, rec: StoredEvent) -> Outcome | None:
         """Run the handler on the input and store its outputs; returns the handler's outcome."""

@@ -45,12 +45,23 @@ class _Entry:
 class StateCache:
     """Current states of workflows, shared by the actors of one process."""
 
-    def __init__(self, elog: JetStreamLog, *, max_workflows: int = 10_000, catch_up_after: float = 2.0) -> None:
+    def __init__(
+        self,
+        elog: JetStreamLog,
+        *,
+        max_workflows: int = 10_000,
+        catch_up_after: float = 2.0,
+        recent_events: int = 20_000,
+    ) -> None:
         self._log = elog
         self._max = max_workflows
         self._catch_up_after = catch_up_after
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._sub: Any = None
+        # The events the feed decoded lately, by stream sequence: an actor's input is one of
+        # them, so the runtime need not decode it a second time.
+        self._recent: OrderedDict[int, StoredEvent] = OrderedDict()
+        self._recent_max = recent_events
 
     async def start(self) -> None:
         """Begin following the stream; returns once the feed's consumer exists."""
@@ -86,11 +97,19 @@ class StateCache:
         if entry.loading:
             entry.buffer.append((seq, m.subject, m.data))
             return
-        self._apply(entry, seq, m.subject, m.data)
+        rec = self._apply(entry, seq, m.subject, m.data)
+        if rec is not None:
+            self._recent[seq] = rec
+            if len(self._recent) > self._recent_max:
+                self._recent.popitem(last=False)
 
-    def _apply(self, entry: _Entry, seq: int, subject: str, data: bytes) -> None:
+    def recent(self, seq: int) -> StoredEvent | None:
+        """The event at ``seq`` if the feed decoded it lately (else the caller decodes it)."""
+        return self._recent.get(seq)
+
+    def _apply(self, entry: _Entry, seq: int, subject: str, data: bytes) -> StoredEvent | None:
         if seq <= entry.state.last_seq:
-            return  # already folded (from the log read, or a redelivered feed message)
+            return None  # already folded (from the log read, or a redelivered feed message)
         rec = to_record(self._log.subjects, seq, subject, data)
         if isinstance(rec, StoredEvent):
             apply(entry.state, rec)
@@ -105,6 +124,7 @@ class StateCache:
                 else:
                     still.append((min_seq, fut))
             entry.waiters = still
+        return rec if isinstance(rec, StoredEvent) else None
 
     async def _load(self, wf: str) -> _Entry:
         entry = self._entries[wf] = _Entry(WorkflowState(workflow_id=wf), loading=True)
