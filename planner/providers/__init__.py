@@ -1,0 +1,76 @@
+"""LLM providers: the port (``base``), its adapters, replay, parse-and-repair and prompts.
+
+    from planner.providers import ProviderConfig, plan_request, plan_validator, run_structured
+    from planner.providers.anthropic import AnthropicProvider
+
+    provider = AnthropicProvider(ProviderConfig(api_key=key, models={"default": "claude-haiku-4-5"}))
+    request = plan_request(text, catalog.describe(), provider.config.model_for("plan"), 4096)
+    outcome = await run_structured(provider, request, plan_validator(catalog))
+
+The adapters are imported lazily (``planner.providers.anthropic`` / ``.gemini``) by whoever
+wires them, so that importing the port does not import both vendor SDKs.
+"""
+
+from planner.providers.base import (
+    ERROR_CODES,
+    KINDS,
+    ErrorCode,
+    LLMRequest,
+    LLMResponse,
+    ModelPrice,
+    Prices,
+    Provider,
+    ProviderConfig,
+    ProviderError,
+    Usage,
+    cost_usd,
+    estimate_tokens,
+    parse_json_object,
+    require_output,
+    worst_case_cost,
+)
+from planner.providers.prompts import PLAN_SCHEMA, plan_request, plan_validator, validate_plan_output
+from planner.providers.recorded import RecordedProvider, ReplayExhausted
+from planner.providers.structured import (
+    Attempt,
+    InvalidOutput,
+    Outcome,
+    StructuredFlow,
+    problems_of,
+    repair_request,
+    run_structured,
+    structured_flow,
+)
+
+__all__ = [
+    "ERROR_CODES",
+    "KINDS",
+    "PLAN_SCHEMA",
+    "Attempt",
+    "ErrorCode",
+    "InvalidOutput",
+    "LLMRequest",
+    "LLMResponse",
+    "ModelPrice",
+    "Outcome",
+    "Prices",
+    "Provider",
+    "ProviderConfig",
+    "ProviderError",
+    "RecordedProvider",
+    "ReplayExhausted",
+    "StructuredFlow",
+    "Usage",
+    "cost_usd",
+    "estimate_tokens",
+    "parse_json_object",
+    "plan_request",
+    "plan_validator",
+    "problems_of",
+    "repair_request",
+    "require_output",
+    "run_structured",
+    "structured_flow",
+    "validate_plan_output",
+    "worst_case_cost",
+]

@@ -1,0 +1,136 @@
+"""Prompts and output schemas for LLM calls, and the validators of their answers.
+
+Prompts are pure functions of their arguments: no dates, no randomness, tools in name
+order, JSON written the same way every time. The same request therefore yields the same
+prompt (a recorded call can be checked against a replayed one, and prompt caches hit).
+
+The plan's output schema is ``bus.request.PlanIn``'s JSON Schema, the model an explicit
+plan from a client is checked with, so a planned and a hand-written plan obey one format.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Final
+
+import msgspec
+
+from bus.plan import Check, Plan
+from bus.request import PlanIn
+from planner.catalog import Catalog
+from planner.providers.base import LLMRequest
+from planner.providers.structured import InvalidOutput
+from planner.validation import Limits, failed, validate_plan
+
+__all__ = [
+    "PLAN_SCHEMA",
+    "PLAN_SCHEMA_NAME",
+    "plan_request",
+    "plan_system_prompt",
+    "plan_validator",
+    "validate_plan_output",
+]
+
+PLAN_SCHEMA_NAME: Final = "emit_plan"
+PLAN_SCHEMA: Final[dict[str, Any]] = PlanIn.model_json_schema()
+"""JSON Schema of a plan (``additionalProperties: false`` at every level but tool inputs)."""
+
+_PLAN_FORMAT: Final = """\
+You are the planner of cadre, which runs a request as a workflow: a DAG of tasks, each one \
+call of a tool from the catalog below. Turn the user's request into a plan and return it as \
+one JSON object matching the `{schema_name}` schema. Return nothing else.
+
+Plan format:
+- "nodes": the tasks, in the order they would run. Each task has:
+  - "id": a short unique token: letters, digits, "_" or "-" (no dots, no spaces), e.g. "top_customers".
+  - "description": one sentence on what the task does.
+  - "depends_on": the ids of the tasks that must finish first (those whose outputs it uses). No cycles.
+  - "tool": the name of one tool from the catalog, exactly as written there.
+  - "inputs": an object that matches that tool's input_schema.
+  - "fallback_tools": tools to try, in order, when the primary tool fails; each must accept the same inputs. \
+Usually empty.
+  - "retries": how many times to re-run the task after a failure, 0 to 10. Use 0 unless the tool is \
+read_only and may fail transiently.
+  - "rationale": optional, why the task is needed.
+- "output": the id of the task whose output answers the request (by default, the last task).
+- "rationale": one or two sentences on why this plan answers the request.
+
+References: an input value that is exactly the string "${{task_id.field}}" stands for a field of an \
+upstream task's output: "${{top.rows}}" is the "rows" field of task "top", "${{top.rows.0}}" its first \
+item, "${{top}}" the whole output. The referenced task must be listed in "depends_on", and the field must \
+exist in its tool's output_schema. A "${{...}}" inside a longer string is not a reference; it stays text.
+
+Rules:
+- Use only the tools in the catalog, and only the input fields their input_schema defines.
+- Give every required input: a literal value taken from the request, or a reference to an upstream output.
+- Use the fewest tasks that answer the request; tasks that do not depend on each other run in parallel.
+- A side_effect tool changes something outside cadre: use it only when the request asks for that change. \
+A tool that requires approval pauses the workflow until a person approves it.
+- If the request cannot be done with these tools, return a plan of the closest useful tasks and say what \
+is missing in "rationale".
+
+Tool catalog, one JSON object per line (name, description, safety, requires_approval, input_schema, \
+output_schema):
+"""
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def plan_system_prompt(catalog_description: Iterable[Mapping[str, Any]], *, schema_name: str = PLAN_SCHEMA_NAME) -> str:
+    """The planner's system prompt: the plan format, the rules and the tool catalog.
+
+    ``catalog_description`` is :meth:`planner.catalog.Catalog.describe`'s output. Tools whose
+    ``safety`` is ``"prohibited"`` are left out (the validator would refuse them anyway).
+    """
+    tools = sorted(
+        (dict(t) for t in catalog_description if t.get("safety") != "prohibited"), key=lambda t: str(t["name"])
+    )
+    keys = ("name", "description", "safety", "requires_approval", "input_schema", "output_schema")
+    lines = [_dumps({k: t[k] for k in keys if k in t}) for t in tools]
+    return _PLAN_FORMAT.format(schema_name=schema_name) + "\n".join(lines) + "\n"
+
+
+def plan_request(
+    request_text: str, catalog_description: list[dict[str, Any]], model: str, max_output_tokens: int
+) -> LLMRequest:
+    """The ``plan`` call for ``request_text``, grounded in ``catalog_description``."""
+    return LLMRequest(
+        kind="plan",
+        model=model,
+        system=plan_system_prompt(catalog_description),
+        prompt=f"Plan this request:\n<request>\n{request_text.strip()}\n</request>",
+        schema=copy.deepcopy(PLAN_SCHEMA),
+        schema_name=PLAN_SCHEMA_NAME,
+        max_output_tokens=max_output_tokens,
+    )
+
+
+def validate_plan_output(output: dict[str, Any]) -> Plan:
+    """A model's plan as a :class:`bus.plan.Plan`; raises pydantic's ``ValidationError``
+    (each error located by path) when it does not match the plan format."""
+    model = PlanIn.model_validate(output)
+    return msgspec.convert(model.model_dump(), Plan)
+
+
+def _problem(check: Check) -> str:
+    path = f"$.{check.path}" if check.path else "$"
+    fix = f" (fix: {check.fix})" if check.fix and check.fix not in check.message else ""
+    return f"{path}: {check.message}{fix}"
+
+
+def plan_validator(catalog: Catalog, limits: Limits | None = None) -> Callable[[dict[str, Any]], Plan]:
+    """A validator that also runs :func:`planner.validation.validate_plan`, so the repair
+    round is told about unknown tools, bad inputs, cycles and dangling references too."""
+
+    def validate(output: dict[str, Any]) -> Plan:
+        plan = validate_plan_output(output)
+        errors = failed(validate_plan(plan, catalog, limits or Limits()))
+        if errors:
+            raise InvalidOutput(_problem(c) for c in errors)
+        return plan
+
+    return validate

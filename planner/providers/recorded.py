@@ -1,0 +1,62 @@
+"""A provider that replays recorded answers, in order: for replays and tests.
+
+Each call takes the next answer: an :class:`LLMResponse` is returned, a
+:class:`ProviderError` is raised. A call beyond the recording is a divergence (the code
+under replay asks more of the model than the recorded run did), reported as
+:class:`ReplayExhausted` rather than invented. The requests received are kept in
+``requests`` so a test or a replay check can compare them with the recorded ones.
+
+    CadreError
+     └─ ReplayExhausted               a call beyond the recorded answers (code "replay_exhausted")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from bus.errors import CadreError
+from planner.providers.base import LLMRequest, LLMResponse, ProviderError
+
+__all__ = ["RecordedProvider", "ReplayExhausted"]
+
+
+class ReplayExhausted(CadreError):
+    """The replayed code made more LLM calls than the recording holds."""
+
+    code = "replay_exhausted"
+
+    def __init__(self, recorded: int, request: LLMRequest) -> None:
+        super().__init__(
+            f"call {recorded + 1} ({request.kind} with model {request.model}) has no recorded answer: "
+            f"the recording holds {recorded}; the code under replay diverged from the recorded run, "
+            "or the recording is incomplete"
+        )
+        self.recorded = recorded
+        self.request = request
+
+
+class RecordedProvider:
+    """Serves ``answers`` one per call, in order."""
+
+    def __init__(self, answers: Sequence[LLMResponse | ProviderError], *, name: str = "recorded") -> None:
+        self.name = name
+        self._answers = tuple(answers)
+        self.requests: list[LLMRequest] = []
+
+    @property
+    def remaining(self) -> int:
+        """Answers not served yet."""
+        return len(self._answers) - len(self.requests)
+
+    async def complete(self, request: LLMRequest) -> LLMResponse:
+        index = len(self.requests)
+        if index >= len(self._answers):
+            raise ReplayExhausted(len(self._answers), request)
+        self.requests.append(request)
+        answer = self._answers[index]
+        if isinstance(answer, ProviderError):
+            raise answer
+        return answer
+
+    async def aclose(self) -> None:
+        return None
