@@ -142,6 +142,12 @@ def workflow_events(wf: str, n: int) -> list[Envelope]:
     return out
 
 
+async def publish_each(js: JetStreamContext, msgs: list[tuple[str, bytes, str]]) -> None:
+    """The raw baseline of one-by-one appends: awaited ``js.publish`` with the event id as Msg-Id."""
+    for subject, payload, msg_id in msgs:
+        await js.publish(subject, payload, headers={"Nats-Msg-Id": msg_id})
+
+
 def wire(subjects: Subjects, events: list[Envelope]) -> list[tuple[str, bytes, str]]:
     """(subject, encoded bytes, msg id) of each event: what the raw baselines publish."""
     return [(subjects.event(e.workflow_id, e.type), codec.encode(e), e.id) for e in events]
@@ -190,12 +196,7 @@ async def append_one(b: Bench, n: int, runs: int) -> dict[str, Any]:
 
     async def raw(run: int) -> float:
         msgs = wire(b.subjects, workflow_events(b.wf("one", run, "r"), n))
-
-        async def go() -> None:
-            for subject, payload, msg_id in msgs:
-                await b.js.publish(subject, payload, headers={"Nats-Msg-Id": msg_id})
-
-        return await timed(go, RUN_TIMEOUT)
+        return await timed(lambda: publish_each(b.js, msgs), RUN_TIMEOUT)
 
     # Warm-up (not measured): the first requests on a connection and a stream are slower.
     await raw(99)
@@ -263,12 +264,7 @@ async def append_small_batches(b: Bench, appends: int, size: int, runs: int) -> 
 
     async def raw(run: int) -> float:
         msgs = wire(b.subjects, workflow_events(b.wf("sml", run, "r"), n))
-
-        async def go() -> None:
-            for subject, payload, msg_id in msgs:
-                await b.js.publish(subject, payload, headers={"Nats-Msg-Id": msg_id})
-
-        return await timed(go, RUN_TIMEOUT)
+        return await timed(lambda: publish_each(b.js, msgs), RUN_TIMEOUT)
 
     s = await alternate(runs, {"raw": raw, "cadre": cadre})
     return comparison(n, s["cadre"], s["raw"], None, batch=size)

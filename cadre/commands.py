@@ -18,6 +18,7 @@ import nats.errors
 from actors.clock import utc_now
 from actors.intake import submit
 from actors.ping import ping_all
+from actors.runtime import consumer_name
 from bus.errors import CadreError, ConcurrencyConflict
 from bus.events import (
     EVENT_TYPES,
@@ -238,7 +239,7 @@ async def status(settings: Settings, as_json: bool) -> int:
         answers = await ping_all(bus.nc, settings.subjects)
         consumers: dict[str, dict[str, Any] | None] = {}
         for kind in KINDS[:-1]:
-            name = f"{settings.subject_prefix.replace('.', '_')}_{kind}"
+            name = consumer_name(settings.subject_prefix, kind)
             try:
                 ci = await bus.log.js.consumer_info(settings.stream_name, name)
                 consumers[kind] = {
