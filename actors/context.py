@@ -1,4 +1,4 @@
-"""The handler's window on the world: time, tools, the budget and the plan library.
+"""The handler's window on the world: time, tools, LLM consultations and the plan library.
 
 Everything a handler learns from outside goes through its :class:`Context`, which records
 each answer as an :class:`~bus.events.Effect`. The runtime stores the effects in an
@@ -8,18 +8,40 @@ can serve the same answers without calling anything.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 
+from actors.digests import digest
+from actors.inference import LLM, Inferred, Policy, cache_key
 from bus.events import Effect, Envelope
+from bus.ledger import Consultation, Decision, Settled, Settlement
 from bus.plan import ErrorInfo, Plan
+from planner.providers.base import LLMRequest, LLMResponse, ProviderError, Usage, estimate_tokens
+from planner.providers.structured import Outcome, structured_flow
 from store.records import StoredEvent
+
+__all__ = [
+    "Budget",
+    "Consultation",
+    "Context",
+    "Decision",
+    "Inferred",
+    "Library",
+    "LibraryHit",
+    "Outside",
+    "Policy",
+    "ToolFailure",
+    "Tools",
+    "digest",
+]
+
+T = TypeVar("T")
 
 
 class ToolFailure(Exception):
@@ -41,39 +63,17 @@ class Tools(Protocol):
 
 
 class Budget(Protocol):
-    """Answers whether an LLM consultation may happen (the budget actor, over NATS)."""
+    """The budget actor, over NATS: asked before every LLM call, told its usage after."""
 
     async def consult(self, request: Consultation) -> Decision: ...
+
+    async def settle(self, settlement: Settlement) -> Settled | None: ...
 
 
 class Library(Protocol):
     """Finds a known plan for a request (the plan library)."""
 
     async def search(self, request: str) -> LibraryHit | None: ...
-
-
-class Consultation(msgspec.Struct, frozen=True, kw_only=True):
-    """A request to the budget actor for one LLM consultation."""
-
-    workflow_id: str
-    kind: str  # plan | decompose | recover | interpret | decide | adapt
-    provider: str | None = None
-    model: str | None = None
-    est_input_tokens: int = 0
-    est_output_tokens: int = 0
-    intelligence: str = "adaptive"
-    mode: str = "adaptive"
-    budget_usd: float | None = None
-    cache_key: str | None = None
-
-
-class Decision(msgspec.Struct, frozen=True, kw_only=True):
-    """The budget actor's answer: ``granted`` with a reservation, or ``denied`` with a reason."""
-
-    outcome: str  # granted | denied | cached
-    reason: str = ""
-    reservation_id: str | None = None
-    cached_answer: Any = None
 
 
 class LibraryHit(msgspec.Struct, frozen=True, kw_only=True):
@@ -88,17 +88,16 @@ class LibraryHit(msgspec.Struct, frozen=True, kw_only=True):
 
 @dataclass(frozen=True, slots=True)
 class Outside:
-    """The live ports a context may call; None means "not available in this process"."""
+    """The live ports a context may call; None means "not available in this process".
+
+    ``policy`` holds this process's defaults for workflows whose request leaves them unset.
+    """
 
     tools: Tools | None = None
     budget: Budget | None = None
     library: Library | None = None
-
-
-def digest(value: Any) -> str:
-    """A short stable digest of a JSON value (keys of effects, inputs of tool calls)."""
-    raw = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()
-    return hashlib.blake2b(raw, digest_size=8).hexdigest()
+    llm: LLM | None = None
+    policy: Policy = field(default_factory=Policy)
 
 
 class Context:
@@ -112,6 +111,11 @@ class Context:
         self.effects: list[Effect] = []
         self._now = now
         self._outside = outside
+        self._consultations = 0
+        # Consultation ids: the input, this invocation's time and a counter. Asking again after a
+        # lost reply gets the same decision; a re-run of the handler (a conflict, a redelivery)
+        # has another time, so it reserves anew instead of reusing a settled reservation.
+        self._nonce = format(round(now.timestamp() * 1_000_000), "x")
 
     def now(self) -> datetime:
         """The time of this invocation (recorded as the ``at`` of what the handler emits)."""
@@ -137,11 +141,15 @@ class Context:
         self._record("tool", key, out, None, started)
         return out
 
+    def policy(self, request: Any = None) -> Policy:
+        """The workflow's policy: its request's level, mode and cap over this process's defaults."""
+        return self._outside.policy.for_request(request)
+
     async def consult(self, request: Consultation) -> Decision:
-        """Ask the budget whether a consultation may happen; no budget actor = denied."""
+        """Ask the budget whether an LLM call may happen (recorded); no budget actor = denied."""
         started = time.perf_counter()
         if self._outside.budget is None:
-            decision = Decision(outcome="denied", reason="no_budget_actor")
+            decision = Decision(outcome="denied", reason="budget_unavailable", message="this process has no budget")
         else:
             decision = await self._outside.budget.consult(request)
         self._record(
@@ -149,9 +157,163 @@ class Context:
         )
         return decision
 
+    async def infer(
+        self, kind: str, request: LLMRequest, validate: Callable[[dict[str, Any]], T], policy: Policy
+    ) -> Inferred[T]:
+        """Ask the model for one JSON object, validated by ``validate`` (one repair round),
+        each call gated by the budget and recorded. ``request.model`` and a zero
+        ``max_output_tokens`` are filled in from this process's :class:`~actors.inference.LLM`.
+
+        Never raises for the model's sake: a denial, a provider error or an invalid answer
+        comes back as an :class:`Inferred` without a value, saying why.
+        """
+        llm = self._outside.llm
+        if llm is None:
+            self._record("llm", f"{kind}:-", {"outcome": "no_provider"}, None, time.perf_counter())
+            return Inferred(None, "fallback", "no_provider: no LLM provider is configured in this process")
+        provider = llm.provider.name
+        request = msgspec.structs.replace(
+            request,
+            kind=kind,
+            model=llm.model_for(kind),
+            max_output_tokens=request.max_output_tokens or llm.limit_for(kind),
+        )
+        key = cache_key(provider, request)
+        flow = structured_flow(request, validate)
+        current = next(flow)
+        calls, cost, source = 0, 0.0, "model"
+        while True:
+            decision = await self.consult(
+                self._consultation(kind, provider, current, policy, key if calls == 0 else None)
+            )
+            reply: LLMResponse | ProviderError
+            if decision.outcome == "cached" and decision.cached_answer is not None:
+                source = "cache"
+                reply = _cached_response(provider, current.model, decision.cached_answer)
+                self._record("llm", f"{kind}:{key}", {"cached": True}, None, time.perf_counter())
+            elif decision.outcome != "granted":
+                flow.close()
+                reason = (
+                    f"denied: {decision.reason}: {decision.message}"
+                    if decision.message
+                    else f"denied: {decision.reason}"
+                )
+                return Inferred(None, "fallback", reason, provider, request.model, calls > 0, calls, cost)
+            else:
+                calls += 1
+                reply = await self._call(llm, current)
+            try:
+                following = flow.send(reply)
+            except StopIteration as done:
+                outcome: Outcome[T] = done.value
+                if (isinstance(reply, LLMResponse) and source == "model") or isinstance(reply, ProviderError):
+                    cost += await self._settle(decision, reply, key if outcome.ok else None, outcome)
+                return _inferred(outcome, source, provider, request.model, calls, cost)
+            if decision.outcome == "granted":
+                cost += await self._settle(decision, reply, None, None)
+            current, source = following, "model"
+
+    def _consultation(
+        self, kind: str, provider: str, request: LLMRequest, policy: Policy, key: str | None
+    ) -> Consultation:
+        schema = json.dumps(request.schema, separators=(",", ":"), sort_keys=True)
+        self._consultations += 1
+        return Consultation(
+            id=f"{self.event.id}-{self._nonce}-{self._consultations}",
+            workflow_id=self.workflow_id,
+            kind=kind,
+            provider=provider,
+            model=request.model,
+            est_input_tokens=estimate_tokens(request.system)
+            + estimate_tokens(request.prompt)
+            + estimate_tokens(schema),
+            max_output_tokens=request.max_output_tokens,
+            intelligence=policy.intelligence,
+            mode=policy.mode,
+            budget_usd=policy.budget_usd,
+            cache_key=key,
+        )
+
+    async def _call(self, llm: LLM, request: LLMRequest) -> LLMResponse | ProviderError:
+        """One provider call, recorded: the response, or the error it ended with."""
+        started = time.perf_counter()
+        key = f"{request.kind}:{digest([request.system, request.prompt, request.model], size=8)}"
+        try:
+            response = await llm.provider.complete(request)
+        except ProviderError as exc:
+            value = {"error": {"code": exc.code, "what": exc.what, "status": exc.status, "retryable": exc.retryable}}
+            if exc.usage is not None:
+                value["usage"] = msgspec.to_builtins(exc.usage)
+            self._record("llm", key, value, ErrorInfo(code=exc.code, message=str(exc)), started)
+            return exc
+        self._record("llm", key, {"response": msgspec.to_builtins(response)}, None, started)
+        return response
+
+    async def _settle(
+        self, decision: Decision, reply: LLMResponse | ProviderError, key: str | None, outcome: Outcome[Any] | None
+    ) -> float:
+        """Tell the budget what a granted call used; a valid final output goes to the cache."""
+        if decision.reservation_id is None or self._outside.budget is None:
+            return 0.0
+        usage = reply.usage if isinstance(reply, LLMResponse) else reply.usage or Usage(input_tokens=0, output_tokens=0)
+        cached = None
+        if key is not None and outcome is not None and outcome.ok and isinstance(reply, LLMResponse):
+            cached = reply.output
+        settled = await self._outside.budget.settle(
+            Settlement(
+                reservation_id=decision.reservation_id,
+                workflow_id=self.workflow_id,
+                model=reply.model if isinstance(reply, LLMResponse) else "",
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                cache_read_tokens=usage.cache_read_tokens,
+                cache_write_tokens=usage.cache_write_tokens,
+                ok=isinstance(reply, LLMResponse),
+                error=reply.code if isinstance(reply, ProviderError) else None,
+                cache_key=key if cached is not None else None,
+                cache_value=cached,
+            )
+        )
+        cost = settled.cost_usd if settled is not None else decision.reserved_usd
+        self.effects.append(
+            Effect(
+                kind="settle",
+                key=decision.reservation_id,
+                value={"cost_usd": cost, "acknowledged": settled is not None},
+            )
+        )
+        return cost
+
     async def search_library(self, request: str) -> LibraryHit | None:
         """The best known plan for the request, or None; recorded with its score."""
         started = time.perf_counter()
         hit = await self._outside.library.search(request) if self._outside.library is not None else None
         self._record("library", digest(request), msgspec.to_builtins(hit), None, started)
         return hit
+
+
+def _cached_response(provider: str, model: str, output: dict[str, Any]) -> LLMResponse:
+    return LLMResponse(
+        provider=provider,
+        model=model,
+        output=output,
+        text=json.dumps(output, ensure_ascii=False),
+        usage=Usage(input_tokens=0, output_tokens=0),
+        stop_reason="cached",
+        latency_ms=0.0,
+    )
+
+
+def _inferred(outcome: Outcome[T], source: str, provider: str, model: str, calls: int, cost: float) -> Inferred[T]:
+    problems = outcome.attempts[-1].problems if outcome.attempts else ()
+    return Inferred(
+        outcome.value,
+        source if outcome.ok else "fallback",
+        outcome.fallback_reason or "",
+        provider,
+        model,
+        outcome.repaired,
+        calls,
+        round(cost, 8),
+        problems,
+    )

@@ -17,6 +17,11 @@ class Metrics:
     conflicts: Counter
     workflows: Counter
     tool_calls: Counter
+    consultations: Counter
+    llm_tokens: Counter
+    llm_usd: Counter
+    budget_decisions: Counter
+    budget_decision_seconds: Histogram
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
@@ -45,6 +50,35 @@ class Metrics:
                 "cadre_workflows", "Workflows by outcome (started, completed, failed)", ["outcome"], registry=reg
             ),
             tool_calls=Counter("cadre_tool_calls", "Tool calls by tool and outcome", ["tool", "outcome"], registry=reg),
+            consultations=Counter(
+                "cadre_consultations",
+                "LLM consultations as the callers saw them, by kind, provider and outcome "
+                "(granted, denied, cached, failed)",
+                ["kind", "provider", "outcome"],
+                registry=reg,
+            ),
+            llm_tokens=Counter(
+                "cadre_llm_tokens",
+                "Tokens of LLM calls, by provider, kind and direction (input, output, cache_read, cache_write)",
+                ["provider", "kind", "direction"],
+                registry=reg,
+            ),
+            llm_usd=Counter(
+                "cadre_llm_usd", "USD spent on LLM calls, by provider and kind", ["provider", "kind"], registry=reg
+            ),
+            budget_decisions=Counter(
+                "cadre_budget_decisions",
+                "Decisions of the budget actor, by kind, outcome and denial reason",
+                ["kind", "outcome", "reason"],
+                registry=reg,
+            ),
+            budget_decision_seconds=Histogram(
+                "cadre_budget_decision_seconds",
+                "Time the budget actor takes to answer (decide, write the ledger), by operation (consult, settle)",
+                ["operation"],
+                buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1),
+                registry=reg,
+            ),
         )
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> int:

@@ -1,15 +1,23 @@
 """The planner actor: turns a request into a plan, then owns the workflow's progress.
 
-Planning: an explicit plan in the request is taken as it is. Otherwise the planner asks the
-budget for a model consultation (no provider yet: denied) and falls back to the plan
-library: the most similar plan of an earlier completed workflow or of ``examples/``, if it
-scores above the threshold. Otherwise the run fails with reason ``no_plan``.
+Planning: an explicit plan in the request is taken as it is. Otherwise the planner consults
+the model (through the budget; the tool catalog is in the prompt, the answer is validated
+and repaired once). When the model may not be used or gives no valid plan, it falls back to
+the plan library: the most similar plan of an earlier completed workflow or of
+``examples/``, if it scores above the threshold. Otherwise the run fails with ``no_plan``.
+The ``plan_proposed`` event says which of these happened and why.
+
+Adaptation: when a task fails for good, a workflow whose level and mode allow it
+(``autonomous`` and ``creative``) consults the model for a new plan of the remaining work;
+completed tasks keep their outputs. Without a valid answer the workflow fails as before.
 """
 
 from __future__ import annotations
 
+import msgspec
+
 from actors import planner_rules as rules
-from actors.context import Consultation, Context
+from actors.context import Context
 from actors.outcome import Outcome
 from actors.runtime import ActorSpec
 from bus.events import (
@@ -32,8 +40,14 @@ from bus.events import (
     WorkflowFailed,
     WorkflowRequested,
 )
+from planner.catalog import Catalog
+from planner.providers.prompts import adapt_request, adapt_validator, plan_request, plan_validator
+from planner.scheduler import is_finished
 from store.records import StoredEvent
 from store.state import WorkflowState
+
+MAX_REVISIONS = 3
+"""Plan revisions a workflow may have: the first plan and two adaptations."""
 
 HANDLES = frozenset(
     {
@@ -48,22 +62,22 @@ HANDLES = frozenset(
 )
 
 
-async def plan(ctx: Context, state: WorkflowState, req: WorkflowRequested) -> list[Event]:
+async def plan(ctx: Context, state: WorkflowState, req: WorkflowRequested, catalog: Catalog) -> list[Event]:
     if state.plan is not None or state.done:
         return []  # planned already (a redelivery)
     if req.plan is not None:
         return [PlanProposed(plan=req.plan, source="explicit", reason="plan given with the request")]
-    decision = await ctx.consult(
-        Consultation(
-            workflow_id=ctx.workflow_id,
-            kind="plan",
-            intelligence=req.intelligence,
-            mode=req.mode,
-            budget_usd=req.budget_usd,
-        )
-    )
+    if req.request.strip():
+        ask = plan_request(req.request, catalog.describe(), "", 0)
+        inferred = await ctx.infer("plan", ask, plan_validator(catalog), ctx.policy(req))
+        if inferred.value is not None:
+            return [
+                PlanProposed(plan=inferred.value, source="model", reason=f"planned by the model: {inferred.describe()}")
+            ]
+        why = inferred.describe()
+    else:
+        why = "the request has no text"
     hit = await ctx.search_library(req.request)
-    why = f"model planning not available ({decision.outcome}: {decision.reason})"
     if hit is not None and hit.score >= hit.threshold:
         return [
             PlanProposed(
@@ -85,42 +99,76 @@ async def plan(ctx: Context, state: WorkflowState, req: WorkflowRequested) -> li
     ]
 
 
-async def handle(ctx: Context, rec: StoredEvent, state: WorkflowState) -> Outcome:
-    data = rec.event.data
-    match data:
-        case WorkflowRequested():
-            return await plan(ctx, state, data)
-        case PlanValidated():
-            if (
-                state.done
-                or data.revision != state.revision
-                or any(t.status != "pending" for t in state.tasks.values())
+async def adapt(ctx: Context, state: WorkflowState, failed: list[Event], catalog: Catalog) -> list[Event]:
+    """A new plan revision for the work that remains, instead of ``failed`` (the workflow's
+    failure), when the workflow allows adaptation and the model gives a valid plan."""
+    end = failed[0] if failed else None
+    if not isinstance(end, WorkflowFailed) or end.task_id is None or state.plan is None:
+        return failed
+    if state.revision >= MAX_REVISIONS:
+        return failed
+    completed = {tid: t.output for tid, t in state.tasks.items() if t.status == "completed"}
+    request_text = state.request.request if state.request is not None else ""
+    ask = adapt_request(request_text, state.plan, completed, end.message, catalog.describe())
+    validate = adapt_validator(catalog, state.plan, completed)
+    inferred = await ctx.infer("adapt", ask, validate, ctx.policy(state.request))
+    if inferred.value is None:
+        if inferred.reason.startswith("denied: not_allowed") or inferred.reason.startswith("no_provider"):
+            return failed  # adaptation is not for this workflow: fail exactly as without it
+        note = f" (adaptation was tried: {inferred.describe()})"
+        return [msgspec.structs.replace(end, message=end.message + note)]
+    return [
+        PlanProposed(
+            plan=inferred.value,
+            revision=state.revision + 1,
+            source="model",
+            reason=f"re-planned after task {end.task_id!r} failed ({end.message}): {inferred.describe()}",
+        )
+    ]
+
+
+def on_plan_validated(state: WorkflowState, data: PlanValidated) -> list[Event]:
+    """Dispatch the first tasks of a validated revision (tasks a re-plan kept are completed)."""
+    if state.done or data.revision != state.revision or state.plan is None:
+        return []
+    if any(t.status not in ("pending", "completed") for t in state.tasks.values()):
+        return []  # dispatched already (a redelivery)
+    if is_finished(state.plan, state.task_status()):
+        outputs = {tid: t.output for tid, t in state.tasks.items()}
+        return [WorkflowCompleted(result=rules.result_of(state, outputs))]
+    return rules.dispatch_ready(state)
+
+
+def make_spec(catalog: Catalog) -> ActorSpec:
+    async def handle(ctx: Context, rec: StoredEvent, state: WorkflowState) -> Outcome:
+        data = rec.event.data
+        match data:
+            case WorkflowRequested():
+                return await plan(ctx, state, data, catalog)
+            case PlanValidated():
+                return on_plan_validated(state, data)
+            case PlanRejected():
+                return rules.on_plan_rejected(state, data)
+            case StepsRejected():
+                return rules.on_steps_rejected(state, data)
+            case StepCompleted():
+                return rules.on_step_completed(state, data)
+            case StepFailed():
+                return await adapt(ctx, state, rules.on_step_failed(state, data), catalog)
+            case HandlerFailed():
+                return rules.on_handler_failed(state, data, rec.event.actor)
+            case (
+                PlanProposed()
+                | StepsProposed()
+                | StepReady()
+                | TaskReady()
+                | ApprovalRequested()
+                | ApprovalGranted()
+                | ApprovalDenied()
+                | WorkflowCompleted()
+                | WorkflowFailed()
+                | EffectsRecorded()
             ):
                 return []
-            return rules.dispatch_ready(state)
-        case PlanRejected():
-            return rules.on_plan_rejected(state, data)
-        case StepsRejected():
-            return rules.on_steps_rejected(state, data)
-        case StepCompleted():
-            return rules.on_step_completed(state, data)
-        case StepFailed():
-            return rules.on_step_failed(state, data)
-        case HandlerFailed():
-            return rules.on_handler_failed(state, data, rec.event.actor)
-        case (
-            PlanProposed()
-            | StepsProposed()
-            | StepReady()
-            | TaskReady()
-            | ApprovalRequested()
-            | ApprovalGranted()
-            | ApprovalDenied()
-            | WorkflowCompleted()
-            | WorkflowFailed()
-            | EffectsRecorded()
-        ):
-            return []
 
-
-SPEC = ActorSpec(kind="planner", handles=HANDLES, handler=handle, consistent=HANDLES)
+    return ActorSpec(kind="planner", handles=HANDLES, handler=handle, consistent=HANDLES)

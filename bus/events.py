@@ -34,8 +34,8 @@ class WorkflowRequested(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     request: str = ""
     plan: Plan | None = None
     budget_usd: float | None = None
-    intelligence: str = "adaptive"
-    mode: str = "adaptive"
+    intelligence: str | None = None  # None: the deployment's default (settings)
+    mode: str | None = None
     idempotency_key: str | None = None
 
 

@@ -79,8 +79,12 @@ class RequestIn(_Strict):
     request: str = Field(default="", max_length=20_000, description="what to do, in words")
     plan: PlanIn | None = Field(default=None, description="an explicit plan (skips planning)")
     budget_usd: float | None = Field(default=None, ge=0, description="cap on LLM spend for this workflow")
-    intelligence: Intelligence = "adaptive"
-    mode: Mode = "adaptive"
+    intelligence: Intelligence | None = Field(
+        default=None, description="which LLM consultations actors may make (unset: the deployment's default)"
+    )
+    mode: Mode | None = Field(
+        default=None, description="how actors meet the unexpected (unset: the deployment's default)"
+    )
     idempotency_key: str | None = Field(
         default=None, min_length=1, max_length=200, description="resubmitting with the same key returns the same run"
     )

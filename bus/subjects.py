@@ -2,6 +2,8 @@
 
     <prefix>.requests                      requests from any NATS client (core NATS, request/reply)
     <prefix>.budget.consult                consultations to the budget actor (core NATS, request/reply)
+    <prefix>.budget.settle                 settlements of granted consultations (core NATS, request/reply)
+    <prefix>.ledger                        the budget's ledger (JetStream, its own stream)
     <prefix>.ping                          liveness: every cadre process answers with what it runs
     <prefix>.evt.<workflow_id>.<type>      every event of a workflow (JetStream, the event log)
 
@@ -50,6 +52,16 @@ class Subjects:
     def budget(self) -> str:
         """Consultations to the budget actor (core NATS request/reply, queue group)."""
         return f"{self.prefix}.budget.consult"
+
+    @property
+    def budget_settle(self) -> str:
+        """Settlements of granted consultations (core NATS request/reply, queue group)."""
+        return f"{self.prefix}.budget.settle"
+
+    @property
+    def ledger(self) -> str:
+        """The budget's ledger: one subject, so one expected sequence orders every entry."""
+        return f"{self.prefix}.ledger"
 
     @property
     def ping(self) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bus.connection import ConnectOptions
@@ -18,10 +18,52 @@ from bus.stream import StreamSpec
 from bus.subjects import Subjects
 
 
+class RateLimit(BaseModel):
+    """Calls a provider takes per minute, shared by every process (the budget enforces it)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    requests_per_minute: int = Field(default=50, ge=0, description="0 = no calls")
+    tokens_per_minute: int = Field(default=200_000, ge=0, description="input + max output tokens; 0 = no calls")
+
+
+class Price(BaseModel):
+    """USD per million tokens."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    cache_read: float | None = Field(default=None, ge=0, description="default: 0.1 x input")
+    cache_write: float | None = Field(default=None, ge=0, description="default: 1.25 x input")
+
+
+# Prices by model name prefix, USD per million tokens, from the vendors' pricing pages
+# (re-check them before relying on them). Unknown models are priced at DEFAULT_PRICE, a
+# deliberately high figure, so that a reservation for an unknown model errs on the safe side.
+DEFAULT_PRICES: dict[str, Price] = {
+    "claude-haiku-4": Price(input=1.0, output=5.0),
+    "claude-sonnet-4": Price(input=3.0, output=15.0),
+    "claude-sonnet-5": Price(input=3.0, output=15.0),
+    "claude-opus-4": Price(input=5.0, output=25.0),
+    "claude-opus-5": Price(input=5.0, output=25.0),
+    "gemini-2.5-flash-lite": Price(input=0.10, output=0.40, cache_read=0.01, cache_write=0.10),
+    "gemini-2.5-flash": Price(input=0.30, output=2.50, cache_read=0.03, cache_write=0.30),
+    "gemini-2.5-pro": Price(input=1.25, output=10.0, cache_read=0.125, cache_write=1.25),
+}
+DEFAULT_PRICE = Price(input=15.0, output=75.0)
+
+DEFAULT_RATE_LIMITS: dict[str, RateLimit] = {
+    "anthropic": RateLimit(requests_per_minute=50, tokens_per_minute=200_000),
+    "gemini": RateLimit(requests_per_minute=60, tokens_per_minute=250_000),
+}
+
+Intelligence = Literal["basic", "adaptive", "intelligent", "autonomous"]
+Mode = Literal["strict", "adaptive", "creative"]
+
+
 class Settings(BaseSettings):
     """Everything a cadre process can be told; see ``docs/architecture.md`` for each setting."""
 
-    model_config = SettingsConfigDict(env_prefix="CADRE_", frozen=True, extra="forbid")
+    model_config = SettingsConfigDict(env_prefix="CADRE_", frozen=True, extra="forbid", populate_by_name=True)
 
     nats_url: str | None = Field(
         default=None, description="NATS server URL(s), comma-separated; unset = the embedded server of data_dir"
@@ -54,6 +96,56 @@ class Settings(BaseSettings):
     actor_ack_wait_s: float = Field(default=30.0, gt=0)
     actor_max_attempts: int = Field(default=5, ge=1)
     actor_drain_timeout_s: float = Field(default=10.0, ge=0)
+    intelligence: Intelligence = Field(
+        default="adaptive", description="intelligence level of workflows whose request does not set one"
+    )
+    mode: Mode = Field(default="adaptive", description="execution mode of workflows whose request does not set one")
+
+    # LLM providers (the keys and base URLs are the vendors' usual variables)
+    llm_provider: Literal["auto", "anthropic", "gemini", "none"] = Field(
+        default="auto", description="auto = Anthropic if its key is set, else Gemini if its key is set, else none"
+    )
+    anthropic_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("ANTHROPIC_API_KEY", "CADRE_ANTHROPIC_API_KEY")
+    )
+    anthropic_base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("ANTHROPIC_BASE_URL", "CADRE_ANTHROPIC_BASE_URL")
+    )
+    gemini_api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("GOOGLE_API_KEY", "GEMINI_API_KEY", "CADRE_GEMINI_API_KEY"),
+    )
+    gemini_base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("GOOGLE_GEMINI_BASE_URL", "CADRE_GEMINI_BASE_URL")
+    )
+    model_planner: str | None = Field(default=None, description="model for plan and adapt (default per provider)")
+    model_decomposer: str | None = Field(default=None, description="model for decompose (default per provider)")
+    model_agent: str | None = Field(
+        default=None, description="model for recover, interpret and decide (default per provider)"
+    )
+    llm_timeout_s: float = Field(default=60.0, gt=0, description="bound on each HTTP attempt")
+    llm_max_retries: int = Field(default=2, ge=0, le=10, description="retries of transient errors, per call")
+    llm_max_output_tokens_plan: int = Field(default=4096, ge=64, description="output limit of plan and adapt calls")
+    llm_max_output_tokens: int = Field(default=1024, ge=64, description="output limit of every other call")
+
+    # budget
+    budget_workflow_usd: float = Field(
+        default=0.50, ge=0, description="LLM spend cap of a workflow whose request sets no budget_usd"
+    )
+    budget_daily_usd: float = Field(default=10.0, ge=0, description="LLM spend cap of the deployment per UTC day")
+    budget_reservation_timeout_s: float = Field(
+        default=900.0, gt=0, description="an unsettled reservation is settled at its worst case after this"
+    )
+    rate_limits: dict[str, RateLimit] = Field(default_factory=lambda: dict(DEFAULT_RATE_LIMITS))
+    prices: dict[str, Price] = Field(
+        default_factory=lambda: dict(DEFAULT_PRICES), description="USD per million tokens, by model name prefix"
+    )
+    default_price: Price = DEFAULT_PRICE
+    ledger_stream_name: str = "CADRE_LEDGER"
+    inference_cache_bucket: str = "CADRE_INFERENCE"
+    inference_cache_ttl_s: float = Field(default=86_400.0, ge=0, description="0 = no inference cache")
+    budget_timeout_s: float = Field(default=2.0, gt=0, description="a budget that does not answer by then = denied")
+
     metrics_port: int | None = Field(default=None, ge=0, le=65535, description="serve /metrics here (0 = any)")
 
     @classmethod

@@ -9,6 +9,7 @@ from datetime import timedelta
 from actors import agent, decomposer, planner, validator
 from actors.budget import BudgetClient, serve_budget
 from actors.context import Outside
+from actors.inference import Policy
 from actors.intake import serve_intake
 from actors.library_source import LogLibrary
 from actors.metrics import Metrics
@@ -17,6 +18,7 @@ from actors.runtime import ActorSpec, ActorSystem, RuntimeOptions, run_actors
 from actors.tool_port import ToolRunner
 from actors.tools import ToolBox, ToolConfig, builtin_impls, ensure_sample_database
 from actors.tools.plugins import load_tool_modules, plugin_impls
+from cadre.llm import build_llm
 from cadre.settings import Settings
 from cadre.wiring import Bus
 from planner.builtin_tools import builtin_catalog
@@ -71,13 +73,20 @@ async def run_system(
     library = None
     if "planner" in kinds:
         library = LogLibrary(bus.log, settings.plan_library_dir, threshold=settings.library_threshold)
-    outside = Outside(tools=tools, budget=BudgetClient(bus.nc, settings.subjects), library=library)
+    llm = build_llm(settings) if set(kinds) & {"planner", "decomposer", "agent"} else None
+    outside = Outside(
+        tools=tools,
+        budget=BudgetClient(bus.nc, settings.subjects, timeout=settings.budget_timeout_s),
+        library=library,
+        llm=llm,
+        policy=Policy(intelligence=settings.intelligence, mode=settings.mode),
+    )
 
     specs: list[tuple[ActorSpec, int]] = []
     for kind in kinds:
         match kind:
             case "planner":
-                specs.append((planner.SPEC, replicas))
+                specs.append((planner.make_spec(catalog), replicas))
             case "validator":
                 specs.append((validator.make_spec(catalog), replicas))
             case "decomposer":
@@ -85,6 +94,8 @@ async def run_system(
             case "agent":
                 specs.append((agent.make_spec(timedelta(seconds=settings.approval_timeout_s)), replicas))
     async with AsyncExitStack() as stack:
+        if llm is not None:
+            stack.push_async_callback(llm.provider.aclose)
         if "budget" in kinds:
             await stack.enter_async_context(serve_budget(bus.nc, settings.subjects))
         system = None

@@ -106,7 +106,7 @@ def apply(state: WorkflowState, stored: StoredEvent) -> None:
             state.plan = data.plan
             state.revision = data.revision
             state.plan_source = data.source
-            state.tasks = {t.id: TaskState(task=t) for t in data.plan.nodes}
+            state.tasks = _revised_tasks(state.tasks, data.plan)
         case PlanValidated():
             state.status = "running"
         case PlanRejected():
@@ -164,6 +164,16 @@ def apply(state: WorkflowState, stored: StoredEvent) -> None:
             state.dead_letters += 1
         case _:
             assert_never(data)
+
+
+def _revised_tasks(previous: dict[str, TaskState], plan: Plan) -> dict[str, TaskState]:
+    """The tasks of a (re-)plan: a completed task the new revision keeps unchanged keeps its
+    state and output; every other task starts pending."""
+    tasks = {}
+    for t in plan.nodes:
+        prev = previous.get(t.id)
+        tasks[t.id] = prev if prev is not None and prev.status == "completed" and prev.task == t else TaskState(task=t)
+    return tasks
 
 
 def _step(state: WorkflowState, step: StepIntent) -> StepState:

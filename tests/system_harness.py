@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from nats.js.errors import NotFoundError
 
 from actors.runtime import ActorSystem
 from cadre.settings import Settings
@@ -30,6 +33,10 @@ def settings_for(nats_url: str, data_dir: Path, **overrides: Any) -> Settings:
         "tool_modules": ["tests.plugin_tools"],
         "actor_ack_wait_s": 5.0,
         "actor_drain_timeout_s": 2.0,
+        # Never a real provider from the environment; tests that want a model point at a fake one.
+        "llm_provider": "none",
+        "ledger_stream_name": prefix.upper() + "_LEDGER",
+        "inference_cache_bucket": prefix.upper() + "_INFERENCE",
     }
     base.update(overrides)
     return Settings(**base)
@@ -75,4 +82,8 @@ async def cadre_running(settings: Settings) -> AsyncIterator[Harness]:
             async with run_system(bus, settings) as system:
                 yield Harness(bus, settings, system)
         finally:
-            await bus.nc.jetstream().delete_stream(settings.stream_name)
+            js = bus.nc.jetstream()
+            await js.delete_stream(settings.stream_name)
+            for name in (settings.ledger_stream_name, "KV_" + settings.inference_cache_bucket):
+                with contextlib.suppress(NotFoundError):
+                    await js.delete_stream(name)

@@ -64,7 +64,7 @@ async def test_no_plan_fails_with_the_reason_and_the_fix(cadre: Harness) -> None
     assert state.failure is not None
     assert state.failure.code == "no_plan"
     assert "ANTHROPIC_API_KEY or GEMINI_API_KEY" in state.failure.message
-    assert "model planning not available (denied: no_provider" in state.failure.message
+    assert "model not used (no_provider" in state.failure.message
 
 
 async def test_parallel_branches_really_overlap(cadre: Harness) -> None:

@@ -25,8 +25,11 @@ from planner.providers.structured import InvalidOutput
 from planner.validation import Limits, failed, validate_plan
 
 __all__ = [
+    "ADAPT_SCHEMA_NAME",
     "PLAN_SCHEMA",
     "PLAN_SCHEMA_NAME",
+    "adapt_request",
+    "adapt_validator",
     "plan_request",
     "plan_system_prompt",
     "plan_validator",
@@ -134,3 +137,101 @@ def plan_validator(catalog: Catalog, limits: Limits | None = None) -> Callable[[
         return plan
 
     return validate
+
+
+ADAPT_SCHEMA_NAME: Final = "emit_remaining_plan"
+
+_ADAPT_TASK: Final = """\
+A task of the workflow below failed for good (its retries are spent). Re-plan the work that \
+remains so that the request can still be answered: return the tasks still to run as one JSON \
+object matching the `{schema_name}` schema (the same plan format as above). Return nothing else.
+
+- The completed tasks stay as they are, with their outputs: do not list them again; a new task \
+may depend on them and reference their outputs.
+- Do not reuse the id of any task of the current plan for a new task (ids already used: {used}).
+- Avoid what failed: another tool, other inputs, or another way to the answer.
+- "output" names the task (new or completed) whose output answers the request.
+- If the request cannot be answered any more, return one task that records what went wrong.
+"""
+
+
+def adapt_request(
+    request_text: str,
+    plan: Plan,
+    completed: Mapping[str, Any],
+    failure: str,
+    catalog_description: list[dict[str, Any]],
+    *,
+    output_chars: int = 1500,
+) -> LLMRequest:
+    """The ``adapt`` call: re-plan what remains after a task failed for good.
+
+    ``completed`` maps each completed task's id to its output (quoted up to
+    ``output_chars`` characters each); ``failure`` says which task failed and how.
+    """
+    used = ", ".join(sorted(t.id for t in plan.nodes))
+    done = (
+        "\n".join(f"- {tid}: {_clip(_dumps(completed[tid]), output_chars)}" for tid in sorted(completed)) or "- (none)"
+    )
+    current = _dumps(msgspec.to_builtins(plan))
+    prompt = (
+        f"{_ADAPT_TASK.format(schema_name=ADAPT_SCHEMA_NAME, used=used)}\n"
+        f"<request>\n{request_text.strip()}\n</request>\n\n"
+        f"<current_plan>\n{current}\n</current_plan>\n\n"
+        f"<completed_tasks>\n{done}\n</completed_tasks>\n\n"
+        f"<failure>\n{failure.strip()}\n</failure>"
+    )
+    return LLMRequest(
+        kind="adapt",
+        model="",
+        system=plan_system_prompt(catalog_description, schema_name=ADAPT_SCHEMA_NAME),
+        prompt=prompt,
+        schema=copy.deepcopy(PLAN_SCHEMA),
+        schema_name=ADAPT_SCHEMA_NAME,
+        max_output_tokens=0,
+    )
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 5] + " [...]"
+
+
+def adapt_validator(
+    catalog: Catalog, plan: Plan, kept: Iterable[str], limits: Limits | None = None
+) -> Callable[[dict[str, Any]], Plan]:
+    """A validator of re-planned work: the answer's tasks follow the ``kept`` (completed)
+    tasks of ``plan``, use none of ``plan``'s other ids, and the whole plan passes
+    :func:`planner.validation.validate_plan`. Returns the whole new plan."""
+    keep = [t for t in plan.nodes if t.id in set(kept)]
+    used = {t.id for t in plan.nodes}
+
+    def validate(output: dict[str, Any]) -> Plan:
+        remaining = validate_plan_output(output)
+        reused = [
+            f"$.nodes[{i}].id: id {t.id!r} is already used by the current plan; choose a new id"
+            for i, t in enumerate(remaining.nodes)
+            if t.id in used
+        ]
+        if reused:
+            raise InvalidOutput(reused)
+        whole = Plan(
+            nodes=(*keep, *remaining.nodes),
+            output=remaining.output or remaining.nodes[-1].id,
+            rationale=remaining.rationale,
+        )
+        errors = failed(validate_plan(whole, catalog, limits or Limits()))
+        if errors:
+            raise InvalidOutput(_problem_in(c, len(keep)) for c in errors)
+        return whole
+
+    return validate
+
+
+def _problem_in(check: Check, offset: int) -> str:
+    """A check of the whole plan, with ``nodes[i]`` renumbered to the answer's own nodes."""
+    path = check.path or ""
+    if path.startswith("nodes[") and offset:
+        index, _, rest = path[len("nodes[") :].partition("]")
+        if index.isdigit() and int(index) >= offset:
+            check = msgspec.structs.replace(check, path=f"nodes[{int(index) - offset}]{rest}")
+    return _problem(check)

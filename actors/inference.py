@@ -1,0 +1,113 @@
+"""LLM consultations from inside a handler: asked of the budget, called, settled, recorded.
+
+:meth:`actors.context.Context.infer` runs :func:`planner.providers.structured_flow` (ask,
+validate, one repair round) with every call gated by the budget actor:
+
+1. a :class:`~bus.ledger.Consultation` per call (the repair round asks again), carrying the
+   workflow's intelligence level, execution mode and cap, the worst case (estimated input,
+   the call's output limit) and, on the first round, the inference-cache key;
+2. ``denied`` → no call; the caller takes its deterministic fallback. ``cached`` → the
+   cached output is validated like a fresh answer, at no cost. ``granted`` → the provider
+   is called and the real usage settled; a valid final output goes into the cache;
+3. every decision (effect ``budget``) and every call (effect ``llm``: prompt digest, answer
+   or error, tokens, cost, latency) is recorded, so a replay serves the same answers.
+
+The process's model is an :class:`LLM`; without one every consultation falls back with
+``no_provider`` and no budget round trip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from actors.digests import digest
+from bus.events import WorkflowRequested
+from planner.providers.base import LLMRequest, Provider
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class LLM:
+    """The model this process may consult: a provider, a model per consultation kind (or
+    ``default``), and an output-token limit per kind (or ``default``)."""
+
+    provider: Provider
+    models: Mapping[str, str]
+    max_output_tokens: Mapping[str, int] = field(default_factory=lambda: {"default": 1024})
+
+    def model_for(self, kind: str) -> str:
+        return self.models.get(kind, self.models["default"])
+
+    def limit_for(self, kind: str) -> int:
+        return self.max_output_tokens.get(kind, self.max_output_tokens.get("default", 1024))
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """What a workflow lets its actors consult: its intelligence level, execution mode and
+    LLM spend cap (None: the budget's default)."""
+
+    intelligence: str = "adaptive"
+    mode: str = "adaptive"
+    budget_usd: float | None = None
+
+    def for_request(self, req: WorkflowRequested | None) -> Policy:
+        """The request's own settings, with this policy's for the ones it leaves unset."""
+        if req is None:
+            return self
+        return Policy(
+            intelligence=req.intelligence or self.intelligence,
+            mode=req.mode or self.mode,
+            budget_usd=req.budget_usd if req.budget_usd is not None else self.budget_usd,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Inferred(Generic[T]):
+    """The end of a consultation: ``value`` when the model's (or the cache's) answer passed
+    validation; otherwise ``None`` and ``reason`` says why the caller falls back.
+
+    ``source``: ``model``, ``cache`` or ``fallback``. ``calls``: HTTP calls made (0 for a
+    cached answer or a denial). ``repaired``: a repair round was needed.
+    """
+
+    value: T | None
+    source: str
+    reason: str = ""
+    provider: str | None = None
+    model: str | None = None
+    repaired: bool = False
+    calls: int = 0
+    cost_usd: float = 0.0
+    problems: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.value is not None
+
+    def describe(self) -> str:
+        """One line for an event's ``reason``: who answered, or why nobody did."""
+        if self.value is None:
+            return f"model not used ({self.reason})"
+        how = "from the inference cache" if self.source == "cache" else f"in {self.calls} call(s)"
+        repaired = ", after one repair round" if self.repaired else ""
+        return f"answered by {self.provider}/{self.model} {how}{repaired} (${self.cost_usd:.4f})"
+
+
+def cache_key(provider: str, request: LLMRequest) -> str:
+    """The inference cache's key: provider, model, prompts, schema and limits (hex digest)."""
+    return digest(
+        {
+            "provider": provider,
+            "model": request.model,
+            "system": request.system,
+            "prompt": request.prompt,
+            "schema": request.schema,
+            "schema_name": request.schema_name,
+            "max_output_tokens": request.max_output_tokens,
+        },
+        size=16,
+    )
