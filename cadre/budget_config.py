@@ -1,0 +1,45 @@
+"""The budget actor's configuration and ledger stream, built from the process settings."""
+
+from __future__ import annotations
+
+from actors.budget_rules import BudgetConfig
+from bus.stream import StreamSpec
+from cadre.settings import Price, RateLimit, Settings
+from planner.providers.base import ModelPrice, Prices
+
+
+def model_price(price: Price) -> ModelPrice:
+    """A settings price with the cache rates filled in (0.1x and 1.25x input when unset)."""
+    return ModelPrice(
+        input=price.input,
+        output=price.output,
+        cache_read=price.cache_read if price.cache_read is not None else 0.1 * price.input,
+        cache_write=price.cache_write if price.cache_write is not None else 1.25 * price.input,
+    )
+
+
+def budget_config(settings: Settings) -> BudgetConfig:
+    """Caps, reservation timeout, rate limits and prices of the budget, from ``settings``."""
+    default = RateLimit()
+    return BudgetConfig(
+        workflow_usd=settings.budget_workflow_usd,
+        daily_usd=settings.budget_daily_usd,
+        reservation_timeout_s=settings.budget_reservation_timeout_s,
+        rate_limits={p: (r.requests_per_minute, r.tokens_per_minute) for p, r in settings.rate_limits.items()},
+        prices=Prices(
+            default=model_price(settings.default_price),
+            by_model={prefix: model_price(p) for prefix, p in settings.prices.items()},
+        ),
+        default_rate_limit=(default.requests_per_minute, default.tokens_per_minute),
+    )
+
+
+def ledger_spec(settings: Settings) -> StreamSpec:
+    """The ledger's stream: one subject, stored and replicated like the event stream, kept forever."""
+    return StreamSpec(
+        name=settings.ledger_stream_name,
+        subjects=settings.subjects.ledger,
+        storage=settings.stream_storage,
+        replicas=settings.stream_replicas,
+        duplicate_window=settings.stream_duplicate_window_s,
+    )
