@@ -5,14 +5,33 @@ records the tool planned and the tool used (adherence) and every deviation. A st
 tool requires approval first emits ``approval_requested`` and runs only after
 ``approval_granted``; ``approval_denied`` (by a person, or by the deadline passing) fails it.
 The deadline is a durable timer: the agent defers its own ``approval_requested`` until then.
+
+Given the tool catalog, the agent may also consult the model (each call gated by the budget,
+which decides by the workflow's intelligence level and mode, and recorded as effects):
+
+* ``decide``: the planned tool failed and two or more fallbacks remain; the model picks the
+  fallback tried first, the others keep their planned order;
+* ``interpret``: a tool's output was refused by its schema (``invalid_output``) or lacks a
+  field of the step's ``expected_outputs``; the model's corrected output completes the
+  step, and without one the call counts as the tool's failure;
+* ``recover``: every planned tool failed, for a reason other than a policy refusal
+  (:data:`POLICY_REFUSALS`); the model chooses once: retry a tried tool, run an alternative
+  tool, skip a step nothing uses (:func:`skippable`), or fail. The choice runs once.
+
+Without an answer the step runs as planned. A consultation the workflow does not allow (its
+level or mode) or that has no model leaves no trace in the outcome; any other miss (a
+denial over budget, an invalid answer after the repair round) is noted in the deviations or
+the failure's message, as is every answer used.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, Final, TypeVar
 
-from actors.context import Context, ToolFailure
+from actors.context import Context, Inferred, ToolFailure
 from actors.outcome import Defer, Outcome
 from actors.runtime import ActorSpec
 from bus.events import (
@@ -25,11 +44,32 @@ from bus.events import (
     StepReady,
 )
 from bus.plan import ErrorInfo, StepIntent
-from planner.refs import RefError, resolve, with_step_outputs
+from planner.catalog import Catalog
+from planner.providers.agent_prompts import (
+    FailedCall,
+    decide_request,
+    decide_validator,
+    interpret_request,
+    interpret_validator,
+    missing_outputs,
+    recover_request,
+    recover_validator,
+)
+from planner.providers.base import LLMRequest
+from planner.refs import RefError, find_refs, resolve, with_step_outputs
+from planner.scheduler import topo_order
 from store.records import StoredEvent
 from store.state import WorkflowState
 
 HANDLES = frozenset({StepReady.TYPE, ApprovalRequested.TYPE, ApprovalGranted.TYPE, ApprovalDenied.TYPE})
+
+POLICY_REFUSALS: Final = frozenset({"approval_denied", "prohibited", "outside_workspace"})
+"""Failures a model must not work around: the step then fails as planned, without ``recover``."""
+
+T = TypeVar("T")
+
+
+# -- pure rules ------------------------------------------------------------------------------
 
 
 def upstream_outputs(state: WorkflowState, step: StepIntent) -> dict[str, Any]:
@@ -46,51 +86,201 @@ def upstream_outputs(state: WorkflowState, step: StepIntent) -> dict[str, Any]:
     return with_step_outputs(outputs, earlier)
 
 
-async def run_step(ctx: Context, state: WorkflowState, step: StepIntent) -> list[Event]:
+def _reads(step: StepIntent, target: str) -> bool:
+    """Whether ``step``'s inputs reference the output of step ``target`` (``${<target>.field}``)."""
+    segments = tuple(target.split("."))
+    return any((r.task_id, *r.path)[: len(segments)] == segments for r in find_refs(step.inputs))
+
+
+def skippable(state: WorkflowState, step: StepIntent) -> bool:
+    """Whether completing ``step`` with an empty output loses nothing the workflow uses.
+
+    A task's output is its last step's. So an earlier step may be skipped when no later step
+    of its task reads its output; the last step when no task depends on its task and its
+    task's output is not the workflow's result (the plan's ``output``, else its last task).
+    """
+    task = state.tasks.get(step.task_id)
+    if task is None or state.plan is None or step.id not in task.step_ids:
+        return False
+    later = task.step_ids[task.step_ids.index(step.id) + 1 :]
+    if later:
+        return not any(_reads(st.step, step.id) for sid in later if (st := state.steps.get(sid)) is not None)
+    result = state.plan.output or topo_order(state.plan)[-1]
+    return step.task_id != result and not any(step.task_id in t.depends_on for t in state.plan.nodes)
+
+
+def fallback_order(fallbacks: tuple[str, ...], first: str) -> tuple[str, ...]:
+    """``fallbacks`` with ``first`` moved to the front, the others in their planned order."""
+    return (first, *(t for t in fallbacks if t != first))
+
+
+def quiet(inferred: Inferred[Any]) -> bool:
+    """Whether a consultation was not for this workflow (its level or mode), or had no model:
+    the step's outcome then says nothing about it, exactly as without dynamic inference."""
+    return inferred.reason.startswith(("no_provider", "denied: not_allowed", "denied: no_provider"))
+
+
+# -- running a step --------------------------------------------------------------------------
+
+
+@dataclass
+class _StepRun:
+    """One run of a step: the calls made so far and how the run departed from the plan."""
+
+    ctx: Context
+    state: WorkflowState
+    step: StepIntent
+    inputs: dict[str, Any]
+    catalog: Catalog | None
+    deviations: list[str] = field(default_factory=list)
+    failures: list[FailedCall] = field(default_factory=list)
+    calls: int = 0
+    # Read from the state before the first await: the runtime's state object keeps folding
+    # newer events while the handler waits, and a replay sees only the state it decided on.
+    can_skip: bool = False
+
+    async def infer(self, kind: str, request: LLMRequest, validate: Callable[[dict[str, Any]], T]) -> Inferred[T]:
+        return await self.ctx.infer(kind, request, validate, self.ctx.policy(self.state.request))
+
+    async def call(self, tool: str, inputs: dict[str, Any], suffix: str = "") -> dict[str, Any] | None:
+        """Run ``tool``: its output (or the model's interpretation of it), or None once its
+        failure is recorded."""
+        self.calls += 1
+        # One idempotency key per (workflow, step, tool[, recovery]): a redelivered step does not
+        # apply a side effect twice, while another workflow running the same plan applies its own.
+        key = f"{self.ctx.workflow_id}/{self.step.id}:{tool}{suffix}"
+        try:
+            out = await self.ctx.call_tool(tool, inputs, idempotency_key=key)
+        except ToolFailure as exc:
+            note = ""
+            if exc.error.code == "invalid_output" and exc.output is not None:
+                fixed, note = await self.interpret(tool, inputs, exc.output, exc.error.message)
+                if fixed is not None:
+                    return fixed
+            self.failed_call(FailedCall(tool, exc.error, exc.retryable), note)
+            return None
+        missing = missing_outputs(out, self.step.expected_outputs) if self.catalog is not None else []
+        if not missing:
+            return out
+        problem = f"{tool} returned no {', '.join(missing)}, which the step expects"
+        fixed, note = await self.interpret(tool, inputs, out, problem)
+        if fixed is not None:
+            return fixed
+        self.failed_call(FailedCall(tool, ErrorInfo(code="missing_output", message=problem)), note)
+        return None
+
+    def failed_call(self, failure: FailedCall, note: str = "") -> None:
+        """Record a failed call (``note``: why the model did not save it, if it was asked)."""
+        self.failures.append(failure)
+        self.deviations.append(f"{failure.tool} failed: {failure.error.code}: {failure.error.message}{note}")
+
+    async def interpret(
+        self, tool: str, inputs: dict[str, Any], output: Any, problem: str
+    ) -> tuple[dict[str, Any] | None, str]:
+        """The model's corrected ``output``, or None and a note on why there is none."""
+        if self.catalog is None or tool not in self.catalog:
+            return None, ""
+        spec = self.catalog[tool]
+        request = interpret_request(self.step, inputs, spec, output, problem)
+        inferred = await self.infer("interpret", request, interpret_validator(spec, self.step.expected_outputs))
+        if inferred.value is None:
+            return None, "" if quiet(inferred) else f" (not interpreted: {inferred.describe()})"
+        self.deviations.append(f"output interpreted by the model: {problem}; {inferred.describe()}")
+        return inferred.value, ""
+
+    async def fallbacks(self) -> tuple[str, ...]:
+        """The planned fallback tools, in the order to try them (``decide`` picks the first)."""
+        options = self.step.fallback_tools
+        if len(options) < 2 or self.catalog is None:
+            return options
+        request = decide_request(self.step, self.inputs, self.failures[-1], options, self.catalog)
+        inferred = await self.infer("decide", request, decide_validator(options))
+        if inferred.value is None:
+            if not quiet(inferred):
+                self.deviations.append(f"fallback tools tried in planned order: {inferred.describe()}")
+            return options
+        choice = inferred.value
+        self.deviations.append(
+            f"fallback tool {choice.choice} tried first, as the model decided: {choice.reason}; {inferred.describe()}"
+        )
+        return fallback_order(options, choice.choice)
+
+    async def recover(self) -> StepCompleted | StepFailed:
+        """Once every planned tool failed: the model's recovery, run once, or the step's failure."""
+        if self.catalog is None or any(f.error.code in POLICY_REFUSALS for f in self.failures):
+            return self.failed()
+        tried = tuple(dict.fromkeys(f.tool for f in self.failures))
+        can_skip = self.can_skip
+        request = recover_request(self.step, self.inputs, self.failures, self.catalog, skippable=can_skip)
+        inferred = await self.infer(
+            "recover", request, recover_validator(self.catalog, self.step, tried, skippable=can_skip)
+        )
+        plan = inferred.value
+        if plan is None:
+            return self.failed("" if quiet(inferred) else f" (recovery was tried: {inferred.describe()})")
+        how = inferred.describe()
+        if plan.action == "fail":
+            return self.failed(f" (recovery: the model advised failing the step: {plan.reason}; {how})")
+        if plan.action == "skip":
+            self.deviations.append(f"step skipped on the model's advice, with an empty output: {plan.reason}; {how}")
+            return self.completed(self.step.tool, {})
+        tool = plan.tool or self.step.tool
+        inputs = self.inputs if plan.inputs is None else plan.inputs
+        what = f"retried {tool}" if plan.action == "retry" else f"ran alternative tool {tool}"
+        given = "the same inputs" if plan.inputs is None else "new inputs"
+        self.deviations.append(f"recovery: {what} with {given}, as the model advised: {plan.reason}; {how}")
+        out = await self.call(tool, inputs, "#retry" if plan.action == "retry" else "#alt")
+        if out is not None:
+            return self.completed(tool, out)
+        return self.failed(f" (after the model's recovery, {plan.action} with {tool}: {plan.reason})")
+
+    def completed(self, tool: str, output: dict[str, Any]) -> StepCompleted:
+        """The step's completion with ``tool`` (the planned tool for a skipped step)."""
+        return StepCompleted(
+            task_id=self.step.task_id,
+            step_id=self.step.id,
+            tool=tool,
+            planned_tool=self.step.tool,
+            output=output,
+            attempts=self.calls,
+            deviations=tuple(self.deviations),
+        )
+
+    def failed(self, note: str = "") -> StepFailed:
+        """The step's failure: the last call's error (``note`` appended), and the tools tried."""
+        last = self.failures[-1]
+        return StepFailed(
+            task_id=self.step.task_id,
+            step_id=self.step.id,
+            tool=self.step.tool,
+            error=ErrorInfo(code=last.error.code, message=last.error.message + note),
+            retryable=last.retryable,
+            tried=tuple(f.tool for f in self.failures),
+        )
+
+
+async def run_step(ctx: Context, state: WorkflowState, step: StepIntent, catalog: Catalog | None = None) -> list[Event]:
+    """Run ``step``: its tool, then its fallbacks, then (with ``catalog``) a recovery."""
     try:
         inputs = resolve(step.inputs, upstream_outputs(state, step))
     except RefError as exc:
         error = ErrorInfo(code=exc.code, message=exc.message)
         return [StepFailed(task_id=step.task_id, step_id=step.id, tool=step.tool, error=error)]
-    tools = [step.tool, *step.fallback_tools]
-    deviations: list[str] = []
-    last: ToolFailure | None = None
-    for i, tool in enumerate(tools):
-        try:
-            # One idempotency key per (workflow, step, tool): a redelivered step does not apply a side
-            # effect twice, while another workflow running the same plan applies its own.
-            out = await ctx.call_tool(tool, inputs, idempotency_key=f"{ctx.workflow_id}/{step.id}:{tool}")
-        except ToolFailure as exc:
-            deviations.append(f"{tool} failed: {exc.error.code}: {exc.error.message}")
-            last = exc
-            continue
-        if i > 0:
-            deviations.append(f"used fallback tool {tool} instead of {step.tool}")
-        return [
-            StepCompleted(
-                task_id=step.task_id,
-                step_id=step.id,
-                tool=tool,
-                planned_tool=step.tool,
-                output=out,
-                attempts=i + 1,
-                deviations=tuple(deviations),
-            )
-        ]
-    assert last is not None
-    return [
-        StepFailed(
-            task_id=step.task_id,
-            step_id=step.id,
-            tool=step.tool,
-            error=last.error,
-            retryable=last.retryable,
-            tried=tuple(tools),
-        )
-    ]
+    run = _StepRun(ctx, state, step, inputs, catalog, can_skip=skippable(state, step))
+    out = await run.call(step.tool, inputs)
+    if out is not None:
+        return [run.completed(step.tool, out)]
+    for tool in await run.fallbacks():
+        out = await run.call(tool, inputs)
+        if out is not None:
+            run.deviations.append(f"used fallback tool {tool} instead of {step.tool}")
+            return [run.completed(tool, out)]
+    return [await run.recover()]
 
 
-def make_spec(approval_timeout: timedelta) -> ActorSpec:
+def make_spec(approval_timeout: timedelta, *, catalog: Catalog | None = None) -> ActorSpec:
+    """The agent; given the tool ``catalog`` it consults the model too (module docstring)."""
+
     async def handle(ctx: Context, rec: StoredEvent, state: WorkflowState) -> Outcome:
         data = rec.event.data
         if state.done:
@@ -103,7 +293,7 @@ def make_spec(approval_timeout: timedelta) -> ActorSpec:
                 if data.step.requires_approval:
                     reason = f"tool {data.step.tool} requires approval"
                     return [ApprovalRequested(step=data.step, reason=reason, deadline=ctx.now() + approval_timeout)]
-                return await run_step(ctx, state, data.step)
+                return await run_step(ctx, state, data.step, catalog)
             case ApprovalRequested():
                 st = state.steps.get(data.step.id)
                 if st is None or st.status != "awaiting_approval":
@@ -115,7 +305,7 @@ def make_spec(approval_timeout: timedelta) -> ActorSpec:
                 st = state.steps.get(data.step_id)
                 if st is None or st.status != "approved":
                     return []
-                return await run_step(ctx, state, st.step)
+                return await run_step(ctx, state, st.step, catalog)
             case ApprovalDenied():
                 st = state.steps.get(data.step_id)
                 if st is None or st.status != "denied":

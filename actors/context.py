@@ -45,13 +45,17 @@ T = TypeVar("T")
 
 
 class ToolFailure(Exception):
-    """A tool call that failed, as the handler sees it (recorded either way)."""
+    """A tool call that failed, as the handler sees it (recorded either way).
 
-    def __init__(self, tool: str, error: ErrorInfo, retryable: bool) -> None:
+    ``output`` is the refused output (JSON data) of an ``invalid_output`` failure, else None.
+    """
+
+    def __init__(self, tool: str, error: ErrorInfo, retryable: bool, output: Any = None) -> None:
         super().__init__(f"{tool}: {error.code}: {error.message}")
         self.tool = tool
         self.error = error
         self.retryable = retryable
+        self.output = output
 
 
 class Tools(Protocol):
@@ -136,7 +140,7 @@ class Context:
         try:
             out = await self._outside.tools.run(tool, inputs, idempotency_key)
         except ToolFailure as exc:
-            self._record("tool", key, {"retryable": exc.retryable}, exc.error, started)
+            self._record("tool", key, {"retryable": exc.retryable, "output": exc.output}, exc.error, started)
             raise
         self._record("tool", key, out, None, started)
         return out
@@ -146,15 +150,20 @@ class Context:
         return self._outside.policy.for_request(request)
 
     async def consult(self, request: Consultation) -> Decision:
-        """Ask the budget whether an LLM call may happen (recorded); no budget actor = denied."""
+        """Ask the budget whether an LLM call may happen (recorded); no budget actor = denied.
+
+        The effect's value is the decision plus ``consultation``: what was asked (provider,
+        model, token estimate and limit, level, mode, cap), so an audit can show it and a
+        replay can configure its model and re-decide the budget (:func:`asked`).
+        """
         started = time.perf_counter()
         if self._outside.budget is None:
             decision = Decision(outcome="denied", reason="budget_unavailable", message="this process has no budget")
         else:
             decision = await self._outside.budget.consult(request)
-        self._record(
-            "budget", f"{request.kind}:{request.cache_key or ''}", msgspec.to_builtins(decision), None, started
-        )
+        value = msgspec.to_builtins(decision)
+        value["consultation"] = asked(request)
+        self._record("budget", f"{request.kind}:{request.cache_key or ''}", value, None, started)
         return decision
 
     async def infer(
@@ -181,37 +190,35 @@ class Context:
         key = cache_key(provider, request)
         flow = structured_flow(request, validate)
         current = next(flow)
-        calls, cost, source = 0, 0.0, "model"
+        calls, cost, source, round_ = 0, 0.0, "model", 0
         while True:
-            decision = await self.consult(
-                self._consultation(kind, provider, current, policy, key if calls == 0 else None)
-            )
+            round_ += 1
+            consultation = self._consultation(kind, provider, current, policy, key if round_ == 1 else None)
+            decision = await self.consult(consultation)
             reply: LLMResponse | ProviderError
             if decision.outcome == "cached" and decision.cached_answer is not None:
                 source = "cache"
                 reply = _cached_response(provider, current.model, decision.cached_answer)
                 self._record("llm", f"{kind}:{key}", {"cached": True}, None, time.perf_counter())
-            elif decision.outcome != "granted":
-                flow.close()
-                reason = (
-                    f"denied: {decision.reason}: {decision.message}"
-                    if decision.message
-                    else f"denied: {decision.reason}"
-                )
-                return Inferred(None, "fallback", reason, provider, request.model, calls > 0, calls, cost)
-            else:
+            elif decision.outcome == "granted":
+                source = "model"
                 calls += 1
                 reply = await self._call(llm, current)
+            else:
+                flow.close()
+                reason = f"denied: {decision.reason}" + (f": {decision.message}" if decision.message else "")
+                return Inferred(None, "fallback", reason, provider, request.model, round_ > 1, calls, cost)
             try:
                 following = flow.send(reply)
             except StopIteration as done:
                 outcome: Outcome[T] = done.value
-                if (isinstance(reply, LLMResponse) and source == "model") or isinstance(reply, ProviderError):
-                    cost += await self._settle(decision, reply, key if outcome.ok else None, outcome)
+                if decision.outcome == "granted":
+                    cache = key if outcome.ok else None
+                    cost += await self._settle(kind, current.model, decision, reply, cache, outcome)
                 return _inferred(outcome, source, provider, request.model, calls, cost)
             if decision.outcome == "granted":
-                cost += await self._settle(decision, reply, None, None)
-            current, source = following, "model"
+                cost += await self._settle(kind, current.model, decision, reply, None, None)
+            current = following
 
     def _consultation(
         self, kind: str, provider: str, request: LLMRequest, policy: Policy, key: str | None
@@ -250,7 +257,13 @@ class Context:
         return response
 
     async def _settle(
-        self, decision: Decision, reply: LLMResponse | ProviderError, key: str | None, outcome: Outcome[Any] | None
+        self,
+        kind: str,
+        model: str,
+        decision: Decision,
+        reply: LLMResponse | ProviderError,
+        key: str | None,
+        outcome: Outcome[Any] | None,
     ) -> float:
         """Tell the budget what a granted call used; a valid final output goes to the cache."""
         if decision.reservation_id is None or self._outside.budget is None:
@@ -263,7 +276,7 @@ class Context:
             Settlement(
                 reservation_id=decision.reservation_id,
                 workflow_id=self.workflow_id,
-                model=reply.model if isinstance(reply, LLMResponse) else "",
+                model=reply.model if isinstance(reply, LLMResponse) else model,
                 input_tokens=usage.input_tokens,
                 output_tokens=usage.output_tokens,
                 cache_read_tokens=usage.cache_read_tokens,
@@ -278,7 +291,7 @@ class Context:
         self.effects.append(
             Effect(
                 kind="settle",
-                key=decision.reservation_id,
+                key=f"{kind}:{decision.reservation_id}",
                 value={"cost_usd": cost, "acknowledged": settled is not None},
             )
         )
@@ -290,6 +303,20 @@ class Context:
         hit = await self._outside.library.search(request) if self._outside.library is not None else None
         self._record("library", digest(request), msgspec.to_builtins(hit), None, started)
         return hit
+
+
+def asked(request: Consultation) -> dict[str, Any]:
+    """What a consultation asked, as recorded in its ``budget`` effect (its id and workflow
+    are the input's; its kind and cache key are in the effect's key)."""
+    return {
+        "provider": request.provider,
+        "model": request.model,
+        "est_input_tokens": request.est_input_tokens,
+        "max_output_tokens": request.max_output_tokens,
+        "intelligence": request.intelligence,
+        "mode": request.mode,
+        "budget_usd": request.budget_usd,
+    }
 
 
 def _cached_response(provider: str, model: str, output: dict[str, Any]) -> LLMResponse:

@@ -1,20 +1,57 @@
 """The decomposer actor: turns a dispatched task into steps (declarative tool intents).
 
-Rule-based for now: a task that names its tool and inputs becomes one step. A task that
-cannot be decomposed is answered with ``steps_rejected`` saying why.
+The rules first: a task that names its tool and inputs becomes one step. A task they cannot
+decompose (one that names no tool, only a description or capabilities) goes to the model
+(``decompose``, gated by the budget: levels from ``adaptive`` up), whose steps get the rules'
+ids and must pass the same step checks as the validator's before they are proposed. Without
+a valid answer the task is answered with ``steps_rejected``, saying why the rules could not
+decompose it and why the model did not either.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from actors.context import Context
 from actors.outcome import Outcome
 from actors.runtime import ActorSpec
-from bus.events import StepsProposed, StepsRejected, TaskReady
+from bus.events import Event, StepsProposed, StepsRejected, TaskReady
 from bus.plan import Check
 from planner.catalog import Catalog
 from planner.decompose import DecompositionError, decompose
+from planner.providers.agent_prompts import decompose_request, decompose_validator
+from planner.scheduler import upstream
 from store.records import StoredEvent
 from store.state import WorkflowState
+
+
+def upstream_of(state: WorkflowState, task_id: str) -> tuple[set[str], dict[str, dict[str, Any]]]:
+    """The tasks ``task_id``'s steps may reference (its transitive upstream, as the validator
+    allows) and the outputs of those that have one."""
+    ids = upstream(state.plan, task_id) if state.plan is not None and task_id in state.tasks else set()
+    outputs = {tid: out for tid in ids if (t := state.tasks.get(tid)) is not None and (out := t.output) is not None}
+    return ids, outputs
+
+
+async def decompose_with_model(
+    ctx: Context, state: WorkflowState, data: TaskReady, catalog: Catalog, exc: DecompositionError
+) -> list[Event]:
+    """The model's steps for a task the rules could not decompose, or ``steps_rejected``."""
+    task = data.task
+    ids, outputs = upstream_of(state, task.id)
+    request = decompose_request(task, catalog, attempt=data.attempt, upstream=outputs, reason=exc.reason)
+    validate = decompose_validator(task, catalog, attempt=data.attempt, upstream_ids=ids, upstream_outputs=outputs)
+    inferred = await ctx.infer("decompose", request, validate, ctx.policy(state.request))
+    if inferred.value is not None:
+        return [StepsProposed(task_id=task.id, steps=inferred.value)]
+    check = Check(
+        name="decomposable",
+        passed=False,
+        message=f"{exc.message}; decomposition by the model: {inferred.describe()}",
+        fix="give the task a tool and its inputs, or allow decomposition by a model (intelligence level and budget)",
+        path=f"tasks.{task.id}",
+    )
+    return [StepsRejected(task_id=task.id, checks=(check,))]
 
 
 def make_spec(catalog: Catalog) -> ActorSpec:
@@ -28,14 +65,7 @@ def make_spec(catalog: Catalog) -> ActorSpec:
         try:
             steps = decompose(data.task, catalog, attempt=data.attempt)
         except DecompositionError as exc:
-            check = Check(
-                name="decomposable",
-                passed=False,
-                message=exc.message,
-                fix="give the task a tool and its inputs, or configure a model for decomposition",
-                path=f"tasks.{data.task.id}",
-            )
-            return [StepsRejected(task_id=data.task.id, checks=(check,))]
+            return await decompose_with_model(ctx, state, data, catalog, exc)
         return [StepsProposed(task_id=data.task.id, steps=tuple(steps))]
 
     return ActorSpec(kind="decomposer", handles=frozenset({TaskReady.TYPE}), handler=handle)

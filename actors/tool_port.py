@@ -17,4 +17,6 @@ class ToolRunner:
         try:
             return await self.box.call(tool, inputs, ToolCall(idempotency_key=idempotency_key))
         except ToolError as exc:
-            raise ToolFailure(tool, ErrorInfo(code=exc.code, message=exc.message), exc.retryable) from None
+            raise ToolFailure(
+                tool, ErrorInfo(code=exc.code, message=exc.message), exc.retryable, output=exc.output
+            ) from None

@@ -18,6 +18,7 @@ from actors.runtime import ActorSpec, ActorSystem, RuntimeOptions, run_actors
 from actors.tool_port import ToolRunner
 from actors.tools import ToolBox, ToolConfig, builtin_impls, ensure_sample_database
 from actors.tools.plugins import load_tool_modules, plugin_impls
+from cadre.budget_config import budget_config, ledger_spec
 from cadre.llm import build_llm
 from cadre.settings import Settings
 from cadre.wiring import Bus
@@ -92,12 +93,24 @@ async def run_system(
             case "decomposer":
                 specs.append((decomposer.make_spec(catalog), replicas))
             case "agent":
-                specs.append((agent.make_spec(timedelta(seconds=settings.approval_timeout_s)), replicas))
+                specs.append(
+                    (agent.make_spec(timedelta(seconds=settings.approval_timeout_s), catalog=catalog), replicas)
+                )
     async with AsyncExitStack() as stack:
         if llm is not None:
             stack.push_async_callback(llm.provider.aclose)
         if "budget" in kinds:
-            await stack.enter_async_context(serve_budget(bus.nc, settings.subjects))
+            await stack.enter_async_context(
+                serve_budget(
+                    bus.nc,
+                    settings.subjects,
+                    budget_config(settings),
+                    ledger=ledger_spec(settings),
+                    cache_bucket=settings.inference_cache_bucket,
+                    cache_ttl_s=settings.inference_cache_ttl_s,
+                    metrics=metrics,
+                )
+            )
         system = None
         if specs:
             system = await stack.enter_async_context(

@@ -97,6 +97,7 @@ class FakeAPI:
     def __init__(self, render: Render, script: tuple[Behaviour, ...]) -> None:
         self._render = render
         self._script: deque[Behaviour] = deque(script)
+        self._routes: list[tuple[str, deque[Behaviour]]] = []
         self._released = asyncio.Event()
         self.base_url = ""
         self.requests: list[dict[str, Any]] = []  # request bodies
@@ -106,9 +107,21 @@ class FakeAPI:
     def add(self, *behaviours: Behaviour) -> None:
         self._script.extend(behaviours)
 
+    def when(self, marker: str, *behaviours: Behaviour) -> None:
+        """Serve ``behaviours`` (in order, before the main script) to requests whose body
+        contains ``marker`` (a tool or schema name, a phrase of the prompt)."""
+        self._routes.append((marker, deque(behaviours)))
+
     @property
     def unused(self) -> int:
-        return len(self._script)
+        return len(self._script) + sum(len(q) for _, q in self._routes)
+
+    def _next(self, body: dict[str, Any]) -> Behaviour | None:
+        raw = json.dumps(body)
+        for marker, queue in self._routes:
+            if queue and marker in raw:
+                return queue.popleft()
+        return self._script.popleft() if self._script else None
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -116,13 +129,13 @@ class FakeAPI:
         self.paths.append(request.path)
         self.headers.append({k.lower(): v for k, v in request.headers.items()})
         n = len(self.requests)
-        if not self._script:
+        behaviour = self._next(body)
+        if behaviour is None:
             return web.json_response(
                 {"error": {"message": f"fake API: no scripted behaviour left for request #{n}"}},
                 status=400,
                 headers={"x-should-retry": "false"},
             )
-        behaviour = self._script.popleft()
         if behaviour.kind == "slow":
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._released.wait(), behaviour.seconds)

@@ -67,3 +67,34 @@ TOOLS = [
         typed_impl("test.slow_append", SlowAppend, slow_append),
     ),
 ]
+
+
+# Appended for tests/test_dynamic_inference.py: a tool whose output its own schema refuses, and one
+# whose output leaves an optional field out (a step may expect it).
+
+
+class Count(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    count: int
+    unit: str | None = None
+
+
+async def sloppy(inputs: Value, config: ToolConfig, call: ToolCall) -> BaseModel:
+    """Answers ``{"value": <input>}`` where its schema wants ``{"count": <int>}`` (an ``invalid_output``)."""
+    return Value(value=inputs.value)
+
+
+async def count(inputs: Value, config: ToolConfig, call: ToolCall) -> Count:
+    """Counts the letters of its input, leaving the optional ``unit`` out."""
+    return Count(count=len(inputs.value))
+
+
+TOOLS.append(
+    (
+        ToolSpec("test.sloppy", "counts things, but answers in the wrong shape", Value, Count),
+        typed_impl("test.sloppy", Value, sloppy),
+    )
+)
+TOOLS.append(
+    (ToolSpec("test.count", "counts the letters of a value", Value, Count), typed_impl("test.count", Value, count))
+)

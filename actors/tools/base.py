@@ -31,6 +31,7 @@ limit, output validation — so that an implementation only does its one job.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -44,15 +45,20 @@ from planner.catalog import Catalog, Safety
 
 
 class ToolError(CadreError):
-    """A tool call that did not produce an output; ``code`` says why, ``retryable`` whether to try again."""
+    """A tool call that did not produce an output; ``code`` says why, ``retryable`` whether to try again.
+
+    ``output`` is set on ``invalid_output`` when the refused output is JSON data: the agent
+    may ask a model to interpret it.
+    """
 
     code = "tool_error"
 
-    def __init__(self, tool: str, code: str, message: str, retryable: bool = False) -> None:
+    def __init__(self, tool: str, code: str, message: str, retryable: bool = False, *, output: Any = None) -> None:
         super().__init__(message)
         self.tool = tool
         self.code = code
         self.retryable = retryable
+        self.output = output
 
     def __repr__(self) -> str:
         return (
@@ -170,14 +176,30 @@ class ToolBox:
     @staticmethod
     def _checked_output(name: str, model: type[BaseModel], out: object) -> dict[str, Any]:
         if not isinstance(out, BaseModel):
-            raise ToolError(name, "invalid_output", f"{name} returned {type(out).__name__}, not {model.__name__}")
+            raise ToolError(
+                name,
+                "invalid_output",
+                f"{name} returned {type(out).__name__}, not {model.__name__}",
+                output=_json_or_none(out),
+            )
         try:
             data = out.model_dump(mode="json")
             model.model_validate(data)
         except ValidationError as e:
             raise ToolError(
-                name, "invalid_output", f"{name} returned output its schema refuses: {describe_validation_error(e)}"
+                name,
+                "invalid_output",
+                f"{name} returned output its schema refuses: {describe_validation_error(e)}",
+                output=data,
             ) from e
         except PydanticSerializationError as e:
             raise ToolError(name, "invalid_output", f"{name} returned output that is not JSON: {e}") from e
         return data
+
+
+def _json_or_none(value: object) -> Any:
+    """``value`` when it is JSON data (a copy, as JSON would give it back), else None."""
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,98 @@
+"""The issue's acceptance, as a user runs it: `cadre run` in its own process, configured only
+by the vendors' environment variables, against a local server that speaks the vendor's API."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import unique
+from tests.fake_llm import FakeAPI, anthropic_api, gemini_api, ok, status
+
+CADRE = [sys.executable, "-m", "cadre.cli"]
+LIBRARY_REQUEST = "find the three customers who spent most in 2024 and write a report"
+MODEL_PLAN: dict[str, Any] = {
+    "nodes": [
+        {
+            "id": "count",
+            "description": "Count the customers",
+            "tool": "sql.query",
+            "inputs": {"sql": "SELECT COUNT(*) AS customers FROM customers"},
+        }
+    ],
+    "output": "count",
+}
+
+
+def env_for(provider: str, api: FakeAPI, nats_url: str, tmp_path: Path) -> dict[str, str]:
+    prefix = unique("a")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CADRE_", "ANTHROPIC_", "GEMINI_", "GOOGLE_"))}
+    env.update(
+        CADRE_NATS_URL=nats_url,
+        CADRE_DATA_DIR=str(tmp_path),
+        CADRE_SUBJECT_PREFIX=prefix,
+        CADRE_STREAM_NAME=prefix.upper(),
+        CADRE_LEDGER_STREAM_NAME=prefix.upper() + "_LEDGER",
+        CADRE_INFERENCE_CACHE_BUCKET=prefix.upper() + "_INFERENCE",
+        CADRE_LLM_MAX_RETRIES="2",
+    )
+    if provider == "anthropic":
+        env.update(ANTHROPIC_API_KEY="test-key", ANTHROPIC_BASE_URL=api.base_url)
+    else:
+        env.update(GEMINI_API_KEY="test-key", GOOGLE_GEMINI_BASE_URL=api.base_url)
+    return env
+
+
+async def cadre_run(env: dict[str, str], *args: str) -> tuple[int, dict[str, Any], float]:
+    started = time.monotonic()
+    proc = await asyncio.create_subprocess_exec(
+        *CADRE, "run", *args, "--json", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    lines = out.decode().strip().splitlines()
+    assert lines, err.decode()
+    return proc.returncode, json.loads(lines[-1]), time.monotonic() - started
+
+
+FAKES = {"anthropic": anthropic_api, "gemini": gemini_api}
+OVERLOADED = {"anthropic": 529, "gemini": 503}
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "gemini"])
+async def test_cadre_run_plans_with_the_model(provider: str, nats_url: str, tmp_path: Path) -> None:
+    async with FAKES[provider](ok(MODEL_PLAN)) as api:
+        code, result, _ = await cadre_run(env_for(provider, api, nats_url, tmp_path), "how many customers do we have")
+        assert code == 0, result
+        assert len(api.requests) == 1
+        assert result["status"] == "completed"
+        assert result["plan_source"] == "model"
+        assert result["result"]["columns"] == ["customers"]
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "gemini"])
+async def test_cadre_run_ends_within_the_retry_budget_when_the_api_is_always_overloaded(
+    provider: str, nats_url: str, tmp_path: Path
+) -> None:
+    code_ = OVERLOADED[provider]
+    async with FAKES[provider](*[status(code_)] * 10) as api:
+        code, result, seconds = await cadre_run(env_for(provider, api, nats_url, tmp_path), LIBRARY_REQUEST)
+        assert code == 0, result
+        assert result["plan_source"] == "library"  # the model failed: the deterministic fallback
+        assert len(api.requests) == 3  # the first try and CADRE_LLM_MAX_RETRIES=2 retries, no more
+        assert seconds < 45
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "gemini"])
+async def test_cadre_run_with_budget_zero_sends_the_api_nothing(provider: str, nats_url: str, tmp_path: Path) -> None:
+    async with FAKES[provider]() as api:
+        code, result, _ = await cadre_run(env_for(provider, api, nats_url, tmp_path), LIBRARY_REQUEST, "--budget", "0")
+        assert code == 0, result
+        assert api.requests == []
