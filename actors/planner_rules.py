@@ -119,6 +119,6 @@ def on_handler_failed(state: WorkflowState, ev: HandlerFailed, actor: str) -> li
         WorkflowFailed(
             reason="handler_failed",
             message=f"{actor} gave up on {ev.input_type} (stream sequence {ev.input_seq}) after {ev.attempts} "
-            f"attempt(s): {ev.error.code}: {ev.error.message}",
+            f"attempt(s): {ev.error.code}{f' ({ev.exception})' if ev.exception else ''}: {ev.error.message}",
         )
     ]

@@ -8,10 +8,12 @@ For each input the runtime:
 
 1. waits until the process's :class:`StateCache` holds the workflow's state including the input;
 2. calls the handler with a :class:`Context` (the clock, tools, budget, library, recorded);
-3. appends ``effects_recorded`` (when the handler learned anything from outside) and the
-   handler's events as one atomic batch, with ids derived from (input id, kind, index); for
-   the kind's *consistent* types the append expects the workflow's last sequence, and a
-   conflict re-runs the handler on the newer state;
+3. appends ``effects_recorded`` (when the handler learned anything from outside) or the
+   handler's events, with ids derived from (input id, kind, index) and ``basis`` = the
+   state's last sequence. Every append expects the workflow's last sequence and chains to
+   it (``prev``), one event at a time. On a conflict, a handler of the kind's *consistent*
+   types re-runs on the newer state; any other handler is not run again (that would call
+   its tools again): its same outputs, those not stored yet, are appended on the newer state;
 4. acks the input only after its outputs are stored. A handler error naks with backoff;
    after ``max_attempts`` deliveries the runtime appends ``handler_failed`` (a dead letter
    the planner turns into a workflow failure) and terminates the input.
@@ -43,8 +45,18 @@ from actors.context import Context, Outside
 from actors.metrics import Metrics
 from actors.outcome import Defer, Outcome
 from actors.state_cache import StateCache
-from bus.errors import ConcurrencyConflict, InvalidName
-from bus.events import Effect, EffectsRecorded, Envelope, Event, HandlerFailed, StepReady, TaskReady, make_event
+from bus.errors import CadreError, ConcurrencyConflict, InvalidName
+from bus.events import (
+    Effect,
+    EffectsRecorded,
+    Envelope,
+    Event,
+    HandlerFailed,
+    StepReady,
+    TaskReady,
+    chain_hash,
+    make_event,
+)
 from bus.plan import ErrorInfo
 from store.jetstream import JetStreamLog
 from store.records import Malformed, Record, StoredEvent, to_record
@@ -327,6 +339,9 @@ class ActorSystem:
         for _ in range(self.options.conflict_retries):
             now = utc_now()
             ctx = Context(kind=spec.kind, stored=rec, now=now, outside=self.outside)
+            # The state the handler decides on. The cache keeps folding into this same object
+            # while the handler awaits, so its sequence and bytes are taken now.
+            basis, basis_data = state.last_seq, state.last_data
             outcome = await spec.handler(ctx, rec, state)
             if isinstance(outcome, Defer):
                 return outcome
@@ -335,28 +350,71 @@ class ActorSystem:
                 payloads = [EffectsRecorded(input_id=rec.event.id, effects=tuple(ctx.effects))]
             if not payloads:
                 return outcome
-            envelopes = self.wrap(spec.kind, rec.event, payloads, now, tuple(ctx.effects))
-            try:
-                # Not an atomic batch: on file storage each one costs the server ~2 ms (bench/log.py).
-                # The first output carries the expectation; if a crash stores only some outputs,
-                # the redelivered input is handled on a state that includes them, and the outputs
-                # still missing keep their ids (output_key), so nothing is lost or doubled.
-                await self.log.append(wf, envelopes, expected_seq=state.last_seq if consistent else None, atomic=False)
-            except ConcurrencyConflict as exc:
-                self.metrics.conflicts.labels(spec.kind).inc()
-                state = await self.cache.state_at(wf, exc.actual)
+            envelopes = self.wrap(spec.kind, rec.event, payloads, now, tuple(ctx.effects), basis=basis)
+            moved = await self._store(spec, wf, envelopes, (basis, basis_data) if consistent else None)
+            if moved is not None:  # consistent, and the workflow moved on: decide again on the newer state
+                state = await self.cache.state_at(wf, moved)
                 continue
             self._count(payloads)
             self._count_effects(ctx.effects)
             return outcome
         raise RuntimeError(f"{spec.kind}: gave up after {self.options.conflict_retries} concurrency conflicts")
 
+    async def _store(
+        self, spec: ActorSpec, wf: str, envelopes: list[Envelope], decided: tuple[int, bytes] | None
+    ) -> int | None:
+        """Append a handler's outputs, chained to the workflow's last message; None once stored.
+
+        One message at a time, each expecting the one before, keeps the chain in stored order
+        (an atomic batch would cost the server ~2 ms on file storage: bench/log.py). If a crash
+        stores only some outputs, the redelivered input is handled on a state that includes
+        them, and the outputs still missing keep their ids (output_key): nothing is lost or
+        doubled. The process's appends to one workflow take turns (the cache's append lock) and
+        chain to each other at once (``cache.head``), so only other processes cause conflicts.
+
+        ``decided`` (a consistent handler's): the sequence and bytes of the state it decided on;
+        the outputs are stored only right after it, else the sequence to decide again at is
+        returned. Otherwise the outputs go to the workflow's end: after a conflict, those not
+        stored yet are appended again on the newer state (same ids, same basis: the handler
+        does not run again, which would call its tools again).
+        """
+        pending = envelopes
+        async with self.cache.append_lock(wf):
+            for _ in range(self.options.conflict_retries):
+                if decided is not None:
+                    seq, data = decided
+                    head = chain_hash(data) if seq else ""
+                    newest = self.cache.head(wf)[0]
+                    if newest > seq:  # moved on since the handler decided: no need to ask JetStream
+                        self.metrics.conflicts.labels(spec.kind).inc()
+                        return newest
+                else:
+                    seq, head = self.cache.head(wf)
+                try:
+                    result = await self.log.append(wf, pending, expected_seq=seq, prev=head, atomic=False)
+                except ConcurrencyConflict as exc:
+                    self.metrics.conflicts.labels(spec.kind).inc()
+                    if decided is not None:
+                        return exc.actual
+                    pending = pending[exc.stored :]
+                    await self.cache.state_at(wf, exc.actual)
+                    continue
+                self.cache.appended(wf, result.last_seq, result.last_hash)
+                return None
+        raise RuntimeError(f"{spec.kind}: gave up after {self.options.conflict_retries} concurrency conflicts")
+
     @staticmethod
     def wrap(
-        kind: str, cause: Envelope, payloads: Sequence[Event], now: datetime, effects: tuple[Effect, ...] = ()
+        kind: str,
+        cause: Envelope,
+        payloads: Sequence[Event],
+        now: datetime,
+        effects: tuple[Effect, ...] = (),
+        *,
+        basis: int = 0,
     ) -> list[Envelope]:
         """Envelopes for a handler's outputs; its effects ride on the first one (not on EffectsRecorded,
-        which carries them in its payload)."""
+        which carries them in its payload). ``basis``: the sequence of the state it decided on."""
         first = () if payloads and isinstance(payloads[0], EffectsRecorded) else effects
         return [
             make_event(
@@ -367,6 +425,7 @@ class ActorSystem:
                 causation_id=cause.id,
                 index=output_key(p, i),
                 effects=first if i == 0 else (),
+                basis=basis,
             )
             for i, p in enumerate(payloads)
         ]
@@ -381,9 +440,25 @@ class ActorSystem:
                 self.metrics.workflows.labels("started").inc()
 
     def _count_effects(self, effects: Sequence[Effect]) -> None:
+        provider = self.outside.llm.provider.name if self.outside.llm is not None else "none"
         for e in effects:
+            kind = e.key.split(":", 1)[0]
             if e.kind == "tool":
-                self.metrics.tool_calls.labels(e.key.split(":", 1)[0], "error" if e.error else "ok").inc()
+                self.metrics.tool_calls.labels(kind, "error" if e.error else "ok").inc()
+            elif e.kind == "budget" and isinstance(e.value, dict):
+                self.metrics.consultations.labels(kind, provider, str(e.value.get("outcome", "unknown"))).inc()
+            elif e.kind == "llm" and isinstance(e.value, dict):
+                self._count_call(kind, provider, e)
+            elif e.kind == "settle" and isinstance(e.value, dict):
+                self.metrics.llm_usd.labels(provider, kind).inc(float(e.value.get("cost_usd") or 0.0))
+
+    def _count_call(self, kind: str, provider: str, e: Effect) -> None:
+        if e.error is not None:
+            self.metrics.consultations.labels(kind, provider, "failed").inc()
+        usage = (e.value.get("response") or {}).get("usage") or e.value.get("usage") or {}
+        for direction in ("input", "output", "cache_read", "cache_write"):
+            if tokens := usage.get(f"{direction}_tokens"):
+                self.metrics.llm_tokens.labels(provider, kind, direction).inc(tokens)
 
     async def dead_letter(self, kind: str, rec: StoredEvent, attempts: int, exc: Exception) -> None:
         failed = HandlerFailed(
@@ -391,7 +466,11 @@ class ActorSystem:
             input_type=rec.event.type,
             input_seq=rec.seq,
             attempts=attempts,
-            error=ErrorInfo(code=type(exc).__name__, message=str(exc)[:2000] or repr(exc)),
+            error=ErrorInfo(
+                code=exc.code if isinstance(exc, CadreError) else "handler_error",
+                message=str(exc)[:2000] or repr(exc),
+            ),
+            exception=type(exc).__name__,
         )
         self.metrics.dead_letters.labels(kind).inc()
         env = make_event(
@@ -402,6 +481,7 @@ class ActorSystem:
             causation_id=rec.event.id,
             index="handler_failed",  # apart from the handler's own outputs
         )
+        # Decided on no state (basis 0): appended at the workflow's end, chained by the log.
         await self.log.append(rec.event.workflow_id, [env])
 
     async def dead_letter_malformed(self, kind: str, rec: Malformed) -> None:

@@ -13,6 +13,12 @@ cache starts and folds each event into the state of its workflow:
 feed falls behind (a reconnect), a waiter catches up by reading the log directly.
 Invariant: an entry's ``state.last_seq`` only grows, and every event of the workflow up to
 it has been applied exactly once. The cache is the only writer of these states.
+
+For the integrity chain, the cache also keeps per workflow the newest message this process
+appended (``appended``), which its feed may not have brought yet, so that the next append of
+the process chains to it at once (``head``), and one lock under which the process's actors
+append to the workflow one after the other (``append_lock``): writers of one process never
+race each other, only writers of other processes.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from nats.js import api
 
 from store.jetstream import JetStreamLog, stream_seq
 from store.records import StoredEvent, to_record
-from store.state import WorkflowState, apply
+from store.state import WorkflowState, apply, skip
 
 log = logging.getLogger("cadre.state")
 
@@ -40,6 +46,8 @@ class _Entry:
     buffer: list[tuple[int, str, bytes]] = field(default_factory=list)
     waiters: list[tuple[int, asyncio.Future[None]]] = field(default_factory=list)
     loaded: asyncio.Event = field(default_factory=asyncio.Event)
+    appended: tuple[int, str] = (0, "")  # (seq, chain hash) of this process's latest append
+    appending: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class StateCache:
@@ -114,7 +122,7 @@ class StateCache:
         if isinstance(rec, StoredEvent):
             apply(entry.state, rec)
         else:
-            entry.state.last_seq = seq  # a malformed message is skipped here; actors dead-letter it
+            skip(entry.state, rec)  # changes nothing but the chain's head; actors dead-letter it
         if entry.waiters:
             still = []
             for min_seq, fut in entry.waiters:
@@ -166,13 +174,34 @@ class StateCache:
                     self._apply(entry, r.seq, r.subject, r.data)
         return entry.state
 
+    def head(self, wf: str) -> tuple[int, str]:
+        """The workflow's newest (stream sequence, chain hash) this process knows: its state's, or
+        the process's own latest append when the feed has not brought it yet ((0, "") unknown)."""
+        entry = self._entries.get(wf)
+        if entry is None:
+            return 0, ""
+        if entry.appended[0] > entry.state.last_seq:
+            return entry.appended
+        return entry.state.last_seq, entry.state.last_hash
+
+    def appended(self, wf: str, seq: int, chain: str) -> None:
+        """Note that this process stored the workflow's message ``seq`` (whose chain hash is ``chain``)."""
+        entry = self._entries.get(wf)
+        if entry is not None and seq > entry.appended[0]:
+            entry.appended = (seq, chain)
+
+    def append_lock(self, wf: str) -> asyncio.Lock:
+        """The lock under which this process appends to the workflow (a fresh one if it is not cached)."""
+        entry = self._entries.get(wf)
+        return entry.appending if entry is not None else asyncio.Lock()
+
     def forget(self, wf: str) -> None:
         self._entries.pop(wf, None)
 
     def _evict(self) -> None:
         while len(self._entries) > self._max:
             wf, entry = next(iter(self._entries.items()))
-            if entry.loading or entry.waiters:
+            if entry.loading or entry.waiters or entry.appending.locked():
                 self._entries.move_to_end(wf)
                 return
             del self._entries[wf]

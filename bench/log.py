@@ -8,10 +8,12 @@ order flips every run) on the same server and connection, so that the noise of t
 machine hits both alike. Appends go to a fresh workflow per run and side; the two sides
 append the same events (twin workflow ids of equal length, so the bytes have equal size):
 
-1. ``append_one``: ``JetStreamLog.append(wf, [e], expected_seq=last)`` awaited one by one
-   vs ``await js.publish(subject, payload, headers={"Nats-Msg-Id": id})`` of the same bytes.
-2. ``append_batched``: ``JetStreamLog.append(wf, chunk, expected_seq=last)`` with chunks of
-   ``--batch`` events (atomic batches) vs ``js.publish_async`` of every event, then
+1. ``append_one``: ``JetStreamLog.append(wf, [e], expected_seq=last, prev=head)`` awaited
+   one by one (each chained to the one before: ``head`` is the previous append's
+   ``last_hash``) vs ``await js.publish(subject, payload, headers={"Nats-Msg-Id": id})`` of
+   the same bytes.
+2. ``append_batched``: ``JetStreamLog.append(wf, chunk, expected_seq=last, prev=head)`` with
+   chunks of ``--batch`` events (atomic batches) vs ``js.publish_async`` of every event, then
    ``js.publish_async_completed()``.
 3. ``read_decode_fold``: ``fold(wf, await log.read(wf))`` of one workflow whose events are
    interleaved with other workflows' in the stream vs an ordered push consumer read with
@@ -19,6 +21,10 @@ append the same events (twin workflow ids of equal length, so the bytes have equ
    reader with a callback (how cadre reads) is reported beside it as ``raw_cb_per_s``.
 4. ``append_small_batches`` (informational, no target): appends of 3 events each, like one
    handler's outputs (atomic batches) vs awaited ``js.publish`` of the same events one by one.
+5. ``append_small_each`` (informational, no target): the same appends of 3 events with
+   ``atomic=False``: one message at a time, each expecting (and chained to) the one before,
+   as the actors append, vs the same baseline. Beside 4, it is the choice between the two
+   ways to keep a multi-event append contiguous in the chain.
 
 By default the bundled nats-server runs in a fresh temporary data dir (file storage) and is
 stopped at the end. One JSON object goes to stdout; progress to stderr.
@@ -188,9 +194,10 @@ async def append_one(b: Bench, n: int, runs: int) -> dict[str, Any]:
         events = workflow_events(wf, n)
 
         async def go() -> None:
-            last = 0
+            last, head = 0, ""
             for e in events:
-                last = (await b.log.append(wf, [e], expected_seq=last)).last_seq
+                r = await b.log.append(wf, [e], expected_seq=last, prev=head)
+                last, head = r.last_seq, r.last_hash
 
         return await timed(go, RUN_TIMEOUT)
 
@@ -214,9 +221,10 @@ async def append_batched(b: Bench, n: int, runs: int, batch: int) -> dict[str, A
         chunks = [events[i : i + batch] for i in range(0, n, batch)]
 
         async def go() -> None:
-            last = 0
+            last, head = 0, ""
             for chunk in chunks:
-                last = (await b.log.append(wf, chunk, expected_seq=last)).last_seq
+                r = await b.log.append(wf, chunk, expected_seq=last, prev=head)
+                last, head = r.last_seq, r.last_hash
 
         return await timed(go, RUN_TIMEOUT)
 
@@ -242,28 +250,32 @@ async def append_batched(b: Bench, n: int, runs: int, batch: int) -> dict[str, A
     return comparison(n, s["cadre"], s["raw"], 0.50, batch=batch)
 
 
-async def append_small_batches(b: Bench, appends: int, size: int, runs: int) -> dict[str, Any]:
+async def append_small_batches(b: Bench, appends: int, size: int, runs: int, *, atomic: bool = True) -> dict[str, Any]:
     """Informational (no target): appends of a few events each, like one handler's outputs.
 
-    cadre stores each group as one atomic batch; the baseline publishes the same events with
-    awaited ``js.publish`` one by one, which is what a client without atomic batches does.
+    cadre stores each group as one atomic batch (``atomic=False``: one message at a time,
+    each expecting the one before); the baseline publishes the same events with awaited
+    ``js.publish`` one by one, which is what a client without atomic batches does.
     """
     n = appends * size
-    note(f"append small batches: {appends} appends of {size} events x {runs} runs")
+    how = "atomic batches" if atomic else "one at a time"
+    note(f"append small groups ({how}): {appends} appends of {size} events x {runs} runs")
+    tag = "sml" if atomic else "sme"
 
     async def cadre(run: int) -> float:
-        wf = b.wf("sml", run, "c")
+        wf = b.wf(tag, run, "c")
         events = workflow_events(wf, n)
 
         async def go() -> None:
-            last = 0
+            last, head = 0, ""
             for i in range(0, n, size):
-                last = (await b.log.append(wf, events[i : i + size], expected_seq=last)).last_seq
+                r = await b.log.append(wf, events[i : i + size], expected_seq=last, prev=head, atomic=atomic)
+                last, head = r.last_seq, r.last_hash
 
         return await timed(go, RUN_TIMEOUT)
 
     async def raw(run: int) -> float:
-        msgs = wire(b.subjects, workflow_events(b.wf("sml", run, "r"), n))
+        msgs = wire(b.subjects, workflow_events(b.wf(tag, run, "r"), n))
         return await timed(lambda: publish_each(b.js, msgs), RUN_TIMEOUT)
 
     s = await alternate(runs, {"raw": raw, "cadre": cadre})
@@ -378,6 +390,7 @@ async def main(args: argparse.Namespace, url: str) -> dict[str, Any]:
         out["append_batched"] = await append_batched(b, args.events, args.runs, args.batch)
         out["read_decode_fold"] = await read_decode_fold(b, args.events, args.runs, others=4)
         out["append_small_batches"] = await append_small_batches(b, 200, 3, args.runs)
+        out["append_small_each"] = await append_small_batches(b, 200, 3, args.runs, atomic=False)
         return out
     finally:
         try:

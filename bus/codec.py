@@ -1,7 +1,9 @@
 """JSON codec of the envelope: fast (msgspec), strict about types, clear about errors.
 
 Decoding is two steps: the envelope with its ``data`` kept raw, then ``data`` with the
-decoder of the payload type the envelope names. Errors name the JSON path that failed::
+decoder of the payload type the envelope names. An event written with an older version of
+its type (``v``) goes through :func:`bus.upcast.upcast` on the way, so it decodes as the
+current type. Errors name the JSON path that failed::
 
     DecodeError: invalid event: Expected `int`, got `str` (at $.data.revision)
 """
@@ -10,11 +12,13 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from typing import Any
 
 import msgspec
 
 from bus.errors import DecodeError
-from bus.events import EVENT_TYPES, Effect, Envelope, Event
+from bus.events import EVENT_TYPES, VERSIONS, Effect, Envelope, Event
+from bus.upcast import upcast
 
 _encoder = msgspec.json.Encoder()
 
@@ -27,6 +31,8 @@ class _WireEnvelope(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     actor: str
     at: datetime
     v: int = 1
+    prev: str = ""
+    basis: int = 0
     data: msgspec.Raw
     effects: tuple[Effect, ...] = ()
 
@@ -35,6 +41,7 @@ _envelope_decoder = msgspec.json.Decoder(_WireEnvelope)
 _payload_decoders: dict[str, msgspec.json.Decoder[Event]] = {
     name: msgspec.json.Decoder(cls) for name, cls in EVENT_TYPES.items()
 }
+_any_decoder = msgspec.json.Decoder()
 _PATH = re.compile(r"^(?P<msg>.*?)(?: - at `(?P<path>\$[^`]*)`)?$", re.DOTALL)
 
 
@@ -68,8 +75,9 @@ def decode(data: bytes | bytearray | memoryview) -> Envelope:
             f"unknown event type {wire.type!r} (at $.type); known types: {', '.join(sorted(EVENT_TYPES))}",
             "$.type",
         )
+    raw = wire.data if wire.v >= VERSIONS[wire.type] else _upcast(wire)
     try:
-        payload = payload_decoder.decode(wire.data)
+        payload = payload_decoder.decode(raw)
     except msgspec.DecodeError as exc:
         raise _error("event", exc, prefix="$.data") from None
     return Envelope(
@@ -80,9 +88,27 @@ def decode(data: bytes | bytearray | memoryview) -> Envelope:
         actor=wire.actor,
         at=wire.at,
         v=wire.v,
+        prev=wire.prev,
+        basis=wire.basis,
         data=payload,
         effects=wire.effects,
     )
+
+
+def _upcast(wire: _WireEnvelope) -> bytes:
+    """The payload of an event written with an older version of its type, as the current version."""
+    try:
+        obj: Any = _any_decoder.decode(wire.data)
+    except msgspec.DecodeError as exc:
+        raise _error("event", exc, prefix="$.data") from None
+    if not isinstance(obj, dict):
+        raise DecodeError("event", f"Expected `object`, got `{type(obj).__name__}` (at $.data)", "$.data")
+    try:
+        return _encoder.encode(upcast(wire.type, wire.v, obj))
+    except Exception as exc:  # an upcaster meeting data it does not expect: the event is malformed
+        raise DecodeError(
+            "event", f"cannot upcast {wire.type} v{wire.v} to v{VERSIONS[wire.type]}: {exc!r} (at $.data)", "$.data"
+        ) from None
 
 
 def to_builtins(event: Envelope) -> dict[str, object]:

@@ -99,11 +99,13 @@ class ConcurrencyConflict(StoreError):
 
     ``expected`` is the last sequence the writer believed in; ``actual`` the workflow's real
     last stream sequence as reported by JetStream (re-read the workflow from there and retry).
+    ``stored`` counts the events of the append that were stored before the conflict (an
+    append of one event at a time can be interrupted after some; an atomic batch cannot).
     """
 
     code = "concurrency_conflict"
 
-    def __init__(self, workflow_id: str, expected: int, actual: int) -> None:
+    def __init__(self, workflow_id: str, expected: int, actual: int, stored: int = 0) -> None:
         super().__init__(
             f"workflow {workflow_id!r} moved on: expected its last event at stream sequence "
             f"{expected}, found {actual}; re-read the workflow and retry"
@@ -111,6 +113,7 @@ class ConcurrencyConflict(StoreError):
         self.workflow_id = workflow_id
         self.expected = expected
         self.actual = actual
+        self.stored = stored
 
 
 class AppendError(StoreError):

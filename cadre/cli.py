@@ -21,7 +21,7 @@ import pydantic
 from bus.errors import CadreError, InvalidName
 from bus.events import TERMINAL_TYPES
 from bus.subjects import check_token
-from cadre import __version__, commands
+from cadre import __version__, audit_cli, commands, state_view
 from cadre.commands import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError
 from cadre.render import json_line, record_json, record_line
 from cadre.settings import Settings
@@ -82,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     events.add_argument("workflow_id")
     events.add_argument("--follow", "-f", action="store_true", help="keep printing new events until the end")
     events.add_argument("--from-file", type=Path, metavar="FILE", help="read an exported file instead of NATS")
+    events.add_argument("--at", type=int, metavar="SEQ", help="show the workflow's state as of stream sequence SEQ")
 
     exp = sub.add_parser("export", parents=[bus], help="export workflows' events to JSON Lines")
     exp.add_argument("workflow_ids", nargs="*", metavar="WF")
@@ -89,6 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("-o", "--output", type=Path, metavar="FILE", help="file to write (default: stdout)")
 
     sub.add_parser("workflows", parents=[bus, out], help="list the workflow ids in the log")
+    spend = sub.add_parser("budget", parents=[bus, out], help="LLM spend, denials and cache hits from the ledger")
+    spend.add_argument("--workflow", metavar="WF", help="only this workflow (today's figures stay global)")
+    audit_cli.add_parser(sub, [bus, out])
     return p
 
 
@@ -167,6 +171,10 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
             return await _export(args, settings)
         case "workflows":
             return await _workflows(args, settings)
+        case "budget":
+            return await commands.budget(settings, args.workflow, args.json)
+        case "audit":
+            return await audit_cli.run(args, settings)
     raise AssertionError(f"unhandled command {args.command!r}")
 
 
@@ -183,6 +191,8 @@ def _report_malformed(records: Sequence[Record]) -> None:
 
 async def _events(args: argparse.Namespace, settings: Settings) -> int:
     wf = check_token("workflow id", args.workflow_id)
+    if args.at is not None:
+        return await _time_travel(args, settings, wf)
     if args.from_file is not None:
         if args.follow:
             raise UsageError("--follow reads a live log; it cannot be combined with --from-file")
@@ -203,6 +213,23 @@ async def _events(args: argparse.Namespace, settings: Settings) -> int:
                 _print(r, args.json)
                 if isinstance(r, StoredEvent) and r.event.type in TERMINAL_TYPES:
                     break
+    return EXIT_OK
+
+
+async def _time_travel(args: argparse.Namespace, settings: Settings, wf: str) -> int:
+    """``events WF --at SEQ``: the workflow's state as of a stream sequence."""
+    if args.follow:
+        raise UsageError("--at shows one moment of the workflow; it cannot be combined with --follow")
+    if args.at < 0:
+        raise UsageError(f"--at takes a stream sequence (0 or more), not {args.at}")
+    if args.from_file is not None:
+        records = await FileLog.load(args.from_file).read_records(wf)
+    else:
+        async with open_bus(settings, name="cadre-events") as bus:
+            records = await bus.log.read_records(wf)
+    if not records:
+        raise UsageError(f"no workflow {wf!r} in the log (see `cadre workflows`)")
+    state_view.show(wf, records, args.at, args.json)
     return EXIT_OK
 
 

@@ -15,6 +15,8 @@ from typing import Any
 import msgspec
 import nats.errors
 
+from actors.budget import read_ledger
+from actors.budget_rules import report as budget_report
 from actors.clock import utc_now
 from actors.intake import submit
 from actors.ping import ping_all
@@ -22,6 +24,7 @@ from actors.runtime import consumer_name
 from bus.errors import CadreError, ConcurrencyConflict
 from bus.events import (
     EVENT_TYPES,
+    SCHEMA_VERSION,
     TERMINAL_TYPES,
     ApprovalDenied,
     ApprovalGranted,
@@ -31,6 +34,7 @@ from bus.events import (
 from bus.request import request_schema
 from bus.subjects import check_token
 from cadre import __version__
+from cadre.budget_report import render_report
 from cadre.progress import describe
 from cadre.render import json_line
 from cadre.settings import Settings
@@ -222,10 +226,16 @@ async def approve(settings: Settings, wf: str, step_id: str, *, deny: bool, reas
                 else ApprovalGranted(step_id=step_id, by=who, reason=reason)
             )
             event = make_event(
-                decision, workflow_id=wf, actor="human", at=utc_now(), causation_id=request.id, index=int(deny)
+                decision,
+                workflow_id=wf,
+                actor="human",
+                at=utc_now(),
+                causation_id=request.id,
+                index=int(deny),
+                basis=state.last_seq,
             )
             try:
-                await bus.log.append(wf, [event], expected_seq=state.last_seq)
+                await bus.log.append(wf, [event], expected_seq=state.last_seq, prev=state.last_hash)
             except ConcurrencyConflict:
                 continue  # the workflow moved on; look again
             _say(f"{'denied' if deny else 'approved'} {step_id} of {wf} as {who}")
@@ -317,7 +327,9 @@ class _EnvelopeHead(msgspec.Struct, kw_only=True):
     causation_id: str | None
     actor: str
     at: str
-    v: int = 1
+    v: int = SCHEMA_VERSION
+    prev: str = ""
+    basis: int = 0
 
 
 def tools(settings: Settings, as_json: bool) -> int:
@@ -333,3 +345,26 @@ def tools(settings: Settings, as_json: bool) -> int:
 
 def valid_wf(value: str) -> str:
     return check_token("workflow id", value)
+
+
+async def budget(settings: Settings, workflow_id: str | None, as_json: bool) -> int:
+    """The budget's report from its ledger: spend, denials, cache hits, open reservations, today."""
+    wf = check_token("workflow id", workflow_id) if workflow_id is not None else None
+    malformed: list[int] = []
+    async with open_bus(settings, name="cadre-budget") as bus:
+        entries = await read_ledger(
+            bus.nc,
+            settings.ledger_stream_name,
+            timeout_s=settings.request_timeout_s,
+            on_malformed=lambda seq, _: malformed.append(seq),
+        )
+    report = budget_report(entries, wf, today=utc_now().date(), daily_cap_usd=settings.budget_daily_usd)
+    if malformed:
+        skipped = ", ".join(map(str, malformed[:10])) + (" …" if len(malformed) > 10 else "")
+        print(f"cadre: {len(malformed)} ledger message(s) are not entries, skipped: {skipped}", file=sys.stderr)
+    if as_json:
+        _say(json_line(report))
+    else:
+        for line in render_report(report, settings.ledger_stream_name):
+            _say(line)
+    return EXIT_OK

@@ -2,13 +2,18 @@
 
 File format (one JSON object per line)::
 
-    {"cadre_export": 1, "stream": "CADRE_EVENTS", "prefix": "cadre"}
+    {"cadre_export": 1, "stream": "CADRE_EVENTS", "prefix": "cadre",
+     "heads": {"wf-1": {"head": "5b0c…", "seq": 7, "count": 5}}}
     {"seq": 1, "subject": "cadre.evt.wf-1.workflow_requested", "event": {…the stored bytes…}}
     {"seq": 7, "subject": "cadre.evt.wf-1.x", "malformed": "JSON is malformed…", "data_b64": "Z2FyYmFnZQ=="}
 
 An event line embeds the event exactly as it was stored (not re-encoded), so digests and
 signatures computed over stored bytes stay valid on the file. A malformed message is kept,
-base64-encoded, with its reason: exporting loses nothing.
+base64-encoded, with its reason: exporting loses nothing. ``heads`` records, per workflow,
+the chain hash of its last record, that record's sequence and the number of records
+(:class:`store.integrity.Anchor`): the integrity chain covers every event but the last, and
+the heads cover the last one and tell a removed line from an edited one. (Files written
+before ``heads`` existed read as before; their last events are then not covered.)
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ from typing import IO
 import msgspec
 
 from bus.errors import StoreError
+from bus.events import chain_hash
 from bus.subjects import Subjects
+from store.integrity import Anchor
 from store.records import Malformed, Record, StoredEvent, events_only, to_record
 from store.source import EventSource
 
@@ -39,6 +46,7 @@ class _Header(msgspec.Struct, frozen=True):
     cadre_export: int
     stream: str = "CADRE_EVENTS"
     prefix: str = "cadre"
+    heads: dict[str, Anchor] = msgspec.field(default_factory=dict)
 
 
 class _Line(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -63,8 +71,9 @@ async def export(source: EventSource, workflow_ids: Iterable[str], out: IO[bytes
 
 
 def write_export(out: IO[bytes], records: Iterable[Record], *, stream: str, subjects: Subjects) -> int:
-    """Write a header and ``records``; return how many records were written."""
-    out.write(_encoder.encode(_Header(FORMAT_VERSION, stream, subjects.prefix)) + b"\n")
+    """Write a header (with each workflow's head) and ``records``; return how many records were written."""
+    records = list(records)
+    out.write(_encoder.encode(_Header(FORMAT_VERSION, stream, subjects.prefix, heads(records, subjects))) + b"\n")
     n = 0
     for r in records:
         if isinstance(r, StoredEvent):
@@ -76,13 +85,37 @@ def write_export(out: IO[bytes], records: Iterable[Record], *, stream: str, subj
     return n
 
 
-class FileLog:
-    """A read-only event log over an export file, with the read side of :class:`JetStreamLog`."""
+def heads(records: Iterable[Record], subjects: Subjects) -> dict[str, Anchor]:
+    """Each workflow's head among ``records`` (in stored order): last record's hash and sequence, and count."""
+    last: dict[str, Record] = {}
+    count: dict[str, int] = {}
+    for r in records:
+        parsed = subjects.parse_event(r.subject)
+        if parsed is not None:
+            last[parsed[0]] = r
+            count[parsed[0]] = count.get(parsed[0], 0) + 1
+    return {wf: Anchor(head=chain_hash(r.data), seq=r.seq, count=count[wf]) for wf, r in last.items()}
 
-    def __init__(self, records: list[Record], *, stream: str, subjects: Subjects, path: Path | None = None):
+
+class FileLog:
+    """A read-only event log over an export file, with the read side of :class:`JetStreamLog`.
+
+    ``heads``: each workflow's head as the export recorded it (empty for older files).
+    """
+
+    def __init__(
+        self,
+        records: list[Record],
+        *,
+        stream: str,
+        subjects: Subjects,
+        path: Path | None = None,
+        heads: dict[str, Anchor] | None = None,
+    ):
         self.records = records
         self.subjects = subjects
         self.path = path
+        self.heads = heads or {}
         self._stream = stream
 
     @property
@@ -116,7 +149,7 @@ class FileLog:
             if not raw.strip():
                 continue
             records.append(_parse_line(path, lineno, raw, subjects))
-        return cls(records, stream=header.stream, subjects=subjects, path=path)
+        return cls(records, stream=header.stream, subjects=subjects, path=path, heads=header.heads)
 
     def _of(self, workflow_id: str, after_seq: int) -> list[Record]:
         head = self.subjects.workflow(workflow_id)[:-1]  # "<prefix>.evt.<wf>."

@@ -1,21 +1,26 @@
 """The event log on JetStream.
 
 Appending *is* sending: an event is stored on ``<prefix>.evt.<workflow_id>.<type>`` and
-actors consume it from there. Three guarantees hold for :meth:`JetStreamLog.append`:
+actors consume it from there. Four guarantees hold for :meth:`JetStreamLog.append`:
 
 * **Exactly once.** Each event's id is its ``Nats-Msg-Id``; JetStream drops a duplicate.
 * **Optimistic concurrency.** Given ``expected_seq``, the append only succeeds if the
   workflow's last event (over ``<prefix>.evt.<wf>.>``) is still at that stream sequence,
   using ``Nats-Expected-Last-Subject-Sequence(-Subject)``. Otherwise
   :class:`~bus.errors.ConcurrencyConflict` carries the actual sequence.
-* **All or nothing.** Several events are stored as one JetStream atomic batch (ADR-50), so a
-  handler's outputs are either all in the log or none are. Batches over
-  :data:`MAX_ATOMIC_BATCH` events are split into consecutive batches.
+* **A chain.** Every event is stored with ``prev`` = the chain hash of the exact stored bytes
+  of the workflow's previous message (``store.integrity``). Each message is stored expecting
+  the one it chains to, so the chain holds in stored order with any number of writers.
+* **Contiguity.** ``atomic=True`` stores several events as one JetStream atomic batch
+  (ADR-50): all or nothing, side by side. Batches over :data:`MAX_ATOMIC_BATCH` events are
+  split into consecutive batches. ``atomic=False`` stores them one at a time, each expecting
+  the previous one: side by side unless another writer gets in between, and then the append
+  stops there with ``ConcurrencyConflict.stored`` saying how many landed.
 
 A lost ack is retried. JetStream checks the expected sequence *before* the Msg-Id dedupe
 (SDK-FACTS §3.3), so a retry of a write that did land is answered "wrong last sequence";
-the log then looks at the workflow's last message, and if it is our own last event, the
-append had succeeded and is reported as ``already_stored``.
+the log then looks at the workflow's message after the expected one, and if it is our own
+first event, the append had succeeded and is reported as ``already_stored``.
 
 Appends use core request/reply with hand-built headers instead of ``js.publish`` /
 ``publish_async``: nats-py has no atomic-batch API, and ``publish_async`` futures never
@@ -27,10 +32,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -39,7 +46,7 @@ from nats.js.errors import NotFoundError
 
 from bus import codec
 from bus.errors import AppendError, ConcurrencyConflict, StoreError
-from bus.events import Envelope
+from bus.events import Envelope, chain_hash
 from bus.stream import StreamSpec, ensure_stream
 from bus.subjects import Subjects
 from store.records import Record, StoredEvent, events_only, to_record
@@ -48,15 +55,23 @@ MAX_ATOMIC_BATCH = 1000  # nats-server's default limit of messages in one atomic
 
 _WRONG_LAST_SEQUENCE = 10071
 _DUPLICATE_IN_BATCH = 10201
+_ACTUAL = re.compile(r"wrong last sequence: (\d+)")
+
+_Msg = tuple[str, bytes, str]  # subject, stored bytes, event id
 
 
 @dataclass(frozen=True, slots=True)
 class AppendResult:
-    """Where an append ended: the stream sequence of its last event."""
+    """Where an append ended: the workflow's last stream sequence and its chain hash.
+
+    ``last_seq``/``last_hash`` are what the workflow's next append expects and chains to (when
+    every event was a duplicate of an earlier one, they are the head the append found).
+    """
 
     last_seq: int
     count: int
     already_stored: bool = False
+    last_hash: str = ""
 
 
 def stream_seq(reply: str) -> int:
@@ -80,6 +95,7 @@ class JetStreamLog:
         subjects: Subjects | None = None,
         timeout: float = 5.0,
         ack_retries: int = 3,
+        conflict_retries: int = 50,
     ) -> None:
         self.spec = stream or StreamSpec()
         self.subjects = subjects or Subjects()
@@ -87,6 +103,7 @@ class JetStreamLog:
         self._js = nc.jetstream(timeout=timeout)
         self._timeout = timeout
         self._ack_retries = ack_retries
+        self._conflict_retries = conflict_retries
 
     @property
     def stream(self) -> str:
@@ -112,47 +129,105 @@ class JetStreamLog:
         events: Sequence[Envelope],
         *,
         expected_seq: int | None = None,
+        prev: str | None = None,
         atomic: bool = True,
     ) -> AppendResult:
-        """Store ``events`` (all of ``workflow_id``) in order.
+        """Store ``events`` (all of ``workflow_id``) in order, each chained to the message before it.
 
         ``expected_seq``: the workflow's last stream sequence the caller based its decision
-        on (0 = the workflow has no events yet); None appends without the check.
-        ``atomic=False`` stores several events as separate messages: the first with the
-        expectation, then the rest pipelined, each deduplicated by its id. Much cheaper than
-        an atomic batch on file storage, for callers whose outputs are safe to store in part.
+        on (0 = the workflow has no events yet). ``prev``: the chain hash of the message at
+        ``expected_seq`` (the caller's ``WorkflowState.last_hash``); None makes the log read
+        that message (one more round trip). The ``prev`` an event carries in is replaced.
+        ``expected_seq=None`` appends at the end, whatever is there: the log reads the
+        workflow's last message, chains to it, and reads again after a conflict (for writers
+        that decide on no state, such as dead letters).
+        ``atomic=False`` stores the events one at a time, each expecting the previous one (a
+        round trip each, but no atomic batch, which costs the server ~2 ms on file storage);
+        a conflict after some of them were stored says how many in ``ConcurrencyConflict.stored``.
         """
         if not events:
             raise ValueError("append needs at least one event")
         for e in events:
             if e.workflow_id != workflow_id:
                 raise ValueError(f"event {e.id} belongs to workflow {e.workflow_id!r}, not {workflow_id!r}")
-        if not atomic and len(events) > 1:
-            first = await self._append_chunk(workflow_id, events[:1], expected_seq)
-            rest = await asyncio.gather(*(self._append_chunk(workflow_id, [e], None) for e in events[1:]))
-            return AppendResult(
-                max(r.last_seq for r in (first, *rest)),
-                len(events),
-                first.already_stored and all(r.already_stored for r in rest),
-            )
-        result: AppendResult | None = None
-        count = 0
-        stored = True
-        for start in range(0, len(events), MAX_ATOMIC_BATCH):
-            chunk = events[start : start + MAX_ATOMIC_BATCH]
-            result = await self._append_chunk(workflow_id, chunk, expected_seq)
-            count += result.count
-            stored = stored and result.already_stored
-            if expected_seq is not None:
-                expected_seq = result.last_seq
-        assert result is not None
-        return AppendResult(result.last_seq, count, stored)
+        if expected_seq is None:
+            return await self._append_at_end(workflow_id, events, atomic)
+        if prev is None:
+            prev = await self._hash_at(workflow_id, expected_seq)
+        if atomic:
+            return await self._append_batches(workflow_id, events, expected_seq, prev)
+        return await self._append_each(workflow_id, events, expected_seq, prev)
 
-    async def _append_chunk(
-        self, workflow_id: str, events: Sequence[Envelope], expected_seq: int | None
+    async def _append_at_end(self, workflow_id: str, events: Sequence[Envelope], atomic: bool) -> AppendResult:
+        done = 0
+        fresh = False
+        for _ in range(self._conflict_retries):
+            seq, head = await self.head(workflow_id)
+            rest = events[done:]
+            try:
+                if atomic:
+                    result = await self._append_batches(workflow_id, rest, seq, head)
+                else:
+                    result = await self._append_each(workflow_id, rest, seq, head)
+            except ConcurrencyConflict as exc:
+                done += exc.stored
+                fresh = fresh or exc.stored > 0
+                continue
+            return AppendResult(result.last_seq, len(events), result.already_stored and not fresh, result.last_hash)
+        raise AppendError(
+            f"workflow {workflow_id!r} kept moving: {self._conflict_retries} appends at its end "
+            f"lost to other writers; is something appending to it in a loop?"
+        )
+
+    async def _append_each(
+        self, workflow_id: str, events: Sequence[Envelope], expected_seq: int, prev: str
     ) -> AppendResult:
-        msgs = [(self.subjects.event(workflow_id, e.type), codec.encode(e), e.id) for e in events]
+        """One message per event, each expecting (and chained to) the workflow's message before it."""
+        seq, head = expected_seq, prev
+        fresh = False
+        for k, e in enumerate(events):
+            data = codec.encode(msgspec.structs.replace(e, prev=head))
+            msg = (self.subjects.event(workflow_id, e.type), data, e.id)
+            try:
+                r = await self._append_chunk(workflow_id, [msg], seq, head)
+            except ConcurrencyConflict as exc:
+                exc.stored = k
+                raise
+            if r.last_seq > seq:  # stored here (now, or by an earlier attempt whose ack was lost)
+                seq, head = r.last_seq, r.last_hash
+                fresh = fresh or not r.already_stored
+            # else a duplicate of an event stored earlier: the head did not move
+        return AppendResult(seq, len(events), not fresh, head)
+
+    async def _append_batches(
+        self, workflow_id: str, events: Sequence[Envelope], expected_seq: int, prev: str
+    ) -> AppendResult:
+        """Atomic batches of up to MAX_ATOMIC_BATCH events, each expecting the previous one's end."""
+        seq, head = expected_seq, prev
+        fresh = False
+        done = 0
+        for start in range(0, len(events), MAX_ATOMIC_BATCH):
+            msgs: list[_Msg] = []
+            link = head
+            for e in events[start : start + MAX_ATOMIC_BATCH]:
+                data = codec.encode(msgspec.structs.replace(e, prev=link))
+                msgs.append((self.subjects.event(workflow_id, e.type), data, e.id))
+                link = chain_hash(data)
+            try:
+                r = await self._append_chunk(workflow_id, msgs, seq, head)
+            except ConcurrencyConflict as exc:
+                exc.stored = done
+                raise
+            done += len(msgs)
+            if r.last_seq > seq:
+                seq, head = r.last_seq, r.last_hash
+                fresh = fresh or not r.already_stored
+        return AppendResult(seq, len(events), not fresh, head)
+
+    async def _append_chunk(self, workflow_id: str, msgs: list[_Msg], expected_seq: int, prev: str) -> AppendResult:
+        """One event, or one atomic batch, expecting ``expected_seq`` (whose hash is ``prev``)."""
         batch = len(msgs) > 1
+        last_hash = chain_hash(msgs[-1][1])
         last_error: Exception | None = None
         for _attempt in range(self._ack_retries + 1):
             try:
@@ -167,11 +242,11 @@ class JetStreamLog:
                 ) from None
             error = reply.get("error")
             if error is None:
-                return AppendResult(int(reply["seq"]), len(msgs), bool(reply.get("duplicate", False)))
+                return AppendResult(int(reply["seq"]), len(msgs), bool(reply.get("duplicate", False)), last_hash)
             code = error.get("err_code")
             if code in (_WRONG_LAST_SEQUENCE, _DUPLICATE_IN_BATCH):
                 return await self._already_stored_or_conflict(
-                    workflow_id, msgs[0][2], msgs[-1][2], len(msgs), expected_seq, error.get("description", "")
+                    workflow_id, msgs, expected_seq, prev, error.get("description", "")
                 )
             raise AppendError(
                 f"JetStream refused the append to workflow {workflow_id!r}: "
@@ -185,8 +260,8 @@ class JetStreamLog:
     async def _send(
         self,
         workflow_id: str,
-        msgs: list[tuple[str, bytes, str]],
-        expected_seq: int | None,
+        msgs: list[_Msg],
+        expected_seq: int,
         batch: bool,
     ) -> dict[str, Any]:
         """Publish one event, or an atomic batch; return JetStream's parsed reply."""
@@ -194,7 +269,7 @@ class JetStreamLog:
         last = len(msgs) - 1
         for i, (subject, payload, event_id) in enumerate(msgs):
             headers = {"Nats-Msg-Id": event_id}
-            if i == 0 and expected_seq is not None:
+            if i == 0:
                 headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_seq)
                 headers["Nats-Expected-Last-Subject-Sequence-Subject"] = self.subjects.workflow(workflow_id)
             if batch:
@@ -211,32 +286,47 @@ class JetStreamLog:
         raise AssertionError("unreachable: msgs is not empty")
 
     async def _already_stored_or_conflict(
-        self, workflow_id: str, first_id: str, last_id: str, count: int, expected_seq: int | None, description: str
+        self, workflow_id: str, msgs: list[_Msg], expected_seq: int, prev: str, description: str
     ) -> AppendResult:
-        """After "wrong last sequence" or "duplicate": did our own earlier write land?
+        """After "wrong last sequence" or "duplicate in batch": did our own earlier write land?
 
-        With an expectation, our write would be the workflow's first message after
-        ``expected_seq`` (an atomic batch stores its messages consecutively); it is ours when
-        it carries our first event's id. Without one, it is ours when the workflow's last
-        message carries our last event's id.
+        Our write would be the workflow's first message after ``expected_seq`` (an atomic
+        batch stores its messages consecutively); it is ours when it carries our first
+        event's id. Otherwise another writer got there first, unless the workflow has not
+        moved: then a batch of events stored earlier was sent again, and nothing changed.
         """
-        if expected_seq is not None:
-            try:
-                mine = await self._js.get_msg(
-                    self.spec.name, seq=expected_seq + 1, subject=self.subjects.workflow(workflow_id), next=True
-                )
-            except NotFoundError:
-                mine = None
-            if mine is not None and (mine.headers or {}).get("Nats-Msg-Id") == first_id:
-                return AppendResult((mine.seq or 0) + count - 1, count, already_stored=True)
-            raise ConcurrencyConflict(workflow_id, expected_seq, await self.last_seq(workflow_id))
+        try:
+            mine = await self._js.get_msg(
+                self.spec.name, seq=expected_seq + 1, subject=self.subjects.workflow(workflow_id), next=True
+            )
+        except NotFoundError:
+            mine = None
+        if mine is not None and (mine.headers or {}).get("Nats-Msg-Id") == msgs[0][2]:
+            count = len(msgs)
+            last = mine.data if count == 1 and mine.data is not None else msgs[-1][1]
+            return AppendResult((mine.seq or 0) + count - 1, count, already_stored=True, last_hash=chain_hash(last))
+        m = _ACTUAL.search(description)
+        actual = int(m.group(1)) if m else await self.last_seq(workflow_id)
+        if actual == expected_seq:  # a duplicate batch (10201) on an unchanged workflow
+            return AppendResult(expected_seq, len(msgs), True, prev)
+        raise ConcurrencyConflict(workflow_id, expected_seq, actual)
+
+    async def _hash_at(self, workflow_id: str, seq: int) -> str:
+        """The chain hash of the message at ``seq`` ("" for 0: the workflow's first event chains to nothing)."""
+        if seq == 0:
+            return ""
+        try:
+            m = await self._js.get_msg(self.spec.name, seq=seq)
+        except NotFoundError:
+            raise ConcurrencyConflict(workflow_id, seq, await self.last_seq(workflow_id)) from None
+        return chain_hash(m.data or b"")
+
+    async def head(self, workflow_id: str) -> tuple[int, str]:
+        """The workflow's last stream sequence and its chain hash ((0, "") when it has no events)."""
         last = await self._last_msg(workflow_id)
-        if last is not None and (last.headers or {}).get("Nats-Msg-Id") == last_id:
-            return AppendResult(last.seq or 0, count, already_stored=True)
-        raise AppendError(
-            f"JetStream refused the append to workflow {workflow_id!r} as a duplicate "
-            f"({description}) but its last event is not ours; events were reused across appends"
-        )
+        if last is None:
+            return 0, ""
+        return last.seq or 0, chain_hash(last.data or b"")
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -348,6 +438,19 @@ class JetStreamLog:
             offset += len(page)
             if not page or offset >= int(info.get("total", 0)):
                 return counts
+
+    async def deleted_seqs(self) -> frozenset[int]:
+        """Stream sequences deleted from the middle of the event stream (``nats stream rmm``,
+        ``js.delete_msg``): what tells a removed event from a modified one on the live log."""
+        req = json.dumps({"deleted_details": True}).encode()
+        try:
+            resp = await self._nc.request(f"$JS.API.STREAM.INFO.{self.spec.name}", req, timeout=self._timeout)
+        except nats.errors.NoRespondersError:
+            raise StoreError("JetStream is not enabled on this NATS server (start it with -js)") from None
+        info = json.loads(resp.data)
+        if "error" in info:
+            raise StoreError(f"could not read the state of stream {self.spec.name!r}: {info['error']}")
+        return frozenset(int(s) for s in info.get("state", {}).get("deleted") or ())
 
     async def workflows(self) -> list[str]:
         """Ids of every workflow in the stream, sorted."""

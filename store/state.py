@@ -32,9 +32,10 @@ from bus.events import (
     WorkflowCompleted,
     WorkflowFailed,
     WorkflowRequested,
+    chain_hash,
 )
 from bus.plan import Check, ErrorInfo, Plan, StepIntent, Task
-from store.records import StoredEvent
+from store.records import Malformed, StoredEvent
 
 Status = Literal["new", "requested", "planned", "running", "completed", "failed"]
 TaskStatus = Literal["pending", "ready", "running", "completed", "failed"]
@@ -62,7 +63,12 @@ class TaskState(msgspec.Struct, kw_only=True):
 
 
 class WorkflowState(msgspec.Struct, kw_only=True):
-    """What a workflow's events add up to (``last_seq``: the stream sequence folded up to)."""
+    """What a workflow's events add up to (``last_seq``: the stream sequence folded up to).
+
+    ``last_data`` keeps the stored bytes of the message at ``last_seq``, so whoever holds a
+    state can chain the next event to it (:attr:`last_hash`) without reading the log; the
+    hash is computed when asked for, so folding stays as cheap as it was.
+    """
 
     workflow_id: str
     status: Status = "new"
@@ -79,12 +85,18 @@ class WorkflowState(msgspec.Struct, kw_only=True):
     dead_letters: int = 0
     events: int = 0
     last_seq: int = 0
+    last_data: bytes = b""
     started_at: datetime | None = None
     ended_at: datetime | None = None
 
     @property
     def done(self) -> bool:
         return self.status in ("completed", "failed")
+
+    @property
+    def last_hash(self) -> str:
+        """What the workflow's next event carries as ``prev`` ("" while it has no events)."""
+        return chain_hash(self.last_data) if self.last_seq else ""
 
     def task_status(self) -> dict[str, str]:
         return {tid: t.status for tid, t in self.tasks.items()}
@@ -96,6 +108,7 @@ def apply(state: WorkflowState, stored: StoredEvent) -> None:
     data = e.data
     state.events += 1
     state.last_seq = stored.seq
+    state.last_data = stored.data
     match data:
         case WorkflowRequested():
             state.status = "requested"
@@ -164,6 +177,13 @@ def apply(state: WorkflowState, stored: StoredEvent) -> None:
             state.dead_letters += 1
         case _:
             assert_never(data)
+
+
+def skip(state: WorkflowState, malformed: Malformed) -> None:
+    """Move ``state`` past a malformed message of its workflow: it changes nothing, but it holds
+    a place in stream order, so the next event chains to its bytes."""
+    state.last_seq = malformed.seq
+    state.last_data = malformed.data
 
 
 def _revised_tasks(previous: dict[str, TaskState], plan: Plan) -> dict[str, TaskState]:

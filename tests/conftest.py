@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import msgspec
 import pytest
 import pytest_asyncio
 from nats.aio.client import Client as NATS
@@ -90,6 +91,11 @@ async def log(nc: NATS, spec_and_subjects: tuple[StreamSpec, Subjects]) -> Async
 def ev(data: Event, wf: str, *, cause: str | None = None, i: int = 0, actor: str = "test") -> Envelope:
     """An event at a fixed time, with its id derived from (cause, actor, i)."""
     return make_event(data, workflow_id=wf, actor=actor, at=T0 + timedelta(milliseconds=i), causation_id=cause, index=i)
+
+
+def unchained(events: list[Envelope]) -> list[Envelope]:
+    """The events without the ``prev`` the log chained them with (to compare with what was appended)."""
+    return [msgspec.structs.replace(e, prev="") for e in events]
 
 
 def requested(wf: str, text: str = "do something") -> Envelope:

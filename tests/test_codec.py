@@ -35,7 +35,20 @@ def test_wire_form_is_plain_json() -> None:
     assert wire["type"] == "step_failed"
     assert wire["at"] == "2026-01-01T00:00:00Z"
     assert wire["data"]["error"] == {"code": "timeout", "message": "slow"}
-    assert set(wire) == {"id", "type", "workflow_id", "causation_id", "actor", "at", "v", "data", "effects"}
+    assert set(wire) == {
+        "id",
+        "type",
+        "workflow_id",
+        "causation_id",
+        "actor",
+        "at",
+        "v",
+        "prev",
+        "basis",
+        "data",
+        "effects",
+    }
+    assert (wire["v"], wire["prev"], wire["basis"]) == (2, "", 0)
 
 
 def test_ids_are_derived_deterministically() -> None:

@@ -16,7 +16,7 @@ from bus import StreamSpec, Subjects
 from bus.errors import AppendError, ConcurrencyConflict
 from bus.events import Envelope, StepCompleted, WorkflowCompleted
 from store import MAX_ATOMIC_BATCH, FileLog, JetStreamLog, Malformed, StoredEvent, export
-from tests.conftest import ev, requested
+from tests.conftest import ev, requested, unchained
 from tests.log_contract import LogContract, MakeSource, happy_run
 
 
@@ -137,7 +137,7 @@ async def test_batch_larger_than_one_atomic_batch(log: JetStreamLog) -> None:
     events = steps("wf", n, "c")
     result = await log.append("wf", events, expected_seq=0)
     assert result.count == n
-    assert [s.event for s in await log.read("wf")] == events
+    assert unchained([s.event for s in await log.read("wf")]) == events
 
 
 async def test_ten_thousand_events_read_back_in_order(log: JetStreamLog) -> None:
@@ -185,7 +185,7 @@ async def test_follow_yields_history_then_live_events(log: JetStreamLog) -> None
     last = await log.last_seq("wf")
     await log.append("wf", events[2:], expected_seq=last)
     await asyncio.wait_for(task, 5)
-    assert [s.event for s in seen] == events
+    assert unchained([s.event for s in seen]) == events
 
 
 async def test_follow_reports_malformed_live(log: JetStreamLog, nc: NATS) -> None:

@@ -72,7 +72,12 @@ async def test_failing_handler_is_retried_then_dead_lettered(elog: JetStreamLog)
     assert calls == 3
     dead = events[-1].event.data
     assert isinstance(dead, HandlerFailed)
-    assert (dead.input_type, dead.attempts, dead.error.code) == ("workflow_requested", 3, "RuntimeError")
+    assert (dead.input_type, dead.attempts, dead.error.code, dead.exception) == (
+        "workflow_requested",
+        3,
+        "handler_error",
+        "RuntimeError",
+    )
     assert dead.error.message == "the handler has a bug"
     assert events[-1].event.causation_id == events[0].event.id
 
@@ -137,7 +142,7 @@ def test_a_fan_out_stored_in_part_keeps_its_ids_when_decided_again() -> None:
 
 
 async def test_non_atomic_append_stores_in_order_and_is_idempotent(elog: JetStreamLog) -> None:
-    from tests.conftest import ev
+    from tests.conftest import ev, unchained
 
     root = requested("wf")
     r0 = await elog.append("wf", [root], expected_seq=0)
@@ -146,4 +151,4 @@ async def test_non_atomic_append_stores_in_order_and_is_idempotent(elog: JetStre
     again = await elog.append("wf", outs, expected_seq=r0.last_seq, atomic=False)
     assert not first.already_stored
     assert again.already_stored
-    assert [e.event for e in await elog.read("wf")] == [root, *outs]
+    assert unchained([e.event for e in await elog.read("wf")]) == [root, *outs]
