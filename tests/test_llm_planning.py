@@ -90,7 +90,15 @@ async def test_a_plan_from_the_model_runs_end_to_end_and_its_cost_is_settled(
         model = call.value["response"]["model"]
         price_in, price_out = (3.0, 15.0) if provider == "anthropic" else (0.30, 2.50)
         assert model.startswith("claude-sonnet-4") or model.startswith("gemini-2.5-flash")
-        assert settled.value["cost_usd"] == pytest.approx((1200 * price_in + 300 * price_out) / 1e6)
+        cost = (1200 * price_in + 300 * price_out) / 1e6
+        assert settled.value["cost_usd"] == pytest.approx(cost)
+        assert cadre.system is not None
+        sample = cadre.system.metrics.registry.get_sample_value
+        labels = {"kind": "plan", "provider": provider}
+        assert sample("cadre_consultations_total", {**labels, "outcome": "granted"}) == 1
+        assert sample("cadre_llm_tokens_total", {**labels, "direction": "output"}) == 300
+        assert sample("cadre_llm_usd_total", labels) == pytest.approx(cost)
+        assert sample("cadre_budget_decisions_total", {"kind": "plan", "outcome": "granted", "reason": ""}) == 1
 
 
 @pytest.mark.parametrize("provider", ["anthropic", "gemini"])
