@@ -119,7 +119,8 @@ class Context:
         # Consultation ids: the input, this invocation's time and a counter. Asking again after a
         # lost reply gets the same decision; a re-run of the handler (a conflict, a redelivery)
         # has another time, so it reserves anew instead of reusing a settled reservation.
-        self._nonce = format(round(now.timestamp() * 1_000_000), "x")
+        # Made on the first consultation (most invocations consult nobody).
+        self._nonce = ""
 
     def now(self) -> datetime:
         """The time of this invocation (recorded as the ``at`` of what the handler emits)."""
@@ -225,6 +226,8 @@ class Context:
     ) -> Consultation:
         schema = json.dumps(request.schema, separators=(",", ":"), sort_keys=True)
         self._consultations += 1
+        if not self._nonce:
+            self._nonce = format(round(self._now.timestamp() * 1_000_000), "x")
         return Consultation(
             id=f"{self.event.id}-{self._nonce}-{self._consultations}",
             workflow_id=self.workflow_id,

@@ -107,6 +107,9 @@ async def adapt(ctx: Context, state: WorkflowState, failed: list[Event], catalog
         return failed
     if state.revision >= MAX_REVISIONS:
         return failed
+    # Everything read from the state is read before the first await: the runtime keeps folding
+    # newer events into the same object meanwhile, and a replay gives only the state decided on.
+    revision = state.revision
     completed = {tid: t.output for tid, t in state.tasks.items() if t.status == "completed"}
     request_text = state.request.request if state.request is not None else ""
     ask = adapt_request(request_text, state.plan, completed, end.message, catalog.describe())
@@ -120,7 +123,7 @@ async def adapt(ctx: Context, state: WorkflowState, failed: list[Event], catalog
     return [
         PlanProposed(
             plan=inferred.value,
-            revision=state.revision + 1,
+            revision=revision + 1,
             source="model",
             reason=f"re-planned after task {end.task_id!r} failed ({end.message}): {inferred.describe()}",
         )

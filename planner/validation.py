@@ -136,7 +136,7 @@ def _quoted(names: Iterable[str]) -> str:
 
 def _allowed(catalog: Catalog) -> list[str]:
     """The names of the tools that may run, sorted (the only ones worth suggesting)."""
-    return sorted(n for n, s in catalog.items() if s.safety is not Safety.PROHIBITED)
+    return list(catalog.allowed)
 
 
 def _allowed_names(catalog: Catalog) -> str:
