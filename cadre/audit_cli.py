@@ -1,6 +1,12 @@
-"""``cadre audit WF``: auditing one workflow. For now, ``--verify``: check its integrity chain.
+"""``cadre audit WF``: auditing one workflow: its report, or (``--verify``) its integrity chain.
 
+    cadre audit WF [--from-file FILE] [--json | --html FILE] [--nats URL] [--data-dir DIR]
     cadre audit WF --verify [--from-file FILE] [--json] [--nats URL] [--data-dir DIR]
+
+Without ``--verify`` it writes the audit report (:func:`store.audit.audit`: timeline, plans,
+model consultations, verdicts, tool calls, approvals, costs) as text, as one JSON object
+(``--json``) or as one self-contained HTML page (``--html FILE``, ``cadre/audit_html.py``);
+exit 0, or 2 for a usage error.
 
 Reads the workflow's records from the live log (or an export file) and checks them with
 :func:`store.integrity.verify`. On the live log, the stream's deleted sequences tell a
@@ -10,8 +16,7 @@ covers the last event and does the same.
 Exit codes: 0 when the chain holds ("chain intact: N events"), and for a workflow written
 before the chain existed ("unchained (schema v1)": nothing to verify, nothing found); 1 with
 the first problem (a modified, removed, inserted or reordered event, named by its index,
-stream sequence, id and type); 2 for a usage error. Without ``--verify``, the audit report
-is not written yet: it says so and exits 2.
+stream sequence, id and type); 2 for a usage error.
 """
 
 from __future__ import annotations
@@ -24,10 +29,13 @@ from typing import Any
 import msgspec
 
 from bus.subjects import check_token
-from cadre.commands import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError
+from cadre import audit_html, audit_text
+from cadre.commands import EXIT_FAILED, EXIT_OK, UsageError
 from cadre.render import json_line
 from cadre.settings import Settings
 from cadre.wiring import open_bus
+from cadre.workflow_records import read_records
+from store.audit import audit
 from store.filelog import FileLog
 from store.integrity import Anchor, Verdict, verify
 from store.records import Record
@@ -35,18 +43,22 @@ from store.records import Record
 
 def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     """Register ``audit`` on the CLI's subcommands (``parents``: the bus and --json options)."""
-    audit = sub.add_parser("audit", parents=parents, help="audit a workflow (--verify: check its integrity chain)")
+    audit = sub.add_parser(
+        "audit", parents=parents, help="a workflow's audit report (--verify: check its integrity chain)"
+    )
     audit.add_argument("workflow_id")
     audit.add_argument("--verify", action="store_true", help="check the workflow's integrity chain")
     audit.add_argument("--from-file", type=Path, metavar="FILE", help="read an exported file instead of NATS")
+    audit.add_argument("--html", type=Path, metavar="FILE", help="write the report as one self-contained HTML page")
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
     """The ``audit`` command."""
     wf = check_token("workflow id", args.workflow_id)
+    if args.html is not None and (args.json or args.verify):
+        raise UsageError("--html FILE writes the report; it cannot be combined with --json or --verify")
     if not args.verify:
-        print("audit report: not implemented yet", file=sys.stderr)
-        return EXIT_USAGE
+        return await _audit_report(args, settings, wf)
     if args.from_file is not None:
         flog = FileLog.load(args.from_file)
         records = await flog.read_records(wf)
@@ -81,3 +93,16 @@ def _report(wf: str, verdict: Verdict, where: str, anchor: Anchor | None, from_f
     print(verdict.summary())
     if uncovered:
         print(f"  note: {where} records no head for {wf} (an older export): its last event is not covered")
+
+
+async def _audit_report(args: argparse.Namespace, settings: Settings, wf: str) -> int:
+    """Without ``--verify``: the audit report as text, JSON or an HTML page."""
+    report = audit(await read_records(settings, wf, args.from_file, name="cadre-audit"))
+    if args.html is not None:
+        args.html.write_text(audit_html.render(report), encoding="utf-8")
+        print(f"cadre: audit report of {wf} written to {args.html}", file=sys.stderr)
+    elif args.json:
+        print(json_line(report.to_json()))
+    else:
+        print("\n".join(audit_text.lines(report)))
+    return EXIT_OK

@@ -21,7 +21,7 @@ import pydantic
 from bus.errors import CadreError, InvalidName
 from bus.events import TERMINAL_TYPES
 from bus.subjects import check_token
-from cadre import __version__, audit_cli, commands, state_view
+from cadre import __version__, audit_cli, commands, replay_cli, state_view
 from cadre.commands import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError
 from cadre.render import json_line, record_json, record_line
 from cadre.settings import Settings
@@ -93,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     spend = sub.add_parser("budget", parents=[bus, out], help="LLM spend, denials and cache hits from the ledger")
     spend.add_argument("--workflow", metavar="WF", help="only this workflow (today's figures stay global)")
     audit_cli.add_parser(sub, [bus, out])
+    replay_cli.add_parser(sub, [bus, out])
     return p
 
 
@@ -175,6 +176,8 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
             return await commands.budget(settings, args.workflow, args.json)
         case "audit":
             return await audit_cli.run(args, settings)
+        case "replay":
+            return await replay_cli.run(args, settings)
     raise AssertionError(f"unhandled command {args.command!r}")
 
 

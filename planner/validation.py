@@ -34,6 +34,7 @@ segment of a reference is still checked against the upstream tool's *output* mod
 from __future__ import annotations
 
 import difflib
+import functools
 import itertools
 import re
 import typing
@@ -140,7 +141,13 @@ def _allowed(catalog: Catalog) -> list[str]:
 
 
 def _allowed_names(catalog: Catalog) -> str:
-    return _quoted(_allowed(catalog))
+    return _quoted_names(catalog.allowed)
+
+
+@functools.lru_cache(maxsize=64)
+def _quoted_names(names: tuple[str, ...]) -> str:
+    """:func:`_quoted` of a catalog's allowed tools, made once per catalog (every task check says it)."""
+    return _quoted(names)
 
 
 def _did_you_mean(word: str, candidates: Iterable[str], otherwise: str) -> str:

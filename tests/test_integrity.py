@@ -319,9 +319,14 @@ def test_audit_verify_from_a_file(
     assert report["head_recorded"] is True
 
 
-def test_audit_without_verify_is_not_written_yet(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["audit", "wf-a"]) == 2
-    assert capsys.readouterr().err == "audit report: not implemented yet\n"
+def test_audit_without_verify_writes_the_report(
+    exported: tuple[Path, list[Record]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, _ = exported  # the report itself is tested in tests/test_replay.py
+    assert main(["audit", "wf-a", "--from-file", str(path)]) == 0
+    assert capsys.readouterr().out.startswith("workflow wf-a: ")
+    assert main(["audit", "wf-a", "--from-file", str(path), "--verify", "--html", "x.html"]) == 2
+    assert capsys.readouterr().err.startswith("cadre: usage_error: --html FILE writes the report")
 
 
 def test_audit_of_a_missing_workflow_is_a_usage_error(

@@ -1,0 +1,262 @@
+"""What-if replays, pure: the changes to try, the budget re-decided under them, and the
+differences described as decisions.
+
+A what-if replays a workflow on its recorded inputs with a changed deployment: the catalog's
+tool policies (prohibited and approval-gated tools) and the validator's limits reach the
+handlers through their specs (``actors/replay.py``); everything else is here:
+
+* :class:`WhatIf`: the level and mode (they override the workflow's own), the workflow's cap
+  (overrides its own), and the budget configuration (daily cap, prices) to decide with;
+* :func:`redecide`: a recorded budget decision, decided again with the pure rules of
+  :mod:`actors.budget_rules` (the level x mode gate, then the caps from the recorded worst
+  case and the workflow's recorded spend before the call). What the what-if does not change
+  keeps its recorded outcome: the inference cache and the rate limits, and a cap that is not
+  changed (the daily cap, in particular, also counted other workflows' spend);
+* :func:`describe`: a replay divergence as the decision that would now differ ("step
+  report.s1 would now be rejected: …").
+
+Recorded LLM answers and tool outputs are still served from the log; a what-if never calls
+anything, and when a handler would now ask for something the record does not hold (a model
+call after a grant that was a denial), the difference says so and what follows is unknown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from actors.budget_rules import BudgetConfig, gate, worst_case_usd
+from actors.planner_rules import explain
+from bus.events import (
+    Envelope,
+    PlanProposed,
+    PlanRejected,
+    PlanValidated,
+    StepCompleted,
+    StepFailed,
+    StepReady,
+    StepsProposed,
+    StepsRejected,
+    WorkflowCompleted,
+    WorkflowFailed,
+)
+from bus.ledger import Consultation, Decision
+from bus.plan import Check
+from store.diff import FieldDiff
+from store.replay import Divergence
+
+__all__ = ["Change", "WhatIf", "describe", "redecide"]
+
+
+@dataclass(frozen=True, slots=True)
+class WhatIf:
+    """The changes a what-if tries besides the specs' catalog and limits.
+
+    ``intelligence`` / ``mode`` (None: as recorded) override the workflow's own level and mode;
+    ``workflow_usd`` (None: as recorded) overrides its cap; ``daily_usd`` (None: as recorded)
+    is a new daily cap. ``budget`` prices worst cases (and holds the default caps).
+    """
+
+    budget: BudgetConfig
+    intelligence: str | None = None
+    mode: str | None = None
+    workflow_usd: float | None = None
+    daily_usd: float | None = None
+
+
+class Change(msgspec.Struct, frozen=True, kw_only=True):
+    """A decision that would differ, with the recorded event it concerns (index among the
+    workflow's records, stream sequence, id, type, emitter)."""
+
+    index: int
+    seq: int
+    event_id: str
+    type: str
+    actor: str
+    decision: str
+
+    def line(self) -> str:
+        return f"index {self.index} (seq {self.seq}, {self.type} by {self.actor}): {self.decision}"
+
+
+def redecide(
+    recorded: Decision, asked: Mapping[str, Any], request: Consultation, whatif: WhatIf, spent_usd: float
+) -> Decision:
+    """The budget's answer to ``request`` under ``whatif`` (the recorded one when it would not change).
+
+    ``asked`` is what the recorded consultation asked (its effect's ``consultation``: level,
+    mode, cap); ``spent_usd`` the workflow's recorded spend before this call. A cap that the
+    what-if does not change keeps its recorded verdict, unless the gate now lets through a
+    call the record had refused before the caps were looked at.
+    """
+    level = whatif.intelligence or str(asked.get("intelligence") or request.intelligence)
+    mode = whatif.mode or str(asked.get("mode") or request.mode)
+    opened = False
+    if whatif.intelligence is not None or whatif.mode is not None:
+        why = gate(request.kind, level, mode)
+        if why is not None:
+            if recorded.reason == "not_allowed":
+                return recorded
+            return Decision(outcome="denied", reason="not_allowed", message=why)
+        opened = recorded.reason == "not_allowed"
+    elif recorded.reason == "not_allowed":
+        return recorded
+    if recorded.outcome == "cached" or recorded.reason in ("rate_limited", "no_provider", "budget_unavailable"):
+        return recorded  # the cache, the rate limits and the ports are not what a what-if changes
+    check_workflow = opened or whatif.workflow_usd is not None
+    check_day = opened or whatif.daily_usd is not None
+    if not (check_workflow or check_day):
+        return recorded
+    c = msgspec.structs.replace(request, intelligence=level, mode=mode)
+    worst = recorded.reserved_usd if recorded.outcome == "granted" else worst_case_usd(c, whatif.budget)[1]
+    own_cap = asked.get("budget_usd")
+    cap = whatif.workflow_usd if whatif.workflow_usd is not None else own_cap
+    if cap is None:
+        cap = whatif.budget.workflow_usd
+    daily = whatif.daily_usd if whatif.daily_usd is not None else whatif.budget.daily_usd
+    if check_workflow:
+        if cap <= 0 or spent_usd + worst > cap:
+            return _over("over_workflow_cap", f"workflow {request.workflow_id!r}", spent_usd, worst, float(cap))
+    elif recorded.reason == "over_workflow_cap":
+        return recorded
+    if check_day:
+        if daily <= 0 or spent_usd + worst > daily:
+            return _over("over_global_cap", "the daily cap", spent_usd, worst, daily)
+    elif recorded.reason == "over_global_cap":
+        return recorded
+    if recorded.outcome == "granted":
+        return recorded
+    return Decision(outcome="granted", reservation_id=request.id, reserved_usd=worst)
+
+
+def _over(reason: str, whose: str, spent: float, worst: float, cap: float) -> Decision:
+    total = spent + worst
+    message = (
+        f"{whose}: recorded spend ${spent:.4f} + this call's worst case ${worst:.4f} = ${total:.4f}, "
+        f"over the cap of ${cap:.4f}"
+    )
+    return Decision(outcome="denied", reason=reason, message=message)
+
+
+def decision_words(d: Decision) -> str:
+    """``granted``, ``cached`` or ``denied: <reason>``."""
+    return f"denied: {d.reason}" if d.outcome == "denied" else d.outcome
+
+
+# -- describing differences ----------------------------------------------------------------------
+
+
+def describe(d: Divergence, cause_type: str | None = None) -> str | None:
+    """The decision that would differ, in words; None when only recorded effects differ (a
+    budget decision that changed is described where it is re-decided)."""
+    rec = d.recorded
+    match d.kind:
+        case "asked":
+            return f"{d.actor} {d.message}" if d.message.startswith("would") else f"{d.actor}: {d.message}"
+        case "raised":
+            return f"{d.actor} would now fail to handle its input: {d.message}"
+        case "emitted":
+            return f"{d.actor} would now answer this {d.type}: {_emits(d.replayed)}"
+        case "orphan":
+            return None
+        case "missing":
+            return f"{d.actor} would no longer emit this {d.type}; it would emit {_emits(d.replayed)}"
+        case "extra":
+            added = [e for e in d.replayed if rec is None or e.id != rec.id]
+            return f"{d.actor} would now also emit {_emits(added)}"
+        case "changed":
+            if rec is None:
+                return None
+            new = next((e for e in d.replayed if e.id == rec.id), d.replayed[0] if d.replayed else None)
+            if new is None:
+                return None
+            return _changed(rec, new, cause_type, d.diffs)
+    return None
+
+
+def _emits(envs: tuple[Envelope, ...] | list[Envelope]) -> str:
+    return ", ".join(e.type for e in envs) or "nothing"
+
+
+def _changed(rec: Envelope, new: Envelope, cause_type: str | None, diffs: tuple[FieldDiff, ...]) -> str | None:
+    a, b = rec.data, new.data
+    if a == b:
+        return None  # only the effects differ
+    match a, b:
+        case PlanValidated(), PlanRejected():
+            return f"plan revision {a.revision} would now be rejected: {explain(b.checks)}"
+        case PlanRejected(), PlanValidated():
+            return f"plan revision {a.revision} would now pass validation"
+        case StepReady(), StepsRejected():
+            return f"step {a.step.id} would now be rejected: {explain(b.checks)}"
+        case StepsRejected(), StepReady():
+            return f"the steps of task {a.task_id} would now be cleared to run"
+        case StepsProposed(), StepsProposed():
+            return _steps_changed(a, b, diffs)
+        case StepReady(), StepReady():
+            return _new_checks(f"step {a.step.id} would now be cleared", a.checks, b.checks, diffs)
+        case PlanValidated(), PlanValidated():
+            return _new_checks(f"plan revision {a.revision} would now be validated", a.checks, b.checks, diffs)
+        case StepCompleted(), StepFailed():
+            return f"step {a.step_id} would now fail: {b.error.code}: {b.error.message}"
+        case StepFailed(), StepCompleted():
+            return f"step {a.step_id} would now complete (with {b.tool})"
+        case StepCompleted(), StepCompleted():
+            if a.tool != b.tool:
+                return f"step {a.step_id} would now complete with {b.tool} instead of {a.tool}"
+            return f"step {a.step_id} would now complete differently ({'; '.join(b.deviations) or 'its output'})"
+        case StepFailed(), StepFailed():
+            return f"step {a.step_id} would now fail differently: {b.error.code}: {b.error.message}"
+        case PlanProposed(), PlanProposed():
+            return f"plan revision {b.revision} would now come from {b.source}: {b.reason}"
+        case PlanProposed(), WorkflowFailed():
+            return f"the workflow would now fail instead of being planned: {b.reason}: {b.message}"
+        case WorkflowFailed(), PlanProposed():
+            return f"the workflow would now be planned (revision {b.revision}, {b.source}) instead of failing"
+        case WorkflowCompleted(), WorkflowFailed():
+            return f"the workflow would now fail: {b.reason}: {b.message}"
+        case WorkflowFailed(), WorkflowFailed():
+            return f"the workflow would now fail with: {b.reason}: {b.message}"
+    answer = f" in answer to {cause_type}" if cause_type else ""
+    if rec.type == new.type:
+        return f"{rec.actor}'s {rec.type}{answer} would now differ{_fields(diffs)}"
+    return f"{rec.actor} would now emit {new.type} instead of {rec.type}{answer}"
+
+
+def _fields(diffs: tuple[FieldDiff, ...], most: int = 3) -> str:
+    """`` (in steps[0].rollback, …)``: where the differences are, their ``$.data.`` cut off."""
+    paths = list(dict.fromkeys(d.path.removeprefix("$.data.").removeprefix("$.") for d in diffs))
+    if not paths:
+        return ""
+    more = f" and {len(paths) - most} more" if len(paths) > most else ""
+    return f" (in {', '.join(paths[:most])}{more})"
+
+
+def _new_checks(head: str, before: tuple[Check, ...], after: tuple[Check, ...], diffs: tuple[FieldDiff, ...]) -> str:
+    """A verdict that stands, with the warnings it gained or lost."""
+
+    def unpassed(checks: tuple[Check, ...]) -> dict[tuple[str, str | None, str], Check]:
+        return {(c.name, c.path, c.message): c for c in checks if not c.passed}
+
+    old, new = unpassed(before), unpassed(after)
+    gained = [c.message for k, c in new.items() if k not in old]
+    lost = [c.message for k, c in old.items() if k not in new]
+    if gained:
+        return f"{head} with warning(s): " + "; ".join(gained)
+    if lost:
+        return f"{head} without the warning(s): " + "; ".join(lost)
+    return f"{head}, with different checks{_fields(diffs)}"
+
+
+def _steps_changed(a: StepsProposed, b: StepsProposed, diffs: tuple[FieldDiff, ...]) -> str:
+    before = {s.id: s for s in a.steps}
+    notes = []
+    for s in b.steps:
+        old = before.get(s.id)
+        if old is not None and old.requires_approval != s.requires_approval:
+            need = "would now need" if s.requires_approval else "would no longer need"
+            notes.append(f"step {s.id} {need} a person's approval (tool {s.tool})")
+    return "; ".join(notes) or f"the steps of task {a.task_id} would now differ{_fields(diffs)}"

@@ -1,0 +1,125 @@
+"""The audit report as text for a terminal (``cadre audit WF``)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+from store.audit import AuditReport, CheckNote
+
+
+def lines(r: AuditReport, width: int = 110) -> list[str]:
+    """The report, section by section, one line per item."""
+    t = r.totals
+    out = [f"workflow {r.workflow_id}: {r.status}"]
+    out.append(f"  request    {_cut(r.request, width)}")
+    policy = [f"{k} {v}" for k, v in (("level", r.intelligence), ("mode", r.mode), ("budget $", r.budget_usd)) if v]
+    if policy:
+        out.append(f"  policy     {', '.join(policy)}")
+    out.append(f"  time       {_t(r.started_at)} -> {_t(r.ended_at)} ({_duration(t.duration_s)})")
+    out.append(
+        f"  totals     {t.events} events, {t.revisions} plan revision(s), {t.tool_calls} tool call(s)"
+        f" ({t.tool_failures} failed), {t.retries} retr{'y' if t.retries == 1 else 'ies'}, {t.deviations} deviation(s)"
+        + (f", {t.dead_letters} dead letter(s)" if t.dead_letters else "")
+    )
+    out.append(
+        f"  model      {t.consultations} consultation(s): {t.model_calls} granted, {t.denied} denied,"
+        f" {t.cached} cached; {t.input_tokens} tokens in, {t.output_tokens} out; ${t.cost_usd:.5f}"
+    )
+    if r.failure:
+        out.append(f"  failure    {_cut(r.failure, width)}")
+    if r.status == "completed":
+        out.append(f"  result     {_cut(json.dumps(r.result, ensure_ascii=False), width)}")
+
+    out.append("")
+    out.append("plans")
+    for p in r.plans:
+        match = f", library plan {p.library_match!r} ({p.score})" if p.library_match else ""
+        out.append(f"  revision {p.revision} from {p.source}{match}: {p.verdict} (#{p.index})")
+        out.append(f"    why    {_cut(p.reason, width)}")
+        for task in p.tasks:
+            deps = f" after {', '.join(task.depends_on)}" if task.depends_on else ""
+            out.append(f"    task   {task.id}: {task.tool or '(no tool)'}{deps}")
+        out.extend(_checks(p.failed_checks, "    "))
+    if not r.plans:
+        out.append("  (none)")
+
+    out.append("")
+    out.append("validation verdicts")
+    for v in r.verdicts:
+        out.append(f"  #{v.index:<4} {v.subject}: {'passed' if v.passed else 'REJECTED'} ({v.checks} checks)")
+        out.extend(_checks(v.failed + v.warnings, "        "))
+
+    out.append("")
+    out.append("model consultations")
+    for c in r.consultations:
+        who = f"{c.provider}/{c.model}" if c.provider else "no model"
+        notes = "; ".join(n for n in (c.reason, c.error and f"error {c.error}") if n)
+        flags = (" fallback" if c.fallback else "") + (" repaired" if c.repaired else "")
+        out.append(
+            f"  #{c.index:<4} {c.actor:<10} {c.kind}{f' (round {c.round})' if c.round > 1 else ''} for {c.scope}:"
+            f" {c.outcome}{f' ({notes})' if notes else ''}{flags}; {who}; {c.input_tokens}/{c.output_tokens} tokens,"
+            f" ${c.cost_usd:.5f}" + (f", {c.latency_ms:.1f} ms" if c.latency_ms is not None else "")
+        )
+    if not r.consultations:
+        out.append("  (none)")
+
+    out.append("")
+    out.append("tool calls")
+    for call in r.tool_calls:
+        outcome = "ok" if call.ok else f"{call.error_code}: {_cut(call.error_message or '', 60)}"
+        out.append(
+            f"  #{call.index:<4} {call.scope:<18} {call.tool:<16} in {call.input_digest}"
+            f" out {call.output_digest or '-'}  {outcome} ({call.ms:.1f} ms)"
+        )
+    if not r.tool_calls:
+        out.append("  (none)")
+
+    if r.approvals:
+        out.append("")
+        out.append("approvals")
+        for a in r.approvals:
+            decided = f" by {a.by} at {_t(a.decided_at)} after {a.waited_s} s" if a.by else ""
+            why = f": {a.decision_reason}" if a.decision_reason else ""
+            out.append(f"  {a.step_id} ({a.tool}): {a.decision}{decided}{why}")
+
+    out.append("")
+    out.append("deviations from the plan")
+    for d in r.deviations:
+        out.append(f"  #{d.index:<4} {d.scope}: {_cut(d.text, width)}")
+    if not r.deviations:
+        out.append("  (none)")
+
+    out.append("")
+    out.append("cost")
+    for scope, cost in sorted(t.cost_by_scope.items()):
+        out.append(f"  {scope:<24} ${cost:.5f}")
+    out.append(f"  {'total':<24} ${t.cost_usd:.5f}")
+
+    out.append("")
+    out.append("timeline")
+    for e in r.timeline:
+        cause = e.cause_type or ("-" if e.causation_id is None else e.causation_id[:12])
+        out.append(f"  #{e.index:<4} {_t(e.at)}  {e.actor:<10} {e.type:<20} <- {cause:<20} {_cut(e.summary, 70)}")
+    return out
+
+
+def _checks(checks: tuple[CheckNote, ...], indent: str) -> list[str]:
+    out = []
+    for c in checks:
+        fix = f" (fix: {c.fix})" if c.fix else ""
+        where = f"{c.path}: " if c.path else ""
+        out.append(f"{indent}{'error' if c.severity == 'error' else c.severity} {c.name}: {where}{c.message}{fix}")
+    return out
+
+
+def _t(at: datetime | None) -> str:
+    return "-" if at is None else at.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def _duration(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds:.3f} s"
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"

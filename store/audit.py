@@ -1,0 +1,613 @@
+"""The audit report of one workflow, from its records alone. Pure: no I/O, no clock.
+
+:func:`audit` reads a workflow's records (stored order, as any event source returns them)
+and says what happened, for a person or a program:
+
+* the **timeline**: every event with its time, emitter, type, cause and a one-line summary;
+* the **plans**: each revision, where it came from and why, its tasks, and the verdict on it;
+* the **consultations** of a model, from the recorded effects (``budget``: the decision and
+  what was asked; ``llm``: the call, its tokens and latency; ``settle``: its cost):
+  kind, provider, model, tokens, cost, latency, and granted / denied / cached / no model,
+  with ``fallback`` when the consultation did not give the handler an answer;
+* the **validation verdicts**, with every failed check, its fix, and warnings;
+* the **tool calls** (from the ``tool`` effects), with digests of their input and output;
+* the **approvals**: asked, decided by whom and when (or still waiting);
+* the **totals**: cost per step (or task, or the workflow's planning) and per workflow,
+  tokens, duration, retries, dead letters, and the deviations from the plan.
+
+Digests are blake2b-64 hex of the value as canonical JSON (sorted keys); a tool's input
+digest is the one its effect key carries (``<tool>:<digest of the inputs>``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from bus.events import (
+    ApprovalDenied,
+    ApprovalGranted,
+    ApprovalRequested,
+    Effect,
+    EffectsRecorded,
+    Envelope,
+    Event,
+    HandlerFailed,
+    PlanProposed,
+    PlanRejected,
+    PlanValidated,
+    StepCompleted,
+    StepFailed,
+    StepReady,
+    StepsProposed,
+    StepsRejected,
+    TaskReady,
+    WorkflowCompleted,
+    WorkflowFailed,
+    WorkflowRequested,
+)
+from bus.plan import Check
+from store.records import Malformed, Record, StoredEvent
+
+__all__ = [
+    "Approval",
+    "AuditReport",
+    "CheckNote",
+    "Consultation",
+    "Deviation",
+    "PlanRevision",
+    "TimelineEntry",
+    "ToolCall",
+    "Totals",
+    "Verdict",
+    "audit",
+    "value_digest",
+]
+
+_canonical = msgspec.json.Encoder(order="sorted")
+
+
+def value_digest(value: Any) -> str:
+    """blake2b-64 hex of ``value`` as canonical JSON (sorted keys)."""
+    return hashlib.blake2b(_canonical.encode(value), digest_size=8).hexdigest()
+
+
+class TimelineEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """One record: its index among the workflow's records, stream sequence, time, emitter,
+    type, id, cause (id and type) and what it says in one line."""
+
+    index: int
+    seq: int
+    at: datetime | None
+    actor: str
+    type: str
+    event_id: str
+    causation_id: str | None
+    cause_type: str | None
+    summary: str
+
+
+class CheckNote(msgspec.Struct, frozen=True, kw_only=True):
+    """A check that did not pass: its name, severity, where, what, and the suggested fix."""
+
+    name: str
+    severity: str
+    path: str | None
+    message: str
+    fix: str | None
+
+
+class PlanTask(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    tool: str | None
+    depends_on: tuple[str, ...]
+    description: str
+
+
+class PlanRevision(msgspec.Struct, kw_only=True):
+    """A plan revision: where it came from and why, its tasks, and the validator's verdict
+    (``validated``, ``rejected`` or ``pending``) with the checks that did not pass."""
+
+    revision: int
+    index: int
+    at: datetime
+    source: str
+    reason: str
+    library_match: str | None
+    score: float | None
+    output: str | None
+    tasks: tuple[PlanTask, ...]
+    verdict: str = "pending"
+    failed_checks: tuple[CheckNote, ...] = ()
+
+
+class Verdict(msgspec.Struct, frozen=True, kw_only=True):
+    """One validation verdict (a plan revision's, or a task's steps'), with the checks that
+    failed (``severity`` error) and the warnings."""
+
+    index: int
+    at: datetime
+    subject: str
+    type: str
+    passed: bool
+    checks: int
+    failed: tuple[CheckNote, ...]
+    warnings: tuple[CheckNote, ...]
+
+
+class Consultation(msgspec.Struct, kw_only=True):
+    """One consultation of the model (one round: a repair round is a second one).
+
+    ``outcome``: ``granted``, ``denied``, ``cached`` or ``no_provider``; ``fallback``: the
+    round gave the handler no answer (a denial, no model, a failed call); ``repaired``: its
+    answer was not valid and a repair round (the next one) followed. Tokens, latency and
+    cost come from the call and its settlement; ``est_input_tokens`` / ``max_output_tokens``
+    / ``reserved_usd`` from what was asked and reserved. ``scope``: the step it was for
+    (``step:<id>``), the task (``task:<id>``), or the workflow (``workflow``).
+    """
+
+    index: int
+    event_id: str
+    at: datetime
+    actor: str
+    kind: str
+    scope: str
+    round: int
+    outcome: str
+    reason: str = ""
+    message: str = ""
+    provider: str | None = None
+    model: str | None = None
+    est_input_tokens: int | None = None
+    max_output_tokens: int | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    reserved_usd: float = 0.0
+    cost_usd: float = 0.0
+    latency_ms: float | None = None
+    error: str | None = None
+    fallback: bool = False
+    repaired: bool = False
+
+
+class ToolCall(msgspec.Struct, frozen=True, kw_only=True):
+    """One tool call: the tool, digests of its input and output, its outcome and duration."""
+
+    index: int
+    event_id: str
+    at: datetime
+    scope: str
+    tool: str
+    input_digest: str
+    output_digest: str | None
+    ok: bool
+    error_code: str | None
+    error_message: str | None
+    ms: float
+
+
+class Approval(msgspec.Struct, kw_only=True):
+    """An approval asked for a step, and its decision (``pending`` while there is none)."""
+
+    step_id: str
+    tool: str
+    reason: str
+    requested_at: datetime
+    deadline: datetime
+    decision: str = "pending"
+    by: str | None = None
+    decided_at: datetime | None = None
+    decision_reason: str = ""
+    waited_s: float | None = None
+
+
+class Deviation(msgspec.Struct, frozen=True, kw_only=True):
+    """A departure from the plan (a fallback tool, a recovery, a re-plan, a retry)."""
+
+    index: int
+    scope: str
+    text: str
+
+
+class Totals(msgspec.Struct, kw_only=True):
+    """What the workflow cost and how it went, in numbers."""
+
+    events: int = 0
+    malformed: int = 0
+    duration_s: float | None = None
+    cost_usd: float = 0.0
+    cost_by_scope: dict[str, float] = msgspec.field(default_factory=dict)
+    consultations: int = 0
+    model_calls: int = 0
+    denied: int = 0
+    cached: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    tool_calls: int = 0
+    tool_failures: int = 0
+    retries: int = 0
+    revisions: int = 0
+    deviations: int = 0
+    dead_letters: int = 0
+
+
+class AuditReport(msgspec.Struct, kw_only=True):
+    """Everything :func:`audit` found (module docstring)."""
+
+    workflow_id: str
+    status: str
+    request: str
+    intelligence: str | None
+    mode: str | None
+    budget_usd: float | None
+    started_at: datetime | None
+    ended_at: datetime | None
+    result: Any = None
+    failure: str | None = None
+    timeline: list[TimelineEntry] = msgspec.field(default_factory=list)
+    plans: list[PlanRevision] = msgspec.field(default_factory=list)
+    verdicts: list[Verdict] = msgspec.field(default_factory=list)
+    consultations: list[Consultation] = msgspec.field(default_factory=list)
+    tool_calls: list[ToolCall] = msgspec.field(default_factory=list)
+    approvals: list[Approval] = msgspec.field(default_factory=list)
+    deviations: list[Deviation] = msgspec.field(default_factory=list)
+    totals: Totals = msgspec.field(default_factory=Totals)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = msgspec.to_builtins(self)
+        return out
+
+
+# -- the report -----------------------------------------------------------------------------------
+
+
+def audit(records: Sequence[Record]) -> AuditReport:
+    """The audit report of one workflow's records (in stored order)."""
+    events = [(i, r) for i, r in enumerate(records) if isinstance(r, StoredEvent)]
+    wf = events[0][1].event.workflow_id if events else ""
+    report = AuditReport(
+        workflow_id=wf,
+        status="new",
+        request="",
+        intelligence=None,
+        mode=None,
+        budget_usd=None,
+        started_at=None,
+        ended_at=None,
+    )
+    types = {r.event.id: r.event.type for _, r in events}
+    by_id = {r.event.id: r.event for _, r in events}
+    plans: dict[int, PlanRevision] = {}
+    approvals: dict[str, Approval] = {}
+    t = report.totals
+    for index, r in enumerate(records):
+        if isinstance(r, Malformed):
+            t.malformed += 1
+            report.timeline.append(_malformed_entry(index, r))
+            continue
+        e = r.event
+        t.events += 1
+        report.timeline.append(
+            TimelineEntry(
+                index=index,
+                seq=r.seq,
+                at=e.at,
+                actor=e.actor,
+                type=e.type,
+                event_id=e.id,
+                causation_id=e.causation_id,
+                cause_type=types.get(e.causation_id or ""),
+                summary=summary(e.data),
+            )
+        )
+        scope = _scope(e, by_id)
+        effects = e.data.effects if isinstance(e.data, EffectsRecorded) else e.effects
+        _effects(report, index, e, scope, effects)
+        _event(report, index, e, scope, plans, approvals)
+    report.plans = [plans[k] for k in sorted(plans)]
+    report.approvals = list(approvals.values())
+    t.revisions = len(plans)
+    t.deviations = len(report.deviations)
+    t.consultations = len(report.consultations)
+    t.model_calls = sum(c.outcome == "granted" for c in report.consultations)
+    t.denied = sum(c.outcome == "denied" for c in report.consultations)
+    t.cached = sum(c.outcome == "cached" for c in report.consultations)
+    t.input_tokens = sum(c.input_tokens for c in report.consultations)
+    t.output_tokens = sum(c.output_tokens for c in report.consultations)
+    t.cost_usd = round(sum(c.cost_usd for c in report.consultations), 8)
+    for c in report.consultations:
+        t.cost_by_scope[c.scope] = round(t.cost_by_scope.get(c.scope, 0.0) + c.cost_usd, 8)
+    t.tool_calls = len(report.tool_calls)
+    t.tool_failures = sum(not c.ok for c in report.tool_calls)
+    first_at = next((r.event.at for _, r in events), None)
+    last_at = report.ended_at or (events[-1][1].event.at if events else None)
+    report.started_at = report.started_at or first_at
+    if report.started_at is not None and last_at is not None:
+        t.duration_s = round((last_at - report.started_at).total_seconds(), 6)
+    return report
+
+
+def _event(
+    report: AuditReport,
+    index: int,
+    e: Envelope,
+    scope: str,
+    plans: dict[int, PlanRevision],
+    approvals: dict[str, Approval],
+) -> None:
+    data = e.data
+    t = report.totals
+    match data:
+        case WorkflowRequested():
+            report.status = "requested"
+            report.request = data.request or "(an explicit plan)"
+            report.intelligence, report.mode, report.budget_usd = data.intelligence, data.mode, data.budget_usd
+            report.started_at = e.at
+        case PlanProposed():
+            report.status = "planned"
+            plans[data.revision] = PlanRevision(
+                revision=data.revision,
+                index=index,
+                at=e.at,
+                source=data.source,
+                reason=data.reason,
+                library_match=data.library_match,
+                score=data.score,
+                output=data.plan.output,
+                tasks=tuple(
+                    PlanTask(id=t.id, tool=t.tool, depends_on=tuple(t.depends_on), description=t.description)
+                    for t in data.plan.nodes
+                ),
+            )
+            if data.revision > 1:
+                report.deviations.append(Deviation(index=index, scope="workflow", text=f"re-planned: {data.reason}"))
+        case PlanValidated() | PlanRejected():
+            passed = isinstance(data, PlanValidated)
+            report.status = "running" if passed else report.status
+            report.verdicts.append(_verdict(index, e, f"plan revision {data.revision}", passed, data.checks))
+            plan = plans.get(data.revision)
+            if plan is not None:
+                plan.verdict = "validated" if passed else "rejected"
+                plan.failed_checks = tuple(_note(c) for c in data.checks if not c.passed)
+        case StepReady():
+            if data.checks:  # the validator's clearance of a task's steps (the planner's later ones carry none)
+                report.verdicts.append(_verdict(index, e, f"steps of task {data.step.task_id}", True, data.checks))
+        case StepsRejected():
+            report.verdicts.append(_verdict(index, e, f"steps of task {data.task_id}", False, data.checks))
+        case TaskReady():
+            if data.attempt > 1:
+                t.retries += 1
+                report.deviations.append(
+                    Deviation(index=index, scope=f"task:{data.task.id}", text=f"retried (attempt {data.attempt})")
+                )
+        case StepCompleted():
+            for text in data.deviations:
+                report.deviations.append(Deviation(index=index, scope=scope, text=text))
+        case StepFailed():
+            if len(data.tried) > 1:
+                report.deviations.append(
+                    Deviation(index=index, scope=scope, text=f"tried {', '.join(data.tried)}; all failed")
+                )
+        case ApprovalRequested():
+            approvals[data.step.id] = Approval(
+                step_id=data.step.id, tool=data.step.tool, reason=data.reason, requested_at=e.at, deadline=data.deadline
+            )
+        case ApprovalGranted() | ApprovalDenied():
+            a = approvals.get(data.step_id)
+            if a is not None:
+                a.decision = "granted" if isinstance(data, ApprovalGranted) else "denied"
+                a.by, a.decided_at, a.decision_reason = data.by, e.at, data.reason
+                a.waited_s = round((e.at - a.requested_at).total_seconds(), 3)
+        case WorkflowCompleted():
+            report.status, report.result, report.ended_at = "completed", data.result, e.at
+        case WorkflowFailed():
+            report.status, report.ended_at = "failed", e.at
+            report.failure = f"{data.reason}: {data.message}"
+        case HandlerFailed():
+            t.dead_letters += 1
+        case StepsProposed() | EffectsRecorded():
+            pass
+
+
+def _verdict(index: int, e: Envelope, subject: str, passed: bool, checks: Iterable[Check]) -> Verdict:
+    checks = tuple(checks)
+    failed = tuple(_note(c) for c in checks if not c.passed and c.severity == "error")
+    warnings = tuple(_note(c) for c in checks if not c.passed and c.severity != "error")
+    return Verdict(
+        index=index,
+        at=e.at,
+        subject=subject,
+        type=e.type,
+        passed=passed,
+        checks=len(checks),
+        failed=failed,
+        warnings=warnings,
+    )
+
+
+def _note(c: Check) -> CheckNote:
+    return CheckNote(name=c.name, severity=c.severity, path=c.path, message=c.message, fix=c.fix)
+
+
+def _effects(report: AuditReport, index: int, e: Envelope, scope: str, effects: Sequence[Effect]) -> None:
+    """The consultations and tool calls of one invocation's effects, in order."""
+    current: dict[str, Consultation] = {}  # the open consultation round of each kind
+    rounds: dict[str, int] = {}
+    for effect in effects:
+        value: dict[str, Any] = effect.value if isinstance(effect.value, dict) else {}
+        kind, _, rest = effect.key.partition(":")
+        if effect.kind == "tool":
+            tool, _, input_digest = effect.key.rpartition(":")
+            output = value.get("output") if effect.error is not None else effect.value
+            report.tool_calls.append(
+                ToolCall(
+                    index=index,
+                    event_id=e.id,
+                    at=e.at,
+                    scope=scope,
+                    tool=tool,
+                    input_digest=input_digest,
+                    output_digest=value_digest(output) if output is not None else None,
+                    ok=effect.error is None,
+                    error_code=effect.error.code if effect.error is not None else None,
+                    error_message=effect.error.message if effect.error is not None else None,
+                    ms=effect.ms,
+                )
+            )
+        elif effect.kind == "budget":
+            if kind in current and effect.key == f"{kind}:":  # a repair round: the previous answer was invalid
+                current[kind].repaired = True
+            rounds[kind] = rounds.get(kind, 0) + 1
+            asked: dict[str, Any] = value["consultation"] if isinstance(value.get("consultation"), dict) else {}
+            c = Consultation(
+                index=index,
+                event_id=e.id,
+                at=e.at,
+                actor=e.actor,
+                kind=kind,
+                scope=scope,
+                round=rounds[kind],
+                outcome=str(value.get("outcome", "unknown")),
+                reason=str(value.get("reason") or ""),
+                message=str(value.get("message") or ""),
+                provider=asked.get("provider"),
+                model=asked.get("model"),
+                est_input_tokens=asked.get("est_input_tokens"),
+                max_output_tokens=asked.get("max_output_tokens"),
+                reserved_usd=float(value.get("reserved_usd") or 0.0),
+                latency_ms=effect.ms if value.get("outcome") != "granted" else None,
+                fallback=value.get("outcome") == "denied",
+            )
+            report.consultations.append(c)
+            current[kind] = c
+        elif effect.kind == "llm":
+            c_or_none = current.get(kind)
+            if rest == "-":  # no model in the process: a consultation that asked nobody
+                rounds[kind] = rounds.get(kind, 0) + 1
+                report.consultations.append(
+                    Consultation(
+                        index=index,
+                        event_id=e.id,
+                        at=e.at,
+                        actor=e.actor,
+                        kind=kind,
+                        scope=scope,
+                        round=rounds[kind],
+                        outcome="no_provider",
+                        reason="no_provider",
+                        message="no LLM provider is configured in this process",
+                        fallback=True,
+                    )
+                )
+            elif c_or_none is not None:
+                _call(c_or_none, effect, value)
+        elif effect.kind == "settle":
+            c_or_none = current.get(kind)
+            if c_or_none is not None:
+                c_or_none.cost_usd = round(c_or_none.cost_usd + float(value.get("cost_usd") or 0.0), 8)
+
+
+def _call(c: Consultation, effect: Effect, value: dict[str, Any]) -> None:
+    """Fold an ``llm`` effect (a call, or a cached answer) into its consultation."""
+    if value.get("cached"):
+        return
+    response = value.get("response") if isinstance(value.get("response"), dict) else None
+    usage = (response or {}).get("usage") or value.get("usage") or {}
+    c.input_tokens += int(usage.get("input_tokens") or 0) + int(usage.get("cache_read_tokens") or 0)
+    c.output_tokens += int(usage.get("output_tokens") or 0)
+    c.latency_ms = float(response.get("latency_ms") or effect.ms) if response is not None else effect.ms
+    if response is not None:
+        c.model = str(response.get("model") or c.model)
+        c.provider = str(response.get("provider") or c.provider)
+    if effect.error is not None:
+        c.error = effect.error.code
+        c.fallback = True
+
+
+def _scope(e: Envelope, by_id: dict[str, Envelope]) -> str:
+    """What an event's costs count against: a step, a task, or the workflow."""
+    data: Event = e.data
+    if isinstance(data, EffectsRecorded):
+        cause = by_id.get(data.input_id)
+        if cause is None:
+            return "workflow"
+        data = cause.data
+    match data:
+        case StepCompleted() | StepFailed() | ApprovalGranted() | ApprovalDenied():
+            return f"step:{data.step_id}"
+        case StepReady() | ApprovalRequested():
+            return f"step:{data.step.id}"
+        case StepsProposed() | StepsRejected():
+            return f"task:{data.task_id}"
+        case TaskReady():
+            return f"task:{data.task.id}"
+    return "workflow"
+
+
+def summary(data: Event) -> str:
+    """One line saying what an event says."""
+    match data:
+        case WorkflowRequested():
+            extra = [f"{k} {v}" for k, v in (("level", data.intelligence), ("mode", data.mode)) if v is not None]
+            if data.budget_usd is not None:
+                extra.append(f"budget ${data.budget_usd:g}")
+            text = data.request or "(an explicit plan)"
+            return text + (f" ({', '.join(extra)})" if extra else "")
+        case PlanProposed():
+            tasks = ", ".join(t.id for t in data.plan.nodes)
+            return f"revision {data.revision} from {data.source}: {tasks}"
+        case PlanValidated():
+            return f"revision {data.revision} validated ({len(data.checks)} checks)"
+        case PlanRejected():
+            return f"revision {data.revision} rejected: {_failed(data.checks)}"
+        case TaskReady():
+            return f"task {data.task.id} (attempt {data.attempt})"
+        case StepsProposed():
+            return f"task {data.task_id}: " + ", ".join(f"{s.id} ({s.tool})" for s in data.steps)
+        case StepsRejected():
+            return f"task {data.task_id}: {_failed(data.checks)}"
+        case StepReady():
+            return f"{data.step.id} ({data.step.tool})"
+        case StepCompleted():
+            used = data.tool if data.tool == data.planned_tool else f"{data.tool} instead of {data.planned_tool}"
+            return f"{data.step_id} with {used}" + (
+                f" ({len(data.deviations)} deviation(s))" if data.deviations else ""
+            )
+        case StepFailed():
+            return f"{data.step_id}: {data.error.code}: {data.error.message}"
+        case ApprovalRequested():
+            return f"{data.step.id}: {data.reason}, until {data.deadline:%Y-%m-%d %H:%M:%S}"
+        case ApprovalGranted() | ApprovalDenied():
+            return f"{data.step_id} by {data.by}" + (f": {data.reason}" if data.reason else "")
+        case WorkflowCompleted():
+            return "completed"
+        case WorkflowFailed():
+            return f"{data.reason}: {data.message}"
+        case EffectsRecorded():
+            return f"{len(data.effects)} effect(s) of an input answered with nothing"
+        case HandlerFailed():
+            return f"gave up on {data.input_type} (seq {data.input_seq}) after {data.attempts}: {data.error.code}"
+    return ""
+
+
+def _failed(checks: Iterable[Check]) -> str:
+    bad = [c.message for c in checks if not c.passed and c.severity == "error"]
+    return "; ".join(bad) or "no failed check reported"
+
+
+def _malformed_entry(index: int, r: Malformed) -> TimelineEntry:
+    return TimelineEntry(
+        index=index,
+        seq=r.seq,
+        at=None,
+        actor="?",
+        type="malformed",
+        event_id="",
+        causation_id=None,
+        cause_type=None,
+        summary=r.reason,
+    )
