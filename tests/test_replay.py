@@ -66,7 +66,6 @@ def replay_golden(name: str) -> ReplayResult:
     return replayer_for(settings).replay(records)
 
 
-@pytest.fixture
 def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     """Any attempt to open a connection fails (a replay from a file needs none)."""
 
@@ -77,6 +76,11 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket.socket, "connect_ex", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.delenv("CADRE_NATS_URL", raising=False)
+
+
+@pytest.fixture(name="no_network")
+def _no_network_fixture(monkeypatch: pytest.MonkeyPatch) -> None:
+    no_network(monkeypatch)
 
 
 def cli_env(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
@@ -161,6 +165,34 @@ async def test_a_live_run_replays_from_the_stream_and_from_its_export(
         assert result.reproduced == result.events == len(live)
     doc = json.loads(capsys.readouterr().out)
     assert (doc["ok"], doc["events"]) == (True, len(live))
+
+
+EXAMPLES = sorted(Path("examples/plans").glob("*.json"))
+
+
+async def test_every_example_run_replays_from_the_stream_and_from_its_file_without_the_network(
+    nats_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The issue's acceptance: each example plan, run for real, then replayed twice."""
+    assert len(EXAMPLES) >= 4
+    settings = settings_for(nats_url, tmp_path)
+    runs: list[tuple[str, list[Record]]] = []
+    exported = tmp_path / "examples.jsonl"
+    async with cadre_running(settings) as h:
+        for path in EXAMPLES:
+            example = json.loads(path.read_text())
+            state = await h.run({"request": example["request"], "plan": example["plan"]})
+            assert state.status == "completed", (path.name, state.failure)
+            runs.append((state.workflow_id, await h.bus.log.read_records(state.workflow_id)))
+        with exported.open("wb") as f:
+            await export(h.bus.log, [wf for wf, _ in runs], f)
+    replayer = replayer_for(settings)
+    no_network(monkeypatch)
+    file_log = FileLog.load(exported)
+    for wf, live in runs:
+        for result in (replayer.replay(live), replayer.replay(await file_log.read_records(wf))):
+            assert result.ok, "\n".join(result.lines())
+            assert result.reproduced == result.events == len(live)
 
 
 # -- divergences ------------------------------------------------------------------------------------
