@@ -15,7 +15,8 @@ responder and requester do:
   (core request with ``Nats-Msg-Id`` and ``Nats-Expected-Last-Sequence``, as the ledger does)
   and answers after the ack: the floor of a gate that records each decision before answering.
 * ``ask``: ``BudgetClient.consult`` of a fresh consultation -> ``granted`` (one ledger append).
-* ``settle``: ``BudgetClient.settle`` of that grant -> ``Settled`` (one ledger append).
+* ``settle``: ``BudgetClient.settle`` of that grant -> ``Settled`` (answered once priced; its
+  ledger append follows, and the reservation is released when the append is acknowledged).
 * ``ask_settle``: the two together, as a caller pays for one LLM call (target p50 <= 1 ms).
 * ``ask_cached``: ``consult`` with a ``cache_key`` the inference cache holds -> ``cached``
   (a KV get, then a ``cache_hit`` ledger append).
@@ -23,6 +24,11 @@ responder and requester do:
   pairs one after another, in requests per second, beside the ``raw_js`` responder under the
   same load (it appends one request at a time; the budget groups what queues up into one
   ledger message: ``requests_per_ledger_append``).
+
+At the end the bench reads the ledger back and checks that every settlement it was answered
+(not ``already_settled``) is in it and closed its reservation (``settlements_recorded``), and
+that the fold of the ledger agrees with the replica's state: settlements answered before their
+append must all be durable once the replica is drained.
 
 By default the bundled nats-server runs in a fresh temporary data dir and the ledger uses
 **file storage**, as in production. One JSON object goes to stdout; progress to stderr.
@@ -45,11 +51,12 @@ from typing import Any
 import msgspec
 from _common import bench_server, environment, median, note, percentile
 
-from actors.budget import BudgetClient, BudgetService, serve_budget
+from actors import budget_rules as rules
+from actors.budget import BudgetClient, BudgetService, read_ledger, serve_budget
 from actors.budget_rules import BudgetConfig
 from actors.metrics import Metrics
 from bus.connection import ConnectOptions, barrier, connect
-from bus.ledger import Consultation, Settlement
+from bus.ledger import Consultation, SettledEntry, Settlement
 from bus.stream import StreamSpec, ensure_stream
 from bus.subjects import Subjects
 from planner.providers.base import ModelPrice, Prices
@@ -143,8 +150,9 @@ async def main(args: argparse.Namespace, url: str) -> dict[str, Any]:
             )
             await barrier(server)
             client = BudgetClient(caller, subjects, timeout=5.0)
-            sides = _sides(caller, client, subjects, tag)
-            cached_key = await _prime_cache(client, tag)
+            settled: set[str] = set()  # reservations the bench was answered a settlement of
+            sides = _sides(caller, client, subjects, tag, settled)
+            cached_key = await _prime_cache(client, tag, settled)
             sides["ask_cached"] = lambda i: _timed(client.consult(consultation(i, tag + "c", cached_key)))
             for name, side in sides.items():  # warm-up: first requests on a connection are slower
                 for i in range(200):
@@ -160,10 +168,12 @@ async def main(args: argparse.Namespace, url: str) -> dict[str, Any]:
             out.update({name: figures(runs) for name, runs in seconds.items()})
             out["ledger_groups"] = service.groups
             out["ledger_conflicts"] = service.conflicts
-            out["concurrent"] = await concurrent(caller, client, subjects, tag, service, args.callers)
+            out["concurrent"] = await concurrent(caller, client, subjects, tag, service, args.callers, settled)
+            await service.recorded()
+            out.update(await _check_ledger(server, ledger.name, service, settled))
         p50 = out["ask_settle"]["p50_ms"]
         out["target_ask_settle_p50_ms"] = TARGET_ASK_SETTLE_P50_MS
-        out["ok"] = p50 <= TARGET_ASK_SETTLE_P50_MS
+        out["ok"] = p50 <= TARGET_ASK_SETTLE_P50_MS and out["settlements_recorded"] and out["ledger_agrees_with_state"]
         return out
     finally:
         for name in (ledger.name, raw_spec.name, f"KV_{bucket}"):
@@ -176,7 +186,13 @@ async def main(args: argparse.Namespace, url: str) -> dict[str, Any]:
 
 
 async def concurrent(
-    caller: Any, client: BudgetClient, subjects: Subjects, tag: str, service: BudgetService, callers: int
+    caller: Any,
+    client: BudgetClient,
+    subjects: Subjects,
+    tag: str,
+    service: BudgetService,
+    callers: int,
+    settled: set[str],
 ) -> dict[str, Any]:
     """Informational: ``callers`` callers at once, each doing ask+settle pairs one after another,
     against the ``raw_js`` responder under the same load (which appends one request at a time)."""
@@ -188,6 +204,7 @@ async def concurrent(
             c = consultation(k * pairs + i, f"{tag}k{k}")
             if (await client.consult(c)).outcome != "granted" or await client.settle(settlement(c)) is None:
                 raise RuntimeError("a concurrent ask+settle failed")
+            settled.add(c.id)
 
     payload = msgspec.json.encode(consultation(0, tag))
 
@@ -215,7 +232,7 @@ async def _timed(call: Awaitable[object]) -> float:
     return time.perf_counter() - start
 
 
-def _sides(caller: Any, client: BudgetClient, subjects: Subjects, tag: str) -> dict[str, Sample]:
+def _sides(caller: Any, client: BudgetClient, subjects: Subjects, tag: str, settled: set[str]) -> dict[str, Sample]:
     payload = msgspec.json.encode(consultation(0, tag))
     granted: dict[int, Consultation] = {}
 
@@ -245,6 +262,7 @@ def _sides(caller: Any, client: BudgetClient, subjects: Subjects, tag: str) -> d
         seconds = time.perf_counter() - start
         if s is None or s.already_settled:
             raise RuntimeError(f"expected a settlement, got {s!r}")
+        settled.add(c.id)
         return seconds
 
     async def ask_settle(i: int) -> float:
@@ -255,12 +273,13 @@ def _sides(caller: Any, client: BudgetClient, subjects: Subjects, tag: str) -> d
         seconds = time.perf_counter() - start
         if d.outcome != "granted" or s is None or s.already_settled:
             raise RuntimeError(f"ask+settle failed: {d!r} {s!r}")
+        settled.add(c.id)
         return seconds
 
     return {"raw": raw, "raw_js": raw_js, "ask": ask, "settle": settle, "ask_settle": ask_settle}
 
 
-async def _prime_cache(client: BudgetClient, tag: str) -> str:
+async def _prime_cache(client: BudgetClient, tag: str, settled: set[str]) -> str:
     """Put an answer of plan size into the inference cache through a settlement; return its key."""
     key = secrets.token_hex(16)
     c = consultation(0, tag + "prime", key)
@@ -279,7 +298,28 @@ async def _prime_cache(client: BudgetClient, tag: str) -> str:
     )
     if d.outcome != "granted" or s is None:
         raise RuntimeError(f"could not prime the cache: {d!r} {s!r}")
+    settled.add(c.id)
     return key
+
+
+async def _check_ledger(nc: Any, stream: str, service: BudgetService, settled: set[str]) -> dict[str, Any]:
+    """Read the ledger back: is every settlement the bench was answered in it, and does its fold
+    agree with the replica's state (open reservations, settled spend)?"""
+    entries = await read_ledger(nc, stream, timeout_s=30.0)
+    folded = rules.fold(entries)
+    in_ledger = {e.reservation_id for e in entries if isinstance(e, SettledEntry)}
+    state = service.state
+    agrees = folded.open.keys() == state.open.keys() and all(
+        abs(spend.settled_usd - state.workflows.get(wf, rules.Spend()).settled_usd) < 1e-9
+        for wf, spend in folded.workflows.items()
+    )
+    note(f"ledger: {len(entries)} entries; {len(settled)} settlements answered, {len(settled & in_ledger)} recorded")
+    return {
+        "ledger_entries": len(entries),
+        "settlements_answered": len(settled),
+        "settlements_recorded": settled <= in_ledger and not settled & folded.open.keys(),
+        "ledger_agrees_with_state": agrees,
+    }
 
 
 async def _raw_responders(stack: AsyncExitStack, nc: Any, subjects: Subjects, spec: StreamSpec) -> None:

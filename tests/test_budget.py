@@ -16,17 +16,19 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import pytest
 import pytest_asyncio
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 
-from actors import budget
+from actors import budget_commit, budget_view
 from actors import budget_rules as rules
 from actors.budget import BudgetClient, BudgetService, LedgerError, read_ledger, serve_budget
+from actors.budget_requests import Ask, Request, Settle
 from actors.budget_rules import BudgetConfig, BudgetState
 from actors.metrics import Metrics
 from bus import ConnectOptions, StreamSpec, Subjects, connect
@@ -221,6 +223,7 @@ async def test_grant_then_settle_reserves_the_worst_case_and_releases_the_rest(e
         assert s.cost_usd == pytest.approx(cost)
         assert s.released_usd == pytest.approx(w - cost)
         assert not s.already_settled
+        await service.recorded()  # the answer comes before the ledger append; the release after it
         spend = service.state.workflows["wf1"]
         assert (spend.settled_usd, spend.reserved_usd) == (pytest.approx(cost), pytest.approx(0.0))
         today = service.state.days[datetime.now(UTC).date()]
@@ -303,6 +306,7 @@ async def test_a_restarted_budget_keeps_spend_open_reservations_and_caps(env: En
         s = await client.settle(paid("open-1"))
         assert s is not None
         assert not s.already_settled
+        await second.recorded()
         assert second.state.workflows["wf1"].reserved_usd == pytest.approx(0.0)
 
 
@@ -332,6 +336,8 @@ async def test_two_replicas_at_once_never_grant_over_the_cap(env: Env, nats_url:
             assert await env.entries() == entries
             settled = await asyncio.gather(*(client.settle(paid(r, wf=f"wf{int(r[1:]) % 7}")) for r in granted))
             assert all(s is not None and not s.already_settled for s in settled)
+            await a.recorded()
+            await b.recorded()
             final = rules.fold(await env.entries())
             assert final.open == {}
             assert final.days[datetime.now(UTC).date()].settled_usd <= cap
@@ -362,8 +368,9 @@ async def test_replicas_follow_each_others_writes_once_they_meet(
             async with asyncio.timeout(5):
                 await a.folded(b.state.seq)
             assert (await ask_a.settle(paid("y2"))) is not None  # a settles b's grant
+            await a.recorded()
             assert a.conflicts == 1
-            monkeypatch.setattr(budget, "FOLLOW_IDLE_S", -1.0)  # nobody else wrote "lately": stop following
+            monkeypatch.setattr(budget_view, "FOLLOW_IDLE_S", -1.0)  # nobody else wrote "lately": stop following
             assert (await ask_a.consult(ask("x3"))).outcome == "granted"
             assert not a.following
     finally:
@@ -471,6 +478,151 @@ async def test_an_unsettled_reservation_expires_at_its_worst_case(env: Env) -> N
     assert len(expired) == 1
     assert expired[0].cost_usd == pytest.approx(worst())
     assert expired[0].at == T0 + timedelta(seconds=31)
+
+
+# -- settlements answered before their ledger append ------------------------------------------------
+
+
+class HeldAppends:
+    """Stands in for the service's ledger append: holds each append until ``release`` (then
+    appends for real), or fails it with ``LedgerError`` when ``fail`` is set."""
+
+    def __init__(self, service: BudgetService, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.real = service.ledger.append
+        self.waiting = asyncio.Event()  # an append is being held
+        self.release = asyncio.Event()
+        self.fail = False
+        monkeypatch.setattr(service.ledger, "append", self.append)
+
+    async def append(self, expected: int, entries: list[LedgerEntry]) -> int:
+        self.waiting.set()
+        await self.release.wait()
+        if self.fail:
+            raise LedgerError("injected: the ledger append failed")
+        return await self.real(expected, entries)
+
+
+async def test_a_settlement_is_answered_before_its_append_and_released_only_once_appended(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cap = worst() * 1.5  # one worst case fits, two do not
+    async with env.serve() as service:
+        client = env.client()
+        assert (await client.consult(ask("c1", budget_usd=cap))).outcome == "granted"
+        held = HeldAppends(service, monkeypatch)
+        s = await client.settle(paid("c1", inputs=100, outputs=100))  # answered while its append is held
+        assert s is not None
+        assert (s.already_settled, s.cost_usd) == (False, pytest.approx((100 * 1.0 + 100 * 5.0) / 1e6))
+        assert held.waiting.is_set()
+        # Not durable yet: the reservation is still held in memory, and a consultation that
+        # needs its release waits for the append (it needs the lock the settlement holds).
+        assert "c1" in service.state.open
+        assert service.state.workflows["wf1"].reserved_usd == pytest.approx(worst())
+        after = asyncio.create_task(client.consult(ask("c2", budget_usd=cap)))
+        await asyncio.sleep(0.05)
+        assert not after.done()
+        held.release.set()
+        assert (await after).outcome == "granted"  # decided after the release was folded
+        assert "c1" not in service.state.open
+        assert service.state.workflows["wf1"].settled_usd == pytest.approx(s.cost_usd)
+    assert [type(e) for e in await env.entries()] == [ReservedEntry, SettledEntry, ReservedEntry]
+
+
+async def test_a_restarted_budget_shows_a_settlement_whose_append_was_in_flight_when_it_stopped(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with env.serve() as first:
+        client = env.client()
+        assert (await client.consult(ask("c1"))).outcome == "granted"
+        held = HeldAppends(first, monkeypatch)
+        s = await client.settle(paid("c1"))
+        assert s is not None
+        assert "c1" in first.state.open
+        asyncio.get_running_loop().call_later(0.05, held.release.set)
+    # Leaving the block drained the service: the settlement's append completed first.
+    async with env.serve() as second:
+        assert second.state.open == {}
+        spend = second.state.workflows["wf1"]
+        assert (spend.settled_usd, spend.reserved_usd) == (pytest.approx(s.cost_usd), pytest.approx(0.0))
+        again = await env.client().settle(paid("c1"))
+        assert again is not None
+        assert again.already_settled
+
+
+async def test_a_settlement_whose_append_fails_leaves_its_reservation_to_expire_at_its_worst_case(
+    env: Env, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    cap = worst() * 1.5
+    clock = FakeClock()
+    async with env.serve(clock=clock) as service:
+        client = env.client()
+        assert (await client.consult(ask("c1", budget_usd=cap))).outcome == "granted"
+        held = HeldAppends(service, monkeypatch)
+        held.fail = True
+        held.release.set()
+        s = await client.settle(paid("c1", inputs=100, outputs=100))
+        assert s is not None
+        assert not s.already_settled  # the caller was told the cost before the append failed
+        await service.recorded()
+        # Never released in memory: the reservation stays open at its worst case.
+        assert "c1" in service.state.open
+        spend = service.state.workflows["wf1"]
+        assert (spend.settled_usd, spend.reserved_usd) == (0.0, pytest.approx(worst()))
+        monkeypatch.setattr(service.ledger, "append", held.real)
+        denied = await client.consult(ask("c2", budget_usd=cap))  # conservative: the release never happened
+        assert (denied.outcome, denied.reason) == ("denied", "over_workflow_cap")
+    assert re.search(r"settlement of c1 was answered but not recorded: its reservation stays open", caplog.text)
+    assert [type(e) for e in await env.entries()] == [ReservedEntry, DeniedEntry]
+    async with env.serve(clock=clock) as restarted:
+        assert "c1" in restarted.state.open  # the ledger never released it either
+        clock.advance(901)  # past the reservation timeout: it is charged at its worst case
+        late = await env.client().settle(paid("c1", inputs=100, outputs=100))
+        assert late is not None
+        assert late.already_settled
+        assert restarted.state.open == {}
+        assert restarted.state.workflows["wf1"].settled_usd == pytest.approx(worst())
+    expired = [e for e in await env.entries() if isinstance(e, ExpiredEntry)]
+    assert [(e.reservation_id, e.cost_usd) for e in expired] == [("c1", pytest.approx(worst()))]
+
+
+async def test_two_settlements_of_one_reservation_at_once_count_once(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with env.serve() as service:
+        client = env.client()
+        assert (await client.consult(ask("c1"))).outcome == "granted"
+        held = HeldAppends(service, monkeypatch)
+        busy = asyncio.create_task(client.consult(ask("c0")))  # holds the lock in its append
+        async with asyncio.timeout(5):
+            await held.waiting.wait()
+        both = asyncio.gather(client.settle(paid("c1")), client.settle(paid("c1")))
+        await asyncio.sleep(0.05)  # most likely queued as one group behind the held append
+        held.release.set()
+        first, second = await both
+        assert (await busy).outcome == "granted"
+        await service.recorded()
+    assert first is not None
+    assert second is not None
+    assert sorted([first.already_settled, second.already_settled]) == [False, True]
+    cost = max(first.cost_usd, second.cost_usd)
+    assert min(first.cost_usd, second.cost_usd) == 0.0
+    entries = await env.entries()
+    assert [e.reservation_id for e in entries if isinstance(e, SettledEntry)] == ["c1"]
+    assert rules.fold(entries).workflows["wf1"].settled_usd == pytest.approx(cost)
+
+
+def test_a_request_about_a_reservation_settled_earlier_in_the_group_waits_for_the_next_round() -> None:
+    no_msg = cast(Msg, None)  # _split reads only the requests
+
+    def consult(cid: str) -> Ask:
+        return Ask(msg=no_msg, request=ask(cid), cached=None, started=0.0)
+
+    def settle(rid: str) -> Settle:
+        return Settle(msg=no_msg, request=paid(rid), started=0.0)
+
+    group: list[Request] = [consult("a"), settle("a"), settle("b"), settle("a"), consult("a"), consult("c")]
+    now, later = budget_commit._split(group)
+    assert now == [group[0], group[1], group[2], group[5]]
+    assert later == [group[3], group[4]]  # served next, in order, once the settlement of "a" is folded
+    assert budget_commit._split(later) == ([group[3]], [group[4]])
 
 
 # -- invalid requests and no budget ----------------------------------------------------------------
