@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Final
 
 from actors.inference import LLM
+from bus.errors import CadreError
 from cadre.settings import Settings
 from planner.providers.base import Provider, ProviderConfig
 
@@ -26,8 +27,10 @@ ROLE_KINDS: Final = {
 }
 
 
-class LLMSettingsError(ValueError):
+class LLMSettingsError(CadreError):
     """The settings name a provider whose key is missing."""
+
+    code = "llm_settings"
 
 
 def provider_name(settings: Settings) -> str | None:
@@ -66,33 +69,29 @@ def build_llm(settings: Settings) -> LLM | None:
     if name is None:
         return None
     models = models_for(settings, name)
+    key, base_url = (
+        (settings.anthropic_api_key, settings.anthropic_base_url)
+        if name == "anthropic"
+        else (settings.gemini_api_key, settings.gemini_base_url)
+    )
+    assert key is not None  # provider_name only picks a provider whose key is set
+    config = ProviderConfig(
+        api_key=key.get_secret_value(),
+        models=models,
+        base_url=base_url,
+        timeout_s=settings.llm_timeout_s,
+        max_retries=settings.llm_max_retries,
+    )
+    # The adapters are imported here so that a process without a model never imports the SDKs.
     provider: Provider
     if name == "anthropic":
-        from planner.providers.anthropic import AnthropicProvider  # imports the SDK only when used
+        from planner.providers.anthropic import AnthropicProvider
 
-        assert settings.anthropic_api_key is not None
-        provider = AnthropicProvider(
-            ProviderConfig(
-                api_key=settings.anthropic_api_key.get_secret_value(),
-                models=models,
-                base_url=settings.anthropic_base_url,
-                timeout_s=settings.llm_timeout_s,
-                max_retries=settings.llm_max_retries,
-            )
-        )
+        provider = AnthropicProvider(config)
     else:
         from planner.providers.gemini import GeminiProvider
 
-        assert settings.gemini_api_key is not None
-        provider = GeminiProvider(
-            ProviderConfig(
-                api_key=settings.gemini_api_key.get_secret_value(),
-                models=models,
-                base_url=settings.gemini_base_url,
-                timeout_s=settings.llm_timeout_s,
-                max_retries=settings.llm_max_retries,
-            )
-        )
+        provider = GeminiProvider(config)
     limits = {
         "default": settings.llm_max_output_tokens,
         "plan": settings.llm_max_output_tokens_plan,

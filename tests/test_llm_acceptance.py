@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -96,3 +97,28 @@ async def test_cadre_run_with_budget_zero_sends_the_api_nothing(provider: str, n
         code, result, _ = await cadre_run(env_for(provider, api, nats_url, tmp_path), LIBRARY_REQUEST, "--budget", "0")
         assert code == 0, result
         assert api.requests == []
+
+
+def test_a_provider_named_without_its_key_is_a_clear_error(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CADRE_", "ANTHROPIC_", "GEMINI_", "GOOGLE_"))}
+    env.update(CADRE_LLM_PROVIDER="gemini", CADRE_DATA_DIR=str(tmp_path))
+    proc = subprocess.run([*CADRE, "run", "anything"], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "CADRE_LLM_PROVIDER=gemini but GEMINI_API_KEY (or GOOGLE_API_KEY) is not set" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_models_per_role_and_provider_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cadre.llm import models_for, provider_name
+    from cadre.settings import Settings
+
+    for var in ("ANTHROPIC_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY", "CADRE_LLM_PROVIDER"):
+        monkeypatch.delenv(var, raising=False)
+    both = Settings(anthropic_api_key="a", gemini_api_key="g", model_planner="small", model_agent="large")
+    assert provider_name(both) == "anthropic"  # auto prefers Anthropic when both keys are set
+    assert provider_name(Settings(gemini_api_key="g")) == "gemini"
+    assert provider_name(Settings(llm_provider="none", anthropic_api_key="a")) is None
+    models = models_for(both, "anthropic")
+    assert (models["plan"], models["adapt"]) == ("small", "small")
+    assert (models["recover"], models["interpret"], models["decide"], models["default"]) == ("large",) * 4
+    assert models["decompose"] == "claude-haiku-4-5"  # the provider's default for an unset role
