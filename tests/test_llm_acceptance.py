@@ -16,20 +16,9 @@ import pytest
 
 from tests.conftest import unique
 from tests.fake_llm import FakeAPI, anthropic_api, gemini_api, ok, status
+from tests.scenarios import LIBRARY_REQUEST, MODEL_PLAN
 
 CADRE = [sys.executable, "-m", "cadre.cli"]
-LIBRARY_REQUEST = "find the three customers who spent most in 2024 and write a report"
-MODEL_PLAN: dict[str, Any] = {
-    "nodes": [
-        {
-            "id": "count",
-            "description": "Count the customers",
-            "tool": "sql.query",
-            "inputs": {"sql": "SELECT COUNT(*) AS customers FROM customers"},
-        }
-    ],
-    "output": "count",
-}
 
 
 def env_for(provider: str, api: FakeAPI, nats_url: str, tmp_path: Path) -> dict[str, str]:

@@ -13,23 +13,8 @@ import pytest
 from bus.events import Effect, PlanProposed
 from store.records import StoredEvent
 from tests.fake_llm import FakeAPI, anthropic_api, gemini_api, ok, slow, status, text
+from tests.scenarios import FLAKY_PLAN, LIBRARY_REQUEST, MODEL_PLAN, NOVEL_REQUEST, REMAINING
 from tests.system_harness import Harness, cadre_running, settings_for
-
-LIBRARY_REQUEST = "find the three customers who spent most in 2024 and write a report"
-NOVEL_REQUEST = "how many customers are in the shop database"
-
-MODEL_PLAN: dict[str, Any] = {
-    "nodes": [
-        {
-            "id": "count",
-            "description": "Count the customers",
-            "tool": "sql.query",
-            "inputs": {"sql": "SELECT COUNT(*) AS customers FROM customers"},
-        }
-    ],
-    "output": "count",
-    "rationale": "one query answers it",
-}
 
 Fake = Callable[..., contextlib.AbstractAsyncContextManager[FakeAPI]]
 PROVIDERS: dict[str, Fake] = {"anthropic": anthropic_api, "gemini": gemini_api}
@@ -202,20 +187,6 @@ async def test_the_same_prompt_is_served_from_the_inference_cache(nats_url: str,
         assert proposed.source == "cache" or "from the inference cache" in proposed.reason
         assert [e.value["outcome"] for e in effects_of(effects, "budget")] == ["cached"]
         assert effects_of(effects, "settle") == []
-
-
-FLAKY_PLAN: dict[str, Any] = {
-    "nodes": [
-        {"id": "first", "tool": "test.echo", "inputs": {"value": "kept"}},
-        {"id": "second", "depends_on": ["first"], "tool": "test.flaky", "inputs": {"value": "x"}},
-    ],
-    "output": "second",
-}
-REMAINING: dict[str, Any] = {
-    "nodes": [{"id": "second_b", "depends_on": ["first"], "tool": "test.echo", "inputs": {"value": "${first.value}"}}],
-    "output": "second_b",
-    "rationale": "test.flaky is down; echo the first output instead",
-}
 
 
 async def test_autonomous_creative_workflow_is_re_planned_after_a_task_fails(nats_url: str, tmp_path: Path) -> None:

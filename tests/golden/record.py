@@ -38,35 +38,10 @@ from store.filelog import write_export
 from store.records import StoredEvent
 from store.state import fold
 from tests.fake_llm import Behaviour, FakeAPI, anthropic_api, ok, text
+from tests.scenarios import FLAKY_PLAN, LIBRARY_REQUEST, MODEL_PLAN, NOVEL_REQUEST, REMAINING
 from tests.system_harness import Harness, cadre_running, settings_for
 
 HERE = Path(__file__).resolve().parent
-LIBRARY_REQUEST = "find the three customers who spent most in 2024 and write a report"
-NOVEL_REQUEST = "how many customers are in the shop database"
-MODEL_PLAN: dict[str, Any] = {
-    "nodes": [
-        {
-            "id": "count",
-            "description": "Count the customers",
-            "tool": "sql.query",
-            "inputs": {"sql": "SELECT COUNT(*) AS customers FROM customers"},
-        }
-    ],
-    "output": "count",
-    "rationale": "one query answers it",
-}
-FLAKY_PLAN: dict[str, Any] = {
-    "nodes": [
-        {"id": "first", "tool": "test.echo", "inputs": {"value": "kept"}},
-        {"id": "second", "depends_on": ["first"], "tool": "test.flaky", "inputs": {"value": "x"}},
-    ],
-    "output": "second",
-}
-REMAINING: dict[str, Any] = {
-    "nodes": [{"id": "second_b", "depends_on": ["first"], "tool": "test.echo", "inputs": {"value": "${first.value}"}}],
-    "output": "second_b",
-    "rationale": "test.flaky is down; echo the first output instead",
-}
 APPROVAL_PLAN: dict[str, Any] = {
     "nodes": [
         {"id": "save", "tool": "fs.write", "inputs": {"path": "out/approved.txt", "content": "ok"}},
