@@ -22,7 +22,7 @@ from actors.inference import LLM, Inferred, Policy, cache_key
 from bus.events import Effect, Envelope
 from bus.ledger import Consultation, Decision, Settled, Settlement
 from bus.plan import ErrorInfo, Plan
-from planner.providers.base import LLMRequest, LLMResponse, ProviderError, Usage, estimate_tokens
+from planner.providers.base import LLMRequest, LLMResponse, ProviderError, Usage, estimate_input_tokens
 from planner.providers.structured import Outcome, structured_flow
 from store.records import StoredEvent
 
@@ -224,7 +224,6 @@ class Context:
     def _consultation(
         self, kind: str, provider: str, request: LLMRequest, policy: Policy, key: str | None
     ) -> Consultation:
-        schema = json.dumps(request.schema, separators=(",", ":"), sort_keys=True)
         self._consultations += 1
         if not self._nonce:
             self._nonce = format(round(self._now.timestamp() * 1_000_000), "x")
@@ -234,9 +233,7 @@ class Context:
             kind=kind,
             provider=provider,
             model=request.model,
-            est_input_tokens=estimate_tokens(request.system)
-            + estimate_tokens(request.prompt)
-            + estimate_tokens(schema),
+            est_input_tokens=estimate_input_tokens(request),
             max_output_tokens=request.max_output_tokens,
             intelligence=policy.intelligence,
             mode=policy.mode,

@@ -56,6 +56,7 @@ __all__ = [
     "ProviderError",
     "Usage",
     "cost_usd",
+    "estimate_input_tokens",
     "estimate_tokens",
     "parse_json_object",
     "require_output",
@@ -366,12 +367,16 @@ def estimate_tokens(text: str) -> int:
     return math.ceil(len(text) / 4)
 
 
+def estimate_input_tokens(request: LLMRequest) -> int:
+    """The estimated input of ``request``: its system prompt, its prompt and its output schema."""
+    schema = json.dumps(request.schema, separators=(",", ":"), sort_keys=True)
+    return estimate_tokens(request.system) + estimate_tokens(request.prompt) + estimate_tokens(schema)
+
+
 def worst_case_cost(request: LLMRequest, prices: Prices) -> float:
     """An upper-bound cost to reserve before the call: the estimated input, no cache
     discount, and every allowed output token."""
-    schema = json.dumps(request.schema, separators=(",", ":"), sort_keys=True)
-    input_tokens = estimate_tokens(request.system) + estimate_tokens(request.prompt) + estimate_tokens(schema)
-    usage = Usage(input_tokens=input_tokens, output_tokens=request.max_output_tokens)
+    usage = Usage(input_tokens=estimate_input_tokens(request), output_tokens=request.max_output_tokens)
     return cost_usd(usage, request.model, prices)
 
 
