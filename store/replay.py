@@ -462,9 +462,9 @@ class _Run:
         jobs = self.jobs()
         state = WorkflowState(workflow_id=_workflow_id(self.records))
         records, n, pos = self.records, len(self.records), 0
-        retry: list[_Job] = []
-        for job in jobs:
-            until = job.invocation.basis
+
+        def fold_until(until: int) -> None:
+            nonlocal pos
             while pos < n and records[pos].seq <= until:
                 r = records[pos]
                 if isinstance(r, StoredEvent):
@@ -472,19 +472,17 @@ class _Run:
                 else:
                     skip(state, r)
                 pos += 1
+
+        retry: list[_Job] = []
+        for job in jobs:
+            fold_until(job.invocation.basis)
             if job.positions:
                 self.check_group(job, state)
             elif self.check_quiet(job, state)[0] is None:
                 self.quiet += 1
             else:
                 retry.append(job)
-        while pos < n:
-            r = records[pos]
-            if isinstance(r, StoredEvent):
-                apply(state, r)
-            else:
-                skip(state, r)
-            pos += 1
+        fold_until(records[-1].seq if records else 0)
         for job in retry:  # the live state cache may have been ahead of the input: the latest state
             why, replayed = self.check_quiet(job, state)
             if why is None:
