@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from actors.budget_rules import BudgetConfig
 from bus.stream import StreamSpec
 from cadre.settings import Price, RateLimit, Settings
@@ -36,10 +38,10 @@ def budget_config(settings: Settings) -> BudgetConfig:
 
 def ledger_spec(settings: Settings) -> StreamSpec:
     """The ledger's stream: one subject, stored and replicated like the event stream, kept forever."""
-    return StreamSpec(
+    return dataclasses.replace(
+        settings.stream(),
         name=settings.ledger_stream_name,
         subjects=settings.subjects.ledger,
-        storage=settings.stream_storage,
-        replicas=settings.stream_replicas,
-        duplicate_window=settings.stream_duplicate_window_s,
+        max_age=0.0,
+        max_bytes=-1,
     )
