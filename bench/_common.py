@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import os
 import platform
 import shutil
@@ -24,6 +25,16 @@ from typing import Any
 from nats.aio.client import Client as NATS
 
 from bus.embedded import embedded_server
+
+
+def run_on_server(
+    url: str | None, data_dir: Path | None, main: Callable[[str], Awaitable[dict[str, Any]]], limit_s: float
+) -> None:
+    """Run ``main(server_url)`` within ``limit_s`` on :func:`bench_server`'s server; print its result."""
+    with bench_server(url, data_dir) as server_url:
+        result = asyncio.run(asyncio.wait_for(main(server_url), limit_s))
+    json.dump(result, sys.stdout)
+    sys.stdout.write("\n")
 
 
 def note(msg: str) -> None:

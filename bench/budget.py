@@ -41,7 +41,6 @@ import asyncio
 import cProfile
 import json
 import secrets
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -49,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from _common import bench_server, environment, median, note, percentile
+from _common import environment, median, note, percentile, run_on_server
 
 from actors import budget_rules as rules
 from actors.budget import BudgetClient, BudgetService, read_ledger, serve_budget
@@ -362,10 +361,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run() -> None:
     args = parse_args()
-    with bench_server(args.nats, args.data_dir) as url:
-        result = asyncio.run(asyncio.wait_for(main(args, url), TOTAL_TIMEOUT))
-    json.dump(result, sys.stdout)
-    sys.stdout.write("\n")
+    run_on_server(args.nats, args.data_dir, lambda url: main(args, url), TOTAL_TIMEOUT)
 
 
 if __name__ == "__main__":

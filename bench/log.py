@@ -34,16 +34,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import secrets
-import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from _common import bench_server, comparison, environment, median, note, timed
+from _common import comparison, environment, median, note, run_on_server, timed
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
@@ -415,10 +413,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run() -> None:
     args = parse_args()
-    with bench_server(args.nats, args.data_dir) as url:
-        result = asyncio.run(asyncio.wait_for(main(args, url), TOTAL_TIMEOUT))
-    json.dump(result, sys.stdout)
-    sys.stdout.write("\n")
+    run_on_server(args.nats, args.data_dir, lambda url: main(args, url), TOTAL_TIMEOUT)
 
 
 if __name__ == "__main__":
