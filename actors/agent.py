@@ -114,12 +114,6 @@ def fallback_order(fallbacks: tuple[str, ...], first: str) -> tuple[str, ...]:
     return (first, *(t for t in fallbacks if t != first))
 
 
-def quiet(inferred: Inferred[Any]) -> bool:
-    """Whether a consultation was not for this workflow (its level or mode), or had no model:
-    the step's outcome then says nothing about it, exactly as without dynamic inference."""
-    return inferred.reason.startswith(("no_provider", "denied: not_allowed", "denied: no_provider"))
-
-
 # -- running a step --------------------------------------------------------------------------
 
 
@@ -184,7 +178,7 @@ class _StepRun:
         request = interpret_request(self.step, inputs, spec, output, problem)
         inferred = await self.infer("interpret", request, interpret_validator(spec, self.step.expected_outputs))
         if inferred.value is None:
-            return None, "" if quiet(inferred) else f" (not interpreted: {inferred.describe()})"
+            return None, "" if inferred.declined else f" (not interpreted: {inferred.describe()})"
         self.deviations.append(f"output interpreted by the model: {problem}; {inferred.describe()}")
         return inferred.value, ""
 
@@ -196,7 +190,7 @@ class _StepRun:
         request = decide_request(self.step, self.inputs, self.failures[-1], options, self.catalog)
         inferred = await self.infer("decide", request, decide_validator(options))
         if inferred.value is None:
-            if not quiet(inferred):
+            if not inferred.declined:
                 self.deviations.append(f"fallback tools tried in planned order: {inferred.describe()}")
             return options
         choice = inferred.value
@@ -217,7 +211,7 @@ class _StepRun:
         )
         plan = inferred.value
         if plan is None:
-            return self.failed("" if quiet(inferred) else f" (recovery was tried: {inferred.describe()})")
+            return self.failed("" if inferred.declined else f" (recovery was tried: {inferred.describe()})")
         how = inferred.describe()
         if plan.action == "fail":
             return self.failed(f" (recovery: the model advised failing the step: {plan.reason}; {how})")

@@ -180,7 +180,9 @@ class Context:
         llm = self._outside.llm
         if llm is None:
             self._record("llm", f"{kind}:-", {"outcome": "no_provider"}, None, time.perf_counter())
-            return Inferred(None, "fallback", "no_provider: no LLM provider is configured in this process")
+            return Inferred(
+                None, "fallback", "no_provider: no LLM provider is configured in this process", declined=True
+            )
         provider = llm.provider.name
         request = msgspec.structs.replace(
             request,
@@ -208,7 +210,10 @@ class Context:
             else:
                 flow.close()
                 reason = f"denied: {decision.reason}" + (f": {decision.message}" if decision.message else "")
-                return Inferred(None, "fallback", reason, provider, request.model, round_ > 1, calls, cost)
+                declined = decision.reason in ("not_allowed", "no_provider")
+                return Inferred(
+                    None, "fallback", reason, provider, request.model, round_ > 1, calls, cost, declined=declined
+                )
             try:
                 following = flow.send(reply)
             except StopIteration as done:

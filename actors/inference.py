@@ -71,7 +71,9 @@ class Inferred(Generic[T]):
     validation; otherwise ``None`` and ``reason`` says why the caller falls back.
 
     ``source``: ``model``, ``cache`` or ``fallback``. ``calls``: HTTP calls made (0 for a
-    cached answer or a denial). ``repaired``: a repair round was needed.
+    cached answer or a denial). ``repaired``: a repair round was needed. ``declined``: the
+    consultation was not for this workflow (its level or mode does not allow the kind) or
+    this process has no model; a caller then behaves exactly as without dynamic inference.
     """
 
     value: T | None
@@ -83,6 +85,7 @@ class Inferred(Generic[T]):
     calls: int = 0
     cost_usd: float = 0.0
     problems: tuple[str, ...] = ()
+    declined: bool = False
 
     @property
     def ok(self) -> bool:

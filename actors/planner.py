@@ -116,7 +116,7 @@ async def adapt(ctx: Context, state: WorkflowState, failed: list[Event], catalog
     validate = adapt_validator(catalog, state.plan, completed)
     inferred = await ctx.infer("adapt", ask, validate, ctx.policy(state.request))
     if inferred.value is None:
-        if inferred.reason.startswith("denied: not_allowed") or inferred.reason.startswith("no_provider"):
+        if inferred.declined:
             return failed  # adaptation is not for this workflow: fail exactly as without it
         note = f" (adaptation was tried: {inferred.describe()})"
         return [msgspec.structs.replace(end, message=end.message + note)]

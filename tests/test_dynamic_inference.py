@@ -454,11 +454,31 @@ def test_fallback_order_moves_the_choice_first() -> None:
     assert agent.fallback_order(("a", "b"), "a") == ("a", "b")
 
 
-def test_quiet_means_the_model_was_not_for_this_workflow() -> None:
-    assert agent.quiet(Inferred(None, "fallback", "no_provider: none configured"))
-    assert agent.quiet(Inferred(None, "fallback", "denied: not_allowed: level basic"))
-    assert not agent.quiet(Inferred(None, "fallback", "denied: over_workflow_cap"))
-    assert not agent.quiet(Inferred(None, "fallback", "invalid_output_after_repair"))
+async def test_declined_means_the_model_was_not_for_this_workflow(tmp_path: Path, budget: BudgetClient) -> None:
+    """``Inferred.declined``: no model here, or the level/mode does not allow the kind; a cap
+    or an invalid answer is a miss the caller reports, not a decline."""
+
+    async def decide(run: Run, n: int, **policy: Any) -> Inferred[Any]:
+        wf = f"{WF}-{n}"  # a workflow of its own: its own cap and consultation ids
+        env = ev(WorkflowRequested(request="r"), wf, i=n)
+        stored = StoredEvent(n, f"t.evt.{wf}.{env.type}", env, b"")
+        ctx = Context(kind="agent", stored=stored, now=stored.event.at, outside=run.outside)
+        request = decide_request(STEP, STEP.inputs, SQL_FAILED, ("fs.read", "http.get"), CATALOG)
+        return await ctx.infer("decide", request, decide_validator(("fs.read", "http.get")), Policy(**policy))
+
+    bad = answer({"choice": "nothing of the kind", "reason": "?"})
+    no_model = await decide(Run(tmp_path, budget, model=False), 1, intelligence="intelligent")
+    basic = await decide(Run(tmp_path, budget), 2, intelligence="basic")
+    capped = await decide(Run(tmp_path, budget), 3, intelligence="intelligent", budget_usd=0.0)
+    invalid = await decide(Run(tmp_path, budget, [bad, bad]), 4, intelligence="intelligent")
+    assert no_model.reason.startswith("no_provider")
+    assert basic.reason.startswith("denied: not_allowed")
+    assert capped.reason.startswith("denied: over_workflow_cap")
+    assert invalid.reason == "invalid_output_after_repair"
+    assert no_model.declined
+    assert basic.declined
+    assert not capped.declined
+    assert not invalid.declined
 
 
 async def test_a_refused_output_travels_on_the_tool_error(tmp_path: Path) -> None:
