@@ -28,7 +28,7 @@ from typing import Any
 
 import msgspec
 
-from actors.budget_rules import BudgetConfig, gate, worst_case_usd
+from actors.budget.rules import BudgetConfig, gate, worst_case_usd
 from actors.planner_rules import explain
 from bus.events import (
     Envelope,

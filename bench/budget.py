@@ -50,9 +50,8 @@ from typing import Any
 import msgspec
 from _common import environment, median, note, percentile, run_on_server
 
-from actors import budget_rules as rules
-from actors.budget import BudgetClient, BudgetService, read_ledger, serve_budget
-from actors.budget_rules import BudgetConfig
+from actors.budget import BudgetClient, BudgetService, read_ledger, rules, serve_budget
+from actors.budget.rules import BudgetConfig
 from actors.metrics import Metrics
 from bus.connection import ConnectOptions, barrier, connect
 from bus.ledger import Consultation, SettledEntry, Settlement

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from actors.budget_rules import BudgetConfig
+from actors.budget.rules import BudgetConfig
 from bus.stream import StreamSpec
 from cadre.settings import Price, RateLimit, Settings
 from planner.providers.base import ModelPrice, Prices

@@ -1,10 +1,10 @@
-"""``cadre budget`` for people: the budget's report (``actors.budget_rules.Report``) as tables."""
+"""``cadre budget`` for people: the budget's report (``actors.budget.report.Report``) as tables."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 
-from actors.budget_rules import Report, SpendLine
+from actors.budget.report import Report, SpendLine
 
 
 def render_report(r: Report, ledger: str) -> Iterator[str]:

@@ -16,7 +16,7 @@ import msgspec
 import nats.errors
 
 from actors.budget import read_ledger
-from actors.budget_rules import report as budget_report
+from actors.budget.report import report as budget_report
 from actors.clock import utc_now
 from actors.intake import submit
 from actors.ping import ping_all

@@ -1,7 +1,8 @@
 """The budget actor: the gate, caps, rate limits, the inference cache, the ledger, replicas.
 
 Service tests run against the session's nats-server with a prefix, a ledger stream and a
-cache bucket of their own (memory storage); pure tests call ``actors.budget_rules`` directly.
+cache bucket of their own (memory storage); pure tests call ``actors.budget.rules`` and
+``actors.budget.report`` directly.
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 
-from actors import budget_commit, budget_view
-from actors import budget_rules as rules
-from actors.budget import BudgetClient, BudgetService, LedgerError, read_ledger, serve_budget
-from actors.budget_requests import Ask, Request, Settle
-from actors.budget_rules import BudgetConfig, BudgetState
+from actors.budget import BudgetClient, BudgetService, LedgerError, read_ledger, rules, serve_budget
+from actors.budget import commit as budget_commit
+from actors.budget import report as budget_report
+from actors.budget import view as budget_view
+from actors.budget.requests import Ask, Request, Settle
+from actors.budget.rules import BudgetConfig, BudgetState
 from actors.metrics import Metrics
 from bus import ConnectOptions, StreamSpec, Subjects, connect
 from bus.ledger import (
@@ -808,7 +810,7 @@ def test_the_report_sums_spend_denials_cache_hits_and_open_reservations() -> Non
     record(rules.decide(state, cfg, ask("a2", wf="a", kind="adapt"), T0)[1])
     record(rules.decide(state, cfg, ask("b1", wf="b", kind="decompose"), T0)[1])
     record(rules.decide(state, cfg, ask("b2", wf="b"), T0, cached={"x": 1})[1])
-    r = rules.report(entries, today=T0.date(), daily_cap_usd=10.0)
+    r = budget_report.report(entries, today=T0.date(), daily_cap_usd=10.0)
     assert r.spend_usd == pytest.approx(0.002)
     assert r.by_workflow["a"].calls == 1
     assert r.by_workflow["a"].cap_usd == 1.0
@@ -822,5 +824,5 @@ def test_the_report_sums_spend_denials_cache_hits_and_open_reservations() -> Non
         pytest.approx(worst()),
         10.0,
     )
-    only_b = rules.report(entries, "b")
+    only_b = budget_report.report(entries, "b")
     assert (only_b.by_workflow, only_b.denials, only_b.cache_hits) == ({}, {}, 1)

@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from actors import agent, decomposer
 from actors.budget import BudgetClient, serve_budget
-from actors.budget_rules import BudgetConfig
+from actors.budget.rules import BudgetConfig
 from actors.context import Budget, Context, Outside
 from actors.inference import LLM, Inferred, Policy
 from actors.outcome import Defer

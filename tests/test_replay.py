@@ -28,7 +28,7 @@ import msgspec
 import pytest
 
 from actors import agent, planner_rules, validator
-from actors.budget_rules import BudgetConfig
+from actors.budget.rules import BudgetConfig
 from actors.replay import Replayer, live_specs
 from actors.whatif import WhatIf, redecide
 from bus.events import ApprovalDenied, ApprovalRequested, PlanValidated, StepCompleted, WorkflowCompleted

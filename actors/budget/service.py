@@ -3,7 +3,7 @@
     <prefix>.budget.consult   Consultation -> Decision   (core request/reply, queue group cadre-budget)
     <prefix>.budget.settle    Settlement   -> Settled    (same queue group)
 
-The rules are pure (:mod:`actors.budget_rules`); this module and the ones it composes are
+The rules are pure (:mod:`actors.budget.rules`); this module and the ones it composes are
 their I/O. A replica serves one group of requests at a time, under a lock (its state has one
 writer at a time):
 
@@ -16,11 +16,11 @@ writer at a time):
    the next group.
 3. A group is decided, its settlements answered, its entries appended as one ledger message,
    its settlements folded (releasing their reservations only once durable), and its
-   consultations answered: :mod:`actors.budget_commit`.
+   consultations answered: :mod:`actors.budget.commit`.
 
 On start a replica folds the whole ledger before it takes requests, so a restarted budget
 keeps its spend, open reservations and caps; while other replicas write, it follows the
-ledger (:mod:`actors.budget_view`). Overdue reservations are charged by the next group, or by
+ledger (:mod:`actors.budget.view`). Overdue reservations are charged by the next group, or by
 the expiry timer when no request comes.
 """
 
@@ -40,13 +40,13 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from actors import budget_rules as rules
-from actors.budget_cache import InferenceCache
-from actors.budget_commit import GroupCommit
-from actors.budget_ledger import LedgerLog
-from actors.budget_requests import Ask, DecisionMetrics, Request, Settle, answer_unavailable, error_payload, respond
-from actors.budget_rules import BudgetConfig, BudgetState
-from actors.budget_view import LedgerView
+from actors.budget import rules
+from actors.budget.cache import InferenceCache
+from actors.budget.commit import GroupCommit
+from actors.budget.ledger import LedgerLog
+from actors.budget.requests import Ask, DecisionMetrics, Request, Settle, answer_unavailable, error_payload, respond
+from actors.budget.rules import BudgetConfig, BudgetState
+from actors.budget.view import LedgerView
 from actors.clock import utc_now
 from actors.metrics import Metrics
 from bus.connection import barrier

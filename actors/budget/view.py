@@ -8,7 +8,7 @@ seldom conflicts again; after ``FOLLOW_IDLE_S`` without another replica's entrie
 since a lone replica's own appends would only come back to it. Correctness never rests on the
 feed: every append is checked against the ledger's last sequence.
 
-Invariant (shared with :class:`~actors.budget_service.BudgetService`): the state changes across
+Invariant (shared with :class:`~actors.budget.service.BudgetService`): the state changes across
 an ``await`` only while the service's lock is held (``busy()``); the feed folds a message at
 once only while the lock is free, and otherwise keeps it for the next group to fold, under the
 lock (:meth:`LedgerView.fold_feed`).
@@ -25,9 +25,9 @@ from typing import Final
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from actors import budget_rules as rules
-from actors.budget_ledger import LedgerError, LedgerLog, decode_entries
-from actors.budget_rules import BudgetState
+from actors.budget import rules
+from actors.budget.ledger import LedgerError, LedgerLog, decode_entries
+from actors.budget.rules import BudgetState
 from bus.ledger import LedgerEntry
 from store.jetstream import stream_seq
 

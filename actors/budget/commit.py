@@ -10,7 +10,7 @@ A group is served as rounds (usually one). A round:
 2. Answers the settlements: the caller needs only the cost. One carrying a cache value first
    writes the inference cache.
 3. Appends the round's entries as **one** ledger message (all or nothing), with
-   ``Nats-Expected-Last-Sequence`` = the last sequence folded (:mod:`actors.budget_ledger`).
+   ``Nats-Expected-Last-Sequence`` = the last sequence folded (:mod:`actors.budget.ledger`).
    On "wrong last sequence" (another replica wrote first) or a lost ack: undo, read the
    missing messages, fold them, decide again. A settlement answered already is not answered
    again; if it was settled or expired meanwhile it writes nothing, so it never counts twice.
@@ -34,10 +34,10 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Final, NamedTuple
 
-from actors import budget_rules as rules
-from actors.budget_cache import InferenceCache
-from actors.budget_ledger import Conflict, LedgerError, LedgerLog
-from actors.budget_requests import (
+from actors.budget import rules
+from actors.budget.cache import InferenceCache
+from actors.budget.ledger import Conflict, LedgerError, LedgerLog
+from actors.budget.requests import (
     Answer,
     Ask,
     DecisionMetrics,
@@ -48,8 +48,8 @@ from actors.budget_requests import (
     error_payload,
     respond,
 )
-from actors.budget_rules import BudgetConfig, InvalidSettlement
-from actors.budget_view import LedgerView
+from actors.budget.rules import BudgetConfig, InvalidSettlement
+from actors.budget.view import LedgerView
 from bus.ledger import LedgerEntry, SettledEntry, Settlement
 
 log = logging.getLogger("cadre.budget")

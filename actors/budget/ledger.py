@@ -5,7 +5,7 @@ messages (all of them, or one by sequence), follow the stream live, decode what 
 
 Errors::
 
-    BudgetError (actors.budget_rules)
+    BudgetError (actors.budget.rules)
      └── LedgerError   the ledger could not be read or written (wire code ``ledger_error``)
     Conflict           not an error of the API: the ledger moved past what the replica folded
                        (another replica wrote first, or an ack was lost); read, then decide again
@@ -31,8 +31,8 @@ from nats.aio.subscription import Subscription
 from nats.js import api
 from nats.js.errors import NotFoundError
 
-from actors import budget_rules as rules
-from actors.budget_rules import BudgetError
+from actors.budget import rules
+from actors.budget.rules import BudgetError
 from bus.ledger import LedgerEntry
 from bus.stream import StreamSpec, ensure_stream
 from store.jetstream import stream_seq

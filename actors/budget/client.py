@@ -14,7 +14,7 @@ import msgspec
 import nats.errors
 from nats.aio.client import Client as NATS
 
-from actors.budget_requests import encode, unavailable
+from actors.budget.requests import encode, unavailable
 from bus.ledger import Consultation, Decision, Settled, Settlement
 from bus.subjects import Subjects
 
