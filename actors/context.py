@@ -22,7 +22,8 @@ from actors.inference import LLM, Inferred, Policy, cache_key
 from bus.events import Effect, Envelope
 from bus.ledger import Consultation, Decision, Settled, Settlement
 from bus.plan import ErrorInfo, Plan
-from planner.providers.base import LLMRequest, LLMResponse, ProviderError, Usage, estimate_input_tokens
+from planner.providers.base import LLMRequest, LLMResponse, ProviderError, Usage
+from planner.providers.pricing import estimate_input_tokens
 from planner.providers.structured import Outcome, structured_flow
 from store.records import StoredEvent
 

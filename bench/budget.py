@@ -57,7 +57,7 @@ from bus.connection import ConnectOptions, barrier, connect
 from bus.ledger import Consultation, SettledEntry, Settlement
 from bus.stream import StreamSpec, ensure_stream
 from bus.subjects import Subjects
-from planner.providers.base import ModelPrice, Prices
+from planner.providers.pricing import ModelPrice, Prices
 
 TOTAL_TIMEOUT = 300.0
 TARGET_ASK_SETTLE_P50_MS = 1.0

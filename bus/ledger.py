@@ -152,9 +152,10 @@ class _Entry(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag_field="typ
 
 
 class ReservedEntry(_Entry, tag="reserved", frozen=True, kw_only=True, gc=False):
-    """A grant. ``reserved_usd`` is the worst case: ``reserved_input_tokens`` (the estimate
-    times the safety factor, rounded up) at the input price plus every allowed output token
-    at the output price. ``workflow_cap_usd`` is the workflow's cap as the budget knows it."""
+    """A grant. ``reserved_usd`` is the worst case (``planner/providers/pricing.py``):
+    ``reserved_input_tokens`` (the estimate times the safety factor, rounded up) at the input
+    price plus every allowed output token at the output price. ``workflow_cap_usd`` is the
+    workflow's cap as the budget knows it."""
 
     reservation_id: str
     est_input_tokens: int

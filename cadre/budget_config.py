@@ -7,17 +7,12 @@ import dataclasses
 from actors.budget.rules import BudgetConfig
 from bus.stream import StreamSpec
 from cadre.settings import Price, RateLimit, Settings
-from planner.providers.base import ModelPrice, Prices
+from planner.providers.pricing import ModelPrice, Prices, model_price
 
 
-def model_price(price: Price) -> ModelPrice:
-    """A settings price with the cache rates filled in (0.1x and 1.25x input when unset)."""
-    return ModelPrice(
-        input=price.input,
-        output=price.output,
-        cache_read=price.cache_read if price.cache_read is not None else 0.1 * price.input,
-        cache_write=price.cache_write if price.cache_write is not None else 1.25 * price.input,
-    )
+def _model_price(price: Price) -> ModelPrice:
+    """A settings price with its unset cache rates filled in (:func:`planner.providers.pricing.model_price`)."""
+    return model_price(price.input, price.output, price.cache_read, price.cache_write)
 
 
 def budget_config(settings: Settings) -> BudgetConfig:
@@ -29,8 +24,8 @@ def budget_config(settings: Settings) -> BudgetConfig:
         reservation_timeout_s=settings.budget_reservation_timeout_s,
         rate_limits={p: (r.requests_per_minute, r.tokens_per_minute) for p, r in settings.rate_limits.items()},
         prices=Prices(
-            default=model_price(settings.default_price),
-            by_model={prefix: model_price(p) for prefix, p in settings.prices.items()},
+            default=_model_price(settings.default_price),
+            by_model={prefix: _model_price(p) for prefix, p in settings.prices.items()},
         ),
         default_rate_limit=(default.requests_per_minute, default.tokens_per_minute),
     )

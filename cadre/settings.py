@@ -16,6 +16,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from bus.connection import ConnectOptions
 from bus.stream import StreamSpec
 from bus.subjects import Subjects
+from planner.providers import pricing
+from planner.providers.pricing import ModelPrice
 
 
 class RateLimit(BaseModel):
@@ -36,20 +38,14 @@ class Price(BaseModel):
     cache_write: float | None = Field(default=None, ge=0, description="default: 1.25 x input")
 
 
-# Prices by model name prefix, USD per million tokens, from the vendors' pricing pages
-# (re-check them before relying on them). Unknown models are priced at DEFAULT_PRICE, a
-# deliberately high figure, so that a reservation for an unknown model errs on the safe side.
-DEFAULT_PRICES: dict[str, Price] = {
-    "claude-haiku-4": Price(input=1.0, output=5.0),
-    "claude-sonnet-4": Price(input=3.0, output=15.0),
-    "claude-sonnet-5": Price(input=3.0, output=15.0),
-    "claude-opus-4": Price(input=5.0, output=25.0),
-    "claude-opus-5": Price(input=5.0, output=25.0),
-    "gemini-2.5-flash-lite": Price(input=0.10, output=0.40, cache_read=0.01, cache_write=0.10),
-    "gemini-2.5-flash": Price(input=0.30, output=2.50, cache_read=0.03, cache_write=0.30),
-    "gemini-2.5-pro": Price(input=1.25, output=10.0, cache_read=0.125, cache_write=1.25),
-}
-DEFAULT_PRICE = Price(input=15.0, output=75.0)
+def _price(p: ModelPrice) -> Price:
+    return Price(input=p.input, output=p.output, cache_read=p.cache_read, cache_write=p.cache_write)
+
+
+# The shipped price table (planner/providers/pricing.py) as settings; CADRE_PRICES and
+# CADRE_DEFAULT_PRICE replace it.
+DEFAULT_PRICES: dict[str, Price] = {prefix: _price(p) for prefix, p in pricing.DEFAULT_PRICES.items()}
+DEFAULT_PRICE = _price(pricing.DEFAULT_PRICE)
 
 DEFAULT_RATE_LIMITS: dict[str, RateLimit] = {
     "anthropic": RateLimit(requests_per_minute=50, tokens_per_minute=200_000),

@@ -45,7 +45,7 @@ from bus.ledger import (
     SettledEntry,
     Settlement,
 )
-from planner.providers.base import ModelPrice, Prices
+from planner.providers.pricing import ModelPrice, Prices
 from tests.conftest import unique
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

@@ -65,7 +65,8 @@ from planner.providers.agent_prompts import (
     recover_request,
     recover_validator,
 )
-from planner.providers.base import LLMRequest, LLMResponse, ModelPrice, Prices, Usage
+from planner.providers.base import LLMRequest, LLMResponse, Usage
+from planner.providers.pricing import ModelPrice, Prices
 from planner.providers.recorded import RecordedProvider
 from planner.providers.structured import InvalidOutput, problems_of
 from store.records import StoredEvent

@@ -38,6 +38,7 @@ from planner.providers import (
     ReplayExhausted,
     Usage,
     cost_usd,
+    estimate_input_tokens,
     estimate_tokens,
     parse_json_object,
     plan_request,
@@ -47,7 +48,7 @@ from planner.providers import (
     run_structured,
     structured_flow,
     validate_plan_output,
-    worst_case_cost,
+    worst_case,
 )
 from planner.providers.anthropic import AnthropicProvider
 from planner.providers.gemini import GeminiProvider
@@ -160,7 +161,9 @@ class ProviderContract:
         price = PRICES.for_model(self.model)
         expected = (1000 * price.input + 500 * price.output + 2000 * price.cache_read) / 1e6
         assert cost_usd(response.usage, response.model, PRICES) == pytest.approx(expected)
-        assert 0 < cost_usd(response.usage, response.model, PRICES) < worst_case_cost(request_for(self.model), PRICES)
+        request = request_for(self.model)
+        _, worst = worst_case(PRICES, request.model, estimate_input_tokens(request), request.max_output_tokens, 1.0)
+        assert 0 < cost_usd(response.usage, response.model, PRICES) < worst
 
     @pytest.mark.parametrize("code", ["rate_limited", "overloaded", "server_error"])
     async def test_transient_errors_are_retried_a_bounded_number_of_times(
@@ -634,8 +637,13 @@ def test_costs_and_estimates() -> None:
     request = request_for("claude-haiku-4-5")
     schema_chars = len(msgspec.json.encode(request.schema))
     chars = len(request.system) + len(request.prompt) + schema_chars
+    assert estimate_input_tokens(request) == pytest.approx(chars / 4, abs=3)  # each part rounded up
     expected = (chars / 4 * 1.0 + 2048 * 5.0) / 1e6
-    assert worst_case_cost(request, PRICES) == pytest.approx(expected, rel=0.01)
+    assert worst_case(PRICES, request.model, estimate_input_tokens(request), 2048, 1.0)[1] == pytest.approx(
+        expected, rel=0.01
+    )
+    tokens, usd = worst_case(PRICES, "unknown-model", 1001, 10, 1.5)  # the safety factor, rounded up
+    assert (tokens, usd) == (1502, pytest.approx((1502 * 100.0 + 10 * 100.0) / 1e6))
 
 
 def test_parse_json_object() -> None:

@@ -42,7 +42,7 @@ from cadre.replay_cli import replayer_for
 from cadre.settings import Settings
 from cadre.system import catalog_for
 from cadre.whatif_policy import WhatIfPolicy, what_if_setup
-from planner.providers.base import ModelPrice, Prices
+from planner.providers.pricing import ModelPrice, Prices
 from store.audit import audit
 from store.diff import FieldDiff, diff
 from store.filelog import FileLog, export

@@ -21,6 +21,8 @@ This package's top is the budget's public face; the code lives in modules named 
     actors.budget.requests   a request in flight, its answer, the decision metrics
     actors.budget.client     the callers' side                                            (BudgetClient)
 
+Prices, token estimates and the worst-case formula are in ``planner/providers/pricing.py``.
+
 See ``docs/budget.md`` for the protocol, the rules and the ledger.
 """
 

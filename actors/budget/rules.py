@@ -27,7 +27,6 @@ and a reservation nobody settles is charged at its full worst case when it expir
 
 from __future__ import annotations
 
-import math
 import types
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -52,7 +51,8 @@ from bus.ledger import (
     SettledEntry,
     Settlement,
 )
-from planner.providers.base import Prices, Usage, cost_usd
+from planner.providers.base import Usage
+from planner.providers.pricing import Prices, cost_usd, worst_case
 
 WINDOW_S: Final = 60.0
 """Rate limits count the grants of the last 60 seconds."""
@@ -375,11 +375,9 @@ def _remember(state: BudgetState, consultation_id: str, decision: Decision, undo
 
 
 def worst_case_usd(c: Consultation, config: BudgetConfig) -> tuple[int, float]:
-    """(input tokens reserved, worst-case USD) of a consultation: the input estimate times the
-    safety factor, rounded up, at the input price, plus every allowed output token."""
-    price = config.prices.for_model(c.model)
-    input_tokens = math.ceil(c.est_input_tokens * config.input_safety_factor)
-    return input_tokens, (input_tokens * price.input + c.max_output_tokens * price.output) / 1_000_000
+    """(input tokens reserved, worst-case USD) of a consultation under ``config``'s prices and
+    input safety factor (:func:`planner.providers.pricing.worst_case`)."""
+    return worst_case(config.prices, c.model, c.est_input_tokens, c.max_output_tokens, config.input_safety_factor)
 
 
 def decide(

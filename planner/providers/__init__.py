@@ -1,4 +1,4 @@
-"""LLM providers: the port (``base``), its adapters, replay, parse-and-repair and prompts.
+"""LLM providers: the port (``base``), its adapters, replay, parse-and-repair, prices (``pricing``) and prompts.
 
     from planner.providers import ProviderConfig, plan_request, plan_validator, run_structured
     from planner.providers.anthropic import AnthropicProvider
@@ -17,18 +17,20 @@ from planner.providers.base import (
     ErrorCode,
     LLMRequest,
     LLMResponse,
-    ModelPrice,
-    Prices,
     Provider,
     ProviderConfig,
     ProviderError,
     Usage,
+    parse_json_object,
+    require_output,
+)
+from planner.providers.pricing import (
+    ModelPrice,
+    Prices,
     cost_usd,
     estimate_input_tokens,
     estimate_tokens,
-    parse_json_object,
-    require_output,
-    worst_case_cost,
+    worst_case,
 )
 from planner.providers.prompts import PLAN_SCHEMA, plan_request, plan_validator, validate_plan_output
 from planner.providers.recorded import RecordedProvider, ReplayExhausted
@@ -74,5 +76,5 @@ __all__ = [
     "run_structured",
     "structured_flow",
     "validate_plan_output",
-    "worst_case_cost",
+    "worst_case",
 ]

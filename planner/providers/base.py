@@ -4,7 +4,8 @@ A :class:`Provider` turns an :class:`LLMRequest` (system prompt, user prompt and
 Schema of the object expected back) into an :class:`LLMResponse` whose ``output`` is that
 object, or raises :class:`ProviderError`. Adapters (``anthropic.py``, ``gemini.py``) speak
 one vendor SDK each; ``recorded.py`` replays recorded answers. Requests and responses are
-frozen msgspec Structs so that they can be recorded in events and replayed.
+frozen msgspec Structs so that they can be recorded in events and replayed. What a call
+costs, and the token estimate a consultation carries, are in ``pricing.py``.
 
 Retries happen inside the SDKs (bounded by :attr:`ProviderConfig.max_retries`); an error
 that reaches the caller has already been retried, and ``retryable`` only says whether the
@@ -33,7 +34,6 @@ latency only).
 from __future__ import annotations
 
 import json
-import math
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -49,18 +49,12 @@ __all__ = [
     "ErrorCode",
     "LLMRequest",
     "LLMResponse",
-    "ModelPrice",
-    "Prices",
     "Provider",
     "ProviderConfig",
     "ProviderError",
     "Usage",
-    "cost_usd",
-    "estimate_input_tokens",
-    "estimate_tokens",
     "parse_json_object",
     "require_output",
-    "worst_case_cost",
 ]
 
 KINDS: Final = ("plan", "decompose", "recover", "interpret", "decide", "adapt")
@@ -307,77 +301,6 @@ class ProviderConfig:
     def model_for(self, kind: str) -> str:
         """The model configured for ``kind``, else the default one."""
         return self.models.get(kind, self.models["default"])
-
-
-@dataclass(frozen=True, slots=True)
-class ModelPrice:
-    """USD per million tokens, by how the tokens are billed."""
-
-    input: float
-    output: float
-    cache_read: float = 0.0
-    cache_write: float = 0.0
-
-    @classmethod
-    def anthropic(cls, input: float, output: float) -> ModelPrice:
-        """Anthropic's pattern: cache reads at 0.1x input, 5-minute cache writes at 1.25x input."""
-        return cls(input=input, output=output, cache_read=input * 0.1, cache_write=input * 1.25)
-
-
-@dataclass(frozen=True, slots=True)
-class Prices:
-    """A price table: ``by_model`` (a model name or a prefix of one) and a ``default``.
-
-    Look-up takes the exact name, else the longest key that prefixes the name (so
-    ``claude-haiku-4-5`` prices ``claude-haiku-4-5-20251001``), else ``default``. Keep the
-    table in configuration and re-check it against the vendors' pricing pages.
-    """
-
-    default: ModelPrice
-    by_model: Mapping[str, ModelPrice] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "by_model", types.MappingProxyType(dict(self.by_model)))
-
-    def for_model(self, model: str) -> ModelPrice:
-        if model in self.by_model:
-            return self.by_model[model]
-        prefixes = [key for key in self.by_model if model.startswith(key)]
-        return self.by_model[max(prefixes, key=len)] if prefixes else self.default
-
-
-def cost_usd(usage: Usage, model: str, prices: Prices) -> float:
-    """What ``usage`` cost on ``model``, in USD."""
-    price = prices.for_model(model)
-    return (
-        usage.input_tokens * price.input
-        + usage.output_tokens * price.output
-        + usage.cache_read_tokens * price.cache_read
-        + usage.cache_write_tokens * price.cache_write
-    ) / 1_000_000
-
-
-def estimate_tokens(text: str) -> int:
-    """A rough token count for budgeting: one token per 4 characters, rounded up.
-
-    English prose and JSON average 3.5-4.5 characters per token on current tokenizers, so
-    this is close for them and underestimates dense non-Latin text; it is only used to
-    reserve budget before a call, and the call's real usage settles the account.
-    """
-    return math.ceil(len(text) / 4)
-
-
-def estimate_input_tokens(request: LLMRequest) -> int:
-    """The estimated input of ``request``: its system prompt, its prompt and its output schema."""
-    schema = json.dumps(request.schema, separators=(",", ":"), sort_keys=True)
-    return estimate_tokens(request.system) + estimate_tokens(request.prompt) + estimate_tokens(schema)
-
-
-def worst_case_cost(request: LLMRequest, prices: Prices) -> float:
-    """An upper-bound cost to reserve before the call: the estimated input, no cache
-    discount, and every allowed output token."""
-    usage = Usage(input_tokens=estimate_input_tokens(request), output_tokens=request.max_output_tokens)
-    return cost_usd(usage, request.model, prices)
 
 
 def require_output(response: LLMResponse) -> dict[str, Any]:

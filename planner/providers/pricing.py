@@ -1,0 +1,144 @@
+"""What an LLM call costs and what it may cost: prices, token estimates and the worst case.
+
+The one home of these numbers and formulas; the budget (``actors/budget/``), the settings
+(``cadre/settings.py``, ``cadre/budget_config.py``) and the context's consultation
+(``actors/context.py``) take them from here.
+
+    ModelPrice, Prices      USD per million tokens, by model name (exact, else longest prefix)
+    DEFAULT_PRICES          the shipped table by model name prefix, and DEFAULT_PRICE for the rest
+    model_price             a price whose unset cache rates get Anthropic's pattern (0.1x, 1.25x input)
+    cost_usd                what a call's usage cost
+    estimate_tokens         a rough token count of a text (4 characters a token)
+    estimate_input_tokens   the estimated input of a request, as a consultation carries it
+    worst_case              what a call may cost at most: the reservation the budget holds for it
+
+Pure: no I/O, no clock, no configuration read.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+from planner.providers.base import LLMRequest, Usage
+
+__all__ = [
+    "DEFAULT_PRICE",
+    "DEFAULT_PRICES",
+    "ModelPrice",
+    "Prices",
+    "cost_usd",
+    "estimate_input_tokens",
+    "estimate_tokens",
+    "model_price",
+    "worst_case",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPrice:
+    """USD per million tokens, by how the tokens are billed."""
+
+    input: float
+    output: float
+    cache_read: float = 0.0
+    cache_write: float = 0.0
+
+    @classmethod
+    def anthropic(cls, input: float, output: float) -> ModelPrice:
+        """Anthropic's pattern: cache reads at 0.1x input, 5-minute cache writes at 1.25x input."""
+        return model_price(input, output)
+
+
+def model_price(
+    input: float, output: float, cache_read: float | None = None, cache_write: float | None = None
+) -> ModelPrice:
+    """A price whose unset cache rates follow Anthropic's pattern: reads at 0.1x input, writes at 1.25x."""
+    return ModelPrice(
+        input=input,
+        output=output,
+        cache_read=cache_read if cache_read is not None else 0.1 * input,
+        cache_write=cache_write if cache_write is not None else 1.25 * input,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Prices:
+    """A price table: ``by_model`` (a model name or a prefix of one) and a ``default``.
+
+    Look-up takes the exact name, else the longest key that prefixes the name (so
+    ``claude-haiku-4-5`` prices ``claude-haiku-4-5-20251001``), else ``default``. Keep the
+    table in configuration and re-check it against the vendors' pricing pages.
+    """
+
+    default: ModelPrice
+    by_model: Mapping[str, ModelPrice] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "by_model", types.MappingProxyType(dict(self.by_model)))
+
+    def for_model(self, model: str) -> ModelPrice:
+        if model in self.by_model:
+            return self.by_model[model]
+        prefixes = [key for key in self.by_model if model.startswith(key)]
+        return self.by_model[max(prefixes, key=len)] if prefixes else self.default
+
+
+# Prices by model name prefix, USD per million tokens, from the vendors' pricing pages
+# (re-check them before relying on them). Unknown models are priced at DEFAULT_PRICE, a
+# deliberately high figure, so that a reservation for an unknown model errs on the safe side.
+DEFAULT_PRICES: Final[Mapping[str, ModelPrice]] = types.MappingProxyType(
+    {
+        "claude-haiku-4": model_price(1.0, 5.0),
+        "claude-sonnet-4": model_price(3.0, 15.0),
+        "claude-sonnet-5": model_price(3.0, 15.0),
+        "claude-opus-4": model_price(5.0, 25.0),
+        "claude-opus-5": model_price(5.0, 25.0),
+        "gemini-2.5-flash-lite": model_price(0.10, 0.40, cache_read=0.01, cache_write=0.10),
+        "gemini-2.5-flash": model_price(0.30, 2.50, cache_read=0.03, cache_write=0.30),
+        "gemini-2.5-pro": model_price(1.25, 10.0, cache_read=0.125, cache_write=1.25),
+    }
+)
+DEFAULT_PRICE: Final = model_price(15.0, 75.0)
+
+
+def cost_usd(usage: Usage, model: str, prices: Prices) -> float:
+    """What ``usage`` cost on ``model``, in USD."""
+    price = prices.for_model(model)
+    return (
+        usage.input_tokens * price.input
+        + usage.output_tokens * price.output
+        + usage.cache_read_tokens * price.cache_read
+        + usage.cache_write_tokens * price.cache_write
+    ) / 1_000_000
+
+
+def estimate_tokens(text: str) -> int:
+    """A rough token count for budgeting: one token per 4 characters, rounded up.
+
+    English prose and JSON average 3.5-4.5 characters per token on current tokenizers, so
+    this is close for them and underestimates dense non-Latin text; it is only used to
+    reserve budget before a call, and the call's real usage settles the account.
+    """
+    return math.ceil(len(text) / 4)
+
+
+def estimate_input_tokens(request: LLMRequest) -> int:
+    """The estimated input of ``request``: its system prompt, its prompt and its output schema."""
+    schema = json.dumps(request.schema, separators=(",", ":"), sort_keys=True)
+    return estimate_tokens(request.system) + estimate_tokens(request.prompt) + estimate_tokens(schema)
+
+
+def worst_case(
+    prices: Prices, model: str, est_input_tokens: int, max_output_tokens: int, input_safety_factor: float
+) -> tuple[int, float]:
+    """(input tokens reserved, worst-case USD) of a call: the input estimate times the safety
+    factor, rounded up, at the input price (no cache discount), plus every allowed output token
+    at the output price."""
+    price = prices.for_model(model)
+    input_tokens = math.ceil(est_input_tokens * input_safety_factor)
+    return input_tokens, (input_tokens * price.input + max_output_tokens * price.output) / 1_000_000
