@@ -57,7 +57,7 @@ from bus.connection import ConnectOptions, barrier, connect
 from bus.ledger import Consultation, SettledEntry, Settlement
 from bus.stream import StreamSpec, ensure_stream
 from bus.subjects import Subjects
-from planner.providers.pricing import ModelPrice, Prices
+from planner.providers.pricing import ModelPrice, Prices, model_price
 
 TOTAL_TIMEOUT = 300.0
 TARGET_ASK_SETTLE_P50_MS = 1.0
@@ -72,7 +72,7 @@ def config() -> BudgetConfig:
         daily_usd=1e9,
         reservation_timeout_s=600.0,
         rate_limits={"anthropic": (10**9, 10**12)},
-        prices=Prices(default=ModelPrice(15.0, 75.0), by_model={"claude-haiku-4": ModelPrice.anthropic(1.0, 5.0)}),
+        prices=Prices(default=ModelPrice(15.0, 75.0), by_model={"claude-haiku-4": model_price(1.0, 5.0)}),
     )
 
 

@@ -214,11 +214,3 @@ class CacheHitEntry(_Entry, tag="cache_hit", frozen=True, kw_only=True, gc=False
 
 LedgerEntry = ReservedEntry | SettledEntry | ExpiredEntry | DeniedEntry | CacheHitEntry
 """One entry of the ledger; a ledger message holds a JSON array of them."""
-
-ENTRY_TYPES: Final[dict[str, type[LedgerEntry]]] = {
-    "reserved": ReservedEntry,
-    "settled": SettledEntry,
-    "expired": ExpiredEntry,
-    "denied": DeniedEntry,
-    "cache_hit": CacheHitEntry,
-}

@@ -45,12 +45,12 @@ from bus.ledger import (
     SettledEntry,
     Settlement,
 )
-from planner.providers.pricing import ModelPrice, Prices
+from planner.providers.pricing import ModelPrice, Prices, model_price
 from tests.conftest import unique
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 MODEL = "m-cheap-1"  # priced by the prefix "m-cheap": $1 in, $5 out per million tokens
-PRICES = Prices(default=ModelPrice(15.0, 75.0), by_model={"m-cheap": ModelPrice.anthropic(1.0, 5.0)})
+PRICES = Prices(default=ModelPrice(15.0, 75.0), by_model={"m-cheap": model_price(1.0, 5.0)})
 KINDS = ("plan", "decompose", "recover", "interpret", "decide", "adapt")
 
 

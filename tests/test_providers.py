@@ -40,6 +40,7 @@ from planner.providers import (
     cost_usd,
     estimate_input_tokens,
     estimate_tokens,
+    model_price,
     parse_json_object,
     plan_request,
     plan_validator,
@@ -74,7 +75,7 @@ VALID_PLAN: dict[str, Any] = {
 PRICES = Prices(
     default=ModelPrice(input=100.0, output=100.0),
     by_model={
-        "claude-haiku-4-5": ModelPrice.anthropic(input=1.0, output=5.0),
+        "claude-haiku-4-5": model_price(input=1.0, output=5.0),
         "gemini-2.5-flash": ModelPrice(input=0.3, output=2.5, cache_read=0.03),
     },
 )

@@ -30,6 +30,7 @@ from planner.providers.pricing import (
     cost_usd,
     estimate_input_tokens,
     estimate_tokens,
+    model_price,
     worst_case,
 )
 from planner.providers.prompts import PLAN_SCHEMA, plan_request, plan_validator, validate_plan_output
@@ -67,6 +68,7 @@ __all__ = [
     "cost_usd",
     "estimate_input_tokens",
     "estimate_tokens",
+    "model_price",
     "parse_json_object",
     "plan_request",
     "plan_validator",

@@ -48,16 +48,12 @@ class ModelPrice:
     cache_read: float = 0.0
     cache_write: float = 0.0
 
-    @classmethod
-    def anthropic(cls, input: float, output: float) -> ModelPrice:
-        """Anthropic's pattern: cache reads at 0.1x input, 5-minute cache writes at 1.25x input."""
-        return model_price(input, output)
-
 
 def model_price(
     input: float, output: float, cache_read: float | None = None, cache_write: float | None = None
 ) -> ModelPrice:
-    """A price whose unset cache rates follow Anthropic's pattern: reads at 0.1x input, writes at 1.25x."""
+    """A price whose unset cache rates follow Anthropic's pattern: reads at 0.1x input, 5-minute
+    cache writes at 1.25x input."""
     return ModelPrice(
         input=input,
         output=output,
