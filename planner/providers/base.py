@@ -42,6 +42,7 @@ from typing import Any, Final, Literal, Protocol, get_args
 import msgspec
 
 from bus.errors import CadreError
+from bus.ledger import CONSULTATION_KINDS
 
 __all__ = [
     "ERROR_CODES",
@@ -57,8 +58,8 @@ __all__ = [
     "require_output",
 ]
 
-KINDS: Final = ("plan", "decompose", "recover", "interpret", "decide", "adapt")
-"""What an LLM call is for; :attr:`ProviderConfig.models` may name a model per kind."""
+KINDS: Final = CONSULTATION_KINDS
+"""What an LLM call is for (the kinds the budget gates); :attr:`ProviderConfig.models` may name a model per kind."""
 
 
 class LLMRequest(msgspec.Struct, frozen=True, kw_only=True):
