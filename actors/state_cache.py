@@ -32,8 +32,10 @@ from typing import Any
 from nats.aio.msg import Msg
 from nats.js import api
 
+from bus.signing import Keyring
+from store.authenticity import verdict
 from store.jetstream import JetStreamLog, stream_seq
-from store.records import StoredEvent, to_record
+from store.records import Record, StoredEvent, to_record
 from store.state import WorkflowState, apply, skip
 
 log = logging.getLogger("cadre.state")
@@ -43,7 +45,7 @@ log = logging.getLogger("cadre.state")
 class _Entry:
     state: WorkflowState
     loading: bool = False
-    buffer: list[tuple[int, str, bytes]] = field(default_factory=list)
+    buffer: list[Record] = field(default_factory=list)
     waiters: list[tuple[int, asyncio.Future[None]]] = field(default_factory=list)
     loaded: asyncio.Event = field(default_factory=asyncio.Event)
     appended: tuple[int, str] = (0, "")  # (seq, chain hash) of this process's latest append
@@ -60,8 +62,10 @@ class StateCache:
         max_workflows: int = 10_000,
         catch_up_after: float = 2.0,
         recent_events: int = 20_000,
+        keyring: Keyring | None = None,
     ) -> None:
         self._log = elog
+        self._keyring = keyring
         self._max = max_workflows
         self._catch_up_after = catch_up_after
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
@@ -102,10 +106,13 @@ class StateCache:
             entry = self._entries[wf] = _Entry(WorkflowState(workflow_id=wf))
             entry.loaded.set()
             self._evict()
+        if seq <= entry.state.last_seq:
+            return  # already folded (from the log read, or a redelivered feed message)
+        record = to_record(self._log.subjects, seq, m.subject, m.data, m.headers)
         if entry.loading:
-            entry.buffer.append((seq, m.subject, m.data))
+            entry.buffer.append(record)
             return
-        rec = self._apply(entry, seq, m.subject, m.data)
+        rec = self._apply(entry, record)
         if rec is not None:
             self._recent[seq] = rec
             if len(self._recent) > self._recent_max:
@@ -115,14 +122,13 @@ class StateCache:
         """The event at ``seq`` if the feed decoded it lately (else the caller decodes it)."""
         return self._recent.get(seq)
 
-    def _apply(self, entry: _Entry, seq: int, subject: str, data: bytes) -> StoredEvent | None:
-        if seq <= entry.state.last_seq:
+    def _apply(self, entry: _Entry, rec: Record) -> StoredEvent | None:
+        if rec.seq <= entry.state.last_seq:
             return None  # already folded (from the log read, or a redelivered feed message)
-        rec = to_record(self._log.subjects, seq, subject, data)
-        if isinstance(rec, StoredEvent):
+        if isinstance(rec, StoredEvent) and verdict(rec, self._keyring).trusted:
             apply(entry.state, rec)
         else:
-            skip(entry.state, rec)  # changes nothing but the chain's head; actors dead-letter it
+            skip(entry.state, rec)  # changes nothing but the chain's head; actors dead-letter or flag it
         if entry.waiters:
             still = []
             for min_seq, fut in entry.waiters:
@@ -144,10 +150,10 @@ class StateCache:
             entry.loaded.set()  # wake waiters; they find no entry and load it themselves
             raise
         for r in records:
-            self._apply(entry, r.seq, r.subject, r.data)
+            self._apply(entry, r)
         entry.loading = False
-        for seq, subject, data in entry.buffer:
-            self._apply(entry, seq, subject, data)
+        for r in entry.buffer:
+            self._apply(entry, r)
         entry.buffer = []
         entry.loaded.set()
         return entry
@@ -171,7 +177,7 @@ class StateCache:
                 # The feed is behind (reconnecting?): read what is missing from the log.
                 log.info("state of %s behind (%d < %d); catching up from the log", wf, entry.state.last_seq, min_seq)
                 for r in await self._log.read_records(wf, after_seq=entry.state.last_seq):
-                    self._apply(entry, r.seq, r.subject, r.data)
+                    self._apply(entry, r)
         return entry.state
 
     def head(self, wf: str) -> tuple[int, str]:

@@ -4,7 +4,8 @@ File format (one JSON object per line)::
 
     {"cadre_export": 1, "stream": "CADRE_EVENTS", "prefix": "cadre",
      "heads": {"wf-1": {"head": "5b0c…", "seq": 7, "count": 5}}}
-    {"seq": 1, "subject": "cadre.evt.wf-1.workflow_requested", "event": {…the stored bytes…}}
+    {"seq": 1, "subject": "cadre.evt.wf-1.workflow_requested", "event": {…the stored bytes…},
+     "signer": "UA…", "sig": "…"}
     {"seq": 7, "subject": "cadre.evt.wf-1.x", "malformed": "JSON is malformed…", "data_b64": "Z2FyYmFnZQ=="}
 
 An event line embeds the event exactly as it was stored (not re-encoded), so digests and
@@ -14,6 +15,9 @@ the chain hash of its last record, that record's sequence and the number of reco
 (:class:`store.integrity.Anchor`): the integrity chain covers every event but the last, and
 the heads cover the last one and tell a removed line from an edited one. (Files written
 before ``heads`` existed read as before; their last events are then not covered.)
+An event's ``signer``/``sig`` are the signature it was stored with (absent: unsigned), and
+the header's ``keyring`` the public keys of the deployment that wrote it (:mod:`bus.signing`),
+so an audit of the file can check who wrote what without the live system.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import msgspec
 
 from bus.errors import StoreError
 from bus.events import chain_hash
+from bus.signing import SIG_HEADER, SIGNER_HEADER, Keyring, KeyringFile
 from bus.subjects import Subjects
 from store.integrity import Anchor
 from store.records import Malformed, Record, StoredEvent, events_only, to_record
@@ -47,6 +52,7 @@ class _Header(msgspec.Struct, frozen=True):
     stream: str = "CADRE_EVENTS"
     prefix: str = "cadre"
     heads: dict[str, Anchor] = msgspec.field(default_factory=dict)
+    keyring: KeyringFile | None = None
 
 
 class _Line(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -55,6 +61,8 @@ class _Line(msgspec.Struct, frozen=True, omit_defaults=True):
     event: msgspec.Raw = msgspec.Raw(b"")  # empty when the line is a malformed record
     malformed: str | None = None
     data_b64: str | None = None
+    signer: str | None = None
+    sig: str | None = None
 
 
 _header_decoder = msgspec.json.Decoder(_Header)
@@ -62,22 +70,36 @@ _line_decoder = msgspec.json.Decoder(_Line)
 _encoder = msgspec.json.Encoder()
 
 
-async def export(source: EventSource, workflow_ids: Iterable[str], out: IO[bytes]) -> int:
+async def export(
+    source: EventSource, workflow_ids: Iterable[str], out: IO[bytes], *, keyring: Keyring | None = None
+) -> int:
     """Export the workflows' records (malformed ones included) from any event source."""
     records: list[Record] = []
     for wf in workflow_ids:
         records.extend(await source.read_records(wf))
-    return write_export(out, records, stream=source.stream, subjects=source.subjects)
+    return write_export(out, records, stream=source.stream, subjects=source.subjects, keyring=keyring)
 
 
-def write_export(out: IO[bytes], records: Iterable[Record], *, stream: str, subjects: Subjects) -> int:
-    """Write a header (with each workflow's head) and ``records``; return how many records were written."""
+def write_export(
+    out: IO[bytes], records: Iterable[Record], *, stream: str, subjects: Subjects, keyring: Keyring | None = None
+) -> int:
+    """Write a header (each workflow's head, the keyring's public keys) and ``records``; return how many."""
     records = list(records)
-    out.write(_encoder.encode(_Header(FORMAT_VERSION, stream, subjects.prefix, heads(records, subjects))) + b"\n")
+    header = _Header(
+        FORMAT_VERSION, stream, subjects.prefix, heads(records, subjects), keyring.file if keyring else None
+    )
+    out.write(_encoder.encode(header) + b"\n")
     n = 0
     for r in records:
         if isinstance(r, StoredEvent):
-            line = _Line(r.seq, r.subject, event=msgspec.Raw(r.data))
+            sig = r.signature
+            line = _Line(
+                r.seq,
+                r.subject,
+                event=msgspec.Raw(r.data),
+                signer=sig.signer if sig else None,
+                sig=sig.sig if sig else None,
+            )
         else:
             line = _Line(r.seq, r.subject, malformed=r.reason, data_b64=base64.b64encode(r.data).decode())
         out.write(_encoder.encode(line) + b"\n")
@@ -111,11 +133,13 @@ class FileLog:
         subjects: Subjects,
         path: Path | None = None,
         heads: dict[str, Anchor] | None = None,
+        keyring: Keyring | None = None,
     ):
         self.records = records
         self.subjects = subjects
         self.path = path
         self.heads = heads or {}
+        self.keyring = keyring
         self._stream = stream
 
     @property
@@ -149,7 +173,8 @@ class FileLog:
             if not raw.strip():
                 continue
             records.append(_parse_line(path, lineno, raw, subjects))
-        return cls(records, stream=header.stream, subjects=subjects, path=path, heads=header.heads)
+        keyring = Keyring(header.keyring) if header.keyring is not None else None
+        return cls(records, stream=header.stream, subjects=subjects, path=path, heads=header.heads, keyring=keyring)
 
     def _of(self, workflow_id: str, after_seq: int) -> list[Record]:
         head = self.subjects.workflow(workflow_id)[:-1]  # "<prefix>.evt.<wf>."
@@ -176,7 +201,8 @@ def _parse_line(path: Path, lineno: int, raw: bytes, subjects: Subjects) -> Reco
     except msgspec.DecodeError as exc:
         raise LogFileError(f"{path}:{lineno}: not an exported record: {exc}") from None
     if len(line.event):
-        return to_record(subjects, line.seq, line.subject, bytes(line.event))
+        signature = {SIGNER_HEADER: line.signer or "", SIG_HEADER: line.sig or ""} if line.signer or line.sig else None
+        return to_record(subjects, line.seq, line.subject, bytes(line.event), signature)
     if line.malformed is not None and line.data_b64 is not None:
         try:
             data = base64.b64decode(line.data_b64, validate=True)

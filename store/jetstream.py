@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import json
 import re
 from collections.abc import AsyncGenerator, Sequence
@@ -47,6 +48,7 @@ from nats.js.errors import NotFoundError
 from bus import codec
 from bus.errors import AppendError, ConcurrencyConflict, StoreError
 from bus.events import Envelope, chain_hash
+from bus.signing import Signer
 from bus.stream import StreamSpec, ensure_stream
 from bus.subjects import Subjects
 from store.records import Record, StoredEvent, events_only, to_record
@@ -57,7 +59,7 @@ _WRONG_LAST_SEQUENCE = 10071
 _DUPLICATE_IN_BATCH = 10201
 _ACTUAL = re.compile(r"wrong last sequence: (\d+)")
 
-_Msg = tuple[str, bytes, str]  # subject, stored bytes, event id
+_Msg = tuple[str, bytes, str, dict[str, str]]  # subject, stored bytes, event id, signature headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +106,17 @@ class JetStreamLog:
         self._timeout = timeout
         self._ack_retries = ack_retries
         self._conflict_retries = conflict_retries
+        self.signer: Signer | None = None
+
+    def signed_by(self, signer: Signer | None) -> JetStreamLog:
+        """This log (same connection) appending as ``signer``: every event it stores is signed."""
+        view = copy.copy(self)
+        view.signer = signer
+        return view
+
+    def _message(self, subject: str, data: bytes, event_id: str) -> _Msg:
+        signature = self.signer.sign(subject, event_id, data).headers() if self.signer is not None else {}
+        return (subject, data, event_id, signature)
 
     @property
     def stream(self) -> str:
@@ -187,7 +200,7 @@ class JetStreamLog:
         fresh = False
         for k, e in enumerate(events):
             data = codec.encode(msgspec.structs.replace(e, prev=head))
-            msg = (self.subjects.event(workflow_id, e.type), data, e.id)
+            msg = self._message(self.subjects.event(workflow_id, e.type), data, e.id)
             try:
                 r = await self._append_chunk(workflow_id, [msg], seq, head)
             except ConcurrencyConflict as exc:
@@ -211,7 +224,7 @@ class JetStreamLog:
             link = head
             for e in events[start : start + MAX_ATOMIC_BATCH]:
                 data = codec.encode(msgspec.structs.replace(e, prev=link))
-                msgs.append((self.subjects.event(workflow_id, e.type), data, e.id))
+                msgs.append(self._message(self.subjects.event(workflow_id, e.type), data, e.id))
                 link = chain_hash(data)
             try:
                 r = await self._append_chunk(workflow_id, msgs, seq, head)
@@ -267,8 +280,8 @@ class JetStreamLog:
         """Publish one event, or an atomic batch; return JetStream's parsed reply."""
         batch_id = msgs[0][2]
         last = len(msgs) - 1
-        for i, (subject, payload, event_id) in enumerate(msgs):
-            headers = {"Nats-Msg-Id": event_id}
+        for i, (subject, payload, event_id, signature) in enumerate(msgs):
+            headers = {"Nats-Msg-Id": event_id, **signature}
             if i == 0:
                 headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_seq)
                 headers["Nats-Expected-Last-Subject-Sequence-Subject"] = self.subjects.workflow(workflow_id)
@@ -360,7 +373,7 @@ class JetStreamLog:
 
         async def on_msg(m: Msg) -> None:
             seq = stream_seq(m.reply)
-            records.append(to_record(subjects, seq, m.subject, m.data))
+            records.append(to_record(subjects, seq, m.subject, m.data, m.headers))
             if seq >= last:
                 done.set()
 
@@ -409,7 +422,7 @@ class JetStreamLog:
         subjects = self.subjects
 
         async def on_msg(m: Msg) -> None:
-            await queue.put(to_record(subjects, stream_seq(m.reply), m.subject, m.data))
+            await queue.put(to_record(subjects, stream_seq(m.reply), m.subject, m.data, m.headers))
 
         sub = await self._subscribe(workflow_id, after_seq, cb=on_msg)
         try:

@@ -7,21 +7,26 @@ stream sequence and the reason, so tools can show it and strict readers can refu
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import msgspec
 
 from bus import codec
 from bus.errors import DecodeError, MalformedEvent
 from bus.events import Envelope
+from bus.signing import Signature, signature_of
 from bus.subjects import Subjects
 
 
 class StoredEvent(msgspec.Struct, frozen=True, gc=False):
-    """An event as stored: its stream sequence, subject, the decoded envelope and its exact bytes."""
+    """An event as stored: its stream sequence, subject, the decoded envelope and its exact bytes,
+    and the signature of whoever wrote it (None: written unsigned, as before signing existed)."""
 
     seq: int
     subject: str
     event: Envelope
     data: bytes
+    signature: Signature | None = None
 
 
 class Malformed(msgspec.Struct, frozen=True, gc=False):
@@ -39,8 +44,13 @@ class Malformed(msgspec.Struct, frozen=True, gc=False):
 Record = StoredEvent | Malformed
 
 
-def to_record(subjects: Subjects, seq: int, subject: str, data: bytes) -> Record:
-    """Decode one stored message; a problem becomes a :class:`Malformed` record, never an exception."""
+def to_record(
+    subjects: Subjects, seq: int, subject: str, data: bytes, headers: Mapping[str, str] | None = None
+) -> Record:
+    """Decode one stored message; a problem becomes a :class:`Malformed` record, never an exception.
+
+    ``headers`` are the message's NATS headers, where its signature travels (:mod:`bus.signing`).
+    """
     try:
         event = codec.decode(data)
     except DecodeError as exc:
@@ -54,7 +64,7 @@ def to_record(subjects: Subjects, seq: int, subject: str, data: bytes) -> Record
             f"but it was stored under subject {subject!r}",
             data,
         )
-    return StoredEvent(seq, subject, event, data)
+    return StoredEvent(seq, subject, event, data, signature_of(headers))
 
 
 def events_only(records: list[Record]) -> list[StoredEvent]:

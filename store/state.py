@@ -35,7 +35,7 @@ from bus.events import (
     chain_hash,
 )
 from bus.plan import Check, ErrorInfo, Plan, StepIntent, Task
-from store.records import Malformed, StoredEvent
+from store.records import Record, StoredEvent
 
 Status = Literal["new", "requested", "planned", "running", "completed", "failed"]
 TaskStatus = Literal["pending", "ready", "running", "completed", "failed"]
@@ -179,11 +179,12 @@ def apply(state: WorkflowState, stored: StoredEvent) -> None:
             assert_never(data)
 
 
-def skip(state: WorkflowState, malformed: Malformed) -> None:
-    """Move ``state`` past a malformed message of its workflow: it changes nothing, but it holds
-    a place in stream order, so the next event chains to its bytes."""
-    state.last_seq = malformed.seq
-    state.last_data = malformed.data
+def skip(state: WorkflowState, record: Record) -> None:
+    """Move ``state`` past a message of its workflow that may not move it (malformed, or an event
+    that is forged): it changes nothing, but it holds a place in stream order, so the next event
+    chains to its bytes."""
+    state.last_seq = record.seq
+    state.last_data = record.data
 
 
 def _revised_tasks(previous: dict[str, TaskState], plan: Plan) -> dict[str, TaskState]:
