@@ -162,21 +162,25 @@ class ApprovalRequested(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 
 
 class ApprovalGranted(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """A person approved a step (``by`` names who, as they gave it)."""
+    """An approver approved a step: ``by`` is their name in the keyring and ``key`` the public key
+    whose signature the approvals service verified (None in logs from before that service)."""
 
     TYPE: ClassVar[str] = "approval_granted"
     step_id: str
     by: str = "unknown"
     reason: str = ""
+    key: str | None = None
 
 
 class ApprovalDenied(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """A step was refused, by a person or by its deadline passing (``by`` = "timeout")."""
+    """A step was refused, by an approver (``by``, ``key`` as for a grant) or by its deadline
+    passing (``by`` = "timeout", written by the agent)."""
 
     TYPE: ClassVar[str] = "approval_denied"
     step_id: str
     by: str = "unknown"
     reason: str = ""
+    key: str | None = None
 
 
 class Effect(msgspec.Struct, frozen=True, kw_only=True, gc=False):

@@ -118,7 +118,12 @@ class Signer:
             raise SigningError(f"cannot read the {role} seed {path}: {exc.strerror}") from None
 
     def sign(self, subject: str, event_id: str, data: bytes) -> Signature:
-        return Signature(self.public_key, _b64(self._kp.sign(signed_bytes(subject, event_id, data))))
+        return Signature(self.public_key, _b64(self.sign_raw(signed_bytes(subject, event_id, data))))
+
+    def sign_raw(self, data: bytes) -> bytes:
+        """The 64-byte signature of ``data`` (callers add their own domain tag)."""
+        signature: bytes = self._kp.sign(data)
+        return signature
 
 
 def public_key_raw(public_key: str) -> bytes:
@@ -177,6 +182,7 @@ class Keyring:
     def __init__(self, file: KeyringFile) -> None:
         self.file = file
         self._roles: dict[str, str] = {}
+        self._names: dict[str, str] = {}
         self._verifiers: dict[str, nacl.signing.VerifyKey] = {}
         for entry in file.keys:
             try:
@@ -184,15 +190,33 @@ class Keyring:
             except nkeys.ErrInvalidPublicKey:
                 raise SigningError(f"keyring: {entry.key!r} ({entry.role}) is not an nkey user public key") from None
             self._roles[entry.key] = entry.role
+            self._names[entry.key] = entry.name
         self._allowed = {(role, t) for role, types in file.emits.items() for t in types}
 
     @classmethod
-    def of(cls, entries: Iterable[tuple[str, str]]) -> Keyring:
-        """A keyring of ``(public key, role)`` pairs, with the default emit table."""
-        return cls(KeyringFile(keys=tuple(KeyEntry(key=k, role=r) for k, r in entries)))
+    def of(cls, entries: Iterable[tuple[str, str] | tuple[str, str, str]]) -> Keyring:
+        """A keyring of ``(public key, role[, name])``, with the default emit table."""
+        return cls(
+            KeyringFile(keys=tuple(KeyEntry(key=e[0], role=e[1], name=e[2] if len(e) > 2 else "") for e in entries))
+        )
 
     def role_of(self, key: str) -> str | None:
         return self._roles.get(key)
+
+    def name_of(self, key: str) -> str:
+        """The name the keyring gives ``key`` (its entry's ``name``, else the key itself)."""
+        return self._names.get(key) or key
+
+    def verify_raw(self, key: str, data: bytes, sig: str) -> bool:
+        """Whether ``sig`` (base64url) is ``key``'s signature of ``data`` (False for an unknown key)."""
+        verifier = self._verifiers.get(key)
+        if verifier is None:
+            return False
+        try:
+            verifier.verify(data, _unb64(sig))
+        except (nacl.exceptions.BadSignatureError, binascii.Error, ValueError):
+            return False
+        return True
 
     def may_emit(self, role: str, event_type: str) -> bool:
         return (role, event_type) in self._allowed

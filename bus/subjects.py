@@ -64,6 +64,11 @@ class Subjects:
         return f"{self.prefix}.ledger"
 
     @property
+    def approvals(self) -> str:
+        """Where approvers send signed decisions (request/reply, the approvals service answers)."""
+        return f"{self.prefix}.approvals"
+
+    @property
     def ping(self) -> str:
         """Every cadre process answers here with what it runs (``cadre status``)."""
         return f"{self.prefix}.ping"

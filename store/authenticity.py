@@ -8,10 +8,12 @@ nothing is checked and every event counts, as before signing existed.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Final
 
 from bus.signing import Keyring, Verdict
-from store.records import StoredEvent
+from store.records import Record, StoredEvent
+from store.state import WorkflowState, apply, skip
 
 UNCHECKED: Final = Verdict("signed", "not checked: no keyring")
 
@@ -21,3 +23,15 @@ def verdict(rec: StoredEvent, keyring: Keyring | None) -> Verdict:
     if keyring is None:
         return UNCHECKED
     return keyring.check(rec.subject, rec.event.type, rec.event.id, rec.data, rec.signature)
+
+
+def trusted_fold(workflow_id: str, records: Iterable[Record], keyring: Keyring | None) -> WorkflowState:
+    """The workflow's state from the events the keyring trusts; every other record (malformed,
+    forged, unsigned) moves only the chain's head, as it does in the actors' state cache."""
+    state = WorkflowState(workflow_id=workflow_id)
+    for r in records:
+        if isinstance(r, StoredEvent) and verdict(r, keyring).trusted:
+            apply(state, r)
+        else:
+            skip(state, r)
+    return state

@@ -49,6 +49,7 @@ class StepState(msgspec.Struct, kw_only=True):
     output: dict[str, Any] | None = None
     error: ErrorInfo | None = None
     approval_deadline: datetime | None = None
+    approval_request_id: str | None = None  # the approval_requested event a decision must answer
     approved_by: str | None = None
 
 
@@ -144,6 +145,7 @@ def apply(state: WorkflowState, stored: StoredEvent) -> None:
         case ApprovalRequested():
             st = _step(state, data.step)
             st.status, st.approval_deadline = "awaiting_approval", data.deadline
+            st.approval_request_id = e.id
         case ApprovalGranted():
             if (st2 := state.steps.get(data.step_id)) is not None:
                 st2.status, st2.approved_by = "approved", data.by

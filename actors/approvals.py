@@ -1,0 +1,170 @@
+"""The approvals service: the only writer of a person's ``approval_granted``/``approval_denied``.
+
+A queue-group responder on ``<prefix>.approvals``. For each signed decision
+(:class:`bus.approvals.ApprovalRequest`) it checks, in order, and answers the first failure as
+a structured error with nothing appended:
+
+1. the body decodes (``invalid_request``);
+2. the signature is an ``approver``'s key of the keyring, over this very decision
+   (``not_an_approver`` / ``bad_signature``);
+3. the decision was signed lately, not in the future (``stale_decision``, 5 minutes either way);
+4. the workflow's step waits for approval, and for the request the decision answers
+   (``no_such_step`` / ``not_awaiting_approval`` / ``answers_another_request``), judged on
+   the events the keyring trusts (a forged ``approval_requested`` opens nothing);
+5. this approver may approve the step's tool (``not_allowed_for_tool``: the deployment's
+   approvers per tool; a tool not listed takes any approver).
+
+Then it appends the event, signed with the service's own key, naming the approver as the
+keyring names them (``by``) and their key (``key``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Final
+
+import msgspec
+from nats.aio.msg import Msg
+
+from actors.clock import utc_now
+from bus.approvals import APPROVAL_DOMAIN, ApprovalReply, ApprovalRequest, Decision
+from bus.errors import CadreError, ConcurrencyConflict
+from bus.events import ApprovalDenied, ApprovalGranted, make_event
+from bus.signing import Keyring
+from store.authenticity import trusted_fold
+from store.jetstream import JetStreamLog
+from store.state import WorkflowState
+
+log = logging.getLogger("cadre.approvals")
+
+FRESHNESS: Final = timedelta(minutes=5)
+_request_decoder = msgspec.json.Decoder(ApprovalRequest)
+_decision_decoder = msgspec.json.Decoder(Decision)
+_encoder = msgspec.json.Encoder()
+
+
+@dataclass(frozen=True)
+class ApprovalPolicy:
+    """Who may approve which tool: ``approvers[tool]`` names them; a tool not listed takes any approver."""
+
+    approvers: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+    def allows(self, approver: str, tool: str) -> bool:
+        names = self.approvers.get(tool)
+        return names is None or approver in names
+
+
+class Refused(CadreError):
+    """A decision the service will not record; ``code`` says which check it failed."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Verified:
+    """A decision whose signature is an approver's: the decision and who gave it."""
+
+    decision: Decision
+    key: str
+    name: str
+
+
+def verify(body: bytes, keyring: Keyring, now: datetime) -> Verified:
+    """Checks 1 to 3: the body, the approver's signature and its freshness. Raises :class:`Refused`."""
+    try:
+        request = _request_decoder.decode(body)
+        decision = _decision_decoder.decode(request.decision)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise Refused("invalid_request", f"not a signed approval decision: {exc}") from None
+    role = keyring.role_of(request.signer)
+    if role != "approver":
+        who = "a key the keyring does not know" if role is None else f"the {role} key"
+        raise Refused("not_an_approver", f"the decision is signed by {who}; only approvers' keys may decide")
+    if not keyring.verify_raw(request.signer, APPROVAL_DOMAIN + bytes(request.decision), request.sig):
+        raise Refused("bad_signature", "the signature does not match the decision it came with")
+    if abs(now - decision.at) > FRESHNESS:
+        raise Refused(
+            "stale_decision",
+            f"the decision was signed at {decision.at.isoformat()}, more than {FRESHNESS} from now; sign it again",
+        )
+    return Verified(decision, request.signer, keyring.name_of(request.signer))
+
+
+def judge(verified: Verified, state: WorkflowState, policy: ApprovalPolicy) -> ApprovalGranted | ApprovalDenied:
+    """Checks 4 and 5 on the workflow's trusted state: the event to append. Raises :class:`Refused`."""
+    d = verified.decision
+    step = state.steps.get(d.step_id)
+    if step is None:
+        waiting = [s for s, x in state.steps.items() if x.status == "awaiting_approval"]
+        raise Refused(
+            "no_such_step",
+            f"workflow {d.workflow_id} has no step {d.step_id!r}; awaiting approval: {', '.join(waiting) or 'none'}",
+        )
+    if step.status != "awaiting_approval":
+        raise Refused("not_awaiting_approval", f"step {d.step_id} of {d.workflow_id} is {step.status}")
+    if step.approval_request_id is not None and step.approval_request_id != d.request_id:
+        raise Refused(
+            "answers_another_request",
+            f"the decision answers request {d.request_id}, but step {d.step_id} waits on {step.approval_request_id}",
+        )
+    if not policy.allows(verified.name, step.step.tool):
+        raise Refused("not_allowed_for_tool", f"{verified.name} may not approve tool {step.step.tool}")
+    if d.grant:
+        return ApprovalGranted(step_id=d.step_id, by=verified.name, key=verified.key, reason=d.reason)
+    return ApprovalDenied(step_id=d.step_id, by=verified.name, key=verified.key, reason=d.reason)
+
+
+async def decide(elog: JetStreamLog, keyring: Keyring, policy: ApprovalPolicy, body: bytes) -> ApprovalReply:
+    """Verify, judge and append one decision; the reply to send."""
+    try:
+        verified = verify(body, keyring, utc_now())
+        wf = verified.decision.workflow_id
+        for _ in range(10):
+            records = await elog.read_records(wf)
+            if not records:
+                raise Refused("no_such_workflow", f"no workflow {wf!r} in the log")
+            state = trusted_fold(wf, records, keyring)
+            data = judge(verified, state, policy)
+            event = make_event(
+                data,
+                workflow_id=wf,
+                actor="approvals",
+                at=utc_now(),
+                causation_id=verified.decision.request_id,
+                index=int(not verified.decision.grant),
+                basis=state.last_seq,
+            )
+            try:
+                await elog.append(wf, [event], expected_seq=state.last_seq, prev=state.last_hash)
+            except ConcurrencyConflict:
+                continue  # the workflow moved on: judge again on its new state
+            return ApprovalReply(event_id=event.id, by=verified.name)
+        raise Refused("workflow_busy", f"workflow {wf} kept changing; try again")
+    except CadreError as exc:
+        return ApprovalReply(error={"code": exc.code, "message": str(exc)})
+
+
+@asynccontextmanager
+async def serve_approvals(elog: JetStreamLog, keyring: Keyring, policy: ApprovalPolicy) -> AsyncIterator[None]:
+    """Answer signed decisions on ``<prefix>.approvals`` until the block exits (``elog`` signs as approvals)."""
+
+    async def on_msg(m: Msg) -> None:
+        reply = await decide(elog, keyring, policy, m.data)
+        if reply.error is not None:
+            log.info("approval refused: %s", reply.error)
+        if m.reply:
+            await m.respond(_encoder.encode(reply))
+
+    sub = await elog.nc.subscribe(elog.subjects.approvals, queue="cadre-approvals", cb=on_msg)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()

@@ -1,0 +1,121 @@
+"""The approvals service on a real nats-server: only an approver's signed decision is recorded."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+
+import msgspec
+import pytest
+import pytest_asyncio
+
+from actors.approvals import ApprovalPolicy, serve_approvals
+from actors.clock import utc_now
+from bus.approvals import ApprovalReply, Decision, sign_decision
+from bus.events import ApprovalGranted, ApprovalRequested, StepReady
+from bus.plan import StepIntent
+from bus.signing import EMITS, Keyring, Signer, new_seed
+from store import JetStreamLog, StoredEvent
+from store.authenticity import trusted_fold
+from tests.conftest import T0, ev, unique
+
+STEP = StepIntent(id="save.s1", task_id="save", tool="fs.write", requires_approval=True)
+
+
+@dataclass
+class World:
+    log: JetStreamLog
+    signers: dict[str, Signer]
+    keyring: Keyring
+    wf: str
+    request_id: str
+
+
+@pytest_asyncio.fixture
+async def world(log: JetStreamLog) -> AsyncIterator[World]:
+    signers = {role: Signer(new_seed(), role) for role in EMITS}
+    alice, bob = Signer(new_seed(), "approver"), Signer(new_seed(), "approver")
+    signers |= {"alice": alice, "bob": bob}
+    people = [(alice.public_key, "approver", "alice"), (bob.public_key, "approver", "bob")]
+    keyring = Keyring.of([*((s.public_key, role) for role, s in signers.items() if role in EMITS), *people])
+    wf = unique("wf")
+    first = ev(StepReady(step=STEP), wf, actor="validator")
+    asked = ev(ApprovalRequested(step=STEP, reason="needs approval", deadline=T0 + timedelta(hours=1)), wf, i=1)
+    r = await log.signed_by(signers["validator"]).append(wf, [first], expected_seq=0)
+    await log.signed_by(signers["agent"]).append(wf, [asked], expected_seq=r.last_seq)
+    policy = ApprovalPolicy({"fs.write": frozenset({"alice"})})
+    async with serve_approvals(log.signed_by(signers["approvals"]), keyring, policy):
+        yield World(log, signers, keyring, wf, asked.id)
+
+
+async def ask(w: World, body: bytes) -> ApprovalReply:
+    reply = await w.log.nc.request(w.log.subjects.approvals, body, timeout=5)
+    return msgspec.json.decode(reply.data, type=ApprovalReply)
+
+
+def decision(w: World, *, grant: bool = True, request_id: str | None = None, **kw: object) -> Decision:
+    fields = {"workflow_id": w.wf, "step_id": STEP.id, "request_id": request_id or w.request_id}
+    return Decision(**fields, grant=grant, reason="looks fine", at=kw.pop("at", utc_now()))  # type: ignore[arg-type]
+
+
+async def test_an_allowed_approver_grants_and_the_event_names_them(world: World) -> None:
+    reply = await ask(world, sign_decision(world.signers["alice"], decision(world)))
+    assert reply.error is None
+    assert reply.by == "alice"
+    records = await world.log.read_records(world.wf)
+    last = records[-1]
+    assert isinstance(last, StoredEvent)
+    assert isinstance(last.event.data, ApprovalGranted)
+    assert (last.event.data.by, last.event.data.key) == ("alice", world.signers["alice"].public_key)
+    assert trusted_fold(world.wf, records, world.keyring).steps[STEP.id].status == "approved"
+    again = await ask(world, sign_decision(world.signers["alice"], decision(world)))
+    assert again.error is not None
+    assert again.error["code"] == "not_awaiting_approval"
+
+
+@pytest.mark.parametrize(
+    ("who", "change", "code"),
+    [
+        ("bob", {}, "not_allowed_for_tool"),  # an approver, but not for fs.write
+        ("planner", {}, "not_an_approver"),  # a real key of the deployment, not an approver's
+        ("stranger", {}, "not_an_approver"),
+        ("alice", {"at": T0}, "stale_decision"),
+        ("alice", {"request_id": "some-other-request"}, "answers_another_request"),
+    ],
+)
+async def test_refusals_append_nothing(world: World, who: str, change: dict[str, object], code: str) -> None:
+    signer = world.signers.get(who) or Signer(new_seed(), "approver")
+    before = len(await world.log.read_records(world.wf))
+    reply = await ask(world, sign_decision(signer, decision(world, **change)))  # type: ignore[arg-type]
+    assert reply.error is not None
+    assert reply.error["code"] == code
+    assert len(await world.log.read_records(world.wf)) == before
+
+
+async def test_a_decision_altered_after_signing_is_refused(world: World) -> None:
+    body = sign_decision(world.signers["alice"], decision(world, grant=False))
+    tampered = body.replace(b'"grant":false', b'"grant":true')
+    assert tampered != body
+    reply = await ask(world, tampered)
+    assert reply.error is not None
+    assert reply.error["code"] == "bad_signature"
+    garbage = await ask(world, b"{not json")
+    assert garbage.error is not None
+    assert garbage.error["code"] == "invalid_request"
+
+
+async def test_a_forged_approval_request_opens_nothing(world: World) -> None:
+    """An approval_requested written without the agent's key does not make a step approvable."""
+    other = StepIntent(id="other.s1", task_id="other", tool="fs.write", requires_approval=True)
+    forged = ev(ApprovalRequested(step=other, reason="x", deadline=T0), world.wf, i=7)
+    await world.log.signed_by(world.signers["planner"]).append(world.wf, [forged])
+    reply = await ask(
+        world,
+        sign_decision(
+            world.signers["alice"],
+            Decision(workflow_id=world.wf, step_id="other.s1", request_id=forged.id, grant=True, at=utc_now()),
+        ),
+    )
+    assert reply.error is not None
+    assert reply.error["code"] == "no_such_step"
