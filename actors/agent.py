@@ -272,6 +272,13 @@ async def run_step(ctx: Context, state: WorkflowState, step: StepIntent, catalog
     return [await run.recover()]
 
 
+def needs_approval(step: StepIntent, catalog: Catalog | None) -> bool:
+    """Whether a step waits for a person: its tool's spec in this agent's own catalog (with the
+    deployment's policy) decides; the step's own flag can add approval, never take it away."""
+    spec = catalog.get(step.tool) if catalog is not None else None
+    return step.requires_approval or (spec is not None and spec.requires_approval)
+
+
 def make_spec(approval_timeout: timedelta, *, catalog: Catalog | None = None) -> ActorSpec:
     """The agent; given the tool ``catalog`` it consults the model too (module docstring)."""
 
@@ -284,10 +291,10 @@ def make_spec(approval_timeout: timedelta, *, catalog: Catalog | None = None) ->
                 st = state.steps.get(data.step.id)
                 if st is None or st.status != "ready":
                     return []  # ran, or waiting for approval, already
-                if data.step.requires_approval:
-                    reason = f"tool {data.step.tool} requires approval"
-                    return [ApprovalRequested(step=data.step, reason=reason, deadline=ctx.now() + approval_timeout)]
-                return await run_step(ctx, state, data.step, catalog)
+                if needs_approval(st.step, catalog):
+                    reason = f"tool {st.step.tool} requires approval"
+                    return [ApprovalRequested(step=st.step, reason=reason, deadline=ctx.now() + approval_timeout)]
+                return await run_step(ctx, state, st.step, catalog)
             case ApprovalRequested():
                 st = state.steps.get(data.step.id)
                 if st is None or st.status != "awaiting_approval":

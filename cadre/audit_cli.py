@@ -33,9 +33,11 @@ from cadre import audit_html, audit_text
 from cadre.commands import EXIT_FAILED, EXIT_OK, UsageError
 from cadre.render import json_line
 from cadre.settings import Settings
+from cadre.trust import find_keyring
 from cadre.wiring import open_bus
 from cadre.workflow_records import read_records
 from store.audit import audit
+from store.authenticity import Authorship, authorship
 from store.filelog import FileLog
 from store.integrity import Anchor, Verdict, verify
 from store.records import Record
@@ -50,6 +52,12 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     audit.add_argument("--verify", action="store_true", help="check the workflow's integrity chain")
     audit.add_argument("--from-file", type=Path, metavar="FILE", help="read an exported file instead of NATS")
     audit.add_argument("--html", type=Path, metavar="FILE", help="write the report as one self-contained HTML page")
+    audit.add_argument(
+        "--keys",
+        type=Path,
+        metavar="FILE",
+        help="the keyring to check signatures with (default: the deployment's; an export's own otherwise)",
+    )
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -59,6 +67,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         raise UsageError("--html FILE writes the report; it cannot be combined with --json or --verify")
     if not args.verify:
         return await _audit_report(args, settings, wf)
+    keyring, keys_from = find_keyring(settings, args.keys)
     if args.from_file is not None:
         flog = FileLog.load(args.from_file)
         records = await flog.read_records(wf)
@@ -66,6 +75,8 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         where = str(args.from_file)
         _need(records, wf, where)
         verdict = verify(records, anchor=anchor)
+        if args.keys is None and flog.keyring is not None:
+            keyring, keys_from = flog.keyring, f"{where} (the keyring the export carries; --keys FILE checks yours)"
     else:
         async with open_bus(settings, name="cadre-audit") as bus:
             records = await bus.log.read_records(wf)
@@ -74,8 +85,9 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
             deleted = await bus.log.deleted_seqs()
         anchor = None
         verdict = verify(records, deleted=deleted)
-    _report(wf, verdict, where, anchor, args.from_file is not None, args.json)
-    return EXIT_OK if verdict.ok else EXIT_FAILED
+    untrusted = authorship(records, keyring) if keyring is not None else None
+    _report(wf, verdict, where, anchor, args.from_file is not None, args.json, untrusted, keys_from)
+    return EXIT_OK if verdict.ok and not untrusted else EXIT_FAILED
 
 
 def _need(records: list[Record], wf: str, where: str) -> None:
@@ -83,16 +95,38 @@ def _need(records: list[Record], wf: str, where: str) -> None:
         raise UsageError(f"no workflow {wf!r} in {where} (see `cadre workflows`)")
 
 
-def _report(wf: str, verdict: Verdict, where: str, anchor: Anchor | None, from_file: bool, as_json: bool) -> None:
+def _report(
+    wf: str,
+    verdict: Verdict,
+    where: str,
+    anchor: Anchor | None,
+    from_file: bool,
+    as_json: bool,
+    untrusted: list[Authorship] | None,
+    keys_from: str,
+) -> None:
     uncovered = from_file and anchor is None and verdict.ok
     if as_json:
         out: dict[str, Any] = {"workflow_id": wf, "source": where, **msgspec.to_builtins(verdict)}
         out["head_recorded"] = anchor is not None if from_file else None
+        out["signatures"] = {
+            "checked": untrusted is not None,
+            "keyring": keys_from or None,
+            "untrusted": msgspec.to_builtins(untrusted or []),
+        }
         print(json_line(out))
         return
     print(verdict.summary())
     if uncovered:
         print(f"  note: {where} records no head for {wf} (an older export): its last event is not covered")
+    if untrusted is None:
+        print("signatures not checked: no keyring (pass --keys FILE)")
+    elif untrusted:
+        print(f"signatures: {len(untrusted)} event(s) not written by a party allowed to (keyring {keys_from}):")
+        for u in untrusted:
+            print("  " + u.line())
+    else:
+        print(f"signatures: every event signed by a role allowed to emit it (keyring {keys_from})")
 
 
 async def _audit_report(args: argparse.Namespace, settings: Settings, wf: str) -> int:

@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     tool_modules: list[str] = Field(default_factory=list, description="Python modules defining TOOLS of your own")
     prohibited_tools: list[str] = Field(default_factory=list, description="tools the validator refuses")
     approval_tools: list[str] = Field(default_factory=list, description="tools that need a person's approval")
+    keyring: Path | None = Field(
+        default=None, description="the deployment's public keys and roles (default: <data_dir>/auth/keyring.json)"
+    )
     approval_timeout_s: float = Field(default=3600.0, gt=0, description="unanswered approvals are denied after")
     plan_library: Path | None = Field(default=None, description="example plans (default: ./examples/plans)")
     library_threshold: float = Field(default=0.35, ge=0, le=1, description="similarity a library plan needs")

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Final
 
+import msgspec
+
 from bus.signing import Keyring, Verdict
 from store.records import Record, StoredEvent
 from store.state import WorkflowState, apply, skip
@@ -35,3 +37,35 @@ def trusted_fold(workflow_id: str, records: Iterable[Record], keyring: Keyring |
         else:
             skip(state, r)
     return state
+
+
+class Authorship(msgspec.Struct, frozen=True, kw_only=True):
+    """One event the keyring does not trust: where it is, and why (``status``: forged or unsigned)."""
+
+    index: int
+    seq: int
+    id: str
+    type: str
+    status: str
+    reason: str
+    role: str | None = None
+
+    def line(self) -> str:
+        return f"event {self.index} (seq {self.seq}, {self.type}, id {self.id}): {self.status}: {self.reason}"
+
+
+def authorship(records: Iterable[Record], keyring: Keyring) -> list[Authorship]:
+    """Every event of ``records`` whose signature the keyring does not accept, in stored order
+    (malformed records are the integrity check's business)."""
+    found = []
+    for i, r in enumerate(records):
+        if not isinstance(r, StoredEvent):
+            continue
+        v = verdict(r, keyring)
+        if not v.trusted:
+            found.append(
+                Authorship(
+                    index=i, seq=r.seq, id=r.event.id, type=r.event.type, status=v.status, reason=v.reason, role=v.role
+                )
+            )
+    return found
