@@ -67,7 +67,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         _need(records, wf, where)
         verdict = verify(records, anchor=anchor)
     else:
-        async with open_bus(settings, name="cadre-audit") as bus:
+        async with open_bus(settings, name="cadre-audit", role="admin") as bus:
             records = await bus.log.read_records(wf)
             where = f"stream {bus.log.stream}"
             _need(records, wf, where)
