@@ -13,11 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import nats
 from nats.aio.client import Client as NATS
 
-from bus.errors import NatsUnavailable
+from bus.errors import AuthConfigError, NatsAuthError, NatsUnavailable
 
 log = logging.getLogger("cadre.bus")
 
@@ -33,17 +34,27 @@ class ConnectOptions:
     reconnect_wait: float = 0.5
     max_reconnect_attempts: int = -1  # once connected: -1 = keep trying forever
     ping_interval: float = 20.0
+    creds: Path | None = None  # a NATS creds file (user JWT + seed); None = connect without credentials
 
 
 async def connect(opts: ConnectOptions) -> NATS:
     """Connect, or raise :class:`NatsUnavailable` quickly when no server answers."""
     servers = [u.strip() for u in opts.url.split(",") if u.strip()]
     holder: list[NATS] = []
+    refused: list[str] = []  # the server's authorization errors during the first connect
+    if opts.creds is not None and not opts.creds.is_file():
+        raise AuthConfigError(
+            f"NATS credentials file {opts.creds} does not exist or is not a file; pass the right --creds FILE / "
+            "CADRE_NATS_CREDS (a deployment's files are made by `cadre auth init DIR`)"
+        )
 
     def closing() -> bool:
         return bool(holder) and (holder[0].is_closed or holder[0].is_draining)
 
     async def on_error(exc: Exception) -> None:
+        if not holder and "authorization violation" in str(exc).lower():
+            refused.append(str(exc))
+            return
         if not closing():
             log.warning("nats: %s: %s", type(exc).__name__, exc)
 
@@ -65,8 +76,13 @@ async def connect(opts: ConnectOptions) -> NATS:
             error_cb=on_error,
             disconnected_cb=on_disconnected,
             reconnected_cb=on_reconnected,
+            user_credentials=str(opts.creds) if opts.creds is not None else None,
         )
-    except (TimeoutError, nats.errors.NoServersError, OSError) as exc:
+    except (TimeoutError, nats.errors.NoServersError, OSError, nats.errors.Error) as exc:
+        if refused or "authorization violation" in str(exc).lower():
+            raise _auth_error(opts) from None
+        if not isinstance(exc, TimeoutError | nats.errors.NoServersError | OSError):
+            raise
         raise NatsUnavailable(opts.url, f"{type(exc).__name__}: {exc}".rstrip(": ")) from None
     holder.append(nc)
     # Connected: from now on a lost connection is retried with the reconnect policy. nats-py
@@ -74,6 +90,20 @@ async def connect(opts: ConnectOptions) -> NATS:
     nc.options["max_reconnect_attempts"] = opts.max_reconnect_attempts
     nc.options["reconnect_time_wait"] = opts.reconnect_wait
     return nc
+
+
+def _auth_error(opts: ConnectOptions) -> NatsAuthError:
+    if opts.creds is None:
+        return NatsAuthError(
+            f"the NATS server at {opts.url} requires credentials and none were given; pass --creds FILE / "
+            "CADRE_NATS_CREDS (the embedded server's are in <data dir>/auth/, a deployment's are made by "
+            "`cadre auth init DIR`)"
+        )
+    return NatsAuthError(
+        f"the NATS server at {opts.url} refused the credentials in {opts.creds} (authorization violation: "
+        "not a user of this server, or minted for another deployment); pass the right --creds FILE / "
+        "CADRE_NATS_CREDS, or make this deployment's with `cadre auth init DIR`"
+    )
 
 
 async def barrier(nc: NATS) -> None:

@@ -160,8 +160,12 @@ def start_embedded(
     port: int | None = None,
     host: str = "127.0.0.1",
     ready_timeout: float = 10.0,
+    config: Path | None = None,
 ) -> EmbeddedServer:
     """Reuse the server serving ``data_dir``, or start one; return once it answers the NATS protocol.
+
+    ``config``: a nats-server config file the new server reads (``-c``; cadre passes its authorization,
+    ``<data_dir>/auth/auth.conf``); the command-line options here take precedence over it.
 
     The data dir is the identity: if a live server already serves it, that server is returned with
     ``owned=False`` even when it listens on another ``host``/``port`` than asked for. Otherwise a new
@@ -197,11 +201,11 @@ def start_embedded(
         binary = server_binary()
         if port is not None:
             _check_port_free(host, port)
-            return _start_locked(binary, data_dir, host, port, deadline, ready_timeout)
+            return _start_locked(binary, data_dir, host, port, deadline, ready_timeout, config)
         attempts = 1 + _AUTO_PORT_RETRIES
         for attempt in range(attempts):
             try:
-                return _start_locked(binary, data_dir, host, _free_port(host), deadline, ready_timeout)
+                return _start_locked(binary, data_dir, host, _free_port(host), deadline, ready_timeout, config)
             except PortInUse:
                 if attempt == attempts - 1:
                     raise
@@ -228,7 +232,7 @@ def embedded_server(
 
 
 def _start_locked(
-    binary: Path, data_dir: Path, host: str, port: int, deadline: float, ready_timeout: float
+    binary: Path, data_dir: Path, host: str, port: int, deadline: float, ready_timeout: float, config: Path | None
 ) -> EmbeddedServer:
     """Spawn nats-server on ``host:port``, wait until it answers, record it in server.json.
 
@@ -251,6 +255,8 @@ def _start_locked(
         "--server_name",
         SERVER_NAME,
     ]
+    if config is not None:
+        cmd += ["-c", str(config)]
     try:
         with open(log_path, "ab") as log:
             log.write(f"--- cadre: starting {' '.join(cmd)}\n".encode())

@@ -7,6 +7,8 @@ says what was expected, what arrived, where, and how to fix it.
     CadreError
      ├─ BusError                      bus/: connection, stream, wire format
      │   ├─ NatsUnavailable           no NATS server answered at the given URL(s)
+     │   ├─ NatsAuthError             the server refused the credentials (or none were given)
+     │   ├─ AuthConfigError           credentials or the auth directory cannot be used
      │   ├─ StreamConfigError         the event stream could not be created or updated
      │   ├─ DecodeError               bytes that are not a valid envelope/payload (has .path)
      │   ├─ InvalidName               a workflow id / event type that is not a subject token
@@ -52,6 +54,18 @@ class NatsUnavailable(BusError):
         )
         self.url = url
         self.reason = reason
+
+
+class NatsAuthError(BusError):
+    """The server refused this connection's credentials (or asked for credentials none were given)."""
+
+    code = "nats_auth_failed"
+
+
+class AuthConfigError(BusError):
+    """Credentials or an auth directory that cannot be used (missing, unreadable, not a seed)."""
+
+    code = "auth_config_error"
 
 
 class StreamConfigError(BusError):

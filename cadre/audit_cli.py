@@ -78,7 +78,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         if args.keys is None and flog.keyring is not None:
             keyring, keys_from = flog.keyring, f"{where} (the keyring the export carries; --keys FILE checks yours)"
     else:
-        async with open_bus(settings, name="cadre-audit") as bus:
+        async with open_bus(settings, name="cadre-audit", role="admin") as bus:
             records = await bus.log.read_records(wf)
             where = f"stream {bus.log.stream}"
             _need(records, wf, where)

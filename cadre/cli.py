@@ -21,7 +21,7 @@ import pydantic
 from bus.errors import CadreError, InvalidName
 from bus.events import TERMINAL_TYPES
 from bus.subjects import check_token
-from cadre import __version__, audit_cli, commands, replay_cli, state_view
+from cadre import __version__, audit_cli, auth_cli, commands, replay_cli, state_view
 from cadre.commands import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError
 from cadre.render import json_line, record_json, record_line
 from cadre.settings import Settings
@@ -36,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     bus = argparse.ArgumentParser(add_help=False)
     bus.add_argument("--nats", metavar="URL", help="NATS server URL (env CADRE_NATS_URL); default: embedded")
     bus.add_argument("--data-dir", metavar="DIR", type=Path, help="embedded server data (env CADRE_DATA_DIR)")
+    bus.add_argument(
+        "--creds", metavar="FILE", type=Path, help="NATS credentials (env CADRE_NATS_CREDS); default: the data dir's"
+    )
     out = argparse.ArgumentParser(add_help=False)
     out.add_argument("--json", action="store_true", help="print JSON (one object per line)")
 
@@ -93,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     spend = sub.add_parser("budget", parents=[bus, out], help="LLM spend, denials and cache hits from the ledger")
     spend.add_argument("--workflow", metavar="WF", help="only this workflow (today's figures stay global)")
     audit_cli.add_parser(sub, [bus, out])
+    auth_cli.add_parser(sub, [bus])
     replay_cli.add_parser(sub, [bus, out])
     return p
 
@@ -103,6 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings.load(
             nats_url=getattr(args, "nats", None),
             data_dir=getattr(args, "data_dir", None),
+            nats_creds=getattr(args, "creds", None),
             embedded_port=getattr(args, "port", None),
             metrics_port=getattr(args, "metrics_port", None),
         )
@@ -178,6 +183,8 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
             return await audit_cli.run(args, settings)
         case "replay":
             return await replay_cli.run(args, settings)
+        case "auth":
+            return await auth_cli.run(args, settings)
     raise AssertionError(f"unhandled command {args.command!r}")
 
 

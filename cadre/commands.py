@@ -68,7 +68,13 @@ def _say(text: str) -> None:
 async def up(settings: Settings, kinds: tuple[str, ...], replicas: int, name: str) -> int:
     """Run actor kinds until SIGINT/SIGTERM, then drain and stop."""
     stop = _stop_on_signals()
-    async with open_bus(settings, name=name) as bus, run_system(bus, settings, kinds, replicas=replicas):
+    # One process runs every kind (`cadre up`) as `node`, the union of the actor roles; a process of
+    # one kind (`cadre actor KIND`) as that kind's role.
+    role = kinds[0] if len(kinds) == 1 else "node"
+    async with (
+        open_bus(settings, name=name, role=role) as bus,
+        run_system(bus, settings, kinds, replicas=replicas),
+    ):
         where = "embedded server" if bus.server is not None else "NATS"
         if bus.server is not None and not bus.server.owned:
             where = f"embedded server already running (pid {bus.server.pid})"
@@ -76,7 +82,10 @@ async def up(settings: Settings, kinds: tuple[str, ...], replicas: int, name: st
         _say(f"  actors: {', '.join(f'{k} x{replicas}' if k != 'budget' else k for k in kinds)}")
         if "planner" in kinds:
             _say(f"  requests on {settings.subjects.requests}; events on {settings.subjects.events}")
-        _say(f'  try: cadre submit "..." --wait --nats {bus.url}    (Ctrl-C to stop)')
+        _say('  try: cadre submit "..." --wait    (Ctrl-C to stop)')
+        if bus.server is not None:
+            client = settings.auth_dir / "client.creds"
+            _say(f"  other NATS clients: {bus.url} with the credentials in {client}")
         await stop.wait()
         print("cadre: draining and stopping", file=sys.stderr, flush=True)
     return EXIT_OK
@@ -160,7 +169,7 @@ async def _finish(bus: Bus, state: WorkflowState, as_json: bool, settings: Setti
 
 async def run(settings: Settings, payload: bytes, as_json: bool) -> int:
     """One shot: server, every actor, submit, follow, print the result, stop."""
-    async with open_bus(settings, name="cadre-run") as bus, run_system(bus, settings):
+    async with open_bus(settings, name="cadre-run", role="node") as bus, run_system(bus, settings):
         reply = await submit(bus.log, payload)
         if "error" in reply:
             raise _request_error(reply["error"])
@@ -201,7 +210,7 @@ async def submit_cmd(settings: Settings, payload: bytes, *, wait: bool, as_json:
 
 async def approve(settings: Settings, wf: str, step_id: str, *, deny: bool, reason: str, by: str | None) -> int:
     who = by or getpass.getuser()
-    async with open_bus(settings, name="cadre-approve") as bus:
+    async with open_bus(settings, name="cadre-approve", role="approvals") as bus:
         for _ in range(10):
             events = await bus.log.read(wf)
             if not events:
@@ -244,7 +253,7 @@ async def approve(settings: Settings, wf: str, step_id: str, *, deny: bool, reas
 
 
 async def status(settings: Settings, as_json: bool) -> int:
-    async with open_bus(settings, name="cadre-status") as bus:
+    async with open_bus(settings, name="cadre-status", role="admin") as bus:
         counts = await bus.log.subject_counts()
         answers = await ping_all(bus.nc, settings.subjects)
         consumers: dict[str, dict[str, Any] | None] = {}
@@ -351,7 +360,7 @@ async def budget(settings: Settings, workflow_id: str | None, as_json: bool) -> 
     """The budget's report from its ledger: spend, denials, cache hits, open reservations, today."""
     wf = check_token("workflow id", workflow_id) if workflow_id is not None else None
     malformed: list[int] = []
-    async with open_bus(settings, name="cadre-budget") as bus:
+    async with open_bus(settings, name="cadre-budget", role="admin") as bus:
         entries = await read_ledger(
             bus.nc,
             settings.ledger_stream_name,

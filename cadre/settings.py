@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bus.auth import AuthNames
 from bus.connection import ConnectOptions
 from bus.stream import StreamSpec
 from bus.subjects import Subjects
@@ -63,6 +64,9 @@ class Settings(BaseSettings):
 
     nats_url: str | None = Field(
         default=None, description="NATS server URL(s), comma-separated; unset = the embedded server of data_dir"
+    )
+    nats_creds: Path | None = Field(
+        default=None, description="NATS creds file of this process; unset = the data dir's for the embedded server"
     )
     data_dir: Path = Field(default=Path(".cadre"), description="where the embedded server keeps its data")
     embedded_port: int | None = Field(default=None, ge=1, le=65535, description="port of the embedded server")
@@ -167,8 +171,21 @@ class Settings(BaseSettings):
             max_bytes=self.stream_max_bytes,
         )
 
-    def connect_options(self, url: str, name: str) -> ConnectOptions:
-        return ConnectOptions(url=url, name=name, connect_timeout=self.connect_timeout_s)
+    def connect_options(self, url: str, name: str, creds: Path | None = None) -> ConnectOptions:
+        return ConnectOptions(url=url, name=name, connect_timeout=self.connect_timeout_s, creds=creds)
+
+    @property
+    def auth_dir(self) -> Path:
+        """The embedded server's credentials and authorization config (generated on first start)."""
+        return self.data_dir / "auth"
+
+    def auth_names(self) -> AuthNames:
+        return AuthNames(
+            prefix=self.subject_prefix,
+            stream=self.stream_name,
+            ledger=self.ledger_stream_name,
+            cache_bucket=self.inference_cache_bucket,
+        )
 
     @property
     def workspace_dir(self) -> Path:

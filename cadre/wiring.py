@@ -11,6 +11,7 @@ from nats.aio.client import Client as NATS
 
 from bus.connection import connect
 from bus.embedded import EmbeddedServer, start_embedded
+from cadre.auth_cli import acting_role, bootstrap, creds_for, local_auth, prepare_embedded
 from cadre.settings import Settings
 from store.jetstream import JetStreamLog
 
@@ -26,24 +27,34 @@ class Bus:
 
 
 @asynccontextmanager
-async def open_bus(settings: Settings, *, name: str = "cadre") -> AsyncIterator[Bus]:
+async def open_bus(settings: Settings, *, name: str = "cadre", role: str = "client") -> AsyncIterator[Bus]:
     """Connect to ``settings.nats_url``, or to the embedded server of ``settings.data_dir``
-    (reusing a running one, else starting it), and make sure the event stream exists.
+    (reusing a running one, else starting it with its authorization), as ``role`` (``bus/auth.py``),
+    and make sure the event stream exists.
 
+    On the embedded server the role's credentials are the data dir's and the streams are bootstrapped
+    as ``admin``; elsewhere ``--creds`` (if any) is used, and only an admin (or a server without
+    authorization) creates the stream: the others find it made by ``cadre auth bootstrap``.
     On exit the connection is drained, and an embedded server this call started is stopped.
     """
     server: EmbeddedServer | None = None
     url = settings.nats_url
+    auth_dir = local_auth(settings, url)
     if url is None:
-        server = await asyncio.to_thread(start_embedded, settings.data_dir, port=settings.embedded_port)
+        config = await asyncio.to_thread(prepare_embedded, settings)
+        server = await asyncio.to_thread(start_embedded, settings.data_dir, port=settings.embedded_port, config=config)
         url = server.url
     try:
-        nc = await connect(settings.connect_options(url, name))
+        if auth_dir is not None:
+            await bootstrap(settings, url, auth_dir)
+        creds = creds_for(settings, role, auth_dir)
+        nc = await connect(settings.connect_options(url, name, creds))
         try:
             log = JetStreamLog(
                 nc, stream=settings.stream(), subjects=settings.subjects, timeout=settings.request_timeout_s
             )
-            await log.ensure_stream()
+            if auth_dir is None and (creds is None or acting_role(settings, role) == "admin"):
+                await log.ensure_stream()
             yield Bus(url, nc, log, server)
         finally:
             if not nc.is_closed:

@@ -16,6 +16,7 @@ import nats
 import pytest
 
 from bus import ConnectOptions, StreamSpec, Subjects, connect
+from bus.errors import NatsAuthError
 from cadre.cli import main
 from store import JetStreamLog
 from tests.conftest import unique
@@ -142,7 +143,11 @@ def test_up_runs_the_embedded_server_and_stops_on_sigterm(tmp_path: Path) -> Non
         url = line.split(" at ")[1].strip()
 
         async def check() -> None:
-            nc = await nats.connect(url, max_reconnect_attempts=1)
+            # The embedded server runs with authorization: no credentials, no connection.
+            with pytest.raises(NatsAuthError, match="requires credentials and none were given"):
+                await connect(ConnectOptions(url=url))
+            admin = str(tmp_path / "d" / "auth" / "admin.creds")
+            nc = await nats.connect(url, max_reconnect_attempts=1, user_credentials=admin)
             info = await nc.jetstream().stream_info("CADRE_EVENTS")
             assert info.config.subjects == ["cadre.evt.>"]
             await nc.drain()

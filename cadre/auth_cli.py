@@ -1,0 +1,156 @@
+"""Credentials of a cadre process, the bootstrap of a deployment's streams, and ``cadre auth``.
+
+Which credentials a process uses (see ``bus/auth.py`` for the roles):
+
+* ``--creds FILE`` / ``CADRE_NATS_CREDS``, when given, for everything the process does;
+* else, on the embedded server of the data dir (no ``--nats``, or ``--nats`` naming that server), the
+  role's file in ``<data_dir>/auth/``, generated on the server's first start: a local user gives none;
+* else none (a server without authorization).
+
+``cadre auth init DIR`` makes a deployment's files: every role's ``.creds`` and the server's
+``auth.conf`` (included by ``deploy/nats/node.conf``). ``cadre auth bootstrap --auth-dir DIR`` creates
+the streams and the readers' mirror with the ``admin`` and ``mirror`` credentials, once per deployment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from pathlib import Path
+from typing import Any
+
+from nats.aio.client import Client as NATS
+from nats.js import api
+from nats.js.errors import BadRequestError, NotFoundError
+
+from bus.auth import ROLES, creds_path, ensure_auth, role_of_creds
+from bus.connection import connect
+from bus.embedded import find_running
+from bus.errors import AuthConfigError, StreamConfigError
+from bus.stream import ensure_stream
+from cadre.settings import Settings
+
+EXIT_OK = 0
+_MIRROR_API = "JS.CADRE.API"  # where READERS imports CADRE's consumer API (bus/auth.py)
+_STREAM_IN_USE = 10058
+
+
+def local_auth(settings: Settings, url: str | None) -> Path | None:
+    """The data dir's auth directory when ``url`` is its embedded server (or None: to be started)."""
+    if settings.nats_creds is not None:
+        return None
+    if url is None:
+        return settings.auth_dir
+    running = find_running(settings.data_dir) if (settings.auth_dir / "admin.creds").exists() else None
+    return settings.auth_dir if running is not None and running.url == url else None
+
+
+def creds_for(settings: Settings, role: str, auth_dir: Path | None) -> Path | None:
+    """The creds file a process acting as ``role`` connects with (module docstring)."""
+    if settings.nats_creds is not None:
+        return settings.nats_creds
+    if auth_dir is not None:
+        return creds_path(auth_dir, role)
+    return None
+
+
+def prepare_embedded(settings: Settings) -> Path:
+    """Generate (first start) or refresh the embedded server's credentials; the config it reads."""
+    auth_dir = settings.auth_dir
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    ensure_auth(auth_dir, settings.auth_names())
+    return auth_dir / "auth.conf"
+
+
+async def bootstrap(settings: Settings, url: str, auth_dir: Path) -> None:
+    """Create (or bring up to date) the event stream as ``admin``, and the readers' mirror of it as
+    ``mirror``. Idempotent; every process of the embedded server runs it at start-up."""
+    admin = await connect(settings.connect_options(url, "cadre-bootstrap", creds_path(auth_dir, "admin")))
+    try:
+        await ensure_stream(admin.jetstream(timeout=settings.request_timeout_s), settings.stream())
+    finally:
+        await admin.close()
+    mirror = await connect(settings.connect_options(url, "cadre-bootstrap", creds_path(auth_dir, "mirror")))
+    try:
+        await ensure_mirror(mirror, settings)
+    finally:
+        await mirror.close()
+
+
+async def ensure_mirror(nc: NATS, settings: Settings) -> None:
+    """The READERS account's mirror of the event stream (same name, same sequences)."""
+    spec = settings.stream()
+    js = nc.jetstream(timeout=settings.request_timeout_s)
+    cfg = api.StreamConfig(
+        name=spec.name,
+        storage=api.StorageType.MEMORY if spec.storage == "memory" else api.StorageType.FILE,
+        num_replicas=spec.replicas,
+        max_age=spec.max_age,
+        max_bytes=spec.max_bytes,
+        allow_direct=True,
+        mirror=api.StreamSource(
+            name=spec.name,
+            external=api.ExternalStream(api=_MIRROR_API, deliver=f"deliver.readers.{spec.name}"),
+        ),
+    )
+    with contextlib.suppress(NotFoundError):
+        info = await js.stream_info(spec.name)
+        if info.config.mirror is not None:
+            return
+        raise StreamConfigError(
+            f"the readers' account holds a stream {spec.name!r} that is not a mirror of the event stream; "
+            "delete it (as the mirror user) and start again"
+        )
+    try:
+        await js.add_stream(cfg)
+    except BadRequestError as exc:
+        if exc.err_code != _STREAM_IN_USE:
+            raise StreamConfigError(
+                f"could not create the readers' mirror of {spec.name!r}: {exc.description} (err_code {exc.err_code})"
+            ) from None
+
+
+def acting_role(settings: Settings, role: str) -> str | None:
+    """The role a process really has: that of ``--creds`` when given (None if not a cadre file)."""
+    if settings.nats_creds is not None:
+        return role_of_creds(settings.nats_creds)
+    return role
+
+
+# --- cadre auth ------------------------------------------------------------------------------------------
+
+
+def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
+    auth = sub.add_parser("auth", help="NATS credentials: make a deployment's, create its streams")
+    what = auth.add_subparsers(dest="auth_command", required=True, metavar="ACTION")
+    init = what.add_parser("init", help="write every role's .creds and the server's auth.conf into DIR")
+    init.add_argument("dir", type=Path, metavar="DIR")
+    boot = what.add_parser(
+        "bootstrap", parents=parents, help="create the streams and the readers' mirror (admin and mirror creds)"
+    )
+    boot.add_argument("--auth-dir", type=Path, metavar="DIR", required=True, help="what `cadre auth init` wrote")
+
+
+async def run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.auth_command == "init":
+        identities = ensure_auth(args.dir, settings.auth_names())
+        print(f"cadre: credentials of {len(identities)} roles and the server's auth.conf are in {args.dir}")
+        print(f"  server:  include {args.dir / 'auth.conf'} in the nats-server config (deploy/nats/node.conf)")
+        print(f"  streams: cadre auth bootstrap --auth-dir {args.dir} --nats URL")
+        print("  actors:  CADRE_NATS_CREDS=<dir>/<kind>.creds cadre actor <kind>; clients: client.creds")
+        return EXIT_OK
+    auth_dir: Path = args.auth_dir
+    for role in ("admin", "mirror"):
+        if not creds_path(auth_dir, role).is_file():
+            raise AuthConfigError(
+                f"{creds_path(auth_dir, role)} is missing; make the deployment's credentials with "
+                f"`cadre auth init {auth_dir}`"
+            )
+    if settings.nats_url is None:
+        raise AuthConfigError("cadre auth bootstrap needs the deployment's server: pass --nats URL (or CADRE_NATS_URL)")
+    await bootstrap(settings, settings.nats_url, auth_dir)
+    print(f"cadre: stream {settings.stream_name} and its readers' mirror are ready at {settings.nats_url}")
+    return EXIT_OK
+
+
+__all__ = ["ROLES", "acting_role", "bootstrap", "creds_for", "ensure_mirror", "local_auth", "prepare_embedded"]
