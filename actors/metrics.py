@@ -14,6 +14,7 @@ class Metrics:
     handler_seconds: Histogram
     redeliveries: Counter
     dead_letters: Counter
+    forged: Counter
     conflicts: Counter
     workflows: Counter
     tool_calls: Counter
@@ -43,6 +44,9 @@ class Metrics:
             ),
             redeliveries=Counter("cadre_redeliveries", "Inputs delivered more than once", ["kind"], registry=reg),
             dead_letters=Counter("cadre_dead_letters", "Inputs given up on (handler_failed)", ["kind"], registry=reg),
+            forged=Counter(
+                "cadre_forged_events", "Inputs refused: forged or unsigned (forged_event)", ["kind"], registry=reg
+            ),
             conflicts=Counter(
                 "cadre_conflicts", "Appends retried after a concurrency conflict", ["kind"], registry=reg
             ),

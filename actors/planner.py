@@ -26,6 +26,7 @@ from bus.events import (
     ApprovalRequested,
     EffectsRecorded,
     Event,
+    ForgedEvent,
     HandlerFailed,
     PlanProposed,
     PlanRejected,
@@ -171,6 +172,7 @@ def make_spec(catalog: Catalog) -> ActorSpec:
                 | WorkflowCompleted()
                 | WorkflowFailed()
                 | EffectsRecorded()
+                | ForgedEvent()
             ):
                 return []
 

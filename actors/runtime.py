@@ -45,12 +45,14 @@ from actors.context import Context, Outside
 from actors.metrics import Metrics
 from actors.outcome import Defer, Outcome
 from actors.state_cache import StateCache
+from actors.trust import Trust
 from bus.errors import CadreError, ConcurrencyConflict, InvalidName
 from bus.events import (
     Effect,
     EffectsRecorded,
     Envelope,
     Event,
+    ForgedEvent,
     HandlerFailed,
     StepReady,
     TaskReady,
@@ -58,6 +60,8 @@ from bus.events import (
     make_event,
 )
 from bus.plan import ErrorInfo
+from bus.signing import Verdict
+from store.authenticity import verdict
 from store.jetstream import JetStreamLog
 from store.records import Malformed, Record, StoredEvent, to_record
 from store.state import WorkflowState
@@ -179,7 +183,7 @@ class _Replica:
         sys_, kind = self.system, self.spec.kind
         try:
             seq, delivered = delivery(m)
-            rec = await sys_.input_record(seq, m.subject, m.data)
+            rec = await sys_.input_record(seq, m.subject, m.data, m.headers)
             if delivered > 1:
                 sys_.metrics.redeliveries.labels(kind).inc()
             if isinstance(rec, Malformed):
@@ -187,6 +191,12 @@ class _Replica:
                 await m.term()
                 return
             etype = rec.event.type
+            checked = verdict(rec, sys_.trust.keyring)
+            if not checked.trusted:
+                await sys_.refuse(kind, rec, checked)
+                await m.term()
+                sys_.handled(kind, etype, "forged").inc()
+                return
             started = time.perf_counter()
             try:
                 try:
@@ -285,6 +295,7 @@ class ActorSystem:
     options: RuntimeOptions
     metrics: Metrics
     cache: StateCache
+    trust: Trust = field(default_factory=Trust)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     lifecycle: Lifecycle = Lifecycle.CREATED
     # Labelled metric children, looked up once each: prometheus_client's ``labels()`` validates
@@ -292,6 +303,14 @@ class ActorSystem:
     # busy process's CPU).
     _latency: dict[tuple[str, str], Histogram] = field(default_factory=dict, repr=False)
     _handled: dict[tuple[str, str, str], Counter] = field(default_factory=dict, repr=False)
+    _logs: dict[str, JetStreamLog] = field(default_factory=dict, repr=False)
+
+    def log_for(self, kind: str) -> JetStreamLog:
+        """The log as ``kind`` writes to it: every event it appends is signed with its role's key."""
+        view = self._logs.get(kind)
+        if view is None:
+            view = self._logs[kind] = self.log.signed_by(self.trust.signer(kind))
+        return view
 
     def handler_seconds(self, kind: str, etype: str) -> Histogram:
         child = self._latency.get((kind, etype))
@@ -318,7 +337,7 @@ class ActorSystem:
         )
         await self.log.js.add_consumer(self.log.stream, cfg)
 
-    async def input_record(self, seq: int, subject: str, data: bytes) -> Record:
+    async def input_record(self, seq: int, subject: str, data: bytes, headers: dict[str, str] | None = None) -> Record:
         """The input as a record, once the state cache holds its workflow's state up to it.
 
         The cache's feed has usually decoded the same event already; decode it here only if not.
@@ -329,7 +348,7 @@ class ActorSystem:
                 await self.cache.state_at(parsed[0], seq)
                 if (rec := self.cache.recent(seq)) is not None:
                     return rec
-        return to_record(self.log.subjects, seq, subject, data)
+        return to_record(self.log.subjects, seq, subject, data, headers)
 
     async def handle(self, spec: ActorSpec, rec: StoredEvent) -> Outcome | None:
         """Run the handler on the input and store its outputs; returns the handler's outcome."""
@@ -391,7 +410,9 @@ class ActorSystem:
                 else:
                     seq, head = self.cache.head(wf)
                 try:
-                    result = await self.log.append(wf, pending, expected_seq=seq, prev=head, atomic=False)
+                    result = await self.log_for(spec.kind).append(
+                        wf, pending, expected_seq=seq, prev=head, atomic=False
+                    )
                 except ConcurrencyConflict as exc:
                     self.metrics.conflicts.labels(spec.kind).inc()
                     if decided is not None:
@@ -482,7 +503,32 @@ class ActorSystem:
             index="handler_failed",  # apart from the handler's own outputs
         )
         # Decided on no state (basis 0): appended at the workflow's end, chained by the log.
-        await self.log.append(rec.event.workflow_id, [env])
+        await self.log_for(kind).append(rec.event.workflow_id, [env])
+
+    async def refuse(self, kind: str, rec: StoredEvent, verdict: Verdict) -> None:
+        """Record that ``kind`` refused an input the keyring does not accept; it is not handled.
+
+        The record's id derives from the input's and the kind, so a redelivery records it once.
+        """
+        refused = ForgedEvent(
+            input_id=rec.event.id,
+            input_type=rec.event.type,
+            input_seq=rec.seq,
+            status=verdict.status,
+            reason=verdict.reason,
+            signer=rec.signature.signer if rec.signature is not None else None,
+        )
+        self.metrics.forged.labels(kind).inc()
+        log.warning("%s: refused %s #%d as %s: %s", kind, rec.event.type, rec.seq, verdict.status, verdict.reason)
+        env = make_event(
+            refused,
+            workflow_id=rec.event.workflow_id,
+            actor=kind,
+            at=utc_now(),
+            causation_id=rec.event.id,
+            index="forged_event",
+        )
+        await self.log_for(kind).append(rec.event.workflow_id, [env])
 
     async def dead_letter_malformed(self, kind: str, rec: Malformed) -> None:
         parsed = self.log.subjects.parse_event(rec.subject)
@@ -500,7 +546,7 @@ class ActorSystem:
         env = make_event(
             failed, workflow_id=wf, actor=kind, at=utc_now(), causation_id=f"seq:{rec.seq}", index="handler_failed"
         )
-        await self.log.append(wf, [env])
+        await self.log_for(kind).append(wf, [env])
 
 
 @asynccontextmanager
@@ -511,13 +557,17 @@ async def run_actors(
     outside: Outside,
     options: RuntimeOptions | None = None,
     metrics: Metrics | None = None,
+    trust: Trust | None = None,
 ) -> AsyncIterator[ActorSystem]:
     """Run ``replicas`` of each actor kind until the block exits, then drain.
 
-    Entering returns once every consumer exists and every replica is fetching.
+    Entering returns once every consumer exists and every replica is fetching. With ``trust``,
+    each kind signs what it appends, and inputs its keyring does not accept are refused.
     """
-    cache = StateCache(elog)
-    system = ActorSystem(elog, outside, options or RuntimeOptions(), metrics or Metrics.create(), cache)
+    trust = trust or Trust()
+    trust.require(spec.kind for spec, _ in specs)
+    cache = StateCache(elog, keyring=trust.keyring)
+    system = ActorSystem(elog, outside, options or RuntimeOptions(), metrics or Metrics.create(), cache, trust)
     for spec, _ in specs:
         await system.ensure_consumer(spec)
     await cache.start()

@@ -40,6 +40,8 @@ from typing import Any
 import nkeys
 
 from bus.errors import AuthConfigError
+from bus.roles import ACTOR_ROLES, EMITS, RUNTIME_EMITS, SIGNING_ROLES
+from bus.signing import Keyring
 from bus.subjects import Subjects
 
 __all__ = [
@@ -60,20 +62,6 @@ CADRE_ACCOUNT = "CADRE"
 READERS_ACCOUNT = "READERS"
 SYSTEM_ACCOUNT = "SYS"
 
-# Which event types each writer emits (docs/architecture.md, "Flow of one workflow").
-EMITS: Mapping[str, tuple[str, ...]] = {
-    "intake": ("workflow_requested",),
-    "planner": ("plan_proposed", "task_ready", "step_ready", "workflow_completed", "workflow_failed"),
-    "validator": ("plan_validated", "plan_rejected", "step_ready", "steps_rejected"),
-    "decomposer": ("steps_proposed", "steps_rejected"),
-    # approval_denied: the deadline's denial (by=timeout) of an unanswered approval.
-    "agent": ("step_completed", "step_failed", "approval_requested", "approval_denied"),
-    "approvals": ("approval_granted", "approval_denied"),
-}
-RUNTIME_EMITS = ("handler_failed", "effects_recorded")
-"""Written by the actor runtime of any kind: dead letters and the effects of a handler with no output."""
-
-ACTOR_ROLES = ("planner", "validator", "decomposer", "agent")
 # The roles of the CADRE account, then of READERS.
 CADRE_ROLES = ("admin", "node", *ACTOR_ROLES, "intake", "budget", "approvals")
 READERS_ROLES = ("mirror", "client", "approver")
@@ -208,7 +196,7 @@ def permissions(role: str, names: AuthNames) -> Permissions:
             ]
             return Permissions(_dedupe(pub), (inbox, s.ping, s.budget, s.budget_settle), allow_responses=True)
         case "node":
-            parts = [permissions(part, names) for part in (*ACTOR_ROLES, "intake", "budget")]
+            parts = [permissions(part, names) for part in (*ACTOR_ROLES, "intake", "budget", "approvals")]
             return Permissions(
                 _dedupe(x for p in parts for x in p.publish or ()),
                 _dedupe(x for p in parts for x in p.subscribe or ()),
@@ -232,7 +220,7 @@ def permissions(role: str, names: AuthNames) -> Permissions:
 
 def approvals_subject(subjects: Subjects) -> str:
     """Where approvers send their decisions (the approvals service answers there)."""
-    return f"{subjects.prefix}.approvals"
+    return subjects.approvals
 
 
 # --- keys, JWTs, creds ----------------------------------------------------------------------------------
@@ -362,7 +350,18 @@ def ensure_auth(auth_dir: Path, names: AuthNames) -> dict[str, Identity]:
     if recorded != current or not complete:
         _mint(auth_dir, names, operator, accounts, seeds)
         names_file.write_text(json.dumps(current) + "\n")
-    return {r: Identity(r, creds_path(auth_dir, r), _public(seeds[r])) for r in ROLES}
+    identities = {r: Identity(r, creds_path(auth_dir, r), _public(seeds[r])) for r in ROLES}
+    keyring = auth_dir / "keyring.json"
+    if not keyring.exists():
+        keyring.write_bytes(keyring_of(identities).to_json())
+    return identities
+
+
+def keyring_of(identities: Mapping[str, Identity]) -> Keyring:
+    """The keyring of a deployment: the public key of every role that signs events or decisions."""
+    return Keyring.of(
+        (i.public_key, role, role) for role, i in identities.items() if role in SIGNING_ROLES or role == "approver"
+    )
 
 
 def _mint(

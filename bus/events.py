@@ -226,6 +226,24 @@ class HandlerFailed(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     exception: str | None = None
 
 
+class ForgedEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """An actor refused an input whose signature the keyring does not accept: it was not handled,
+    and the workflow went on as if it had never arrived.
+
+    ``status`` is ``forged`` (a signature that does not verify, an unknown key, a role that may
+    not emit ``input_type``) or ``unsigned``; ``reason`` says which; ``signer`` is the key it
+    claimed, if any.
+    """
+
+    TYPE: ClassVar[str] = "forged_event"
+    input_id: str
+    input_type: str
+    input_seq: int
+    status: str
+    reason: str
+    signer: str | None = None
+
+
 Event = (
     WorkflowRequested
     | PlanProposed
@@ -244,6 +262,7 @@ Event = (
     | ApprovalDenied
     | EffectsRecorded
     | HandlerFailed
+    | ForgedEvent
 )
 
 EVENT_TYPES: dict[str, type[Event]] = {
@@ -266,6 +285,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ApprovalDenied,
         EffectsRecorded,
         HandlerFailed,
+        ForgedEvent,
     )
 }
 

@@ -35,24 +35,11 @@ import nacl.signing
 import nkeys
 
 from bus.errors import CadreError
+from bus.roles import emits_signed
 
 SIGNER_HEADER: Final = "Cadre-Signer"
 SIG_HEADER: Final = "Cadre-Sig"
 _DOMAIN: Final = b"cadre-sig-v1\n"
-
-# Which event types each role writes (docs/events.md says the same per type). Every actor kind
-# also writes what its runtime adds to any handler: dead letters and the record of effects, and
-# the record of a forged input it refused.
-RUNTIME_TYPES: Final = ("effects_recorded", "handler_failed", "forged_event")
-EMITS: Final[Mapping[str, tuple[str, ...]]] = {
-    "intake": ("workflow_requested",),
-    "planner": ("plan_proposed", "task_ready", "step_ready", "workflow_completed", "workflow_failed", *RUNTIME_TYPES),
-    "validator": ("plan_validated", "plan_rejected", "step_ready", "steps_rejected", *RUNTIME_TYPES),
-    "decomposer": ("steps_proposed", "steps_rejected", *RUNTIME_TYPES),
-    "agent": ("step_completed", "step_failed", "approval_requested", "approval_denied", *RUNTIME_TYPES),
-    "approvals": ("approval_granted", "approval_denied"),
-}
-"""The event types each signing role may emit. ``budget`` writes its own ledger, not events."""
 
 
 class SigningError(CadreError):
@@ -111,11 +98,16 @@ class Signer:
         self.public_key: str = self._kp.public_key.decode()
 
     @classmethod
-    def from_file(cls, path: Path, role: str) -> Signer:
+    def from_creds(cls, path: Path, role: str) -> Signer:
+        """The signer of ``role`` from its NATS creds file (the seed after ``BEGIN USER NKEY SEED``)."""
         try:
-            return cls(path.read_bytes(), role)
+            lines = path.read_text().splitlines()
         except OSError as exc:
-            raise SigningError(f"cannot read the {role} seed {path}: {exc.strerror}") from None
+            raise SigningError(f"cannot read the {role} credentials {path}: {exc.strerror}") from None
+        for i, line in enumerate(lines):
+            if "BEGIN USER NKEY SEED" in line and i + 1 < len(lines):
+                return cls(lines[i + 1].strip().encode(), role)
+        raise SigningError(f"{path} holds no nkey seed: not a creds file of cadre auth init")
 
     def sign(self, subject: str, event_id: str, data: bytes) -> Signature:
         return Signature(self.public_key, _b64(self.sign_raw(signed_bytes(subject, event_id, data))))
@@ -173,7 +165,7 @@ class KeyringFile(msgspec.Struct, frozen=True, kw_only=True):
     """
 
     keys: tuple[KeyEntry, ...] = ()
-    emits: dict[str, tuple[str, ...]] = msgspec.field(default_factory=lambda: dict(EMITS))
+    emits: dict[str, tuple[str, ...]] = msgspec.field(default_factory=emits_signed)
 
 
 class Keyring:

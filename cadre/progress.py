@@ -11,6 +11,7 @@ from bus.events import (
     ApprovalRequested,
     EffectsRecorded,
     Envelope,
+    ForgedEvent,
     HandlerFailed,
     PlanProposed,
     PlanRejected,
@@ -77,5 +78,7 @@ def describe(e: Envelope) -> str | None:
             return f"FAILED    {d.reason}: {d.message}"
         case HandlerFailed():
             return f"dead      {e.actor} gave up on {d.input_type} after {d.attempts} attempts: {d.error.message}"
+        case ForgedEvent():
+            return f"FORGED    {e.actor} refused {d.input_type} (seq {d.input_seq}): {d.reason}"
         case StepsProposed() | EffectsRecorded():
             return None

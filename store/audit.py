@@ -36,6 +36,7 @@ from bus.events import (
     EffectsRecorded,
     Envelope,
     Event,
+    ForgedEvent,
     HandlerFailed,
     PlanProposed,
     PlanRejected,
@@ -409,7 +410,7 @@ def _event(
             report.failure = f"{data.reason}: {data.message}"
         case HandlerFailed():
             t.dead_letters += 1
-        case StepsProposed() | EffectsRecorded():
+        case StepsProposed() | EffectsRecorded() | ForgedEvent():
             pass
 
 
@@ -591,6 +592,8 @@ def summary(data: Event) -> str:
             return f"{len(data.effects)} effect(s) of an input answered with nothing"
         case HandlerFailed():
             return f"gave up on {data.input_type} (seq {data.input_seq}) after {data.attempts}: {data.error.code}"
+        case ForgedEvent():
+            return f"refused {data.input_type} (seq {data.input_seq}) as {data.status}: {data.reason}"
     return ""
 
 

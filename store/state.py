@@ -19,6 +19,7 @@ from bus.events import (
     ApprovalGranted,
     ApprovalRequested,
     EffectsRecorded,
+    ForgedEvent,
     HandlerFailed,
     PlanProposed,
     PlanRejected,
@@ -84,6 +85,7 @@ class WorkflowState(msgspec.Struct, kw_only=True):
     failure: ErrorInfo | None = None
     failed_task: str | None = None
     dead_letters: int = 0
+    forged: int = 0  # inputs the actors refused as forged (``forged_event``)
     events: int = 0
     last_seq: int = 0
     last_data: bytes = b""
@@ -177,6 +179,8 @@ def apply(state: WorkflowState, stored: StoredEvent) -> None:
             pass
         case HandlerFailed():
             state.dead_letters += 1
+        case ForgedEvent():
+            state.forged += 1
         case _:
             assert_never(data)
 

@@ -15,7 +15,8 @@ from actors.clock import utc_now
 from bus.approvals import ApprovalReply, Decision, sign_decision
 from bus.events import ApprovalGranted, ApprovalRequested, StepReady
 from bus.plan import StepIntent
-from bus.signing import EMITS, Keyring, Signer, new_seed
+from bus.roles import SIGNING_ROLES
+from bus.signing import Keyring, Signer, new_seed
 from store import JetStreamLog, StoredEvent
 from store.authenticity import trusted_fold
 from tests.conftest import T0, ev, unique
@@ -34,11 +35,11 @@ class World:
 
 @pytest_asyncio.fixture
 async def world(log: JetStreamLog) -> AsyncIterator[World]:
-    signers = {role: Signer(new_seed(), role) for role in EMITS}
+    signers = {role: Signer(new_seed(), role) for role in SIGNING_ROLES}
     alice, bob = Signer(new_seed(), "approver"), Signer(new_seed(), "approver")
     signers |= {"alice": alice, "bob": bob}
     people = [(alice.public_key, "approver", "alice"), (bob.public_key, "approver", "bob")]
-    keyring = Keyring.of([*((s.public_key, role) for role, s in signers.items() if role in EMITS), *people])
+    keyring = Keyring.of([*((s.public_key, role) for role, s in signers.items() if role in SIGNING_ROLES), *people])
     wf = unique("wf")
     first = ev(StepReady(step=STEP), wf, actor="validator")
     asked = ev(ApprovalRequested(step=STEP, reason="needs approval", deadline=T0 + timedelta(hours=1)), wf, i=1)

@@ -10,8 +10,8 @@ import pytest
 
 from bus.events import PlanProposed, StepCompleted, WorkflowRequested
 from bus.plan import Plan, Task
+from bus.roles import SIGNING_ROLES
 from bus.signing import (
-    EMITS,
     Keyring,
     Signature,
     Signer,
@@ -30,7 +30,7 @@ SUBJECT = "cadre.evt.wf-1.plan_proposed"
 
 @pytest.fixture(scope="module")
 def signers() -> dict[str, Signer]:
-    return {role: Signer(new_seed(), role) for role in EMITS}
+    return {role: Signer(new_seed(), role) for role in SIGNING_ROLES}
 
 
 @pytest.fixture(scope="module")
