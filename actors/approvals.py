@@ -21,6 +21,7 @@ keyring names them (``by``) and their key (``key``).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -76,8 +77,23 @@ class Verified:
     name: str
 
 
-def verify(body: bytes, keyring: Keyring, now: datetime) -> Verified:
-    """Checks 1 to 3: the body, the approver's signature and its freshness. Raises :class:`Refused`."""
+def requester(headers: Mapping[str, str] | None) -> str | None:
+    """The requester's user key as the server states it (``Nats-Request-Info``, set by the server for a
+    request that crosses into the service's account, as approvers' requests do), else None."""
+    raw = (headers or {}).get("Nats-Request-Info")
+    if raw is None:
+        return None
+    try:
+        info = json.loads(raw)
+    except ValueError:
+        return None
+    user = info.get("user") if isinstance(info, dict) else None
+    return user if isinstance(user, str) and user.startswith("U") else None
+
+
+def verify(body: bytes, keyring: Keyring, now: datetime, sent_by: str | None = None) -> Verified:
+    """Checks 1 to 3: the body, the approver's signature and its freshness, and (when the server
+    says who sent it) that the sender holds the signing key. Raises :class:`Refused`."""
     try:
         request = _request_decoder.decode(body)
         decision = _decision_decoder.decode(request.decision)
@@ -89,6 +105,8 @@ def verify(body: bytes, keyring: Keyring, now: datetime) -> Verified:
         raise Refused("not_an_approver", f"the decision is signed by {who}; only approvers' keys may decide")
     if not keyring.verify_raw(request.signer, APPROVAL_DOMAIN + bytes(request.decision), request.sig):
         raise Refused("bad_signature", "the signature does not match the decision it came with")
+    if sent_by is not None and sent_by != request.signer:
+        raise Refused("not_the_signer", "the decision is signed with a key other than the sender's own")
     if abs(now - decision.at) > FRESHNESS:
         raise Refused(
             "stale_decision",
@@ -121,10 +139,21 @@ def judge(verified: Verified, state: WorkflowState, policy: ApprovalPolicy) -> A
     return ApprovalDenied(step_id=d.step_id, by=verified.name, key=verified.key, reason=d.reason)
 
 
-async def decide(elog: JetStreamLog, keyring: Keyring, policy: ApprovalPolicy, body: bytes) -> ApprovalReply:
+async def decide(
+    elog: JetStreamLog,
+    keyring: Keyring | None,
+    policy: ApprovalPolicy,
+    body: bytes,
+    headers: Mapping[str, str] | None = None,
+) -> ApprovalReply:
     """Verify, judge and append one decision; the reply to send."""
     try:
-        verified = verify(body, keyring, utc_now())
+        if keyring is None:
+            raise Refused(
+                "no_keyring",
+                "this deployment has no keyring, so no approver can be verified: make one with `cadre auth init`",
+            )
+        verified = verify(body, keyring, utc_now(), requester(headers))
         wf = verified.decision.workflow_id
         for _ in range(10):
             records = await elog.read_records(wf)
@@ -152,11 +181,13 @@ async def decide(elog: JetStreamLog, keyring: Keyring, policy: ApprovalPolicy, b
 
 
 @asynccontextmanager
-async def serve_approvals(elog: JetStreamLog, keyring: Keyring, policy: ApprovalPolicy) -> AsyncIterator[None]:
+async def serve_approvals(elog: JetStreamLog, keyring: Keyring | None, policy: ApprovalPolicy) -> AsyncIterator[None]:
     """Answer signed decisions on ``<prefix>.approvals`` until the block exits (``elog`` signs as approvals)."""
 
     async def on_msg(m: Msg) -> None:
-        reply = await decide(elog, keyring, policy, m.data)
+        if m.reply.startswith("$JS.ACK"):
+            return  # a stream consumer pointed at this subject: not a decision, and not ours to ack
+        reply = await decide(elog, keyring, policy, m.data, m.headers)
         if reply.error is not None:
             log.info("approval refused: %s", reply.error)
         if m.reply:

@@ -26,5 +26,8 @@ SIGNING_ROLES: Final = ("intake", *ACTOR_ROLES, "approvals")
 
 
 def emits_signed() -> dict[str, tuple[str, ...]]:
-    """What each signing role may emit: its own types, and for an actor kind its runtime's too."""
-    return {role: (*EMITS[role], *(RUNTIME_EMITS if role in ACTOR_ROLES else ())) for role in SIGNING_ROLES}
+    """What each signing role may emit: its own types, for an actor kind its runtime's too, and for
+    the planner the intake's (``cadre actor planner`` hosts the intake, as its NATS permissions say)."""
+    table = {role: (*EMITS[role], *(RUNTIME_EMITS if role in ACTOR_ROLES else ())) for role in SIGNING_ROLES}
+    table["planner"] = (*table["planner"], *EMITS["intake"])
+    return table

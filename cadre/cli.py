@@ -74,7 +74,6 @@ def _parser() -> argparse.ArgumentParser:
     approve.add_argument("step_id")
     approve.add_argument("--deny", action="store_true")
     approve.add_argument("--reason", default="")
-    approve.add_argument("--by", help="who decides (default: the OS user)")
 
     sub.add_parser("status", parents=[bus, out], help="workflows by state, actors alive, backlogs")
     schema = sub.add_parser("schema", help="print the JSON Schema of a request or an event")
@@ -163,7 +162,6 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
                 args.step_id,
                 deny=args.deny,
                 reason=args.reason,
-                by=args.by,
             )
         case "status":
             return await commands.status(settings, args.json)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import getpass
 import json
 import signal
 import sys
@@ -21,15 +20,12 @@ from actors.clock import utc_now
 from actors.intake import submit
 from actors.ping import ping_all
 from actors.runtime import consumer_name
-from bus.errors import CadreError, ConcurrencyConflict
+from bus.approvals import ApprovalReply, Decision, sign_decision
+from bus.errors import CadreError
 from bus.events import (
     EVENT_TYPES,
     SCHEMA_VERSION,
     TERMINAL_TYPES,
-    ApprovalDenied,
-    ApprovalGranted,
-    ApprovalRequested,
-    make_event,
 )
 from bus.request import request_schema
 from bus.subjects import check_token
@@ -38,8 +34,10 @@ from cadre.budget_report import render_report
 from cadre.progress import describe
 from cadre.render import json_line
 from cadre.settings import Settings
-from cadre.system import KINDS, catalog_for, run_system
+from cadre.system import ACTOR_KINDS, catalog_for, run_system
+from cadre.trust import find_keyring, signer_for
 from cadre.wiring import Bus, open_bus
+from store.authenticity import trusted_fold
 from store.jetstream import JetStreamLog
 from store.records import StoredEvent
 from store.state import WorkflowState, fold
@@ -208,48 +206,55 @@ async def submit_cmd(settings: Settings, payload: bytes, *, wait: bool, as_json:
         return await _finish(bus, state, as_json, settings)
 
 
-async def approve(settings: Settings, wf: str, step_id: str, *, deny: bool, reason: str, by: str | None) -> int:
-    who = by or getpass.getuser()
-    async with open_bus(settings, name="cadre-approve", role="approvals") as bus:
-        for _ in range(10):
-            events = await bus.log.read(wf)
-            if not events:
-                raise UsageError(f"no workflow {wf!r} in the log (see `cadre workflows`)")
-            state = fold(wf, events)
-            st = state.steps.get(step_id)
-            if st is None:
-                waiting = [s for s, x in state.steps.items() if x.status == "awaiting_approval"]
-                raise UsageError(
-                    f"workflow {wf} has no step {step_id!r}; steps awaiting approval: {', '.join(waiting) or 'none'}"
-                )
-            if st.status != "awaiting_approval":
-                raise CadreError(f"step {step_id} of {wf} is {st.status}, not awaiting approval")
-            request = next(
-                e.event
-                for e in reversed(events)
-                if isinstance(e.event.data, ApprovalRequested) and e.event.data.step.id == step_id
+async def approve(settings: Settings, wf: str, step_id: str, *, deny: bool, reason: str) -> int:
+    """Sign a decision with this user's approver key and send it to the approvals service.
+
+    The service verifies the signature, that the key is an approver's allowed for the step's tool,
+    and that the step still waits for the request answered here; it then records the decision
+    under the name the keyring gives the key. Nothing is appended by this command.
+    """
+    signer = signer_for(settings, "approver")
+    if signer is None:
+        raise CadreError(
+            f"no approver key: expected {settings.auth_dir / 'approver.creds'} (local) or an approver's "
+            "creds file in --creds / CADRE_NATS_CREDS (made by `cadre auth init` or `cadre auth add-approver`)"
+        )
+    keyring, _ = find_keyring(settings)
+    async with open_bus(settings, name="cadre-approve", role="approver") as bus:
+        records = await bus.log.read_records(wf)
+        if not records:
+            raise UsageError(f"no workflow {wf!r} in the log (see `cadre workflows`)")
+        state = trusted_fold(wf, records, keyring)
+        st = state.steps.get(step_id)
+        if st is None or st.approval_request_id is None:
+            waiting = [s for s, x in state.steps.items() if x.status == "awaiting_approval"]
+            raise UsageError(
+                f"workflow {wf} has no step {step_id!r} awaiting approval; awaiting: {', '.join(waiting) or 'none'}"
             )
-            decision: ApprovalGranted | ApprovalDenied = (
-                ApprovalDenied(step_id=step_id, by=who, reason=reason)
-                if deny
-                else ApprovalGranted(step_id=step_id, by=who, reason=reason)
+        decision = Decision(
+            workflow_id=wf,
+            step_id=step_id,
+            request_id=st.approval_request_id,
+            grant=not deny,
+            reason=reason,
+            at=utc_now(),
+        )
+        try:
+            msg = await bus.nc.request(
+                settings.subjects.approvals, sign_decision(signer, decision), timeout=settings.request_timeout_s
             )
-            event = make_event(
-                decision,
-                workflow_id=wf,
-                actor="human",
-                at=utc_now(),
-                causation_id=request.id,
-                index=int(deny),
-                basis=state.last_seq,
-            )
-            try:
-                await bus.log.append(wf, [event], expected_seq=state.last_seq, prev=state.last_hash)
-            except ConcurrencyConflict:
-                continue  # the workflow moved on; look again
-            _say(f"{'denied' if deny else 'approved'} {step_id} of {wf} as {who}")
-            return EXIT_OK
-    raise CadreError(f"workflow {wf} kept changing; try again")
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+            raise CadreError(
+                f"no approvals service answered on {settings.subjects.approvals}: is `cadre up` (or "
+                "`cadre actor approvals`) running?"
+            ) from None
+        reply = msgspec.json.decode(msg.data, type=ApprovalReply)
+        if reply.error is not None:
+            refused = CadreError(f"the approvals service refused: {reply.error.get('message', '')}")
+            refused.code = reply.error.get("code", "approval_refused")
+            raise refused
+        _say(f"{'denied' if deny else 'approved'} {step_id} of {wf} as {reply.by}")
+        return EXIT_OK
 
 
 async def status(settings: Settings, as_json: bool) -> int:
@@ -257,7 +262,7 @@ async def status(settings: Settings, as_json: bool) -> int:
         counts = await bus.log.subject_counts()
         answers = await ping_all(bus.nc, settings.subjects)
         consumers: dict[str, dict[str, Any] | None] = {}
-        for kind in KINDS[:-1]:
+        for kind in ACTOR_KINDS:
             name = consumer_name(settings.subject_prefix, kind)
             try:
                 ci = await bus.log.js.consumer_info(settings.stream_name, name)

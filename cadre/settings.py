@@ -90,6 +90,10 @@ class Settings(BaseSettings):
     keyring: Path | None = Field(
         default=None, description="the deployment's public keys and roles (default: <data_dir>/auth/keyring.json)"
     )
+    approvers: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description='who may approve each tool, by keyring name ({"fs.write": ["alice"]}); unlisted: any approver',
+    )
     approval_timeout_s: float = Field(default=3600.0, gt=0, description="unanswered approvals are denied after")
     plan_library: Path | None = Field(default=None, description="example plans (default: ./examples/plans)")
     library_threshold: float = Field(default=0.35, ge=0, le=1, description="similarity a library plan needs")

@@ -7,6 +7,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
 
 from actors import agent, decomposer, planner, validator
+from actors.approvals import ApprovalPolicy, serve_approvals
 from actors.budget import BudgetClient, serve_budget
 from actors.context import Outside
 from actors.inference import Policy
@@ -21,11 +22,24 @@ from actors.tools.plugins import load_tool_modules, plugin_impls
 from cadre.budget_config import budget_config, ledger_spec
 from cadre.llm import build_llm
 from cadre.settings import Settings
+from cadre.trust import trust_for
 from cadre.wiring import Bus
 from planner.builtin_tools import builtin_catalog
 from planner.catalog import Catalog
 
-KINDS = ("planner", "validator", "decomposer", "agent", "budget")
+ACTOR_KINDS = ("planner", "validator", "decomposer", "agent")
+KINDS = (*ACTOR_KINDS, "budget", "approvals")
+"""What a process can run: the actor kinds, and the budget and approvals services."""
+
+
+def signing_roles(kinds: Sequence[str]) -> tuple[str, ...]:
+    """The roles a process running ``kinds`` must sign as (the intake, hosted by the planner's
+    process, signs as the intake when that key is here, else as the planner)."""
+    return tuple(k for k in kinds if k != "budget")
+
+
+def approval_policy(settings: Settings) -> ApprovalPolicy:
+    return ApprovalPolicy({tool: frozenset(names) for tool, names in settings.approvers.items()})
 
 
 def catalog_for(settings: Settings) -> Catalog:
@@ -59,6 +73,8 @@ async def run_system(
     if unknown:
         raise ValueError(f"unknown actor kind(s) {sorted(unknown)}; known: {', '.join(KINDS)}")
     catalog = catalog_for(settings)
+    trust = trust_for(settings, (*signing_roles(kinds), "intake"))
+    trust.require(signing_roles(kinds))
     metrics = metrics or Metrics.create()
     if settings.metrics_port is not None:
         metrics.serve(settings.metrics_port)
@@ -114,9 +130,15 @@ async def run_system(
         system = None
         if specs:
             system = await stack.enter_async_context(
-                run_actors(bus.log, specs, outside=outside, options=runtime_options(settings), metrics=metrics)
+                run_actors(
+                    bus.log, specs, outside=outside, options=runtime_options(settings), metrics=metrics, trust=trust
+                )
             )
         if "planner" in kinds:
-            await stack.enter_async_context(serve_intake(bus.log))
+            intake = trust.signer("intake") or trust.signer("planner")
+            await stack.enter_async_context(serve_intake(bus.log.signed_by(intake)))
+        if "approvals" in kinds:
+            signed = bus.log.signed_by(trust.signer("approvals"))
+            await stack.enter_async_context(serve_approvals(signed, trust.keyring, approval_policy(settings)))
         await stack.enter_async_context(serve_ping(bus.nc, settings.subjects, kinds, replicas))
         yield system

@@ -1,27 +1,59 @@
-"""Which keyring a command trusts: ``--keys FILE``, else ``CADRE_KEYRING``, else the data dir's.
+"""What a cadre process trusts and signs with, from its settings.
 
-The keyring holds the deployment's public keys (:mod:`bus.signing`); ``cadre auth init`` writes
-it beside the credentials, and the embedded server's first start writes the local one.
+* The keyring: ``--keys FILE`` (audits), else ``CADRE_KEYRING``, else ``keyring.json`` beside the
+  process's credentials (``--creds`` / ``CADRE_NATS_CREDS``), else the data dir's
+  (``<data_dir>/auth/keyring.json``, written with the embedded server's credentials). None of
+  them: signatures are neither made nor checked (a bare nats-server, as before signing).
+* The signers: for each role the process acts as, the seed in ``<role>.creds`` in the same
+  directory as its credentials (the data dir's auth directory by default). A deployment that
+  runs one kind per process mounts that kind's creds file only (``deploy/compose.yaml``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
-from bus.signing import Keyring, load_keyring
+from actors.trust import Trust
+from bus.auth import creds_path, role_of_creds
+from bus.signing import Keyring, Signer, load_keyring
 from cadre.settings import Settings
 
 
+def credentials_dir(settings: Settings) -> Path:
+    """Where this process's credentials are: beside ``--creds``, else the data dir's auth directory."""
+    return settings.nats_creds.parent if settings.nats_creds is not None else settings.auth_dir
+
+
 def keyring_path(settings: Settings) -> Path:
-    """Where this deployment's keyring is: ``CADRE_KEYRING``, else ``<data_dir>/auth/keyring.json``."""
-    return settings.keyring if settings.keyring is not None else settings.data_dir / "auth" / "keyring.json"
+    """The deployment's keyring file (it may not exist)."""
+    if settings.keyring is not None:
+        return settings.keyring
+    return credentials_dir(settings) / "keyring.json"
 
 
 def find_keyring(settings: Settings, keys: Path | None = None) -> tuple[Keyring | None, str]:
-    """The keyring to check signatures with, and where it came from (None: there is none)."""
+    """The keyring to check signatures with and where it came from (None, "": there is none)."""
     if keys is not None:
         return load_keyring(keys), str(keys)
     path = keyring_path(settings)
     if settings.keyring is not None or path.exists():
         return load_keyring(path), str(path)
     return None, ""
+
+
+def signer_for(settings: Settings, role: str) -> Signer | None:
+    """The signer of ``role`` from its creds file beside this process's credentials, if there is one."""
+    if settings.nats_creds is not None and role_of_creds(settings.nats_creds) == role:
+        return Signer.from_creds(settings.nats_creds, role)
+    path = creds_path(credentials_dir(settings), role)
+    return Signer.from_creds(path, role) if path.exists() else None
+
+
+def trust_for(settings: Settings, roles: Iterable[str]) -> Trust:
+    """The keyring and the signers of ``roles`` this process can have (see the module docstring)."""
+    keyring, _ = find_keyring(settings)
+    if keyring is None:
+        return Trust()
+    signers = {role: s for role in roles if (s := signer_for(settings, role)) is not None}
+    return Trust(keyring, signers)
