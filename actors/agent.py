@@ -129,8 +129,6 @@ class _StepRun:
     deviations: list[str] = field(default_factory=list)
     failures: list[FailedCall] = field(default_factory=list)
     calls: int = 0
-    # Read from the state before the first await: the runtime's state object keeps folding
-    # newer events while the handler waits, and a replay sees only the state it decided on.
     can_skip: bool = False
 
     async def infer(self, kind: str, request: LLMRequest, validate: Callable[[dict[str, Any]], T]) -> Inferred[T]:

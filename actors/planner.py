@@ -108,8 +108,6 @@ async def adapt(ctx: Context, state: WorkflowState, failed: list[Event], catalog
         return failed
     if state.revision >= MAX_REVISIONS:
         return failed
-    # Everything read from the state is read before the first await: the runtime keeps folding
-    # newer events into the same object meanwhile, and a replay gives only the state decided on.
     revision = state.revision
     completed = {tid: t.output for tid, t in state.tasks.items() if t.status == "completed"}
     request_text = state.request.request if state.request is not None else ""

@@ -358,8 +358,7 @@ class ActorSystem:
         for _ in range(self.options.conflict_retries):
             now = utc_now()
             ctx = Context(kind=spec.kind, stored=rec, now=now, outside=self.outside)
-            # The state the handler decides on. The cache keeps folding into this same object
-            # while the handler awaits, so its sequence and bytes are taken now.
+            # The state the handler decides on (the cache folds newer events into a copy).
             basis, basis_data = state.last_seq, state.last_data
             outcome = await spec.handler(ctx, rec, state)
             if isinstance(outcome, Defer):

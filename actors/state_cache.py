@@ -14,6 +14,14 @@ feed falls behind (a reconnect), a waiter catches up by reading the log directly
 Invariant: an entry's ``state.last_seq`` only grows, and every event of the workflow up to
 it has been applied exactly once. The cache is the only writer of these states.
 
+A state ``state_at`` hands out never changes afterwards, so a handler that reads it after an
+``await`` reads what it was invoked on, as under replay. The cache folds copy-on-write: the
+first event folded after a hand-out goes into a :func:`~store.state.forked` copy (the struct
+and its two dicts; ``apply`` replaces task and step entries rather than changing them), which
+becomes the entry's state; events folded while nobody was handed the state go in place. So
+loading or catching up a long workflow stays linear, and a hand-out costs at most one copy
+of the struct and its dicts, made only if another event of the workflow comes.
+
 For the integrity chain, the cache also keeps per workflow the newest message this process
 appended (``appended``), which its feed may not have brought yet, so that the next append of
 the process chains to it at once (``head``), and one lock under which the process's actors
@@ -36,7 +44,7 @@ from bus.signing import Keyring
 from store.authenticity import verdict
 from store.jetstream import JetStreamLog, stream_seq
 from store.records import Record, StoredEvent, to_record
-from store.state import WorkflowState, apply, skip
+from store.state import WorkflowState, apply, forked, skip
 
 log = logging.getLogger("cadre.state")
 
@@ -50,6 +58,7 @@ class _Entry:
     loaded: asyncio.Event = field(default_factory=asyncio.Event)
     appended: tuple[int, str] = (0, "")  # (seq, chain hash) of this process's latest append
     appending: asyncio.Lock = field(default_factory=asyncio.Lock)
+    handed_out: bool = False  # ``state`` was handed out since it was last forked: fold into a copy
 
 
 class StateCache:
@@ -125,6 +134,9 @@ class StateCache:
     def _apply(self, entry: _Entry, rec: Record) -> StoredEvent | None:
         if rec.seq <= entry.state.last_seq:
             return None  # already folded (from the log read, or a redelivered feed message)
+        if entry.handed_out:  # a handler may hold this state: it must not change under it
+            entry.state = forked(entry.state)
+            entry.handed_out = False
         if isinstance(rec, StoredEvent) and verdict(rec, self._keyring).trusted:
             apply(entry.state, rec)
         else:
@@ -159,7 +171,8 @@ class StateCache:
         return entry
 
     async def state_at(self, wf: str, min_seq: int) -> WorkflowState:
-        """The workflow's state including at least stream sequence ``min_seq``."""
+        """The workflow's state including at least stream sequence ``min_seq``; it does not
+        change afterwards (the cache folds newer events into a copy)."""
         entry = self._entries.get(wf)
         if entry is None:
             entry = await self._load(wf)
@@ -178,6 +191,7 @@ class StateCache:
                 log.info("state of %s behind (%d < %d); catching up from the log", wf, entry.state.last_seq, min_seq)
                 for r in await self._log.read_records(wf, after_seq=entry.state.last_seq):
                     self._apply(entry, r)
+        entry.handed_out = True
         return entry.state
 
     def head(self, wf: str) -> tuple[int, str]:

@@ -2,8 +2,12 @@
 
 ``fold(events)`` is the only way to learn a workflow's state: nothing else holds truth.
 ``apply`` updates a state in place (one dict write per event, so folding a long workflow
-stays linear); whoever holds a state shared with others (the actors' state cache) is its
-only writer, and handlers treat the state they are given as read-only.
+stays linear), but it never changes a task's or a step's entry: it puts a new one in its
+place. So a :func:`forked` state, a copy of the struct and of its two dicts, shares every
+entry with the state it was forked from, and folding into either leaves the other as it was.
+That is how the actors' state cache keeps folding while a handler awaits with the state it
+was given (see ``actors/state_cache.py``). Handlers treat the state they are given as
+read-only.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ TaskStatus = Literal["pending", "ready", "running", "completed", "failed"]
 StepStatus = Literal["proposed", "ready", "awaiting_approval", "approved", "denied", "completed", "failed"]
 
 
-class StepState(msgspec.Struct, kw_only=True):
+class StepState(msgspec.Struct, frozen=True, kw_only=True):
     step: StepIntent
     status: StepStatus = "proposed"
     tool: str | None = None  # the tool that ran it (may be a fallback)
@@ -54,7 +58,7 @@ class StepState(msgspec.Struct, kw_only=True):
     approved_by: str | None = None
 
 
-class TaskState(msgspec.Struct, kw_only=True):
+class TaskState(msgspec.Struct, frozen=True, kw_only=True):
     task: Task
     status: TaskStatus = "pending"
     attempt: int = 0
@@ -128,42 +132,35 @@ def apply(state: WorkflowState, stored: StoredEvent) -> None:
         case PlanRejected():
             state.rejected = data.checks
         case TaskReady():
-            t = state.tasks.get(data.task.id)
-            if t is not None:
-                t.status, t.attempt, t.step_ids, t.error = "ready", data.attempt, [], None
+            _task(state, data.task.id, status="ready", attempt=data.attempt, step_ids=[], error=None)
         case StepsProposed():
-            t = state.tasks.get(data.task_id)
-            if t is not None:
-                t.status = "running"
-                t.step_ids = [s.id for s in data.steps]
+            _task(state, data.task_id, status="running", step_ids=[s.id for s in data.steps])
             for s in data.steps:
                 state.steps[s.id] = StepState(step=s)
         case StepsRejected():
-            t = state.tasks.get(data.task_id)
-            if t is not None:
-                t.rejected = data.checks
+            _task(state, data.task_id, rejected=data.checks)
         case StepReady():
-            _step(state, data.step).status = "ready"
+            _new_step(state, data.step, status="ready")
         case ApprovalRequested():
-            st = _step(state, data.step)
-            st.status, st.approval_deadline = "awaiting_approval", data.deadline
-            st.approval_request_id = e.id
+            _new_step(
+                state,
+                data.step,
+                status="awaiting_approval",
+                approval_deadline=data.deadline,
+                approval_request_id=e.id,
+            )
         case ApprovalGranted():
-            if (st2 := state.steps.get(data.step_id)) is not None:
-                st2.status, st2.approved_by = "approved", data.by
+            _step(state, data.step_id, status="approved", approved_by=data.by)
         case ApprovalDenied():
-            if (st2 := state.steps.get(data.step_id)) is not None:
-                st2.status = "denied"
+            _step(state, data.step_id, status="denied")
         case StepCompleted():
-            if (st2 := state.steps.get(data.step_id)) is not None:
-                st2.status, st2.tool, st2.output = "completed", data.tool, data.output
+            _step(state, data.step_id, status="completed", tool=data.tool, output=data.output)
             # A task is complete when the last step of its current attempt is: its output is that step's.
             t = state.tasks.get(data.task_id)
             if t is not None and t.step_ids and t.step_ids[-1] == data.step_id and t.status == "running":
-                t.status, t.output = "completed", data.output
+                _task(state, data.task_id, status="completed", output=data.output)
         case StepFailed():
-            if (st2 := state.steps.get(data.step_id)) is not None:
-                st2.status, st2.error = "failed", data.error
+            _step(state, data.step_id, status="failed", error=data.error)
         case WorkflowCompleted():
             state.status = "completed"
             state.result = data.result
@@ -173,8 +170,8 @@ def apply(state: WorkflowState, stored: StoredEvent) -> None:
             state.failure = ErrorInfo(code=data.reason, message=data.message)
             state.failed_task = data.task_id
             state.ended_at = e.at
-            if data.task_id is not None and (t := state.tasks.get(data.task_id)) is not None:
-                t.status, t.error = "failed", state.failure
+            if data.task_id is not None:
+                _task(state, data.task_id, status="failed", error=state.failure)
         case EffectsRecorded():
             pass
         case HandlerFailed():
@@ -203,11 +200,31 @@ def _revised_tasks(previous: dict[str, TaskState], plan: Plan) -> dict[str, Task
     return tasks
 
 
-def _step(state: WorkflowState, step: StepIntent) -> StepState:
+def _task(state: WorkflowState, task_id: str, **changes: Any) -> None:
+    """Put a changed copy in place of the task's entry (the entry itself never changes)."""
+    t = state.tasks.get(task_id)
+    if t is not None:
+        state.tasks[task_id] = msgspec.structs.replace(t, **changes)
+
+
+def _step(state: WorkflowState, step_id: str, **changes: Any) -> None:
+    """Put a changed copy in place of the step's entry (the entry itself never changes)."""
+    st = state.steps.get(step_id)
+    if st is not None:
+        state.steps[step_id] = msgspec.structs.replace(st, **changes)
+
+
+def _new_step(state: WorkflowState, step: StepIntent, **changes: Any) -> None:
+    """As :func:`_step`, starting from a proposed entry if the step has none yet."""
     st = state.steps.get(step.id)
-    if st is None:
-        st = state.steps[step.id] = StepState(step=step)
-    return st
+    state.steps[step.id] = msgspec.structs.replace(st if st is not None else StepState(step=step), **changes)
+
+
+def forked(state: WorkflowState) -> WorkflowState:
+    """A copy of ``state`` that :func:`apply` and :func:`skip` can change while ``state`` stays
+    as it is: the struct and its two dicts are copied (O(tasks + steps), no entry is: apply
+    replaces entries rather than changing them)."""
+    return msgspec.structs.replace(state, tasks=dict(state.tasks), steps=dict(state.steps))
 
 
 S = TypeVar("S")

@@ -14,6 +14,7 @@ from typing import Any
 from nats.js.errors import NotFoundError
 
 from actors.runtime import ActorSystem
+from bus.auth import ensure_auth
 from cadre.settings import Settings
 from cadre.system import run_system
 from cadre.wiring import Bus, open_bus
@@ -75,8 +76,18 @@ class Harness:
         return [r for r in await self.bus.log.read_records(wf) if isinstance(r, StoredEvent)]
 
 
+def with_keys(settings: Settings) -> Settings:
+    """Give the data dir a deployment's keys (as the embedded server's first start does), so the
+    system signs what it writes and refuses what its keyring does not accept; the test server
+    itself runs without NATS authorization."""
+    ensure_auth(settings.auth_dir, settings.auth_names())
+    return settings
+
+
 @asynccontextmanager
-async def cadre_running(settings: Settings) -> AsyncIterator[Harness]:
+async def cadre_running(settings: Settings, *, signed: bool = True) -> AsyncIterator[Harness]:
+    if signed:
+        await asyncio.to_thread(with_keys, settings)
     async with open_bus(settings, name="test-cadre") as bus:
         try:
             async with run_system(bus, settings) as system:

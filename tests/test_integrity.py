@@ -552,7 +552,7 @@ async def test_a_real_run_verifies_live_and_exported(nats_url: str, tmp_path: Pa
     async with cadre_running(settings) as h:
         wf = (await h.submit(dag_with_approval()))["workflow_id"]
         await h.wait(wf, until="approval_requested")
-        assert await commands.approve(settings, wf, "save.s1", deny=False, reason="fine", by="tester") == 0
+        assert await commands.approve(settings, wf, "save.s1", deny=False, reason="fine") == 0
         state = await h.wait(wf)
         records = await h.bus.log.read_records(wf)
         buf = io.BytesIO()

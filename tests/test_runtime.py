@@ -152,3 +152,47 @@ async def test_non_atomic_append_stores_in_order_and_is_idempotent(elog: JetStre
     assert not first.already_stored
     assert again.already_stored
     assert unchained([e.event for e in await elog.read("wf")]) == [root, *outs]
+
+
+async def test_a_handler_sees_the_same_state_after_an_await_live_and_under_replay(elog: JetStreamLog) -> None:
+    """The state a handler is given does not change under it: while it awaits a tool, the cache
+    folds a newer event of its workflow, and what it reads afterwards is still the state it was
+    invoked on, the one a replay gives it."""
+    from actors.replay import Replayer
+    from actors.state_cache import StateCache
+    from bus.events import PlanProposed
+    from bus.plan import Plan, Task
+    from tests.conftest import ev
+
+    wf = "wf"
+    root = requested(wf)
+
+    class Gate:
+        """A tool that returns only once another event of the workflow is folded by the cache."""
+
+        cache: StateCache | None = None
+
+        async def run(self, tool: str, inputs: dict[str, object], idempotency_key: str) -> dict[str, object]:
+            assert self.cache is not None
+            plan = Plan(nodes=(Task(id="a", tool="x"),))
+            stored = await elog.append(wf, [ev(PlanProposed(plan=plan), wf, cause=root.id, actor="planner")])
+            await self.cache.state_at(wf, stored.last_seq)
+            return {}
+
+    async def read_after_await(ctx: Context, rec: StoredEvent, state: WorkflowState) -> Outcome:
+        await ctx.call_tool("gate", {}, idempotency_key="gate")
+        return [WorkflowCompleted(result={"status": state.status, "events": state.events, "seq": state.last_seq})]
+
+    spec = ActorSpec(kind="reader", handles=frozenset({WorkflowRequested.TYPE}), handler=read_after_await)
+    gate = Gate()
+    async with run_actors(elog, [(spec, 1)], outside=Outside(tools=gate), options=FAST) as system:
+        gate.cache = system.cache
+        await elog.append(wf, [root], expected_seq=0)
+        events = await wait_for_type(elog, wf, WorkflowCompleted.TYPE)
+    assert [e.event.type for e in events] == ["workflow_requested", "plan_proposed", "workflow_completed"]
+    result = Replayer(specs=[spec]).replay(await elog.read_records(wf))
+    assert result.ok, "\n".join(result.lines())
+    assert result.rederived == 1
+    done = events[-1].event.data
+    assert isinstance(done, WorkflowCompleted)
+    assert done.result == {"status": "requested", "events": 1, "seq": events[0].seq}

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
 from bus import encode
 from bus.events import PlanRejected, StepFailed, WorkflowFailed
 from bus.plan import ErrorInfo
 from store import StoredEvent, WorkflowState, fold, fold_with
+from store.filelog import FileLog
+from store.state import apply, forked
 from tests.conftest import ev, requested
 from tests.log_contract import happy_run
 
@@ -45,3 +53,25 @@ def test_failure_and_rejection() -> None:
 
 def test_fold_with_any_step() -> None:
     assert fold_with(lambda n, x: n + x, 0, [1, 2, 3]) == 6
+
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+GOLDEN_LOGS: dict[str, dict[str, str]] = json.loads((GOLDEN / "manifest.json").read_text())["logs"]
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN_LOGS))
+def test_folding_into_a_fork_leaves_the_state_it_came_from_as_it_was(name: str) -> None:
+    """What the state cache relies on to fold while a handler holds a state: after every event
+    of a recorded run (every event type), each earlier state is still the fold of its prefix."""
+    entry = GOLDEN_LOGS[name]
+    wf = entry["workflow_id"]
+    records = asyncio.run(FileLog.load(GOLDEN / entry["file"]).read_records(wf))
+    events = [r for r in records if isinstance(r, StoredEvent)]
+    held, state = [], WorkflowState(workflow_id=wf)
+    for r in events:
+        held.append(state)
+        state = forked(state)
+        apply(state, r)
+    assert state == fold(wf, events)
+    for i, h in enumerate(held):
+        assert h == fold(wf, events[:i]), f"the state after {i} events changed"

@@ -166,10 +166,10 @@ async def test_approval_gate_pauses_and_resumes(nats_url: str, tmp_path: Path) -
         paused = await h.wait(wf, until=ApprovalRequested.TYPE)
         assert paused.steps["save.s1"].status == "awaiting_approval"
         assert not (settings.workspace_dir / "out" / "approved.txt").exists()
-        assert await commands.approve(settings, wf, "save.s1", deny=False, reason="looks fine", by="tester") == 0
+        assert await commands.approve(settings, wf, "save.s1", deny=False, reason="looks fine") == 0
         state = await h.wait(wf)
     assert state.status == "completed"
-    assert state.steps["save.s1"].approved_by == "tester"
+    assert state.steps["save.s1"].approved_by == "approver"
     assert (settings.workspace_dir / "out" / "approved.txt").read_text() == "ok"
 
 
@@ -178,10 +178,10 @@ async def test_approval_denied_fails_the_step(nats_url: str, tmp_path: Path) -> 
     async with cadre_running(settings) as h:
         wf = (await h.submit(approval_plan()))["workflow_id"]
         await h.wait(wf, until=ApprovalRequested.TYPE)
-        await commands.approve(settings, wf, "save.s1", deny=True, reason="not today", by="tester")
+        await commands.approve(settings, wf, "save.s1", deny=True, reason="not today")
         state = await h.wait(wf)
         with pytest.raises(CadreError, match=r"^step save\.s1 of .* is failed, not awaiting approval$"):
-            await commands.approve(settings, wf, "save.s1", deny=False, reason="", by="late")
+            await commands.approve(settings, wf, "save.s1", deny=False, reason="")
     assert state.status == "failed"
     assert state.failure is not None
     assert state.failure.message.endswith("approval_denied: denied by tester: not today")
