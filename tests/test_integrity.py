@@ -299,7 +299,7 @@ def test_audit_verify_from_a_file(
     monkeypatch.setenv("CADRE_NATS_URL", "nats://127.0.0.1:1")  # never used: the file is read
     path, mine = exported
     assert main(["audit", "wf-a", "--verify", "--from-file", str(path)]) == 0
-    assert capsys.readouterr().out == "chain intact: 9 events\n"
+    assert capsys.readouterr().out == "chain intact: 9 events\nsignatures not checked: no keyring (pass --keys FILE)\n"
     header, lines = lines_of(path)
     del lines[line_index(lines, mine[4].seq)]
     rewrite(path, header, lines)
@@ -356,7 +356,7 @@ def test_audit_verify_live_names_a_deleted_event(
 
     stored = asyncio.run(seed())
     assert main(["audit", "wf1", "--verify"]) == 0
-    assert capsys.readouterr().out == "chain intact: 9 events\n"
+    assert capsys.readouterr().out == "chain intact: 9 events\nsignatures not checked: no keyring (pass --keys FILE)\n"
 
     async def remove(seq: int) -> None:
         from bus import ConnectOptions, connect

@@ -180,11 +180,12 @@ async def test_approval_denied_fails_the_step(nats_url: str, tmp_path: Path) -> 
         await h.wait(wf, until=ApprovalRequested.TYPE)
         await commands.approve(settings, wf, "save.s1", deny=True, reason="not today")
         state = await h.wait(wf)
-        with pytest.raises(CadreError, match=r"^step save\.s1 of .* is failed, not awaiting approval$"):
+        with pytest.raises(CadreError, match=r"refused: step save\.s1 of .* is failed$") as refused:
             await commands.approve(settings, wf, "save.s1", deny=False, reason="")
+    assert refused.value.code == "not_awaiting_approval"
     assert state.status == "failed"
     assert state.failure is not None
-    assert state.failure.message.endswith("approval_denied: denied by tester: not today")
+    assert state.failure.message.endswith("approval_denied: denied by approver: not today")
     assert not (settings.workspace_dir / "out" / "approved.txt").exists()
 
 
