@@ -15,11 +15,13 @@ from nats.js.errors import NotFoundError
 
 from actors.runtime import ActorSystem
 from bus.auth import ensure_auth
+from bus.signing import Keyring
 from cadre.settings import Settings
 from cadre.system import run_system
 from cadre.wiring import Bus, open_bus
+from store.authenticity import trusted_fold, verdict
 from store.records import StoredEvent
-from store.state import WorkflowState, fold
+from store.state import WorkflowState
 from tests.conftest import unique
 
 
@@ -55,16 +57,25 @@ class Harness:
         reply: dict[str, Any] = json.loads(resp.data)
         return reply
 
+    @property
+    def keyring(self) -> Keyring | None:
+        return self.system.trust.keyring if self.system is not None else None
+
     async def wait(self, wf: str, *, until: str = "end", within: float = 20) -> WorkflowState:
-        """Follow ``wf`` until it ends (or until an event of type ``until``); its state then."""
+        """Follow ``wf`` until it ends (or until an event of type ``until``); its state then, as the
+        actors see it: events the keyring does not accept count for nothing."""
         async with asyncio.timeout(within):
             async for r in self.bus.log.follow(wf):
-                if isinstance(r, StoredEvent) and (
-                    r.event.type == until
-                    or (until == "end" and r.event.type in ("workflow_completed", "workflow_failed"))
+                if (
+                    isinstance(r, StoredEvent)
+                    and verdict(r, self.keyring).trusted
+                    and (
+                        r.event.type == until
+                        or (until == "end" and r.event.type in ("workflow_completed", "workflow_failed"))
+                    )
                 ):
                     break
-        return fold(wf, await self.events(wf))
+        return trusted_fold(wf, await self.bus.log.read_records(wf), self.keyring)
 
     async def run(self, body: dict[str, Any], within: float = 20) -> WorkflowState:
         reply = await self.submit(body)
