@@ -8,9 +8,9 @@ only writer, and handlers treat the state they are given as read-only.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import datetime
-from typing import Any, Literal, TypeVar, assert_never
+from typing import Any, Literal, assert_never
 
 import msgspec
 
@@ -201,18 +201,6 @@ def _step(state: WorkflowState, step: StepIntent) -> StepState:
     if st is None:
         st = state.steps[step.id] = StepState(step=step)
     return st
-
-
-S = TypeVar("S")
-E = TypeVar("E")
-
-
-def fold_with(step: Callable[[S, E], S], initial: S, events: Iterable[E]) -> S:
-    """Left fold: ``step(…step(step(initial, e0), e1)…)``."""
-    state = initial
-    for e in events:
-        state = step(state, e)
-    return state
 
 
 def fold(workflow_id: str, events: Iterable[StoredEvent], state: WorkflowState | None = None) -> WorkflowState:

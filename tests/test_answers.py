@@ -37,10 +37,10 @@ from planner.builtin_tools import builtin_catalog
 from planner.catalog import Catalog
 from planner.providers.agent_prompts import decide_request, decide_validator
 from planner.providers.base import LLMResponse, ModelPrice, Prices, Usage
-from planner.providers.recorded import RecordedProvider
 from store.records import StoredEvent
 from tests import plugin_tools
 from tests.conftest import ev, unique
+from tests.scripted_provider import RecordedProvider
 from tests.test_dynamic_inference import SQL_FAILED, STEP
 
 CATALOG = Catalog([*builtin_catalog().values(), *(spec for spec, _ in plugin_tools.TOOLS)])

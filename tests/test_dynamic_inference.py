@@ -68,13 +68,13 @@ from planner.providers.agent_prompts import (
     recover_validator,
 )
 from planner.providers.base import LLMRequest, LLMResponse, ModelPrice, Prices, Usage
-from planner.providers.recorded import RecordedProvider
 from planner.providers.structured import InvalidOutput, problems_of
 from store.records import StoredEvent
 from store.state import WorkflowState, fold
 from tests import plugin_tools
 from tests.conftest import ev, unique
 from tests.fake_llm import FakeAPI, anthropic_api, ok
+from tests.scripted_provider import RecordedProvider
 from tests.system_harness import Harness, cadre_running, settings_for
 
 CATALOG = Catalog([*builtin_catalog().values(), *(spec for spec, _ in plugin_tools.TOOLS)])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from bus import encode
 from bus.events import PlanRejected, StepFailed, WorkflowFailed
 from bus.plan import ErrorInfo
-from store import StoredEvent, WorkflowState, fold, fold_with
+from store import StoredEvent, WorkflowState, fold
 from tests.conftest import ev, requested
 from tests.log_contract import happy_run
 
@@ -41,7 +41,3 @@ def test_failure_and_rejection() -> None:
     assert fold("wf", events[:2]).status == "requested"
     end = fold("wf", events)
     assert (end.status, end.failure, end.done) == ("failed", ErrorInfo(code="no_plan", message="no plan matched"), True)
-
-
-def test_fold_with_any_step() -> None:
-    assert fold_with(lambda n, x: n + x, 0, [1, 2, 3]) == 6
