@@ -1,15 +1,21 @@
 """The handler's window on the world: time, tools, LLM consultations and the plan library.
 
-Everything a handler learns from outside goes through its :class:`Context`, which records
-each answer as an :class:`~bus.events.Effect`. The runtime stores the effects in an
-``effects_recorded`` event in the same atomic batch as the handler's outputs, so a replay
-can serve the same answers without calling anything.
+Everything a handler learns from outside goes through its :class:`Context`, which asks its
+:class:`Answers` port and records each answer as a typed effect (:mod:`bus.effects`). Where
+the answers come from is the port's business: :class:`~actors.answers.LiveAnswers` asks the
+real tools, budget, library and model; :class:`~actors.answers.RecordedAnswers` serves them
+from the record and refuses anything unrecorded (a replay); a what-if wraps the recorded one
+(:mod:`actors.replay.whatif`). The context itself is the same in all three, so what a
+handler does with an answer cannot differ between a run and its replay.
+
+The runtime stores the effects on the handler's first output (or, when it has none, in an
+``effects_recorded`` event of their own: :mod:`actors.invocation`), so a replay can serve
+the same answers without calling anything.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -19,15 +25,33 @@ import msgspec
 
 from actors.digests import digest
 from actors.inference import LLM, Inferred, Policy, cache_key
-from bus.events import Effect, Envelope
+from bus.effects import (
+    NO_PROVIDER,
+    Asked,
+    BudgetDecided,
+    CallSettled,
+    Effect,
+    LibraryHit,
+    LibrarySearched,
+    ModelCalled,
+    ToolCalled,
+)
+from bus.events import Envelope
 from bus.ledger import Consultation, Decision, Settled, Settlement
-from bus.plan import ErrorInfo, Plan
-from planner.providers.base import LLMRequest, LLMResponse, ProviderError, Usage
+from bus.plan import ErrorInfo
+from planner.providers.base import (
+    ERROR_CODES,
+    LLMRequest,
+    LLMResponse,
+    ProviderError,
+    Usage,
+)
 from planner.providers.pricing import estimate_input_tokens
 from planner.providers.structured import Outcome, structured_flow
 from store.records import StoredEvent
 
 __all__ = [
+    "Answers",
     "Budget",
     "Consultation",
     "Context",
@@ -39,6 +63,7 @@ __all__ = [
     "Policy",
     "ToolFailure",
     "Tools",
+    "asked",
     "digest",
 ]
 
@@ -81,16 +106,6 @@ class Library(Protocol):
     async def search(self, request: str) -> LibraryHit | None: ...
 
 
-class LibraryHit(msgspec.Struct, frozen=True, kw_only=True):
-    """The library's closest plan; the planner reuses it only when ``score >= threshold``."""
-
-    name: str
-    source: str
-    score: float
-    threshold: float
-    plan: Plan
-
-
 @dataclass(frozen=True, slots=True)
 class Outside:
     """The live ports a context may call; None means "not available in this process".
@@ -105,17 +120,50 @@ class Outside:
     policy: Policy = field(default_factory=Policy)
 
 
-class Context:
-    """A live context for one handler invocation."""
+class Answers(Protocol):
+    """Where one invocation's outside answers come from; each comes back as the effect that
+    records it. Live: asked of the real ports (:class:`~actors.answers.LiveAnswers`);
+    recorded: served from the record (:class:`~actors.answers.RecordedAnswers`)."""
 
-    def __init__(self, *, kind: str, stored: StoredEvent, now: datetime, outside: Outside) -> None:
+    @property
+    def policy(self) -> Policy:
+        """This process's defaults for workflows whose request leaves them unset."""
+        ...
+
+    def model(self, call: str) -> LLM | None:
+        """The model to consult for a ``call`` (``plan``, ``decide``, …); None: no model."""
+        ...
+
+    async def run_tool(self, tool: str, inputs: dict[str, Any], idempotency_key: str) -> ToolCalled: ...
+
+    async def search_library(self, request: str) -> LibrarySearched: ...
+
+    async def consult(self, request: Consultation) -> BudgetDecided: ...
+
+    async def call_model(self, llm: LLM, request: LLMRequest) -> ModelCalled: ...
+
+    async def settle(self, call: str, decision: Decision, settlement: Settlement) -> CallSettled | None:
+        """Tell the budget what a call it granted (``decision``) used; None when this process
+        has no budget to tell."""
+        ...
+
+    def known(self, effect: ModelCalled) -> ModelCalled:
+        """An answer nobody was asked for (no model; a cached answer), as recorded."""
+        ...
+
+
+class Context:
+    """The context of one handler invocation: its clock and its outside answers (recorded in
+    ``effects``, in order)."""
+
+    def __init__(self, *, kind: str, stored: StoredEvent, now: datetime, answers: Answers) -> None:
         self.kind = kind
         self.stored = stored
         self.event: Envelope = stored.event
         self.workflow_id = stored.event.workflow_id
         self.effects: list[Effect] = []
+        self.answers = answers
         self._now = now
-        self._outside = outside
         self._consultations = 0
         # Consultation ids: the input, this invocation's time and a counter. Asking again after a
         # lost reply gets the same decision; a re-run of the handler (a conflict, a redelivery)
@@ -127,46 +175,27 @@ class Context:
         """The time of this invocation (recorded as the ``at`` of what the handler emits)."""
         return self._now
 
-    def _record(self, kind: str, key: str, value: Any, error: ErrorInfo | None, started: float) -> None:
-        ms = round((time.perf_counter() - started) * 1000, 3)
-        self.effects.append(Effect(kind=kind, key=key, value=value, error=error, ms=ms))
-
     async def call_tool(self, tool: str, inputs: dict[str, Any], *, idempotency_key: str) -> dict[str, Any]:
         """Run a tool; its output (or failure) is recorded. Raises :class:`ToolFailure`."""
-        key = f"{tool}:{digest(inputs)}"
-        started = time.perf_counter()
-        if self._outside.tools is None:
-            failure = ToolFailure(tool, ErrorInfo(code="no_tools", message="this process runs no tools"), False)
-            self._record("tool", key, {"retryable": False}, failure.error, started)
-            raise failure
-        try:
-            out = await self._outside.tools.run(tool, inputs, idempotency_key)
-        except ToolFailure as exc:
-            self._record("tool", key, {"retryable": exc.retryable, "output": exc.output}, exc.error, started)
-            raise
-        self._record("tool", key, out, None, started)
-        return out
+        effect = await self.answers.run_tool(tool, inputs, idempotency_key)
+        self.effects.append(effect)
+        if effect.error is not None:
+            raise ToolFailure(tool, effect.error, effect.retryable, effect.refused)
+        if effect.output is None:
+            raise ToolFailure(
+                tool, ErrorInfo(code="invalid_output", message=f"{tool} answered without an output"), False
+            )
+        return effect.output
 
     def policy(self, request: Any = None) -> Policy:
         """The workflow's policy: its request's level, mode and cap over this process's defaults."""
-        return self._outside.policy.for_request(request)
+        return self.answers.policy.for_request(request)
 
     async def consult(self, request: Consultation) -> Decision:
-        """Ask the budget whether an LLM call may happen (recorded); no budget actor = denied.
-
-        The effect's value is the decision plus ``consultation``: what was asked (provider,
-        model, token estimate and limit, level, mode, cap), so an audit can show it and a
-        replay can configure its model and re-decide the budget (:func:`asked`).
-        """
-        started = time.perf_counter()
-        if self._outside.budget is None:
-            decision = Decision(outcome="denied", reason="budget_unavailable", message="this process has no budget")
-        else:
-            decision = await self._outside.budget.consult(request)
-        value = msgspec.to_builtins(decision)
-        value["consultation"] = asked(request)
-        self._record("budget", f"{request.kind}:{request.cache_key or ''}", value, None, started)
-        return decision
+        """Ask the budget whether an LLM call may happen (recorded, with what was :func:`asked`)."""
+        effect = await self.answers.consult(request)
+        self.effects.append(effect)
+        return effect.decision
 
     async def infer(
         self, kind: str, request: LLMRequest, validate: Callable[[dict[str, Any]], T], policy: Policy
@@ -178,9 +207,9 @@ class Context:
         Never raises for the model's sake: a denial, a provider error or an invalid answer
         comes back as an :class:`Inferred` without a value, saying why.
         """
-        llm = self._outside.llm
+        llm = self.answers.model(kind)
         if llm is None:
-            self._record("llm", f"{kind}:-", {"outcome": "no_provider"}, None, time.perf_counter())
+            self.effects.append(self.answers.known(ModelCalled(call=kind, ask=NO_PROVIDER, outcome="no_provider")))
             return Inferred(
                 None, "fallback", "no_provider: no LLM provider is configured in this process", declined=True
             )
@@ -203,11 +232,13 @@ class Context:
             if decision.outcome == "cached" and decision.cached_answer is not None:
                 source = "cache"
                 reply = _cached_response(provider, current.model, decision.cached_answer)
-                self._record("llm", f"{kind}:{key}", {"cached": True}, None, time.perf_counter())
+                self.effects.append(self.answers.known(ModelCalled(call=kind, ask=key, outcome="cached")))
             elif decision.outcome == "granted":
                 source = "model"
                 calls += 1
-                reply = await self._call(llm, current)
+                called = await self.answers.call_model(llm, current)
+                self.effects.append(called)
+                reply = _reply(called, provider)
             else:
                 flow.close()
                 reason = f"denied: {decision.reason}" + (f": {decision.message}" if decision.message else "")
@@ -247,21 +278,6 @@ class Context:
             cache_key=key,
         )
 
-    async def _call(self, llm: LLM, request: LLMRequest) -> LLMResponse | ProviderError:
-        """One provider call, recorded: the response, or the error it ended with."""
-        started = time.perf_counter()
-        key = f"{request.kind}:{digest([request.system, request.prompt, request.model], size=8)}"
-        try:
-            response = await llm.provider.complete(request)
-        except ProviderError as exc:
-            value = {"error": {"code": exc.code, "what": exc.what, "status": exc.status, "retryable": exc.retryable}}
-            if exc.usage is not None:
-                value["usage"] = msgspec.to_builtins(exc.usage)
-            self._record("llm", key, value, ErrorInfo(code=exc.code, message=str(exc)), started)
-            return exc
-        self._record("llm", key, {"response": msgspec.to_builtins(response)}, None, started)
-        return response
-
     async def _settle(
         self,
         kind: str,
@@ -272,13 +288,15 @@ class Context:
         outcome: Outcome[Any] | None,
     ) -> float:
         """Tell the budget what a granted call used; a valid final output goes to the cache."""
-        if decision.reservation_id is None or self._outside.budget is None:
+        if decision.reservation_id is None:
             return 0.0
         usage = reply.usage if isinstance(reply, LLMResponse) else reply.usage or Usage(input_tokens=0, output_tokens=0)
         cached = None
         if key is not None and outcome is not None and outcome.ok and isinstance(reply, LLMResponse):
             cached = reply.output
-        settled = await self._outside.budget.settle(
+        settled = await self.answers.settle(
+            kind,
+            decision,
             Settlement(
                 reservation_id=decision.reservation_id,
                 workflow_id=self.workflow_id,
@@ -291,38 +309,51 @@ class Context:
                 error=reply.code if isinstance(reply, ProviderError) else None,
                 cache_key=key if cached is not None else None,
                 cache_value=cached,
-            )
+            ),
         )
-        cost = settled.cost_usd if settled is not None else decision.reserved_usd
-        self.effects.append(
-            Effect(
-                kind="settle",
-                key=f"{kind}:{decision.reservation_id}",
-                value={"cost_usd": cost, "acknowledged": settled is not None},
-            )
-        )
-        return cost
+        if settled is None:
+            return 0.0
+        self.effects.append(settled)
+        return settled.cost_usd
 
     async def search_library(self, request: str) -> LibraryHit | None:
         """The best known plan for the request, or None; recorded with its score."""
-        started = time.perf_counter()
-        hit = await self._outside.library.search(request) if self._outside.library is not None else None
-        self._record("library", digest(request), msgspec.to_builtins(hit), None, started)
-        return hit
+        effect = await self.answers.search_library(request)
+        self.effects.append(effect)
+        return effect.hit
 
 
-def asked(request: Consultation) -> dict[str, Any]:
-    """What a consultation asked, as recorded in its ``budget`` effect (its id and workflow
-    are the input's; its kind and cache key are in the effect's key)."""
-    return {
-        "provider": request.provider,
-        "model": request.model,
-        "est_input_tokens": request.est_input_tokens,
-        "max_output_tokens": request.max_output_tokens,
-        "intelligence": request.intelligence,
-        "mode": request.mode,
-        "budget_usd": request.budget_usd,
-    }
+def asked(request: Consultation) -> Asked:
+    """What a consultation asked, as recorded in its :class:`~bus.effects.BudgetDecided` (its id
+    and workflow are the input's; its kind and cache key are in the effect's key)."""
+    return Asked(
+        provider=request.provider,
+        model=request.model,
+        est_input_tokens=request.est_input_tokens,
+        max_output_tokens=request.max_output_tokens,
+        intelligence=request.intelligence,
+        mode=request.mode,
+        budget_usd=request.budget_usd,
+    )
+
+
+def _reply(effect: ModelCalled, provider: str) -> LLMResponse | ProviderError:
+    """The provider's answer a :class:`~bus.effects.ModelCalled` records: its response, or its error."""
+    if effect.response is not None:
+        return effect.response
+    failure, error = effect.failure, effect.error
+    code = failure.code if failure is not None and failure.code in ERROR_CODES else None
+    if code is None:
+        code = error.code if error is not None and error.code in ERROR_CODES else "server_error"
+    what = (failure.what if failure is not None else "") or (error.message if error is not None else "")
+    return ProviderError(
+        code,
+        what,
+        provider=provider,
+        status=failure.status if failure is not None else None,
+        retryable=failure.retryable if failure is not None else None,
+        usage=effect.usage,
+    )
 
 
 def _cached_response(provider: str, model: str, output: dict[str, Any]) -> LLMResponse:

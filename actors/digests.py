@@ -2,12 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-from typing import Any
+from bus.effects import digest
 
-
-def digest(value: Any, size: int = 8) -> str:
-    """A stable hex digest (``2 * size`` characters) of a JSON value; key order does not matter."""
-    raw = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()
-    return hashlib.blake2b(raw, digest_size=size).hexdigest()
+__all__ = ["digest"]

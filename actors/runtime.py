@@ -7,10 +7,12 @@ the kind, in every process: JetStream hands each event to one of them.
 For each input the runtime:
 
 1. waits until the process's :class:`StateCache` holds the workflow's state including the input;
-2. calls the handler with a :class:`Context` (the clock, tools, budget, library, recorded);
-3. appends ``effects_recorded`` (when the handler learned anything from outside) or the
-   handler's events, with ids derived from (input id, kind, index) and ``basis`` = the
-   state's last sequence. Every append expects the workflow's last sequence and chains to
+2. calls the handler with a :class:`Context` over the process's live answers (the clock,
+   tools, budget, library, model; each answer recorded as a typed effect);
+3. appends the handler's events, or ``effects_recorded`` when it learned anything from
+   outside but emitted nothing (:func:`actors.invocation.envelopes`, which a replay runs
+   too), with ids derived from (input id, kind, index) and ``basis`` = the state's last
+   sequence. Every append expects the workflow's last sequence and chains to
    it (``prev``), one event at a time. On a conflict, a handler of the kind's *consistent*
    types re-runs on the newer state; any other handler is not run again (that would call
    its tools again): its same outputs, those not stored yet, are appended on the newer state;
@@ -33,32 +35,24 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from typing import assert_never
 
 import nats.errors
 from nats.aio.msg import Msg
 from nats.js import api
 from prometheus_client import Counter, Histogram
 
+from actors import invocation
+from actors.answers import LiveAnswers
 from actors.clock import utc_now
 from actors.context import Context, Outside
 from actors.metrics import Metrics
 from actors.outcome import Defer, Outcome
 from actors.state_cache import StateCache
 from actors.trust import Trust
+from bus.effects import BudgetDecided, CallSettled, Effect, LibrarySearched, ModelCalled, ToolCalled
 from bus.errors import CadreError, ConcurrencyConflict, InvalidName
-from bus.events import (
-    Effect,
-    EffectsRecorded,
-    Envelope,
-    Event,
-    ForgedEvent,
-    HandlerFailed,
-    StepReady,
-    TaskReady,
-    chain_hash,
-    make_event,
-)
+from bus.events import Envelope, ForgedEvent, HandlerFailed, chain_hash, make_event
 from bus.plan import ErrorInfo
 from bus.signing import Verdict
 from store.authenticity import verdict
@@ -101,18 +95,6 @@ class Lifecycle(enum.Enum):
     RUNNING = "running"
     DRAINING = "draining"
     STOPPED = "stopped"
-
-
-def output_key(payload: Event, index: int) -> int | str:
-    """What an output's id is derived from besides its input: its position, or for a fan-out,
-    what it dispatches (so a partly stored fan-out, re-decided on the newer state, keeps ids)."""
-    match payload:
-        case TaskReady():
-            return f"task_ready:{payload.task.id}:{payload.attempt}"
-        case StepReady():
-            return f"step_ready:{payload.step.id}"
-        case _:
-            return index
 
 
 def consumer_name(prefix: str, kind: str) -> str:
@@ -312,6 +294,11 @@ class ActorSystem:
             view = self._logs[kind] = self.log.signed_by(self.trust.signer(kind))
         return view
 
+    answers: LiveAnswers = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.answers = LiveAnswers(self.outside)
+
     def handler_seconds(self, kind: str, etype: str) -> Histogram:
         child = self._latency.get((kind, etype))
         if child is None:
@@ -357,23 +344,20 @@ class ActorSystem:
         state = await self.cache.state_at(wf, rec.seq)
         for _ in range(self.options.conflict_retries):
             now = utc_now()
-            ctx = Context(kind=spec.kind, stored=rec, now=now, outside=self.outside)
+            ctx = Context(kind=spec.kind, stored=rec, now=now, answers=self.answers)
             # The state the handler decides on (the cache folds newer events into a copy).
             basis, basis_data = state.last_seq, state.last_data
             outcome = await spec.handler(ctx, rec, state)
             if isinstance(outcome, Defer):
                 return outcome
-            payloads: list[Event] = list(outcome)
-            if not payloads and ctx.effects:
-                payloads = [EffectsRecorded(input_id=rec.event.id, effects=tuple(ctx.effects))]
-            if not payloads:
+            envelopes = invocation.envelopes(spec.kind, rec.event, list(outcome), tuple(ctx.effects), now, basis)
+            if not envelopes:
                 return outcome
-            envelopes = self.wrap(spec.kind, rec.event, payloads, now, tuple(ctx.effects), basis=basis)
             moved = await self._store(spec, wf, envelopes, (basis, basis_data) if consistent else None)
             if moved is not None:  # consistent, and the workflow moved on: decide again on the newer state
                 state = await self.cache.state_at(wf, moved)
                 continue
-            self._count(payloads)
+            self._count(envelopes)
             self._count_effects(ctx.effects)
             return outcome
         raise RuntimeError(f"{spec.kind}: gave up after {self.options.conflict_retries} concurrency conflicts")
@@ -423,62 +407,43 @@ class ActorSystem:
                 return None
         raise RuntimeError(f"{spec.kind}: gave up after {self.options.conflict_retries} concurrency conflicts")
 
-    @staticmethod
-    def wrap(
-        kind: str,
-        cause: Envelope,
-        payloads: Sequence[Event],
-        now: datetime,
-        effects: tuple[Effect, ...] = (),
-        *,
-        basis: int = 0,
-    ) -> list[Envelope]:
-        """Envelopes for a handler's outputs; its effects ride on the first one (not on EffectsRecorded,
-        which carries them in its payload). ``basis``: the sequence of the state it decided on."""
-        first = () if payloads and isinstance(payloads[0], EffectsRecorded) else effects
-        return [
-            make_event(
-                p,
-                workflow_id=cause.workflow_id,
-                actor=kind,
-                at=now,
-                causation_id=cause.id,
-                index=output_key(p, i),
-                effects=first if i == 0 else (),
-                basis=basis,
-            )
-            for i, p in enumerate(payloads)
-        ]
-
-    def _count(self, payloads: Sequence[Event]) -> None:
-        for p in payloads:
-            if p.TYPE == "workflow_completed":
+    def _count(self, envelopes: Sequence[Envelope]) -> None:
+        for e in envelopes:
+            if e.type == "workflow_completed":
                 self.metrics.workflows.labels("completed").inc()
-            elif p.TYPE == "workflow_failed":
+            elif e.type == "workflow_failed":
                 self.metrics.workflows.labels("failed").inc()
-            elif p.TYPE == "plan_proposed":
+            elif e.type == "plan_proposed":
                 self.metrics.workflows.labels("started").inc()
 
     def _count_effects(self, effects: Sequence[Effect]) -> None:
         provider = self.outside.llm.provider.name if self.outside.llm is not None else "none"
+        m = self.metrics
         for e in effects:
-            kind = e.key.split(":", 1)[0]
-            if e.kind == "tool":
-                self.metrics.tool_calls.labels(kind, "error" if e.error else "ok").inc()
-            elif e.kind == "budget" and isinstance(e.value, dict):
-                self.metrics.consultations.labels(kind, provider, str(e.value.get("outcome", "unknown"))).inc()
-            elif e.kind == "llm" and isinstance(e.value, dict):
-                self._count_call(kind, provider, e)
-            elif e.kind == "settle" and isinstance(e.value, dict):
-                self.metrics.llm_usd.labels(provider, kind).inc(float(e.value.get("cost_usd") or 0.0))
-
-    def _count_call(self, kind: str, provider: str, e: Effect) -> None:
-        if e.error is not None:
-            self.metrics.consultations.labels(kind, provider, "failed").inc()
-        usage = (e.value.get("response") or {}).get("usage") or e.value.get("usage") or {}
-        for direction in ("input", "output", "cache_read", "cache_write"):
-            if tokens := usage.get(f"{direction}_tokens"):
-                self.metrics.llm_tokens.labels(provider, kind, direction).inc(tokens)
+            match e:
+                case ToolCalled():
+                    m.tool_calls.labels(e.tool, "error" if e.error else "ok").inc()
+                case BudgetDecided():
+                    m.consultations.labels(e.call, provider, e.decision.outcome).inc()
+                case ModelCalled():
+                    if e.error is not None:
+                        m.consultations.labels(e.call, provider, "failed").inc()
+                    usage = e.response.usage if e.response is not None else e.usage
+                    if usage is not None:
+                        for direction, tokens in (
+                            ("input", usage.input_tokens),
+                            ("output", usage.output_tokens),
+                            ("cache_read", usage.cache_read_tokens),
+                            ("cache_write", usage.cache_write_tokens),
+                        ):
+                            if tokens:
+                                m.llm_tokens.labels(provider, e.call, direction).inc(tokens)
+                case CallSettled():
+                    m.llm_usd.labels(provider, e.call).inc(e.cost_usd)
+                case LibrarySearched():
+                    pass
+                case _:
+                    assert_never(e)
 
     async def dead_letter(self, kind: str, rec: StoredEvent, attempts: int, exc: Exception) -> None:
         failed = HandlerFailed(

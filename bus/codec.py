@@ -16,9 +16,10 @@ from typing import Any
 
 import msgspec
 
+from bus.effects import Effect
 from bus.errors import DecodeError
-from bus.events import EVENT_TYPES, VERSIONS, Effect, Envelope, Event
-from bus.upcast import upcast
+from bus.events import EVENT_TYPES, VERSIONS, Envelope, Event
+from bus.upcast import effect_v2, upcast
 
 _encoder = msgspec.json.Encoder()
 
@@ -34,14 +35,18 @@ class _WireEnvelope(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     prev: str = ""
     basis: int = 0
     data: msgspec.Raw
-    effects: tuple[Effect, ...] = ()
+    effects: msgspec.Raw = msgspec.Raw(b"[]")
 
 
 _envelope_decoder = msgspec.json.Decoder(_WireEnvelope)
 _payload_decoders: dict[str, msgspec.json.Decoder[Event]] = {
     name: msgspec.json.Decoder(cls) for name, cls in EVENT_TYPES.items()
 }
+_effects_decoder = msgspec.json.Decoder(tuple[Effect, ...])
 _any_decoder = msgspec.json.Decoder()
+_NO_EFFECTS = (b"[]", b"")
+_TYPED_EFFECTS = 3
+"""The first version whose effects are typed (:mod:`bus.effects`)."""
 _PATH = re.compile(r"^(?P<msg>.*?)(?: - at `(?P<path>\$[^`]*)`)?$", re.DOTALL)
 
 
@@ -91,8 +96,24 @@ def decode(data: bytes | bytearray | memoryview) -> Envelope:
         prev=wire.prev,
         basis=wire.basis,
         data=payload,
-        effects=wire.effects,
+        effects=_effects(wire),
     )
+
+
+def _effects(wire: _WireEnvelope) -> tuple[Effect, ...]:
+    """The envelope's effects, typed; written before v3, through :func:`bus.upcast.effect_v2`."""
+    raw = bytes(wire.effects)
+    if raw in _NO_EFFECTS:
+        return ()
+    try:
+        if wire.v >= _TYPED_EFFECTS:
+            return _effects_decoder.decode(raw)
+        old: Any = _any_decoder.decode(raw)
+        if not isinstance(old, list):
+            raise DecodeError("event", f"Expected `array`, got `{type(old).__name__}` (at $.effects)", "$.effects")
+        return _effects_decoder.decode(_encoder.encode([effect_v2(e) if isinstance(e, dict) else e for e in old]))
+    except msgspec.DecodeError as exc:
+        raise _error("event", exc, prefix="$.effects") from None
 
 
 def _upcast(wire: _WireEnvelope) -> bytes:

@@ -19,6 +19,8 @@ Versions: ``v`` is the version of the event's wire form, envelope and payload to
 type (:data:`VERSIONS`). A change to the envelope moves every type; a change to one payload
 moves that type only. v2 (every type): the envelope gained ``prev`` and ``basis`` (the
 integrity chain); ``handler_failed`` v2 also split ``error.code`` (see :mod:`bus.upcast`).
+v3 (every type): ``effects`` (on the envelope, and in ``effects_recorded``) are typed
+(:mod:`bus.effects`); older ones are read through :func:`bus.upcast.effect_v2`.
 Events of v1 carry no chain.
 """
 
@@ -30,10 +32,12 @@ from typing import Any, ClassVar
 
 import msgspec
 
+from bus.effects import Effect
 from bus.plan import Check, ErrorInfo, Plan, StepIntent, Task
 
-SCHEMA_VERSION = 2
-"""The envelope's version: v2 added ``prev`` and ``basis``. Each type's own version is in :data:`VERSIONS`."""
+SCHEMA_VERSION = 3
+"""The envelope's version: v2 added ``prev`` and ``basis``, v3 typed ``effects`` (:mod:`bus.effects`).
+Each type's own version is in :data:`VERSIONS`."""
 
 CHAIN_VERSION = 2
 """The first version whose events carry ``prev`` (the integrity chain): older events are unchained."""
@@ -183,20 +187,6 @@ class ApprovalDenied(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     key: str | None = None
 
 
-class Effect(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """One result from outside a handler (a tool call, a library lookup, a budget decision).
-
-    ``kind`` and ``key`` say what was asked (replay checks the handler asks the same, in the
-    same order); ``value`` is the answer, or ``error`` when the outside call failed.
-    """
-
-    kind: str
-    key: str
-    value: Any = None
-    error: ErrorInfo | None = None
-    ms: float = 0.0
-
-
 class EffectsRecorded(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """What a handler learned from outside while handling ``input_id``, when it emitted nothing.
 
@@ -295,14 +285,10 @@ VERSIONS: dict[str, int] = {name: SCHEMA_VERSION for name in EVENT_TYPES}
 """The current version of each event type (what ``make_event`` writes, what decoding upcasts to).
 
 Every type moved to 2 with the envelope's ``prev`` and ``basis``; ``handler_failed`` 2 also
-split its ``error.code`` (:mod:`bus.upcast` holds the upcaster). A payload change moves its
-type alone to the next number: ``VERSIONS[...] = 3`` and an upcaster ``(type, 2)``.
+split its ``error.code`` (:mod:`bus.upcast` holds the upcaster). Every type moved to 3 with the
+typed effects. A payload change moves its type alone to the next number: ``VERSIONS[...] = 4``
+and an upcaster ``(type, 3)``.
 """
-
-
-def current_version(event_type: str) -> int:
-    """The version events of ``event_type`` are written with now (1 for a type not listed)."""
-    return VERSIONS.get(event_type, 1)
 
 
 class Envelope(msgspec.Struct, frozen=True, kw_only=True, gc=False):

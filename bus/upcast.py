@@ -88,3 +88,53 @@ def handler_failed_v1(data: Payload) -> Payload:
     if code == "malformed_event" or not isinstance(code, str):
         return data
     return {**data, "error": {**error, "code": _cadre_codes().get(code, "handler_error")}, "exception": code}
+
+
+def effect_v2(effect: Payload) -> Payload:
+    """One effect as written before v3 (``{kind, key, value, error, ms}``, the answer in an
+    untyped ``value``), as its typed form (:mod:`bus.effects`). An effect already in the typed
+    form (it has no ``key``) passes unchanged."""
+    if "key" not in effect:
+        return effect
+    kind = effect.get("kind")
+    key = str(effect["key"])
+    value = effect.get("value")
+    fields: Payload = value if isinstance(value, dict) else {}
+    base: Payload = {"kind": kind, "error": effect.get("error"), "ms": effect.get("ms", 0.0)}
+    call, _, rest = key.partition(":")
+    match kind:
+        case "tool":
+            tool, _, inputs = key.rpartition(":")
+            if effect.get("error") is None:
+                return {**base, "tool": tool, "inputs": inputs, "output": value}
+            retryable = bool(fields.get("retryable", False))
+            return {**base, "tool": tool, "inputs": inputs, "retryable": retryable, "refused": fields.get("output")}
+        case "library":
+            return {**base, "request": key, "hit": value}
+        case "budget":
+            decision = {k: v for k, v in fields.items() if k != "consultation"}
+            return {**base, "call": call, "cache_key": rest, "decision": decision, "asked": fields.get("consultation")}
+        case "llm":
+            if fields.get("outcome") == "no_provider":
+                return {**base, "call": call, "ask": rest, "outcome": "no_provider"}
+            if fields.get("cached"):
+                return {**base, "call": call, "ask": rest, "outcome": "cached"}
+            if "response" in fields:
+                return {**base, "call": call, "ask": rest, "outcome": "answered", "response": fields["response"]}
+            failure = fields.get("error")
+            usage = fields.get("usage")
+            return {**base, "call": call, "ask": rest, "outcome": "failed", "failure": failure, "usage": usage}
+        case "settle":
+            cost = fields.get("cost_usd") or 0.0
+            acknowledged = bool(fields.get("acknowledged", False))
+            return {**base, "call": call, "reservation_id": rest, "cost_usd": cost, "acknowledged": acknowledged}
+    return effect  # an unknown kind: decoding names it
+
+
+@upcaster("effects_recorded", 2)
+def effects_recorded_v2(data: Payload) -> Payload:
+    """v3 typed the effects (:func:`effect_v2`)."""
+    effects = data.get("effects")
+    if not isinstance(effects, list):
+        return data
+    return {**data, "effects": [effect_v2(e) if isinstance(e, dict) else e for e in effects]}

@@ -357,10 +357,6 @@ def tools(settings: Settings, as_json: bool) -> int:
     return EXIT_OK
 
 
-def valid_wf(value: str) -> str:
-    return check_token("workflow id", value)
-
-
 async def budget(settings: Settings, workflow_id: str | None, as_json: bool) -> int:
     """The budget's report from its ledger: spend, denials, cache hits, open reservations, today."""
     wf = check_token("workflow id", workflow_id) if workflow_id is not None else None

@@ -3,7 +3,7 @@
     cadre replay WF [--from-file FILE] [--json] [--policy FILE] [--nats URL] [--data-dir DIR]
 
 Every handler invocation of the workflow is re-run on the state it decided on, with the
-recorded clock and the recorded outside answers (``store/replay.py``, ``actors/replay.py``);
+recorded clock and the recorded outside answers (:mod:`actors.replay`);
 its outputs must equal the recorded events. With ``--from-file`` it reads an export and
 needs nothing else: no NATS connection, no model, no tools. The deployment's settings
 (tool modules, catalog policy, approval timeout) come from ``cadre.settings`` as for every
@@ -21,18 +21,17 @@ a usage error (no such workflow, an unreadable file or policy).
 from __future__ import annotations
 
 import argparse
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from actors.inference import LLM
-from actors.replay import RecordOnlyProvider, Replayer, live_specs
+from actors.replay import RecordOnlyProvider, Replayer
 from bus.subjects import check_token
 from cadre.commands import EXIT_FAILED, EXIT_OK
 from cadre.llm import LLMSettingsError, models_for, provider_name
 from cadre.render import json_line
 from cadre.settings import Settings
-from cadre.system import catalog_for
+from cadre.system import system_specs
 from cadre.whatif_policy import load_policy, what_if_setup
 from cadre.workflow_records import read_records
 
@@ -72,8 +71,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
 def replayer_for(settings: Settings) -> Replayer:
     """The live handlers of ``settings``' deployment, and the model it configures (for records
     whose consultations do not name theirs; it is never called)."""
-    specs = live_specs(catalog_for(settings), approval_timeout=timedelta(seconds=settings.approval_timeout_s))
-    return Replayer(specs, fallback_llm=_configured_llm(settings))
+    return Replayer(system_specs(settings), fallback_llm=_configured_llm(settings))
 
 
 def _configured_llm(settings: Settings) -> LLM | None:

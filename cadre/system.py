@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
 
-from actors import agent, decomposer, planner, validator
 from actors.approvals import ApprovalPolicy, serve_approvals
 from actors.budget import BudgetClient, serve_budget
 from actors.context import Outside
@@ -16,6 +15,7 @@ from actors.library_source import LogLibrary
 from actors.metrics import Metrics
 from actors.ping import serve_ping
 from actors.runtime import ActorSpec, ActorSystem, RuntimeOptions, run_actors
+from actors.specs import live_specs
 from actors.tool_port import ToolRunner
 from actors.tools import ToolBox, ToolConfig, builtin_impls, ensure_sample_database
 from actors.tools.plugins import load_tool_modules, plugin_impls
@@ -47,6 +47,12 @@ def catalog_for(settings: Settings) -> Catalog:
     extra = [spec for spec, _ in load_tool_modules(settings.tool_modules)]
     catalog = Catalog([*builtin_catalog().values(), *extra])
     return catalog.with_policy(prohibited=settings.prohibited_tools, approval=settings.approval_tools)
+
+
+def system_specs(settings: Settings, catalog: Catalog | None = None) -> tuple[ActorSpec, ...]:
+    """The handlers this deployment runs (a replay of its runs uses the same: ``cadre.replay_cli``)."""
+    catalog = catalog if catalog is not None else catalog_for(settings)
+    return live_specs(catalog, approval_timeout=timedelta(seconds=settings.approval_timeout_s))
 
 
 def runtime_options(settings: Settings) -> RuntimeOptions:
@@ -99,19 +105,7 @@ async def run_system(
         policy=Policy(intelligence=settings.intelligence, mode=settings.mode),
     )
 
-    specs: list[tuple[ActorSpec, int]] = []
-    for kind in kinds:
-        match kind:
-            case "planner":
-                specs.append((planner.make_spec(catalog), replicas))
-            case "validator":
-                specs.append((validator.make_spec(catalog), replicas))
-            case "decomposer":
-                specs.append((decomposer.make_spec(catalog), replicas))
-            case "agent":
-                specs.append(
-                    (agent.make_spec(timedelta(seconds=settings.approval_timeout_s), catalog=catalog), replicas)
-                )
+    specs = [(spec, replicas) for spec in system_specs(settings, catalog) if spec.kind in kinds]
     async with AsyncExitStack() as stack:
         if llm is not None:
             stack.push_async_callback(llm.provider.aclose)

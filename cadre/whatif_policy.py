@@ -28,7 +28,7 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
 from actors.replay import Replayer, live_specs
-from actors.whatif import WhatIf
+from actors.replay.whatif import WhatIf
 from cadre.budget_config import budget_config
 from cadre.commands import UsageError
 from cadre.settings import Intelligence, Mode, Settings

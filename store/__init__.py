@@ -5,7 +5,7 @@ from store.integrity import Anchor, Problem, Verdict, verify
 from store.jetstream import MAX_ATOMIC_BATCH, AppendResult, JetStreamLog
 from store.records import Malformed, Record, StoredEvent, events_only, to_record
 from store.source import EventSource
-from store.state import WorkflowState, apply, fold, fold_with, skip
+from store.state import WorkflowState, apply, fold, skip
 
 __all__ = [
     "MAX_ATOMIC_BATCH",
@@ -25,7 +25,6 @@ __all__ = [
     "events_only",
     "export",
     "fold",
-    "fold_with",
     "heads",
     "skip",
     "to_record",

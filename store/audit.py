@@ -24,15 +24,15 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, assert_never
 
 import msgspec
 
+from bus.effects import BudgetDecided, CallSettled, Effect, LibrarySearched, ModelCalled, ToolCalled
 from bus.events import (
     ApprovalDenied,
     ApprovalGranted,
     ApprovalRequested,
-    Effect,
     EffectsRecorded,
     Envelope,
     Event,
@@ -439,91 +439,95 @@ def _effects(report: AuditReport, index: int, e: Envelope, scope: str, effects: 
     current: dict[str, Consultation] = {}  # the open consultation round of each kind
     rounds: dict[str, int] = {}
     for effect in effects:
-        value: dict[str, Any] = effect.value if isinstance(effect.value, dict) else {}
-        kind, _, rest = effect.key.partition(":")
-        if effect.kind == "tool":
-            tool, _, input_digest = effect.key.rpartition(":")
-            output = value.get("output") if effect.error is not None else effect.value
-            report.tool_calls.append(
-                ToolCall(
-                    index=index,
-                    event_id=e.id,
-                    at=e.at,
-                    scope=scope,
-                    tool=tool,
-                    input_digest=input_digest,
-                    output_digest=value_digest(output) if output is not None else None,
-                    ok=effect.error is None,
-                    error_code=effect.error.code if effect.error is not None else None,
-                    error_message=effect.error.message if effect.error is not None else None,
-                    ms=effect.ms,
-                )
-            )
-        elif effect.kind == "budget":
-            if kind in current and effect.key == f"{kind}:":  # a repair round: the previous answer was invalid
-                current[kind].repaired = True
-            rounds[kind] = rounds.get(kind, 0) + 1
-            asked: dict[str, Any] = value["consultation"] if isinstance(value.get("consultation"), dict) else {}
-            c = Consultation(
-                index=index,
-                event_id=e.id,
-                at=e.at,
-                actor=e.actor,
-                kind=kind,
-                scope=scope,
-                round=rounds[kind],
-                outcome=str(value.get("outcome", "unknown")),
-                reason=str(value.get("reason") or ""),
-                message=str(value.get("message") or ""),
-                provider=asked.get("provider"),
-                model=asked.get("model"),
-                est_input_tokens=asked.get("est_input_tokens"),
-                max_output_tokens=asked.get("max_output_tokens"),
-                reserved_usd=float(value.get("reserved_usd") or 0.0),
-                latency_ms=effect.ms if value.get("outcome") != "granted" else None,
-                fallback=value.get("outcome") == "denied",
-            )
-            report.consultations.append(c)
-            current[kind] = c
-        elif effect.kind == "llm":
-            c_or_none = current.get(kind)
-            if rest == "-":  # no model in the process: a consultation that asked nobody
-                rounds[kind] = rounds.get(kind, 0) + 1
-                report.consultations.append(
-                    Consultation(
+        match effect:
+            case ToolCalled():
+                output = effect.refused if effect.error is not None else effect.output
+                report.tool_calls.append(
+                    ToolCall(
                         index=index,
                         event_id=e.id,
                         at=e.at,
-                        actor=e.actor,
-                        kind=kind,
                         scope=scope,
-                        round=rounds[kind],
-                        outcome="no_provider",
-                        reason="no_provider",
-                        message="no LLM provider is configured in this process",
-                        fallback=True,
+                        tool=effect.tool,
+                        input_digest=effect.inputs,
+                        output_digest=value_digest(output) if output is not None else None,
+                        ok=effect.error is None,
+                        error_code=effect.error.code if effect.error is not None else None,
+                        error_message=effect.error.message if effect.error is not None else None,
+                        ms=effect.ms,
                     )
                 )
-            elif c_or_none is not None:
-                _call(c_or_none, effect, value)
-        elif effect.kind == "settle":
-            c_or_none = current.get(kind)
-            if c_or_none is not None:
-                c_or_none.cost_usd = round(c_or_none.cost_usd + float(value.get("cost_usd") or 0.0), 8)
+            case BudgetDecided():
+                kind, decision, asked = effect.call, effect.decision, effect.asked
+                if kind in current and not effect.cache_key:  # a repair round: the previous answer was invalid
+                    current[kind].repaired = True
+                rounds[kind] = rounds.get(kind, 0) + 1
+                c = Consultation(
+                    index=index,
+                    event_id=e.id,
+                    at=e.at,
+                    actor=e.actor,
+                    kind=kind,
+                    scope=scope,
+                    round=rounds[kind],
+                    outcome=decision.outcome,
+                    reason=decision.reason,
+                    message=decision.message,
+                    provider=asked.provider if asked is not None else None,
+                    model=asked.model if asked is not None else None,
+                    est_input_tokens=asked.est_input_tokens if asked is not None else None,
+                    max_output_tokens=asked.max_output_tokens if asked is not None else None,
+                    reserved_usd=decision.reserved_usd,
+                    latency_ms=effect.ms if decision.outcome != "granted" else None,
+                    fallback=decision.outcome == "denied",
+                )
+                report.consultations.append(c)
+                current[kind] = c
+            case ModelCalled():
+                kind = effect.call
+                c_or_none = current.get(kind)
+                if effect.outcome == "no_provider":  # no model in the process: a consultation that asked nobody
+                    rounds[kind] = rounds.get(kind, 0) + 1
+                    report.consultations.append(
+                        Consultation(
+                            index=index,
+                            event_id=e.id,
+                            at=e.at,
+                            actor=e.actor,
+                            kind=kind,
+                            scope=scope,
+                            round=rounds[kind],
+                            outcome="no_provider",
+                            reason="no_provider",
+                            message="no LLM provider is configured in this process",
+                            fallback=True,
+                        )
+                    )
+                elif c_or_none is not None:
+                    _call(c_or_none, effect)
+            case CallSettled():
+                c_or_none = current.get(effect.call)
+                if c_or_none is not None:
+                    c_or_none.cost_usd = round(c_or_none.cost_usd + effect.cost_usd, 8)
+            case LibrarySearched():
+                pass
+            case _:
+                assert_never(effect)
 
 
-def _call(c: Consultation, effect: Effect, value: dict[str, Any]) -> None:
-    """Fold an ``llm`` effect (a call, or a cached answer) into its consultation."""
-    if value.get("cached"):
+def _call(c: Consultation, effect: ModelCalled) -> None:
+    """Fold a model call (or a cached answer) into its consultation."""
+    if effect.outcome == "cached":
         return
-    response = value.get("response") if isinstance(value.get("response"), dict) else None
-    usage = (response or {}).get("usage") or value.get("usage") or {}
-    c.input_tokens += int(usage.get("input_tokens") or 0) + int(usage.get("cache_read_tokens") or 0)
-    c.output_tokens += int(usage.get("output_tokens") or 0)
-    c.latency_ms = float(response.get("latency_ms") or effect.ms) if response is not None else effect.ms
+    response = effect.response
+    usage = response.usage if response is not None else effect.usage
+    if usage is not None:
+        c.input_tokens += usage.input_tokens + usage.cache_read_tokens
+        c.output_tokens += usage.output_tokens
+    c.latency_ms = (response.latency_ms or effect.ms) if response is not None else effect.ms
     if response is not None:
-        c.model = str(response.get("model") or c.model)
-        c.provider = str(response.get("provider") or c.provider)
+        c.model = response.model or c.model
+        c.provider = response.provider or c.provider
     if effect.error is not None:
         c.error = effect.error.code
         c.fallback = True

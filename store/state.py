@@ -12,9 +12,9 @@ read-only.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import datetime
-from typing import Any, Literal, TypeVar, assert_never
+from typing import Any, Literal, assert_never
 
 import msgspec
 
@@ -225,18 +225,6 @@ def forked(state: WorkflowState) -> WorkflowState:
     as it is: the struct and its two dicts are copied (O(tasks + steps), no entry is: apply
     replaces entries rather than changing them)."""
     return msgspec.structs.replace(state, tasks=dict(state.tasks), steps=dict(state.steps))
-
-
-S = TypeVar("S")
-E = TypeVar("E")
-
-
-def fold_with(step: Callable[[S, E], S], initial: S, events: Iterable[E]) -> S:
-    """Left fold: ``step(…step(step(initial, e0), e1)…)``."""
-    state = initial
-    for e in events:
-        state = step(state, e)
-    return state
 
 
 def fold(workflow_id: str, events: Iterable[StoredEvent], state: WorkflowState | None = None) -> WorkflowState:

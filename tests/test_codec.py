@@ -48,7 +48,7 @@ def test_wire_form_is_plain_json() -> None:
         "data",
         "effects",
     }
-    assert (wire["v"], wire["prev"], wire["basis"]) == (2, "", 0)
+    assert (wire["v"], wire["prev"], wire["basis"]) == (3, "", 0)
 
 
 def test_ids_are_derived_deterministically() -> None:

@@ -18,7 +18,7 @@ import re
 from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import pytest
@@ -26,6 +26,7 @@ from nats.aio.client import Client as NATS
 from pydantic import ValidationError
 
 from actors import agent, decomposer
+from actors.answers import LiveAnswers
 from actors.budget import BudgetClient, serve_budget
 from actors.budget.rules import BudgetConfig
 from actors.context import Budget, Context, Outside
@@ -34,6 +35,7 @@ from actors.outcome import Defer
 from actors.runtime import ActorSpec
 from actors.tool_port import ToolRunner
 from actors.tools import ToolBox, ToolCall, ToolConfig, ToolError, builtin_impls
+from bus.effects import BudgetDecided, CallSettled, ModelCalled, ToolCalled
 from bus.events import (
     Event,
     PlanProposed,
@@ -67,13 +69,13 @@ from planner.providers.agent_prompts import (
 )
 from planner.providers.base import LLMRequest, LLMResponse, Usage
 from planner.providers.pricing import ModelPrice, Prices
-from planner.providers.recorded import RecordedProvider
 from planner.providers.structured import InvalidOutput, problems_of
 from store.records import StoredEvent
 from store.state import WorkflowState, fold
 from tests import plugin_tools
 from tests.conftest import ev, unique
 from tests.fake_llm import FakeAPI, anthropic_api, ok
+from tests.scripted_provider import RecordedProvider
 from tests.system_harness import Harness, cadre_running, settings_for
 
 CATALOG = Catalog([*builtin_catalog().values(), *(spec for spec, _ in plugin_tools.TOOLS)])
@@ -165,6 +167,9 @@ def one_task(tool: str, inputs: dict[str, Any], **extra: Any) -> Plan:
     return Plan(nodes=(Task(id="x", tool=tool, inputs=inputs, **extra),))
 
 
+E = TypeVar("E", BudgetDecided, ModelCalled, CallSettled, ToolCalled)
+
+
 class Run:
     """One handler call's world: tools, budget, recorded answers; what it emitted and recorded."""
 
@@ -179,7 +184,8 @@ class Run:
 
     async def handle(self, spec: ActorSpec, events: list[StoredEvent]) -> list[Event]:
         state: WorkflowState = fold(WF, events)
-        self.ctx = Context(kind=spec.kind, stored=events[-1], now=events[-1].event.at, outside=self.outside)
+        last = events[-1]
+        self.ctx = Context(kind=spec.kind, stored=last, now=last.event.at, answers=LiveAnswers(self.outside))
         out = await spec.handler(self.ctx, events[-1], state)
         assert not isinstance(out, Defer)
         return list(out)
@@ -192,15 +198,14 @@ class Run:
     def requests(self) -> list[LLMRequest]:
         return self.provider.requests
 
-    def effects(self, kind: str) -> list[Any]:
+    def effects(self, kind: type[E]) -> list[E]:
         assert self.ctx is not None
-        return [e.value for e in self.ctx.effects if e.kind == kind]
+        return [e for e in self.ctx.effects if isinstance(e, kind)]
 
     @property
     def asked(self) -> list[str]:
         """The kinds of consultation the budget was asked for, in order."""
-        assert self.ctx is not None
-        return [e.key.split(":", 1)[0] for e in self.ctx.effects if e.kind == "budget"]
+        return [e.call for e in self.effects(BudgetDecided)]
 
 
 async def without_model(tmp_path: Path, events: list[StoredEvent]) -> Event:
@@ -463,7 +468,7 @@ async def test_declined_means_the_model_was_not_for_this_workflow(tmp_path: Path
         wf = f"{WF}-{n}"  # a workflow of its own: its own cap and consultation ids
         env = ev(WorkflowRequested(request="r"), wf, i=n)
         stored = StoredEvent(n, f"t.evt.{wf}.{env.type}", env, b"")
-        ctx = Context(kind="agent", stored=stored, now=stored.event.at, outside=run.outside)
+        ctx = Context(kind="agent", stored=stored, now=stored.event.at, answers=LiveAnswers(run.outside))
         request = decide_request(STEP, STEP.inputs, SQL_FAILED, ("fs.read", "http.get"), CATALOG)
         return await ctx.infer("decide", request, decide_validator(("fs.read", "http.get")), Policy(**policy))
 
@@ -520,8 +525,8 @@ async def test_recover_runs_an_alternative_tool_that_succeeds(tmp_path: Path, bu
     assert run.asked == ["recover"]
     assert [r.kind for r in run.requests] == ["recover"]
     assert "the flaky service is down" in run.requests[0].prompt
-    assert [e["outcome"] for e in run.effects("budget")] == ["granted"]
-    assert len(run.effects("settle")) == 1
+    assert [e.decision.outcome for e in run.effects(BudgetDecided)] == ["granted"]
+    assert len(run.effects(CallSettled)) == 1
 
 
 async def test_recover_denied_at_basic_fails_exactly_as_without_a_model(tmp_path: Path, budget: BudgetClient) -> None:
@@ -534,7 +539,7 @@ async def test_recover_denied_at_basic_fails_exactly_as_without_a_model(tmp_path
     assert failed.error == ErrorInfo(code="unavailable", message="the flaky service is down")
     assert run.requests == []
     assert run.asked == ["recover"]
-    assert run.effects("budget")[0]["reason"] == "not_allowed"
+    assert run.effects(BudgetDecided)[0].decision.reason == "not_allowed"
 
 
 async def test_recover_retries_with_new_inputs(tmp_path: Path, budget: BudgetClient) -> None:
@@ -624,8 +629,8 @@ async def test_interpret_fixes_an_output_its_schema_refuses(tmp_path: Path, budg
         done.deviations[0],
     )
     assert '<output>\n{"value":"three"}\n</output>' in run.requests[0].prompt
-    [tool] = run.effects("tool")
-    assert tool == {"retryable": False, "output": {"value": "three"}}  # the refused output is recorded
+    [tool] = run.effects(ToolCalled)
+    assert (tool.retryable, tool.refused) == (False, {"value": "three"})  # the refused output is recorded
 
 
 async def test_interpret_not_allowed_fails_the_call_as_before(tmp_path: Path, budget: BudgetClient) -> None:

@@ -6,11 +6,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
-from bus.events import Effect, PlanProposed
+from bus.effects import BudgetDecided, CallSettled, Effect, ModelCalled
+from bus.events import PlanProposed
 from store.records import StoredEvent
 from tests.fake_llm import FakeAPI, anthropic_api, gemini_api, ok, slow, status, text
 from tests.scenarios import FLAKY_PLAN, LIBRARY_REQUEST, MODEL_PLAN, NOVEL_REQUEST, REMAINING
@@ -47,8 +48,11 @@ async def plan_event(cadre: Harness, wf: str, revision: int = 1) -> tuple[PlanPr
     raise AssertionError(f"no plan_proposed revision {revision} in {wf}")
 
 
-def effects_of(effects: tuple[Effect, ...], kind: str) -> list[Effect]:
-    return [e for e in effects if e.kind == kind]
+E = TypeVar("E", BudgetDecided, ModelCalled, CallSettled)
+
+
+def effects_of(effects: tuple[Effect, ...], kind: type[E]) -> list[E]:
+    return [e for e in effects if isinstance(e, kind)]
 
 
 @pytest.mark.parametrize("provider", ["anthropic", "gemini"])
@@ -67,16 +71,17 @@ async def test_a_plan_from_the_model_runs_end_to_end_and_its_cost_is_settled(
         prompt = str(api.requests[0])
         assert "sql.query" in prompt
         assert NOVEL_REQUEST in prompt
-        [decision] = effects_of(effects, "budget")
-        assert decision.value["outcome"] == "granted"
-        [call] = effects_of(effects, "llm")
-        assert call.value["response"]["usage"]["output_tokens"] == 300
-        [settled] = effects_of(effects, "settle")
-        model = call.value["response"]["model"]
+        [decision] = effects_of(effects, BudgetDecided)
+        assert decision.decision.outcome == "granted"
+        [call] = effects_of(effects, ModelCalled)
+        assert call.response is not None
+        assert call.response.usage.output_tokens == 300
+        [settled] = effects_of(effects, CallSettled)
+        model = call.response.model
         price_in, price_out = (3.0, 15.0) if provider == "anthropic" else (0.30, 2.50)
         assert model.startswith("claude-sonnet-4") or model.startswith("gemini-2.5-flash")
         cost = (1200 * price_in + 300 * price_out) / 1e6
-        assert settled.value["cost_usd"] == pytest.approx(cost)
+        assert settled.cost_usd == pytest.approx(cost)
         assert cadre.system is not None
         sample = cadre.system.metrics.registry.get_sample_value
         labels = {"kind": "plan", "provider": provider}
@@ -97,7 +102,7 @@ async def test_budget_zero_sends_nothing_and_the_run_completes_by_the_library(
         proposed, effects = await plan_event(cadre, state.workflow_id)
         assert proposed.source == "library"
         assert "over_workflow_cap" in proposed.reason
-        assert [e.value["outcome"] for e in effects_of(effects, "budget")] == ["denied"]
+        assert [e.decision.outcome for e in effects_of(effects, BudgetDecided)] == ["denied"]
 
 
 async def test_basic_intelligence_consults_nobody(nats_url: str, tmp_path: Path) -> None:
@@ -119,7 +124,7 @@ async def test_overloaded_every_time_falls_back_after_the_retries(provider: str,
         proposed, effects = await plan_event(cadre, state.workflow_id)
         assert proposed.source == "library"
         assert "provider_error: overloaded" in proposed.reason
-        [call] = effects_of(effects, "llm")
+        [call] = effects_of(effects, ModelCalled)
         assert call.error is not None
         assert call.error.code == "overloaded"
 
@@ -160,8 +165,8 @@ async def test_malformed_output_gets_one_repair_round_then_the_fallback(nats_url
         proposed, effects = await plan_event(cadre, state.workflow_id)
         assert proposed.source == "library"
         assert "invalid_output_after_repair" in proposed.reason
-        assert [e.value["outcome"] for e in effects_of(effects, "budget")] == ["granted", "granted"]
-        assert len(effects_of(effects, "settle")) == 2
+        assert [e.decision.outcome for e in effects_of(effects, BudgetDecided)] == ["granted", "granted"]
+        assert len(effects_of(effects, CallSettled)) == 2
 
 
 async def test_the_repair_round_can_fix_a_plan(nats_url: str, tmp_path: Path) -> None:
@@ -185,8 +190,8 @@ async def test_the_same_prompt_is_served_from_the_inference_cache(nats_url: str,
         assert len(api.requests) == 1
         proposed, effects = await plan_event(cadre, second.workflow_id)
         assert proposed.source == "cache" or "from the inference cache" in proposed.reason
-        assert [e.value["outcome"] for e in effects_of(effects, "budget")] == ["cached"]
-        assert effects_of(effects, "settle") == []
+        assert [e.decision.outcome for e in effects_of(effects, BudgetDecided)] == ["cached"]
+        assert effects_of(effects, CallSettled) == []
 
 
 async def test_autonomous_creative_workflow_is_re_planned_after_a_task_fails(nats_url: str, tmp_path: Path) -> None:

@@ -34,8 +34,6 @@ from planner.providers import (
     Provider,
     ProviderConfig,
     ProviderError,
-    RecordedProvider,
-    ReplayExhausted,
     Usage,
     cost_usd,
     estimate_input_tokens,
@@ -46,7 +44,6 @@ from planner.providers import (
     plan_validator,
     problems_of,
     require_output,
-    run_structured,
     structured_flow,
     validate_plan_output,
     worst_case,
@@ -54,6 +51,7 @@ from planner.providers import (
 from planner.providers.anthropic import AnthropicProvider
 from planner.providers.gemini import GeminiProvider
 from tests.fake_llm import FakeAPI, anthropic_api, blocked, gemini_api, max_tokens, ok, refusal, slow, status, text
+from tests.scripted_provider import RecordedProvider, ReplayExhausted, run_structured
 
 CATALOG = builtin_catalog()
 

@@ -20,7 +20,6 @@ import dataclasses
 import json
 import re
 import socket
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +28,10 @@ import pytest
 
 from actors import agent, planner_rules, validator
 from actors.budget.rules import BudgetConfig
-from actors.replay import Replayer, live_specs
-from actors.whatif import WhatIf, redecide
-from bus.events import ApprovalDenied, ApprovalRequested, PlanValidated, StepCompleted, WorkflowCompleted
+from actors.replay import FieldDiff, Replayer, ReplayResult, WhatIf, diff, redecide
+from actors.runtime import ActorSpec
+from bus.effects import Asked
+from bus.events import ApprovalDenied, ApprovalRequested, WorkflowCompleted
 from bus.ledger import Consultation, Decision
 from bus.plan import Check
 from cadre import replay_cli
@@ -40,14 +40,12 @@ from cadre.audit_text import lines as audit_lines
 from cadre.cli import main
 from cadre.replay_cli import replayer_for
 from cadre.settings import Settings
-from cadre.system import catalog_for
 from cadre.whatif_policy import WhatIfPolicy, what_if_setup
+from planner.catalog import Catalog
 from planner.providers.pricing import ModelPrice, Prices
 from store.audit import audit
-from store.diff import FieldDiff, diff
 from store.filelog import FileLog, export
 from store.records import Record, StoredEvent
-from store.replay import ReplayResult
 from tests.system_harness import cadre_running, settings_for
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -383,7 +381,7 @@ def test_redecide_keeps_what_the_what_if_does_not_change() -> None:
         rate_limits={},
         prices=Prices(default=ModelPrice(input=1.0, output=5.0)),
     )
-    ask = {"intelligence": "adaptive", "mode": "adaptive", "budget_usd": None}
+    ask = Asked(provider="p", model="m", est_input_tokens=1000, max_output_tokens=1000)
     c = Consultation(
         id="c-1",
         workflow_id="wf-1",
@@ -403,9 +401,8 @@ def test_redecide_keeps_what_the_what_if_does_not_change() -> None:
     basic = redecide(granted, ask, c, WhatIf(budget=config, intelligence="basic"), 0.0)
     assert (basic.outcome, basic.reason) == ("denied", "not_allowed")
     refused = Decision(outcome="denied", reason="not_allowed", message="level")
-    opened = redecide(
-        refused, {**ask, "intelligence": "basic"}, c, WhatIf(budget=config, intelligence="autonomous"), 0.0
-    )
+    basic_ask = msgspec.structs.replace(ask, intelligence="basic")
+    opened = redecide(refused, basic_ask, c, WhatIf(budget=config, intelligence="autonomous"), 0.0)
     assert opened.outcome == "granted"
     assert opened.reserved_usd == pytest.approx((1500 * 1.0 + 1000 * 5.0) / 1e6)
 
@@ -505,10 +502,39 @@ def test_cadre_audit_prints_the_report_as_text_json_or_html(
     assert capsys.readouterr().out.startswith("chain intact")
 
 
-def test_live_specs_are_the_systems() -> None:
-    settings = Settings(tool_modules=["tests.plugin_tools"], llm_provider="none")
-    specs = live_specs(catalog_for(settings), approval_timeout=timedelta(seconds=1))
-    assert [s.kind for s in specs] == ["planner", "validator", "decomposer", "agent"]
-    assert isinstance(Replayer(specs), Replayer)
-    assert PlanValidated.TYPE in specs[0].handles
-    assert StepCompleted.TYPE in specs[0].handles
+def _spec_shape(spec: ActorSpec) -> tuple[Any, ...]:
+    """What makes a handler what it is: its kind, types, code and what its closure holds (a
+    catalog by its tools and their policies, a timeout, limits)."""
+
+    def held(value: Any) -> Any:
+        return value.describe() if isinstance(value, Catalog) else value
+
+    cells = tuple(held(c.cell_contents) for c in spec.handler.__closure__ or ())
+    return spec.kind, spec.handles, spec.consistent, spec.handler.__code__, cells
+
+
+async def test_the_replayer_runs_the_handlers_the_system_runs(
+    nats_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The specs a running system hands its runtime are those ``cadre replay`` re-runs, for a
+    deployment whose catalog policy and approval timeout differ from the defaults."""
+    import cadre.system
+
+    ran: list[ActorSpec] = []
+    real = cadre.system.run_actors
+
+    def spy(log: Any, specs: Any, **kwargs: Any) -> Any:
+        ran.extend(spec for spec, _ in specs)
+        return real(log, specs, **kwargs)
+
+    monkeypatch.setattr(cadre.system, "run_actors", spy)
+    settings = settings_for(
+        nats_url, tmp_path, approval_tools=["fs.write"], prohibited_tools=["http.get"], approval_timeout_s=7
+    )
+    async with cadre_running(settings):
+        pass
+    replayed = replayer_for(settings).specs
+    assert [s.kind for s in ran] == ["planner", "validator", "decomposer", "agent"]
+    assert [_spec_shape(s) for s in ran] == [_spec_shape(s) for s in replayed]
+    other = replayer_for(settings.model_copy(update={"approval_timeout_s": 8})).specs
+    assert [_spec_shape(s) for s in ran] != [_spec_shape(s) for s in other]  # the comparison sees a difference

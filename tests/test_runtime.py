@@ -129,14 +129,14 @@ async def test_consistent_handlers_see_the_latest_state(elog: JetStreamLog) -> N
 def test_a_fan_out_stored_in_part_keeps_its_ids_when_decided_again() -> None:
     """A crash between two outputs leaves one stored; the redelivered input, handled on the
     newer state, emits only the missing one, and it gets the id it had the first time."""
-    from actors.runtime import ActorSystem
+    from actors.invocation import wrap
     from bus.events import TaskReady
     from bus.plan import Task
 
     cause = requested("wf")
     a, b = TaskReady(task=Task(id="a", tool="x")), TaskReady(task=Task(id="b", tool="x"))
-    first = ActorSystem.wrap("planner", cause, [a, b], cause.at)
-    again = ActorSystem.wrap("planner", cause, [b], cause.at)
+    first = wrap("planner", cause, [a, b], cause.at)
+    again = wrap("planner", cause, [b], cause.at)
     assert again[0].id == first[1].id
     assert first[0].id != first[1].id
 

@@ -11,7 +11,7 @@ import pytest
 from bus import encode
 from bus.events import PlanRejected, StepFailed, WorkflowFailed
 from bus.plan import ErrorInfo
-from store import StoredEvent, WorkflowState, fold, fold_with
+from store import StoredEvent, WorkflowState, fold
 from store.filelog import FileLog
 from store.state import apply, forked
 from tests.conftest import ev, requested
@@ -49,10 +49,6 @@ def test_failure_and_rejection() -> None:
     assert fold("wf", events[:2]).status == "requested"
     end = fold("wf", events)
     assert (end.status, end.failure, end.done) == ("failed", ErrorInfo(code="no_plan", message="no plan matched"), True)
-
-
-def test_fold_with_any_step() -> None:
-    assert fold_with(lambda n, x: n + x, 0, [1, 2, 3]) == 6
 
 
 GOLDEN = Path(__file__).resolve().parent / "golden"

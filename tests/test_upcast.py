@@ -2,17 +2,39 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
 
 from bus import decode, encode
+from bus.effects import (
+    Asked,
+    BudgetDecided,
+    CallSettled,
+    Effect,
+    LibrarySearched,
+    ModelCalled,
+    ProviderFailure,
+    ToolCalled,
+    Usage,
+)
 from bus.errors import DecodeError
-from bus.events import EVENT_TYPES, SCHEMA_VERSION, VERSIONS, HandlerFailed, WorkflowRequested, chain_hash
+from bus.events import (
+    EVENT_TYPES,
+    SCHEMA_VERSION,
+    VERSIONS,
+    EffectsRecorded,
+    HandlerFailed,
+    WorkflowRequested,
+    chain_hash,
+)
+from bus.ledger import Decision
 from bus.plan import ErrorInfo
-from bus.upcast import UPCASTERS, handler_failed_v1, upcast, upcaster
+from bus.upcast import UPCASTERS, effect_v2, handler_failed_v1, upcast, upcaster
 from cadre.cli import main
 from store import FileLog, StoredEvent, fold, to_record, verify
 from store.records import Record
@@ -24,7 +46,7 @@ V1_LOG = Path(__file__).parent / "fixtures" / "v1_log.jsonl"
 
 def test_every_type_has_a_version_and_writes_it() -> None:
     assert set(VERSIONS) == set(EVENT_TYPES)
-    assert all(v >= SCHEMA_VERSION == 2 for v in VERSIONS.values())
+    assert all(v >= SCHEMA_VERSION == 3 for v in VERSIONS.values())
     e = ev(WorkflowRequested(request="x"), "wf")
     assert e.v == VERSIONS["workflow_requested"]
 
@@ -144,8 +166,89 @@ def test_an_old_payload_the_upcaster_cannot_read_is_a_decode_error() -> None:
 def test_the_registry_refuses_what_cannot_be_an_upcaster() -> None:
     with pytest.raises(ValueError, match=r"^no event type 'nope'"):
         upcaster("nope", 1)
-    with pytest.raises(ValueError, match=r"^handler_failed is at version 2; an upcaster reads a version from 1 to 1"):
-        upcaster("handler_failed", 2)
+    with pytest.raises(ValueError, match=r"^handler_failed is at version 3; an upcaster reads a version from 1 to 2"):
+        upcaster("handler_failed", 3)
     with pytest.raises(ValueError, match=r"^an upcaster for handler_failed v1 is already registered"):
         upcaster("handler_failed", 1)(lambda d: d)
     assert ("handler_failed", 1) in UPCASTERS
+
+
+# -- typed effects (v3) ------------------------------------------------------------------------
+
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def _stored_effects(line: dict[str, Any]) -> list[dict[str, Any]]:
+    event = line["event"]
+    effects: list[dict[str, Any]] = list(event.get("effects", ()))
+    if event["type"] == "effects_recorded":
+        effects.extend(event["data"]["effects"])
+    return effects
+
+
+@pytest.mark.parametrize("path", sorted(GOLDEN.glob("*.jsonl")), ids=lambda p: p.stem)
+def test_v2_effects_read_as_typed_effects_with_the_same_kind_and_key(path: Path) -> None:
+    """Every effect of a golden log (written as v2 ``{kind, key, value}``) decodes as the typed
+    effect of that kind, whose key is the recorded one, and re-encodes to an equal value."""
+    lines = [json.loads(raw) for raw in path.read_bytes().splitlines()[1:]]
+    seen = set()
+    for line in lines:
+        assert line["event"]["v"] == 2
+        old = _stored_effects(line)
+        env = decode(json.dumps(line["event"]).encode())
+        new = list(env.effects) + (list(env.data.effects) if isinstance(env.data, EffectsRecorded) else [])
+        assert [(e.KIND, e.key, e.ms) for e in new] == [(o["kind"], o["key"], o["ms"]) for o in old]
+        for o, e in zip(old, new, strict=True):
+            seen.add(e.KIND)
+            assert (e.error.code if e.error is not None else None) == (o["error"] or {}).get("code")
+            assert decode(encode(msgspec.structs.replace(env, v=3))) == msgspec.structs.replace(env, v=3)
+            assert effect_v2(msgspec.to_builtins(e)) == msgspec.to_builtins(e)  # typed passes unchanged
+    assert seen  # every log records some outside answer
+
+
+def test_each_v2_effect_kind_upcasts_to_its_typed_answer() -> None:
+    usage = {"input_tokens": 10, "output_tokens": 2}
+    response = {
+        "provider": "p",
+        "model": "m",
+        "output": {"a": 1},
+        "text": "{}",
+        "usage": usage,
+        "stop_reason": "end",
+        "latency_ms": 1.0,
+    }
+    error_info = {"code": "e", "message": "m"}
+    failed_tool = {"kind": "tool", "key": "t.x:ab", "value": {"retryable": True, "output": [1]}, "error": error_info}
+    assert msgspec.convert(effect_v2(failed_tool), Effect) == ToolCalled(
+        tool="t.x", inputs="ab", retryable=True, refused=[1], error=ErrorInfo(code="e", message="m")
+    )
+    ok_tool = {"kind": "tool", "key": "t.x:ab", "value": {"n": 1}, "error": None, "ms": 2.0}
+    assert msgspec.convert(effect_v2(ok_tool), Effect) == ToolCalled(tool="t.x", inputs="ab", output={"n": 1}, ms=2.0)
+    asked = {"provider": "p", "model": "m", "est_input_tokens": 5, "max_output_tokens": 9}
+    budget = {"kind": "budget", "key": "plan:", "value": {"outcome": "denied", "reason": "r", "consultation": asked}}
+    assert msgspec.convert(effect_v2(budget), Effect) == BudgetDecided(
+        call="plan", decision=Decision(outcome="denied", reason="r"), asked=Asked(**asked)
+    )
+    called = msgspec.convert(effect_v2({"kind": "llm", "key": "plan:d1", "value": {"response": response}}), Effect)
+    assert isinstance(called, ModelCalled)
+    assert (called.outcome, called.key, called.response.usage if called.response else None) == (
+        "answered",
+        "plan:d1",
+        Usage(**usage),
+    )
+    error = {"code": "overloaded", "what": "busy", "status": 529, "retryable": True}
+    old_failed = {"kind": "llm", "key": "plan:d1", "value": {"error": error, "usage": usage}}
+    failed = msgspec.convert(effect_v2(old_failed), Effect)
+    assert failed == ModelCalled(
+        call="plan", ask="d1", outcome="failed", failure=ProviderFailure(**error), usage=Usage(**usage)
+    )
+    cached = effect_v2({"kind": "llm", "key": "plan:k", "value": {"cached": True}})
+    none = effect_v2({"kind": "llm", "key": "plan:-", "value": {"outcome": "no_provider"}})
+    assert [msgspec.convert(x, ModelCalled).outcome for x in (cached, none)] == ["cached", "no_provider"]
+    settle = {"kind": "settle", "key": "plan:r-1", "value": {"cost_usd": 0.5, "acknowledged": True}}
+    assert msgspec.convert(effect_v2(settle), Effect) == CallSettled(
+        call="plan", reservation_id="r-1", cost_usd=0.5, acknowledged=True
+    )
+    hit = msgspec.convert(effect_v2({"kind": "library", "key": "abc", "value": None}), Effect)
+    assert hit == LibrarySearched(request="abc")

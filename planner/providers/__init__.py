@@ -1,11 +1,14 @@
-"""LLM providers: the port (``base``), its adapters, replay, parse-and-repair, prices (``pricing``) and prompts.
+"""LLM providers: the port (``base``), its adapters, parse-and-repair, prices (``pricing``) and prompts.
 
-    from planner.providers import ProviderConfig, plan_request, plan_validator, run_structured
+    from planner.providers import ProviderConfig, plan_request
     from planner.providers.anthropic import AnthropicProvider
 
     provider = AnthropicProvider(ProviderConfig(api_key=key, models={"default": "claude-haiku-4-5"}))
     request = plan_request(text, catalog.describe(), provider.config.model_for("plan"), 4096)
-    outcome = await run_structured(provider, request, plan_validator(catalog))
+    response = await provider.complete(request)
+
+Actors never call a provider directly: :meth:`actors.context.Context.infer` runs the
+parse-and-repair flow (:func:`structured_flow`) with every call gated by the budget.
 
 The adapters are imported lazily (``planner.providers.anthropic`` / ``.gemini``) by whoever
 wires them, so that importing the port does not import both vendor SDKs.
@@ -34,7 +37,6 @@ from planner.providers.pricing import (
     worst_case,
 )
 from planner.providers.prompts import PLAN_SCHEMA, plan_request, plan_validator, validate_plan_output
-from planner.providers.recorded import RecordedProvider, ReplayExhausted
 from planner.providers.structured import (
     Attempt,
     InvalidOutput,
@@ -42,7 +44,6 @@ from planner.providers.structured import (
     StructuredFlow,
     problems_of,
     repair_request,
-    run_structured,
     structured_flow,
 )
 
@@ -61,8 +62,6 @@ __all__ = [
     "Provider",
     "ProviderConfig",
     "ProviderError",
-    "RecordedProvider",
-    "ReplayExhausted",
     "StructuredFlow",
     "Usage",
     "cost_usd",
@@ -75,7 +74,6 @@ __all__ = [
     "problems_of",
     "repair_request",
     "require_output",
-    "run_structured",
     "structured_flow",
     "validate_plan_output",
     "worst_case",

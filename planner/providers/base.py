@@ -3,9 +3,10 @@
 A :class:`Provider` turns an :class:`LLMRequest` (system prompt, user prompt and the JSON
 Schema of the object expected back) into an :class:`LLMResponse` whose ``output`` is that
 object, or raises :class:`ProviderError`. Adapters (``anthropic.py``, ``gemini.py``) speak
-one vendor SDK each; ``recorded.py`` replays recorded answers. Requests and responses are
-frozen msgspec Structs so that they can be recorded in events and replayed. What a call
-costs, and the token estimate a consultation carries, are in ``pricing.py``.
+one vendor SDK each. Requests and responses are frozen msgspec Structs so that they can be
+recorded in events and replayed (the response and its usage are defined with the effects that
+record them, :mod:`bus.effects`). What a call costs, and the token estimate a consultation
+carries, are in ``pricing.py``.
 
 Retries happen inside the SDKs (bounded by :attr:`ProviderConfig.max_retries`); an error
 that reaches the caller has already been retried, and ``retryable`` only says whether the
@@ -41,6 +42,7 @@ from typing import Any, Final, Literal, Protocol, get_args
 
 import msgspec
 
+from bus.effects import LLMResponse, Usage
 from bus.errors import CadreError
 from bus.ledger import CONSULTATION_KINDS
 
@@ -78,52 +80,6 @@ class LLMRequest(msgspec.Struct, frozen=True, kw_only=True):
     max_output_tokens: int
     temperature: float = 0.0
     repair_of: str | None = None
-
-
-class Usage(msgspec.Struct, frozen=True, kw_only=True):
-    """Tokens of one call, split by how they are billed.
-
-    ``input_tokens`` are the input tokens billed at the full input rate: they exclude
-    ``cache_read_tokens`` (served from a prompt cache) and ``cache_write_tokens`` (written to
-    it). ``output_tokens`` include any thinking tokens.
-    """
-
-    input_tokens: int
-    output_tokens: int
-    cache_read_tokens: int = 0
-    cache_write_tokens: int = 0
-
-    def __add__(self, other: Usage) -> Usage:
-        return Usage(
-            input_tokens=self.input_tokens + other.input_tokens,
-            output_tokens=self.output_tokens + other.output_tokens,
-            cache_read_tokens=self.cache_read_tokens + other.cache_read_tokens,
-            cache_write_tokens=self.cache_write_tokens + other.cache_write_tokens,
-        )
-
-    @property
-    def total_input_tokens(self) -> int:
-        """Every input token, whatever its rate."""
-        return self.input_tokens + self.cache_read_tokens + self.cache_write_tokens
-
-
-class LLMResponse(msgspec.Struct, frozen=True, kw_only=True):
-    """What a provider answered.
-
-    ``output`` is the JSON object the model produced, or ``None`` when its answer held no
-    JSON object (the structured flow then asks for a repair). ``text`` is the raw answer:
-    the JSON text the model wrote (for a tool call, the tool input encoded as JSON), so a
-    repair prompt can quote it. ``model`` is the model that answered as the API reported it.
-    """
-
-    provider: str
-    model: str
-    output: dict[str, Any] | None
-    text: str
-    usage: Usage
-    stop_reason: str
-    latency_ms: float
-    request_id: str | None = None
 
 
 ErrorCode = Literal[

@@ -2,9 +2,10 @@
 
 :func:`structured_flow` is a generator that does no I/O. It yields the :class:`LLMRequest`
 to send and receives what came back (an :class:`LLMResponse`, or the :class:`ProviderError`
-the call raised); it returns an :class:`Outcome`. A live driver (:func:`run_structured`)
-feeds it ``provider.complete``; a replay driver feeds it recorded answers; both run the
-same flow, so a replay takes the same decisions. The driver contract::
+the call raised); it returns an :class:`Outcome`. Its one driver is the actor context
+(:meth:`actors.context.Context.infer`), which gates every request by the budget and takes
+each reply from its answers (the provider live, the record under replay), so a replay takes
+the same decisions. The driver contract::
 
     flow = structured_flow(request, validate)
     request = next(flow)
@@ -36,7 +37,7 @@ from typing import Any, Final, Generic, TypeVar
 import msgspec
 import pydantic
 
-from planner.providers.base import LLMRequest, LLMResponse, Provider, ProviderError, Usage
+from planner.providers.base import LLMRequest, LLMResponse, ProviderError, Usage
 
 __all__ = [
     "Attempt",
@@ -45,7 +46,6 @@ __all__ = [
     "StructuredFlow",
     "problems_of",
     "repair_request",
-    "run_structured",
     "structured_flow",
 ]
 
@@ -195,22 +195,3 @@ def structured_flow(request: LLMRequest, validate: Callable[[dict[str, Any]], T]
             return Outcome(value, tuple(attempts), repaired, None)
         current = repair_request(request, reply.text, problems)
     return Outcome(None, tuple(attempts), True, INVALID_AFTER_REPAIR)
-
-
-async def run_structured(
-    provider: Provider, request: LLMRequest, validate: Callable[[dict[str, Any]], T]
-) -> Outcome[T]:
-    """Drive :func:`structured_flow` with ``provider.complete`` (the live driver)."""
-    flow = structured_flow(request, validate)
-    current = next(flow)
-    while True:
-        reply: LLMResponse | ProviderError
-        try:
-            reply = await provider.complete(current)
-        except ProviderError as exc:
-            reply = exc
-        try:
-            current = flow.send(reply)
-        except StopIteration as done:
-            outcome: Outcome[T] = done.value
-            return outcome

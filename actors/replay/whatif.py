@@ -1,17 +1,20 @@
-"""What-if replays, pure: the changes to try, the budget re-decided under them, and the
-differences described as decisions.
+"""What-if replays: the changes to try, the budget re-decided under them, the answers a
+what-if serves, and the differences described as decisions.
 
 A what-if replays a workflow on its recorded inputs with a changed deployment: the catalog's
 tool policies (prohibited and approval-gated tools) and the validator's limits reach the
-handlers through their specs (``actors/replay.py``); everything else is here:
+handlers through their specs (:class:`actors.replay.Replayer`); everything else is here:
 
 * :class:`WhatIf`: the level and mode (they override the workflow's own), the workflow's cap
   (overrides its own), and the budget configuration (daily cap, prices) to decide with;
 * :func:`redecide`: a recorded budget decision, decided again with the pure rules of
-  :mod:`actors.budget_rules` (the level x mode gate, then the caps from the recorded worst
+  :mod:`actors.budget.rules` (the level x mode gate, then the caps from the recorded worst
   case and the workflow's recorded spend before the call). What the what-if does not change
   keeps its recorded outcome: the inference cache and the rate limits, and a cap that is not
   changed (the daily cap, in particular, also counted other workflows' spend);
+* :class:`WhatIfAnswers`: the recorded answers (:class:`~actors.answers.RecordedAnswers`,
+  skipping those no longer asked for), with each budget decision re-decided, the tools the
+  changed catalog prohibits refused, and the workflow's spend kept;
 * :func:`describe`: a replay divergence as the decision that would now differ ("step
   report.s1 would now be rejected: …").
 
@@ -22,14 +25,20 @@ call after a grant that was a denial), the difference says so and what follows i
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import msgspec
 
+from actors.answers import RecordedAnswers, ReplayDivergence
 from actors.budget.rules import BudgetConfig, gate, worst_case_usd
+from actors.context import asked
+from actors.inference import LLM, Policy
 from actors.planner_rules import explain
+from actors.replay.diff import FieldDiff
+from actors.replay.engine import Divergence, Invocation
+from bus.effects import Asked, BudgetDecided, CallSettled, LibrarySearched, ModelCalled, ToolCalled
 from bus.events import (
     Envelope,
     PlanProposed,
@@ -43,12 +52,12 @@ from bus.events import (
     WorkflowCompleted,
     WorkflowFailed,
 )
-from bus.ledger import Consultation, Decision
-from bus.plan import Check
-from store.diff import FieldDiff
-from store.replay import Divergence
+from bus.ledger import Consultation, Decision, Settlement
+from bus.plan import Check, ErrorInfo
+from planner.catalog import Catalog, Safety
+from planner.providers.base import LLMRequest
 
-__all__ = ["Change", "WhatIf", "describe", "redecide"]
+__all__ = ["Change", "Session", "Unrecorded", "WhatIf", "WhatIfAnswers", "describe", "redecide"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +92,7 @@ class Change(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def redecide(
-    recorded: Decision, asked: Mapping[str, Any], request: Consultation, whatif: WhatIf, spent_usd: float
+    recorded: Decision, asked: Asked | None, request: Consultation, whatif: WhatIf, spent_usd: float
 ) -> Decision:
     """The budget's answer to ``request`` under ``whatif`` (the recorded one when it would not change).
 
@@ -92,8 +101,8 @@ def redecide(
     what-if does not change keeps its recorded verdict, unless the gate now lets through a
     call the record had refused before the caps were looked at.
     """
-    level = whatif.intelligence or str(asked.get("intelligence") or request.intelligence)
-    mode = whatif.mode or str(asked.get("mode") or request.mode)
+    level = whatif.intelligence or (asked.intelligence if asked is not None else request.intelligence)
+    mode = whatif.mode or (asked.mode if asked is not None else request.mode)
     opened = False
     if whatif.intelligence is not None or whatif.mode is not None:
         why = gate(request.kind, level, mode)
@@ -112,7 +121,7 @@ def redecide(
         return recorded
     c = msgspec.structs.replace(request, intelligence=level, mode=mode)
     worst = recorded.reserved_usd if recorded.outcome == "granted" else worst_case_usd(c, whatif.budget)[1]
-    own_cap = asked.get("budget_usd")
+    own_cap = asked.budget_usd if asked is not None else None
     cap = whatif.workflow_usd if whatif.workflow_usd is not None else own_cap
     if cap is None:
         cap = whatif.budget.workflow_usd
@@ -144,6 +153,102 @@ def _over(reason: str, whose: str, spent: float, worst: float, cap: float) -> De
 def decision_words(d: Decision) -> str:
     """``granted``, ``cached`` or ``denied: <reason>``."""
     return f"denied: {d.reason}" if d.outcome == "denied" else d.outcome
+
+
+# -- the answers of a what-if -------------------------------------------------------------------
+
+
+class Unrecorded(ReplayDivergence):
+    """What-if: the handler would now ask for an answer the record does not hold."""
+
+    code = "unrecorded"
+
+
+@dataclass
+class Session:
+    """One workflow's what-if: the changes, the catalog tools are checked against, the
+    workflow's recorded spend in time order, and the budget decisions found to differ."""
+
+    whatif: WhatIf
+    catalog: Catalog | None
+    spend: list[tuple[datetime, float]]
+    notes: list[tuple[Invocation, str]] = field(default_factory=list)
+
+    def spent_before(self, at: datetime) -> float:
+        return sum(cost for when, cost in self.spend if when < at)
+
+    def refusal(self, tool: str) -> ErrorInfo | None:
+        """Why the changed catalog would not run ``tool`` (as the toolbox says it), or None."""
+        if self.catalog is None:
+            return None
+        spec = self.catalog.get(tool)
+        if spec is None:
+            return ErrorInfo(code="unknown_tool", message=f"no tool named {tool!r} in the changed catalog")
+        if spec.safety is Safety.PROHIBITED:
+            return ErrorInfo(code="prohibited", message=f"tool {tool!r} is prohibited by this deployment's policy")
+        return None
+
+
+class WhatIfAnswers:
+    """One invocation's answers under a what-if: the recorded ones (those no longer asked for
+    skipped; one never recorded is :class:`Unrecorded`), each budget decision re-decided,
+    tools the changed catalog would not run refused."""
+
+    def __init__(self, invocation: Invocation, session: Session, *, fallback_llm: LLM | None = None) -> None:
+        self.recorded = RecordedAnswers(invocation.effects, fallback_llm=fallback_llm, unrecorded=Unrecorded)
+        self.invocation = invocation
+        self.session = session
+        self._spent = 0.0  # settled by this invocation so far (what-if caps)
+
+    @property
+    def policy(self) -> Policy:
+        return self.recorded.policy
+
+    def model(self, call: str) -> LLM | None:
+        return self.recorded.model(call)
+
+    async def run_tool(self, tool: str, inputs: dict[str, Any], idempotency_key: str) -> ToolCalled:
+        refusal = self.session.refusal(tool)
+        if refusal is None:
+            return await self.recorded.run_tool(tool, inputs, idempotency_key)
+        # the changed catalog would not run it: the recorded call does not happen
+        self.recorded.skip(ToolCalled, ToolCalled.key_of(tool, inputs))
+        return ToolCalled(tool=tool, inputs=ToolCalled.digest_of(inputs), error=refusal)
+
+    async def search_library(self, request: str) -> LibrarySearched:
+        return await self.recorded.search_library(request)
+
+    async def consult(self, request: Consultation) -> BudgetDecided:
+        effect = await self.recorded.consult(request)
+        recorded, ask = effect.decision, effect.asked
+        spent = self.session.spent_before(self.invocation.at) + self._spent
+        decision = redecide(recorded, ask, request, self.session.whatif, spent)
+        if decision == recorded:
+            return effect
+        now = asked(request)
+        if ask is not None:
+            now = msgspec.structs.replace(now, intelligence=ask.intelligence, mode=ask.mode)
+        why = f": {decision.message}" if decision.outcome == "denied" and decision.message else ""
+        self.session.notes.append(
+            (
+                self.invocation,
+                f"consultation {request.kind} would now be {decision_words(decision)} "
+                f"(recorded: {decision_words(recorded)}){why}",
+            )
+        )
+        return msgspec.structs.replace(effect, decision=decision, asked=now)
+
+    async def call_model(self, llm: LLM, request: LLMRequest) -> ModelCalled:
+        return await self.recorded.call_model(llm, request)
+
+    async def settle(self, call: str, decision: Decision, settlement: Settlement) -> CallSettled | None:
+        effect = await self.recorded.settle(call, decision, settlement)
+        if effect is not None:
+            self._spent += effect.cost_usd
+        return effect
+
+    def known(self, effect: ModelCalled) -> ModelCalled:
+        return self.recorded.known(effect)
 
 
 # -- describing differences ----------------------------------------------------------------------

@@ -1,9 +1,11 @@
 """Deterministic replay of one workflow: re-run every handler invocation and compare.
 
-The engine knows no actor: it is given the handlers (anything with ``kind``, ``handles`` and
-``handler``, such as ``actors.runtime.ActorSpec``), a factory of replay contexts (which
-serve every outside answer from the recorded effects and refuse anything else) and the
-runtime's ``wrap`` (how outputs become envelopes). ``actors/replay.py`` supplies them.
+The engine is given the handlers (:class:`~actors.runtime.ActorSpec`, as the live system
+builds them: :func:`actors.specs.live_specs`) and a factory of answers for each invocation
+(:class:`~actors.answers.RecordedAnswers`, or a what-if's, which serve every outside answer
+from the recorded effects and refuse anything else). It runs each handler with a
+:class:`~actors.context.Context` over those answers and turns its outputs into envelopes
+with the runtime's own kernel (:func:`actors.invocation.envelopes`).
 
 **Invocations.** A handler invocation's outputs share their cause (``causation_id``), their
 emitter (``actor``, the handling kind), their clock (``at``) and the state they decided on
@@ -36,17 +38,22 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
-from bus.errors import StoreError
-from bus.events import Effect, EffectsRecorded, Envelope, Event, HandlerFailed
-from store.diff import FieldDiff, diff
+from actors import invocation
+from actors.answers import ReplayDivergence
+from actors.context import Answers, Context
+from actors.replay.diff import FieldDiff, diff
+from actors.runtime import ActorSpec
+from bus.effects import Effect
+from bus.events import EffectsRecorded, Envelope, Event, HandlerFailed
 from store.records import Record, StoredEvent
 from store.state import WorkflowState, apply, skip
 
 __all__ = [
+    "AnswersFactory",
     "Divergence",
     "DivergenceKind",
     "InputNote",
@@ -58,43 +65,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-
-Handler = Callable[[Any, StoredEvent, WorkflowState], Awaitable[object]]
-"""``(context, input, state) -> outputs``: a list of events, or anything else (a ``Defer``) for none."""
-
-
-class Spec(Protocol):
-    """A handling kind, as the engine needs it (``actors.runtime.ActorSpec`` is one)."""
-
-    @property
-    def kind(self) -> str: ...
-
-    @property
-    def handles(self) -> frozenset[str]: ...
-
-    @property
-    def handler(self) -> Handler: ...
-
-
-class ReplayContext(Protocol):
-    """What the engine reads back from a context after the handler ran: the effects it was served."""
-
-    effects: list[Effect]
-
-
-class Wrap(Protocol):
-    """The runtime's wrapping of a handler's outputs (``actors.runtime.ActorSystem.wrap``)."""
-
-    def __call__(
-        self,
-        kind: str,
-        cause: Envelope,
-        payloads: Sequence[Event],
-        now: datetime,
-        effects: tuple[Effect, ...] = (),
-        *,
-        basis: int = 0,
-    ) -> list[Envelope]: ...
 
 
 class Invocation(msgspec.Struct, frozen=True):
@@ -110,14 +80,8 @@ class Invocation(msgspec.Struct, frozen=True):
     outputs: tuple[StoredEvent, ...] = ()
 
 
-ContextFactory = Callable[[Invocation], ReplayContext]
-
-
-class ReplayDivergence(StoreError):
-    """A handler under replay asked for something the record does not hold, or waited for
-    something outside its context. Raised by replay contexts; the engine reports it."""
-
-    code = "replay_divergence"
+AnswersFactory = Callable[[Invocation], Answers]
+"""Where each re-run invocation's answers come from (its recorded effects)."""
 
 
 DivergenceKind = Literal["changed", "missing", "extra", "asked", "raised", "emitted", "orphan"]
@@ -247,11 +211,10 @@ def envelope_json(env: Envelope) -> dict[str, Any]:
     out: dict[str, Any] = msgspec.to_builtins(env)
     for key in ("prev", "basis", "v"):
         out.pop(key, None)
-    for effect in out.get("effects", ()):
+    for effect in out["effects"]:
         effect.pop("ms", None)
-    data = out.get("data")
-    if env.type == EffectsRecorded.TYPE and isinstance(data, dict):
-        for effect in data.get("effects", ()):
+    if type(env.data) is EffectsRecorded:
+        for effect in out["data"]["effects"]:
             effect.pop("ms", None)
     return out
 
@@ -271,11 +234,10 @@ class _Job:
 class _Run:
     """The state of one replay: the records, their index, and what was found."""
 
-    def __init__(self, records: Sequence[Record], specs: Mapping[str, Spec], context: ContextFactory, wrap: Wrap):
+    def __init__(self, records: Sequence[Record], specs: Mapping[str, ActorSpec], answers: AnswersFactory):
         self.records = records
         self.specs = specs
-        self.context = context
-        self.wrap = wrap
+        self.answers = answers
         self.divergences: list[Divergence] = []
         self.inputs: list[InputNote] = []
         self.rederived = 0
@@ -385,23 +347,18 @@ class _Run:
 
     # -- re-running ------------------------------------------------------------------------------
 
-    def invoke(self, inv: Invocation, state: WorkflowState) -> tuple[list[Envelope], ReplayContext]:
+    def invoke(self, inv: Invocation, state: WorkflowState) -> list[Envelope]:
         """Run the handler as the runtime does; raise what the handler or its context raised."""
-        ctx = self.context(inv)
+        ctx = Context(kind=inv.kind, stored=inv.input, now=inv.at, answers=self.answers(inv))
         result = _drive(self.specs[inv.kind].handler(ctx, inv.input, state))
         payloads: list[Event] = result if type(result) is list else []
-        effects = tuple(ctx.effects)
-        if not payloads:
-            if not effects:
-                return [], ctx
-            payloads = [EffectsRecorded(input_id=inv.input.event.id, effects=effects)]
-        return self.wrap(inv.kind, inv.input.event, payloads, inv.at, effects, basis=inv.basis), ctx
+        return invocation.envelopes(inv.kind, inv.input.event, payloads, tuple(ctx.effects), inv.at, inv.basis)
 
     def check_group(self, job: _Job, state: WorkflowState) -> None:
         self.invocations += 1
         inv = job.invocation
         try:
-            replayed, _ = self.invoke(inv, state)
+            replayed = self.invoke(inv, state)
         except ReplayDivergence as exc:
             self.diverge(job.anchor, "asked", exc.message)
             return
@@ -449,7 +406,7 @@ class _Run:
         """(None, []) when the handler again answers with nothing; else what it does instead."""
         inv = job.invocation
         try:
-            replayed, _ = self.invoke(inv, state)
+            replayed = self.invoke(inv, state)
         except ReplayDivergence as exc:
             return f"it now asks for an outside answer: {exc.message}", []
         except Exception as exc:
@@ -501,10 +458,10 @@ def _job_order(job: _Job) -> tuple[int, int]:
     return job.invocation.basis, job.anchor
 
 
-def replay(records: Sequence[Record], specs: Iterable[Spec], *, context: ContextFactory, wrap: Wrap) -> ReplayResult:
+def replay(records: Sequence[Record], specs: Iterable[ActorSpec], *, answers: AnswersFactory) -> ReplayResult:
     """Re-run every handler invocation of one workflow's ``records`` (in stored order, as read)
     and compare its outputs with the recorded ones (module docstring)."""
-    run = _Run(records, {s.kind: s for s in specs}, context, wrap)
+    run = _Run(records, {s.kind: s for s in specs}, answers)
     run.run()
     divergences = sorted(run.divergences, key=lambda d: d.index)
     events = len(run.events)

@@ -1,10 +1,10 @@
-"""A provider that replays recorded answers, in order: for replays and tests.
+"""Test drivers of the provider port: a provider scripted with its answers, and the bare
+parse-and-repair driver (no budget: actors go through ``Context.infer``).
 
-Each call takes the next answer: an :class:`LLMResponse` is returned, a
-:class:`ProviderError` is raised. A call beyond the recording is a divergence (the code
-under replay asks more of the model than the recorded run did), reported as
+Each call of :class:`RecordedProvider` takes the next answer: an :class:`LLMResponse` is
+returned, a :class:`ProviderError` is raised. A call beyond the script is reported as
 :class:`ReplayExhausted` rather than invented. The requests received are kept in
-``requests`` so a test or a replay check can compare them with the recorded ones.
+``requests`` so a test can compare them.
 
     CadreError
      └─ ReplayExhausted               a call beyond the recorded answers (code "replay_exhausted")
@@ -12,12 +12,16 @@ under replay asks more of the model than the recorded run did), reported as
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from bus.errors import CadreError
-from planner.providers.base import LLMRequest, LLMResponse, ProviderError
+from planner.providers.base import LLMRequest, LLMResponse, Provider, ProviderError
+from planner.providers.structured import Outcome, structured_flow
 
-__all__ = ["RecordedProvider", "ReplayExhausted"]
+__all__ = ["RecordedProvider", "ReplayExhausted", "run_structured"]
+
+T = TypeVar("T")
 
 
 class ReplayExhausted(CadreError):
@@ -60,3 +64,22 @@ class RecordedProvider:
 
     async def aclose(self) -> None:
         return None
+
+
+async def run_structured(
+    provider: Provider, request: LLMRequest, validate: Callable[[dict[str, Any]], T]
+) -> Outcome[T]:
+    """Drive :func:`structured_flow` with ``provider.complete`` directly (adapter tests)."""
+    flow = structured_flow(request, validate)
+    current = next(flow)
+    while True:
+        reply: LLMResponse | ProviderError
+        try:
+            reply = await provider.complete(current)
+        except ProviderError as exc:
+            reply = exc
+        try:
+            current = flow.send(reply)
+        except StopIteration as done:
+            outcome: Outcome[T] = done.value
+            return outcome

@@ -1,0 +1,280 @@
+"""Effects: what a handler learned from outside, one typed record per kind of answer.
+
+A handler learns nothing from outside except through its context, and the context records
+each answer as one of the Structs below (the union :data:`Effect` is the schema), in order,
+on the handler's first output (or in an ``effects_recorded`` event when it has none). A
+replay serves the same answers back, matching each question by the effect's :attr:`kind`
+(its tag) and :attr:`key` (what was asked), which each type builds in one place.
+
+    kind      type               key                              the answer
+    tool      ToolCalled         "<tool>:<digest of inputs>"      the output, or the failure
+    library   LibrarySearched    "<digest of the request>"        the closest plan, or none
+    budget    BudgetDecided      "<call>:<cache key or ''>"       the decision, and what was asked
+    llm       ModelCalled        "<call>:<ask>"                   the response, the provider's
+                                                                  error, a cached answer, or
+                                                                  no provider at all
+    settle    CallSettled        "<call>:<reservation id>"        what a granted call cost
+
+Readers ``match`` over :data:`Effect` and end in ``assert_never``. The clock is not an
+effect: a handler's time is its invocation's ``at``, recorded on its outputs.
+
+Wire form (since v3 of every event type)::
+
+    {"kind": "tool", "tool": "sql.query", "inputs": "4d0dc12434554be6", "output": {…},
+     "retryable": false, "refused": null, "error": null, "ms": 2.1}
+
+Events written before v3 hold ``{kind, key, value, error, ms}``: :func:`bus.upcast.effect_v2`
+reads that form as these types (stored bytes are never rewritten).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, ClassVar, Literal
+
+import msgspec
+
+from bus.ledger import Decision
+from bus.plan import ErrorInfo, Plan
+
+__all__ = [
+    "NO_PROVIDER",
+    "Asked",
+    "BudgetDecided",
+    "CallSettled",
+    "Effect",
+    "LLMResponse",
+    "LibraryHit",
+    "LibrarySearched",
+    "ModelCalled",
+    "ModelOutcome",
+    "ProviderFailure",
+    "ToolCalled",
+    "Usage",
+    "digest",
+]
+
+
+def digest(value: Any, size: int = 8) -> str:
+    """A stable hex digest (``2 * size`` characters) of a JSON value; key order does not matter."""
+    raw = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.blake2b(raw, digest_size=size).hexdigest()
+
+
+# -- what the answers hold -------------------------------------------------------------------------
+
+
+class Usage(msgspec.Struct, frozen=True, kw_only=True):
+    """Tokens of one call, split by how they are billed.
+
+    ``input_tokens`` are the input tokens billed at the full input rate: they exclude
+    ``cache_read_tokens`` (served from a prompt cache) and ``cache_write_tokens`` (written to
+    it). ``output_tokens`` include any thinking tokens.
+    """
+
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+            cache_read_tokens=self.cache_read_tokens + other.cache_read_tokens,
+            cache_write_tokens=self.cache_write_tokens + other.cache_write_tokens,
+        )
+
+    @property
+    def total_input_tokens(self) -> int:
+        """Every input token, whatever its rate."""
+        return self.input_tokens + self.cache_read_tokens + self.cache_write_tokens
+
+
+class LLMResponse(msgspec.Struct, frozen=True, kw_only=True):
+    """What a provider answered.
+
+    ``output`` is the JSON object the model produced, or ``None`` when its answer held no
+    JSON object (the structured flow then asks for a repair). ``text`` is the raw answer:
+    the JSON text the model wrote (for a tool call, the tool input encoded as JSON), so a
+    repair prompt can quote it. ``model`` is the model that answered as the API reported it.
+    """
+
+    provider: str
+    model: str
+    output: dict[str, Any] | None
+    text: str
+    usage: Usage
+    stop_reason: str
+    latency_ms: float
+    request_id: str | None = None
+
+
+class ProviderFailure(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """The provider error a model call ended with (``planner.providers.ProviderError``'s fields)."""
+
+    code: str
+    what: str = ""
+    status: int | None = None
+    retryable: bool | None = None
+
+
+class LibraryHit(msgspec.Struct, frozen=True, kw_only=True):
+    """The library's closest plan; the planner reuses it only when ``score >= threshold``."""
+
+    name: str
+    source: str
+    score: float
+    threshold: float
+    plan: Plan
+
+
+class Asked(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """What a budget consultation asked (its id and workflow are the input's; its call kind and
+    cache key are in the effect), so an audit can show it and a replay can configure its model
+    and a what-if re-decide it."""
+
+    provider: str
+    model: str
+    est_input_tokens: int
+    max_output_tokens: int
+    intelligence: str = "adaptive"
+    mode: str = "adaptive"
+    budget_usd: float | None = None
+
+
+# -- the effects -----------------------------------------------------------------------------------
+
+
+class ToolCalled(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag="tool", tag_field="kind"):
+    """A tool ran: its ``output``, or ``error`` (then ``retryable``, and ``refused``: the output
+    an ``invalid_output`` failure refused, as JSON data)."""
+
+    KIND: ClassVar[str] = "tool"
+    tool: str
+    inputs: str  # digest of the inputs
+    output: dict[str, Any] | None = None
+    retryable: bool = False
+    refused: Any = None
+    error: ErrorInfo | None = None
+    ms: float = 0.0
+
+    @property
+    def key(self) -> str:
+        return f"{self.tool}:{self.inputs}"
+
+    @staticmethod
+    def digest_of(inputs: dict[str, Any]) -> str:
+        """The ``inputs`` of a call with these inputs."""
+        return digest(inputs)
+
+    @staticmethod
+    def key_of(tool: str, inputs: dict[str, Any]) -> str:
+        """The key of the call of ``tool`` with ``inputs``."""
+        return f"{tool}:{ToolCalled.digest_of(inputs)}"
+
+
+class LibrarySearched(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag="library", tag_field="kind"):
+    """The plan library was searched: its closest plan, or None."""
+
+    KIND: ClassVar[str] = "library"
+    request: str  # digest of the request
+    hit: LibraryHit | None = None
+    error: ErrorInfo | None = None
+    ms: float = 0.0
+
+    @property
+    def key(self) -> str:
+        return self.request
+
+    @staticmethod
+    def key_of(request: str) -> str:
+        return digest(request)
+
+
+class BudgetDecided(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag="budget", tag_field="kind"):
+    """The budget answered a consultation for a ``call`` (``plan``, ``decide``, …): the
+    ``decision``, and what was ``asked`` (None in records that did not keep it)."""
+
+    KIND: ClassVar[str] = "budget"
+    call: str
+    cache_key: str = ""
+    decision: Decision
+    asked: Asked | None = None
+    error: ErrorInfo | None = None
+    ms: float = 0.0
+
+    @property
+    def key(self) -> str:
+        return self.key_of(self.call, self.cache_key)
+
+    @staticmethod
+    def key_of(call: str, cache_key: str | None) -> str:
+        return f"{call}:{cache_key or ''}"
+
+
+ModelOutcome = Literal["answered", "failed", "cached", "no_provider"]
+"""``answered``: the provider's ``response``; ``failed``: its ``failure`` (and the billed
+``usage``, if any); ``cached``: the budget served a cached answer, nobody was called;
+``no_provider``: this process has no model, nobody was asked."""
+
+
+class ModelCalled(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag="llm", tag_field="kind"):
+    """The model was asked for a ``call`` (or would have been: ``outcome``).
+
+    ``ask`` names what was asked: the digest of (system, prompt, model) of a call, the cache
+    key of a cached answer, ``-`` when there is no provider.
+    """
+
+    KIND: ClassVar[str] = "llm"
+    call: str
+    ask: str
+    outcome: ModelOutcome
+    response: LLMResponse | None = None
+    failure: ProviderFailure | None = None
+    usage: Usage | None = None
+    error: ErrorInfo | None = None
+    ms: float = 0.0
+
+    @property
+    def key(self) -> str:
+        return self.key_of(self.call, self.ask)
+
+    @staticmethod
+    def key_of(call: str, ask: str) -> str:
+        return f"{call}:{ask}"
+
+    @staticmethod
+    def ask_of(system: str, prompt: str, model: str) -> str:
+        """The ``ask`` of a call of the model with this prompt."""
+        return digest([system, prompt, model], size=8)
+
+
+NO_PROVIDER = "-"
+"""The ``ask`` of a :class:`ModelCalled` when the process has no provider."""
+
+
+class CallSettled(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag="settle", tag_field="kind"):
+    """The budget was told what a granted ``call`` used: its ``cost_usd`` (the reservation when
+    the budget did not acknowledge the settlement)."""
+
+    KIND: ClassVar[str] = "settle"
+    call: str
+    reservation_id: str
+    cost_usd: float = 0.0
+    acknowledged: bool = False
+    error: ErrorInfo | None = None
+    ms: float = 0.0
+
+    @property
+    def key(self) -> str:
+        return self.key_of(self.call, self.reservation_id)
+
+    @staticmethod
+    def key_of(call: str, reservation_id: str) -> str:
+        return f"{call}:{reservation_id}"
+
+
+Effect = ToolCalled | LibrarySearched | BudgetDecided | ModelCalled | CallSettled
+"""One outside answer; the union is the schema of an envelope's ``effects``."""
