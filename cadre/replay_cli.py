@@ -21,6 +21,7 @@ a usage error (no such workflow, an unreadable file or policy).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,10 @@ from cadre.llm import LLMSettingsError, models_for, provider_name
 from cadre.render import json_line
 from cadre.settings import Settings
 from cadre.system import system_specs
+from cadre.trust import find_keyring
 from cadre.whatif_policy import load_policy, what_if_setup
 from cadre.workflow_records import read_records
+from store.filelog import FileLog
 
 
 def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -51,7 +54,10 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     wf = check_token("workflow id", args.workflow_id)
     policy = load_policy(args.policy) if args.policy is not None else None  # usage errors before any reading
     records = await read_records(settings, wf, args.from_file, name="cadre-replay")
-    replayer = replayer_for(settings)
+    keyring, _ = find_keyring(settings)
+    if keyring is None and args.from_file is not None:
+        keyring = FileLog.load(args.from_file).keyring  # the keys the export carries
+    replayer = dataclasses.replace(replayer_for(settings), keyring=keyring)
     if policy is not None:
         setup = what_if_setup(settings, policy, replayer)
         outcome = setup.replayer.what_if(records, setup.whatif, setup.catalog)

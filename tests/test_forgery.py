@@ -19,6 +19,7 @@ each one, online and from an export (whose events, re-signed by another role, al
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -39,6 +40,7 @@ from bus.plan import StepIntent
 from bus.signing import Signer, load_keyring
 from cadre import commands
 from cadre.cli import main
+from cadre.replay_cli import replayer_for
 from store.authenticity import authorship, verdict
 from store.filelog import write_export
 from store.records import StoredEvent
@@ -147,6 +149,13 @@ async def test_five_forgeries_change_nothing(nats_url: str, tmp_path: Path) -> N
     untrusted = authorship(records, keyring)
     assert [u.seq for u in untrusted] == [f.seq for f in forged]
     assert {u.status for u in untrusted} == {"unsigned"}
+
+    # Replay skips them as the actors did, and re-derives the rest.
+    replayer = dataclasses.replace(replayer_for(settings), keyring=keyring)
+    result = await asyncio.to_thread(replayer.replay, records)
+    assert result.ok, result.lines()
+    assert result.forged == len(forged)
+    assert result.reproduced == result.events - len(forged)
 
     # The audit fails naming each forged event, from an export audited offline with the keyring.
     export = tmp_path / "run.jsonl"

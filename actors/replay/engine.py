@@ -48,7 +48,9 @@ from actors.context import Answers, Context
 from actors.replay.diff import FieldDiff, diff
 from actors.runtime import ActorSpec
 from bus.effects import Effect
-from bus.events import EffectsRecorded, Envelope, Event, HandlerFailed
+from bus.events import EffectsRecorded, Envelope, Event, ForgedEvent, HandlerFailed
+from bus.signing import Keyring, Verdict
+from store.authenticity import verdict
 from store.records import Record, StoredEvent
 from store.state import WorkflowState, apply, skip
 
@@ -150,7 +152,9 @@ class ReplayResult(msgspec.Struct, frozen=True, kw_only=True):
     ``events``: its events (malformed messages apart, counted in ``malformed``);
     ``reproduced``: those not concerned by any divergence; ``rederived``: handler outputs
     re-derived identically; ``invocations``: handler invocations re-run; ``quiet``: inputs a
-    kind answered with nothing, confirmed; ``inputs``: the events no handler produced.
+    kind answered with nothing, confirmed; ``inputs``: the events no handler produced;
+    ``forged``: events the keyring does not accept (forged or unsigned), skipped as the live
+    actors skipped them and not counted as reproduced.
     """
 
     workflow_id: str
@@ -160,6 +164,7 @@ class ReplayResult(msgspec.Struct, frozen=True, kw_only=True):
     invocations: int
     quiet: int
     malformed: int
+    forged: int = 0
     inputs: tuple[InputNote, ...]
     divergences: tuple[Divergence, ...]
 
@@ -177,6 +182,8 @@ class ReplayResult(msgspec.Struct, frozen=True, kw_only=True):
         how = f"{self.rederived} re-derived by their handlers, {len(self.inputs)} inputs"
         if self.malformed:
             how += f", {self.malformed} malformed message(s) skipped"
+        if self.forged:
+            how += f", {self.forged} forged or unsigned event(s) skipped"
         if self.ok:
             return f"{head} ({how})"
         first = self.divergences[0]
@@ -234,7 +241,13 @@ class _Job:
 class _Run:
     """The state of one replay: the records, their index, and what was found."""
 
-    def __init__(self, records: Sequence[Record], specs: Mapping[str, ActorSpec], answers: AnswersFactory):
+    def __init__(
+        self,
+        records: Sequence[Record],
+        specs: Mapping[str, ActorSpec],
+        answers: AnswersFactory,
+        keyring: Keyring | None = None,
+    ):
         self.records = records
         self.specs = specs
         self.answers = answers
@@ -244,6 +257,13 @@ class _Run:
         self.invocations = 0
         self.quiet = 0
         self.events: list[tuple[int, StoredEvent]] = [(p, r) for p, r in enumerate(records) if type(r) is StoredEvent]
+        # Events the keyring does not accept moved nothing live: they are no input, and no state.
+        self.untrusted: dict[int, Verdict] = {}
+        if keyring is not None:
+            for p, r in self.events:
+                v = verdict(r, keyring)
+                if not v.trusted:
+                    self.untrusted[p] = v
         self.position: dict[str, int] = {}
         for pos, r in reversed(self.events):
             self.position[r.event.id] = pos  # the first of equal ids wins
@@ -294,6 +314,14 @@ class _Run:
         specs = self.specs
         for pos, r in self.events:
             e = r.event
+            if pos in self.untrusted:
+                v = self.untrusted[pos]
+                self.note(pos, f"{v.status}, not replayed and not folded: {v.reason}")
+                continue
+            if e.type == ForgedEvent.TYPE:
+                dead.add((e.causation_id, e.actor))
+                self.note(pos, f"{e.actor} refused its input {e.causation_id} as forged; that input is not re-run")
+                continue
             if e.actor in specs and e.causation_id is not None and e.type != HandlerFailed.TYPE:
                 invocation = (e.causation_id, e.actor, e.at, e.basis)
                 group = groups.get(invocation)
@@ -314,6 +342,8 @@ class _Run:
                 out.append(job)
         kinds_of = self.kinds_of
         for pos, r in self.events:
+            if pos in self.untrusted:
+                continue
             for kind in kinds_of.get(r.event.type, ()):
                 key = (r.event.id, kind)
                 if key not in answered and key not in dead:
@@ -420,11 +450,13 @@ class _Run:
         state = WorkflowState(workflow_id=_workflow_id(self.records))
         records, n, pos = self.records, len(self.records), 0
 
+        untrusted = self.untrusted
+
         def fold_until(until: int) -> None:
             nonlocal pos
             while pos < n and records[pos].seq <= until:
                 r = records[pos]
-                if isinstance(r, StoredEvent):
+                if isinstance(r, StoredEvent) and pos not in untrusted:
                     apply(state, r)
                 else:
                     skip(state, r)
@@ -458,21 +490,29 @@ def _job_order(job: _Job) -> tuple[int, int]:
     return job.invocation.basis, job.anchor
 
 
-def replay(records: Sequence[Record], specs: Iterable[ActorSpec], *, answers: AnswersFactory) -> ReplayResult:
+def replay(
+    records: Sequence[Record],
+    specs: Iterable[ActorSpec],
+    *,
+    answers: AnswersFactory,
+    keyring: Keyring | None = None,
+) -> ReplayResult:
     """Re-run every handler invocation of one workflow's ``records`` (in stored order, as read)
-    and compare its outputs with the recorded ones (module docstring)."""
-    run = _Run(records, {s.kind: s for s in specs}, answers)
+    and compare its outputs with the recorded ones (module docstring). With ``keyring``, events
+    it does not accept are skipped as the live actors skipped them (and counted as ``forged``)."""
+    run = _Run(records, {s.kind: s for s in specs}, answers, keyring)
     run.run()
     divergences = sorted(run.divergences, key=lambda d: d.index)
     events = len(run.events)
     return ReplayResult(
         workflow_id=_workflow_id(records),
         events=events,
-        reproduced=events - len({d.index for d in divergences}),
+        reproduced=events - len({d.index for d in divergences} | set(run.untrusted)),
         rederived=run.rederived,
         invocations=run.invocations,
         quiet=run.quiet,
         malformed=len(records) - events,
+        forged=len(run.untrusted),
         inputs=tuple(sorted(run.inputs, key=lambda n: n.index)),
         divergences=tuple(divergences),
     )

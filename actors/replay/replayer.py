@@ -24,6 +24,7 @@ from actors.replay.whatif import Change, Session, WhatIf, WhatIfAnswers, describ
 from actors.runtime import ActorSpec
 from bus.effects import CallSettled
 from bus.events import EffectsRecorded
+from bus.signing import Keyring
 from planner.catalog import Catalog
 from store.records import Record, StoredEvent
 
@@ -57,6 +58,7 @@ class Replayer:
 
     specs: Sequence[ActorSpec]
     fallback_llm: LLM | None = None
+    keyring: Keyring | None = None
 
     def replay(self, records: Sequence[Record]) -> ReplayResult:
         """Re-run every handler invocation of one workflow's records and compare (:mod:`actors.replay.engine`)."""
@@ -65,7 +67,7 @@ class Replayer:
         def answers(invocation: Invocation) -> Answers:
             return RecordedAnswers(invocation.effects, fallback_llm=fallback)
 
-        return replay(records, self.specs, answers=answers)
+        return replay(records, self.specs, answers=answers, keyring=self.keyring)
 
     def what_if(self, records: Sequence[Record], whatif: WhatIf, catalog: Catalog | None = None) -> WhatIfResult:
         """The decisions that would differ with this replayer's specs (built with the changed
