@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import msgspec
 import pytest
@@ -524,7 +524,10 @@ async def test_kill_9_at_any_moment_still_appends_each_line_once(box: ToolBox, w
 
 
 class _Handler(BaseHTTPRequestHandler):
+    seen: ClassVar[list[str]] = []  # the request paths that reached the server, in order
+
     def do_GET(self) -> None:
+        self.seen.append(self.path)
         routes: dict[str, tuple[int, dict[str, str], bytes]] = {
             "/public/hello": (200, {"Content-Type": "text/plain"}, b"hello"),
             "/public/missing": (404, {}, b"no such page"),
@@ -534,6 +537,7 @@ class _Handler(BaseHTTPRequestHandler):
             "/public/out": (302, {"Location": "/secret"}, b""),
             "/secret": (200, {}, b"secret"),
             "/public/latin1": (200, {}, b"caf\xe9"),
+            "/public/sneaky": (302, {"Location": "/public/%2e%2e/secret"}, b""),
         }
         status, headers, body = routes.get(self.path, (500, {}, b"unexpected " + self.path.encode()))
         self.send_response(status)
@@ -591,7 +595,6 @@ async def test_http_truncates_and_decodes_leniently(web: ToolBox, http_base: str
     [
         ("/secret", "is not under an allowed prefix"),
         ("/public/../secret", "is not under an allowed prefix"),
-        ("/public/%2e%2e/secret", "is not under an allowed prefix"),
         ("/publicity", "is not under an allowed prefix"),
     ],
 )
@@ -601,6 +604,59 @@ async def test_http_allow_list(web: ToolBox, http_base: str, path: str, why: str
         await web.call("http.get", {"url": url}, key())
     assert (err.value.code, err.value.retryable) == ("not_allowed", False)
     assert "CADRE_HTTP_ALLOW" in err.value.message
+
+
+@pytest.mark.parametrize(
+    ("path", "why"),
+    [
+        ("/public/%2e%2e/secret", "its path has a disguised dot segment ('%2e%2e')"),
+        ("/public/%2E%2E/secret", "its path has a disguised dot segment ('%2E%2E')"),
+        ("/public/.%2e/secret", "its path has a disguised dot segment ('.%2e')"),
+        ("/public/%2e./secret", "its path has a disguised dot segment ('%2e.')"),
+        ("/public/%2e/hello", "its path has a disguised dot segment ('%2e')"),
+        ("/public/..;/secret", "its path has a disguised dot segment ('..;')"),
+        ("/public/%252e%252e/secret", "its path has a disguised dot segment ('%2e%2e')"),
+        ("/public/..%2fsecret", "its path has a percent-encoded '/' or '\\' (%2f, %5c)"),
+        ("/public/..%2Fsecret", "its path has a percent-encoded '/'"),
+        ("/public/..%5csecret", "its path has a percent-encoded '/'"),
+        ("/public/%5C..%5Csecret", "its path has a percent-encoded '/'"),
+        ("/public/hello%2f..%2f..%2fsecret", "its path has a percent-encoded '/'"),
+        ("/public/..%252fsecret", "its path has a percent-encoded '/'"),
+        ("/public/%25252e%25252e/secret", "its path has a disguised dot segment"),
+    ],
+)
+async def test_http_refuses_encoded_separators_and_dot_segments(
+    web: ToolBox, http_base: str, path: str, why: str
+) -> None:
+    _Handler.seen.clear()
+    url = http_base + path
+    with pytest.raises(ToolError, match=rf"^URL {re.escape(repr(url))} is refused: {re.escape(why)}") as err:
+        await web.call("http.get", {"url": url}, key())
+    assert (err.value.code, err.value.retryable) == ("not_allowed", False)
+    assert _Handler.seen == []  # refused before any request was sent
+
+
+async def test_http_refuses_a_redirect_to_an_encoded_dot_segment(web: ToolBox, http_base: str) -> None:
+    _Handler.seen.clear()
+    with pytest.raises(ToolError, match=r"/public/%2e%2e/secret' is refused: its path has a disguised dot segment"):
+        await web.call("http.get", {"url": f"{http_base}/public/sneaky"}, key())
+    assert _Handler.seen == ["/public/sneaky"]
+
+
+async def test_http_plain_encoded_characters_still_pass(web: ToolBox, http_base: str) -> None:
+    _Handler.seen.clear()
+    out = await web.call("http.get", {"url": f"{http_base}/public/a%20b%2e.txt?next=%2Fsecret%2F..%2F"}, key())
+    assert out["status"] == 500  # the test server has no such route: what matters is it was asked
+    assert _Handler.seen == ["/public/a%20b%2e.txt?next=%2Fsecret%2F..%2F"]
+
+
+@pytest.mark.parametrize("name", ["Host", "host", "HOST", "hOsT", " Host "])
+async def test_http_refuses_a_caller_set_host_header(web: ToolBox, http_base: str, name: str) -> None:
+    _Handler.seen.clear()
+    with pytest.raises(ToolError, match=rf"^header {re.escape(repr(name))} is refused: the Host header is taken") as e:
+        await web.call("http.get", {"url": f"{http_base}/public/hello", "headers": {name: "internal.example"}}, key())
+    assert (e.value.code, e.value.retryable) == ("not_allowed", False)
+    assert _Handler.seen == []
 
 
 async def test_http_normalises_before_matching(web: ToolBox, http_base: str) -> None:
