@@ -32,6 +32,7 @@ from bus.subjects import check_token
 from cadre import audit_html, audit_text
 from cadre.commands import EXIT_FAILED, EXIT_OK, UsageError
 from cadre.render import json_line
+from cadre.safe_text import visible, visible_lines
 from cadre.settings import Settings
 from cadre.wiring import open_bus
 from cadre.workflow_records import read_records
@@ -90,9 +91,9 @@ def _report(wf: str, verdict: Verdict, where: str, anchor: Anchor | None, from_f
         out["head_recorded"] = anchor is not None if from_file else None
         print(json_line(out))
         return
-    print(verdict.summary())
+    print(visible(verdict.summary()))
     if uncovered:
-        print(f"  note: {where} records no head for {wf} (an older export): its last event is not covered")
+        print(visible(f"  note: {where} records no head for {wf} (an older export): its last event is not covered"))
 
 
 async def _audit_report(args: argparse.Namespace, settings: Settings, wf: str) -> int:
@@ -104,5 +105,5 @@ async def _audit_report(args: argparse.Namespace, settings: Settings, wf: str) -
     elif args.json:
         print(json_line(report.to_json()))
     else:
-        print("\n".join(audit_text.lines(report)))
+        print(visible_lines(audit_text.lines(report)))
     return EXIT_OK

@@ -37,6 +37,7 @@ from cadre import __version__
 from cadre.budget_report import render_report
 from cadre.progress import describe
 from cadre.render import json_line
+from cadre.safe_text import visible
 from cadre.settings import Settings
 from cadre.system import KINDS, catalog_for, run_system
 from cadre.wiring import Bus, open_bus
@@ -62,7 +63,9 @@ def _stop_on_signals() -> asyncio.Event:
 
 
 def _say(text: str) -> None:
-    print(text, flush=True)
+    """Print ``text``; a line break is kept, every other control character is shown as its
+    escape (callers pass a recorded field through :func:`visible` to escape its line breaks too)."""
+    print(visible(text, newlines=True), flush=True)
 
 
 async def up(settings: Settings, kinds: tuple[str, ...], replicas: int, name: str) -> int:
@@ -134,12 +137,12 @@ async def watch(log: JetStreamLog, wf: str, *, quiet: bool) -> WorkflowState:
         async for r in records:
             if not isinstance(r, StoredEvent):
                 if not quiet:
-                    _say(f"  #{r.seq} MALFORMED {r.subject}: {r.reason}")
+                    _say(visible(f"  #{r.seq} MALFORMED {r.subject}: {r.reason}"))
                 continue
             fold(wf, [r], state)
-            line = describe(r.event)
-            if line and not quiet:
-                _say("  " + line)
+            if not quiet:
+                for line in describe(r.event):
+                    _say(visible("  " + line))
             if r.event.type in TERMINAL_TYPES:
                 break
     return state
@@ -161,7 +164,7 @@ async def _finish(bus: Bus, state: WorkflowState, as_json: bool, settings: Setti
         _say(json_line(_summary(state)))
     else:
         flag = "" if settings.nats_url is None else f" --nats {bus.url}"
-        _say(f"\nworkflow {state.workflow_id}: {state.status} ({state.events} events)")
+        _say("\n" + visible(f"workflow {state.workflow_id}: {state.status} ({state.events} events)"))
         _say(f"  events:  cadre events {state.workflow_id}{flag}")
         _say(f"  export:  cadre export {state.workflow_id}{flag} -o {state.workflow_id}.jsonl")
     return EXIT_OK if state.status == "completed" else EXIT_FAILED
@@ -200,7 +203,7 @@ async def submit_cmd(settings: Settings, payload: bytes, *, wait: bool, as_json:
             raise _request_error(reply["error"])
         wf = reply["workflow_id"]
         if not wait:
-            _say(json_line(reply) if as_json else wf)
+            _say(json_line(reply) if as_json else visible(wf))
             return EXIT_OK
         if not as_json:
             _say(f"workflow {wf}")
@@ -247,7 +250,7 @@ async def approve(settings: Settings, wf: str, step_id: str, *, deny: bool, reas
                 await bus.log.append(wf, [event], expected_seq=state.last_seq, prev=state.last_hash)
             except ConcurrencyConflict:
                 continue  # the workflow moved on; look again
-            _say(f"{'denied' if deny else 'approved'} {step_id} of {wf} as {who}")
+            _say(visible(f"{'denied' if deny else 'approved'} {step_id} of {wf} as {who}"))
             return EXIT_OK
     raise CadreError(f"workflow {wf} kept changing; try again")
 
@@ -287,8 +290,8 @@ async def status(settings: Settings, as_json: bool) -> int:
     if as_json:
         _say(json_line(report))
         return EXIT_OK
-    _say("workflows: " + (", ".join(f"{k} {v}" for k, v in sorted(by_state.items())) or "none"))
-    _say("actors alive: " + (", ".join(f"{k} x{v}" for k, v in sorted(alive.items())) or "none"))
+    _say(visible("workflows: " + (", ".join(f"{k} {v}" for k, v in sorted(by_state.items())) or "none")))
+    _say(visible("actors alive: " + (", ".join(f"{k} x{v}" for k, v in sorted(alive.items())) or "none")))
     for kind, c in consumers.items():
         if c is not None:
             _say(f"  {kind:<10} backlog {c['pending']}, in flight {c['in_flight']}, fetching {c['waiting']}")
@@ -348,7 +351,7 @@ def tools(settings: Settings, as_json: bool) -> int:
         return EXIT_OK
     for spec in catalog.values():
         flags = spec.safety.value + (", approval" if spec.requires_approval else "")
-        _say(f"{spec.name:<12} [{flags}] {spec.description.splitlines()[0]}")
+        _say(visible(f"{spec.name:<12} [{flags}] {spec.description.splitlines()[0]}"))
     return EXIT_OK
 
 
@@ -371,5 +374,5 @@ async def budget(settings: Settings, workflow_id: str | None, as_json: bool) -> 
         _say(json_line(report))
     else:
         for line in render_report(report, settings.ledger_stream_name):
-            _say(line)
+            _say(visible(line))
     return EXIT_OK
