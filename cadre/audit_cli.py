@@ -32,6 +32,7 @@ from bus.subjects import check_token
 from cadre import audit_html, audit_text
 from cadre.commands import EXIT_FAILED, EXIT_OK, UsageError
 from cadre.render import json_line
+from cadre.safe_text import visible, visible_lines
 from cadre.settings import Settings
 from cadre.trust import find_keyring
 from cadre.wiring import open_bus
@@ -116,17 +117,19 @@ def _report(
         }
         print(json_line(out))
         return
-    print(verdict.summary())
+    print(visible(verdict.summary()))
     if uncovered:
-        print(f"  note: {where} records no head for {wf} (an older export): its last event is not covered")
+        print(visible(f"  note: {where} records no head for {wf} (an older export): its last event is not covered"))
     if untrusted is None:
         print("signatures not checked: no keyring (pass --keys FILE)")
     elif untrusted:
-        print(f"signatures: {len(untrusted)} event(s) not written by a party allowed to (keyring {keys_from}):")
+        print(
+            visible(f"signatures: {len(untrusted)} event(s) not written by a party allowed to (keyring {keys_from}):")
+        )
         for u in untrusted:
-            print("  " + u.line())
+            print(visible("  " + u.line()))
     else:
-        print(f"signatures: every event signed by a role allowed to emit it (keyring {keys_from})")
+        print(visible(f"signatures: every event signed by a role allowed to emit it (keyring {keys_from})"))
 
 
 async def _audit_report(args: argparse.Namespace, settings: Settings, wf: str) -> int:
@@ -138,5 +141,5 @@ async def _audit_report(args: argparse.Namespace, settings: Settings, wf: str) -
     elif args.json:
         print(json_line(report.to_json()))
     else:
-        print("\n".join(audit_text.lines(report)))
+        print(visible_lines(audit_text.lines(report)))
     return EXIT_OK

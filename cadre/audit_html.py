@@ -1,7 +1,8 @@
 """The audit report as one self-contained HTML page (``cadre audit WF --html FILE``).
 
 Inline CSS, no script, no external asset (fonts, images, style sheets): the file can be
-mailed, archived or opened offline. Every value from the log is escaped.
+mailed, archived or opened offline. Every value from the log is escaped, its control, bidi
+and zero-width characters shown as escapes (``cadre/safe_text.py``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
+from cadre.safe_text import visible
 from store.audit import AuditReport, CheckNote
 
 _CSS = """
@@ -235,7 +237,8 @@ def _timeline(r: AuditReport) -> list[str]:
 
 
 def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
+    """``value`` as HTML text: markup escaped, and control, bidi and zero-width characters shown as escapes."""
+    return html.escape(visible(str(value), newlines=True), quote=True)
 
 
 def _code(value: str) -> str:

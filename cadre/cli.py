@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -24,6 +25,7 @@ from bus.subjects import check_token
 from cadre import __version__, audit_cli, auth_cli, commands, replay_cli, state_view
 from cadre.commands import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError
 from cadre.render import json_line, record_json, record_line
+from cadre.safe_text import VisibleFormatter, visible
 from cadre.settings import Settings
 from cadre.system import KINDS
 from cadre.wiring import open_bus
@@ -100,8 +102,20 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _log_to_stderr() -> None:
+    """Warnings and errors on stderr, as Python's last-resort handler prints them, but through
+    :class:`VisibleFormatter`; left alone when the host program configured logging already."""
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(VisibleFormatter("%(message)s"))
+        handler.setLevel(logging.WARNING)
+        root.addHandler(handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    _log_to_stderr()
     try:
         settings = Settings.load(
             nats_url=getattr(args, "nats", None),
@@ -119,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CadreError as exc:
         if as_json:
             print(json_line({"error": exc.to_wire()}))
-        print(f"cadre: {exc.code}: {exc.message}", file=sys.stderr)
+        print(visible(f"cadre: {exc.code}: {exc.message}"), file=sys.stderr)
         return EXIT_USAGE if isinstance(exc, UsageError | InvalidName) else EXIT_FAILED
     except KeyboardInterrupt:
         return 130
@@ -264,7 +278,7 @@ async def _workflows(args: argparse.Namespace, settings: Settings) -> int:
         print(json_line({"workflows": ids}))
     else:
         for wf in ids:
-            print(wf)
+            print(visible(wf))
     return EXIT_OK
 
 

@@ -28,19 +28,21 @@ from bus.events import (
     TERMINAL_TYPES,
 )
 from bus.request import request_schema
+from bus.signing import Keyring
 from bus.subjects import check_token
 from cadre import __version__
 from cadre.budget_report import render_report
 from cadre.progress import describe
 from cadre.render import json_line
+from cadre.safe_text import visible
 from cadre.settings import Settings
 from cadre.system import ACTOR_KINDS, catalog_for, run_system
-from cadre.trust import find_keyring, signer_for
+from cadre.trust import find_keyring, signer_for, trust_for
 from cadre.wiring import Bus, open_bus
-from store.authenticity import trusted_fold
+from store.authenticity import trusted_fold, verdict
 from store.jetstream import JetStreamLog
 from store.records import StoredEvent
-from store.state import WorkflowState, fold
+from store.state import WorkflowState, fold, skip
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -60,7 +62,9 @@ def _stop_on_signals() -> asyncio.Event:
 
 
 def _say(text: str) -> None:
-    print(text, flush=True)
+    """Print ``text``; a line break is kept, every other control character is shown as its
+    escape (callers pass a recorded field through :func:`visible` to escape its line breaks too)."""
+    print(visible(text, newlines=True), flush=True)
 
 
 async def up(settings: Settings, kinds: tuple[str, ...], replicas: int, name: str) -> int:
@@ -125,19 +129,27 @@ def request_payload(
     return json.dumps(body).encode()
 
 
-async def watch(log: JetStreamLog, wf: str, *, quiet: bool) -> WorkflowState:
-    """Print progress until the workflow ends; return its final state."""
+async def watch(log: JetStreamLog, wf: str, *, quiet: bool, keyring: Keyring | None = None) -> WorkflowState:
+    """Print progress until the workflow ends; return its final state. Events ``keyring`` does
+    not accept are shown flagged and count for nothing, as for the actors."""
     state = WorkflowState(workflow_id=wf)
     async with contextlib.aclosing(log.follow(wf)) as records:
         async for r in records:
             if not isinstance(r, StoredEvent):
+                skip(state, r)
                 if not quiet:
-                    _say(f"  #{r.seq} MALFORMED {r.subject}: {r.reason}")
+                    _say(visible(f"  #{r.seq} MALFORMED {r.subject}: {r.reason}"))
+                continue
+            checked = verdict(r, keyring)
+            if not checked.trusted:
+                skip(state, r)
+                if not quiet:
+                    _say(visible(f"  #{r.seq} {checked.status.upper()} {r.event.type} ignored: {checked.reason}"))
                 continue
             fold(wf, [r], state)
-            line = describe(r.event)
-            if line and not quiet:
-                _say("  " + line)
+            if not quiet:
+                for line in describe(r.event):
+                    _say(visible("  " + line))
             if r.event.type in TERMINAL_TYPES:
                 break
     return state
@@ -159,7 +171,7 @@ async def _finish(bus: Bus, state: WorkflowState, as_json: bool, settings: Setti
         _say(json_line(_summary(state)))
     else:
         flag = "" if settings.nats_url is None else f" --nats {bus.url}"
-        _say(f"\nworkflow {state.workflow_id}: {state.status} ({state.events} events)")
+        _say("\n" + visible(f"workflow {state.workflow_id}: {state.status} ({state.events} events)"))
         _say(f"  events:  cadre events {state.workflow_id}{flag}")
         _say(f"  export:  cadre export {state.workflow_id}{flag} -o {state.workflow_id}.jsonl")
     return EXIT_OK if state.status == "completed" else EXIT_FAILED
@@ -168,13 +180,14 @@ async def _finish(bus: Bus, state: WorkflowState, as_json: bool, settings: Setti
 async def run(settings: Settings, payload: bytes, as_json: bool) -> int:
     """One shot: server, every actor, submit, follow, print the result, stop."""
     async with open_bus(settings, name="cadre-run", role="node") as bus, run_system(bus, settings):
-        reply = await submit(bus.log, payload)
+        trust = trust_for(settings, ("intake",))
+        reply = await submit(bus.log.signed_by(trust.signer("intake")), payload)
         if "error" in reply:
             raise _request_error(reply["error"])
         wf = reply["workflow_id"]
         if not as_json:
             _say(f"workflow {wf} on {bus.url}")
-        state = await watch(bus.log, wf, quiet=as_json)
+        state = await watch(bus.log, wf, quiet=as_json, keyring=trust.keyring)
         return await _finish(bus, state, as_json, settings)
 
 
@@ -198,11 +211,11 @@ async def submit_cmd(settings: Settings, payload: bytes, *, wait: bool, as_json:
             raise _request_error(reply["error"])
         wf = reply["workflow_id"]
         if not wait:
-            _say(json_line(reply) if as_json else wf)
+            _say(json_line(reply) if as_json else visible(wf))
             return EXIT_OK
         if not as_json:
             _say(f"workflow {wf}")
-        state = await watch(bus.log, wf, quiet=as_json)
+        state = await watch(bus.log, wf, quiet=as_json, keyring=find_keyring(settings)[0])
         return await _finish(bus, state, as_json, settings)
 
 
@@ -253,7 +266,7 @@ async def approve(settings: Settings, wf: str, step_id: str, *, deny: bool, reas
             refused = CadreError(f"the approvals service refused: {reply.error.get('message', '')}")
             refused.code = reply.error.get("code", "approval_refused")
             raise refused
-        _say(f"{'denied' if deny else 'approved'} {step_id} of {wf} as {reply.by}")
+        _say(visible(f"{'denied' if deny else 'approved'} {step_id} of {wf} as {reply.by}"))
         return EXIT_OK
 
 
@@ -292,8 +305,8 @@ async def status(settings: Settings, as_json: bool) -> int:
     if as_json:
         _say(json_line(report))
         return EXIT_OK
-    _say("workflows: " + (", ".join(f"{k} {v}" for k, v in sorted(by_state.items())) or "none"))
-    _say("actors alive: " + (", ".join(f"{k} x{v}" for k, v in sorted(alive.items())) or "none"))
+    _say(visible("workflows: " + (", ".join(f"{k} {v}" for k, v in sorted(by_state.items())) or "none")))
+    _say(visible("actors alive: " + (", ".join(f"{k} x{v}" for k, v in sorted(alive.items())) or "none")))
     for kind, c in consumers.items():
         if c is not None:
             _say(f"  {kind:<10} backlog {c['pending']}, in flight {c['in_flight']}, fetching {c['waiting']}")
@@ -353,7 +366,7 @@ def tools(settings: Settings, as_json: bool) -> int:
         return EXIT_OK
     for spec in catalog.values():
         flags = spec.safety.value + (", approval" if spec.requires_approval else "")
-        _say(f"{spec.name:<12} [{flags}] {spec.description.splitlines()[0]}")
+        _say(visible(f"{spec.name:<12} [{flags}] {spec.description.splitlines()[0]}"))
     return EXIT_OK
 
 
@@ -376,5 +389,5 @@ async def budget(settings: Settings, workflow_id: str | None, as_json: bool) -> 
         _say(json_line(report))
     else:
         for line in render_report(report, settings.ledger_stream_name):
-            _say(line)
+            _say(visible(line))
     return EXIT_OK

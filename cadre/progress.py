@@ -1,4 +1,9 @@
-"""One line per event that matters to a person watching a run (``cadre run``, ``submit --wait``)."""
+"""One line per event that matters to a person watching a run (``cadre run``, ``submit --wait``).
+
+The lines hold recorded text as it is; the printer shows each through
+:func:`cadre.safe_text.visible`, so a line break or an escape sequence inside a field is
+shown, not obeyed.
+"""
 
 from __future__ import annotations
 
@@ -33,8 +38,15 @@ def _short(value: Any, width: int = 90) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def describe(e: Envelope) -> str | None:
-    """A line for people, or None for events that are bookkeeping."""
+def describe(e: Envelope) -> list[str]:
+    """Lines for people (one, or a plan's several); none for events that are bookkeeping."""
+    line = _line(e)
+    if line is None:
+        return []
+    return line if isinstance(line, list) else [line]
+
+
+def _line(e: Envelope) -> str | list[str] | None:
     d = e.data
     wf = e.workflow_id
     match d:
@@ -45,7 +57,7 @@ def describe(e: Envelope) -> str | None:
             for t in d.plan.nodes:
                 after = f"  after {', '.join(t.depends_on)}" if t.depends_on else ""
                 lines.append(f"            - {t.id}: {t.tool}{after}  {t.description}".rstrip())
-            return "\n".join(lines)
+            return lines
         case PlanValidated():
             return f"validated {sum(c.passed for c in d.checks)}/{len(d.checks)} checks passed"
         case PlanRejected():

@@ -1,4 +1,8 @@
-"""How the CLI shows records: one human line each, or one JSON object each (``--json``)."""
+"""How the CLI shows records: one human line each, or one JSON object each (``--json``).
+
+Both are safe to print: control characters in recorded text are shown, not sent
+(``cadre/safe_text.py``).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from typing import Any
 import msgspec
 
 from bus.codec import to_builtins
+from cadre.safe_text import json_text, visible
 from store.records import Malformed, Record, StoredEvent
 
 _json = msgspec.json.Encoder()
@@ -26,17 +31,18 @@ def record_json(r: Record) -> dict[str, Any]:
 
 
 def json_line(obj: Any) -> str:
-    return _json.encode(obj).decode()
+    """``obj`` as one line of compact JSON, non-printable characters escaped (:func:`json_text`)."""
+    return json_text(_json.encode(obj).decode())
 
 
 def record_line(r: Record, width: int = 100) -> str:
     """``#seq  time  actor  type  data…`` for people; malformed messages stand out."""
     if isinstance(r, Malformed):
         preview = r.data[:60].decode("utf-8", errors="replace")
-        return f"#{r.seq:<6} MALFORMED  {r.subject}: {r.reason}  data={preview!r}"
+        return visible(f"#{r.seq:<6} MALFORMED  {r.subject}: {r.reason}  data={preview!r}")
     e = r.event
     data = _json.encode(e.data).decode()
     if len(data) > width:
         data = data[: width - 1] + "…"
     at = e.at.strftime("%H:%M:%S.%f")[:-3]
-    return f"#{r.seq:<6} {at}  {e.actor:<10} {e.type:<20} {data}"
+    return visible(f"#{r.seq:<6} {at}  {e.actor:<10} {e.type:<20} {data}")

@@ -31,6 +31,7 @@ from bus.subjects import check_token
 from cadre.commands import EXIT_FAILED, EXIT_OK
 from cadre.llm import LLMSettingsError, models_for, provider_name
 from cadre.render import json_line
+from cadre.safe_text import visible_lines
 from cadre.settings import Settings
 from cadre.system import system_specs
 from cadre.trust import find_keyring
@@ -64,13 +65,13 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         if args.json:
             print(json_line({"what_if": str(args.policy), **outcome.to_json()}))
         else:
-            print("\n".join(outcome.lines()))
+            print(visible_lines(outcome.lines()))
         return EXIT_OK if not outcome.changes else EXIT_FAILED
     result = replayer.replay(records)
     if args.json:
         print(json_line(result.to_json()))
     else:
-        print("\n".join(result.lines()))
+        print(visible_lines(result.lines()))
     return EXIT_OK if result.ok else EXIT_FAILED
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 
 from cadre.render import json_line
+from cadre.safe_text import visible_lines
 from store.records import Malformed, Record
 from store.state import WorkflowState, apply, skip
 
@@ -84,7 +85,7 @@ def show(workflow_id: str, records: Sequence[Record], at: int, as_json: bool) ->
     if as_json:
         print(json_line(state_json(state, at, later)), flush=True)
     else:
-        print("\n".join(state_lines(state, at, later)), flush=True)
+        print(visible_lines(state_lines(state, at, later)), flush=True)
 
 
 def _short(text: str, width: int) -> str:

@@ -225,3 +225,65 @@ def test_schemas_and_tools(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["tools", "--json"]) == 0
     names = [t["name"] for t in json.loads(capsys.readouterr().out)]
     assert names == ["sql.schema", "sql.query", "fs.read", "fs.write", "http.get", "text.render"]
+
+
+HOSTILE = "\x1b[2J\x1b]0;pwned\x07\rFAKE\nline two\x9b31m\u202eevil\u200b"
+RAW_CONTROLS = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def test_recorded_escape_sequences_are_shown_not_sent(runner_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A request whose text, plan and tool output hold terminal escape sequences: every printer
+    of recorded text shows them escaped; no raw ESC, BEL, CR, C1 or bidi character reaches the
+    screen, and a line break inside a field does not start a line of its own."""
+    plan_file = runner_env / "plan.json"
+    plan = {"nodes": [{"id": "x", "tool": "test.echo", "description": HOSTILE, "inputs": {"value": HOSTILE}}]}
+    plan_file.write_text(json.dumps(plan))
+    assert main(["run", HOSTILE, "--plan", str(plan_file)]) == 0
+    progress = capsys.readouterr()
+    wf = re.search(r"workflow (wf-\S+)", progress.out)
+    assert wf is not None
+    outputs = {"run": progress.out + progress.err}
+    for name, argv in {
+        "events": ["events", wf[1]],
+        "events --at": ["events", wf[1], "--at", "3"],
+        "audit": ["audit", wf[1]],
+        "audit --verify": ["audit", wf[1], "--verify"],
+        "replay": ["replay", wf[1]],
+        "workflows": ["workflows"],
+        "status": ["status"],
+    }.items():
+        assert main(argv) == 0, name
+        out, err = capsys.readouterr()
+        outputs[name] = out + err
+    for name, text in outputs.items():
+        assert RAW_CONTROLS.search(text) is None, (name, RAW_CONTROLS.search(text))
+    shown = "\\x1b[2J\\x1b]0;pwned\\x07\\rFAKE\\nline two\\x9b31m\\u202eevil\\u200b"
+    for name in ("run", "events --at", "audit"):
+        assert f"request   {shown}" in outputs[name] or f"request    {shown}" in outputs[name], name
+    assert f"- x: test.echo  {shown}" in outputs["run"]  # the plan's task description
+    in_json = "\\u001b[2J\\u001b]0;pwned\\u0007\\rFAKE\\nline two\\x9b31m\\u202eevil\\u200b"
+    assert f'{{"request":"{in_json}"' in outputs["events"]
+    # The request's line break is escaped inside its field: no line of the output starts with it.
+    for name in ("run", "events", "events --at", "audit"):
+        assert not any(line.startswith("line two") for line in outputs[name].splitlines()), name
+
+    html_file = runner_env / "audit.html"
+    assert main(["audit", wf[1], "--html", str(html_file)]) == 0
+    capsys.readouterr()
+    page = html_file.read_text()
+    assert RAW_CONTROLS.search(page) is None
+    assert "\\x1b[2J\\x1b]0;pwned\\x07" in page
+
+    # --json is still JSON and gives back the exact recorded text, its controls as \u escapes.
+    assert main(["events", wf[1], "--json"]) == 0
+    raw = capsys.readouterr().out
+    assert RAW_CONTROLS.search(raw) is None
+    events = [json.loads(line) for line in raw.splitlines()]
+    assert events[0]["data"]["request"] == HOSTILE
+    assert "\\u009b" in raw
+    assert "\\u202e" in raw
+    for argv in (["audit", wf[1]], ["replay", wf[1]], ["events", wf[1], "--at", "3"], ["status"]):
+        assert main([*argv, "--json"]) == 0
+        raw = capsys.readouterr().out
+        assert RAW_CONTROLS.search(raw) is None, argv
+        assert [json.loads(line) for line in raw.splitlines()], argv

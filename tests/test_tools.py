@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
+import os
 import random
 import re
 import signal
@@ -18,12 +20,13 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import msgspec
 import pytest
 from pydantic import BaseModel
 
+import actors.tools.fs as fs_module
 from actors.tools import (
     MARKER_DIR,
     ToolBox,
@@ -286,6 +289,104 @@ async def test_fs_refuses_the_marker_folder(box: ToolBox, workspace: Path) -> No
         await box.call("fs.write", {"path": "x/../.cadre-idempotency/m.json", "content": "{}"}, key())
 
 
+async def test_fs_refuses_a_hard_link_to_a_file_outside(box: ToolBox, workspace: Path, tmp_path: Path) -> None:
+    """A hard link made inside the workspace to a file outside: read, append and overwrite are all refused."""
+    outside = tmp_path / "secret.txt"
+    outside.write_text("outside secret\n")
+    os.link(outside, workspace / "inside.txt")
+    (workspace / "sub").mkdir()
+    os.link(outside, workspace / "sub" / "deeper.txt")
+    for path in ("inside.txt", "sub/deeper.txt", "./sub/../inside.txt"):
+        rel = "inside.txt" if path.endswith("inside.txt") else path
+        with pytest.raises(ToolError, match=rf"^file '{rel}' has 3 hard links; fs.read refuses a file with more") as e:
+            await box.call("fs.read", {"path": path}, key())
+        assert (e.value.code, e.value.retryable) == ("hard_linked", False)
+        for mode in ("append", "overwrite"):
+            with pytest.raises(ToolError, match=rf"^file '{rel}' has 3 hard links; fs.write refuses") as e:
+                await box.call("fs.write", {"path": path, "content": "pwned\n", "mode": mode}, key(f"{mode}-{path}"))
+            assert e.value.code == "hard_linked"
+    assert outside.read_text() == "outside secret\n"
+    assert os.stat(outside).st_nlink == 3  # neither link was replaced either
+    assert list((workspace / MARKER_DIR).glob("*.json")) == []  # refused before the protocol's first step
+
+
+async def test_fs_a_file_with_one_name_is_fine_again(box: ToolBox, workspace: Path, tmp_path: Path) -> None:
+    (workspace / "log.txt").write_text("a\n")
+    os.link(workspace / "log.txt", tmp_path / "other-name")
+    with pytest.raises(ToolError, match=r"has 2 hard links"):
+        await box.call("fs.write", {"path": "log.txt", "content": "b\n", "mode": "append"}, key("s1"))
+    (tmp_path / "other-name").unlink()
+    await box.call("fs.write", {"path": "log.txt", "content": "b\n", "mode": "append"}, key("s1"))
+    assert (await box.call("fs.read", {"path": "log.txt"}, key()))["content"] == "a\nb\n"
+
+
+async def test_fs_refuses_what_is_not_a_regular_file(box: ToolBox, workspace: Path) -> None:
+    os.mkfifo(workspace / "pipe")  # opening it for reading would wait for a writer forever
+    for tool, inputs in (
+        ("fs.read", {"path": "pipe"}),
+        ("fs.write", {"path": "pipe", "content": "x", "mode": "append"}),
+    ):
+        try:
+            with pytest.raises(
+                ToolError, match=r"^path 'pipe' is \(or runs through\) something that is not a file$"
+            ) as e:
+                await asyncio.wait_for(box.call(tool, inputs, key()), 5)
+            assert e.value.code == "not_a_file"
+        finally:
+            with contextlib.suppress(OSError):  # a reader blocked in open() (the bug) gets its writer and ends
+                os.close(os.open(workspace / "pipe", os.O_WRONLY | os.O_NONBLOCK))
+
+
+@pytest.mark.parametrize("tool", ["fs.read", "fs.write"])
+async def test_fs_a_symlink_swapped_in_after_the_check_is_not_followed(
+    box: ToolBox, workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tool: str
+) -> None:
+    """The race: the path is checked while ``sub`` is a folder, then ``sub`` becomes a symlink out."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "f.txt").write_text("outside\n")
+    (workspace / "sub").mkdir()
+    (workspace / "sub" / "f.txt").write_text("inside\n")
+    checked = fs_module.resolve_in_workspace
+
+    def check_then_swap(tool_name: str, ws: Path, path: str) -> tuple[Path, str]:
+        result = checked(tool_name, ws, path)
+        (workspace / "sub" / "f.txt").unlink()
+        (workspace / "sub").rmdir()
+        (workspace / "sub").symlink_to(outside)
+        return result
+
+    monkeypatch.setattr(fs_module, "resolve_in_workspace", check_then_swap)
+    inputs = {"path": "sub/f.txt"} if tool == "fs.read" else {"path": "sub/f.txt", "content": "x", "mode": "append"}
+    with pytest.raises(ToolError, match=r"^path 'sub/f\.txt' became a symbolic link while it was being opened") as e:
+        await box.call(tool, inputs, key())
+    assert e.value.code == "outside_workspace"
+    assert (outside / "f.txt").read_text() == "outside\n"
+
+
+@pytest.mark.parametrize("tool", ["fs.read", "fs.write"])
+async def test_fs_a_file_swapped_for_a_symlink_after_the_check_is_not_followed(
+    box: ToolBox, workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tool: str
+) -> None:
+    outside = tmp_path / "secret.txt"
+    outside.write_text("outside\n")
+    (workspace / "f.txt").write_text("inside\n")
+    checked = fs_module.resolve_in_workspace
+
+    def check_then_swap(tool_name: str, ws: Path, path: str) -> tuple[Path, str]:
+        result = checked(tool_name, ws, path)
+        (workspace / "f.txt").unlink()
+        (workspace / "f.txt").symlink_to(outside)
+        return result
+
+    monkeypatch.setattr(fs_module, "resolve_in_workspace", check_then_swap)
+    inputs = {"path": "f.txt"} if tool == "fs.read" else {"path": "f.txt", "content": "x", "mode": "append"}
+    with pytest.raises(ToolError, match=r"^path 'f\.txt' became a symbolic link while it was being opened") as e:
+        await box.call(tool, inputs, key())
+    assert e.value.code == "outside_workspace"
+    assert outside.read_text() == "outside\n"
+
+
 # --- fs.write: exactly once ----------------------------------------------------------------
 
 
@@ -423,7 +524,10 @@ async def test_kill_9_at_any_moment_still_appends_each_line_once(box: ToolBox, w
 
 
 class _Handler(BaseHTTPRequestHandler):
+    seen: ClassVar[list[str]] = []  # the request paths that reached the server, in order
+
     def do_GET(self) -> None:
+        self.seen.append(self.path)
         routes: dict[str, tuple[int, dict[str, str], bytes]] = {
             "/public/hello": (200, {"Content-Type": "text/plain"}, b"hello"),
             "/public/missing": (404, {}, b"no such page"),
@@ -433,6 +537,7 @@ class _Handler(BaseHTTPRequestHandler):
             "/public/out": (302, {"Location": "/secret"}, b""),
             "/secret": (200, {}, b"secret"),
             "/public/latin1": (200, {}, b"caf\xe9"),
+            "/public/sneaky": (302, {"Location": "/public/%2e%2e/secret"}, b""),
         }
         status, headers, body = routes.get(self.path, (500, {}, b"unexpected " + self.path.encode()))
         self.send_response(status)
@@ -490,7 +595,6 @@ async def test_http_truncates_and_decodes_leniently(web: ToolBox, http_base: str
     [
         ("/secret", "is not under an allowed prefix"),
         ("/public/../secret", "is not under an allowed prefix"),
-        ("/public/%2e%2e/secret", "is not under an allowed prefix"),
         ("/publicity", "is not under an allowed prefix"),
     ],
 )
@@ -500,6 +604,59 @@ async def test_http_allow_list(web: ToolBox, http_base: str, path: str, why: str
         await web.call("http.get", {"url": url}, key())
     assert (err.value.code, err.value.retryable) == ("not_allowed", False)
     assert "CADRE_HTTP_ALLOW" in err.value.message
+
+
+@pytest.mark.parametrize(
+    ("path", "why"),
+    [
+        ("/public/%2e%2e/secret", "its path has a disguised dot segment ('%2e%2e')"),
+        ("/public/%2E%2E/secret", "its path has a disguised dot segment ('%2E%2E')"),
+        ("/public/.%2e/secret", "its path has a disguised dot segment ('.%2e')"),
+        ("/public/%2e./secret", "its path has a disguised dot segment ('%2e.')"),
+        ("/public/%2e/hello", "its path has a disguised dot segment ('%2e')"),
+        ("/public/..;/secret", "its path has a disguised dot segment ('..;')"),
+        ("/public/%252e%252e/secret", "its path has a disguised dot segment ('%2e%2e')"),
+        ("/public/..%2fsecret", "its path has a percent-encoded '/' or '\\' (%2f, %5c)"),
+        ("/public/..%2Fsecret", "its path has a percent-encoded '/'"),
+        ("/public/..%5csecret", "its path has a percent-encoded '/'"),
+        ("/public/%5C..%5Csecret", "its path has a percent-encoded '/'"),
+        ("/public/hello%2f..%2f..%2fsecret", "its path has a percent-encoded '/'"),
+        ("/public/..%252fsecret", "its path has a percent-encoded '/'"),
+        ("/public/%25252e%25252e/secret", "its path has a disguised dot segment"),
+    ],
+)
+async def test_http_refuses_encoded_separators_and_dot_segments(
+    web: ToolBox, http_base: str, path: str, why: str
+) -> None:
+    _Handler.seen.clear()
+    url = http_base + path
+    with pytest.raises(ToolError, match=rf"^URL {re.escape(repr(url))} is refused: {re.escape(why)}") as err:
+        await web.call("http.get", {"url": url}, key())
+    assert (err.value.code, err.value.retryable) == ("not_allowed", False)
+    assert _Handler.seen == []  # refused before any request was sent
+
+
+async def test_http_refuses_a_redirect_to_an_encoded_dot_segment(web: ToolBox, http_base: str) -> None:
+    _Handler.seen.clear()
+    with pytest.raises(ToolError, match=r"/public/%2e%2e/secret' is refused: its path has a disguised dot segment"):
+        await web.call("http.get", {"url": f"{http_base}/public/sneaky"}, key())
+    assert _Handler.seen == ["/public/sneaky"]
+
+
+async def test_http_plain_encoded_characters_still_pass(web: ToolBox, http_base: str) -> None:
+    _Handler.seen.clear()
+    out = await web.call("http.get", {"url": f"{http_base}/public/a%20b%2e.txt?next=%2Fsecret%2F..%2F"}, key())
+    assert out["status"] == 500  # the test server has no such route: what matters is it was asked
+    assert _Handler.seen == ["/public/a%20b%2e.txt?next=%2Fsecret%2F..%2F"]
+
+
+@pytest.mark.parametrize("name", ["Host", "host", "HOST", "hOsT", " Host "])
+async def test_http_refuses_a_caller_set_host_header(web: ToolBox, http_base: str, name: str) -> None:
+    _Handler.seen.clear()
+    with pytest.raises(ToolError, match=rf"^header {re.escape(repr(name))} is refused: the Host header is taken") as e:
+        await web.call("http.get", {"url": f"{http_base}/public/hello", "headers": {name: "internal.example"}}, key())
+    assert (e.value.code, e.value.retryable) == ("not_allowed", False)
+    assert _Handler.seen == []
 
 
 async def test_http_normalises_before_matching(web: ToolBox, http_base: str) -> None:

@@ -14,8 +14,9 @@ limit, output validation — so that an implementation only does its one job.
          timeout            the call ran past its time limit (retryable)
          not_configured     the tool needs a setting that is not set (e.g. no database)
          not_found          a file or database that does not exist
-         not_a_file         a path that names a folder
+         not_a_file         a path that names a folder (or a FIFO, device, socket)
          outside_workspace  a path that leads out of the workspace
+         hard_linked        a workspace file with more than one hard link (another name may lie outside)
          reserved_path      a path into cadre's own bookkeeping folder
          idempotency_conflict  one idempotency key used for two different writes
          file_changed       a file changed under a half-done write in a way that cannot be repaired

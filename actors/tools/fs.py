@@ -2,7 +2,12 @@
 
 Confinement: a path is joined to the workspace and resolved (following every symlink that
 exists); the result must lie inside the workspace and outside cadre's marker folder. The
-I/O then uses the resolved path.
+I/O then uses the resolved path, opened one folder at a time from the workspace with
+``O_NOFOLLOW`` (``dir_fd``-relative), so a symlink swapped in after the check is refused,
+not followed. The opened file itself is checked on its descriptor (``fstat``): it must be
+a regular file with one hard link. A second name could lie outside the workspace (a hard
+link to ``/etc/passwd`` made inside it reads as a workspace file), so a file with more
+than one is refused (``hard_linked``) before a byte is read or written.
 
 Exactly once: a write is keyed by the step id (``ToolCall.idempotency_key``) and recorded in
 ``<workspace>/.cadre-idempotency/<sha256(key)>.json``, a marker that is only ever replaced
@@ -23,12 +28,14 @@ so a redelivered step running beside the original cannot interleave with it.
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+import stat
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -70,19 +77,126 @@ def resolve_in_workspace(tool: str, workspace: Path, path: str) -> tuple[Path, s
 def _os_failure(tool: str, rel: str, err: OSError) -> ToolError:
     if isinstance(err, FileNotFoundError):
         return ToolError(tool, "not_found", f"file {rel!r} does not exist in the workspace")
+    if err.errno == errno.ELOOP:  # O_NOFOLLOW met a symlink that was not there when the path was checked
+        return _swapped(tool, rel)
     if isinstance(err, IsADirectoryError | NotADirectoryError | FileExistsError):
         return ToolError(tool, "not_a_file", f"path {rel!r} is (or runs through) something that is not a file")
     return ToolError(tool, "io_error", f"{rel!r}: {err.strerror or err}")
 
 
+def _swapped(tool: str, rel: str) -> ToolError:
+    return ToolError(
+        tool,
+        "outside_workspace",
+        f"path {rel!r} became a symbolic link while it was being opened; it is not followed (it may lead "
+        "out of the workspace)",
+    )
+
+
+# --- opening beneath the workspace -----------------------------------------------------------
+
+
+def _open_dir(tool: str, rel: str, workspace: Path, parts: Sequence[str], *, create: bool) -> int:
+    """A descriptor of the folder ``workspace/parts…``, opened one component at a time without
+    following symlinks; ``create`` makes missing folders. The caller closes it."""
+    fd = os.open(workspace, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in parts:
+            if create:
+                with suppress(FileExistsError):
+                    os.mkdir(part, 0o777, dir_fd=fd)
+            try:
+                sub = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            except OSError as e:
+                if e.errno in (errno.ELOOP, errno.ENOTDIR) and _is_symlink(part, fd):
+                    raise _swapped(tool, rel) from e
+                raise
+            os.close(fd)
+            fd = sub
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _is_symlink(name: str, dir_fd: int) -> bool:
+    try:
+        return stat.S_ISLNK(os.lstat(name, dir_fd=dir_fd).st_mode)
+    except OSError:
+        return False
+
+
+@contextmanager
+def _dir_fd(tool: str, rel: str, workspace: Path, parts: Sequence[str], *, create: bool) -> Iterator[int]:
+    fd = _open_dir(tool, rel, workspace, parts, create=create)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _check_file(tool: str, rel: str, fd: int) -> os.stat_result:
+    """The opened file's status, if it is a regular file with a single name; else ToolError."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise ToolError(tool, "not_a_file", f"path {rel!r} is (or runs through) something that is not a file")
+    if st.st_nlink > 1:
+        raise ToolError(
+            tool,
+            "hard_linked",
+            f"file {rel!r} has {st.st_nlink} hard links; {tool} refuses a file with more than one name, "
+            "since another name may lie outside the workspace",
+        )
+    return st
+
+
+def _open_file(tool: str, rel: str, dir_fd: int, name: str, flags: int, mode: int = 0o666) -> int:
+    """``name`` in ``dir_fd`` opened with ``flags`` (never following a symlink) and checked by
+    :func:`_check_file`; the caller closes it."""
+    fd = os.open(name, flags | os.O_NOFOLLOW, mode, dir_fd=dir_fd)
+    try:
+        _check_file(tool, rel, fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _read_all(fd: int, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    left = limit
+    while left > 0:
+        chunk = os.read(fd, min(left, 1 << 20))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+# --- the tools -------------------------------------------------------------------------------
+
+
 async def fs_read(inputs: FsReadInput, config: ToolConfig, call: ToolCall) -> FsReadOutput:
     """Read at most ``max_bytes`` of a workspace file as UTF-8 text."""
-    target, rel = resolve_in_workspace("fs.read", config.workspace, inputs.path)
+    _, rel = resolve_in_workspace("fs.read", config.workspace, inputs.path)
+    *folders, name = rel.split("/")
 
     def read() -> FsReadOutput:
         try:
-            with target.open("rb") as f:
-                data = f.read(inputs.max_bytes + 1)
+            with _dir_fd("fs.read", rel, config.workspace.resolve(), folders, create=False) as dfd:
+                # O_NONBLOCK: opening a FIFO must not hang; _check_file refuses it right after.
+                fd = _open_file("fs.read", rel, dfd, name, os.O_RDONLY | os.O_NONBLOCK)
+                try:
+                    data = _read_all(fd, inputs.max_bytes + 1)
+                finally:
+                    os.close(fd)
         except OSError as e:
             raise _os_failure("fs.read", rel, e) from e
         kept = data[: inputs.max_bytes]
@@ -95,34 +209,32 @@ async def fs_read(inputs: FsReadInput, config: ToolConfig, call: ToolCall) -> Fs
 
 async def fs_write(inputs: FsWriteInput, config: ToolConfig, call: ToolCall) -> FsWriteOutput:
     """Write or append a workspace file, exactly once per ``call.idempotency_key``."""
-    target, rel = resolve_in_workspace("fs.write", config.workspace, inputs.path)
-    writer = _Writer(config.workspace.resolve(), target, rel, inputs, call.idempotency_key)
+    _, rel = resolve_in_workspace("fs.write", config.workspace, inputs.path)
+    writer = _Writer(config.workspace.resolve(), rel, inputs, call.idempotency_key)
     return await asyncio.to_thread(writer.run)
 
 
 # --- the exactly-once writer ----------------------------------------------------------------
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+def _replace_atomically(dir_fd: int, name: str, tmp: str, data: bytes) -> None:
+    """``name`` in ``dir_fd`` replaced by ``data``: written to ``tmp`` (created afresh, never
+    through a symlink), fsynced, renamed over ``name``, and the folder fsynced."""
+    with suppress(FileNotFoundError):
+        os.unlink(tmp, dir_fd=dir_fd)  # a leftover of a crash (a symlink is removed, not followed)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666, dir_fd=dir_fd)
     try:
+        _write_all(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _replace_atomically(path: Path, tmp: Path, data: bytes) -> None:
-    with tmp.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    os.fsync(dir_fd)
 
 
 @contextmanager
-def _locked(lock_file: Path) -> Iterator[None]:
-    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+def _locked(dir_fd: int, name: str) -> Iterator[None]:
+    fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644, dir_fd=dir_fd)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -131,20 +243,26 @@ def _locked(lock_file: Path) -> Iterator[None]:
 
 
 class _Writer:
-    """One fs.write call: the marker protocol of the module docstring, run in a worker thread."""
+    """One fs.write call: the marker protocol of the module docstring, run in a worker thread.
+
+    ``markers_fd`` and ``dir_fd`` (the marker folder, the target's folder) are set while it runs;
+    every file operation goes through them.
+    """
 
     tool = "fs.write"
 
-    def __init__(self, workspace: Path, target: Path, rel: str, inputs: FsWriteInput, key: str) -> None:
-        self.target = target
+    def __init__(self, workspace: Path, rel: str, inputs: FsWriteInput, key: str) -> None:
+        self.workspace = workspace
         self.rel = rel
+        *self.folders, self.name = rel.split("/")
         self.mode = inputs.mode
         self.data = inputs.content.encode("utf-8")
         self.key = key
         key_hash = hashlib.sha256(key.encode("utf-8")).hexdigest()
-        self.markers = workspace / MARKER_DIR
-        self.marker = self.markers / f"{key_hash}.json"
-        self.tmp = target.with_name(f".{target.name}.{key_hash[:16]}.cadre-tmp")
+        self.marker = workspace / MARKER_DIR / f"{key_hash}.json"
+        self.tmp = f".{self.name}.{key_hash[:16]}.cadre-tmp"
+        self.markers_fd = -1
+        self.dir_fd = -1
         # What this key promises to write; a second call with the same key must promise the same.
         self.intent = {
             "path": rel,
@@ -155,19 +273,17 @@ class _Writer:
 
     def run(self) -> FsWriteOutput:
         try:
-            self.markers.mkdir(parents=True, exist_ok=True)
-            with _locked(self.markers / ".lock"):
-                return self._run_locked()
+            self.workspace.mkdir(parents=True, exist_ok=True)
+            with _dir_fd(self.tool, MARKER_DIR, self.workspace, (MARKER_DIR,), create=True) as mfd:
+                self.markers_fd = mfd
+                with _locked(mfd, ".lock"):
+                    return self._run_locked()
         except OSError as e:
             raise _os_failure(self.tool, self.rel, e) from e
 
     def _run_locked(self) -> FsWriteOutput:
         marker = self._load_marker()
-        if marker is None:
-            size_before = self._size() if self.mode == "append" else None
-            self._save_marker("pending", size_before=size_before)
-            self._apply()
-        else:
+        if marker is not None:
             if marker.get("intent") != self.intent:
                 raise ToolError(
                     self.tool,
@@ -177,48 +293,64 @@ class _Writer:
                 )
             if marker["state"] == "done":
                 return FsWriteOutput(path=self.rel, bytes_written=int(marker["bytes_written"]), already_done=True)
-            if self.mode == "append":
-                size_before = int(marker["size_before"])
-                if self._append_landed(size_before):
-                    self._save_marker("done", size_before=size_before)
-                    return FsWriteOutput(path=self.rel, bytes_written=len(self.data), already_done=True)
-                self._cut_back(size_before)
-            else:
-                size_before = None
-            self._apply()
-        self._save_marker("done", size_before=size_before)
-        return FsWriteOutput(path=self.rel, bytes_written=len(self.data), already_done=False)
+        with _dir_fd(self.tool, self.rel, self.workspace, self.folders, create=True) as dfd:
+            self.dir_fd = dfd
+            if self.mode == "overwrite":
+                return self._overwrite(marker)
+            return self._append(marker)
 
     # The steps ---------------------------------------------------------------------------
 
-    def _apply(self) -> None:
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        if self.mode == "overwrite":
-            _replace_atomically(self.target, self.tmp, self.data)
-            return
-        existed = self.target.exists()
-        with self.target.open("ab") as f:
-            f.write(self.data)
-            f.flush()
-            os.fsync(f.fileno())
-        if not existed:
-            _fsync_dir(self.target.parent)
-
-    def _size(self) -> int:
+    def _open_existing(self, flags: int) -> int | None:
+        """The target opened and checked (a regular file with one name), or None if it does not exist."""
         try:
-            return self.target.stat().st_size
+            return _open_file(self.tool, self.rel, self.dir_fd, self.name, flags)
         except FileNotFoundError:
-            return 0
+            return None
 
-    def _append_landed(self, size_before: int) -> bool:
-        if self._size() != size_before + len(self.data):
+    def _overwrite(self, marker: dict[str, Any] | None) -> FsWriteOutput:
+        existing = self._open_existing(os.O_RDONLY | os.O_NONBLOCK)  # refused here if hard-linked
+        if existing is not None:
+            os.close(existing)
+        if marker is None:
+            self._save_marker("pending", size_before=None)
+        # A rename replaces the name, never writes through it: a link planted after the check is cut, not written.
+        _replace_atomically(self.dir_fd, self.name, self.tmp, self.data)
+        self._save_marker("done", size_before=None)
+        return FsWriteOutput(path=self.rel, bytes_written=len(self.data), already_done=False)
+
+    def _append(self, marker: dict[str, Any] | None) -> FsWriteOutput:
+        fd = self._open_existing(os.O_RDWR | os.O_APPEND)  # refused here if hard-linked, before any write
+        try:
+            size = 0 if fd is None else os.fstat(fd).st_size
+            if marker is None:
+                size_before = size
+                self._save_marker("pending", size_before=size_before)
+            else:
+                size_before = int(marker["size_before"])
+                if fd is not None and self._append_landed(fd, size, size_before):
+                    self._save_marker("done", size_before=size_before)
+                    return FsWriteOutput(path=self.rel, bytes_written=len(self.data), already_done=True)
+                self._cut_back(fd, size, size_before)
+            created = fd is None
+            if fd is None:  # checked again on the new descriptor: a name planted meanwhile is refused
+                fd = _open_file(self.tool, self.rel, self.dir_fd, self.name, os.O_RDWR | os.O_APPEND | os.O_CREAT)
+            _write_all(fd, self.data)
+            os.fsync(fd)
+            if created:
+                os.fsync(self.dir_fd)
+        finally:
+            if fd is not None:
+                os.close(fd)
+        self._save_marker("done", size_before=size_before)
+        return FsWriteOutput(path=self.rel, bytes_written=len(self.data), already_done=False)
+
+    def _append_landed(self, fd: int, size: int, size_before: int) -> bool:
+        if size != size_before + len(self.data):
             return False
-        with self.target.open("rb") as f:
-            f.seek(size_before)
-            return f.read() == self.data
+        return os.pread(fd, len(self.data), size_before) == self.data
 
-    def _cut_back(self, size_before: int) -> None:
-        size = self._size()
+    def _cut_back(self, fd: int | None, size: int, size_before: int) -> None:
         if size < size_before:
             raise ToolError(
                 self.tool,
@@ -226,16 +358,20 @@ class _Writer:
                 f"file {self.rel!r} shrank to {size} bytes below the {size_before} it had before this step's "
                 "interrupted append; it was changed outside cadre, so the append cannot be repaired safely",
             )
-        if size > size_before:  # a partial (or foreign) tail after an interrupted append
-            os.truncate(self.target, size_before)
+        if fd is not None and size > size_before:  # a partial (or foreign) tail after an interrupted append
+            os.ftruncate(fd, size_before)
 
     # The marker --------------------------------------------------------------------------
 
     def _load_marker(self) -> dict[str, Any] | None:
         try:
-            raw = self.marker.read_bytes()
+            fd = os.open(self.marker.name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=self.markers_fd)
         except FileNotFoundError:
             return None
+        try:
+            raw = _read_all(fd, 1 << 20)
+        finally:
+            os.close(fd)
         try:
             marker = json.loads(raw)
         except ValueError as e:
@@ -249,5 +385,5 @@ class _Writer:
         body["size_before"] = size_before
         if state == "done":
             body["bytes_written"] = len(self.data)
-        tmp = self.marker.with_name(self.marker.name + ".tmp")
-        _replace_atomically(self.marker, tmp, json.dumps(body, sort_keys=True).encode())
+        name = self.marker.name
+        _replace_atomically(self.markers_fd, name, name + ".tmp", json.dumps(body, sort_keys=True).encode())

@@ -2,15 +2,19 @@
 
 The allow-list is checked on a normalised URL (scheme and host in lower case, default
 port dropped, ``.``/``..`` segments resolved, fragment dropped), which is also the URL
-sent, so what was checked is what is fetched. URLs with user info
-(``http://allowed@evil/``) are refused outright, and so is every redirect that leaves the
-allow-list. Proxies from the environment are not used: the deployment decides, here.
+sent, so what was checked is what is fetched. Refused outright, because a server could
+read them as another URL than the one checked: user info (``http://allowed@evil/``), a
+percent-encoded separator in the path (``%2f``, ``%5c``, also double-encoded ``%252f``),
+a dot segment in disguise (``%2e%2e``, ``.%2e``, ``%2e``, ``..;x``), and a caller-set
+``Host`` header; so is every redirect that leaves the allow-list. Proxies from the
+environment are not used: the deployment decides, here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import http.client
+import re
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -23,18 +27,45 @@ TOOL = "http.get"
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
+_ENCODED_SEPARATOR = re.compile(r"%(2f|5c)", re.IGNORECASE)
+
+
+def _check_path(path: str) -> None:
+    """ValueError if a server could decode ``path`` into other segments than it shows.
+
+    Checked on the path and on each decoding of it, so ``%252f`` (``%2f`` encoded again) is
+    caught too. Plain ``.`` and ``..`` segments are fine: normalisation resolves them.
+    """
+    seen = path
+    for _ in range(4):
+        if _ENCODED_SEPARATOR.search(seen):
+            raise ValueError(
+                "its path has a percent-encoded '/' or '\\' (%2f, %5c), which a server may decode into a separator"
+            )
+        for seg in seen.split("/"):
+            name = seg.split(";", 1)[0]  # "..;x" is ".." to some servers
+            if seg not in (".", "..") and urllib.parse.unquote(name) in (".", ".."):
+                raise ValueError(
+                    f"its path has a disguised dot segment ({seg!r}), which a server may resolve as '.' or '..'"
+                )
+        decoded = urllib.parse.unquote(seen)
+        if decoded == seen:
+            return
+        seen = decoded
+    raise ValueError("its path is percent-encoded more than three times over")
+
+
 def _remove_dot_segments(path: str) -> str:
-    """RFC 3986 §5.2.4, also for percent-encoded dots (``%2e%2e``), which some servers decode."""
+    """RFC 3986 §5.2.4 (disguised dot segments are refused before, by :func:`_check_path`)."""
     out: list[str] = []
     segments = path.split("/")
     for i, seg in enumerate(segments):
-        plain = urllib.parse.unquote(seg)
-        if plain == "..":
+        if seg == "..":
             if len(out) > 1:
                 out.pop()
             if i == len(segments) - 1:
                 out.append("")
-        elif plain == ".":
+        elif seg == ".":
             if i == len(segments) - 1:
                 out.append("")
         else:
@@ -60,6 +91,7 @@ def normalise_url(url: str) -> str:
     if ":" in host:  # an IPv6 literal
         host = f"[{host}]"
     netloc = host if port is None or port == _DEFAULT_PORTS[scheme] else f"{host}:{port}"
+    _check_path(parts.path)
     path = _remove_dot_segments(parts.path or "/")
     return urllib.parse.urlunsplit((scheme, netloc, path, parts.query, ""))
 
@@ -144,7 +176,20 @@ def _fetch(config: ToolConfig, url: str, inputs: HttpGetInput, timeout: float | 
     )
 
 
+def _check_headers(headers: dict[str, str]) -> None:
+    """ToolError ``not_allowed`` for a caller-set ``Host`` (in any case): the URL's host is the one checked."""
+    for name in headers:
+        if name.strip().lower() == "host":
+            raise ToolError(
+                TOOL,
+                "not_allowed",
+                f"header {name!r} is refused: the Host header is taken from the URL the allow-list checked; "
+                "a different one could reach another site on the same server",
+            )
+
+
 async def http_get(inputs: HttpGetInput, config: ToolConfig, call: ToolCall) -> HttpGetOutput:
     """GET ``inputs.url`` if the allow-list admits it; the socket timeout is the call's limit."""
     url = _allowed(config, inputs.url)
+    _check_headers(inputs.headers)
     return await asyncio.to_thread(_fetch, config, url, inputs, call.timeout_s)
