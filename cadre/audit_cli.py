@@ -134,7 +134,10 @@ def _report(
 
 async def _audit_report(args: argparse.Namespace, settings: Settings, wf: str) -> int:
     """Without ``--verify``: the audit report as text, JSON or an HTML page."""
-    report = audit(await read_records(settings, wf, args.from_file, name="cadre-audit"))
+    keyring, _ = find_keyring(settings, args.keys)
+    if keyring is None and args.from_file is not None:
+        keyring = FileLog.load(args.from_file).keyring
+    report = audit(await read_records(settings, wf, args.from_file, name="cadre-audit"), keyring)
     if args.html is not None:
         args.html.write_text(audit_html.render(report), encoding="utf-8")
         print(f"cadre: audit report of {wf} written to {args.html}", file=sys.stderr)

@@ -88,7 +88,8 @@ def render(report: AuditReport) -> str:
     parts += _timeline(r)
     parts.append(
         f"<footer>Written by <code>cadre audit {_e(r.workflow_id)} --html</code> from the workflow's recorded events "
-        f"({t.events} events{f', {t.malformed} malformed' if t.malformed else ''}).</footer>"
+        f"({t.events} events{f', {t.malformed} malformed' if t.malformed else ''}"
+        f"{f', {t.untrusted} forged or unsigned, ignored' if t.untrusted else ''}).</footer>"
     )
     parts.append("</main></body></html>")
     return "\n".join(parts) + "\n"
@@ -224,7 +225,7 @@ def _timeline(r: AuditReport) -> list[str]:
             _num(e.seq),
             _t(e.at),
             _e(e.actor),
-            _code(e.type),
+            (f"<strong>{_e(e.trust.upper())}</strong> " if e.trust else "") + _code(e.type),
             _e(e.cause_type or ("—" if e.causation_id is None else e.causation_id[:12])),
             _e(e.summary),
         ]

@@ -100,7 +100,8 @@ def lines(r: AuditReport, width: int = 110) -> list[str]:
     out.append("timeline")
     for e in r.timeline:
         cause = e.cause_type or ("-" if e.causation_id is None else e.causation_id[:12])
-        out.append(f"  #{e.index:<4} {_t(e.at)}  {e.actor:<10} {e.type:<20} <- {cause:<20} {_cut(e.summary, 70)}")
+        flag = f"{e.trust.upper()} " if e.trust else ""
+        out.append(f"  #{e.index:<4} {_t(e.at)}  {e.actor:<10} {flag}{e.type:<20} <- {cause:<20} {_cut(e.summary, 70)}")
     return out
 
 

@@ -21,6 +21,7 @@ import pydantic
 
 from bus.errors import CadreError, InvalidName
 from bus.events import TERMINAL_TYPES
+from bus.signing import Keyring
 from bus.subjects import check_token
 from cadre import __version__, audit_cli, auth_cli, commands, replay_cli, state_view
 from cadre.commands import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError
@@ -28,7 +29,9 @@ from cadre.render import json_line, record_json, record_line
 from cadre.safe_text import VisibleFormatter, visible
 from cadre.settings import Settings
 from cadre.system import KINDS
+from cadre.trust import find_keyring
 from cadre.wiring import open_bus
+from store.authenticity import authorship, verdict
 from store.filelog import FileLog, export
 from store.records import Malformed, Record, StoredEvent
 from store.source import EventSource
@@ -200,8 +203,22 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
     raise AssertionError(f"unhandled command {args.command!r}")
 
 
-def _print(r: Record, as_json: bool) -> None:
-    print(json_line(record_json(r)) if as_json else record_line(r), flush=True)
+def _print(r: Record, as_json: bool, keyring: Keyring | None = None) -> None:
+    trust = verdict(r, keyring) if keyring is not None and isinstance(r, StoredEvent) else None
+    print(json_line(record_json(r, trust)) if as_json else record_line(r, trust=trust), flush=True)
+
+
+def _report_untrusted(records: Sequence[Record], keyring: Keyring | None) -> None:
+    if keyring is None:
+        return
+    bad = [u.seq for u in authorship(records, keyring)]
+    if bad:
+        seqs = ", ".join(map(str, bad[:10])) + (" …" if len(bad) > 10 else "")
+        print(
+            f"cadre: {len(bad)} event(s) not written by a party allowed to, ignored by the actors, at stream "
+            f"sequence {seqs} (cadre audit WF --verify)",
+            file=sys.stderr,
+        )
 
 
 def _report_malformed(records: Sequence[Record]) -> None:
@@ -215,24 +232,29 @@ async def _events(args: argparse.Namespace, settings: Settings) -> int:
     wf = check_token("workflow id", args.workflow_id)
     if args.at is not None:
         return await _time_travel(args, settings, wf)
+    keyring, _ = find_keyring(settings)
     if args.from_file is not None:
         if args.follow:
             raise UsageError("--follow reads a live log; it cannot be combined with --from-file")
-        records = await FileLog.load(args.from_file).read_records(wf)
+        flog = FileLog.load(args.from_file)
+        keyring = keyring or flog.keyring
+        records = await flog.read_records(wf)
         for r in records:
-            _print(r, args.json)
+            _print(r, args.json, keyring)
         _report_malformed(records)
+        _report_untrusted(records, keyring)
         return EXIT_OK
     async with open_bus(settings, name="cadre-events") as bus:
         if not args.follow:
             records = await bus.log.read_records(wf)
             for r in records:
-                _print(r, args.json)
+                _print(r, args.json, keyring)
             _report_malformed(records)
+            _report_untrusted(records, keyring)
             return EXIT_OK
         async with contextlib.aclosing(bus.log.follow(wf)) as feed:
             async for r in feed:
-                _print(r, args.json)
+                _print(r, args.json, keyring)
                 if isinstance(r, StoredEvent) and r.event.type in TERMINAL_TYPES:
                     break
     return EXIT_OK
@@ -244,14 +266,17 @@ async def _time_travel(args: argparse.Namespace, settings: Settings, wf: str) ->
         raise UsageError("--at shows one moment of the workflow; it cannot be combined with --follow")
     if args.at < 0:
         raise UsageError(f"--at takes a stream sequence (0 or more), not {args.at}")
+    keyring, _ = find_keyring(settings)
     if args.from_file is not None:
-        records = await FileLog.load(args.from_file).read_records(wf)
+        flog = FileLog.load(args.from_file)
+        keyring = keyring or flog.keyring
+        records = await flog.read_records(wf)
     else:
         async with open_bus(settings, name="cadre-events") as bus:
             records = await bus.log.read_records(wf)
     if not records:
         raise UsageError(f"no workflow {wf!r} in the log (see `cadre workflows`)")
-    state_view.show(wf, records, args.at, args.json)
+    state_view.show(wf, records, args.at, args.json, keyring)
     return EXIT_OK
 
 
@@ -261,12 +286,13 @@ async def _export(args: argparse.Namespace, settings: Settings) -> int:
     async with open_bus(settings, name="cadre-export") as bus:
         source: EventSource = bus.log
         ids = await source.workflows() if args.all else [check_token("workflow id", w) for w in args.workflow_ids]
+        keyring, _ = find_keyring(settings)  # its public keys go with the export, for offline audits
         if args.output is None:
-            n = await export(source, ids, sys.stdout.buffer)
+            n = await export(source, ids, sys.stdout.buffer, keyring=keyring)
             sys.stdout.buffer.flush()
         else:
             with args.output.open("wb") as out:
-                n = await export(source, ids, out)
+                n = await export(source, ids, out, keyring=keyring)
             print(f"cadre: exported {n} records of {len(ids)} workflow(s) to {args.output}", file=sys.stderr)
     return EXIT_OK
 

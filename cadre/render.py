@@ -12,16 +12,21 @@ from typing import Any
 import msgspec
 
 from bus.codec import to_builtins
+from bus.signing import Verdict
 from cadre.safe_text import json_text, visible
 from store.records import Malformed, Record, StoredEvent
 
 _json = msgspec.json.Encoder()
 
 
-def record_json(r: Record) -> dict[str, Any]:
-    """An event as its envelope plus ``seq`` and ``subject``; a malformed message with its reason."""
+def record_json(r: Record, trust: Verdict | None = None) -> dict[str, Any]:
+    """An event as its envelope plus ``seq`` and ``subject`` (and, when checked against a keyring,
+    ``trust``: its verdict); a malformed message with its reason."""
     if isinstance(r, StoredEvent):
-        return {"seq": r.seq, "subject": r.subject, **to_builtins(r.event)}
+        out = {"seq": r.seq, "subject": r.subject, **to_builtins(r.event)}
+        if trust is not None:
+            out["trust"] = {"status": trust.status, "role": trust.role, "reason": trust.reason or None}
+        return out
     return {
         "seq": r.seq,
         "subject": r.subject,
@@ -35,8 +40,9 @@ def json_line(obj: Any) -> str:
     return json_text(_json.encode(obj).decode())
 
 
-def record_line(r: Record, width: int = 100) -> str:
-    """``#seq  time  actor  type  data…`` for people; malformed messages stand out."""
+def record_line(r: Record, width: int = 100, trust: Verdict | None = None) -> str:
+    """``#seq  time  actor  type  data…`` for people; malformed messages and events a keyring does
+    not accept (``trust``) stand out."""
     if isinstance(r, Malformed):
         preview = r.data[:60].decode("utf-8", errors="replace")
         return visible(f"#{r.seq:<6} MALFORMED  {r.subject}: {r.reason}  data={preview!r}")
@@ -45,4 +51,7 @@ def record_line(r: Record, width: int = 100) -> str:
     if len(data) > width:
         data = data[: width - 1] + "…"
     at = e.at.strftime("%H:%M:%S.%f")[:-3]
-    return visible(f"#{r.seq:<6} {at}  {e.actor:<10} {e.type:<20} {data}")
+    line = f"#{r.seq:<6} {at}  {e.actor:<10} {e.type:<20} {data}"
+    if trust is not None and not trust.trusted:
+        line = f"#{r.seq:<6} {trust.status.upper()} (ignored by the actors: {trust.reason})  {line[8:]}"
+    return visible(line)

@@ -12,25 +12,20 @@ from typing import Any
 
 import msgspec
 
+from bus.signing import Keyring
 from cadre.render import json_line
 from cadre.safe_text import visible_lines
-from store.records import Malformed, Record
-from store.state import WorkflowState, apply, skip
+from store.authenticity import trusted_fold
+from store.records import Record
+from store.state import WorkflowState
 
 _json = msgspec.json.Encoder()
 
 
-def state_at(workflow_id: str, records: Sequence[Record], seq: int) -> WorkflowState:
-    """The workflow's state after its records up to stream sequence ``seq`` (malformed ones move the head only)."""
-    state = WorkflowState(workflow_id=workflow_id)
-    for r in records:
-        if r.seq > seq:
-            break
-        if isinstance(r, Malformed):
-            skip(state, r)
-        else:
-            apply(state, r)
-    return state
+def state_at(workflow_id: str, records: Sequence[Record], seq: int, keyring: Keyring | None = None) -> WorkflowState:
+    """The workflow's state after its records up to stream sequence ``seq``: malformed ones, and
+    events ``keyring`` does not accept, move the head only (as in the actors' fold)."""
+    return trusted_fold(workflow_id, [r for r in records if r.seq <= seq], keyring)
 
 
 def state_json(state: WorkflowState, at: int, later: int) -> dict[str, Any]:
@@ -78,9 +73,9 @@ def state_lines(state: WorkflowState, at: int, later: int, width: int = 100) -> 
     return lines
 
 
-def show(workflow_id: str, records: Sequence[Record], at: int, as_json: bool) -> None:
+def show(workflow_id: str, records: Sequence[Record], at: int, as_json: bool, keyring: Keyring | None = None) -> None:
     """Print the workflow's state as of ``at``."""
-    state = state_at(workflow_id, records, at)
+    state = state_at(workflow_id, records, at, keyring)
     later = sum(r.seq > at for r in records)
     if as_json:
         print(json_line(state_json(state, at, later)), flush=True)

@@ -52,6 +52,8 @@ from bus.events import (
     WorkflowRequested,
 )
 from bus.plan import Check
+from bus.signing import Keyring
+from store.authenticity import verdict
 from store.records import Malformed, Record, StoredEvent
 
 __all__ = [
@@ -90,6 +92,7 @@ class TimelineEntry(msgspec.Struct, frozen=True, kw_only=True):
     causation_id: str | None
     cause_type: str | None
     summary: str
+    trust: str | None = None  # "forged" or "unsigned" when the keyring does not accept it
 
 
 class CheckNote(msgspec.Struct, frozen=True, kw_only=True):
@@ -219,6 +222,7 @@ class Totals(msgspec.Struct, kw_only=True):
 
     events: int = 0
     malformed: int = 0
+    untrusted: int = 0  # events the keyring does not accept: shown, counted for nothing else
     duration_s: float | None = None
     cost_usd: float = 0.0
     cost_by_scope: dict[str, float] = msgspec.field(default_factory=dict)
@@ -266,8 +270,10 @@ class AuditReport(msgspec.Struct, kw_only=True):
 # -- the report -----------------------------------------------------------------------------------
 
 
-def audit(records: Sequence[Record]) -> AuditReport:
-    """The audit report of one workflow's records (in stored order)."""
+def audit(records: Sequence[Record], keyring: Keyring | None = None) -> AuditReport:
+    """The audit report of one workflow's records (in stored order). With ``keyring``, an event it
+    does not accept is shown in the timeline, flagged, and counts for nothing else (the actors
+    ignored it)."""
     events = [(i, r) for i, r in enumerate(records) if isinstance(r, StoredEvent)]
     wf = events[0][1].event.workflow_id if events else ""
     report = AuditReport(
@@ -292,6 +298,24 @@ def audit(records: Sequence[Record]) -> AuditReport:
             continue
         e = r.event
         t.events += 1
+        checked = verdict(r, keyring)
+        if not checked.trusted:
+            t.untrusted += 1
+            report.timeline.append(
+                TimelineEntry(
+                    index=index,
+                    seq=r.seq,
+                    at=e.at,
+                    actor=e.actor,
+                    type=e.type,
+                    event_id=e.id,
+                    causation_id=e.causation_id,
+                    cause_type=types.get(e.causation_id or ""),
+                    summary=f"IGNORED, {checked.status}: {checked.reason}",
+                    trust=checked.status,
+                )
+            )
+            continue
         report.timeline.append(
             TimelineEntry(
                 index=index,

@@ -41,6 +41,7 @@ from bus.signing import Signer, load_keyring
 from cadre import commands
 from cadre.cli import main
 from cadre.replay_cli import replayer_for
+from store.audit import audit
 from store.authenticity import authorship, verdict
 from store.filelog import write_export
 from store.records import StoredEvent
@@ -149,6 +150,14 @@ async def test_five_forgeries_change_nothing(nats_url: str, tmp_path: Path) -> N
     untrusted = authorship(records, keyring)
     assert [u.seq for u in untrusted] == [f.seq for f in forged]
     assert {u.status for u in untrusted} == {"unsigned"}
+
+    # The audit report shows them flagged, and they count for nothing in it.
+    report = audit(records, keyring)
+    assert report.totals.untrusted == len(forged)
+    assert report.status == "completed"
+    assert report.result == state.result
+    flagged = [e for e in report.timeline if e.trust is not None]
+    assert [(e.seq, e.trust) for e in flagged] == [(f.seq, "unsigned") for f in forged]
 
     # Replay skips them as the actors did, and re-derives the rest.
     replayer = dataclasses.replace(replayer_for(settings), keyring=keyring)
