@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -181,13 +181,16 @@ async def decide(
 
 
 @asynccontextmanager
-async def serve_approvals(elog: JetStreamLog, keyring: Keyring | None, policy: ApprovalPolicy) -> AsyncIterator[None]:
-    """Answer signed decisions on ``<prefix>.approvals`` until the block exits (``elog`` signs as approvals)."""
+async def serve_approvals(
+    elog: JetStreamLog, keyring: Callable[[], Keyring | None], policy: ApprovalPolicy
+) -> AsyncIterator[None]:
+    """Answer signed decisions on ``<prefix>.approvals`` until the block exits (``elog`` signs as
+    approvals). ``keyring`` is asked at every decision, so approvers added meanwhile count."""
 
     async def on_msg(m: Msg) -> None:
         if m.reply.startswith("$JS.ACK"):
             return  # a stream consumer pointed at this subject: not a decision, and not ours to ack
-        reply = await decide(elog, keyring, policy, m.data, m.headers)
+        reply = await decide(elog, keyring(), policy, m.data, m.headers)
         if reply.error is not None:
             log.info("approval refused: %s", reply.error)
         if m.reply:

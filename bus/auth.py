@@ -31,6 +31,7 @@ import binascii
 import hashlib
 import json
 import os
+import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ import nkeys
 
 from bus.errors import AuthConfigError
 from bus.roles import ACTOR_ROLES, EMITS, RUNTIME_EMITS, SIGNING_ROLES
-from bus.signing import Keyring
+from bus.signing import KeyEntry, Keyring, KeyringFile, load_keyring
 from bus.subjects import Subjects
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "AuthNames",
     "Identity",
     "Permissions",
+    "add_approver",
     "creds_path",
     "ensure_auth",
     "permissions",
@@ -351,10 +353,19 @@ def ensure_auth(auth_dir: Path, names: AuthNames) -> dict[str, Identity]:
         _mint(auth_dir, names, operator, accounts, seeds)
         names_file.write_text(json.dumps(current) + "\n")
     identities = {r: Identity(r, creds_path(auth_dir, r), _public(seeds[r])) for r in ROLES}
-    keyring = auth_dir / "keyring.json"
-    if not keyring.exists():
-        keyring.write_bytes(keyring_of(identities).to_json())
+    _write_keyring(auth_dir / "keyring.json", identities)
     return identities
+
+
+def _write_keyring(path: Path, identities: Mapping[str, Identity]) -> None:
+    """The roles' keys as they are now, and the named approvers added before (kept)."""
+    roles = keyring_of(identities).file
+    added: tuple[KeyEntry, ...] = ()
+    if path.exists():
+        added = tuple(e for e in load_keyring(path).file.keys if e.role == "approver" and e.name != "approver")
+    wanted = Keyring(KeyringFile(keys=(*roles.keys, *added), emits=roles.emits)).to_json()
+    if not path.exists() or path.read_bytes() != wanted:
+        path.write_bytes(wanted)
 
 
 def keyring_of(identities: Mapping[str, Identity]) -> Keyring:
@@ -451,3 +462,38 @@ def role_of_creds(path: Path) -> str | None:
             name = claims.get("name") if isinstance(claims, dict) else None
             return name if isinstance(name, str) and name in ROLES else None
     return None
+
+
+_APPROVER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
+
+
+def add_approver(auth_dir: Path, names: AuthNames, name: str) -> Identity:
+    """A named approver of the deployment in ``auth_dir``: its creds file
+    (``approvers/<name>.creds``, a ``READERS`` user with the approver's permissions, minted with the
+    account key: the server config does not change) and its key in ``keyring.json``, under
+    ``name``, which is what approval events and the approvers-per-tool policy name. Idempotent."""
+    if not _APPROVER_NAME.fullmatch(name):
+        raise AuthConfigError(
+            f"approver name {name!r} is not valid: letters, digits and _ . @ - (at most 64), starting with "
+            "a letter or digit"
+        )
+    keyring_file = auth_dir / "keyring.json"
+    readers_key = auth_dir / "keys" / f"{READERS_ACCOUNT.lower()}.nk"
+    if not keyring_file.exists() or not readers_key.exists():
+        raise AuthConfigError(f"{auth_dir} holds no deployment: make one first with `cadre auth init {auth_dir}`")
+    folder = auth_dir / "approvers"
+    folder.mkdir(exist_ok=True, mode=0o700)
+    path = folder / f"{name}.creds"
+    seed = _creds_seed(path) or _new_seed(nkeys.PREFIX_BYTE_USER)
+    account = _seed_file(readers_key, nkeys.PREFIX_BYTE_ACCOUNT)
+    nats: dict[str, Any] = {"type": "user", "version": 2, "subs": -1, "data": -1, "payload": -1}
+    nats.update(permissions("approver", names).claims())
+    nats["issuer_account"] = _public(account)
+    _write_private(path, _creds(_jwt(account, _public(seed), "approver", nats, int(time.time())), seed))
+    keyring = load_keyring(keyring_file)
+    key = _public(seed)
+    entries = [e for e in keyring.file.keys if e.key != key and not (e.role == "approver" and e.name == name)]
+    entries.append(KeyEntry(key=key, role="approver", name=name))
+    updated = KeyringFile(keys=tuple(entries), emits=keyring.file.emits)
+    keyring_file.write_bytes(Keyring(updated).to_json())
+    return Identity("approver", path, key)

@@ -23,7 +23,7 @@ from nats.aio.client import Client as NATS
 from nats.js import api
 from nats.js.errors import BadRequestError, NotFoundError
 
-from bus.auth import ROLES, creds_path, ensure_auth, role_of_creds
+from bus.auth import ROLES, add_approver, creds_path, ensure_auth, role_of_creds
 from bus.connection import connect
 from bus.embedded import find_running
 from bus.errors import AuthConfigError, StreamConfigError
@@ -129,6 +129,13 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         "bootstrap", parents=parents, help="create the streams and the readers' mirror (admin and mirror creds)"
     )
     boot.add_argument("--auth-dir", type=Path, metavar="DIR", required=True, help="what `cadre auth init` wrote")
+    add = what.add_parser(
+        "add-approver", help="a named approver: its creds file and its key in the keyring (no server restart)"
+    )
+    add.add_argument("name", help="the name approval events and CADRE_APPROVERS use")
+    add.add_argument(
+        "--auth-dir", type=Path, metavar="DIR", help="what `cadre auth init` wrote (default: the data dir's)"
+    )
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -139,7 +146,14 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"  streams: cadre auth bootstrap --auth-dir {args.dir} --nats URL")
         print("  actors:  CADRE_NATS_CREDS=<dir>/<kind>.creds cadre actor <kind>; clients: client.creds")
         return EXIT_OK
-    auth_dir: Path = args.auth_dir
+    if args.auth_command == "add-approver":
+        auth_dir = args.auth_dir if args.auth_dir is not None else settings.auth_dir
+        identity = add_approver(auth_dir, settings.auth_names(), args.name)
+        print(f"cadre: approver {args.name} ({identity.public_key}) added to {auth_dir / 'keyring.json'}")
+        print(f"  give them {identity.creds} (secret): cadre approve WF STEP --creds {identity.creds}")
+        print("  a running approvals service reads the keyring again on its next decision")
+        return EXIT_OK
+    auth_dir = args.auth_dir
     for role in ("admin", "mirror"):
         if not creds_path(auth_dir, role).is_file():
             raise AuthConfigError(

@@ -22,7 +22,7 @@ from actors.tools.plugins import load_tool_modules, plugin_impls
 from cadre.budget_config import budget_config, ledger_spec
 from cadre.llm import build_llm
 from cadre.settings import Settings
-from cadre.trust import trust_for
+from cadre.trust import keyring_loader, trust_for
 from cadre.wiring import Bus
 from planner.builtin_tools import builtin_catalog
 from planner.catalog import Catalog
@@ -133,6 +133,8 @@ async def run_system(
             await stack.enter_async_context(serve_intake(bus.log.signed_by(intake)))
         if "approvals" in kinds:
             signed = bus.log.signed_by(trust.signer("approvals"))
-            await stack.enter_async_context(serve_approvals(signed, trust.keyring, approval_policy(settings)))
+            await stack.enter_async_context(
+                serve_approvals(signed, keyring_loader(settings), approval_policy(settings))
+            )
         await stack.enter_async_context(serve_ping(bus.nc, settings.subjects, kinds, replicas))
         yield system

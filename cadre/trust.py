@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from actors.trust import Trust
@@ -57,3 +57,22 @@ def trust_for(settings: Settings, roles: Iterable[str]) -> Trust:
         return Trust()
     signers = {role: s for role in roles if (s := signer_for(settings, role)) is not None}
     return Trust(keyring, signers)
+
+
+def keyring_loader(settings: Settings) -> Callable[[], Keyring | None]:
+    """The deployment's keyring as it is on disk now: read again when the file changes (an approver
+    added by ``cadre auth add-approver`` counts at once), else the copy read before."""
+    path = keyring_path(settings)
+    cache: dict[str, tuple[float, Keyring | None]] = {}
+
+    def current() -> Keyring | None:
+        try:
+            mtime = path.stat().st_mtime
+        except OSError:
+            return None
+        held = cache.get("k")
+        if held is None or held[0] != mtime:
+            cache["k"] = held = (mtime, load_keyring(path))
+        return held[1]
+
+    return current

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -13,13 +15,17 @@ import pytest_asyncio
 from actors.approvals import ApprovalPolicy, serve_approvals
 from actors.clock import utc_now
 from bus.approvals import ApprovalReply, Decision, sign_decision
+from bus.errors import CadreError
 from bus.events import ApprovalGranted, ApprovalRequested, StepReady
 from bus.plan import StepIntent
 from bus.roles import SIGNING_ROLES
 from bus.signing import Keyring, Signer, new_seed
+from cadre import commands
+from cadre.cli import main
 from store import JetStreamLog, StoredEvent
 from store.authenticity import trusted_fold
 from tests.conftest import T0, ev, unique
+from tests.system_harness import cadre_running, settings_for
 
 STEP = StepIntent(id="save.s1", task_id="save", tool="fs.write", requires_approval=True)
 
@@ -46,7 +52,7 @@ async def world(log: JetStreamLog) -> AsyncIterator[World]:
     r = await log.signed_by(signers["validator"]).append(wf, [first], expected_seq=0)
     await log.signed_by(signers["agent"]).append(wf, [asked], expected_seq=r.last_seq)
     policy = ApprovalPolicy({"fs.write": frozenset({"alice"})})
-    async with serve_approvals(log.signed_by(signers["approvals"]), keyring, policy):
+    async with serve_approvals(log.signed_by(signers["approvals"]), lambda: keyring, policy):
         yield World(log, signers, keyring, wf, asked.id)
 
 
@@ -120,3 +126,27 @@ async def test_a_forged_approval_request_opens_nothing(world: World) -> None:
     )
     assert reply.error is not None
     assert reply.error["code"] == "no_such_step"
+
+
+async def test_named_approvers_and_approvers_per_tool_through_the_cli(nats_url: str, tmp_path: Path) -> None:
+    """``cadre auth add-approver alice``; fs.write may be approved by alice only: the local approver
+    is refused, alice's own creds file approves, and the event names her."""
+    settings = settings_for(nats_url, tmp_path, approval_tools=["fs.write"], approvers={"fs.write": ["alice"]})
+    plan = {"plan": {"nodes": [{"id": "save", "tool": "fs.write", "inputs": {"path": "out/a.txt", "content": "ok"}}]}}
+    async with cadre_running(settings) as h:
+        assert (
+            await asyncio.to_thread(main, ["auth", "add-approver", "alice", "--auth-dir", str(settings.auth_dir)]) == 0
+        )
+        alice = settings.auth_dir / "approvers" / "alice.creds"
+        assert alice.stat().st_mode & 0o777 == 0o600
+        wf = (await h.submit(plan))["workflow_id"]
+        await h.wait(wf, until=ApprovalRequested.TYPE)
+        with pytest.raises(CadreError) as refused:
+            await commands.approve(settings, wf, "save.s1", deny=False, reason="")
+        assert refused.value.code == "not_allowed_for_tool"
+        as_alice = settings.model_copy(update={"nats_creds": alice})
+        assert await commands.approve(as_alice, wf, "save.s1", deny=False, reason="checked") == 0
+        state = await h.wait(wf)
+    assert state.status == "completed"
+    assert state.steps["save.s1"].approved_by == "alice"
+    assert (settings.workspace_dir / "out" / "a.txt").read_text() == "ok"
