@@ -64,6 +64,7 @@ from nats.js import api
 
 from actors.intake import workflow_id_for
 from actors.metrics import Metrics
+from bus.auth import ensure_auth
 from bus.connection import ConnectOptions, barrier, connect
 from cadre.settings import Settings
 from cadre.system import run_system
@@ -429,11 +430,16 @@ async def main(args: argparse.Namespace, url: str, data_dir: Path) -> dict[str, 
         tool_modules=["_tools"],
         actor_drain_timeout_s=5.0,
     )
+    if args.signing == "on":
+        # The deployment's keys in the data dir, as the embedded server's first start makes them:
+        # every event is signed by its writer and checked by its readers (the server itself runs
+        # without NATS authorization here, so the figures show signing's cost alone).
+        await asyncio.to_thread(ensure_auth, settings.auth_dir, settings.auth_names())
     client = await connect(ConnectOptions(url=url, name="bench-client"))
     raw_nc = await connect(ConnectOptions(url=url, name="bench-raw-actors"))
     metrics = Metrics.create()
     profile = cProfile.Profile() if args.profile else None
-    out: dict[str, Any] = {**environment(client), "runs": args.runs, "storage": "file"}
+    out: dict[str, Any] = {**environment(client), "runs": args.runs, "storage": "file", "signing": args.signing}
     raw = RawChain(client, raw_nc, tag)
     try:
         async with open_bus(settings, name="bench-cadre") as bus:
@@ -542,6 +548,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--data-dir", type=Path, help="embedded server data dir (default: a fresh temp dir)")
     ap.add_argument("--nats", metavar="URL", help="use this server instead of an embedded one")
     ap.add_argument("--profile", metavar="FILE", help="write a cProfile of the measured cadre runs here")
+    ap.add_argument(
+        "--signing",
+        choices=("on", "off"),
+        default="on",
+        help="sign every event and check every input (the default, as deployed); off: no keyring",
+    )
     args = ap.parse_args(argv)
     if args.workflows < 10 or min(args.concurrency, args.runs, args.latency_workflows) < 1:
         ap.error("--workflows >= 10 and --concurrency, --runs, --latency-workflows >= 1")
