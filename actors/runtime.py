@@ -165,7 +165,7 @@ class _Replica:
         sys_, kind = self.system, self.spec.kind
         try:
             seq, delivered = delivery(m)
-            rec = await sys_.input_record(seq, m.subject, m.data, m.headers)
+            rec, checked = await sys_.input_record(seq, m.subject, m.data, m.headers)
             if delivered > 1:
                 sys_.metrics.redeliveries.labels(kind).inc()
             if isinstance(rec, Malformed):
@@ -173,8 +173,7 @@ class _Replica:
                 await m.term()
                 return
             etype = rec.event.type
-            checked = verdict(rec, sys_.trust.keyring)
-            if not checked.trusted:
+            if checked is not None and not checked.trusted:
                 await sys_.refuse(kind, rec, checked)
                 await m.term()
                 sys_.handled(kind, etype, "forged").inc()
@@ -324,18 +323,23 @@ class ActorSystem:
         )
         await self.log.js.add_consumer(self.log.stream, cfg)
 
-    async def input_record(self, seq: int, subject: str, data: bytes, headers: dict[str, str] | None = None) -> Record:
-        """The input as a record, once the state cache holds its workflow's state up to it.
+    async def input_record(
+        self, seq: int, subject: str, data: bytes, headers: dict[str, str] | None = None
+    ) -> tuple[Record, Verdict | None]:
+        """The input as a record, once the state cache holds its workflow's state up to it, and
+        the keyring's verdict on it (None for a malformed one).
 
-        The cache's feed has usually decoded the same event already; decode it here only if not.
+        The cache's feed has usually decoded and checked the same event already; decode and check
+        it here only if not.
         """
         parsed = self.log.subjects.parse_event(subject)
         if parsed is not None:
             with contextlib.suppress(InvalidName):  # a subject no workflow id can have: decoded below
                 await self.cache.state_at(parsed[0], seq)
-                if (rec := self.cache.recent(seq)) is not None:
-                    return rec
-        return to_record(self.log.subjects, seq, subject, data, headers)
+                if (known := self.cache.recent(seq)) is not None:
+                    return known
+        rec = to_record(self.log.subjects, seq, subject, data, headers)
+        return rec, verdict(rec, self.trust.keyring) if isinstance(rec, StoredEvent) else None
 
     async def handle(self, spec: ActorSpec, rec: StoredEvent) -> Outcome | None:
         """Run the handler on the input and store its outputs; returns the handler's outcome."""

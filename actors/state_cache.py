@@ -40,7 +40,7 @@ from typing import Any
 from nats.aio.msg import Msg
 from nats.js import api
 
-from bus.signing import Keyring
+from bus.signing import Keyring, Verdict
 from store.authenticity import verdict
 from store.jetstream import JetStreamLog, stream_seq
 from store.records import Record, StoredEvent, to_record
@@ -81,7 +81,7 @@ class StateCache:
         self._sub: Any = None
         # The events the feed decoded lately, by stream sequence: an actor's input is one of
         # them, so the runtime need not decode it a second time.
-        self._recent: OrderedDict[int, StoredEvent] = OrderedDict()
+        self._recent: OrderedDict[int, tuple[StoredEvent, Verdict]] = OrderedDict()
         self._recent_max = recent_events
 
     async def start(self) -> None:
@@ -121,23 +121,25 @@ class StateCache:
         if entry.loading:
             entry.buffer.append(record)
             return
-        rec = self._apply(entry, record)
-        if rec is not None:
-            self._recent[seq] = rec
+        applied = self._apply(entry, record)
+        if applied is not None:
+            self._recent[seq] = applied
             if len(self._recent) > self._recent_max:
                 self._recent.popitem(last=False)
 
-    def recent(self, seq: int) -> StoredEvent | None:
-        """The event at ``seq`` if the feed decoded it lately (else the caller decodes it)."""
+    def recent(self, seq: int) -> tuple[StoredEvent, Verdict] | None:
+        """The event at ``seq`` and the keyring's verdict on it, if the feed decoded it lately
+        (else the caller decodes and checks it)."""
         return self._recent.get(seq)
 
-    def _apply(self, entry: _Entry, rec: Record) -> StoredEvent | None:
+    def _apply(self, entry: _Entry, rec: Record) -> tuple[StoredEvent, Verdict] | None:
         if rec.seq <= entry.state.last_seq:
             return None  # already folded (from the log read, or a redelivered feed message)
         if entry.handed_out:  # a handler may hold this state: it must not change under it
             entry.state = forked(entry.state)
             entry.handed_out = False
-        if isinstance(rec, StoredEvent) and verdict(rec, self._keyring).trusted:
+        checked = verdict(rec, self._keyring) if isinstance(rec, StoredEvent) else None
+        if isinstance(rec, StoredEvent) and checked is not None and checked.trusted:
             apply(entry.state, rec)
         else:
             skip(entry.state, rec)  # changes nothing but the chain's head; actors dead-letter or flag it
@@ -150,7 +152,7 @@ class StateCache:
                 else:
                     still.append((min_seq, fut))
             entry.waiters = still
-        return rec if isinstance(rec, StoredEvent) else None
+        return (rec, checked) if isinstance(rec, StoredEvent) and checked is not None else None
 
     async def _load(self, wf: str) -> _Entry:
         entry = self._entries[wf] = _Entry(WorkflowState(workflow_id=wf), loading=True)
