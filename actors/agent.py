@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Final, TypeVar
 
-from actors.context import Context, Inferred, ToolFailure
-from actors.outcome import Defer, Outcome
-from actors.runtime import ActorSpec
-from bus.events import (
+from cadre.actors.context import Context, Inferred, ToolFailure
+from cadre.actors.outcome import Defer, Outcome
+from cadre.actors.runtime import ActorSpec
+from cadre.bus.events import (
     ApprovalDenied,
     ApprovalGranted,
     ApprovalRequested,
@@ -43,9 +43,9 @@ from bus.events import (
     StepFailed,
     StepReady,
 )
-from bus.plan import ErrorInfo, StepIntent
-from planner.catalog import Catalog
-from planner.providers.agent_prompts import (
+from cadre.bus.plan import ErrorInfo, StepIntent
+from cadre.planner.catalog import Catalog
+from cadre.planner.providers.agent_prompts import (
     FailedCall,
     decide_request,
     decide_validator,
@@ -55,11 +55,11 @@ from planner.providers.agent_prompts import (
     recover_request,
     recover_validator,
 )
-from planner.providers.base import LLMRequest
-from planner.refs import RefError, find_refs, resolve, with_step_outputs
-from planner.scheduler import topo_order
-from store.records import StoredEvent
-from store.state import WorkflowState
+from cadre.planner.providers.base import LLMRequest
+from cadre.planner.refs import RefError, find_refs, resolve, with_step_outputs
+from cadre.planner.scheduler import topo_order
+from cadre.store.records import StoredEvent
+from cadre.store.state import WorkflowState
 
 HANDLES = frozenset({StepReady.TYPE, ApprovalRequested.TYPE, ApprovalGranted.TYPE, ApprovalDenied.TYPE})
 

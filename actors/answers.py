@@ -23,9 +23,9 @@ from typing import Any, TypeVar, cast
 
 import msgspec
 
-from actors.context import Outside, ToolFailure, asked
-from actors.inference import LLM, Policy
-from bus.effects import (
+from cadre.actors.context import Outside, ToolFailure, asked
+from cadre.actors.inference import LLM, Policy
+from cadre.bus.effects import (
     NO_PROVIDER,
     BudgetDecided,
     CallSettled,
@@ -35,10 +35,10 @@ from bus.effects import (
     ProviderFailure,
     ToolCalled,
 )
-from bus.errors import CadreError, StoreError
-from bus.ledger import Consultation, Decision, Settlement
-from bus.plan import ErrorInfo
-from planner.providers.base import LLMRequest, LLMResponse, ProviderError
+from cadre.bus.errors import CadreError, StoreError
+from cadre.bus.ledger import Consultation, Decision, Settlement
+from cadre.bus.plan import ErrorInfo
+from cadre.planner.providers.base import LLMRequest, LLMResponse, ProviderError
 
 __all__ = ["LiveAnswers", "LiveCallRefused", "RecordOnlyProvider", "RecordedAnswers", "ReplayDivergence", "asking"]
 

@@ -32,14 +32,14 @@ from typing import Final
 import msgspec
 from nats.aio.msg import Msg
 
-from actors.clock import utc_now
-from bus.approvals import APPROVAL_DOMAIN, ApprovalReply, ApprovalRequest, Decision
-from bus.errors import CadreError, ConcurrencyConflict
-from bus.events import ApprovalDenied, ApprovalGranted, make_event
-from bus.signing import Keyring
-from store.authenticity import trusted_fold
-from store.jetstream import JetStreamLog
-from store.state import WorkflowState
+from cadre.actors.clock import utc_now
+from cadre.bus.approvals import APPROVAL_DOMAIN, ApprovalReply, ApprovalRequest, Decision
+from cadre.bus.errors import CadreError, ConcurrencyConflict
+from cadre.bus.events import ApprovalDenied, ApprovalGranted, make_event
+from cadre.bus.signing import Keyring
+from cadre.store.authenticity import trusted_fold
+from cadre.store.jetstream import JetStreamLog
+from cadre.store.state import WorkflowState
 
 log = logging.getLogger("cadre.approvals")
 

@@ -23,9 +23,9 @@ from typing import Any, Protocol, TypeVar
 
 import msgspec
 
-from actors.digests import digest
-from actors.inference import LLM, Inferred, Policy, cache_key
-from bus.effects import (
+from cadre.actors.digests import digest
+from cadre.actors.inference import LLM, Inferred, Policy, cache_key
+from cadre.bus.effects import (
     NO_PROVIDER,
     Asked,
     BudgetDecided,
@@ -36,19 +36,19 @@ from bus.effects import (
     ModelCalled,
     ToolCalled,
 )
-from bus.events import Envelope
-from bus.ledger import Consultation, Decision, Settled, Settlement
-from bus.plan import ErrorInfo
-from planner.providers.base import (
+from cadre.bus.events import Envelope
+from cadre.bus.ledger import Consultation, Decision, Settled, Settlement
+from cadre.bus.plan import ErrorInfo
+from cadre.planner.providers.base import (
     ERROR_CODES,
     LLMRequest,
     LLMResponse,
     ProviderError,
     Usage,
 )
-from planner.providers.pricing import estimate_input_tokens
-from planner.providers.structured import Outcome, structured_flow
-from store.records import StoredEvent
+from cadre.planner.providers.pricing import estimate_input_tokens
+from cadre.planner.providers.structured import Outcome, structured_flow
+from cadre.store.records import StoredEvent
 
 __all__ = [
     "Answers",

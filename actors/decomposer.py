@@ -12,17 +12,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from actors.context import Context
-from actors.outcome import Outcome
-from actors.runtime import ActorSpec
-from bus.events import Event, StepsProposed, StepsRejected, TaskReady
-from bus.plan import Check
-from planner.catalog import Catalog
-from planner.decompose import DecompositionError, decompose
-from planner.providers.agent_prompts import decompose_request, decompose_validator
-from planner.scheduler import upstream
-from store.records import StoredEvent
-from store.state import WorkflowState
+from cadre.actors.context import Context
+from cadre.actors.outcome import Outcome
+from cadre.actors.runtime import ActorSpec
+from cadre.bus.events import Event, StepsProposed, StepsRejected, TaskReady
+from cadre.bus.plan import Check
+from cadre.planner.catalog import Catalog
+from cadre.planner.decompose import DecompositionError, decompose
+from cadre.planner.providers.agent_prompts import decompose_request, decompose_validator
+from cadre.planner.scheduler import upstream
+from cadre.store.records import StoredEvent
+from cadre.store.state import WorkflowState
 
 
 def upstream_of(state: WorkflowState, task_id: str) -> tuple[set[str], dict[str, dict[str, Any]]]:

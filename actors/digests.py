@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from bus.effects import digest
+from cadre.bus.effects import digest
 
 __all__ = ["digest"]

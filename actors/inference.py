@@ -22,9 +22,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from actors.digests import digest
-from bus.events import WorkflowRequested
-from planner.providers.base import LLMRequest, Provider
+from cadre.actors.digests import digest
+from cadre.bus.events import WorkflowRequested
+from cadre.planner.providers.base import LLMRequest, Provider
 
 T = TypeVar("T")
 

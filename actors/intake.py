@@ -19,11 +19,11 @@ from typing import Any
 import msgspec
 from nats.aio.msg import Msg
 
-from actors.clock import random_token, utc_now
-from bus.errors import CadreError, ConcurrencyConflict
-from bus.events import make_event
-from bus.request import RequestError, parse_request
-from store.jetstream import JetStreamLog
+from cadre.actors.clock import random_token, utc_now
+from cadre.bus.errors import CadreError, ConcurrencyConflict
+from cadre.bus.events import make_event
+from cadre.bus.request import RequestError, parse_request
+from cadre.store.jetstream import JetStreamLog
 
 log = logging.getLogger("cadre.intake")
 _json = msgspec.json.Encoder()

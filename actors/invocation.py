@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from bus.effects import Effect
-from bus.events import EffectsRecorded, Envelope, Event, StepReady, TaskReady, make_event
+from cadre.bus.effects import Effect
+from cadre.bus.events import EffectsRecorded, Envelope, Event, StepReady, TaskReady, make_event
 
 __all__ = ["envelopes", "output_key", "wrap"]
 

@@ -13,12 +13,12 @@ from pathlib import Path
 
 from nats.js.errors import NotFoundError
 
-from actors.context import LibraryHit
-from bus import codec
-from bus.errors import DecodeError
-from bus.events import PlanProposed, WorkflowRequested
-from planner.library import LibraryEntry, entry_from_workflow, load_entries, search
-from store.jetstream import JetStreamLog
+from cadre.actors.context import LibraryHit
+from cadre.bus import codec
+from cadre.bus.errors import DecodeError
+from cadre.bus.events import PlanProposed, WorkflowRequested
+from cadre.planner.library import LibraryEntry, entry_from_workflow, load_entries, search
+from cadre.store.jetstream import JetStreamLog
 
 
 class LogLibrary:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from bus.events import Event
+from cadre.bus.events import Event
 
 
 @dataclass(frozen=True, slots=True)

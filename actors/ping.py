@@ -14,7 +14,7 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from bus.subjects import Subjects
+from cadre.bus.subjects import Subjects
 
 
 @asynccontextmanager

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import msgspec
 
-from actors import planner_rules as rules
-from actors.context import Context
-from actors.outcome import Outcome
-from actors.runtime import ActorSpec
-from bus.events import (
+from cadre.actors import planner_rules as rules
+from cadre.actors.context import Context
+from cadre.actors.outcome import Outcome
+from cadre.actors.runtime import ActorSpec
+from cadre.bus.events import (
     ApprovalDenied,
     ApprovalGranted,
     ApprovalRequested,
@@ -41,11 +41,11 @@ from bus.events import (
     WorkflowFailed,
     WorkflowRequested,
 )
-from planner.catalog import Catalog
-from planner.providers.prompts import adapt_request, adapt_validator, plan_request, plan_validator
-from planner.scheduler import is_finished
-from store.records import StoredEvent
-from store.state import WorkflowState
+from cadre.planner.catalog import Catalog
+from cadre.planner.providers.prompts import adapt_request, adapt_validator, plan_request, plan_validator
+from cadre.planner.scheduler import is_finished
+from cadre.store.records import StoredEvent
+from cadre.store.state import WorkflowState
 
 MAX_REVISIONS = 3
 """Plan revisions a workflow may have: the first plan and two adaptations."""

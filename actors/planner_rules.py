@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bus.events import (
+from cadre.bus.events import (
     Event,
     HandlerFailed,
     PlanRejected,
@@ -23,9 +23,9 @@ from bus.events import (
     WorkflowCompleted,
     WorkflowFailed,
 )
-from bus.plan import Check, ErrorInfo
-from planner.scheduler import is_finished, ready_tasks, topo_order
-from store.state import WorkflowState
+from cadre.bus.plan import Check, ErrorInfo
+from cadre.planner.scheduler import is_finished, ready_tasks, topo_order
+from cadre.store.state import WorkflowState
 
 # Failures a retry cannot fix: the same step would be refused again.
 NOT_RETRYABLE = frozenset({"approval_denied", "prohibited", "unknown_tool", "invalid_input", "outside_workspace"})

@@ -42,23 +42,23 @@ from nats.aio.msg import Msg
 from nats.js import api
 from prometheus_client import Counter, Histogram
 
-from actors import invocation
-from actors.answers import LiveAnswers
-from actors.clock import utc_now
-from actors.context import Context, Outside
-from actors.metrics import Metrics
-from actors.outcome import Defer, Outcome
-from actors.state_cache import StateCache
-from actors.trust import Trust
-from bus.effects import BudgetDecided, CallSettled, Effect, LibrarySearched, ModelCalled, ToolCalled
-from bus.errors import CadreError, ConcurrencyConflict, InvalidName
-from bus.events import Envelope, ForgedEvent, HandlerFailed, chain_hash, make_event
-from bus.plan import ErrorInfo
-from bus.signing import Verdict
-from store.authenticity import verdict
-from store.jetstream import JetStreamLog
-from store.records import Malformed, Record, StoredEvent, to_record
-from store.state import WorkflowState
+from cadre.actors import invocation
+from cadre.actors.answers import LiveAnswers
+from cadre.actors.clock import utc_now
+from cadre.actors.context import Context, Outside
+from cadre.actors.metrics import Metrics
+from cadre.actors.outcome import Defer, Outcome
+from cadre.actors.state_cache import StateCache
+from cadre.actors.trust import Trust
+from cadre.bus.effects import BudgetDecided, CallSettled, Effect, LibrarySearched, ModelCalled, ToolCalled
+from cadre.bus.errors import CadreError, ConcurrencyConflict, InvalidName
+from cadre.bus.events import Envelope, ForgedEvent, HandlerFailed, chain_hash, make_event
+from cadre.bus.plan import ErrorInfo
+from cadre.bus.signing import Verdict
+from cadre.store.authenticity import verdict
+from cadre.store.jetstream import JetStreamLog
+from cadre.store.records import Malformed, Record, StoredEvent, to_record
+from cadre.store.state import WorkflowState
 
 log = logging.getLogger("cadre.actors")
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from actors import agent, decomposer, planner, validator
-from actors.runtime import ActorSpec
-from planner.catalog import Catalog
-from planner.validation import Limits
+from cadre.actors import agent, decomposer, planner, validator
+from cadre.actors.runtime import ActorSpec
+from cadre.planner.catalog import Catalog
+from cadre.planner.validation import Limits
 
 __all__ = ["live_specs"]
 

@@ -40,11 +40,11 @@ from typing import Any
 from nats.aio.msg import Msg
 from nats.js import api
 
-from bus.signing import Keyring, Verdict
-from store.authenticity import verdict
-from store.jetstream import JetStreamLog, stream_seq
-from store.records import Record, StoredEvent, to_record
-from store.state import WorkflowState, apply, forked, skip
+from cadre.bus.signing import Keyring, Verdict
+from cadre.store.authenticity import verdict
+from cadre.store.jetstream import JetStreamLog, stream_seq
+from cadre.store.records import Record, StoredEvent, to_record
+from cadre.store.state import WorkflowState, apply, forked, skip
 
 log = logging.getLogger("cadre.state")
 

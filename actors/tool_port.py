@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from actors.context import ToolFailure
-from actors.tools import ToolBox, ToolCall, ToolError
-from bus.plan import ErrorInfo
+from cadre.actors.context import ToolFailure
+from cadre.actors.tools import ToolBox, ToolCall, ToolError
+from cadre.bus.plan import ErrorInfo
 
 
 class ToolRunner:

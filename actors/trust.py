@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from bus.errors import CadreError
-from bus.signing import Keyring, Signer
+from cadre.bus.errors import CadreError
+from cadre.bus.signing import Keyring, Signer
 
 
 class TrustError(CadreError):

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from actors.context import Context
-from actors.outcome import Outcome
-from actors.runtime import ActorSpec
-from bus.events import PlanProposed, PlanRejected, PlanValidated, StepReady, StepsProposed, StepsRejected
-from planner.catalog import Catalog
-from planner.scheduler import upstream
-from planner.validation import Limits, passed_all, validate_plan, validate_steps
-from store.records import StoredEvent
-from store.state import WorkflowState
+from cadre.actors.context import Context
+from cadre.actors.outcome import Outcome
+from cadre.actors.runtime import ActorSpec
+from cadre.bus.events import PlanProposed, PlanRejected, PlanValidated, StepReady, StepsProposed, StepsRejected
+from cadre.planner.catalog import Catalog
+from cadre.planner.scheduler import upstream
+from cadre.planner.validation import Limits, passed_all, validate_plan, validate_steps
+from cadre.store.records import StoredEvent
+from cadre.store.state import WorkflowState
 
 
 def make_spec(catalog: Catalog, limits: Limits | None = None) -> ActorSpec:

@@ -24,7 +24,7 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 
-from bus.embedded import embedded_server
+from cadre.bus.embedded import embedded_server
 
 
 def run_on_server(

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
-from actors.tools import ToolCall, ToolConfig, typed_impl
-from planner.catalog import ToolSpec
+from cadre.actors.tools import ToolCall, ToolConfig, typed_impl
+from cadre.planner.catalog import ToolSpec
 
 
 class Value(BaseModel):

@@ -50,14 +50,14 @@ from typing import Any
 import msgspec
 from _common import environment, median, note, percentile, run_on_server
 
-from actors.budget import BudgetClient, BudgetService, read_ledger, rules, serve_budget
-from actors.budget.rules import BudgetConfig
-from actors.metrics import Metrics
-from bus.connection import ConnectOptions, barrier, connect
-from bus.ledger import Consultation, SettledEntry, Settlement
-from bus.stream import StreamSpec, ensure_stream
-from bus.subjects import Subjects
-from planner.providers.pricing import ModelPrice, Prices, model_price
+from cadre.actors.budget import BudgetClient, BudgetService, read_ledger, rules, serve_budget
+from cadre.actors.budget.rules import BudgetConfig
+from cadre.actors.metrics import Metrics
+from cadre.bus.connection import ConnectOptions, barrier, connect
+from cadre.bus.ledger import Consultation, SettledEntry, Settlement
+from cadre.bus.stream import StreamSpec, ensure_stream
+from cadre.bus.subjects import Subjects
+from cadre.planner.providers.pricing import ModelPrice, Prices, model_price
 
 TOTAL_TIMEOUT = 300.0
 TARGET_ASK_SETTLE_P50_MS = 1.0

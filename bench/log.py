@@ -45,9 +45,9 @@ from _common import comparison, environment, median, note, run_on_server, timed
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
-from bus import codec
-from bus.connection import ConnectOptions, connect
-from bus.events import (
+from cadre.bus import codec
+from cadre.bus.connection import ConnectOptions, connect
+from cadre.bus.events import (
     Envelope,
     Event,
     PlanProposed,
@@ -60,11 +60,11 @@ from bus.events import (
     WorkflowRequested,
     make_event,
 )
-from bus.plan import Check, Plan, StepIntent, Task
-from bus.stream import StreamSpec
-from bus.subjects import Subjects
-from store.jetstream import JetStreamLog
-from store.state import fold
+from cadre.bus.plan import Check, Plan, StepIntent, Task
+from cadre.bus.stream import StreamSpec
+from cadre.bus.subjects import Subjects
+from cadre.store.jetstream import JetStreamLog
+from cadre.store.state import fold
 
 RUN_TIMEOUT = 30.0  # seconds for any one timed run; a stuck run fails the bench instead of hanging it
 TOTAL_TIMEOUT = 300.0  # the whole bench, set-up included

@@ -62,14 +62,14 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import api
 
-from actors.intake import workflow_id_for
-from actors.metrics import Metrics
-from bus.auth import ensure_auth
-from bus.connection import ConnectOptions, barrier, connect
+from cadre.actors.intake import workflow_id_for
+from cadre.actors.metrics import Metrics
+from cadre.bus.auth import ensure_auth
+from cadre.bus.connection import ConnectOptions, barrier, connect
 from cadre.settings import Settings
+from cadre.store.jetstream import JetStreamLog
 from cadre.system import run_system
 from cadre.wiring import open_bus
-from store.jetstream import JetStreamLog
 
 TARGET_HOP_RATIO = 0.75
 TARGET_WORKFLOWS_PER_S = 150.0

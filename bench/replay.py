@@ -51,14 +51,14 @@ from _common import bench_server, environment, median, note, timed
 from nats.aio.msg import Msg
 from nats.js import api
 
-from actors.intake import workflow_id_for
-from actors.replay import Replayer, live_specs
-from bus.connection import barrier
+from cadre.actors.intake import workflow_id_for
+from cadre.actors.replay import Replayer, live_specs
+from cadre.bus.connection import barrier
 from cadre.settings import Settings
+from cadre.store.jetstream import stream_seq
+from cadre.store.records import Record, to_record
 from cadre.system import catalog_for, run_system
 from cadre.wiring import Bus, open_bus
-from store.jetstream import stream_seq
-from store.records import Record, to_record
 
 RUN_TIMEOUT = 120.0
 TOTAL_TIMEOUT = 900.0

@@ -1,8 +1,8 @@
 """The wire: events, subjects, codec, the NATS connection, the stream, the embedded server."""
 
-from bus.codec import decode, encode, to_builtins
-from bus.connection import ConnectOptions, barrier, connect
-from bus.events import (
+from cadre.bus.codec import decode, encode, to_builtins
+from cadre.bus.connection import ConnectOptions, barrier, connect
+from cadre.bus.events import (
     EVENT_TYPES,
     SCHEMA_VERSION,
     TERMINAL_TYPES,
@@ -21,9 +21,9 @@ from bus.events import (
     derive_id,
     make_event,
 )
-from bus.plan import Check, ErrorInfo, Plan, StepIntent, Task
-from bus.stream import StreamSpec, ensure_stream
-from bus.subjects import Subjects, check_token
+from cadre.bus.plan import Check, ErrorInfo, Plan, StepIntent, Task
+from cadre.bus.stream import StreamSpec, ensure_stream
+from cadre.bus.subjects import Subjects, check_token
 
 __all__ = [
     "EVENT_TYPES",

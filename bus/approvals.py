@@ -19,7 +19,7 @@ from typing import Final
 
 import msgspec
 
-from bus.signing import Signer
+from cadre.bus.signing import Signer
 
 APPROVAL_DOMAIN: Final = b"cadre-approval-v1\n"
 

@@ -40,10 +40,10 @@ from typing import Any
 
 import nkeys
 
-from bus.errors import AuthConfigError
-from bus.roles import ACTOR_ROLES, EMITS, RUNTIME_EMITS, SIGNING_ROLES
-from bus.signing import KeyEntry, Keyring, KeyringFile, load_keyring
-from bus.subjects import Subjects
+from cadre.bus.errors import AuthConfigError
+from cadre.bus.roles import ACTOR_ROLES, EMITS, RUNTIME_EMITS, SIGNING_ROLES
+from cadre.bus.signing import KeyEntry, Keyring, KeyringFile, load_keyring
+from cadre.bus.subjects import Subjects
 
 __all__ = [
     "ACTOR_ROLES",

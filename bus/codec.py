@@ -16,10 +16,10 @@ from typing import Any
 
 import msgspec
 
-from bus.effects import Effect
-from bus.errors import DecodeError
-from bus.events import EVENT_TYPES, VERSIONS, Envelope, Event
-from bus.upcast import effect_v2, upcast
+from cadre.bus.effects import Effect
+from cadre.bus.errors import DecodeError
+from cadre.bus.events import EVENT_TYPES, VERSIONS, Envelope, Event
+from cadre.bus.upcast import effect_v2, upcast
 
 _encoder = msgspec.json.Encoder()
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import nats
 from nats.aio.client import Client as NATS
 
-from bus.errors import AuthConfigError, NatsAuthError, NatsUnavailable
+from cadre.bus.errors import AuthConfigError, NatsAuthError, NatsUnavailable
 
 log = logging.getLogger("cadre.bus")
 

@@ -35,8 +35,8 @@ from typing import Any, ClassVar, Literal
 
 import msgspec
 
-from bus.ledger import Decision
-from bus.plan import ErrorInfo, Plan
+from cadre.bus.ledger import Decision
+from cadre.bus.plan import ErrorInfo, Plan
 
 __all__ = [
     "NO_PROVIDER",

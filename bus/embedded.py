@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from bus.errors import EmbeddedServerError, PortInUse, ServerBinaryMissing
+from cadre.bus.errors import EmbeddedServerError, PortInUse, ServerBinaryMissing
 
 __all__ = [
     "DEFAULT_DATA_DIR",

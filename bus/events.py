@@ -32,8 +32,8 @@ from typing import Any, ClassVar
 
 import msgspec
 
-from bus.effects import Effect
-from bus.plan import Check, ErrorInfo, Plan, StepIntent, Task
+from cadre.bus.effects import Effect
+from cadre.bus.plan import Check, ErrorInfo, Plan, StepIntent, Task
 
 SCHEMA_VERSION = 3
 """The envelope's version: v2 added ``prev`` and ``basis``, v3 typed ``effects`` (:mod:`bus.effects`).

@@ -17,9 +17,9 @@ from typing import Any, Literal
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from bus.errors import CadreError
-from bus.events import WorkflowRequested
-from bus.plan import Plan
+from cadre.bus.errors import CadreError
+from cadre.bus.events import WorkflowRequested
+from cadre.bus.plan import Plan
 
 MAX_REQUEST_BYTES = 256 * 1024
 

@@ -34,8 +34,8 @@ import nacl.exceptions
 import nacl.signing
 import nkeys
 
-from bus.errors import CadreError
-from bus.roles import emits_signed
+from cadre.bus.errors import CadreError
+from cadre.bus.roles import emits_signed
 
 SIGNER_HEADER: Final = "Cadre-Signer"
 SIG_HEADER: Final = "Cadre-Sig"

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, BadRequestError
 
-from bus.errors import StreamConfigError
+from cadre.bus.errors import StreamConfigError
 
 _EXISTS_WITH_OTHER_CONFIG = 10058
 _SUBJECTS_OVERLAP = 10065

@@ -22,8 +22,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from bus.errors import CadreError
-from bus.events import VERSIONS
+from cadre.bus.errors import CadreError
+from cadre.bus.events import VERSIONS
 
 Payload = dict[str, Any]
 Upcaster = Callable[[Payload], Payload]

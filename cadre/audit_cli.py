@@ -28,20 +28,20 @@ from typing import Any
 
 import msgspec
 
-from bus.subjects import check_token
 from cadre import audit_html, audit_text
+from cadre.bus.subjects import check_token
 from cadre.commands import EXIT_FAILED, EXIT_OK, UsageError
 from cadre.render import json_line
 from cadre.safe_text import visible, visible_lines
 from cadre.settings import Settings
+from cadre.store.audit import audit
+from cadre.store.authenticity import Authorship, authorship
+from cadre.store.filelog import FileLog
+from cadre.store.integrity import Anchor, Verdict, verify
+from cadre.store.records import Record
 from cadre.trust import find_keyring
 from cadre.wiring import open_bus
 from cadre.workflow_records import read_records
-from store.audit import audit
-from store.authenticity import Authorship, authorship
-from store.filelog import FileLog
-from store.integrity import Anchor, Verdict, verify
-from store.records import Record
 
 
 def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:

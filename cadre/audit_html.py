@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from cadre.safe_text import visible
-from store.audit import AuditReport, CheckNote
+from cadre.store.audit import AuditReport, CheckNote
 
 _CSS = """
 :root { --fg:#1d2329; --muted:#5b6670; --line:#d9dee3; --bg:#fafbfc; --ok:#1a7f37; --bad:#cf222e; --warn:#9a6700; }

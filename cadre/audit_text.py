@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-from store.audit import AuditReport, CheckNote
+from cadre.store.audit import AuditReport, CheckNote
 
 
 def lines(r: AuditReport, width: int = 110) -> list[str]:

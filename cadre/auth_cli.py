@@ -23,11 +23,11 @@ from nats.aio.client import Client as NATS
 from nats.js import api
 from nats.js.errors import BadRequestError, NotFoundError
 
-from bus.auth import ROLES, add_approver, creds_path, ensure_auth, role_of_creds
-from bus.connection import connect
-from bus.embedded import find_running
-from bus.errors import AuthConfigError, StreamConfigError
-from bus.stream import ensure_stream
+from cadre.bus.auth import ROLES, add_approver, creds_path, ensure_auth, role_of_creds
+from cadre.bus.connection import connect
+from cadre.bus.embedded import find_running
+from cadre.bus.errors import AuthConfigError, StreamConfigError
+from cadre.bus.stream import ensure_stream
 from cadre.settings import Settings
 
 EXIT_OK = 0

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from actors.budget.rules import BudgetConfig
-from bus.stream import StreamSpec
+from cadre.actors.budget.rules import BudgetConfig
+from cadre.bus.stream import StreamSpec
+from cadre.planner.providers.pricing import ModelPrice, Prices, model_price
 from cadre.settings import Price, RateLimit, Settings
-from planner.providers.pricing import ModelPrice, Prices, model_price
 
 
 def _model_price(price: Price) -> ModelPrice:

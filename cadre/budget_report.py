@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 
-from actors.budget.report import Report, SpendLine
+from cadre.actors.budget.report import Report, SpendLine
 
 
 def render_report(r: Report, ledger: str) -> Iterator[str]:

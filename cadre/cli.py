@@ -19,22 +19,22 @@ from pathlib import Path
 
 import pydantic
 
-from bus.errors import CadreError, InvalidName
-from bus.events import TERMINAL_TYPES
-from bus.signing import Keyring
-from bus.subjects import check_token
 from cadre import __version__, audit_cli, auth_cli, commands, replay_cli, state_view
+from cadre.bus.errors import CadreError, InvalidName
+from cadre.bus.events import TERMINAL_TYPES
+from cadre.bus.signing import Keyring
+from cadre.bus.subjects import check_token
 from cadre.commands import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError
 from cadre.render import json_line, record_json, record_line
 from cadre.safe_text import VisibleFormatter, visible
 from cadre.settings import Settings
+from cadre.store.authenticity import authorship, verdict
+from cadre.store.filelog import FileLog, export
+from cadre.store.records import Malformed, Record, StoredEvent
+from cadre.store.source import EventSource
 from cadre.system import KINDS
 from cadre.trust import find_keyring
 from cadre.wiring import open_bus
-from store.authenticity import authorship, verdict
-from store.filelog import FileLog, export
-from store.records import Malformed, Record, StoredEvent
-from store.source import EventSource
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -14,35 +14,35 @@ from typing import Any
 import msgspec
 import nats.errors
 
-from actors.budget import read_ledger
-from actors.budget.report import report as budget_report
-from actors.clock import utc_now
-from actors.intake import submit
-from actors.ping import ping_all
-from actors.runtime import consumer_name
-from bus.approvals import ApprovalReply, Decision, sign_decision
-from bus.errors import CadreError
-from bus.events import (
+from cadre import __version__
+from cadre.actors.budget import read_ledger
+from cadre.actors.budget.report import report as budget_report
+from cadre.actors.clock import utc_now
+from cadre.actors.intake import submit
+from cadre.actors.ping import ping_all
+from cadre.actors.runtime import consumer_name
+from cadre.budget_report import render_report
+from cadre.bus.approvals import ApprovalReply, Decision, sign_decision
+from cadre.bus.errors import CadreError
+from cadre.bus.events import (
     EVENT_TYPES,
     SCHEMA_VERSION,
     TERMINAL_TYPES,
 )
-from bus.request import request_schema
-from bus.signing import Keyring
-from bus.subjects import check_token
-from cadre import __version__
-from cadre.budget_report import render_report
+from cadre.bus.request import request_schema
+from cadre.bus.signing import Keyring
+from cadre.bus.subjects import check_token
 from cadre.progress import describe
 from cadre.render import json_line
 from cadre.safe_text import visible
 from cadre.settings import Settings
+from cadre.store.authenticity import trusted_fold, verdict
+from cadre.store.jetstream import JetStreamLog
+from cadre.store.records import StoredEvent
+from cadre.store.state import WorkflowState, fold, skip
 from cadre.system import ACTOR_KINDS, catalog_for, run_system
 from cadre.trust import find_keyring, signer_for, trust_for
 from cadre.wiring import Bus, open_bus
-from store.authenticity import trusted_fold, verdict
-from store.jetstream import JetStreamLog
-from store.records import StoredEvent
-from store.state import WorkflowState, fold, skip
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 

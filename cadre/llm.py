@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Final
 
-from actors.inference import LLM
-from bus.errors import CadreError
+from cadre.actors.inference import LLM
+from cadre.bus.errors import CadreError
+from cadre.planner.providers.base import Provider, ProviderConfig
 from cadre.settings import Settings
-from planner.providers.base import Provider, ProviderConfig
 
 DEFAULT_MODELS: Final = {
     "anthropic": {"planner": "claude-sonnet-4-6", "decomposer": "claude-haiku-4-5", "agent": "claude-haiku-4-5"},
@@ -85,11 +85,11 @@ def build_llm(settings: Settings) -> LLM | None:
     # The adapters are imported here so that a process without a model never imports the SDKs.
     provider: Provider
     if name == "anthropic":
-        from planner.providers.anthropic import AnthropicProvider
+        from cadre.planner.providers.anthropic import AnthropicProvider
 
         provider = AnthropicProvider(config)
     else:
-        from planner.providers.gemini import GeminiProvider
+        from cadre.planner.providers.gemini import GeminiProvider
 
         provider = GeminiProvider(config)
     limits = {

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from bus.events import (
+from cadre.bus.events import (
     ApprovalDenied,
     ApprovalGranted,
     ApprovalRequested,

@@ -11,10 +11,10 @@ from typing import Any
 
 import msgspec
 
-from bus.codec import to_builtins
-from bus.signing import Verdict
+from cadre.bus.codec import to_builtins
+from cadre.bus.signing import Verdict
 from cadre.safe_text import json_text, visible
-from store.records import Malformed, Record, StoredEvent
+from cadre.store.records import Malformed, Record, StoredEvent
 
 _json = msgspec.json.Encoder()
 

@@ -25,19 +25,19 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from actors.inference import LLM
-from actors.replay import RecordOnlyProvider, Replayer
-from bus.subjects import check_token
+from cadre.actors.inference import LLM
+from cadre.actors.replay import RecordOnlyProvider, Replayer
+from cadre.bus.subjects import check_token
 from cadre.commands import EXIT_FAILED, EXIT_OK
 from cadre.llm import LLMSettingsError, models_for, provider_name
 from cadre.render import json_line
 from cadre.safe_text import visible_lines
 from cadre.settings import Settings
+from cadre.store.filelog import FileLog
 from cadre.system import system_specs
 from cadre.trust import find_keyring
 from cadre.whatif_policy import load_policy, what_if_setup
 from cadre.workflow_records import read_records
-from store.filelog import FileLog
 
 
 def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:

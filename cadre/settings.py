@@ -13,12 +13,12 @@ from typing import Any, Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from bus.auth import AuthNames
-from bus.connection import ConnectOptions
-from bus.stream import StreamSpec
-from bus.subjects import Subjects
-from planner.providers import pricing
-from planner.providers.pricing import ModelPrice
+from cadre.bus.auth import AuthNames
+from cadre.bus.connection import ConnectOptions
+from cadre.bus.stream import StreamSpec
+from cadre.bus.subjects import Subjects
+from cadre.planner.providers import pricing
+from cadre.planner.providers.pricing import ModelPrice
 
 
 class RateLimit(BaseModel):

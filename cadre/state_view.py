@@ -12,12 +12,12 @@ from typing import Any
 
 import msgspec
 
-from bus.signing import Keyring
+from cadre.bus.signing import Keyring
 from cadre.render import json_line
 from cadre.safe_text import visible_lines
-from store.authenticity import trusted_fold
-from store.records import Record
-from store.state import WorkflowState
+from cadre.store.authenticity import trusted_fold
+from cadre.store.records import Record
+from cadre.store.state import WorkflowState
 
 _json = msgspec.json.Encoder()
 

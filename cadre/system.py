@@ -6,26 +6,26 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
 
-from actors.approvals import ApprovalPolicy, serve_approvals
-from actors.budget import BudgetClient, serve_budget
-from actors.context import Outside
-from actors.inference import Policy
-from actors.intake import serve_intake
-from actors.library_source import LogLibrary
-from actors.metrics import Metrics
-from actors.ping import serve_ping
-from actors.runtime import ActorSpec, ActorSystem, RuntimeOptions, run_actors
-from actors.specs import live_specs
-from actors.tool_port import ToolRunner
-from actors.tools import ToolBox, ToolConfig, builtin_impls, ensure_sample_database
-from actors.tools.plugins import load_tool_modules, plugin_impls
+from cadre.actors.approvals import ApprovalPolicy, serve_approvals
+from cadre.actors.budget import BudgetClient, serve_budget
+from cadre.actors.context import Outside
+from cadre.actors.inference import Policy
+from cadre.actors.intake import serve_intake
+from cadre.actors.library_source import LogLibrary
+from cadre.actors.metrics import Metrics
+from cadre.actors.ping import serve_ping
+from cadre.actors.runtime import ActorSpec, ActorSystem, RuntimeOptions, run_actors
+from cadre.actors.specs import live_specs
+from cadre.actors.tool_port import ToolRunner
+from cadre.actors.tools import ToolBox, ToolConfig, builtin_impls, ensure_sample_database
+from cadre.actors.tools.plugins import load_tool_modules, plugin_impls
 from cadre.budget_config import budget_config, ledger_spec
 from cadre.llm import build_llm
+from cadre.planner.builtin_tools import builtin_catalog
+from cadre.planner.catalog import Catalog
 from cadre.settings import Settings
 from cadre.trust import keyring_loader, trust_for
 from cadre.wiring import Bus
-from planner.builtin_tools import builtin_catalog
-from planner.catalog import Catalog
 
 ACTOR_KINDS = ("planner", "validator", "decomposer", "agent")
 KINDS = (*ACTOR_KINDS, "budget", "approvals")

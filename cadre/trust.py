@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from actors.trust import Trust
-from bus.auth import creds_path, role_of_creds
-from bus.signing import Keyring, Signer, load_keyring
+from cadre.actors.trust import Trust
+from cadre.bus.auth import creds_path, role_of_creds
+from cadre.bus.signing import Keyring, Signer, load_keyring
 from cadre.settings import Settings
 
 

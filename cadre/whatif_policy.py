@@ -27,14 +27,14 @@ from typing import Any
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
-from actors.replay import Replayer, live_specs
-from actors.replay.whatif import WhatIf
+from cadre.actors.replay import Replayer, live_specs
+from cadre.actors.replay.whatif import WhatIf
 from cadre.budget_config import budget_config
 from cadre.commands import UsageError
+from cadre.planner.catalog import Catalog
+from cadre.planner.validation import Limits
 from cadre.settings import Intelligence, Mode, Settings
 from cadre.system import catalog_for
-from planner.catalog import Catalog
-from planner.validation import Limits
 
 
 class LimitsPolicy(BaseModel):

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 
 from nats.aio.client import Client as NATS
 
-from bus.connection import connect
-from bus.embedded import EmbeddedServer, start_embedded
 from cadre.auth_cli import acting_role, bootstrap, creds_for, local_auth, prepare_embedded
+from cadre.bus.connection import connect
+from cadre.bus.embedded import EmbeddedServer, start_embedded
 from cadre.settings import Settings
-from store.jetstream import JetStreamLog
+from cadre.store.jetstream import JetStreamLog
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from cadre.commands import UsageError
 from cadre.settings import Settings
+from cadre.store.filelog import FileLog
+from cadre.store.records import Record
 from cadre.wiring import open_bus
-from store.filelog import FileLog
-from store.records import Record
 
 
 async def read_records(settings: Settings, wf: str, from_file: Path | None, *, name: str = "cadre") -> list[Record]:

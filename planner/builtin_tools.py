@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from planner.catalog import Catalog, Safety, ToolSpec
+from cadre.planner.catalog import Catalog, Safety, ToolSpec
 
 # A value SQLite hands back or takes as a parameter (BLOBs come back as "0x…" hex strings).
 SqlValue = str | int | float | None

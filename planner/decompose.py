@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import copy
 
-from bus.errors import CadreError
-from bus.plan import StepIntent, Task
-from planner.catalog import Catalog, Safety
+from cadre.bus.errors import CadreError
+from cadre.bus.plan import StepIntent, Task
+from cadre.planner.catalog import Catalog, Safety
 
 __all__ = ["DecompositionError", "decompose", "step_id"]
 

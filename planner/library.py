@@ -36,8 +36,8 @@ from typing import Annotated
 
 import msgspec
 
-from bus.errors import CadreError
-from bus.plan import Plan
+from cadre.bus.errors import CadreError
+from cadre.bus.plan import Plan
 
 __all__ = [
     "LibraryEntry",

@@ -27,7 +27,7 @@ from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from bus.errors import CadreError
+from cadre.bus.errors import CadreError
 
 __all__ = [
     "Ref",

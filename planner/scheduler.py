@@ -21,8 +21,8 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable, Mapping, Sequence
 
-from bus.errors import CadreError
-from bus.plan import Plan
+from cadre.bus.errors import CadreError
+from cadre.bus.plan import Plan
 
 __all__ = [
     "COMPLETED",

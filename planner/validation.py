@@ -45,11 +45,11 @@ from typing import Any
 import msgspec
 from pydantic import BaseModel, ValidationError
 
-from bus.errors import CadreError
-from bus.plan import Check, Plan, Severity, StepIntent, Task
-from planner.catalog import Catalog, Safety, ToolSpec
-from planner.refs import Loc, Ref, RefError, find_refs, format_location, lookup, resolve
-from planner.scheduler import depth, find_cycle, upstream
+from cadre.bus.errors import CadreError
+from cadre.bus.plan import Check, Plan, Severity, StepIntent, Task
+from cadre.planner.catalog import Catalog, Safety, ToolSpec
+from cadre.planner.refs import Loc, Ref, RefError, find_refs, format_location, lookup, resolve
+from cadre.planner.scheduler import depth, find_cycle, upstream
 
 __all__ = [
     "TASK_ID",

@@ -28,8 +28,8 @@ from typing import Any, assert_never
 
 import msgspec
 
-from bus.effects import BudgetDecided, CallSettled, Effect, LibrarySearched, ModelCalled, ToolCalled
-from bus.events import (
+from cadre.bus.effects import BudgetDecided, CallSettled, Effect, LibrarySearched, ModelCalled, ToolCalled
+from cadre.bus.events import (
     ApprovalDenied,
     ApprovalGranted,
     ApprovalRequested,
@@ -51,10 +51,10 @@ from bus.events import (
     WorkflowFailed,
     WorkflowRequested,
 )
-from bus.plan import Check
-from bus.signing import Keyring
-from store.authenticity import verdict
-from store.records import Malformed, Record, StoredEvent
+from cadre.bus.plan import Check
+from cadre.bus.signing import Keyring
+from cadre.store.authenticity import verdict
+from cadre.store.records import Malformed, Record, StoredEvent
 
 __all__ = [
     "Approval",

@@ -13,9 +13,9 @@ from typing import Final
 
 import msgspec
 
-from bus.signing import Keyring, Verdict
-from store.records import Record, StoredEvent
-from store.state import WorkflowState, apply, skip
+from cadre.bus.signing import Keyring, Verdict
+from cadre.store.records import Record, StoredEvent
+from cadre.store.state import WorkflowState, apply, skip
 
 UNCHECKED: Final = Verdict("signed", "not checked: no keyring")
 

@@ -30,13 +30,13 @@ from typing import IO
 
 import msgspec
 
-from bus.errors import StoreError
-from bus.events import chain_hash
-from bus.signing import SIG_HEADER, SIGNER_HEADER, Keyring, KeyringFile
-from bus.subjects import Subjects
-from store.integrity import Anchor
-from store.records import Malformed, Record, StoredEvent, events_only, to_record
-from store.source import EventSource
+from cadre.bus.errors import StoreError
+from cadre.bus.events import chain_hash
+from cadre.bus.signing import SIG_HEADER, SIGNER_HEADER, Keyring, KeyringFile
+from cadre.bus.subjects import Subjects
+from cadre.store.integrity import Anchor
+from cadre.store.records import Malformed, Record, StoredEvent, events_only, to_record
+from cadre.store.source import EventSource
 
 FORMAT_VERSION = 1
 

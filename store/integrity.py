@@ -29,8 +29,8 @@ from typing import Literal
 
 import msgspec
 
-from bus.events import CHAIN_VERSION, chain_hash
-from store.records import Malformed, Record, StoredEvent
+from cadre.bus.events import CHAIN_VERSION, chain_hash
+from cadre.store.records import Malformed, Record, StoredEvent
 
 ProblemKind = Literal["modified", "removed", "inserted", "reordered"]
 Status = Literal["intact", "unchained", "broken"]

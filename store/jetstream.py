@@ -45,13 +45,13 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
 
-from bus import codec
-from bus.errors import AppendError, ConcurrencyConflict, StoreError
-from bus.events import Envelope, chain_hash
-from bus.signing import Signer
-from bus.stream import StreamSpec, ensure_stream
-from bus.subjects import Subjects
-from store.records import Record, StoredEvent, events_only, to_record
+from cadre.bus import codec
+from cadre.bus.errors import AppendError, ConcurrencyConflict, StoreError
+from cadre.bus.events import Envelope, chain_hash
+from cadre.bus.signing import Signer
+from cadre.bus.stream import StreamSpec, ensure_stream
+from cadre.bus.subjects import Subjects
+from cadre.store.records import Record, StoredEvent, events_only, to_record
 
 MAX_ATOMIC_BATCH = 1000  # nats-server's default limit of messages in one atomic batch
 

@@ -11,11 +11,11 @@ from collections.abc import Mapping
 
 import msgspec
 
-from bus import codec
-from bus.errors import DecodeError, MalformedEvent
-from bus.events import Envelope
-from bus.signing import Signature, signature_of
-from bus.subjects import Subjects
+from cadre.bus import codec
+from cadre.bus.errors import DecodeError, MalformedEvent
+from cadre.bus.events import Envelope
+from cadre.bus.signing import Signature, signature_of
+from cadre.bus.subjects import Subjects
 
 
 class StoredEvent(msgspec.Struct, frozen=True, gc=False):

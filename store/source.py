@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from bus.subjects import Subjects
-from store.records import Record, StoredEvent
+from cadre.bus.subjects import Subjects
+from cadre.store.records import Record, StoredEvent
 
 
 class EventSource(Protocol):

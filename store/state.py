@@ -18,7 +18,7 @@ from typing import Any, Literal, assert_never
 
 import msgspec
 
-from bus.events import (
+from cadre.bus.events import (
     ApprovalDenied,
     ApprovalGranted,
     ApprovalRequested,
@@ -39,8 +39,8 @@ from bus.events import (
     WorkflowRequested,
     chain_hash,
 )
-from bus.plan import Check, ErrorInfo, Plan, StepIntent, Task
-from store.records import Record, StoredEvent
+from cadre.bus.plan import Check, ErrorInfo, Plan, StepIntent, Task
+from cadre.store.records import Record, StoredEvent
 
 Status = Literal["new", "requested", "planned", "running", "completed", "failed"]
 TaskStatus = Literal["pending", "ready", "running", "completed", "failed"]

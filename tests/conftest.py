@@ -15,10 +15,10 @@ import pytest
 import pytest_asyncio
 from nats.aio.client import Client as NATS
 
-from bus import ConnectOptions, StreamSpec, Subjects, connect
-from bus.embedded import server_binary
-from bus.events import Envelope, Event, WorkflowRequested, make_event
-from store import JetStreamLog
+from cadre.bus import ConnectOptions, StreamSpec, Subjects, connect
+from cadre.bus.embedded import server_binary
+from cadre.bus.events import Envelope, Event, WorkflowRequested, make_event
+from cadre.store import JetStreamLog
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

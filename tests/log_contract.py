@@ -11,10 +11,10 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from bus.errors import MalformedEvent
-from bus.events import Envelope, PlanProposed, StepCompleted, WorkflowCompleted
-from bus.plan import Plan, Task
-from store import EventSource, Malformed, StoredEvent, fold
+from cadre.bus.errors import MalformedEvent
+from cadre.bus.events import Envelope, PlanProposed, StepCompleted, WorkflowCompleted
+from cadre.bus.plan import Plan, Task
+from cadre.store import EventSource, Malformed, StoredEvent, fold
 from tests.conftest import ev, requested, unchained
 
 MakeSource = Callable[[dict[str, list[Envelope]], list[tuple[str, bytes]]], Awaitable[EventSource]]
@@ -92,7 +92,7 @@ class LogContract:
             await source.read("wf-a")
 
     async def test_event_under_the_wrong_subject_is_malformed(self, make_source: MakeSource) -> None:
-        from bus import encode
+        from cadre.bus import encode
 
         stray = encode(happy_run("wf-b")[0])  # a valid event of wf-b, stored under wf-a
         source = await make_source({"wf-a": happy_run("wf-a")[:1]}, [("wf-a.workflow_requested", stray)])

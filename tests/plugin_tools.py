@@ -6,10 +6,10 @@ import asyncio
 
 from pydantic import BaseModel, ConfigDict
 
-from actors.tools import ToolCall, ToolConfig, ToolError, typed_impl
-from actors.tools.fs import fs_write
-from planner.builtin_tools import FsWriteInput, FsWriteOutput
-from planner.catalog import Safety, ToolSpec
+from cadre.actors.tools import ToolCall, ToolConfig, ToolError, typed_impl
+from cadre.actors.tools.fs import fs_write
+from cadre.planner.builtin_tools import FsWriteInput, FsWriteOutput
+from cadre.planner.catalog import Safety, ToolSpec
 
 
 class Value(BaseModel):

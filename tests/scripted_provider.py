@@ -15,9 +15,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from bus.errors import CadreError
-from planner.providers.base import LLMRequest, LLMResponse, Provider, ProviderError
-from planner.providers.structured import Outcome, structured_flow
+from cadre.bus.errors import CadreError
+from cadre.planner.providers.base import LLMRequest, LLMResponse, Provider, ProviderError
+from cadre.planner.providers.structured import Outcome, structured_flow
 
 __all__ = ["RecordedProvider", "ReplayExhausted", "run_structured"]
 

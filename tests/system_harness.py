@@ -13,15 +13,15 @@ from typing import Any
 
 from nats.js.errors import NotFoundError
 
-from actors.runtime import ActorSystem
-from bus.auth import ensure_auth
-from bus.signing import Keyring
+from cadre.actors.runtime import ActorSystem
+from cadre.bus.auth import ensure_auth
+from cadre.bus.signing import Keyring
 from cadre.settings import Settings
+from cadre.store.authenticity import trusted_fold, verdict
+from cadre.store.records import StoredEvent
+from cadre.store.state import WorkflowState
 from cadre.system import run_system
 from cadre.wiring import Bus, open_bus
-from store.authenticity import trusted_fold, verdict
-from store.records import StoredEvent
-from store.state import WorkflowState
 from tests.conftest import unique
 
 

@@ -20,25 +20,25 @@ import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 
-from actors.answers import LiveAnswers, RecordedAnswers, ReplayDivergence
-from actors.budget import BudgetClient, serve_budget
-from actors.budget.rules import BudgetConfig
-from actors.context import Answers, Context, Outside, ToolFailure
-from actors.inference import LLM, Policy
-from actors.tool_port import ToolRunner
-from actors.tools import ToolBox, ToolConfig, builtin_impls
-from bus import decode, encode
-from bus.effects import BudgetDecided, CallSettled, LibraryHit, LibrarySearched, ModelCalled, ToolCalled
-from bus.events import EffectsRecorded, WorkflowRequested, make_event
-from bus.plan import Plan, Task
-from bus.stream import StreamSpec
-from bus.subjects import Subjects
-from planner.builtin_tools import builtin_catalog
-from planner.catalog import Catalog
-from planner.providers.agent_prompts import decide_request, decide_validator
-from planner.providers.base import LLMResponse, Usage
-from planner.providers.pricing import ModelPrice, Prices
-from store.records import StoredEvent
+from cadre.actors.answers import LiveAnswers, RecordedAnswers, ReplayDivergence
+from cadre.actors.budget import BudgetClient, serve_budget
+from cadre.actors.budget.rules import BudgetConfig
+from cadre.actors.context import Answers, Context, Outside, ToolFailure
+from cadre.actors.inference import LLM, Policy
+from cadre.actors.tool_port import ToolRunner
+from cadre.actors.tools import ToolBox, ToolConfig, builtin_impls
+from cadre.bus import decode, encode
+from cadre.bus.effects import BudgetDecided, CallSettled, LibraryHit, LibrarySearched, ModelCalled, ToolCalled
+from cadre.bus.events import EffectsRecorded, WorkflowRequested, make_event
+from cadre.bus.plan import Plan, Task
+from cadre.bus.stream import StreamSpec
+from cadre.bus.subjects import Subjects
+from cadre.planner.builtin_tools import builtin_catalog
+from cadre.planner.catalog import Catalog
+from cadre.planner.providers.agent_prompts import decide_request, decide_validator
+from cadre.planner.providers.base import LLMResponse, Usage
+from cadre.planner.providers.pricing import ModelPrice, Prices
+from cadre.store.records import StoredEvent
 from tests import plugin_tools
 from tests.conftest import ev, unique
 from tests.scripted_provider import RecordedProvider

@@ -12,18 +12,18 @@ import msgspec
 import pytest
 import pytest_asyncio
 
-from actors.approvals import ApprovalPolicy, serve_approvals
-from actors.clock import utc_now
-from bus.approvals import ApprovalReply, Decision, sign_decision
-from bus.errors import CadreError
-from bus.events import ApprovalGranted, ApprovalRequested, StepReady
-from bus.plan import StepIntent
-from bus.roles import SIGNING_ROLES
-from bus.signing import Keyring, Signer, new_seed
 from cadre import commands
+from cadre.actors.approvals import ApprovalPolicy, serve_approvals
+from cadre.actors.clock import utc_now
+from cadre.bus.approvals import ApprovalReply, Decision, sign_decision
+from cadre.bus.errors import CadreError
+from cadre.bus.events import ApprovalGranted, ApprovalRequested, StepReady
+from cadre.bus.plan import StepIntent
+from cadre.bus.roles import SIGNING_ROLES
+from cadre.bus.signing import Keyring, Signer, new_seed
 from cadre.cli import main
-from store import JetStreamLog, StoredEvent
-from store.authenticity import trusted_fold
+from cadre.store import JetStreamLog, StoredEvent
+from cadre.store.authenticity import trusted_fold
 from tests.conftest import T0, ev, unique
 from tests.system_harness import cadre_running, settings_for
 

@@ -23,17 +23,17 @@ import pytest_asyncio
 from nats.aio.client import Client as NATS
 from nats.js import api
 
-from actors.intake import serve_intake
-from bus.auth import EMITS, ROLES, RUNTIME_EMITS, creds_path, ensure_auth
-from bus.connection import ConnectOptions, barrier, connect
-from bus.embedded import server_binary, start_embedded
-from bus.errors import AuthConfigError, NatsAuthError
-from bus.events import EVENT_TYPES
+from cadre.actors.intake import serve_intake
 from cadre.auth_cli import bootstrap, prepare_embedded
+from cadre.bus.auth import EMITS, ROLES, RUNTIME_EMITS, creds_path, ensure_auth
+from cadre.bus.connection import ConnectOptions, barrier, connect
+from cadre.bus.embedded import server_binary, start_embedded
+from cadre.bus.errors import AuthConfigError, NatsAuthError
+from cadre.bus.events import EVENT_TYPES
 from cadre.cli import main
 from cadre.settings import Settings
-from store.jetstream import JetStreamLog
-from store.records import StoredEvent
+from cadre.store.jetstream import JetStreamLog
+from cadre.store.records import StoredEvent
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "nats"
 

@@ -26,15 +26,15 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 
-from actors.budget import BudgetClient, BudgetService, LedgerError, read_ledger, rules, serve_budget
-from actors.budget import commit as budget_commit
-from actors.budget import report as budget_report
-from actors.budget import view as budget_view
-from actors.budget.requests import Ask, Request, Settle
-from actors.budget.rules import BudgetConfig, BudgetState
-from actors.metrics import Metrics
-from bus import ConnectOptions, StreamSpec, Subjects, connect
-from bus.ledger import (
+from cadre.actors.budget import BudgetClient, BudgetService, LedgerError, read_ledger, rules, serve_budget
+from cadre.actors.budget import commit as budget_commit
+from cadre.actors.budget import report as budget_report
+from cadre.actors.budget import view as budget_view
+from cadre.actors.budget.requests import Ask, Request, Settle
+from cadre.actors.budget.rules import BudgetConfig, BudgetState
+from cadre.actors.metrics import Metrics
+from cadre.bus import ConnectOptions, StreamSpec, Subjects, connect
+from cadre.bus.ledger import (
     CacheHitEntry,
     Consultation,
     Decision,
@@ -45,7 +45,7 @@ from bus.ledger import (
     SettledEntry,
     Settlement,
 )
-from planner.providers.pricing import ModelPrice, Prices, model_price
+from cadre.planner.providers.pricing import ModelPrice, Prices, model_price
 from tests.conftest import unique
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

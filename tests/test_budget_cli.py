@@ -11,10 +11,10 @@ from collections.abc import Iterator
 import pytest
 from nats.js.errors import NotFoundError
 
-from actors.budget import BudgetClient, serve_budget
-from bus import ConnectOptions, connect
-from bus.ledger import Consultation, Settlement
+from cadre.actors.budget import BudgetClient, serve_budget
 from cadre.budget_config import budget_config, ledger_spec
+from cadre.bus import ConnectOptions, connect
+from cadre.bus.ledger import Consultation, Settlement
 from cadre.cli import main
 from cadre.settings import Settings
 from tests.conftest import unique

@@ -8,8 +8,8 @@ import time
 import pytest
 from nats.aio.client import Client as NATS
 
-from bus import ConnectOptions, StreamSpec, Subjects, check_token, connect, ensure_stream
-from bus.errors import InvalidName, NatsUnavailable, StreamConfigError
+from cadre.bus import ConnectOptions, StreamSpec, Subjects, check_token, connect, ensure_stream
+from cadre.bus.errors import InvalidName, NatsUnavailable, StreamConfigError
 from tests.conftest import unique
 
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import nats
 import pytest
 
-from bus import ConnectOptions, StreamSpec, Subjects, connect
-from bus.errors import NatsAuthError
+from cadre.bus import ConnectOptions, StreamSpec, Subjects, connect
+from cadre.bus.errors import NatsAuthError
 from cadre.cli import main
-from store import JetStreamLog
+from cadre.store import JetStreamLog
 from tests.conftest import unique
 from tests.log_contract import happy_run
 

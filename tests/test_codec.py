@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bus import EVENT_TYPES, decode, derive_id, encode
-from bus.errors import DecodeError
-from bus.events import Envelope, StepFailed, WorkflowRequested, make_event
-from bus.plan import ErrorInfo, Plan, Task
+from cadre.bus import EVENT_TYPES, decode, derive_id, encode
+from cadre.bus.errors import DecodeError
+from cadre.bus.events import Envelope, StepFailed, WorkflowRequested, make_event
+from cadre.bus.plan import ErrorInfo, Plan, Task
 from tests.conftest import T0, ev, requested
 from tests.log_contract import happy_run
 

@@ -25,18 +25,18 @@ import pytest
 from nats.aio.client import Client as NATS
 from pydantic import ValidationError
 
-from actors import agent, decomposer
-from actors.answers import LiveAnswers
-from actors.budget import BudgetClient, serve_budget
-from actors.budget.rules import BudgetConfig
-from actors.context import Budget, Context, Outside
-from actors.inference import LLM, Inferred, Policy
-from actors.outcome import Defer
-from actors.runtime import ActorSpec
-from actors.tool_port import ToolRunner
-from actors.tools import ToolBox, ToolCall, ToolConfig, ToolError, builtin_impls
-from bus.effects import BudgetDecided, CallSettled, ModelCalled, ToolCalled
-from bus.events import (
+from cadre.actors import agent, decomposer
+from cadre.actors.answers import LiveAnswers
+from cadre.actors.budget import BudgetClient, serve_budget
+from cadre.actors.budget.rules import BudgetConfig
+from cadre.actors.context import Budget, Context, Outside
+from cadre.actors.inference import LLM, Inferred, Policy
+from cadre.actors.outcome import Defer
+from cadre.actors.runtime import ActorSpec
+from cadre.actors.tool_port import ToolRunner
+from cadre.actors.tools import ToolBox, ToolCall, ToolConfig, ToolError, builtin_impls
+from cadre.bus.effects import BudgetDecided, CallSettled, ModelCalled, ToolCalled
+from cadre.bus.events import (
     Event,
     PlanProposed,
     PlanValidated,
@@ -48,14 +48,13 @@ from bus.events import (
     TaskReady,
     WorkflowRequested,
 )
-from bus.plan import ErrorInfo, Plan, StepIntent, Task
-from bus.stream import StreamSpec
-from bus.subjects import Subjects
-from cadre.settings import Settings
-from planner.builtin_tools import builtin_catalog
-from planner.catalog import Catalog
-from planner.decompose import decompose
-from planner.providers.agent_prompts import (
+from cadre.bus.plan import ErrorInfo, Plan, StepIntent, Task
+from cadre.bus.stream import StreamSpec
+from cadre.bus.subjects import Subjects
+from cadre.planner.builtin_tools import builtin_catalog
+from cadre.planner.catalog import Catalog
+from cadre.planner.decompose import decompose
+from cadre.planner.providers.agent_prompts import (
     FailedCall,
     decide_request,
     decide_validator,
@@ -67,11 +66,12 @@ from planner.providers.agent_prompts import (
     recover_request,
     recover_validator,
 )
-from planner.providers.base import LLMRequest, LLMResponse, Usage
-from planner.providers.pricing import ModelPrice, Prices
-from planner.providers.structured import InvalidOutput, problems_of
-from store.records import StoredEvent
-from store.state import WorkflowState, fold
+from cadre.planner.providers.base import LLMRequest, LLMResponse, Usage
+from cadre.planner.providers.pricing import ModelPrice, Prices
+from cadre.planner.providers.structured import InvalidOutput, problems_of
+from cadre.settings import Settings
+from cadre.store.records import StoredEvent
+from cadre.store.state import WorkflowState, fold
 from tests import plugin_tools
 from tests.conftest import ev, unique
 from tests.fake_llm import FakeAPI, anthropic_api, ok

@@ -19,15 +19,15 @@ from typing import Any
 import nats
 import pytest
 
-from bus import embedded
-from bus.embedded import (
+from cadre.bus import embedded
+from cadre.bus.embedded import (
     EmbeddedServer,
     embedded_server,
     find_running,
     server_binary,
     start_embedded,
 )
-from bus.errors import EmbeddedServerError, PortInUse, ServerBinaryMissing
+from cadre.bus.errors import EmbeddedServerError, PortInUse, ServerBinaryMissing
 
 PORT_IN_USE = r"^port \d+ on 127\.0\.0\.1 is already in use \("
 

@@ -26,8 +26,9 @@ from pathlib import Path
 
 import pytest
 
-from actors.clock import utc_now
-from bus.events import (
+from cadre import commands
+from cadre.actors.clock import utc_now
+from cadre.bus.events import (
     ApprovalGranted,
     ApprovalRequested,
     ForgedEvent,
@@ -36,15 +37,14 @@ from bus.events import (
     WorkflowCompleted,
     make_event,
 )
-from bus.plan import StepIntent
-from bus.signing import Signer, load_keyring
-from cadre import commands
+from cadre.bus.plan import StepIntent
+from cadre.bus.signing import Signer, load_keyring
 from cadre.cli import main
 from cadre.replay_cli import replayer_for
-from store.audit import audit
-from store.authenticity import authorship, verdict
-from store.filelog import write_export
-from store.records import StoredEvent
+from cadre.store.audit import audit
+from cadre.store.authenticity import authorship, verdict
+from cadre.store.filelog import write_export
+from cadre.store.records import StoredEvent
 from tests.system_harness import Harness, cadre_running, settings_for
 
 PLAN = {

@@ -12,12 +12,13 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from actors.context import Context, Outside
-from actors.outcome import Outcome
-from actors.runtime import ActorSpec, RuntimeOptions, run_actors
-from bus import Subjects, encode
-from bus.errors import ConcurrencyConflict
-from bus.events import (
+from cadre import commands
+from cadre.actors.context import Context, Outside
+from cadre.actors.outcome import Outcome
+from cadre.actors.runtime import ActorSpec, RuntimeOptions, run_actors
+from cadre.bus import Subjects, encode
+from cadre.bus.errors import ConcurrencyConflict
+from cadre.bus.events import (
     Envelope,
     PlanProposed,
     PlanValidated,
@@ -29,13 +30,12 @@ from bus.events import (
     WorkflowRequested,
     chain_hash,
 )
-from bus.plan import Plan, StepIntent, Task
-from cadre import commands
+from cadre.bus.plan import Plan, StepIntent, Task
 from cadre.cli import main
-from store import FileLog, JetStreamLog, StoredEvent, export, fold, to_record, verify, write_export
-from store.integrity import Anchor, Verdict
-from store.records import Record
-from store.state import WorkflowState
+from cadre.store import FileLog, JetStreamLog, StoredEvent, export, fold, to_record, verify, write_export
+from cadre.store.integrity import Anchor, Verdict
+from cadre.store.records import Record
+from cadre.store.state import WorkflowState
 from tests.conftest import ev, requested, unchained
 from tests.system_harness import cadre_running, settings_for
 from tests.test_cli import isolated  # noqa: F401  (a fixture)
@@ -344,7 +344,7 @@ def test_audit_verify_live_names_a_deleted_event(
     url, subjects, spec = isolated
 
     async def seed() -> list[StoredEvent]:
-        from bus import ConnectOptions, connect
+        from cadre.bus import ConnectOptions, connect
 
         nc = await connect(ConnectOptions(url=url))
         log = JetStreamLog(nc, stream=spec, subjects=subjects)  # type: ignore[arg-type]
@@ -359,7 +359,7 @@ def test_audit_verify_live_names_a_deleted_event(
     assert capsys.readouterr().out == "chain intact: 9 events\nsignatures not checked: no keyring (pass --keys FILE)\n"
 
     async def remove(seq: int) -> None:
-        from bus import ConnectOptions, connect
+        from cadre.bus import ConnectOptions, connect
 
         nc = await connect(ConnectOptions(url=url))
         await nc.jetstream().delete_msg(spec.name, seq)  # type: ignore[attr-defined]

@@ -10,9 +10,9 @@ from typing import Any, TypeVar
 
 import pytest
 
-from bus.effects import BudgetDecided, CallSettled, Effect, ModelCalled
-from bus.events import PlanProposed
-from store.records import StoredEvent
+from cadre.bus.effects import BudgetDecided, CallSettled, Effect, ModelCalled
+from cadre.bus.events import PlanProposed
+from cadre.store.records import StoredEvent
 from tests.fake_llm import FakeAPI, anthropic_api, gemini_api, ok, slow, status, text
 from tests.scenarios import FLAKY_PLAN, LIBRARY_REQUEST, MODEL_PLAN, NOVEL_REQUEST, REMAINING
 from tests.system_harness import Harness, cadre_running, settings_for

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from bus import Subjects, encode
-from bus.events import Envelope
-from store import FileLog, LogFileError, Malformed, Record, to_record, write_export
+from cadre.bus import Subjects, encode
+from cadre.bus.events import Envelope
+from cadre.store import FileLog, LogFileError, Malformed, Record, to_record, write_export
 from tests.log_contract import LogContract, MakeSource, happy_run
 
 

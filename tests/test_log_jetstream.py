@@ -12,10 +12,10 @@ import nats.errors
 import pytest
 from nats.aio.client import Client as NATS
 
-from bus import StreamSpec, Subjects
-from bus.errors import AppendError, ConcurrencyConflict
-from bus.events import Envelope, StepCompleted, WorkflowCompleted
-from store import MAX_ATOMIC_BATCH, FileLog, JetStreamLog, Malformed, StoredEvent, export
+from cadre.bus import StreamSpec, Subjects
+from cadre.bus.errors import AppendError, ConcurrencyConflict
+from cadre.bus.events import Envelope, StepCompleted, WorkflowCompleted
+from cadre.store import MAX_ATOMIC_BATCH, FileLog, JetStreamLog, Malformed, StoredEvent, export
 from tests.conftest import ev, requested, unchained
 from tests.log_contract import LogContract, MakeSource, happy_run
 

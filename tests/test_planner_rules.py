@@ -17,10 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ConfigDict, Field
 
-from bus.plan import Check, Plan, StepIntent, Task
-from planner.catalog import Catalog, Safety, ToolSpec
-from planner.decompose import DecompositionError, decompose, step_id
-from planner.library import (
+from cadre.bus.plan import Check, Plan, StepIntent, Task
+from cadre.planner.catalog import Catalog, Safety, ToolSpec
+from cadre.planner.decompose import DecompositionError, decompose, step_id
+from cadre.planner.library import (
     LibraryEntry,
     LibraryError,
     Match,
@@ -30,8 +30,8 @@ from planner.library import (
     search,
     tokens,
 )
-from planner.refs import Ref, RefError, find_refs, is_ref, lookup, parse_ref, resolve, with_step_outputs
-from planner.scheduler import (
+from cadre.planner.refs import Ref, RefError, find_refs, is_ref, lookup, parse_ref, resolve, with_step_outputs
+from cadre.planner.scheduler import (
     PlanCycle,
     UnknownTask,
     blocked_by_failure,
@@ -42,7 +42,7 @@ from planner.scheduler import (
     topo_order,
     upstream,
 )
-from planner.validation import (
+from cadre.planner.validation import (
     Limits,
     ValidationFailed,
     failed,

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client as NATS
 
-from actors.ping import ping_all
-from bus import StreamSpec, Subjects
-from bus.events import StepCompleted
-from store import JetStreamLog
-from store.records import StoredEvent
-from store.state import fold
+from cadre.actors.ping import ping_all
+from cadre.bus import StreamSpec, Subjects
+from cadre.bus.events import StepCompleted
+from cadre.store import JetStreamLog
+from cadre.store.records import StoredEvent
+from cadre.store.state import fold
 from tests.conftest import unique
 
 

@@ -20,10 +20,10 @@ from typing import Any, ClassVar
 import msgspec
 import pytest
 
-from bus.plan import Plan
-from bus.request import PlanIn
-from planner.builtin_tools import builtin_catalog
-from planner.providers import (
+from cadre.bus.plan import Plan
+from cadre.bus.request import PlanIn
+from cadre.planner.builtin_tools import builtin_catalog
+from cadre.planner.providers import (
     ERROR_CODES,
     PLAN_SCHEMA,
     LLMRequest,
@@ -48,8 +48,8 @@ from planner.providers import (
     validate_plan_output,
     worst_case,
 )
-from planner.providers.anthropic import AnthropicProvider
-from planner.providers.gemini import GeminiProvider
+from cadre.planner.providers.anthropic import AnthropicProvider
+from cadre.planner.providers.gemini import GeminiProvider
 from tests.fake_llm import FakeAPI, anthropic_api, blocked, gemini_api, max_tokens, ok, refusal, slow, status, text
 from tests.scripted_provider import RecordedProvider, ReplayExhausted, run_structured
 

@@ -26,26 +26,26 @@ from typing import Any
 import msgspec
 import pytest
 
-from actors import agent, planner_rules, validator
-from actors.budget.rules import BudgetConfig
-from actors.replay import FieldDiff, Replayer, ReplayResult, WhatIf, diff, redecide
-from actors.runtime import ActorSpec
-from bus.effects import Asked
-from bus.events import ApprovalDenied, ApprovalRequested, WorkflowCompleted
-from bus.ledger import Consultation, Decision
-from bus.plan import Check
 from cadre import replay_cli
+from cadre.actors import agent, planner_rules, validator
+from cadre.actors.budget.rules import BudgetConfig
+from cadre.actors.replay import FieldDiff, Replayer, ReplayResult, WhatIf, diff, redecide
+from cadre.actors.runtime import ActorSpec
 from cadre.audit_html import render
 from cadre.audit_text import lines as audit_lines
+from cadre.bus.effects import Asked
+from cadre.bus.events import ApprovalDenied, ApprovalRequested, WorkflowCompleted
+from cadre.bus.ledger import Consultation, Decision
+from cadre.bus.plan import Check
 from cadre.cli import main
+from cadre.planner.catalog import Catalog
+from cadre.planner.providers.pricing import ModelPrice, Prices
 from cadre.replay_cli import replayer_for
 from cadre.settings import Settings
+from cadre.store.audit import audit
+from cadre.store.filelog import FileLog, export
+from cadre.store.records import Record, StoredEvent
 from cadre.whatif_policy import WhatIfPolicy, what_if_setup
-from planner.catalog import Catalog
-from planner.providers.pricing import ModelPrice, Prices
-from store.audit import audit
-from store.filelog import FileLog, export
-from store.records import Record, StoredEvent
 from tests.system_harness import cadre_running, settings_for
 
 GOLDEN = Path(__file__).resolve().parent / "golden"

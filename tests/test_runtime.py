@@ -10,12 +10,12 @@ import pytest
 import pytest_asyncio
 from nats.aio.client import Client as NATS
 
-from actors.context import Context, Outside
-from actors.outcome import Defer, Outcome
-from actors.runtime import ActorSpec, Lifecycle, RuntimeOptions, consumer_name, run_actors
-from bus.events import HandlerFailed, WorkflowCompleted, WorkflowRequested
-from store import JetStreamLog, StoredEvent
-from store.state import WorkflowState
+from cadre.actors.context import Context, Outside
+from cadre.actors.outcome import Defer, Outcome
+from cadre.actors.runtime import ActorSpec, Lifecycle, RuntimeOptions, consumer_name, run_actors
+from cadre.bus.events import HandlerFailed, WorkflowCompleted, WorkflowRequested
+from cadre.store import JetStreamLog, StoredEvent
+from cadre.store.state import WorkflowState
 from tests.conftest import requested
 
 FAST = RuntimeOptions(backoff=(0.05,), max_attempts=3, fetch_timeout=0.2, drain_timeout=5)
@@ -129,9 +129,9 @@ async def test_consistent_handlers_see_the_latest_state(elog: JetStreamLog) -> N
 def test_a_fan_out_stored_in_part_keeps_its_ids_when_decided_again() -> None:
     """A crash between two outputs leaves one stored; the redelivered input, handled on the
     newer state, emits only the missing one, and it gets the id it had the first time."""
-    from actors.invocation import wrap
-    from bus.events import TaskReady
-    from bus.plan import Task
+    from cadre.actors.invocation import wrap
+    from cadre.bus.events import TaskReady
+    from cadre.bus.plan import Task
 
     cause = requested("wf")
     a, b = TaskReady(task=Task(id="a", tool="x")), TaskReady(task=Task(id="b", tool="x"))
@@ -158,10 +158,10 @@ async def test_a_handler_sees_the_same_state_after_an_await_live_and_under_repla
     """The state a handler is given does not change under it: while it awaits a tool, the cache
     folds a newer event of its workflow, and what it reads afterwards is still the state it was
     invoked on, the one a replay gives it."""
-    from actors.replay import Replayer
-    from actors.state_cache import StateCache
-    from bus.events import PlanProposed
-    from bus.plan import Plan, Task
+    from cadre.actors.replay import Replayer
+    from cadre.actors.state_cache import StateCache
+    from cadre.bus.events import PlanProposed
+    from cadre.bus.plan import Plan, Task
     from tests.conftest import ev
 
     wf = "wf"

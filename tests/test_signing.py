@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from bus.events import PlanProposed, StepCompleted, WorkflowRequested
-from bus.plan import Plan, Task
-from bus.roles import SIGNING_ROLES
-from bus.signing import (
+from cadre.bus.events import PlanProposed, StepCompleted, WorkflowRequested
+from cadre.bus.plan import Plan, Task
+from cadre.bus.roles import SIGNING_ROLES
+from cadre.bus.signing import (
     Keyring,
     Signature,
     Signer,
@@ -20,9 +20,9 @@ from bus.signing import (
     new_seed,
     signature_of,
 )
-from store import JetStreamLog, StoredEvent
-from store.authenticity import verdict
-from store.filelog import FileLog, write_export
+from cadre.store import JetStreamLog, StoredEvent
+from cadre.store.authenticity import verdict
+from cadre.store.filelog import FileLog, write_export
 from tests.conftest import ev, unique
 
 SUBJECT = "cadre.evt.wf-1.plan_proposed"
@@ -119,7 +119,7 @@ async def test_signatures_travel_with_the_stored_event_and_its_export(
 async def test_the_state_cache_does_not_fold_a_forged_event(
     log: JetStreamLog, signers: dict[str, Signer], keyring: Keyring
 ) -> None:
-    from actors.state_cache import StateCache
+    from cadre.actors.state_cache import StateCache
 
     cache = StateCache(log, keyring=keyring)
     await cache.start()

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from bus import encode
-from bus.events import PlanRejected, StepFailed, WorkflowFailed
-from bus.plan import ErrorInfo
-from store import StoredEvent, WorkflowState, fold
-from store.filelog import FileLog
-from store.state import apply, forked
+from cadre.bus import encode
+from cadre.bus.events import PlanRejected, StepFailed, WorkflowFailed
+from cadre.bus.plan import ErrorInfo
+from cadre.store import StoredEvent, WorkflowState, fold
+from cadre.store.filelog import FileLog
+from cadre.store.state import apply, forked
 from tests.conftest import ev, requested
 from tests.log_contract import happy_run
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from bus.errors import CadreError
-from bus.events import (
+from cadre import commands
+from cadre.bus.errors import CadreError
+from cadre.bus.events import (
     ApprovalRequested,
     HandlerFailed,
     StepCompleted,
@@ -17,8 +18,7 @@ from bus.events import (
     TaskReady,
     WorkflowFailed,
 )
-from cadre import commands
-from store.state import WorkflowState
+from cadre.store.state import WorkflowState
 from tests.system_harness import Harness, cadre_running, settings_for
 
 TOP_CUSTOMERS = "find the three customers who spent most in 2024 and write a report"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bus import StreamSpec, Subjects
+from cadre.bus import StreamSpec, Subjects
 from cadre.cli import main
 from tests.test_cli import isolated, seed  # noqa: F401  (isolated is a fixture)
 

@@ -26,8 +26,8 @@ import msgspec
 import pytest
 from pydantic import BaseModel
 
-import actors.tools.fs as fs_module
-from actors.tools import (
+import cadre.actors.tools.fs as fs_module
+from cadre.actors.tools import (
     MARKER_DIR,
     ToolBox,
     ToolCall,
@@ -38,14 +38,14 @@ from actors.tools import (
     markdown_table,
     typed_impl,
 )
-from bus.plan import Plan
-from planner.builtin_tools import TextRenderInput, TextRenderOutput, builtin_catalog
-from planner.catalog import Catalog, Safety, ToolSpec
-from planner.decompose import decompose
-from planner.library import load_entries
-from planner.refs import resolve
-from planner.scheduler import topo_order
-from planner.validation import failed, validate_plan, validate_steps, warnings
+from cadre.bus.plan import Plan
+from cadre.planner.builtin_tools import TextRenderInput, TextRenderOutput, builtin_catalog
+from cadre.planner.catalog import Catalog, Safety, ToolSpec
+from cadre.planner.decompose import decompose
+from cadre.planner.library import load_entries
+from cadre.planner.refs import resolve
+from cadre.planner.scheduler import topo_order
+from cadre.planner.validation import failed, validate_plan, validate_steps, warnings
 
 ROOT = Path(__file__).resolve().parent.parent
 PLANS = sorted((ROOT / "examples" / "plans").glob("*.json"))
@@ -480,7 +480,7 @@ async def test_a_file_that_shrank_under_a_pending_append_is_not_guessed_at(box: 
 CRASHING_WRITER = """
 import asyncio, sys
 from pathlib import Path
-from actors.tools import ToolCall, ToolConfig, builtin_toolbox
+from cadre.actors.tools import ToolCall, ToolConfig, builtin_toolbox
 
 async def main() -> None:
     box = builtin_toolbox(ToolConfig(workspace=Path(sys.argv[1])))

@@ -10,8 +10,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from bus import decode, encode
-from bus.effects import (
+from cadre.bus import decode, encode
+from cadre.bus.effects import (
     Asked,
     BudgetDecided,
     CallSettled,
@@ -22,8 +22,8 @@ from bus.effects import (
     ToolCalled,
     Usage,
 )
-from bus.errors import DecodeError
-from bus.events import (
+from cadre.bus.errors import DecodeError
+from cadre.bus.events import (
     EVENT_TYPES,
     SCHEMA_VERSION,
     VERSIONS,
@@ -32,12 +32,12 @@ from bus.events import (
     WorkflowRequested,
     chain_hash,
 )
-from bus.ledger import Decision
-from bus.plan import ErrorInfo
-from bus.upcast import UPCASTERS, effect_v2, handler_failed_v1, upcast, upcaster
+from cadre.bus.ledger import Decision
+from cadre.bus.plan import ErrorInfo
+from cadre.bus.upcast import UPCASTERS, effect_v2, handler_failed_v1, upcast, upcaster
 from cadre.cli import main
-from store import FileLog, StoredEvent, fold, to_record, verify
-from store.records import Record
+from cadre.store import FileLog, StoredEvent, fold, to_record, verify
+from cadre.store.records import Record
 from tests.conftest import ev
 from tests.fixtures.make_v1_log import build
 

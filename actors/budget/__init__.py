@@ -28,9 +28,9 @@ See ``docs/budget.md`` for the protocol, the rules and the ledger.
 
 from __future__ import annotations
 
-from actors.budget.client import BudgetClient
-from actors.budget.ledger import LedgerError, read_ledger
-from actors.budget.service import BudgetService, serve_budget
+from cadre.actors.budget.client import BudgetClient
+from cadre.actors.budget.ledger import LedgerError, read_ledger
+from cadre.actors.budget.service import BudgetService, serve_budget
 
 __all__ = [
     "BudgetClient",

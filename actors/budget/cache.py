@@ -19,7 +19,7 @@ from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError, KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from bus.stream import StreamSpec
+from cadre.bus.stream import StreamSpec
 
 log = logging.getLogger("cadre.budget")
 

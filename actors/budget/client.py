@@ -14,9 +14,9 @@ import msgspec
 import nats.errors
 from nats.aio.client import Client as NATS
 
-from actors.budget.requests import encode, unavailable
-from bus.ledger import Consultation, Decision, Settled, Settlement
-from bus.subjects import Subjects
+from cadre.actors.budget.requests import encode, unavailable
+from cadre.bus.ledger import Consultation, Decision, Settled, Settlement
+from cadre.bus.subjects import Subjects
 
 log = logging.getLogger("cadre.budget")
 

@@ -34,10 +34,10 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Final, NamedTuple
 
-from actors.budget import rules
-from actors.budget.cache import InferenceCache
-from actors.budget.ledger import Conflict, LedgerError, LedgerLog
-from actors.budget.requests import (
+from cadre.actors.budget import rules
+from cadre.actors.budget.cache import InferenceCache
+from cadre.actors.budget.ledger import Conflict, LedgerError, LedgerLog
+from cadre.actors.budget.requests import (
     Answer,
     Ask,
     DecisionMetrics,
@@ -48,9 +48,9 @@ from actors.budget.requests import (
     error_payload,
     respond,
 )
-from actors.budget.rules import BudgetConfig, InvalidSettlement
-from actors.budget.view import LedgerView
-from bus.ledger import LedgerEntry, SettledEntry, Settlement
+from cadre.actors.budget.rules import BudgetConfig, InvalidSettlement
+from cadre.actors.budget.view import LedgerView
+from cadre.bus.ledger import LedgerEntry, SettledEntry, Settlement
 
 log = logging.getLogger("cadre.budget")
 

@@ -31,11 +31,11 @@ from nats.aio.subscription import Subscription
 from nats.js import api
 from nats.js.errors import NotFoundError
 
-from actors.budget import rules
-from actors.budget.rules import BudgetError
-from bus.ledger import LedgerEntry
-from bus.stream import StreamSpec, ensure_stream
-from store.jetstream import stream_seq
+from cadre.actors.budget import rules
+from cadre.actors.budget.rules import BudgetError
+from cadre.bus.ledger import LedgerEntry
+from cadre.bus.stream import StreamSpec, ensure_stream
+from cadre.store.jetstream import stream_seq
 
 log = logging.getLogger("cadre.budget")
 

@@ -14,7 +14,7 @@ from typing import assert_never
 
 import msgspec
 
-from bus.ledger import CacheHitEntry, DeniedEntry, ExpiredEntry, LedgerEntry, ReservedEntry, SettledEntry
+from cadre.bus.ledger import CacheHitEntry, DeniedEntry, ExpiredEntry, LedgerEntry, ReservedEntry, SettledEntry
 
 
 class SpendLine(msgspec.Struct, kw_only=True):

@@ -21,8 +21,8 @@ import nats.errors
 from nats.aio.msg import Msg
 from prometheus_client import Counter, Histogram
 
-from actors.metrics import Metrics
-from bus.ledger import CONSULTATION_KINDS, Consultation, Decision, Settlement
+from cadre.actors.metrics import Metrics
+from cadre.bus.ledger import CONSULTATION_KINDS, Consultation, Decision, Settlement
 
 encode = msgspec.json.Encoder().encode
 """JSON of a wire struct (or of the entries of a ledger message)."""

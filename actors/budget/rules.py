@@ -35,8 +35,8 @@ from datetime import date, datetime, timedelta
 from functools import partial
 from typing import Any, Final, TypeVar, assert_never
 
-from bus.errors import CadreError
-from bus.ledger import (
+from cadre.bus.errors import CadreError
+from cadre.bus.ledger import (
     CONSULTATION_KINDS,
     EXECUTION_MODES,
     INTELLIGENCE_LEVELS,
@@ -51,8 +51,8 @@ from bus.ledger import (
     SettledEntry,
     Settlement,
 )
-from planner.providers.base import Usage
-from planner.providers.pricing import Prices, cost_usd, worst_case
+from cadre.planner.providers.base import Usage
+from cadre.planner.providers.pricing import Prices, cost_usd, worst_case
 
 WINDOW_S: Final = 60.0
 """Rate limits count the grants of the last 60 seconds."""

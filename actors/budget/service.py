@@ -40,19 +40,27 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from actors.budget import rules
-from actors.budget.cache import InferenceCache
-from actors.budget.commit import GroupCommit
-from actors.budget.ledger import LedgerLog
-from actors.budget.requests import Ask, DecisionMetrics, Request, Settle, answer_unavailable, error_payload, respond
-from actors.budget.rules import BudgetConfig, BudgetState
-from actors.budget.view import LedgerView
-from actors.clock import utc_now
-from actors.metrics import Metrics
-from bus.connection import barrier
-from bus.ledger import Consultation, Settlement
-from bus.stream import StreamSpec
-from bus.subjects import Subjects
+from cadre.actors.budget import rules
+from cadre.actors.budget.cache import InferenceCache
+from cadre.actors.budget.commit import GroupCommit
+from cadre.actors.budget.ledger import LedgerLog
+from cadre.actors.budget.requests import (
+    Ask,
+    DecisionMetrics,
+    Request,
+    Settle,
+    answer_unavailable,
+    error_payload,
+    respond,
+)
+from cadre.actors.budget.rules import BudgetConfig, BudgetState
+from cadre.actors.budget.view import LedgerView
+from cadre.actors.clock import utc_now
+from cadre.actors.metrics import Metrics
+from cadre.bus.connection import barrier
+from cadre.bus.ledger import Consultation, Settlement
+from cadre.bus.stream import StreamSpec
+from cadre.bus.subjects import Subjects
 
 log = logging.getLogger("cadre.budget")
 

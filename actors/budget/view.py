@@ -25,11 +25,11 @@ from typing import Final
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from actors.budget import rules
-from actors.budget.ledger import LedgerError, LedgerLog, decode_entries
-from actors.budget.rules import BudgetState
-from bus.ledger import LedgerEntry
-from store.jetstream import stream_seq
+from cadre.actors.budget import rules
+from cadre.actors.budget.ledger import LedgerError, LedgerLog, decode_entries
+from cadre.actors.budget.rules import BudgetState
+from cadre.bus.ledger import LedgerEntry
+from cadre.store.jetstream import stream_seq
 
 log = logging.getLogger("cadre.budget")
 

@@ -13,12 +13,12 @@ shared with the runtime, is :mod:`actors.invocation`.
 
 from __future__ import annotations
 
-from actors.answers import LiveCallRefused, RecordedAnswers, RecordOnlyProvider, ReplayDivergence
-from actors.replay.diff import FieldDiff, diff
-from actors.replay.engine import Divergence, InputNote, Invocation, ReplayResult, envelope_json, replay
-from actors.replay.replayer import Replayer, WhatIfResult
-from actors.replay.whatif import Change, Unrecorded, WhatIf, WhatIfAnswers, redecide
-from actors.specs import live_specs
+from cadre.actors.answers import LiveCallRefused, RecordedAnswers, RecordOnlyProvider, ReplayDivergence
+from cadre.actors.replay.diff import FieldDiff, diff
+from cadre.actors.replay.engine import Divergence, InputNote, Invocation, ReplayResult, envelope_json, replay
+from cadre.actors.replay.replayer import Replayer, WhatIfResult
+from cadre.actors.replay.whatif import Change, Unrecorded, WhatIf, WhatIfAnswers, redecide
+from cadre.actors.specs import live_specs
 
 __all__ = [
     "Change",

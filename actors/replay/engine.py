@@ -42,17 +42,17 @@ from typing import Any, Literal, TypeVar
 
 import msgspec
 
-from actors import invocation
-from actors.answers import ReplayDivergence
-from actors.context import Answers, Context
-from actors.replay.diff import FieldDiff, diff
-from actors.runtime import ActorSpec
-from bus.effects import Effect
-from bus.events import EffectsRecorded, Envelope, Event, ForgedEvent, HandlerFailed
-from bus.signing import Keyring, Verdict
-from store.authenticity import verdict
-from store.records import Record, StoredEvent
-from store.state import WorkflowState, apply, skip
+from cadre.actors import invocation
+from cadre.actors.answers import ReplayDivergence
+from cadre.actors.context import Answers, Context
+from cadre.actors.replay.diff import FieldDiff, diff
+from cadre.actors.runtime import ActorSpec
+from cadre.bus.effects import Effect
+from cadre.bus.events import EffectsRecorded, Envelope, Event, ForgedEvent, HandlerFailed
+from cadre.bus.signing import Keyring, Verdict
+from cadre.store.authenticity import verdict
+from cadre.store.records import Record, StoredEvent
+from cadre.store.state import WorkflowState, apply, skip
 
 __all__ = [
     "AnswersFactory",

@@ -16,17 +16,17 @@ from typing import Any
 
 import msgspec
 
-from actors.answers import RecordedAnswers
-from actors.context import Answers
-from actors.inference import LLM
-from actors.replay.engine import Invocation, ReplayResult, replay
-from actors.replay.whatif import Change, Session, WhatIf, WhatIfAnswers, describe
-from actors.runtime import ActorSpec
-from bus.effects import CallSettled
-from bus.events import EffectsRecorded
-from bus.signing import Keyring
-from planner.catalog import Catalog
-from store.records import Record, StoredEvent
+from cadre.actors.answers import RecordedAnswers
+from cadre.actors.context import Answers
+from cadre.actors.inference import LLM
+from cadre.actors.replay.engine import Invocation, ReplayResult, replay
+from cadre.actors.replay.whatif import Change, Session, WhatIf, WhatIfAnswers, describe
+from cadre.actors.runtime import ActorSpec
+from cadre.bus.effects import CallSettled
+from cadre.bus.events import EffectsRecorded
+from cadre.bus.signing import Keyring
+from cadre.planner.catalog import Catalog
+from cadre.store.records import Record, StoredEvent
 
 __all__ = ["Replayer", "WhatIfResult"]
 

@@ -31,15 +31,15 @@ from typing import Any
 
 import msgspec
 
-from actors.answers import RecordedAnswers, ReplayDivergence
-from actors.budget.rules import BudgetConfig, gate, worst_case_usd
-from actors.context import asked
-from actors.inference import LLM, Policy
-from actors.planner_rules import explain
-from actors.replay.diff import FieldDiff
-from actors.replay.engine import Divergence, Invocation
-from bus.effects import Asked, BudgetDecided, CallSettled, LibrarySearched, ModelCalled, ToolCalled
-from bus.events import (
+from cadre.actors.answers import RecordedAnswers, ReplayDivergence
+from cadre.actors.budget.rules import BudgetConfig, gate, worst_case_usd
+from cadre.actors.context import asked
+from cadre.actors.inference import LLM, Policy
+from cadre.actors.planner_rules import explain
+from cadre.actors.replay.diff import FieldDiff
+from cadre.actors.replay.engine import Divergence, Invocation
+from cadre.bus.effects import Asked, BudgetDecided, CallSettled, LibrarySearched, ModelCalled, ToolCalled
+from cadre.bus.events import (
     Envelope,
     PlanProposed,
     PlanRejected,
@@ -52,10 +52,10 @@ from bus.events import (
     WorkflowCompleted,
     WorkflowFailed,
 )
-from bus.ledger import Consultation, Decision, Settlement
-from bus.plan import Check, ErrorInfo
-from planner.catalog import Catalog, Safety
-from planner.providers.base import LLMRequest
+from cadre.bus.ledger import Consultation, Decision, Settlement
+from cadre.bus.plan import Check, ErrorInfo
+from cadre.planner.catalog import Catalog, Safety
+from cadre.planner.providers.base import LLMRequest
 
 __all__ = ["Change", "Session", "Unrecorded", "WhatIf", "WhatIfAnswers", "describe", "redecide"]
 

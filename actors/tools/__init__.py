@@ -3,12 +3,12 @@
 The specs (names, schemas, safety) are in ``planner/builtin_tools.py``; this package runs them.
 """
 
-from actors.tools.base import ToolBox, ToolCall, ToolConfig, ToolError, ToolImpl, typed_impl
-from actors.tools.builtin import builtin_impls, builtin_toolbox
-from actors.tools.fs import MARKER_DIR, resolve_in_workspace
-from actors.tools.http import normalise_url
-from actors.tools.sample import ensure_sample_database, sample_sql
-from actors.tools.text import markdown_table, render_template
+from cadre.actors.tools.base import ToolBox, ToolCall, ToolConfig, ToolError, ToolImpl, typed_impl
+from cadre.actors.tools.builtin import builtin_impls, builtin_toolbox
+from cadre.actors.tools.fs import MARKER_DIR, resolve_in_workspace
+from cadre.actors.tools.http import normalise_url
+from cadre.actors.tools.sample import ensure_sample_database, sample_sql
+from cadre.actors.tools.text import markdown_table, render_template
 
 __all__ = [
     "MARKER_DIR",

@@ -41,8 +41,8 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticSerializationError
 
-from bus.errors import CadreError
-from planner.catalog import Catalog, Safety
+from cadre.bus.errors import CadreError
+from cadre.planner.catalog import Catalog, Safety
 
 
 class ToolError(CadreError):

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from actors.tools.base import ToolBox, ToolConfig, ToolImpl, typed_impl
-from actors.tools.fs import fs_read, fs_write
-from actors.tools.http import http_get
-from actors.tools.sql import sql_query, sql_schema
-from actors.tools.text import text_render
-from planner.builtin_tools import (
+from cadre.actors.tools.base import ToolBox, ToolConfig, ToolImpl, typed_impl
+from cadre.actors.tools.fs import fs_read, fs_write
+from cadre.actors.tools.http import http_get
+from cadre.actors.tools.sql import sql_query, sql_schema
+from cadre.actors.tools.text import text_render
+from cadre.planner.builtin_tools import (
     FsReadInput,
     FsWriteInput,
     HttpGetInput,
@@ -18,7 +18,7 @@ from planner.builtin_tools import (
     TextRenderInput,
     builtin_catalog,
 )
-from planner.catalog import Catalog
+from cadre.planner.catalog import Catalog
 
 
 def builtin_impls() -> Mapping[str, ToolImpl]:

@@ -39,8 +39,8 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from actors.tools.base import ToolCall, ToolConfig, ToolError
-from planner.builtin_tools import FsReadInput, FsReadOutput, FsWriteInput, FsWriteOutput
+from cadre.actors.tools.base import ToolCall, ToolConfig, ToolError
+from cadre.planner.builtin_tools import FsReadInput, FsReadOutput, FsWriteInput, FsWriteOutput
 
 MARKER_DIR = ".cadre-idempotency"
 

@@ -20,8 +20,8 @@ import urllib.parse
 import urllib.request
 from typing import IO, Any
 
-from actors.tools.base import ToolCall, ToolConfig, ToolError
-from planner.builtin_tools import HttpGetInput, HttpGetOutput
+from cadre.actors.tools.base import ToolCall, ToolConfig, ToolError
+from cadre.planner.builtin_tools import HttpGetInput, HttpGetOutput
 
 TOOL = "http.get"
 _DEFAULT_PORTS = {"http": 80, "https": 443}

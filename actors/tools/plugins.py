@@ -12,9 +12,9 @@ from __future__ import annotations
 import importlib
 from collections.abc import Iterable, Mapping, Sequence
 
-from actors.tools.base import ToolImpl
-from bus.errors import CadreError
-from planner.catalog import ToolSpec
+from cadre.actors.tools.base import ToolImpl
+from cadre.bus.errors import CadreError
+from cadre.planner.catalog import ToolSpec
 
 
 class ToolModuleError(CadreError):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 def sample_sql() -> str:
     """The SQL script that creates and fills the sample shop."""
-    return files("actors.tools").joinpath("sample_shop.sql").read_text(encoding="utf-8")
+    return files("cadre.actors.tools").joinpath("sample_shop.sql").read_text(encoding="utf-8")
 
 
 def ensure_sample_database(path: Path) -> Path:

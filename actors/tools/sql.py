@@ -20,8 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from actors.tools.base import ToolCall, ToolConfig, ToolError
-from planner.builtin_tools import (
+from cadre.actors.tools.base import ToolCall, ToolConfig, ToolError
+from cadre.planner.builtin_tools import (
     SqlColumn,
     SqlQueryInput,
     SqlQueryOutput,

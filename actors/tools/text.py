@@ -16,8 +16,8 @@ import string
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from actors.tools.base import ToolCall, ToolConfig, ToolError
-from planner.builtin_tools import TextRenderInput, TextRenderOutput
+from cadre.actors.tools.base import ToolCall, ToolConfig, ToolError
+from cadre.planner.builtin_tools import TextRenderInput, TextRenderOutput
 
 TOOL = "text.render"
 MAX_FORMAT_WIDTH = 1000  # a format spec such as {x:>99999999} must not blow up the output

@@ -1,7 +1,7 @@
 """LLM providers: the port (``base``), its adapters, parse-and-repair, prices (``pricing``) and prompts.
 
-    from planner.providers import ProviderConfig, plan_request
-    from planner.providers.anthropic import AnthropicProvider
+    from cadre.planner.providers import ProviderConfig, plan_request
+    from cadre.planner.providers.anthropic import AnthropicProvider
 
     provider = AnthropicProvider(ProviderConfig(api_key=key, models={"default": "claude-haiku-4-5"}))
     request = plan_request(text, catalog.describe(), provider.config.model_for("plan"), 4096)
@@ -14,7 +14,7 @@ The adapters are imported lazily (``planner.providers.anthropic`` / ``.gemini``)
 wires them, so that importing the port does not import both vendor SDKs.
 """
 
-from planner.providers.base import (
+from cadre.planner.providers.base import (
     ERROR_CODES,
     KINDS,
     ErrorCode,
@@ -27,7 +27,7 @@ from planner.providers.base import (
     parse_json_object,
     require_output,
 )
-from planner.providers.pricing import (
+from cadre.planner.providers.pricing import (
     ModelPrice,
     Prices,
     cost_usd,
@@ -36,8 +36,8 @@ from planner.providers.pricing import (
     model_price,
     worst_case,
 )
-from planner.providers.prompts import PLAN_SCHEMA, plan_request, plan_validator, validate_plan_output
-from planner.providers.structured import (
+from cadre.planner.providers.prompts import PLAN_SCHEMA, plan_request, plan_validator, validate_plan_output
+from cadre.planner.providers.structured import (
     Attempt,
     InvalidOutput,
     Outcome,

@@ -33,13 +33,13 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from bus.plan import Check, ErrorInfo, StepIntent, Task
-from planner.catalog import Catalog, Safety, ToolSpec
-from planner.decompose import step_id
-from planner.providers.base import LLMRequest
-from planner.providers.structured import InvalidOutput, problems_of
-from planner.refs import find_refs
-from planner.validation import Limits, failed, validate_steps
+from cadre.bus.plan import Check, ErrorInfo, StepIntent, Task
+from cadre.planner.catalog import Catalog, Safety, ToolSpec
+from cadre.planner.decompose import step_id
+from cadre.planner.providers.base import LLMRequest
+from cadre.planner.providers.structured import InvalidOutput, problems_of
+from cadre.planner.refs import find_refs
+from cadre.planner.validation import Limits, failed, validate_steps
 
 __all__ = [
     "DECIDE_SCHEMA_NAME",

@@ -23,7 +23,7 @@ from typing import Final
 import anthropic
 from anthropic.types import Message, TextBlock, ToolUseBlock
 
-from planner.providers.base import LLMRequest, LLMResponse, ProviderConfig, ProviderError, Usage
+from cadre.planner.providers.base import LLMRequest, LLMResponse, ProviderConfig, ProviderError, Usage
 
 __all__ = ["AnthropicProvider"]
 

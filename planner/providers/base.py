@@ -42,9 +42,9 @@ from typing import Any, Final, Literal, Protocol, get_args
 
 import msgspec
 
-from bus.effects import LLMResponse, Usage
-from bus.errors import CadreError
-from bus.ledger import CONSULTATION_KINDS
+from cadre.bus.effects import LLMResponse, Usage
+from cadre.bus.errors import CadreError
+from cadre.bus.ledger import CONSULTATION_KINDS
 
 __all__ = [
     "ERROR_CODES",

@@ -28,7 +28,7 @@ import httpx2
 from google import genai
 from google.genai import errors, types
 
-from planner.providers.base import (
+from cadre.planner.providers.base import (
     LLMRequest,
     LLMResponse,
     ProviderConfig,

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
-from planner.providers.base import LLMRequest, Usage
+from cadre.planner.providers.base import LLMRequest, Usage
 
 __all__ = [
     "DEFAULT_PRICE",

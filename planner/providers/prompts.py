@@ -17,12 +17,12 @@ from typing import Any, Final
 
 import msgspec
 
-from bus.plan import Check, Plan
-from bus.request import PlanIn
-from planner.catalog import Catalog
-from planner.providers.base import LLMRequest
-from planner.providers.structured import InvalidOutput
-from planner.validation import Limits, failed, validate_plan
+from cadre.bus.plan import Check, Plan
+from cadre.bus.request import PlanIn
+from cadre.planner.catalog import Catalog
+from cadre.planner.providers.base import LLMRequest
+from cadre.planner.providers.structured import InvalidOutput
+from cadre.planner.validation import Limits, failed, validate_plan
 
 __all__ = [
     "ADAPT_SCHEMA_NAME",

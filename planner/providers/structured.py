@@ -37,7 +37,7 @@ from typing import Any, Final, Generic, TypeVar
 import msgspec
 import pydantic
 
-from planner.providers.base import LLMRequest, LLMResponse, ProviderError, Usage
+from cadre.planner.providers.base import LLMRequest, LLMResponse, ProviderError, Usage
 
 __all__ = [
     "Attempt",

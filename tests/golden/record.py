@@ -31,12 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bus.embedded import embedded_server
-from bus.events import SCHEMA_VERSION
 from cadre import commands
-from store.filelog import write_export
-from store.records import StoredEvent
-from store.state import fold
+from cadre.bus.embedded import embedded_server
+from cadre.bus.events import SCHEMA_VERSION
+from cadre.store.filelog import write_export
+from cadre.store.records import StoredEvent
+from cadre.store.state import fold
 from tests.fake_llm import Behaviour, FakeAPI, anthropic_api, ok, text
 from tests.scenarios import FLAKY_PLAN, LIBRARY_REQUEST, MODEL_PLAN, NOVEL_REQUEST, REMAINING
 from tests.system_harness import Harness, cadre_running, settings_for
