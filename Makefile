@@ -1,5 +1,6 @@
 # The two commands a newcomer needs: `make demo` and `make test`.
-# Each creates .venv and installs what it needs on first use (and again when pyproject.toml changes).
+# Each creates .venv and installs what it needs on first use (and again when pyproject.toml changes);
+# `make test` also installs the nats.js test client's packages (tests/js, with npm).
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
@@ -14,6 +15,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
+# The nats.js client test (tests/test_natsjs.py) runs tests/js/client.mjs with the exact packages of
+# tests/js/package-lock.json; installed again only when the lock file changes.
+JS_STAMP := tests/js/node_modules/.installed
+
+$(JS_STAMP): tests/js/package-lock.json
+	npm ci --prefix tests/js --no-audit --no-fund
+	@touch $(JS_STAMP)
+
 DEMO_REQUEST := find the three customers who spent most in 2024 and write a report
 
 demo: $(STAMP)
@@ -22,7 +31,7 @@ demo: $(STAMP)
 	@cat .cadre/workspace/reports/top_customers_2024.md
 	@printf '\nEvery step is in the log: .venv/bin/cadre workflows, then .venv/bin/cadre events WF [--json]\n'
 
-test: $(STAMP) lint
+test: $(STAMP) $(JS_STAMP) lint
 	$(BIN)/python -m pytest
 
 # mypy cannot follow the install's folder mapping (bus/ -> cadre.bus, ...), so it checks a tree of
@@ -41,4 +50,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/log.py
 
 clean:
-	rm -rf $(VENV) .cadre .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .cadre .pytest_cache .mypy_cache .ruff_cache *.egg-info tests/js/node_modules
