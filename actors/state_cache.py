@@ -138,7 +138,11 @@ class StateCache:
         if entry.handed_out:  # a handler may hold this state: it must not change under it
             entry.state = forked(entry.state)
             entry.handed_out = False
-        checked = verdict(rec, self._keyring) if isinstance(rec, StoredEvent) else None
+        checked = (
+            verdict(rec, self._keyring, signed_here=self._log.signed_here(rec))
+            if isinstance(rec, StoredEvent)
+            else None
+        )
         if isinstance(rec, StoredEvent) and checked is not None and checked.trusted:
             apply(entry.state, rec)
         else:

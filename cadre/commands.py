@@ -271,8 +271,17 @@ async def approve(settings: Settings, wf: str, step_id: str, *, deny: bool, reas
 
 
 async def status(settings: Settings, as_json: bool) -> int:
+    keyring, _ = find_keyring(settings)
     async with open_bus(settings, name="cadre-status", role="admin") as bus:
         counts = await bus.log.subject_counts()
+        per_wf: dict[str, Counter[str]] = {}
+        for subject, n in counts.items():
+            parsed = settings.subjects.parse_event(subject)
+            if parsed is not None:
+                per_wf.setdefault(parsed[0], Counter())[parsed[1]] += n
+        states = {wf: workflow_state(c) for wf, c in per_wf.items()}
+        if keyring is not None:
+            states.update(await _checked_states(bus.log, per_wf, keyring))
         answers = await ping_all(bus.nc, settings.subjects)
         consumers: dict[str, dict[str, Any] | None] = {}
         for kind in ACTOR_KINDS:
@@ -286,12 +295,7 @@ async def status(settings: Settings, as_json: bool) -> int:
                 }
             except Exception:
                 consumers[kind] = None
-    per_wf: dict[str, Counter[str]] = {}
-    for subject, n in counts.items():
-        parsed = settings.subjects.parse_event(subject)
-        if parsed is not None:
-            per_wf.setdefault(parsed[0], Counter())[parsed[1]] += n
-    by_state: Counter[str] = Counter(workflow_state(c) for c in per_wf.values())
+    by_state: Counter[str] = Counter(states.values())
     alive: Counter[str] = Counter()
     for a in answers:
         for k in a.get("kinds", []):
@@ -311,6 +315,41 @@ async def status(settings: Settings, as_json: bool) -> int:
         if c is not None:
             _say(f"  {kind:<10} backlog {c['pending']}, in flight {c['in_flight']}, fetching {c['waiting']}")
     return EXIT_OK
+
+
+async def _checked_states(log: JetStreamLog, per_wf: dict[str, Counter[str]], keyring: Keyring) -> dict[str, str]:
+    """The states that counting subjects could get wrong, decided on trusted events: a workflow whose
+    end (its terminal event) is not signed by a party allowed to write it, or in which an actor
+    refused a forged input, is folded from the events the keyring accepts."""
+
+    async def suspect(wf: str, types: Counter[str]) -> bool:
+        if types["forged_event"]:
+            return True
+        for t in TERMINAL_TYPES:
+            if types[t]:
+                end = await log.last_of_type(wf, t)
+                return not isinstance(end, StoredEvent) or not verdict(end, keyring).trusted
+        return False
+
+    out: dict[str, str] = {}
+    items = list(per_wf.items())
+    for start in range(0, len(items), 64):
+        chunk = items[start : start + 64]
+        flags = await asyncio.gather(*(suspect(wf, types) for wf, types in chunk))
+        for (wf, _), bad in zip(chunk, flags, strict=True):
+            if bad:
+                state = trusted_fold(wf, await log.read_records(wf), keyring)
+                out[wf] = folded_state(state)
+    return out
+
+
+def folded_state(state: WorkflowState) -> str:
+    """The name ``cadre status`` gives a folded state (as :func:`workflow_state` does from counts)."""
+    if state.status in ("completed", "failed"):
+        return state.status
+    if any(s.status == "awaiting_approval" for s in state.steps.values()):
+        return "awaiting_approval"
+    return "running" if state.plan is not None else "requested"
 
 
 def workflow_state(types: Counter[str]) -> str:

@@ -20,11 +20,12 @@ from cadre.store.state import WorkflowState, apply, skip
 UNCHECKED: Final = Verdict("signed", "not checked: no keyring")
 
 
-def verdict(rec: StoredEvent, keyring: Keyring | None) -> Verdict:
-    """The keyring's verdict on ``rec`` (``UNCHECKED`` without a keyring)."""
+def verdict(rec: StoredEvent, keyring: Keyring | None, *, signed_here: bool = False) -> Verdict:
+    """The keyring's verdict on ``rec`` (``UNCHECKED`` without a keyring). ``signed_here``: this
+    process made the signature over these very bytes, so only the key's role is checked."""
     if keyring is None:
         return UNCHECKED
-    return keyring.check(rec.subject, rec.event.type, rec.event.id, rec.data, rec.signature)
+    return keyring.check(rec.subject, rec.event.type, rec.event.id, rec.data, rec.signature, verified=signed_here)
 
 
 def trusted_fold(workflow_id: str, records: Iterable[Record], keyring: Keyring | None) -> WorkflowState:

@@ -32,8 +32,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import hashlib
 import json
 import re
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -58,6 +60,13 @@ MAX_ATOMIC_BATCH = 1000  # nats-server's default limit of messages in one atomic
 _WRONG_LAST_SEQUENCE = 10071
 _DUPLICATE_IN_BATCH = 10201
 _ACTUAL = re.compile(r"wrong last sequence: (\d+)")
+
+_SIGNED_KEPT = 50_000  # the events this process signed lately, remembered to skip checking them again
+
+
+def _digest(subject: str, data: bytes) -> bytes:
+    return hashlib.blake2b(subject.encode() + b"\n" + data, digest_size=16).digest()
+
 
 _Msg = tuple[str, bytes, str, dict[str, str]]  # subject, stored bytes, event id, signature headers
 
@@ -107,6 +116,9 @@ class JetStreamLog:
         self._ack_retries = ack_retries
         self._conflict_retries = conflict_retries
         self.signer: Signer | None = None
+        # What this process signed, by event id: the digest of the bytes and the signature (shared by
+        # every signed_by view), so that its own events need no Ed25519 check when they come back.
+        self._signed: OrderedDict[str, tuple[bytes, str]] = OrderedDict()
 
     def signed_by(self, signer: Signer | None) -> JetStreamLog:
         """This log (same connection) appending as ``signer``: every event it stores is signed."""
@@ -115,8 +127,22 @@ class JetStreamLog:
         return view
 
     def _message(self, subject: str, data: bytes, event_id: str) -> _Msg:
-        signature = self.signer.sign(subject, event_id, data).headers() if self.signer is not None else {}
-        return (subject, data, event_id, signature)
+        if self.signer is None:
+            return (subject, data, event_id, {})
+        signature = self.signer.sign(subject, event_id, data)
+        self._signed[event_id] = (_digest(subject, data), signature.sig)
+        if len(self._signed) > _SIGNED_KEPT:
+            self._signed.popitem(last=False)
+        return (subject, data, event_id, signature.headers())
+
+    def signed_here(self, rec: StoredEvent) -> bool:
+        """Whether this process signed exactly this message (same id, subject, bytes and signature)."""
+        mine = self._signed.get(rec.event.id)
+        return (
+            mine is not None
+            and rec.signature is not None
+            and mine == (_digest(rec.subject, rec.data), rec.signature.sig)
+        )
 
     @property
     def stream(self) -> str:
@@ -342,6 +368,15 @@ class JetStreamLog:
         return last.seq or 0, chain_hash(last.data or b"")
 
     # -- reading ---------------------------------------------------------------------------
+
+    async def last_of_type(self, workflow_id: str, event_type: str) -> Record | None:
+        """The workflow's last message of ``event_type`` with its signature (None: it has none)."""
+        subject = self.subjects.event(workflow_id, event_type)
+        try:
+            m = await self._js.get_last_msg(self.spec.name, subject)
+        except NotFoundError:
+            return None
+        return to_record(self.subjects, m.seq or 0, m.subject or subject, m.data or b"", m.headers)
 
     async def _last_msg(self, workflow_id: str) -> api.RawStreamMsg | None:
         try:

@@ -78,7 +78,7 @@ async def forge(h: Harness, wf: str, data: object, *, signer: Signer | None = No
 
 
 @pytest.mark.slow
-async def test_five_forgeries_change_nothing(nats_url: str, tmp_path: Path) -> None:
+async def test_five_forgeries_change_nothing(nats_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     settings = settings_for(nats_url, tmp_path, approval_tools=["fs.write"])
     out = settings.workspace_dir / "out"
     async with cadre_running(settings) as h:
@@ -131,6 +131,10 @@ async def test_five_forgeries_change_nothing(nats_url: str, tmp_path: Path) -> N
                 await asyncio.sleep(0.05)
         # The validator-signed step is trusted, but its tool needs approval by the agent's catalog.
         await h.wait(wf, until=ApprovalRequested.TYPE)
+        # cadre status does not take the forged end for the workflow's.
+        capsys.readouterr()
+        assert await commands.status(settings, as_json=True) == 0
+        assert json.loads(capsys.readouterr().out)["workflows"] == {"awaiting_approval": 1}
         assert await commands.approve(settings, wf, "save.s1", deny=False, reason="looks right") == 0
         state = await h.wait(wf)
         records = await h.bus.log.read_records(wf)

@@ -6,6 +6,7 @@ import asyncio
 import io
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from cadre.bus.events import PlanProposed, StepCompleted, WorkflowRequested
@@ -136,3 +137,22 @@ async def test_the_state_cache_does_not_fold_a_forged_event(
         assert state.last_seq == r2.last_seq  # it keeps its place in the chain
     finally:
         await cache.stop()
+
+
+async def test_a_process_skips_the_ed25519_check_only_for_exactly_what_it_signed(
+    log: JetStreamLog, signers: dict[str, Signer], keyring: Keyring
+) -> None:
+    wf = unique("wf")
+    first = ev(WorkflowRequested(request="do it"), wf, actor="intake")
+    await log.signed_by(signers["intake"]).append(wf, [first], expected_seq=0)
+    (stored,) = [r for r in await log.read_records(wf) if isinstance(r, StoredEvent)]
+    assert log.signed_here(stored)
+    assert verdict(stored, keyring, signed_here=True).trusted
+    altered = msgspec.structs.replace(stored, data=stored.data.replace(b"do it", b"do XX"))
+    assert not log.signed_here(altered)
+    assert verdict(altered, keyring, signed_here=log.signed_here(altered)).status == "forged"
+    elsewhere = JetStreamLog(log.nc, stream=log.spec, subjects=log.subjects)  # another process's view
+    assert not elsewhere.signed_here(stored)
+    # Skipping the signature check never skips the role check.
+    wrong_role = Keyring.of([(signers["intake"].public_key, "agent")])
+    assert verdict(stored, wrong_role, signed_here=True).status == "forged"
