@@ -129,6 +129,7 @@ async def test_a_client_cannot_write_or_edit_the_record(server: Server) -> None:
     client = await server.as_role("client", errors)
     try:
         await client.publish("cadre.evt.wf-x.workflow_completed", b"{}")
+        await client.publish("cadre.approvals", b"{}")  # only approvers may send decisions
         await barrier(client)
         js = client.jetstream(timeout=0.5)
         for attempt in (
@@ -142,6 +143,7 @@ async def test_a_client_cannot_write_or_edit_the_record(server: Server) -> None:
     finally:
         await client.close()
     assert any('permissions violation for publish to "cadre.evt.wf-x.workflow_completed"' in e for e in errors)
+    assert any('permissions violation for publish to "cadre.approvals"' in e for e in errors)
     assert await _stored(server, "cadre.evt.wf-x.>") == {}
     admin = await server.as_role("admin")
     try:
