@@ -20,7 +20,6 @@ keyring names them (``by``) and their key (``key``).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -33,6 +32,7 @@ import msgspec
 from nats.aio.msg import Msg
 
 from cadre.actors.clock import utc_now
+from cadre.actors.service import serve
 from cadre.bus.approvals import APPROVAL_DOMAIN, ApprovalReply, ApprovalRequest, Decision
 from cadre.bus.errors import CadreError, ConcurrencyConflict
 from cadre.bus.events import ApprovalDenied, ApprovalGranted, make_event
@@ -187,18 +187,11 @@ async def serve_approvals(
     """Answer signed decisions on ``<prefix>.approvals`` until the block exits (``elog`` signs as
     approvals). ``keyring`` is asked at every decision, so approvers added meanwhile count."""
 
-    async def on_msg(m: Msg) -> None:
-        if m.reply.startswith("$JS.ACK"):
-            return  # a stream consumer pointed at this subject: not a decision, and not ours to ack
+    async def answer(m: Msg) -> bytes:
         reply = await decide(elog, keyring(), policy, m.data, m.headers)
         if reply.error is not None:
             log.info("approval refused: %s", reply.error)
-        if m.reply:
-            await m.respond(_encoder.encode(reply))
+        return _encoder.encode(reply)
 
-    sub = await elog.nc.subscribe(elog.subjects.approvals, queue="cadre-approvals", cb=on_msg)
-    try:
+    async with serve(elog.nc, elog.subjects.approvals, "cadre-approvals", answer):
         yield
-    finally:
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()

@@ -9,7 +9,6 @@ derived from the key, so a resubmission returns the same workflow instead of a n
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 from collections.abc import AsyncIterator
@@ -20,6 +19,7 @@ import msgspec
 from nats.aio.msg import Msg
 
 from cadre.actors.clock import random_token, utc_now
+from cadre.actors.service import serve
 from cadre.bus.errors import CadreError, ConcurrencyConflict
 from cadre.bus.events import make_event
 from cadre.bus.request import RequestError, parse_request
@@ -57,16 +57,11 @@ async def submit(elog: JetStreamLog, data: bytes) -> dict[str, Any]:
 async def serve_intake(elog: JetStreamLog) -> AsyncIterator[None]:
     """Take requests until the block exits."""
 
-    async def on_msg(m: Msg) -> None:
+    async def answer(m: Msg) -> bytes:
         reply = await submit(elog, m.data)
         if "error" in reply:
             log.info("request refused: %s", reply["error"])
-        if m.reply:
-            await m.respond(_json.encode(reply))
+        return _json.encode(reply)
 
-    sub = await elog.nc.subscribe(elog.subjects.requests, queue="cadre-intake", cb=on_msg)
-    try:
+    async with serve(elog.nc, elog.subjects.requests, "cadre-intake", answer):
         yield
-    finally:
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()

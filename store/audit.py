@@ -299,23 +299,6 @@ def audit(records: Sequence[Record], keyring: Keyring | None = None) -> AuditRep
         e = r.event
         t.events += 1
         checked = verdict(r, keyring)
-        if not checked.trusted:
-            t.untrusted += 1
-            report.timeline.append(
-                TimelineEntry(
-                    index=index,
-                    seq=r.seq,
-                    at=e.at,
-                    actor=e.actor,
-                    type=e.type,
-                    event_id=e.id,
-                    causation_id=e.causation_id,
-                    cause_type=types.get(e.causation_id or ""),
-                    summary=f"IGNORED, {checked.status}: {checked.reason}",
-                    trust=checked.status,
-                )
-            )
-            continue
         report.timeline.append(
             TimelineEntry(
                 index=index,
@@ -326,9 +309,13 @@ def audit(records: Sequence[Record], keyring: Keyring | None = None) -> AuditRep
                 event_id=e.id,
                 causation_id=e.causation_id,
                 cause_type=types.get(e.causation_id or ""),
-                summary=summary(e.data),
+                summary=summary(e.data) if checked.trusted else f"IGNORED, {checked.status}: {checked.reason}",
+                trust=None if checked.trusted else checked.status,
             )
         )
+        if not checked.trusted:  # shown, and nothing else: the actors ignored it
+            t.untrusted += 1
+            continue
         scope = _scope(e, by_id)
         effects = e.data.effects if isinstance(e.data, EffectsRecorded) else e.effects
         _effects(report, index, e, scope, effects)
