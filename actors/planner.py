@@ -91,7 +91,7 @@ async def plan(ctx: Context, state: WorkflowState, req: WorkflowRequested, catal
     if hit is not None and hit.score >= hit.threshold:
         return [
             PlanProposed(
-                plan=msgspec.structs.replace(hit.plan, confidence=round(hit.score, 4)),  # the match is the confidence
+                plan=msgspec.structs.replace(hit.plan, confidence=min(1.0, max(0.0, round(hit.score, 4)))),
                 source="library",
                 library_match=hit.name,
                 score=round(hit.score, 4),

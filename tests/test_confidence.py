@@ -30,6 +30,7 @@ from cadre.planner.confidence import approval_reason, confidence_checks, task_co
 from cadre.planner.providers.prompts import plan_system_prompt, validate_plan_output
 from cadre.planner.scheduler import dispatchable
 from cadre.planner.validation import Limits, failed, validate_plan
+from cadre.replay_cli import replayer_for
 from cadre.store.audit import audit
 from cadre.store.authenticity import trusted_fold
 from cadre.store.state import TaskState, WorkflowState
@@ -143,6 +144,14 @@ def test_the_plan_format_and_the_prompt_carry_the_metadata() -> None:
 DOUBTFUL = {"nodes": [{"id": "guess", "tool": "test.echo", "inputs": {"value": "v"}, "confidence": 0.3}]}
 
 
+async def replays(h: Harness, wf: str) -> None:
+    """The run replays exactly with the deployment's handlers (thresholds included)."""
+    records = await h.bus.log.read_records(wf)
+    result = replayer_for(h.settings).replay(records)
+    assert result.ok, "\n".join(result.lines())
+    assert result.reproduced == result.events == len(records)
+
+
 async def approve(h: Harness, wf: str, step: str) -> None:
     """Grant ``step`` once it waits for approval (as ``cadre approve`` does)."""
     async with asyncio.timeout(10):
@@ -180,6 +189,7 @@ async def test_a_task_below_approve_below_waits_for_approval_then_runs(nats_url:
         assert "guess: test.echo (confidence 0.30)" in text
         assert "caused approval asked for step guess.s1 (granted" in text
         assert "confidence 0.30" in render(report)
+        await replays(h, wf)
 
 
 async def test_a_plan_below_approve_below_makes_every_step_wait(nats_url: str, tmp_path: Path) -> None:
@@ -203,6 +213,7 @@ async def test_a_plan_below_approve_below_makes_every_step_wait(nats_url: str, t
         report = audit(await h.bus.log.read_records(wf))
         assert report.plans[0].confidence == 0.2
         assert len(report.plans[0].caused) == 2
+        await replays(h, wf)
 
 
 async def test_a_task_below_reject_below_is_rejected_and_the_workflow_fails(nats_url: str, tmp_path: Path) -> None:
@@ -220,6 +231,7 @@ async def test_a_task_below_reject_below_is_rejected_and_the_workflow_fails(nats
             "plan rejected: task 'guess' has confidence 0.30, below reject_below 0.50"
         ]
         assert "caused plan rejected" in "\n".join(lines(report))
+        await replays(h, state.workflow_id)
 
 
 async def test_a_rejected_plan_is_re_planned_when_the_workflow_allows_adaptation(nats_url: str, tmp_path: Path) -> None:
@@ -239,6 +251,7 @@ async def test_a_rejected_plan_is_re_planned_when_the_workflow_allows_adaptation
         assert second.reason.startswith("re-planned after revision 1 was rejected")
         [adapt] = [r for r in api.requests if "emit_remaining_plan" in str(r)]
         assert "validator rejected the current plan" in str(adapt)
+        await replays(h, state.workflow_id)
         # Without adaptation the same plan fails with plan_rejected, and the model is not asked.
         asked = len(api.requests)
         refused = await h.run({"request": "echo v", "plan": DOUBTFUL})
@@ -285,3 +298,4 @@ async def test_a_task_that_is_not_parallelizable_never_overlaps_another(
         assert overlap(spans["one"], spans["two"]) is parallelizable, spans
         if not parallelizable:
             assert spans["one"][1] <= spans["two"][0]  # in plan order: one, then two
+        await replays(h, state.workflow_id)
