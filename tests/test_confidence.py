@@ -299,3 +299,14 @@ async def test_a_task_that_is_not_parallelizable_never_overlaps_another(
         if not parallelizable:
             assert spans["one"][1] <= spans["two"][0]  # in plan order: one, then two
         await replays(h, state.workflow_id)
+
+
+async def test_a_library_reuse_carries_its_match_score_as_the_plans_confidence(nats_url: str, tmp_path: Path) -> None:
+    async with cadre_running(settings_for(nats_url, tmp_path)) as h:
+        state = await h.run({"request": "please find the three customers who spent most in 2024, and write it up"})
+        [proposed] = [e.event.data for e in await h.events(state.workflow_id) if isinstance(e.event.data, PlanProposed)]
+        assert proposed.source == "library"
+        assert proposed.score is not None
+        assert proposed.score < 1.0  # not an exact match: the confidence says so
+        assert proposed.plan.confidence == proposed.score
+        assert audit(await h.bus.log.read_records(state.workflow_id)).plans[0].confidence == proposed.score
