@@ -2,7 +2,8 @@
 
 A step runs its planned tool; if that fails, each planned fallback tool in turn. The result
 records the tool planned and the tool used (adherence) and every deviation. A step whose
-tool requires approval first emits ``approval_requested`` and runs only after
+tool requires approval, or whose task's or plan's confidence is below the deployment's
+``approve_below`` (``planner.confidence``), first emits ``approval_requested`` and runs only after
 ``approval_granted``; ``approval_denied`` (by a person, or by the deadline passing) fails it.
 The deadline is a durable timer: the agent defers its own ``approval_requested`` until then.
 
@@ -45,6 +46,7 @@ from cadre.bus.events import (
 )
 from cadre.bus.plan import ErrorInfo, StepIntent
 from cadre.planner.catalog import Catalog
+from cadre.planner.confidence import approval_reason
 from cadre.planner.providers.agent_prompts import (
     FailedCall,
     decide_request,
@@ -270,15 +272,41 @@ async def run_step(ctx: Context, state: WorkflowState, step: StepIntent, catalog
     return [await run.recover()]
 
 
-def needs_approval(step: StepIntent, catalog: Catalog | None) -> bool:
-    """Whether a step waits for a person: its tool's spec in this agent's own catalog (with the
-    deployment's policy) decides; the step's own flag can add approval, never take it away."""
+def approval_reasons(
+    step: StepIntent, catalog: Catalog | None, state: WorkflowState | None = None, approve_below: float | None = None
+) -> list[str]:
+    """Why a step waits for a person (empty: it does not).
+
+    Its tool's spec in this agent's own catalog (with the deployment's policy) decides; the
+    step's own flag can add approval, never take it away. With ``approve_below`` (the
+    deployment's threshold), a task or plan confidence below it adds approval: read from the
+    workflow's folded ``state`` (the plan of the validated ``plan_proposed``), never from the
+    ``step_ready`` event, so a step cannot vouch for itself (``planner.confidence``).
+    """
     spec = catalog.get(step.tool) if catalog is not None else None
-    return step.requires_approval or (spec is not None and spec.requires_approval)
+    reasons = []
+    if step.requires_approval or (spec is not None and spec.requires_approval):
+        reasons.append(f"tool {step.tool} requires approval")
+    if state is not None:
+        task = state.tasks.get(step.task_id)
+        doubt = approval_reason(state.plan, task.task if task is not None else None, approve_below)
+        if doubt is not None:
+            reasons.append(doubt)
+    return reasons
 
 
-def make_spec(approval_timeout: timedelta, *, catalog: Catalog | None = None) -> ActorSpec:
-    """The agent; given the tool ``catalog`` it consults the model too (module docstring)."""
+def needs_approval(
+    step: StepIntent, catalog: Catalog | None, state: WorkflowState | None = None, approve_below: float | None = None
+) -> bool:
+    """Whether a step waits for a person (:func:`approval_reasons`)."""
+    return bool(approval_reasons(step, catalog, state, approve_below))
+
+
+def make_spec(
+    approval_timeout: timedelta, *, catalog: Catalog | None = None, approve_below: float | None = None
+) -> ActorSpec:
+    """The agent; given the tool ``catalog`` it consults the model too (module docstring);
+    a step whose task's (or plan's) confidence is below ``approve_below`` waits for approval."""
 
     async def handle(ctx: Context, rec: StoredEvent, state: WorkflowState) -> Outcome:
         data = rec.event.data
@@ -289,8 +317,9 @@ def make_spec(approval_timeout: timedelta, *, catalog: Catalog | None = None) ->
                 st = state.steps.get(data.step.id)
                 if st is None or st.status != "ready":
                     return []  # ran, or waiting for approval, already
-                if needs_approval(st.step, catalog):
-                    reason = f"tool {st.step.tool} requires approval"
+                reasons = approval_reasons(st.step, catalog, state, approve_below)
+                if reasons:
+                    reason = "; ".join(reasons)
                     return [ApprovalRequested(step=st.step, reason=reason, deadline=ctx.now() + approval_timeout)]
                 return await run_step(ctx, state, st.step, catalog)
             case ApprovalRequested():

@@ -7,9 +7,11 @@ the plan library: the most similar plan of an earlier completed workflow or of
 ``examples/``, if it scores above the threshold. Otherwise the run fails with ``no_plan``.
 The ``plan_proposed`` event says which of these happened and why.
 
-Adaptation: when a task fails for good, a workflow whose level and mode allow it
-(``autonomous`` and ``creative``) consults the model for a new plan of the remaining work;
-completed tasks keep their outputs. Without a valid answer the workflow fails as before.
+Adaptation: when a task fails for good, or the validator rejects a plan for its confidence
+(``planner.confidence``), a workflow whose level and mode allow it (``autonomous`` and
+``creative``) consults the model for a new plan of the remaining work; completed tasks keep
+their outputs. Without a valid answer the workflow fails as before. A library reuse carries
+its match score as the plan's confidence.
 """
 
 from __future__ import annotations
@@ -42,7 +44,14 @@ from cadre.bus.events import (
     WorkflowRequested,
 )
 from cadre.planner.catalog import Catalog
-from cadre.planner.providers.prompts import adapt_request, adapt_validator, plan_request, plan_validator
+from cadre.planner.providers.prompts import (
+    ADAPT_AFTER_FAILURE,
+    ADAPT_AFTER_REJECTION,
+    adapt_request,
+    adapt_validator,
+    plan_request,
+    plan_validator,
+)
 from cadre.planner.scheduler import is_finished
 from cadre.store.records import StoredEvent
 from cadre.store.state import WorkflowState
@@ -82,7 +91,7 @@ async def plan(ctx: Context, state: WorkflowState, req: WorkflowRequested, catal
     if hit is not None and hit.score >= hit.threshold:
         return [
             PlanProposed(
-                plan=hit.plan,
+                plan=msgspec.structs.replace(hit.plan, confidence=min(1.0, max(0.0, round(hit.score, 4)))),
                 source="library",
                 library_match=hit.name,
                 score=round(hit.score, 4),
@@ -106,26 +115,44 @@ async def adapt(ctx: Context, state: WorkflowState, failed: list[Event], catalog
     end = failed[0] if failed else None
     if not isinstance(end, WorkflowFailed) or end.task_id is None or state.plan is None:
         return failed
-    if state.revision >= MAX_REVISIONS:
+    why = f"re-planned after task {end.task_id!r} failed ({end.message})"
+    return await _replan(ctx, state, end, why, ADAPT_AFTER_FAILURE, catalog)
+
+
+async def replan_rejected(ctx: Context, state: WorkflowState, data: PlanRejected, catalog: Catalog) -> list[Event]:
+    """After the validator rejected a plan for its confidence (``planner.confidence``): a new
+    revision, where the workflow allows adaptation and the model gives a valid plan; else the
+    workflow fails with ``plan_rejected`` as for any other rejection."""
+    failed = rules.on_plan_rejected(state, data)
+    end = failed[0] if failed else None
+    if not isinstance(end, WorkflowFailed) or state.plan is None:
         return failed
+    if not any(c.name == "confidence" and not c.passed and c.severity == "error" for c in data.checks):
+        return failed
+    why = f"re-planned after revision {data.revision} was rejected ({end.message})"
+    return await _replan(ctx, state, end, why, ADAPT_AFTER_REJECTION, catalog)
+
+
+async def _replan(
+    ctx: Context, state: WorkflowState, end: WorkflowFailed, why: str, situation: str, catalog: Catalog
+) -> list[Event]:
+    """The model's plan of the remaining work as the next revision, instead of ``end``."""
+    assert state.plan is not None
+    if state.revision >= MAX_REVISIONS:
+        return [end]
     revision = state.revision
     completed = {tid: t.output for tid, t in state.tasks.items() if t.status == "completed"}
     request_text = state.request.request if state.request is not None else ""
-    ask = adapt_request(request_text, state.plan, completed, end.message, catalog.describe())
+    ask = adapt_request(request_text, state.plan, completed, end.message, catalog.describe(), situation=situation)
     validate = adapt_validator(catalog, state.plan, completed)
     inferred = await ctx.infer("adapt", ask, validate, ctx.policy(state.request))
     if inferred.value is None:
         if inferred.declined:
-            return failed  # adaptation is not for this workflow: fail exactly as without it
+            return [end]  # adaptation is not for this workflow: fail exactly as without it
         note = f" (adaptation was tried: {inferred.describe()})"
         return [msgspec.structs.replace(end, message=end.message + note)]
     return [
-        PlanProposed(
-            plan=inferred.value,
-            revision=revision + 1,
-            source="model",
-            reason=f"re-planned after task {end.task_id!r} failed ({end.message}): {inferred.describe()}",
-        )
+        PlanProposed(plan=inferred.value, revision=revision + 1, source="model", reason=f"{why}: {inferred.describe()}")
     ]
 
 
@@ -150,7 +177,7 @@ def make_spec(catalog: Catalog) -> ActorSpec:
             case PlanValidated():
                 return on_plan_validated(state, data)
             case PlanRejected():
-                return rules.on_plan_rejected(state, data)
+                return await replan_rejected(ctx, state, data, catalog)
             case StepsRejected():
                 return rules.on_steps_rejected(state, data)
             case StepCompleted():

@@ -24,7 +24,7 @@ from cadre.bus.events import (
     WorkflowFailed,
 )
 from cadre.bus.plan import Check, ErrorInfo
-from cadre.planner.scheduler import is_finished, ready_tasks, topo_order
+from cadre.planner.scheduler import dispatchable, is_finished, topo_order
 from cadre.store.state import WorkflowState
 
 # Failures a retry cannot fix: the same step would be refused again.
@@ -32,10 +32,12 @@ NOT_RETRYABLE = frozenset({"approval_denied", "prohibited", "unknown_tool", "inv
 
 
 def dispatch_ready(state: WorkflowState) -> list[Event]:
-    """A ``task_ready`` for every pending task whose dependencies are done."""
+    """A ``task_ready`` for every pending task whose dependencies are done, except those
+    ``parallelizable: false`` holds back (:func:`planner.scheduler.dispatchable`): they go out
+    when a later completion finds nothing else running."""
     assert state.plan is not None
     status = state.task_status()
-    return [TaskReady(task=state.tasks[t].task, attempt=1) for t in ready_tasks(state.plan, status)]
+    return [TaskReady(task=state.tasks[t].task, attempt=1) for t in dispatchable(state.plan, status)]
 
 
 def result_of(state: WorkflowState, outputs: dict[str, dict[str, Any] | None]) -> Any:

@@ -23,7 +23,14 @@ Complexity = Literal["low", "medium", "high"]
 
 
 class Task(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """One node of the plan's DAG."""
+    """One node of the plan's DAG.
+
+    ``confidence`` (0 to 1: how sure the planner is that the task does what the request
+    needs), ``rationale``, ``complexity``, ``capabilities`` (what an agent needs beyond the
+    tool) and ``parallelizable`` (false: never runs at the same time as another task of the
+    workflow) are the planner's metadata; the deployment's thresholds act on the confidence
+    (``cadre.planner.confidence``).
+    """
 
     id: str
     description: str = ""
@@ -40,11 +47,13 @@ class Task(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 
 
 class Plan(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """A DAG of tasks; ``output`` names the task whose output is the workflow's result."""
+    """A DAG of tasks; ``output`` names the task whose output is the workflow's result;
+    ``confidence`` is the planner's in the plan as a whole (a library reuse: its match score)."""
 
     nodes: tuple[Task, ...]
     output: str | None = None
     rationale: str = ""
+    confidence: float = 1.0
 
 
 class StepIntent(msgspec.Struct, frozen=True, kw_only=True, gc=False):

@@ -57,11 +57,19 @@ class TaskIn(_Strict):
         default_factory=dict, description='tool inputs; "${task_id.field}" references an upstream output'
     )
     fallback_tools: list[str] = Field(default_factory=list, description="tools to try when the primary fails")
-    capabilities: list[str] = Field(default_factory=list)
-    parallelizable: bool = True
-    complexity: Literal["low", "medium", "high"] = "low"
-    confidence: float = Field(default=1.0, ge=0, le=1)
-    rationale: str = ""
+    capabilities: list[str] = Field(default_factory=list, description="what an agent needs beyond the tool")
+    parallelizable: bool = Field(
+        default=True, description="false: the task never runs at the same time as another task of the workflow"
+    )
+    complexity: Literal["low", "medium", "high"] = Field(default="low", description="how hard the task is")
+    confidence: float = Field(
+        default=1.0,
+        ge=0,
+        le=1,
+        description="how sure the planner is that the task does what the request needs (0 to 1); "
+        "below the deployment's approve_below it waits for approval, below reject_below the plan is rejected",
+    )
+    rationale: str = Field(default="", max_length=2000, description="why the task is needed")
     retries: int = Field(default=0, ge=0, le=10, description="times to re-run the task after a failure")
 
 
@@ -70,7 +78,14 @@ class PlanIn(_Strict):
 
     nodes: list[TaskIn] = Field(min_length=1, max_length=200)
     output: str | None = Field(default=None, description="the task whose output is the result (default: the last)")
-    rationale: str = ""
+    rationale: str = Field(default="", max_length=4000, description="why this plan answers the request")
+    confidence: float = Field(
+        default=1.0,
+        ge=0,
+        le=1,
+        description="how sure the planner is that the plan answers the request (0 to 1); "
+        "the deployment's thresholds act on it as on each task's",
+    )
 
 
 class RequestIn(_Strict):

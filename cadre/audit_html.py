@@ -104,19 +104,24 @@ def _plans(r: AuditReport) -> list[str]:
         match = f" (library plan {_e(p.library_match)}, similarity {p.score})" if p.library_match else ""
         out.append(
             f'<h3>Revision {p.revision} · from {_e(p.source)}{match} · <span class="{verdict}">{_e(p.verdict)}</span>'
+            f" · confidence {p.confidence:.2f}"
             f' <span class="muted">({_t(p.at)}, event #{p.index})</span></h3>'
         )
         out.append(f"<p>{_e(p.reason)}</p>")
+        if p.caused:
+            out.append("<p>Its confidence caused: " + "; ".join(_e(c) for c in p.caused) + "</p>")
         rows = [
             [
                 f"<code>{_e(task.id)}</code>",
                 _code(task.tool or "(none)"),
                 _e(", ".join(task.depends_on)),
                 _e(task.description),
+                f"{task.confidence:.2f}" + ("" if task.parallelizable else " · not parallelizable"),
+                _e("; ".join(task.caused)),
             ]
             for task in p.tasks
         ]
-        out.append(_table(["task", "tool", "depends on", "description"], rows))
+        out.append(_table(["task", "tool", "depends on", "description", "confidence", "it caused"], rows))
         if p.failed_checks:
             out.append(_checks(p.failed_checks))
     return out

@@ -35,11 +35,18 @@ def lines(r: AuditReport, width: int = 110) -> list[str]:
     out.append("plans")
     for p in r.plans:
         match = f", library plan {p.library_match!r} ({p.score})" if p.library_match else ""
-        out.append(f"  revision {p.revision} from {p.source}{match}: {p.verdict} (#{p.index})")
+        out.append(
+            f"  revision {p.revision} from {p.source}{match}: {p.verdict} (#{p.index}), confidence {p.confidence:.2f}"
+        )
         out.append(f"    why    {_cut(p.reason, width)}")
+        out.extend(f"    caused {_cut(c, width)}" for c in p.caused)
         for task in p.tasks:
             deps = f" after {', '.join(task.depends_on)}" if task.depends_on else ""
-            out.append(f"    task   {task.id}: {task.tool or '(no tool)'}{deps}")
+            alone = ", not parallelizable" if not task.parallelizable else ""
+            out.append(
+                f"    task   {task.id}: {task.tool or '(no tool)'}{deps} (confidence {task.confidence:.2f}{alone})"
+            )
+            out.extend(f"      caused {_cut(c, width)}" for c in task.caused)
         out.extend(_checks(p.failed_checks, "    "))
     if not r.plans:
         out.append("  (none)")

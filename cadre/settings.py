@@ -95,6 +95,12 @@ class Settings(BaseSettings):
         description='who may approve each tool, by keyring name ({"fs.write": ["alice"]}); unlisted: any approver',
     )
     approval_timeout_s: float = Field(default=3600.0, gt=0, description="unanswered approvals are denied after")
+    approve_below: float | None = Field(
+        default=None, ge=0, le=1, description="a plan or task confidence below this waits for approval; unset = never"
+    )
+    reject_below: float | None = Field(
+        default=None, ge=0, le=1, description="a plan or task confidence below this rejects the plan; unset = never"
+    )
     plan_library: Path | None = Field(default=None, description="example plans (default: ./examples/plans)")
     library_threshold: float = Field(default=0.35, ge=0, le=1, description="similarity a library plan needs")
     actor_batch: int = Field(default=32, ge=1, le=1000)

@@ -23,6 +23,7 @@ from cadre.budget_config import budget_config, ledger_spec
 from cadre.llm import build_llm
 from cadre.planner.builtin_tools import builtin_catalog
 from cadre.planner.catalog import Catalog
+from cadre.planner.validation import Limits
 from cadre.settings import Settings
 from cadre.trust import keyring_loader, trust_for
 from cadre.wiring import Bus
@@ -52,7 +53,12 @@ def catalog_for(settings: Settings) -> Catalog:
 def system_specs(settings: Settings, catalog: Catalog | None = None) -> tuple[ActorSpec, ...]:
     """The handlers this deployment runs (a replay of its runs uses the same: ``cadre.replay_cli``)."""
     catalog = catalog if catalog is not None else catalog_for(settings)
-    return live_specs(catalog, approval_timeout=timedelta(seconds=settings.approval_timeout_s))
+    return live_specs(
+        catalog,
+        approval_timeout=timedelta(seconds=settings.approval_timeout_s),
+        limits=Limits(reject_below=settings.reject_below),
+        approve_below=settings.approve_below,
+    )
 
 
 def runtime_options(settings: Settings) -> RuntimeOptions:

@@ -98,10 +98,16 @@ def what_if_setup(settings: Settings, policy: WhatIfPolicy, base: Replayer) -> W
             update[key] = value
     changed = settings.model_copy(update=update)
     catalog = catalog_for(changed)
-    limits = Limits()
+    limits = Limits(reject_below=settings.reject_below)
     if policy.limits is not None:
-        limits = Limits(**{k: v for k, v in policy.limits.model_dump().items() if v is not None})
-    specs = live_specs(catalog, approval_timeout=timedelta(seconds=settings.approval_timeout_s), limits=limits)
+        given = {k: v for k, v in policy.limits.model_dump().items() if v is not None}
+        limits = Limits(reject_below=settings.reject_below, **given)
+    specs = live_specs(
+        catalog,
+        approval_timeout=timedelta(seconds=settings.approval_timeout_s),
+        limits=limits,
+        approve_below=settings.approve_below,
+    )
     whatif = WhatIf(
         budget=budget_config(changed),
         intelligence=policy.intelligence,

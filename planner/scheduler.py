@@ -1,6 +1,6 @@
 """Which tasks can run: graph questions about a plan, answered over plain data.
 
-The planner actor keeps each task's status (a string: ``"pending"``, ``"running"``,
+The planner actor keeps each task's status (a string: ``"pending"``, ``"ready"``, ``"running"``,
 ``"completed"``, ``"failed"``; a task with no status yet counts as pending) and asks these
 functions what to do next. They read the plan and the statuses, never change them, and do
 no I/O, so replays and tests call them directly.
@@ -22,18 +22,20 @@ import heapq
 from collections.abc import Iterable, Mapping, Sequence
 
 from cadre.bus.errors import CadreError
-from cadre.bus.plan import Plan
+from cadre.bus.plan import Plan, Task
 
 __all__ = [
     "COMPLETED",
     "FAILED",
     "PENDING",
+    "READY",
     "RUNNING",
     "PlanCycle",
     "SchedulingError",
     "UnknownTask",
     "blocked_by_failure",
     "depth",
+    "dispatchable",
     "find_cycle",
     "is_finished",
     "ready_tasks",
@@ -42,6 +44,7 @@ __all__ = [
 ]
 
 PENDING = "pending"
+READY = "ready"
 RUNNING = "running"
 COMPLETED = "completed"
 FAILED = "failed"
@@ -189,6 +192,28 @@ def ready_tasks(plan: Plan, status: Mapping[str, str]) -> list[str]:
         ):
             ready.append(task.id)
     return ready
+
+
+def dispatchable(plan: Plan, status: Mapping[str, str]) -> list[str]:
+    """The :func:`ready_tasks` to start now, honouring ``parallelizable: false``.
+
+    A task that is not parallelizable never runs at the same time as another task of the
+    workflow: it starts alone, when no other task is ready or running (statuses ``"ready"`` and
+    ``"running"``), and nothing starts while it runs. Ready tasks start in plan order, up to
+    the first that must wait, so a waiting task is not overtaken by the tasks after it.
+    """
+    tasks: dict[str, Task] = {}
+    for task in plan.nodes:
+        tasks.setdefault(task.id, task)
+    active = [tid for tid in tasks if status.get(tid) in (READY, RUNNING)]
+    if any(not tasks[tid].parallelizable for tid in active):
+        return []
+    start: list[str] = []
+    for tid in ready_tasks(plan, status):
+        if not tasks[tid].parallelizable:
+            return [tid] if not active and not start else start
+        start.append(tid)
+    return start
 
 
 def is_finished(plan: Plan, status: Mapping[str, str]) -> bool:

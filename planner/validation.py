@@ -15,6 +15,7 @@ Check names are stable (tests, audits and fix-up prompts use them):
     approval_required  fallback_exists  fallback_allowed  fallback_inputs  inputs_valid
     reference_known  reference_upstream  reference_field  reference_resolves  reference_order
     output_known  steps_present  step_count  step_id_form  step_ids_unique  step_task
+    confidence (only with ``Limits.reject_below`` set: :mod:`planner.confidence`)
 
 References and input validation. A reference (``"${top.rows}"``) stands for a value that
 does not exist yet, so it cannot be checked against the tool's input model as written, and
@@ -48,6 +49,7 @@ from pydantic import BaseModel, ValidationError
 from cadre.bus.errors import CadreError
 from cadre.bus.plan import Check, Plan, Severity, StepIntent, Task
 from cadre.planner.catalog import Catalog, Safety, ToolSpec
+from cadre.planner.confidence import confidence_checks
 from cadre.planner.refs import Loc, Ref, RefError, find_refs, format_location, lookup, resolve
 from cadre.planner.scheduler import depth, find_cycle, upstream
 
@@ -77,6 +79,7 @@ class Limits:
     max_depth: int = 20
     max_steps_per_task: int = 10
     max_inputs_bytes: int = 64_000  # of one task's or step's inputs, encoded as JSON
+    reject_below: float | None = None  # a plan or task confidence below this rejects the plan
 
 
 class ValidationFailed(CadreError):
@@ -291,6 +294,7 @@ def validate_plan(plan: Plan, catalog: Catalog, limits: Limits = Limits()) -> li
         checks += _check_task(index, task, catalog, limits)
     checks += _check_plan_references(plan, catalog)
     checks += _check_output(plan)
+    checks += confidence_checks(plan, limits.reject_below)
     return checks
 
 

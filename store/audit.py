@@ -105,11 +105,17 @@ class CheckNote(msgspec.Struct, frozen=True, kw_only=True):
     fix: str | None
 
 
-class PlanTask(msgspec.Struct, frozen=True, kw_only=True):
+class PlanTask(msgspec.Struct, kw_only=True):
+    """A task of a plan revision, with its confidence and what the confidence caused
+    (``caused``: approvals it asked for and their decisions, a rejection)."""
+
     id: str
     tool: str | None
     depends_on: tuple[str, ...]
     description: str
+    confidence: float = 1.0
+    parallelizable: bool = True
+    caused: list[str] = msgspec.field(default_factory=list)
 
 
 class PlanRevision(msgspec.Struct, kw_only=True):
@@ -127,6 +133,8 @@ class PlanRevision(msgspec.Struct, kw_only=True):
     tasks: tuple[PlanTask, ...]
     verdict: str = "pending"
     failed_checks: tuple[CheckNote, ...] = ()
+    confidence: float = 1.0
+    caused: list[str] = msgspec.field(default_factory=list)  # what the plan's confidence caused
 
 
 class Verdict(msgspec.Struct, frozen=True, kw_only=True):
@@ -202,6 +210,7 @@ class Approval(msgspec.Struct, kw_only=True):
     reason: str
     requested_at: datetime
     deadline: datetime
+    task_id: str = ""
     decision: str = "pending"
     by: str | None = None
     decided_at: datetime | None = None
@@ -322,6 +331,7 @@ def audit(records: Sequence[Record], keyring: Keyring | None = None) -> AuditRep
         _event(report, index, e, scope, plans, approvals)
     report.plans = [plans[k] for k in sorted(plans)]
     report.approvals = list(approvals.values())
+    _confidence_effects(report)
     t.revisions = len(plans)
     t.deviations = len(report.deviations)
     t.consultations = len(report.consultations)
@@ -371,9 +381,17 @@ def _event(
                 score=data.score,
                 output=data.plan.output,
                 tasks=tuple(
-                    PlanTask(id=t.id, tool=t.tool, depends_on=tuple(t.depends_on), description=t.description)
+                    PlanTask(
+                        id=t.id,
+                        tool=t.tool,
+                        depends_on=tuple(t.depends_on),
+                        description=t.description,
+                        confidence=t.confidence,
+                        parallelizable=t.parallelizable,
+                    )
                     for t in data.plan.nodes
                 ),
+                confidence=data.plan.confidence,
             )
             if data.revision > 1:
                 report.deviations.append(Deviation(index=index, scope="workflow", text=f"re-planned: {data.reason}"))
@@ -406,7 +424,12 @@ def _event(
                 )
         case ApprovalRequested():
             approvals[data.step.id] = Approval(
-                step_id=data.step.id, tool=data.step.tool, reason=data.reason, requested_at=e.at, deadline=data.deadline
+                step_id=data.step.id,
+                tool=data.step.tool,
+                reason=data.reason,
+                requested_at=e.at,
+                deadline=data.deadline,
+                task_id=data.step.task_id,
             )
         case ApprovalGranted() | ApprovalDenied():
             a = approvals.get(data.step_id)
@@ -423,6 +446,33 @@ def _event(
             t.dead_letters += 1
         case StepsProposed() | EffectsRecorded() | ForgedEvent():
             pass
+
+
+def _confidence_effects(report: AuditReport) -> None:
+    """Note on each plan and task what its confidence caused: a rejection by a failed
+    ``confidence`` check, an approval asked for because of it (``planner.confidence``)."""
+    for p in report.plans:
+        for c in p.failed_checks:
+            if c.name != "confidence":
+                continue
+            if c.path == "confidence":
+                p.caused.append(f"plan rejected: {c.message}")
+            elif c.path and c.path.startswith("nodes[") and c.path.endswith("].confidence"):
+                i = int(c.path[len("nodes[") : -len("].confidence")])
+                if i < len(p.tasks):
+                    p.tasks[i].caused.append(f"plan rejected: {c.message}")
+    for a in report.approvals:
+        if "approve_below" not in a.reason:
+            continue
+        decided = f"{a.decision} by {a.by}" if a.by else a.decision
+        text = f"approval asked for step {a.step_id} ({decided})"
+        plan = next((p for p in reversed(report.plans) if any(t.id == a.task_id for t in p.tasks)), None)
+        if plan is None:
+            continue
+        if "the plan has confidence" in a.reason:
+            plan.caused.append(text)
+        else:
+            next(t for t in plan.tasks if t.id == a.task_id).caused.append(text)
 
 
 def _verdict(index: int, e: Envelope, subject: str, passed: bool, checks: Iterable[Check]) -> Verdict:

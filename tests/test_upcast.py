@@ -177,6 +177,16 @@ def test_the_registry_refuses_what_cannot_be_an_upcaster() -> None:
 
 
 GOLDEN = Path(__file__).parent / "golden"
+V2_LOGS = Path(__file__).parent / "fixtures" / "v2_logs"
+"""v2 recordings of golden logs since re-recorded as v3 (their prompts changed): kept to read."""
+
+
+def _v2_logs() -> list[Path]:
+    """Every v2 log: the golden logs still recorded as v2, and the kept v2 recordings."""
+    golden = [
+        p for p in sorted(GOLDEN.glob("*.jsonl")) if json.loads(p.read_bytes().splitlines()[1])["event"]["v"] == 2
+    ]
+    return golden + sorted(V2_LOGS.glob("*.jsonl"))
 
 
 def _stored_effects(line: dict[str, Any]) -> list[dict[str, Any]]:
@@ -187,7 +197,18 @@ def _stored_effects(line: dict[str, Any]) -> list[dict[str, Any]]:
     return effects
 
 
-@pytest.mark.parametrize("path", sorted(GOLDEN.glob("*.jsonl")), ids=lambda p: p.stem)
+def test_the_v2_logs_cover_every_effect_kind_the_golden_logs_had() -> None:
+    kinds = {
+        e["kind"]
+        for p in _v2_logs()
+        for raw in p.read_bytes().splitlines()[1:]
+        for e in _stored_effects(json.loads(raw))
+    }
+    assert {"tool", "budget", "llm"} <= kinds
+    assert len(_v2_logs()) >= 8
+
+
+@pytest.mark.parametrize("path", _v2_logs(), ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_v2_effects_read_as_typed_effects_with_the_same_kind_and_key(path: Path) -> None:
     """Every effect of a golden log (written as v2 ``{kind, key, value}``) decodes as the typed
     effect of that kind, whose key is the recorded one, and re-encodes to an equal value."""

@@ -25,6 +25,8 @@ from cadre.planner.providers.structured import InvalidOutput
 from cadre.planner.validation import Limits, failed, validate_plan
 
 __all__ = [
+    "ADAPT_AFTER_FAILURE",
+    "ADAPT_AFTER_REJECTION",
     "ADAPT_SCHEMA_NAME",
     "PLAN_SCHEMA",
     "PLAN_SCHEMA_NAME",
@@ -56,9 +58,17 @@ Plan format:
 Usually empty.
   - "retries": how many times to re-run the task after a failure, 0 to 10. Use 0 unless the tool is \
 read_only and may fail transiently.
-  - "rationale": optional, why the task is needed.
+  - "rationale": one sentence on why the task is needed.
+  - "confidence": a number from 0 to 1: how sure you are that this task, with these inputs, does what \
+the request needs (1: certain; 0.5: a guess). Be honest: a low confidence makes a person check the task \
+before it runs.
+  - "complexity": "low", "medium" or "high": how hard the task is.
+  - "parallelizable": false if the task must not run at the same time as any other task (for example, \
+it changes what another task reads); true otherwise.
+  - "capabilities": what the task needs beyond its tool (for example "network", "filesystem"); usually empty.
 - "output": the id of the task whose output answers the request (by default, the last task).
 - "rationale": one or two sentences on why this plan answers the request.
+- "confidence": a number from 0 to 1: how sure you are that the plan as a whole answers the request.
 
 References: an input value that is exactly the string "${{task_id.field}}" stands for a field of an \
 upstream task's output: "${{top.rows}}" is the "rows" field of task "top", "${{top.rows.0}}" its first \
@@ -141,8 +151,13 @@ def plan_validator(catalog: Catalog, limits: Limits | None = None) -> Callable[[
 
 ADAPT_SCHEMA_NAME: Final = "emit_remaining_plan"
 
+ADAPT_AFTER_FAILURE: Final = "A task of the workflow below failed for good (its retries are spent)."
+ADAPT_AFTER_REJECTION: Final = (
+    "The validator rejected the current plan of the workflow below, before its tasks ran, for the reasons given."
+)
+
 _ADAPT_TASK: Final = """\
-A task of the workflow below failed for good (its retries are spent). Re-plan the work that \
+{situation} Re-plan the work that \
 remains so that the request can still be answered: return the tasks still to run as one JSON \
 object matching the `{schema_name}` schema (the same plan format as above). Return nothing else.
 
@@ -163,8 +178,10 @@ def adapt_request(
     catalog_description: list[dict[str, Any]],
     *,
     output_chars: int = 1500,
+    situation: str = ADAPT_AFTER_FAILURE,
 ) -> LLMRequest:
-    """The ``adapt`` call: re-plan what remains after a task failed for good.
+    """The ``adapt`` call: re-plan what remains after a task failed for good (or, with
+    ``situation`` :data:`ADAPT_AFTER_REJECTION`, after the validator rejected the plan).
 
     ``completed`` maps each completed task's id to its output (quoted up to
     ``output_chars`` characters each); ``failure`` says which task failed and how.
@@ -175,7 +192,7 @@ def adapt_request(
     )
     current = _dumps(msgspec.to_builtins(plan))
     prompt = (
-        f"{_ADAPT_TASK.format(schema_name=ADAPT_SCHEMA_NAME, used=used)}\n"
+        f"{_ADAPT_TASK.format(situation=situation, schema_name=ADAPT_SCHEMA_NAME, used=used)}\n"
         f"<request>\n{request_text.strip()}\n</request>\n\n"
         f"<current_plan>\n{current}\n</current_plan>\n\n"
         f"<completed_tasks>\n{done}\n</completed_tasks>\n\n"
@@ -218,6 +235,7 @@ def adapt_validator(
             nodes=(*keep, *remaining.nodes),
             output=remaining.output or remaining.nodes[-1].id,
             rationale=remaining.rationale,
+            confidence=remaining.confidence,
         )
         errors = failed(validate_plan(whole, catalog, limits or Limits()))
         if errors:

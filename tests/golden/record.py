@@ -70,13 +70,20 @@ def submit(body: dict[str, Any]) -> Drive:
     return drive
 
 
-def approval(*, deny: bool) -> Drive:
+# One task at confidence 0.3 (the deployment's approve_below is 0.5): its step waits for a person.
+DOUBTFUL_PLAN: dict[str, Any] = {
+    "nodes": [{"id": "guess", "tool": "test.echo", "inputs": {"value": "v"}, "confidence": 0.3}],
+    "confidence": 0.9,
+}
+
+
+def approval(*, deny: bool, plan: dict[str, Any] = APPROVAL_PLAN, step: str = "save.s1") -> Drive:
     async def drive(h: Harness) -> str:
-        wf = str((await h.submit({"plan": APPROVAL_PLAN}))["workflow_id"])
+        wf = str((await h.submit({"plan": plan}))["workflow_id"])
         await h.wait(wf, until="approval_requested")
         reason = "not today" if deny else "looks fine"
         with contextlib.redirect_stdout(sys.stderr):  # its "approved …" line is progress, not output
-            await commands.approve(h.settings, wf, "save.s1", deny=deny, reason=reason, by="tester")
+            await commands.approve(h.settings, wf, step, deny=deny, reason=reason)
         await h.wait(wf)
         return wf
 
@@ -129,6 +136,12 @@ SCENARIOS = (
         approval(deny=True),
         settings={"approval_tools": ["fs.write"]},
         expect="failed",
+    ),
+    Scenario(
+        "confidence_approval",
+        "a task's confidence (0.3) is below approve_below (0.5): its step waits; a person grants it and it runs",
+        approval(deny=False, plan=DOUBTFUL_PLAN, step="guess.s1"),
+        settings={"approve_below": 0.5},
     ),
     Scenario(
         "llm_plan_repair",
