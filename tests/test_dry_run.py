@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,7 @@ PLAN: dict[str, Any] = {
         },
     ]
 }
+_AT = datetime(2026, 12, 5, tzinfo=UTC)
 REQUEST = "echo hello, trip the wire and save it"
 
 
@@ -239,3 +241,45 @@ def test_placeholders_follow_the_output_schemas() -> None:
         "n": 0.0,
         "ok": False,
     }
+
+
+async def test_a_quote_is_recorded_and_served_back_and_nothing_else_is() -> None:
+    from cadre.actors.answers import LiveAnswers, PastRuns, RecordedAnswers, RecordOnlyProvider, ReplayDivergence, quote
+    from cadre.actors.context import Outside
+    from cadre.actors.inference import LLM, Policy
+    from cadre.bus import decode, encode
+    from cadre.bus.events import EffectsRecorded, make_event
+    from cadre.planner.providers.pricing import ModelPrice
+
+    live = LiveAnswers(Outside())
+    live.past.ran("test.echo", 2.0)
+    live.past.ran("test.echo", 4.0)
+    live.past.ran("test.flaky", None)  # a failure counts as a call, not as a duration
+    asks = [("recover", 2, 300), ("interpret", 4, 200)]
+    effect = await live.estimate("test.echo", asks, Policy(intelligence="intelligent"))
+    assert [(q.call, q.allowed, q.why) for q in effect.quotes] == [
+        ("recover", False, "no model is configured in this process"),
+        ("interpret", False, "no model is configured in this process"),
+    ]
+    assert (effect.past_tool_runs, effect.past_tool_ms, effect.past_steps) == (2, 3.0, 3)
+    assert effect.expected_usd == 0.0
+    assert effect.worst_usd == 0.0
+    stored = decode(
+        encode(make_event(EffectsRecorded(input_id="x", effects=(effect,)), workflow_id="w", actor="a", at=_AT))
+    )
+    assert isinstance(stored.data, EffectsRecorded)
+    recorded = RecordedAnswers(stored.data.effects)
+    assert await recorded.estimate("test.echo", asks, Policy()) == effect
+    with pytest.raises(ReplayDivergence, match=r"the handler asked estimate test\.echo:"):
+        await RecordedAnswers(stored.data.effects).estimate("test.echo", [("recover", 2, 301)], Policy())
+
+    # The budget's gate and worst-case rule, with the deployment's prices.
+    prices = Prices(default=ModelPrice(input=1.0, output=10.0))
+    llm = LLM(provider=RecordOnlyProvider("p"), models={"default": "m1"}, max_output_tokens={"default": 100})
+    allowed = quote("recover", 2, 1000, Policy(), llm, prices, 1.5)
+    assert allowed.allowed
+    assert allowed.worst_usd == pytest.approx(2 * (1500 * 1.0 + 100 * 10.0) / 1_000_000)
+    denied = quote("interpret", 2, 1000, Policy(intelligence="adaptive"), llm, prices, 1.5)
+    assert not denied.allowed
+    assert "does not allow 'interpret'" in denied.why
+    assert PastRuns().timing("x") == (0, None)
