@@ -283,3 +283,27 @@ async def test_a_quote_is_recorded_and_served_back_and_nothing_else_is() -> None
     assert not denied.allowed
     assert "does not allow 'interpret'" in denied.why
     assert PastRuns().timing("x") == (0, None)
+
+
+async def test_submit_dry_run_waits_and_prints_the_simulated_result(
+    nats_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cadre import commands
+
+    settings = settings_for(nats_url, tmp_path, approval_tools=["fs.write"], tool_modules=MODULES)
+    payload = commands.request_payload(
+        None, None, budget=None, intelligence=None, mode=None, idempotency_key="k-1", dry_run=True
+    )
+    assert json.loads(payload) == {"idempotency_key": "k-1", "dry_run": True}
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(json.dumps(PLAN))
+    payload = commands.request_payload(
+        None, plan_file, budget=None, intelligence=None, mode=None, idempotency_key=None, dry_run=True
+    )
+    async with cadre_running(settings):
+        assert await commands.submit_cmd(settings, payload, wait=True, as_json=False) == 0
+    out = capsys.readouterr().out
+    assert "DRY RUN   nothing was executed" in out
+    assert "approvals c.s1 would need approval" in out
+    assert ": completed (a dry run: nothing was executed)" in out
+    assert not (settings.workspace_dir / TRIPWIRE_MARKER).exists()
