@@ -227,6 +227,7 @@ class LiveAnswers:
             past_tool_ms=mean,
             past_steps=self.past.steps,
             past_usd=round(self.past.usd, 8),
+            cap_usd=policy.budget_usd if policy.budget_usd is not None else self.outside.workflow_cap_usd,
         )
 
     def _quote(self, call: str, times: int, tokens: int, policy: Policy) -> Quote:

@@ -121,6 +121,7 @@ class Outside:
     policy: Policy = field(default_factory=Policy)
     prices: Prices = field(default_factory=lambda: Prices(default=DEFAULT_PRICE, by_model=DEFAULT_PRICES))
     input_safety_factor: float = 1.5
+    workflow_cap_usd: float | None = None  # the budget's default cap per workflow (quoted in dry runs)
 
 
 class Answers(Protocol):

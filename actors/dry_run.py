@@ -63,8 +63,11 @@ def _cost(steps: list[StepState]) -> dict[str, Any]:
     expected = [st.estimate.expected_usd if st.estimate is not None else None for st in steps]
     past = max((st.estimate.past_steps for st in steps if st.estimate is not None), default=0)
     known = bool(steps) and all(x is not None for x in expected)
+    cap = next((st.estimate.cap_usd for st in steps if st.estimate is not None), None)
     return {
         "worst_case_usd": worst,
+        "cap_usd": cap,
+        "at_most_usd": min(worst, cap) if cap is not None else worst,
         "expected_usd": round(sum(x for x in expected if x is not None), 8) if known else None,
         "expected_from": f"{past} past tool call(s) of the agent" if known else "no past runs",
         "not_possible": not_allowed,

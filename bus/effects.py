@@ -305,8 +305,9 @@ class Estimated(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag="estima
     """A dry run's quote for one step of ``tool``: the worst case of each consultation a real
     run could make (``quotes``), and what this process saw of past live runs: ``past_tool_runs``
     successful runs of the tool taking ``past_tool_ms`` on average; ``past_usd`` settled on
-    execution-time consultations over ``past_steps`` tool calls. ``asks`` is the digest of the
-    question (each call, its count and its input estimate)."""
+    execution-time consultations over ``past_steps`` tool calls. ``cap_usd``: the workflow's cap
+    (its ``budget_usd``, else the deployment's), which no spend exceeds. ``asks`` is the digest
+    of the question (each call, its count and its input estimate)."""
 
     KIND: ClassVar[str] = "estimate"
     tool: str
@@ -316,6 +317,7 @@ class Estimated(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag="estima
     past_tool_ms: float | None = None
     past_steps: int = 0
     past_usd: float = 0.0
+    cap_usd: float | None = None  # the workflow's cap on LLM spend: the budget denies any call beyond it
     error: ErrorInfo | None = None
     ms: float = 0.0
 

@@ -60,8 +60,10 @@ def dry_run_lines(result: dict[str, Any]) -> list[str]:
     lines.append(f"approvals {', '.join(approvals) if approvals else 'none'} would need approval")
     cost = result.get("cost") or {}
     expected = cost.get("expected_usd")
+    cap = cost.get("cap_usd")
+    capped = f" (the workflow's cap, {_usd(cap)}, bounds it)" if isinstance(cap, int | float) else ""
     lines.append(
-        f"cost      worst case {_usd(cost.get('worst_case_usd'))} of execution-time consultations; expected "
+        f"cost      worst case {_usd(cost.get('worst_case_usd'))} of execution-time consultations{capped}; expected "
         + (f"{_usd(expected)} ({cost.get('expected_from')})" if expected is not None else "unknown (no past runs)")
     )
     for call, why in (cost.get("not_possible") or {}).items():

@@ -106,6 +106,7 @@ async def run_system(
         policy=Policy(intelligence=settings.intelligence, mode=settings.mode),
         prices=pricing.prices,
         input_safety_factor=pricing.input_safety_factor,
+        workflow_cap_usd=pricing.workflow_usd,
     )
 
     specs = [(spec, replicas) for spec in system_specs(settings, catalog) if spec.kind in kinds]

@@ -125,6 +125,8 @@ async def test_a_dry_run_runs_nothing_and_completes_with_the_simulated_result(na
     _, one = worst_case(prices, q.model, q.est_input_tokens, q.max_output_tokens, 1.5)
     assert q.worst_usd == pytest.approx(2 * one)
     total = sum(x.worst_usd for d in done for x in d.estimate.quotes)  # type: ignore[union-attr]
+    assert result["cost"]["cap_usd"] == settings.budget_workflow_usd
+    assert result["cost"]["at_most_usd"] == min(result["cost"]["worst_case_usd"], settings.budget_workflow_usd)
     assert result["cost"]["worst_case_usd"] == pytest.approx(total)
     assert total > 0
     assert result["cost"]["expected_usd"] is not None  # the real run's tool call: no consultation, $0 a call
@@ -184,7 +186,10 @@ def test_cli_dry_run_prints_the_plan_steps_approvals_and_cost(
     assert "- c.s1: fs.write" in out
     assert "[would need approval]" in out
     assert "approvals c.s1 would need approval" in out
-    assert "cost      worst case $0.0000 of execution-time consultations; expected unknown (no past runs)" in out
+    assert (
+        "cost      worst case $0.0000 of execution-time consultations (the workflow's cap, $0.5000, bounds it); "
+        "expected unknown (no past runs)"
+    ) in out
     assert "recover: not possible (no model is configured in this process)" in out
     assert "duration  unknown: no past runs of fs.write, test.echo, test.tripwire" in out
     assert ": completed (a dry run: nothing was executed)" in out
