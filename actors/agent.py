@@ -7,6 +7,11 @@ tool requires approval, or whose task's or plan's confidence is below the deploy
 ``approval_granted``; ``approval_denied`` (by a person, or by the deadline passing) fails it.
 The deadline is a durable timer: the agent defers its own ``approval_requested`` until then.
 
+In a dry run (``workflow_requested.dry_run``) the agent runs nothing and asks no model: each
+ready step is completed at once by :func:`simulate_step`, ``simulated``, with a placeholder of
+its tool's output schema, whether it would need approval (it is not waited on) and a recorded
+quote of the consultations a real run could make.
+
 Given the tool catalog, the agent may also consult the model (each call gated by the budget,
 which decides by the workflow's intelligence level and mode, and recorded as effects):
 
@@ -45,8 +50,9 @@ from cadre.bus.events import (
     StepReady,
 )
 from cadre.bus.plan import ErrorInfo, StepIntent
-from cadre.planner.catalog import Catalog
+from cadre.planner.catalog import Catalog, json_schema
 from cadre.planner.confidence import approval_reason
+from cadre.planner.placeholder import placeholder
 from cadre.planner.providers.agent_prompts import (
     FailedCall,
     decide_request,
@@ -272,6 +278,71 @@ async def run_step(ctx: Context, state: WorkflowState, step: StepIntent, catalog
     return [await run.recover()]
 
 
+# -- a dry run ---------------------------------------------------------------------------------
+
+SIMULATED: Final = "dry run: the tool did not run; the output is a placeholder built from its output schema"
+
+
+def would_consult(
+    state: WorkflowState, step: StepIntent, inputs: dict[str, Any], catalog: Catalog | None
+) -> list[tuple[str, LLMRequest, int]]:
+    """The consultations a real run of ``step`` could make at worst, each (call, its request, how
+    many times): every planned tool fails, so each call may be ``interpret``ed (the planned tool,
+    each fallback and the recovery's call), ``decide`` picks among two or more fallbacks, and
+    ``recover`` is asked once; every consultation may take its repair round (two calls)."""
+    if catalog is None:
+        return []
+    failure = FailedCall(
+        step.tool, ErrorInfo(code="unavailable", message="the worst case: every planned tool fails"), retryable=True
+    )
+    asks: list[tuple[str, LLMRequest, int]] = []
+    spec = catalog.get(step.tool)
+    if spec is not None:
+        calls = 2 + len(step.fallback_tools)
+        output = placeholder(json_schema(spec.output_model))
+        asks.append(("interpret", interpret_request(step, inputs, spec, output, failure.error.message), 2 * calls))
+    if len(step.fallback_tools) >= 2:
+        asks.append(("decide", decide_request(step, inputs, failure, step.fallback_tools, catalog), 2))
+    can_skip = skippable(state, step)
+    asks.append(("recover", recover_request(step, inputs, [failure], catalog, skippable=can_skip), 2))
+    return asks
+
+
+async def simulate_step(
+    ctx: Context,
+    state: WorkflowState,
+    step: StepIntent,
+    catalog: Catalog | None = None,
+    approve_below: float | None = None,
+) -> list[Event]:
+    """A dry run's step: its inputs resolved for real (against upstream placeholders), no tool
+    run and no model consulted; completed with a placeholder of the tool's output schema,
+    marked ``simulated``, with whether it would need approval and the quote of what a real
+    run's consultations could cost (recorded)."""
+    try:
+        inputs = resolve(step.inputs, upstream_outputs(state, step))
+    except RefError as exc:
+        error = ErrorInfo(code=exc.code, message=exc.message)
+        return [StepFailed(task_id=step.task_id, step_id=step.id, tool=step.tool, error=error)]
+    spec = catalog.get(step.tool) if catalog is not None else None
+    output = placeholder(json_schema(spec.output_model)) if spec is not None else {}
+    estimate = await ctx.estimate(step.tool, would_consult(state, step, inputs, catalog), ctx.policy(state.request))
+    return [
+        StepCompleted(
+            task_id=step.task_id,
+            step_id=step.id,
+            tool=step.tool,
+            planned_tool=step.tool,
+            output=output if isinstance(output, dict) else {},
+            attempts=0,
+            deviations=(SIMULATED,),
+            simulated=True,
+            would_need_approval=needs_approval(step, catalog, state, approve_below),
+            estimate=estimate,
+        )
+    ]
+
+
 def approval_reasons(
     step: StepIntent, catalog: Catalog | None, state: WorkflowState | None = None, approve_below: float | None = None
 ) -> list[str]:
@@ -317,6 +388,8 @@ def make_spec(
                 st = state.steps.get(data.step.id)
                 if st is None or st.status != "ready":
                     return []  # ran, or waiting for approval, already
+                if state.request is not None and state.request.dry_run:
+                    return await simulate_step(ctx, state, st.step, catalog, approve_below)  # listed, not waited on
                 reasons = approval_reasons(st.step, catalog, state, approve_below)
                 if reasons:
                     reason = "; ".join(reasons)

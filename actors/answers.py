@@ -18,11 +18,13 @@ replay needs no API key. What a live context records, a recorded one serves back
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Sequence
-from typing import Any, TypeVar, cast
+from typing import Any, Final, TypeVar, cast
 
 import msgspec
 
+from cadre.actors.budget.rules import gate
 from cadre.actors.context import Outside, ToolFailure, asked
 from cadre.actors.inference import LLM, Policy
 from cadre.bus.effects import (
@@ -30,15 +32,18 @@ from cadre.bus.effects import (
     BudgetDecided,
     CallSettled,
     Effect,
+    Estimated,
     LibrarySearched,
     ModelCalled,
     ProviderFailure,
+    Quote,
     ToolCalled,
 )
 from cadre.bus.errors import CadreError, StoreError
 from cadre.bus.ledger import Consultation, Decision, Settlement
 from cadre.bus.plan import ErrorInfo
 from cadre.planner.providers.base import LLMRequest, LLMResponse, ProviderError
+from cadre.planner.providers.pricing import Prices, worst_case
 
 __all__ = ["LiveAnswers", "LiveCallRefused", "RecordOnlyProvider", "RecordedAnswers", "ReplayDivergence", "asking"]
 
@@ -60,12 +65,71 @@ def _ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 3)
 
 
+EXECUTION_CALLS: Final = frozenset({"recover", "interpret", "decide", "adapt"})
+"""The consultations a workflow's execution makes (planning and decomposition come before it)."""
+
+
+class PastRuns:
+    """What this process saw of its live runs, for dry runs' estimates: each tool's successful
+    durations (the last :data:`PAST_SAMPLES`), tool calls made, and spend settled on
+    execution-time consultations. In memory, since the process started."""
+
+    def __init__(self) -> None:
+        self.durations: dict[str, deque[float]] = {}
+        self.steps = 0
+        self.usd = 0.0
+
+    def ran(self, tool: str, ms: float | None) -> None:
+        """A live tool call (``ms`` None: it failed, its duration says nothing of a real run's)."""
+        self.steps += 1
+        if ms is not None:
+            self.durations.setdefault(tool, deque(maxlen=PAST_SAMPLES)).append(ms)
+
+    def paid(self, usd: float) -> None:
+        self.usd += usd
+
+    def timing(self, tool: str) -> tuple[int, float | None]:
+        """(runs remembered, their mean duration in ms, or None without any)."""
+        runs = self.durations.get(tool)
+        if not runs:
+            return 0, None
+        return len(runs), round(sum(runs) / len(runs), 3)
+
+
+PAST_SAMPLES: Final = 100
+
+
+def quote(
+    call: str, times: int, tokens: int, policy: Policy, llm: LLM | None, prices: Prices, input_safety_factor: float
+) -> Quote:
+    """The worst case of ``times`` ``call`` consultations of ``tokens`` estimated input each, by
+    the budget's gate (:func:`~actors.budget.rules.gate`) and worst-case rule, with ``llm``."""
+    why = gate(call, policy.intelligence, policy.mode)
+    if why is None and llm is None:
+        why = "no model is configured in this process"
+    if why is not None or llm is None:
+        return Quote(call=call, times=times, est_input_tokens=tokens, allowed=False, why=why or "")
+    model, limit = llm.model_for(call), llm.limit_for(call)
+    _, worst = worst_case(prices, model, tokens, limit, input_safety_factor)
+    return Quote(
+        call=call,
+        times=times,
+        est_input_tokens=tokens,
+        allowed=True,
+        provider=llm.provider.name,
+        model=model,
+        max_output_tokens=limit,
+        worst_usd=round(worst * times, 8),
+    )
+
+
 class LiveAnswers:
     """Answers from this process's real ports (:class:`~actors.context.Outside`); one serves
     every invocation of a process (it holds no per-invocation state)."""
 
     def __init__(self, outside: Outside) -> None:
         self.outside = outside
+        self.past = PastRuns()
 
     @property
     def policy(self) -> Policy:
@@ -83,6 +147,7 @@ class LiveAnswers:
         try:
             out = await self.outside.tools.run(tool, inputs, idempotency_key)
         except ToolFailure as exc:
+            self.past.ran(tool, None)
             return ToolCalled(
                 tool=tool,
                 inputs=inputs_digest,
@@ -91,7 +156,9 @@ class LiveAnswers:
                 error=exc.error,
                 ms=_ms(started),
             )
-        return ToolCalled(tool=tool, inputs=inputs_digest, output=out, ms=_ms(started))
+        effect = ToolCalled(tool=tool, inputs=inputs_digest, output=out, ms=_ms(started))
+        self.past.ran(tool, effect.ms)
+        return effect
 
     async def search_library(self, request: str) -> LibrarySearched:
         started = time.perf_counter()
@@ -137,12 +204,35 @@ class LiveAnswers:
         if self.outside.budget is None:
             return None
         settled = await self.outside.budget.settle(settlement)
-        return CallSettled(
+        effect = CallSettled(
             call=call,
             reservation_id=settlement.reservation_id,
             cost_usd=settled.cost_usd if settled is not None else decision.reserved_usd,
             acknowledged=settled is not None,
         )
+        if call in EXECUTION_CALLS:
+            self.past.paid(effect.cost_usd)
+        return effect
+
+    async def estimate(self, tool: str, asks: Sequence[tuple[str, int, int]], policy: Policy) -> Estimated:
+        """A dry run's quote: each consultation priced at the budget's worst case with this
+        process's model and prices (:func:`quote`), and this process's past runs of ``tool``."""
+        quotes = tuple(self._quote(call, times, tokens, policy) for call, times, tokens in asks)
+        runs, mean = self.past.timing(tool)
+        return Estimated(
+            tool=tool,
+            asks=Estimated.asks_of(list(asks)),
+            quotes=quotes,
+            past_tool_runs=runs,
+            past_tool_ms=mean,
+            past_steps=self.past.steps,
+            past_usd=round(self.past.usd, 8),
+            cap_usd=policy.budget_usd if policy.budget_usd is not None else self.outside.workflow_cap_usd,
+        )
+
+    def _quote(self, call: str, times: int, tokens: int, policy: Policy) -> Quote:
+        llm = self.outside.llm
+        return quote(call, times, tokens, policy, llm, self.outside.prices, self.outside.input_safety_factor)
 
     def known(self, effect: ModelCalled) -> ModelCalled:
         return effect
@@ -164,7 +254,7 @@ class RecordOnlyProvider:
 
 
 _DEFAULTS = Policy()
-E = TypeVar("E", ToolCalled, LibrarySearched, BudgetDecided, ModelCalled, CallSettled)
+E = TypeVar("E", ToolCalled, LibrarySearched, BudgetDecided, ModelCalled, CallSettled, Estimated)
 
 
 class RecordedAnswers:
@@ -255,6 +345,9 @@ class RecordedAnswers:
     async def settle(self, call: str, decision: Decision, settlement: Settlement) -> CallSettled | None:
         return self.take(CallSettled, CallSettled.key_of(call, settlement.reservation_id))
 
+    async def estimate(self, tool: str, asks: Sequence[tuple[str, int, int]], policy: Policy) -> Estimated:
+        return self.take(Estimated, f"{tool}:{Estimated.asks_of(list(asks))}")
+
     def known(self, effect: ModelCalled) -> ModelCalled:
         """What the live context records without asking anyone must be what the record holds
         next; the recorded measurement is kept."""
@@ -276,4 +369,6 @@ def asking(kind: str, key: str) -> str:
             return f"call the model for {head}"
         case CallSettled.KIND:
             return f"settle a {head} call"
+        case Estimated.KIND:
+            return f"quote a dry run's step of {head}"
     return f"ask for {kind} {key}"

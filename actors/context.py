@@ -16,7 +16,7 @@ the same answers without calling anything.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
@@ -31,6 +31,7 @@ from cadre.bus.effects import (
     BudgetDecided,
     CallSettled,
     Effect,
+    Estimated,
     LibraryHit,
     LibrarySearched,
     ModelCalled,
@@ -46,7 +47,7 @@ from cadre.planner.providers.base import (
     ProviderError,
     Usage,
 )
-from cadre.planner.providers.pricing import estimate_input_tokens
+from cadre.planner.providers.pricing import DEFAULT_PRICE, DEFAULT_PRICES, Prices, estimate_input_tokens
 from cadre.planner.providers.structured import Outcome, structured_flow
 from cadre.store.records import StoredEvent
 
@@ -118,6 +119,9 @@ class Outside:
     library: Library | None = None
     llm: LLM | None = None
     policy: Policy = field(default_factory=Policy)
+    prices: Prices = field(default_factory=lambda: Prices(default=DEFAULT_PRICE, by_model=DEFAULT_PRICES))
+    input_safety_factor: float = 1.5
+    workflow_cap_usd: float | None = None  # the budget's default cap per workflow (quoted in dry runs)
 
 
 class Answers(Protocol):
@@ -149,6 +153,11 @@ class Answers(Protocol):
 
     def known(self, effect: ModelCalled) -> ModelCalled:
         """An answer nobody was asked for (no model; a cached answer), as recorded."""
+        ...
+
+    async def estimate(self, tool: str, asks: Sequence[tuple[str, int, int]], policy: Policy) -> Estimated:
+        """A dry run's quote for a step of ``tool``: ``asks`` are (call, times, estimated input
+        tokens) of the consultations a real run could make."""
         ...
 
 
@@ -315,6 +324,14 @@ class Context:
             return 0.0
         self.effects.append(settled)
         return settled.cost_usd
+
+    async def estimate(self, tool: str, asks: Sequence[tuple[str, LLMRequest, int]], policy: Policy) -> Estimated:
+        """A dry run's quote for a step of ``tool`` (recorded): ``asks`` are the consultations a
+        real run could make, each (call, the request it would send, how many times at most)."""
+        question = [(call, times, estimate_input_tokens(request)) for call, request, times in asks]
+        effect = await self.answers.estimate(tool, question, policy)
+        self.effects.append(effect)
+        return effect
 
     async def search_library(self, request: str) -> LibraryHit | None:
         """The best known plan for the request, or None; recorded with its score."""

@@ -29,10 +29,13 @@ log = logging.getLogger("cadre.intake")
 _json = msgspec.json.Encoder()
 
 
-def workflow_id_for(idempotency_key: str | None) -> str:
+def workflow_id_for(idempotency_key: str | None, *, dry_run: bool = False) -> str:
+    """A fresh id, or the key's own; a dry run's key names another workflow than the real run's,
+    so that a dry run never stands in for (or blocks) the real run with the same key."""
     if idempotency_key is None:
         return "wf-" + random_token(8)
-    return "wf-" + hashlib.blake2b(idempotency_key.encode(), digest_size=8).hexdigest()
+    key = idempotency_key + "\x1fdry-run" if dry_run else idempotency_key
+    return "wf-" + hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
 
 
 async def submit(elog: JetStreamLog, data: bytes) -> dict[str, Any]:
@@ -41,7 +44,7 @@ async def submit(elog: JetStreamLog, data: bytes) -> dict[str, Any]:
         requested = parse_request(data)
     except RequestError as exc:
         return {"error": exc.to_wire()}
-    wf = workflow_id_for(requested.idempotency_key)
+    wf = workflow_id_for(requested.idempotency_key, dry_run=requested.dry_run)
     event = make_event(requested, workflow_id=wf, actor="intake", at=utc_now())
     try:
         result = await elog.append(wf, [event], expected_seq=0)

@@ -68,6 +68,8 @@ class LogLibrary:
             return None
         if not req.data.request.strip():
             return None  # an explicit plan with no words: nothing to match against
+        if req.data.dry_run:
+            return None  # nothing ran: a dry run proves nothing about its plan
         return entry_from_workflow(wf, req.data.request, plan.data.plan)
 
     async def search(self, request: str) -> LibraryHit | None:

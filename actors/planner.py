@@ -183,7 +183,10 @@ def make_spec(catalog: Catalog) -> ActorSpec:
             case StepCompleted():
                 return rules.on_step_completed(state, data)
             case StepFailed():
-                return await adapt(ctx, state, rules.on_step_failed(state, data), catalog)
+                failed = rules.on_step_failed(state, data)
+                if state.request is not None and state.request.dry_run:
+                    return failed  # a re-plan is an execution-time consultation: a dry run makes none
+                return await adapt(ctx, state, failed, catalog)
             case HandlerFailed():
                 return rules.on_handler_failed(state, data, rec.event.actor)
             case (

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from cadre.actors.dry_run import dry_run_result
 from cadre.bus.events import (
     Event,
     HandlerFailed,
@@ -41,9 +42,12 @@ def dispatch_ready(state: WorkflowState) -> list[Event]:
 
 
 def result_of(state: WorkflowState, outputs: dict[str, dict[str, Any] | None]) -> Any:
-    """The workflow's result: the plan's ``output`` task's output, else the last task's in DAG order."""
+    """The workflow's result: the plan's ``output`` task's output, else the last task's in DAG order
+    (a dry run's: what a real run would do, with that output's placeholder)."""
     assert state.plan is not None
     task_id = state.plan.output or topo_order(state.plan)[-1]
+    if state.request is not None and state.request.dry_run:
+        return dry_run_result(state, outputs.get(task_id))
     return outputs.get(task_id)
 
 

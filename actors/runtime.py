@@ -50,7 +50,15 @@ from cadre.actors.metrics import Metrics
 from cadre.actors.outcome import Defer, Outcome
 from cadre.actors.state_cache import StateCache
 from cadre.actors.trust import Trust
-from cadre.bus.effects import BudgetDecided, CallSettled, Effect, LibrarySearched, ModelCalled, ToolCalled
+from cadre.bus.effects import (
+    BudgetDecided,
+    CallSettled,
+    Effect,
+    Estimated,
+    LibrarySearched,
+    ModelCalled,
+    ToolCalled,
+)
 from cadre.bus.errors import CadreError, ConcurrencyConflict, InvalidName
 from cadre.bus.events import Envelope, ForgedEvent, HandlerFailed, chain_hash, make_event
 from cadre.bus.plan import ErrorInfo
@@ -444,7 +452,7 @@ class ActorSystem:
                                 m.llm_tokens.labels(provider, e.call, direction).inc(tokens)
                 case CallSettled():
                     m.llm_usd.labels(provider, e.call).inc(e.cost_usd)
-                case LibrarySearched():
+                case LibrarySearched() | Estimated():
                     pass
                 case _:
                     assert_never(e)

@@ -14,6 +14,11 @@ replay serves the same answers back, matching each question by the effect's :att
                                                                   error, a cached answer, or
                                                                   no provider at all
     settle    CallSettled        "<call>:<reservation id>"        what a granted call cost
+    estimate  Estimated          "<tool>:<digest of the asks>"    a dry run's quote for one step:
+                                                                  the worst case of the
+                                                                  consultations a real run could
+                                                                  make, and this process's past
+                                                                  runs of the tool
 
 Readers ``match`` over :data:`Effect` and end in ``assert_never``. The clock is not an
 effect: a handler's time is its invocation's ``at``, recorded on its outputs.
@@ -44,12 +49,14 @@ __all__ = [
     "BudgetDecided",
     "CallSettled",
     "Effect",
+    "Estimated",
     "LLMResponse",
     "LibraryHit",
     "LibrarySearched",
     "ModelCalled",
     "ModelOutcome",
     "ProviderFailure",
+    "Quote",
     "ToolCalled",
     "Usage",
     "digest",
@@ -276,5 +283,63 @@ class CallSettled(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag="sett
         return f"{call}:{reservation_id}"
 
 
-Effect = ToolCalled | LibrarySearched | BudgetDecided | ModelCalled | CallSettled
+class Quote(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """What one kind of consultation (``call``) a real run of a step could make would cost at
+    worst: ``times`` calls (repair rounds included) of ``est_input_tokens`` each, priced by the
+    budget's own rule (:func:`cadre.planner.providers.pricing.worst_case`). ``allowed``: the
+    workflow's level and mode allow the kind and this process has a model; else ``why`` not
+    (and ``worst_usd`` is 0)."""
+
+    call: str
+    times: int
+    est_input_tokens: int
+    allowed: bool
+    why: str = ""
+    provider: str | None = None
+    model: str | None = None
+    max_output_tokens: int = 0
+    worst_usd: float = 0.0
+
+
+class Estimated(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag="estimate", tag_field="kind"):
+    """A dry run's quote for one step of ``tool``: the worst case of each consultation a real
+    run could make (``quotes``), and what this process saw of past live runs: ``past_tool_runs``
+    successful runs of the tool taking ``past_tool_ms`` on average; ``past_usd`` settled on
+    execution-time consultations over ``past_steps`` tool calls. ``cap_usd``: the workflow's cap
+    (its ``budget_usd``, else the deployment's), which no spend exceeds. ``asks`` is the digest
+    of the question (each call, its count and its input estimate)."""
+
+    KIND: ClassVar[str] = "estimate"
+    tool: str
+    asks: str
+    quotes: tuple[Quote, ...] = ()
+    past_tool_runs: int = 0
+    past_tool_ms: float | None = None
+    past_steps: int = 0
+    past_usd: float = 0.0
+    cap_usd: float | None = None  # the workflow's cap on LLM spend: the budget denies any call beyond it
+    error: ErrorInfo | None = None
+    ms: float = 0.0
+
+    @property
+    def key(self) -> str:
+        return f"{self.tool}:{self.asks}"
+
+    @staticmethod
+    def asks_of(asks: list[tuple[str, int, int]]) -> str:
+        """The ``asks`` of a question: (call, times, estimated input tokens) of each consultation."""
+        return digest([list(a) for a in asks])
+
+    @property
+    def worst_usd(self) -> float:
+        """Every allowed consultation, every time, at the budget's worst case."""
+        return round(sum(q.worst_usd for q in self.quotes if q.allowed), 8)
+
+    @property
+    def expected_usd(self) -> float | None:
+        """The execution-time spend of an average past tool call, or None without past runs."""
+        return round(self.past_usd / self.past_steps, 8) if self.past_steps else None
+
+
+Effect = ToolCalled | LibrarySearched | BudgetDecided | ModelCalled | CallSettled | Estimated
 """One outside answer; the union is the schema of an envelope's ``effects``."""

@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 import msgspec
 
-from cadre.bus.effects import Effect
+from cadre.bus.effects import Effect, Estimated
 from cadre.bus.plan import Check, ErrorInfo, Plan, StepIntent, Task
 
 SCHEMA_VERSION = 3
@@ -53,6 +53,7 @@ class WorkflowRequested(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     intelligence: str | None = None  # None: the deployment's default (settings)
     mode: str | None = None
     idempotency_key: str | None = None
+    dry_run: bool = False  # plan, validate and decompose for real; simulate every step (no tool runs)
 
 
 class PlanProposed(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -110,6 +111,12 @@ class StepCompleted(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     output: dict[str, Any] = msgspec.field(default_factory=dict)
     attempts: int = 1
     deviations: tuple[str, ...] = ()  # how the run departed from the plan (a fallback tool, …)
+    # A dry run's step: no tool ran, ``output`` is a placeholder built from the tool's output
+    # schema. ``would_need_approval``: a real run would wait for a person here. ``estimate``:
+    # what the consultations a real run of the step could make would cost, as quoted for it.
+    simulated: bool = False
+    would_need_approval: bool = False
+    estimate: Estimated | None = None
 
 
 class StepFailed(msgspec.Struct, frozen=True, kw_only=True, gc=False):

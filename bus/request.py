@@ -6,6 +6,7 @@ Errors name the JSON path: ``$.plan.nodes[0].depends_on``.
 
     {"request": "find the top customers", "budget_usd": 0.5,
      "intelligence": "adaptive", "mode": "adaptive", "idempotency_key": "order-42"}
+    {"request": "find the top customers", "dry_run": true}
     {"plan": {"nodes": [{"id": "q", "tool": "sql.query", "inputs": {"sql": "select 1"}}]}}
 """
 
@@ -103,6 +104,11 @@ class RequestIn(_Strict):
     idempotency_key: str | None = Field(
         default=None, min_length=1, max_length=200, description="resubmitting with the same key returns the same run"
     )
+    dry_run: bool = Field(
+        default=False,
+        description="plan, validate and decompose, then simulate the steps: no tool runs, no model is consulted "
+        "for execution; the result lists the steps, approvals needed and the estimated cost",
+    )
 
     @model_validator(mode="after")
     def _something_to_do(self) -> RequestIn:
@@ -151,6 +157,7 @@ def parse_request(data: bytes) -> WorkflowRequested:
         intelligence=model.intelligence,
         mode=model.mode,
         idempotency_key=model.idempotency_key,
+        dry_run=model.dry_run,
     )
 
 

@@ -58,6 +58,11 @@ def _parser() -> argparse.ArgumentParser:
     req.add_argument("--intelligence", choices=["basic", "adaptive", "intelligent", "autonomous"])
     req.add_argument("--mode", choices=["strict", "adaptive", "creative"])
     req.add_argument("--idempotency-key", metavar="KEY", help="resubmitting with the same key returns the same run")
+    req.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="plan, validate and decompose, then simulate: run no tool; print the steps, approvals and cost",
+    )
     metrics = argparse.ArgumentParser(add_help=False)
     metrics.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus /metrics on this port")
 
@@ -157,6 +162,7 @@ def _payload(args: argparse.Namespace) -> bytes:
         intelligence=args.intelligence,
         mode=args.mode,
         idempotency_key=args.idempotency_key,
+        dry_run=args.dry_run,
     )
 
 

@@ -101,6 +101,7 @@ def request_payload(
     intelligence: str | None,
     mode: str | None,
     idempotency_key: str | None,
+    dry_run: bool = False,
 ) -> bytes:
     """The JSON request the CLI sends, from its arguments (the intake validates it)."""
     body: dict[str, Any] = {}
@@ -126,6 +127,8 @@ def request_payload(
     ):
         if value is not None:
             body[key] = value
+    if dry_run:
+        body["dry_run"] = True
     return json.dumps(body).encode()
 
 
@@ -171,7 +174,8 @@ async def _finish(bus: Bus, state: WorkflowState, as_json: bool, settings: Setti
         _say(json_line(_summary(state)))
     else:
         flag = "" if settings.nats_url is None else f" --nats {bus.url}"
-        _say("\n" + visible(f"workflow {state.workflow_id}: {state.status} ({state.events} events)"))
+        dry = " (a dry run: nothing was executed)" if state.request is not None and state.request.dry_run else ""
+        _say("\n" + visible(f"workflow {state.workflow_id}: {state.status}{dry} ({state.events} events)"))
         _say(f"  events:  cadre events {state.workflow_id}{flag}")
         _say(f"  export:  cadre export {state.workflow_id}{flag} -o {state.workflow_id}.jsonl")
     return EXIT_OK if state.status == "completed" else EXIT_FAILED

@@ -38,6 +38,46 @@ def _short(value: Any, width: int = 90) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _usd(value: Any) -> str:
+    return f"${value:.4f}" if isinstance(value, int | float) else "unknown"
+
+
+def dry_run_lines(result: dict[str, Any]) -> list[str]:
+    """A dry run's result for people: the plan, each step with its tool and inputs, the
+    approvals a real run would wait for, and the cost and duration estimates."""
+    plan = result.get("plan") or {}
+    steps = result.get("steps") or []
+    lines = [
+        "DRY RUN   nothing was executed: no tool ran, no model was consulted for execution",
+        f"plan      {len(plan.get('tasks') or [])} task(s) ({plan.get('source') or 'unknown'}): "
+        + " -> ".join(str(t) for t in plan.get("tasks") or []),
+        f"steps     {len(steps)}:",
+    ]
+    for s in steps:
+        gate = "  [would need approval]" if s.get("would_need_approval") else ""
+        lines.append(f"            - {s.get('step')}: {s.get('tool')} {_short(s.get('inputs'), 80)}{gate}")
+    approvals = result.get("would_need_approval") or []
+    lines.append(f"approvals {', '.join(approvals) if approvals else 'none'} would need approval")
+    cost = result.get("cost") or {}
+    expected = cost.get("expected_usd")
+    cap = cost.get("cap_usd")
+    capped = f" (the workflow's cap, {_usd(cap)}, bounds it)" if isinstance(cap, int | float) else ""
+    lines.append(
+        f"cost      worst case {_usd(cost.get('worst_case_usd'))} of execution-time consultations{capped}; expected "
+        + (f"{_usd(expected)} ({cost.get('expected_from')})" if expected is not None else "unknown (no past runs)")
+    )
+    for call, why in (cost.get("not_possible") or {}).items():
+        lines.append(f"            {call}: not possible ({why})")
+    duration = result.get("duration") or {}
+    ms = duration.get("expected_ms")
+    lines.append(
+        f"duration  expected {ms / 1000:.3f}s ({duration.get('expected_from')})"
+        if isinstance(ms, int | float)
+        else "duration  unknown: no past runs of " + ", ".join(duration.get("tools_without_past_runs") or ["its tools"])
+    )
+    return lines
+
+
 def describe(e: Envelope) -> list[str]:
     """Lines for people (one, or a plan's several); none for events that are bookkeeping."""
     line = _line(e)
@@ -67,6 +107,9 @@ def _line(e: Envelope) -> str | list[str] | None:
             return f"task      {d.task.id} ready" + (f" (attempt {d.attempt})" if d.attempt > 1 else "")
         case StepReady():
             return f"step      {d.step.id} -> {d.step.tool}"
+        case StepCompleted() if d.simulated:
+            gate = "  (would need approval)" if d.would_need_approval else ""
+            return f"simulated {d.step_id} with {d.tool}: not run{gate}"
         case StepCompleted():
             dev = f"  [{'; '.join(d.deviations)}]" if d.deviations else ""
             return f"done      {d.step_id} with {d.tool}: {_short(d.output, 70)}{dev}"
@@ -84,6 +127,8 @@ def _line(e: Envelope) -> str | list[str] | None:
         case StepsRejected():
             bad = [c.message for c in d.checks if not c.passed and c.severity == "error"]
             return f"rejected  steps of {d.task_id}: " + "; ".join(bad)
+        case WorkflowCompleted() if isinstance(d.result, dict) and d.result.get("dry_run") is True:
+            return dry_run_lines(d.result)
         case WorkflowCompleted():
             return f"completed result: {_short(d.result, 200)}"
         case WorkflowFailed():

@@ -103,12 +103,16 @@ async def run_system(
     if "planner" in kinds:
         library = LogLibrary(bus.log, settings.plan_library_dir, threshold=settings.library_threshold)
     llm = build_llm(settings) if set(kinds) & {"planner", "decomposer", "agent"} else None
+    pricing = budget_config(settings)  # its prices and worst-case rule quote a dry run's steps
     outside = Outside(
         tools=tools,
         budget=BudgetClient(bus.nc, settings.subjects, timeout=settings.budget_timeout_s),
         library=library,
         llm=llm,
         policy=Policy(intelligence=settings.intelligence, mode=settings.mode),
+        prices=pricing.prices,
+        input_safety_factor=pricing.input_safety_factor,
+        workflow_cap_usd=pricing.workflow_usd,
     )
 
     specs = [(spec, replicas) for spec in system_specs(settings, catalog) if spec.kind in kinds]

@@ -28,7 +28,15 @@ from typing import Any, assert_never
 
 import msgspec
 
-from cadre.bus.effects import BudgetDecided, CallSettled, Effect, LibrarySearched, ModelCalled, ToolCalled
+from cadre.bus.effects import (
+    BudgetDecided,
+    CallSettled,
+    Effect,
+    Estimated,
+    LibrarySearched,
+    ModelCalled,
+    ToolCalled,
+)
 from cadre.bus.events import (
     ApprovalDenied,
     ApprovalGranted,
@@ -570,7 +578,7 @@ def _effects(report: AuditReport, index: int, e: Envelope, scope: str, effects: 
                 c_or_none = current.get(effect.call)
                 if c_or_none is not None:
                     c_or_none.cost_usd = round(c_or_none.cost_usd + effect.cost_usd, 8)
-            case LibrarySearched():
+            case LibrarySearched() | Estimated():
                 pass
             case _:
                 assert_never(effect)
@@ -638,6 +646,9 @@ def summary(data: Event) -> str:
             return f"task {data.task_id}: {_failed(data.checks)}"
         case StepReady():
             return f"{data.step.id} ({data.step.tool})"
+        case StepCompleted() if data.simulated:
+            gate = ", would need approval" if data.would_need_approval else ""
+            return f"{data.step_id} SIMULATED with {data.tool} (dry run: not run{gate})"
         case StepCompleted():
             used = data.tool if data.tool == data.planned_tool else f"{data.tool} instead of {data.planned_tool}"
             return f"{data.step_id} with {used}" + (
@@ -649,6 +660,8 @@ def summary(data: Event) -> str:
             return f"{data.step.id}: {data.reason}, until {data.deadline:%Y-%m-%d %H:%M:%S}"
         case ApprovalGranted() | ApprovalDenied():
             return f"{data.step_id} by {data.by}" + (f": {data.reason}" if data.reason else "")
+        case WorkflowCompleted() if isinstance(data.result, dict) and data.result.get("dry_run") is True:
+            return "completed (a dry run: nothing was executed)"
         case WorkflowCompleted():
             return "completed"
         case WorkflowFailed():

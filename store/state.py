@@ -18,6 +18,7 @@ from typing import Any, Literal, assert_never
 
 import msgspec
 
+from cadre.bus.effects import Estimated
 from cadre.bus.events import (
     ApprovalDenied,
     ApprovalGranted,
@@ -56,6 +57,10 @@ class StepState(msgspec.Struct, frozen=True, kw_only=True):
     approval_deadline: datetime | None = None
     approval_request_id: str | None = None  # the approval_requested event a decision must answer
     approved_by: str | None = None
+    # A dry run's step: ``output`` is a placeholder, nothing ran (``StepCompleted.simulated``).
+    simulated: bool = False
+    would_need_approval: bool = False
+    estimate: Estimated | None = None
 
 
 class TaskState(msgspec.Struct, frozen=True, kw_only=True):
@@ -66,6 +71,7 @@ class TaskState(msgspec.Struct, frozen=True, kw_only=True):
     output: dict[str, Any] | None = None
     error: ErrorInfo | None = None
     rejected: tuple[Check, ...] = ()
+    simulated: bool = False  # completed by a simulated step (a dry run): ``output`` is a placeholder
 
 
 class WorkflowState(msgspec.Struct, kw_only=True):
@@ -154,11 +160,20 @@ def apply(state: WorkflowState, stored: StoredEvent) -> None:
         case ApprovalDenied():
             _step(state, data.step_id, status="denied")
         case StepCompleted():
-            _step(state, data.step_id, status="completed", tool=data.tool, output=data.output)
+            _step(
+                state,
+                data.step_id,
+                status="completed",
+                tool=data.tool,
+                output=data.output,
+                simulated=data.simulated,
+                would_need_approval=data.would_need_approval,
+                estimate=data.estimate,
+            )
             # A task is complete when the last step of its current attempt is: its output is that step's.
             t = state.tasks.get(data.task_id)
             if t is not None and t.step_ids and t.step_ids[-1] == data.step_id and t.status == "running":
-                _task(state, data.task_id, status="completed", output=data.output)
+                _task(state, data.task_id, status="completed", output=data.output, simulated=data.simulated)
         case StepFailed():
             _step(state, data.step_id, status="failed", error=data.error)
         case WorkflowCompleted():

@@ -100,6 +100,7 @@ def test_the_golden_logs_cover_every_path() -> None:
         "approval_granted",
         "approval_denied",
         "llm_plan_repair",
+        "dry_run",
     }
 
 

@@ -25,6 +25,7 @@ call after a grant that was a denial), the difference says so and what follows i
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -38,7 +39,7 @@ from cadre.actors.inference import LLM, Policy
 from cadre.actors.planner_rules import explain
 from cadre.actors.replay.diff import FieldDiff
 from cadre.actors.replay.engine import Divergence, Invocation
-from cadre.bus.effects import Asked, BudgetDecided, CallSettled, LibrarySearched, ModelCalled, ToolCalled
+from cadre.bus.effects import Asked, BudgetDecided, CallSettled, Estimated, LibrarySearched, ModelCalled, ToolCalled
 from cadre.bus.events import (
     Envelope,
     PlanProposed,
@@ -249,6 +250,9 @@ class WhatIfAnswers:
 
     def known(self, effect: ModelCalled) -> ModelCalled:
         return self.recorded.known(effect)
+
+    async def estimate(self, tool: str, asks: Sequence[tuple[str, int, int]], policy: Policy) -> Estimated:
+        return await self.recorded.estimate(tool, asks, policy)
 
 
 # -- describing differences ----------------------------------------------------------------------

@@ -90,6 +90,25 @@ def approval(*, deny: bool, plan: dict[str, Any] = APPROVAL_PLAN, step: str = "s
     return drive
 
 
+DRY_RUN_PLAN: dict[str, Any] = {
+    "nodes": [
+        {"id": "a", "tool": "test.echo", "inputs": {"value": "hello"}},
+        {
+            "id": "b",
+            "tool": "test.tripwire",
+            "depends_on": ["a"],
+            "fallback_tools": ["test.flaky", "test.echo"],
+            "inputs": {"value": "${a.value}"},
+        },
+        {
+            "id": "c",
+            "tool": "fs.write",
+            "depends_on": ["b"],
+            "inputs": {"path": "dry/out.txt", "content": "${b.value}"},
+        },
+    ]
+}
+
 BAD_PLAN = {**MODEL_PLAN, "nodes": [{**MODEL_PLAN["nodes"][0], "tool": "sql.nonexistent"}]}
 
 SCENARIOS = (
@@ -148,6 +167,21 @@ SCENARIOS = (
         "the model's first plan names a tool that does not exist; the repair round fixes it",
         submit({"request": NOVEL_REQUEST}),
         model=(ok(BAD_PLAN, input=900, output=120), ok(MODEL_PLAN, input=1100, output=110)),
+    ),
+    Scenario(
+        "dry_run",
+        "a dry run (model configured, level intelligent, fs.write gated): no tool runs, no approval is waited on, "
+        "the result lists the steps, the approval needed and the worst-case cost",
+        submit(
+            {
+                "request": "echo, trip the wire, save",
+                "plan": DRY_RUN_PLAN,
+                "dry_run": True,
+                "intelligence": "intelligent",
+            }
+        ),
+        settings={"approval_tools": ["fs.write"], "tool_modules": ["tests.plugin_tools", "tests.dry_run_tools"]},
+        model=(),
     ),
     Scenario(
         "malformed_answer",
