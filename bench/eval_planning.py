@@ -342,12 +342,12 @@ def run_one(req: Request, expected: Table, limit_s: float = RUN_LIMIT_S) -> Resu
             return res
         summary = _last_json(run.stdout)
         if summary is None:
-            res.reason = f"cadre run exited {run.returncode} without a result: {_short(run.stderr or run.stdout)}"
+            res.reason = f"cadre run exited {run.returncode} without a result: {_short(run.stderr or run.stdout, 500)}"
             return res
         if "error" in summary:
             err = summary["error"] if isinstance(summary["error"], dict) else {}
             res.verdict, res.status = "failed", "refused"
-            res.reason = f"{err.get('code', 'error')}: {_short(str(err.get('message', '')))}"
+            res.reason = f"{err.get('code', 'error')}: {_short(str(err.get('message', '')), 2000)}"
             return res
         res.status, res.workflow_id = str(summary.get("status", "")), str(summary.get("workflow_id", ""))
         events_run = subprocess.run(
@@ -364,13 +364,13 @@ def run_one(req: Request, expected: Table, limit_s: float = RUN_LIMIT_S) -> Resu
         if res.status == "failed":
             failure = summary.get("failure") or {}
             res.verdict = "failed"
-            res.reason = f"{failure.get('reason', '?')}: {_short(str(failure.get('message', '')))}"
+            res.reason = f"{failure.get('reason', '?')}: {_short(str(failure.get('message', '')), 2000)}"
             return res
         if res.status != "completed":
             res.reason = f"the workflow ended as {res.status!r}"
             return res
         if not events:
-            res.reason = f"cadre events gave nothing: {_short(events_run.stderr)}"
+            res.reason = f"cadre events gave nothing: {_short(events_run.stderr, 500)}"
             return res
         answers = answers_of(events, req.answer_from)
         if any(matches(expected, a, ordered=req.ordered, columns=req.columns, tol=req.tolerance) for a in answers):
@@ -393,7 +393,7 @@ def run_one(req: Request, expected: Table, limit_s: float = RUN_LIMIT_S) -> Resu
 def _line(r: Result) -> str:
     label = {"correct": "correct", "failed": "failed", "wrong": "WRONG", "error": "ERROR"}[r.verdict]
     plan = f" [{r.plan}]" if r.plan else ""
-    reason = f" {r.reason}" if r.reason else ""
+    reason = f" {_short(r.reason, 160)}" if r.reason else ""
     return f"{label:8} {r.id:26} {r.request!r}{plan}{reason}"
 
 
