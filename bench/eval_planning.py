@@ -48,7 +48,8 @@ ROOT = Path(__file__).resolve().parent.parent
 REQUESTS = ROOT / "tests" / "eval" / "requests.json"
 EXAMPLES = ROOT / "examples" / "plans"
 DEFAULT_TOLERANCE = 0.01
-RUN_LIMIT_S = 120.0
+RUN_LIMIT_S = 60.0
+APPROVAL_TIMEOUT_S = 10.0  # nobody approves here: an approval asked for is denied after this
 VERDICTS = ("correct", "failed", "wrong", "error")
 
 Value = str | int | float | None
@@ -289,6 +290,7 @@ def _env(data_dir: Path) -> dict[str, str]:
         CADRE_DATA_DIR=str(data_dir),
         CADRE_LLM_PROVIDER="none",
         CADRE_PLAN_LIBRARY=str(EXAMPLES),
+        CADRE_APPROVAL_TIMEOUT_S=str(APPROVAL_TIMEOUT_S),
     )
     return env
 
@@ -404,6 +406,9 @@ def totals(results: Sequence[Result]) -> dict[str, Any]:
         k = sum(r.verdict == v for r in results)
         out[v] = k
         out[f"{v}_pct"] = round(100 * k / n, 1) if n else 0.0
+    issue = [r for r in results if "issue-11-wrong" in r.tags]
+    out["issue_11_cases"] = len(issue)
+    out["issue_11_cases_wrong"] = sum(r.verdict == "wrong" for r in issue)
     return out
 
 
@@ -435,7 +440,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"\n{t['requests']} requests in {elapsed} s: served correctly {t['correct']} ({t['correct_pct']} %), "
         f"failed honestly {t['failed']} ({t['failed_pct']} %), "
         f"WRONG answer reported as success {t['wrong']} ({t['wrong_pct']} %)"
-        + (f", not evaluated {t['error']}" if t["error"] else ""),
+        + (f", not evaluated {t['error']}" if t["error"] else "")
+        + (
+            f"; issue 11's wrong cases still WRONG: {t['issue_11_cases_wrong']} of {t['issue_11_cases']}"
+            if t["issue_11_cases"]
+            else ""
+        ),
         file=say,
         flush=True,
     )
