@@ -13,9 +13,11 @@ Runs every request of ``tests/eval/requests.json`` through ``cadre run --json`` 
 The answer of a completed workflow is read from its events (``cadre events WF --json``): the
 output of its ``sql.query`` steps (columns and rows), or for a request about the schema, what its
 ``sql.schema`` steps returned. The run is correct when one of those holds exactly the rows of the
-request's own SQL run on the sample shop: the same number of rows, the expected columns found
-among the answer's columns by their values (names are ignored, extra columns are allowed),
-numbers within a tolerance, in order when the request says so.
+request's own SQL run on the sample shop (or of another reading the request lists under
+``also``): the same rows, the expected columns found among the answer's columns by their values
+(names are ignored, extra columns are allowed), numbers within a tolerance (a month written
+YYYY-MM equals its number), in order when the request says so (rows tied on the ranking's
+measure in any order), rows with nothing to count optional when the request says so.
 
     .venv/bin/python bench/eval_planning.py [--only ID ...] [--jobs N] [--json]
 
@@ -67,11 +69,25 @@ class Request:
     ordered: bool = False
     columns: tuple[str, ...] | None = None  # expected columns that must be found; None = all
     tolerance: float = DEFAULT_TOLERANCE
+    zero_rows_optional: bool = False  # a row whose last compared value is 0 or NULL may be left out
+    also: tuple[str, ...] = ()  # other readings of the request, each as SQL, also accepted
     tags: tuple[str, ...] = ()
     note: str = ""
 
 
-_FIELDS = {"id", "request", "sql", "answer_from", "ordered", "columns", "tolerance", "tags", "note"}
+_FIELDS = {
+    "id",
+    "request",
+    "sql",
+    "answer_from",
+    "ordered",
+    "columns",
+    "tolerance",
+    "zero_rows_optional",
+    "also",
+    "tags",
+    "note",
+}
 _ID = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 
 
@@ -97,8 +113,12 @@ def load_requests(path: Path = REQUESTS) -> list[Request]:
         answer_from = e.get("answer_from", "sql.query")
         if answer_from not in ("sql.query", "sql.schema"):
             raise ValueError(f"{where}: answer_from must be 'sql.query' or 'sql.schema'")
-        if not isinstance(e.get("ordered", False), bool):
-            raise ValueError(f"{where}: ordered must be true or false")
+        for flag in ("ordered", "zero_rows_optional"):
+            if not isinstance(e.get(flag, False), bool):
+                raise ValueError(f"{where}: {flag} must be true or false")
+        also = e.get("also", [])
+        if not isinstance(also, list) or not all(isinstance(a, str) and a.strip() for a in also):
+            raise ValueError(f"{where}: also must be a list of SQL statements")
         columns = e.get("columns")
         if columns is not None and (
             not isinstance(columns, list) or not columns or not all(isinstance(c, str) for c in columns)
@@ -119,6 +139,8 @@ def load_requests(path: Path = REQUESTS) -> list[Request]:
                 ordered=e.get("ordered", False),
                 columns=tuple(columns) if columns is not None else None,
                 tolerance=float(tol),
+                zero_rows_optional=e.get("zero_rows_optional", False),
+                also=tuple(also),
                 tags=tuple(tags),
                 note=str(e.get("note", "")),
             )
@@ -147,13 +169,40 @@ def sample_database() -> sqlite3.Connection:
     return conn
 
 
-def expected_table(conn: sqlite3.Connection, req: Request) -> Table:
-    cur = conn.execute(req.sql)
+def query_table(conn: sqlite3.Connection, sql: str) -> Table:
+    cur = conn.execute(sql)
     columns = [d[0] for d in cur.description or ()]
     return Table(columns, [list(r) for r in cur.fetchall()])
 
 
+def expected_table(conn: sqlite3.Connection, req: Request) -> Table:
+    """The answer of the request's own SQL."""
+    return query_table(conn, req.sql)
+
+
+def expected_tables(conn: sqlite3.Connection, req: Request) -> list[Table]:
+    """Every accepted answer: the request's SQL's, then each of ``also``'s."""
+    return [query_table(conn, sql) for sql in (req.sql, *req.also)]
+
+
+def served(req: Request, expected: Sequence[Table], answers: Sequence[Table]) -> bool:
+    """Whether one of the workflow's answers is one of the accepted answers."""
+    return any(
+        matches(
+            exp,
+            a,
+            ordered=req.ordered,
+            columns=req.columns,
+            tol=req.tolerance,
+            zero_rows_optional=req.zero_rows_optional,
+        )
+        for exp in expected
+        for a in answers
+    )
+
+
 _NUMBER = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
+_MONTH = re.compile(r"^\s*\d{4}-(\d{2})\s*$")
 
 
 def _number(v: Value) -> float | None:
@@ -167,55 +216,87 @@ def _number(v: Value) -> float | None:
 
 
 def same_value(a: Value, b: Value, tol: float) -> bool:
-    """Numbers (also numbers written as text: '03' is 3) within ``tol``; text ignoring case and
-    surrounding blanks; NULL only equals NULL."""
+    """Numbers (also numbers written as text: '03' is 3) within ``tol``; a month written YYYY-MM
+    equals its number; text ignoring case and surrounding blanks; NULL only equals NULL."""
     na, nb = _number(a), _number(b)
     if na is not None and nb is not None:
         return math.isclose(na, nb, rel_tol=0.0, abs_tol=tol + 1e-9)
+    for x, n in ((a, nb), (b, na)):
+        if isinstance(x, str) and n is not None and (m := _MONTH.match(x)):
+            return n == int(m.group(1))
     if a is None or b is None:
         return a is None and b is None
     return str(a).strip().casefold() == str(b).strip().casefold()
 
 
-def _same_rows(exp: list[tuple[Value, ...]], act: list[tuple[Value, ...]], *, ordered: bool, tol: float) -> bool:
-    def eq(x: tuple[Value, ...], y: tuple[Value, ...]) -> bool:
-        return all(same_value(a, b, tol) for a, b in zip(x, y, strict=True))
+def _is_zero(v: Value) -> bool:
+    return v is None or _number(v) == 0.0
 
+
+Row = tuple[Value, ...]
+
+
+def _same_row(x: Row, y: Row, tol: float) -> bool:
+    return all(same_value(a, b, tol) for a, b in zip(x, y, strict=True))
+
+
+def _same_bag(exp: Sequence[Row], act: Sequence[Row], tol: float) -> bool:
     if len(exp) != len(act):
         return False
-    if ordered:
-        return all(eq(x, y) for x, y in zip(exp, act, strict=True))
     left = list(act)
     for x in exp:
-        hit = next((k for k, y in enumerate(left) if eq(x, y)), None)
+        hit = next((k for k, y in enumerate(left) if _same_row(x, y, tol)), None)
         if hit is None:
             return False
         left.pop(hit)
     return True
 
 
-def matches(expected: Table, actual: Table, *, ordered: bool, columns: Sequence[str] | None, tol: float) -> bool:
-    """Whether ``actual`` holds exactly ``expected``'s rows: the same number of rows, and the
-    expected columns that matter found among the actual ones (each its own column, by values)."""
-    if len(actual.rows) != len(expected.rows):
+def _same_rows(exp: Sequence[Row], act: Sequence[Row], *, ordered: bool, tol: float) -> bool:
+    """The same rows; ``ordered``: in the same order, except that rows tied on their last value
+    (a ranking's measure) may come in any order among themselves."""
+    if len(exp) != len(act):
         return False
+    if not ordered:
+        return _same_bag(exp, act, tol)
+    start = 0
+    for i in range(1, len(exp) + 1):
+        if i == len(exp) or not same_value(exp[i][-1], exp[start][-1], tol):
+            if not _same_bag(exp[start:i], act[start:i], tol):
+                return False
+            start = i
+    return True
+
+
+def matches(
+    expected: Table,
+    actual: Table,
+    *,
+    ordered: bool,
+    columns: Sequence[str] | None,
+    tol: float,
+    zero_rows_optional: bool = False,
+) -> bool:
+    """Whether ``actual`` holds exactly ``expected``'s rows: the same rows, with the expected
+    columns that matter found among the actual ones (each its own column, by values; names and
+    extra columns are ignored). ``zero_rows_optional``: a row whose last compared value is 0 or
+    NULL may be present or absent on either side (a month without sales)."""
     if any(len(r) != len(actual.columns) for r in actual.rows):
         return False
+    if not zero_rows_optional and len(actual.rows) != len(expected.rows):
+        return False
     wanted = list(range(len(expected.columns))) if columns is None else [expected.columns.index(c) for c in columns]
-
-    def column(t: Table, k: int) -> list[tuple[Value, ...]]:
-        return [(r[k],) for r in t.rows]
-
-    # Candidates of each expected column: the actual columns holding the same values.
-    cands = [
-        [
-            a
-            for a in range(len(actual.columns))
-            if _same_rows(column(expected, e), column(actual, a), ordered=False, tol=tol)
-        ]
-        for e in wanted
-    ]
     exp_rows = [tuple(r[e] for e in wanted) for r in expected.rows]
+    if zero_rows_optional:
+        exp_rows = [r for r in exp_rows if not _is_zero(r[-1])]
+
+    def holds(e: int, a: int) -> bool:
+        return _same_bag([(r[e],) for r in expected.rows], [(r[a],) for r in actual.rows], tol)
+
+    # Candidates of each expected column: the actual columns holding the same values (any column
+    # when rows may be left out).
+    every = range(len(actual.columns))
+    cands = [list(every) if zero_rows_optional else [a for a in every if holds(e, a)] for e in wanted]
 
     def assignments(k: int, used: tuple[int, ...]) -> Iterator[tuple[int, ...]]:
         if k == len(cands):
@@ -227,6 +308,8 @@ def matches(expected: Table, actual: Table, *, ordered: bool, columns: Sequence[
 
     for mapping in assignments(0, ()):
         act_rows = [tuple(r[a] for a in mapping) for r in actual.rows]
+        if zero_rows_optional:
+            act_rows = [r for r in act_rows if not _is_zero(r[-1])]
         if _same_rows(exp_rows, act_rows, ordered=ordered, tol=tol):
             return True
     return False
@@ -272,6 +355,9 @@ class Result:
     reason: str = ""
     seconds: float = 0.0
     tags: list[str] = field(default_factory=list)
+    # For a WRONG answer: the expected rows and what the workflow answered (its last answers).
+    expected: dict[str, Any] | None = None
+    answers: list[dict[str, Any]] | None = None
 
 
 def _cadre() -> list[str]:
@@ -323,7 +409,11 @@ def _short(text: str, n: int = 110) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-def run_one(req: Request, expected: Table, limit_s: float = RUN_LIMIT_S) -> Result:
+def _shown(t: Table, limit: int = 30) -> dict[str, Any]:
+    return {"columns": t.columns, "rows": t.rows[:limit], "row_count": len(t.rows)}
+
+
+def run_one(req: Request, expected: Sequence[Table], limit_s: float = RUN_LIMIT_S) -> Result:
     res = Result(id=req.id, request=req.request, verdict="error", tags=list(req.tags))
     start = time.perf_counter()
     data_dir = Path(tempfile.mkdtemp(prefix="cadre-eval-"))
@@ -375,12 +465,14 @@ def run_one(req: Request, expected: Table, limit_s: float = RUN_LIMIT_S) -> Resu
             res.reason = f"cadre events gave nothing: {_short(events_run.stderr, 500)}"
             return res
         answers = answers_of(events, req.answer_from)
-        if any(matches(expected, a, ordered=req.ordered, columns=req.columns, tol=req.tolerance) for a in answers):
+        if served(req, expected, answers):
             res.verdict = "correct"
             return res
         res.verdict = "wrong"
+        res.expected = _shown(expected[0])
+        res.answers = [_shown(a) for a in answers[-3:]]
         got = answers[-1].shape() if answers else f"no {req.answer_from} step"
-        res.reason = f"expected {expected.shape()}; got {got}" + (
+        res.reason = f"expected {expected[0].shape()}; got {got}" + (
             f" (and {len(answers) - 1} other answer(s))" if len(answers) > 1 else ""
         )
         return res
@@ -426,7 +518,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.error(f"no request with id {', '.join(sorted(unknown))}")
         reqs = [r for r in reqs if r.id in args.only]
     with closing(sample_database()) as conn:
-        expected = {r.id: expected_table(conn, r) for r in reqs}
+        expected = {r.id: expected_tables(conn, r) for r in reqs}
     say = sys.stderr if args.json else sys.stdout
     start = time.perf_counter()
     results: list[Result] = []
