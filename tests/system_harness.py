@@ -96,12 +96,16 @@ def with_keys(settings: Settings) -> Settings:
 
 
 @asynccontextmanager
-async def cadre_running(settings: Settings, *, signed: bool = True) -> AsyncIterator[Harness]:
+async def cadre_running(
+    settings: Settings, *, signed: bool = True, agent_pools: tuple[str | None, ...] | None = None
+) -> AsyncIterator[Harness]:
+    """Every actor kind of ``settings`` in this process (its agents serving ``agent_pools``:
+    ``cadre.system.run_system``)."""
     if signed:
         await asyncio.to_thread(with_keys, settings)
     async with open_bus(settings, name="test-cadre") as bus:
         try:
-            async with run_system(bus, settings) as system:
+            async with run_system(bus, settings, agent_pools=agent_pools) as system:
                 yield Harness(bus, settings, system)
         finally:
             js = bus.nc.jetstream()
