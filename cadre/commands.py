@@ -298,8 +298,10 @@ async def status(settings: Settings, as_json: bool) -> int:
             states.update(await _checked_states(bus.log, per_wf, keyring))
         answers = await ping_all(bus.nc, settings.subjects)
         consumers: dict[str, dict[str, Any] | None] = {}
-        for kind in ACTOR_KINDS:
-            name = consumer_name(settings.subject_prefix, kind)
+        # Each agent pool of the policy has its own consumer ("agent:files").
+        durables = [(k, k, None) for k in ACTOR_KINDS] + [(f"agent:{p}", "agent", p) for p in settings.pools]
+        for kind, actor_kind, pool in durables:
+            name = consumer_name(settings.subject_prefix, actor_kind, pool)
             try:
                 ci = await bus.log.js.consumer_info(settings.stream_name, name)
                 consumers[kind] = {
