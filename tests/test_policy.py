@@ -15,9 +15,17 @@ import json
 from pathlib import Path
 from typing import Any
 
+import nats
+import nats.errors
+import nats.js.errors
 import pytest
+from nats.js import api
 
 from cadre.actors.metrics import Metrics
+from cadre.actors.runtime import consumer_name
+from cadre.auth_cli import bootstrap, prepare_embedded
+from cadre.bus.auth import AuthNames, creds_path, permissions
+from cadre.bus.embedded import start_embedded
 from cadre.bus.events import PlanRejected, StepFailed
 from cadre.bus.plan import StepIntent, Task
 from cadre.bus.request import parse_request
@@ -111,6 +119,13 @@ def test_the_confidence_thresholds_go_onto_settings_of_their_name(tmp_path: Path
     else:  # a cadre without those settings says so rather than ignoring them
         with pytest.raises(UsageError, match=r"^the policy sets approve_below, reject_below, which"):
             apply_policy(Settings(), policy)
+
+
+def test_the_shipped_deployment_policy_loads_and_its_pools_name_catalog_tools() -> None:
+    shipped = Path(__file__).resolve().parent.parent / "deploy" / "policy.toml"
+    settings = deployment_settings(Settings(policy=shipped))
+    assert sorted(settings.pools) == ["data", "files"]
+    assert settings.approval_tools == ["fs.write"]
 
 
 @pytest.mark.parametrize(
@@ -308,3 +323,52 @@ async def test_a_policy_files_refusals_are_the_same_live_and_as_a_what_if(nats_u
     assert any(
         "step e.s1 would now fail: pool_refused: agent pool 'data' may not use 'test.echo'" in c for c in changes
     )
+
+
+def test_an_agent_may_consume_with_each_pools_durable_and_no_other_role_may() -> None:
+    names = AuthNames(prefix="acme", stream="ACME", pools=("data", "files"))
+    agent = permissions("agent", names).publish or ()
+    for durable in ("acme_agent", "acme_agent_pool_data", "acme_agent_pool_files"):
+        assert f"$JS.API.CONSUMER.DURABLE.CREATE.ACME.{durable}" in agent
+        assert f"$JS.ACK.ACME.{durable}.>" in agent
+    planner = permissions("planner", names).publish or ()
+    assert not any("_pool_" in p for p in planner)
+    assert AuthNames().to_json() == {  # a deployment without pools keeps the credentials it minted
+        "prefix": "cadre",
+        "stream": "CADRE_EVENTS",
+        "ledger": "CADRE_LEDGER",
+        "cache_bucket": "CADRE_INFERENCE",
+    }
+
+
+async def test_the_agents_credentials_open_each_declared_pools_consumer_on_a_real_server(tmp_path: Path) -> None:
+    """With authorization on (the embedded server's, minted for the settings' pools): the agent role
+    creates a declared pool's durable, not an undeclared one's; no other actor role creates either."""
+    settings = Settings.load(data_dir=tmp_path / "data", pools={"files": {"tools": ["fs.read"]}})
+    server = start_embedded(settings.data_dir, config=prepare_embedded(settings))
+    try:
+        await bootstrap(settings, server.url, settings.auth_dir)
+
+        async def create(role: str, durable: str) -> bool:
+            nc = await nats.connect(server.url, user_credentials=str(creds_path(settings.auth_dir, role)))
+            try:
+                cfg = api.ConsumerConfig(
+                    durable_name=durable,
+                    filter_subjects=[
+                        settings.subjects.of_type("step_ready"),
+                        settings.subjects.of_type("approval_granted"),
+                    ],
+                    ack_policy=api.AckPolicy.EXPLICIT,
+                )
+                await nc.jetstream(timeout=1).add_consumer(settings.stream_name, cfg)
+                return True
+            except (nats.errors.TimeoutError, nats.js.errors.Error):
+                return False
+            finally:
+                await nc.close()
+
+        assert await create("agent", consumer_name("cadre", "agent", "files"))
+        assert not await create("agent", consumer_name("cadre", "agent", "data"))
+        assert not await create("validator", consumer_name("cadre", "agent", "files"))
+    finally:
+        server.stop()
