@@ -286,9 +286,7 @@ def step_pool(state: WorkflowState, step: StepIntent) -> str | None:
 
 def pool_catalog(catalog: Catalog | None, pool: str | None, pools: agent_pools.Pools | None) -> Catalog | None:
     """The tools a step of ``pool`` may use: the pool's (a recovery's alternative too), else the catalog."""
-    if catalog is None or pool is None or not pools or pool not in pools:
-        return catalog
-    return Catalog(catalog[name] for name in catalog if name in pools[pool])
+    return agent_pools.narrowed(catalog, pool, pools) if catalog is not None else None
 
 
 def make_spec(

@@ -28,6 +28,6 @@ def live_specs(
     return (
         planner.make_spec(catalog),
         validator.make_spec(catalog, limits, pools),
-        decomposer.make_spec(catalog),
+        decomposer.make_spec(catalog, pools),
         agent.make_spec(approval_timeout, catalog=catalog, pools=pools, pool=agent_pool),
     )

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Final
 
 from cadre.bus.plan import Check, ErrorInfo, StepIntent, Task
+from cadre.planner.catalog import Catalog
 
 Pools = Mapping[str, frozenset[str]]
 """Pool name -> the tools its agents may use."""
@@ -86,6 +87,13 @@ def check_step_pools(task: Task, steps: Sequence[StepIntent], pools: Pools | Non
             message = f"step {step.id!r}: {why}"
             out.append(Check(name="agent_pool", passed=False, message=message, fix=_fix(pools), path=path))
     return out
+
+
+def narrowed(catalog: Catalog, pool: str | None, pools: Pools | None) -> Catalog:
+    """The tools a task or step of ``pool`` may use: the pool's, else the whole ``catalog``."""
+    if pool is None or not pools or pool not in pools:
+        return catalog
+    return Catalog(catalog[name] for name in catalog if name in pools[pool])
 
 
 def serves(agent_pool: str | None, step_pool: str | None, pools: Pools | None) -> bool:
