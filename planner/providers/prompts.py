@@ -42,7 +42,7 @@ PLAN_SCHEMA_NAME: Final = "emit_plan"
 def _model_plan_schema() -> dict[str, Any]:
     """``PlanIn``'s schema without a task's ``pool``: agent pools are the deployment's to assign
     (the policy file's), not the model's, which is not told them."""
-    schema = PlanIn.model_json_schema()
+    schema = copy.deepcopy(PlanIn.model_json_schema())
     schema["$defs"]["TaskIn"]["properties"].pop("pool", None)
     return schema
 
