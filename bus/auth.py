@@ -448,11 +448,18 @@ def _mint(
         "# It holds public keys and JWTs only; the seeds are in the .creds files and keys/ next to it.\n"
         f"operator: {op_jwt}\n"
         f"system_account: {pub[SYSTEM_ACCOUNT]}\n"
+        "# A client's CONNECT line carries its JWT: the node role's (every actor role's permissions, and an\n"
+        "# agent durable per agent pool) outgrows the default limit of 4 KB.\n"
+        f"max_control_line: {MAX_CONTROL_LINE}\n"
         "resolver: MEMORY\n"
         "resolver_preload: {\n"
         f"{preload}\n"
         "}\n",
     )
+
+
+MAX_CONTROL_LINE = 32_768
+"""The server's limit on a protocol line (``auth.conf``): room for the largest role's JWT."""
 
 
 def role_of_creds(path: Path) -> str | None:

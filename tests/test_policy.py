@@ -344,7 +344,9 @@ def test_an_agent_may_consume_with_each_pools_durable_and_no_other_role_may() ->
 async def test_the_agents_credentials_open_each_declared_pools_consumer_on_a_real_server(tmp_path: Path) -> None:
     """With authorization on (the embedded server's, minted for the settings' pools): the agent role
     creates a declared pool's durable, not an undeclared one's; no other actor role creates either."""
-    settings = Settings.load(data_dir=tmp_path / "data", pools={"files": {"tools": ["fs.read"]}})
+    settings = Settings.load(
+        data_dir=tmp_path / "data", pools={"files": {"tools": ["fs.read"]}, "db": {"tools": ["sql.query"]}}
+    )
     server = start_embedded(settings.data_dir, config=prepare_embedded(settings))
     try:
         await bootstrap(settings, server.url, settings.auth_dir)
@@ -367,6 +369,9 @@ async def test_the_agents_credentials_open_each_declared_pools_consumer_on_a_rea
             finally:
                 await nc.close()
 
+        # The node role (`cadre up`) connects although its JWT, with the pools' durables, is over 4 KB.
+        node = await nats.connect(server.url, user_credentials=str(creds_path(settings.auth_dir, "node")))
+        await node.close()
         assert await create("agent", consumer_name("cadre", "agent", "files"))
         assert not await create("agent", consumer_name("cadre", "agent", "data"))
         assert not await create("validator", consumer_name("cadre", "agent", "files"))
