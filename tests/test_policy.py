@@ -286,6 +286,30 @@ async def test_run_time_the_agent_refuses_a_tool_its_pool_may_not_use(nats_url: 
     assert tool_calls(metrics) == {}
 
 
+async def test_run_time_the_agent_without_a_pool_refuses_a_step_of_a_pool_its_policy_does_not_declare(
+    nats_url: str, tmp_path: Path
+) -> None:
+    """A validator whose policy declares pool night passes the plan; the only agent, started with a
+    policy that declares no such pool, refuses the step rather than leave it to no one."""
+    night = apply_policy(
+        settings_for(nats_url, tmp_path),
+        load_policy(write(tmp_path / "v.json", {"pools": {"night": {"tools": ["test.echo"]}}})),
+    )
+    day = apply_policy(night, load_policy(write(tmp_path / "a.json", {"pools": {"day": {"tools": ["test.echo"]}}})))
+    metrics = Metrics.create()
+    async with (
+        cadre_running(night, kinds=("planner", "validator", "decomposer", "budget", "approvals")) as h,
+        run_system(h.bus, day, ("agent",), metrics=metrics),
+    ):
+        state = await h.run(plan({"id": "e", "tool": "test.echo", "inputs": {"value": "v"}, "pool": "night"}))
+        assert state.status == "failed"
+        failed = [e.event.data for e in await h.events(state.workflow_id) if isinstance(e.event.data, StepFailed)]
+    assert [(f.error.code, f.error.message) for f in failed] == [
+        ("pool_refused", "agent pool 'night' is not declared in the deployment's policy (pools: 'day')")
+    ]
+    assert tool_calls(metrics) == {}
+
+
 async def test_a_policy_files_refusals_are_the_same_live_and_as_a_what_if(nats_url: str, tmp_path: Path) -> None:
     """A deployment started with the policy file refuses the plan at plan time; the same plan run by
     a deployment without it completes, and replaying that run with the file as a what-if lists
