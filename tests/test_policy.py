@@ -255,6 +255,9 @@ async def test_two_agents_of_two_pools_each_run_only_their_pools_steps(nats_url:
         assert state.status == "completed", state.failure
         main = h.system.metrics if h.system is not None else None
         assert main is not None
+        records = await h.bus.log.read_records(state.workflow_id)
+    replayed = replayer_for(settings).replay(records)  # the replay's agent serves every pool
+    assert replayed.ok, "\n".join(replayed.lines())
     assert tool_calls(files) == {"fs.write": 1, "fs.read": 1}
     assert tool_calls(data) == {"sql.query": 1}
     assert tool_calls(main) == {"test.echo": 1}
