@@ -50,6 +50,7 @@ from cadre.bus.events import (
     StepReady,
 )
 from cadre.bus.plan import ErrorInfo, StepIntent
+from cadre.planner import pools as agent_pools
 from cadre.planner.catalog import Catalog, json_schema
 from cadre.planner.confidence import approval_reason
 from cadre.planner.placeholder import placeholder
@@ -71,7 +72,7 @@ from cadre.store.state import WorkflowState
 
 HANDLES = frozenset({StepReady.TYPE, ApprovalRequested.TYPE, ApprovalGranted.TYPE, ApprovalDenied.TYPE})
 
-POLICY_REFUSALS: Final = frozenset({"approval_denied", "prohibited", "outside_workspace"})
+POLICY_REFUSALS: Final = frozenset({"approval_denied", "prohibited", "outside_workspace", agent_pools.POOL_REFUSED})
 """Failures a model must not work around: the step then fails as planned, without ``recover``."""
 
 T = TypeVar("T")
@@ -373,11 +374,36 @@ def needs_approval(
     return bool(approval_reasons(step, catalog, state, approve_below))
 
 
+def step_pool(state: WorkflowState, step: StepIntent) -> str | None:
+    """The agent pool of the task ``step`` belongs to (None: no pool)."""
+    task = state.tasks.get(step.task_id)
+    return task.task.pool if task is not None else None
+
+
+def pool_catalog(catalog: Catalog | None, pool: str | None, pools: agent_pools.Pools | None) -> Catalog | None:
+    """The tools a step of ``pool`` may use: the pool's (a recovery's alternative too), else the catalog."""
+    return agent_pools.narrowed(catalog, pool, pools) if catalog is not None else None
+
+
 def make_spec(
-    approval_timeout: timedelta, *, catalog: Catalog | None = None, approve_below: float | None = None
+    approval_timeout: timedelta,
+    *,
+    catalog: Catalog | None = None,
+    approve_below: float | None = None,
+    pools: agent_pools.Pools | None = None,
+    pool: str | None = agent_pools.EVERY_POOL,
 ) -> ActorSpec:
-    """The agent; given the tool ``catalog`` it consults the model too (module docstring);
-    a step whose task's (or plan's) confidence is below ``approve_below`` waits for approval."""
+    """The agent; given the tool ``catalog`` it consults the model too (module docstring).
+
+    A step whose task's (or plan's) confidence is below ``approve_below`` waits for approval.
+    ``pools`` are the deployment's agent pools and ``pool`` the one this agent serves (None: the
+    steps without a pool; :data:`~planner.pools.EVERY_POOL`, the default: every step, as a replay
+    does). It leaves the steps of other pools to their agents, and refuses (``step_failed``,
+    ``pool_refused``) a step its pool may not run.
+    """
+
+    def mine(state: WorkflowState, step: StepIntent) -> bool:
+        return agent_pools.serves(pool, step_pool(state, step), pools)
 
     async def handle(ctx: Context, rec: StoredEvent, state: WorkflowState) -> Outcome:
         data = rec.event.data
@@ -386,17 +412,24 @@ def make_spec(
         match data:
             case StepReady():
                 st = state.steps.get(data.step.id)
-                if st is None or st.status != "ready":
-                    return []  # ran, or waiting for approval, already
+                if st is None or st.status != "ready" or not mine(state, st.step):
+                    return []  # ran, or waiting for approval, already; or another pool's step
+                sp = step_pool(state, st.step)
+                refused = agent_pools.refusal(sp, st.step, pools)
+                if refused is not None:
+                    return [StepFailed(task_id=st.step.task_id, step_id=st.step.id, tool=st.step.tool, error=refused)]
+                tools = pool_catalog(catalog, sp, pools)
                 if state.request is not None and state.request.dry_run:
-                    return await simulate_step(ctx, state, st.step, catalog, approve_below)  # listed, not waited on
-                reasons = approval_reasons(st.step, catalog, state, approve_below)
+                    return await simulate_step(ctx, state, st.step, tools, approve_below)  # listed, not waited on
+                reasons = approval_reasons(st.step, tools, state, approve_below)
                 if reasons:
                     reason = "; ".join(reasons)
                     return [ApprovalRequested(step=st.step, reason=reason, deadline=ctx.now() + approval_timeout)]
-                return await run_step(ctx, state, st.step, catalog)
+                return await run_step(ctx, state, st.step, tools)
             case ApprovalRequested():
                 st = state.steps.get(data.step.id)
+                if st is not None and not mine(state, st.step):
+                    return []
                 if st is None or st.status != "awaiting_approval":
                     return []  # decided already
                 if ctx.now() < data.deadline:
@@ -404,12 +437,12 @@ def make_spec(
                 return [ApprovalDenied(step_id=data.step.id, by="timeout", reason=f"no decision by {data.deadline}")]
             case ApprovalGranted():
                 st = state.steps.get(data.step_id)
-                if st is None or st.status != "approved":
+                if st is None or st.status != "approved" or not mine(state, st.step):
                     return []
-                return await run_step(ctx, state, st.step, catalog)
+                return await run_step(ctx, state, st.step, pool_catalog(catalog, step_pool(state, st.step), pools))
             case ApprovalDenied():
                 st = state.steps.get(data.step_id)
-                if st is None or st.status != "denied":
+                if st is None or st.status != "denied" or not mine(state, st.step):
                     return []
                 error = ErrorInfo(code="approval_denied", message=f"denied by {data.by}: {data.reason or 'no reason'}")
                 return [StepFailed(task_id=st.step.task_id, step_id=st.step.id, tool=st.step.tool, error=error)]
@@ -417,4 +450,10 @@ def make_spec(
 
     # The deadline's denial must not race a person's decision: both append expecting the
     # state in which the step was awaiting approval, so exactly one of them lands.
-    return ActorSpec(kind="agent", handles=HANDLES, handler=handle, consistent=frozenset({ApprovalRequested.TYPE}))
+    return ActorSpec(
+        kind="agent",
+        handles=HANDLES,
+        handler=handle,
+        consistent=frozenset({ApprovalRequested.TYPE}),
+        pool=None if pool == agent_pools.EVERY_POOL else pool,
+    )

@@ -5,7 +5,8 @@ decompose (one that names no tool, only a description or capabilities) goes to t
 (``decompose``, gated by the budget: levels from ``adaptive`` up), whose steps get the rules'
 ids and must pass the same step checks as the validator's before they are proposed. Without
 a valid answer the task is answered with ``steps_rejected``, saying why the rules could not
-decompose it and why the model did not either.
+decompose it and why the model did not either. The model decomposes a task of an agent pool
+with the pool's tools only (``planner.pools``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from cadre.actors.outcome import Outcome
 from cadre.actors.runtime import ActorSpec
 from cadre.bus.events import Event, StepsProposed, StepsRejected, TaskReady
 from cadre.bus.plan import Check
+from cadre.planner import pools as agent_pools
 from cadre.planner.catalog import Catalog
 from cadre.planner.decompose import DecompositionError, decompose
 from cadre.planner.providers.agent_prompts import decompose_request, decompose_validator
@@ -54,7 +56,7 @@ async def decompose_with_model(
     return [StepsRejected(task_id=task.id, checks=(check,))]
 
 
-def make_spec(catalog: Catalog) -> ActorSpec:
+def make_spec(catalog: Catalog, pools: agent_pools.Pools | None = None) -> ActorSpec:
     async def handle(ctx: Context, rec: StoredEvent, state: WorkflowState) -> Outcome:
         data = rec.event.data
         if not isinstance(data, TaskReady) or state.done:
@@ -65,7 +67,8 @@ def make_spec(catalog: Catalog) -> ActorSpec:
         try:
             steps = decompose(data.task, catalog, attempt=data.attempt)
         except DecompositionError as exc:
-            return await decompose_with_model(ctx, state, data, catalog, exc)
+            tools = agent_pools.narrowed(catalog, data.task.pool, pools)
+            return await decompose_with_model(ctx, state, data, tools, exc)
         return [StepsProposed(task_id=data.task.id, steps=tuple(steps))]
 
     return ActorSpec(kind="decomposer", handles=frozenset({TaskReady.TYPE}), handler=handle)

@@ -81,6 +81,7 @@ class ActorSpec:
     handles: frozenset[str]
     handler: Handler
     consistent: frozenset[str] = frozenset()
+    pool: str | None = None  # an agent pool's agents: their own durable consumer (``consumer_name``)
 
 
 @dataclass(frozen=True)
@@ -105,8 +106,11 @@ class Lifecycle(enum.Enum):
     STOPPED = "stopped"
 
 
-def consumer_name(prefix: str, kind: str) -> str:
-    return f"{prefix.replace('.', '_')}_{kind}"
+def consumer_name(prefix: str, kind: str, pool: str | None = None) -> str:
+    """The durable consumer of an actor kind, shared by its replicas; an agent pool's agents have
+    their own (each pool sees every step and runs its own: ``actors.agent``)."""
+    base = f"{prefix.replace('.', '_')}_{kind}"
+    return base if pool is None else f"{base}_pool_{pool}"
 
 
 class _Replica:
@@ -119,7 +123,7 @@ class _Replica:
     async def run(self, ready: asyncio.Event) -> None:
         sys_ = self.system
         sub = await sys_.log.js.pull_subscribe_bind(
-            durable=consumer_name(sys_.log.subjects.prefix, self.spec.kind), stream=sys_.log.stream
+            durable=consumer_name(sys_.log.subjects.prefix, self.spec.kind, self.spec.pool), stream=sys_.log.stream
         )
         ready.set()
         opts = sys_.options
@@ -321,7 +325,7 @@ class ActorSystem:
     async def ensure_consumer(self, spec: ActorSpec) -> None:
         subjects = self.log.subjects
         cfg = api.ConsumerConfig(
-            durable_name=consumer_name(subjects.prefix, spec.kind),
+            durable_name=consumer_name(subjects.prefix, spec.kind, spec.pool),
             filter_subjects=[subjects.of_type(t) for t in sorted(spec.handles)],
             ack_policy=api.AckPolicy.EXPLICIT,
             ack_wait=self.options.ack_wait,

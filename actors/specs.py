@@ -7,6 +7,7 @@ from datetime import timedelta
 from cadre.actors import agent, decomposer, planner, validator
 from cadre.actors.runtime import ActorSpec
 from cadre.planner.catalog import Catalog
+from cadre.planner.pools import EVERY_POOL, Pools
 from cadre.planner.validation import Limits
 
 __all__ = ["live_specs"]
@@ -18,14 +19,17 @@ def live_specs(
     approval_timeout: timedelta,
     limits: Limits | None = None,
     approve_below: float | None = None,
+    pools: Pools | None = None,
+    agent_pool: str | None = EVERY_POOL,
 ) -> tuple[ActorSpec, ...]:
     """The event handlers of the planner, validator, decomposer and agent (in that order):
-    what ``cadre/system.py`` runs and what a replay re-runs (a what-if with a changed catalog
-    and ``limits``). ``limits.reject_below`` and ``approve_below`` are the deployment's
-    confidence thresholds (:mod:`planner.confidence`)."""
+    what ``cadre/system.py`` runs and what a replay re-runs (a what-if with a changed catalog,
+    ``limits`` and ``pools``). ``limits.reject_below`` and ``approve_below`` are the deployment's
+    confidence thresholds (:mod:`planner.confidence`); ``agent_pool``: the pool the agent serves
+    (``actors.agent``; a replay's agent serves every pool)."""
     return (
         planner.make_spec(catalog),
-        validator.make_spec(catalog, limits),
-        decomposer.make_spec(catalog),
-        agent.make_spec(approval_timeout, catalog=catalog, approve_below=approve_below),
+        validator.make_spec(catalog, limits, pools),
+        decomposer.make_spec(catalog, pools),
+        agent.make_spec(approval_timeout, catalog=catalog, approve_below=approve_below, pools=pools, pool=agent_pool),
     )

@@ -13,6 +13,7 @@ from cadre.actors.context import Context
 from cadre.actors.outcome import Outcome
 from cadre.actors.runtime import ActorSpec
 from cadre.bus.events import PlanProposed, PlanRejected, PlanValidated, StepReady, StepsProposed, StepsRejected
+from cadre.planner import pools as agent_pools
 from cadre.planner.catalog import Catalog
 from cadre.planner.scheduler import upstream
 from cadre.planner.validation import Limits, passed_all, validate_plan, validate_steps
@@ -20,7 +21,9 @@ from cadre.store.records import StoredEvent
 from cadre.store.state import WorkflowState
 
 
-def make_spec(catalog: Catalog, limits: Limits | None = None) -> ActorSpec:
+def make_spec(catalog: Catalog, limits: Limits | None = None, pools: agent_pools.Pools | None = None) -> ActorSpec:
+    """The validator under ``limits`` and the deployment's agent ``pools`` (a task naming a pool is
+    checked against them: :mod:`planner.pools`)."""
     lim = limits or Limits()
 
     async def handle(ctx: Context, rec: StoredEvent, state: WorkflowState) -> Outcome:
@@ -30,7 +33,10 @@ def make_spec(catalog: Catalog, limits: Limits | None = None) -> ActorSpec:
         if isinstance(data, PlanProposed):
             if data.revision != state.revision:
                 return []  # superseded by a newer revision
-            checks = tuple(validate_plan(data.plan, catalog, lim))
+            checks = (
+                *validate_plan(data.plan, catalog, lim),
+                *agent_pools.check_plan_pools(data.plan.nodes, pools),
+            )
             if passed_all(list(checks)):
                 return [PlanValidated(revision=data.revision, checks=checks)]
             return [PlanRejected(revision=data.revision, checks=checks)]
@@ -43,7 +49,10 @@ def make_spec(catalog: Catalog, limits: Limits | None = None) -> ActorSpec:
             outputs: dict[str, dict[str, Any]] = {
                 dep: out for dep in ids if (t := state.tasks.get(dep)) is not None and (out := t.output) is not None
             }
-            checks = tuple(validate_steps(task.task, data.steps, catalog, outputs, lim, upstream_ids=ids))
+            checks = (
+                *validate_steps(task.task, data.steps, catalog, outputs, lim, upstream_ids=ids),
+                *agent_pools.check_step_pools(task.task, data.steps, pools),
+            )
             if passed_all(list(checks)):
                 return [StepReady(step=data.steps[0], checks=checks)]
             return [StepsRejected(task_id=data.task_id, checks=checks)]

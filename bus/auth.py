@@ -94,17 +94,27 @@ class AuthNames:
     stream: str = "CADRE_EVENTS"
     ledger: str = "CADRE_LEDGER"
     cache_bucket: str = "CADRE_INFERENCE"
+    pools: tuple[str, ...] = ()  # the agent pools of the policy file: each has its own durable
 
     @property
     def subjects(self) -> Subjects:
         return Subjects(self.prefix)
 
-    def durable(self, kind: str) -> str:
-        """An actor kind's durable consumer (as ``actors.runtime.consumer_name``)."""
-        return f"{self.prefix.replace('.', '_')}_{kind}"
+    def durable(self, kind: str, pool: str | None = None) -> str:
+        """An actor kind's durable consumer, or an agent pool's (as ``actors.runtime.consumer_name``)."""
+        base = f"{self.prefix.replace('.', '_')}_{kind}"
+        return base if pool is None else f"{base}_pool_{pool}"
 
-    def to_json(self) -> dict[str, str]:
-        return {"prefix": self.prefix, "stream": self.stream, "ledger": self.ledger, "cache_bucket": self.cache_bucket}
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "prefix": self.prefix,
+            "stream": self.stream,
+            "ledger": self.ledger,
+            "cache_bucket": self.cache_bucket,
+        }
+        if self.pools:  # absent without pools: a deployment without them keeps its minted credentials
+            out["pools"] = list(self.pools)
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,14 +159,16 @@ def _actor_publish(role: str, names: AuthNames) -> list[str]:
     types = (*EMITS[role], *RUNTIME_EMITS) if role in ACTOR_ROLES else EMITS.get(role, ())
     out = [s.of_type(t) for t in types]
     if role in ACTOR_ROLES:
-        durable = names.durable(role)
-        out += [
-            # ensure_consumer: its own durable only; then fetch and ack (in_progress, nak, term).
-            f"$JS.API.CONSUMER.DURABLE.CREATE.{names.stream}.{durable}",
-            f"$JS.API.CONSUMER.INFO.{names.stream}.{durable}",
-            f"$JS.API.CONSUMER.MSG.NEXT.{names.stream}.{durable}",
-            f"$JS.ACK.{names.stream}.{durable}.>",
-        ]
+        # An agent also consumes with each agent pool's durable (`cadre actor agent --pool NAME`).
+        pools = names.pools if role == "agent" else ()
+        for durable in (names.durable(role), *(names.durable(role, p) for p in pools)):
+            out += [
+                # ensure_consumer: its own durable only; then fetch and ack (in_progress, nak, term).
+                f"$JS.API.CONSUMER.DURABLE.CREATE.{names.stream}.{durable}",
+                f"$JS.API.CONSUMER.INFO.{names.stream}.{durable}",
+                f"$JS.API.CONSUMER.MSG.NEXT.{names.stream}.{durable}",
+                f"$JS.ACK.{names.stream}.{durable}.>",
+            ]
     # The state cache's ordered consumer, reads of the workflow's last message for appends.
     return out + _event_reader(names.stream)
 
@@ -436,11 +448,18 @@ def _mint(
         "# It holds public keys and JWTs only; the seeds are in the .creds files and keys/ next to it.\n"
         f"operator: {op_jwt}\n"
         f"system_account: {pub[SYSTEM_ACCOUNT]}\n"
+        "# A client's CONNECT line carries its JWT: the node role's (every actor role's permissions, and an\n"
+        "# agent durable per agent pool) outgrows the default limit of 4 KB.\n"
+        f"max_control_line: {MAX_CONTROL_LINE}\n"
         "resolver: MEMORY\n"
         "resolver_preload: {\n"
         f"{preload}\n"
         "}\n",
     )
+
+
+MAX_CONTROL_LINE = 32_768
+"""The server's limit on a protocol line (``auth.conf``): room for the largest role's JWT."""
 
 
 def role_of_creds(path: Path) -> str | None:

@@ -44,6 +44,7 @@ class Task(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     confidence: float = 1.0
     rationale: str = ""
     retries: int = 0
+    pool: str | None = None  # the agent pool running its steps (the policy file's pools); None: unpooled agents
 
 
 class Plan(msgspec.Struct, frozen=True, kw_only=True, gc=False):

@@ -72,6 +72,11 @@ class TaskIn(_Strict):
     )
     rationale: str = Field(default="", max_length=2000, description="why the task is needed")
     retries: int = Field(default=0, ge=0, le=10, description="times to re-run the task after a failure")
+    pool: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="the agent pool that runs the task (the policy file's pools); none: the agents without a pool",
+    )
 
 
 class PlanIn(_Strict):

@@ -25,6 +25,7 @@ from cadre.bus.events import TERMINAL_TYPES
 from cadre.bus.signing import Keyring
 from cadre.bus.subjects import check_token
 from cadre.commands import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError
+from cadre.policy_file import deployment_settings
 from cadre.render import json_line, record_json, record_line
 from cadre.safe_text import VisibleFormatter, visible
 from cadre.settings import Settings
@@ -65,15 +66,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     metrics = argparse.ArgumentParser(add_help=False)
     metrics.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus /metrics on this port")
+    policy = argparse.ArgumentParser(add_help=False)
+    policy.add_argument(
+        "--policy",
+        dest="deployment_policy",
+        type=Path,
+        metavar="FILE",
+        help="the deployment's policy file, JSON or TOML (env CADRE_POLICY)",
+    )
 
-    up = sub.add_parser("up", parents=[bus, metrics], help="run cadre: every actor (and the embedded NATS server)")
+    up = sub.add_parser(
+        "up", parents=[bus, metrics, policy], help="run cadre: every actor (and the embedded NATS server)"
+    )
     up.add_argument("--port", type=int, help="port of the embedded server (default: a free one)")
 
-    actor = sub.add_parser("actor", parents=[bus, metrics], help="run one actor kind as its own process")
+    actor = sub.add_parser("actor", parents=[bus, metrics, policy], help="run one actor kind as its own process")
     actor.add_argument("kind", choices=list(KINDS))
     actor.add_argument("--replicas", type=int, default=1, help="replicas of the kind in this process")
+    actor.add_argument(
+        "--pool", metavar="NAME", help="agent: serve this agent pool of the policy file (env CADRE_AGENT_POOL)"
+    )
 
-    run = sub.add_parser("run", parents=[bus, out, req], help="one shot: run a request to its end and stop")
+    run = sub.add_parser("run", parents=[bus, out, req, policy], help="one shot: run a request to its end and stop")
     run.add_argument("--port", type=int, help=argparse.SUPPRESS)
 
     submit = sub.add_parser("submit", parents=[bus, out, req], help="send a request to a running cadre")
@@ -131,6 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             nats_creds=getattr(args, "creds", None),
             embedded_port=getattr(args, "port", None),
             metrics_port=getattr(args, "metrics_port", None),
+            policy=getattr(args, "deployment_policy", None),
+            agent_pool=getattr(args, "pool", None),
         )
     except pydantic.ValidationError as exc:
         print(f"cadre: invalid settings: {exc}", file=sys.stderr)
@@ -167,12 +183,15 @@ def _payload(args: argparse.Namespace) -> bytes:
 
 
 async def _run(args: argparse.Namespace, settings: Settings) -> int:
+    settings = deployment_settings(settings)
     match args.command:
-        case "up":
-            return await commands.up(settings, KINDS, 1, "cadre-up")
+        case "up":  # the whole deployment: an agent without a pool and one for each pool
+            return await commands.up(settings, KINDS, 1, "cadre-up", agent_pools=(None, *settings.pools))
         case "actor":
             if args.replicas < 1:
                 raise UsageError("--replicas must be at least 1")
+            if args.pool is not None and args.kind != "agent":
+                raise UsageError("--pool names the agent pool of `cadre actor agent`")
             return await commands.up(settings, (args.kind,), args.replicas, f"cadre-{args.kind}")
         case "run":
             return await commands.run(settings, _payload(args), args.json)

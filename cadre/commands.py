@@ -67,21 +67,32 @@ def _say(text: str) -> None:
     print(visible(text, newlines=True), flush=True)
 
 
-async def up(settings: Settings, kinds: tuple[str, ...], replicas: int, name: str) -> int:
-    """Run actor kinds until SIGINT/SIGTERM, then drain and stop."""
+async def up(
+    settings: Settings,
+    kinds: tuple[str, ...],
+    replicas: int,
+    name: str,
+    *,
+    agent_pools: tuple[str | None, ...] | None = None,
+) -> int:
+    """Run actor kinds until SIGINT/SIGTERM, then drain and stop (the agents serve ``agent_pools``:
+    :func:`cadre.system.run_system`)."""
     stop = _stop_on_signals()
     # One process runs every kind (`cadre up`) as `node`, the union of the actor roles; a process of
     # one kind (`cadre actor KIND`) as that kind's role.
     role = kinds[0] if len(kinds) == 1 else "node"
     async with (
         open_bus(settings, name=name, role=role) as bus,
-        run_system(bus, settings, kinds, replicas=replicas),
+        run_system(bus, settings, kinds, replicas=replicas, agent_pools=agent_pools),
     ):
         where = "embedded server" if bus.server is not None else "NATS"
         if bus.server is not None and not bus.server.owned:
             where = f"embedded server already running (pid {bus.server.pid})"
         _say(f"cadre {__version__} up: {where} at {bus.url}")
         _say(f"  actors: {', '.join(f'{k} x{replicas}' if k != 'budget' else k for k in kinds)}")
+        pools = [p for p in (agent_pools or (settings.agent_pool,)) if p is not None]
+        if "agent" in kinds and pools:
+            _say(f"  agent pools: {', '.join(pools)}")
         if "planner" in kinds:
             _say(f"  requests on {settings.subjects.requests}; events on {settings.subjects.events}")
         _say('  try: cadre submit "..." --wait    (Ctrl-C to stop)')
@@ -183,7 +194,10 @@ async def _finish(bus: Bus, state: WorkflowState, as_json: bool, settings: Setti
 
 async def run(settings: Settings, payload: bytes, as_json: bool) -> int:
     """One shot: server, every actor, submit, follow, print the result, stop."""
-    async with open_bus(settings, name="cadre-run", role="node") as bus, run_system(bus, settings):
+    async with (
+        open_bus(settings, name="cadre-run", role="node") as bus,
+        run_system(bus, settings, agent_pools=(None, *settings.pools)),
+    ):
         trust = trust_for(settings, ("intake",))
         reply = await submit(bus.log.signed_by(trust.signer("intake")), payload)
         if "error" in reply:
@@ -288,8 +302,10 @@ async def status(settings: Settings, as_json: bool) -> int:
             states.update(await _checked_states(bus.log, per_wf, keyring))
         answers = await ping_all(bus.nc, settings.subjects)
         consumers: dict[str, dict[str, Any] | None] = {}
-        for kind in ACTOR_KINDS:
-            name = consumer_name(settings.subject_prefix, kind)
+        # Each agent pool of the policy has its own consumer ("agent:files").
+        durables = [(k, k, None) for k in ACTOR_KINDS] + [(f"agent:{p}", "agent", p) for p in settings.pools]
+        for kind, actor_kind, pool in durables:
+            name = consumer_name(settings.subject_prefix, actor_kind, pool)
             try:
                 ci = await bus.log.js.consumer_info(settings.stream_name, name)
                 consumers[kind] = {

@@ -7,10 +7,11 @@ passes them down.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cadre.bus.auth import AuthNames
@@ -19,6 +20,7 @@ from cadre.bus.stream import StreamSpec
 from cadre.bus.subjects import Subjects
 from cadre.planner.providers import pricing
 from cadre.planner.providers.pricing import ModelPrice
+from cadre.planner.validation import Limits
 
 
 class RateLimit(BaseModel):
@@ -52,6 +54,40 @@ DEFAULT_RATE_LIMITS: dict[str, RateLimit] = {
     "anthropic": RateLimit(requests_per_minute=50, tokens_per_minute=200_000),
     "gemini": RateLimit(requests_per_minute=60, tokens_per_minute=250_000),
 }
+
+_LIMITS = Limits()
+
+
+class ValidatorLimits(BaseModel):
+    """The validator's size limits on plans and steps (``planner.validation.Limits``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    max_tasks: int = Field(default=_LIMITS.max_tasks, ge=1)
+    max_depth: int = Field(default=_LIMITS.max_depth, ge=1)
+    max_steps_per_task: int = Field(default=_LIMITS.max_steps_per_task, ge=1)
+    max_inputs_bytes: int = Field(default=_LIMITS.max_inputs_bytes, ge=1)
+
+    def to_limits(self) -> Limits:
+        return Limits(**self.model_dump())
+
+
+POOL_NAME = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+class AgentPool(BaseModel):
+    """An agent pool: the tools its agents may use (``cadre actor agent --pool NAME``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    tools: list[str] = Field(min_length=1, description="the tools the pool's agents may use")
+
+
+def check_pool_names(pools: dict[str, AgentPool]) -> dict[str, AgentPool]:
+    """``pools``, if each name can name a durable consumer; else a ValueError naming the bad ones."""
+    bad = [name for name in pools if not re.fullmatch(POOL_NAME, name)]
+    if bad:
+        raise ValueError(f"agent pool names are 1-64 of A-Z a-z 0-9 _ -, not {', '.join(map(repr, bad))}")
+    return pools
+
 
 Intelligence = Literal["basic", "adaptive", "intelligent", "autonomous"]
 Mode = Literal["strict", "adaptive", "creative"]
@@ -87,6 +123,18 @@ class Settings(BaseSettings):
     tool_modules: list[str] = Field(default_factory=list, description="Python modules defining TOOLS of your own")
     prohibited_tools: list[str] = Field(default_factory=list, description="tools the validator refuses")
     approval_tools: list[str] = Field(default_factory=list, description="tools that need a person's approval")
+    policy: Path | None = Field(
+        default=None,
+        description="policy file (JSON or TOML) applied over these settings: tool policy, limits, caps, level, "
+        "mode, agent pools (cadre/policy_file.py)",
+    )
+    limits: ValidatorLimits = Field(default_factory=ValidatorLimits, description="the validator's size limits")
+    pools: dict[str, AgentPool] = Field(
+        default_factory=dict, description='agent pools and their tools ({"files": {"tools": ["fs.read"]}})'
+    )
+    agent_pool: str | None = Field(
+        default=None, pattern=POOL_NAME, description="the agent pool this process's agents serve (unset: none)"
+    )
     keyring: Path | None = Field(
         default=None, description="the deployment's public keys and roles (default: <data_dir>/auth/keyring.json)"
     )
@@ -161,6 +209,11 @@ class Settings(BaseSettings):
 
     metrics_port: int | None = Field(default=None, ge=0, le=65535, description="serve /metrics here (0 = any)")
 
+    @field_validator("pools")
+    @classmethod
+    def _pool_names(cls, pools: dict[str, AgentPool]) -> dict[str, AgentPool]:
+        return check_pool_names(pools)
+
     @classmethod
     def load(cls, **overrides: Any) -> Settings:
         """Environment and defaults, with the given (non-None) overrides on top."""
@@ -195,6 +248,7 @@ class Settings(BaseSettings):
             stream=self.stream_name,
             ledger=self.ledger_stream_name,
             cache_bucket=self.inference_cache_bucket,
+            pools=tuple(sorted(self.pools)),
         )
 
     @property

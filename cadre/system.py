@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
@@ -20,10 +21,11 @@ from cadre.actors.tool_port import ToolRunner
 from cadre.actors.tools import ToolBox, ToolConfig, builtin_impls, ensure_sample_database
 from cadre.actors.tools.plugins import load_tool_modules, plugin_impls
 from cadre.budget_config import budget_config, ledger_spec
+from cadre.bus.errors import CadreError
 from cadre.llm import build_llm
 from cadre.planner.builtin_tools import builtin_catalog
 from cadre.planner.catalog import Catalog
-from cadre.planner.validation import Limits
+from cadre.planner.pools import EVERY_POOL, Pools
 from cadre.settings import Settings
 from cadre.trust import keyring_loader, trust_for
 from cadre.wiring import Bus
@@ -50,14 +52,38 @@ def catalog_for(settings: Settings) -> Catalog:
     return catalog.with_policy(prohibited=settings.prohibited_tools, approval=settings.approval_tools)
 
 
-def system_specs(settings: Settings, catalog: Catalog | None = None) -> tuple[ActorSpec, ...]:
-    """The handlers this deployment runs (a replay of its runs uses the same: ``cadre.replay_cli``)."""
+class UnknownPool(CadreError):
+    """An agent is to serve a pool the deployment's policy does not declare."""
+
+    code = "unknown_pool"
+
+
+def pools_of(settings: Settings) -> Pools | None:
+    """The deployment's agent pools and their tools (None: it declares none)."""
+    return {name: frozenset(p.tools) for name, p in settings.pools.items()} or None
+
+
+def check_pool(settings: Settings, pool: str | None) -> None:
+    """Raise :class:`UnknownPool` unless ``pool`` is None or declared in the settings' pools."""
+    if pool is not None and pool not in settings.pools:
+        declared = ", ".join(sorted(settings.pools)) or "none; a policy file declares them"
+        raise UnknownPool(f"agent pool {pool!r} is not declared in the deployment's policy (pools: {declared})")
+
+
+def system_specs(
+    settings: Settings, catalog: Catalog | None = None, *, agent_pool: str | None = EVERY_POOL
+) -> tuple[ActorSpec, ...]:
+    """The handlers this deployment runs (a replay of its runs uses the same: ``cadre.replay_cli``),
+    with its validator limits and agent pools; the agent serves ``agent_pool`` (``actors.agent``;
+    by default every pool, as a replay)."""
     catalog = catalog if catalog is not None else catalog_for(settings)
     return live_specs(
         catalog,
         approval_timeout=timedelta(seconds=settings.approval_timeout_s),
-        limits=Limits(reject_below=settings.reject_below),
+        limits=dataclasses.replace(settings.limits.to_limits(), reject_below=settings.reject_below),
         approve_below=settings.approve_below,
+        pools=pools_of(settings),
+        agent_pool=agent_pool,
     )
 
 
@@ -74,16 +100,26 @@ def runtime_options(settings: Settings) -> RuntimeOptions:
 
 @asynccontextmanager
 async def run_system(
-    bus: Bus, settings: Settings, kinds: Sequence[str] = KINDS, *, replicas: int = 1, metrics: Metrics | None = None
+    bus: Bus,
+    settings: Settings,
+    kinds: Sequence[str] = KINDS,
+    *,
+    replicas: int = 1,
+    metrics: Metrics | None = None,
+    agent_pools: Sequence[str | None] | None = None,
 ) -> AsyncIterator[ActorSystem | None]:
     """Run the given actor kinds (``replicas`` of each) on ``bus`` until the block exits.
 
-    The intake runs with the planner; the budget is a request/reply service. Yields the
-    actor system (None when only the budget runs here).
+    The intake runs with the planner; the budget is a request/reply service. The agents serve
+    ``agent_pools`` (None: the steps without a pool), each pool with its own consumer; by default
+    the settings' ``agent_pool``. Yields the actor system (None when only the budget runs here).
     """
     unknown = set(kinds) - set(KINDS)
     if unknown:
         raise ValueError(f"unknown actor kind(s) {sorted(unknown)}; known: {', '.join(KINDS)}")
+    served = tuple(dict.fromkeys(agent_pools if agent_pools is not None else (settings.agent_pool,))) or (None,)
+    for pool in served:
+        check_pool(settings, pool)
     catalog = catalog_for(settings)
     trust = trust_for(settings, (*signing_roles(kinds), "intake"))
     trust.require(signing_roles(kinds))
@@ -115,7 +151,10 @@ async def run_system(
         workflow_cap_usd=pricing.workflow_usd,
     )
 
-    specs = [(spec, replicas) for spec in system_specs(settings, catalog) if spec.kind in kinds]
+    specs = [(s, replicas) for s in system_specs(settings, catalog) if s.kind in kinds and s.kind != "agent"]
+    if "agent" in kinds:
+        for pool in served:
+            specs += [(s, replicas) for s in system_specs(settings, catalog, agent_pool=pool) if s.kind == "agent"]
     async with AsyncExitStack() as stack:
         if llm is not None:
             stack.push_async_callback(llm.provider.aclose)

@@ -20,7 +20,7 @@ from cadre.settings import Settings
 from cadre.store.authenticity import trusted_fold, verdict
 from cadre.store.records import StoredEvent
 from cadre.store.state import WorkflowState
-from cadre.system import run_system
+from cadre.system import KINDS, run_system
 from cadre.wiring import Bus, open_bus
 from tests.conftest import unique
 
@@ -96,12 +96,20 @@ def with_keys(settings: Settings) -> Settings:
 
 
 @asynccontextmanager
-async def cadre_running(settings: Settings, *, signed: bool = True) -> AsyncIterator[Harness]:
+async def cadre_running(
+    settings: Settings,
+    *,
+    signed: bool = True,
+    agent_pools: tuple[str | None, ...] | None = None,
+    kinds: tuple[str, ...] = KINDS,
+) -> AsyncIterator[Harness]:
+    """The actor ``kinds`` of ``settings`` (every one by default) in this process, its agents
+    serving ``agent_pools`` (``cadre.system.run_system``)."""
     if signed:
         await asyncio.to_thread(with_keys, settings)
     async with open_bus(settings, name="test-cadre") as bus:
         try:
-            async with run_system(bus, settings) as system:
+            async with run_system(bus, settings, kinds, agent_pools=agent_pools) as system:
                 yield Harness(bus, settings, system)
         finally:
             js = bus.nc.jetstream()

@@ -186,6 +186,37 @@ def test_run_a_plan_file_to_its_end(runner_env: Path, capsys: pytest.CaptureFixt
     assert status["workflows"] == {"completed": 1}
 
 
+def test_run_with_a_policy_file_runs_each_pools_steps_on_its_agents(
+    runner_env: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    policy = runner_env / "policy.toml"
+    policy.write_text('[pools.echo]\ntools = ["test.echo"]\n[limits]\nmax_tasks = 2\n')
+    plan_file = runner_env / "plan.json"
+    nodes = [
+        {"id": "x", "tool": "test.echo", "inputs": {"value": "hi"}, "pool": "echo"},
+        {"id": "y", "tool": "test.echo", "inputs": {"value": "${x.value}"}, "depends_on": ["x"]},
+    ]
+    plan_file.write_text(json.dumps({"nodes": nodes, "output": "y"}))
+    assert main(["run", "--policy", str(policy), "--plan", str(plan_file), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["status"] == "completed"
+    assert out["result"] == {"value": "hi"}
+    plan_file.write_text(json.dumps({"nodes": [*nodes, {"id": "z", "tool": "test.echo", "inputs": {"value": "z"}}]}))
+    assert main(["run", "--policy", str(policy), "--plan", str(plan_file), "--json"]) == 1  # over the file's limit
+    assert json.loads(capsys.readouterr().out)["status"] == "failed"
+    monkeypatch.setenv("CADRE_POLICY", str(policy))
+    assert main(["status", "--json"]) == 0
+    consumers = json.loads(capsys.readouterr().out)["consumers"]
+    assert consumers["agent:echo"] == {"pending": 0, "in_flight": 0, "waiting": 0}  # the pool's own durable
+    monkeypatch.delenv("CADRE_POLICY")
+    assert main(["run", "--policy", str(runner_env / "missing.toml"), "x"]) == 2
+    assert "cannot read policy file" in capsys.readouterr().err
+    assert main(["actor", "planner", "--pool", "echo", "--policy", str(policy)]) == 2
+    assert "--pool names the agent pool of `cadre actor agent`" in capsys.readouterr().err
+    assert main(["actor", "agent", "--pool", "web", "--policy", str(policy)]) == 2
+    assert "agent pool 'web' is not declared in the deployment's policy (pools: echo)" in capsys.readouterr().err
+
+
 def test_run_without_a_plan_fails_with_exit_1(runner_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", "what is the weather in Paris"]) == 1
     out = capsys.readouterr().out

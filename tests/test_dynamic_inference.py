@@ -717,11 +717,12 @@ ECHO_STEPS = {
 }
 
 
-def to_task(level: str, *, attempt: int = 1) -> list[StoredEvent]:
+def to_task(level: str, *, attempt: int = 1, task: Task = TOOLLESS) -> list[StoredEvent]:
     up_step = decompose(UP, CATALOG)[0]
+    plan = Plan(nodes=(UP, task))
     return history(
-        WorkflowRequested(plan=TOOLLESS_PLAN, intelligence=level),
-        PlanProposed(plan=TOOLLESS_PLAN),
+        WorkflowRequested(plan=plan, intelligence=level),
+        PlanProposed(plan=plan),
         PlanValidated(revision=1),
         TaskReady(task=UP),
         StepsProposed(task_id="up", steps=(up_step,)),
@@ -729,7 +730,7 @@ def to_task(level: str, *, attempt: int = 1) -> list[StoredEvent]:
         StepCompleted(
             task_id="up", step_id="up.s1", tool="test.echo", planned_tool="test.echo", output={"value": "hi"}
         ),
-        TaskReady(task=TOOLLESS, attempt=attempt),
+        TaskReady(task=task, attempt=attempt),
     )
 
 
@@ -746,6 +747,19 @@ async def test_decomposer_turns_a_toolless_task_into_steps(tmp_path: Path, budge
     assert request.kind == "decompose"
     assert '- up: {"value":"hi"}' in request.prompt  # the upstream output, to reference
     assert "it names no tool (it asks for capabilities: echo)" in request.prompt
+
+
+async def test_decomposer_offers_the_model_only_the_tools_of_the_tasks_agent_pool(
+    tmp_path: Path, budget: BudgetClient
+) -> None:
+    run = Run(tmp_path, budget, [answer(ECHO_STEPS)])
+    pooled = msgspec.structs.replace(TOOLLESS, pool="echo")
+    spec = decomposer.make_spec(CATALOG, {"echo": frozenset({"test.echo"})})
+    [proposed] = await run.handle(spec, to_task("adaptive", task=pooled))
+    assert isinstance(proposed, StepsProposed)
+    system = run.requests[0].system
+    assert '"name":"test.echo"' in system
+    assert '"name":"sql.query"' not in system  # in the catalog, not in the pool
 
 
 async def test_decomposer_ids_follow_the_attempt(tmp_path: Path, budget: BudgetClient) -> None:

@@ -20,6 +20,7 @@ import dataclasses
 import json
 import re
 import socket
+import types
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from cadre.bus.ledger import Consultation, Decision
 from cadre.bus.plan import Check
 from cadre.cli import main
 from cadre.planner.catalog import Catalog
+from cadre.planner.pools import EVERY_POOL
 from cadre.planner.providers.pricing import ModelPrice, Prices
 from cadre.replay_cli import replayer_for
 from cadre.settings import Settings
@@ -505,10 +507,16 @@ def test_cadre_audit_prints_the_report_as_text_json_or_html(
 
 def _spec_shape(spec: ActorSpec) -> tuple[Any, ...]:
     """What makes a handler what it is: its kind, types, code and what its closure holds (a
-    catalog by its tools and their policies, a timeout, limits)."""
+    catalog by its tools and their policies, a timeout, limits, pools; a function by its code
+    and closure). The agent pool served is left out: a replay's agent serves every pool
+    (``EVERY_POOL``), a live agent its own."""
 
     def held(value: Any) -> Any:
-        return value.describe() if isinstance(value, Catalog) else value
+        if isinstance(value, Catalog):
+            return value.describe()
+        if isinstance(value, types.FunctionType):
+            return value.__code__, tuple(held(c.cell_contents) for c in value.__closure__ or ())
+        return None if value == EVERY_POOL else value
 
     cells = tuple(held(c.cell_contents) for c in spec.handler.__closure__ or ())
     return spec.kind, spec.handles, spec.consistent, spec.handler.__code__, cells

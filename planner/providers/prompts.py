@@ -39,7 +39,26 @@ __all__ = [
 ]
 
 PLAN_SCHEMA_NAME: Final = "emit_plan"
-PLAN_SCHEMA: Final[dict[str, Any]] = PlanIn.model_json_schema()
+
+
+def _model_plan_schema() -> dict[str, Any]:
+    """``PlanIn``'s schema without a task's ``pool``: agent pools are the deployment's to assign
+    (the policy file's), not the model's, which is not told them."""
+    schema = copy.deepcopy(PlanIn.model_json_schema())
+    schema["$defs"]["TaskIn"]["properties"].pop("pool", None)
+    return schema
+
+
+def _plan_json(plan: Plan) -> dict[str, Any]:
+    """``plan`` as JSON for a prompt; a task without a pool says nothing of pools."""
+    out: dict[str, Any] = msgspec.to_builtins(plan)
+    for node in out["nodes"]:
+        if node.get("pool") is None:
+            node.pop("pool", None)
+    return out
+
+
+PLAN_SCHEMA: Final[dict[str, Any]] = _model_plan_schema()
 """JSON Schema of a plan (``additionalProperties: false`` at every level but tool inputs)."""
 
 _PLAN_FORMAT: Final = """\
@@ -190,7 +209,7 @@ def adapt_request(
     done = (
         "\n".join(f"- {tid}: {_clip(_dumps(completed[tid]), output_chars)}" for tid in sorted(completed)) or "- (none)"
     )
-    current = _dumps(msgspec.to_builtins(plan))
+    current = _dumps(_plan_json(plan))
     prompt = (
         f"{_ADAPT_TASK.format(situation=situation, schema_name=ADAPT_SCHEMA_NAME, used=used)}\n"
         f"<request>\n{request_text.strip()}\n</request>\n\n"
