@@ -179,8 +179,9 @@ async def test_every_example_run_replays_from_the_stream_and_from_its_file_witho
     async with cadre_running(settings) as h:
         for path in EXAMPLES:
             example = json.loads(path.read_text())
-            state = await h.run({"request": example["request"], "plan": example["plan"]})
+            state = await h.run({"request": example["request"]})  # the library binds and serves it
             assert state.status == "completed", (path.name, state.failure)
+            assert state.plan_source == "library", path.name
             runs.append((state.workflow_id, await h.bus.log.read_records(state.workflow_id)))
         with exported.open("wb") as f:
             await export(h.bus.log, [wf for wf, _ in runs], f)
