@@ -227,7 +227,7 @@ def _check_bounds(name: str, p: Param, value: Any) -> str | None:
 
 
 def bind(
-    text: str, params: Mapping[str, Param], vocabulary: frozenset[str], requires: tuple[frozenset[str], ...] = ()
+    text: str, params: Mapping[str, Param], vocabulary: frozenset[str], requires: tuple[tuple[str, ...], ...] = ()
 ) -> Binding:
     """Bind ``text`` to ``params``; see the module docstring for the rules. Deterministic."""
     slots, pairs = _read(text)
@@ -241,7 +241,8 @@ def bind(
         taker = next((n for n, p in free.items() if _KIND_OF[p.type] == slot.kind and n not in values), None)
         if taker is None:
             what = {"int": "the number", "year": "the year", "literal": "the value"}.get(slot.kind, f"the {slot.kind}")
-            misfits.append(f"{what} {slot.text!r} (no parameter of the plan takes it)")
+            literal = str(slot.value) if slot.kind == "text" else slot.text
+            misfits.append(f"{what} {literal!r} (no parameter of the plan takes it)")
             continue
         values[taker] = slot.value
     # Choice words.
@@ -265,8 +266,8 @@ def bind(
     if unknown:
         misfits.append(f"the word(s) {', '.join(repr(w) for w in unknown)} (the plan does not cover them)")
     for group in requires:
-        if not group & word_set:
-            shown = sorted(group)
+        if not {t for w in group for t in tokens(w)} & word_set:
+            shown = sorted(set(group))
             more = f" or {len(shown) - 6} more" if len(shown) > 6 else ""
             misfits.append(f"none of the words {', '.join(shown[:6])}{more} (the plan answers only that)")
     lowered = set(_SPLIT.split(text.lower()))

@@ -113,10 +113,6 @@ class LibraryEntry:
                 out.update(t for w in choice.words for t in tokens(w))
         return frozenset(out)
 
-    @property
-    def required(self) -> tuple[frozenset[str], ...]:
-        return tuple(frozenset(t for w in g for t in tokens(w)) for g in self.requires)
-
 
 @dataclass(frozen=True, slots=True)
 class Match:
@@ -242,7 +238,7 @@ def match(request: str, entries: Sequence[LibraryEntry], *, threshold: float = 0
     Pure and deterministic: the same request and entries give the same outcome.
     """
     scored = [
-        Candidate(entry=e, score=s, binding=bind(request, e.params, e.vocabulary, e.required))
+        Candidate(entry=e, score=s, binding=bind(request, e.params, e.vocabulary, e.requires))
         for e, s in zip(entries, similarity(request, entries), strict=True)
     ]
     below = [
@@ -304,7 +300,7 @@ def check_entry(entry: LibraryEntry) -> tuple[str, str] | None:
         if attr is not None and attr not in ("label", "file") and p.type != "choice":
             return "$.plan", f"the placeholder {{{{{name}.{attr}}}}}: only choices have attributes"
     for i, text in enumerate(entry.phrasings):
-        b = bind(text, entry.params, entry.vocabulary, entry.required)
+        b = bind(text, entry.params, entry.vocabulary, entry.requires)
         if not b.fits:
             where = "$.request" if i == 0 else f"$.examples[{i - 1}]"
             return where, f"{text!r} does not bind to the entry's own parameters: {'; '.join(b.misfits)}"
@@ -387,7 +383,7 @@ def _replace_literal(node: Any, slot: Slot, mark: str) -> tuple[Any, int]:
         if node == str(slot.value):
             return mark, 1
         if slot.kind in ("year", "date", "text"):
-            pattern = re.compile(rf"(?<![\w-]){re.escape(str(slot.value))}(?![\w-])")
+            pattern = re.compile(rf"(?<![0-9A-Za-z-]){re.escape(str(slot.value))}(?![0-9A-Za-z-])")
             new, count = pattern.subn(mark, node)
             return new, count
         return node, 0
