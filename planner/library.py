@@ -177,21 +177,25 @@ def _cosine(a: dict[str, float], b: dict[str, float]) -> float:
     return dot / norm if norm else 0.0
 
 
-def _similarities(query: Counter[str], docs: Sequence[Counter[str]]) -> list[float]:
+def _idf(docs: Sequence[Counter[str]]) -> tuple[dict[str, float], float]:
     n = len(docs)
     df: Counter[str] = Counter()
     for doc in docs:
         df.update(doc.keys())
     idf = {t: math.log((1 + n) / (1 + d)) + 1 for t, d in df.items()}
-    unseen = math.log(1 + n) + 1  # df = 0
-    q = _vector(query, idf, unseen)
-    out: list[float] = []
-    for doc in docs:
-        union = query.keys() | doc.keys()
-        jaccard = len(query.keys() & doc.keys()) / len(union) if union else 0.0
-        value = COSINE_WEIGHT * _cosine(q, _vector(doc, idf, unseen)) + JACCARD_WEIGHT * jaccard
-        out.append(round(min(1.0, max(0.0, value)), 6))
-    return out
+    return idf, math.log(1 + n) + 1  # the weight of a token no document has (df = 0)
+
+
+def _similarity(query: Counter[str], doc: Counter[str], idf: dict[str, float], unseen: float) -> float:
+    union = query.keys() | doc.keys()
+    jaccard = len(query.keys() & doc.keys()) / len(union) if union else 0.0
+    value = COSINE_WEIGHT * _cosine(_vector(query, idf, unseen), _vector(doc, idf, unseen)) + JACCARD_WEIGHT * jaccard
+    return round(min(1.0, max(0.0, value)), 6)
+
+
+def _similarities(query: Counter[str], docs: Sequence[Counter[str]]) -> list[float]:
+    idf, unseen = _idf(docs)
+    return [_similarity(query, doc, idf, unseen) for doc in docs]
 
 
 def _scores(request: str, entries: Sequence[LibraryEntry]) -> list[float]:
@@ -213,18 +217,35 @@ def search(request: str, entries: Sequence[LibraryEntry], *, threshold: float = 
     return ranked[0]
 
 
+def _choice_marks(entry: LibraryEntry) -> dict[str, str]:
+    """Each word of the entry's choice parameters -> ``<param>`` (all values of one parameter alike)."""
+    return {
+        t: f"<{name}>"
+        for name, p in entry.params.items()
+        for c in p.choices.values()
+        for w in c.words
+        for t in tokens(w)
+    }
+
+
 def similarity(request: str, entries: Sequence[LibraryEntry]) -> list[float]:
-    """Per entry, the best similarity of ``request`` to any of its phrasings, literals left out
-    (a year or a count is a parameter, not a word to share), in [0, 1]."""
-    docs: list[Counter[str]] = []
-    owner: list[int] = []
-    for i, e in enumerate(entries):
-        for text in e.phrasings:
-            docs.append(Counter(read_request(text)[1]))
-            owner.append(i)
-    best = [0.0] * len(entries)
-    for i, s in zip(owner, _similarities(Counter(read_request(request)[1]), docs), strict=True):
-        best[i] = max(best[i], s)
+    """Per entry, the best similarity of ``request`` to any of its phrasings, in [0, 1].
+
+    Literals are left out (a year or a count is a parameter, not a word to share), and the
+    words of the entry's choice parameters count as the parameter ("least" and "most" are
+    both ``<order>`` for an entry with an ``order`` choice): the similarity says whether the
+    request asks the entry's question, not whether it picks the same values.
+    """
+    words = read_request(request)[1]
+    raw = [[read_request(text)[1] for text in e.phrasings] for e in entries]
+    idf, unseen = _idf([Counter(doc) for docs in raw for doc in docs])
+    best: list[float] = []
+    for e, docs in zip(entries, raw, strict=True):
+        marks = _choice_marks(e)
+        query = Counter(marks.get(t, t) for t in words)
+        best.append(
+            max((_similarity(query, Counter(marks.get(t, t) for t in d), idf, unseen) for d in docs), default=0.0)
+        )
     return best
 
 
