@@ -217,6 +217,11 @@ def search(request: str, entries: Sequence[LibraryEntry], *, threshold: float = 
     return ranked[0]
 
 
+def _content(text: str) -> list[str]:
+    """The words of ``text`` that say what it asks: literals and filler words left out."""
+    return [w for w in read_request(text)[1] if w not in FILLER]
+
+
 def _choice_marks(entry: LibraryEntry) -> dict[str, str]:
     """Each word of the entry's choice parameters -> ``<param>`` (all values of one parameter alike)."""
     return {
@@ -231,13 +236,14 @@ def _choice_marks(entry: LibraryEntry) -> dict[str, str]:
 def similarity(request: str, entries: Sequence[LibraryEntry]) -> list[float]:
     """Per entry, the best similarity of ``request`` to any of its phrasings, in [0, 1].
 
-    Literals are left out (a year or a count is a parameter, not a word to share), and the
+    Literals and filler words ("show", "list") are left out (a year or a count is a
+    parameter, not a word to share), and the
     words of the entry's choice parameters count as the parameter ("least" and "most" are
     both ``<order>`` for an entry with an ``order`` choice): the similarity says whether the
     request asks the entry's question, not whether it picks the same values.
     """
-    words = read_request(request)[1]
-    raw = [[read_request(text)[1] for text in e.phrasings] for e in entries]
+    words = _content(request)
+    raw = [[_content(text) for text in e.phrasings] for e in entries]
     idf, unseen = _idf([Counter(doc) for docs in raw for doc in docs])
     best: list[float] = []
     for e, docs in zip(entries, raw, strict=True):
@@ -255,13 +261,15 @@ def match(request: str, entries: Sequence[LibraryEntry], *, threshold: float = 0
     An entry serves a request when the request binds to it (:func:`cadre.planner.binding.bind`:
     every literal taken by a parameter, every word covered, its required words present) and
     its similarity is at least ``threshold``; among those, the most similar wins (ties: by
-    name, then source). ``closest`` holds the ``keep`` best candidates, fitting ones first.
+    name, then source). ``closest`` holds the ``keep`` best candidates: the served one, then
+    those the request binds to but that fall short of the threshold, then the most similar.
     Pure and deterministic: the same request and entries give the same outcome.
     """
     scored = [
         Candidate(entry=e, score=s, binding=bind(request, e.params, e.vocabulary, e.requires))
         for e, s in zip(entries, similarity(request, entries), strict=True)
     ]
+    binds = {id(c.entry) for c in scored if c.binding.fits}
     below = [
         Candidate(
             entry=c.entry,
@@ -272,8 +280,17 @@ def match(request: str, entries: Sequence[LibraryEntry], *, threshold: float = 0
         else c
         for c in scored
     ]
+    # Served first, then entries the request binds to (below the threshold), then by similarity.
     ordered = sorted(
-        below, key=lambda c: (not c.binding.fits, -c.score, len(c.binding.misfits), c.entry.name, c.entry.source)
+        below,
+        key=lambda c: (
+            not c.binding.fits,
+            id(c.entry) not in binds,
+            -c.score,
+            len(c.binding.misfits),
+            c.entry.name,
+            c.entry.source,
+        ),
     )
     ordered = [c for c in ordered if c.binding.fits or c.score > 0.0]
     closest = tuple(ordered[:keep])

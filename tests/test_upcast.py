@@ -187,7 +187,12 @@ def _stored_effects(line: dict[str, Any]) -> list[dict[str, Any]]:
     return effects
 
 
-@pytest.mark.parametrize("path", sorted(GOLDEN.glob("*.jsonl")), ids=lambda p: p.stem)
+def _v2_logs() -> list[Path]:
+    """The golden logs written as v2 (those recorded later are newer)."""
+    return [p for p in sorted(GOLDEN.glob("*.jsonl")) if json.loads(p.read_bytes().splitlines()[1])["event"]["v"] == 2]
+
+
+@pytest.mark.parametrize("path", _v2_logs(), ids=lambda p: p.stem)
 def test_v2_effects_read_as_typed_effects_with_the_same_kind_and_key(path: Path) -> None:
     """Every effect of a golden log (written as v2 ``{kind, key, value}``) decodes as the typed
     effect of that kind, whose key is the recorded one, and re-encodes to an equal value."""
