@@ -14,7 +14,8 @@ An entry fits a request when
   words of its ``choice`` parameters, or :data:`FILLER`): an unknown word ("status",
   "cancelled", "not", "least" for an entry that only ranks by most) does not fit;
 - each ``choice`` parameter is named by at most one of its values' words (both "most" and
-  "least" do not fit), and each group of ``requires`` is present;
+  "least" do not fit; a value's word may be a phrase, "order items", whose words then count
+  as that value only), and each group of ``requires`` is present;
 - every parameter without a default got a value, and every value is within its bounds.
 
 Otherwise the entry does not fit, and :class:`Binding` says exactly what did not. The bound
@@ -49,6 +50,7 @@ __all__ = [
     "describe_params",
     "placeholders",
     "read_request",
+    "take_phrases",
 ]
 
 ParamType = Literal["int", "year", "date", "month", "text", "literal", "choice"]
@@ -226,6 +228,28 @@ def _check_bounds(name: str, p: Param, value: Any) -> str | None:
     return None
 
 
+def _remove_run(words: list[str], seq: list[str]) -> bool:
+    """Remove the first run of ``seq`` in ``words`` (in place); whether there was one."""
+    for i in range(len(words) - len(seq) + 1):
+        if words[i : i + len(seq)] == seq:
+            del words[i : i + len(seq)]
+            return True
+    return False
+
+
+def take_phrases(words: list[str], params: Mapping[str, Param]) -> dict[str, set[str]]:
+    """Remove from ``words`` (in place) the multi-word choice phrases they hold; the values
+    each parameter's phrases named."""
+    phrased: dict[str, set[str]] = {}
+    for name, p in params.items():
+        for value, choice in p.choices.items():
+            for w in choice.words:
+                seq = tokens(w)
+                while len(seq) > 1 and _remove_run(words, seq):
+                    phrased.setdefault(name, set()).add(value)
+    return phrased
+
+
 def bind(
     text: str, params: Mapping[str, Param], vocabulary: frozenset[str], requires: tuple[tuple[str, ...], ...] = ()
 ) -> Binding:
@@ -245,17 +269,18 @@ def bind(
             misfits.append(f"{what} {literal!r} (no parameter of the plan takes it)")
             continue
         values[taker] = slot.value
-    # Choice words.
+    # Choice words: phrases first ("order items"), whose words then name nothing else.
+    phrased = take_phrases(words, params)
     word_set = set(words)
     claimed: set[str] = set()
     for name, p in params.items():
         if p.type != "choice":
             continue
-        named = []
+        named = sorted(phrased.get(name, set()), key=list(p.choices).index)
         for value, choice in p.choices.items():
-            hits = {t for w in choice.words for t in tokens(w)} & word_set
+            hits = {t for w in choice.words if len(tokens(w)) == 1 for t in tokens(w)} & word_set
             if hits:
-                named.append(value)
+                named += [] if value in named else [value]
                 claimed |= hits
         if len(named) > 1:
             misfits.append(f"{name}: the request names {' and '.join(repr(v) for v in named)}; the plan takes one")

@@ -52,6 +52,7 @@ from cadre.planner.binding import (
     bind_plan,
     placeholders,
     read_request,
+    take_phrases,
 )
 from cadre.planner.words import NUMBER_WORDS, STOP_WORDS, tokens
 
@@ -107,10 +108,12 @@ class LibraryEntry:
         """The words this entry covers (stemmed; literals excluded: parameters take those)."""
         out: set[str] = set()
         for text in (*self.phrasings, *self.words, *(w for g in self.requires for w in g)):
-            out.update(read_request(text)[1])
+            words = read_request(text)[1]
+            take_phrases(words, self.params)  # a phrase's words name its value, nothing else
+            out.update(words)
         for p in self.params.values():
             for choice in p.choices.values():
-                out.update(t for w in choice.words for t in tokens(w))
+                out.update(t for w in choice.words if len(tokens(w)) == 1 for t in tokens(w))
         return frozenset(out)
 
 

@@ -111,6 +111,19 @@ def test_what_does_not_bind_is_named(text: str, misfit: str | None) -> None:
         assert b.values == {}
 
 
+def test_a_phrase_names_its_value_and_its_words_nothing_else() -> None:
+    params = {
+        "table": Param(
+            type="choice",
+            choices={"items": Choice(words=("order items", "items")), "customers": Choice(words=("customers",))},
+        )
+    }
+    assert bind("count the order items", params, frozenset({"count"})).values == {"table": "items"}
+    assert bind("count the customers with orders", params, frozenset({"count"})).misfits == (
+        "the word(s) 'orders' (the plan does not cover them)",
+    )
+
+
 def test_a_parameter_without_default_must_be_named() -> None:
     params = {"status": Param(type="choice", choices={"cancelled": Choice(words=("cancelled",))})}
     assert bind("list orders", params, frozenset({"order"})).misfits == (
@@ -177,6 +190,8 @@ def test_a_second_year_is_never_served(extra: int) -> None:
         ("how many orders were cancelled", ("count-orders", {"status": "cancelled", "year": None})),
         ("customers without orders", ("customers-without-orders", {"year": None})),
         ("best-selling category in 2024", ("top-products", {"by": "category", "n": 1, "year": 2024})),
+        ("count the order items", ("count-rows", {"table": "order_items"})),
+        ("how many customers have orders", None),  # "order" is only part of the phrase "order items"
         ("customers who spent more than 100 euros", None),
         ("the customers who spent most in march 2024", None),
         ("revenue of cancelled orders per month", None),
