@@ -305,3 +305,17 @@ def test_what_a_completed_workflow_teaches() -> None:
     assert not open_.teaches(req, proposed("library"))
     assert not strict.teaches(req, proposed("model", revision=2))  # a plan of the remaining work only
     assert not strict.teaches(WorkflowRequested(request="  "), proposed("model"))
+
+
+PHRASINGS = [text for e in SHOP for text in e.phrasings]
+
+
+@given(text=st.sampled_from(PHRASINGS), word=st.from_regex(r"[b-df-hj-np-tv-z]{5,9}", fullmatch=True))
+def test_no_shipped_question_is_served_with_a_word_added_that_no_plan_covers(text: str, word: str) -> None:
+    assert served(text) is not None
+    assert served(f"{text} {word}") is None
+
+
+@given(text=st.sampled_from(PHRASINGS), a=st.integers(1900, 2099), b=st.integers(1900, 2099))
+def test_no_shipped_question_is_served_with_two_more_years(text: str, a: int, b: int) -> None:
+    assert served(f"{text} in {a} and {b}") is None
