@@ -3,7 +3,13 @@
 Example plans are read once from a directory (``examples/plans`` by default). Plans of
 completed workflows are read from the log: each search first picks up the workflows that
 completed since the last one (one direct get per new completion), so the library grows as
-cadre works. The planner records the hit it got, so a replay does not depend on this.
+cadre works. What a completed workflow teaches depends on where its plan came from: a
+model's plan joins (its literals that came from the request become parameters); a plan the
+library itself gave teaches nothing new; a client's explicit plan joins only when the
+deployment allows it (``library_learn_explicit``, off by default: otherwise any client
+could plant entries); a re-planned workflow (revision > 1) and a dry run teach nothing.
+Each entry records its origin. The planner records the hit it got (the bound plan, the
+values, or what did not fit and the closest entries), so a replay does not depend on this.
 """
 
 from __future__ import annotations
@@ -15,18 +21,28 @@ from nats.js.errors import NotFoundError
 
 from cadre.actors.context import LibraryHit
 from cadre.bus import codec
+from cadre.bus.effects import LibraryNear
 from cadre.bus.errors import DecodeError
 from cadre.bus.events import PlanProposed, WorkflowRequested
-from cadre.planner.library import LibraryEntry, entry_from_workflow, load_entries, search
+from cadre.planner.binding import describe_params
+from cadre.planner.library import Candidate, LibraryEntry, entry_from_workflow, load_entries, match
 from cadre.store.jetstream import JetStreamLog
 
 
 class LogLibrary:
     """Library port over example files and the event log."""
 
-    def __init__(self, elog: JetStreamLog | None, examples: Path | None, *, threshold: float = 0.35) -> None:
+    def __init__(
+        self,
+        elog: JetStreamLog | None,
+        examples: Path | None,
+        *,
+        threshold: float = 0.35,
+        learn_explicit: bool = False,
+    ) -> None:
         self._log = elog
         self._threshold = threshold
+        self._learn_explicit = learn_explicit
         self._entries: list[LibraryEntry] = load_entries(examples) if examples is not None and examples.is_dir() else []
         self._learned: dict[str, LibraryEntry] = {}
         self._next_seq = 1
@@ -66,16 +82,56 @@ class LogLibrary:
             return None
         if not isinstance(req.data, WorkflowRequested) or not isinstance(plan.data, PlanProposed):
             return None
-        if not req.data.request.strip():
-            return None  # an explicit plan with no words: nothing to match against
-        if req.data.dry_run:
-            return None  # nothing ran: a dry run proves nothing about its plan
-        return entry_from_workflow(wf, req.data.request, plan.data.plan)
+        if not self.teaches(req.data, plan.data):
+            return None
+        return entry_from_workflow(wf, req.data.request, plan.data.plan, origin=plan.data.source)
+
+    def teaches(self, req: WorkflowRequested, proposed: PlanProposed) -> bool:
+        """Whether a completed workflow with this request and (last) plan joins the library."""
+        if not req.request.strip() or req.dry_run:
+            return False  # no words to match against; or nothing really ran
+        if proposed.revision != 1:
+            return False  # the plan that completed answers only the rest of an earlier plan
+        if proposed.source == "model":
+            return True
+        return proposed.source == "explicit" and self._learn_explicit  # "library": nothing new
 
     async def search(self, request: str) -> LibraryHit | None:
         await self.refresh()
-        match = search(request, self.entries, threshold=0.0)
-        if match is None:
+        outcome = match(request, self.entries, threshold=self._threshold)
+        if not outcome.closest:
             return None
-        e = match.entry
-        return LibraryHit(name=e.name, source=e.source, score=match.score, threshold=self._threshold, plan=e.plan)
+        near = tuple(_near(c) for c in outcome.closest)
+        if outcome.served is not None and outcome.plan is not None:
+            c = outcome.served
+            return LibraryHit(
+                name=c.entry.name,
+                source=c.entry.source,
+                score=c.score,
+                threshold=self._threshold,
+                plan=outcome.plan,
+                bindings=c.binding.values,
+                closest=near,
+            )
+        c = outcome.closest[0]
+        return LibraryHit(
+            name=c.entry.name,
+            source=c.entry.source,
+            score=c.score,
+            threshold=self._threshold,
+            plan=c.entry.plan,
+            fits=False,
+            why_not=outcome.why_not(),
+            closest=near,
+        )
+
+
+def _near(c: Candidate) -> LibraryNear:
+    return LibraryNear(
+        name=c.entry.name,
+        source=c.entry.source,
+        score=c.score,
+        params=describe_params(c.entry.params),
+        example=c.entry.request,
+        misfits=c.binding.misfits,
+    )

@@ -4,7 +4,10 @@ Planning: an explicit plan in the request is taken as it is. Otherwise the plann
 the model (through the budget; the tool catalog is in the prompt, the answer is validated
 and repaired once). When the model may not be used or gives no valid plan, it falls back to
 the plan library: the most similar plan of an earlier completed workflow or of
-``examples/``, if it scores above the threshold. Otherwise the run fails with ``no_plan``.
+``examples/plans`` that the request binds to (its years, counts, comparatives... taken by
+the plan's parameters, every word covered) and that scores above the threshold, with the
+request's values bound into it. Otherwise the run fails with ``no_plan``, naming the closest
+plans, the parameters they take and what did not fit.
 The ``plan_proposed`` event says which of these happened and why.
 
 Adaptation: when a task fails for good, or the validator rejects a plan for its confidence
@@ -88,25 +91,18 @@ async def plan(ctx: Context, state: WorkflowState, req: WorkflowRequested, catal
     else:
         why = "the request has no text"
     hit = await ctx.search_library(req.request)
-    if hit is not None and hit.score >= hit.threshold:
+    if hit is not None and hit.fits and hit.score >= hit.threshold:
         return [
             PlanProposed(
                 plan=msgspec.structs.replace(hit.plan, confidence=min(1.0, max(0.0, round(hit.score, 4)))),
                 source="library",
                 library_match=hit.name,
                 score=round(hit.score, 4),
-                reason=f"{why}; reused plan {hit.name!r} from {hit.source} (similarity {hit.score:.2f})",
+                reason=f"{why}; reused plan {hit.name!r} from {hit.source} (similarity {hit.score:.2f})"
+                + rules.bound_values(hit),
             )
         ]
-    best = f"the closest plan, {hit.name!r}, scores {hit.score:.2f} < {hit.threshold:.2f}" if hit else "it is empty"
-    return [
-        WorkflowFailed(
-            reason="no_plan",
-            message=f"no plan for this request: {why}, and the plan library has no match ({best}). "
-            "Set ANTHROPIC_API_KEY or GEMINI_API_KEY to plan with a model, or send an explicit plan "
-            '({"plan": {"nodes": [...]}}, or `cadre run --plan FILE`).',
-        )
-    ]
+    return [WorkflowFailed(reason="no_plan", message=rules.no_plan_message(why, hit))]
 
 
 async def adapt(ctx: Context, state: WorkflowState, failed: list[Event], catalog: Catalog) -> list[Event]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from cadre.actors.dry_run import dry_run_result
+from cadre.bus.effects import LibraryHit
 from cadre.bus.events import (
     Event,
     HandlerFailed,
@@ -128,3 +129,39 @@ def on_handler_failed(state: WorkflowState, ev: HandlerFailed, actor: str) -> li
             f"attempt(s): {ev.error.code}{f' ({ev.exception})' if ev.exception else ''}: {ev.error.message}",
         )
     ]
+
+
+def bound_values(hit: LibraryHit) -> str:
+    """`` with n=5, year=2023`` for a reuse's reason (empty when the plan takes no parameters)."""
+    if not hit.bindings:
+        return ""
+    return " with " + ", ".join(f"{k}={'null' if v is None else v}" for k, v in hit.bindings.items())
+
+
+def no_plan_message(why: str, hit: LibraryHit | None) -> str:
+    """Why no plan serves a request: why the model gave none, what did not fit the closest
+    library plans and the parameters they take, and where to look next."""
+    if hit is None:
+        library = "nothing in the plan library is like it"
+    elif hit.fits:  # a hit recorded before the library took parameters
+        library = f"the closest plan, {hit.name!r}, scores {hit.score:.2f} < {hit.threshold:.2f}"
+    else:
+        library = hit.why_not or f"the closest plan, {hit.name!r}, does not fit"
+    parts = [f"no plan for this request: {why}, and no library plan answers it ({library})."]
+    if hit is not None and hit.closest:
+        listed = "; ".join(
+            f"{n.name!r} ({n.params}; e.g. {n.example!r}"
+            + (f"; did not fit: {', '.join(n.misfits)}" if n.misfits and n.name != hit.name else "")
+            + ")"
+            for n in hit.closest
+        )
+        parts.append(f"Closest library plans: {listed}.")
+    parts.append(
+        "See `cadre tools` for the tools a plan may use, `cadre schema request` for the request format, "
+        "and examples/plans for the library's entries and how they read parameters."
+    )
+    parts.append(
+        "Set ANTHROPIC_API_KEY or GEMINI_API_KEY to plan with a model, or send an explicit plan "
+        '({"plan": {"nodes": [...]}}, or `cadre run --plan FILE`).'
+    )
+    return " ".join(parts)

@@ -52,6 +52,7 @@ __all__ = [
     "Estimated",
     "LLMResponse",
     "LibraryHit",
+    "LibraryNear",
     "LibrarySearched",
     "ModelCalled",
     "ModelOutcome",
@@ -127,14 +128,34 @@ class ProviderFailure(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     retryable: bool | None = None
 
 
+class LibraryNear(msgspec.Struct, frozen=True, kw_only=True):
+    """A library entry close to a request: its parameters (``n: int = 3, ...``), an example
+    of the question it answers and, when it does not serve the request, what did not fit."""
+
+    name: str
+    source: str
+    score: float
+    params: str
+    example: str
+    misfits: tuple[str, ...] = ()
+
+
 class LibraryHit(msgspec.Struct, frozen=True, kw_only=True):
-    """The library's closest plan; the planner reuses it only when ``score >= threshold``."""
+    """The library's closest plan; the planner reuses it only when it ``fits`` (the request
+    binds to its parameters) and ``score >= threshold``. A fitting hit's ``plan`` is bound to
+    the request's values (``bindings``); an unfitting one's says ``why_not``. ``closest``
+    lists the nearest entries for the no-plan message. (Hits recorded before the library
+    took parameters have only the first five fields: they fit, as they did then.)"""
 
     name: str
     source: str
     score: float
     threshold: float
     plan: Plan
+    fits: bool = True
+    bindings: dict[str, Any] = {}
+    why_not: str = ""
+    closest: tuple[LibraryNear, ...] = ()
 
 
 class Asked(msgspec.Struct, frozen=True, kw_only=True, gc=False):

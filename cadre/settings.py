@@ -151,6 +151,9 @@ class Settings(BaseSettings):
     )
     plan_library: Path | None = Field(default=None, description="example plans (default: ./examples/plans)")
     library_threshold: float = Field(default=0.35, ge=0, le=1, description="similarity a library plan needs")
+    library_learn_explicit: bool = Field(
+        default=False, description="completed workflows with a client's explicit plan join the plan library"
+    )
     actor_batch: int = Field(default=32, ge=1, le=1000)
     actor_max_in_flight: int = Field(default=64, ge=1)
     actor_max_ack_pending: int = Field(default=1000, ge=1)

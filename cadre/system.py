@@ -137,7 +137,12 @@ async def run_system(
         tools = ToolRunner(ToolBox(catalog, {n: f for n, f in impls.items() if n in catalog}, config))
     library = None
     if "planner" in kinds:
-        library = LogLibrary(bus.log, settings.plan_library_dir, threshold=settings.library_threshold)
+        library = LogLibrary(
+            bus.log,
+            settings.plan_library_dir,
+            threshold=settings.library_threshold,
+            learn_explicit=settings.library_learn_explicit,
+        )
     llm = build_llm(settings) if set(kinds) & {"planner", "decomposer", "agent"} else None
     pricing = budget_config(settings)  # its prices and worst-case rule quote a dry run's steps
     outside = Outside(

@@ -964,7 +964,14 @@ def test_load_entries_refuses_a_missing_directory_and_duplicate_names(tmp_path: 
 
 def test_entry_from_workflow() -> None:
     e = entry_from_workflow("wf-1", "top customers", REPORT_PLAN)
-    assert e == LibraryEntry(name="wf-1", request="top customers", plan=REPORT_PLAN, source="workflow:wf-1")
+    assert e == LibraryEntry(
+        name="wf-1",
+        request="top customers",
+        plan=REPORT_PLAN,
+        source="workflow:wf-1",
+        requires=(("top",), ("customers",)),
+        origin="model",
+    )
     match = search("top customers please", [e])
     assert match is not None
     assert match.entry is e

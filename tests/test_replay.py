@@ -35,7 +35,7 @@ from cadre.actors.runtime import ActorSpec
 from cadre.audit_html import render
 from cadre.audit_text import lines as audit_lines
 from cadre.bus.effects import Asked
-from cadre.bus.events import ApprovalDenied, ApprovalRequested, WorkflowCompleted
+from cadre.bus.events import ApprovalDenied, ApprovalRequested, PlanProposed, WorkflowCompleted, WorkflowFailed
 from cadre.bus.ledger import Consultation, Decision
 from cadre.bus.plan import Check
 from cadre.cli import main
@@ -96,6 +96,8 @@ def cli_env(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
 def test_the_golden_logs_cover_every_path() -> None:
     assert set(MANIFEST) >= {
         "happy_library",
+        "library_parameters",
+        "library_refusal",
         "replan",
         "budget_denial",
         "fallback_tool",
@@ -182,8 +184,9 @@ async def test_every_example_run_replays_from_the_stream_and_from_its_file_witho
     async with cadre_running(settings) as h:
         for path in EXAMPLES:
             example = json.loads(path.read_text())
-            state = await h.run({"request": example["request"], "plan": example["plan"]})
+            state = await h.run({"request": example["request"]})  # the library binds and serves it
             assert state.status == "completed", (path.name, state.failure)
+            assert state.plan_source == "library", path.name
             runs.append((state.workflow_id, await h.bus.log.read_records(state.workflow_id)))
         with exported.open("wb") as f:
             await export(h.bus.log, [wf for wf, _ in runs], f)
@@ -547,3 +550,27 @@ async def test_the_replayer_runs_the_handlers_the_system_runs(
     assert [_spec_shape(s) for s in ran] == [_spec_shape(s) for s in replayed]
     other = replayer_for(settings.model_copy(update={"approval_timeout_s": 8})).specs
     assert [_spec_shape(s) for s in ran] != [_spec_shape(s) for s in other]  # the comparison sees a difference
+
+
+def test_the_parameterised_reuse_log_binds_the_request_values_into_the_plan() -> None:
+    _, records = golden("library_parameters")
+    [proposed] = [
+        r.event.data for r in records if isinstance(r, StoredEvent) and isinstance(r.event.data, PlanProposed)
+    ]
+    assert (proposed.source, proposed.library_match) == ("library", "top-customers-report")
+    assert proposed.reason.endswith("with n=5, order=most, year=2023")
+    top = next(t for t in proposed.plan.nodes if t.id == "top")
+    assert top.inputs["params"] == [2023, 5]
+    assert "ORDER BY spent_eur DESC" in top.inputs["sql"]
+
+
+def test_the_library_refusal_log_names_what_did_not_fit() -> None:
+    _, records = golden("library_refusal")
+    [failed] = [
+        r.event.data for r in records if isinstance(r, StoredEvent) and isinstance(r.event.data, WorkflowFailed)
+    ]
+    assert failed.reason == "no_plan"
+    assert "the month 'march' (no parameter of the plan takes it)" in failed.message
+    assert "`cadre tools`" in failed.message
+    assert "`cadre schema request`" in failed.message
+    assert "examples/plans" in failed.message

@@ -48,14 +48,33 @@ async def test_request_from_any_client_runs_a_library_plan(cadre: Harness) -> No
     assert "|" in report  # the markdown table of the three customers
 
 
-async def test_the_plan_library_learns_completed_workflows(cadre: Harness) -> None:
-    explicit = plan({"id": "hello", "tool": "test.echo", "inputs": {"value": "hi"}})
-    first = await cadre.run({"request": "say hello to the operators of the night shift", **explicit})
+GREET = plan({"id": "hello", "tool": "test.echo", "inputs": {"value": "hello, night shift of 2024"}})
+
+
+async def test_explicit_plans_do_not_join_the_plan_library_by_default(cadre: Harness) -> None:
+    first = await cadre.run({"request": "greet the night shift of 2024", **GREET})
     assert first.plan_source == "explicit"
-    again = await cadre.run({"request": "say hello to the operators of the night shift"})
-    assert again.status == "completed"
-    assert again.plan_source == "library"
-    assert again.result == {"value": "hi"}
+    again = await cadre.run({"request": "greet the night shift of 2024"})
+    assert again.status == "failed"
+    assert again.failure is not None
+    assert again.failure.code == "no_plan"
+
+
+async def test_the_plan_library_learns_allowed_workflows_with_their_literals_as_parameters(
+    nats_url: str, tmp_path: Path
+) -> None:
+    async with cadre_running(settings_for(nats_url, tmp_path, library_learn_explicit=True)) as h:
+        first = await h.run({"request": "greet the night shift of 2024", **GREET})
+        assert first.plan_source == "explicit"
+        again = await h.run({"request": "greet the night shift of 2025"})
+        assert again.status == "completed", again.failure
+        assert again.plan_source == "library"
+        assert again.result == {"value": "hello, night shift of 2025"}
+        other = await h.run({"request": "greet the day shift of 2025"})  # "day": not the question it answers
+        assert other.failure is not None
+        assert other.failure.code == "no_plan"
+        assert f"'{first.workflow_id}'" in other.failure.message
+        assert "the word(s) 'day'" in other.failure.message
 
 
 async def test_no_plan_fails_with_the_reason_and_the_fix(cadre: Harness) -> None:

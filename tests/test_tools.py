@@ -22,7 +22,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
 
-import msgspec
 import pytest
 from pydantic import BaseModel
 
@@ -38,11 +37,10 @@ from cadre.actors.tools import (
     markdown_table,
     typed_impl,
 )
-from cadre.bus.plan import Plan
 from cadre.planner.builtin_tools import TextRenderInput, TextRenderOutput, builtin_catalog
 from cadre.planner.catalog import Catalog, Safety, ToolSpec
 from cadre.planner.decompose import decompose
-from cadre.planner.library import load_entries
+from cadre.planner.library import load_entries, match
 from cadre.planner.refs import resolve
 from cadre.planner.scheduler import topo_order
 from cadre.planner.validation import failed, validate_plan, validate_steps, warnings
@@ -876,11 +874,51 @@ def test_ensure_sample_database_builds_once(tmp_path: Path) -> None:
 # dependency order decomposed into its step, the step's references resolved against the
 # upstream outputs, checked by the step validator, and run through the ToolBox.
 
-EXPECTED = {  # plan name -> (the file it writes, or None, and text the result must contain, in order)
-    "top-customers": ("reports/top_customers_2024.md", ["| customer |", "Radia Perlman", "Niklaus Wirth", "Grace"]),
-    "monthly-revenue": ("reports/monthly_revenue_2024.md", ["## Revenue", "| 01 |", "| 12 |", "## Orders", "| 12 |"]),
+# Reports: plan name -> (the file it writes, and text the report must contain, in order).
+REPORTS = {
+    "top-customers-report": (
+        "reports/top_customers_2024.md",
+        ["| customer |", "Radia Perlman", "Niklaus Wirth", "Grace"],
+    ),
+    "monthly-revenue": ("reports/monthly_revenue_2024.md", ["## Revenue", "| 2024-01 |", "| 2024-12 |", "## Orders"]),
     "database-overview": (None, ["| customers | id INTEGER, name TEXT,", "| orders | 42 |"]),
     "product-sales": ("reports/product_sales_2024.md", ["Best seller: ", " EUR).", "## By category", "| kitchen |"]),
+}
+# Questions: plan name -> the rows its own request must give, by SQL written independently of the entry's.
+COMPLETED_2024 = "o.status = 'completed' AND o.ordered_on BETWEEN '2024-01-01' AND '2024-12-31'"
+ANSWERS = {
+    "count-orders": "SELECT COUNT(*) FROM orders WHERE ordered_on LIKE '2024-%'",
+    "count-rows": "SELECT COUNT(*) FROM customers",
+    "customer-spending": "SELECT c.name, (SELECT COUNT(*) FROM orders o WHERE o.customer_id = c.id AND "
+    + COMPLETED_2024
+    + "), ROUND(IFNULL((SELECT SUM(total) FROM orders o WHERE o.customer_id = c.id AND "
+    + COMPLETED_2024
+    + "), 0), 2) AS s FROM customers c ORDER BY s DESC, c.name",
+    "customers-by-country": "SELECT country, COUNT(*) AS n FROM customers GROUP BY country ORDER BY n DESC, country",
+    "customers-without-orders": "SELECT name, email, joined_on FROM customers "
+    "WHERE id NOT IN (SELECT customer_id FROM orders) ORDER BY name",
+    "list-customers": "SELECT name, email, country, joined_on FROM customers ORDER BY joined_on, name",
+    "list-orders": "SELECT o.id, o.ordered_on, c.name, o.status, o.total FROM orders o, customers c "
+    "WHERE c.id = o.customer_id AND o.status = 'cancelled' ORDER BY o.ordered_on, o.id",
+    "list-products": "SELECT name, category, price FROM products ORDER BY category, name",
+    "orders-by-status": "SELECT status, COUNT(*) AS n, ROUND(SUM(total), 2) FROM orders GROUP BY status "
+    "ORDER BY n DESC, status",
+    "revenue-by-month": "SELECT substr(ordered_on, 1, 7) AS m, COUNT(*), "
+    "SUM(CASE status WHEN 'completed' THEN 1 ELSE 0 END), "
+    "ROUND(TOTAL(CASE status WHEN 'completed' THEN total END), 2) FROM orders "
+    "WHERE ordered_on LIKE '2024%' GROUP BY m ORDER BY m",
+    "sales-by-product": "SELECT p.name, p.category, SUM(i.quantity), ROUND(SUM(i.quantity * i.unit_price), 2) AS r "
+    "FROM products p JOIN order_items i ON i.product_id = p.id JOIN orders o ON o.id = i.order_id WHERE "
+    + COMPLETED_2024
+    + " GROUP BY p.name ORDER BY r DESC, p.name",
+    "top-customers": "SELECT c.name, COUNT(*), ROUND(SUM(o.total), 2) AS s FROM customers c JOIN orders o "
+    "ON o.customer_id = c.id WHERE " + COMPLETED_2024 + " GROUP BY c.name ORDER BY s DESC LIMIT 3",
+    "top-products": "SELECT p.name, p.category, SUM(i.quantity) AS u, ROUND(SUM(i.quantity * i.unit_price), 2) "
+    "FROM products p JOIN order_items i ON i.product_id = p.id JOIN orders o ON o.id = i.order_id WHERE "
+    + COMPLETED_2024
+    + " GROUP BY p.name ORDER BY u DESC, p.name LIMIT 3",
+    "total-revenue": "SELECT COUNT(*), ROUND(SUM(total), 2), ROUND(AVG(total), 2) FROM orders o WHERE "
+    + COMPLETED_2024,
 }
 
 # Example plans validate without warnings (a warning here means an example teaches a bad habit).
@@ -891,10 +929,9 @@ def load_plans() -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in PLANS]
 
 
-def test_there_are_four_example_plans() -> None:
-    assert len(PLANS) == 4
+def test_every_example_plan_is_checked_here() -> None:
     assert [e.name for e in load_entries(ROOT / "examples" / "plans")] == [doc["name"] for doc in load_plans()]
-    assert {doc["name"] for doc in load_plans()} == set(EXPECTED)
+    assert {doc["name"] for doc in load_plans()} == set(REPORTS) | set(ANSWERS)
 
 
 def test_plan_files_are_formatted() -> None:
@@ -903,9 +940,24 @@ def test_plan_files_are_formatted() -> None:
         assert path.read_text() == json.dumps(doc, indent=2, ensure_ascii=False) + "\n", path.name
 
 
+def test_each_entry_serves_its_own_request_and_examples() -> None:
+    entries = load_entries(ROOT / "examples" / "plans")
+    for e in entries:
+        for text in e.phrasings:
+            outcome = match(text, entries)
+            assert outcome.served is not None, (text, outcome.why_not())
+            assert outcome.served.entry.name == e.name, (text, outcome.served.entry.name)
+
+
 @pytest.mark.parametrize("doc", load_plans(), ids=[p.stem for p in PLANS])
-async def test_example_plan_runs_on_the_sample_database(box: ToolBox, workspace: Path, doc: dict[str, Any]) -> None:
-    plan = msgspec.convert(doc["plan"], Plan, strict=True)
+async def test_example_plan_runs_on_the_sample_database(
+    box: ToolBox, workspace: Path, shop_db: Path, doc: dict[str, Any]
+) -> None:
+    outcome = match(doc["request"], load_entries(ROOT / "examples" / "plans"))
+    assert outcome.served is not None, outcome.why_not()
+    assert outcome.served.entry.name == doc["name"]
+    plan = outcome.plan
+    assert plan is not None
     catalog = builtin_catalog()
     assert [(c.name, c.message) for c in failed(validate_plan(plan, catalog))] == []
     by_id = {t.id: t for t in plan.nodes}
@@ -922,9 +974,15 @@ async def test_example_plan_runs_on_the_sample_database(box: ToolBox, workspace:
         outputs[task_id] = await box.call(step.tool, resolve(step.inputs, outputs), call)
     assert step_warnings == EXPECTED_WARNINGS.get(doc["name"], set())
 
-    written, fragments = EXPECTED[doc["name"]]
     assert plan.output is not None
     result = outputs[plan.output]
+    if doc["name"] in ANSWERS:
+        with contextlib.closing(sqlite3.connect(shop_db)) as db:
+            expected = [list(r) for r in db.execute(ANSWERS[doc["name"]])]
+        assert result["rows"] == expected
+        assert expected  # an empty answer would check nothing
+        return
+    written, fragments = REPORTS[doc["name"]]
     text = (workspace / written).read_text() if written else result["text"]
     if written:
         assert result == {"path": written, "bytes_written": len(text.encode()), "already_done": False}

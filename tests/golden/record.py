@@ -118,6 +118,17 @@ SCENARIOS = (
         submit({"request": LIBRARY_REQUEST}),
     ),
     Scenario(
+        "library_parameters",
+        "no model: a library plan with parameters serves another count and year (n=5, year=2023) than its example",
+        submit({"request": "find the five customers who spent most in 2023 and write a report"}),
+    ),
+    Scenario(
+        "library_refusal",
+        "no model: the closest library plan cannot take a month, so the workflow fails with no_plan saying so",
+        submit({"request": "find the customers who spent most in march 2024"}),
+        expect="failed",
+    ),
+    Scenario(
         "replan",
         "autonomous + creative: a task fails for good, the model re-plans the remaining work",
         submit({"request": "echo then flaky", "plan": FLAKY_PLAN, "intelligence": "autonomous", "mode": "creative"}),
