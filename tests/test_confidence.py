@@ -303,7 +303,7 @@ async def test_a_task_that_is_not_parallelizable_never_overlaps_another(
 
 async def test_a_library_reuse_carries_its_match_score_as_the_plans_confidence(nats_url: str, tmp_path: Path) -> None:
     async with cadre_running(settings_for(nats_url, tmp_path)) as h:
-        state = await h.run({"request": "please find the three customers who spent most in 2024, and write it up"})
+        state = await h.run({"request": "top 3 customers of 2024 report"})
         [proposed] = [e.event.data for e in await h.events(state.workflow_id) if isinstance(e.event.data, PlanProposed)]
         assert proposed.source == "library"
         assert proposed.score is not None

@@ -67,6 +67,7 @@ async def test_a_dry_run_runs_nothing_and_completes_with_the_simulated_result(na
             llm_provider="anthropic",
             llm_max_retries=0,
             inference_cache_ttl_s=0.0,
+            library_learn_explicit=True,  # the real run's explicit plan joins; the dry run's must not
             intelligence="intelligent",
             approval_tools=["fs.write"],
             tool_modules=MODULES,
@@ -78,7 +79,7 @@ async def test_a_dry_run_runs_nothing_and_completes_with_the_simulated_result(na
             state = await h.run({"request": REQUEST, "plan": PLAN, "dry_run": True})
             events = [r.event for r in await h.events(state.workflow_id)]
             records = await h.bus.log.read_records(state.workflow_id)
-            library = LogLibrary(h.bus.log, None)
+            library = LogLibrary(h.bus.log, None, learn_explicit=True)
             await library.refresh()
             learned = [f"{e.name} {e.source}" for e in library.entries]
         assert api.requests == []  # no model consultation at all (the plan was explicit)
