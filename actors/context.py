@@ -47,7 +47,13 @@ from cadre.planner.providers.base import (
     ProviderError,
     Usage,
 )
-from cadre.planner.providers.pricing import DEFAULT_PRICE, DEFAULT_PRICES, Prices, estimate_input_tokens
+from cadre.planner.providers.pricing import (
+    DEFAULT_PRICE,
+    DEFAULT_PRICES,
+    Prices,
+    estimate_input_tokens,
+    input_token_bound,
+)
 from cadre.planner.providers.structured import Outcome, structured_flow
 from cadre.store.records import StoredEvent
 
@@ -281,6 +287,7 @@ class Context:
             model=request.model,
             est_input_tokens=estimate_input_tokens(request),
             max_output_tokens=request.max_output_tokens,
+            max_input_tokens=input_token_bound(request),
             intelligence=policy.intelligence,
             mode=policy.mode,
             budget_usd=policy.budget_usd,
@@ -351,6 +358,7 @@ def asked(request: Consultation) -> Asked:
         intelligence=request.intelligence,
         mode=request.mode,
         budget_usd=request.budget_usd,
+        max_input_tokens=request.max_input_tokens,
     )
 
 

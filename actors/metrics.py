@@ -23,6 +23,7 @@ class Metrics:
     llm_usd: Counter
     budget_decisions: Counter
     budget_decision_seconds: Histogram
+    budget_overruns: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
@@ -81,6 +82,12 @@ class Metrics:
                 "Time the budget actor takes to answer (decide, write the ledger), by operation (consult, settle)",
                 ["operation"],
                 buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1),
+                registry=reg,
+            ),
+            budget_overruns=Counter(
+                "cadre_budget_overruns",
+                "Settlements that billed more than their reservation (the workflow gets no further grant)",
+                ["provider", "kind"],
                 registry=reg,
             ),
         )

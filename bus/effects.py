@@ -170,6 +170,7 @@ class Asked(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     intelligence: str = "adaptive"
     mode: str = "adaptive"
     budget_usd: float | None = None
+    max_input_tokens: int | None = None  # None: asked before the input bound (the older worst-case rule)
 
 
 # -- the effects -----------------------------------------------------------------------------------

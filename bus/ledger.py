@@ -66,8 +66,12 @@ class Consultation(msgspec.Struct, frozen=True, kw_only=True, gc=False, forbid_u
 
     ``id`` is deterministic (the handler's input event id and a counter), so asking again
     after a lost reply gets the same decision instead of a second reservation.
-    ``est_input_tokens`` is an estimate; ``max_output_tokens`` is the call's hard limit, so
-    the worst case is known before the call. ``budget_usd`` is the workflow's cap (None:
+    ``est_input_tokens`` is an estimate (it feeds the rate limits); ``max_input_tokens`` an
+    upper bound of the billed input (the request's UTF-8 bytes plus framing,
+    :func:`cadre.planner.providers.pricing.input_token_bound`) and ``max_output_tokens`` the
+    call's hard limit, so the most the call can cost is known before it. ``max_input_tokens``
+    None (a caller from before the bound) reserves by the older rule, the estimate times the
+    budget's safety factor, which a call can exceed. ``budget_usd`` is the workflow's cap (None:
     the budget's default). ``cache_key`` names the (provider, model, prompt) for the
     inference cache (lowercase hex); None = do not serve from the cache.
     """
@@ -79,6 +83,7 @@ class Consultation(msgspec.Struct, frozen=True, kw_only=True, gc=False, forbid_u
     model: Name
     est_input_tokens: Tokens
     max_output_tokens: Annotated[int, msgspec.Meta(ge=1, le=100_000_000)]
+    max_input_tokens: Tokens | None = None
     intelligence: str = "adaptive"
     mode: str = "adaptive"
     budget_usd: Usd | None = None
@@ -152,10 +157,11 @@ class _Entry(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag_field="typ
 
 
 class ReservedEntry(_Entry, tag="reserved", frozen=True, kw_only=True, gc=False):
-    """A grant. ``reserved_usd`` is the worst case (``planner/providers/pricing.py``):
-    ``reserved_input_tokens`` (the estimate times the safety factor, rounded up) at the input
-    price plus every allowed output token at the output price. ``workflow_cap_usd`` is the
-    workflow's cap as the budget knows it."""
+    """A grant. ``reserved_usd`` is the most the call can cost (``planner/providers/pricing.py``):
+    ``reserved_input_tokens`` (the consultation's ``max_input_tokens`` bound; for a consultation
+    without one, the estimate times the safety factor, rounded up) at the highest input-side
+    price (input or cache write) plus every allowed output token at the output price.
+    ``workflow_cap_usd`` is the workflow's cap as the budget knows it."""
 
     reservation_id: str
     est_input_tokens: int
@@ -168,8 +174,10 @@ class ReservedEntry(_Entry, tag="reserved", frozen=True, kw_only=True, gc=False)
 
 class SettledEntry(_Entry, tag="settled", frozen=True, kw_only=True, gc=False):
     """A granted call's real usage and cost (``model`` is the model that answered).
-    ``released_usd`` went back to the caps; ``overrun_usd`` > 0 when the real cost exceeded
-    the reservation (the input estimate was low even after the safety factor)."""
+    ``released_usd`` went back to the caps; ``overrun_usd`` > 0 (and ``reason`` ``overrun``)
+    when the real cost exceeded the reservation: the provider billed more than the bound (or,
+    for a reservation of the older rule, the estimate was low). The budget grants that
+    workflow nothing more once such an entry is folded."""
 
     reservation_id: str
     input_tokens: int

@@ -51,6 +51,13 @@ class Behaviour:
     error_code: str | None = None
     seconds: float = 0.0
     raw: str = ""
+    usage: Callable[[dict[str, Any]], Tokens] | None = None  # tokens computed from the request body
+
+
+def billing(output: dict[str, Any], usage: Callable[[dict[str, Any]], Tokens], /) -> Behaviour:
+    """A normal answer whose usage ``usage`` computes from the request body it answers (a
+    provider that bills what a test decides, e.g. the most the prompt allows)."""
+    return Behaviour("ok", output=output, usage=usage)
 
 
 def ok(output: dict[str, Any], /, **tokens: int) -> Behaviour:
@@ -204,7 +211,7 @@ def _anthropic(behaviour: Behaviour, request: web.Request, body: dict[str, Any],
         stop = "max_tokens"
     else:
         raise AssertionError(f"unhandled behaviour {behaviour.kind}")
-    t = behaviour.tokens
+    t = behaviour.usage(body) if behaviour.usage is not None else behaviour.tokens
     message = {
         "id": f"msg_{n}",
         "type": "message",

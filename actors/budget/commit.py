@@ -125,6 +125,8 @@ class GroupCommit:
                         raise
                     for entry in decided.settlements:  # durable now: release the reservations
                         rules.apply(view.state, entry)
+                        if entry.overrun_usd > 0:
+                            self._overran(entry)
                     view.advance(seq)
                     self.groups += 1
             except Conflict as conflict:
@@ -190,6 +192,23 @@ class GroupCommit:
         return await self._ledger.append(expected, entries)
 
     # -- answering ----------------------------------------------------------------------------
+
+    def _overran(self, entry: SettledEntry) -> None:
+        self._metrics.overrun(entry.provider, entry.kind)
+        log.warning(
+            "budget: overrun: %s billed $%.6f for reservation %s of workflow %s, $%.6f over its reserved $%.6f "
+            "(%d input, %d output, %d cache-read, %d cache-write tokens); no further grants for this workflow",
+            entry.provider,
+            entry.cost_usd,
+            entry.reservation_id,
+            entry.workflow_id,
+            entry.overrun_usd,
+            entry.reserved_usd,
+            entry.input_tokens,
+            entry.output_tokens,
+            entry.cache_read_tokens,
+            entry.cache_write_tokens,
+        )
 
     async def _answer_settlements(self, answers: list[Answer]) -> bool:
         """Answer the settlements not answered yet; whether an answer went out (rather than

@@ -113,6 +113,11 @@ class DecisionMetrics:
             child = self._decisions[key] = self._metrics.budget_decisions.labels(*key)
         child.inc()
 
+    def overrun(self, provider: str, kind: str) -> None:
+        """Count a settlement that billed more than its reservation."""
+        if self._metrics is not None:
+            self._metrics.budget_overruns.labels(provider, kind if kind in CONSULTATION_KINDS else "other").inc()
+
     def observe(self, operation: str, started: float) -> None:
         """Time an answer to ``operation`` (``consult`` or ``settle``) from its receipt at ``started``."""
         if self._metrics is None:

@@ -18,11 +18,18 @@ The order of the checks of a consultation::
                                     per UTC day                           -> over_workflow_cap / over_global_cap
     6. grant                        reserve the worst case until the call settles or expires
 
-Invariant: a cap is never exceeded by settled spend, as long as a call's real input stays
-within the reservation's input allowance. The worst case reserves ``est_input_tokens`` times
-:attr:`BudgetConfig.input_safety_factor` (1.5, rounded up) at the input price plus every
-allowed output token at the output price; a settlement records the real cost (never less),
-and a reservation nobody settles is charged at its full worst case when it expires.
+Invariant: a cap is never exceeded by settled spend. A grant reserves the most the call can
+cost: the consultation's ``max_input_tokens`` (an upper bound of the billed input: the
+request's UTF-8 bytes plus framing, :func:`planner.providers.pricing.input_token_bound`) at
+the highest input-side price (input or cache write) plus every allowed output token at the
+output price; a provider cannot bill more, so the real cost a settlement records fits in its
+reservation, under any concurrency. A reservation nobody settles is charged at its full
+reservation when it expires. Should a provider bill more anyway (an overrun: ``overrun_usd``
+in the settled entry), the workflow gets no further grant (``over_workflow_cap``), and the
+day's overrun counts in its settled spend, which denies what the daily cap no longer holds.
+A consultation without ``max_input_tokens`` (from a caller before the bound; recorded ones in
+old logs) is reserved by the older rule: ``est_input_tokens`` times
+:attr:`BudgetConfig.input_safety_factor` (1.5, rounded up) at the input price.
 """
 
 from __future__ import annotations
@@ -52,7 +59,7 @@ from cadre.bus.ledger import (
     Settlement,
 )
 from cadre.planner.providers.base import Usage
-from cadre.planner.providers.pricing import Prices, cost_usd, worst_case
+from cadre.planner.providers.pricing import Prices, bound_usd, cost_usd, worst_case
 
 WINDOW_S: Final = 60.0
 """Rate limits count the grants of the last 60 seconds."""
@@ -199,7 +206,8 @@ class BudgetState:
     ``seq`` is the last ledger sequence folded (kept by the reader; :func:`apply` does not
     know sequences). ``caps`` is each workflow's cap, fixed by its first consultation.
     ``open`` is kept in order of expiry. ``windows`` holds each provider's recent grants
-    (for the rate limits). ``decisions`` remembers answers by
+    (for the rate limits). ``overruns`` holds, by workflow, what settlements billed beyond
+    their reservations (such a workflow gets no further grant). ``decisions`` remembers answers by
     consultation id, the oldest forgotten beyond ``decision_memory``.
     """
 
@@ -211,6 +219,7 @@ class BudgetState:
     windows: dict[str, Window] = field(default_factory=dict)
     decisions: dict[str, Decision] = field(default_factory=dict)
     decision_memory: int = DEFAULT_DECISION_MEMORY
+    overruns: dict[str, float] = field(default_factory=dict)
 
 
 def granted(entry: ReservedEntry) -> Decision:
@@ -248,7 +257,10 @@ def apply(state: BudgetState, entry: LedgerEntry, undo: Undo | None = None) -> N
     match entry:
         case ReservedEntry():
             _reserve(state, entry, undo)
-        case SettledEntry() | ExpiredEntry():
+        case SettledEntry():
+            if _close(state, entry.reservation_id, entry.cost_usd, undo) and entry.overrun_usd > 0:
+                _overran(state, entry.workflow_id, entry.overrun_usd, undo)
+        case ExpiredEntry():
             _close(state, entry.reservation_id, entry.cost_usd, undo)
         case DeniedEntry():
             _cap(state, entry.workflow_id, entry.workflow_cap_usd, undo)
@@ -285,14 +297,26 @@ def _reserve(state: BudgetState, e: ReservedEntry, undo: Undo | None) -> None:
     _remember(state, e.reservation_id, granted(e), undo)
 
 
-def _close(state: BudgetState, reservation_id: str, cost: float, undo: Undo | None) -> None:
+def _close(state: BudgetState, reservation_id: str, cost: float, undo: Undo | None) -> bool:
     r = state.open.pop(reservation_id, None)
     if r is None:
-        return
+        return False
     if undo is not None:
         undo.append(lambda: _open(state, r))
     _shift(state.workflows[r.workflow_id], -r.reserved_usd, cost, undo)
     _shift(state.days[r.day], -r.reserved_usd, cost, undo)
+    return True
+
+
+def _overran(state: BudgetState, workflow_id: str, overrun: float, undo: Undo | None) -> None:
+    overruns = state.overruns
+    before = overruns.get(workflow_id)
+    overruns[workflow_id] = (before or 0.0) + overrun
+    if undo is not None:
+        if before is None:
+            undo.append(lambda: overruns.pop(workflow_id, None))
+        else:
+            undo.append(partial(overruns.__setitem__, workflow_id, before))
 
 
 def _open(state: BudgetState, r: Reservation) -> None:
@@ -375,9 +399,25 @@ def _remember(state: BudgetState, consultation_id: str, decision: Decision, undo
 
 
 def worst_case_usd(c: Consultation, config: BudgetConfig) -> tuple[int, float]:
-    """(input tokens reserved, worst-case USD) of a consultation under ``config``'s prices and
-    input safety factor (:func:`planner.providers.pricing.worst_case`)."""
+    """(input tokens reserved, USD reserved) of a consultation under ``config``'s prices: its
+    ``max_input_tokens`` bound priced by :func:`planner.providers.pricing.bound_usd`, or, for a
+    consultation without a bound, the older rule (:func:`planner.providers.pricing.worst_case`,
+    the estimate times the input safety factor)."""
+    if c.max_input_tokens is not None:
+        return c.max_input_tokens, bound_usd(config.prices, c.model, c.max_input_tokens, c.max_output_tokens)
     return worst_case(config.prices, c.model, c.est_input_tokens, c.max_output_tokens, config.input_safety_factor)
+
+
+def overran(state: BudgetState, workflow_id: str) -> str | None:
+    """None unless a settlement of the workflow billed more than its reservation; else why
+    it gets no further grant."""
+    overrun = state.overruns.get(workflow_id)
+    if overrun is None:
+        return None
+    return (
+        f"workflow {workflow_id!r}: a provider billed ${overrun:.4f} more than its reservations' bound; "
+        "no further grants for this workflow"
+    )
 
 
 def decide(
@@ -421,6 +461,9 @@ def decide(
     limited = rate_limited(state, config, c, now)
     if limited is not None:
         return _deny(c, now, cap, "rate_limited", limited[0], worst, limited[1])
+    stopped = overran(state, c.workflow_id)
+    if stopped is not None:
+        return _deny(c, now, cap, "over_workflow_cap", stopped, worst)
     over = over_cap(state, config, c.workflow_id, cap, worst, now.date())
     if over is not None:
         return _deny(c, now, cap, over[0], over[1], worst)

@@ -100,7 +100,10 @@ def redecide(
     ``asked`` is what the recorded consultation asked (its effect's ``consultation``: level,
     mode, cap); ``spent_usd`` the workflow's recorded spend before this call. A cap that the
     what-if does not change keeps its recorded verdict, unless the gate now lets through a
-    call the record had refused before the caps were looked at.
+    call the record had refused before the caps were looked at. A grant keeps its recorded
+    reservation; a refusal is priced by the rule it was asked under (``asked.max_input_tokens``:
+    the input bound; none recorded, as in logs from before the bound: the estimate times the
+    safety factor), so old logs re-decide as they were decided.
     """
     level = whatif.intelligence or (asked.intelligence if asked is not None else request.intelligence)
     mode = whatif.mode or (asked.mode if asked is not None else request.mode)
@@ -121,6 +124,8 @@ def redecide(
     if not (check_workflow or check_day):
         return recorded
     c = msgspec.structs.replace(request, intelligence=level, mode=mode)
+    if asked is not None:  # price it by the rule it was asked under: no bound recorded = the older estimate rule
+        c = msgspec.structs.replace(c, est_input_tokens=asked.est_input_tokens, max_input_tokens=asked.max_input_tokens)
     worst = recorded.reserved_usd if recorded.outcome == "granted" else worst_case_usd(c, whatif.budget)[1]
     own_cap = asked.budget_usd if asked is not None else None
     cap = whatif.workflow_usd if whatif.workflow_usd is not None else own_cap

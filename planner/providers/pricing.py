@@ -10,7 +10,9 @@ The one home of these numbers and formulas; the budget (``actors/budget/``), the
     cost_usd                what a call's usage cost
     estimate_tokens         a rough token count of a text (4 characters a token)
     estimate_input_tokens   the estimated input of a request, as a consultation carries it
-    worst_case              what a call may cost at most: the reservation the budget holds for it
+    input_token_bound       an upper bound of a request's input tokens: its UTF-8 bytes plus framing
+    bound_usd               what a call can cost at most: the reservation the budget holds for it
+    worst_case              the rule before the bound (estimate x safety factor), kept for old records
 
 Pure: no I/O, no clock, no configuration read.
 """
@@ -29,11 +31,15 @@ from cadre.planner.providers.base import LLMRequest, Usage
 __all__ = [
     "DEFAULT_PRICE",
     "DEFAULT_PRICES",
+    "FRAMING_MARGIN_TOKENS",
     "ModelPrice",
     "Prices",
+    "bound_usd",
     "cost_usd",
     "estimate_input_tokens",
     "estimate_tokens",
+    "input_token_bound",
+    "input_token_price",
     "model_price",
     "worst_case",
 ]
@@ -138,3 +144,42 @@ def worst_case(
     price = prices.for_model(model)
     input_tokens = math.ceil(est_input_tokens * input_safety_factor)
     return input_tokens, (input_tokens * price.input + max_output_tokens * price.output) / 1_000_000
+
+
+FRAMING_MARGIN_TOKENS: Final = 1024
+"""Input tokens a provider adds around the text we send, reserved on top of its bytes: the
+role and turn markers of the messages, the tool definition wrapper and the hidden system
+prompt Anthropic adds for tool use (a few hundred tokens by its documentation), Gemini's
+structured-output framing. Generous on purpose: it is reserved, not spent."""
+
+
+def input_token_bound(request: LLMRequest) -> int:
+    """An upper bound of the input tokens ``request`` can be billed for: the UTF-8 bytes of its
+    system prompt, prompt, schema (as JSON) and schema name, plus :data:`FRAMING_MARGIN_TOKENS`.
+
+    Why bytes bound tokens: the tokenizers of these providers are byte-level BPE (or, for
+    Gemini, SentencePiece with byte fallback) vocabularies over the UTF-8 bytes of the text;
+    every token stands for at least one byte and no byte is split across two tokens, so a
+    text of n bytes is at most n tokens. Typical text is 3-5 bytes a token, so the bound is
+    about 4x the estimate for English and exact-ish for worst-case input (one token a byte).
+    The schema is counted as JSON with spaces after separators (as SDKs send it, unescaped);
+    the tool wrapper around it (name, description) counts into the framing margin.
+    """
+    schema = json.dumps(request.schema, ensure_ascii=False)
+    parts = (request.system, request.prompt, schema, request.schema_name)
+    return sum(len(part.encode("utf-8")) for part in parts) + FRAMING_MARGIN_TOKENS
+
+
+def input_token_price(price: ModelPrice) -> float:
+    """The highest USD per million a billed input token can cost: an input token may be billed
+    as plain input, as a cache write (Anthropic's 1.25x) or as a cache read."""
+    return max(price.input, price.cache_write, price.cache_read)
+
+
+def bound_usd(prices: Prices, model: str, max_input_tokens: int, max_output_tokens: int) -> float:
+    """What a call can cost at most: every input token at :func:`input_token_price` plus every
+    allowed output token at the output price. A provider bills at most ``max_input_tokens``
+    (:func:`input_token_bound`) and at most ``max_output_tokens`` (the call's hard limit), so the
+    real cost cannot exceed this."""
+    price = prices.for_model(model)
+    return (max_input_tokens * input_token_price(price) + max_output_tokens * price.output) / 1_000_000
