@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -27,8 +28,10 @@ from nats.js.errors import NotFoundError
 from cadre.actors.budget import BudgetClient, read_ledger, rules, serve_budget
 from cadre.actors.budget.rules import BudgetConfig, BudgetState
 from cadre.actors.metrics import Metrics
+from cadre.actors.replay.whatif import WhatIf, redecide
 from cadre.bus import ConnectOptions, StreamSpec, Subjects, connect
-from cadre.bus.ledger import Consultation, LedgerEntry, ReservedEntry, SettledEntry, Settlement
+from cadre.bus.effects import Asked
+from cadre.bus.ledger import Consultation, Decision, LedgerEntry, ReservedEntry, SettledEntry, Settlement
 from cadre.planner.providers import LLMRequest, ProviderConfig
 from cadre.planner.providers.anthropic import AnthropicProvider
 from cadre.planner.providers.base import Usage
@@ -357,3 +360,26 @@ async def test_a_provider_billing_beyond_the_bound_is_recorded_stopped_counted_a
     assert value("cadre_budget_overruns_total", {"provider": "anthropic", "kind": "plan"}) == 1
     assert any("overrun" in m and "wf-over" in m for m in caplog.messages)
     assert rules.fold(entries).overruns.keys() == {"wf-over"}
+
+
+# -- what-if: a refusal is re-decided by the rule it was asked under --------------------------------
+
+
+def test_what_if_prices_a_recorded_refusal_by_the_rule_it_was_asked_under() -> None:
+    r = request(random.Random(9), 30)
+    now = consultation("c-1", "wf-1", r)  # what a replay's handler asks today: with the bound
+    assert now.max_input_tokens is not None
+    refused = Decision(outcome="denied", reason="not_allowed", message="level")
+    whatif = WhatIf(budget=config(), intelligence="autonomous")
+    old_ask = Asked(
+        provider="anthropic", model=MODEL, est_input_tokens=now.est_input_tokens, max_output_tokens=512,
+        intelligence="basic",
+    )  # fmt: skip
+    before = redecide(refused, old_ask, now, whatif, 0.0)  # recorded before the bound: the older rule
+    assert before.outcome == "granted"
+    assert before.reserved_usd == pytest.approx((math.ceil(now.est_input_tokens * 1.5) * 1.0 + 512 * 5.0) / 1e6)
+    new_ask = msgspec.structs.replace(old_ask, max_input_tokens=now.max_input_tokens)
+    after = redecide(refused, new_ask, now, whatif, 0.0)
+    assert after.outcome == "granted"
+    assert after.reserved_usd == pytest.approx(bound_usd(PRICES, MODEL, now.max_input_tokens, 512))
+    assert after.reserved_usd > before.reserved_usd
