@@ -43,7 +43,7 @@ from cadre.bus.errors import CadreError, StoreError
 from cadre.bus.ledger import Consultation, Decision, Settlement
 from cadre.bus.plan import ErrorInfo
 from cadre.planner.providers.base import LLMRequest, LLMResponse, ProviderError
-from cadre.planner.providers.pricing import Prices, worst_case
+from cadre.planner.providers.pricing import Prices, bound_usd, worst_case
 
 __all__ = ["LiveAnswers", "LiveCallRefused", "RecordOnlyProvider", "RecordedAnswers", "ReplayDivergence", "asking"]
 
@@ -100,17 +100,29 @@ PAST_SAMPLES: Final = 100
 
 
 def quote(
-    call: str, times: int, tokens: int, policy: Policy, llm: LLM | None, prices: Prices, input_safety_factor: float
+    call: str,
+    times: int,
+    tokens: int,
+    policy: Policy,
+    llm: LLM | None,
+    prices: Prices,
+    input_safety_factor: float,
+    bound: int | None = None,
 ) -> Quote:
     """The worst case of ``times`` ``call`` consultations of ``tokens`` estimated input each, by
-    the budget's gate (:func:`~actors.budget.rules.gate`) and worst-case rule, with ``llm``."""
+    the budget's gate (:func:`~actors.budget.rules.gate`) and reservation rule, with ``llm``:
+    the input ``bound`` when given (:func:`~cadre.planner.providers.pricing.bound_usd`), else
+    the older estimate rule."""
     why = gate(call, policy.intelligence, policy.mode)
     if why is None and llm is None:
         why = "no model is configured in this process"
     if why is not None or llm is None:
         return Quote(call=call, times=times, est_input_tokens=tokens, allowed=False, why=why or "")
     model, limit = llm.model_for(call), llm.limit_for(call)
-    _, worst = worst_case(prices, model, tokens, limit, input_safety_factor)
+    if bound is not None:
+        worst = bound_usd(prices, model, bound, limit)
+    else:
+        _, worst = worst_case(prices, model, tokens, limit, input_safety_factor)
     return Quote(
         call=call,
         times=times,
@@ -120,6 +132,7 @@ def quote(
         model=model,
         max_output_tokens=limit,
         worst_usd=round(worst * times, 8),
+        max_input_tokens=bound,
     )
 
 
@@ -214,10 +227,16 @@ class LiveAnswers:
             self.past.paid(effect.cost_usd)
         return effect
 
-    async def estimate(self, tool: str, asks: Sequence[tuple[str, int, int]], policy: Policy) -> Estimated:
-        """A dry run's quote: each consultation priced at the budget's worst case with this
+    async def estimate(
+        self, tool: str, asks: Sequence[tuple[str, int, int]], policy: Policy, bounds: Sequence[int] | None = None
+    ) -> Estimated:
+        """A dry run's quote: each consultation priced at the budget's reservation with this
         process's model and prices (:func:`quote`), and this process's past runs of ``tool``."""
-        quotes = tuple(self._quote(call, times, tokens, policy) for call, times, tokens in asks)
+        limits: Sequence[int | None] = bounds if bounds is not None else [None] * len(asks)
+        quotes = tuple(
+            self._quote(call, times, tokens, policy, bound)
+            for (call, times, tokens), bound in zip(asks, limits, strict=True)
+        )
         runs, mean = self.past.timing(tool)
         return Estimated(
             tool=tool,
@@ -230,9 +249,9 @@ class LiveAnswers:
             cap_usd=policy.budget_usd if policy.budget_usd is not None else self.outside.workflow_cap_usd,
         )
 
-    def _quote(self, call: str, times: int, tokens: int, policy: Policy) -> Quote:
+    def _quote(self, call: str, times: int, tokens: int, policy: Policy, bound: int | None) -> Quote:
         llm = self.outside.llm
-        return quote(call, times, tokens, policy, llm, self.outside.prices, self.outside.input_safety_factor)
+        return quote(call, times, tokens, policy, llm, self.outside.prices, self.outside.input_safety_factor, bound)
 
     def known(self, effect: ModelCalled) -> ModelCalled:
         return effect
@@ -345,7 +364,9 @@ class RecordedAnswers:
     async def settle(self, call: str, decision: Decision, settlement: Settlement) -> CallSettled | None:
         return self.take(CallSettled, CallSettled.key_of(call, settlement.reservation_id))
 
-    async def estimate(self, tool: str, asks: Sequence[tuple[str, int, int]], policy: Policy) -> Estimated:
+    async def estimate(
+        self, tool: str, asks: Sequence[tuple[str, int, int]], policy: Policy, bounds: Sequence[int] | None = None
+    ) -> Estimated:
         return self.take(Estimated, f"{tool}:{Estimated.asks_of(list(asks))}")
 
     def known(self, effect: ModelCalled) -> ModelCalled:

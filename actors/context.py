@@ -161,9 +161,12 @@ class Answers(Protocol):
         """An answer nobody was asked for (no model; a cached answer), as recorded."""
         ...
 
-    async def estimate(self, tool: str, asks: Sequence[tuple[str, int, int]], policy: Policy) -> Estimated:
+    async def estimate(
+        self, tool: str, asks: Sequence[tuple[str, int, int]], policy: Policy, bounds: Sequence[int] | None = None
+    ) -> Estimated:
         """A dry run's quote for a step of ``tool``: ``asks`` are (call, times, estimated input
-        tokens) of the consultations a real run could make."""
+        tokens) of the consultations a real run could make; ``bounds`` their input bounds (which
+        price them as the budget reserves them; they are not part of the recorded question)."""
         ...
 
 
@@ -336,7 +339,8 @@ class Context:
         """A dry run's quote for a step of ``tool`` (recorded): ``asks`` are the consultations a
         real run could make, each (call, the request it would send, how many times at most)."""
         question = [(call, times, estimate_input_tokens(request)) for call, request, times in asks]
-        effect = await self.answers.estimate(tool, question, policy)
+        bounds = [input_token_bound(request) for _, request, _ in asks]
+        effect = await self.answers.estimate(tool, question, policy, bounds)
         self.effects.append(effect)
         return effect
 

@@ -308,7 +308,9 @@ class CallSettled(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag="sett
 class Quote(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """What one kind of consultation (``call``) a real run of a step could make would cost at
     worst: ``times`` calls (repair rounds included) of ``est_input_tokens`` each, priced by the
-    budget's own rule (:func:`cadre.planner.providers.pricing.worst_case`). ``allowed``: the
+    budget's own rule: the input bound ``max_input_tokens``
+    (:func:`cadre.planner.providers.pricing.bound_usd`), or, in quotes recorded before it, the
+    estimate times the safety factor (:func:`cadre.planner.providers.pricing.worst_case`). ``allowed``: the
     workflow's level and mode allow the kind and this process has a model; else ``why`` not
     (and ``worst_usd`` is 0)."""
 
@@ -321,6 +323,7 @@ class Quote(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     model: str | None = None
     max_output_tokens: int = 0
     worst_usd: float = 0.0
+    max_input_tokens: int | None = None  # the input bound that priced it; None: the older estimate rule
 
 
 class Estimated(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag="estimate", tag_field="kind"):

@@ -28,7 +28,7 @@ from cadre.cli import main
 from cadre.planner.builtin_tools import builtin_catalog
 from cadre.planner.catalog import json_schema
 from cadre.planner.placeholder import PLACEHOLDER, placeholder
-from cadre.planner.providers.pricing import DEFAULT_PRICE, DEFAULT_PRICES, Prices, worst_case
+from cadre.planner.providers.pricing import DEFAULT_PRICE, DEFAULT_PRICES, Prices, bound_usd
 from cadre.replay_cli import replayer_for
 from cadre.store.records import StoredEvent
 from tests.dry_run_tools import MODULES, TRIPWIRE_MARKER
@@ -123,7 +123,9 @@ async def test_a_dry_run_runs_nothing_and_completes_with_the_simulated_result(na
     prices = Prices(default=DEFAULT_PRICE, by_model=DEFAULT_PRICES)
     q = quotes["recover"]
     assert q.model is not None
-    _, one = worst_case(prices, q.model, q.est_input_tokens, q.max_output_tokens, 1.5)
+    assert q.max_input_tokens is not None
+    assert q.max_input_tokens > q.est_input_tokens  # priced by the input bound
+    one = bound_usd(prices, q.model, q.max_input_tokens, q.max_output_tokens)
     assert q.worst_usd == pytest.approx(2 * one)
     total = sum(x.worst_usd for d in done for x in d.estimate.quotes)  # type: ignore[union-attr]
     assert result["cost"]["cap_usd"] == settings.budget_workflow_usd

@@ -256,8 +256,10 @@ class WhatIfAnswers:
     def known(self, effect: ModelCalled) -> ModelCalled:
         return self.recorded.known(effect)
 
-    async def estimate(self, tool: str, asks: Sequence[tuple[str, int, int]], policy: Policy) -> Estimated:
-        return await self.recorded.estimate(tool, asks, policy)
+    async def estimate(
+        self, tool: str, asks: Sequence[tuple[str, int, int]], policy: Policy, bounds: Sequence[int] | None = None
+    ) -> Estimated:
+        return await self.recorded.estimate(tool, asks, policy, bounds)
 
 
 # -- describing differences ----------------------------------------------------------------------
