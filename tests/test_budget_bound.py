@@ -242,6 +242,24 @@ def test_an_overrun_is_recorded_and_stops_the_workflows_grants_and_can_be_taken_
     assert "c1" in state.open
 
 
+def test_an_overrun_that_passes_the_daily_cap_stops_every_workflow_that_day() -> None:
+    now = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    r = request(random.Random(2), 20)
+    c1 = consultation("c1", "wf", r)
+    reserve = rules.worst_case_usd(c1, config())[1]
+    cfg = config(daily_usd=reserve * 1.5, workflow_usd=1.0)
+    state = BudgetState()
+    _, e = rules.decide(state, cfg, c1, now)
+    assert isinstance(e, ReservedEntry)
+    rules.apply(state, e)
+    _, s = rules.settle(state, cfg, settlement(c1, Usage(input_tokens=10**6, output_tokens=0)), now)
+    assert s is not None
+    rules.apply(state, s)
+    assert state.days[now.date()].settled_usd > cfg.daily_usd  # recorded at its real cost
+    d, _ = rules.decide(state, cfg, consultation("c2", "other", r), now)
+    assert (d.outcome, d.reason) == ("denied", "over_global_cap")
+
+
 # -- the service: fifty workflows, two replicas, a provider billing the most it may ------------------
 
 

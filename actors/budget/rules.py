@@ -111,7 +111,7 @@ class BudgetConfig:
 
     ``rate_limits``: provider -> (requests per minute, tokens per minute); a provider not
     listed gets ``default_rate_limit``. 0 means no calls. ``input_safety_factor`` scales the
-    input estimate of the worst case (see the module docstring).
+    input estimate of a consultation that carries no input bound (see the module docstring).
     """
 
     workflow_usd: float
