@@ -8,6 +8,7 @@ says what was expected, what arrived, where, and how to fix it.
      ├─ BusError                      bus/: connection, stream, wire format
      │   ├─ NatsUnavailable           no NATS server answered at the given URL(s)
      │   ├─ NatsAuthError             the server refused the credentials (or none were given)
+     │   ├─ ServerUnsupported         the server is too old for cadre, or runs without JetStream
      │   ├─ AuthConfigError           credentials or the auth directory cannot be used
      │   ├─ StreamConfigError         the event stream could not be created or updated
      │   ├─ DecodeError               bytes that are not a valid envelope/payload (has .path)
@@ -54,6 +55,12 @@ class NatsUnavailable(BusError):
         )
         self.url = url
         self.reason = reason
+
+
+class ServerUnsupported(BusError):
+    """The server answered, but cannot run cadre: older than ``MIN_SERVER_VERSION`` or no JetStream."""
+
+    code = "nats_server_unsupported"
 
 
 class NatsAuthError(BusError):
