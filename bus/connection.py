@@ -19,6 +19,7 @@ expected-sequence checks need 2.11, the event stream's atomic batches 2.12) with
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import time
@@ -30,7 +31,13 @@ from typing import Any
 import nats
 from nats.aio.client import Client as NATS
 
-from cadre.bus.errors import AuthConfigError, NatsAuthError, NatsUnavailable, ServerUnsupported
+from cadre.bus.errors import (
+    AuthConfigError,
+    JetStreamUnavailable,
+    NatsAuthError,
+    NatsUnavailable,
+    ServerUnsupported,
+)
 
 log = logging.getLogger("cadre.bus")
 
@@ -107,7 +114,55 @@ async def connect(opts: ConnectOptions) -> NATS:
     if problem is not None:
         await nc.close()
         raise ServerUnsupported(problem)
+    if opts.wait_s > 0:
+        try:
+            await _wait_for_jetstream(nc, opts, deadline)
+        except BaseException:
+            await nc.close()
+            raise
     return nc
+
+
+async def _jetstream_problem(nc: NATS, within: float) -> str | None:
+    """Why JetStream does not serve this connection right now (``$JS.API.INFO``), or None."""
+    try:
+        msg = await nc.request("$JS.API.INFO", b"", timeout=within)
+    except nats.errors.NoRespondersError:
+        return "no JetStream responded"
+    except (TimeoutError, nats.errors.TimeoutError):
+        return f"JetStream did not answer within {within:.2g} s"
+    try:
+        reply = json.loads(msg.data)
+    except ValueError:
+        return f"JetStream answered {msg.data[:80]!r}"
+    error = reply.get("error") if isinstance(reply, dict) else None
+    if isinstance(error, dict):
+        return f"JetStream: {error.get('description', 'error')} ({error.get('code', '?')})"
+    return None
+
+
+async def _wait_for_jetstream(nc: NATS, opts: ConnectOptions, deadline: float) -> None:
+    """A service's wait for JetStream itself: a cluster accepts connections before its meta
+    leader is elected, and until then every JetStream call times out or answers 503."""
+    delay = 0.25
+    while True:
+        within = min(opts.connect_timeout, max(0.1, deadline - time.monotonic()))
+        reason = await _jetstream_problem(nc, within)
+        if reason is None:
+            return
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise JetStreamUnavailable(
+                f"JetStream at {opts.url} did not become ready ({reason}; waited {opts.wait_s:g} s): a cluster "
+                "still electing its leader, or JetStream off for this account; see the servers' logs, or raise "
+                "CADRE_CONNECT_WAIT_S"
+            )
+        pause = min(delay, left)
+        log.warning(
+            "waiting for JetStream at %s (%s); retrying in %.2g s, giving up in %.1f s", opts.url, reason, pause, left
+        )
+        await asyncio.sleep(pause)
+        delay = min(delay * 2, 5.0)
 
 
 async def _connect_once(opts: ConnectOptions) -> NATS:

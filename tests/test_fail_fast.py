@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -19,7 +20,7 @@ import pytest
 from cadre.bus import ConnectOptions, connect
 from cadre.bus.connection import server_problem
 from cadre.bus.embedded import server_binary
-from cadre.bus.errors import NatsUnavailable, ServerUnsupported
+from cadre.bus.errors import JetStreamUnavailable, NatsUnavailable, ServerUnsupported
 from cadre.cli import main
 from cadre.settings import Settings
 from cadre.settings_errors import InvalidSettings
@@ -233,6 +234,72 @@ def test_an_actor_started_before_nats_connects_when_it_comes_up(tmp_path: Path) 
         if server is not None:
             server.terminate()
             server.wait(10)
+
+
+def _cluster_node(name: str, ports: list[int], i: int, store: Path) -> subprocess.Popen[bytes]:
+    """Node ``i`` of a 3-node cluster whose client ports are ``ports[0:3]`` and route ports ``ports[3:6]``."""
+    routes = ",".join(f"nats://127.0.0.1:{p}" for j, p in enumerate(ports[3:]) if j != i)
+    args = ["-js", "-a", "127.0.0.1", "-p", str(ports[i]), "-sd", str(store), "--server_name", name]
+    args += ["--cluster_name", "c", "--cluster", f"nats://127.0.0.1:{ports[3 + i]}", "--routes", routes]
+    return subprocess.Popen([str(server_binary()), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _wait_port(port: int) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listens on {port}")
+
+
+@pytest.fixture
+def lone_node(tmp_path: Path) -> Iterator[tuple[list[int], Path]]:
+    """One node of a 3-node cluster, alone: it accepts connections, JetStream has no leader."""
+    ports = [_free_port() for _ in range(6)]
+    node = _cluster_node("n1", ports, 0, tmp_path / "n1")
+    try:
+        _wait_port(ports[0])
+        yield ports, tmp_path
+    finally:
+        node.terminate()
+        node.wait(10)
+
+
+async def test_a_service_waits_for_jetstream_then_gives_up(lone_node: tuple[list[int], Path]) -> None:
+    url = f"nats://127.0.0.1:{lone_node[0][0]}"
+    started = time.monotonic()
+    with pytest.raises(JetStreamUnavailable, match=r"did not become ready \(.*; waited 1\.5 s\)"):
+        await connect(ConnectOptions(url=url, wait_s=1.5))
+    assert time.monotonic() - started < 5
+
+
+def test_an_actor_started_before_the_cluster_is_ready_waits_for_it(lone_node: tuple[list[int], Path]) -> None:
+    ports, tmp_path = lone_node
+    url = f"nats://127.0.0.1:{ports[0]}"
+    proc = _actor(url, tmp_path / "actor", "30")
+    second: subprocess.Popen[bytes] | None = None
+    try:
+        assert proc.stderr is not None
+        assert proc.stdout is not None
+        line = proc.stderr.readline()
+        assert line.startswith(f"waiting for JetStream at {url}"), line
+        second = _cluster_node("n2", ports, 1, tmp_path / "n2")  # two of three: a leader is elected
+        up = proc.stdout.readline()
+        assert f"up: NATS at {url}" in up, up + proc.stderr.read()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+        assert proc.returncode == 0, err
+        assert "Traceback" not in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if second is not None:
+            second.terminate()
+            second.wait(10)
 
 
 @pytest.mark.parametrize(
