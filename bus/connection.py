@@ -6,21 +6,47 @@ minutes (``../shared/SDK-FACTS.md`` §3.1). cadre wants the opposite: a command 
 the wrong URL says so within a second or two, while a running actor rides out a server
 restart. So the first connect runs with a small attempt budget, and once connected the
 client's options are switched to the reconnect policy.
+
+A service started before its NATS server (``cadre actor KIND --nats URL`` in a deployment
+that boots everything at once) may instead wait for it: ``ConnectOptions.wait_s`` bounds
+the total wait, with a "waiting for NATS at ..." log line and exponential backoff.
+
+A server that answers but cannot run cadre stops every process at once with one line
+(:class:`ServerUnsupported`): cadre needs nats-server ``MIN_SERVER_VERSION`` (per-subject
+expected-sequence checks need 2.11, the event stream's atomic batches 2.12) with JetStream.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import re
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
 
-from cadre.bus.errors import AuthConfigError, NatsAuthError, NatsUnavailable
+from cadre.bus.errors import (
+    AuthConfigError,
+    JetStreamUnavailable,
+    NatsAuthError,
+    NatsUnavailable,
+    ServerUnsupported,
+)
 
 log = logging.getLogger("cadre.bus")
+
+# The oldest nats-server cadre runs on: `Nats-Expected-Last-Subject-Sequence-Subject` (the
+# per-workflow optimistic concurrency of store/jetstream.py) needs 2.11, and the event stream
+# allows atomic batches (`allow_atomic`, ADR-50), which need 2.12.
+MIN_SERVER_VERSION = (2, 12, 0)
+_WHY_VERSION = "per-workflow expected-sequence checks need 2.11, atomic batches 2.12"
+_VERSION = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,9 +61,111 @@ class ConnectOptions:
     max_reconnect_attempts: int = -1  # once connected: -1 = keep trying forever
     ping_interval: float = 20.0
     creds: Path | None = None  # a NATS creds file (user JWT + seed); None = connect without credentials
+    wait_s: float = 0.0  # first connect: how long to keep waiting for a server to come up; 0 = fail at once
+
+
+def server_problem(info: Mapping[str, Any], url: str) -> str | None:
+    """Why the server that sent ``info`` (its INFO line) cannot run cadre, or None if it can."""
+    found = str(info.get("version") or "unknown")
+    m = _VERSION.match(found)
+    if m is None or tuple(int(g) for g in m.groups()) < MIN_SERVER_VERSION:
+        need = ".".join(map(str, MIN_SERVER_VERSION))
+        return (
+            f"the NATS server at {url} is nats-server {found}; cadre needs nats-server {need} or newer "
+            f"({_WHY_VERSION}): upgrade it, or leave --nats / CADRE_NATS_URL unset to run the bundled one"
+        )
+    if not info.get("jetstream"):
+        return (
+            f"the NATS server at {url} (nats-server {found}) runs without JetStream; cadre keeps its events "
+            "in JetStream: start the server with -js, or `jetstream {}` in its config"
+        )
+    return None
 
 
 async def connect(opts: ConnectOptions) -> NATS:
+    """Connect (waiting up to ``opts.wait_s`` for a server to come up), then check the server.
+
+    Raises :class:`NatsUnavailable` when no server answered in time, :class:`NatsAuthError`
+    when it refused the credentials and :class:`ServerUnsupported` when it cannot run cadre.
+    """
+    deadline = time.monotonic() + max(0.0, opts.wait_s)
+    delay = 0.25
+    while True:
+        try:
+            nc = await _connect_once(opts)
+            break
+        except NatsUnavailable as exc:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                if opts.wait_s > 0:
+                    raise NatsUnavailable(opts.url, f"{exc.reason}; waited {opts.wait_s:g} s") from None
+                raise
+            pause = min(delay, left)
+            log.warning(
+                "waiting for NATS at %s (%s); retrying in %.2g s, giving up in %.1f s",
+                opts.url,
+                exc.reason,
+                pause,
+                left,
+            )
+            await asyncio.sleep(pause)
+            delay = min(delay * 2, 5.0)
+    problem = server_problem(nc._server_info, opts.url)
+    if problem is not None:
+        await nc.close()
+        raise ServerUnsupported(problem)
+    if opts.wait_s > 0:
+        try:
+            await _wait_for_jetstream(nc, opts, deadline)
+        except BaseException:
+            await nc.close()
+            raise
+    return nc
+
+
+async def _jetstream_problem(nc: NATS, within: float) -> str | None:
+    """Why JetStream does not serve this connection right now (``$JS.API.INFO``), or None."""
+    try:
+        msg = await nc.request("$JS.API.INFO", b"", timeout=within)
+    except nats.errors.NoRespondersError:
+        return "no JetStream responded"
+    except (TimeoutError, nats.errors.TimeoutError):
+        return f"JetStream did not answer within {within:.2g} s"
+    try:
+        reply = json.loads(msg.data)
+    except ValueError:
+        return f"JetStream answered {msg.data[:80]!r}"
+    error = reply.get("error") if isinstance(reply, dict) else None
+    if isinstance(error, dict):
+        return f"JetStream: {error.get('description', 'error')} ({error.get('code', '?')})"
+    return None
+
+
+async def _wait_for_jetstream(nc: NATS, opts: ConnectOptions, deadline: float) -> None:
+    """A service's wait for JetStream itself: a cluster accepts connections before its meta
+    leader is elected, and until then every JetStream call times out or answers 503."""
+    delay = 0.25
+    while True:
+        within = min(opts.connect_timeout, max(0.1, deadline - time.monotonic()))
+        reason = await _jetstream_problem(nc, within)
+        if reason is None:
+            return
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise JetStreamUnavailable(
+                f"JetStream at {opts.url} did not become ready ({reason}; waited {opts.wait_s:g} s): a cluster "
+                "still electing its leader, or JetStream off for this account; see the servers' logs, or raise "
+                "CADRE_CONNECT_WAIT_S"
+            )
+        pause = min(delay, left)
+        log.warning(
+            "waiting for JetStream at %s (%s); retrying in %.2g s, giving up in %.1f s", opts.url, reason, pause, left
+        )
+        await asyncio.sleep(pause)
+        delay = min(delay * 2, 5.0)
+
+
+async def _connect_once(opts: ConnectOptions) -> NATS:
     """Connect, or raise :class:`NatsUnavailable` quickly when no server answers."""
     servers = [u.strip() for u in opts.url.split(",") if u.strip()]
     holder: list[NATS] = []
@@ -52,8 +180,9 @@ async def connect(opts: ConnectOptions) -> NATS:
         return bool(holder) and (holder[0].is_closed or holder[0].is_draining)
 
     async def on_error(exc: Exception) -> None:
-        if not holder and "authorization violation" in str(exc).lower():
-            refused.append(str(exc))
+        if not holder:  # the first connect: its failure is said once, by the error it raises
+            if "authorization violation" in str(exc).lower():
+                refused.append(str(exc))
             return
         if not closing():
             log.warning("nats: %s: %s", type(exc).__name__, exc)

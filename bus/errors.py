@@ -8,6 +8,8 @@ says what was expected, what arrived, where, and how to fix it.
      ├─ BusError                      bus/: connection, stream, wire format
      │   ├─ NatsUnavailable           no NATS server answered at the given URL(s)
      │   ├─ NatsAuthError             the server refused the credentials (or none were given)
+     │   ├─ ServerUnsupported         the server is too old for cadre, or runs without JetStream
+     │   ├─ JetStreamUnavailable      JetStream did not answer in time (a cluster not ready yet)
      │   ├─ AuthConfigError           credentials or the auth directory cannot be used
      │   ├─ StreamConfigError         the event stream could not be created or updated
      │   ├─ DecodeError               bytes that are not a valid envelope/payload (has .path)
@@ -54,6 +56,18 @@ class NatsUnavailable(BusError):
         )
         self.url = url
         self.reason = reason
+
+
+class ServerUnsupported(BusError):
+    """The server answered, but cannot run cadre: older than ``MIN_SERVER_VERSION`` or no JetStream."""
+
+    code = "nats_server_unsupported"
+
+
+class JetStreamUnavailable(BusError):
+    """A service waited for JetStream (a cluster electing its meta leader) and it never answered."""
+
+    code = "jetstream_unavailable"
 
 
 class NatsAuthError(BusError):

@@ -17,8 +17,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import pydantic
-
 from cadre import __version__, audit_cli, auth_cli, commands, replay_cli, state_view
 from cadre.bus.errors import CadreError, InvalidName
 from cadre.bus.events import TERMINAL_TYPES
@@ -29,6 +27,7 @@ from cadre.policy_file import deployment_settings
 from cadre.render import json_line, record_json, record_line
 from cadre.safe_text import VisibleFormatter, visible
 from cadre.settings import Settings
+from cadre.settings_errors import InvalidSettings
 from cadre.store.authenticity import authorship, verdict
 from cadre.store.filelog import FileLog, export
 from cadre.store.records import Malformed, Record, StoredEvent
@@ -148,8 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             policy=getattr(args, "deployment_policy", None),
             agent_pool=getattr(args, "pool", None),
         )
-    except pydantic.ValidationError as exc:
-        print(f"cadre: invalid settings: {exc}", file=sys.stderr)
+    except InvalidSettings as exc:
+        print(visible(f"cadre: {exc.code}: {exc.message}"), file=sys.stderr)
         return EXIT_USAGE
     as_json = bool(getattr(args, "json", False))
     try:

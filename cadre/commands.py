@@ -82,7 +82,7 @@ async def up(
     # one kind (`cadre actor KIND`) as that kind's role.
     role = kinds[0] if len(kinds) == 1 else "node"
     async with (
-        open_bus(settings, name=name, role=role) as bus,
+        open_bus(settings, name=name, role=role, service=True) as bus,
         run_system(bus, settings, kinds, replicas=replicas, agent_pools=agent_pools),
     ):
         where = "embedded server" if bus.server is not None else "NATS"

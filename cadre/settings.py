@@ -7,12 +7,14 @@ passes them down.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import SettingsError as SourceError
 
 from cadre.bus.auth import AuthNames
 from cadre.bus.connection import ConnectOptions
@@ -21,6 +23,10 @@ from cadre.bus.subjects import Subjects
 from cadre.planner.providers import pricing
 from cadre.planner.providers.pricing import ModelPrice
 from cadre.planner.validation import Limits
+from cadre.settings_errors import InvalidSettings, explain
+
+# A list of strings from the environment: a JSON list, or (easier to type) comma-separated.
+StrList = Annotated[list[str], NoDecode]
 
 
 class RateLimit(BaseModel):
@@ -57,6 +63,8 @@ DEFAULT_RATE_LIMITS: dict[str, RateLimit] = {
 
 _LIMITS = Limits()
 
+SERVICE_CONNECT_WAIT_S = 60.0  # default of connect_wait_s
+
 
 class ValidatorLimits(BaseModel):
     """The validator's size limits on plans and steps (``planner.validation.Limits``)."""
@@ -89,6 +97,19 @@ def check_pool_names(pools: dict[str, AgentPool]) -> dict[str, AgentPool]:
     return pools
 
 
+def split_list(value: Any) -> Any:
+    """A list setting given as text: a JSON list (``["a", "b"]``) or comma-separated (``a,b``)."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith("["):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not a JSON list ({exc})") from None
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
 Intelligence = Literal["basic", "adaptive", "intelligent", "autonomous"]
 Mode = Literal["strict", "adaptive", "creative"]
 
@@ -114,15 +135,21 @@ class Settings(BaseSettings):
     stream_max_bytes: int = Field(default=-1, ge=-1)
     stream_duplicate_window_s: float = Field(default=120.0, gt=0)
     connect_timeout_s: float = Field(default=2.0, gt=0)
+    connect_wait_s: float | None = Field(
+        default=None,
+        ge=0,
+        description="how long a service (cadre up, cadre actor) waits at start for NATS to come up, with backoff; "
+        f"unset = {SERVICE_CONNECT_WAIT_S:g} s, 0 = fail at once (commands for people never wait)",
+    )
     request_timeout_s: float = Field(default=5.0, gt=0)
 
     # actors
     workspace: Path | None = Field(default=None, description="fs.* tools' root (default: <data_dir>/workspace)")
     database: Path | None = Field(default=None, description="sql.* tools' SQLite file (default: the sample shop)")
-    http_allow: list[str] = Field(default_factory=list, description="URL prefixes http.get may fetch")
-    tool_modules: list[str] = Field(default_factory=list, description="Python modules defining TOOLS of your own")
-    prohibited_tools: list[str] = Field(default_factory=list, description="tools the validator refuses")
-    approval_tools: list[str] = Field(default_factory=list, description="tools that need a person's approval")
+    http_allow: StrList = Field(default_factory=list, description="URL prefixes http.get may fetch")
+    tool_modules: StrList = Field(default_factory=list, description="Python modules defining TOOLS of your own")
+    prohibited_tools: StrList = Field(default_factory=list, description="tools the validator refuses")
+    approval_tools: StrList = Field(default_factory=list, description="tools that need a person's approval")
     policy: Path | None = Field(
         default=None,
         description="policy file (JSON or TOML) applied over these settings: tool policy, limits, caps, level, "
@@ -212,6 +239,11 @@ class Settings(BaseSettings):
 
     metrics_port: int | None = Field(default=None, ge=0, le=65535, description="serve /metrics here (0 = any)")
 
+    @field_validator("http_allow", "tool_modules", "prohibited_tools", "approval_tools", mode="before")
+    @classmethod
+    def _str_list(cls, value: Any) -> Any:
+        return split_list(value)
+
     @field_validator("pools")
     @classmethod
     def _pool_names(cls, pools: dict[str, AgentPool]) -> dict[str, AgentPool]:
@@ -219,8 +251,16 @@ class Settings(BaseSettings):
 
     @classmethod
     def load(cls, **overrides: Any) -> Settings:
-        """Environment and defaults, with the given (non-None) overrides on top."""
-        return cls(**{k: v for k, v in overrides.items() if v is not None})
+        """Environment and defaults, with the given (non-None) overrides on top.
+
+        A value that cannot be used raises :class:`InvalidSettings`, one line naming the variable,
+        what it takes and an example.
+        """
+        given = {k: v for k, v in overrides.items() if v is not None}
+        try:
+            return cls(**given)
+        except (ValidationError, SourceError) as exc:
+            raise InvalidSettings(explain(exc, cls.model_fields, from_flags=given)) from None
 
     @property
     def subjects(self) -> Subjects:
@@ -237,8 +277,12 @@ class Settings(BaseSettings):
             max_bytes=self.stream_max_bytes,
         )
 
-    def connect_options(self, url: str, name: str, creds: Path | None = None) -> ConnectOptions:
-        return ConnectOptions(url=url, name=name, connect_timeout=self.connect_timeout_s, creds=creds)
+    def connect_options(
+        self, url: str, name: str, creds: Path | None = None, *, service: bool = False
+    ) -> ConnectOptions:
+        """How to connect; a ``service`` (an actor process) waits up to ``connect_wait_s`` for NATS."""
+        wait = (SERVICE_CONNECT_WAIT_S if self.connect_wait_s is None else self.connect_wait_s) if service else 0.0
+        return ConnectOptions(url=url, name=name, connect_timeout=self.connect_timeout_s, creds=creds, wait_s=wait)
 
     @property
     def auth_dir(self) -> Path:

@@ -27,7 +27,9 @@ class Bus:
 
 
 @asynccontextmanager
-async def open_bus(settings: Settings, *, name: str = "cadre", role: str = "client") -> AsyncIterator[Bus]:
+async def open_bus(
+    settings: Settings, *, name: str = "cadre", role: str = "client", service: bool = False
+) -> AsyncIterator[Bus]:
     """Connect to ``settings.nats_url``, or to the embedded server of ``settings.data_dir``
     (reusing a running one, else starting it with its authorization), as ``role`` (``bus/auth.py``),
     and make sure the event stream exists.
@@ -36,6 +38,7 @@ async def open_bus(settings: Settings, *, name: str = "cadre", role: str = "clie
     as ``admin``; elsewhere ``--creds`` (if any) is used, and only an admin (or a server without
     authorization) creates the stream: the others find it made by ``cadre auth bootstrap``.
     On exit the connection is drained, and an embedded server this call started is stopped.
+    A ``service`` (an actor process) waits for the server up to ``settings.connect_wait_s``.
     """
     server: EmbeddedServer | None = None
     url = settings.nats_url
@@ -48,7 +51,7 @@ async def open_bus(settings: Settings, *, name: str = "cadre", role: str = "clie
         if auth_dir is not None:
             await bootstrap(settings, url, auth_dir)
         creds = creds_for(settings, role, auth_dir)
-        nc = await connect(settings.connect_options(url, name, creds))
+        nc = await connect(settings.connect_options(url, name, creds, service=service))
         try:
             log = JetStreamLog(
                 nc, stream=settings.stream(), subjects=settings.subjects, timeout=settings.request_timeout_s
