@@ -9,6 +9,7 @@ that parallel test runs do not collide) and the stores (the test's temporary dir
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import socket
 import subprocess
@@ -20,6 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
+import kubernetes_validate.utils
 import pytest
 import yaml
 
@@ -304,3 +307,175 @@ def test_compose_waits_for_healthy_nats_restarts_and_checks_health() -> None:
     assert {d: c["condition"] for d, c in boot["depends_on"].items()} == dict.fromkeys(nats, "service_healthy")
     assert "cadre auth bootstrap" in boot["command"][0]
     assert "sleep" in boot["command"][0], "it retries until the new cluster has a leader"
+
+
+# --- Kubernetes ----------------------------------------------------------------------------------------------
+
+K8S = DEPLOY / "k8s"
+# The oldest Kubernetes still in wide use, and the newest schemas kubernetes-validate bundles.
+K8S_VERSIONS = ("1.30.0", kubernetes_validate.utils.latest_version())
+
+
+def _manifests() -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all((K8S / "cadre.yaml").read_text()) if d]
+
+
+def _values() -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load((K8S / "nats-values.yaml").read_text())
+    return doc
+
+
+def _patched_nats_pod() -> dict[str, Any]:
+    """The chart's values patch its nats container and pod template: what they add, in a minimal Pod."""
+    values = _values()
+    (mount,) = [p["value"] for p in values["container"]["patch"] if p["path"] == "/volumeMounts/-"]
+    (volume,) = [p["value"] for p in values["podTemplate"]["patch"] if p["path"] == "/spec/volumes/-"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "nats-0"},
+        "spec": {"containers": [{"name": "nats", "image": "nats", "volumeMounts": [mount]}], "volumes": [volume]},
+    }
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_kubernetes_manifests_match_their_schemas(version: str) -> None:
+    docs = [*_manifests(), _patched_nats_pod()]
+    for doc in docs:
+        kubernetes_validate.validate(doc, version, strict=True)
+    assert len(docs) == 1 + 1 + len(KINDS) + 2 + 1 + 1  # env, Job, kinds, 2 pools, Service, the chart's patches
+
+
+def test_kubernetes_check_rejects_a_broken_manifest() -> None:
+    """The schema check can fail: a misspelt probe and a port given as a word are errors."""
+    deployment = next(d for d in _manifests() if d["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    container["readinesProbe"] = container.pop("readinessProbe")
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, K8S_VERSIONS[-1], strict=True)
+    container["readinessProbe"] = container.pop("readinesProbe")
+    container["ports"][0]["containerPort"] = "metrics"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, K8S_VERSIONS[-1], strict=True)
+
+
+def test_a_deployment_per_kind_with_probes_its_own_creds_and_a_metrics_service() -> None:
+    docs = _manifests()
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    assert {f"cadre-{k}" for k in KINDS} <= set(deployments)
+    policy = tomllib.loads((DEPLOY / "policy.toml").read_text())
+    assert set(deployments) == {f"cadre-{k}" for k in KINDS} | {f"cadre-agent-{p}" for p in policy["pools"]}
+    env = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "cadre-env")["data"]
+    assert env["CADRE_NATS_URL"] == "nats://nats:4222"  # the chart's client Service of release `nats`
+    assert env["CADRE_STREAM_REPLICAS"] == str(_values()["config"]["cluster"]["replicas"])
+    (service,) = [d for d in docs if d["kind"] == "Service"]
+    (metrics_port,) = service["spec"]["ports"]
+    assert service["spec"]["clusterIP"] == "None"
+    for name, d in deployments.items():
+        pod = d["spec"]["template"]
+        assert d["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+        assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items(), name
+        (container,) = pod["spec"]["containers"]
+        kind = container["args"][1]
+        assert container["args"][0] == "actor"
+        assert kind in KINDS
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert ports == {"metrics": int(env["CADRE_METRICS_PORT"])}
+        assert metrics_port["targetPort"] == "metrics"
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert container[probe]["httpGet"] == {"path": "/metrics", "port": "metrics"}, (name, probe)
+        variables = {e["name"]: e["value"] for e in container["env"]}
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+        assert variables["CADRE_NATS_CREDS"] == f"{mounts['creds']}/{kind}.creds"
+        assert variables["CADRE_KEYRING"] == f"{mounts['creds']}/keyring.json"
+        assert volumes["creds"]["secret"]["secretName"] == f"cadre-creds-{kind}"
+        assert env["CADRE_POLICY"] == f"{mounts['policy']}/policy.toml"
+        assert volumes["policy"]["configMap"]["name"] == "cadre-policy"
+    job = next(d for d in docs if d["kind"] == "Job")
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["args"][:2] == ["auth", "bootstrap"]
+
+
+KUBECTL_SHIM = '''#!{python}
+"""Records what `kubectl create ... --dry-run=client -o yaml | kubectl apply -f -` would create."""
+import base64, json, pathlib, sys
+args = sys.argv[1:]
+if args[:1] == ["apply"]:
+    with open({out!r}, "a") as f:
+        f.write(sys.stdin.read() + "\\n")
+    sys.exit(0)
+assert "--dry-run=client" in args, args
+kind, name = ("Secret", args[3]) if args[1] == "secret" else ("ConfigMap", args[2])
+data = {{}}
+for a in args:
+    if a.startswith("--from-file="):
+        key, path = a.removeprefix("--from-file=").split("=", 1)
+        raw = pathlib.Path(path).read_bytes()
+        data[key] = base64.b64encode(raw).decode() if kind == "Secret" else raw.decode()
+print(json.dumps({{"kind": kind, "metadata": {{"name": name}}, "data": data}}))
+'''
+
+
+def test_secrets_script_creates_what_the_pods_mount(tmp_path: Path) -> None:
+    auth = tmp_path / "auth"
+    assert main(["auth", "init", str(auth)]) == 0
+    bin_dir, out = tmp_path / "bin", tmp_path / "applied.jsonl"
+    bin_dir.mkdir()
+    (bin_dir / "kubectl").write_text(KUBECTL_SHIM.format(python=sys.executable, out=str(out)))
+    (bin_dir / "kubectl").chmod(0o755)
+    subprocess.run(
+        ["sh", str(K8S / "secrets.sh"), str(auth)],
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin"},
+        check=True,
+        timeout=60,
+    )
+    applied = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    created = {(o["kind"], o["metadata"]["name"]): set(o["data"]) for o in applied}
+    # What the manifests and the chart's values mount, with the keys the processes read.
+    wanted: dict[tuple[str, str], set[str]] = {("Secret", "nats-auth"): {"auth.conf"}}
+    volume = _patched_nats_pod()["spec"]["volumes"][0]
+    assert volume["secret"]["secretName"] == "nats-auth"
+    for d in _manifests():
+        if d["kind"] not in ("Deployment", "Job"):
+            continue
+        spec = d["spec"]["template"]["spec"]
+        (container,) = spec["containers"]
+        variables = {e["name"]: e["value"] for e in container.get("env", [])}
+        for v in spec["volumes"]:
+            if "secret" in v:
+                keys = {Path(variables["CADRE_NATS_CREDS"]).name, "keyring.json"} if variables else set()
+                if d["kind"] == "Job":
+                    keys = {"admin.creds", "mirror.creds"}
+                wanted.setdefault(("Secret", v["secret"]["secretName"]), set()).update(keys)
+            if "configMap" in v:
+                wanted[("ConfigMap", v["configMap"]["name"])] = {"policy.toml"}
+    assert created == wanted
+    # The files are cadre's own: the creds open as their role, the policy file is the shipped one.
+    objects = {o["metadata"]["name"]: o["data"] for o in applied}
+    assert (
+        objects["cadre-creds-planner"]["planner.creds"]
+        == base64.b64encode((auth / "planner.creds").read_bytes()).decode()
+    )
+    assert objects["cadre-policy"]["policy.toml"] == (DEPLOY / "policy.toml").read_text()
+
+
+def test_the_chart_include_finds_auth_conf(tmp_path: Path) -> None:
+    """The values' `00$include` (the chart writes `include <path>;` into /etc/nats-config/nats.conf) reaches the
+    auth.conf mounted beside it at /etc/nats-auth, and nats-server accepts the result (-t: test the config)."""
+    values = _values()
+    include = values["config"]["merge"]["00$include"]
+    (mount,) = [p["value"] for p in values["container"]["patch"]]
+    assert mount["mountPath"] == "/etc/nats-auth"
+    root = tmp_path / "etc"
+    (root / "nats-config").mkdir(parents=True)
+    assert main(["auth", "init", str(root / "nats-auth")]) == 0
+    conf = root / "nats-config" / "nats.conf"
+    conf.write_text(
+        f'include {include};\nport: 4222\nserver_name: nats-0\njetstream {{ store_dir: "{tmp_path}/js" }}\n'
+    )
+    assert (conf.parent / include).resolve() == (root / "nats-auth" / "auth.conf").resolve()
+    out = subprocess.run(
+        [str(server_binary()), "-t", "-c", str(conf)], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
