@@ -135,9 +135,8 @@ async def test_deploy_nats_boots_as_three_nodes_on_loopback(
     for env in envs:  # what compose and Kubernetes probe
         while True:
             try:
-                assert _get_json(f"http://127.0.0.1:{env['NATS_HTTP_PORT']}/healthz?js-enabled-only=true") == {
-                    "status": "ok"
-                }
+                health = f"http://127.0.0.1:{env['NATS_HTTP_PORT']}/healthz?js-enabled-only=true"
+                assert await asyncio.to_thread(_get_json, health) == {"status": "ok"}
                 break
             except OSError:
                 assert time.monotonic() < deadline, f"{env['NATS_NAME']} never answered /healthz"
