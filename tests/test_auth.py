@@ -34,6 +34,7 @@ from cadre.cli import main
 from cadre.settings import Settings
 from cadre.store.jetstream import JetStreamLog
 from cadre.store.records import StoredEvent
+from tests.deploy_files import read_env_file
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "nats"
 
@@ -65,16 +66,19 @@ def _deploy_server(tmp: Path) -> Iterator[str]:
     """deploy/nats/node.conf with `cadre auth init` next to it, one node (no routes), on loopback."""
     conf_dir = tmp / "etc"
     conf_dir.mkdir()
-    node_conf = (DEPLOY / "node.conf").read_text()
-    assert "store_dir: /var/lib/nats" in node_conf
-    (conf_dir / "node.conf").write_text(node_conf.replace("/var/lib/nats", str(tmp / "js")))
+    (conf_dir / "node.conf").write_text((DEPLOY / "node.conf").read_text())
     (conf_dir / "cluster.conf").write_text("# single node\n")
     assert main(["auth", "init", str(conf_dir)]) == 0
     port = _free_port()
-    # -p overrides the config's port (and the monitoring port is left off); the address stays its loopback.
-    cmd = [str(server_binary()), "-c", str(conf_dir / "node.conf"), "-p", str(port), "-m", "0"]
+    # The node's settings come from its env file (deploy/nats/env/n1.env: loopback); a free port, a
+    # temporary store, and the monitoring port left off (-m 0).
+    env = read_env_file(DEPLOY / "env" / "n1.env") | {"NATS_PORT": str(port), "NATS_STORE_DIR": str(tmp / "js")}
+    assert env["NATS_ADDR"] == "127.0.0.1"
+    cmd = [str(server_binary()), "-c", str(conf_dir / "node.conf"), "-m", "0"]
     log = (tmp / "server.log").open("wb")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env={"PATH": "/usr/bin:/bin", **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     try:
         deadline = 100
         while deadline:
