@@ -160,6 +160,16 @@ class Settings(BaseSettings):
     actor_ack_wait_s: float = Field(default=30.0, gt=0)
     actor_max_attempts: int = Field(default=5, ge=1)
     actor_drain_timeout_s: float = Field(default=10.0, ge=0)
+    stop_grace_s: float = Field(
+        default=5.0, ge=0, description="after a stop signal, a process ends at most this long after its drain timeout"
+    )
+    state_release_after_s: float = Field(
+        default=5.0, ge=0, description="an actor process forgets a workflow's state this long after it ends"
+    )
+    state_max_workflows: int = Field(default=10_000, ge=1, description="workflow states an actor process keeps at most")
+    state_recent_events: int = Field(
+        default=2_000, ge=0, description="decoded events an actor process keeps for its actors' inputs"
+    )
     intelligence: Intelligence = Field(
         default="adaptive", description="intelligence level of workflows whose request does not set one"
     )
