@@ -95,6 +95,9 @@ def runtime_options(settings: Settings) -> RuntimeOptions:
         ack_wait=settings.actor_ack_wait_s,
         max_attempts=settings.actor_max_attempts,
         drain_timeout=settings.actor_drain_timeout_s,
+        state_release_after=settings.state_release_after_s,
+        state_max_workflows=settings.state_max_workflows,
+        state_recent_events=settings.state_recent_events,
     )
 
 
