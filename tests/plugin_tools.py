@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 from pydantic import BaseModel, ConfigDict
 
@@ -98,32 +97,4 @@ TOOLS.append(
 )
 TOOLS.append(
     (ToolSpec("test.count", "counts the letters of a value", Value, Count), typed_impl("test.count", Value, count))
-)
-
-
-# Appended for tests/test_stop.py: tools that keep a handler busy where cancelling it cannot stop it,
-# in a worker thread (as sql.query and http.get run) or on the event loop itself (CPU-bound code).
-
-
-async def block_thread(inputs: Seconds, config: ToolConfig, call: ToolCall) -> Seconds:
-    await asyncio.to_thread(time.sleep, inputs.seconds)
-    return inputs
-
-
-async def block_loop(inputs: Seconds, config: ToolConfig, call: ToolCall) -> Seconds:
-    time.sleep(inputs.seconds)  # noqa: ASYNC251 (the point: a handler that holds the loop)
-    return inputs
-
-
-TOOLS.append(
-    (
-        ToolSpec("test.block_thread", "sleeps in a worker thread", Seconds, Seconds, timeout_s=120),
-        typed_impl("test.block_thread", Seconds, block_thread),
-    )
-)
-TOOLS.append(
-    (
-        ToolSpec("test.block_loop", "sleeps holding the event loop", Seconds, Seconds, timeout_s=120),
-        typed_impl("test.block_loop", Seconds, block_loop),
-    )
 )

@@ -24,7 +24,11 @@ GRACE_S = 2.0
 @pytest.fixture
 def cluster(nats_url: str, tmp_path: Path) -> Iterator[Cluster]:
     c = Cluster(nats_url, tmp_path)
-    c.env |= {"CADRE_ACTOR_DRAIN_TIMEOUT_S": str(DRAIN_S), "CADRE_STOP_GRACE_S": str(GRACE_S)}
+    c.env |= {
+        "CADRE_ACTOR_DRAIN_TIMEOUT_S": str(DRAIN_S),
+        "CADRE_STOP_GRACE_S": str(GRACE_S),
+        "CADRE_TOOL_MODULES": '["tests.plugin_tools", "tests.stop_tools"]',
+    }
     try:
         yield c
     finally:
