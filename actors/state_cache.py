@@ -156,6 +156,8 @@ class StateCache:
         applied = self._apply(entry, record)
         if etype in TERMINAL_TYPES:
             self._release_later(wf)
+        if len(self._entries) > self._max:  # over because entries were in use when last evicted
+            self._evict()
         if applied is not None:
             self._recent[seq] = applied
             if len(self._recent) > self._recent_max:

@@ -151,6 +151,9 @@ class Settings(BaseSettings):
     )
     plan_library: Path | None = Field(default=None, description="example plans (default: ./examples/plans)")
     library_threshold: float = Field(default=0.35, ge=0, le=1, description="similarity a library plan needs")
+    library_max_learned: int = Field(
+        default=1_000, ge=0, description="plans of completed workflows the library keeps at most (newest kept)"
+    )
     library_learn_explicit: bool = Field(
         default=False, description="completed workflows with a client's explicit plan join the plan library"
     )

@@ -145,6 +145,7 @@ async def run_system(
             settings.plan_library_dir,
             threshold=settings.library_threshold,
             learn_explicit=settings.library_learn_explicit,
+            max_learned=settings.library_max_learned,
         )
     llm = build_llm(settings) if set(kinds) & {"planner", "decomposer", "agent"} else None
     pricing = budget_config(settings)  # its prices and worst-case rule quote a dry run's steps

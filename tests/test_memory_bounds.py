@@ -44,5 +44,32 @@ async def test_the_state_cache_keeps_at_most_its_limit(log: JetStreamLog) -> Non
             await log.append(f"wf{i}", [requested(f"wf{i}")], expected_seq=0)
         for i in range(8):
             await wait_for_type(log, f"wf{i}", WorkflowCompleted.TYPE)
-        assert len(system.cache) <= 4  # 3, and the newest if it was in use at the last eviction
+        # Those in use when a newer one came stay until the next event: one more workflow.
+        await log.append("wf8", [requested("wf8")], expected_seq=0)
+        await wait_for_type(log, "wf8", WorkflowCompleted.TYPE)
+        assert len(system.cache) <= 3
         assert len(system.cache._recent) <= 4
+
+
+async def test_the_plan_library_keeps_the_newest_learned_plans_up_to_its_limit(log: JetStreamLog) -> None:
+    from cadre.actors.library_source import LogLibrary
+    from cadre.bus.events import PlanProposed
+    from cadre.bus.plan import Plan, Task
+    from tests.conftest import ev
+
+    for i, name in enumerate(("ada", "bob", "cy", "di")):
+        wf = f"wf{i}"
+        root = requested(wf, f"count the orders of {name}")
+        plan = Plan(nodes=(Task(id="a", tool="sql.query", inputs={"sql": f"select '{name}'"}),))
+        await log.append(
+            wf,
+            [
+                root,
+                ev(PlanProposed(plan=plan, source="model"), wf, cause=root.id, actor="planner"),
+                ev(WorkflowCompleted(result="done"), wf, cause=root.id, i=1, actor="planner"),
+            ],
+            expected_seq=0,
+        )
+    library = LogLibrary(log, None, max_learned=2)
+    await library.refresh()
+    assert [e.source for e in library.entries] == ["workflow:wf2", "workflow:wf3"]
