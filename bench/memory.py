@@ -23,6 +23,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -177,8 +178,8 @@ def cli() -> None:
     if args.at is None:
         args.at = [0, 1_000, 5_000, 10_000]
     args.at = [a for a in args.at if a <= args.workflows] + [args.workflows]
-    with bench_server(args.nats, args.data_dir) as url:
-        data_dir = args.data_dir or Path(os.environ.get("TMPDIR", "/tmp")) / f"cadre-memory-{secrets.token_hex(3)}"
+    with bench_server(args.nats, args.data_dir) as url, tempfile.TemporaryDirectory(prefix="cadre-memory-") as tmp:
+        data_dir = args.data_dir / "cadre" if args.data_dir is not None else Path(tmp)
         data_dir.mkdir(parents=True, exist_ok=True)
         print(json.dumps(asyncio.run(main(args, url, data_dir))), flush=True)
 
