@@ -39,8 +39,10 @@ class LogLibrary:
         *,
         threshold: float = 0.35,
         learn_explicit: bool = False,
+        max_learned: int = 1_000,
     ) -> None:
         self._log = elog
+        self._max_learned = max_learned
         self._threshold = threshold
         self._learn_explicit = learn_explicit
         self._entries: list[LibraryEntry] = load_entries(examples) if examples is not None and examples.is_dir() else []
@@ -72,6 +74,8 @@ class LogLibrary:
                 entry = await self._entry_of(parsed[0])
                 if entry is not None:
                     self._learned[parsed[0]] = entry
+                    if len(self._learned) > self._max_learned:  # the oldest learned plan goes first
+                        del self._learned[next(iter(self._learned))]
 
     async def _entry_of(self, wf: str) -> LibraryEntry | None:
         js, stream, subjects = self._log.js, self._log.stream, self._log.subjects  # type: ignore[union-attr]

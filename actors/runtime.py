@@ -97,6 +97,9 @@ class RuntimeOptions:
     conflict_retries: int = 50
     fetch_timeout: float = 0.5
     drain_timeout: float = 10.0
+    state_release_after: float = 5.0  # seconds the state cache keeps a workflow after it ends
+    state_max_workflows: int = 10_000  # workflows the state cache keeps at most
+    state_recent_events: int = 2_000  # decoded events the state cache keeps for actors' inputs
 
 
 class Lifecycle(enum.Enum):
@@ -546,8 +549,15 @@ async def run_actors(
     """
     trust = trust or Trust()
     trust.require(spec.kind for spec, _ in specs)
-    cache = StateCache(elog, keyring=trust.keyring)
-    system = ActorSystem(elog, outside, options or RuntimeOptions(), metrics or Metrics.create(), cache, trust)
+    opts = options or RuntimeOptions()
+    cache = StateCache(
+        elog,
+        keyring=trust.keyring,
+        max_workflows=opts.state_max_workflows,
+        recent_events=opts.state_recent_events,
+        release_after=opts.state_release_after,
+    )
+    system = ActorSystem(elog, outside, opts, metrics or Metrics.create(), cache, trust)
     for spec, _ in specs:
         await system.ensure_consumer(spec)
     await cache.start()

@@ -27,6 +27,11 @@ appended (``appended``), which its feed may not have brought yet, so that the ne
 the process chains to it at once (``head``), and one lock under which the process's actors
 append to the workflow one after the other (``append_lock``): writers of one process never
 race each other, only writers of other processes.
+
+Memory stays bounded however many workflows a process sees: a workflow is released
+``release_after`` seconds after its terminal event (a late event of it is loaded from the log
+again, as for a workflow the cache never followed), at most ``max_workflows`` are kept (least
+recently used first out), and ``recent_events`` decoded events are kept for the runtime.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from typing import Any
 from nats.aio.msg import Msg
 from nats.js import api
 
+from cadre.bus.events import TERMINAL_TYPES
 from cadre.bus.signing import Keyring, Verdict
 from cadre.store.authenticity import verdict
 from cadre.store.jetstream import JetStreamLog, stream_seq
@@ -70,7 +76,8 @@ class StateCache:
         *,
         max_workflows: int = 10_000,
         catch_up_after: float = 2.0,
-        recent_events: int = 20_000,
+        recent_events: int = 2_000,
+        release_after: float = 5.0,
         keyring: Keyring | None = None,
     ) -> None:
         self._log = elog
@@ -83,6 +90,8 @@ class StateCache:
         # them, so the runtime need not decode it a second time.
         self._recent: OrderedDict[int, tuple[StoredEvent, Verdict]] = OrderedDict()
         self._recent_max = recent_events
+        self._release_after = release_after
+        self._releases: dict[str, asyncio.TimerHandle] = {}
 
     async def start(self) -> None:
         """Begin following the stream; returns once the feed's consumer exists."""
@@ -101,6 +110,29 @@ class StateCache:
         for entry in self._entries.values():
             for _, fut in entry.waiters:
                 fut.cancel()
+        for timer in self._releases.values():
+            timer.cancel()
+        self._releases.clear()
+
+    def __len__(self) -> int:
+        """How many workflows the cache holds now."""
+        return len(self._entries)
+
+    def _release_later(self, wf: str) -> None:
+        """Drop the workflow ``release_after`` seconds from now (it ended; later events are rare)."""
+        if wf not in self._releases:
+            loop = asyncio.get_running_loop()
+            self._releases[wf] = loop.call_later(self._release_after, self._release, wf)
+
+    def _release(self, wf: str) -> None:
+        self._releases.pop(wf, None)
+        entry = self._entries.get(wf)
+        if entry is None:
+            return
+        if entry.loading or entry.waiters or entry.appending.locked():
+            self._release_later(wf)  # in use right now: try again later
+            return
+        del self._entries[wf]
 
     async def _on_msg(self, m: Msg) -> None:
         parsed = self._log.subjects.parse_event(m.subject)
@@ -122,6 +154,10 @@ class StateCache:
             entry.buffer.append(record)
             return
         applied = self._apply(entry, record)
+        if etype in TERMINAL_TYPES:
+            self._release_later(wf)
+        if len(self._entries) > self._max:  # over because entries were in use when last evicted
+            self._evict()
         if applied is not None:
             self._recent[seq] = applied
             if len(self._recent) > self._recent_max:
@@ -223,11 +259,20 @@ class StateCache:
 
     def forget(self, wf: str) -> None:
         self._entries.pop(wf, None)
+        timer = self._releases.pop(wf, None)
+        if timer is not None:
+            timer.cancel()
 
     def _evict(self) -> None:
-        while len(self._entries) > self._max:
-            wf, entry = next(iter(self._entries.items()))
-            if entry.loading or entry.waiters or entry.appending.locked():
-                self._entries.move_to_end(wf)
-                return
-            del self._entries[wf]
+        """Drop the least recently used workflows over ``max_workflows``, skipping those in use."""
+        excess = len(self._entries) - self._max
+        if excess <= 0:
+            return
+        victims = []
+        for wf, entry in self._entries.items():
+            if not (entry.loading or entry.waiters or entry.appending.locked()):
+                victims.append(wf)
+                if len(victims) == excess:
+                    break
+        for wf in victims:
+            self.forget(wf)

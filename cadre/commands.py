@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sys
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -53,12 +55,37 @@ class UsageError(CadreError):
     code = "usage_error"
 
 
-def _stop_on_signals() -> asyncio.Event:
+def _stop_on_signals(hard_stop_after: float | None = None) -> asyncio.Event:
+    """An event set on SIGINT/SIGTERM. With ``hard_stop_after``, the first signal also arms a
+    watchdog thread that ends the process that many seconds later if it is still running: a
+    handler stuck in a thread or in CPU-bound code must not keep it from stopping (its inputs
+    are unacknowledged, so JetStream redelivers them to another process)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    if hard_stop_after is None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        return stop
+
+    def on_signal(signum: int, frame: object) -> None:
+        # A plain signal handler, not the loop's: it runs even while the loop is blocked.
+        if not stop.is_set():
+            _arm_hard_stop(hard_stop_after)
+        loop.call_soon_threadsafe(stop.set)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        signal.signal(sig, on_signal)
     return stop
+
+
+def _arm_hard_stop(after: float) -> None:
+    def hard_stop() -> None:
+        print(f"cadre: still running {after}s after the signal; stopping now", file=sys.stderr, flush=True)
+        os._exit(EXIT_FAILED)
+
+    timer = threading.Timer(after, hard_stop)
+    timer.daemon = True
+    timer.start()
 
 
 def _say(text: str) -> None:
@@ -77,7 +104,7 @@ async def up(
 ) -> int:
     """Run actor kinds until SIGINT/SIGTERM, then drain and stop (the agents serve ``agent_pools``:
     :func:`cadre.system.run_system`)."""
-    stop = _stop_on_signals()
+    stop = _stop_on_signals(settings.actor_drain_timeout_s + settings.stop_grace_s)
     # One process runs every kind (`cadre up`) as `node`, the union of the actor roles; a process of
     # one kind (`cadre actor KIND`) as that kind's role.
     role = kinds[0] if len(kinds) == 1 else "node"

@@ -178,6 +178,9 @@ class Settings(BaseSettings):
     )
     plan_library: Path | None = Field(default=None, description="example plans (default: ./examples/plans)")
     library_threshold: float = Field(default=0.35, ge=0, le=1, description="similarity a library plan needs")
+    library_max_learned: int = Field(
+        default=1_000, ge=0, description="plans of completed workflows the library keeps at most (newest kept)"
+    )
     library_learn_explicit: bool = Field(
         default=False, description="completed workflows with a client's explicit plan join the plan library"
     )
@@ -187,6 +190,16 @@ class Settings(BaseSettings):
     actor_ack_wait_s: float = Field(default=30.0, gt=0)
     actor_max_attempts: int = Field(default=5, ge=1)
     actor_drain_timeout_s: float = Field(default=10.0, ge=0)
+    stop_grace_s: float = Field(
+        default=5.0, ge=0, description="after a stop signal, a process ends at most this long after its drain timeout"
+    )
+    state_release_after_s: float = Field(
+        default=5.0, ge=0, description="an actor process forgets a workflow's state this long after it ends"
+    )
+    state_max_workflows: int = Field(default=10_000, ge=1, description="workflow states an actor process keeps at most")
+    state_recent_events: int = Field(
+        default=2_000, ge=0, description="decoded events an actor process keeps for its actors' inputs"
+    )
     intelligence: Intelligence = Field(
         default="adaptive", description="intelligence level of workflows whose request does not set one"
     )

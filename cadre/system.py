@@ -95,6 +95,9 @@ def runtime_options(settings: Settings) -> RuntimeOptions:
         ack_wait=settings.actor_ack_wait_s,
         max_attempts=settings.actor_max_attempts,
         drain_timeout=settings.actor_drain_timeout_s,
+        state_release_after=settings.state_release_after_s,
+        state_max_workflows=settings.state_max_workflows,
+        state_recent_events=settings.state_recent_events,
     )
 
 
@@ -142,6 +145,7 @@ async def run_system(
             settings.plan_library_dir,
             threshold=settings.library_threshold,
             learn_explicit=settings.library_learn_explicit,
+            max_learned=settings.library_max_learned,
         )
     llm = build_llm(settings) if set(kinds) & {"planner", "decomposer", "agent"} else None
     pricing = budget_config(settings)  # its prices and worst-case rule quote a dry run's steps

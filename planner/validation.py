@@ -51,7 +51,7 @@ from cadre.bus.plan import Check, Plan, Severity, StepIntent, Task
 from cadre.planner.catalog import Catalog, Safety, ToolSpec
 from cadre.planner.confidence import confidence_checks
 from cadre.planner.refs import Loc, Ref, RefError, find_refs, format_location, lookup, resolve
-from cadre.planner.scheduler import depth, find_cycle, upstream
+from cadre.planner.scheduler import Upstream, depth, find_cycle
 
 __all__ = [
     "TASK_ID",
@@ -333,6 +333,7 @@ def _check_ids(plan: Plan) -> list[Check]:
 def _check_dependencies(plan: Plan) -> list[Check]:
     checks: list[Check] = []
     ids = [t.id for t in plan.nodes]
+    known = set(ids)
     for i, task in enumerate(plan.nodes):
         bad = False
         for j, dep in enumerate(task.depends_on):
@@ -341,7 +342,7 @@ def _check_dependencies(plan: Plan) -> list[Check]:
                 bad = True
                 fix = f"remove {dep!r} from its depends_on"
                 checks.append(_fail("no_self_dependency", f"task {task.id!r} depends on itself", fix, path))
-            elif dep not in ids:
+            elif dep not in known:
                 bad = True
                 fix = _did_you_mean(dep, ids, f"remove it from depends_on, or add a task {dep!r}")
                 said = f"task {task.id!r} depends on {dep!r}, which is not a task of this plan"
@@ -451,14 +452,16 @@ def _check_plan_references(plan: Plan, catalog: Catalog) -> list[Check]:
     by_id: dict[str, Task] = {}
     for task in plan.nodes:
         by_id.setdefault(task.id, task)
+    upstream = Upstream.of_plan(plan)
     for index, task in enumerate(plan.nodes):
         who = f"task {task.id!r}"
-        # Through this task's own depends_on, so that a duplicate id gets its own answer.
-        above = {d for dep in task.depends_on if dep in by_id for d in (dep, *upstream(plan, dep))}
+        direct = set(task.depends_on)
+        above: set[str] | None = None  # made only for a reference that is not to a direct dependency
         for ref in find_refs(task.inputs):
             path = f"nodes[{index}].{ref.where}"
             said = f"{who} references {ref.text} at {ref.where}"
             if ref.task_id not in by_id:
+                above = above if above is not None else _above(task, by_id, upstream)
                 otherwise = f"reference one of the upstream tasks: {_quoted(sorted(above))}"
                 fix = _did_you_mean(ref.task_id, by_id, otherwise)
                 checks.append(_fail("reference_known", f"{said}, but the plan has no task {ref.task_id!r}", fix, path))
@@ -471,7 +474,9 @@ def _check_plan_references(plan: Plan, catalog: Catalog) -> list[Check]:
                         path,
                     )
                 )
-            elif ref.task_id not in above:
+            elif ref.task_id not in direct and ref.task_id not in (
+                above := above if above is not None else _above(task, by_id, upstream)
+            ):
                 checks.append(
                     _fail(
                         "reference_upstream",
@@ -484,6 +489,14 @@ def _check_plan_references(plan: Plan, catalog: Catalog) -> list[Check]:
                 checks.append(_ok("reference_upstream", f"{said}, an upstream task", path))
                 checks += _check_reference_field(said, ref, by_id[ref.task_id], catalog, path)
     return checks
+
+
+def _above(task: Task, by_id: Mapping[str, Task], upstream: Upstream) -> set[str]:
+    """The tasks upstream of ``task``, through its own depends_on (so that a duplicate id gets its own answer)."""
+    above = {dep for dep in task.depends_on if dep in by_id}
+    for dep in list(above):
+        above |= upstream.of(dep)
+    return above
 
 
 def _check_reference_field(said: str, ref: Ref, target: Task, catalog: Catalog, path: str) -> list[Check]:

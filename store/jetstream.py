@@ -61,7 +61,7 @@ _WRONG_LAST_SEQUENCE = 10071
 _DUPLICATE_IN_BATCH = 10201
 _ACTUAL = re.compile(r"wrong last sequence: (\d+)")
 
-_SIGNED_KEPT = 50_000  # the events this process signed lately, remembered to skip checking them again
+_SIGNED_KEPT = 5_000  # the events this process signed lately (about 400 bytes each), to skip checking them again
 
 
 def _digest(subject: str, data: bytes) -> bytes:
