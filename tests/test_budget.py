@@ -826,3 +826,58 @@ def test_the_report_sums_spend_denials_cache_hits_and_open_reservations() -> Non
     )
     only_b = budget_report.report(entries, "b")
     assert (only_b.by_workflow, only_b.denials, only_b.cache_hits) == ({}, {}, 1)
+
+
+def test_what_a_workflow_leaves_in_the_state_is_its_spend_and_cap_and_nothing_else_grows() -> None:
+    """Many workflows that each consult once and settle leave one spend and one cap each (which
+    enforce their caps if they come back); decisions, open reservations, rate windows and days
+    stay bounded."""
+    cfg = config(decision_memory=50)
+    state = BudgetState(decision_memory=cfg.decision_memory)
+    n = 500
+    for i in range(n):
+        now = T0 + timedelta(minutes=i)
+        d, e = rules.decide(state, cfg, ask(f"c{i}", wf=f"wf{i}"), now)
+        assert d.outcome == "granted"
+        assert e is not None
+        rules.apply(state, e)
+        _, s = rules.settle(state, cfg, paid(f"c{i}", wf=f"wf{i}"), now)
+        assert s is not None
+        rules.apply(state, s)
+    assert (len(state.workflows), len(state.caps)) == (n, n)
+    assert len(state.decisions) == 50
+    assert not state.open
+    assert state.windows.keys() == {"p"}
+    assert len(state.windows["p"].grants) == 1  # one grant a minute: the older ones left the window
+    assert len(state.days) == 1
+    assert not state.overruns
+
+
+def test_a_workflow_that_comes_back_after_a_year_of_others_cannot_pass_its_cap() -> None:
+    """A workflow idle for a long time (by the ledger's times) keeps its spend: coming back, it
+    gets only what is left under its cap (pruning it would have let it spend its cap again)."""
+    cfg = config(decision_memory=10, daily_usd=1000.0)
+    cap = 2.5 * worst()
+    state = BudgetState(decision_memory=cfg.decision_memory)
+    for i in range(2):
+        d, e = rules.decide(state, cfg, ask(f"old{i}", wf="wf-old", budget_usd=cap), T0)
+        assert d.outcome == "granted"
+        assert e is not None
+        rules.apply(state, e)
+        _, s = rules.settle(state, cfg, paid(f"old{i}", wf="wf-old", inputs=1500, outputs=1000), T0)
+        assert s is not None
+        rules.apply(state, s)
+    for i in range(200):  # others come and go for a year
+        now = T0 + timedelta(days=1 + i)
+        _, e = rules.decide(state, cfg, ask(f"c{i}", wf=f"wf{i}"), now)
+        assert e is not None
+        rules.apply(state, e)
+    later = T0 + timedelta(days=365)
+    for i in range(2, 4):
+        d, e = rules.decide(state, cfg, ask(f"old{i}", wf="wf-old", budget_usd=10 * cap), later)
+        assert e is not None
+        rules.apply(state, e)
+    assert (d.outcome, d.reason) == ("denied", "over_workflow_cap")  # the cap of its first consultation holds
+    spend = state.workflows["wf-old"]
+    assert spend.settled_usd + spend.reserved_usd <= cap
+    assert state.caps["wf-old"] == cap

@@ -208,7 +208,9 @@ class BudgetState:
     ``open`` is kept in order of expiry. ``windows`` holds each provider's recent grants
     (for the rate limits). ``overruns`` holds, by workflow, what settlements billed beyond
     their reservations (such a workflow gets no further grant). ``decisions`` remembers answers by
-    consultation id, the oldest forgotten beyond ``decision_memory``.
+    consultation id, the oldest forgotten beyond ``decision_memory``. ``workflows`` and ``caps``
+    are never pruned: they enforce each workflow's cap, and a workflow that comes back after any
+    idle time cannot be told from a new one (docs/budget.md, "What the state keeps").
     """
 
     seq: int = 0
