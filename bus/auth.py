@@ -42,7 +42,7 @@ import nkeys
 
 from cadre.bus.errors import AuthConfigError
 from cadre.bus.roles import ACTOR_ROLES, EMITS, RUNTIME_EMITS, SIGNING_ROLES
-from cadre.bus.signing import KeyEntry, Keyring, KeyringFile, load_keyring
+from cadre.bus.signing import KeyEntry, Keyring, KeyringFile, creds_seed, load_keyring
 from cadre.bus.subjects import Subjects
 
 __all__ = [
@@ -307,10 +307,9 @@ def _creds_seed(path: Path) -> bytes | None:
     """The user seed in an existing creds file, None when there is no file."""
     if not path.exists():
         return None
-    lines = path.read_text().splitlines()
-    for i, line in enumerate(lines):
-        if "BEGIN USER NKEY SEED" in line and i + 1 < len(lines):
-            return lines[i + 1].strip().encode()
+    seed = creds_seed(path.read_text())
+    if seed is not None:
+        return seed
     raise AuthConfigError(f"{path} is not a NATS creds file (no user seed); delete it to make a new one")
 
 
@@ -387,6 +386,15 @@ def keyring_of(identities: Mapping[str, Identity]) -> Keyring:
     )
 
 
+def _write_user(path: Path, role: str, names: AuthNames, account: bytes, seed: bytes, iat: int) -> None:
+    """A user's creds file: its JWT with ``role``'s permissions, issued by its account's key directly
+    (no signing key: iss = the account), and its seed."""
+    nats: dict[str, Any] = {"type": "user", "version": 2, "subs": -1, "data": -1, "payload": -1}
+    nats.update(permissions(role, names).claims())
+    nats["issuer_account"] = _public(account)
+    _write_private(path, _creds(_jwt(account, _public(seed), role, nats, iat), seed))
+
+
 def _mint(
     auth_dir: Path, names: AuthNames, operator: bytes, accounts: dict[str, bytes], seeds: dict[str, bytes]
 ) -> None:
@@ -431,13 +439,7 @@ def _mint(
     }
     for role in ROLES:
         account = CADRE_ACCOUNT if role in CADRE_ROLES else READERS_ACCOUNT
-        nats: dict[str, Any] = {"type": "user", "version": 2, "subs": -1, "data": -1, "payload": -1}
-        nats.update(permissions(role, names).claims())
-        nats["issuer_account"] = pub[account]
-        # Users are issued by their account's key directly (no signing key): iss = the account.
-        user_pub = _public(seeds[role])
-        jwt = _jwt(accounts[account], user_pub, role, nats, iat)
-        _write_private(creds_path(auth_dir, role), _creds(jwt, seeds[role]))
+        _write_user(creds_path(auth_dir, role), role, names, accounts[account], seeds[role], iat)
     op_pub = _public(operator)
     op_jwt = _jwt(operator, op_pub, "cadre", {"type": "operator", "version": 2}, iat)
     preload = "\n".join(f"  {pub[a]}: {jwt}" for a, jwt in account_jwts.items())
@@ -505,10 +507,7 @@ def add_approver(auth_dir: Path, names: AuthNames, name: str) -> Identity:
     path = folder / f"{name}.creds"
     seed = _creds_seed(path) or _new_seed(nkeys.PREFIX_BYTE_USER)
     account = _seed_file(readers_key, nkeys.PREFIX_BYTE_ACCOUNT)
-    nats: dict[str, Any] = {"type": "user", "version": 2, "subs": -1, "data": -1, "payload": -1}
-    nats.update(permissions("approver", names).claims())
-    nats["issuer_account"] = _public(account)
-    _write_private(path, _creds(_jwt(account, _public(seed), "approver", nats, int(time.time())), seed))
+    _write_user(path, "approver", names, account, seed, int(time.time()))
     keyring = load_keyring(keyring_file)
     key = _public(seed)
     entries = [e for e in keyring.file.keys if e.key != key and not (e.role == "approver" and e.name == name)]

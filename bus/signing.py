@@ -101,13 +101,13 @@ class Signer:
     def from_creds(cls, path: Path, role: str) -> Signer:
         """The signer of ``role`` from its NATS creds file (the seed after ``BEGIN USER NKEY SEED``)."""
         try:
-            lines = path.read_text().splitlines()
+            text = path.read_text()
         except OSError as exc:
             raise SigningError(f"cannot read the {role} credentials {path}: {exc.strerror}") from None
-        for i, line in enumerate(lines):
-            if "BEGIN USER NKEY SEED" in line and i + 1 < len(lines):
-                return cls(lines[i + 1].strip().encode(), role)
-        raise SigningError(f"{path} holds no nkey seed: not a creds file of cadre auth init")
+        seed = creds_seed(text)
+        if seed is None:
+            raise SigningError(f"{path} holds no nkey seed: not a creds file of cadre auth init")
+        return cls(seed, role)
 
     def sign(self, subject: str, event_id: str, data: bytes) -> Signature:
         return Signature(self.public_key, _b64(self.sign_raw(signed_bytes(subject, event_id, data))))
@@ -116,6 +116,15 @@ class Signer:
         """The 64-byte signature of ``data`` (callers add their own domain tag)."""
         signature: bytes = self._kp.sign(data)
         return signature
+
+
+def creds_seed(text: str) -> bytes | None:
+    """The user seed in the text of a NATS creds file (the line after ``BEGIN USER NKEY SEED``)."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if "BEGIN USER NKEY SEED" in line and i + 1 < len(lines):
+            return lines[i + 1].strip().encode()
+    return None
 
 
 def public_key_raw(public_key: str) -> bytes:
@@ -230,15 +239,11 @@ class Keyring:
         """
         if signature is None:
             return UNSIGNED
-        verifier = self._verifiers.get(signature.signer)
-        if verifier is None:
+        role = self._roles.get(signature.signer)
+        if role is None:
             return Verdict("forged", f"signed by {signature.signer[:12]}…, a key the keyring does not know")
-        role = self._roles[signature.signer]
-        if not verified:
-            try:
-                verifier.verify(signed_bytes(subject, event_id, data), _unb64(signature.sig))
-            except (nacl.exceptions.BadSignatureError, binascii.Error, ValueError):
-                return Verdict("forged", f"its signature by the {role} key does not match what was stored", role)
+        if not verified and not self.verify_raw(signature.signer, signed_bytes(subject, event_id, data), signature.sig):
+            return Verdict("forged", f"its signature by the {role} key does not match what was stored", role)
         if not self.may_emit(role, event_type):
             return Verdict("forged", f"signed by the {role} key, but {role} may not emit {event_type}", role)
         return Verdict("signed", "", role)

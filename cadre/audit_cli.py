@@ -39,7 +39,7 @@ from cadre.store.authenticity import Authorship, authorship
 from cadre.store.filelog import FileLog
 from cadre.store.integrity import Anchor, Verdict, verify
 from cadre.store.records import Record
-from cadre.trust import find_keyring
+from cadre.trust import keyring_for
 from cadre.wiring import open_bus
 from cadre.workflow_records import read_records
 
@@ -68,7 +68,6 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         raise UsageError("--html FILE writes the report; it cannot be combined with --json or --verify")
     if not args.verify:
         return await _audit_report(args, settings, wf)
-    keyring, keys_from = find_keyring(settings, args.keys)
     if args.from_file is not None:
         flog = FileLog.load(args.from_file)
         records = await flog.read_records(wf)
@@ -76,9 +75,9 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         where = str(args.from_file)
         _need(records, wf, where)
         verdict = verify(records, anchor=anchor)
-        if args.keys is None and flog.keyring is not None:
-            keyring, keys_from = flog.keyring, f"{where} (the keyring the export carries; --keys FILE checks yours)"
+        keyring, keys_from = keyring_for(settings, args.keys, flog)
     else:
+        keyring, keys_from = keyring_for(settings, args.keys)
         async with open_bus(settings, name="cadre-audit", role="admin") as bus:
             records = await bus.log.read_records(wf)
             where = f"stream {bus.log.stream}"
@@ -134,10 +133,8 @@ def _report(
 
 async def _audit_report(args: argparse.Namespace, settings: Settings, wf: str) -> int:
     """Without ``--verify``: the audit report as text, JSON or an HTML page."""
-    keyring, _ = find_keyring(settings, args.keys)
-    if keyring is None and args.from_file is not None:
-        keyring = FileLog.load(args.from_file).keyring
-    report = audit(await read_records(settings, wf, args.from_file, name="cadre-audit"), keyring)
+    read = await read_records(settings, wf, args.from_file, name="cadre-audit", keys=args.keys)
+    report = audit(read.records, read.keyring)
     if args.html is not None:
         args.html.write_text(audit_html.render(report), encoding="utf-8")
         print(f"cadre: audit report of {wf} written to {args.html}", file=sys.stderr)

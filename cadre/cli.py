@@ -33,7 +33,7 @@ from cadre.store.filelog import FileLog, export
 from cadre.store.records import Malformed, Record, StoredEvent
 from cadre.store.source import EventSource
 from cadre.system import KINDS
-from cadre.trust import find_keyring
+from cadre.trust import find_keyring, keyring_for
 from cadre.wiring import open_bus
 
 
@@ -256,18 +256,18 @@ async def _events(args: argparse.Namespace, settings: Settings) -> int:
     wf = check_token("workflow id", args.workflow_id)
     if args.at is not None:
         return await _time_travel(args, settings, wf)
-    keyring, _ = find_keyring(settings)
     if args.from_file is not None:
         if args.follow:
             raise UsageError("--follow reads a live log; it cannot be combined with --from-file")
         flog = FileLog.load(args.from_file)
-        keyring = keyring or flog.keyring
+        keyring, _ = keyring_for(settings, export=flog)
         records = await flog.read_records(wf)
         for r in records:
             _print(r, args.json, keyring)
         _report_malformed(records)
         _report_untrusted(records, keyring)
         return EXIT_OK
+    keyring, _ = keyring_for(settings)
     async with open_bus(settings, name="cadre-events") as bus:
         if not args.follow:
             records = await bus.log.read_records(wf)
@@ -290,12 +290,12 @@ async def _time_travel(args: argparse.Namespace, settings: Settings, wf: str) ->
         raise UsageError("--at shows one moment of the workflow; it cannot be combined with --follow")
     if args.at < 0:
         raise UsageError(f"--at takes a stream sequence (0 or more), not {args.at}")
-    keyring, _ = find_keyring(settings)
     if args.from_file is not None:
         flog = FileLog.load(args.from_file)
-        keyring = keyring or flog.keyring
+        keyring, _ = keyring_for(settings, export=flog)
         records = await flog.read_records(wf)
     else:
+        keyring, _ = keyring_for(settings)
         async with open_bus(settings, name="cadre-events") as bus:
             records = await bus.log.read_records(wf)
     if not records:

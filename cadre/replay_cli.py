@@ -33,9 +33,7 @@ from cadre.llm import LLMSettingsError, models_for, provider_name
 from cadre.render import json_line
 from cadre.safe_text import visible_lines
 from cadre.settings import Settings
-from cadre.store.filelog import FileLog
 from cadre.system import system_specs
-from cadre.trust import find_keyring
 from cadre.whatif_policy import load_policy, what_if_setup
 from cadre.workflow_records import read_records
 
@@ -54,11 +52,9 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     """The ``replay`` command."""
     wf = check_token("workflow id", args.workflow_id)
     policy = load_policy(args.policy) if args.policy is not None else None  # usage errors before any reading
-    records = await read_records(settings, wf, args.from_file, name="cadre-replay")
-    keyring, _ = find_keyring(settings)
-    if keyring is None and args.from_file is not None:
-        keyring = FileLog.load(args.from_file).keyring  # the keys the export carries
-    replayer = dataclasses.replace(replayer_for(settings), keyring=keyring)
+    read = await read_records(settings, wf, args.from_file, name="cadre-replay")
+    records = read.records
+    replayer = dataclasses.replace(replayer_for(settings), keyring=read.keyring)
     if policy is not None:
         setup = what_if_setup(settings, policy, replayer)
         outcome = setup.replayer.what_if(records, setup.whatif, setup.catalog)

@@ -18,6 +18,7 @@ from cadre.actors.trust import Trust
 from cadre.bus.auth import creds_path, role_of_creds
 from cadre.bus.signing import Keyring, Signer, load_keyring
 from cadre.settings import Settings
+from cadre.store.filelog import FileLog
 
 
 def credentials_dir(settings: Settings) -> Path:
@@ -40,6 +41,17 @@ def find_keyring(settings: Settings, keys: Path | None = None) -> tuple[Keyring 
     if settings.keyring is not None or path.exists():
         return load_keyring(path), str(path)
     return None, ""
+
+
+def keyring_for(
+    settings: Settings, keys: Path | None = None, export: FileLog | None = None
+) -> tuple[Keyring | None, str]:
+    """The keyring that checks a workflow's records, and where it came from: ``--keys FILE`` when
+    given; for records read from an export, the keyring it carries; else the deployment's."""
+    if keys is None and export is not None and export.keyring is not None:
+        where = str(export.path) if export.path is not None else "the export"
+        return export.keyring, f"{where} (the keyring the export carries; --keys FILE checks yours)"
+    return find_keyring(settings, keys)
 
 
 def signer_for(settings: Settings, role: str) -> Signer | None:
