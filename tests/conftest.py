@@ -102,6 +102,14 @@ def requested(wf: str, text: str = "do something") -> Envelope:
     return ev(WorkflowRequested(request=text), wf, actor="intake")
 
 
+@pytest.fixture(autouse=True)
+def _a_data_dir_of_its_own(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """No test reads the checkout's ``.cadre``: `make demo` before `make test` leaves the embedded
+    server's keys there, and a CLI call without ``--data-dir`` would then check the tests'
+    unsigned events against them. A test that wants another data dir sets its own."""
+    monkeypatch.setenv("CADRE_DATA_DIR", str(tmp_path_factory.mktemp("default-data")))
+
+
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "cadre-data"
