@@ -33,6 +33,7 @@ from cadre.bus.effects import (
     CallSettled,
     Effect,
     Estimated,
+    Grounded,
     LibrarySearched,
     ModelCalled,
     ProviderFailure,
@@ -179,6 +180,16 @@ class LiveAnswers:
         hit = await library.search(request) if library is not None else None
         return LibrarySearched(request=LibrarySearched.key_of(request), hit=hit, ms=_ms(started))
 
+    async def ground(self, call: str, query: str, tool: str | None) -> Grounded | None:
+        grounding = self.outside.grounding
+        if grounding is None:
+            return None
+        started = time.perf_counter()
+        effect = await grounding.ground(call, query, tool)
+        if effect.empty:
+            return None  # nothing to ground in: the prompt is the ungrounded one, and a replay builds that
+        return msgspec.structs.replace(effect, ms=_ms(started))
+
     async def consult(self, request: Consultation) -> BudgetDecided:
         """The budget's decision; no budget in this process = denied."""
         started = time.perf_counter()
@@ -273,7 +284,7 @@ class RecordOnlyProvider:
 
 
 _DEFAULTS = Policy()
-E = TypeVar("E", ToolCalled, LibrarySearched, BudgetDecided, ModelCalled, CallSettled, Estimated)
+E = TypeVar("E", ToolCalled, LibrarySearched, BudgetDecided, ModelCalled, CallSettled, Estimated, Grounded)
 
 
 class RecordedAnswers:
@@ -354,6 +365,17 @@ class RecordedAnswers:
     async def search_library(self, request: str) -> LibrarySearched:
         return self.take(LibrarySearched, LibrarySearched.key_of(request))
 
+    async def ground(self, call: str, query: str, tool: str | None) -> Grounded | None:
+        """The recorded grounding; None when the record holds none here (a process without
+        anything to ground in, or a record made before grounding: its prompt had none)."""
+        key = Grounded.key_of(call, Grounded.query_of(query))
+        i = self.next
+        if i < len(self.recorded) and isinstance(self.recorded[i], Grounded):
+            return self.take(Grounded, key)
+        if self._unrecorded is not None and any(type(e) is Grounded and e.key == key for e in self.recorded[i:]):
+            return self.take(Grounded, key)
+        return None
+
     async def consult(self, request: Consultation) -> BudgetDecided:
         return self.take(BudgetDecided, BudgetDecided.key_of(request.kind, request.cache_key))
 
@@ -392,4 +414,6 @@ def asking(kind: str, key: str) -> str:
             return f"settle a {head} call"
         case Estimated.KIND:
             return f"quote a dry run's step of {head}"
+        case Grounded.KIND:
+            return f"retrieve what a {head} prompt is grounded in"
     return f"ask for {kind} {key}"

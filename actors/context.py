@@ -32,6 +32,7 @@ from cadre.bus.effects import (
     CallSettled,
     Effect,
     Estimated,
+    Grounded,
     LibraryHit,
     LibrarySearched,
     ModelCalled,
@@ -113,6 +114,13 @@ class Library(Protocol):
     async def search(self, request: str) -> LibraryHit | None: ...
 
 
+class Grounding(Protocol):
+    """Retrieves what a prompt is grounded in: similar past plans, passages of documentation,
+    the relevant tools of a large catalog (:class:`~actors.grounding.Grounder`)."""
+
+    async def ground(self, call: str, query: str, tool: str | None) -> Grounded: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Outside:
     """The live ports a context may call; None means "not available in this process".
@@ -124,6 +132,7 @@ class Outside:
     budget: Budget | None = None
     library: Library | None = None
     llm: LLM | None = None
+    grounding: Grounding | None = None
     policy: Policy = field(default_factory=Policy)
     prices: Prices = field(default_factory=lambda: Prices(default=DEFAULT_PRICE, by_model=DEFAULT_PRICES))
     input_safety_factor: float = 1.5
@@ -147,6 +156,11 @@ class Answers(Protocol):
     async def run_tool(self, tool: str, inputs: dict[str, Any], idempotency_key: str) -> ToolCalled: ...
 
     async def search_library(self, request: str) -> LibrarySearched: ...
+
+    async def ground(self, call: str, query: str, tool: str | None) -> Grounded | None:
+        """What a ``call``'s prompt for ``query`` is grounded in; None: nothing to ground in
+        (no documentation, library or large catalog here; or a record made before grounding)."""
+        ...
 
     async def consult(self, request: Consultation) -> BudgetDecided: ...
 
@@ -342,6 +356,20 @@ class Context:
         bounds = [input_token_bound(request) for _, request, _ in asks]
         effect = await self.answers.estimate(tool, question, policy, bounds)
         self.effects.append(effect)
+        return effect
+
+    async def ground(
+        self, call: str, query: str, *, tool: str | None = None, for_model: bool = True
+    ) -> Grounded | None:
+        """What a ``call`` for ``query`` (about ``tool``, if one) is grounded in: similar past
+        plans, passages of documentation, the relevant tools of a large catalog (recorded, so a
+        replay builds the same prompt). ``for_model``: only when a model would be consulted for
+        ``call`` (else None, nothing asked). None also when there is nothing to ground in."""
+        if for_model and self.answers.model(call) is None:
+            return None
+        effect = await self.answers.ground(call, query, tool)
+        if effect is not None:
+            self.effects.append(effect)
         return effect
 
     async def search_library(self, request: str) -> LibraryHit | None:

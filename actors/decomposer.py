@@ -13,11 +13,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from cadre.actors.context import Context
 from cadre.actors.outcome import Outcome
 from cadre.actors.runtime import ActorSpec
+from cadre.bus.effects import Grounded
 from cadre.bus.events import Event, StepsProposed, StepsRejected, TaskReady
-from cadre.bus.plan import Check
+from cadre.bus.plan import Check, StepIntent, Task
 from cadre.planner import pools as agent_pools
 from cadre.planner.catalog import Catalog
 from cadre.planner.decompose import DecompositionError, decompose
@@ -35,17 +38,33 @@ def upstream_of(state: WorkflowState, task_id: str) -> tuple[set[str], dict[str,
     return ids, outputs
 
 
+def task_query(task: Task) -> str:
+    """What the documentation is searched with for a task: its description, tool and capabilities."""
+    return " ".join(x for x in (task.description, task.tool or "", *task.capabilities) if x)
+
+
+def referenced(steps: tuple[StepIntent, ...], grounding: Grounded | None) -> tuple[StepIntent, ...]:
+    """The steps with the documents their task was grounded in (``documentation_references``)."""
+    if grounding is None or not grounding.passages:
+        return steps
+    refs = grounding.references
+    return tuple(msgspec.structs.replace(s, documentation_references=refs) for s in steps)
+
+
 async def decompose_with_model(
     ctx: Context, state: WorkflowState, data: TaskReady, catalog: Catalog, exc: DecompositionError
 ) -> list[Event]:
     """The model's steps for a task the rules could not decompose, or ``steps_rejected``."""
     task = data.task
     ids, outputs = upstream_of(state, task.id)
-    request = decompose_request(task, catalog, attempt=data.attempt, upstream=outputs, reason=exc.reason)
+    grounding = await ctx.ground("decompose", task_query(task), tool=task.tool)
+    request = decompose_request(
+        task, catalog, attempt=data.attempt, upstream=outputs, reason=exc.reason, grounding=grounding
+    )
     validate = decompose_validator(task, catalog, attempt=data.attempt, upstream_ids=ids, upstream_outputs=outputs)
     inferred = await ctx.infer("decompose", request, validate, ctx.policy(state.request))
     if inferred.value is not None:
-        return [StepsProposed(task_id=task.id, steps=inferred.value)]
+        return [StepsProposed(task_id=task.id, steps=referenced(inferred.value, grounding))]
     check = Check(
         name="decomposable",
         passed=False,
@@ -69,6 +88,8 @@ def make_spec(catalog: Catalog, pools: agent_pools.Pools | None = None) -> Actor
         except DecompositionError as exc:
             tools = agent_pools.narrowed(catalog, data.task.pool, pools)
             return await decompose_with_model(ctx, state, data, tools, exc)
-        return [StepsProposed(task_id=data.task.id, steps=tuple(steps))]
+        # the documentation of the task (its tool's first), for the agent and the audit; no model reads it here
+        grounding = await ctx.ground("steps", task_query(data.task), tool=data.task.tool, for_model=False)
+        return [StepsProposed(task_id=data.task.id, steps=referenced(tuple(steps), grounding))]
 
     return ActorSpec(kind="decomposer", handles=frozenset({TaskReady.TYPE}), handler=handle)

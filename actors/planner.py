@@ -81,12 +81,12 @@ async def plan(ctx: Context, state: WorkflowState, req: WorkflowRequested, catal
     if req.plan is not None:
         return [PlanProposed(plan=req.plan, source="explicit", reason="plan given with the request")]
     if req.request.strip():
-        ask = plan_request(req.request, catalog.describe(), "", 0)
+        grounding = await ctx.ground("plan", req.request)
+        ask = plan_request(req.request, catalog.describe(), "", 0, grounding)
         inferred = await ctx.infer("plan", ask, plan_validator(catalog), ctx.policy(req))
         if inferred.value is not None:
-            return [
-                PlanProposed(plan=inferred.value, source="model", reason=f"planned by the model: {inferred.describe()}")
-            ]
+            reason = f"planned by the model: {inferred.describe()}{rules.grounded_in(grounding)}"
+            return [PlanProposed(plan=inferred.value, source="model", reason=reason)]
         why = inferred.describe()
     else:
         why = "the request has no text"

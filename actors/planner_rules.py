@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from cadre.actors.dry_run import dry_run_result
-from cadre.bus.effects import LibraryHit
+from cadre.bus.effects import Grounded, LibraryHit
 from cadre.bus.events import (
     Event,
     HandlerFailed,
@@ -129,6 +129,21 @@ def on_handler_failed(state: WorkflowState, ev: HandlerFailed, actor: str) -> li
             f"attempt(s): {ev.error.code}{f' ({ev.exception})' if ev.exception else ''}: {ev.error.message}",
         )
     ]
+
+
+def grounded_in(grounding: Grounded | None) -> str:
+    """``; grounded in 2 past plan(s), 3 passage(s), 12 of the catalog's tools`` for a model
+    plan's reason (empty without grounding)."""
+    if grounding is None or grounding.empty:
+        return ""
+    parts = []
+    if grounding.examples:
+        parts.append(f"{len(grounding.examples)} past plan(s) ({', '.join(e.name for e in grounding.examples)})")
+    if grounding.passages:
+        parts.append(f"{len(grounding.passages)} passage(s) ({', '.join(grounding.references)})")
+    if grounding.tools is not None:
+        parts.append(f"{len(grounding.tools)} tools retrieved from the catalog")
+    return "; grounded in " + ", ".join(parts)
 
 
 def bound_values(hit: LibraryHit) -> str:

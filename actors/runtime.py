@@ -55,6 +55,7 @@ from cadre.bus.effects import (
     CallSettled,
     Effect,
     Estimated,
+    Grounded,
     LibrarySearched,
     ModelCalled,
     ToolCalled,
@@ -459,7 +460,7 @@ class ActorSystem:
                                 m.llm_tokens.labels(provider, e.call, direction).inc(tokens)
                 case CallSettled():
                     m.llm_usd.labels(provider, e.call).inc(e.cost_usd)
-                case LibrarySearched() | Estimated():
+                case LibrarySearched() | Estimated() | Grounded():
                     pass
                 case _:
                     assert_never(e)

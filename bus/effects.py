@@ -19,6 +19,10 @@ replay serves the same answers back, matching each question by the effect's :att
                                                                   consultations a real run could
                                                                   make, and this process's past
                                                                   runs of the tool
+    ground    Grounded           "<call>:<digest of the query>"   what a prompt was built from:
+                                                                  similar past plans, passages of
+                                                                  documentation, and the tools
+                                                                  retrieved from a large catalog
 
 Readers ``match`` over :data:`Effect` and end in ``assert_never``. The clock is not an
 effect: a handler's time is its invocation's ``at``, recorded on its outputs.
@@ -366,5 +370,64 @@ class Estimated(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag="estima
         return round(self.past_usd / self.past_steps, 8) if self.past_steps else None
 
 
-Effect = ToolCalled | LibrarySearched | BudgetDecided | ModelCalled | CallSettled | Estimated
+class Passage(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A passage of documentation a consultation was grounded in: ``ref`` names it
+    (``<source>#<heading>``; a tool's documentation's source is ``tool:<name>``)."""
+
+    ref: str
+    source: str
+    heading: str
+    text: str
+
+
+class Example(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A plan of the library shown to the planner as an example: its entry's ``name`` and
+    ``source``, the ``request`` it answered and the ``plan``."""
+
+    name: str
+    source: str
+    request: str
+    plan: Plan
+
+
+class Grounded(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag="ground", tag_field="kind"):
+    """What a ``call``'s prompt was built from, retrieved for the ``query`` (its digest):
+    similar completed ``examples`` of the plan library, ``passages`` of documentation, and, for
+    a catalog too large to list, the ``tools`` retrieved for it (None: every tool). A replay
+    builds the same prompt from it; the audit lists it. Records made before grounding have
+    none: their prompts were built without."""
+
+    KIND: ClassVar[str] = "ground"
+    call: str
+    query: str
+    examples: tuple[Example, ...] = ()
+    passages: tuple[Passage, ...] = ()
+    tools: tuple[str, ...] | None = None
+    error: ErrorInfo | None = None
+    ms: float = 0.0
+
+    @property
+    def key(self) -> str:
+        return self.key_of(self.call, self.query)
+
+    @staticmethod
+    def key_of(call: str, query: str) -> str:
+        return f"{call}:{query}"
+
+    @staticmethod
+    def query_of(text: str) -> str:
+        """The recorded ``query`` of a retrieval for ``text``."""
+        return digest(text)
+
+    @property
+    def references(self) -> tuple[str, ...]:
+        """The documents the prompt used: each passage's ``ref``, in order."""
+        return tuple(p.ref for p in self.passages)
+
+    @property
+    def empty(self) -> bool:
+        return not self.examples and not self.passages and self.tools is None
+
+
+Effect = ToolCalled | LibrarySearched | BudgetDecided | ModelCalled | CallSettled | Estimated | Grounded
 """One outside answer; the union is the schema of an envelope's ``effects``."""

@@ -71,6 +71,9 @@ class StepIntent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     rollback: str | None = None
     fallback_tools: tuple[str, ...] = ()
     requires_approval: bool = False
+    # The documentation the step was grounded in: the refs (``<source>#<heading>``) of the
+    # passages retrieved for its task (:class:`cadre.bus.effects.Grounded`).
+    documentation_references: tuple[str, ...] = ()
 
 
 class Check(msgspec.Struct, frozen=True, kw_only=True, gc=False):

@@ -90,6 +90,8 @@ def lines(r: AuditReport, width: int = 110) -> list[str]:
             why = f": {a.decision_reason}" if a.decision_reason else ""
             out.append(f"  {a.step_id} ({a.tool}): {a.decision}{decided}{why}")
 
+    out.extend(_grounding(r, width))
+
     out.append("")
     out.append("deviations from the plan")
     for d in r.deviations:
@@ -109,6 +111,27 @@ def lines(r: AuditReport, width: int = 110) -> list[str]:
         cause = e.cause_type or ("-" if e.causation_id is None else e.causation_id[:12])
         flag = f"{e.trust.upper()} " if e.trust else ""
         out.append(f"  #{e.index:<4} {_t(e.at)}  {e.actor:<10} {flag}{e.type:<20} <- {cause:<20} {_cut(e.summary, 70)}")
+    return out
+
+
+def _grounding(r: AuditReport, width: int) -> list[str]:
+    """What prompts and steps were grounded in: past plans, documents, retrieved tools (nothing
+    when the workflow used none)."""
+    if not r.groundings and not r.step_documents:
+        return []
+    t = r.totals
+    out = ["", f"grounding ({t.steps_with_documents} of {t.steps_proposed} step(s) with documents)"]
+    for g in r.groundings:
+        parts = []
+        if g.examples:
+            parts.append(f"past plans {', '.join(g.examples)}")
+        if g.documents:
+            parts.append(f"documents {', '.join(g.documents)}")
+        if g.tools is not None:
+            parts.append(f"{len(g.tools)} tools retrieved")
+        out.append(f"  #{g.index:<4} {g.scope} {g.call}: {_cut('; '.join(parts), width)}")
+    for d in r.step_documents:
+        out.append(f"  step {d.step_id} ({d.tool}) used: {_cut(', '.join(d.documents), width)}")
     return out
 
 

@@ -184,6 +184,24 @@ class Settings(BaseSettings):
     library_learn_explicit: bool = Field(
         default=False, description="completed workflows with a client's explicit plan join the plan library"
     )
+    docs_dir: Path | None = Field(
+        default=None, description="a folder of Markdown documents the planner and decomposer are grounded in"
+    )
+    grounding_examples: int = Field(
+        default=3, ge=0, le=20, description="similar completed library plans shown to the planner as examples"
+    )
+    grounding_passages: int = Field(
+        default=4, ge=0, le=50, description="passages of documentation retrieved for a prompt at most"
+    )
+    grounding_chars: int = Field(
+        default=3000, ge=0, description="characters of documentation (and, apart, of examples) a prompt gets at most"
+    )
+    catalog_list_max: int = Field(
+        default=40, ge=1, description="a catalog of more tools is cut to those retrieved for the request in prompts"
+    )
+    catalog_retrieve: int = Field(
+        default=12, ge=1, le=200, description="tools retrieved for a request from a catalog above catalog_list_max"
+    )
     actor_batch: int = Field(default=32, ge=1, le=1000)
     actor_max_in_flight: int = Field(default=64, ge=1)
     actor_max_ack_pending: int = Field(default=1000, ge=1)

@@ -22,6 +22,7 @@ from cadre.actors.tools import ToolBox, ToolConfig, builtin_impls, ensure_sample
 from cadre.actors.tools.plugins import load_tool_modules, plugin_impls
 from cadre.budget_config import budget_config, ledger_spec
 from cadre.bus.errors import CadreError
+from cadre.grounding_config import grounder_for
 from cadre.llm import build_llm
 from cadre.planner.builtin_tools import builtin_catalog
 from cadre.planner.catalog import Catalog
@@ -148,12 +149,14 @@ async def run_system(
             max_learned=settings.library_max_learned,
         )
     llm = build_llm(settings) if set(kinds) & {"planner", "decomposer", "agent"} else None
+    grounder = grounder_for(settings, catalog, library) if set(kinds) & {"planner", "decomposer"} else None
     pricing = budget_config(settings)  # its prices and worst-case rule quote a dry run's steps
     outside = Outside(
         tools=tools,
         budget=BudgetClient(bus.nc, settings.subjects, timeout=settings.budget_timeout_s),
         library=library,
         llm=llm,
+        grounding=grounder,
         policy=Policy(intelligence=settings.intelligence, mode=settings.mode),
         prices=pricing.prices,
         input_safety_factor=pricing.input_safety_factor,

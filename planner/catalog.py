@@ -35,6 +35,7 @@ class ToolSpec:
     safety: Safety = Safety.READ_ONLY
     requires_approval: bool = False
     timeout_s: float = 10.0
+    docs: str = ""  # Markdown shipped with the tool (what it does, inputs, examples, pitfalls): the docs index's
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready description (for prompts, ``cadre tools`` and docs)."""

@@ -33,6 +33,7 @@ from cadre.bus.effects import (
     CallSettled,
     Effect,
     Estimated,
+    Grounded,
     LibrarySearched,
     ModelCalled,
     ToolCalled,
@@ -194,6 +195,30 @@ class Consultation(msgspec.Struct, kw_only=True):
     repaired: bool = False
 
 
+class GroundingNote(msgspec.Struct, frozen=True, kw_only=True):
+    """What a prompt (or a task's steps) was grounded in (:class:`~bus.effects.Grounded`):
+    the past plans shown as examples, the documents' passages (refs), the tools retrieved
+    from a large catalog (None: all were listed)."""
+
+    index: int
+    event_id: str
+    scope: str
+    call: str
+    examples: tuple[str, ...]
+    documents: tuple[str, ...]
+    tools: tuple[str, ...] | None
+
+
+class StepDocuments(msgspec.Struct, frozen=True, kw_only=True):
+    """The documents a proposed step was grounded in (its ``documentation_references``)."""
+
+    index: int
+    task_id: str
+    step_id: str
+    tool: str
+    documents: tuple[str, ...]
+
+
 class ToolCall(msgspec.Struct, frozen=True, kw_only=True):
     """One tool call: the tool, digests of its input and output, its outcome and duration."""
 
@@ -255,6 +280,8 @@ class Totals(msgspec.Struct, kw_only=True):
     revisions: int = 0
     deviations: int = 0
     dead_letters: int = 0
+    steps_proposed: int = 0
+    steps_with_documents: int = 0  # steps proposed with documentation_references
 
 
 class AuditReport(msgspec.Struct, kw_only=True):
@@ -277,6 +304,8 @@ class AuditReport(msgspec.Struct, kw_only=True):
     tool_calls: list[ToolCall] = msgspec.field(default_factory=list)
     approvals: list[Approval] = msgspec.field(default_factory=list)
     deviations: list[Deviation] = msgspec.field(default_factory=list)
+    groundings: list[GroundingNote] = msgspec.field(default_factory=list)
+    step_documents: list[StepDocuments] = msgspec.field(default_factory=list)
     totals: Totals = msgspec.field(default_factory=Totals)
 
     def to_json(self) -> dict[str, Any]:
@@ -452,7 +481,21 @@ def _event(
             report.failure = f"{data.reason}: {data.message}"
         case HandlerFailed():
             t.dead_letters += 1
-        case StepsProposed() | EffectsRecorded() | ForgedEvent():
+        case StepsProposed():
+            for step in data.steps:
+                t.steps_proposed += 1
+                if step.documentation_references:
+                    t.steps_with_documents += 1
+                    report.step_documents.append(
+                        StepDocuments(
+                            index=index,
+                            task_id=data.task_id,
+                            step_id=step.id,
+                            tool=step.tool,
+                            documents=step.documentation_references,
+                        )
+                    )
+        case EffectsRecorded() | ForgedEvent():
             pass
 
 
@@ -578,6 +621,18 @@ def _effects(report: AuditReport, index: int, e: Envelope, scope: str, effects: 
                 c_or_none = current.get(effect.call)
                 if c_or_none is not None:
                     c_or_none.cost_usd = round(c_or_none.cost_usd + effect.cost_usd, 8)
+            case Grounded():
+                report.groundings.append(
+                    GroundingNote(
+                        index=index,
+                        event_id=e.id,
+                        scope=scope,
+                        call=effect.call,
+                        examples=tuple(x.name for x in effect.examples),
+                        documents=effect.references,
+                        tools=effect.tools,
+                    )
+                )
             case LibrarySearched() | Estimated():
                 pass
             case _:

@@ -39,7 +39,16 @@ from cadre.actors.inference import LLM, Policy
 from cadre.actors.planner_rules import explain
 from cadre.actors.replay.diff import FieldDiff
 from cadre.actors.replay.engine import Divergence, Invocation
-from cadre.bus.effects import Asked, BudgetDecided, CallSettled, Estimated, LibrarySearched, ModelCalled, ToolCalled
+from cadre.bus.effects import (
+    Asked,
+    BudgetDecided,
+    CallSettled,
+    Estimated,
+    Grounded,
+    LibrarySearched,
+    ModelCalled,
+    ToolCalled,
+)
 from cadre.bus.events import (
     Envelope,
     PlanProposed,
@@ -223,6 +232,9 @@ class WhatIfAnswers:
 
     async def search_library(self, request: str) -> LibrarySearched:
         return await self.recorded.search_library(request)
+
+    async def ground(self, call: str, query: str, tool: str | None) -> Grounded | None:
+        return await self.recorded.ground(call, query, tool)
 
     async def consult(self, request: Consultation) -> BudgetDecided:
         effect = await self.recorded.consult(request)

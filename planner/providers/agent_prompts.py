@@ -33,10 +33,12 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from cadre.bus.effects import Grounded
 from cadre.bus.plan import Check, ErrorInfo, StepIntent, Task
 from cadre.planner.catalog import Catalog, Safety, ToolSpec
 from cadre.planner.decompose import step_id
 from cadre.planner.providers.base import LLMRequest
+from cadre.planner.providers.prompts import grounding_text
 from cadre.planner.providers.structured import InvalidOutput, problems_of
 from cadre.planner.refs import find_refs
 from cadre.planner.validation import Limits, failed, validate_steps
@@ -561,11 +563,15 @@ def decompose_request(
     attempt: int,
     upstream: Mapping[str, Any],
     reason: str = "",
+    grounding: Grounded | None = None,
 ) -> LLMRequest:
     """The ``decompose`` call for ``task`` in ``attempt``; ``upstream`` maps each upstream
     task's id to its output (quoted up to :data:`MAX_QUOTED_UPSTREAM` characters), ``reason``
-    says why the rules could not decompose it."""
+    says why the rules could not decompose it; ``grounding``: the passages of documentation
+    retrieved for it, and the tools retrieved from a large catalog."""
     allowed = [n for n, s in catalog.items() if s.safety is not Safety.PROHIBITED]
+    if grounding is not None and grounding.tools is not None:
+        allowed = [n for n in allowed if n in set(grounding.tools)]
     system = _DECOMPOSE_SYSTEM.format(schema_name=DECOMPOSE_SCHEMA_NAME) + _tool_lines(catalog, allowed) + "\n"
     view = {
         "id": task.id,
@@ -582,7 +588,7 @@ def decompose_request(
     )
     why = f"The rules could not decompose it: {reason.strip()}\n\n" if reason.strip() else ""
     prompt = (
-        f"<task>\n{_dumps(view)}\n</task>\n\n"
+        f"{grounding_text(grounding)}<task>\n{_dumps(view)}\n</task>\n\n"
         f"{why}Step ids, for references to earlier steps: {ids}, and so on.\n\n"
         f"<upstream_outputs>\n{outputs}\n</upstream_outputs>\n\n"
         "Decompose the task into steps."

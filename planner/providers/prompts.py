@@ -17,6 +17,7 @@ from typing import Any, Final
 
 import msgspec
 
+from cadre.bus.effects import Grounded
 from cadre.bus.plan import Check, Plan
 from cadre.bus.request import PlanIn
 from cadre.planner.catalog import Catalog
@@ -126,15 +127,56 @@ def plan_system_prompt(catalog_description: Iterable[Mapping[str, Any]], *, sche
     return _PLAN_FORMAT.format(schema_name=schema_name) + "\n".join(lines) + "\n"
 
 
+def retrieved_tools(catalog_description: list[dict[str, Any]], grounding: Grounded | None) -> list[dict[str, Any]]:
+    """The tools a prompt lists: all of them, or, when the grounding retrieved some from a large
+    catalog, those (in the catalog's order)."""
+    if grounding is None or grounding.tools is None:
+        return catalog_description
+    wanted = set(grounding.tools)
+    return [t for t in catalog_description if t.get("name") in wanted]
+
+
+def grounding_text(grounding: Grounded | None) -> str:
+    """The prompt's section of what it is grounded in: past plans that worked, as examples, and
+    passages of documentation, each named by its ref; "" when there is none (the prompt is then
+    exactly what it was before grounding)."""
+    if grounding is None or (not grounding.examples and not grounding.passages):
+        return ""
+    parts: list[str] = []
+    if grounding.examples:
+        lines = [
+            f"<example name={_dumps(e.name)}>\n<request>{e.request.strip()}</request>\n"
+            f"<plan>{_dumps(_plan_json(e.plan))}</plan>\n</example>"
+            for e in grounding.examples
+        ]
+        parts.append(
+            "Plans that answered similar requests before (examples: adapt them to this request, "
+            "do not copy their values blindly):\n<examples>\n" + "\n".join(lines) + "\n</examples>"
+        )
+    if grounding.passages:
+        lines = [f"<passage ref={_dumps(p.ref)}>\n{p.text.strip()}\n</passage>" for p in grounding.passages]
+        parts.append(
+            "Documentation relevant to the request (tools' and the deployment's own):\n<documentation>\n"
+            + "\n".join(lines)
+            + "\n</documentation>"
+        )
+    return "\n\n".join(parts) + "\n\n"
+
+
 def plan_request(
-    request_text: str, catalog_description: list[dict[str, Any]], model: str, max_output_tokens: int
+    request_text: str,
+    catalog_description: list[dict[str, Any]],
+    model: str,
+    max_output_tokens: int,
+    grounding: Grounded | None = None,
 ) -> LLMRequest:
-    """The ``plan`` call for ``request_text``, grounded in ``catalog_description``."""
+    """The ``plan`` call for ``request_text``, grounded in ``catalog_description`` (cut to the
+    retrieved tools of a large catalog) and in ``grounding``'s past plans and passages."""
     return LLMRequest(
         kind="plan",
         model=model,
-        system=plan_system_prompt(catalog_description),
-        prompt=f"Plan this request:\n<request>\n{request_text.strip()}\n</request>",
+        system=plan_system_prompt(retrieved_tools(catalog_description, grounding)),
+        prompt=f"{grounding_text(grounding)}Plan this request:\n<request>\n{request_text.strip()}\n</request>",
         schema=copy.deepcopy(PLAN_SCHEMA),
         schema_name=PLAN_SCHEMA_NAME,
         max_output_tokens=max_output_tokens,
