@@ -24,6 +24,7 @@ class Metrics:
     budget_decisions: Counter
     budget_decision_seconds: Histogram
     budget_overruns: Counter
+    steps_proposed: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
@@ -88,6 +89,13 @@ class Metrics:
                 "cadre_budget_overruns",
                 "Settlements that billed more than their reservation (the workflow gets no further grant)",
                 ["provider", "kind"],
+                registry=reg,
+            ),
+            steps_proposed=Counter(
+                "cadre_steps_proposed",
+                "Steps proposed, by whether they carry documentation_references (referenced: yes, no); "
+                "the share of grounded steps is yes / (yes + no)",
+                ["referenced"],
                 registry=reg,
             ),
         )

@@ -61,7 +61,7 @@ from cadre.bus.effects import (
     ToolCalled,
 )
 from cadre.bus.errors import CadreError, ConcurrencyConflict, InvalidName
-from cadre.bus.events import Envelope, ForgedEvent, HandlerFailed, chain_hash, make_event
+from cadre.bus.events import Envelope, ForgedEvent, HandlerFailed, StepsProposed, chain_hash, make_event
 from cadre.bus.plan import ErrorInfo
 from cadre.bus.signing import Verdict
 from cadre.store.authenticity import verdict
@@ -435,6 +435,9 @@ class ActorSystem:
                 self.metrics.workflows.labels("failed").inc()
             elif e.type == "plan_proposed":
                 self.metrics.workflows.labels("started").inc()
+            elif isinstance(e.data, StepsProposed):
+                for step in e.data.steps:
+                    self.metrics.steps_proposed.labels("yes" if step.documentation_references else "no").inc()
 
     def _count_effects(self, effects: Sequence[Effect]) -> None:
         provider = self.outside.llm.provider.name if self.outside.llm is not None else "none"
