@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cadre import __version__, audit_cli, auth_cli, commands, replay_cli, state_view
+from cadre import __version__, audit_cli, auth_cli, commands, eval_cmd, replay_cli, state_view
 from cadre.bus.errors import CadreError, InvalidName
 from cadre.bus.events import TERMINAL_TYPES
 from cadre.bus.signing import Keyring
@@ -120,6 +120,7 @@ def _parser() -> argparse.ArgumentParser:
     audit_cli.add_parser(sub, [bus, out])
     auth_cli.add_parser(sub, [bus])
     replay_cli.add_parser(sub, [bus, out])
+    eval_cmd.add_parser(sub, [bus, out, policy])
     return p
 
 
@@ -224,6 +225,8 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
             return await replay_cli.run(args, settings)
         case "auth":
             return await auth_cli.run(args, settings)
+        case "eval":
+            return await eval_cmd.run(args, settings)
     raise AssertionError(f"unhandled command {args.command!r}")
 
 
