@@ -7,6 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from cadre.audit_text import lines
 from cadre.bus.effects import Grounded
 from cadre.bus.events import PlanProposed, StepsProposed
@@ -18,6 +20,7 @@ from tests.fake_llm import ok
 from tests.scenarios import MODEL_PLAN, NOVEL_REQUEST
 from tests.system_harness import Harness
 from tests.test_llm_planning import cadre_with_model
+from tests.test_replay import golden
 
 CUSTOMERS_DOC = """\
 # Customers
@@ -103,3 +106,23 @@ async def test_documents_ground_the_plan_and_the_steps_and_the_audit_lists_them(
             "tool:geo.distance#geo.distance > Pitfalls",
         )
         await replays(cadre, state.workflow_id)
+
+
+def test_the_golden_grounded_run_holds_its_grounding_and_a_changed_one_diverges() -> None:
+    """The golden log of the grounded path replays (tests/test_replay.py); here: what it holds,
+    and that a record whose grounding was changed no longer reproduces (the prompt built from it
+    is not the one the recorded consultation's cache key and model call's digest are of)."""
+    settings, records = golden("grounded_plan")
+    events = [r for r in records if isinstance(r, StoredEvent)]
+    [plan] = [r for r in events if isinstance(r.event.data, PlanProposed)]
+    [grounded] = [e for e in plan.event.effects if isinstance(e, Grounded)]
+    assert grounded.references == ("tool:geo.distance#geo.distance > Inputs",)
+    assert audit(records).step_documents[0].documents[0] == "tool:geo.distance#geo.distance"
+    assert replayer_for(settings).replay(records).ok
+
+    changed = msgspec.structs.replace(grounded, passages=())
+    effects = tuple(changed if e is grounded else e for e in plan.event.effects)
+    tampered = msgspec.structs.replace(plan, event=msgspec.structs.replace(plan.event, effects=effects))
+    result = replayer_for(settings).replay([tampered if r is plan else r for r in records])
+    assert not result.ok
+    assert "the handler asked budget plan:" in "\n".join(result.lines())  # its cache key is of the prompt

@@ -110,6 +110,17 @@ DRY_RUN_PLAN: dict[str, Any] = {
 }
 
 BAD_PLAN = {**MODEL_PLAN, "nodes": [{**MODEL_PLAN["nodes"][0], "tool": "sql.nonexistent"}]}
+DISTANCE_PLAN: dict[str, Any] = {
+    "nodes": [
+        {
+            "id": "far",
+            "description": "Distance from Lyon to Turin",
+            "tool": "geo.distance",
+            "inputs": {"origin": "Lyon", "destination": "Turin"},
+        }
+    ],
+    "output": "far",
+}
 
 SCENARIOS = (
     Scenario(
@@ -193,6 +204,14 @@ SCENARIOS = (
         ),
         settings={"approval_tools": ["fs.write"], "tool_modules": ["tests.plugin_tools", "tests.dry_run_tools"]},
         model=(),
+    ),
+    Scenario(
+        "grounded_plan",
+        "a tool ships documentation: the model's planning prompt is grounded in the passage the request matches "
+        "(a ground effect), and the step records its tool's documents in documentation_references",
+        submit({"request": "how far is Turin from Lyon in km"}),
+        settings={"tool_modules": ["tests.plugin_tools", "tests.doc_tools"]},
+        model=(ok(DISTANCE_PLAN, input=1300, output=90),),
     ),
     Scenario(
         "malformed_answer",
