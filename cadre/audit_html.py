@@ -82,6 +82,7 @@ def render(report: AuditReport) -> str:
     parts += _verdicts(r)
     parts += _consultations(r)
     parts += _tools(r)
+    parts += _grounding(r)
     parts += _approvals(r)
     parts += _deviations(r)
     parts += _costs(r)
@@ -184,6 +185,30 @@ def _tools(r: AuditReport) -> list[str]:
     ]
     head = ["event", "for", "tool", "input digest", "output digest", "outcome", "ms", "error"]
     return ["<h2>Tool calls</h2>", _table(head, rows) if rows else '<p class="muted">None.</p>']
+
+
+def _grounding(r: AuditReport) -> list[str]:
+    """What prompts and steps were grounded in (nothing when the workflow used no grounding)."""
+    if not r.groundings and not r.step_documents:
+        return []
+    t = r.totals
+    rows = [
+        [
+            f"#{g.index}",
+            _e(g.scope),
+            _code(g.call),
+            _e(", ".join(g.examples) or "—"),
+            "<br>".join(_code(d) for d in g.documents) or "—",
+            _e("all" if g.tools is None else f"{len(g.tools)} retrieved: {', '.join(g.tools)}"),
+        ]
+        for g in r.groundings
+    ]
+    steps = [[_code(d.step_id), _code(d.tool), "<br>".join(_code(x) for x in d.documents)] for d in r.step_documents]
+    return [
+        f"<h2>Grounding</h2><p>{t.steps_with_documents} of {t.steps_proposed} step(s) with documents.</p>",
+        _table(["event", "for", "call", "past plans", "documents", "tools"], rows) if rows else "",
+        _table(["step", "tool", "documents used"], steps) if steps else "",
+    ]
 
 
 def _approvals(r: AuditReport) -> list[str]:

@@ -10,11 +10,15 @@ from typing import Any
 import msgspec
 import pytest
 
+from cadre import eval_cmd
 from cadre.bus.plan import Plan
-from cadre.cli import main
+from cadre.cli import _parser, main
 from cadre.commands import UsageError
 from cadre.eval_cmd import agreement, items_from_file, signature
+from cadre.settings import Settings
 from tests.conftest import unique
+from tests.fake_llm import anthropic_api, ok
+from tests.scenarios import MODEL_PLAN, NOVEL_REQUEST
 
 
 def plan(*nodes: tuple[str, str, list[str]]) -> Plan:
@@ -146,3 +150,22 @@ def test_past_workflows_are_evaluated_against_the_plans_they_ran_with(
     # the evaluation's own dry runs are not past workflows to evaluate
     assert main(["eval", "--from-log", "--json"]) == 0
     assert json_out(capsys)["totals"]["requests"] == 2
+
+
+async def test_with_a_model_the_consultations_tokens_and_cost_are_reported(
+    deployment: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    requests = deployment / "novel.json"
+    requests.write_text(json.dumps([{"id": "novel", "request": NOVEL_REQUEST, "plan": MODEL_PLAN}]))
+    async with anthropic_api(ok(MODEL_PLAN, input=1200, output=300)) as api:
+        monkeypatch.setenv("CADRE_LLM_PROVIDER", "anthropic")
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", api.base_url)
+        monkeypatch.setenv("CADRE_LLM_MAX_RETRIES", "0")
+        args = _parser().parse_args(["eval", str(requests), "--json"])
+        assert await eval_cmd.run(args, Settings.load()) == 0
+        assert len(api.requests) == 1
+    [row] = json_out(capsys)["requests"]
+    assert (row["valid"], row["agreement"], row["plan_source"]) == ("yes", "same", "model")
+    assert (row["consultations"], row["input_tokens"], row["output_tokens"]) == (1, 1200, 300)
+    assert row["cost_usd"] == pytest.approx((1200 * 3.0 + 300 * 15.0) / 1e6)

@@ -9,6 +9,7 @@ from typing import Any
 
 import msgspec
 
+from cadre.audit_html import render
 from cadre.audit_text import lines
 from cadre.bus.effects import Grounded
 from cadre.bus.events import PlanProposed, StepsProposed
@@ -88,6 +89,9 @@ async def test_documents_ground_the_plan_and_the_steps_and_the_audit_lists_them(
         text = "\n".join(lines(report))
         assert "grounding (1 of 1 step(s) with documents)" in text
         assert "step count.s1 (sql.query) used: shop.md#Customers" in text
+        page = render(report)
+        assert "<h2>Grounding</h2><p>1 of 1 step(s) with documents.</p>" in page
+        assert "<code>shop.md#Customers</code>" in page
         await replays(cadre, state.workflow_id)
         assert cadre.system is not None
         sample = cadre.system.metrics.registry.get_sample_value
