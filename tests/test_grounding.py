@@ -10,7 +10,8 @@ import msgspec
 import pytest
 from pydantic import create_model
 
-from cadre.actors.answers import RecordedAnswers, ReplayDivergence
+from cadre.actors.answers import LiveAnswers, RecordedAnswers, ReplayDivergence
+from cadre.actors.context import Outside
 from cadre.actors.grounding import Grounder, GroundingLimits
 from cadre.bus.effects import BudgetDecided, Example, Grounded, Passage
 from cadre.bus.ledger import Decision
@@ -19,6 +20,7 @@ from cadre.planner.builtin_tools import builtin_specs
 from cadre.planner.catalog import Catalog, ToolSpec
 from cadre.planner.docs_index import DocsIndex, bounded, fts_query, load_folder, split_markdown
 from cadre.planner.library import LibraryEntry
+from cadre.planner.providers.agent_prompts import decompose_request
 from cadre.planner.providers.pricing import estimate_input_tokens
 from cadre.planner.providers.prompts import plan_request
 from tests.doc_tools import TOOLS as DOC_TOOLS
@@ -262,3 +264,43 @@ async def test_a_recorded_grounding_is_served_and_a_record_without_one_grounds_i
     assert await RecordedAnswers([decided]).ground("plan", "q", None) is None  # recorded before grounding
     with pytest.raises(ReplayDivergence, match="the handler asked ground plan:"):
         await RecordedAnswers([g]).ground("plan", "another request", None)
+
+
+async def test_what_the_live_side_records_the_recorded_side_serves_back() -> None:
+    catalog = Catalog([*builtin_specs(), *(spec for spec, _ in DOC_TOOLS)])
+    grounder = Grounder(DocsIndex(topic_docs(), catalog), Entries(LIBRARY), GroundingLimits())
+    live = LiveAnswers(Outside(grounding=grounder))
+    request = "the top customers by revenue, from the quarterly reports"
+    effect = await live.ground("plan", request, None)
+    assert effect is not None
+    assert effect.examples
+    assert effect.passages[0].ref == "reports.md#Reports"
+    assert (
+        await RecordedAnswers([effect]).ground("plan", "the top customers by revenue, from the quarterly reports", None)
+        == effect
+    )
+    assert await live.ground("steps", "how do I do it", None) is None  # nothing to ground in: nothing recorded
+    assert await LiveAnswers(Outside()).ground("plan", "anything", None) is None  # no grounding in this process
+
+
+INPUTS = Passage(ref="tool:geo.distance#Inputs", source="tool:geo.distance", heading="Inputs", text="cities")
+
+
+def test_the_decompose_prompt_gets_the_passages_and_only_the_retrieved_tools() -> None:
+    catalog = Catalog([*builtin_specs(), *(spec for spec, _ in DOC_TOOLS)])
+    task = Task(id="far", description="distance from Lyon to Turin")
+    bare = decompose_request(task, catalog, attempt=1, upstream={})
+    g = Grounded(
+        call="decompose",
+        query=Grounded.query_of("x"),
+        passages=(
+            Passage(ref="tool:geo.distance#Inputs", source="tool:geo.distance", heading="Inputs", text="cities"),
+        ),
+        tools=("geo.distance",),
+    )
+    ask = decompose_request(task, catalog, attempt=1, upstream={}, grounding=g)
+    assert '<passage ref="tool:geo.distance#Inputs">\ncities\n</passage>' in ask.prompt
+    assert ask.prompt.endswith(bare.prompt)
+    assert '"name":"geo.distance"' in ask.system
+    assert '"name":"sql.query"' in bare.system
+    assert '"name":"sql.query"' not in ask.system
