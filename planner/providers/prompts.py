@@ -151,7 +151,8 @@ def grounding_text(grounding: Grounded | None) -> str:
         ]
         parts.append(
             "Plans that answered similar requests before (examples: adapt them to this request, "
-            "do not copy their values blindly):\n<examples>\n" + "\n".join(lines) + "\n</examples>"
+            'do not copy their values blindly; a "{{name}}" in an example stands for a value its request gave):'
+            "\n<examples>\n" + "\n".join(lines) + "\n</examples>"
         )
     if grounding.passages:
         lines = [f"<passage ref={_dumps(p.ref)}>\n{p.text.strip()}\n</passage>" for p in grounding.passages]
