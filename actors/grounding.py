@@ -4,8 +4,11 @@ For a ``plan`` call: the few most similar plans of the library that completed (e
 and learned workflows, ranked by the library's own similarity), the passages of
 documentation most relevant to the request (:class:`~planner.docs_index.DocsIndex`, FTS5),
 and, for a catalog above ``catalog_threshold`` tools, the tools the request needs (the same
-index, plus the tools of the examples shown) instead of all of them. For a ``decompose``
-call: the passages relevant to the task, its tool's own documentation first. Every part is
+index, plus the tools of the examples shown) instead of all of them. For an ``adapt`` call (a
+re-plan): the passages and, for a large catalog, the tools again (the current plan's are listed
+too). For a ``decompose`` call: the passages relevant to the task, its tool's own documentation
+first and, for a large catalog, its tools; for ``steps`` (the rules' decomposition, no model):
+the passages only, which the steps record. Every part is
 bounded (examples and passages in characters, tools in number), so the prompt stays bounded
 however large the library, the documentation or the catalog.
 
@@ -64,7 +67,7 @@ class Grounder:
         hits = self.index.search(query, limit=lim.passages, tool=tool) if lim.passages > 0 else []
         passages = tuple(bounded([h.passage for h in hits], lim.passage_chars))
         tools: tuple[str, ...] | None = None
-        if call in ("plan", "decompose") and len(self.index.tool_names) > lim.catalog_threshold:
+        if call in ("plan", "adapt", "decompose") and len(self.index.tool_names) > lim.catalog_threshold:
             wanted = dict.fromkeys(self.index.tools(query, limit=lim.catalog_tools))
             for e in examples:  # a tool a similar past plan used is likely needed again
                 wanted.update(dict.fromkeys(n.tool for n in e.plan.nodes if n.tool))

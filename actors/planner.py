@@ -139,7 +139,10 @@ async def _replan(
     revision = state.revision
     completed = {tid: t.output for tid, t in state.tasks.items() if t.status == "completed"}
     request_text = state.request.request if state.request is not None else ""
-    ask = adapt_request(request_text, state.plan, completed, end.message, catalog.describe(), situation=situation)
+    grounding = await ctx.ground("adapt", request_text)
+    ask = adapt_request(
+        request_text, state.plan, completed, end.message, catalog.describe(), situation=situation, grounding=grounding
+    )
     validate = adapt_validator(catalog, state.plan, completed)
     inferred = await ctx.infer("adapt", ask, validate, ctx.policy(state.request))
     if inferred.value is None:

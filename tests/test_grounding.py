@@ -22,7 +22,7 @@ from cadre.planner.docs_index import DocsIndex, bounded, fts_query, load_folder,
 from cadre.planner.library import LibraryEntry
 from cadre.planner.providers.agent_prompts import decompose_request
 from cadre.planner.providers.pricing import estimate_input_tokens
-from cadre.planner.providers.prompts import plan_request
+from cadre.planner.providers.prompts import adapt_request, plan_request
 from tests.doc_tools import TOOLS as DOC_TOOLS
 
 # -- the index ----------------------------------------------------------------------------------
@@ -304,3 +304,17 @@ def test_the_decompose_prompt_gets_the_passages_and_only_the_retrieved_tools() -
     assert '"name":"geo.distance"' in ask.system
     assert '"name":"sql.query"' in bare.system
     assert '"name":"sql.query"' not in ask.system
+
+
+async def test_a_re_plan_of_a_large_catalog_lists_the_retrieved_tools_and_the_current_plans() -> None:
+    catalog = generated_catalog()
+    grounder = Grounder(DocsIndex([], catalog), Entries(LIBRARY), GroundingLimits())
+    g = await grounder.ground("adapt", "archive the expired contracts", None)
+    assert g.examples == ()  # examples are for the first plan
+    current = msgspec.convert({"nodes": [{"id": "a", "tool": "badge.export", "inputs": {}}]}, Plan)
+    ask = adapt_request("archive the expired contracts", current, {}, "a failed", catalog.describe(), grounding=g)
+    assert '"name":"contract.archive"' in ask.system
+    assert '"name":"badge.export"' in ask.system  # the current plan's tool
+    assert estimate_input_tokens(ask) < PROMPT_BOUND
+    bare = adapt_request("archive the expired contracts", current, {}, "a failed", catalog.describe())
+    assert estimate_input_tokens(bare) > PROMPT_BOUND

@@ -241,19 +241,26 @@ def adapt_request(
     *,
     output_chars: int = 1500,
     situation: str = ADAPT_AFTER_FAILURE,
+    grounding: Grounded | None = None,
 ) -> LLMRequest:
     """The ``adapt`` call: re-plan what remains after a task failed for good (or, with
     ``situation`` :data:`ADAPT_AFTER_REJECTION`, after the validator rejected the plan).
 
     ``completed`` maps each completed task's id to its output (quoted up to
-    ``output_chars`` characters each); ``failure`` says which task failed and how.
+    ``output_chars`` characters each); ``failure`` says which task failed and how;
+    ``grounding``: passages of documentation, and the tools retrieved from a large catalog (the
+    current plan's tools are listed too).
     """
+    if grounding is not None and grounding.tools is not None:
+        kept = {t.tool for t in plan.nodes if t.tool}
+        grounding = msgspec.structs.replace(grounding, tools=tuple(sorted({*grounding.tools, *kept})))
     used = ", ".join(sorted(t.id for t in plan.nodes))
     done = (
         "\n".join(f"- {tid}: {_clip(_dumps(completed[tid]), output_chars)}" for tid in sorted(completed)) or "- (none)"
     )
     current = _dumps(_plan_json(plan))
     prompt = (
+        f"{grounding_text(grounding)}"
         f"{_ADAPT_TASK.format(situation=situation, schema_name=ADAPT_SCHEMA_NAME, used=used)}\n"
         f"<request>\n{request_text.strip()}\n</request>\n\n"
         f"<current_plan>\n{current}\n</current_plan>\n\n"
@@ -263,7 +270,7 @@ def adapt_request(
     return LLMRequest(
         kind="adapt",
         model="",
-        system=plan_system_prompt(catalog_description, schema_name=ADAPT_SCHEMA_NAME),
+        system=plan_system_prompt(retrieved_tools(catalog_description, grounding), schema_name=ADAPT_SCHEMA_NAME),
         prompt=prompt,
         schema=copy.deepcopy(PLAN_SCHEMA),
         schema_name=ADAPT_SCHEMA_NAME,
