@@ -16,6 +16,7 @@ from cadre.actors.grounding import Grounder, GroundingLimits
 from cadre.bus.effects import BudgetDecided, Example, Grounded, Passage
 from cadre.bus.ledger import Decision
 from cadre.bus.plan import Plan, Task
+from cadre.grounding_config import DocsDirError, grounder_for
 from cadre.planner.builtin_tools import builtin_specs
 from cadre.planner.catalog import Catalog, ToolSpec
 from cadre.planner.docs_index import DocsIndex, bounded, fts_query, load_folder, split_markdown
@@ -23,6 +24,7 @@ from cadre.planner.library import LibraryEntry
 from cadre.planner.providers.agent_prompts import decompose_request
 from cadre.planner.providers.pricing import estimate_input_tokens
 from cadre.planner.providers.prompts import adapt_request, plan_request
+from cadre.settings import Settings
 from tests.doc_tools import TOOLS as DOC_TOOLS
 
 # -- the index ----------------------------------------------------------------------------------
@@ -318,3 +320,16 @@ async def test_a_re_plan_of_a_large_catalog_lists_the_retrieved_tools_and_the_cu
     assert estimate_input_tokens(ask) < PROMPT_BOUND
     bare = adapt_request("archive the expired contracts", current, {}, "a failed", catalog.describe())
     assert estimate_input_tokens(bare) > PROMPT_BOUND
+
+
+def test_a_docs_dir_that_is_not_a_folder_is_a_clear_error(tmp_path: Path) -> None:
+    not_a_folder = tmp_path / "notes.md"
+    not_a_folder.write_text("# x\n")
+    settings = Settings(data_dir=tmp_path, docs_dir=not_a_folder)
+    with pytest.raises(DocsDirError, match="is not a folder") as raised:
+        grounder_for(settings, Catalog(builtin_specs()), None)
+    assert raised.value.code == "docs_dir_invalid"
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.md").write_text(GUIDE)
+    grounder = grounder_for(Settings(data_dir=tmp_path, docs_dir=tmp_path / "docs"), Catalog(builtin_specs()), None)
+    assert len(grounder.index) == 4
