@@ -682,11 +682,12 @@ async def test_a_settlement_of_another_workflows_reservation_is_refused(env: Env
         assert await client.settle(paid("c1", wf="wf2")) is None
 
 
-async def test_without_a_budget_actor_a_consultation_is_denied_at_once(env: Env) -> None:
-    client = env.client(timeout=2.0)
+async def test_without_a_budget_actor_a_consultation_is_denied_within_the_timeout(env: Env) -> None:
+    """Nobody listens: asked again within the timeout (a budget may be restarting), then denied."""
+    client = env.client(timeout=0.5)
     started = time.perf_counter()
     d = await client.consult(ask("c1"))
-    assert time.perf_counter() - started < 0.5
+    assert 0.4 < time.perf_counter() - started < 1.5
     assert (d.outcome, d.reason) == ("denied", "budget_unavailable")
     assert re.fullmatch(r"no budget actor listens on b\w+\.budget\.consult", d.message)
     assert await client.settle(paid("c1")) is None
