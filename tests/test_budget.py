@@ -20,6 +20,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import msgspec
+import nats
+import nats.errors
 import pytest
 import pytest_asyncio
 from nats.aio.client import Client as NATS
@@ -882,3 +884,29 @@ def test_a_workflow_that_comes_back_after_a_year_of_others_cannot_pass_its_cap()
     spend = state.workflows["wf-old"]
     assert spend.settled_usd + spend.reserved_usd <= cap
     assert state.caps["wf-old"] == cap
+
+
+async def test_a_ledger_append_nobody_answers_is_sent_again(env: Env, nats_url: str) -> None:
+    """The ledger's stream between leaders ("no responders"): the budget sends its append again with
+    backoff, and the consultation is granted once, with one entry in the ledger."""
+    service_nc = await nats.connect(nats_url)
+    real_request = service_nc.request
+    sends = 0
+
+    async def electing(subject: str, payload: bytes = b"", **kw: Any) -> Any:
+        nonlocal sends
+        if subject == env.subjects.ledger:
+            sends += 1
+            if sends <= 2:
+                raise nats.errors.NoRespondersError
+        return await real_request(subject, payload, **kw)
+
+    service_nc.request = electing  # type: ignore[method-assign]
+    try:
+        async with env.serve(nc=service_nc):
+            d = await env.client().consult(ask("c1"))
+    finally:
+        await service_nc.close()
+    assert d.outcome == "granted", d
+    assert sends == 3
+    assert [type(e).__name__ for e in await env.entries()] == ["ReservedEntry"]

@@ -14,6 +14,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js.errors import APIError, BadRequestError, NotFoundError, ServiceUnavailableError
 
+from cadre.actors.metrics import Metrics
 from cadre.actors.runtime import consumer_name
 from cadre.bus.retry import RETRIES, RetryPolicy, is_transient, retrying
 from cadre.store.jetstream import JetStreamLog
@@ -140,3 +141,10 @@ async def test_an_actor_recreates_its_consumer_when_it_vanishes(nats_url: str, t
         state = await h.run(plan, within=20)
         assert state.status == "completed", state.failure
         assert (await js.consumer_info(settings.stream_name, durable)).name == durable
+
+
+def test_retries_are_in_every_actor_process_metrics() -> None:
+    RETRIES.labels("test metrics").inc(2)
+    for _ in range(2):  # each Metrics has its registry; the count is the process's
+        registry = Metrics.create().registry
+        assert registry.get_sample_value("cadre_nats_retries_total", {"op": "test metrics"}) == 2
