@@ -163,8 +163,8 @@ async def test_stream_leader_killed_mid_run(nodes: NodeCluster, tmp_path: Path) 
             actors.start(kind, kind)
         actors.start("agent-1", "agent")
         actors.start("agent-2", "agent")
-        wfs = await asyncio.gather(*(_submit(client, subjects, i) for i in range(WORKFLOWS)))
-        assert len(set(wfs)) == WORKFLOWS
+        half = WORKFLOWS // 2
+        wfs = await asyncio.gather(*(_submit(client, subjects, i) for i in range(half)))
         # Mid-run: some workflows done, most not.
         async with asyncio.timeout(30):
             # Polls the stream (other processes write it: there is nothing to wait on here).
@@ -173,8 +173,13 @@ async def test_stream_leader_killed_mid_run(nodes: NodeCluster, tmp_path: Path) 
         leader = await _leader(log)
         nodes.kill(leader)
         killed_at = time.monotonic()
+        # The other half is submitted while the stream elects a new leader; the node comes back 5 s later.
+        late = asyncio.gather(*(_submit(client, subjects, i) for i in range(half, WORKFLOWS)))
         await asyncio.sleep(5)
         nodes.start(leader)
+        async with asyncio.timeout(30):
+            wfs += await late
+        assert len(set(wfs)) == WORKFLOWS
         async with asyncio.timeout(45):
             while sum((ends := await _ends(log)).values()) < WORKFLOWS:
                 assert not actors.exited(), {n: actors.tail(n) for n in actors.exited()}
