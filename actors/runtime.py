@@ -67,7 +67,7 @@ from cadre.bus.effects import (
 from cadre.bus.errors import CadreError, ConcurrencyConflict, InvalidName
 from cadre.bus.events import Envelope, ForgedEvent, HandlerFailed, chain_hash, make_event
 from cadre.bus.plan import ErrorInfo
-from cadre.bus.retry import Backoff, is_transient, retrying
+from cadre.bus.retry import Backoff, RetryPolicy, is_transient, retrying
 from cadre.bus.signing import Verdict
 from cadre.store.authenticity import verdict
 from cadre.store.jetstream import JetStreamLog
@@ -344,9 +344,11 @@ class ActorSystem:
         return view
 
     answers: LiveAnswers = field(init=False, repr=False)
+    _settle_retry: RetryPolicy = field(init=False, repr=False)  # acks ride out an outage up to ack_wait
 
     def __post_init__(self) -> None:
         self.answers = LiveAnswers(self.outside)
+        self._settle_retry = dataclasses.replace(self.log.retry, bound_s=self.options.ack_wait)
 
     def handler_seconds(self, kind: str, etype: str) -> Histogram:
         child = self._latency.get((kind, etype))
@@ -363,7 +365,7 @@ class ActorSystem:
     async def settle(self, call: Callable[[], Awaitable[None]], how: str) -> None:
         """Ack, nak or term an input through an outage (each may be sent again: JetStream keeps the
         first); past ack_wait the input is redelivered anyway."""
-        await retrying(call, f"{how} of inputs", dataclasses.replace(self.log.retry, bound_s=self.options.ack_wait))
+        await retrying(call, f"{how} of inputs", self._settle_retry)
 
     async def ensure_consumer(self, spec: ActorSpec) -> None:
         subjects = self.log.subjects
