@@ -16,6 +16,7 @@ from nats.js.errors import APIError, BadRequestError, NotFoundError, ServiceUnav
 
 from cadre.actors.metrics import Metrics
 from cadre.actors.runtime import consumer_name
+from cadre.actors.state_cache import StateCache
 from cadre.bus.retry import RETRIES, RetryPolicy, is_transient, retrying
 from cadre.store.jetstream import JetStreamLog
 from tests.conftest import requested
@@ -148,3 +149,26 @@ def test_retries_are_in_every_actor_process_metrics() -> None:
     for _ in range(2):  # each Metrics has its registry; the count is the process's
         registry = Metrics.create().registry
         assert registry.get_sample_value("cadre_nats_retries_total", {"op": "test metrics"}) == 2
+
+
+async def test_the_state_cache_feed_is_recreated_when_its_consumer_vanishes(log: JetStreamLog, nc: NATS) -> None:
+    """The feed's ordered consumer is deleted on the server (as when its node dies): nats-py hears no
+    heartbeat, creates it again from where it was, and the feed brings the next event."""
+    cache = StateCache(log)
+    await cache.start()
+    try:
+        first = await log.append("wf1", [requested("wf1")], expected_seq=0)
+        async with asyncio.timeout(5):
+            await cache.state_at("wf1", first.last_seq)
+        assert cache.recent(first.last_seq) is not None  # brought by the feed
+        js = nc.jetstream()
+        for info in await js.consumers_info(log.stream):
+            await js.delete_consumer(log.stream, info.name)
+        second = await log.append("wf2", [requested("wf2")], expected_seq=0)
+        async with asyncio.timeout(6):
+            # Only the feed fills ``recent`` (no log read here); polled: the cache has nothing to wait on.
+            while cache.recent(second.last_seq) is None:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        assert [i.name for i in await js.consumers_info(log.stream)] != []
+    finally:
+        await cache.stop()
