@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
+from cadre.bus.retry import RETRIES
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,9 @@ class Metrics:
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
         reg = registry if registry is not None else CollectorRegistry()
+        # The NATS calls retried through outages (bus.retry counts them for the whole process).
+        with contextlib.suppress(ValueError):  # registered in this registry already
+            reg.register(RETRIES)
         return cls(
             registry=reg,
             events_handled=Counter(

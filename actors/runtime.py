@@ -21,6 +21,9 @@ For each input the runtime:
    the planner turns into a workflow failure) and terminates the input.
 
 A handler may return :class:`Defer` to see its input again later (a durable timer).
+A NATS outage (a cluster electing a leader: ``503``, no responders, timeouts; a reconnect) never
+ends a replica: its fetch loop backs off (:mod:`bus.retry`) and fetches again, recreating its
+durable consumer if it vanished; appends, reads and acks retry the same way.
 Structured concurrency: replicas run in a TaskGroup owned by :func:`run_actors`; entering it
 returns once every consumer exists and every replica is fetching; leaving it drains.
 """
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import logging
 import time
@@ -40,6 +44,7 @@ from typing import assert_never
 import nats.errors
 from nats.aio.msg import Msg
 from nats.js import api
+from nats.js.errors import APIError, NotFoundError
 from prometheus_client import Counter, Histogram
 
 from cadre.actors import invocation
@@ -63,6 +68,7 @@ from cadre.bus.effects import (
 from cadre.bus.errors import CadreError, ConcurrencyConflict, InvalidName
 from cadre.bus.events import Envelope, ForgedEvent, HandlerFailed, StepsProposed, chain_hash, make_event
 from cadre.bus.plan import ErrorInfo
+from cadre.bus.retry import Backoff, RetryPolicy, is_transient, retrying
 from cadre.bus.signing import Verdict
 from cadre.store.authenticity import verdict
 from cadre.store.jetstream import JetStreamLog
@@ -126,9 +132,9 @@ class _Replica:
 
     async def run(self, ready: asyncio.Event) -> None:
         sys_ = self.system
-        sub = await sys_.log.js.pull_subscribe_bind(
-            durable=consumer_name(sys_.log.subjects.prefix, self.spec.kind, self.spec.pool), stream=sys_.log.stream
-        )
+        durable = consumer_name(sys_.log.subjects.prefix, self.spec.kind, self.spec.pool)
+        sub = await sys_.log.js.pull_subscribe_bind(durable=durable, stream=sys_.log.stream)
+        outage = Backoff(f"{self.name} fetch", sys_.log.retry)
         ready.set()
         opts = sys_.options
         # After a fetch that timed out, fetch one message, not a batch. The timed-out pull
@@ -147,6 +153,7 @@ class _Replica:
                     while not idle and want < opts.batch and not self._slots.locked():
                         await self._slots.acquire()
                         want += 1
+                    failed: Exception | None = None
                     try:
                         msgs = await sub.fetch(want, timeout=opts.fetch_timeout)
                     except (TimeoutError, nats.errors.TimeoutError):
@@ -154,15 +161,38 @@ class _Replica:
                     except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
                         msgs = []
                         sys_.stopping.set()
+                    except Exception as exc:  # an outage (503 during an election, a reconnect): wait and fetch again
+                        if not (is_transient(exc) or _consumer_trouble(exc)):
+                            raise
+                        msgs, failed = [], exc
                     idle = not msgs
                     for _ in range(want - len(msgs)):
                         self._slots.release()
                     for m in msgs:
                         inflight.create_task(self._process(m))
+                    if failed is not None:
+                        await self._recover(durable)
+                        await outage.failed(failed)
+                    elif msgs:
+                        outage.ok()
                 await self._drain()
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+    async def _recover(self, durable: str) -> None:
+        """After a failed fetch: recreate the kind's durable consumer if it is gone (a pull request to a
+        consumer that does not exist is answered 503, as one to a consumer between leaders)."""
+        sys_ = self.system
+        try:
+            await sys_.log.js.consumer_info(sys_.log.stream, durable)
+        except NotFoundError:
+            log.warning("%s: consumer %s is gone; creating it again", self.name, durable)
+            with contextlib.suppress(Exception):  # an outage again: the next failed fetch tries again
+                await sys_.ensure_consumer(self.spec)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
 
     async def _drain(self) -> None:
         """Let in-flight handlers finish (up to the drain timeout); unfinished inputs are redelivered later."""
@@ -186,12 +216,12 @@ class _Replica:
                 sys_.metrics.redeliveries.labels(kind).inc()
             if isinstance(rec, Malformed):
                 await sys_.dead_letter_malformed(kind, rec)
-                await m.term()
+                await sys_.settle(m.term, "term")
                 return
             etype = rec.event.type
             if checked is not None and not checked.trusted:
                 await sys_.refuse(kind, rec, checked)
-                await m.term()
+                await sys_.settle(m.term, "term")
                 sys_.handled(kind, etype, "forged").inc()
                 return
             started = time.perf_counter()
@@ -206,22 +236,22 @@ class _Replica:
                 if delivered >= sys_.options.max_attempts:
                     log.error("%s: giving up on %s #%d after %d attempts: %r", self.name, etype, seq, delivered, exc)
                     await sys_.dead_letter(kind, rec, delivered, exc)
-                    await m.term()
+                    await sys_.settle(m.term, "term")
                     sys_.handled(kind, etype, "dead_letter").inc()
                 else:
                     delay = sys_.options.backoff[min(delivered, len(sys_.options.backoff)) - 1]
                     log.warning(
                         "%s: %s #%d failed (attempt %d), retry in %ss: %r", self.name, etype, seq, delivered, delay, exc
                     )
-                    await m.nak(delay=delay)
+                    await sys_.settle(lambda: m.nak(delay=delay), "nak")
                     sys_.handled(kind, etype, "retry").inc()
                 return
             if isinstance(outcome, Defer):
-                delay = max(0.0, (outcome.until - utc_now()).total_seconds())
-                await m.nak(delay=delay)
+                until = max(0.0, (outcome.until - utc_now()).total_seconds())
+                await sys_.settle(lambda: m.nak(delay=until), "nak")
                 sys_.handled(kind, etype, "deferred").inc()
                 return
-            await m.ack()
+            await sys_.settle(m.ack, "ack")
             sys_.handled(kind, etype, "ok").inc()
         except asyncio.CancelledError:
             raise
@@ -263,6 +293,11 @@ class _Replica:
 
 class _DrainTimeout(Exception):
     pass
+
+
+def _consumer_trouble(exc: Exception) -> bool:
+    """A fetch refused because of its consumer: gone (404), deleted or changed under it (409)."""
+    return isinstance(exc, APIError) and exc.code in (404, 409)
 
 
 def delivery(m: Msg) -> tuple[int, int]:
@@ -310,9 +345,11 @@ class ActorSystem:
         return view
 
     answers: LiveAnswers = field(init=False, repr=False)
+    _settle_retry: RetryPolicy = field(init=False, repr=False)  # acks ride out an outage up to ack_wait
 
     def __post_init__(self) -> None:
         self.answers = LiveAnswers(self.outside)
+        self._settle_retry = dataclasses.replace(self.log.retry, bound_s=self.options.ack_wait)
 
     def handler_seconds(self, kind: str, etype: str) -> Histogram:
         child = self._latency.get((kind, etype))
@@ -326,6 +363,11 @@ class ActorSystem:
             child = self._handled[(kind, etype, outcome)] = self.metrics.events_handled.labels(kind, etype, outcome)
         return child
 
+    async def settle(self, call: Callable[[], Awaitable[None]], how: str) -> None:
+        """Ack, nak or term an input through an outage (each may be sent again: JetStream keeps the
+        first); past ack_wait the input is redelivered anyway."""
+        await retrying(call, f"{how} of inputs", self._settle_retry)
+
     async def ensure_consumer(self, spec: ActorSpec) -> None:
         subjects = self.log.subjects
         cfg = api.ConsumerConfig(
@@ -337,7 +379,7 @@ class ActorSystem:
             max_ack_pending=self.options.max_ack_pending,
             deliver_policy=api.DeliverPolicy.ALL,
         )
-        await self.log.js.add_consumer(self.log.stream, cfg)
+        await retrying(lambda: self.log.js.add_consumer(self.log.stream, cfg), "consumer create", self.log.retry)
 
     async def input_record(
         self, seq: int, subject: str, data: bytes, headers: dict[str, str] | None = None

@@ -10,7 +10,9 @@ cache starts and folds each event into the state of its workflow:
   after, so nothing falls between the read and the live feed.
 
 ``state_at(wf, seq)`` returns once the state includes stream sequence ``seq``. If the
-feed falls behind (a reconnect), a waiter catches up by reading the log directly.
+feed falls behind (a reconnect), a waiter catches up by reading the log directly. The feed's
+consumer is created through an outage and recreated from where it was when it goes silent
+(its server died, the stream changed leader: :meth:`JetStreamLog.ordered`).
 Invariant: an entry's ``state.last_seq`` only grows, and every event of the workflow up to
 it has been applied exactly once. The cache is the only writer of these states.
 
@@ -43,7 +45,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nats.aio.msg import Msg
-from nats.js import api
 
 from cadre.bus.events import TERMINAL_TYPES
 from cadre.bus.signing import Keyring, Verdict
@@ -95,13 +96,7 @@ class StateCache:
 
     async def start(self) -> None:
         """Begin following the stream; returns once the feed's consumer exists."""
-        self._sub = await self._log.js.subscribe(
-            self._log.subjects.events,
-            stream=self._log.stream,
-            ordered_consumer=True,
-            deliver_policy=api.DeliverPolicy.NEW,
-            cb=self._on_msg,
-        )
+        self._sub = await self._log.ordered(self._log.subjects.events, None, self._on_msg)
 
     async def stop(self) -> None:
         if self._sub is not None:

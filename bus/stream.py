@@ -1,7 +1,8 @@
 """The JetStream stream that holds every event: created or brought up to date at start-up.
 
 Safe to run from many processes at once: creating a stream with the identical config is a
-no-op for JetStream, and a config change is applied with an update.
+no-op for JetStream, and a config change is applied with an update. A cluster still electing
+its leaders is waited for (:mod:`bus.retry`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, BadRequestError
 
 from cadre.bus.errors import StreamConfigError
+from cadre.bus.retry import RetryPolicy, is_transient, retrying
 
 _EXISTS_WITH_OTHER_CONFIG = 10058
 _SUBJECTS_OVERLAP = 10065
@@ -52,17 +54,25 @@ class StreamSpec:
         )
 
 
-async def ensure_stream(js: JetStreamContext, spec: StreamSpec) -> api.StreamInfo:
-    """Create the event stream, or update it to ``spec``; raise :class:`StreamConfigError`."""
+async def ensure_stream(js: JetStreamContext, spec: StreamSpec, retry: RetryPolicy | None = None) -> api.StreamInfo:
+    """Create the event stream, or update it to ``spec``; raise :class:`StreamConfigError`.
+
+    A transient error (a cluster electing its leader) is retried for ``retry.bound_s``, then raised as it is."""
     cfg = spec.config()
-    try:
+
+    async def create_or_update() -> api.StreamInfo:
         try:
             return await js.add_stream(cfg)
         except BadRequestError as exc:
             if exc.err_code != _EXISTS_WITH_OTHER_CONFIG:
                 raise
             return await js.update_stream(cfg)
+
+    try:
+        return await retrying(create_or_update, f"stream {spec.name} create", retry or RetryPolicy())
     except APIError as exc:
+        if is_transient(exc):
+            raise
         hint = {
             _SUBJECTS_OVERLAP: f"another stream already captures {spec.subjects!r}; delete it, or run "
             "cadre with another subject prefix",

@@ -9,17 +9,19 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import nats.errors
+from nats.aio.client import Client as NATS
 
 from cadre import __version__
 from cadre.actors.budget import read_ledger
 from cadre.actors.budget.report import report as budget_report
-from cadre.actors.clock import utc_now
+from cadre.actors.clock import random_token, utc_now
 from cadre.actors.intake import submit
 from cadre.actors.ping import ping_all
 from cadre.actors.runtime import consumer_name
@@ -32,6 +34,7 @@ from cadre.bus.events import (
     TERMINAL_TYPES,
 )
 from cadre.bus.request import request_schema
+from cadre.bus.retry import is_transient, retrying
 from cadre.bus.signing import Keyring
 from cadre.bus.subjects import check_token
 from cadre.progress import describe
@@ -243,15 +246,47 @@ def _request_error(err: dict[str, str]) -> CadreError:
     return exc
 
 
+async def ask_intake(nc: NATS, settings: Settings, payload: bytes) -> dict[str, Any]:
+    """Send a request to the intake and return its answer, through an outage.
+
+    The request carries an idempotency key (a fresh one unless the caller gave one), so that asking
+    again after an answer was lost (a timeout: the intake may be waiting out a leader election
+    itself) returns the same workflow instead of starting a second. Timeouts are asked again for
+    ``nats_retry_s``; "no responders" (no intake subscribed: one restarting, or this client
+    reconnecting) for ``request_timeout_s``, then the command says what to start.
+    """
+    try:
+        body = json.loads(payload)
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and body.get("idempotency_key") is None:
+        body["idempotency_key"] = "cli-" + random_token(12)
+        payload = json.dumps(body).encode()
+    started = time.monotonic()
+
+    def transient(exc: BaseException) -> bool:
+        if isinstance(exc, nats.errors.NoRespondersError):
+            return time.monotonic() - started < settings.request_timeout_s
+        return is_transient(exc)
+
+    try:
+        resp = await retrying(
+            lambda: nc.request(settings.subjects.requests, payload, timeout=settings.request_timeout_s),
+            "request to the intake",
+            settings.retry_policy(),
+            transient=transient,
+        )
+    except nats.errors.NoRespondersError:
+        raise CadreError(
+            f"no intake listens on {settings.subjects.requests}: start `cadre up` (or `cadre actor planner`)"
+        ) from None
+    reply: dict[str, Any] = json.loads(resp.data)
+    return reply
+
+
 async def submit_cmd(settings: Settings, payload: bytes, *, wait: bool, as_json: bool) -> int:
     async with open_bus(settings, name="cadre-submit") as bus:
-        try:
-            resp = await bus.nc.request(settings.subjects.requests, payload, timeout=settings.request_timeout_s)
-        except nats.errors.NoRespondersError:
-            raise CadreError(
-                f"no intake listens on {settings.subjects.requests}: start `cadre up` (or `cadre actor planner`)"
-            ) from None
-        reply = json.loads(resp.data)
+        reply = await ask_intake(bus.nc, settings, payload)
         if "error" in reply:
             raise _request_error(reply["error"])
         wf = reply["workflow_id"]

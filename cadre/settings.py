@@ -18,6 +18,7 @@ from pydantic_settings import SettingsError as SourceError
 
 from cadre.bus.auth import AuthNames
 from cadre.bus.connection import ConnectOptions
+from cadre.bus.retry import RetryPolicy
 from cadre.bus.stream import StreamSpec
 from cadre.bus.subjects import Subjects
 from cadre.planner.providers import pricing
@@ -142,6 +143,12 @@ class Settings(BaseSettings):
         f"unset = {SERVICE_CONNECT_WAIT_S:g} s, 0 = fail at once (commands for people never wait)",
     )
     request_timeout_s: float = Field(default=5.0, gt=0)
+    nats_retry_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="how long one NATS call keeps retrying through an outage (a cluster electing a leader, "
+        "503/no responders, a reconnect) with backoff before it fails; actors' fetch loops never give up",
+    )
 
     # actors
     workspace: Path | None = Field(default=None, description="fs.* tools' root (default: <data_dir>/workspace)")
@@ -307,6 +314,10 @@ class Settings(BaseSettings):
             max_age=self.stream_max_age_s,
             max_bytes=self.stream_max_bytes,
         )
+
+    def retry_policy(self) -> RetryPolicy:
+        """The backoff of every NATS call through an outage (``bus.retry``), bounded by ``nats_retry_s``."""
+        return RetryPolicy(bound_s=self.nats_retry_s)
 
     def connect_options(
         self, url: str, name: str, creds: Path | None = None, *, service: bool = False

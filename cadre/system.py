@@ -180,6 +180,7 @@ async def run_system(
                     cache_bucket=settings.inference_cache_bucket,
                     cache_ttl_s=settings.inference_cache_ttl_s,
                     metrics=metrics,
+                    retry=settings.retry_policy(),
                 )
             )
         system = None

@@ -54,7 +54,11 @@ async def open_bus(
         nc = await connect(settings.connect_options(url, name, creds, service=service))
         try:
             log = JetStreamLog(
-                nc, stream=settings.stream(), subjects=settings.subjects, timeout=settings.request_timeout_s
+                nc,
+                stream=settings.stream(),
+                subjects=settings.subjects,
+                timeout=settings.request_timeout_s,
+                retry=settings.retry_policy(),
             )
             if auth_dir is None and (creds is None or acting_role(settings, role) == "admin"):
                 await log.ensure_stream()

@@ -17,10 +17,14 @@ actors consume it from there. Four guarantees hold for :meth:`JetStreamLog.appen
   the previous one: side by side unless another writer gets in between, and then the append
   stops there with ``ConcurrencyConflict.stored`` saying how many landed.
 
-A lost ack is retried. JetStream checks the expected sequence *before* the Msg-Id dedupe
-(SDK-FACTS §3.3), so a retry of a write that did land is answered "wrong last sequence";
-the log then looks at the workflow's message after the expected one, and if it is our own
-first event, the append had succeeded and is reported as ``already_stored``.
+A lost ack is retried, and so is every call that meets a NATS outage (a cluster electing a
+stream leader answers 503 or not at all; a client reconnects to another node): with the
+backoff of :mod:`bus.retry`, for up to ``retry.bound_s`` seconds. JetStream checks the
+expected sequence *before* the Msg-Id dedupe (SDK-FACTS §3.3), so a retry of a write that did
+land is answered "wrong last sequence"; the log then looks at the workflow's message after the
+expected one, and if it is our own first event, the append had succeeded and is reported as
+``already_stored``: a retried append never stores an event twice. "No responders" is an
+outage only while the stream exists: without it, an append fails at once with how to fix it.
 
 Appends use core request/reply with hand-built headers instead of ``js.publish`` /
 ``publish_async``: nats-py has no atomic-batch API, and ``publish_async`` futures never
@@ -36,24 +40,27 @@ import hashlib
 import json
 import re
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError
 
 from cadre.bus import codec
 from cadre.bus.errors import AppendError, ConcurrencyConflict, StoreError
 from cadre.bus.events import Envelope, chain_hash
+from cadre.bus.retry import RetryPolicy, describe, is_transient, retrying
 from cadre.bus.signing import Signer
 from cadre.bus.stream import StreamSpec, ensure_stream
 from cadre.bus.subjects import Subjects
 from cadre.store.records import Record, StoredEvent, events_only, to_record
+
+T = TypeVar("T")
 
 MAX_ATOMIC_BATCH = 1000  # nats-server's default limit of messages in one atomic batch
 
@@ -61,6 +68,7 @@ _WRONG_LAST_SEQUENCE = 10071
 _DUPLICATE_IN_BATCH = 10201
 _ACTUAL = re.compile(r"wrong last sequence: (\d+)")
 
+_FEED_HEARTBEAT_S = 1.0  # an ordered consumer that hears nothing for twice this is recreated (nats-py)
 _SIGNED_KEPT = 5_000  # the events this process signed lately (about 400 bytes each), to skip checking them again
 
 
@@ -85,6 +93,11 @@ class AppendResult:
     last_hash: str = ""
 
 
+def _api_error(error: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a JetStream error object that :class:`APIError` takes."""
+    return {"code": error.get("code"), "err_code": error.get("err_code"), "description": error.get("description")}
+
+
 def stream_seq(reply: str) -> int:
     """The stream sequence from a JetStream delivery's reply subject.
 
@@ -105,15 +118,15 @@ class JetStreamLog:
         stream: StreamSpec | None = None,
         subjects: Subjects | None = None,
         timeout: float = 5.0,
-        ack_retries: int = 3,
         conflict_retries: int = 50,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.spec = stream or StreamSpec()
         self.subjects = subjects or Subjects()
         self._nc = nc
         self._js = nc.jetstream(timeout=timeout)
         self._timeout = timeout
-        self._ack_retries = ack_retries
+        self.retry = retry or RetryPolicy()
         self._conflict_retries = conflict_retries
         self.signer: Signer | None = None
         # What this process signed, by event id: the digest of the bytes and the signature (shared by
@@ -158,7 +171,11 @@ class JetStreamLog:
 
     async def ensure_stream(self) -> api.StreamInfo:
         """Create or update the event stream (safe from many processes at once)."""
-        return await ensure_stream(self._js, self.spec)
+        return await ensure_stream(self._js, self.spec, self.retry)
+
+    async def _retry(self, call: Callable[[], Awaitable[T]], op: str) -> T:
+        """``call()`` through an outage, with this log's retry policy (:mod:`bus.retry`)."""
+        return await retrying(call, op, self.retry)
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -267,34 +284,53 @@ class JetStreamLog:
         """One event, or one atomic batch, expecting ``expected_seq`` (whose hash is ``prev``)."""
         batch = len(msgs) > 1
         last_hash = chain_hash(msgs[-1][1])
-        last_error: Exception | None = None
-        for _attempt in range(self._ack_retries + 1):
+
+        async def send() -> dict[str, Any]:
             try:
                 reply = await self._send(workflow_id, msgs, expected_seq, batch)
-            except nats.errors.TimeoutError as exc:
-                last_error = exc  # the ack may be lost while the write landed: try again
-                continue
             except nats.errors.NoRespondersError:
-                raise AppendError(
-                    f"no stream stores {msgs[0][0]!r}: create the event stream first "
-                    f"(JetStreamLog.ensure_stream(), done by every cadre command)"
-                ) from None
+                # Nobody stores the subject: no stream (say so at once), or a cluster between stream leaders.
+                if not await self._stream_exists():
+                    raise AppendError(
+                        f"no stream stores {msgs[0][0]!r}: create the event stream first "
+                        f"(JetStreamLog.ensure_stream(), done by every cadre command)"
+                    ) from None
+                raise
             error = reply.get("error")
-            if error is None:
-                return AppendResult(int(reply["seq"]), len(msgs), bool(reply.get("duplicate", False)), last_hash)
-            code = error.get("err_code")
-            if code in (_WRONG_LAST_SEQUENCE, _DUPLICATE_IN_BATCH):
-                return await self._already_stored_or_conflict(
-                    workflow_id, msgs, expected_seq, prev, error.get("description", "")
-                )
+            if error is not None and is_transient(APIError(**_api_error(error))):
+                raise APIError(**_api_error(error))  # a stream without a leader right now: retried
+            return reply
+
+        try:
+            # A lost ack (a timeout) is retried too: the write may have landed, which the retry finds out.
+            reply = await retrying(send, "event log append", self.retry)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
             raise AppendError(
-                f"JetStream refused the append to workflow {workflow_id!r}: "
-                f"{error.get('description', error)} (err_code {code})"
+                f"no ack from JetStream for workflow {workflow_id!r} within {self.retry.bound_s:g} s "
+                f"({describe(exc)}); is the cluster without a quorum, the server overloaded or the stream offline?"
+            ) from None
+        error = reply.get("error")
+        if error is None:
+            return AppendResult(int(reply["seq"]), len(msgs), bool(reply.get("duplicate", False)), last_hash)
+        code = error.get("err_code")
+        if code in (_WRONG_LAST_SEQUENCE, _DUPLICATE_IN_BATCH):
+            return await self._already_stored_or_conflict(
+                workflow_id, msgs, expected_seq, prev, error.get("description", "")
             )
         raise AppendError(
-            f"no ack from JetStream for workflow {workflow_id!r} after {self._ack_retries + 1} attempts "
-            f"of {self._timeout}s each ({last_error!r}); is the server overloaded or the stream offline?"
+            f"JetStream refused the append to workflow {workflow_id!r}: "
+            f"{error.get('description', error)} (err_code {code})"
         )
+
+    async def _stream_exists(self) -> bool:
+        """Whether the event stream exists (an outage on the way is raised, for the caller to retry)."""
+        try:
+            await self._js.stream_info(self.spec.name)
+        except NotFoundError:
+            return False
+        return True
 
     async def _send(
         self,
@@ -335,8 +371,11 @@ class JetStreamLog:
         moved: then a batch of events stored earlier was sent again, and nothing changed.
         """
         try:
-            mine = await self._js.get_msg(
-                self.spec.name, seq=expected_seq + 1, subject=self.subjects.workflow(workflow_id), next=True
+            mine = await self._retry(
+                lambda: self._js.get_msg(
+                    self.spec.name, seq=expected_seq + 1, subject=self.subjects.workflow(workflow_id), next=True
+                ),
+                "event log read",
             )
         except NotFoundError:
             mine = None
@@ -355,7 +394,7 @@ class JetStreamLog:
         if seq == 0:
             return ""
         try:
-            m = await self._js.get_msg(self.spec.name, seq=seq)
+            m = await self._retry(lambda: self._js.get_msg(self.spec.name, seq=seq), "event log read")
         except NotFoundError:
             raise ConcurrencyConflict(workflow_id, seq, await self.last_seq(workflow_id)) from None
         return chain_hash(m.data or b"")
@@ -373,14 +412,15 @@ class JetStreamLog:
         """The workflow's last message of ``event_type`` with its signature (None: it has none)."""
         subject = self.subjects.event(workflow_id, event_type)
         try:
-            m = await self._js.get_last_msg(self.spec.name, subject)
+            m = await self._retry(lambda: self._js.get_last_msg(self.spec.name, subject), "event log read")
         except NotFoundError:
             return None
         return to_record(self.subjects, m.seq or 0, m.subject or subject, m.data or b"", m.headers)
 
     async def _last_msg(self, workflow_id: str) -> api.RawStreamMsg | None:
+        subject = self.subjects.workflow(workflow_id)
         try:
-            return await self._js.get_last_msg(self.spec.name, self.subjects.workflow(workflow_id))
+            return await self._retry(lambda: self._js.get_last_msg(self.spec.name, subject), "event log read")
         except NotFoundError:
             return None
 
@@ -397,8 +437,14 @@ class JetStreamLog:
         """Every message of the workflow after ``after_seq``, in order, malformed ones included.
 
         Reads with an ordered push consumer up to the workflow's last sequence at the time of
-        the call (later appends are not waited for).
+        the call (later appends are not waited for). A read that an outage interrupts is read again.
         """
+        try:
+            return await self._retry(lambda: self._read_records(workflow_id, after_seq), "event log read")
+        except _Stalled as exc:
+            raise StoreError(str(exc)) from None
+
+    async def _read_records(self, workflow_id: str, after_seq: int) -> list[Record]:
         last = await self.last_seq(workflow_id)
         if last <= after_seq:
             return []
@@ -419,8 +465,8 @@ class JetStreamLog:
                 try:
                     await asyncio.wait_for(done.wait(), self._timeout)
                 except TimeoutError:
-                    if len(records) == seen:  # no progress for a whole timeout
-                        raise StoreError(
+                    if len(records) == seen:  # no progress for a whole timeout (an outage: read again)
+                        raise _Stalled(
                             f"reading workflow {workflow_id!r} stalled at {seen} events "
                             f"(expected up to stream sequence {last})"
                         ) from None
@@ -432,22 +478,40 @@ class JetStreamLog:
         return records
 
     async def _subscribe(self, workflow_id: str, after_seq: int, cb: Any = None) -> Any:
-        config = None
-        policy = api.DeliverPolicy.ALL
-        if after_seq > 0:
+        return await self.ordered(self.subjects.workflow(workflow_id), after_seq, cb)
+
+    async def ordered(self, subject: str, after_seq: int | None, cb: Any) -> Any:
+        """An ordered push consumer of ``subject`` from the message after ``after_seq`` (None: new
+        messages only), created through an outage. nats-py recreates it from where it was when it
+        hears nothing for two heartbeats (its server died, or the stream moved to another leader)."""
+        config = api.ConsumerConfig(idle_heartbeat=_FEED_HEARTBEAT_S)
+        if after_seq is None:
+            policy = api.DeliverPolicy.NEW
+        elif after_seq > 0:
             policy = api.DeliverPolicy.BY_START_SEQUENCE
-            config = api.ConsumerConfig(opt_start_seq=after_seq + 1)
-        return await self._js.subscribe(
-            self.subjects.workflow(workflow_id),
-            stream=self.spec.name,
-            ordered_consumer=True,
-            deliver_policy=policy,
-            config=config,
-            cb=cb,
-        )
+            config.opt_start_seq = after_seq + 1
+        else:
+            policy = api.DeliverPolicy.ALL
+
+        async def subscribe() -> Any:
+            return await self._js.subscribe(
+                subject, stream=self.spec.name, ordered_consumer=True, deliver_policy=policy, config=config, cb=cb
+            )
+
+        if after_seq is None:  # what "new" starts after, at the latest (read before the consumer starts)
+            info = await self._retry(lambda: self._js.stream_info(self.spec.name), "event log read")
+            after_seq = info.state.last_seq
+        sub = await self._retry(subscribe, "event log subscribe")
+        # nats-py recreates the consumer from the last sequence it delivered + 1, which is 0 until the
+        # first message: without this, a reset before the first message would start over at sequence 1.
+        jsi = getattr(sub, "_jsi", None)
+        if jsi is not None and getattr(jsi, "_sseq", None) == 0:
+            jsi._sseq = after_seq
+        return sub
 
     async def follow(self, workflow_id: str, *, after_seq: int = 0) -> AsyncGenerator[Record, None]:
-        """Every message of the workflow after ``after_seq``, then new ones as they arrive.
+        """Every message of the workflow after ``after_seq``, then new ones as they arrive (through
+        an outage: the consumer is recreated from where it was).
 
         Runs until the caller stops iterating (or cancels); a bounded queue keeps a slow
         reader from buffering without limit. Close it when done
@@ -474,11 +538,7 @@ class JetStreamLog:
         offset = 0
         while True:
             req = json.dumps({"subjects_filter": self.subjects.events, "offset": offset}).encode()
-            try:
-                resp = await self._nc.request(f"$JS.API.STREAM.INFO.{self.spec.name}", req, timeout=self._timeout)
-            except nats.errors.NoRespondersError:
-                raise StoreError("JetStream is not enabled on this NATS server (start it with -js)") from None
-            info = json.loads(resp.data)
+            info = await self._stream_info(req)
             if "error" in info:
                 raise StoreError(f"could not list the subjects of stream {self.spec.name!r}: {info['error']}")
             page: dict[str, int] = info.get("state", {}).get("subjects") or {}
@@ -490,15 +550,26 @@ class JetStreamLog:
     async def deleted_seqs(self) -> frozenset[int]:
         """Stream sequences deleted from the middle of the event stream (``nats stream rmm``,
         ``js.delete_msg``): what tells a removed event from a modified one on the live log."""
-        req = json.dumps({"deleted_details": True}).encode()
-        try:
-            resp = await self._nc.request(f"$JS.API.STREAM.INFO.{self.spec.name}", req, timeout=self._timeout)
-        except nats.errors.NoRespondersError:
-            raise StoreError("JetStream is not enabled on this NATS server (start it with -js)") from None
-        info = json.loads(resp.data)
+        info = await self._stream_info(json.dumps({"deleted_details": True}).encode())
         if "error" in info:
             raise StoreError(f"could not read the state of stream {self.spec.name!r}: {info['error']}")
         return frozenset(int(s) for s in info.get("state", {}).get("deleted") or ())
+
+    async def _stream_info(self, req: bytes) -> dict[str, Any]:
+        """The stream info API's answer to ``req`` (through an outage: a 503 answer is retried too)."""
+
+        async def ask() -> dict[str, Any]:
+            resp = await self._nc.request(f"$JS.API.STREAM.INFO.{self.spec.name}", req, timeout=self._timeout)
+            info: dict[str, Any] = json.loads(resp.data)
+            error = info.get("error")
+            if isinstance(error, dict) and is_transient(APIError(**_api_error(error))):
+                raise APIError(**_api_error(error))
+            return info
+
+        try:
+            return await self._retry(ask, "event log read")
+        except nats.errors.NoRespondersError:
+            raise StoreError("JetStream is not enabled on this NATS server (start it with -js)") from None
 
     async def workflows(self) -> list[str]:
         """Ids of every workflow in the stream, sorted."""
@@ -507,5 +578,9 @@ class JetStreamLog:
 
     async def raw_message(self, seq: int) -> tuple[str, bytes, dict[str, str]]:
         """Subject, payload and headers of the message at ``seq`` (for diagnostics)."""
-        m = await self._js.get_msg(self.spec.name, seq=seq)
+        m = await self._retry(lambda: self._js.get_msg(self.spec.name, seq=seq), "event log read")
         return m.subject or "", m.data or b"", dict(m.headers or {})
+
+
+class _Stalled(TimeoutError):
+    """A read that stopped receiving (its consumer vanished with a server): read again."""

@@ -15,6 +15,7 @@ from nats.aio.client import Client as NATS
 from cadre.bus import StreamSpec, Subjects
 from cadre.bus.errors import AppendError, ConcurrencyConflict
 from cadre.bus.events import Envelope, StepCompleted, WorkflowCompleted
+from cadre.bus.retry import RetryPolicy
 from cadre.store import MAX_ATOMIC_BATCH, FileLog, JetStreamLog, Malformed, StoredEvent, export
 from tests.conftest import ev, requested, unchained
 from tests.log_contract import LogContract, MakeSource, happy_run
@@ -101,7 +102,7 @@ async def test_lost_ack_on_the_wire_is_retried(log: JetStreamLog, nc: NATS) -> N
     """Lose the first ack for real: the event reaches the server but the append sees a
     timeout; the log retries, gets 'wrong last sequence', and recognises its own write."""
     root = requested("wf")
-    quick = JetStreamLog(nc, stream=log.spec, subjects=log.subjects, timeout=0.3, ack_retries=2)
+    quick = JetStreamLog(nc, stream=log.spec, subjects=log.subjects, timeout=0.3, retry=RetryPolicy(bound_s=2))
     real_request = nc.request
     sends: list[str] = []
 

@@ -34,12 +34,14 @@ from nats.js.errors import NotFoundError
 from cadre.actors.budget import rules
 from cadre.actors.budget.rules import BudgetError
 from cadre.bus.ledger import LedgerEntry
+from cadre.bus.retry import RetryPolicy, is_transient, retrying
 from cadre.bus.stream import StreamSpec, ensure_stream
 from cadre.store.jetstream import stream_seq
 
 log = logging.getLogger("cadre.budget")
 
 _WRONG_LAST_SEQUENCE: Final = 10071
+_HEARTBEAT_S: Final = 1.0  # an ordered consumer silent for twice this is recreated from where it was (nats-py)
 
 _encode = msgspec.json.Encoder().encode
 _entries = msgspec.json.Decoder(list[LedgerEntry])
@@ -75,17 +77,19 @@ _ack = msgspec.json.Decoder(_Ack)
 
 
 class LedgerLog:
-    """A replica's access to its ledger stream ``spec``; ``timeout`` bounds each JetStream request."""
+    """A replica's access to its ledger stream ``spec``; ``timeout`` bounds each JetStream request,
+    ``retry`` how long a call rides out an outage (a cluster electing the ledger's leader: ``bus.retry``)."""
 
-    def __init__(self, nc: NATS, spec: StreamSpec, timeout: float) -> None:
+    def __init__(self, nc: NATS, spec: StreamSpec, timeout: float, retry: RetryPolicy | None = None) -> None:
         self.spec = spec
         self._nc = nc
         self._js = nc.jetstream(timeout=timeout)
         self._timeout = timeout
+        self.retry = retry or RetryPolicy()
 
     async def create(self) -> None:
         """Create the stream (or check the one that exists)."""
-        await ensure_stream(self._js, self.spec)
+        await ensure_stream(self._js, self.spec, self.retry)
 
     async def append(self, expected: int, entries: list[LedgerEntry]) -> int:
         """Append ``entries`` as one message that must become sequence ``expected + 1``; return it.
@@ -93,16 +97,34 @@ class LedgerLog:
         The message carries ``Nats-Expected-Last-Sequence: expected`` and a ``Nats-Msg-Id``
         derived from its sequence and entries. Raises :class:`Conflict` when another message
         got there first, or when the ack is lost or says "duplicate" (the write may have landed:
-        read and see), and :class:`LedgerError` when the stream is missing or refuses it.
+        read and see), and :class:`LedgerError` when the stream is missing or refuses it. While the
+        stream has no leader (no responders, a 503 answer), nothing was stored: sent again, with backoff.
         """
         headers = {"Nats-Msg-Id": message_id(expected + 1, entries), "Nats-Expected-Last-Sequence": str(expected)}
+        payload = _encode(entries)
+
+        async def send() -> _Ack:
+            try:
+                reply = await self._nc.request(self.spec.subjects, payload, timeout=self._timeout, headers=headers)
+            except nats.errors.NoRespondersError:
+                try:
+                    await self._js.stream_info(self.spec.name)  # an outage on the way is retried
+                except NotFoundError:
+                    raise LedgerError(
+                        f"no stream stores {self.spec.subjects!r}; the ledger stream is missing"
+                    ) from None
+                raise
+            ack = _ack.decode(reply.data)
+            if ack.error is not None and ack.error.code == 503:
+                raise nats.errors.NoRespondersError  # not stored: the stream has no leader right now
+            return ack
+
         try:
-            reply = await self._nc.request(self.spec.subjects, _encode(entries), timeout=self._timeout, headers=headers)
+            ack = await retrying(send, "budget ledger append", self.retry, transient=_not_stored)
         except nats.errors.TimeoutError:
-            raise Conflict(None) from None
+            raise Conflict(None) from None  # the write may have landed: read, then decide again
         except nats.errors.NoRespondersError:
-            raise LedgerError(f"no stream stores {self.spec.subjects!r}; the ledger stream is missing") from None
-        ack = _ack.decode(reply.data)
+            raise LedgerError(f"the ledger stream had no leader for {self.retry.bound_s:g} s") from None
         if ack.error is not None:
             if ack.error.err_code == _WRONG_LAST_SEQUENCE:
                 raise Conflict(_last_from(ack.error.description))
@@ -115,31 +137,44 @@ class LedgerLog:
 
     async def last_seq(self) -> int:
         """The sequence of the ledger's last message."""
-        return (await self._js.stream_info(self.spec.name)).state.last_seq
+        info = await retrying(lambda: self._js.stream_info(self.spec.name), "budget ledger read", self.retry)
+        return info.state.last_seq
 
     async def get(self, seq: int) -> list[LedgerEntry]:
         """The entries of message ``seq`` (none when it was deleted, or does not decode: logged)."""
         try:
-            m = await self._js.get_msg(self.spec.name, seq=seq, direct=True)
+            m = await retrying(
+                lambda: self._js.get_msg(self.spec.name, seq=seq, direct=True), "budget ledger read", self.retry
+            )
         except NotFoundError:
             return []
         return decode_entries(seq, m.data or b"[]")
 
     async def read(self, each: Callable[[int, list[LedgerEntry]], None], malformed: Callable[[int, str], None]) -> int:
         """Every message up to the last at the time of the call (see :func:`_read_messages`)."""
-        return await _read_messages(self._nc, self.spec.name, self._timeout, each, malformed)
+        return await _read_messages(self._nc, self.spec.name, self._timeout, each, malformed, self.retry)
 
     async def follow(self, after: int, cb: Callable[[Msg], Awaitable[None]]) -> Subscription:
         """Deliver every message after sequence ``after`` to ``cb``, as it is stored (an ordered
-        push consumer: in order, no gaps, recreated by the client when it falls behind)."""
-        return await self._js.subscribe(
-            self.spec.subjects,
-            stream=self.spec.name,
-            ordered_consumer=True,
-            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
-            config=api.ConsumerConfig(opt_start_seq=after + 1),
-            cb=cb,
+        push consumer: in order, no gaps, recreated by the client when it falls behind or goes silent)."""
+        return await retrying(
+            lambda: self._js.subscribe(
+                self.spec.subjects,
+                stream=self.spec.name,
+                ordered_consumer=True,
+                deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+                config=api.ConsumerConfig(opt_start_seq=after + 1, idle_heartbeat=_HEARTBEAT_S),
+                cb=cb,
+            ),
+            "budget ledger subscribe",
+            self.retry,
         )
+
+
+def _not_stored(exc: BaseException) -> bool:
+    """An append error after which the message is surely not stored (sent again at once); a timeout
+    is not one (the write may have landed: the caller reads the ledger and decides again)."""
+    return is_transient(exc) and not isinstance(exc, nats.errors.TimeoutError | TimeoutError)
 
 
 def message_id(seq: int, entries: list[LedgerEntry]) -> str:
@@ -200,12 +235,14 @@ async def _read_messages(
     timeout_s: float,
     each: Callable[[int, list[LedgerEntry]], None],
     malformed: Callable[[int, str], None],
+    retry: RetryPolicy | None = None,
 ) -> int:
     """Call ``each(seq, entries)`` for every ledger message in order (``malformed(seq, reason)``
     for one that does not decode), up to the last at the time of the call; return its sequence."""
     js = nc.jetstream(timeout=timeout_s)
+    retry = retry or RetryPolicy()
     try:
-        info = await js.stream_info(stream_name)
+        info = await retrying(lambda: js.stream_info(stream_name), "budget ledger read", retry)
     except NotFoundError:
         return 0
     last = info.state.last_seq
@@ -229,15 +266,22 @@ async def _read_messages(
         if seq >= last:
             done.set()
 
-    sub = await js.subscribe(
-        info.config.subjects[0],
-        stream=stream_name,
-        ordered_consumer=True,
-        deliver_policy=api.DeliverPolicy.ALL,
-        cb=on_msg,
+    subject = info.config.subjects[0]
+    sub = await retrying(
+        lambda: js.subscribe(
+            subject,
+            stream=stream_name,
+            ordered_consumer=True,
+            deliver_policy=api.DeliverPolicy.ALL,
+            config=api.ConsumerConfig(idle_heartbeat=_HEARTBEAT_S),  # recreated where it was if it goes silent
+            cb=on_msg,
+        ),
+        "budget ledger subscribe",
+        retry,
     )
     try:
-        await _wait_progress(done, lambda: seen, timeout_s, stream_name, last)
+        # A stall longer than an outage is: nats-py recreates a silent consumer from where it was.
+        await _wait_progress(done, lambda: seen, max(timeout_s, retry.bound_s), stream_name, last)
     finally:
         await sub.unsubscribe()
     return last

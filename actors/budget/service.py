@@ -59,6 +59,7 @@ from cadre.actors.clock import utc_now
 from cadre.actors.metrics import Metrics
 from cadre.bus.connection import barrier
 from cadre.bus.ledger import Consultation, Settlement
+from cadre.bus.retry import RetryPolicy, retrying
 from cadre.bus.stream import StreamSpec
 from cadre.bus.subjects import Subjects
 
@@ -92,9 +93,10 @@ class BudgetService:
         metrics: Metrics | None,
         clock: Callable[[], datetime],
         timeout: float,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.config = config
-        self.ledger = LedgerLog(nc, ledger, timeout)
+        self.ledger = LedgerLog(nc, ledger, timeout, retry)
         self._nc = nc
         self._subjects = subjects
         self._metrics = DecisionMetrics(metrics)
@@ -155,7 +157,11 @@ class BudgetService:
         await self.ledger.create()
         if cache_bucket and cache_ttl_s > 0:
             js = self._nc.jetstream(timeout=self._timeout)
-            self._cache = await InferenceCache.open(js, cache_bucket, cache_ttl_s, self.ledger.spec)
+            self._cache = await retrying(
+                lambda: InferenceCache.open(js, cache_bucket, cache_ttl_s, self.ledger.spec),
+                "inference cache open",
+                self.ledger.retry,
+            )
         await self._view.read_all()
         self._commit = GroupCommit(self.config, self._clock, self._view, self.ledger, self._cache, self._metrics, tg)
         log.info("budget: folded %d ledger messages of %s", self.state.seq, self.ledger.spec.name)
@@ -293,16 +299,18 @@ async def serve_budget(
     metrics: Metrics | None = None,
     clock: Callable[[], datetime] = utc_now,
     request_timeout_s: float = 5.0,
+    retry: RetryPolicy | None = None,
 ) -> AsyncIterator[BudgetService]:
     """Run one budget replica until the block exits.
 
     Entering creates the ledger stream (and the inference-cache bucket when ``cache_bucket``
     is set and ``cache_ttl_s`` > 0), folds the whole ledger, and returns once the replica
     answers requests. Leaving stops taking requests, serves the ones received (their ledger
-    appends included), and stops. ``request_timeout_s`` bounds each JetStream request.
+    appends included), and stops. ``request_timeout_s`` bounds each JetStream request, ``retry`` how
+    long one rides out an outage (``bus.retry``): a replica never stops for one.
     """
     service = BudgetService(
-        nc, subjects, config, ledger=ledger, metrics=metrics, clock=clock, timeout=request_timeout_s
+        nc, subjects, config, ledger=ledger, metrics=metrics, clock=clock, timeout=request_timeout_s, retry=retry
     )
     body_error: Exception | None = None
     async with asyncio.TaskGroup() as tg:
