@@ -24,6 +24,8 @@ class Metrics:
     budget_decisions: Counter
     budget_decision_seconds: Histogram
     budget_overruns: Counter
+    llm_seconds: Histogram
+    llm_fallbacks: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
@@ -88,6 +90,19 @@ class Metrics:
                 "cadre_budget_overruns",
                 "Settlements that billed more than their reservation (the workflow gets no further grant)",
                 ["provider", "kind"],
+                registry=reg,
+            ),
+            llm_seconds=Histogram(
+                "cadre_llm_seconds",
+                "Latency of each LLM call (the SDK's retries included), by kind, provider and model",
+                ["kind", "provider", "model"],
+                buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120),
+                registry=reg,
+            ),
+            llm_fallbacks=Counter(
+                "cadre_llm_fallbacks",
+                "Consultations handed to the next provider of a fallback list, by kind and the provider asked",
+                ["kind", "provider"],
                 registry=reg,
             ),
         )
