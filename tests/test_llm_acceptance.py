@@ -149,3 +149,29 @@ def test_models_per_role_and_provider_choice(monkeypatch: pytest.MonkeyPatch) ->
     assert (models["plan"], models["adapt"]) == ("small", "small")
     assert (models["recover"], models["interpret"], models["decide"], models["default"]) == ("large",) * 4
     assert models["decompose"] == "claude-haiku-4-5"  # the provider's default for an unset role
+
+
+def test_openai_and_ollama_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cadre.budget_config import budget_config
+    from cadre.llm import local_models, models_for, provider_name
+    from cadre.settings import Price, Settings
+
+    for var in ("ANTHROPIC_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY", "OPENAI_API_KEY", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.delenv("CADRE_LLM_PROVIDER", raising=False)
+    assert provider_name(Settings(openai_api_key="o")) == "openai"  # auto, after Anthropic and Gemini
+    # the seed's small local planner and larger agents
+    seed = Settings(llm_provider="ollama", model_planner="llama3.2:1b", model_agent="llama3.1:8b")
+    assert provider_name(seed) == "ollama"
+    models = models_for(seed, "ollama")
+    assert (models["plan"], models["decide"], models["decompose"]) == ("llama3.2:1b", "llama3.1:8b", "llama3.1:8b")
+    prices = budget_config(seed).prices
+    assert prices.for_model("llama3.2:1b").input == prices.for_model("llama3.1:8b").output == 0
+    # OpenAI itself is priced by its list prices; a compatible server's models cost 0 unless priced
+    assert local_models(Settings(llm_provider="openai", openai_api_key="o")) == set()
+    assert budget_config(Settings(llm_provider="openai", openai_api_key="o")).prices.for_model("gpt-4.1").input == 2.0
+    vllm = Settings(llm_provider="openai", openai_base_url="http://gpu:8000/v1", model_planner="qwen3-32b")
+    assert "qwen3-32b" in local_models(vllm)
+    assert budget_config(vllm).prices.for_model("qwen3-32b").output == 0
+    priced = vllm.model_copy(update={"prices": {"qwen": Price(input=0.1, output=0.2)}})
+    assert budget_config(priced).prices.for_model("qwen3-32b").output == 0.2

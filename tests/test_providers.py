@@ -783,6 +783,17 @@ def test_costs_and_estimates() -> None:
     assert (tokens, usd) == (1502, pytest.approx((1502 * 100.0 + 10 * 100.0) / 1e6))
 
 
+def test_openai_list_prices() -> None:
+    from cadre.planner.providers.pricing import DEFAULT_PRICE, DEFAULT_PRICES
+
+    prices = Prices(default=DEFAULT_PRICE, by_model=DEFAULT_PRICES)
+    usage = Usage(input_tokens=1_000_000, output_tokens=1_000_000, cache_read_tokens=1_000_000)
+    assert cost_usd(usage, "gpt-4.1-mini-2025-04-14", prices) == pytest.approx(0.40 + 1.60 + 0.10)  # by prefix
+    assert cost_usd(usage, "gpt-4o-mini", prices) == pytest.approx(0.15 + 0.60 + 0.075)  # not gpt-4o's
+    assert cost_usd(usage, "gpt-4o", prices) == pytest.approx(2.50 + 10.0 + 1.25)
+    assert prices.for_model("gpt-5-mini").cache_write == prices.for_model("gpt-5-mini").input  # no write surcharge
+
+
 def test_parse_json_object() -> None:
     assert parse_json_object(' {"a": 1} ') == {"a": 1}
     assert parse_json_object('```json\n{"a": 1}\n```') == {"a": 1}
