@@ -5,6 +5,9 @@ replay as any provider."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -145,3 +148,26 @@ async def test_a_scripted_run_goes_through_the_budget_and_replays(nats_url: str,
     for wf_records in records:
         result = replayer_for(settings).replay(wf_records)
         assert result.ok, "\n".join(result.lines())
+
+
+def test_the_readme_example_runs_on_the_embedded_server(tmp_path: Path) -> None:
+    """`cadre run` with a scripted model and no NATS of its own: the embedded server's per-role
+    permissions let the planner consult the budget."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    script = readme.split("cat > replies.json <<'JSON'\n", 1)[1].split("JSON\n", 1)[0]
+    (tmp_path / "replies.json").write_text(script)
+    vendors = ("CADRE_", "ANTHROPIC_", "GEMINI_", "GOOGLE_", "OPENAI_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(vendors)}
+    env.update(CADRE_DATA_DIR=str(tmp_path / "data"), CADRE_LLM_PROVIDER="scripted", CADRE_LLM_SCRIPT="replies.json")
+    proc = subprocess.run(
+        [sys.executable, "-m", "cadre.cli", "run", "how many customers do we have", "--json"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert (result["status"], result["plan_source"]) == ("completed", "model"), proc.stderr
+    assert result["result"]["columns"] == ["customers"]
