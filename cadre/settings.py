@@ -61,6 +61,7 @@ DEFAULT_RATE_LIMITS: dict[str, RateLimit] = {
     "gemini": RateLimit(requests_per_minute=60, tokens_per_minute=250_000),
     "openai": RateLimit(requests_per_minute=500, tokens_per_minute=200_000),
     "ollama": RateLimit(requests_per_minute=60, tokens_per_minute=1_000_000),
+    "scripted": RateLimit(requests_per_minute=60_000, tokens_per_minute=1_000_000_000),  # a test's own answers
 }
 
 LLM_PROVIDERS = ("anthropic", "gemini", "openai", "ollama", "scripted")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from cadre.actors.inference import Inferred, falls_back
 from cadre.audit_text import lines
 from cadre.bus.effects import BudgetDecided, CallSettled, ModelCalled
 from cadre.commands import UsageError
@@ -129,6 +130,27 @@ async def test_an_answer_that_is_not_a_provider_failure_does_not_fall_back(nats_
             assert (len(first.requests), second.requests) == (1, [])  # a bad request would fail anywhere
             proposed, _ = await plan_event(cadre, state.workflow_id)
             assert "provider_error: bad_request" in proposed.reason
+
+
+@pytest.mark.parametrize(
+    ("reason", "value", "moves_on"),
+    [
+        ("provider_error: overloaded", None, True),
+        ("provider_error: rate_limited", None, True),
+        ("provider_error: server_error", None, True),
+        ("provider_error: timeout", None, True),
+        ("provider_error: connection", None, True),
+        ("denied: rate_limited: 50 requests in the last minute", None, True),  # the budget's limit of the provider
+        ("provider_error: bad_request", None, False),
+        ("provider_error: auth", None, False),
+        ("provider_error: refused", None, False),
+        ("invalid_output_after_repair", None, False),
+        ("denied: over_workflow_cap: the cap is 0", None, False),
+        ("", {"nodes": []}, False),
+    ],
+)
+def test_which_ends_fall_back(reason: str, value: object, moves_on: bool) -> None:
+    assert falls_back(Inferred(value, "model" if value else "fallback", reason)) is moves_on
 
 
 def test_fallback_lists_per_role(monkeypatch: pytest.MonkeyPatch) -> None:
