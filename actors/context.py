@@ -239,16 +239,16 @@ class Context:
                 None, "fallback", "no_provider: no LLM provider is configured in this process", declined=True
             )
         result = await self._infer_with(llm, kind, request, validate, policy, 0)
-        attempt, calls, cost = 0, result.calls, result.cost_usd
+        fallbacks, calls, cost = 0, result.calls, result.cost_usd
         while falls_back(result):
-            attempt += 1
-            following = self.answers.fallback(kind, attempt)
+            following = self.answers.fallback(kind, fallbacks + 1)
             if following is None:
                 break
-            result = await self._infer_with(following, kind, request, validate, policy, attempt)
+            fallbacks += 1
+            result = await self._infer_with(following, kind, request, validate, policy, fallbacks)
             calls, cost = calls + result.calls, cost + result.cost_usd
-        if attempt:
-            result = dataclasses.replace(result, calls=calls, cost_usd=round(cost, 8), fallbacks=attempt)
+        if fallbacks:
+            result = dataclasses.replace(result, calls=calls, cost_usd=round(cost, 8), fallbacks=fallbacks)
         return result
 
     async def _infer_with(
