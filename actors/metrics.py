@@ -101,8 +101,9 @@ class Metrics:
             ),
             llm_fallbacks=Counter(
                 "cadre_llm_fallbacks",
-                "Consultations handed to the next provider of a fallback list, by kind and the provider asked",
-                ["kind", "provider"],
+                "Consultations handed to the next provider of a fallback list, by kind, the provider that "
+                "failed (from_provider) and the one asked next (provider)",
+                ["kind", "from_provider", "provider"],
                 registry=reg,
             ),
         )

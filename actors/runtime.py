@@ -445,9 +445,9 @@ class ActorSystem:
                     m.tool_calls.labels(e.tool, "error" if e.error else "ok").inc()
                 case BudgetDecided():
                     if e.asked is not None:  # the provider asked (a fallback's, after the first)
+                        if e.asked.attempt:  # handed on from the provider of the round before
+                            m.llm_fallbacks.labels(e.call, provider, e.asked.provider).inc()
                         provider, model = e.asked.provider, e.asked.model
-                        if e.asked.attempt:
-                            m.llm_fallbacks.labels(e.call, provider).inc()
                     m.consultations.labels(e.call, provider, e.decision.outcome).inc()
                 case ModelCalled():
                     if e.outcome in ("answered", "failed"):

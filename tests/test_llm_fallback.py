@@ -75,7 +75,12 @@ async def test_the_first_provider_always_overloaded_the_second_answers(nats_url:
 
             assert cadre.system is not None
             sample = cadre.system.metrics.registry.get_sample_value
-            assert sample("cadre_llm_fallbacks_total", {"kind": "plan", "provider": "openai"}) == 1
+            assert (
+                sample(
+                    "cadre_llm_fallbacks_total", {"kind": "plan", "from_provider": "anthropic", "provider": "openai"}
+                )
+                == 1
+            )
             for provider, model in (("anthropic", "claude-sonnet-4-6"), ("openai", "gpt-4.1-mini")):
                 labels = {"kind": "plan", "provider": provider, "model": model}
                 assert sample("cadre_llm_seconds_count", labels) == 1
