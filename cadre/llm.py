@@ -15,12 +15,15 @@ larger agent model (or the reverse) are two settings. ``llm_fallback`` (or a rol
 the one before is overloaded, rate-limited or down; an entry without a model takes the
 provider's default for the role.
 
-Local models (the ollama preset, a compatible server's, the scripted provider's) cost 0
-unless the price table names them (:func:`local_models`); they still pass the budget gate.
+Local models (the ollama preset's, those of an ``OPENAI_BASE_URL`` server on this machine or the
+local network, the scripted provider's) cost 0 unless the price table names them
+(:func:`local_models`); they still pass the budget gate.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import urllib.parse
 from collections.abc import Mapping
 from typing import Final
 
@@ -126,7 +129,8 @@ def fallback_lists(settings: Settings) -> dict[str, list[tuple[str, str]]]:
 
 def local_models(settings: Settings) -> set[str]:
     """The models this process would ask of a local server: priced at 0 when the price table
-    does not name them (the ollama preset, an ``OPENAI_BASE_URL`` server, the scripted provider)."""
+    does not name them (the ollama preset, an ``OPENAI_BASE_URL`` server on the local network or
+    as ``openai_base_url_free`` says, the scripted provider)."""
     name = provider_name(settings)
     used: list[tuple[str, str]] = []
     if name is not None:
@@ -140,7 +144,28 @@ def _is_local(settings: Settings, provider: str) -> bool:
     if provider in ("ollama", "scripted"):
         return True
     base = settings.openai_base_url
-    return provider == "openai" and base is not None and not base.rstrip("/").startswith("https://api.openai.com")
+    if provider != "openai" or base is None:
+        return False
+    if settings.openai_base_url_free is not None:
+        return settings.openai_base_url_free
+    return on_local_network(base)
+
+
+def on_local_network(url: str) -> bool:
+    """Whether ``url``'s host is this machine or the local network: a loopback or private
+    address, ``localhost``, a name without a dot (``gpu-box``), or one under ``.local``,
+    ``.lan``, ``.internal`` or ``.home.arpa``. A public name (a paid gateway) is not."""
+    host = (urllib.parse.urlsplit(url).hostname or "").lower()
+    if not host:
+        return False
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host == "localhost" or "." not in host or host.endswith(_LOCAL_SUFFIXES)
+    return address.is_loopback or address.is_private or address.is_link_local
+
+
+_LOCAL_SUFFIXES: Final = (".localhost", ".local", ".lan", ".internal", ".home.arpa")
 
 
 def build_provider(settings: Settings, name: str) -> Provider:

@@ -250,6 +250,11 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("OPENAI_BASE_URL", "CADRE_OPENAI_BASE_URL"),
         description="any Chat Completions server (vLLM, llama.cpp, LM Studio); unset = api.openai.com",
     )
+    openai_base_url_free: bool | None = Field(
+        default=None,
+        description="the models of OPENAI_BASE_URL cost 0 unless priced (default: when the server is on this "
+        "machine or the local network; a paid gateway keeps the price table)",
+    )
     openai_response_format: Literal["auto", "json_schema", "json_object"] = Field(
         default="auto", description="how the openai/ollama provider asks for JSON (auto: by model)"
     )

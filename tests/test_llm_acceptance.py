@@ -175,3 +175,30 @@ def test_openai_and_ollama_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     assert budget_config(vllm).prices.for_model("qwen3-32b").output == 0
     priced = vllm.model_copy(update={"prices": {"qwen": Price(input=0.1, output=0.2)}})
     assert budget_config(priced).prices.for_model("qwen3-32b").output == 0.2
+    # a paid gateway is not local: an unknown model there gets the (high) default price
+    gateway = vllm.model_copy(update={"openai_base_url": "https://gateway.example.com/v1"})
+    assert local_models(gateway) == set()
+    assert budget_config(gateway).prices.for_model("qwen3-32b").output == 75.0
+    assert local_models(gateway.model_copy(update={"openai_base_url_free": True})) >= {"qwen3-32b"}
+    assert local_models(vllm.model_copy(update={"openai_base_url_free": False})) == set()
+
+
+@pytest.mark.parametrize(
+    ("url", "local"),
+    [
+        ("http://localhost:8000/v1", True),
+        ("http://127.0.0.1:1234/v1", True),
+        ("http://[::1]:8080/v1", True),
+        ("http://192.168.1.20:8000/v1", True),
+        ("http://10.0.0.5/v1", True),
+        ("http://gpu-box:8000/v1", True),
+        ("http://llm.internal/v1", True),
+        ("https://api.openai.com/v1", False),
+        ("https://openrouter.ai/api/v1", False),
+        ("https://8.8.8.8/v1", False),
+    ],
+)
+def test_which_servers_are_local(url: str, local: bool) -> None:
+    from cadre.llm import on_local_network
+
+    assert on_local_network(url) is local
