@@ -267,6 +267,11 @@ class LiveAnswers:
     def known(self, effect: ModelCalled) -> ModelCalled:
         return effect
 
+    def fallback(self, call: str, attempt: int) -> LLM | None:
+        """The next model of this process's fallback list for ``call``."""
+        llm = self.outside.llm
+        return llm.fallback_for(call, attempt) if llm is not None else None
+
 
 class RecordOnlyProvider:
     """The provider of a replay's model: the recorded provider's name, and no calls."""
@@ -358,6 +363,19 @@ class RecordedAnswers:
                 case ModelCalled() if e.call == call and e.ask == NO_PROVIDER:
                     return None  # recorded without a model: no provider was configured
         return self._fallback_llm
+
+    def fallback(self, call: str, attempt: int) -> LLM | None:
+        """The fallback model the record asked next: its next answer is the budget's decision on
+        fallback ``attempt`` of ``call`` (else the recorded run did not fall back here)."""
+        if self.next < len(self.recorded):
+            e = self.recorded[self.next]
+            if isinstance(e, BudgetDecided) and e.call == call and e.asked is not None and e.asked.attempt == attempt:
+                return LLM(
+                    provider=RecordOnlyProvider(e.asked.provider),
+                    models={"default": e.asked.model},
+                    max_output_tokens={"default": e.asked.max_output_tokens},
+                )
+        return None
 
     async def run_tool(self, tool: str, inputs: dict[str, Any], idempotency_key: str) -> ToolCalled:
         return self.take(ToolCalled, ToolCalled.key_of(tool, inputs))

@@ -15,6 +15,7 @@ the same answers without calling anything.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from typing import Any, Protocol, TypeVar
 import msgspec
 
 from cadre.actors.digests import digest
-from cadre.actors.inference import LLM, Inferred, Policy, cache_key
+from cadre.actors.inference import LLM, Inferred, Policy, cache_key, falls_back
 from cadre.bus.effects import (
     NO_PROVIDER,
     Asked,
@@ -175,6 +176,12 @@ class Answers(Protocol):
         """An answer nobody was asked for (no model; a cached answer), as recorded."""
         ...
 
+    def fallback(self, call: str, attempt: int) -> LLM | None:
+        """The model to ask on fallback ``attempt`` (1, 2, ...) of a ``call`` whose previous
+        provider was overloaded, rate-limited or down; None: there is none (live: the list is
+        over; replay: the record holds no such attempt)."""
+        ...
+
     async def estimate(
         self, tool: str, asks: Sequence[tuple[str, int, int]], policy: Policy, bounds: Sequence[int] | None = None
     ) -> Estimated:
@@ -245,6 +252,29 @@ class Context:
             return Inferred(
                 None, "fallback", "no_provider: no LLM provider is configured in this process", declined=True
             )
+        result = await self._infer_with(llm, kind, request, validate, policy, 0)
+        fallbacks, calls, cost = 0, result.calls, result.cost_usd
+        while falls_back(result):
+            following = self.answers.fallback(kind, fallbacks + 1)
+            if following is None:
+                break
+            fallbacks += 1
+            result = await self._infer_with(following, kind, request, validate, policy, fallbacks)
+            calls, cost = calls + result.calls, cost + result.cost_usd
+        if fallbacks:
+            result = dataclasses.replace(result, calls=calls, cost_usd=round(cost, 8), fallbacks=fallbacks)
+        return result
+
+    async def _infer_with(
+        self,
+        llm: LLM,
+        kind: str,
+        request: LLMRequest,
+        validate: Callable[[dict[str, Any]], T],
+        policy: Policy,
+        attempt: int,
+    ) -> Inferred[T]:
+        """One provider's go at a consultation (``attempt`` 0, or the fallback's number)."""
         provider = llm.provider.name
         request = msgspec.structs.replace(
             request,
@@ -258,7 +288,7 @@ class Context:
         calls, cost, source, round_ = 0, 0.0, "model", 0
         while True:
             round_ += 1
-            consultation = self._consultation(kind, provider, current, policy, key if round_ == 1 else None)
+            consultation = self._consultation(kind, provider, current, policy, key if round_ == 1 else None, attempt)
             decision = await self.consult(consultation)
             reply: LLMResponse | ProviderError
             if decision.outcome == "cached" and decision.cached_answer is not None:
@@ -291,7 +321,7 @@ class Context:
             current = following
 
     def _consultation(
-        self, kind: str, provider: str, request: LLMRequest, policy: Policy, key: str | None
+        self, kind: str, provider: str, request: LLMRequest, policy: Policy, key: str | None, attempt: int = 0
     ) -> Consultation:
         self._consultations += 1
         if not self._nonce:
@@ -309,6 +339,7 @@ class Context:
             mode=policy.mode,
             budget_usd=policy.budget_usd,
             cache_key=key,
+            attempt=attempt,
         )
 
     async def _settle(
@@ -391,6 +422,7 @@ def asked(request: Consultation) -> Asked:
         mode=request.mode,
         budget_usd=request.budget_usd,
         max_input_tokens=request.max_input_tokens,
+        attempt=request.attempt,
     )
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from cadre.actors.digests import digest
 from cadre.bus.events import WorkflowRequested
@@ -32,14 +32,31 @@ T = TypeVar("T")
 @dataclass(frozen=True, slots=True)
 class LLM:
     """The model this process may consult: a provider, a model per consultation kind (or
-    ``default``), and an output-token limit per kind (or ``default``)."""
+    ``default``), and an output-token limit per kind (or ``default``).
+
+    ``fallbacks``: per consultation kind, the models asked in turn when this one is
+    overloaded, rate-limited or down after its retries (:func:`falls_back`)."""
 
     provider: Provider
     models: Mapping[str, str]
     max_output_tokens: Mapping[str, int] = field(default_factory=lambda: {"default": 1024})
+    fallbacks: Mapping[str, tuple[LLM, ...]] = field(default_factory=dict)
 
     def model_for(self, kind: str) -> str:
         return self.models.get(kind, self.models["default"])
+
+    def fallback_for(self, kind: str, attempt: int) -> LLM | None:
+        """The model asked on fallback ``attempt`` (1, 2, ...) of a ``kind`` consultation, or None."""
+        chain = self.fallbacks.get(kind, ())
+        return chain[attempt - 1] if 0 < attempt <= len(chain) else None
+
+    def providers(self) -> list[Provider]:
+        """Every provider this model and its fallbacks use, each once (to close them)."""
+        seen: dict[int, Provider] = {id(self.provider): self.provider}
+        for chain in self.fallbacks.values():
+            for llm in chain:
+                seen.setdefault(id(llm.provider), llm.provider)
+        return list(seen.values())
 
     def limit_for(self, kind: str) -> int:
         return self.max_output_tokens.get(kind, self.max_output_tokens.get("default", 1024))
@@ -69,6 +86,8 @@ class Policy:
 class Inferred(Generic[T]):
     """The end of a consultation: ``value`` when the model's (or the cache's) answer passed
     validation; otherwise ``None`` and ``reason`` says why the caller falls back.
+    ``fallbacks``: how many times the consultation moved on to the next provider of its list
+    (``calls`` and ``cost_usd`` then count every provider's).
 
     ``source``: ``model``, ``cache`` or ``fallback``. ``calls``: HTTP calls made (0 for a
     cached answer or a denial). ``repaired``: a repair round was needed. ``declined``: the
@@ -86,6 +105,7 @@ class Inferred(Generic[T]):
     cost_usd: float = 0.0
     problems: tuple[str, ...] = ()
     declined: bool = False
+    fallbacks: int = 0
 
     @property
     def ok(self) -> bool:
@@ -97,7 +117,24 @@ class Inferred(Generic[T]):
             return f"model not used ({self.reason})"
         how = "from the inference cache" if self.source == "cache" else f"in {self.calls} call(s)"
         repaired = ", after one repair round" if self.repaired else ""
-        return f"answered by {self.provider}/{self.model} {how}{repaired} (${self.cost_usd:.4f})"
+        fell = f", after {self.fallbacks} fallback(s) between providers" if self.fallbacks else ""
+        return f"answered by {self.provider}/{self.model} {how}{repaired}{fell} (${self.cost_usd:.4f})"
+
+
+FALLBACK_ERRORS = frozenset({"rate_limited", "overloaded", "server_error", "timeout", "connection"})
+"""Provider errors after which the next model of a fallback list is asked: the provider is
+overloaded, rate-limited or down (the SDK has already retried)."""
+
+
+def falls_back(result: Inferred[Any]) -> bool:
+    """Whether a consultation's end sends it to the next provider: a provider error of
+    :data:`FALLBACK_ERRORS`, or the budget's rate limit of that provider."""
+    if result.ok:
+        return False
+    reason = result.reason
+    if reason.startswith("provider_error: "):
+        return reason.removeprefix("provider_error: ") in FALLBACK_ERRORS
+    return reason.startswith("denied: rate_limited")
 
 
 def cache_key(provider: str, request: LLMRequest) -> str:

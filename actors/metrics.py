@@ -28,6 +28,8 @@ class Metrics:
     budget_decision_seconds: Histogram
     budget_overruns: Counter
     steps_proposed: Counter
+    llm_seconds: Histogram
+    llm_fallbacks: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
@@ -102,6 +104,20 @@ class Metrics:
                 "Steps proposed, by whether they carry documentation_references (referenced: yes, no); "
                 "the share of grounded steps is yes / (yes + no)",
                 ["referenced"],
+                registry=reg,
+            ),
+            llm_seconds=Histogram(
+                "cadre_llm_seconds",
+                "Latency of each LLM call (the SDK's retries included), by kind, provider and model",
+                ["kind", "provider", "model"],
+                buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120),
+                registry=reg,
+            ),
+            llm_fallbacks=Counter(
+                "cadre_llm_fallbacks",
+                "Consultations handed to the next provider of a fallback list, by kind, the provider that "
+                "failed (from_provider) and the one asked next (provider)",
+                ["kind", "from_provider", "provider"],
                 registry=reg,
             ),
         )

@@ -483,14 +483,21 @@ class ActorSystem:
 
     def _count_effects(self, effects: Sequence[Effect]) -> None:
         provider = self.outside.llm.provider.name if self.outside.llm is not None else "none"
+        model = "none"
         m = self.metrics
         for e in effects:
             match e:
                 case ToolCalled():
                     m.tool_calls.labels(e.tool, "error" if e.error else "ok").inc()
                 case BudgetDecided():
+                    if e.asked is not None:  # the provider asked (a fallback's, after the first)
+                        if e.asked.attempt:  # handed on from the provider of the round before
+                            m.llm_fallbacks.labels(e.call, provider, e.asked.provider).inc()
+                        provider, model = e.asked.provider, e.asked.model
                     m.consultations.labels(e.call, provider, e.decision.outcome).inc()
                 case ModelCalled():
+                    if e.outcome in ("answered", "failed"):
+                        m.llm_seconds.labels(e.call, provider, model).observe(e.ms / 1000)
                     if e.error is not None:
                         m.consultations.labels(e.call, provider, "failed").inc()
                     usage = e.response.usage if e.response is not None else e.usage

@@ -9,7 +9,8 @@ config holds only public JWTs (``auth.conf``), so it holds no secret. Two accoun
     streams and consumers), one user per actor kind (``planner``, ``validator``, ``decomposer``,
     ``agent``), ``intake``, ``budget``, ``approvals``, and ``node`` (the union of the actor roles, for
     a process that runs them all: ``cadre up``, ``cadre run``). An actor role may publish only the
-    event types its kind emits, plus the runtime's ``handler_failed`` and ``effects_recorded``.
+    event types its kind emits, plus the runtime's ``handler_failed`` and ``effects_recorded``, and
+    its consultations and settlements to the budget actor.
 ``READERS``
     Clients. It holds a *mirror* of the event stream under the same name (same sequences), so a
     reader creates consumers on the mirror, never in ``CADRE``: a consumer request there could edit
@@ -181,7 +182,8 @@ def permissions(role: str, names: AuthNames) -> Permissions:
         case "admin" | "mirror":
             return Permissions(None, None)
         case "planner" | "validator" | "decomposer" | "agent":
-            pub = _actor_publish(role, names)
+            # Their handlers consult the model through the budget (Context.infer: consult, then settle).
+            pub = [*_actor_publish(role, names), s.budget, s.budget_settle]
             if role == "planner":  # `cadre actor planner` hosts the intake as well
                 pub += _actor_publish("intake", names)
                 return Permissions(_dedupe(pub), (inbox, s.ping, s.requests), allow_responses=True)

@@ -175,6 +175,7 @@ class Asked(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     mode: str = "adaptive"
     budget_usd: float | None = None
     max_input_tokens: int | None = None  # None: asked before the input bound (the older worst-case rule)
+    attempt: int = 0  # 0, or the number of the fallback provider asked (cadre.actors.inference.falls_back)
 
 
 # -- the effects -----------------------------------------------------------------------------------

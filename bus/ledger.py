@@ -73,7 +73,8 @@ class Consultation(msgspec.Struct, frozen=True, kw_only=True, gc=False, forbid_u
     None (a caller from before the bound) reserves by the older rule, the estimate times the
     budget's safety factor, which a call can exceed. ``budget_usd`` is the workflow's cap (None:
     the budget's default). ``cache_key`` names the (provider, model, prompt) for the
-    inference cache (lowercase hex); None = do not serve from the cache.
+    inference cache (lowercase hex); None = do not serve from the cache. ``attempt`` is 0, or
+    the number of the fallback provider asked after the ones before it failed.
     """
 
     id: RequestId
@@ -88,6 +89,7 @@ class Consultation(msgspec.Struct, frozen=True, kw_only=True, gc=False, forbid_u
     mode: str = "adaptive"
     budget_usd: Usd | None = None
     cache_key: CacheKey | None = None
+    attempt: Annotated[int, msgspec.Meta(ge=0, le=100)] = 0
 
 
 Outcome = Literal["granted", "denied", "cached"]

@@ -147,6 +147,8 @@ def _consultations(r: AuditReport) -> list[str]:
         notes = [n for n in (c.reason, c.message, c.error and f"error {c.error}") if n]
         if c.fallback:
             notes.append("fallback")
+        if c.attempt:
+            notes.append(f"fallback provider {c.attempt}")
         if c.repaired:
             notes.append("invalid answer: repair round follows")
         rows.append(

@@ -64,7 +64,8 @@ def lines(r: AuditReport, width: int = 110) -> list[str]:
         notes = "; ".join(n for n in (c.reason, c.error and f"error {c.error}") if n)
         flags = (" fallback" if c.fallback else "") + (" repaired" if c.repaired else "")
         out.append(
-            f"  #{c.index:<4} {c.actor:<10} {c.kind}{f' (round {c.round})' if c.round > 1 else ''} for {c.scope}:"
+            f"  #{c.index:<4} {c.actor:<10} {c.kind}{f' (round {c.round})' if c.round > 1 else ''}"
+            f"{f' (fallback provider {c.attempt})' if c.attempt else ''} for {c.scope}:"
             f" {c.outcome}{f' ({notes})' if notes else ''}{flags}; {who}; {c.input_tokens}/{c.output_tokens} tokens,"
             f" ${c.cost_usd:.5f}" + (f", {c.latency_ms:.1f} ms" if c.latency_ms is not None else "")
         )

@@ -6,7 +6,7 @@ import dataclasses
 
 from cadre.actors.budget.rules import BudgetConfig
 from cadre.bus.stream import StreamSpec
-from cadre.planner.providers.pricing import ModelPrice, Prices, model_price
+from cadre.planner.providers.pricing import FREE, ModelPrice, Prices, model_price
 from cadre.settings import Price, RateLimit, Settings
 
 
@@ -25,10 +25,21 @@ def budget_config(settings: Settings) -> BudgetConfig:
         rate_limits={p: (r.requests_per_minute, r.tokens_per_minute) for p, r in settings.rate_limits.items()},
         prices=Prices(
             default=_model_price(settings.default_price),
-            by_model={prefix: _model_price(p) for prefix, p in settings.prices.items()},
+            by_model=_local_prices(settings) | {prefix: _model_price(p) for prefix, p in settings.prices.items()},
         ),
         default_rate_limit=(default.requests_per_minute, default.tokens_per_minute),
     )
+
+
+def _local_prices(settings: Settings) -> dict[str, ModelPrice]:
+    """Local models (:func:`cadre.llm.local_models`) the price table does not name, at 0."""
+    from cadre.llm import LLMSettingsError, local_models  # late: cadre.llm imports the actors' inference port
+
+    try:
+        models = local_models(settings)
+    except LLMSettingsError:  # a provider this process cannot use; the process that would use it says so
+        return {}
+    return {m: FREE for m in models if not any(m.startswith(p) for p in settings.prices)}
 
 
 def ledger_spec(settings: Settings) -> StreamSpec:

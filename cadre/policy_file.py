@@ -18,7 +18,9 @@ the same name (:class:`cadre.settings.Settings`), the validator's limits key by 
       "pools": {                                # agent pools and the tools each may use
         "files": {"tools": ["fs.read", "fs.write"]},
         "data": {"tools": ["sql.query", "sql.schema", "text.render"]}
-      }
+      },
+      "llm_fallback": ["gemini", "openai:gpt-4.1-mini"],   # providers asked in turn when one is down
+      "llm_fallback_planner": ["ollama:llama3.2:1b"]        #  (every role, or one role's own list)
     }
 
 A live deployment takes ``intelligence`` and ``mode`` as the defaults of requests that set none;
@@ -36,7 +38,7 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cadre.commands import UsageError
-from cadre.settings import AgentPool, Intelligence, Mode, Settings, check_pool_names
+from cadre.settings import AgentPool, Intelligence, Mode, Settings, check_fallback, check_pool_names
 from cadre.system import UnknownPool, catalog_for, check_pool, pools_of
 
 
@@ -64,6 +66,15 @@ class PolicyFile(BaseModel):
     approve_below: float | None = Field(default=None, ge=0, le=1)
     reject_below: float | None = Field(default=None, ge=0, le=1)
     pools: dict[str, AgentPool] | None = None
+    llm_fallback: list[str] | None = None
+    llm_fallback_planner: list[str] | None = None
+    llm_fallback_decomposer: list[str] | None = None
+    llm_fallback_agent: list[str] | None = None
+
+    @field_validator("llm_fallback", "llm_fallback_planner", "llm_fallback_decomposer", "llm_fallback_agent")
+    @classmethod
+    def _fallback(cls, entries: list[str] | None) -> list[str] | None:
+        return check_fallback(entries)
 
     @field_validator("pools")
     @classmethod

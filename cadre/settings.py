@@ -60,7 +60,13 @@ DEFAULT_PRICE = _price(pricing.DEFAULT_PRICE)
 DEFAULT_RATE_LIMITS: dict[str, RateLimit] = {
     "anthropic": RateLimit(requests_per_minute=50, tokens_per_minute=200_000),
     "gemini": RateLimit(requests_per_minute=60, tokens_per_minute=250_000),
+    "openai": RateLimit(requests_per_minute=500, tokens_per_minute=200_000),
+    "ollama": RateLimit(requests_per_minute=60, tokens_per_minute=1_000_000),
+    "scripted": RateLimit(requests_per_minute=60_000, tokens_per_minute=1_000_000_000),  # a test's own answers
 }
+
+LLM_PROVIDERS = ("anthropic", "gemini", "openai", "ollama", "scripted")
+"""The providers a fallback entry (``provider`` or ``provider:model``) may name."""
 
 _LIMITS = Limits()
 
@@ -109,6 +115,18 @@ def split_list(value: Any) -> Any:
         except json.JSONDecodeError as exc:
             raise ValueError(f"not a JSON list ({exc})") from None
     return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def check_fallback(entries: list[str] | None) -> list[str] | None:
+    """A fallback list whose entries are ``provider`` or ``provider:model`` of :data:`LLM_PROVIDERS`."""
+    for entry in entries or ():
+        provider = entry.split(":", 1)[0]
+        if provider not in LLM_PROVIDERS:
+            raise ValueError(
+                f"fallback entry {entry!r} names provider {provider!r}; expected provider or provider:model "
+                f"with a provider of {', '.join(LLM_PROVIDERS)}"
+            )
+    return entries
 
 
 Intelligence = Literal["basic", "adaptive", "intelligent", "autonomous"]
@@ -231,8 +249,10 @@ class Settings(BaseSettings):
     mode: Mode = Field(default="adaptive", description="execution mode of workflows whose request does not set one")
 
     # LLM providers (the keys and base URLs are the vendors' usual variables)
-    llm_provider: Literal["auto", "anthropic", "gemini", "none"] = Field(
-        default="auto", description="auto = Anthropic if its key is set, else Gemini if its key is set, else none"
+    llm_provider: Literal["auto", "anthropic", "gemini", "openai", "ollama", "scripted", "none"] = Field(
+        default="auto",
+        description="auto = Anthropic if its key is set, else Gemini, else OpenAI, else none; "
+        "ollama = a local Ollama (no key); scripted = replies from llm_script",
     )
     anthropic_api_key: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("ANTHROPIC_API_KEY", "CADRE_ANTHROPIC_API_KEY")
@@ -247,6 +267,37 @@ class Settings(BaseSettings):
     gemini_base_url: str | None = Field(
         default=None, validation_alias=AliasChoices("GOOGLE_GEMINI_BASE_URL", "CADRE_GEMINI_BASE_URL")
     )
+    openai_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_API_KEY", "CADRE_OPENAI_API_KEY")
+    )
+    openai_base_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("OPENAI_BASE_URL", "CADRE_OPENAI_BASE_URL"),
+        description="any Chat Completions server (vLLM, llama.cpp, LM Studio); unset = api.openai.com",
+    )
+    openai_base_url_free: bool | None = Field(
+        default=None,
+        description="the models of OPENAI_BASE_URL cost 0 unless priced (default: when the server is on this "
+        "machine or the local network; a paid gateway keeps the price table)",
+    )
+    openai_response_format: Literal["auto", "json_schema", "json_object"] = Field(
+        default="auto", description="how the openai/ollama provider asks for JSON (auto: by model)"
+    )
+    ollama_base_url: str = Field(
+        default="http://localhost:11434/v1", description="the Chat Completions URL of the ollama preset"
+    )
+    llm_script: str | None = Field(
+        default=None,
+        description="scripted provider: a JSON/TOML file of replies per kind, or module:function",
+    )
+    llm_fallback: StrList = Field(
+        default_factory=list,
+        description="providers asked in turn when the first is down, overloaded or rate-limited "
+        "(provider or provider:model, every role)",
+    )
+    llm_fallback_planner: StrList | None = Field(default=None, description="the planner's own fallback list")
+    llm_fallback_decomposer: StrList | None = Field(default=None, description="the decomposer's own fallback list")
+    llm_fallback_agent: StrList | None = Field(default=None, description="the agent's own fallback list")
     model_planner: str | None = Field(default=None, description="model for plan and adapt (default per provider)")
     model_decomposer: str | None = Field(default=None, description="model for decompose (default per provider)")
     model_agent: str | None = Field(
@@ -281,6 +332,18 @@ class Settings(BaseSettings):
     @classmethod
     def _str_list(cls, value: Any) -> Any:
         return split_list(value)
+
+    @field_validator(
+        "llm_fallback", "llm_fallback_planner", "llm_fallback_decomposer", "llm_fallback_agent", mode="before"
+    )
+    @classmethod
+    def _fallback_list(cls, value: Any) -> Any:
+        return split_list(value)
+
+    @field_validator("llm_fallback", "llm_fallback_planner", "llm_fallback_decomposer", "llm_fallback_agent")
+    @classmethod
+    def _fallback_entries(cls, entries: list[str] | None) -> list[str] | None:
+        return check_fallback(entries)
 
     @field_validator("pools")
     @classmethod

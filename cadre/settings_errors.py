@@ -38,6 +38,7 @@ EXAMPLES: dict[str, str] = {
     "rate_limits": '{"anthropic": {"requests_per_minute": 50, "tokens_per_minute": 200000}}',
     "prices": '{"claude-": {"input": 3.0, "output": 15.0}}',
     "default_price": '{"input": 3.0, "output": 15.0}',
+    "llm_fallback": "gemini,openai:gpt-4.1-mini",
     "nats_url": "nats://127.0.0.1:4222",
     "embedded_port": "4222",
     "metrics_port": "9100",

@@ -169,7 +169,8 @@ async def run_system(
             specs += [(s, replicas) for s in system_specs(settings, catalog, agent_pool=pool) if s.kind == "agent"]
     async with AsyncExitStack() as stack:
         if llm is not None:
-            stack.push_async_callback(llm.provider.aclose)
+            for provider in llm.providers():
+                stack.push_async_callback(provider.aclose)
         if "budget" in kinds:
             await stack.enter_async_context(
                 serve_budget(

@@ -193,6 +193,7 @@ class Consultation(msgspec.Struct, kw_only=True):
     error: str | None = None
     fallback: bool = False
     repaired: bool = False
+    attempt: int = 0  # 0, or the number of the fallback provider this round asked
 
 
 class GroundingNote(msgspec.Struct, frozen=True, kw_only=True):
@@ -573,6 +574,9 @@ def _effects(report: AuditReport, index: int, e: Envelope, scope: str, effects: 
                 kind, decision, asked = effect.call, effect.decision, effect.asked
                 if kind in current and not effect.cache_key:  # a repair round: the previous answer was invalid
                     current[kind].repaired = True
+                attempt = asked.attempt if asked is not None else 0
+                if attempt and effect.cache_key:  # the first round of the next provider of a fallback list
+                    rounds[kind] = 0
                 rounds[kind] = rounds.get(kind, 0) + 1
                 c = Consultation(
                     index=index,
@@ -592,6 +596,7 @@ def _effects(report: AuditReport, index: int, e: Envelope, scope: str, effects: 
                     reserved_usd=decision.reserved_usd,
                     latency_ms=effect.ms if decision.outcome != "granted" else None,
                     fallback=decision.outcome == "denied",
+                    attempt=attempt,
                 )
                 report.consultations.append(c)
                 current[kind] = c

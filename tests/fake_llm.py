@@ -1,4 +1,5 @@
-"""Local fakes of the Anthropic Messages API and the Gemini generateContent API.
+"""Local fakes of the Anthropic Messages API, the Gemini generateContent API and the OpenAI
+Chat Completions API (which Ollama, vLLM, llama.cpp server and LM Studio speak too).
 
 Real SDK clients talk to these over HTTP on 127.0.0.1 (so retries, timeouts, headers and
 error mapping are the SDKs' own, not mocks). Each fake serves a scripted queue of
@@ -14,7 +15,8 @@ A request beyond the script gets a 400 with ``x-should-retry: false`` saying so,
 test sees as a ``bad_request`` ProviderError naming the fake.
 
 Error bodies have each API's real shape (shared/SDK-FACTS.md §1.3 and §2.3). Anthropic
-error answers carry ``retry-after-ms: 1``, which the SDK honours, so retries cost no time.
+and OpenAI error answers carry ``retry-after-ms: 1`` (unless the behaviour sets a
+``retry-after`` of its own), which the SDKs honour, so retries cost no time.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any, Literal
 
 from aiohttp import web
 
-Kind = Literal["ok", "status", "slow", "text", "refusal", "max_tokens", "blocked"]
+Kind = Literal["ok", "status", "slow", "text", "refusal", "max_tokens", "blocked", "broken"]
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,11 @@ def max_tokens() -> Behaviour:
 def blocked() -> Behaviour:
     """Gemini: no candidates, ``promptFeedback.blockReason: SAFETY``."""
     return Behaviour("blocked")
+
+
+def broken(raw: str = '{"id": "chatcmpl-x", "choices": [', /) -> Behaviour:
+    """OpenAI: a 200 ``application/json`` whose body is not JSON (a proxy cut the answer)."""
+    return Behaviour("broken", raw=raw)
 
 
 Render = Callable[[Behaviour, web.Request, dict[str, Any], int], web.Response]
@@ -298,3 +305,71 @@ def _gemini(behaviour: Behaviour, request: web.Request, body: dict[str, Any], n:
 def gemini_api(*script: Behaviour) -> contextlib.AbstractAsyncContextManager[FakeAPI]:
     """A fake Gemini API (``POST /{version}/models/{model}:generateContent``) serving ``script``."""
     return _serve(r"/{version}/models/{rest:.+}", _gemini, script)
+
+
+# --- OpenAI Chat Completions --------------------------------------------------------------------
+
+_OPENAI_ERRORS = {
+    400: ("invalid_request_error", None),
+    401: ("invalid_request_error", "invalid_api_key"),
+    403: ("invalid_request_error", "unsupported_country_region_territory"),
+    404: ("invalid_request_error", "model_not_found"),
+    429: ("requests", "rate_limit_exceeded"),
+    500: ("server_error", None),
+    503: ("server_error", None),
+}
+
+
+def _openai(behaviour: Behaviour, request: web.Request, body: dict[str, Any], n: int) -> web.Response:
+    request_id = f"req_fake_{n}"
+    if behaviour.kind == "status":
+        kind, code = _OPENAI_ERRORS.get(behaviour.status, ("server_error", None))
+        error = {
+            "message": f"fake status {behaviour.status}",
+            "type": kind,
+            "param": None,
+            "code": behaviour.error_code or code,
+        }
+        headers = {"x-request-id": request_id}
+        if not any(h.lower().startswith("retry-after") for h in behaviour.headers):
+            headers["retry-after-ms"] = "1"
+        headers.update(behaviour.headers)
+        return web.json_response({"error": error}, status=behaviour.status, headers=headers)
+    if behaviour.kind == "broken":
+        return web.Response(text=behaviour.raw, content_type="application/json", headers={"x-request-id": request_id})
+    message: dict[str, Any] = {"role": "assistant", "content": None, "refusal": None}
+    finish = "stop"
+    if behaviour.kind == "ok":
+        message["content"] = json.dumps(behaviour.output)
+    elif behaviour.kind == "text":
+        message["content"] = behaviour.raw
+    elif behaviour.kind == "refusal":
+        message["refusal"] = "I'm sorry, I can't help with that."
+    elif behaviour.kind == "max_tokens":
+        message["content"], finish = '{"nodes": [{"id": "a", "descr', "length"
+    elif behaviour.kind == "blocked":
+        finish = "content_filter"
+    else:
+        raise AssertionError(f"unhandled behaviour {behaviour.kind}")
+    t = behaviour.usage(body) if behaviour.usage is not None else behaviour.tokens
+    completion = {
+        "id": f"chatcmpl-{n}",
+        "object": "chat.completion",
+        "created": 0,
+        "model": body["model"],
+        "choices": [{"index": 0, "finish_reason": finish, "message": message, "logprobs": None}],
+        "usage": {
+            "prompt_tokens": t.input + t.cache_read,  # includes the cached tokens
+            "completion_tokens": t.output + t.thoughts,  # includes the reasoning tokens
+            "total_tokens": t.input + t.cache_read + t.output + t.thoughts,
+            "prompt_tokens_details": {"cached_tokens": t.cache_read},
+            "completion_tokens_details": {"reasoning_tokens": t.thoughts},
+        },
+    }
+    return web.json_response(completion, headers={"x-request-id": request_id})
+
+
+def openai_api(*script: Behaviour) -> contextlib.AbstractAsyncContextManager[FakeAPI]:
+    """A fake Chat Completions API (``POST /v1/chat/completions``) serving ``script``; its
+    ``base_url`` is the server's root, so an OpenAI client takes ``base_url + "/v1"``."""
+    return _serve("/v1/chat/completions", _openai, script)

@@ -487,6 +487,58 @@ async def test_declined_means_the_model_was_not_for_this_workflow(tmp_path: Path
     assert not invalid.declined
 
 
+async def test_fallback_providers_are_asked_in_turn_and_replayed(budget: BudgetClient) -> None:
+    """Each provider of the list after a transient failure: its own consultation, call and
+    settlement; a replay of the recorded effects takes the same turns and calls nothing."""
+    from cadre.actors.answers import RecordedAnswers
+    from cadre.planner.providers.base import ProviderError
+
+    def down(name: str) -> ProviderError:
+        return ProviderError("overloaded", "the API is overloaded (HTTP 529)", provider=name, status=529)
+
+    good = answer({"choice": "fs.read", "reason": "the file tool reads it"})
+    first, second, third = (
+        RecordedProvider([down("a")], name="a"),
+        RecordedProvider([down("b")], name="b"),
+        RecordedProvider([good], name="c"),
+    )
+    chain = tuple(LLM(provider=p, models={"default": f"m-{p.name}"}) for p in (second, third))
+    llm = LLM(provider=first, models={"default": "m-a"}, fallbacks={"decide": chain})
+    env = ev(WorkflowRequested(request="r"), f"{WF}-fb", i=1)
+    stored = StoredEvent(1, f"t.evt.{WF}-fb.{env.type}", env, b"")
+    request = decide_request(STEP, STEP.inputs, SQL_FAILED, ("fs.read", "http.get"), CATALOG)
+    validate = decide_validator(("fs.read", "http.get"))
+    policy = Policy(intelligence="intelligent")
+    live = Context(
+        kind="agent", stored=stored, now=stored.event.at, answers=LiveAnswers(Outside(budget=budget, llm=llm))
+    )
+    got = await live.infer("decide", request, validate, policy)
+    assert (got.ok, got.provider, got.model, got.calls, got.fallbacks) == (True, "c", "m-c", 3, 2)
+    assert "after 2 fallback(s) between providers" in got.describe()
+    decided = [e for e in live.effects if isinstance(e, BudgetDecided)]
+    assert [(d.asked.provider, d.asked.attempt) for d in decided if d.asked] == [("a", 0), ("b", 1), ("c", 2)]
+    assert len([e for e in live.effects if isinstance(e, CallSettled)]) == 3
+
+    replay = Context(kind="agent", stored=stored, now=stored.event.at, answers=RecordedAnswers(live.effects))
+    again = await replay.infer("decide", request, validate, policy)
+    assert (again.value, again.provider, again.calls, again.fallbacks) == (got.value, "c", 3, 2)
+    assert replay.effects == live.effects
+
+    # a list that runs out: every provider asked once, the caller falls back to its rules
+    ran_out = LLM(
+        provider=RecordedProvider([down("a")], name="a"),
+        models={"default": "m-a"},
+        fallbacks={"decide": (LLM(provider=RecordedProvider([down("b")], name="b"), models={"default": "m-b"}),)},
+    )
+    env = ev(WorkflowRequested(request="r"), f"{WF}-out", i=2)
+    stored = StoredEvent(2, f"t.evt.{WF}-out.{env.type}", env, b"")
+    ctx = Context(
+        kind="agent", stored=stored, now=stored.event.at, answers=LiveAnswers(Outside(budget=budget, llm=ran_out))
+    )
+    out = await ctx.infer("decide", request, validate, policy)
+    assert (out.ok, out.reason, out.calls, out.fallbacks) == (False, "provider_error: overloaded", 2, 1)
+
+
 async def test_a_refused_output_travels_on_the_tool_error(tmp_path: Path) -> None:
     async def returns_a_dict(inputs: Any, config: ToolConfig, call: ToolCall) -> Any:
         return {"value": 1}

@@ -1,4 +1,4 @@
-"""Planning and adaptation with a model: the real anthropic / google-genai clients against
+"""Planning and adaptation with a model: the real anthropic / google-genai / openai clients against
 local fakes of their APIs, the real budget actor, the whole cadre on the test server."""
 
 from __future__ import annotations
@@ -13,20 +13,20 @@ import pytest
 from cadre.bus.effects import BudgetDecided, CallSettled, Effect, ModelCalled
 from cadre.bus.events import PlanProposed
 from cadre.store.records import StoredEvent
-from tests.fake_llm import FakeAPI, anthropic_api, gemini_api, ok, slow, status, text
+from tests.fake_llm import FakeAPI, anthropic_api, gemini_api, ok, openai_api, slow, status, text
 from tests.scenarios import FLAKY_PLAN, LIBRARY_REQUEST, MODEL_PLAN, NOVEL_REQUEST, REMAINING
 from tests.system_harness import Harness, cadre_running, settings_for
 
 Fake = Callable[..., contextlib.AbstractAsyncContextManager[FakeAPI]]
-PROVIDERS: dict[str, Fake] = {"anthropic": anthropic_api, "gemini": gemini_api}
+PROVIDERS: dict[str, Fake] = {"anthropic": anthropic_api, "gemini": gemini_api, "openai": openai_api}
 
 
 def model_settings(provider: str, api: FakeAPI, nats_url: str, tmp_path: Path, **extra: Any) -> dict[str, Any]:
-    keys = (
-        {"anthropic_api_key": "test-key", "anthropic_base_url": api.base_url}
-        if provider == "anthropic"
-        else {"gemini_api_key": "test-key", "gemini_base_url": api.base_url}
-    )
+    keys = {
+        "anthropic": {"anthropic_api_key": "test-key", "anthropic_base_url": api.base_url},
+        "gemini": {"gemini_api_key": "test-key", "gemini_base_url": api.base_url},
+        "openai": {"openai_api_key": "test-key", "openai_base_url": f"{api.base_url}/v1"},
+    }[provider]
     base = {"llm_provider": provider, "llm_max_retries": 1, "llm_timeout_s": 5.0, **keys}
     return {"nats_url": nats_url, "data_dir": tmp_path, **base, **extra}
 
@@ -55,7 +55,7 @@ def effects_of(effects: tuple[Effect, ...], kind: type[E]) -> list[E]:
     return [e for e in effects if isinstance(e, kind)]
 
 
-@pytest.mark.parametrize("provider", ["anthropic", "gemini"])
+@pytest.mark.parametrize("provider", ["anthropic", "gemini", "openai"])
 async def test_a_plan_from_the_model_runs_end_to_end_and_its_cost_is_settled(
     provider: str, nats_url: str, tmp_path: Path
 ) -> None:
@@ -78,8 +78,8 @@ async def test_a_plan_from_the_model_runs_end_to_end_and_its_cost_is_settled(
         assert call.response.usage.output_tokens == 300
         [settled] = effects_of(effects, CallSettled)
         model = call.response.model
-        price_in, price_out = (3.0, 15.0) if provider == "anthropic" else (0.30, 2.50)
-        assert model.startswith("claude-sonnet-4") or model.startswith("gemini-2.5-flash")
+        price_in, price_out = {"anthropic": (3.0, 15.0), "gemini": (0.30, 2.50), "openai": (2.0, 8.0)}[provider]
+        assert model.startswith(("claude-sonnet-4", "gemini-2.5-flash", "gpt-4.1"))
         cost = (1200 * price_in + 300 * price_out) / 1e6
         assert settled.cost_usd == pytest.approx(cost)
         assert cadre.system is not None
@@ -89,6 +89,10 @@ async def test_a_plan_from_the_model_runs_end_to_end_and_its_cost_is_settled(
         assert sample("cadre_llm_tokens_total", {**labels, "direction": "output"}) == 300
         assert sample("cadre_llm_usd_total", labels) == pytest.approx(cost)
         assert sample("cadre_budget_decisions_total", {"kind": "plan", "outcome": "granted", "reason": ""}) == 1
+        seconds = {**labels, "model": call.response.model}
+        assert sample("cadre_llm_seconds_count", seconds) == 1
+        assert 0 < (sample("cadre_llm_seconds_sum", seconds) or 0) < 5
+        assert [s for m in cadre.system.metrics.llm_fallbacks.collect() for s in m.samples] == []  # no fallback
 
 
 @pytest.mark.parametrize("provider", ["anthropic", "gemini"])

@@ -1,15 +1,16 @@
 """The LLM provider port: one contract run against each adapter (real SDK, local fake API),
 plus replay, parse-and-repair, prompts and cost arithmetic.
 
-``ProviderContract`` holds the tests; ``TestAnthropicProvider`` and ``TestGeminiProvider``
-run them against ``tests/fake_llm.py``'s fakes of each API. Retries cost no time: the
-Anthropic fake sends ``retry-after-ms: 1`` and the Gemini provider is configured with
-millisecond backoff.
+``ProviderContract`` holds the tests; ``TestAnthropicProvider``, ``TestGeminiProvider`` and
+``TestOpenAIProvider`` run them against ``tests/fake_llm.py``'s fakes of each API. Retries
+cost no time: the Anthropic and OpenAI fakes send ``retry-after-ms: 1`` and the Gemini
+provider is configured with millisecond backoff.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import pickle
 import re
 import socket
@@ -50,7 +51,21 @@ from cadre.planner.providers import (
 )
 from cadre.planner.providers.anthropic import AnthropicProvider
 from cadre.planner.providers.gemini import GeminiProvider
-from tests.fake_llm import FakeAPI, anthropic_api, blocked, gemini_api, max_tokens, ok, refusal, slow, status, text
+from cadre.planner.providers.openai import OpenAIProvider, response_format_for
+from tests.fake_llm import (
+    FakeAPI,
+    anthropic_api,
+    blocked,
+    broken,
+    gemini_api,
+    max_tokens,
+    ok,
+    openai_api,
+    refusal,
+    slow,
+    status,
+    text,
+)
 from tests.scripted_provider import RecordedProvider, ReplayExhausted, run_structured
 
 CATALOG = builtin_catalog()
@@ -404,6 +419,127 @@ class TestGeminiProvider(ProviderContract):
         assert response.output == {"nodes": []}
 
 
+class TestOpenAIProvider(ProviderContract):
+    model = "gpt-4.1-mini"
+    name = "openai"
+    overloaded_status = 503
+
+    def serve(self) -> contextlib.AbstractAsyncContextManager[FakeAPI]:
+        return openai_api()
+
+    def build(self, config: ProviderConfig) -> Provider:
+        return OpenAIProvider(dataclasses.replace(config, base_url=f"{config.base_url}/v1"))
+
+    def prompt_of(self, body: dict[str, Any]) -> str:
+        content = body["messages"][-1]["content"]
+        assert isinstance(content, str)
+        return content
+
+    async def test_wire_format_is_a_json_schema_response_format(self, fake: FakeAPI, connect: Connect) -> None:
+        fake.add(ok(VALID_PLAN))
+        request = request_for(self.model)
+        await connect().complete(request)
+        body, headers = fake.requests[0], fake.headers[0]
+        assert fake.paths == ["/v1/chat/completions"]
+        assert headers["authorization"] == "Bearer test-key"
+        assert body["messages"] == [
+            {"role": "system", "content": request.system},
+            {"role": "user", "content": request.prompt},
+        ]
+        assert body["response_format"] == {
+            "type": "json_schema",
+            "json_schema": {"name": "emit_plan", "schema": PLAN_SCHEMA, "strict": False},
+        }
+        # a compatible server (not api.openai.com): max_tokens, and the temperature
+        assert (body["model"], body["max_tokens"], body["temperature"], body["n"]) == (self.model, 2048, 0.0, 1)
+        assert "max_completion_tokens" not in body
+
+    async def test_old_models_get_json_mode_with_the_schema_in_the_prompt(
+        self, fake: FakeAPI, connect: Connect
+    ) -> None:
+        fake.add(ok(VALID_PLAN))
+        request = request_for("gpt-3.5-turbo")
+        response = await connect().complete(request)
+        assert response.output == VALID_PLAN
+        body = fake.requests[0]
+        assert body["response_format"] == {"type": "json_object"}
+        system = body["messages"][0]["content"]
+        assert system.startswith(request.system + "\n\nAnswer with one JSON object (`emit_plan`)")
+        assert msgspec.json.decode(system.rsplit("\n", 1)[1]) == PLAN_SCHEMA
+
+    def test_the_response_format_rule(self) -> None:
+        assert [response_format_for(m) for m in ("gpt-4o-mini", "gpt-4.1", "gpt-5", "o3", "llama3.2:1b")] == [
+            "json_schema"
+        ] * 5
+        assert [response_format_for(m) for m in ("gpt-4", "gpt-4-turbo", "gpt-4-0613", "gpt-3.5-turbo")] == [
+            "json_object"
+        ] * 4
+        assert response_format_for("llama3.2:1b", "json_object") == "json_object"
+
+    async def test_openai_itself_gets_its_own_parameters(self) -> None:
+        config = ProviderConfig(api_key="k", models={"default": "gpt-5-mini"})
+        provider = OpenAIProvider(config)
+        try:
+            assert provider.official
+            body = provider.body(request_for("gpt-5-mini"))
+            assert (body["max_completion_tokens"], "max_tokens" in body, "temperature" in body) == (2048, False, False)
+            body = provider.body(request_for("gpt-4.1-mini"))
+            assert (body["max_completion_tokens"], body["temperature"]) == (2048, 0.0)
+        finally:
+            await provider.aclose()
+
+    async def test_429_honours_retry_after(self, fake: FakeAPI, connect: Connect) -> None:
+        fake.add(status(429, {"retry-after": "0.3"}), ok(VALID_PLAN))
+        started = time.monotonic()
+        response = await connect(max_retries=2).complete(request_for(self.model))
+        assert response.output == VALID_PLAN
+        assert time.monotonic() - started >= 0.3
+        assert [h["x-stainless-retry-count"] for h in fake.headers] == ["0", "1"]
+
+    async def test_a_retry_after_beyond_two_minutes_is_not_waited_for(self, fake: FakeAPI, connect: Connect) -> None:
+        fake.add(status(429, {"retry-after": "600"}), ok(VALID_PLAN))
+        started = time.monotonic()
+        with pytest.raises(ProviderError) as caught:
+            await connect(max_retries=2).complete(request_for(self.model))
+        assert time.monotonic() - started < 2
+        assert len(fake.requests) == 1
+        assert (caught.value.code, caught.value.retryable, caught.value.request_id) == (
+            "rate_limited",
+            True,
+            "req_fake_1",
+        )
+        assert "rate_limit_exceeded: fake status 429" in caught.value.message
+
+    async def test_no_quota_is_not_retryable(self, fake: FakeAPI, connect: Connect) -> None:
+        fake.add(status(429, {"x-should-retry": "false"}, error_code="insufficient_quota"))
+        with pytest.raises(ProviderError) as caught:
+            await connect().complete(request_for(self.model))
+        assert (caught.value.code, caught.value.retryable) == ("rate_limited", False)
+
+    async def test_a_body_that_is_not_json_is_a_server_error(self, fake: FakeAPI, connect: Connect) -> None:
+        fake.add(broken())
+        with pytest.raises(ProviderError, match=r"^openai: the Chat Completions API at .+ body that is not JSON") as e:
+            await connect().complete(request_for(self.model))
+        assert (e.value.code, e.value.retryable) == ("server_error", True)
+        assert len(fake.requests) == 1
+
+    async def test_a_content_filter_is_refused(self, fake: FakeAPI, connect: Connect) -> None:
+        fake.add(blocked())
+        with pytest.raises(ProviderError, match=r"^openai: model \S+ refused .+ \(finish_reason content_filter\)"):
+            await connect().complete(request_for(self.model))
+
+    async def test_cached_and_reasoning_tokens_are_billed(self, fake: FakeAPI, connect: Connect) -> None:
+        fake.add(ok(VALID_PLAN, input=100, output=50, thoughts=400, cache_read=60))
+        response = await connect().complete(request_for(self.model))
+        assert response.usage == Usage(input_tokens=100, output_tokens=450, cache_read_tokens=60)
+
+    async def test_a_local_server_needs_no_key(self, fake: FakeAPI, connect: Connect) -> None:
+        fake.add(ok(VALID_PLAN))
+        response = await connect(api_key="").complete(request_for("llama3.2:1b"))
+        assert response.model == "llama3.2:1b"
+        assert fake.headers[0]["authorization"] == "Bearer unused"
+
+
 # --- replay and the parse-and-repair flow ------------------------------------------------------
 
 
@@ -645,6 +781,17 @@ def test_costs_and_estimates() -> None:
     )
     tokens, usd = worst_case(PRICES, "unknown-model", 1001, 10, 1.5)  # the safety factor, rounded up
     assert (tokens, usd) == (1502, pytest.approx((1502 * 100.0 + 10 * 100.0) / 1e6))
+
+
+def test_openai_list_prices() -> None:
+    from cadre.planner.providers.pricing import DEFAULT_PRICE, DEFAULT_PRICES
+
+    prices = Prices(default=DEFAULT_PRICE, by_model=DEFAULT_PRICES)
+    usage = Usage(input_tokens=1_000_000, output_tokens=1_000_000, cache_read_tokens=1_000_000)
+    assert cost_usd(usage, "gpt-4.1-mini-2025-04-14", prices) == pytest.approx(0.40 + 1.60 + 0.10)  # by prefix
+    assert cost_usd(usage, "gpt-4o-mini", prices) == pytest.approx(0.15 + 0.60 + 0.075)  # not gpt-4o's
+    assert cost_usd(usage, "gpt-4o", prices) == pytest.approx(2.50 + 10.0 + 1.25)
+    assert prices.for_model("gpt-5-mini").cache_write == prices.for_model("gpt-5-mini").input  # no write surcharge
 
 
 def test_parse_json_object() -> None:

@@ -106,6 +106,7 @@ def test_the_golden_logs_cover_every_path() -> None:
         "llm_plan_repair",
         "dry_run",
         "grounded_plan",
+        "provider_fallback",
     }
 
 

@@ -268,6 +268,9 @@ class WhatIfAnswers:
     def known(self, effect: ModelCalled) -> ModelCalled:
         return self.recorded.known(effect)
 
+    def fallback(self, call: str, attempt: int) -> LLM | None:
+        return self.recorded.fallback(call, attempt)
+
     async def estimate(
         self, tool: str, asks: Sequence[tuple[str, int, int]], policy: Policy, bounds: Sequence[int] | None = None
     ) -> Estimated:

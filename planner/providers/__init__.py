@@ -10,8 +10,9 @@
 Actors never call a provider directly: :meth:`actors.context.Context.infer` runs the
 parse-and-repair flow (:func:`structured_flow`) with every call gated by the budget.
 
-The adapters are imported lazily (``planner.providers.anthropic`` / ``.gemini``) by whoever
-wires them, so that importing the port does not import both vendor SDKs.
+The adapters are imported lazily (``planner.providers.anthropic`` / ``.gemini`` / ``.openai``,
+and ``.scripted`` for users' tests) by whoever wires them, so that importing the port does not
+import the vendor SDKs.
 """
 
 from cadre.planner.providers.base import (

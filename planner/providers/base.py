@@ -2,11 +2,11 @@
 
 A :class:`Provider` turns an :class:`LLMRequest` (system prompt, user prompt and the JSON
 Schema of the object expected back) into an :class:`LLMResponse` whose ``output`` is that
-object, or raises :class:`ProviderError`. Adapters (``anthropic.py``, ``gemini.py``) speak
-one vendor SDK each. Requests and responses are frozen msgspec Structs so that they can be
-recorded in events and replayed (the response and its usage are defined with the effects that
-record them, :mod:`bus.effects`). What a call costs, and the token estimate a consultation
-carries, are in ``pricing.py``.
+object, or raises :class:`ProviderError`. Adapters (``anthropic.py``, ``gemini.py``,
+``openai.py``) speak one vendor SDK each; ``scripted.py`` answers from a script. Requests
+and responses are frozen msgspec Structs so that they can be recorded in events and replayed
+(the response and its usage are defined with the effects that record them, :mod:`bus.effects`).
+What a call costs, and the token estimate a consultation carries, are in ``pricing.py``.
 
 Retries happen inside the SDKs (bounded by :attr:`ProviderConfig.max_retries`); an error
 that reaches the caller has already been retried, and ``retryable`` only says whether the

@@ -7,6 +7,7 @@ The one home of these numbers and formulas; the budget (``actors/budget/``), the
     ModelPrice, Prices      USD per million tokens, by model name (exact, else longest prefix)
     DEFAULT_PRICES          the shipped table by model name prefix, and DEFAULT_PRICE for the rest
     model_price             a price whose unset cache rates get Anthropic's pattern (0.1x, 1.25x input)
+    openai_price, FREE      an OpenAI price (its cached-input rate); a local model's (0)
     cost_usd                what a call's usage cost
     estimate_tokens         a rough token count of a text (4 characters a token)
     estimate_input_tokens   the estimated input of a request, as a consultation carries it
@@ -32,6 +33,7 @@ __all__ = [
     "DEFAULT_PRICE",
     "DEFAULT_PRICES",
     "FRAMING_MARGIN_TOKENS",
+    "FREE",
     "ModelPrice",
     "Prices",
     "bound_usd",
@@ -41,6 +43,7 @@ __all__ = [
     "input_token_bound",
     "input_token_price",
     "model_price",
+    "openai_price",
     "worst_case",
 ]
 
@@ -66,6 +69,15 @@ def model_price(
         cache_read=cache_read if cache_read is not None else 0.1 * input,
         cache_write=cache_write if cache_write is not None else 1.25 * input,
     )
+
+
+def openai_price(input: float, output: float, cached: float) -> ModelPrice:
+    """An OpenAI price: cached input tokens at ``cached``; writing the cache costs what input does."""
+    return ModelPrice(input=input, output=output, cache_read=cached, cache_write=input)
+
+
+FREE: Final = ModelPrice(input=0.0, output=0.0)
+"""The price of a model served locally (Ollama, a compatible server of one's own)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +115,20 @@ DEFAULT_PRICES: Final[Mapping[str, ModelPrice]] = types.MappingProxyType(
         "gemini-2.5-flash-lite": model_price(0.10, 0.40, cache_read=0.01, cache_write=0.10),
         "gemini-2.5-flash": model_price(0.30, 2.50, cache_read=0.03, cache_write=0.30),
         "gemini-2.5-pro": model_price(1.25, 10.0, cache_read=0.125, cache_write=1.25),
+        # OpenAI (cached input at its own rate; no surcharge for writing the cache)
+        "gpt-5": openai_price(1.25, 10.0, cached=0.125),
+        "gpt-5-mini": openai_price(0.25, 2.0, cached=0.025),
+        "gpt-5-nano": openai_price(0.05, 0.40, cached=0.005),
+        "gpt-4.1": openai_price(2.0, 8.0, cached=0.50),
+        "gpt-4.1-mini": openai_price(0.40, 1.60, cached=0.10),
+        "gpt-4.1-nano": openai_price(0.10, 0.40, cached=0.025),
+        "gpt-4o": openai_price(2.50, 10.0, cached=1.25),
+        "gpt-4o-mini": openai_price(0.15, 0.60, cached=0.075),
+        "o3": openai_price(2.0, 8.0, cached=0.50),
+        "o3-mini": openai_price(1.10, 4.40, cached=0.55),
+        "o4-mini": openai_price(1.10, 4.40, cached=0.275),
+        "gpt-4-turbo": openai_price(10.0, 30.0, cached=10.0),
+        "gpt-3.5-turbo": openai_price(0.50, 1.50, cached=0.50),
     }
 )
 DEFAULT_PRICE: Final = model_price(15.0, 75.0)

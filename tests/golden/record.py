@@ -37,7 +37,7 @@ from cadre.bus.events import SCHEMA_VERSION
 from cadre.store.filelog import write_export
 from cadre.store.records import StoredEvent
 from cadre.store.state import fold
-from tests.fake_llm import Behaviour, FakeAPI, anthropic_api, ok, text
+from tests.fake_llm import Behaviour, FakeAPI, anthropic_api, ok, openai_api, status, text
 from tests.scenarios import FLAKY_PLAN, LIBRARY_REQUEST, MODEL_PLAN, NOVEL_REQUEST, REMAINING
 from tests.system_harness import Harness, cadre_running, settings_for
 
@@ -61,6 +61,7 @@ class Scenario:
     model: tuple[Behaviour, ...] | None = None  # the fake model's script; None: no model
     routes: tuple[tuple[str, tuple[Behaviour, ...]], ...] = ()  # the fake's answers by prompt marker
     expect: str = "completed"
+    fallback: tuple[Behaviour, ...] | None = None  # a fake OpenAI-compatible API to fall back on; None: none
 
 
 def submit(body: dict[str, Any]) -> Drive:
@@ -214,6 +215,14 @@ SCENARIOS = (
         model=(ok(DISTANCE_PLAN, input=1300, output=90),),
     ),
     Scenario(
+        "provider_fallback",
+        "the first provider (Anthropic) is overloaded; the fallback list's next (OpenAI) plans; "
+        "both consultations are recorded",
+        submit({"request": NOVEL_REQUEST}),
+        model=(status(529),),
+        fallback=(ok(MODEL_PLAN, input=1000, output=120),),
+    ),
+    Scenario(
         "malformed_answer",
         "the model answers with text twice (no JSON): no repair helps, the library plans",
         submit({"request": LIBRARY_REQUEST}),
@@ -236,8 +245,17 @@ async def model(s: Scenario) -> AsyncIterator[FakeAPI | None]:
         yield api
 
 
+@contextlib.asynccontextmanager
+async def fallback(s: Scenario) -> AsyncIterator[FakeAPI | None]:
+    if s.fallback is None:
+        yield None
+        return
+    async with openai_api(*s.fallback) as api:
+        yield api
+
+
 async def record(s: Scenario, url: str, work: Path, out: Path) -> dict[str, Any]:
-    async with model(s) as api:
+    async with model(s) as api, fallback(s) as second:
         extra: dict[str, Any] = {**s.settings, "approval_timeout_s": BASE_SETTINGS["approval_timeout_s"]}
         if api is not None:
             extra.update(
@@ -245,6 +263,10 @@ async def record(s: Scenario, url: str, work: Path, out: Path) -> dict[str, Any]
                 anthropic_base_url=api.base_url,
                 llm_provider="anthropic",
                 llm_max_retries=0,
+            )
+        if second is not None:
+            extra.update(
+                openai_api_key="test-key", openai_base_url=f"{second.base_url}/v1", llm_fallback=["openai:gpt-4.1-mini"]
             )
         settings = settings_for(url, work / s.name, **extra)
         async with cadre_running(settings) as h:
