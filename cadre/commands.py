@@ -251,6 +251,12 @@ async def submit_cmd(settings: Settings, payload: bytes, *, wait: bool, as_json:
             raise CadreError(
                 f"no intake listens on {settings.subjects.requests}: start `cadre up` (or `cadre actor planner`)"
             ) from None
+        except nats.errors.TimeoutError:
+            raise CadreError(
+                f"no intake answered on {settings.subjects.requests} within {settings.request_timeout_s:g} s: the "
+                "request is stored and becomes a workflow when an intake runs (start `cadre up` or `cadre actor "
+                "planner`); give it an idempotency key to learn its workflow id by sending it again"
+            ) from None
         reply = json.loads(resp.data)
         if "error" in reply:
             raise _request_error(reply["error"])
