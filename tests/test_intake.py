@@ -128,7 +128,7 @@ async def deployment(nats_url: str, nc: NATS) -> AsyncIterator[Deployment]:
     spec = StreamSpec(name=prefix.upper(), subjects=f"{prefix}.evt.>", storage="memory")
     log = JetStreamLog(nc, stream=spec, subjects=Subjects(prefix))
     await log.ensure_stream()
-    ispec = intake_spec(spec, log.subjects)
+    ispec = intake_spec(spec, log.subjects, max_bytes=8 * 1024 * 1024)
     await ensure_intake_streams(log.js, ispec)
     yield Deployment(nats_url, log, ispec)
     js = nc.jetstream()
