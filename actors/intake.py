@@ -28,6 +28,7 @@ import hashlib
 import logging
 import math
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ _json = msgspec.json.Encoder()
 T = TypeVar("T")
 
 QUEUE = "cadre-intake"
+_SETTLED_KEPT = 10_000
 
 
 def workflow_id_for(idempotency_key: str | None, *, dry_run: bool = False) -> str:
@@ -169,6 +171,8 @@ class Intake:
         self.kv: KeyValue | None = None
         self.stopping = asyncio.Event()
         self._waiting: dict[str, set[asyncio.Event]] = {}
+        self._settled: OrderedDict[str, None] = OrderedDict()  # digests lately announced settled
+        self._known: OrderedDict[str, tuple[int, pairing.Pairing]] = OrderedDict()  # records as last written here
         self._answering: set[asyncio.Task[None]] = set()
         self._rate = _Rate()
         self._backlog = 0
@@ -203,26 +207,45 @@ class Intake:
     # -- the record of a digest ---------------------------------------------------------------
 
     async def change(self, key: str, decide: Callable[[pairing.Pairing], tuple[pairing.Pairing | None, T]]) -> T:
-        """Apply ``decide`` to the record of ``key`` with compare-and-set; its result."""
+        """Apply ``decide`` to the record of ``key`` with compare-and-set; its result.
+
+        The first try decides on what this process last wrote to the record (or, for a record it
+        never saw, on none: most payloads are new), and writes expecting that revision; a stale view
+        fails the write, or decides nothing to do, and the record is then read.
+        """
         kv = self.kv
         assert kv is not None
+        view: tuple[int | None, pairing.Pairing] | None = self._known.get(key, (None, pairing.Pairing()))
         while True:
-            try:
-                entry = await kv.get(key)
-                rev: int | None = entry.revision
-                current = pairing.decode(entry.value)
-            except KeyNotFoundError:
-                rev, current = None, pairing.Pairing()
+            if view is None:
+                try:
+                    entry = await kv.get(key)
+                    view = entry.revision, pairing.decode(entry.value)
+                except KeyNotFoundError:
+                    view = None, pairing.Pairing()
+                read = True
+            else:
+                read = False
+            rev, current = view
             new, result = decide(current)
             if new is None:
+                if not read:  # nothing to do, on a view that may be stale: look at the record itself
+                    view = None
+                    continue
                 return result
             try:
                 if rev is None:
-                    await kv.create(key, pairing.encode(new))
+                    written = await kv.create(key, pairing.encode(new))
                 else:
-                    await kv.update(key, pairing.encode(new), last=rev)
+                    written = await kv.update(key, pairing.encode(new), last=rev)
             except KeyWrongLastSequenceError:
+                self._known.pop(key, None)
+                view = None
                 continue
+            self._known[key] = (written, new)
+            self._known.move_to_end(key)
+            if len(self._known) > _SETTLED_KEPT:
+                self._known.popitem(last=False)
             return result
 
     # -- the consumer ----------------------------------------------------------------------------
@@ -304,6 +327,10 @@ class Intake:
         task.add_done_callback(self._answering.discard)
 
     def on_settled(self, key: str) -> None:
+        self._settled[key] = None
+        self._settled.move_to_end(key)
+        if len(self._settled) > _SETTLED_KEPT:
+            self._settled.popitem(last=False)
         for ev in self._waiting.get(key, ()):
             ev.set()
 
@@ -316,6 +343,11 @@ class Intake:
         ev = asyncio.Event()
         self._waiting.setdefault(key, set()).add(ev)
         try:
+            if key not in self._settled:
+                # A request arrives here before its stored copy is taken (JetStream stores it first,
+                # then the consumer takes it): wait for the notice rather than read the record at once.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ev.wait(), min(self.options.poll, wait))
             while True:
                 ev.clear()
                 answer = await self.change(key, _claim)

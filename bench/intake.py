@@ -155,6 +155,7 @@ async def burst(url: str, n: int, rate: float) -> dict[str, Any]:
     made = await requested(elog)
     env = environment(client)
     await client.close()
+    take = await take_rate(url, admin, n // 2)
     baseline = await raw_baseline(admin, n)
     await admin.close()
 
@@ -190,8 +191,37 @@ async def burst(url: str, n: int, rate: float) -> dict[str, Any]:
         "intake_restarted_at_s": round(restarted_at, 2),
         "send_s": round(sent_s, 2),
         "all_taken_s": round(taken_s, 2),
+        "intake_take_rate": take,
         "baseline": baseline,
     }
+
+
+async def take_rate(url: str, nc: NATS, n: int) -> dict[str, Any]:
+    """How fast one intake process makes workflows of a backlog: ``n`` requests published while none
+    runs, then the time from its start (ready) until the requests stream is empty."""
+    prefix = "bench" + os.urandom(4).hex()
+    spec, subjects, ispec = parts(prefix)
+    elog = JetStreamLog(nc, stream=spec, subjects=subjects)
+    await elog.ensure_stream()
+    await ensure_intake_streams(elog.js, ispec)
+    for i in range(n):
+        await nc.publish(ispec.subject, body(i))
+        if i % 100 == 99:
+            await asyncio.sleep(0)
+    await barrier(nc)
+    proc = start_intake(url, prefix)
+    try:
+        await ready(proc)
+        t = time.perf_counter()
+        for _ in itertools.count():
+            if (await elog.js.stream_info(ispec.stream)).state.messages == 0:
+                break
+            await asyncio.sleep(0.05)
+        took = time.perf_counter() - t
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(proc.wait)
+    return {"backlog": n, "taken_s": round(took, 2), "per_s": round(n / took)}
 
 
 async def requested(elog: JetStreamLog) -> dict[str, list[str]]:
