@@ -269,6 +269,11 @@ class Intake:
                     except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
                         msgs = []
                         self.stopping.set()
+                    except Exception as exc:  # JetStream unavailable for a while (an election, a restart)
+                        log.warning("the intake could not fetch stored requests (%r); trying again in 1 s", exc)
+                        msgs = []
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self.stopping.wait(), 1.0)
                     for _ in range(want - len(msgs)):
                         slots.release()
                     for m in msgs:
@@ -370,6 +375,9 @@ class Intake:
         except asyncio.CancelledError:
             self.metrics.unanswered.inc()
             raise
+        except Exception as exc:  # the bucket or the stream could not be read: the request is still stored
+            self.metrics.unanswered.inc()
+            log.warning("a requester gets no answer (%r); its stored request still becomes a workflow", exc)
         finally:
             waiters = self._waiting.get(key)
             if waiters is not None:
