@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import json
 from collections import defaultdict
@@ -15,10 +16,12 @@ import nats.errors
 import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from prometheus_client import CollectorRegistry
 
 from cadre.actors import intake_pairing as pairing
 from cadre.actors.intake import Intake, payload_digest, serve_intake, stored_workflow_id
 from cadre.actors.intake_metrics import IntakeMetrics
+from cadre.bus.auth import AuthNames, permissions
 from cadre.bus.connection import ConnectOptions, barrier, connect
 from cadre.bus.events import WorkflowRequested
 from cadre.bus.requests_stream import IntakeOptions, IntakeSpec, ensure_intake_streams, intake_spec
@@ -83,6 +86,22 @@ def test_a_stored_request_keeps_its_workflow_id_across_deliveries() -> None:
     assert a == stored_workflow_id("2026-12-05T00:00:00", 42, None)
     assert a != stored_workflow_id("2026-12-05T00:00:01", 42, None)  # a stream made again numbers from 1
     assert stored_workflow_id("e", 1, "order-1") == stored_workflow_id("f", 2, "order-1")  # the key decides
+
+
+def test_the_roles_that_host_the_intake_may_take_stored_requests_and_no_client_may() -> None:
+    names = AuthNames(prefix="acme", stream="ACME")
+    needed = {
+        "$JS.API.CONSUMER.MSG.NEXT.ACME_REQUESTS.acme_intake",
+        "$JS.ACK.ACME_REQUESTS.acme_intake.>",
+        "$KV.ACME_INTAKE.>",
+        "acme.intake.settled",
+    }
+    for role in ("intake", "planner", "node"):
+        p = permissions(role, names)
+        assert needed <= set(p.publish or ())
+        assert {"acme.requests", "acme.intake.settled"} <= set(p.subscribe or ())
+    for role in ("client", "approver", "validator", "agent"):
+        assert not needed & set(permissions(role, names).publish or ())
 
 
 # -- against the server --------------------------------------------------------------------------------
@@ -311,3 +330,42 @@ async def test_overloaded_is_answered_only_for_a_request_that_becomes_no_workflo
 
 def body(i: int) -> bytes:
     return json.dumps({"request": f"r{i}"}).encode()
+
+
+async def test_a_full_stream_refuses_a_request_and_the_requester_is_told(deployment: Deployment, nc: NATS) -> None:
+    """Stream bound 3: three requests published only fill it; a requester's request is refused by the
+    stream, and after the wait it is answered overloaded; a request published only while it is full
+    is counted. The three stored ones still become workflows."""
+    d = deployment
+    js = d.log.js
+    await js.delete_stream(d.spec.stream)
+    small = dataclasses.replace(d.spec, max_msgs=3)
+    await ensure_intake_streams(js, small)
+    registry = CollectorRegistry()
+    intake = Intake(d.log, small, IntakeOptions(reply_wait=0.3), IntakeMetrics.create(registry))
+    await intake.start()
+    sub = await nc.subscribe(small.subject, queue="cadre-intake", cb=intake.on_request)
+    requester = await connect(ConnectOptions(url=d.url, name="requester"))
+    try:
+        for i in range(3):
+            await requester.publish(small.subject, body(i))
+        await barrier(requester)
+        async with asyncio.timeout(5):
+            while await d.backlog() < 3:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+        answer = json.loads((await requester.request(small.subject, body(7), timeout=5)).data)
+        await requester.publish(small.subject, body(8))  # the stream is full (and known to be)
+        await barrier(requester)
+    finally:
+        await requester.close()
+    assert answer["error"]["code"] == "overloaded"
+    assert registry.get_sample_value("cadre_intake_publish_only_refused_total") == 1
+    ready = asyncio.Event()
+    consumer = asyncio.create_task(intake.consume(ready))
+    try:
+        await until_taken(d)
+    finally:
+        intake.stopping.set()
+        await consumer
+        await sub.unsubscribe()
+    assert sorted(await d.requested()) == ["r0", "r1", "r2"]
