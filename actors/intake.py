@@ -178,6 +178,7 @@ class Intake:
         self._backlog = 0
         self._full = False
         self._full_logged = 0.0
+        self._failed_at = -math.inf  # when taking a stored request last failed (the log could not be written)
 
     # -- start ---------------------------------------------------------------------------
 
@@ -286,6 +287,7 @@ class Intake:
         try:
             await self._take_one(m)
         except Exception as exc:  # the request stays stored: taken again after a pause
+            self._failed_at = time.monotonic()
             log.warning("stored request %s not taken yet (%s); it is taken again", m.metadata.sequence.stream, exc)
             with contextlib.suppress(Exception):
                 await m.nak(delay=1.0)
@@ -386,7 +388,12 @@ class Intake:
                     del self._waiting[key]
 
     async def _refuse(self, key: str) -> dict[str, Any] | None:
-        """Refuse the requester of ``key``'s bytes, unless a copy is there to claim or being taken."""
+        """Refuse the requester of ``key``'s bytes, unless a copy is there to claim or being taken.
+
+        Not while taking stored requests fails (the event log cannot be written): the refusal might
+        outlive its record before the refused copy is reached; the requester is left to time out."""
+        if time.monotonic() - self._failed_at < 5 * self.options.reply_wait:
+            return await self.change(key, _claim)
         info = await self.js.stream_info(self.spec.stream)
         self._note_state(info.state.messages, info.state.bytes)
         until = info.state.last_seq

@@ -270,6 +270,12 @@ class Settings(BaseSettings):
     intake_ack_wait_s: float = Field(
         default=10.0, gt=0, description="a stored request taken by an intake that died is taken again after this"
     )
+    intake_pairing_ttl_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="how long the intake's pairing records live after their last change (a refusal must be "
+        "honoured within it: keep it above the longest time a stored request may wait to be taken)",
+    )
 
     @field_validator("http_allow", "tool_modules", "prohibited_tools", "approval_tools", mode="before")
     @classmethod
@@ -312,7 +318,11 @@ class Settings(BaseSettings):
     def intake(self) -> IntakeSpec:
         """The intake's requests stream and pairing bucket (``bus/requests_stream.py``)."""
         return intake_spec(
-            self.stream(), self.subjects, max_msgs=self.intake_max_pending, max_bytes=self.intake_max_bytes
+            self.stream(),
+            self.subjects,
+            max_msgs=self.intake_max_pending,
+            max_bytes=self.intake_max_bytes,
+            pairing_ttl=self.intake_pairing_ttl_s,
         )
 
     def intake_options(self) -> IntakeOptions:
