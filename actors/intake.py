@@ -353,8 +353,7 @@ class Intake:
             if key not in self._settled:
                 # A request arrives here before its stored copy is taken (JetStream stores it first,
                 # then the consumer takes it): wait for the notice rather than read the record at once.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(ev.wait(), min(self.options.poll, wait))
+                await _wait(ev, min(self.options.poll, wait))
             while True:
                 ev.clear()
                 answer = await self.change(key, _claim)
@@ -372,8 +371,7 @@ class Intake:
                 # Before the deadline, wake on a settled copy (or look again after a poll); after it, a
                 # copy is being taken (reserved): its answer comes soon.
                 left = min(self.options.poll, deadline - now) if now < deadline else 0.2
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(ev.wait(), left)
+                await _wait(ev, left)
         except asyncio.CancelledError:
             self.metrics.unanswered.inc()
             raise
@@ -432,6 +430,13 @@ class Intake:
             for t in late:
                 t.cancel()
             await asyncio.gather(*late, return_exceptions=True)
+
+
+async def _wait(ev: asyncio.Event, seconds: float) -> None:
+    """Until ``ev`` is set or ``seconds`` pass (no task of its own, unlike ``asyncio.wait_for``)."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await ev.wait()
 
 
 def _claim(p: pairing.Pairing) -> tuple[pairing.Pairing | None, dict[str, Any] | None]:
