@@ -1,7 +1,7 @@
 """A request/reply service on the bus: a queue-group subscriber that answers each request.
 
-The intake (``<prefix>.requests``) and the approvals service (``<prefix>.approvals``) are such
-services. A message whose reply subject is a JetStream acknowledgement is not a request: a
+The approvals service (``<prefix>.approvals``) is one (the intake, ``actors.intake``, answers
+through its requests stream instead). A message whose reply subject is a JetStream acknowledgement is not a request: a
 stream consumer was pointed at the subject (a reader may point a consumer of its own mirror
 anywhere), so it is ignored rather than answered (answering would acknowledge it).
 """

@@ -106,12 +106,24 @@ class AuthNames:
         base = f"{self.prefix.replace('.', '_')}_{kind}"
         return base if pool is None else f"{base}_pool_{pool}"
 
+    @property
+    def requests_stream(self) -> str:
+        """The durable intake's stream of requests (``bus.requests_stream.intake_spec``)."""
+        return f"{self.stream}_REQUESTS"
+
+    @property
+    def intake_bucket(self) -> str:
+        """The durable intake's pairing bucket (``bus.requests_stream.intake_spec``)."""
+        return f"{self.stream}_INTAKE"
+
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "prefix": self.prefix,
             "stream": self.stream,
             "ledger": self.ledger,
             "cache_bucket": self.cache_bucket,
+            # Recorded so that a deployment minted before the durable intake gets its permissions.
+            "requests_stream": self.requests_stream,
         }
         if self.pools:  # absent without pools: a deployment without them keeps its minted credentials
             out["pools"] = list(self.pools)
@@ -174,6 +186,24 @@ def _actor_publish(role: str, names: AuthNames) -> list[str]:
     return out + _event_reader(names.stream)
 
 
+def _intake_publish(names: AuthNames) -> list[str]:
+    """The durable intake: its consumer on the requests stream, its pairing bucket, its notices."""
+    stream, durable, kv = names.requests_stream, names.durable("intake"), f"KV_{names.intake_bucket}"
+    return [
+        f"$JS.API.STREAM.INFO.{stream}",
+        f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{durable}",
+        f"$JS.API.CONSUMER.INFO.{stream}.{durable}",
+        f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}",
+        f"$JS.ACK.{stream}.{durable}.>",
+        f"$JS.API.STREAM.INFO.{kv}",
+        f"$JS.API.STREAM.MSG.GET.{kv}",
+        f"$JS.API.DIRECT.GET.{kv}",
+        f"$JS.API.DIRECT.GET.{kv}.>",
+        f"$KV.{names.intake_bucket}.>",
+        names.subjects.intake_settled,
+    ]
+
+
 def permissions(role: str, names: AuthNames) -> Permissions:
     """The least-privilege permissions of ``role`` (see the module docstring)."""
     s = names.subjects
@@ -185,12 +215,17 @@ def permissions(role: str, names: AuthNames) -> Permissions:
             # Their handlers consult the model through the budget (Context.infer: consult, then settle).
             pub = [*_actor_publish(role, names), s.budget, s.budget_settle]
             if role == "planner":  # `cadre actor planner` hosts the intake as well
-                pub += _actor_publish("intake", names)
-                return Permissions(_dedupe(pub), (inbox, s.ping, s.requests), allow_responses=True)
+                pub += _actor_publish("intake", names) + _intake_publish(names)
+                listen = (inbox, s.ping, s.requests, s.intake_settled)
+                return Permissions(_dedupe(pub), listen, allow_responses=True)
             return Permissions(_dedupe(pub), (inbox, s.ping), allow_responses=True)
-        case "intake" | "approvals":
-            listen = s.requests if role == "intake" else approvals_subject(s)
-            return Permissions(_dedupe(_actor_publish(role, names)), (inbox, s.ping, listen), allow_responses=True)
+        case "intake":
+            pub = _actor_publish(role, names) + _intake_publish(names)
+            listen = (inbox, s.ping, s.requests, s.intake_settled)
+            return Permissions(_dedupe(pub), listen, allow_responses=True)
+        case "approvals":
+            decisions = approvals_subject(s)
+            return Permissions(_dedupe(_actor_publish(role, names)), (inbox, s.ping, decisions), allow_responses=True)
         case "budget":
             ledger, kv = names.ledger, f"KV_{names.cache_bucket}"
             pub = [

@@ -1,6 +1,8 @@
 """Subject names of cadre, under a configurable prefix (default ``cadre``).
 
-    <prefix>.requests                      requests from any NATS client (core NATS, request/reply)
+    <prefix>.requests                      requests from any NATS client (request/reply or publish only;
+                                           stored by the requests stream, answered by the intake)
+    <prefix>.intake.settled                an intake took a stored request (core NATS, between intakes)
     <prefix>.budget.consult                consultations to the budget actor (core NATS, request/reply)
     <prefix>.budget.settle                 settlements of granted consultations (core NATS, request/reply)
     <prefix>.ledger                        the budget's ledger (JetStream, its own stream)
@@ -47,6 +49,11 @@ class Subjects:
     @property
     def requests(self) -> str:
         return f"{self.prefix}.requests"
+
+    @property
+    def intake_settled(self) -> str:
+        """Where an intake says a stored request was taken (core NATS; every intake replica listens)."""
+        return f"{self.prefix}.intake.settled"
 
     @property
     def budget(self) -> str:

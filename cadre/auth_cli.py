@@ -27,6 +27,7 @@ from cadre.bus.auth import ROLES, add_approver, creds_path, ensure_auth, role_of
 from cadre.bus.connection import connect
 from cadre.bus.embedded import find_running
 from cadre.bus.errors import AuthConfigError, StreamConfigError
+from cadre.bus.requests_stream import ensure_intake_streams
 from cadre.bus.stream import ensure_stream
 from cadre.settings import Settings
 
@@ -63,11 +64,14 @@ def prepare_embedded(settings: Settings) -> Path:
 
 
 async def bootstrap(settings: Settings, url: str, auth_dir: Path) -> None:
-    """Create (or bring up to date) the event stream as ``admin``, and the readers' mirror of it as
+    """Create (or bring up to date) the event stream and the intake's requests stream and bucket as
+    ``admin``, and the readers' mirror of the event stream as
     ``mirror``. Idempotent; every process of the embedded server runs it at start-up."""
     admin = await connect(settings.connect_options(url, "cadre-bootstrap", creds_path(auth_dir, "admin")))
     try:
-        await ensure_stream(admin.jetstream(timeout=settings.request_timeout_s), settings.stream())
+        js = admin.jetstream(timeout=settings.request_timeout_s)
+        await ensure_stream(js, settings.stream())
+        await ensure_intake_streams(js, settings.intake())
     finally:
         await admin.close()
     mirror = await connect(settings.connect_options(url, "cadre-bootstrap", creds_path(auth_dir, "mirror")))

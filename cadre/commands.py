@@ -259,9 +259,12 @@ async def ask_intake(nc: NATS, settings: Settings, payload: bytes) -> dict[str, 
         body = json.loads(payload)
     except ValueError:
         body = None
-    if isinstance(body, dict) and body.get("idempotency_key") is None:
-        body["idempotency_key"] = "cli-" + random_token(12)
-        payload = json.dumps(body).encode()
+    key = None
+    if isinstance(body, dict):
+        if body.get("idempotency_key") is None:
+            body["idempotency_key"] = "cli-" + random_token(12)
+            payload = json.dumps(body).encode()
+        key = body["idempotency_key"]
     started = time.monotonic()
 
     def transient(exc: BaseException) -> bool:
@@ -279,6 +282,13 @@ async def ask_intake(nc: NATS, settings: Settings, payload: bytes) -> dict[str, 
     except nats.errors.NoRespondersError:
         raise CadreError(
             f"no intake listens on {settings.subjects.requests}: start `cadre up` (or `cadre actor planner`)"
+        ) from None
+    except nats.errors.TimeoutError:
+        again = f" with idempotency_key {key!r}" if isinstance(key, str) else " with an idempotency key"
+        raise CadreError(
+            f"no intake answered on {settings.subjects.requests} within {time.monotonic() - started:.0f} s: the "
+            "request is stored and becomes a workflow when an intake runs (start `cadre up` or `cadre actor "
+            f"planner`); send it again{again} to learn its workflow id"
         ) from None
     reply: dict[str, Any] = json.loads(resp.data)
     return reply

@@ -18,6 +18,7 @@ from pydantic_settings import SettingsError as SourceError
 
 from cadre.bus.auth import AuthNames
 from cadre.bus.connection import ConnectOptions
+from cadre.bus.requests_stream import IntakeOptions, IntakeSpec, intake_spec
 from cadre.bus.retry import RetryPolicy
 from cadre.bus.stream import StreamSpec
 from cadre.bus.subjects import Subjects
@@ -328,6 +329,30 @@ class Settings(BaseSettings):
 
     metrics_port: int | None = Field(default=None, ge=0, le=65535, description="serve /metrics here (0 = any)")
 
+    # the durable intake (actors/intake.py): its stream is <stream_name>_REQUESTS, its bucket <stream_name>_INTAKE
+    intake_max_pending: int = Field(
+        default=100_000, ge=1, description="requests the requests stream holds at most (then it refuses new ones)"
+    )
+    intake_max_bytes: int = Field(
+        default=256 * 1024 * 1024, ge=1, description="bytes the requests stream holds at most (then it refuses)"
+    )
+    intake_reply_wait_s: float = Field(
+        default=3.0,
+        gt=0,
+        description="a requester whose request is not made a workflow by then is answered overloaded "
+        "(keep it under the requesters' timeout)",
+    )
+    intake_concurrency: int = Field(default=64, ge=1, description="stored requests an intake takes at once")
+    intake_ack_wait_s: float = Field(
+        default=10.0, gt=0, description="a stored request taken by an intake that died is taken again after this"
+    )
+    intake_pairing_ttl_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="how long the intake's pairing records live after their last change (a refusal must be "
+        "honoured within it: keep it above the longest time a stored request may wait to be taken)",
+    )
+
     @field_validator("http_allow", "tool_modules", "prohibited_tools", "approval_tools", mode="before")
     @classmethod
     def _str_list(cls, value: Any) -> Any:
@@ -381,6 +406,21 @@ class Settings(BaseSettings):
     def retry_policy(self) -> RetryPolicy:
         """The backoff of every NATS call through an outage (``bus.retry``), bounded by ``nats_retry_s``."""
         return RetryPolicy(bound_s=self.nats_retry_s)
+
+    def intake(self) -> IntakeSpec:
+        """The intake's requests stream and pairing bucket (``bus/requests_stream.py``)."""
+        return intake_spec(
+            self.stream(),
+            self.subjects,
+            max_msgs=self.intake_max_pending,
+            max_bytes=self.intake_max_bytes,
+            pairing_ttl=self.intake_pairing_ttl_s,
+        )
+
+    def intake_options(self) -> IntakeOptions:
+        return IntakeOptions(
+            reply_wait=self.intake_reply_wait_s, concurrency=self.intake_concurrency, ack_wait=self.intake_ack_wait_s
+        )
 
     def connect_options(
         self, url: str, name: str, creds: Path | None = None, *, service: bool = False

@@ -12,6 +12,7 @@ from cadre.actors.budget import BudgetClient, serve_budget
 from cadre.actors.context import Outside
 from cadre.actors.inference import Policy
 from cadre.actors.intake import serve_intake
+from cadre.actors.intake_metrics import IntakeMetrics
 from cadre.actors.library_source import LogLibrary
 from cadre.actors.metrics import Metrics
 from cadre.actors.ping import serve_ping
@@ -193,7 +194,14 @@ async def run_system(
             )
         if "planner" in kinds:
             intake = trust.signer("intake") or trust.signer("planner")
-            await stack.enter_async_context(serve_intake(bus.log.signed_by(intake)))
+            await stack.enter_async_context(
+                serve_intake(
+                    bus.log.signed_by(intake),
+                    settings.intake(),
+                    settings.intake_options(),
+                    IntakeMetrics.create(metrics.registry),
+                )
+            )
         if "approvals" in kinds:
             signed = bus.log.signed_by(trust.signer("approvals"))
             await stack.enter_async_context(

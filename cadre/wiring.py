@@ -12,6 +12,7 @@ from nats.aio.client import Client as NATS
 from cadre.auth_cli import acting_role, bootstrap, creds_for, local_auth, prepare_embedded
 from cadre.bus.connection import connect
 from cadre.bus.embedded import EmbeddedServer, start_embedded
+from cadre.bus.requests_stream import ensure_intake_streams
 from cadre.settings import Settings
 from cadre.store.jetstream import JetStreamLog
 
@@ -62,6 +63,7 @@ async def open_bus(
             )
             if auth_dir is None and (creds is None or acting_role(settings, role) == "admin"):
                 await log.ensure_stream()
+                await ensure_intake_streams(log.js, settings.intake())
             yield Bus(url, nc, log, server)
         finally:
             if not nc.is_closed:

@@ -108,6 +108,9 @@ def _a_data_dir_of_its_own(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: py
     server's keys there, and a CLI call without ``--data-dir`` would then check the tests'
     unsigned events against them. A test that wants another data dir sets its own."""
     monkeypatch.setenv("CADRE_DATA_DIR", str(tmp_path_factory.mktemp("default-data")))
+    # The requests stream of every deployment a test makes reserves its byte bound in the test
+    # server's memory (streams of memory storage); keep that small, or a session runs out.
+    monkeypatch.setenv("CADRE_INTAKE_MAX_BYTES", str(1024 * 1024))
 
 
 @pytest.fixture
