@@ -22,7 +22,11 @@ which decides by the workflow's intelligence level and mode, and recorded as eff
   step, and without one the call counts as the tool's failure;
 * ``recover``: every planned tool failed, for a reason other than a policy refusal
   (:data:`POLICY_REFUSALS`); the model chooses once: retry a tried tool, run an alternative
-  tool, skip a step nothing uses (:func:`skippable`), or fail. The choice runs once.
+  tool, skip a step nothing uses (:func:`skippable`), or fail. The choice is a proposal
+  (``proposal_made``), not an action: the validator checks it as a step (``planner.proposals``)
+  and only a ``proposal_validated`` one runs, once, after a person's approval when the verdict
+  asks for one (a side-effect tool the model chose); a ``proposal_rejected`` one fails the step
+  as planned, with the verdict in its message.
 
 Without an answer the step runs as planned. A consultation the workflow does not allow (its
 level or mode) or that has no model leaves no trace in the outcome; any other miss (a
@@ -45,15 +49,19 @@ from cadre.bus.events import (
     ApprovalGranted,
     ApprovalRequested,
     Event,
+    ProposalMade,
+    ProposalRejected,
+    ProposalValidated,
     StepCompleted,
     StepFailed,
     StepReady,
 )
-from cadre.bus.plan import ErrorInfo, StepIntent
+from cadre.bus.plan import Check, ErrorInfo, StepIntent
 from cadre.planner import pools as agent_pools
 from cadre.planner.catalog import Catalog, json_schema
 from cadre.planner.confidence import approval_reason
 from cadre.planner.placeholder import placeholder
+from cadre.planner.proposals import proposed_step
 from cadre.planner.providers.agent_prompts import (
     FailedCall,
     decide_request,
@@ -67,10 +75,20 @@ from cadre.planner.providers.agent_prompts import (
 from cadre.planner.providers.base import LLMRequest
 from cadre.planner.refs import RefError, find_refs, resolve, with_step_outputs
 from cadre.planner.scheduler import topo_order
+from cadre.planner.validation import failed as failed_checks
 from cadre.store.records import StoredEvent
 from cadre.store.state import WorkflowState
 
-HANDLES = frozenset({StepReady.TYPE, ApprovalRequested.TYPE, ApprovalGranted.TYPE, ApprovalDenied.TYPE})
+HANDLES = frozenset(
+    {
+        StepReady.TYPE,
+        ApprovalRequested.TYPE,
+        ApprovalGranted.TYPE,
+        ApprovalDenied.TYPE,
+        ProposalValidated.TYPE,
+        ProposalRejected.TYPE,
+    }
+)
 
 POLICY_REFUSALS: Final = frozenset({"approval_denied", "prohibited", "outside_workspace", agent_pools.POOL_REFUSED})
 """Failures a model must not work around: the step then fails as planned, without ``recover``."""
@@ -206,8 +224,9 @@ class _StepRun:
         )
         return fallback_order(options, choice.choice)
 
-    async def recover(self) -> StepCompleted | StepFailed:
-        """Once every planned tool failed: the model's recovery, run once, or the step's failure."""
+    async def recover(self) -> StepFailed | ProposalMade:
+        """Once every planned tool failed: the model's recovery as a proposal for the validator
+        (nothing of it runs here), or the step's failure."""
         if self.catalog is None or any(f.error.code in POLICY_REFUSALS for f in self.failures):
             return self.failed()
         tried = tuple(dict.fromkeys(f.tool for f in self.failures))
@@ -224,16 +243,31 @@ class _StepRun:
             return self.failed(f" (recovery: the model advised failing the step: {plan.reason}; {how})")
         if plan.action == "skip":
             self.deviations.append(f"step skipped on the model's advice, with an empty output: {plan.reason}; {how}")
-            return self.completed(self.step.tool, {})
+            return self.proposal("skip", self.step.tool, {}, plan.reason)
         tool = plan.tool or self.step.tool
         inputs = self.inputs if plan.inputs is None else plan.inputs
         what = f"retried {tool}" if plan.action == "retry" else f"ran alternative tool {tool}"
         given = "the same inputs" if plan.inputs is None else "new inputs"
         self.deviations.append(f"recovery: {what} with {given}, as the model advised: {plan.reason}; {how}")
-        out = await self.call(tool, inputs, "#retry" if plan.action == "retry" else "#alt")
-        if out is not None:
-            return self.completed(tool, out)
-        return self.failed(f" (after the model's recovery, {plan.action} with {tool}: {plan.reason})")
+        return self.proposal(plan.action, tool, inputs, plan.reason)
+
+    def proposal(self, action: str, tool: str, inputs: dict[str, Any], reason: str) -> ProposalMade:
+        """The model's ``recover`` decision, for the validator, with the run so far."""
+        last = self.failures[-1]
+        return ProposalMade(
+            task_id=self.step.task_id,
+            step_id=self.step.id,
+            source="recover",
+            action=action,
+            tool=tool,
+            inputs=inputs,
+            reason=reason,
+            attempts=self.calls,
+            deviations=tuple(self.deviations),
+            tried=tuple(f.tool for f in self.failures),
+            error=last.error,
+            retryable=last.retryable,
+        )
 
     def completed(self, tool: str, output: dict[str, Any]) -> StepCompleted:
         """The step's completion with ``tool`` (the planned tool for a skipped step)."""
@@ -277,6 +311,52 @@ async def run_step(ctx: Context, state: WorkflowState, step: StepIntent, catalog
             run.deviations.append(f"used fallback tool {tool} instead of {step.tool}")
             return [run.completed(tool, out)]
     return [await run.recover()]
+
+
+def resumed(ctx: Context, state: WorkflowState, proposal: ProposalMade, catalog: Catalog | None) -> _StepRun:
+    """The run a proposal was made in, as it stood then (its calls, deviations and failures)."""
+    st = state.steps[proposal.step_id]
+    failures = [FailedCall(t, proposal.error, proposal.retryable) for t in proposal.tried]
+    return _StepRun(
+        ctx,
+        state,
+        st.step,
+        {},
+        catalog,
+        deviations=list(proposal.deviations),
+        failures=failures,
+        calls=proposal.attempts,
+    )
+
+
+async def run_proposal(
+    ctx: Context, state: WorkflowState, proposal: ProposalMade, catalog: Catalog | None
+) -> list[Event]:
+    """A proposal the validator cleared (and a person approved, if it had to): run it, once."""
+    run = resumed(ctx, state, proposal, catalog)
+    if proposal.action == "skip":
+        return [run.completed(run.step.tool, {})]
+    suffix = "#retry" if proposal.action == "retry" else "#alt"
+    out = await run.call(proposal.tool, dict(proposal.inputs), suffix)
+    if out is not None:
+        return [run.completed(proposal.tool, out)]
+    return [run.failed(f" (after the model's recovery, {proposal.action} with {proposal.tool}: {proposal.reason})")]
+
+
+def refused_proposal(state: WorkflowState, proposal: ProposalMade, checks: tuple[Check, ...]) -> list[Event]:
+    """A proposal the validator refused: the step fails as it would have without it, saying why."""
+    why = "; ".join(c.message for c in failed_checks(checks)) or "no reason given"
+    note = f" (the model's recovery, {proposal.action} with {proposal.tool}, was refused by the validator: {why})"
+    return [
+        StepFailed(
+            task_id=proposal.task_id,
+            step_id=proposal.step_id,
+            tool=state.steps[proposal.step_id].step.tool,
+            error=ErrorInfo(code=proposal.error.code, message=proposal.error.message + note),
+            retryable=proposal.retryable,
+            tried=proposal.tried,
+        )
+    ]
 
 
 # -- a dry run ---------------------------------------------------------------------------------
@@ -439,7 +519,25 @@ def make_spec(
                 st = state.steps.get(data.step_id)
                 if st is None or st.status != "approved" or not mine(state, st.step):
                     return []
-                return await run_step(ctx, state, st.step, pool_catalog(catalog, step_pool(state, st.step), pools))
+                tools = pool_catalog(catalog, step_pool(state, st.step), pools)
+                if st.proposal is not None:  # the model's proposal, cleared by the validator, approved
+                    return await run_proposal(ctx, state, st.proposal, tools)
+                return await run_step(ctx, state, st.step, tools)
+            case ProposalValidated():
+                st = state.steps.get(data.step_id)
+                if st is None or st.status != "cleared" or st.proposal is None or not mine(state, st.step):
+                    return []
+                if data.approval:
+                    reason = "; ".join(data.approval)
+                    step = proposed_step(st.proposal)
+                    return [ApprovalRequested(step=step, reason=reason, deadline=ctx.now() + approval_timeout)]
+                tools = pool_catalog(catalog, step_pool(state, st.step), pools)
+                return await run_proposal(ctx, state, st.proposal, tools)
+            case ProposalRejected():
+                st = state.steps.get(data.step_id)
+                if st is None or st.status != "refused" or st.proposal is None or not mine(state, st.step):
+                    return []
+                return refused_proposal(state, st.proposal, data.checks)
             case ApprovalDenied():
                 st = state.steps.get(data.step_id)
                 if st is None or st.status != "denied" or not mine(state, st.step):

@@ -36,6 +36,9 @@ from cadre.bus.events import (
     PlanProposed,
     PlanRejected,
     PlanValidated,
+    ProposalMade,
+    ProposalRejected,
+    ProposalValidated,
     StepCompleted,
     StepFailed,
     StepReady,
@@ -197,6 +200,9 @@ def make_spec(catalog: Catalog) -> ActorSpec:
                 | WorkflowFailed()
                 | EffectsRecorded()
                 | ForgedEvent()
+                | ProposalMade()
+                | ProposalValidated()
+                | ProposalRejected()
             ):
                 return []
 

@@ -241,6 +241,50 @@ class ForgedEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     signer: str | None = None
 
 
+class ProposalMade(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A model's decision about a step, proposed to the validator before anything runs.
+
+    ``source`` is the consultation (``recover``); ``action`` what it proposes (``retry`` a tried
+    tool, an ``alternative`` tool, ``skip`` the step); ``tool`` and ``inputs`` the call it would make.
+    The run so far travels with it (``attempts``, ``deviations``, the tools ``tried`` and the last
+    ``error``), so the agent picks the step up where it left it, whatever the verdict.
+    """
+
+    TYPE: ClassVar[str] = "proposal_made"
+    task_id: str
+    step_id: str
+    source: str
+    action: str
+    tool: str
+    inputs: dict[str, Any] = msgspec.field(default_factory=dict)
+    reason: str = ""
+    attempts: int = 0
+    deviations: tuple[str, ...] = ()
+    tried: tuple[str, ...] = ()
+    error: ErrorInfo
+    retryable: bool = False
+
+
+class ProposalValidated(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """The validator cleared a proposal (``proposal_id``: the ``proposal_made`` event); with
+    ``approval`` set it runs only once a person approves it, for the reasons given."""
+
+    TYPE: ClassVar[str] = "proposal_validated"
+    step_id: str
+    proposal_id: str
+    checks: tuple[Check, ...] = ()
+    approval: tuple[str, ...] = ()
+
+
+class ProposalRejected(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """The validator refused a proposal: nothing of it runs; the step takes its planned course."""
+
+    TYPE: ClassVar[str] = "proposal_rejected"
+    step_id: str
+    proposal_id: str
+    checks: tuple[Check, ...] = ()
+
+
 Event = (
     WorkflowRequested
     | PlanProposed
@@ -260,6 +304,9 @@ Event = (
     | EffectsRecorded
     | HandlerFailed
     | ForgedEvent
+    | ProposalMade
+    | ProposalValidated
+    | ProposalRejected
 )
 
 EVENT_TYPES: dict[str, type[Event]] = {
@@ -283,6 +330,9 @@ EVENT_TYPES: dict[str, type[Event]] = {
         EffectsRecorded,
         HandlerFailed,
         ForgedEvent,
+        ProposalMade,
+        ProposalValidated,
+        ProposalRejected,
     )
 }
 

@@ -21,6 +21,9 @@ from cadre.bus.events import (
     PlanProposed,
     PlanRejected,
     PlanValidated,
+    ProposalMade,
+    ProposalRejected,
+    ProposalValidated,
     StepCompleted,
     StepFailed,
     StepReady,
@@ -137,5 +140,13 @@ def _line(e: Envelope) -> str | list[str] | None:
             return f"dead      {e.actor} gave up on {d.input_type} after {d.attempts} attempts: {d.error.message}"
         case ForgedEvent():
             return f"FORGED    {e.actor} refused {d.input_type} (seq {d.input_seq}): {d.reason}"
+        case ProposalMade():
+            return f"proposal  {d.step_id}: the model proposes {d.action} with {d.tool} ({d.source}): {d.reason}"
+        case ProposalValidated():
+            wait = f"; waits for approval ({'; '.join(d.approval)})" if d.approval else ""
+            return f"cleared   the model's proposal for {d.step_id}{wait}"
+        case ProposalRejected():
+            bad = [c.message for c in d.checks if not c.passed and c.severity == "error"]
+            return f"refused   the model's proposal for {d.step_id}: " + "; ".join(bad)
         case StepsProposed() | EffectsRecorded():
             return None

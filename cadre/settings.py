@@ -176,6 +176,10 @@ class Settings(BaseSettings):
     reject_below: float | None = Field(
         default=None, ge=0, le=1, description="a plan or task confidence below this rejects the plan; unset = never"
     )
+    model_side_effects_need_approval: bool = Field(
+        default=True,
+        description="a tool with side effects that a model chose (a recovery) waits for a person's approval",
+    )
     plan_library: Path | None = Field(default=None, description="example plans (default: ./examples/plans)")
     library_threshold: float = Field(default=0.35, ge=0, le=1, description="similarity a library plan needs")
     library_max_learned: int = Field(

@@ -80,7 +80,11 @@ def system_specs(
     return live_specs(
         catalog,
         approval_timeout=timedelta(seconds=settings.approval_timeout_s),
-        limits=dataclasses.replace(settings.limits.to_limits(), reject_below=settings.reject_below),
+        limits=dataclasses.replace(
+            settings.limits.to_limits(),
+            reject_below=settings.reject_below,
+            model_side_effects_need_approval=settings.model_side_effects_need_approval,
+        ),
         approve_below=settings.approve_below,
         pools=pools_of(settings),
         agent_pool=agent_pool,

@@ -80,6 +80,7 @@ class Limits:
     max_steps_per_task: int = 10
     max_inputs_bytes: int = 64_000  # of one task's or step's inputs, encoded as JSON
     reject_below: float | None = None  # a plan or task confidence below this rejects the plan
+    model_side_effects_need_approval: bool = True  # a side-effect tool a model chose waits for a person
 
 
 class ValidationFailed(CadreError):

@@ -49,6 +49,9 @@ from cadre.bus.events import (
     PlanProposed,
     PlanRejected,
     PlanValidated,
+    ProposalMade,
+    ProposalRejected,
+    ProposalValidated,
     StepCompleted,
     StepFailed,
     StepReady,
@@ -416,6 +419,13 @@ def _event(
                 report.verdicts.append(_verdict(index, e, f"steps of task {data.step.task_id}", True, data.checks))
         case StepsRejected():
             report.verdicts.append(_verdict(index, e, f"steps of task {data.task_id}", False, data.checks))
+        case ProposalMade():
+            text = f"the model proposed {data.action} with {data.tool} ({data.source}): {data.reason}"
+            report.deviations.append(Deviation(index=index, scope=scope, text=text))
+        case ProposalValidated() | ProposalRejected():
+            passed = isinstance(data, ProposalValidated)
+            subject = f"the model's proposal for step {data.step_id}"
+            report.verdicts.append(_verdict(index, e, subject, passed, data.checks))
         case TaskReady():
             if data.attempt > 1:
                 t.retries += 1
@@ -611,7 +621,15 @@ def _scope(e: Envelope, by_id: dict[str, Envelope]) -> str:
             return "workflow"
         data = cause.data
     match data:
-        case StepCompleted() | StepFailed() | ApprovalGranted() | ApprovalDenied():
+        case (
+            StepCompleted()
+            | StepFailed()
+            | ApprovalGranted()
+            | ApprovalDenied()
+            | ProposalMade()
+            | ProposalValidated()
+            | ProposalRejected()
+        ):
             return f"step:{data.step_id}"
         case StepReady() | ApprovalRequested():
             return f"step:{data.step.id}"
@@ -672,6 +690,13 @@ def summary(data: Event) -> str:
             return f"gave up on {data.input_type} (seq {data.input_seq}) after {data.attempts}: {data.error.code}"
         case ForgedEvent():
             return f"refused {data.input_type} (seq {data.input_seq}) as {data.status}: {data.reason}"
+        case ProposalMade():
+            return f"{data.step_id}: {data.action} with {data.tool} ({data.source}): {data.reason}"
+        case ProposalValidated():
+            wait = f", waits for approval: {'; '.join(data.approval)}" if data.approval else ""
+            return f"{data.step_id}: proposal cleared ({len(data.checks)} checks){wait}"
+        case ProposalRejected():
+            return f"{data.step_id}: proposal refused: {_failed(data.checks)}"
     return ""
 
 

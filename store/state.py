@@ -29,6 +29,9 @@ from cadre.bus.events import (
     PlanProposed,
     PlanRejected,
     PlanValidated,
+    ProposalMade,
+    ProposalRejected,
+    ProposalValidated,
     StepCompleted,
     StepFailed,
     StepReady,
@@ -45,7 +48,18 @@ from cadre.store.records import Record, StoredEvent
 
 Status = Literal["new", "requested", "planned", "running", "completed", "failed"]
 TaskStatus = Literal["pending", "ready", "running", "completed", "failed"]
-StepStatus = Literal["proposed", "ready", "awaiting_approval", "approved", "denied", "completed", "failed"]
+StepStatus = Literal[
+    "proposed",
+    "ready",
+    "awaiting_approval",
+    "approved",
+    "denied",
+    "completed",
+    "failed",
+    "validating",  # a model's proposal for it waits for the validator's verdict
+    "cleared",  # the validator cleared the proposal
+    "refused",  # the validator refused the proposal
+]
 
 
 class StepState(msgspec.Struct, frozen=True, kw_only=True):
@@ -61,6 +75,10 @@ class StepState(msgspec.Struct, frozen=True, kw_only=True):
     simulated: bool = False
     would_need_approval: bool = False
     estimate: Estimated | None = None
+    # A model's decision about the step (``proposal_made``) and the id of that event, which the
+    # validator's verdict names; the step runs the proposal, not its plan, once it is cleared.
+    proposal: ProposalMade | None = None
+    proposal_id: str | None = None
 
 
 class TaskState(msgspec.Struct, frozen=True, kw_only=True):
@@ -193,6 +211,14 @@ def apply(state: WorkflowState, stored: StoredEvent) -> None:
             state.dead_letters += 1
         case ForgedEvent():
             state.forged += 1
+        case ProposalMade():
+            _step(state, data.step_id, status="validating", proposal=data, proposal_id=e.id)
+        case ProposalValidated():
+            if _proposed(state, data.step_id, data.proposal_id):
+                _step(state, data.step_id, status="cleared")
+        case ProposalRejected():
+            if _proposed(state, data.step_id, data.proposal_id):
+                _step(state, data.step_id, status="refused")
         case _:
             assert_never(data)
 
@@ -227,6 +253,12 @@ def _step(state: WorkflowState, step_id: str, **changes: Any) -> None:
     st = state.steps.get(step_id)
     if st is not None:
         state.steps[step_id] = msgspec.structs.replace(st, **changes)
+
+
+def _proposed(state: WorkflowState, step_id: str, proposal_id: str) -> bool:
+    """Whether ``proposal_id`` is the proposal the step waits on a verdict for."""
+    st = state.steps.get(step_id)
+    return st is not None and st.status == "validating" and st.proposal_id == proposal_id
 
 
 def _new_step(state: WorkflowState, step: StepIntent, **changes: Any) -> None:

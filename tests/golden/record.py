@@ -109,6 +109,18 @@ DRY_RUN_PLAN: dict[str, Any] = {
     ]
 }
 
+# The planned writer fails; the model's recovery picks fs.write with inputs it made up: a proposal.
+PROPOSAL_PLAN: dict[str, Any] = {
+    "nodes": [{"id": "save", "tool": "test.disk_full", "inputs": {"path": "out/report.txt", "content": "report"}}]
+}
+PICK_FS_WRITE: dict[str, Any] = {
+    "action": "alternative",
+    "tool": "fs.write",
+    "inputs": {"path": "out/elsewhere.txt", "content": "words the model invented"},
+    "reason": "the disk of the planned writer is full; write the file with fs.write instead",
+}
+PROPOSAL_SETTINGS: dict[str, Any] = {"tool_modules": ["tests.plugin_tools", "tests.proposal_tools"]}
+
 BAD_PLAN = {**MODEL_PLAN, "nodes": [{**MODEL_PLAN["nodes"][0], "tool": "sql.nonexistent"}]}
 
 SCENARIOS = (
@@ -193,6 +205,25 @@ SCENARIOS = (
         ),
         settings={"approval_tools": ["fs.write"], "tool_modules": ["tests.plugin_tools", "tests.dry_run_tools"]},
         model=(),
+    ),
+    Scenario(
+        "proposal_approved",
+        "the model's recovery picks fs.write with made-up inputs: the validator clears the proposal, it waits "
+        "for approval (a side effect the model chose), a person grants it and it runs",
+        approval(deny=False, plan=PROPOSAL_PLAN, step="save.s1"),
+        settings=PROPOSAL_SETTINGS,
+        model=(),
+        routes=(("emit_recovery", (ok(PICK_FS_WRITE),)),),
+    ),
+    Scenario(
+        "proposal_refused",
+        "fs.write is prohibited: the model's recovery picks it anyway, the validator refuses the proposal, "
+        "nothing is written and the step fails as planned",
+        submit({"plan": PROPOSAL_PLAN}),
+        settings={**PROPOSAL_SETTINGS, "prohibited_tools": ["fs.write"]},
+        model=(),
+        routes=(("emit_recovery", (ok(PICK_FS_WRITE),)),),
+        expect="failed",
     ),
     Scenario(
         "malformed_answer",
