@@ -59,6 +59,8 @@ from cadre.bus.events import (
 from cadre.bus.plan import Check, ErrorInfo, StepIntent
 from cadre.planner import pools as agent_pools
 from cadre.planner.catalog import Catalog, json_schema
+from cadre.planner.conditions import PRE_NAMES
+from cadre.planner.conditions import check as check_condition
 from cadre.planner.confidence import approval_reason
 from cadre.planner.placeholder import placeholder
 from cadre.planner.proposals import proposed_step
@@ -90,7 +92,9 @@ HANDLES = frozenset(
     }
 )
 
-POLICY_REFUSALS: Final = frozenset({"approval_denied", "prohibited", "outside_workspace", agent_pools.POOL_REFUSED})
+POLICY_REFUSALS: Final = frozenset(
+    {"approval_denied", "prohibited", "outside_workspace", agent_pools.POOL_REFUSED, "precondition_failed"}
+)
 """Failures a model must not work around: the step then fails as planned, without ``recover``."""
 
 T = TypeVar("T")
@@ -157,6 +161,19 @@ class _StepRun:
     failures: list[FailedCall] = field(default_factory=list)
     calls: int = 0
     can_skip: bool = False
+    conditions: list[Check] = field(default_factory=list)  # the checked conditions evaluated, in order
+
+    def preconditions(self) -> ErrorInfo | None:
+        """Check the step's preconditions on its resolved inputs (recorded); the first that does
+        not hold, as the step's error: its tool is then never called."""
+        for k, text in enumerate(self.step.pre):
+            outcome = check_condition(text, {"inputs": self.inputs}, PRE_NAMES)
+            said = f"precondition {text!r} " + ("holds" if outcome.passed else f"fails: {outcome.reason}")
+            self.conditions.append(Check(name="precondition", passed=outcome.passed, message=said, path=f"pre[{k}]"))
+            if not outcome.passed:
+                message = f"precondition {text!r} does not hold ({outcome.reason}); {self.step.tool} was not called"
+                return ErrorInfo(code="precondition_failed", message=message)
+        return None
 
     async def infer(self, kind: str, request: LLMRequest, validate: Callable[[dict[str, Any]], T]) -> Inferred[T]:
         return await self.ctx.infer(kind, request, validate, self.ctx.policy(self.state.request))
@@ -180,13 +197,34 @@ class _StepRun:
             return None
         missing = missing_outputs(out, self.step.expected_outputs) if self.catalog is not None else []
         if not missing:
-            return out
+            unmet = self.postconditions(tool, inputs, out)
+            if unmet is None:
+                return out
+            self.failed_call(FailedCall(tool, unmet))
+            return None
         problem = f"{tool} returned no {', '.join(missing)}, which the step expects"
         fixed, note = await self.interpret(tool, inputs, out, problem)
         if fixed is not None:
             return fixed
         self.failed_call(FailedCall(tool, ErrorInfo(code="missing_output", message=problem)), note)
         return None
+
+    def postconditions(self, tool: str, inputs: dict[str, Any], output: dict[str, Any]) -> ErrorInfo | None:
+        """Check ``tool``'s output against the step's postconditions and the tool's own (recorded);
+        the first that does not hold, as the call's error (None: all hold)."""
+        spec = self.catalog.get(tool) if self.catalog is not None else None
+        texts = (*self.step.post, *(spec.postconditions if spec is not None else ()))
+        unmet: ErrorInfo | None = None
+        values = {"inputs": inputs, "output": output}
+        for k, text in enumerate(texts):
+            outcome = check_condition(text, values)
+            where = f"post[{k}]" if k < len(self.step.post) else f"{tool}.postconditions[{k - len(self.step.post)}]"
+            said = f"{tool}: postcondition {text!r} " + ("holds" if outcome.passed else f"fails: {outcome.reason}")
+            self.conditions.append(Check(name="postcondition", passed=outcome.passed, message=said, path=where))
+            if not outcome.passed and unmet is None:
+                message = f"the output of {tool} fails the postcondition {text!r}: {outcome.reason}"
+                unmet = ErrorInfo(code="postcondition_failed", message=message)
+        return unmet
 
     def failed_call(self, failure: FailedCall, note: str = "") -> None:
         """Record a failed call (``note``: why the model did not save it, if it was asked)."""
@@ -279,6 +317,7 @@ class _StepRun:
             output=output,
             attempts=self.calls,
             deviations=tuple(self.deviations),
+            conditions=tuple(self.conditions),
         )
 
     def failed(self, note: str = "") -> StepFailed:
@@ -302,6 +341,9 @@ async def run_step(ctx: Context, state: WorkflowState, step: StepIntent, catalog
         error = ErrorInfo(code=exc.code, message=exc.message)
         return [StepFailed(task_id=step.task_id, step_id=step.id, tool=step.tool, error=error)]
     run = _StepRun(ctx, state, step, inputs, catalog, can_skip=skippable(state, step))
+    blocked = run.preconditions()
+    if blocked is not None:
+        return [StepFailed(task_id=step.task_id, step_id=step.id, tool=step.tool, error=blocked)]
     out = await run.call(step.tool, inputs)
     if out is not None:
         return [run.completed(step.tool, out)]

@@ -117,6 +117,9 @@ class StepCompleted(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     simulated: bool = False
     would_need_approval: bool = False
     estimate: Estimated | None = None
+    # The checked conditions the agent evaluated (``planner.conditions``): the step's preconditions,
+    # then each call's postconditions (the step's and its tool's defaults), passed or not, in order.
+    conditions: tuple[Check, ...] = ()
 
 
 class StepFailed(msgspec.Struct, frozen=True, kw_only=True, gc=False):

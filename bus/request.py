@@ -77,6 +77,16 @@ class TaskIn(_Strict):
         pattern=r"^[A-Za-z0-9_-]{1,64}$",
         description="the agent pool that runs the task (the policy file's pools); none: the agents without a pool",
     )
+    pre: list[str] = Field(
+        default_factory=list,
+        description="conditions (CEL over inputs) that must hold before the tool is called, e.g. "
+        "\"inputs.path.startsWith('reports/')\"; one that does not blocks the step",
+    )
+    post: list[str] = Field(
+        default_factory=list,
+        description="conditions (CEL over inputs and output) the tool's output must meet, e.g. "
+        '"size(output.rows) > 0"; one that does not fails the call',
+    )
 
 
 class PlanIn(_Strict):

@@ -35,10 +35,13 @@ class ToolSpec:
     safety: Safety = Safety.READ_ONLY
     requires_approval: bool = False
     timeout_s: float = 10.0
+    # Default postconditions (CEL over ``inputs`` and ``output``, ``planner.conditions``): every call
+    # of the tool is checked against them, on top of the step's own.
+    postconditions: tuple[str, ...] = ()
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready description (for prompts, ``cadre tools`` and docs)."""
-        return {
+        described: dict[str, Any] = {
             "name": self.name,
             "description": self.description,
             "safety": self.safety.value,
@@ -46,6 +49,9 @@ class ToolSpec:
             "input_schema": json_schema(self.input_model),
             "output_schema": json_schema(self.output_model),
         }
+        if self.postconditions:
+            described["postconditions"] = list(self.postconditions)
+        return described
 
 
 @functools.cache

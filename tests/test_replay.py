@@ -107,6 +107,7 @@ def test_the_golden_logs_cover_every_path() -> None:
         "dry_run",
         "proposal_approved",
         "proposal_refused",
+        "conditions",
     }
 
 

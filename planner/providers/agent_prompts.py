@@ -517,6 +517,16 @@ class StepOut(BaseModel):
     fallback_tools: list[str] = Field(
         default_factory=list, description="tools to try, in order, when the tool fails; each takes the same inputs"
     )
+    pre: list[str] = Field(
+        default_factory=list,
+        description="conditions in CEL over `inputs` that must hold before the tool runs, "
+        "e.g. \"inputs.path.startsWith('reports/')\"",
+    )
+    post: list[str] = Field(
+        default_factory=list,
+        description="conditions in CEL over `inputs` and `output` the tool's output must meet, "
+        'e.g. "size(output.rows) > 0" or "has(output.path)"',
+    )
 
 
 class StepsOut(BaseModel):
@@ -629,6 +639,8 @@ def _step_intent(task: Task, out: StepOut, index: int, attempt: int, catalog: Ca
         rollback=rollback,
         fallback_tools=tuple(out.fallback_tools),
         requires_approval=any(catalog[n].requires_approval for n in (out.tool, *out.fallback_tools) if n in catalog),
+        pre=(*task.pre, *out.pre),
+        post=(*task.post, *out.post),
     )
 
 

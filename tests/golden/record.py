@@ -121,6 +121,20 @@ PICK_FS_WRITE: dict[str, Any] = {
 }
 PROPOSAL_SETTINGS: dict[str, Any] = {"tool_modules": ["tests.plugin_tools", "tests.proposal_tools"]}
 
+# Checked conditions: a's postcondition holds; b's precondition does not, so b's tool is never called.
+CONDITIONS_PLAN: dict[str, Any] = {
+    "nodes": [
+        {"id": "a", "tool": "test.echo", "inputs": {"value": "hello"}, "post": ["output.value == 'hello'"]},
+        {
+            "id": "b",
+            "tool": "test.echo",
+            "depends_on": ["a"],
+            "inputs": {"value": "${a.value}"},
+            "pre": ["inputs.value.startsWith('bye')"],
+        },
+    ]
+}
+
 BAD_PLAN = {**MODEL_PLAN, "nodes": [{**MODEL_PLAN["nodes"][0], "tool": "sql.nonexistent"}]}
 
 SCENARIOS = (
@@ -223,6 +237,13 @@ SCENARIOS = (
         settings={**PROPOSAL_SETTINGS, "prohibited_tools": ["fs.write"]},
         model=(),
         routes=(("emit_recovery", (ok(PICK_FS_WRITE),)),),
+        expect="failed",
+    ),
+    Scenario(
+        "conditions",
+        "checked conditions: a's postcondition holds; b's precondition does not, so its tool is never called "
+        "and the workflow fails naming the condition",
+        submit({"plan": CONDITIONS_PLAN}),
         expect="failed",
     ),
     Scenario(
