@@ -48,6 +48,7 @@ from cadre.bus.events import (
     ApprovalDenied,
     ApprovalGranted,
     ApprovalRequested,
+    ConsultationWaiting,
     Event,
     ProposalMade,
     ProposalRejected,
@@ -89,6 +90,7 @@ HANDLES = frozenset(
         ApprovalDenied.TYPE,
         ProposalValidated.TYPE,
         ProposalRejected.TYPE,
+        ConsultationWaiting.TYPE,
     }
 )
 
@@ -162,6 +164,8 @@ class _StepRun:
     calls: int = 0
     can_skip: bool = False
     conditions: list[Check] = field(default_factory=list)  # the checked conditions evaluated, in order
+    wait_max_s: float = 0.0  # a rate-limited recover waits up to this long, once, then asks again
+    waited: bool = False  # it waited already
 
     def preconditions(self) -> ErrorInfo | None:
         """Check the step's preconditions on its resolved inputs (recorded); the first that does
@@ -262,7 +266,7 @@ class _StepRun:
         )
         return fallback_order(options, choice.choice)
 
-    async def recover(self) -> StepFailed | ProposalMade:
+    async def recover(self) -> StepFailed | ProposalMade | ConsultationWaiting:
         """Once every planned tool failed: the model's recovery as a proposal for the validator
         (nothing of it runs here), or the step's failure."""
         if self.catalog is None or any(f.error.code in POLICY_REFUSALS for f in self.failures):
@@ -274,6 +278,9 @@ class _StepRun:
             "recover", request, recover_validator(self.catalog, self.step, tried, skippable=can_skip)
         )
         plan = inferred.value
+        after = inferred.retry_after_s
+        if plan is None and after is not None and 0 < after <= self.wait_max_s and not self.waited:
+            return self.waiting("recover", after)
         if plan is None:
             return self.failed("" if inferred.declined else f" (recovery was tried: {inferred.describe()})")
         how = inferred.describe()
@@ -288,6 +295,22 @@ class _StepRun:
         given = "the same inputs" if plan.inputs is None else "new inputs"
         self.deviations.append(f"recovery: {what} with {given}, as the model advised: {plan.reason}; {how}")
         return self.proposal(plan.action, tool, inputs, plan.reason)
+
+    def waiting(self, call: str, after: float) -> ConsultationWaiting:
+        """Wait ``after`` seconds for the provider's rate limit, then ask ``call`` again (a durable timer)."""
+        last = self.failures[-1]
+        return ConsultationWaiting(
+            task_id=self.step.task_id,
+            step_id=self.step.id,
+            call=call,
+            until=self.ctx.now() + timedelta(seconds=after),
+            retry_after_s=after,
+            attempts=self.calls,
+            deviations=tuple(self.deviations),
+            tried=tuple(f.tool for f in self.failures),
+            error=last.error,
+            retryable=last.retryable,
+        )
 
     def proposal(self, action: str, tool: str, inputs: dict[str, Any], reason: str) -> ProposalMade:
         """The model's ``recover`` decision, for the validator, with the run so far."""
@@ -333,14 +356,17 @@ class _StepRun:
         )
 
 
-async def run_step(ctx: Context, state: WorkflowState, step: StepIntent, catalog: Catalog | None = None) -> list[Event]:
-    """Run ``step``: its tool, then its fallbacks, then (with ``catalog``) a recovery."""
+async def run_step(
+    ctx: Context, state: WorkflowState, step: StepIntent, catalog: Catalog | None = None, wait_max_s: float = 0.0
+) -> list[Event]:
+    """Run ``step``: its tool, then its fallbacks, then (with ``catalog``) a recovery (which waits
+    out a rate limit of up to ``wait_max_s``, once)."""
     try:
         inputs = resolve(step.inputs, upstream_outputs(state, step))
     except RefError as exc:
         error = ErrorInfo(code=exc.code, message=exc.message)
         return [StepFailed(task_id=step.task_id, step_id=step.id, tool=step.tool, error=error)]
-    run = _StepRun(ctx, state, step, inputs, catalog, can_skip=skippable(state, step))
+    run = _StepRun(ctx, state, step, inputs, catalog, can_skip=skippable(state, step), wait_max_s=wait_max_s)
     blocked = run.preconditions()
     if blocked is not None:
         return [StepFailed(task_id=step.task_id, step_id=step.id, tool=step.tool, error=blocked)]
@@ -355,15 +381,18 @@ async def run_step(ctx: Context, state: WorkflowState, step: StepIntent, catalog
     return [await run.recover()]
 
 
-def resumed(ctx: Context, state: WorkflowState, proposal: ProposalMade, catalog: Catalog | None) -> _StepRun:
-    """The run a proposal was made in, as it stood then (its calls, deviations and failures)."""
+def resumed(
+    ctx: Context, state: WorkflowState, proposal: ProposalMade | ConsultationWaiting, catalog: Catalog | None
+) -> _StepRun:
+    """The run a proposal (or a wait) was made in, as it stood then (its calls, deviations and failures)."""
     st = state.steps[proposal.step_id]
     failures = [FailedCall(t, proposal.error, proposal.retryable) for t in proposal.tried]
+    inputs = resolve(st.step.inputs, upstream_outputs(state, st.step))
     return _StepRun(
         ctx,
         state,
         st.step,
-        {},
+        inputs,
         catalog,
         deviations=list(proposal.deviations),
         failures=failures,
@@ -514,8 +543,13 @@ def make_spec(
     approve_below: float | None = None,
     pools: agent_pools.Pools | None = None,
     pool: str | None = agent_pools.EVERY_POOL,
+    rate_limit_wait_s: float = 0.0,
 ) -> ActorSpec:
     """The agent; given the tool ``catalog`` it consults the model too (module docstring).
+
+    A ``recover`` the budget denies for the provider's rate limit, with ``retry_after_s`` at most
+    ``rate_limit_wait_s``, waits that long once (``consultation_waiting``, a durable timer: the agent
+    defers it to its ``until``) and asks again; otherwise the step fails as without the model.
 
     A step whose task's (or plan's) confidence is below ``approve_below`` waits for approval.
     ``pools`` are the deployment's agent pools and ``pool`` the one this agent serves (None: the
@@ -547,7 +581,7 @@ def make_spec(
                 if reasons:
                     reason = "; ".join(reasons)
                     return [ApprovalRequested(step=st.step, reason=reason, deadline=ctx.now() + approval_timeout)]
-                return await run_step(ctx, state, st.step, tools)
+                return await run_step(ctx, state, st.step, tools, rate_limit_wait_s)
             case ApprovalRequested():
                 st = state.steps.get(data.step.id)
                 if st is not None and not mine(state, st.step):
@@ -564,7 +598,7 @@ def make_spec(
                 tools = pool_catalog(catalog, step_pool(state, st.step), pools)
                 if st.proposal is not None:  # the model's proposal, cleared by the validator, approved
                     return await run_proposal(ctx, state, st.proposal, tools)
-                return await run_step(ctx, state, st.step, tools)
+                return await run_step(ctx, state, st.step, tools, rate_limit_wait_s)
             case ProposalValidated():
                 st = state.steps.get(data.step_id)
                 if st is None or st.status != "cleared" or st.proposal is None or not mine(state, st.step):
@@ -575,6 +609,18 @@ def make_spec(
                     return [ApprovalRequested(step=step, reason=reason, deadline=ctx.now() + approval_timeout)]
                 tools = pool_catalog(catalog, step_pool(state, st.step), pools)
                 return await run_proposal(ctx, state, st.proposal, tools)
+            case ConsultationWaiting():
+                st = state.steps.get(data.step_id)
+                if st is None or st.status != "waiting" or st.wait_id != rec.event.id or not mine(state, st.step):
+                    return []  # asked again already
+                if ctx.now() < data.until:
+                    return Defer(until=data.until)
+                tools = pool_catalog(catalog, step_pool(state, st.step), pools)
+                run = resumed(ctx, state, data, tools)
+                run.waited, run.can_skip = True, skippable(state, st.step)
+                waited = f"waited {data.retry_after_s:g} s and asked again"
+                run.deviations.append(f"{data.call} was denied for the provider's rate limit; {waited}")
+                return [await run.recover()]
             case ProposalRejected():
                 st = state.steps.get(data.step_id)
                 if st is None or st.status != "refused" or st.proposal is None or not mine(state, st.step):

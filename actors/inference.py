@@ -86,6 +86,7 @@ class Inferred(Generic[T]):
     cost_usd: float = 0.0
     problems: tuple[str, ...] = ()
     declined: bool = False
+    retry_after_s: float | None = None  # denied for the provider's rate limit: when asking again may pass
 
     @property
     def ok(self) -> bool:

@@ -29,6 +29,7 @@ from cadre.bus.events import (
     ApprovalDenied,
     ApprovalGranted,
     ApprovalRequested,
+    ConsultationWaiting,
     EffectsRecorded,
     Event,
     ForgedEvent,
@@ -203,6 +204,7 @@ def make_spec(catalog: Catalog) -> ActorSpec:
                 | ProposalMade()
                 | ProposalValidated()
                 | ProposalRejected()
+                | ConsultationWaiting()
             ):
                 return []
 

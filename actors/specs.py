@@ -21,6 +21,7 @@ def live_specs(
     approve_below: float | None = None,
     pools: Pools | None = None,
     agent_pool: str | None = EVERY_POOL,
+    rate_limit_wait_s: float = 0.0,
 ) -> tuple[ActorSpec, ...]:
     """The event handlers of the planner, validator, decomposer and agent (in that order):
     what ``cadre/system.py`` runs and what a replay re-runs (a what-if with a changed catalog,
@@ -31,5 +32,12 @@ def live_specs(
         planner.make_spec(catalog),
         validator.make_spec(catalog, limits, pools),
         decomposer.make_spec(catalog, pools),
-        agent.make_spec(approval_timeout, catalog=catalog, approve_below=approve_below, pools=pools, pool=agent_pool),
+        agent.make_spec(
+            approval_timeout,
+            catalog=catalog,
+            approve_below=approve_below,
+            pools=pools,
+            pool=agent_pool,
+            rate_limit_wait_s=rate_limit_wait_s,
+        ),
     )

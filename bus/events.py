@@ -288,6 +288,27 @@ class ProposalRejected(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     checks: tuple[Check, ...] = ()
 
 
+class ConsultationWaiting(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A consultation the budget denied for the provider's rate limit waits ``retry_after_s``, until
+    ``until``, then asks again (a durable timer: the agent defers this event to ``until``).
+
+    ``call`` is the consultation (``recover``); the run so far travels with it, as on
+    ``proposal_made``, so the agent picks the step up where it left it.
+    """
+
+    TYPE: ClassVar[str] = "consultation_waiting"
+    task_id: str
+    step_id: str
+    call: str
+    until: datetime
+    retry_after_s: float
+    attempts: int = 0
+    deviations: tuple[str, ...] = ()
+    tried: tuple[str, ...] = ()
+    error: ErrorInfo
+    retryable: bool = False
+
+
 Event = (
     WorkflowRequested
     | PlanProposed
@@ -310,6 +331,7 @@ Event = (
     | ProposalMade
     | ProposalValidated
     | ProposalRejected
+    | ConsultationWaiting
 )
 
 EVENT_TYPES: dict[str, type[Event]] = {
@@ -336,6 +358,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ProposalMade,
         ProposalValidated,
         ProposalRejected,
+        ConsultationWaiting,
     )
 }
 

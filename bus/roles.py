@@ -20,7 +20,14 @@ EMITS: Mapping[str, tuple[str, ...]] = {
     ),
     "decomposer": ("steps_proposed", "steps_rejected"),
     # approval_denied: the deadline's denial (by=timeout) of an unanswered approval.
-    "agent": ("step_completed", "step_failed", "approval_requested", "approval_denied", "proposal_made"),
+    "agent": (
+        "step_completed",
+        "step_failed",
+        "approval_requested",
+        "approval_denied",
+        "proposal_made",
+        "consultation_waiting",
+    ),
     "approvals": ("approval_granted", "approval_denied"),
 }
 RUNTIME_EMITS = ("handler_failed", "effects_recorded", "forged_event")

@@ -14,6 +14,7 @@ from cadre.bus.events import (
     ApprovalDenied,
     ApprovalGranted,
     ApprovalRequested,
+    ConsultationWaiting,
     EffectsRecorded,
     Envelope,
     ForgedEvent,
@@ -140,6 +141,8 @@ def _line(e: Envelope) -> str | list[str] | None:
             return f"dead      {e.actor} gave up on {d.input_type} after {d.attempts} attempts: {d.error.message}"
         case ForgedEvent():
             return f"FORGED    {e.actor} refused {d.input_type} (seq {d.input_seq}): {d.reason}"
+        case ConsultationWaiting():
+            return f"waiting   {d.step_id}: {d.call} rate-limited; asks again in {d.retry_after_s:g} s"
         case ProposalMade():
             return f"proposal  {d.step_id}: the model proposes {d.action} with {d.tool} ({d.source}): {d.reason}"
         case ProposalValidated():

@@ -88,6 +88,7 @@ def system_specs(
         approve_below=settings.approve_below,
         pools=pools_of(settings),
         agent_pool=agent_pool,
+        rate_limit_wait_s=settings.rate_limit_wait_max_s,
     )
 
 

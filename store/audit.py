@@ -41,6 +41,7 @@ from cadre.bus.events import (
     ApprovalDenied,
     ApprovalGranted,
     ApprovalRequested,
+    ConsultationWaiting,
     EffectsRecorded,
     Envelope,
     Event,
@@ -419,6 +420,9 @@ def _event(
                 report.verdicts.append(_verdict(index, e, f"steps of task {data.step.task_id}", True, data.checks))
         case StepsRejected():
             report.verdicts.append(_verdict(index, e, f"steps of task {data.task_id}", False, data.checks))
+        case ConsultationWaiting():
+            text = f"{data.call} waited {data.retry_after_s:g} s for the provider's rate limit, then asked again"
+            report.deviations.append(Deviation(index=index, scope=scope, text=text))
         case ProposalMade():
             text = f"the model proposed {data.action} with {data.tool} ({data.source}): {data.reason}"
             report.deviations.append(Deviation(index=index, scope=scope, text=text))
@@ -629,6 +633,7 @@ def _scope(e: Envelope, by_id: dict[str, Envelope]) -> str:
             | ProposalMade()
             | ProposalValidated()
             | ProposalRejected()
+            | ConsultationWaiting()
         ):
             return f"step:{data.step_id}"
         case StepReady() | ApprovalRequested():
@@ -690,6 +695,9 @@ def summary(data: Event) -> str:
             return f"gave up on {data.input_type} (seq {data.input_seq}) after {data.attempts}: {data.error.code}"
         case ForgedEvent():
             return f"refused {data.input_type} (seq {data.input_seq}) as {data.status}: {data.reason}"
+        case ConsultationWaiting():
+            until = f"{data.until:%H:%M:%S}"
+            return f"{data.step_id}: {data.call} rate-limited; waits {data.retry_after_s:g} s, until {until}"
         case ProposalMade():
             return f"{data.step_id}: {data.action} with {data.tool} ({data.source}): {data.reason}"
         case ProposalValidated():

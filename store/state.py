@@ -23,6 +23,7 @@ from cadre.bus.events import (
     ApprovalDenied,
     ApprovalGranted,
     ApprovalRequested,
+    ConsultationWaiting,
     EffectsRecorded,
     ForgedEvent,
     HandlerFailed,
@@ -59,6 +60,7 @@ StepStatus = Literal[
     "validating",  # a model's proposal for it waits for the validator's verdict
     "cleared",  # the validator cleared the proposal
     "refused",  # the validator refused the proposal
+    "waiting",  # a consultation for it waits out the provider's rate limit (``consultation_waiting``)
 ]
 
 
@@ -79,6 +81,7 @@ class StepState(msgspec.Struct, frozen=True, kw_only=True):
     # validator's verdict names; the step runs the proposal, not its plan, once it is cleared.
     proposal: ProposalMade | None = None
     proposal_id: str | None = None
+    wait_id: str | None = None  # the consultation_waiting event the step waits on
 
 
 class TaskState(msgspec.Struct, frozen=True, kw_only=True):
@@ -211,6 +214,8 @@ def apply(state: WorkflowState, stored: StoredEvent) -> None:
             state.dead_letters += 1
         case ForgedEvent():
             state.forged += 1
+        case ConsultationWaiting():
+            _step(state, data.step_id, status="waiting", wait_id=e.id)
         case ProposalMade():
             _step(state, data.step_id, status="validating", proposal=data, proposal_id=e.id)
         case ProposalValidated():

@@ -108,6 +108,7 @@ def test_the_golden_logs_cover_every_path() -> None:
         "proposal_approved",
         "proposal_refused",
         "conditions",
+        "rate_limit_wait",
     }
 
 

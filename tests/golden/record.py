@@ -63,9 +63,9 @@ class Scenario:
     expect: str = "completed"
 
 
-def submit(body: dict[str, Any]) -> Drive:
+def submit(body: dict[str, Any], within: float = 20) -> Drive:
     async def drive(h: Harness) -> str:
-        return (await h.run(body)).workflow_id
+        return (await h.run(body, within=within)).workflow_id
 
     return drive
 
@@ -133,6 +133,22 @@ CONDITIONS_PLAN: dict[str, Any] = {
             "pre": ["inputs.value.startsWith('bye')"],
         },
     ]
+}
+
+# Two steps fail at once; the provider takes one call a minute, so the second recovery is denied for
+# the rate limit (retry_after_s about 60 s, under the deployment's 90 s bound): it waits, asks again.
+RATE_LIMITED_PLAN: dict[str, Any] = {
+    "nodes": [
+        {"id": "a", "tool": "test.flaky", "inputs": {"value": "a"}},
+        {"id": "b", "tool": "test.flaky", "inputs": {"value": "b"}},
+    ],
+    "output": "b",
+}
+RECOVER_WITH_ECHO: dict[str, Any] = {
+    "action": "alternative",
+    "tool": "test.echo",
+    "inputs": {"value": "echoed"},
+    "reason": "the flaky service is down; echo the value",
 }
 
 BAD_PLAN = {**MODEL_PLAN, "nodes": [{**MODEL_PLAN["nodes"][0], "tool": "sql.nonexistent"}]}
@@ -245,6 +261,18 @@ SCENARIOS = (
         "and the workflow fails naming the condition",
         submit({"plan": CONDITIONS_PLAN}),
         expect="failed",
+    ),
+    Scenario(
+        "rate_limit_wait",
+        "two recoveries at once, one call a minute: the second is denied for the rate limit, waits its "
+        "retry_after_s (a durable timer, under the 90 s bound) and asks again; both complete",
+        submit({"plan": RATE_LIMITED_PLAN}, within=150),
+        settings={
+            "rate_limits": {"anthropic": {"requests_per_minute": 1, "tokens_per_minute": 200_000}},
+            "rate_limit_wait_max_s": 90.0,
+        },
+        model=(),
+        routes=(("emit_recovery", (ok(RECOVER_WITH_ECHO), ok(RECOVER_WITH_ECHO))),),
     ),
     Scenario(
         "malformed_answer",
