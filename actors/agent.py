@@ -18,8 +18,11 @@ which decides by the workflow's intelligence level and mode, and recorded as eff
 * ``decide``: the planned tool failed and two or more fallbacks remain; the model picks the
   fallback tried first, the others keep their planned order;
 * ``interpret``: a tool's output was refused by its schema (``invalid_output``) or lacks a
-  field of the step's ``expected_outputs``; the model's corrected output completes the
-  step, and without one the call counts as the tool's failure;
+  field of the step's ``expected_outputs``; the model's corrected output is a proposal
+  (``proposal_made``, action ``output``) the validator checks (the tool's output model, the
+  expected fields, the size limit); cleared, it completes the step (if it meets the
+  postconditions); refused, or without one, the call counts as the tool's failure and the run
+  goes on with the remaining fallbacks, then a recovery;
 * ``recover``: every planned tool failed, for a reason other than a policy refusal
   (:data:`POLICY_REFUSALS`); the model chooses once: retry a tried tool, run an alternative
   tool, skip a step nothing uses (:func:`skippable`), or fail. The choice is a proposal
@@ -150,6 +153,14 @@ def fallback_order(fallbacks: tuple[str, ...], first: str) -> tuple[str, ...]:
 # -- running a step --------------------------------------------------------------------------
 
 
+class Proposed(Exception):
+    """A model's decision stops the run here: the step goes on once the validator has ruled."""
+
+    def __init__(self, proposal: ProposalMade) -> None:
+        super().__init__(proposal.step_id)
+        self.proposal = proposal
+
+
 @dataclass
 class _StepRun:
     """One run of a step: the calls made so far and how the run departed from the plan."""
@@ -165,6 +176,8 @@ class _StepRun:
     can_skip: bool = False
     conditions: list[Check] = field(default_factory=list)  # the checked conditions evaluated, in order
     wait_max_s: float = 0.0  # a rate-limited recover waits up to this long, once, then asks again
+    remaining: tuple[str, ...] | None = None  # the fallbacks after the current call (None: not ordered yet)
+    phase: str = "run"  # "recovery" while the recovery's call runs
     waited: bool = False  # it waited already
 
     def preconditions(self) -> ErrorInfo | None:
@@ -196,7 +209,7 @@ class _StepRun:
             if exc.error.code == "invalid_output" and exc.output is not None:
                 fixed, note = await self.interpret(tool, inputs, exc.output, exc.error.message)
                 if fixed is not None:
-                    return fixed
+                    raise Proposed(self.interpreted(tool, fixed, exc.error, exc.retryable)) from None
             self.failed_call(FailedCall(tool, exc.error, exc.retryable), note)
             return None
         missing = missing_outputs(out, self.step.expected_outputs) if self.catalog is not None else []
@@ -209,7 +222,7 @@ class _StepRun:
         problem = f"{tool} returned no {', '.join(missing)}, which the step expects"
         fixed, note = await self.interpret(tool, inputs, out, problem)
         if fixed is not None:
-            return fixed
+            raise Proposed(self.interpreted(tool, fixed, ErrorInfo(code="missing_output", message=problem)))
         self.failed_call(FailedCall(tool, ErrorInfo(code="missing_output", message=problem)), note)
         return None
 
@@ -296,6 +309,25 @@ class _StepRun:
         self.deviations.append(f"recovery: {what} with {given}, as the model advised: {plan.reason}; {how}")
         return self.proposal(plan.action, tool, inputs, plan.reason)
 
+    def interpreted(self, tool: str, output: dict[str, Any], error: ErrorInfo, retryable: bool = False) -> ProposalMade:
+        """The model's replacement of ``tool``'s output (which failed with ``error``), for the validator."""
+        return ProposalMade(
+            task_id=self.step.task_id,
+            step_id=self.step.id,
+            source="interpret",
+            action="output",
+            tool=tool,
+            reason=error.message,
+            attempts=self.calls,
+            deviations=tuple(self.deviations),
+            tried=tuple(f.tool for f in self.failures),
+            error=error,
+            retryable=retryable,
+            output=output,
+            remaining=self.remaining,
+            phase=self.phase,
+        )
+
     def waiting(self, call: str, after: float) -> ConsultationWaiting:
         """Wait ``after`` seconds for the provider's rate limit, then ask ``call`` again (a durable timer)."""
         last = self.failures[-1]
@@ -370,15 +402,49 @@ async def run_step(
     blocked = run.preconditions()
     if blocked is not None:
         return [StepFailed(task_id=step.task_id, step_id=step.id, tool=step.tool, error=blocked)]
-    out = await run.call(step.tool, inputs)
-    if out is not None:
-        return [run.completed(step.tool, out)]
-    for tool in await run.fallbacks():
-        out = await run.call(tool, inputs)
+    try:
+        out = await run.call(step.tool, inputs)
         if out is not None:
-            run.deviations.append(f"used fallback tool {tool} instead of {step.tool}")
-            return [run.completed(tool, out)]
-    return [await run.recover()]
+            return [run.completed(step.tool, out)]
+        return [await from_fallbacks(run, await run.fallbacks())]
+    except Proposed as stop:
+        return [stop.proposal]
+
+
+async def from_fallbacks(run: _StepRun, order: tuple[str, ...]) -> Event:
+    """Try the fallback tools in ``order``, then a recovery (a model's interpretation of an output
+    stops the run with a proposal: :class:`Proposed`)."""
+    for i, tool in enumerate(order):
+        run.remaining = order[i + 1 :]
+        out = await run.call(tool, run.inputs)
+        if out is not None:
+            run.deviations.append(f"used fallback tool {tool} instead of {run.step.tool}")
+            return run.completed(tool, out)
+    return await run.recover()
+
+
+async def after_interpretation(run: _StepRun, proposal: ProposalMade, refused: str | None) -> list[Event]:
+    """Go on after the validator ruled on the model's replacement output: cleared (``refused`` None)
+    and meeting the postconditions, it completes the step; otherwise the call counts as failed and
+    the run goes on where it stopped (the remaining fallbacks, then a recovery)."""
+    tool, output = proposal.tool, proposal.output or {}
+    try:
+        if refused is None:
+            unmet = run.postconditions(tool, dict(run.inputs), output)
+            if unmet is None:
+                if tool != run.step.tool and proposal.phase == "run":
+                    run.deviations.append(f"used fallback tool {tool} instead of {run.step.tool}")
+                return [run.completed(tool, output)]
+            run.failed_call(FailedCall(tool, unmet))
+        else:
+            note = f" (the model's interpretation was refused by the validator: {refused})"
+            run.failed_call(FailedCall(tool, proposal.error, proposal.retryable), note)
+        if proposal.phase == "recovery":
+            return [run.failed(" (after the model's recovery)")]
+        order = proposal.remaining if proposal.remaining is not None else await run.fallbacks()
+        return [await from_fallbacks(run, order)]
+    except Proposed as stop:
+        return [stop.proposal]
 
 
 def resumed(
@@ -405,10 +471,16 @@ async def run_proposal(
 ) -> list[Event]:
     """A proposal the validator cleared (and a person approved, if it had to): run it, once."""
     run = resumed(ctx, state, proposal, catalog)
+    if proposal.action == "output":
+        return await after_interpretation(run, proposal, None)
     if proposal.action == "skip":
         return [run.completed(run.step.tool, {})]
     suffix = "#retry" if proposal.action == "retry" else "#alt"
-    out = await run.call(proposal.tool, dict(proposal.inputs), suffix)
+    run.phase = "recovery"
+    try:
+        out = await run.call(proposal.tool, dict(proposal.inputs), suffix)
+    except Proposed as stop:
+        return [stop.proposal]
     if out is not None:
         return [run.completed(proposal.tool, out)]
     return [run.failed(f" (after the model's recovery, {proposal.action} with {proposal.tool}: {proposal.reason})")]
@@ -625,6 +697,12 @@ def make_spec(
                 st = state.steps.get(data.step_id)
                 if st is None or st.status != "refused" or st.proposal is None or not mine(state, st.step):
                     return []
+                if st.proposal.action == "output":  # the call failed after all: the run goes on
+                    tools = pool_catalog(catalog, step_pool(state, st.step), pools)
+                    run = resumed(ctx, state, st.proposal, tools)
+                    run.can_skip, run.wait_max_s = skippable(state, st.step), rate_limit_wait_s
+                    why = "; ".join(c.message for c in failed_checks(data.checks)) or "no reason given"
+                    return await after_interpretation(run, st.proposal, why)
                 return refused_proposal(state, st.proposal, data.checks)
             case ApprovalDenied():
                 st = state.steps.get(data.step_id)

@@ -93,6 +93,7 @@ def make_spec(catalog: Catalog, limits: Limits | None = None, pools: agent_pools
             upstream_ids=ids,
             pools=pools,
             skippable=skippable(state, st.step),
+            expected=st.step.expected_outputs,
         )
         pid = rec.event.id
         if passed_all(checks):

@@ -266,6 +266,13 @@ class ProposalMade(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     tried: tuple[str, ...] = ()
     error: ErrorInfo
     retryable: bool = False
+    # ``interpret`` (``action`` "output"): the model's replacement of ``tool``'s ``output``, refused by
+    # its schema or lacking a field the step expects (``error`` says which). ``remaining``: the
+    # fallback tools still to try if it is refused (None: not ordered yet); ``phase`` "recovery" when
+    # the call was a recovery's (nothing is left to try after it).
+    output: dict[str, Any] | None = None
+    remaining: tuple[str, ...] | None = None
+    phase: str = "run"
 
 
 class ProposalValidated(msgspec.Struct, frozen=True, kw_only=True, gc=False):

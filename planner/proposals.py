@@ -15,8 +15,11 @@ Check names added here: ``skip_allowed``, ``model_side_effect``.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
+
+import msgspec
+from pydantic import ValidationError
 
 from cadre.bus.events import ProposalMade
 from cadre.bus.plan import Check, StepIntent, Task
@@ -33,6 +36,43 @@ def proposed_step(proposal: ProposalMade) -> StepIntent:
     return StepIntent(id=proposal.step_id, task_id=proposal.task_id, tool=proposal.tool, inputs=proposal.inputs)
 
 
+def check_output(proposal: ProposalMade, catalog: Catalog, limits: Limits, expected: Sequence[str]) -> list[Check]:
+    """The model's replacement of a tool's output (``interpret``): valid for the tool's output
+    model (``output_valid``), with every field the step expects (``output_expected``), and within
+    the size limit of what a model may write (``output_size``: ``Limits.max_inputs_bytes``)."""
+    who = f"the model's output for step {proposal.step_id!r} ({proposal.tool})"
+    output = proposal.output if proposal.output is not None else {}
+    spec = catalog.get(proposal.tool)
+    if spec is None:
+        fix = "interpret only the output of a tool of the catalog"
+        return [Check(name="tool_exists", passed=False, message=f"{who}: no such tool", fix=fix, path="tool")]
+    checks: list[Check] = []
+    try:
+        spec.output_model.model_validate(output)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '$'}: {e['msg']}" for e in exc.errors())
+        fix = f"return an object of {spec.output_model.__name__}"
+        checks.append(Check(name="output_valid", passed=False, message=f"{who}: {problems}", fix=fix, path="output"))
+    else:
+        said = f"{who} matches {spec.output_model.__name__}"
+        checks.append(Check(name="output_valid", passed=True, message=said, path="output"))
+    missing = [name for name in expected if name not in output]
+    if missing:
+        said = f"{who} lacks {', '.join(missing)}, which the step expects"
+        fix = "include every expected field"
+        checks.append(Check(name="output_expected", passed=False, message=said, fix=fix, path="output"))
+    else:
+        checks.append(Check(name="output_expected", passed=True, message=f"{who} has every expected field"))
+    size = len(msgspec.json.encode(output))
+    if size > limits.max_inputs_bytes:
+        said = f"{who} takes {size} bytes as JSON; the limit is {limits.max_inputs_bytes}"
+        fix = "a model may not write outputs this large"
+        checks.append(Check(name="output_size", passed=False, message=said, fix=fix, path="output"))
+    else:
+        checks.append(Check(name="output_size", passed=True, message=f"{who} takes {size} bytes as JSON"))
+    return checks
+
+
 def check_proposal(
     proposal: ProposalMade,
     task: Task,
@@ -43,6 +83,7 @@ def check_proposal(
     upstream_ids: Collection[str] | None = None,
     pools: agent_pools.Pools | None = None,
     skippable: bool = False,
+    expected: Sequence[str] = (),
 ) -> tuple[list[Check], tuple[str, ...]]:
     """Every check of ``proposal`` (passed and failed) and, when it passes, why a person must
     approve it first (empty: it runs at once)."""
@@ -54,6 +95,8 @@ def check_proposal(
         said = f"{who}: the workflow uses the step's output, so it cannot be skipped"
         fix = "retry the step, run another tool, or let it fail"
         return [Check(name="skip_allowed", passed=False, message=said, fix=fix, path="action")], ()
+    if proposal.action == "output":
+        return check_output(proposal, catalog, limits, expected), ()
     if proposal.action not in CALLS:
         said = f"{who}: {proposal.action!r} is not a proposal the agent can carry out"
         return [Check(name="proposal_action", passed=False, message=said, fix="retry, alternative or skip")], ()

@@ -48,7 +48,8 @@ from cadre.store.state import fold
 from tests import proposal_tools
 from tests.proposal_tools import DISK_FULL
 from tests.scripted_provider import RecordedProvider
-from tests.test_dynamic_inference import HOUR, WF, answer, history, history_after
+from tests.test_dynamic_inference import CATALOG as DYN_CATALOG
+from tests.test_dynamic_inference import HOUR, WF, Run, answer, history, history_after, to_step
 from tests.test_dynamic_inference import budget as budget
 
 CATALOG = Catalog([*builtin_catalog().values(), DISK_FULL])
@@ -206,3 +207,55 @@ def test_a_skip_is_checked_against_what_the_workflow_uses() -> None:
     refused, _ = check_proposal(proposal, task, CATALOG, {}, Limits(), skippable=False)
     assert [(c.name, c.passed) for c in ok] == [("skip_allowed", True)]
     assert [(c.name, c.passed) for c in refused] == [("skip_allowed", False)]
+
+
+# -- interpret: the model's replacement of an output is a proposal too ---------------------------
+
+
+SLOPPY = Plan(nodes=(Task(id="c", tool="test.sloppy", inputs={"value": "three"}, fallback_tools=("test.count",)),))
+
+
+async def interpret_flow(tmp_path: Path, budget: BudgetClient, limits: Limits) -> tuple[Run, list[Event]]:
+    """test.sloppy answers in the wrong shape; the model's interpretation goes to the validator."""
+    run = Run(tmp_path, budget, [answer({"count": 5})])
+    events = to_step(SLOPPY, "c", level="intelligent")
+    spec = agent.make_spec(HOUR, catalog=DYN_CATALOG)
+    [proposal] = await run.handle(spec, events)
+    assert isinstance(proposal, ProposalMade)
+    assert (proposal.source, proposal.action, proposal.tool, proposal.output) == (
+        "interpret",
+        "output",
+        "test.sloppy",
+        {"count": 5, "unit": None},
+    )
+    assert (proposal.error.code, proposal.remaining) == ("invalid_output", None)
+    events += history_after(events, proposal)
+    [verdict] = await run.handle(validator.make_spec(DYN_CATALOG, limits), events)
+    events += history_after(events, verdict)
+    [out] = await run.handle(spec, events)
+    return run, [proposal, verdict, out]
+
+
+async def test_a_cleared_interpretation_completes_the_step(tmp_path: Path, budget: BudgetClient) -> None:
+    run, [_, verdict, done] = await interpret_flow(tmp_path, budget, Limits())
+    assert isinstance(verdict, ProposalValidated)
+    assert [c.name for c in verdict.checks] == ["output_valid", "output_expected", "output_size"]
+    assert isinstance(done, StepCompleted)
+    assert (done.tool, done.output) == ("test.sloppy", {"count": 5, "unit": None})
+    assert run.tools.keys == [f"{WF}/c.s1:test.sloppy"]
+
+
+async def test_a_refused_interpretation_fails_the_call_and_the_run_goes_on(
+    tmp_path: Path, budget: BudgetClient
+) -> None:
+    run, [_, verdict, done] = await interpret_flow(tmp_path, budget, Limits(max_inputs_bytes=10))
+    assert isinstance(verdict, ProposalRejected)
+    [bad] = [c for c in verdict.checks if not c.passed]
+    assert (bad.name, bad.message) == (
+        "output_size",
+        "the model's output for step 'c.s1' (test.sloppy) takes 23 bytes as JSON; the limit is 10",
+    )
+    assert isinstance(done, StepCompleted)  # the planned fallback, as without the model
+    assert (done.tool, done.output) == ("test.count", {"count": 5, "unit": None})
+    assert run.tools.keys == [f"{WF}/c.s1:test.sloppy", f"{WF}/c.s1:test.count"]
+    assert "the model's interpretation was refused by the validator: the model's output" in done.deviations[1]

@@ -109,6 +109,7 @@ def test_the_golden_logs_cover_every_path() -> None:
         "proposal_refused",
         "conditions",
         "rate_limit_wait",
+        "interpret_proposal",
     }
 
 

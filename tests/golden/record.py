@@ -275,6 +275,19 @@ SCENARIOS = (
         routes=(("emit_recovery", (ok(RECOVER_WITH_ECHO), ok(RECOVER_WITH_ECHO))),),
     ),
     Scenario(
+        "interpret_proposal",
+        "test.sloppy answers in the wrong shape; the model's corrected output is a proposal the validator clears, "
+        "and it completes the step",
+        submit(
+            {
+                "plan": {"nodes": [{"id": "c", "tool": "test.sloppy", "inputs": {"value": "three"}}]},
+                "intelligence": "intelligent",
+            }
+        ),
+        model=(),
+        routes=(("emit_tool_output", (ok({"count": 5}),)),),
+    ),
+    Scenario(
         "malformed_answer",
         "the model answers with text twice (no JSON): no repair helps, the library plans",
         submit({"request": LIBRARY_REQUEST}),
