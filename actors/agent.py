@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Final, TypeVar
 
+from cadre.actors import compensation
 from cadre.actors.context import Context, Inferred, ToolFailure
 from cadre.actors.outcome import Defer, Outcome
 from cadre.actors.runtime import ActorSpec
@@ -51,11 +52,13 @@ from cadre.bus.events import (
     ApprovalDenied,
     ApprovalGranted,
     ApprovalRequested,
+    CompensationStarted,
     ConsultationWaiting,
     Event,
     ProposalMade,
     ProposalRejected,
     ProposalValidated,
+    StepCompensated,
     StepCompleted,
     StepFailed,
     StepReady,
@@ -88,6 +91,8 @@ from cadre.store.state import WorkflowState
 HANDLES = frozenset(
     {
         StepReady.TYPE,
+        CompensationStarted.TYPE,
+        StepCompensated.TYPE,
         ApprovalRequested.TYPE,
         ApprovalGranted.TYPE,
         ApprovalDenied.TYPE,
@@ -637,6 +642,13 @@ def make_spec(
         data = rec.event.data
         if state.done:
             return []
+        if compensation.frozen(state):  # the workflow undoes its steps: nothing else moves
+            if not isinstance(data, CompensationStarted | StepCompensated):
+                return []
+            st = compensation.next_to_undo(state)
+            if st is None or not mine(state, st.step):
+                return []
+            return [await compensation.undo(ctx, state, st, catalog)]
         match data:
             case StepReady():
                 st = state.steps.get(data.step.id)

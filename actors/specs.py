@@ -22,6 +22,7 @@ def live_specs(
     pools: Pools | None = None,
     agent_pool: str | None = EVERY_POOL,
     rate_limit_wait_s: float = 0.0,
+    on_failure: str = "fail",
 ) -> tuple[ActorSpec, ...]:
     """The event handlers of the planner, validator, decomposer and agent (in that order):
     what ``cadre/system.py`` runs and what a replay re-runs (a what-if with a changed catalog,
@@ -29,7 +30,7 @@ def live_specs(
     confidence thresholds (:mod:`planner.confidence`); ``agent_pool``: the pool the agent serves
     (``actors.agent``; a replay's agent serves every pool)."""
     return (
-        planner.make_spec(catalog),
+        planner.make_spec(catalog, on_failure),
         validator.make_spec(catalog, limits, pools),
         decomposer.make_spec(catalog, pools),
         agent.make_spec(

@@ -41,7 +41,7 @@ def make_spec(catalog: Catalog, limits: Limits | None = None, pools: agent_pools
 
     async def handle(ctx: Context, rec: StoredEvent, state: WorkflowState) -> Outcome:
         data = rec.event.data
-        if state.done:
+        if state.done or state.status == "compensating":
             return []
         if isinstance(data, PlanProposed):
             if data.revision != state.revision:

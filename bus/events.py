@@ -54,6 +54,7 @@ class WorkflowRequested(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     mode: str | None = None
     idempotency_key: str | None = None
     dry_run: bool = False  # plan, validate and decompose for real; simulate every step (no tool runs)
+    on_failure: str | None = None  # "compensate": undo the completed steps if it fails (None: the deployment's)
 
 
 class PlanProposed(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -148,6 +149,10 @@ class WorkflowFailed(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     reason: str
     message: str
     task_id: str | None = None
+    # After compensation (``on_failure: compensate``): the steps undone, in the order undone, and the
+    # completed steps that were not (no compensating tool, or it failed).
+    compensated: tuple[str, ...] = ()
+    not_undone: tuple[str, ...] = ()
 
 
 class TaskReady(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -316,6 +321,29 @@ class ConsultationWaiting(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     retryable: bool = False
 
 
+class CompensationStarted(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """The workflow failed (``reason``, ``message``, ``task_id`` as its ``workflow_failed`` will say) and
+    compensates: ``steps`` are undone one after another, in reverse order of completion, by their
+    tools' compensating tools; ``not_undone`` are the completed steps whose tool has none."""
+
+    TYPE: ClassVar[str] = "compensation_started"
+    reason: str
+    message: str
+    task_id: str | None = None
+    steps: tuple[str, ...] = ()
+    not_undone: tuple[str, ...] = ()
+
+
+class StepCompensated(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A completed step was undone by ``tool`` (its ``output``), or could not be (``error``)."""
+
+    TYPE: ClassVar[str] = "step_compensated"
+    step_id: str
+    tool: str
+    output: dict[str, Any] | None = None
+    error: ErrorInfo | None = None
+
+
 Event = (
     WorkflowRequested
     | PlanProposed
@@ -339,6 +367,8 @@ Event = (
     | ProposalValidated
     | ProposalRejected
     | ConsultationWaiting
+    | CompensationStarted
+    | StepCompensated
 )
 
 EVENT_TYPES: dict[str, type[Event]] = {
@@ -366,6 +396,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ProposalValidated,
         ProposalRejected,
         ConsultationWaiting,
+        CompensationStarted,
+        StepCompensated,
     )
 }
 

@@ -119,6 +119,11 @@ class RequestIn(_Strict):
     idempotency_key: str | None = Field(
         default=None, min_length=1, max_length=200, description="resubmitting with the same key returns the same run"
     )
+    on_failure: Literal["fail", "compensate"] | None = Field(
+        default=None,
+        description="compensate: if the workflow fails, undo its completed steps (last first) before it "
+        "ends as failed; unset: the deployment's on_failure",
+    )
     dry_run: bool = Field(
         default=False,
         description="plan, validate and decompose, then simulate the steps: no tool runs, no model is consulted "
@@ -173,6 +178,7 @@ def parse_request(data: bytes) -> WorkflowRequested:
         mode=model.mode,
         idempotency_key=model.idempotency_key,
         dry_run=model.dry_run,
+        on_failure=model.on_failure,
     )
 
 

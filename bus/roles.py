@@ -9,7 +9,14 @@ from typing import Final
 # Which event types each writer emits (docs/architecture.md, "Flow of one workflow").
 EMITS: Mapping[str, tuple[str, ...]] = {
     "intake": ("workflow_requested",),
-    "planner": ("plan_proposed", "task_ready", "step_ready", "workflow_completed", "workflow_failed"),
+    "planner": (
+        "plan_proposed",
+        "task_ready",
+        "step_ready",
+        "workflow_completed",
+        "workflow_failed",
+        "compensation_started",
+    ),
     "validator": (
         "plan_validated",
         "plan_rejected",
@@ -27,6 +34,7 @@ EMITS: Mapping[str, tuple[str, ...]] = {
         "approval_denied",
         "proposal_made",
         "consultation_waiting",
+        "step_compensated",
     ),
     "approvals": ("approval_granted", "approval_denied"),
 }

@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -65,6 +65,7 @@ class PolicyFile(BaseModel):
     approve_below: float | None = Field(default=None, ge=0, le=1)
     reject_below: float | None = Field(default=None, ge=0, le=1)
     model_side_effects_need_approval: bool | None = None
+    on_failure: Literal["fail", "compensate"] | None = None
     pools: dict[str, AgentPool] | None = None
 
     @field_validator("pools")

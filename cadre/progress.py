@@ -14,6 +14,7 @@ from cadre.bus.events import (
     ApprovalDenied,
     ApprovalGranted,
     ApprovalRequested,
+    CompensationStarted,
     ConsultationWaiting,
     EffectsRecorded,
     Envelope,
@@ -25,6 +26,7 @@ from cadre.bus.events import (
     ProposalMade,
     ProposalRejected,
     ProposalValidated,
+    StepCompensated,
     StepCompleted,
     StepFailed,
     StepReady,
@@ -141,6 +143,12 @@ def _line(e: Envelope) -> str | list[str] | None:
             return f"dead      {e.actor} gave up on {d.input_type} after {d.attempts} attempts: {d.error.message}"
         case ForgedEvent():
             return f"FORGED    {e.actor} refused {d.input_type} (seq {d.input_seq}): {d.reason}"
+        case CompensationStarted():
+            return f"undoing  {', '.join(d.steps)} (last first), as the request asks; the workflow failed: {d.message}"
+        case StepCompensated():
+            if d.error is not None:
+                return f"not undone {d.step_id}: {d.error.code}: {d.error.message}"
+            return f"undone    {d.step_id} with {d.tool}: {_short(d.output, 70)}"
         case ConsultationWaiting():
             return f"waiting   {d.step_id}: {d.call} rate-limited; asks again in {d.retry_after_s:g} s"
         case ProposalMade():

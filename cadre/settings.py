@@ -176,6 +176,11 @@ class Settings(BaseSettings):
     reject_below: float | None = Field(
         default=None, ge=0, le=1, description="a plan or task confidence below this rejects the plan; unset = never"
     )
+    on_failure: Literal["fail", "compensate"] = Field(
+        default="fail",
+        description="what a failing workflow does when its request does not say: fail, or compensate "
+        "(undo its completed steps, last first, then fail)",
+    )
     rate_limit_wait_max_s: float = Field(
         default=5.0,
         ge=0,

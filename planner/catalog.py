@@ -38,6 +38,9 @@ class ToolSpec:
     # Default postconditions (CEL over ``inputs`` and ``output``, ``planner.conditions``): every call
     # of the tool is checked against them, on top of the step's own.
     postconditions: tuple[str, ...] = ()
+    # The tool that undoes a completed call (a workflow with ``on_failure: compensate``, when it fails):
+    # it takes ``CompensationInput`` (``planner.builtin_tools``). None: the tool's effect is not undone.
+    compensation: str | None = None
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready description (for prompts, ``cadre tools`` and docs)."""

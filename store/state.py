@@ -23,6 +23,7 @@ from cadre.bus.events import (
     ApprovalDenied,
     ApprovalGranted,
     ApprovalRequested,
+    CompensationStarted,
     ConsultationWaiting,
     EffectsRecorded,
     ForgedEvent,
@@ -33,6 +34,7 @@ from cadre.bus.events import (
     ProposalMade,
     ProposalRejected,
     ProposalValidated,
+    StepCompensated,
     StepCompleted,
     StepFailed,
     StepReady,
@@ -47,7 +49,7 @@ from cadre.bus.events import (
 from cadre.bus.plan import Check, ErrorInfo, Plan, StepIntent, Task
 from cadre.store.records import Record, StoredEvent
 
-Status = Literal["new", "requested", "planned", "running", "completed", "failed"]
+Status = Literal["new", "requested", "planned", "running", "compensating", "completed", "failed"]
 TaskStatus = Literal["pending", "ready", "running", "completed", "failed"]
 StepStatus = Literal[
     "proposed",
@@ -82,6 +84,8 @@ class StepState(msgspec.Struct, frozen=True, kw_only=True):
     proposal: ProposalMade | None = None
     proposal_id: str | None = None
     wait_id: str | None = None  # the consultation_waiting event the step waits on
+    # Compensation (``step_compensated``): True once undone, False when its compensation failed.
+    compensated: bool | None = None
 
 
 class TaskState(msgspec.Struct, frozen=True, kw_only=True):
@@ -122,6 +126,10 @@ class WorkflowState(msgspec.Struct, kw_only=True):
     last_data: bytes = b""
     started_at: datetime | None = None
     ended_at: datetime | None = None
+    # The steps completed for real (not simulated), in the order they completed (a tuple: replaced,
+    # never changed in place, so forked states do not share changes).
+    completed_steps: tuple[str, ...] = ()
+    compensation: CompensationStarted | None = None  # the workflow failed and undoes its steps
 
     @property
     def done(self) -> bool:
@@ -191,6 +199,8 @@ def apply(state: WorkflowState, stored: StoredEvent) -> None:
                 would_need_approval=data.would_need_approval,
                 estimate=data.estimate,
             )
+            if not data.simulated:
+                state.completed_steps = (*state.completed_steps, data.step_id)
             # A task is complete when the last step of its current attempt is: its output is that step's.
             t = state.tasks.get(data.task_id)
             if t is not None and t.step_ids and t.step_ids[-1] == data.step_id and t.status == "running":
@@ -216,6 +226,11 @@ def apply(state: WorkflowState, stored: StoredEvent) -> None:
             state.forged += 1
         case ConsultationWaiting():
             _step(state, data.step_id, status="waiting", wait_id=e.id)
+        case CompensationStarted():
+            state.status = "compensating"
+            state.compensation = data
+        case StepCompensated():
+            _step(state, data.step_id, compensated=data.error is None)
         case ProposalMade():
             _step(state, data.step_id, status="validating", proposal=data, proposal_id=e.id)
         case ProposalValidated():

@@ -110,6 +110,7 @@ def test_the_golden_logs_cover_every_path() -> None:
         "conditions",
         "rate_limit_wait",
         "interpret_proposal",
+        "compensated",
     }
 
 

@@ -288,6 +288,30 @@ SCENARIOS = (
         routes=(("emit_tool_output", (ok({"count": 5}),)),),
     ),
     Scenario(
+        "compensated",
+        "on_failure: compensate: two fs.write steps and an echo complete, the last task fails; the writes are "
+        "undone last first by fs.restore, the echo is listed as not undone, the workflow ends failed",
+        submit(
+            {
+                "on_failure": "compensate",
+                "plan": {
+                    "nodes": [
+                        {"id": "w1", "tool": "fs.write", "inputs": {"path": "c/a.txt", "content": "new a"}},
+                        {
+                            "id": "w2",
+                            "tool": "fs.write",
+                            "depends_on": ["w1"],
+                            "inputs": {"path": "c/a.txt", "content": " and b", "mode": "append"},
+                        },
+                        {"id": "e", "tool": "test.echo", "depends_on": ["w2"], "inputs": {"value": "v"}},
+                        {"id": "x", "tool": "test.flaky", "depends_on": ["e"], "inputs": {"value": "v"}},
+                    ]
+                },
+            }
+        ),
+        expect="failed",
+    ),
+    Scenario(
         "malformed_answer",
         "the model answers with text twice (no JSON): no repair helps, the library plans",
         submit({"request": LIBRARY_REQUEST}),
