@@ -92,7 +92,9 @@ def finished(state: WorkflowState) -> list[Event]:
         return []
     done = tuple(sid for sid in c.steps if settled.get(sid))
     failed = tuple(sid for sid in c.steps if settled.get(sid) is False)
-    not_undone = (*c.not_undone, *failed)
+    # A step that was running when the compensation started and completed meanwhile is not undone either.
+    late = tuple(sid for sid in state.completed_steps if sid not in c.steps and sid not in c.not_undone)
+    not_undone = (*c.not_undone, *failed, *late)
     said = f"; compensated: undid {', '.join(done) or 'nothing'}"
     if not_undone:
         said += f"; not undone: {', '.join(not_undone)}"

@@ -12,15 +12,27 @@ from typing import Any
 import pytest
 from nats.aio.client import Client as NATS
 
+from cadre.actors import compensation
 from cadre.actors.tools import ToolCall, ToolConfig, ToolError
 from cadre.actors.tools.fs import fs_restore, fs_write
-from cadre.bus.events import CompensationStarted, StepCompensated, WorkflowFailed
+from cadre.bus.events import (
+    CompensationStarted,
+    PlanProposed,
+    StepCompensated,
+    StepCompleted,
+    StepsProposed,
+    TaskReady,
+    WorkflowFailed,
+    WorkflowRequested,
+)
+from cadre.bus.plan import Plan, StepIntent, Task
 from cadre.planner.builtin_tools import CompensationInput, FsWriteInput
 from cadre.store import JetStreamLog
 from cadre.store.audit import audit
 from cadre.store.records import StoredEvent
 from cadre.store.state import fold
 from tests.compensation_tools import UNDO_LOG
+from tests.conftest import ev
 from tests.system_harness import cadre_running, settings_for
 from tests.test_processes import Cluster, cluster  # noqa: F401  (the fixture)
 
@@ -146,3 +158,31 @@ async def test_killed_during_compensation_each_step_is_undone_once(nc: NATS, clu
     assert undone[0].output == {"already_done": True}  # the redelivered compensation found its marker
     [failed] = [e.event.data for e in events if isinstance(e.event.data, WorkflowFailed)]
     assert failed.compensated == ("n.s1", "w2.s1", "w1.s1")
+
+
+def test_a_step_that_completes_while_compensating_is_listed_as_not_undone() -> None:
+
+    plan = Plan(nodes=(Task(id="w", tool="fs.write"), Task(id="s", tool="test.echo")))
+    payloads = [
+        StepCompleted(task_id="w", step_id="w.s1", tool="fs.write", planned_tool="fs.write"),
+        CompensationStarted(reason="task_failed", message="x failed", steps=("w.s1",)),
+        StepCompleted(task_id="s", step_id="s.s1", tool="test.echo", planned_tool="test.echo"),  # was running
+        StepCompensated(step_id="w.s1", tool="fs.restore", output={}),
+    ]
+
+    setup = [
+        WorkflowRequested(plan=plan, on_failure="compensate"),
+        PlanProposed(plan=plan),
+        TaskReady(task=plan.nodes[0]),
+        TaskReady(task=plan.nodes[1]),
+        StepsProposed(task_id="w", steps=(StepIntent(id="w.s1", task_id="w", tool="fs.write"),)),
+        StepsProposed(task_id="s", steps=(StepIntent(id="s.s1", task_id="s", tool="test.echo"),)),
+    ]
+    records = []
+    for seq, data in enumerate([*setup, *payloads], start=1):
+        env = ev(data, "wf-c", i=seq)
+        records.append(StoredEvent(seq, f"t.evt.wf-c.{env.type}", env, b""))
+    state = fold("wf-c", records)
+    [failed] = compensation.finished(state)
+    assert isinstance(failed, WorkflowFailed)
+    assert (failed.compensated, failed.not_undone) == (("w.s1",), ("s.s1",))
