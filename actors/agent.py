@@ -18,11 +18,18 @@ which decides by the workflow's intelligence level and mode, and recorded as eff
 * ``decide``: the planned tool failed and two or more fallbacks remain; the model picks the
   fallback tried first, the others keep their planned order;
 * ``interpret``: a tool's output was refused by its schema (``invalid_output``) or lacks a
-  field of the step's ``expected_outputs``; the model's corrected output completes the
-  step, and without one the call counts as the tool's failure;
+  field of the step's ``expected_outputs``; the model's corrected output is a proposal
+  (``proposal_made``, action ``output``) the validator checks (the tool's output model, the
+  expected fields, the size limit); cleared, it completes the step (if it meets the
+  postconditions); refused, or without one, the call counts as the tool's failure and the run
+  goes on with the remaining fallbacks, then a recovery;
 * ``recover``: every planned tool failed, for a reason other than a policy refusal
   (:data:`POLICY_REFUSALS`); the model chooses once: retry a tried tool, run an alternative
-  tool, skip a step nothing uses (:func:`skippable`), or fail. The choice runs once.
+  tool, skip a step nothing uses (:func:`skippable`), or fail. The choice is a proposal
+  (``proposal_made``), not an action: the validator checks it as a step (``planner.proposals``)
+  and only a ``proposal_validated`` one runs, once, after a person's approval when the verdict
+  asks for one (a side-effect tool the model chose); a ``proposal_rejected`` one fails the step
+  as planned, with the verdict in its message.
 
 Without an answer the step runs as planned. A consultation the workflow does not allow (its
 level or mode) or that has no model leaves no trace in the outcome; any other miss (a
@@ -37,6 +44,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Final, TypeVar
 
+from cadre.actors import compensation
 from cadre.actors.context import Context, Inferred, ToolFailure
 from cadre.actors.outcome import Defer, Outcome
 from cadre.actors.runtime import ActorSpec
@@ -44,16 +52,25 @@ from cadre.bus.events import (
     ApprovalDenied,
     ApprovalGranted,
     ApprovalRequested,
+    CompensationStarted,
+    ConsultationWaiting,
     Event,
+    ProposalMade,
+    ProposalRejected,
+    ProposalValidated,
+    StepCompensated,
     StepCompleted,
     StepFailed,
     StepReady,
 )
-from cadre.bus.plan import ErrorInfo, StepIntent
+from cadre.bus.plan import Check, ErrorInfo, StepIntent
 from cadre.planner import pools as agent_pools
 from cadre.planner.catalog import Catalog, json_schema
+from cadre.planner.conditions import PRE_NAMES
+from cadre.planner.conditions import check as check_condition
 from cadre.planner.confidence import approval_reason
 from cadre.planner.placeholder import placeholder
+from cadre.planner.proposals import proposed_step
 from cadre.planner.providers.agent_prompts import (
     FailedCall,
     decide_request,
@@ -67,12 +84,27 @@ from cadre.planner.providers.agent_prompts import (
 from cadre.planner.providers.base import LLMRequest
 from cadre.planner.refs import RefError, find_refs, resolve, with_step_outputs
 from cadre.planner.scheduler import topo_order
+from cadre.planner.validation import failed as failed_checks
 from cadre.store.records import StoredEvent
 from cadre.store.state import WorkflowState
 
-HANDLES = frozenset({StepReady.TYPE, ApprovalRequested.TYPE, ApprovalGranted.TYPE, ApprovalDenied.TYPE})
+HANDLES = frozenset(
+    {
+        StepReady.TYPE,
+        CompensationStarted.TYPE,
+        StepCompensated.TYPE,
+        ApprovalRequested.TYPE,
+        ApprovalGranted.TYPE,
+        ApprovalDenied.TYPE,
+        ProposalValidated.TYPE,
+        ProposalRejected.TYPE,
+        ConsultationWaiting.TYPE,
+    }
+)
 
-POLICY_REFUSALS: Final = frozenset({"approval_denied", "prohibited", "outside_workspace", agent_pools.POOL_REFUSED})
+POLICY_REFUSALS: Final = frozenset(
+    {"approval_denied", "prohibited", "outside_workspace", agent_pools.POOL_REFUSED, "precondition_failed"}
+)
 """Failures a model must not work around: the step then fails as planned, without ``recover``."""
 
 T = TypeVar("T")
@@ -126,6 +158,14 @@ def fallback_order(fallbacks: tuple[str, ...], first: str) -> tuple[str, ...]:
 # -- running a step --------------------------------------------------------------------------
 
 
+class Proposed(Exception):
+    """A model's decision stops the run here: the step goes on once the validator has ruled."""
+
+    def __init__(self, proposal: ProposalMade) -> None:
+        super().__init__(proposal.step_id)
+        self.proposal = proposal
+
+
 @dataclass
 class _StepRun:
     """One run of a step: the calls made so far and how the run departed from the plan."""
@@ -139,6 +179,23 @@ class _StepRun:
     failures: list[FailedCall] = field(default_factory=list)
     calls: int = 0
     can_skip: bool = False
+    conditions: list[Check] = field(default_factory=list)  # the checked conditions evaluated, in order
+    wait_max_s: float = 0.0  # a rate-limited recover waits up to this long, once, then asks again
+    remaining: tuple[str, ...] | None = None  # the fallbacks after the current call (None: not ordered yet)
+    phase: str = "run"  # "recovery" while the recovery's call runs
+    waited: bool = False  # it waited already
+
+    def preconditions(self) -> ErrorInfo | None:
+        """Check the step's preconditions on its resolved inputs (recorded); the first that does
+        not hold, as the step's error: its tool is then never called."""
+        for k, text in enumerate(self.step.pre):
+            outcome = check_condition(text, {"inputs": self.inputs}, PRE_NAMES)
+            said = f"precondition {text!r} " + ("holds" if outcome.passed else f"fails: {outcome.reason}")
+            self.conditions.append(Check(name="precondition", passed=outcome.passed, message=said, path=f"pre[{k}]"))
+            if not outcome.passed:
+                message = f"precondition {text!r} does not hold ({outcome.reason}); {self.step.tool} was not called"
+                return ErrorInfo(code="precondition_failed", message=message)
+        return None
 
     async def infer(self, kind: str, request: LLMRequest, validate: Callable[[dict[str, Any]], T]) -> Inferred[T]:
         return await self.ctx.infer(kind, request, validate, self.ctx.policy(self.state.request))
@@ -157,18 +214,39 @@ class _StepRun:
             if exc.error.code == "invalid_output" and exc.output is not None:
                 fixed, note = await self.interpret(tool, inputs, exc.output, exc.error.message)
                 if fixed is not None:
-                    return fixed
+                    raise Proposed(self.interpreted(tool, fixed, exc.error, exc.retryable)) from None
             self.failed_call(FailedCall(tool, exc.error, exc.retryable), note)
             return None
         missing = missing_outputs(out, self.step.expected_outputs) if self.catalog is not None else []
         if not missing:
-            return out
+            unmet = self.postconditions(tool, inputs, out)
+            if unmet is None:
+                return out
+            self.failed_call(FailedCall(tool, unmet))
+            return None
         problem = f"{tool} returned no {', '.join(missing)}, which the step expects"
         fixed, note = await self.interpret(tool, inputs, out, problem)
         if fixed is not None:
-            return fixed
+            raise Proposed(self.interpreted(tool, fixed, ErrorInfo(code="missing_output", message=problem)))
         self.failed_call(FailedCall(tool, ErrorInfo(code="missing_output", message=problem)), note)
         return None
+
+    def postconditions(self, tool: str, inputs: dict[str, Any], output: dict[str, Any]) -> ErrorInfo | None:
+        """Check ``tool``'s output against the step's postconditions and the tool's own (recorded);
+        the first that does not hold, as the call's error (None: all hold)."""
+        spec = self.catalog.get(tool) if self.catalog is not None else None
+        texts = (*self.step.post, *(spec.postconditions if spec is not None else ()))
+        unmet: ErrorInfo | None = None
+        values = {"inputs": inputs, "output": output}
+        for k, text in enumerate(texts):
+            outcome = check_condition(text, values)
+            where = f"post[{k}]" if k < len(self.step.post) else f"{tool}.postconditions[{k - len(self.step.post)}]"
+            said = f"{tool}: postcondition {text!r} " + ("holds" if outcome.passed else f"fails: {outcome.reason}")
+            self.conditions.append(Check(name="postcondition", passed=outcome.passed, message=said, path=where))
+            if not outcome.passed and unmet is None:
+                message = f"the output of {tool} fails the postcondition {text!r}: {outcome.reason}"
+                unmet = ErrorInfo(code="postcondition_failed", message=message)
+        return unmet
 
     def failed_call(self, failure: FailedCall, note: str = "") -> None:
         """Record a failed call (``note``: why the model did not save it, if it was asked)."""
@@ -206,8 +284,9 @@ class _StepRun:
         )
         return fallback_order(options, choice.choice)
 
-    async def recover(self) -> StepCompleted | StepFailed:
-        """Once every planned tool failed: the model's recovery, run once, or the step's failure."""
+    async def recover(self) -> StepFailed | ProposalMade | ConsultationWaiting:
+        """Once every planned tool failed: the model's recovery as a proposal for the validator
+        (nothing of it runs here), or the step's failure."""
         if self.catalog is None or any(f.error.code in POLICY_REFUSALS for f in self.failures):
             return self.failed()
         tried = tuple(dict.fromkeys(f.tool for f in self.failures))
@@ -217,6 +296,9 @@ class _StepRun:
             "recover", request, recover_validator(self.catalog, self.step, tried, skippable=can_skip)
         )
         plan = inferred.value
+        after = inferred.retry_after_s
+        if plan is None and after is not None and 0 < after <= self.wait_max_s and not self.waited:
+            return self.waiting("recover", after)
         if plan is None:
             return self.failed("" if inferred.declined else f" (recovery was tried: {inferred.describe()})")
         how = inferred.describe()
@@ -224,16 +306,66 @@ class _StepRun:
             return self.failed(f" (recovery: the model advised failing the step: {plan.reason}; {how})")
         if plan.action == "skip":
             self.deviations.append(f"step skipped on the model's advice, with an empty output: {plan.reason}; {how}")
-            return self.completed(self.step.tool, {})
+            return self.proposal("skip", self.step.tool, {}, plan.reason)
         tool = plan.tool or self.step.tool
         inputs = self.inputs if plan.inputs is None else plan.inputs
         what = f"retried {tool}" if plan.action == "retry" else f"ran alternative tool {tool}"
         given = "the same inputs" if plan.inputs is None else "new inputs"
         self.deviations.append(f"recovery: {what} with {given}, as the model advised: {plan.reason}; {how}")
-        out = await self.call(tool, inputs, "#retry" if plan.action == "retry" else "#alt")
-        if out is not None:
-            return self.completed(tool, out)
-        return self.failed(f" (after the model's recovery, {plan.action} with {tool}: {plan.reason})")
+        return self.proposal(plan.action, tool, inputs, plan.reason)
+
+    def interpreted(self, tool: str, output: dict[str, Any], error: ErrorInfo, retryable: bool = False) -> ProposalMade:
+        """The model's replacement of ``tool``'s output (which failed with ``error``), for the validator."""
+        return ProposalMade(
+            task_id=self.step.task_id,
+            step_id=self.step.id,
+            source="interpret",
+            action="output",
+            tool=tool,
+            reason=error.message,
+            attempts=self.calls,
+            deviations=tuple(self.deviations),
+            tried=tuple(f.tool for f in self.failures),
+            error=error,
+            retryable=retryable,
+            output=output,
+            remaining=self.remaining,
+            phase=self.phase,
+        )
+
+    def waiting(self, call: str, after: float) -> ConsultationWaiting:
+        """Wait ``after`` seconds for the provider's rate limit, then ask ``call`` again (a durable timer)."""
+        last = self.failures[-1]
+        return ConsultationWaiting(
+            task_id=self.step.task_id,
+            step_id=self.step.id,
+            call=call,
+            until=self.ctx.now() + timedelta(seconds=after),
+            retry_after_s=after,
+            attempts=self.calls,
+            deviations=tuple(self.deviations),
+            tried=tuple(f.tool for f in self.failures),
+            error=last.error,
+            retryable=last.retryable,
+        )
+
+    def proposal(self, action: str, tool: str, inputs: dict[str, Any], reason: str) -> ProposalMade:
+        """The model's ``recover`` decision, for the validator, with the run so far."""
+        last = self.failures[-1]
+        return ProposalMade(
+            task_id=self.step.task_id,
+            step_id=self.step.id,
+            source="recover",
+            action=action,
+            tool=tool,
+            inputs=inputs,
+            reason=reason,
+            attempts=self.calls,
+            deviations=tuple(self.deviations),
+            tried=tuple(f.tool for f in self.failures),
+            error=last.error,
+            retryable=last.retryable,
+        )
 
     def completed(self, tool: str, output: dict[str, Any]) -> StepCompleted:
         """The step's completion with ``tool`` (the planned tool for a skipped step)."""
@@ -245,6 +377,7 @@ class _StepRun:
             output=output,
             attempts=self.calls,
             deviations=tuple(self.deviations),
+            conditions=tuple(self.conditions),
         )
 
     def failed(self, note: str = "") -> StepFailed:
@@ -260,23 +393,118 @@ class _StepRun:
         )
 
 
-async def run_step(ctx: Context, state: WorkflowState, step: StepIntent, catalog: Catalog | None = None) -> list[Event]:
-    """Run ``step``: its tool, then its fallbacks, then (with ``catalog``) a recovery."""
+async def run_step(
+    ctx: Context, state: WorkflowState, step: StepIntent, catalog: Catalog | None = None, wait_max_s: float = 0.0
+) -> list[Event]:
+    """Run ``step``: its tool, then its fallbacks, then (with ``catalog``) a recovery (which waits
+    out a rate limit of up to ``wait_max_s``, once)."""
     try:
         inputs = resolve(step.inputs, upstream_outputs(state, step))
     except RefError as exc:
         error = ErrorInfo(code=exc.code, message=exc.message)
         return [StepFailed(task_id=step.task_id, step_id=step.id, tool=step.tool, error=error)]
-    run = _StepRun(ctx, state, step, inputs, catalog, can_skip=skippable(state, step))
-    out = await run.call(step.tool, inputs)
-    if out is not None:
-        return [run.completed(step.tool, out)]
-    for tool in await run.fallbacks():
-        out = await run.call(tool, inputs)
+    run = _StepRun(ctx, state, step, inputs, catalog, can_skip=skippable(state, step), wait_max_s=wait_max_s)
+    blocked = run.preconditions()
+    if blocked is not None:
+        return [StepFailed(task_id=step.task_id, step_id=step.id, tool=step.tool, error=blocked)]
+    try:
+        out = await run.call(step.tool, inputs)
         if out is not None:
-            run.deviations.append(f"used fallback tool {tool} instead of {step.tool}")
-            return [run.completed(tool, out)]
-    return [await run.recover()]
+            return [run.completed(step.tool, out)]
+        return [await from_fallbacks(run, await run.fallbacks())]
+    except Proposed as stop:
+        return [stop.proposal]
+
+
+async def from_fallbacks(run: _StepRun, order: tuple[str, ...]) -> Event:
+    """Try the fallback tools in ``order``, then a recovery (a model's interpretation of an output
+    stops the run with a proposal: :class:`Proposed`)."""
+    for i, tool in enumerate(order):
+        run.remaining = order[i + 1 :]
+        out = await run.call(tool, run.inputs)
+        if out is not None:
+            run.deviations.append(f"used fallback tool {tool} instead of {run.step.tool}")
+            return run.completed(tool, out)
+    return await run.recover()
+
+
+async def after_interpretation(run: _StepRun, proposal: ProposalMade, refused: str | None) -> list[Event]:
+    """Go on after the validator ruled on the model's replacement output: cleared (``refused`` None)
+    and meeting the postconditions, it completes the step; otherwise the call counts as failed and
+    the run goes on where it stopped (the remaining fallbacks, then a recovery)."""
+    tool, output = proposal.tool, proposal.output or {}
+    try:
+        if refused is None:
+            unmet = run.postconditions(tool, dict(run.inputs), output)
+            if unmet is None:
+                if tool != run.step.tool and proposal.phase == "run":
+                    run.deviations.append(f"used fallback tool {tool} instead of {run.step.tool}")
+                return [run.completed(tool, output)]
+            run.failed_call(FailedCall(tool, unmet))
+        else:
+            note = f" (the model's interpretation was refused by the validator: {refused})"
+            run.failed_call(FailedCall(tool, proposal.error, proposal.retryable), note)
+        if proposal.phase == "recovery":
+            return [run.failed(" (after the model's recovery)")]
+        order = proposal.remaining if proposal.remaining is not None else await run.fallbacks()
+        return [await from_fallbacks(run, order)]
+    except Proposed as stop:
+        return [stop.proposal]
+
+
+def resumed(
+    ctx: Context, state: WorkflowState, proposal: ProposalMade | ConsultationWaiting, catalog: Catalog | None
+) -> _StepRun:
+    """The run a proposal (or a wait) was made in, as it stood then (its calls, deviations and failures)."""
+    st = state.steps[proposal.step_id]
+    failures = [FailedCall(t, proposal.error, proposal.retryable) for t in proposal.tried]
+    inputs = resolve(st.step.inputs, upstream_outputs(state, st.step))
+    return _StepRun(
+        ctx,
+        state,
+        st.step,
+        inputs,
+        catalog,
+        deviations=list(proposal.deviations),
+        failures=failures,
+        calls=proposal.attempts,
+    )
+
+
+async def run_proposal(
+    ctx: Context, state: WorkflowState, proposal: ProposalMade, catalog: Catalog | None
+) -> list[Event]:
+    """A proposal the validator cleared (and a person approved, if it had to): run it, once."""
+    run = resumed(ctx, state, proposal, catalog)
+    if proposal.action == "output":
+        return await after_interpretation(run, proposal, None)
+    if proposal.action == "skip":
+        return [run.completed(run.step.tool, {})]
+    suffix = "#retry" if proposal.action == "retry" else "#alt"
+    run.phase = "recovery"
+    try:
+        out = await run.call(proposal.tool, dict(proposal.inputs), suffix)
+    except Proposed as stop:
+        return [stop.proposal]
+    if out is not None:
+        return [run.completed(proposal.tool, out)]
+    return [run.failed(f" (after the model's recovery, {proposal.action} with {proposal.tool}: {proposal.reason})")]
+
+
+def refused_proposal(state: WorkflowState, proposal: ProposalMade, checks: tuple[Check, ...]) -> list[Event]:
+    """A proposal the validator refused: the step fails as it would have without it, saying why."""
+    why = "; ".join(c.message for c in failed_checks(checks)) or "no reason given"
+    note = f" (the model's recovery, {proposal.action} with {proposal.tool}, was refused by the validator: {why})"
+    return [
+        StepFailed(
+            task_id=proposal.task_id,
+            step_id=proposal.step_id,
+            tool=state.steps[proposal.step_id].step.tool,
+            error=ErrorInfo(code=proposal.error.code, message=proposal.error.message + note),
+            retryable=proposal.retryable,
+            tried=proposal.tried,
+        )
+    ]
 
 
 # -- a dry run ---------------------------------------------------------------------------------
@@ -392,8 +620,13 @@ def make_spec(
     approve_below: float | None = None,
     pools: agent_pools.Pools | None = None,
     pool: str | None = agent_pools.EVERY_POOL,
+    rate_limit_wait_s: float = 0.0,
 ) -> ActorSpec:
     """The agent; given the tool ``catalog`` it consults the model too (module docstring).
+
+    A ``recover`` the budget denies for the provider's rate limit, with ``retry_after_s`` at most
+    ``rate_limit_wait_s``, waits that long once (``consultation_waiting``, a durable timer: the agent
+    defers it to its ``until``) and asks again; otherwise the step fails as without the model.
 
     A step whose task's (or plan's) confidence is below ``approve_below`` waits for approval.
     ``pools`` are the deployment's agent pools and ``pool`` the one this agent serves (None: the
@@ -409,6 +642,13 @@ def make_spec(
         data = rec.event.data
         if state.done:
             return []
+        if compensation.frozen(state):  # the workflow undoes its steps: nothing else moves
+            if not isinstance(data, CompensationStarted | StepCompensated):
+                return []
+            st = compensation.next_to_undo(state)
+            if st is None or not mine(state, st.step):
+                return []
+            return [await compensation.undo(ctx, state, st, catalog)]
         match data:
             case StepReady():
                 st = state.steps.get(data.step.id)
@@ -425,7 +665,7 @@ def make_spec(
                 if reasons:
                     reason = "; ".join(reasons)
                     return [ApprovalRequested(step=st.step, reason=reason, deadline=ctx.now() + approval_timeout)]
-                return await run_step(ctx, state, st.step, tools)
+                return await run_step(ctx, state, st.step, tools, rate_limit_wait_s)
             case ApprovalRequested():
                 st = state.steps.get(data.step.id)
                 if st is not None and not mine(state, st.step):
@@ -439,7 +679,43 @@ def make_spec(
                 st = state.steps.get(data.step_id)
                 if st is None or st.status != "approved" or not mine(state, st.step):
                     return []
-                return await run_step(ctx, state, st.step, pool_catalog(catalog, step_pool(state, st.step), pools))
+                tools = pool_catalog(catalog, step_pool(state, st.step), pools)
+                if st.proposal is not None:  # the model's proposal, cleared by the validator, approved
+                    return await run_proposal(ctx, state, st.proposal, tools)
+                return await run_step(ctx, state, st.step, tools, rate_limit_wait_s)
+            case ProposalValidated():
+                st = state.steps.get(data.step_id)
+                if st is None or st.status != "cleared" or st.proposal is None or not mine(state, st.step):
+                    return []
+                if data.approval:
+                    reason = "; ".join(data.approval)
+                    step = proposed_step(st.proposal)
+                    return [ApprovalRequested(step=step, reason=reason, deadline=ctx.now() + approval_timeout)]
+                tools = pool_catalog(catalog, step_pool(state, st.step), pools)
+                return await run_proposal(ctx, state, st.proposal, tools)
+            case ConsultationWaiting():
+                st = state.steps.get(data.step_id)
+                if st is None or st.status != "waiting" or st.wait_id != rec.event.id or not mine(state, st.step):
+                    return []  # asked again already
+                if ctx.now() < data.until:
+                    return Defer(until=data.until)
+                tools = pool_catalog(catalog, step_pool(state, st.step), pools)
+                run = resumed(ctx, state, data, tools)
+                run.waited, run.can_skip = True, skippable(state, st.step)
+                waited = f"waited {data.retry_after_s:g} s and asked again"
+                run.deviations.append(f"{data.call} was denied for the provider's rate limit; {waited}")
+                return [await run.recover()]
+            case ProposalRejected():
+                st = state.steps.get(data.step_id)
+                if st is None or st.status != "refused" or st.proposal is None or not mine(state, st.step):
+                    return []
+                if st.proposal.action == "output":  # the call failed after all: the run goes on
+                    tools = pool_catalog(catalog, step_pool(state, st.step), pools)
+                    run = resumed(ctx, state, st.proposal, tools)
+                    run.can_skip, run.wait_max_s = skippable(state, st.step), rate_limit_wait_s
+                    why = "; ".join(c.message for c in failed_checks(data.checks)) or "no reason given"
+                    return await after_interpretation(run, st.proposal, why)
+                return refused_proposal(state, st.proposal, data.checks)
             case ApprovalDenied():
                 st = state.steps.get(data.step_id)
                 if st is None or st.status != "denied" or not mine(state, st.step):

@@ -305,8 +305,18 @@ class Context:
                 flow.close()
                 reason = f"denied: {decision.reason}" + (f": {decision.message}" if decision.message else "")
                 declined = decision.reason in ("not_allowed", "no_provider")
+                after = decision.retry_after_s if decision.reason == "rate_limited" else None
                 return Inferred(
-                    None, "fallback", reason, provider, request.model, round_ > 1, calls, cost, declined=declined
+                    None,
+                    "fallback",
+                    reason,
+                    provider,
+                    request.model,
+                    round_ > 1,
+                    calls,
+                    cost,
+                    declined=declined,
+                    retry_after_s=after,
                 )
             try:
                 following = flow.send(reply)

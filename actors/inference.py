@@ -106,6 +106,7 @@ class Inferred(Generic[T]):
     problems: tuple[str, ...] = ()
     declined: bool = False
     fallbacks: int = 0
+    retry_after_s: float | None = None  # denied for the provider's rate limit: when asking again may pass
 
     @property
     def ok(self) -> bool:

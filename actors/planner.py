@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import msgspec
 
+from cadre.actors import compensation
 from cadre.actors import planner_rules as rules
 from cadre.actors.context import Context
 from cadre.actors.outcome import Outcome
@@ -29,6 +30,8 @@ from cadre.bus.events import (
     ApprovalDenied,
     ApprovalGranted,
     ApprovalRequested,
+    CompensationStarted,
+    ConsultationWaiting,
     EffectsRecorded,
     Event,
     ForgedEvent,
@@ -36,6 +39,10 @@ from cadre.bus.events import (
     PlanProposed,
     PlanRejected,
     PlanValidated,
+    ProposalMade,
+    ProposalRejected,
+    ProposalValidated,
+    StepCompensated,
     StepCompleted,
     StepFailed,
     StepReady,
@@ -71,6 +78,7 @@ HANDLES = frozenset(
         StepCompleted.TYPE,
         StepFailed.TYPE,
         HandlerFailed.TYPE,
+        StepCompensated.TYPE,
     }
 )
 
@@ -167,8 +175,19 @@ def on_plan_validated(state: WorkflowState, data: PlanValidated) -> list[Event]:
     return rules.dispatch_ready(state)
 
 
-def make_spec(catalog: Catalog) -> ActorSpec:
+def make_spec(catalog: Catalog, on_failure: str = "fail") -> ActorSpec:
+    """The planner; ``on_failure`` is the deployment's default for requests that set none
+    (``compensate``: a failing workflow undoes its completed steps first, :mod:`actors.compensation`)."""
+
     async def handle(ctx: Context, rec: StoredEvent, state: WorkflowState) -> Outcome:
+        if compensation.frozen(state):
+            return compensation.finished(state) if isinstance(rec.event.data, StepCompensated) else []
+        out = await decide(ctx, rec, state)
+        if isinstance(out, list):
+            return compensation.instead_of_failing(state, out, catalog, on_failure)
+        return out
+
+    async def decide(ctx: Context, rec: StoredEvent, state: WorkflowState) -> Outcome:
         data = rec.event.data
         match data:
             case WorkflowRequested():
@@ -200,6 +219,12 @@ def make_spec(catalog: Catalog) -> ActorSpec:
                 | WorkflowFailed()
                 | EffectsRecorded()
                 | ForgedEvent()
+                | ProposalMade()
+                | ProposalValidated()
+                | ProposalRejected()
+                | ConsultationWaiting()
+                | CompensationStarted()
+                | StepCompensated()
             ):
                 return []
 

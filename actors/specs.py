@@ -21,6 +21,8 @@ def live_specs(
     approve_below: float | None = None,
     pools: Pools | None = None,
     agent_pool: str | None = EVERY_POOL,
+    rate_limit_wait_s: float = 0.0,
+    on_failure: str = "fail",
 ) -> tuple[ActorSpec, ...]:
     """The event handlers of the planner, validator, decomposer and agent (in that order):
     what ``cadre/system.py`` runs and what a replay re-runs (a what-if with a changed catalog,
@@ -28,8 +30,15 @@ def live_specs(
     confidence thresholds (:mod:`planner.confidence`); ``agent_pool``: the pool the agent serves
     (``actors.agent``; a replay's agent serves every pool)."""
     return (
-        planner.make_spec(catalog),
+        planner.make_spec(catalog, on_failure),
         validator.make_spec(catalog, limits, pools),
         decomposer.make_spec(catalog, pools),
-        agent.make_spec(approval_timeout, catalog=catalog, approve_below=approve_below, pools=pools, pool=agent_pool),
+        agent.make_spec(
+            approval_timeout,
+            catalog=catalog,
+            approve_below=approve_below,
+            pools=pools,
+            pool=agent_pool,
+            rate_limit_wait_s=rate_limit_wait_s,
+        ),
     )

@@ -2,19 +2,32 @@
 
 Verdicts are events listing every check, passed and failed, with severity, message and a
 suggested fix: ``plan_validated`` / ``plan_rejected`` for a plan, ``step_ready`` (the task's
-first step, cleared to run) / ``steps_rejected`` for a task's steps.
+first step, cleared to run) / ``steps_rejected`` for a task's steps, ``proposal_validated`` /
+``proposal_rejected`` for a model's decision about a step (``planner.proposals``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from cadre.actors.agent import skippable
 from cadre.actors.context import Context
 from cadre.actors.outcome import Outcome
 from cadre.actors.runtime import ActorSpec
-from cadre.bus.events import PlanProposed, PlanRejected, PlanValidated, StepReady, StepsProposed, StepsRejected
+from cadre.bus.events import (
+    PlanProposed,
+    PlanRejected,
+    PlanValidated,
+    ProposalMade,
+    ProposalRejected,
+    ProposalValidated,
+    StepReady,
+    StepsProposed,
+    StepsRejected,
+)
 from cadre.planner import pools as agent_pools
 from cadre.planner.catalog import Catalog
+from cadre.planner.proposals import check_proposal
 from cadre.planner.scheduler import upstream
 from cadre.planner.validation import Limits, passed_all, validate_plan, validate_steps
 from cadre.store.records import StoredEvent
@@ -28,7 +41,7 @@ def make_spec(catalog: Catalog, limits: Limits | None = None, pools: agent_pools
 
     async def handle(ctx: Context, rec: StoredEvent, state: WorkflowState) -> Outcome:
         data = rec.event.data
-        if state.done:
+        if state.done or state.status == "compensating":
             return []
         if isinstance(data, PlanProposed):
             if data.revision != state.revision:
@@ -56,6 +69,36 @@ def make_spec(catalog: Catalog, limits: Limits | None = None, pools: agent_pools
             if passed_all(list(checks)):
                 return [StepReady(step=data.steps[0], checks=checks)]
             return [StepsRejected(task_id=data.task_id, checks=checks)]
+        if isinstance(data, ProposalMade):
+            return verdict(rec, data, state)
         return []
 
-    return ActorSpec(kind="validator", handles=frozenset({PlanProposed.TYPE, StepsProposed.TYPE}), handler=handle)
+    def verdict(rec: StoredEvent, data: ProposalMade, state: WorkflowState) -> Outcome:
+        """A model's proposal, checked as a step of its task (``planner.proposals``)."""
+        st = state.steps.get(data.step_id)
+        task = state.tasks.get(data.task_id)
+        if st is None or st.status != "validating" or st.proposal_id != rec.event.id or task is None:
+            return []  # decided already, or superseded
+        assert state.plan is not None
+        ids = upstream(state.plan, task.task.id)
+        outputs: dict[str, dict[str, Any]] = {
+            dep: out for dep in ids if (t := state.tasks.get(dep)) is not None and (out := t.output) is not None
+        }
+        checks, approval = check_proposal(
+            data,
+            task.task,
+            catalog,
+            outputs,
+            lim,
+            upstream_ids=ids,
+            pools=pools,
+            skippable=skippable(state, st.step),
+            expected=st.step.expected_outputs,
+        )
+        pid = rec.event.id
+        if passed_all(checks):
+            return [ProposalValidated(step_id=data.step_id, proposal_id=pid, checks=tuple(checks), approval=approval)]
+        return [ProposalRejected(step_id=data.step_id, proposal_id=pid, checks=tuple(checks))]
+
+    handles = frozenset({PlanProposed.TYPE, StepsProposed.TYPE, ProposalMade.TYPE})
+    return ActorSpec(kind="validator", handles=handles, handler=handle)

@@ -375,8 +375,8 @@ def _account_claims(exports: list[dict[str, Any]], imports: list[dict[str, Any]]
 def ensure_auth(auth_dir: Path, names: AuthNames) -> dict[str, Identity]:
     """Make ``auth_dir`` hold every role's credentials and the server's ``auth.conf`` for ``names``.
 
-    Keys are created once and kept; the JWTs are minted again when ``names`` change (or a file is
-    missing). Files holding a seed are mode 0600. Returns the identities by role.
+    Keys are created once and kept; the JWTs are minted again when ``names`` or the event types each
+    role emits change (or a file is missing). Files holding a seed are mode 0600. Returns the identities by role.
     """
     auth_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     keys = auth_dir / "keys"
@@ -391,7 +391,12 @@ def ensure_auth(auth_dir: Path, names: AuthNames) -> dict[str, Identity]:
     for role in ROLES:
         seeds[role] = _creds_seed(creds_path(auth_dir, role)) or _new_seed(nkeys.PREFIX_BYTE_USER)
     conf = auth_dir / "auth.conf"
-    current = names.to_json()
+    # What each role may publish is minted into its JWT: a version of cadre with new event types
+    # mints again, or an upgraded deployment's actors could not publish them.
+    current = {
+        **names.to_json(),
+        "emits": {role: list(types) for role, types in (*EMITS.items(), ("*", RUNTIME_EMITS))},
+    }
     try:
         recorded = json.loads(names_file.read_text())
     except (OSError, ValueError):

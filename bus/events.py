@@ -54,6 +54,7 @@ class WorkflowRequested(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     mode: str | None = None
     idempotency_key: str | None = None
     dry_run: bool = False  # plan, validate and decompose for real; simulate every step (no tool runs)
+    on_failure: str | None = None  # "compensate": undo the completed steps if it fails (None: the deployment's)
 
 
 class PlanProposed(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -117,6 +118,9 @@ class StepCompleted(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     simulated: bool = False
     would_need_approval: bool = False
     estimate: Estimated | None = None
+    # The checked conditions the agent evaluated (``planner.conditions``): the step's preconditions,
+    # then each call's postconditions (the step's and its tool's defaults), passed or not, in order.
+    conditions: tuple[Check, ...] = ()
 
 
 class StepFailed(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -145,6 +149,10 @@ class WorkflowFailed(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     reason: str
     message: str
     task_id: str | None = None
+    # After compensation (``on_failure: compensate``): the steps undone, in the order undone, and the
+    # completed steps that were not (no compensating tool, or it failed).
+    compensated: tuple[str, ...] = ()
+    not_undone: tuple[str, ...] = ()
 
 
 class TaskReady(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -241,6 +249,101 @@ class ForgedEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     signer: str | None = None
 
 
+class ProposalMade(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A model's decision about a step, proposed to the validator before anything runs.
+
+    ``source`` is the consultation (``recover``); ``action`` what it proposes (``retry`` a tried
+    tool, an ``alternative`` tool, ``skip`` the step); ``tool`` and ``inputs`` the call it would make.
+    The run so far travels with it (``attempts``, ``deviations``, the tools ``tried`` and the last
+    ``error``), so the agent picks the step up where it left it, whatever the verdict.
+    """
+
+    TYPE: ClassVar[str] = "proposal_made"
+    task_id: str
+    step_id: str
+    source: str
+    action: str
+    tool: str
+    inputs: dict[str, Any] = msgspec.field(default_factory=dict)
+    reason: str = ""
+    attempts: int = 0
+    deviations: tuple[str, ...] = ()
+    tried: tuple[str, ...] = ()
+    error: ErrorInfo
+    retryable: bool = False
+    # ``interpret`` (``action`` "output"): the model's replacement of ``tool``'s ``output``, refused by
+    # its schema or lacking a field the step expects (``error`` says which). ``remaining``: the
+    # fallback tools still to try if it is refused (None: not ordered yet); ``phase`` "recovery" when
+    # the call was a recovery's (nothing is left to try after it).
+    output: dict[str, Any] | None = None
+    remaining: tuple[str, ...] | None = None
+    phase: str = "run"
+
+
+class ProposalValidated(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """The validator cleared a proposal (``proposal_id``: the ``proposal_made`` event); with
+    ``approval`` set it runs only once a person approves it, for the reasons given."""
+
+    TYPE: ClassVar[str] = "proposal_validated"
+    step_id: str
+    proposal_id: str
+    checks: tuple[Check, ...] = ()
+    approval: tuple[str, ...] = ()
+
+
+class ProposalRejected(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """The validator refused a proposal: nothing of it runs; the step takes its planned course."""
+
+    TYPE: ClassVar[str] = "proposal_rejected"
+    step_id: str
+    proposal_id: str
+    checks: tuple[Check, ...] = ()
+
+
+class ConsultationWaiting(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A consultation the budget denied for the provider's rate limit waits ``retry_after_s``, until
+    ``until``, then asks again (a durable timer: the agent defers this event to ``until``).
+
+    ``call`` is the consultation (``recover``); the run so far travels with it, as on
+    ``proposal_made``, so the agent picks the step up where it left it.
+    """
+
+    TYPE: ClassVar[str] = "consultation_waiting"
+    task_id: str
+    step_id: str
+    call: str
+    until: datetime
+    retry_after_s: float
+    attempts: int = 0
+    deviations: tuple[str, ...] = ()
+    tried: tuple[str, ...] = ()
+    error: ErrorInfo
+    retryable: bool = False
+
+
+class CompensationStarted(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """The workflow failed (``reason``, ``message``, ``task_id`` as its ``workflow_failed`` will say) and
+    compensates: ``steps`` are undone one after another, in reverse order of completion, by their
+    tools' compensating tools; ``not_undone`` are the completed steps whose tool has none."""
+
+    TYPE: ClassVar[str] = "compensation_started"
+    reason: str
+    message: str
+    task_id: str | None = None
+    steps: tuple[str, ...] = ()
+    not_undone: tuple[str, ...] = ()
+
+
+class StepCompensated(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A completed step was undone by ``tool`` (its ``output``), or could not be (``error``)."""
+
+    TYPE: ClassVar[str] = "step_compensated"
+    step_id: str
+    tool: str
+    output: dict[str, Any] | None = None
+    error: ErrorInfo | None = None
+
+
 Event = (
     WorkflowRequested
     | PlanProposed
@@ -260,6 +363,12 @@ Event = (
     | EffectsRecorded
     | HandlerFailed
     | ForgedEvent
+    | ProposalMade
+    | ProposalValidated
+    | ProposalRejected
+    | ConsultationWaiting
+    | CompensationStarted
+    | StepCompensated
 )
 
 EVENT_TYPES: dict[str, type[Event]] = {
@@ -283,6 +392,12 @@ EVENT_TYPES: dict[str, type[Event]] = {
         EffectsRecorded,
         HandlerFailed,
         ForgedEvent,
+        ProposalMade,
+        ProposalValidated,
+        ProposalRejected,
+        ConsultationWaiting,
+        CompensationStarted,
+        StepCompensated,
     )
 }
 

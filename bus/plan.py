@@ -45,6 +45,10 @@ class Task(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     rationale: str = ""
     retries: int = 0
     pool: str | None = None  # the agent pool running its steps (the policy file's pools); None: unpooled agents
+    # Checked conditions (CEL, ``planner.conditions``) its steps carry: ``pre`` over ``inputs``, checked
+    # before the tool is called; ``post`` over ``inputs`` and ``output``, checked on the tool's output.
+    pre: tuple[str, ...] = ()
+    post: tuple[str, ...] = ()
 
 
 class Plan(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -74,6 +78,12 @@ class StepIntent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     # The documentation the step was grounded in: the refs (``<source>#<heading>``) of the
     # passages retrieved for its task (:class:`cadre.bus.effects.Grounded`).
     documentation_references: tuple[str, ...] = ()
+    # Checked conditions (CEL, ``planner.conditions``), which the agent evaluates and records; the
+    # prose ``preconditions`` and ``postconditions`` above describe, these decide. ``pre`` (over
+    # ``inputs``) failing blocks the step before its tool is called; ``post`` (over ``inputs`` and
+    # ``output``) failing fails the call, naming the condition (fallbacks and recovery may act).
+    pre: tuple[str, ...] = ()
+    post: tuple[str, ...] = ()
 
 
 class Check(msgspec.Struct, frozen=True, kw_only=True, gc=False):

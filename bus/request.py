@@ -77,6 +77,16 @@ class TaskIn(_Strict):
         pattern=r"^[A-Za-z0-9_-]{1,64}$",
         description="the agent pool that runs the task (the policy file's pools); none: the agents without a pool",
     )
+    pre: list[str] = Field(
+        default_factory=list,
+        description="conditions (CEL over inputs) that must hold before the tool is called, e.g. "
+        "\"inputs.path.startsWith('reports/')\"; one that does not blocks the step",
+    )
+    post: list[str] = Field(
+        default_factory=list,
+        description="conditions (CEL over inputs and output) the tool's output must meet, e.g. "
+        '"size(output.rows) > 0"; one that does not fails the call',
+    )
 
 
 class PlanIn(_Strict):
@@ -108,6 +118,11 @@ class RequestIn(_Strict):
     )
     idempotency_key: str | None = Field(
         default=None, min_length=1, max_length=200, description="resubmitting with the same key returns the same run"
+    )
+    on_failure: Literal["fail", "compensate"] | None = Field(
+        default=None,
+        description="compensate: if the workflow fails, undo its completed steps (last first) before it "
+        "ends as failed; unset: the deployment's on_failure",
     )
     dry_run: bool = Field(
         default=False,
@@ -163,6 +178,7 @@ def parse_request(data: bytes) -> WorkflowRequested:
         mode=model.mode,
         idempotency_key=model.idempotency_key,
         dry_run=model.dry_run,
+        on_failure=model.on_failure,
     )
 
 

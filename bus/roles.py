@@ -9,11 +9,33 @@ from typing import Final
 # Which event types each writer emits (docs/architecture.md, "Flow of one workflow").
 EMITS: Mapping[str, tuple[str, ...]] = {
     "intake": ("workflow_requested",),
-    "planner": ("plan_proposed", "task_ready", "step_ready", "workflow_completed", "workflow_failed"),
-    "validator": ("plan_validated", "plan_rejected", "step_ready", "steps_rejected"),
+    "planner": (
+        "plan_proposed",
+        "task_ready",
+        "step_ready",
+        "workflow_completed",
+        "workflow_failed",
+        "compensation_started",
+    ),
+    "validator": (
+        "plan_validated",
+        "plan_rejected",
+        "step_ready",
+        "steps_rejected",
+        "proposal_validated",
+        "proposal_rejected",
+    ),
     "decomposer": ("steps_proposed", "steps_rejected"),
     # approval_denied: the deadline's denial (by=timeout) of an unanswered approval.
-    "agent": ("step_completed", "step_failed", "approval_requested", "approval_denied"),
+    "agent": (
+        "step_completed",
+        "step_failed",
+        "approval_requested",
+        "approval_denied",
+        "proposal_made",
+        "consultation_waiting",
+        "step_compensated",
+    ),
     "approvals": ("approval_granted", "approval_denied"),
 }
 RUNTIME_EMITS = ("handler_failed", "effects_recorded", "forged_event")

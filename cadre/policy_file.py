@@ -15,6 +15,7 @@ the same name (:class:`cadre.settings.Settings`), the validator's limits key by 
       "mode": "strict",
       "approve_below": 0.5,                     # confidence thresholds: approval below, rejection below
       "reject_below": 0.2,
+      "model_side_effects_need_approval": true, # a side-effect tool a model chose waits for a person
       "pools": {                                # agent pools and the tools each may use
         "files": {"tools": ["fs.read", "fs.write"]},
         "data": {"tools": ["sql.query", "sql.schema", "text.render"]}
@@ -32,7 +33,7 @@ from __future__ import annotations
 import json
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -65,6 +66,8 @@ class PolicyFile(BaseModel):
     mode: Mode | None = None
     approve_below: float | None = Field(default=None, ge=0, le=1)
     reject_below: float | None = Field(default=None, ge=0, le=1)
+    model_side_effects_need_approval: bool | None = None
+    on_failure: Literal["fail", "compensate"] | None = None
     pools: dict[str, AgentPool] | None = None
     llm_fallback: list[str] | None = None
     llm_fallback_planner: list[str] | None = None

@@ -14,6 +14,8 @@ from cadre.bus.events import (
     ApprovalDenied,
     ApprovalGranted,
     ApprovalRequested,
+    CompensationStarted,
+    ConsultationWaiting,
     EffectsRecorded,
     Envelope,
     ForgedEvent,
@@ -21,6 +23,10 @@ from cadre.bus.events import (
     PlanProposed,
     PlanRejected,
     PlanValidated,
+    ProposalMade,
+    ProposalRejected,
+    ProposalValidated,
+    StepCompensated,
     StepCompleted,
     StepFailed,
     StepReady,
@@ -137,5 +143,21 @@ def _line(e: Envelope) -> str | list[str] | None:
             return f"dead      {e.actor} gave up on {d.input_type} after {d.attempts} attempts: {d.error.message}"
         case ForgedEvent():
             return f"FORGED    {e.actor} refused {d.input_type} (seq {d.input_seq}): {d.reason}"
+        case CompensationStarted():
+            return f"undoing  {', '.join(d.steps)} (last first), as the request asks; the workflow failed: {d.message}"
+        case StepCompensated():
+            if d.error is not None:
+                return f"not undone {d.step_id}: {d.error.code}: {d.error.message}"
+            return f"undone    {d.step_id} with {d.tool}: {_short(d.output, 70)}"
+        case ConsultationWaiting():
+            return f"waiting   {d.step_id}: {d.call} rate-limited; asks again in {d.retry_after_s:g} s"
+        case ProposalMade():
+            return f"proposal  {d.step_id}: the model proposes {d.action} with {d.tool} ({d.source}): {d.reason}"
+        case ProposalValidated():
+            wait = f"; waits for approval ({'; '.join(d.approval)})" if d.approval else ""
+            return f"cleared   the model's proposal for {d.step_id}{wait}"
+        case ProposalRejected():
+            bad = [c.message for c in d.checks if not c.passed and c.severity == "error"]
+            return f"refused   the model's proposal for {d.step_id}: " + "; ".join(bad)
         case StepsProposed() | EffectsRecorded():
             return None

@@ -202,6 +202,20 @@ class Settings(BaseSettings):
     reject_below: float | None = Field(
         default=None, ge=0, le=1, description="a plan or task confidence below this rejects the plan; unset = never"
     )
+    on_failure: Literal["fail", "compensate"] = Field(
+        default="fail",
+        description="what a failing workflow does when its request does not say: fail, or compensate "
+        "(undo its completed steps, last first, then fail)",
+    )
+    rate_limit_wait_max_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="a recovery the provider's rate limit denies waits its retry_after_s, once, when at most this",
+    )
+    model_side_effects_need_approval: bool = Field(
+        default=True,
+        description="a tool with side effects that a model chose (a recovery) waits for a person's approval",
+    )
     plan_library: Path | None = Field(default=None, description="example plans (default: ./examples/plans)")
     library_threshold: float = Field(default=0.35, ge=0, le=1, description="similarity a library plan needs")
     library_max_learned: int = Field(

@@ -20,12 +20,13 @@ from cadre.actors.runtime import ActorSpec, ActorSystem, RuntimeOptions, run_act
 from cadre.actors.specs import live_specs
 from cadre.actors.tool_port import ToolRunner
 from cadre.actors.tools import ToolBox, ToolConfig, builtin_impls, ensure_sample_database
+from cadre.actors.tools.builtin import compensation_impls
 from cadre.actors.tools.plugins import load_tool_modules, plugin_impls
 from cadre.budget_config import budget_config, ledger_spec
 from cadre.bus.errors import CadreError
 from cadre.grounding_config import grounder_for
 from cadre.llm import build_llm
-from cadre.planner.builtin_tools import builtin_catalog
+from cadre.planner.builtin_tools import builtin_catalog, compensation_specs
 from cadre.planner.catalog import Catalog
 from cadre.planner.pools import EVERY_POOL, Pools
 from cadre.settings import Settings
@@ -82,10 +83,16 @@ def system_specs(
     return live_specs(
         catalog,
         approval_timeout=timedelta(seconds=settings.approval_timeout_s),
-        limits=dataclasses.replace(settings.limits.to_limits(), reject_below=settings.reject_below),
+        limits=dataclasses.replace(
+            settings.limits.to_limits(),
+            reject_below=settings.reject_below,
+            model_side_effects_need_approval=settings.model_side_effects_need_approval,
+        ),
         approve_below=settings.approve_below,
         pools=pools_of(settings),
         agent_pool=agent_pool,
+        rate_limit_wait_s=settings.rate_limit_wait_max_s,
+        on_failure=settings.on_failure,
     )
 
 
@@ -138,8 +145,10 @@ async def run_system(
             settings.database if settings.database is not None else ensure_sample_database(settings.database_path)
         )
         config = ToolConfig(workspace=settings.workspace_dir, database=database, http_allow=tuple(settings.http_allow))
-        impls = {**builtin_impls(), **plugin_impls(load_tool_modules(settings.tool_modules))}
-        tools = ToolRunner(ToolBox(catalog, {n: f for n, f in impls.items() if n in catalog}, config))
+        impls = {**builtin_impls(), **compensation_impls(), **plugin_impls(load_tool_modules(settings.tool_modules))}
+        # The agents' toolbox also has the compensating tools, which nothing plans (``actors.compensation``).
+        runnable = Catalog([*catalog.values(), *(s for s in compensation_specs() if s.name not in catalog)])
+        tools = ToolRunner(ToolBox(runnable, {n: f for n, f in impls.items() if n in runnable}, config))
     library = None
     if "planner" in kinds:
         library = LogLibrary(

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from cadre.actors.replay import Replayer
 from cadre.actors.replay.whatif import WhatIf
 from cadre.budget_config import budget_config
+from cadre.planner.builtin_tools import compensation_specs
 from cadre.planner.catalog import Catalog
 from cadre.policy_file import PolicyFile, apply_policy, load_policy
 from cadre.settings import Settings
@@ -47,4 +48,6 @@ def what_if_setup(settings: Settings, policy: PolicyFile, base: Replayer) -> Wha
         workflow_usd=policy.budget_workflow_usd,
         daily_usd=policy.budget_daily_usd,
     )
-    return WhatIfSetup(Replayer(specs, base.fallback_llm), whatif, catalog)
+    # Tools are checked against what the agents' toolbox runs: the catalog and the compensating tools.
+    runnable = Catalog([*catalog.values(), *(s for s in compensation_specs() if s.name not in catalog)])
+    return WhatIfSetup(Replayer(specs, base.fallback_llm), whatif, runnable)

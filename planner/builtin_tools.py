@@ -9,7 +9,7 @@ are shown to planners, LLM prompts and ``cadre schema``. The implementations liv
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
@@ -99,6 +99,23 @@ class FsWriteOutput(_Output):
     already_done: bool = Field(description="true when this step had already written the file (nothing written now)")
 
 
+class CompensationInput(_Input):
+    """What a compensating tool is given: the call it undoes."""
+
+    tool: str = Field(description="the tool whose call is undone")
+    inputs: dict[str, Any] = Field(default_factory=dict, description="the inputs that call ran with")
+    output: dict[str, Any] = Field(default_factory=dict, description="what that call returned")
+    key: str = Field(description="the idempotency key that call ran with")
+
+
+class FsRestoreOutput(_Output):
+    path: str = Field(description="the file's path relative to the workspace")
+    restored: Literal["content", "removed"] = Field(
+        description="'content': the file holds what it held before the write; 'removed': it did not exist before"
+    )
+    already_done: bool = Field(description="true when this compensation had already run (nothing done now)")
+
+
 # --- http.get --------------------------------------------------------------------------------
 
 
@@ -177,6 +194,7 @@ def builtin_specs() -> tuple[ToolSpec, ...]:
             input_model=FsWriteInput,
             output_model=FsWriteOutput,
             safety=Safety.SIDE_EFFECT,
+            compensation="fs.restore",
         ),
         ToolSpec(
             name="http.get",
@@ -202,6 +220,20 @@ def builtin_specs() -> tuple[ToolSpec, ...]:
     )
 
 
+def compensation_specs() -> tuple[ToolSpec, ...]:
+    """The tools that undo the built-in ones: not in the catalog (nothing plans them); the agents'
+    toolbox has them, for a workflow that compensates when it fails."""
+    return (
+        ToolSpec(
+            name="fs.restore",
+            description="Undo one fs.write: put back what the file held before it (or remove a file it created).",
+            input_model=CompensationInput,
+            output_model=FsRestoreOutput,
+            safety=Safety.SIDE_EFFECT,
+        ),
+    )
+
+
 def builtin_catalog() -> Catalog:
     """A catalog of the six built-in tools (sql.schema, sql.query, fs.read, fs.write, http.get, text.render)."""
     return Catalog(builtin_specs())
@@ -209,8 +241,10 @@ def builtin_catalog() -> Catalog:
 
 __all__ = [
     "MAX_ROWS_LIMIT",
+    "CompensationInput",
     "FsReadInput",
     "FsReadOutput",
+    "FsRestoreOutput",
     "FsWriteInput",
     "FsWriteOutput",
     "HttpGetInput",
@@ -226,4 +260,5 @@ __all__ = [
     "TextRenderOutput",
     "builtin_catalog",
     "builtin_specs",
+    "compensation_specs",
 ]

@@ -35,11 +35,17 @@ class ToolSpec:
     safety: Safety = Safety.READ_ONLY
     requires_approval: bool = False
     timeout_s: float = 10.0
-    docs: str = ""  # Markdown shipped with the tool (what it does, inputs, examples, pitfalls): the docs index's
+    docs: str = ""  # Markdown shipped with the tool (what it does, inputs, examples, pitfalls): the docs index's source
+    # Default postconditions (CEL over ``inputs`` and ``output``, ``planner.conditions``): every call
+    # of the tool is checked against them, on top of the step's own.
+    postconditions: tuple[str, ...] = ()
+    # The tool that undoes a completed call (a workflow with ``on_failure: compensate``, when it fails):
+    # it takes ``CompensationInput`` (``planner.builtin_tools``). None: the tool's effect is not undone.
+    compensation: str | None = None
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready description (for prompts, ``cadre tools`` and docs)."""
-        return {
+        described: dict[str, Any] = {
             "name": self.name,
             "description": self.description,
             "safety": self.safety.value,
@@ -47,6 +53,9 @@ class ToolSpec:
             "input_schema": json_schema(self.input_model),
             "output_schema": json_schema(self.output_model),
         }
+        if self.postconditions:
+            described["postconditions"] = list(self.postconditions)
+        return described
 
 
 @functools.cache

@@ -95,5 +95,7 @@ def decompose(task: Task, catalog: Catalog, *, attempt: int = 1) -> list[StepInt
             rollback=rollback,
             fallback_tools=task.fallback_tools,
             requires_approval=approval,
+            pre=task.pre,
+            post=task.post,
         )
     ]

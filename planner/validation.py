@@ -49,6 +49,7 @@ from pydantic import BaseModel, ValidationError
 from cadre.bus.errors import CadreError
 from cadre.bus.plan import Check, Plan, Severity, StepIntent, Task
 from cadre.planner.catalog import Catalog, Safety, ToolSpec
+from cadre.planner.conditions import PRE_NAMES, problem
 from cadre.planner.confidence import confidence_checks
 from cadre.planner.refs import Loc, Ref, RefError, find_refs, format_location, lookup, resolve
 from cadre.planner.scheduler import Upstream, depth, find_cycle
@@ -80,6 +81,7 @@ class Limits:
     max_steps_per_task: int = 10
     max_inputs_bytes: int = 64_000  # of one task's or step's inputs, encoded as JSON
     reject_below: float | None = None  # a plan or task confidence below this rejects the plan
+    model_side_effects_need_approval: bool = True  # a side-effect tool a model chose waits for a person
 
 
 class ValidationFailed(CadreError):
@@ -264,6 +266,22 @@ def _check_fallbacks(
     return checks, usable
 
 
+def condition_checks(who: str, pre: Sequence[str], post: Sequence[str], path: str) -> list[Check]:
+    """``condition_parses`` for each checked condition (``planner.conditions``): a precondition
+    names ``inputs`` only, a postcondition ``inputs`` and ``output``."""
+    checks: list[Check] = []
+    for kind, texts in (("pre", pre), ("post", post)):
+        for k, text in enumerate(texts):
+            where = f"{path}.{kind}[{k}]"
+            found = problem(text, PRE_NAMES) if kind == "pre" else problem(text)
+            if found is None:
+                checks.append(_ok("condition_parses", f"{who}: {kind}condition {text!r} parses", where))
+            else:
+                fix = "write a CEL expression over inputs (pre) or inputs and output (post), e.g. size(output.rows) > 0"
+                checks.append(_fail("condition_parses", f"{who}: {found}", fix, where))
+    return checks
+
+
 def _approval_check(who: str, tool: str, path: str) -> Check:
     return _fail(
         "approval_required",
@@ -292,6 +310,7 @@ def validate_plan(plan: Plan, catalog: Catalog, limits: Limits = Limits()) -> li
     checks += _check_shape(plan, limits)
     for index, task in enumerate(plan.nodes):
         checks += _check_task(index, task, catalog, limits)
+        checks += condition_checks(f"task {task.id!r}", task.pre, task.post, f"nodes[{index}]")
     checks += _check_plan_references(plan, catalog)
     checks += _check_output(plan)
     checks += confidence_checks(plan, limits.reject_below)
@@ -590,6 +609,7 @@ def validate_steps(
         checks.append(_ok("step_ids_unique", f"the {len(steps)} step ids are distinct", "steps"))
     for i, step in enumerate(steps):
         checks += _check_step(i, step, task, ids, catalog, upstream_outputs, limits, upstream_ids)
+        checks += condition_checks(f"step {step.id!r}", step.pre, step.post, f"steps[{i}]")
     return checks
 
 

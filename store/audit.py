@@ -42,6 +42,8 @@ from cadre.bus.events import (
     ApprovalDenied,
     ApprovalGranted,
     ApprovalRequested,
+    CompensationStarted,
+    ConsultationWaiting,
     EffectsRecorded,
     Envelope,
     Event,
@@ -50,6 +52,10 @@ from cadre.bus.events import (
     PlanProposed,
     PlanRejected,
     PlanValidated,
+    ProposalMade,
+    ProposalRejected,
+    ProposalValidated,
+    StepCompensated,
     StepCompleted,
     StepFailed,
     StepReady,
@@ -446,6 +452,27 @@ def _event(
                 report.verdicts.append(_verdict(index, e, f"steps of task {data.step.task_id}", True, data.checks))
         case StepsRejected():
             report.verdicts.append(_verdict(index, e, f"steps of task {data.task_id}", False, data.checks))
+        case CompensationStarted():
+            text = f"the workflow failed and compensates: undoes {', '.join(data.steps)} (last first)"
+            if data.not_undone:
+                text += f"; cannot undo {', '.join(data.not_undone)} (no compensating tool)"
+            report.deviations.append(Deviation(index=index, scope="workflow", text=text))
+        case StepCompensated():
+            if data.error is None:
+                text = f"undone by {data.tool}: {data.output}"
+            else:
+                text = f"not undone: {data.error.code}: {data.error.message}"
+            report.deviations.append(Deviation(index=index, scope=scope, text=text))
+        case ConsultationWaiting():
+            text = f"{data.call} waited {data.retry_after_s:g} s for the provider's rate limit, then asked again"
+            report.deviations.append(Deviation(index=index, scope=scope, text=text))
+        case ProposalMade():
+            text = f"the model proposed {data.action} with {data.tool} ({data.source}): {data.reason}"
+            report.deviations.append(Deviation(index=index, scope=scope, text=text))
+        case ProposalValidated() | ProposalRejected():
+            passed = isinstance(data, ProposalValidated)
+            subject = f"the model's proposal for step {data.step_id}"
+            report.verdicts.append(_verdict(index, e, subject, passed, data.checks))
         case TaskReady():
             if data.attempt > 1:
                 t.retries += 1
@@ -671,7 +698,17 @@ def _scope(e: Envelope, by_id: dict[str, Envelope]) -> str:
             return "workflow"
         data = cause.data
     match data:
-        case StepCompleted() | StepFailed() | ApprovalGranted() | ApprovalDenied():
+        case (
+            StepCompleted()
+            | StepFailed()
+            | ApprovalGranted()
+            | ApprovalDenied()
+            | ProposalMade()
+            | ProposalValidated()
+            | ProposalRejected()
+            | ConsultationWaiting()
+            | StepCompensated()
+        ):
             return f"step:{data.step_id}"
         case StepReady() | ApprovalRequested():
             return f"step:{data.step.id}"
@@ -732,6 +769,23 @@ def summary(data: Event) -> str:
             return f"gave up on {data.input_type} (seq {data.input_seq}) after {data.attempts}: {data.error.code}"
         case ForgedEvent():
             return f"refused {data.input_type} (seq {data.input_seq}) as {data.status}: {data.reason}"
+        case CompensationStarted():
+            cannot = f"; cannot undo {', '.join(data.not_undone)}" if data.not_undone else ""
+            return f"undoing {', '.join(data.steps)} (last first){cannot}: {data.reason}"
+        case StepCompensated():
+            if data.error is not None:
+                return f"{data.step_id} NOT undone: {data.error.code}: {data.error.message}"
+            return f"{data.step_id} undone by {data.tool}"
+        case ConsultationWaiting():
+            until = f"{data.until:%H:%M:%S}"
+            return f"{data.step_id}: {data.call} rate-limited; waits {data.retry_after_s:g} s, until {until}"
+        case ProposalMade():
+            return f"{data.step_id}: {data.action} with {data.tool} ({data.source}): {data.reason}"
+        case ProposalValidated():
+            wait = f", waits for approval: {'; '.join(data.approval)}" if data.approval else ""
+            return f"{data.step_id}: proposal cleared ({len(data.checks)} checks){wait}"
+        case ProposalRejected():
+            return f"{data.step_id}: proposal refused: {_failed(data.checks)}"
     return ""
 
 

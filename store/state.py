@@ -23,12 +23,18 @@ from cadre.bus.events import (
     ApprovalDenied,
     ApprovalGranted,
     ApprovalRequested,
+    CompensationStarted,
+    ConsultationWaiting,
     EffectsRecorded,
     ForgedEvent,
     HandlerFailed,
     PlanProposed,
     PlanRejected,
     PlanValidated,
+    ProposalMade,
+    ProposalRejected,
+    ProposalValidated,
+    StepCompensated,
     StepCompleted,
     StepFailed,
     StepReady,
@@ -43,9 +49,21 @@ from cadre.bus.events import (
 from cadre.bus.plan import Check, ErrorInfo, Plan, StepIntent, Task
 from cadre.store.records import Record, StoredEvent
 
-Status = Literal["new", "requested", "planned", "running", "completed", "failed"]
+Status = Literal["new", "requested", "planned", "running", "compensating", "completed", "failed"]
 TaskStatus = Literal["pending", "ready", "running", "completed", "failed"]
-StepStatus = Literal["proposed", "ready", "awaiting_approval", "approved", "denied", "completed", "failed"]
+StepStatus = Literal[
+    "proposed",
+    "ready",
+    "awaiting_approval",
+    "approved",
+    "denied",
+    "completed",
+    "failed",
+    "validating",  # a model's proposal for it waits for the validator's verdict
+    "cleared",  # the validator cleared the proposal
+    "refused",  # the validator refused the proposal
+    "waiting",  # a consultation for it waits out the provider's rate limit (``consultation_waiting``)
+]
 
 
 class StepState(msgspec.Struct, frozen=True, kw_only=True):
@@ -61,6 +79,13 @@ class StepState(msgspec.Struct, frozen=True, kw_only=True):
     simulated: bool = False
     would_need_approval: bool = False
     estimate: Estimated | None = None
+    # A model's decision about the step (``proposal_made``) and the id of that event, which the
+    # validator's verdict names; the step runs the proposal, not its plan, once it is cleared.
+    proposal: ProposalMade | None = None
+    proposal_id: str | None = None
+    wait_id: str | None = None  # the consultation_waiting event the step waits on
+    # Compensation (``step_compensated``): True once undone, False when its compensation failed.
+    compensated: bool | None = None
 
 
 class TaskState(msgspec.Struct, frozen=True, kw_only=True):
@@ -101,6 +126,10 @@ class WorkflowState(msgspec.Struct, kw_only=True):
     last_data: bytes = b""
     started_at: datetime | None = None
     ended_at: datetime | None = None
+    # The steps completed for real (not simulated), in the order they completed (a tuple: replaced,
+    # never changed in place, so forked states do not share changes).
+    completed_steps: tuple[str, ...] = ()
+    compensation: CompensationStarted | None = None  # the workflow failed and undoes its steps
 
     @property
     def done(self) -> bool:
@@ -170,6 +199,8 @@ def apply(state: WorkflowState, stored: StoredEvent) -> None:
                 would_need_approval=data.would_need_approval,
                 estimate=data.estimate,
             )
+            if not data.simulated:
+                state.completed_steps = (*state.completed_steps, data.step_id)
             # A task is complete when the last step of its current attempt is: its output is that step's.
             t = state.tasks.get(data.task_id)
             if t is not None and t.step_ids and t.step_ids[-1] == data.step_id and t.status == "running":
@@ -193,6 +224,21 @@ def apply(state: WorkflowState, stored: StoredEvent) -> None:
             state.dead_letters += 1
         case ForgedEvent():
             state.forged += 1
+        case ConsultationWaiting():
+            _step(state, data.step_id, status="waiting", wait_id=e.id)
+        case CompensationStarted():
+            state.status = "compensating"
+            state.compensation = data
+        case StepCompensated():
+            _step(state, data.step_id, compensated=data.error is None)
+        case ProposalMade():
+            _step(state, data.step_id, status="validating", proposal=data, proposal_id=e.id)
+        case ProposalValidated():
+            if _proposed(state, data.step_id, data.proposal_id):
+                _step(state, data.step_id, status="cleared")
+        case ProposalRejected():
+            if _proposed(state, data.step_id, data.proposal_id):
+                _step(state, data.step_id, status="refused")
         case _:
             assert_never(data)
 
@@ -227,6 +273,12 @@ def _step(state: WorkflowState, step_id: str, **changes: Any) -> None:
     st = state.steps.get(step_id)
     if st is not None:
         state.steps[step_id] = msgspec.structs.replace(st, **changes)
+
+
+def _proposed(state: WorkflowState, step_id: str, proposal_id: str) -> bool:
+    """Whether ``proposal_id`` is the proposal the step waits on a verdict for."""
+    st = state.steps.get(step_id)
+    return st is not None and st.status == "validating" and st.proposal_id == proposal_id
 
 
 def _new_step(state: WorkflowState, step: StepIntent, **changes: Any) -> None:

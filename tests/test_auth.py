@@ -8,6 +8,7 @@ each actor role may append only the event types its kind emits; the admin may ap
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import socket
 import stat
@@ -256,3 +257,20 @@ def test_generated_secrets_are_private(tmp_path: Path) -> None:
     # Kept across calls: the same keys, so running processes keep their identity.
     again = ensure_auth(tmp_path / "auth", Settings.load().auth_names())
     assert {r: i.public_key for r, i in again.items()} == {r: i.public_key for r, i in ids.items()}
+
+
+def test_credentials_are_minted_again_when_a_role_emits_new_event_types(tmp_path: Path) -> None:
+    """A deployment upgraded to a cadre with new event types (proposal_made, …) gets JWTs that let its
+    actors publish them; the keys stay."""
+    ids = ensure_auth(tmp_path / "auth", Settings.load().auth_names())
+    agent_creds = creds_path(tmp_path / "auth", "agent")
+    names_file = tmp_path / "auth" / "names.json"
+    recorded = json.loads(names_file.read_text())
+    recorded["emits"]["agent"].remove("proposal_made")  # as a version before it wrote
+    names_file.write_text(json.dumps(recorded))
+    again = ensure_auth(tmp_path / "auth", Settings.load().auth_names())
+    assert {r: i.public_key for r, i in again.items()} == {r: i.public_key for r, i in ids.items()}
+    assert json.loads(names_file.read_text())["emits"]["agent"] == list(EMITS["agent"])
+    jwt = agent_creds.read_text().splitlines()[1]
+    claims = base64.urlsafe_b64decode(jwt.split(".")[1] + "==").decode()
+    assert ".proposal_made" in claims  # the agent may publish it

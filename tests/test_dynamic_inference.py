@@ -25,7 +25,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from pydantic import ValidationError
 
-from cadre.actors import agent, decomposer
+from cadre.actors import agent, decomposer, validator
 from cadre.actors.answers import LiveAnswers
 from cadre.actors.budget import BudgetClient, serve_budget
 from cadre.actors.budget.rules import BudgetConfig
@@ -40,6 +40,7 @@ from cadre.bus.events import (
     Event,
     PlanProposed,
     PlanValidated,
+    ProposalMade,
     StepCompleted,
     StepFailed,
     StepReady,
@@ -149,6 +150,15 @@ def history(*payloads: Event) -> list[StoredEvent]:
     return out
 
 
+def history_after(events: list[StoredEvent], *payloads: Event) -> list[StoredEvent]:
+    """``payloads`` stored after ``events``."""
+    out = []
+    for seq, data in enumerate(payloads, start=len(events) + 1):
+        env = ev(data, WF, i=seq)
+        out.append(StoredEvent(seq, f"t.evt.{WF}.{env.type}", env, b""))
+    return out
+
+
 def to_step(plan: Plan, task_id: str, *, level: str, mode: str = "adaptive") -> list[StoredEvent]:
     """A workflow whose task ``task_id`` was decomposed by the rules; its first step is ready."""
     task = next(t for t in plan.nodes if t.id == task_id)
@@ -181,6 +191,8 @@ class Run:
         llm = LLM(provider=self.provider, models={"default": "m"}) if model else None
         self.outside = Outside(tools=self.tools, budget=budget, llm=llm, policy=Policy())
         self.ctx: Context | None = None
+        self.recorded: list[Any] = []  # the effects of every handler call, in order
+        self.emitted: list[Event] = []  # what every handler call emitted, in order
 
     async def handle(self, spec: ActorSpec, events: list[StoredEvent]) -> list[Event]:
         state: WorkflowState = fold(WF, events)
@@ -188,10 +200,21 @@ class Run:
         self.ctx = Context(kind=spec.kind, stored=last, now=last.event.at, answers=LiveAnswers(self.outside))
         out = await spec.handler(self.ctx, events[-1], state)
         assert not isinstance(out, Defer)
+        self.recorded += self.ctx.effects
+        self.emitted += out
         return list(out)
 
-    async def agent(self, events: list[StoredEvent], catalog: Catalog | None = CATALOG) -> Event:
+    async def agent(
+        self, events: list[StoredEvent], catalog: Catalog | None = CATALOG, *, checked_by: Catalog = CATALOG
+    ) -> Event:
+        """The agent's answer to the last event; a model's proposal goes through the validator
+        (over ``checked_by``) and the agent's answer to its verdict is returned instead."""
         [out] = await self.handle(agent.make_spec(HOUR, catalog=catalog), events)
+        if isinstance(out, ProposalMade):
+            events = [*events, *history_after(events, out)]
+            [verdict] = await self.handle(validator.make_spec(checked_by), events)
+            events = [*events, *history_after(events, verdict)]
+            [out] = await self.handle(agent.make_spec(HOUR, catalog=catalog), events)
         return out
 
     @property
@@ -199,8 +222,7 @@ class Run:
         return self.provider.requests
 
     def effects(self, kind: type[E]) -> list[E]:
-        assert self.ctx is not None
-        return [e for e in self.ctx.effects if isinstance(e, kind)]
+        return [e for e in self.recorded if isinstance(e, kind)]
 
     @property
     def asked(self) -> list[str]:
@@ -311,14 +333,17 @@ def test_recover_validator_locates_each_problem(output: dict[str, Any], expected
         assert re.match(pattern, line), (line, pattern)
 
 
-def test_recover_validator_refuses_prohibited_and_approval_alternatives() -> None:
+def test_recover_validator_leaves_the_policy_to_the_validator() -> None:
+    """A prohibited or approval-gated alternative is a valid answer: it becomes a proposal, and the
+    validator's recorded verdict refuses it or makes it wait (tests/test_proposals.py)."""
     catalog = CATALOG.with_policy(prohibited=["fs.read"], approval=["fs.write"])
     step = msgspec.structs.replace(STEP, expected_outputs=())
     validate = recover_validator(catalog, step, ["sql.query"], skippable=False)
-    with pytest.raises(InvalidOutput, match=r"^\$\.tool: 'fs\.read' is prohibited; use one of "):
-        validate({"action": "alternative", "tool": "fs.read", "inputs": {"path": "a"}, "reason": "r"})
-    with pytest.raises(InvalidOutput, match=r"^\$\.tool: 'fs\.write' requires a person's approval"):
-        validate({"action": "alternative", "tool": "fs.write", "inputs": {"path": "a", "content": "b"}, "reason": "r"})
+    read = validate({"action": "alternative", "tool": "fs.read", "inputs": {"path": "a"}, "reason": "r"})
+    write = validate(
+        {"action": "alternative", "tool": "fs.write", "inputs": {"path": "a", "content": "b"}, "reason": "r"}
+    )
+    assert (read.action, read.tool, write.tool) == ("alternative", "fs.read", "fs.write")
 
 
 def test_interpret_prompt_schema_and_validator() -> None:

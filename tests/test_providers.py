@@ -679,6 +679,8 @@ def test_the_plan_request_is_deterministic_and_grounded() -> None:
     assert (first.kind, first.schema_name, first.max_output_tokens, first.temperature) == ("plan", "emit_plan", 2048, 0)
     full = PlanIn.model_json_schema()
     assert full["$defs"]["TaskIn"]["properties"].pop("pool")  # not asked of the model: the deployment assigns pools
+    for name in ("pre", "post"):  # checked conditions: the decomposer's and the plan author's, not the planner's
+        assert full["$defs"]["TaskIn"]["properties"].pop(name)
     assert first.schema == full
     assert first.prompt == "Plan this request:\n<request>\nreport the top customers\n</request>"
     for tool in CATALOG:

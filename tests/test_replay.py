@@ -107,6 +107,12 @@ def test_the_golden_logs_cover_every_path() -> None:
         "dry_run",
         "grounded_plan",
         "provider_fallback",
+        "proposal_approved",
+        "proposal_refused",
+        "conditions",
+        "rate_limit_wait",
+        "interpret_proposal",
+        "compensated",
     }
 
 
@@ -317,6 +323,26 @@ def test_what_if_a_used_tool_is_prohibited_lists_the_plan_and_the_step_it_would_
         for c in changes
     ), changes
     assert any("step save.s1 would now fail: prohibited" in c for c in changes), changes
+
+
+def test_what_if_re_derives_the_verdicts_on_the_models_proposals() -> None:
+    prohibited = what_if("proposal_approved", {"prohibited_tools": ["fs.write"]})
+    assert any(
+        "proposal_validated by validator): the model's proposal for step save.s1 would now be refused: "
+        "steps[0].tool: step 'save.s1' uses tool 'fs.write', which is prohibited" in c
+        for c in prohibited
+    ), prohibited
+    trusted = what_if("proposal_approved", {"model_side_effects_need_approval": False})
+    assert trusted == [
+        "index 7 (seq 8, proposal_validated by validator): the model's proposal for step save.s1 would now run "
+        "without a person's approval"
+    ]
+    allowed = what_if("proposal_refused", {"prohibited_tools": []})
+    assert any(
+        "proposal_rejected by validator): the model's proposal for step save.s1 would now be cleared, and wait "
+        "for approval (the model chose fs.write, which has side effects, with inputs it wrote)" in c
+        for c in allowed
+    ), allowed
 
 
 def test_what_if_a_lower_cap_denies_the_consultation() -> None:

@@ -54,6 +54,8 @@ from cadre.bus.events import (
     PlanProposed,
     PlanRejected,
     PlanValidated,
+    ProposalRejected,
+    ProposalValidated,
     StepCompleted,
     StepFailed,
     StepReady,
@@ -321,6 +323,15 @@ def _changed(rec: Envelope, new: Envelope, cause_type: str | None, diffs: tuple[
             return f"plan revision {a.revision} would now be rejected: {explain(b.checks)}"
         case PlanRejected(), PlanValidated():
             return f"plan revision {a.revision} would now pass validation"
+        case ProposalValidated(), ProposalRejected():
+            return f"the model's proposal for step {a.step_id} would now be refused: {explain(b.checks)}"
+        case ProposalRejected(), ProposalValidated():
+            wait = f", and wait for approval ({'; '.join(b.approval)})" if b.approval else ""
+            return f"the model's proposal for step {a.step_id} would now be cleared{wait}"
+        case ProposalValidated(), ProposalValidated() if a.approval != b.approval:
+            if not b.approval:
+                return f"the model's proposal for step {a.step_id} would now run without a person's approval"
+            return f"the model's proposal for step {a.step_id} would now wait for approval ({'; '.join(b.approval)})"
         case StepReady(), StepsRejected():
             return f"step {a.step.id} would now be rejected: {explain(b.checks)}"
         case StepsRejected(), StepReady():

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from cadre.actors.tools.base import ToolBox, ToolConfig, ToolImpl, typed_impl
-from cadre.actors.tools.fs import fs_read, fs_write
+from cadre.actors.tools.fs import fs_read, fs_restore, fs_write
 from cadre.actors.tools.http import http_get
 from cadre.actors.tools.sql import sql_query, sql_schema
 from cadre.actors.tools.text import text_render
 from cadre.planner.builtin_tools import (
+    CompensationInput,
     FsReadInput,
     FsWriteInput,
     HttpGetInput,
@@ -31,6 +32,11 @@ def builtin_impls() -> Mapping[str, ToolImpl]:
         "http.get": typed_impl("http.get", HttpGetInput, http_get),
         "text.render": typed_impl("text.render", TextRenderInput, text_render),
     }
+
+
+def compensation_impls() -> Mapping[str, ToolImpl]:
+    """The implementation of each compensating tool (``planner.builtin_tools.compensation_specs``)."""
+    return {"fs.restore": typed_impl("fs.restore", CompensationInput, fs_restore)}
 
 
 def builtin_toolbox(config: ToolConfig, catalog: Catalog | None = None) -> ToolBox:

@@ -28,6 +28,7 @@ so a redelivered step running beside the original cannot interleave with it.
 from __future__ import annotations
 
 import asyncio
+import base64
 import errno
 import fcntl
 import hashlib
@@ -37,10 +38,17 @@ import stat
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from cadre.actors.tools.base import ToolCall, ToolConfig, ToolError
-from cadre.planner.builtin_tools import FsReadInput, FsReadOutput, FsWriteInput, FsWriteOutput
+from cadre.planner.builtin_tools import (
+    CompensationInput,
+    FsReadInput,
+    FsReadOutput,
+    FsRestoreOutput,
+    FsWriteInput,
+    FsWriteOutput,
+)
 
 MARKER_DIR = ".cadre-idempotency"
 
@@ -310,6 +318,8 @@ class _Writer:
 
     def _overwrite(self, marker: dict[str, Any] | None) -> FsWriteOutput:
         existing = self._open_existing(os.O_RDONLY | os.O_NONBLOCK)  # refused here if hard-linked
+        if marker is None:
+            self._save_undo(existing)
         if existing is not None:
             os.close(existing)
         if marker is None:
@@ -324,6 +334,7 @@ class _Writer:
         try:
             size = 0 if fd is None else os.fstat(fd).st_size
             if marker is None:
+                self._save_undo(fd)
                 size_before = size
                 self._save_marker("pending", size_before=size_before)
             else:
@@ -361,6 +372,20 @@ class _Writer:
         if fd is not None and size > size_before:  # a partial (or foreign) tail after an interrupted append
             os.ftruncate(fd, size_before)
 
+    # What the write replaces (for fs.restore) -------------------------------------------
+
+    def _save_undo(self, fd: int | None) -> None:
+        """Record what the file holds before this key's write (or that it does not exist), once,
+        before the write starts: ``<markers>/<sha256(key)>.undo.json``, which fs.restore reads."""
+        name = self.marker.name.removesuffix(".json") + ".undo.json"
+        with suppress(FileNotFoundError):
+            os.stat(name, dir_fd=self.markers_fd, follow_symlinks=False)
+            return  # recorded by an earlier, interrupted run of this key: the file has not changed since
+        body: dict[str, Any] = {"v": 1, "key": self.key, "path": self.rel, "existed": fd is not None}
+        if fd is not None:
+            body["content_b64"] = base64.b64encode(os.pread(fd, os.fstat(fd).st_size, 0)).decode()
+        _replace_atomically(self.markers_fd, name, name + ".tmp", json.dumps(body, sort_keys=True).encode())
+
     # The marker --------------------------------------------------------------------------
 
     def _load_marker(self) -> dict[str, Any] | None:
@@ -387,3 +412,87 @@ class _Writer:
             body["bytes_written"] = len(self.data)
         name = self.marker.name
         _replace_atomically(self.markers_fd, name, name + ".tmp", json.dumps(body, sort_keys=True).encode())
+
+
+# --- fs.restore: undo one fs.write ----------------------------------------------------------
+
+
+async def fs_restore(inputs: CompensationInput, config: ToolConfig, call: ToolCall) -> FsRestoreOutput:
+    """Put back what the fs.write of ``inputs.key`` replaced, exactly once per ``call.idempotency_key``."""
+    restorer = _Restorer(config.workspace.resolve(), inputs.key, call.idempotency_key)
+    return await asyncio.to_thread(restorer.run)
+
+
+class _Restorer:
+    """One fs.restore call: reads the write's undo record, puts the file back (an atomic replace, or
+    an unlink of a file the write created) and records a ``done`` marker under its own key, all under
+    the workspace's write lock. A rerun after a crash before the marker redoes the same restore
+    (idempotent: compensations run one after another, so nothing changed the file meanwhile); after
+    it, returns ``already_done``."""
+
+    tool = "fs.restore"
+
+    def __init__(self, workspace: Path, write_key: str, key: str) -> None:
+        self.workspace = workspace
+        self.write_key = write_key
+        self.key = key
+        self.undo = hashlib.sha256(write_key.encode("utf-8")).hexdigest() + ".undo.json"
+        self.marker = hashlib.sha256(key.encode("utf-8")).hexdigest() + ".json"
+
+    def run(self) -> FsRestoreOutput:
+        try:
+            self.workspace.mkdir(parents=True, exist_ok=True)
+            with (
+                _dir_fd(self.tool, MARKER_DIR, self.workspace, (MARKER_DIR,), create=True) as mfd,
+                _locked(mfd, ".lock"),
+            ):
+                return self._run_locked(mfd)
+        except OSError as e:
+            raise _os_failure(self.tool, self.write_key, e) from e
+
+    def _read_json(self, mfd: int, name: str) -> dict[str, Any] | None:
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=mfd)
+        except FileNotFoundError:
+            return None
+        try:
+            raw = _read_all(fd, 1 << 31)
+        finally:
+            os.close(fd)
+        try:
+            body = json.loads(raw)
+        except ValueError as e:
+            raise ToolError(self.tool, "corrupt_marker", f"{name} in {MARKER_DIR}/ is not JSON") from e
+        if not isinstance(body, dict):
+            raise ToolError(self.tool, "corrupt_marker", f"{name} in {MARKER_DIR}/ is not a record")
+        return body
+
+    def _run_locked(self, mfd: int) -> FsRestoreOutput:
+        done = self._read_json(mfd, self.marker)
+        if done is not None:
+            return FsRestoreOutput(path=str(done["path"]), restored=done["restored"], already_done=True)
+        undo = self._read_json(mfd, self.undo)
+        if undo is None:
+            raise ToolError(
+                self.tool,
+                "nothing_to_undo",
+                f"no record of what the write {self.write_key!r} replaced (it did not run, or ran before cadre "
+                "recorded what fs.write replaces)",
+            )
+        _, rel = resolve_in_workspace(self.tool, self.workspace, str(undo["path"]))  # confined again
+        *folders, name = rel.split("/")
+        restored: Literal["content", "removed"]
+        with _dir_fd(self.tool, rel, self.workspace, folders, create=True) as dfd:
+            if undo.get("existed"):
+                data = base64.b64decode(str(undo.get("content_b64", "")))
+                tmp = f".{name}.{self.marker[:16]}.cadre-tmp"
+                _replace_atomically(dfd, name, tmp, data)
+                restored = "content"
+            else:
+                with suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=dfd)
+                os.fsync(dfd)
+                restored = "removed"
+        body = {"v": 1, "key": self.key, "state": "done", "path": rel, "restored": restored}
+        _replace_atomically(mfd, self.marker, self.marker + ".tmp", json.dumps(body, sort_keys=True).encode())
+        return FsRestoreOutput(path=rel, restored=restored, already_done=False)

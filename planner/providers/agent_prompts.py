@@ -276,8 +276,10 @@ def recover_validator(
     """A validator of ``recover`` answers for ``step`` after the ``tried`` tools failed.
 
     ``retry`` re-runs a tried tool, with inputs valid for it (or null); ``alternative`` runs
-    an allowed catalog tool that needs no approval, was not tried, outputs the step's
-    ``expected_outputs``, with valid inputs; ``skip`` only when ``skippable``; ``fail`` always.
+    a catalog tool that was not tried and outputs the step's ``expected_outputs``, with valid
+    inputs; ``skip`` only when ``skippable``; ``fail`` always. Whether the policy lets the tool
+    run, and whether a person must approve it first, is the validator's verdict on the proposal
+    the answer becomes (:mod:`planner.proposals`), not a repair round's.
     """
 
     def validate(output: dict[str, Any]) -> Recovery:
@@ -330,11 +332,9 @@ def _alternative(answer: RecoveryOut, catalog: Catalog, step: StepIntent, tried:
         )
     elif tool in tried:
         problems.append(f'$.tool: {tool!r} was tried already; to run it again, answer "retry"')
-    elif catalog[tool].safety is Safety.PROHIBITED:
-        problems.append(f"$.tool: {tool!r} is prohibited; use one of {', '.join(allowed)}")
-    elif catalog[tool].requires_approval:
-        problems.append(f"$.tool: {tool!r} requires a person's approval, which a recovery cannot wait for")
     else:
+        # The policy (prohibited tools, approval) is the validator's to apply: the answer becomes a
+        # proposal it checks (planner.proposals), and its verdict is recorded.
         missing = _lacks(catalog[tool], step.expected_outputs)
         if missing:
             problems.append(
@@ -519,6 +519,16 @@ class StepOut(BaseModel):
     fallback_tools: list[str] = Field(
         default_factory=list, description="tools to try, in order, when the tool fails; each takes the same inputs"
     )
+    pre: list[str] = Field(
+        default_factory=list,
+        description="conditions in CEL over `inputs` that must hold before the tool runs, "
+        "e.g. \"inputs.path.startsWith('reports/')\"",
+    )
+    post: list[str] = Field(
+        default_factory=list,
+        description="conditions in CEL over `inputs` and `output` the tool's output must meet, "
+        'e.g. "size(output.rows) > 0" or "has(output.path)"',
+    )
 
 
 class StepsOut(BaseModel):
@@ -635,6 +645,8 @@ def _step_intent(task: Task, out: StepOut, index: int, attempt: int, catalog: Ca
         rollback=rollback,
         fallback_tools=tuple(out.fallback_tools),
         requires_approval=any(catalog[n].requires_approval for n in (out.tool, *out.fallback_tools) if n in catalog),
+        pre=(*task.pre, *out.pre),
+        post=(*task.post, *out.post),
     )
 
 

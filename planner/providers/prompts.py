@@ -46,7 +46,8 @@ def _model_plan_schema() -> dict[str, Any]:
     """``PlanIn``'s schema without a task's ``pool``: agent pools are the deployment's to assign
     (the policy file's), not the model's, which is not told them."""
     schema = copy.deepcopy(PlanIn.model_json_schema())
-    schema["$defs"]["TaskIn"]["properties"].pop("pool", None)
+    for name in ("pool", "pre", "post"):  # conditions: the decomposer's and the plan author's
+        schema["$defs"]["TaskIn"]["properties"].pop(name, None)
     return schema
 
 
@@ -56,6 +57,9 @@ def _plan_json(plan: Plan) -> dict[str, Any]:
     for node in out["nodes"]:
         if node.get("pool") is None:
             node.pop("pool", None)
+        for name in ("pre", "post"):
+            if not node.get(name):
+                node.pop(name, None)
     return out
 
 

@@ -64,9 +64,9 @@ class Scenario:
     fallback: tuple[Behaviour, ...] | None = None  # a fake OpenAI-compatible API to fall back on; None: none
 
 
-def submit(body: dict[str, Any]) -> Drive:
+def submit(body: dict[str, Any], within: float = 20) -> Drive:
     async def drive(h: Harness) -> str:
-        return (await h.run(body)).workflow_id
+        return (await h.run(body, within=within)).workflow_id
 
     return drive
 
@@ -108,6 +108,48 @@ DRY_RUN_PLAN: dict[str, Any] = {
             "inputs": {"path": "dry/out.txt", "content": "${b.value}"},
         },
     ]
+}
+
+# The planned writer fails; the model's recovery picks fs.write with inputs it made up: a proposal.
+PROPOSAL_PLAN: dict[str, Any] = {
+    "nodes": [{"id": "save", "tool": "test.disk_full", "inputs": {"path": "out/report.txt", "content": "report"}}]
+}
+PICK_FS_WRITE: dict[str, Any] = {
+    "action": "alternative",
+    "tool": "fs.write",
+    "inputs": {"path": "out/elsewhere.txt", "content": "words the model invented"},
+    "reason": "the disk of the planned writer is full; write the file with fs.write instead",
+}
+PROPOSAL_SETTINGS: dict[str, Any] = {"tool_modules": ["tests.plugin_tools", "tests.proposal_tools"]}
+
+# Checked conditions: a's postcondition holds; b's precondition does not, so b's tool is never called.
+CONDITIONS_PLAN: dict[str, Any] = {
+    "nodes": [
+        {"id": "a", "tool": "test.echo", "inputs": {"value": "hello"}, "post": ["output.value == 'hello'"]},
+        {
+            "id": "b",
+            "tool": "test.echo",
+            "depends_on": ["a"],
+            "inputs": {"value": "${a.value}"},
+            "pre": ["inputs.value.startsWith('bye')"],
+        },
+    ]
+}
+
+# Two steps fail at once; the provider takes one call a minute, so the second recovery is denied for
+# the rate limit (retry_after_s about 60 s, under the deployment's 90 s bound): it waits, asks again.
+RATE_LIMITED_PLAN: dict[str, Any] = {
+    "nodes": [
+        {"id": "a", "tool": "test.flaky", "inputs": {"value": "a"}},
+        {"id": "b", "tool": "test.flaky", "inputs": {"value": "b"}},
+    ],
+    "output": "b",
+}
+RECOVER_WITH_ECHO: dict[str, Any] = {
+    "action": "alternative",
+    "tool": "test.echo",
+    "inputs": {"value": "echoed"},
+    "reason": "the flaky service is down; echo the value",
 }
 
 BAD_PLAN = {**MODEL_PLAN, "nodes": [{**MODEL_PLAN["nodes"][0], "tool": "sql.nonexistent"}]}
@@ -221,6 +263,81 @@ SCENARIOS = (
         submit({"request": NOVEL_REQUEST}),
         model=(status(529),),
         fallback=(ok(MODEL_PLAN, input=1000, output=120),),
+    ),
+    Scenario(
+        "proposal_approved",
+        "the model's recovery picks fs.write with made-up inputs: the validator clears the proposal, it waits "
+        "for approval (a side effect the model chose), a person grants it and it runs",
+        approval(deny=False, plan=PROPOSAL_PLAN, step="save.s1"),
+        settings=PROPOSAL_SETTINGS,
+        model=(),
+        routes=(("emit_recovery", (ok(PICK_FS_WRITE),)),),
+    ),
+    Scenario(
+        "proposal_refused",
+        "fs.write is prohibited: the model's recovery picks it anyway, the validator refuses the proposal, "
+        "nothing is written and the step fails as planned",
+        submit({"plan": PROPOSAL_PLAN}),
+        settings={**PROPOSAL_SETTINGS, "prohibited_tools": ["fs.write"]},
+        model=(),
+        routes=(("emit_recovery", (ok(PICK_FS_WRITE),)),),
+        expect="failed",
+    ),
+    Scenario(
+        "conditions",
+        "checked conditions: a's postcondition holds; b's precondition does not, so its tool is never called "
+        "and the workflow fails naming the condition",
+        submit({"plan": CONDITIONS_PLAN}),
+        expect="failed",
+    ),
+    Scenario(
+        "rate_limit_wait",
+        "two recoveries at once, one call a minute: the second is denied for the rate limit, waits its "
+        "retry_after_s (a durable timer, under the 90 s bound) and asks again; both complete",
+        submit({"plan": RATE_LIMITED_PLAN}, within=150),
+        settings={
+            "rate_limits": {"anthropic": {"requests_per_minute": 1, "tokens_per_minute": 200_000}},
+            "rate_limit_wait_max_s": 90.0,
+        },
+        model=(),
+        routes=(("emit_recovery", (ok(RECOVER_WITH_ECHO), ok(RECOVER_WITH_ECHO))),),
+    ),
+    Scenario(
+        "interpret_proposal",
+        "test.sloppy answers in the wrong shape; the model's corrected output is a proposal the validator clears, "
+        "and it completes the step",
+        submit(
+            {
+                "plan": {"nodes": [{"id": "c", "tool": "test.sloppy", "inputs": {"value": "three"}}]},
+                "intelligence": "intelligent",
+            }
+        ),
+        model=(),
+        routes=(("emit_tool_output", (ok({"count": 5}),)),),
+    ),
+    Scenario(
+        "compensated",
+        "on_failure: compensate: two fs.write steps and an echo complete, the last task fails; the writes are "
+        "undone last first by fs.restore, the echo is listed as not undone, the workflow ends failed",
+        submit(
+            {
+                "on_failure": "compensate",
+                "plan": {
+                    "nodes": [
+                        {"id": "w1", "tool": "fs.write", "inputs": {"path": "c/a.txt", "content": "new a"}},
+                        {
+                            "id": "w2",
+                            "tool": "fs.write",
+                            "depends_on": ["w1"],
+                            "inputs": {"path": "c/a.txt", "content": " and b", "mode": "append"},
+                        },
+                        {"id": "e", "tool": "test.echo", "depends_on": ["w2"], "inputs": {"value": "v"}},
+                        {"id": "x", "tool": "test.flaky", "depends_on": ["e"], "inputs": {"value": "v"}},
+                    ]
+                },
+            }
+        ),
+        expect="failed",
     ),
     Scenario(
         "malformed_answer",
