@@ -26,6 +26,7 @@ from cadre.llm import build_llm
 from cadre.planner.builtin_tools import builtin_catalog
 from cadre.planner.catalog import Catalog
 from cadre.planner.pools import EVERY_POOL, Pools
+from cadre.planner.safety import SafetyContext
 from cadre.settings import Settings
 from cadre.trust import keyring_loader, trust_for
 from cadre.wiring import Bus
@@ -84,6 +85,7 @@ def system_specs(
         approve_below=settings.approve_below,
         pools=pools_of(settings),
         agent_pool=agent_pool,
+        safety=SafetyContext(http_allow=tuple(settings.http_allow)),
     )
 
 

@@ -11,9 +11,12 @@ import functools
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from cadre.planner.safety import SafetyRule
 
 
 class Safety(StrEnum):
@@ -35,6 +38,9 @@ class ToolSpec:
     safety: Safety = Safety.READ_ONLY
     requires_approval: bool = False
     timeout_s: float = 10.0
+    # The tool's safety rule (:mod:`planner.safety`): checked by the validator on the literal and on
+    # the resolved inputs, and by the ToolBox before the implementation runs. None: schema only.
+    rule: SafetyRule | None = None
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready description (for prompts, ``cadre tools`` and docs)."""

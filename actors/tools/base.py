@@ -43,6 +43,7 @@ from pydantic_core import PydanticSerializationError
 
 from cadre.bus.errors import CadreError
 from cadre.planner.catalog import Catalog, Safety
+from cadre.planner.safety import SafetyContext
 
 
 class ToolError(CadreError):
@@ -115,6 +116,19 @@ def typed_impl(
     return impl
 
 
+def strict_inputs(tool: str, model: type[_In], inputs: Mapping[str, Any]) -> _In:
+    """``inputs`` validated as the JSON they are against ``model`` in strict mode: the published schema
+    as written, with no coercion (``"10"`` or ``true`` is not an int). ToolError ``invalid_input``."""
+    try:
+        raw = json.dumps(inputs, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ToolError(tool, "invalid_input", f"invalid input for {tool}: the inputs are not JSON ({e})") from e
+    try:
+        return model.model_validate_json(raw, strict=True)
+    except ValidationError as e:
+        raise ToolError(tool, "invalid_input", f"invalid input for {tool}: {describe_validation_error(e)}") from e
+
+
 def describe_validation_error(err: ValidationError) -> str:
     """``"sql: Field required; params[0]: Input should be …"`` — each error with its location."""
     parts: list[str] = []
@@ -158,10 +172,10 @@ class ToolBox:
             raise ToolError(name, "prohibited", f"tool {name!r} is prohibited by this deployment's policy")
         if impl is None:
             raise ToolError(name, "unknown_tool", f"tool {name!r} is in the catalog but this toolbox cannot run it")
-        try:
-            model = spec.input_model.model_validate(inputs)
-        except ValidationError as e:
-            raise ToolError(name, "invalid_input", f"invalid input for {name}: {describe_validation_error(e)}") from e
+        model = strict_inputs(name, spec.input_model, inputs)
+        if spec.rule is not None:  # the tool's safety rule, the last line before the implementation runs
+            for v in spec.rule(inputs, SafetyContext(http_allow=self.config.http_allow)):
+                raise ToolError(name, v.code, v.message)
 
         limit = spec.timeout_s if timeout is None else timeout
         deadline = asyncio.timeout(limit)
