@@ -147,6 +147,12 @@ class Settings(BaseSettings):
     workspace: Path | None = Field(default=None, description="fs.* tools' root (default: <data_dir>/workspace)")
     database: Path | None = Field(default=None, description="sql.* tools' SQLite file (default: the sample shop)")
     http_allow: StrList = Field(default_factory=list, description="URL prefixes http.get may fetch")
+    tool_output_max_bytes: int = Field(
+        default=786_432,
+        ge=1,
+        description="hard cap on one tool output as JSON: a larger one fails its step once with output_too_large "
+        "(keep it below the NATS server's max_payload, 1 MiB by default, less the event's envelope)",
+    )
     tool_modules: StrList = Field(default_factory=list, description="Python modules defining TOOLS of your own")
     prohibited_tools: StrList = Field(default_factory=list, description="tools the validator refuses")
     approval_tools: StrList = Field(default_factory=list, description="tools that need a person's approval")

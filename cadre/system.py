@@ -137,7 +137,12 @@ async def run_system(
         database = (
             settings.database if settings.database is not None else ensure_sample_database(settings.database_path)
         )
-        config = ToolConfig(workspace=settings.workspace_dir, database=database, http_allow=tuple(settings.http_allow))
+        config = ToolConfig(
+            workspace=settings.workspace_dir,
+            database=database,
+            http_allow=tuple(settings.http_allow),
+            max_output_bytes=settings.tool_output_max_bytes,
+        )
         impls = {**builtin_impls(), **plugin_impls(load_tool_modules(settings.tool_modules))}
         tools = ToolRunner(ToolBox(catalog, {n: f for n, f in impls.items() if n in catalog}, config))
     library = None

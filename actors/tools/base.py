@@ -27,6 +27,7 @@ limit, output validation — so that an implementation only does its one job.
          not_allowed        a URL outside the allow-list (CADRE_HTTP_ALLOW)
          http_error         the HTTP server could not be reached (retryable)
          invalid_template   a text.render template that cannot be filled
+         output_too_large   an output above ToolConfig.max_output_bytes (fails once, not retried)
 """
 
 from __future__ import annotations
@@ -74,12 +75,15 @@ class ToolConfig:
 
     ``workspace``: the only folder fs.read / fs.write see. ``database``: the SQLite file of
     the sql tools (None: they answer ``not_configured``). ``http_allow``: URL prefixes http.get
-    may fetch (e.g. ``"http://127.0.0.1:8080/"``); empty allows nothing.
+    may fetch (e.g. ``"http://127.0.0.1:8080/"``); empty allows nothing. ``max_output_bytes``: the
+    hard cap on one output as JSON (None: none); a larger one fails the call once with
+    ``output_too_large`` instead of an event the bus cannot carry.
     """
 
     workspace: Path
     database: Path | None = None
     http_allow: tuple[str, ...] = ()
+    max_output_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +190,16 @@ class ToolBox:
             if not deadline.expired():  # raised by the implementation itself, not our limit
                 raise
             raise ToolError(name, "timeout", f"{name} did not finish within {limit:g} s", retryable=True) from e
-        return self._checked_output(name, spec.output_model, out)
+        data = self._checked_output(name, spec.output_model, out)
+        cap = self.config.max_output_bytes
+        if cap is not None and (size := len(json.dumps(data, ensure_ascii=False).encode())) > cap:
+            raise ToolError(
+                name,
+                "output_too_large",
+                f"{name} returned {size} bytes of output as JSON; the limit is {cap} (tool_output_max_bytes): "
+                "ask for less (max_rows, max_bytes, a narrower query)",
+            )
+        return data
 
     @staticmethod
     def _checked_output(name: str, model: type[BaseModel], out: object) -> dict[str, Any]:
