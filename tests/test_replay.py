@@ -105,6 +105,8 @@ def test_the_golden_logs_cover_every_path() -> None:
         "approval_denied",
         "llm_plan_repair",
         "dry_run",
+        "unsafe_plan",
+        "output_too_large",
     }
 
 

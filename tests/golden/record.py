@@ -48,6 +48,12 @@ APPROVAL_PLAN: dict[str, Any] = {
     ]
 }
 
+# About 1.2 MB of output as JSON: above the default tool_output_max_bytes.
+TEN_THOUSAND_PADDED_ROWS = (
+    "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 10000) "
+    "SELECT x, printf('%0100d', x) AS pad FROM n"
+)
+
 Drive = Callable[[Harness], Awaitable[str]]
 """Runs the scenario's workflow to its end on a running cadre; returns its id."""
 
@@ -193,6 +199,50 @@ SCENARIOS = (
         ),
         settings={"approval_tools": ["fs.write"], "tool_modules": ["tests.plugin_tools", "tests.dry_run_tools"]},
         model=(),
+    ),
+    Scenario(
+        "unsafe_plan",
+        "the last task of a plan writes outside the workspace: the validator's safety rule rejects the plan "
+        "and none of its tasks runs",
+        submit(
+            {
+                "request": "count customers and write the count outside the workspace",
+                "plan": {
+                    "nodes": [
+                        {"id": "n", "tool": "sql.query", "inputs": {"sql": "SELECT COUNT(*) FROM customers"}},
+                        {
+                            "id": "save",
+                            "tool": "fs.write",
+                            "depends_on": ["n"],
+                            "inputs": {"path": "../outside.txt", "content": "${n.rows}"},
+                        },
+                    ]
+                },
+            }
+        ),
+        expect="failed",
+    ),
+    Scenario(
+        "output_too_large",
+        "a 10 000-row query whose output is above the hard cap: the step fails once with output_too_large",
+        submit(
+            {
+                "request": "ten thousand padded rows",
+                "plan": {
+                    "nodes": [
+                        {
+                            "id": "big",
+                            "tool": "sql.query",
+                            "inputs": {
+                                "sql": TEN_THOUSAND_PADDED_ROWS,
+                                "max_rows": 10000,
+                            },
+                        }
+                    ]
+                },
+            }
+        ),
+        expect="failed",
     ),
     Scenario(
         "malformed_answer",
