@@ -279,25 +279,29 @@ def _sql_problem(sql: str) -> tuple[str, str] | None:
     if "\x00" in sql:
         return "sql_error", "SQLite refused the statement: it contains a NUL character"
     names = _identifiers(sql)
-    stubs: dict[str, list[str]] = {}
+    tables: list[str] = []  # stand-ins, in the order SQLite asked for them
+    owner: dict[str, int] = {}  # a name that was ambiguous: the one stand-in that has it (an index in tables)
     for _ in range(_MAX_ROUNDS):
+        stubs = {t: [n for n in names if owner.get(n, i) == i] for i, t in enumerate(tables)}
         guard, err = _compile(sql, stubs)
         if guard.denied is not None:
             return "write_refused", f"sql.query is read-only: {statement_kind(sql) or guard.denied} is refused"
         message = str(err) if err is not None else ""
         if m := re.fullmatch(r"no such table: (?:main\.)?(.+)", message):
-            table = m[1]
-            if "." in table or table in stubs:
+            if "." in m[1] or m[1] in tables:
                 return "sql_error", f"SQLite refused the statement: {message}"
-            stubs[table] = list(names)
+            tables.append(m[1])
             continue
         if m := re.fullmatch(r"ambiguous column name: (?:.*\.)?(.+)", message):
-            owners = [t for t, cols in stubs.items() if m[1] in cols]
-            if len(owners) < 2:
+            if m[1] in owner or m[1] not in names:
                 return "sql_error", f"SQLite refused the statement: {message}"
-            for t in owners[1:]:
-                stubs[t].remove(m[1])
+            owner[m[1]] = 0  # only the first stand-in has it; the next one if a qualified use needs it elsewhere
             continue
+        if (m := re.fullmatch(r"no such column: (?:.*\.)?(.+)", message)) and m[1] in owner:
+            owner[m[1]] += 1
+            if owner[m[1]] < len(tables):
+                continue
+            return "sql_error", f"SQLite refused the statement: {message}"
         if err is not None and not message.startswith("Incorrect number of bindings"):
             kind = statement_kind(sql)  # a statement that parses but is no SELECT is refused as such
             syntax = message.startswith(("near ", "incomplete input", "unrecognized token"))

@@ -53,6 +53,7 @@ def test_workspace_paths(path: str, code: str | None) -> None:
         ("WITH s AS (SELECT a, b FROM t JOIN u USING (a)) SELECT a, b FROM s", None),
         ("select x from t1, t2 where t1.k = t2.k", None),  # stand-in tables: an ambiguous x is resolved
         ("VALUES (1)", None),
+        ("SELECT c.name, total FROM c JOIN o ON o.cid = c.id WHERE o.total > 1", None),  # total: o's, found on retry
         ("INSERT INTO orders VALUES (1)", "write_refused"),
         ("WITH o AS (SELECT 1) DELETE FROM orders", "write_refused"),
         ("ATTACH ':memory:' AS x", "write_refused"),

@@ -251,6 +251,8 @@ GOOD_SQL = [
     "SELECT COUNT(*) FROM orders o JOIN customers c ON c.id = o.customer_id WHERE c.country = 'FR'",
     "VALUES (1, 'a'), (2, 'b')",
     "SELECT max(price), min(price), avg(price) FROM products",
+    "SELECT c.name, total FROM customers c JOIN orders o ON o.customer_id = c.id WHERE o.total > 100 LIMIT 3",
+    "SELECT name, quantity FROM products JOIN order_items ON order_items.product_id = products.id LIMIT 3",
 ]
 
 GOOD_PARAM_QUERIES: list[dict[str, Any]] = [
