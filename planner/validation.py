@@ -65,7 +65,7 @@ from cadre.bus.errors import CadreError
 from cadre.bus.plan import Check, Plan, Severity, StepIntent, Task
 from cadre.planner.catalog import Catalog, Safety, ToolSpec, json_schema
 from cadre.planner.confidence import confidence_checks
-from cadre.planner.refs import Loc, Ref, RefError, find_refs, format_location, lookup, parse_ref, resolve
+from cadre.planner.refs import Loc, Ref, RefError, find_refs, format_location, lookup, resolve
 from cadre.planner.safety import SafetyContext
 from cadre.planner.scheduler import Upstream, depth, find_cycle
 
@@ -491,6 +491,7 @@ def _safety_failures(
 
 
 _UNCLOSED = re.compile(r"\$\{[A-Za-z0-9_.-]*$")
+_FULL_REF = re.compile(r"\$\{[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\}")  # planner.refs' form of a reference
 
 
 def _reference_form_failures(who: str, inputs: Mapping[str, Any], prefix: str) -> list[Check]:
@@ -498,7 +499,7 @@ def _reference_form_failures(who: str, inputs: Mapping[str, Any], prefix: str) -
     which would otherwise pass on as plain text."""
     found: list[Check] = []
     for loc, value in _strings(inputs, ()):
-        if "${" not in value or parse_ref(value) is not None:
+        if "${" not in value or _FULL_REF.fullmatch(value):
             continue
         if value.lstrip().startswith("${") or _UNCLOSED.search(value):
             where = format_location("inputs", loc)
@@ -624,7 +625,7 @@ def _check_reference_field(said: str, ref: Ref, target: Task, catalog: Catalog, 
     field = ref.path[0]
     if field in model.model_fields or model.model_config.get("extra") == "allow":
         checks = [_ok("reference_field", f"{said}; {target.tool!r} outputs {field!r}", path)]
-        problem = schema_path_problem(json_schema(model), ref.path)
+        problem = _output_path_problem(model, ref.path)
         if problem is not None:  # recorded when it fails only (module docstring)
             checks.append(
                 _fail(
@@ -646,6 +647,12 @@ def _check_reference_field(said: str, ref: Ref, target: Task, catalog: Catalog, 
             path,
         )
     ]
+
+
+@functools.lru_cache(maxsize=1024)
+def _output_path_problem(model: type[BaseModel], path: tuple[str, ...]) -> str | None:
+    """:func:`schema_path_problem` of an output model, once per (model, path): plans repeat references."""
+    return schema_path_problem(json_schema(model), path)
 
 
 def _deref(node: Mapping[str, Any], defs: Mapping[str, Any]) -> Mapping[str, Any]:
