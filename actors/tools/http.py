@@ -7,8 +7,8 @@ read them as another URL than the one checked: user info (``http://allowed@evil/
 percent-encoded separator in the path (``%2f``, ``%5c``, also double-encoded ``%252f``),
 a dot segment in disguise (``%2e%2e``, ``.%2e``, ``%2e``, ``..;x``), and a caller-set
 ``Host`` header; so is every redirect that leaves the allow-list. The rule itself is
-:func:`planner.safety.url_problem`, which the validator checks before anything runs. Proxies from the
-environment are not used: the deployment decides, here.
+:func:`planner.safety.url_problem`, which the validator checks before anything runs.
+Proxies from the environment are not used: the deployment decides, here.
 """
 
 from __future__ import annotations
