@@ -63,6 +63,7 @@ from pydantic import BaseModel, ValidationError
 
 from cadre.bus.errors import CadreError
 from cadre.bus.plan import Check, Plan, Severity, StepIntent, Task
+from cadre.planner import pools as agent_pools
 from cadre.planner.catalog import Catalog, Safety, ToolSpec, json_schema
 from cadre.planner.confidence import confidence_checks
 from cadre.planner.refs import Loc, Ref, RefError, find_refs, format_location, lookup, resolve
@@ -531,21 +532,28 @@ def check_step(
     *,
     safety: SafetyContext = NO_DEPLOYMENT,
     limits: Limits = Limits(),
+    pool: str | None = None,
+    pools: agent_pools.Pools | None = None,
     who: str = "step",
     path: str = "step",
 ) -> list[Check]:
     """The validator's check of one step about to run: ``tool`` with its fully resolved ``inputs``.
 
-    ``catalog`` carries the policy (and, for an agent pool, only the pool's tools: pass
-    ``actors.agent.pool_catalog``'s); ``safety`` the deployment's context of the rules. Checks:
-    the tool exists and is allowed (``tool_exists``, ``tool_allowed``), the inputs' size, that no
-    reference is left (``reference_resolves``), strict schema validation (``inputs_valid``) and the
-    tool's safety rule (``inputs_safe``). The verdict is :func:`passed_all` of the result; a
+    ``catalog`` carries the deployment's policy (prohibited tools); ``pool`` the agent pool the
+    step runs in, checked against the deployment's ``pools`` (``agent_pool``); ``safety`` the
+    deployment's context of the rules. Checks: the tool exists and is allowed (``tool_exists``,
+    ``tool_allowed``, ``agent_pool``), the inputs' size, that no reference is left
+    (``reference_resolves``, ``reference_form``), strict schema validation (``inputs_valid``) and
+    the tool's safety rule (``inputs_safe``). The verdict is :func:`passed_all` of the result; a
     proposal (a model's alternative tool or changed inputs) is checked the same way.
     """
     checks: list[Check] = [_check_inputs_size(who, inputs, limits, f"{path}.inputs")]
     found, spec = _check_tool(who, tool, catalog, f"{path}.tool", "choose another tool")
     checks += found
+    if pool is not None and (why := agent_pools.problem(pool, [tool], pools)) is not None:
+        checks.append(
+            _fail("agent_pool", f"{who}: {why}", "choose a tool of the pool, or run it in another", f"{path}.tool")
+        )
     left = find_refs(inputs)
     for ref in left:
         checks.append(

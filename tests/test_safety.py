@@ -232,6 +232,11 @@ def test_check_step_is_one_verdict_over_a_tool_and_resolved_inputs() -> None:
     assert passed_all(check_step("fs.write", {"path": "a.md", "content": "x"}, CATALOG))
     assert names(check_step("fs.write", {"path": "${a.b}", "content": "x"}, CATALOG)) == ["reference_resolves"]
     assert names(check_step("nope.tool", {}, CATALOG)) == ["tool_exists"]
+    pools = {"readers": frozenset({"fs.read"})}
+    assert names(check_step("fs.write", {"path": "a.md", "content": "x"}, CATALOG, pool="readers", pools=pools)) == [
+        "agent_pool"
+    ]
+    assert passed_all(check_step("fs.read", {"path": "a.md"}, CATALOG, pool="readers", pools=pools))
     prohibited = CATALOG.with_policy(prohibited=["fs.write"])
     assert names(check_step("fs.write", {"path": "a.md", "content": "x"}, prohibited)) == ["tool_allowed"]
 
