@@ -94,6 +94,7 @@ class AuthNames:
     stream: str = "CADRE_EVENTS"
     ledger: str = "CADRE_LEDGER"
     cache_bucket: str = "CADRE_INFERENCE"
+    outputs_bucket: str = "CADRE_OUTPUTS"  # the object store of outputs stored by reference
     pools: tuple[str, ...] = ()  # the agent pools of the policy file: each has its own durable
 
     @property
@@ -111,6 +112,7 @@ class AuthNames:
             "stream": self.stream,
             "ledger": self.ledger,
             "cache_bucket": self.cache_bucket,
+            "outputs_bucket": self.outputs_bucket,
         }
         if self.pools:  # absent without pools: a deployment without them keeps its minted credentials
             out["pools"] = list(self.pools)
@@ -154,6 +156,24 @@ def _event_reader(stream: str) -> list[str]:
     ]
 
 
+def _object_reader(bucket: str) -> list[str]:
+    """Read objects of the outputs' object store (``store.objects``): an object's meta message, then
+    its chunks with an ordered consumer."""
+    stream = f"OBJ_{bucket}"
+    return [
+        f"$JS.API.STREAM.INFO.{stream}",
+        f"$JS.API.STREAM.MSG.GET.{stream}",
+        f"$JS.API.CONSUMER.CREATE.{stream}",
+        f"$JS.FC.{stream}.>",
+    ]
+
+
+def _object_writer(bucket: str) -> list[str]:
+    """Put objects: chunks and meta messages. No purge or delete: a writer adds, and a replaced meta
+    message no longer matches the digest its signed event carries."""
+    return [f"$O.{bucket}.C.>", f"$O.{bucket}.M.>"]
+
+
 def _actor_publish(role: str, names: AuthNames) -> list[str]:
     s = names.subjects
     types = (*EMITS[role], *RUNTIME_EMITS) if role in ACTOR_ROLES else EMITS.get(role, ())
@@ -169,8 +189,11 @@ def _actor_publish(role: str, names: AuthNames) -> list[str]:
                 f"$JS.API.CONSUMER.MSG.NEXT.{names.stream}.{durable}",
                 f"$JS.ACK.{names.stream}.{durable}.>",
             ]
-    # The state cache's ordered consumer, reads of the workflow's last message for appends.
-    return out + _event_reader(names.stream)
+    if role == "agent":  # the one kind whose outputs carry tool outputs, which may go by reference
+        out += _object_writer(names.outputs_bucket)
+    # The state cache's ordered consumer, reads of the workflow's last message for appends, and the
+    # objects its events refer to.
+    return out + _event_reader(names.stream) + _object_reader(names.outputs_bucket)
 
 
 def permissions(role: str, names: AuthNames) -> Permissions:

@@ -29,6 +29,7 @@ from cadre.bus.embedded import find_running
 from cadre.bus.errors import AuthConfigError, StreamConfigError
 from cadre.bus.stream import ensure_stream
 from cadre.settings import Settings
+from cadre.store.objects import OutputObjects
 
 EXIT_OK = 0
 _MIRROR_API = "JS.CADRE.API"  # where READERS imports CADRE's consumer API (bus/auth.py)
@@ -67,7 +68,10 @@ async def bootstrap(settings: Settings, url: str, auth_dir: Path) -> None:
     ``mirror``. Idempotent; every process of the embedded server runs it at start-up."""
     admin = await connect(settings.connect_options(url, "cadre-bootstrap", creds_path(auth_dir, "admin")))
     try:
-        await ensure_stream(admin.jetstream(timeout=settings.request_timeout_s), settings.stream())
+        js = admin.jetstream(timeout=settings.request_timeout_s)
+        await ensure_stream(js, settings.stream())
+        spec = settings.stream()
+        await OutputObjects(js, settings.outputs_bucket).ensure(memory=spec.storage == "memory", replicas=spec.replicas)
     finally:
         await admin.close()
     mirror = await connect(settings.connect_options(url, "cadre-bootstrap", creds_path(auth_dir, "mirror")))

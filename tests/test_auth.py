@@ -33,6 +33,7 @@ from cadre.bus.events import EVENT_TYPES
 from cadre.cli import main
 from cadre.settings import Settings
 from cadre.store.jetstream import JetStreamLog
+from cadre.store.objects import OutputObjects, digest_of
 from cadre.store.records import StoredEvent
 from tests.deploy_files import read_env_file
 
@@ -225,6 +226,24 @@ async def test_each_role_appends_only_the_event_types_its_kind_emits(server: Ser
             await nc.close()
         stored = await _stored(server, f"cadre.evt.wf-{role}.>")
         assert {s.rsplit(".", 1)[1] for s in stored} == allowed, role
+
+
+async def test_the_agent_stores_large_outputs_and_the_actors_read_them(server: Server) -> None:
+    """The object store of outputs stored by reference (made by the bootstrap): the agent puts, the
+    other actor roles read but cannot put, a client (READERS) reaches none of it."""
+    data = b'{"rows": [[1], [2]], "row_count": 2}'
+    digest = digest_of(data)
+    agent, validator, client = [await server.as_role(r) for r in ("agent", "validator", "client")]
+    try:
+        await OutputObjects(agent.jetstream(timeout=2), "CADRE_OUTPUTS").put({digest: data})
+        assert await OutputObjects(validator.jetstream(timeout=2), "CADRE_OUTPUTS").get([digest]) == {digest: data}
+        with pytest.raises(nats.errors.TimeoutError):  # refused: the server does not answer
+            await OutputObjects(validator.jetstream(timeout=0.3), "CADRE_OUTPUTS").put({digest_of(b"{}"): b"{}"})
+        with pytest.raises(nats.errors.TimeoutError):
+            await OutputObjects(client.jetstream(timeout=0.3), "CADRE_OUTPUTS").get([digest])
+    finally:
+        for nc in (agent, validator, client):
+            await nc.close()
 
 
 async def test_wrong_or_missing_credentials_are_a_clear_error(

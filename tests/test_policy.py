@@ -365,6 +365,7 @@ def test_an_agent_may_consume_with_each_pools_durable_and_no_other_role_may() ->
         "stream": "CADRE_EVENTS",
         "ledger": "CADRE_LEDGER",
         "cache_bucket": "CADRE_INFERENCE",
+        "outputs_bucket": "CADRE_OUTPUTS",
     }
 
 
