@@ -141,3 +141,18 @@ async def test_an_output_over_the_hard_cap_fails_once(nats_url: str, tmp_path: P
     assert big.status == "failed"
     assert big.dead_letters == 0
     assert "handler_failed" not in {e.event.type for e in events}
+
+
+def test_the_golden_log_of_an_output_by_reference_carries_its_object() -> None:
+    """The export form of the by-reference path (tests/golden, replayed by tests/test_replay.py): the
+    stored event carries the digest, the file the object, and reading it gives the output back."""
+    flog = FileLog.load(Path(__file__).parent / "golden" / "output_by_reference.jsonl")
+    events = [r for r in flog.records if isinstance(r, StoredEvent)]
+    assert len(events) == len(flog.records)
+    done = step_completed(events, "big")
+    assert references(codec.decode(done.data)) == list(flog.objects)
+    assert isinstance(done.event.data, StepCompleted)
+    assert done.event.data.output["row_count"] == 10_000
+    count = step_completed(events, "count").event.data
+    assert isinstance(count, StepCompleted)
+    assert count.output == {"text": "10000 rows"}

@@ -107,6 +107,7 @@ def test_the_golden_logs_cover_every_path() -> None:
         "dry_run",
         "unsafe_plan",
         "output_too_large",
+        "output_by_reference",
     }
 
 
