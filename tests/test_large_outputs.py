@@ -12,11 +12,13 @@ from typing import Any
 
 import msgspec
 
+from cadre import audit_html, audit_text
 from cadre.bus import codec
 from cadre.bus.effects import ToolCalled
 from cadre.bus.events import StepCompleted, StepFailed
 from cadre.cli import main
 from cadre.replay_cli import replayer_for
+from cadre.store.audit import audit, value_digest
 from cadre.store.filelog import FileLog, export
 from cadre.store.integrity import verify
 from cadre.store.jetstream import JetStreamLog
@@ -156,3 +158,10 @@ def test_the_golden_log_of_an_output_by_reference_carries_its_object() -> None:
     count = step_completed(events, "count").event.data
     assert isinstance(count, StepCompleted)
     assert count.output == {"text": "10000 rows"}
+    # The audit names the object the output is stored as, beside the digest of the output itself.
+    report = audit(flog.records)
+    [query] = [c for c in report.tool_calls if c.tool == "sql.query"]
+    assert query.stored_as == next(iter(flog.objects))
+    assert query.output_digest == value_digest(done.event.data.output)
+    assert f"stored by reference {query.stored_as}" in "\n".join(audit_text.lines(report))
+    assert query.stored_as in audit_html.render(report)
