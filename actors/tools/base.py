@@ -77,7 +77,8 @@ class ToolConfig:
     the sql tools (None: they answer ``not_configured``). ``http_allow``: URL prefixes http.get
     may fetch (e.g. ``"http://127.0.0.1:8080/"``); empty allows nothing. ``max_output_bytes``: the
     hard cap on one output as JSON (None: none); a larger one fails the call once with
-    ``output_too_large`` instead of an event the bus cannot carry.
+    ``output_too_large``. Below it, an output too large to travel inline is stored by reference
+    by the event log (``store.objects``), not here.
     """
 
     workspace: Path
