@@ -189,7 +189,7 @@ def _actor_publish(role: str, names: AuthNames) -> list[str]:
                 f"$JS.API.CONSUMER.MSG.NEXT.{names.stream}.{durable}",
                 f"$JS.ACK.{names.stream}.{durable}.>",
             ]
-    if role == "agent":  # the one kind whose outputs carry tool outputs, which may go by reference
+    if role in ("agent", "planner"):  # tool outputs (the agent's steps, the planner's workflow result)
         out += _object_writer(names.outputs_bucket)
     # The state cache's ordered consumer, reads of the workflow's last message for appends, and the
     # objects its events refer to.

@@ -1,9 +1,10 @@
 """Large tool outputs, stored by reference: the event carries a digest, a JetStream object store the bytes.
 
 A step's output travels twice in its event: as ``step_completed.output`` and as the ``output`` of the
-``ToolCalled`` effect that produced it. An output whose JSON is larger than the inline limit is put in
-the object store under its digest (``sha256:<hex>`` of its JSON bytes, which is also the object's name),
-and both places carry a reference instead of the value::
+``ToolCalled`` effect that produced it (or its ``refused`` output, for ``invalid_output``); the output
+task's travels again as ``workflow_completed.result``. A value whose JSON is larger than the inline limit
+is put in the object store under its digest (``sha256:<hex>`` of its JSON bytes, which is also the
+object's name), and each of these places carries a reference instead of the value::
 
     {"cadre_object": "sha256:9f86…", "bytes": 1234567}
 
@@ -32,7 +33,7 @@ from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.object_store import ObjectStore
 
 from cadre.bus.effects import ToolCalled
-from cadre.bus.events import EffectsRecorded, Envelope, StepCompleted
+from cadre.bus.events import EffectsRecorded, Envelope, StepCompleted, WorkflowCompleted
 from cadre.store.records import Malformed, Record, StoredEvent
 
 REF_KEY = "cadre_object"
@@ -53,8 +54,8 @@ def reference_of(output: Any) -> str | None:
     return None
 
 
-def _out(output: dict[str, Any], limit: int, objects: dict[str, bytes]) -> dict[str, Any]:
-    if reference_of(output) is not None:
+def _out(output: Any, limit: int, objects: dict[str, bytes]) -> Any:
+    if output is None or reference_of(output) is not None:
         return output
     data = msgspec.json.encode(output)
     if len(data) <= limit:
@@ -71,6 +72,8 @@ def outsized(env: Envelope, limit: int) -> tuple[Envelope, dict[str, bytes]]:
     data = env.data
     if isinstance(data, StepCompleted) and data.output:
         data = msgspec.structs.replace(data, output=_out(data.output, limit, objects))
+    elif isinstance(data, WorkflowCompleted) and data.result is not None:
+        data = msgspec.structs.replace(data, result=_out(data.result, limit, objects))
     elif isinstance(data, EffectsRecorded):
         data = msgspec.structs.replace(data, effects=_effects_out(data.effects, limit, objects))
     effects = _effects_out(env.effects, limit, objects)
@@ -80,11 +83,11 @@ def outsized(env: Envelope, limit: int) -> tuple[Envelope, dict[str, bytes]]:
 
 
 def _effects_out(effects: tuple[Any, ...], limit: int, objects: dict[str, bytes]) -> tuple[Any, ...]:
-    if not any(isinstance(f, ToolCalled) and f.output for f in effects):
+    if not any(isinstance(f, ToolCalled) and (f.output or f.refused is not None) for f in effects):
         return effects
     return tuple(
-        msgspec.structs.replace(f, output=_out(f.output, limit, objects))
-        if isinstance(f, ToolCalled) and f.output
+        msgspec.structs.replace(f, output=_out(f.output, limit, objects), refused=_out(f.refused, limit, objects))
+        if isinstance(f, ToolCalled)
         else f
         for f in effects
     )
@@ -97,9 +100,11 @@ def references(env: Envelope) -> list[str]:
     outputs: list[Any] = []
     if isinstance(data, StepCompleted):
         outputs.append(data.output)
+    elif isinstance(data, WorkflowCompleted):
+        outputs.append(data.result)
     elif isinstance(data, EffectsRecorded):
-        outputs += [f.output for f in data.effects if isinstance(f, ToolCalled)]
-    outputs += [f.output for f in env.effects if isinstance(f, ToolCalled)]
+        outputs += [v for f in data.effects if isinstance(f, ToolCalled) for v in (f.output, f.refused)]
+    outputs += [v for f in env.effects if isinstance(f, ToolCalled) for v in (f.output, f.refused)]
     for o in outputs:
         if (ref := reference_of(o)) is not None:
             found[ref] = None
@@ -115,16 +120,13 @@ class ObjectProblem(Exception):
         self.reason = reason
 
 
-def _value(digest: str, objects: Mapping[str, bytes]) -> dict[str, Any]:
+def _value(digest: str, objects: Mapping[str, bytes]) -> Any:
     data = objects.get(digest)
     if data is None:
         raise ObjectProblem(digest, "object_missing")
     if digest_of(data) != digest:
         raise ObjectProblem(digest, "object_mismatch")
-    value = json.loads(data)
-    if not isinstance(value, dict):
-        raise ObjectProblem(digest, "object_mismatch")
-    return value
+    return msgspec.json.decode(data)  # the bytes the digest names: what was put
 
 
 def _in(output: Any, objects: Mapping[str, bytes]) -> Any:
@@ -134,7 +136,10 @@ def _in(output: Any, objects: Mapping[str, bytes]) -> Any:
 
 def _effects_in(effects: tuple[Any, ...], objects: Mapping[str, bytes]) -> tuple[Any, ...]:
     return tuple(
-        msgspec.structs.replace(f, output=_in(f.output, objects)) if isinstance(f, ToolCalled) else f for f in effects
+        msgspec.structs.replace(f, output=_in(f.output, objects), refused=_in(f.refused, objects))
+        if isinstance(f, ToolCalled)
+        else f
+        for f in effects
     )
 
 
@@ -144,6 +149,8 @@ def resolved(env: Envelope, objects: Mapping[str, bytes]) -> Envelope:
     data = env.data
     if isinstance(data, StepCompleted):
         data = msgspec.structs.replace(data, output=_in(data.output, objects))
+    elif isinstance(data, WorkflowCompleted):
+        data = msgspec.structs.replace(data, result=_in(data.result, objects))
     elif isinstance(data, EffectsRecorded):
         data = msgspec.structs.replace(data, effects=_effects_in(data.effects, objects))
     return msgspec.structs.replace(env, data=data, effects=_effects_in(env.effects, objects))

@@ -15,7 +15,7 @@ import msgspec
 from cadre import audit_html, audit_text
 from cadre.bus import codec
 from cadre.bus.effects import ToolCalled
-from cadre.bus.events import StepCompleted, StepFailed
+from cadre.bus.events import StepCompleted, StepFailed, WorkflowCompleted
 from cadre.cli import main
 from cadre.replay_cli import replayer_for
 from cadre.store.audit import audit, value_digest
@@ -44,6 +44,8 @@ def query(pad: str, *, downstream: bool = False) -> dict[str, Any]:
             }
         )
         nodes[1]["inputs"]["values"]["columns"] = "${big.columns}"
+        # The big output is the workflow's result as well: workflow_completed carries it by reference too.
+        return {"request": "ten thousand rows", "plan": {"nodes": nodes, "output": "big"}}
     return {"request": "ten thousand rows", "plan": {"nodes": nodes}}
 
 
@@ -100,6 +102,9 @@ async def test_a_large_output_goes_by_reference_and_its_export_audits_and_replay
     assert isinstance(done.event.data, StepCompleted)
     assert done.event.data.output["row_count"] == 10_000
     assert digest == digest_of(msgspec.json.encode(done.event.data.output))
+    [end] = [e for e in events if isinstance(e.event.data, WorkflowCompleted)]
+    assert references(codec.decode(end.data)) == [digest]
+    assert end.event.data.result == done.event.data.output
     assert [r.event for r in fresh_records if isinstance(r, StoredEvent)] == [e.event for e in events]
 
     # The export carries the object: it reads, audits and replays with no server.
@@ -124,11 +129,11 @@ async def test_a_large_output_goes_by_reference_and_its_export_audits_and_replay
     lines[1] = json.dumps(obj).encode()
     tampered.write_bytes(b"\n".join(lines) + b"\n")
     bad = [r for r in await FileLog.load(tampered).read_records(wf) if isinstance(r, Malformed)]
-    assert [r.seq for r in bad] == [done.seq]
+    assert [r.seq for r in bad] == [done.seq, end.seq]  # each event that names the object
     assert bad[0].reason.startswith(f"object_mismatch: the output object {digest}")
     args[4] = str(tampered)
     assert await asyncio.to_thread(main, args) == 1
-    assert [r.seq for r in swapped if isinstance(r, Malformed)] == [done.seq]
+    assert [r.seq for r in swapped if isinstance(r, Malformed)] == [done.seq, end.seq]
     assert not verify(swapped).ok
 
 
