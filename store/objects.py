@@ -33,12 +33,14 @@ from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.object_store import ObjectStore
 
 from cadre.bus.effects import ToolCalled
+from cadre.bus.errors import StoreError
 from cadre.bus.events import EffectsRecorded, Envelope, StepCompleted, WorkflowCompleted
 from cadre.store.records import Malformed, Record, StoredEvent
 
 REF_KEY = "cadre_object"
 _DIGEST_PREFIX = "sha256:"
 _EXISTS_WITH_OTHER_CONFIG = 10058
+_STREAM_NOT_FOUND = 10059
 OBJECT_PROBLEMS = ("object_missing", "object_mismatch")  # the reasons of a record whose object does not hold
 
 
@@ -208,18 +210,23 @@ class OutputObjects:
     def _meta_subject(self, digest: str) -> str:
         return f"$O.{self.bucket}.M.{base64.urlsafe_b64encode(digest.encode()).decode()}"
 
-    async def _info(self, digest: str) -> api.ObjectInfo | None:
+    async def _info(self, digest: str, *, writing: bool = False) -> api.ObjectInfo | None:
         try:
             msg = await self._js.get_last_msg(self.stream, self._meta_subject(digest))
-        except NotFoundError:
-            return None
+        except NotFoundError as exc:
+            if writing and exc.err_code == _STREAM_NOT_FOUND:
+                raise StoreError(
+                    f"no object store {self.bucket!r} for outputs stored by reference: create it with "
+                    "`cadre auth bootstrap` (the embedded server's start makes it)"
+                ) from None
+            return None  # no such object (or, for a reader, no store: the event reads as malformed)
         info = api.ObjectInfo.from_response(json.loads(msg.data or b"{}"))
         return None if info.deleted else info
 
     async def put(self, objects: Mapping[str, bytes]) -> None:
         """Store each object under its digest, unless it is there already (content-addressed)."""
         for digest, data in objects.items():
-            if digest not in self._kept and await self._info(digest) is None:
+            if digest not in self._kept and await self._info(digest, writing=True) is None:
                 await self._store.put(digest, data)
             self._keep(digest, data)
 

@@ -7,15 +7,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import msgspec
+import nats
+import pytest
 
 from cadre import audit_html, audit_text
 from cadre.bus import codec
 from cadre.bus.effects import ToolCalled
-from cadre.bus.events import StepCompleted, StepFailed, WorkflowCompleted
+from cadre.bus.errors import StoreError
+from cadre.bus.events import StepCompleted, StepFailed, WorkflowCompleted, make_event
 from cadre.cli import main
 from cadre.replay_cli import replayer_for
 from cadre.store.audit import audit, value_digest
@@ -170,3 +174,28 @@ def test_the_golden_log_of_an_output_by_reference_carries_its_object() -> None:
     assert query.output_digest == value_digest(done.event.data.output)
     assert f"stored by reference {query.stored_as}" in "\n".join(audit_text.lines(report))
     assert query.stored_as in audit_html.render(report)
+
+
+async def test_without_the_object_store_an_append_says_how_to_make_it(nats_url: str) -> None:
+    """A deployment whose streams were made before outputs went by reference: a clear error naming the
+    bootstrap, not a publish nobody answers."""
+    settings = settings_for(nats_url, Path("unused"))
+    nc = await nats.connect(nats_url)
+    try:
+        elog = JetStreamLog(
+            nc,
+            stream=settings.stream(),
+            subjects=settings.subjects,
+            objects=OutputObjects(nc.jetstream(), settings.outputs_bucket),
+            inline_max_bytes=64,
+        )
+        await elog.ensure_stream()
+        output = {"rows": [[i] for i in range(100)]}
+        done = StepCompleted(task_id="t", step_id="t.s1", tool="sql.query", planned_tool="sql.query", output=output)
+        event = make_event(done, workflow_id="wf-big", actor="agent", at=datetime.now(UTC))
+        with pytest.raises(StoreError, match=r"no object store .* `cadre auth bootstrap`"):
+            await elog.append("wf-big", [event], expected_seq=0)
+        assert await elog.last_seq("wf-big") == 0  # nothing stored without its object
+        await nc.jetstream().delete_stream(settings.stream_name)
+    finally:
+        await nc.close()
