@@ -9,7 +9,7 @@ File format (one JSON object per line)::
     {"seq": 7, "subject": "cadre.evt.wf-1.x", "malformed": "JSON is malformed…", "data_b64": "Z2FyYmFnZQ=="}
     {"object": "sha256:9f86…", "data_b64": "eyJyb3dzIjog…"}
 
-An object line (format 2, right after the header) holds an output stored by reference
+An object line (format 2, after the records) holds an output stored by reference
 (:mod:`store.objects`): its events carry its digest, and reading the file resolves them from these
 lines, each checked against its digest (a file without such outputs is written as format 1).
 
@@ -118,8 +118,8 @@ def write_export(
     keyring: Keyring | None = None,
     objects: Mapping[str, bytes] | None = None,
 ) -> int:
-    """Write a header (each workflow's head, the keyring's public keys), the ``objects`` the records
-    refer to (format 2; without objects a file stays format 1) and ``records``; return how many records."""
+    """Write a header (each workflow's head, the keyring's public keys), ``records``, and the
+    ``objects`` they refer to (format 2; without objects a file stays format 1); return how many records."""
     records = list(records)
     header = _Header(
         FORMAT_VERSION if objects else 1,
@@ -129,8 +129,6 @@ def write_export(
         keyring.file if keyring else None,
     )
     out.write(_encoder.encode(header) + b"\n")
-    for digest, data in (objects or {}).items():
-        out.write(_encoder.encode(_Object(digest, base64.b64encode(data).decode())) + b"\n")
     n = 0
     for r in records:
         if isinstance(r, StoredEvent):
@@ -146,6 +144,8 @@ def write_export(
             line = _Line(r.seq, r.subject, malformed=r.reason, data_b64=base64.b64encode(r.data).decode())
         out.write(_encoder.encode(line) + b"\n")
         n += 1
+    for digest, data in (objects or {}).items():  # after the records: a reader of records meets them last
+        out.write(_encoder.encode(_Object(digest, base64.b64encode(data).decode())) + b"\n")
     return n
 
 

@@ -128,9 +128,9 @@ async def test_a_large_output_goes_by_reference_and_its_export_audits_and_replay
     # A tampered object in the export, or in the store, fails the audit.
     tampered = tmp_path / "tampered.jsonl"
     lines = exported.read_bytes().splitlines()
-    obj = json.loads(lines[1])
+    obj = json.loads(lines[-1])
     obj["data_b64"] = base64.b64encode(b'{"rows": [], "row_count": 0}').decode()
-    lines[1] = json.dumps(obj).encode()
+    lines[-1] = json.dumps(obj).encode()
     tampered.write_bytes(b"\n".join(lines) + b"\n")
     bad = [r for r in await FileLog.load(tampered).read_records(wf) if isinstance(r, Malformed)]
     assert [r.seq for r in bad] == [done.seq, end.seq]  # each event that names the object
