@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from nats.aio.client import Client as NATS
 
-from cadre.auth_cli import acting_role, bootstrap, creds_for, local_auth, prepare_embedded
+from cadre.auth_cli import acting_role, bootstrap, creds_for, ensure_outputs, local_auth, prepare_embedded
 from cadre.bus.auth import READERS_ROLES
 from cadre.bus.connection import connect
 from cadre.bus.embedded import EmbeddedServer, start_embedded
@@ -80,9 +80,3 @@ async def open_bus(
     finally:
         if server is not None:
             await asyncio.to_thread(server.stop)
-
-
-async def ensure_outputs(objects: OutputObjects, settings: Settings) -> None:
-    """Create the object store of large outputs with the event stream's storage and replicas."""
-    spec = settings.stream()
-    await objects.ensure(memory=spec.storage == "memory", replicas=spec.replicas)

@@ -184,13 +184,15 @@ class OutputObjects:
         self._kept_bytes = 0
         self._keep_bytes = keep_bytes
 
-    async def ensure(self, *, memory: bool = False, replicas: int = 1) -> None:
-        """Create the bucket (safe from many processes at once; an existing one is kept as it is)."""
+    async def ensure(self, *, memory: bool = False, replicas: int = 1, max_age: float = 0.0) -> None:
+        """Create the bucket (safe from many processes at once; an existing one is kept as it is).
+        ``max_age``: the event stream's (0: kept for ever), so an object lasts as long as its events."""
         cfg = api.ObjectStoreConfig(
             bucket=self.bucket,
             description="cadre: tool outputs stored by reference, named by their digest",
             storage=api.StorageType.MEMORY if memory else api.StorageType.FILE,
             replicas=replicas,
+            ttl=max_age if max_age > 0 else None,
         )
         try:
             await self._js.create_object_store(self.bucket, cfg)
