@@ -233,16 +233,26 @@ async def test_the_agent_stores_large_outputs_and_the_actors_read_them(server: S
     other actor roles read but cannot put, a client (READERS) reaches none of it."""
     data = b'{"rows": [[1], [2]], "row_count": 2}'
     digest = digest_of(data)
-    agent, validator, client = [await server.as_role(r) for r in ("agent", "validator", "client")]
+    roles = ("agent", "planner", "validator", "decomposer", "intake", "approvals", "client")
+    conns = {r: await server.as_role(r) for r in roles}
+
+    def store(role: str, timeout: float = 2) -> OutputObjects:
+        return OutputObjects(conns[role].jetstream(timeout=timeout), "CADRE_OUTPUTS")
+
     try:
-        await OutputObjects(agent.jetstream(timeout=2), "CADRE_OUTPUTS").put({digest: data})
-        assert await OutputObjects(validator.jetstream(timeout=2), "CADRE_OUTPUTS").get([digest]) == {digest: data}
-        with pytest.raises(nats.errors.TimeoutError):  # refused: the server does not answer
-            await OutputObjects(validator.jetstream(timeout=0.3), "CADRE_OUTPUTS").put({digest_of(b"{}"): b"{}"})
+        await store("agent").put({digest: data})
+        for role in ("planner", "validator", "decomposer", "intake", "approvals"):
+            assert await store(role).get([digest]) == {digest: data}, role
+        other = b'{"result": 1}'  # the planner puts the output task's result (workflow_completed)
+        await store("planner").put({digest_of(other): other})
+        assert await store("validator").get([digest_of(other)]) == {digest_of(other): other}
+        for role in ("validator", "decomposer"):
+            with pytest.raises(nats.errors.TimeoutError):  # refused: the server does not answer
+                await store(role, 0.3).put({digest_of(b"{}"): b"{}"})
         with pytest.raises(nats.errors.TimeoutError):
-            await OutputObjects(client.jetstream(timeout=0.3), "CADRE_OUTPUTS").get([digest])
+            await store("client", 0.3).get([digest])
     finally:
-        for nc in (agent, validator, client):
+        for nc in conns.values():
             await nc.close()
 
 
