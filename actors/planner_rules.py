@@ -30,7 +30,9 @@ from cadre.planner.scheduler import dispatchable, is_finished, topo_order
 from cadre.store.state import WorkflowState
 
 # Failures a retry cannot fix: the same step would be refused again.
-NOT_RETRYABLE = frozenset({"approval_denied", "prohibited", "unknown_tool", "invalid_input", "outside_workspace"})
+NOT_RETRYABLE = frozenset(
+    {"approval_denied", "prohibited", "unknown_tool", "invalid_input", "outside_workspace", "output_too_large"}
+)
 
 
 def dispatch_ready(state: WorkflowState) -> list[Event]:

@@ -72,7 +72,7 @@ from cadre.bus.retry import Backoff, RetryPolicy, is_transient, retrying
 from cadre.bus.signing import Verdict
 from cadre.store.authenticity import verdict
 from cadre.store.jetstream import JetStreamLog
-from cadre.store.records import Malformed, Record, StoredEvent, to_record
+from cadre.store.records import Malformed, Record, StoredEvent
 from cadre.store.state import WorkflowState
 
 log = logging.getLogger("cadre.actors")
@@ -396,7 +396,7 @@ class ActorSystem:
                 await self.cache.state_at(parsed[0], seq)
                 if (known := self.cache.recent(seq)) is not None:
                     return known
-        rec = to_record(self.log.subjects, seq, subject, data, headers)
+        rec = await self.log.record(seq, subject, data, headers)
         return rec, verdict(rec, self.trust.keyring) if isinstance(rec, StoredEvent) else None
 
     async def handle(self, spec: ActorSpec, rec: StoredEvent) -> Outcome | None:

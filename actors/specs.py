@@ -8,6 +8,7 @@ from cadre.actors import agent, decomposer, planner, validator
 from cadre.actors.runtime import ActorSpec
 from cadre.planner.catalog import Catalog
 from cadre.planner.pools import EVERY_POOL, Pools
+from cadre.planner.safety import SafetyContext
 from cadre.planner.validation import Limits
 
 __all__ = ["live_specs"]
@@ -23,15 +24,17 @@ def live_specs(
     agent_pool: str | None = EVERY_POOL,
     rate_limit_wait_s: float = 0.0,
     on_failure: str = "fail",
+    safety: SafetyContext | None = None,
 ) -> tuple[ActorSpec, ...]:
     """The event handlers of the planner, validator, decomposer and agent (in that order):
     what ``cadre/system.py`` runs and what a replay re-runs (a what-if with a changed catalog,
     ``limits`` and ``pools``). ``limits.reject_below`` and ``approve_below`` are the deployment's
     confidence thresholds (:mod:`planner.confidence`); ``agent_pool``: the pool the agent serves
-    (``actors.agent``; a replay's agent serves every pool)."""
+    (``actors.agent``; a replay's agent serves every pool); ``safety``: what the tools' safety rules
+    need from the deployment (:mod:`planner.safety`)."""
     return (
         planner.make_spec(catalog, on_failure),
-        validator.make_spec(catalog, limits, pools),
+        validator.make_spec(catalog, limits, pools, safety),
         decomposer.make_spec(catalog, pools),
         agent.make_spec(
             approval_timeout,

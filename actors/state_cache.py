@@ -50,7 +50,7 @@ from cadre.bus.events import TERMINAL_TYPES
 from cadre.bus.signing import Keyring, Verdict
 from cadre.store.authenticity import verdict
 from cadre.store.jetstream import JetStreamLog, stream_seq
-from cadre.store.records import Record, StoredEvent, to_record
+from cadre.store.records import Record, StoredEvent
 from cadre.store.state import WorkflowState, apply, forked, skip
 
 log = logging.getLogger("cadre.state")
@@ -136,15 +136,21 @@ class StateCache:
         wf, etype = parsed
         entry = self._entries.get(wf)
         seq = stream_seq(m.reply)
+        if entry is None and etype != "workflow_requested":
+            return  # not followed here; loaded from the log if an actor needs it
+        if entry is not None and seq <= entry.state.last_seq:
+            return  # already folded (from the log read, or a redelivered feed message)
+        # Decoded, its large outputs read from the object store (an await: look at the entry again after).
+        record = await self._log.record(seq, m.subject, m.data, m.headers)
+        entry = self._entries.get(wf)
         if entry is None:
             if etype != "workflow_requested":
-                return  # not followed here; loaded from the log if an actor needs it
+                return
             entry = self._entries[wf] = _Entry(WorkflowState(workflow_id=wf))
             entry.loaded.set()
             self._evict()
         if seq <= entry.state.last_seq:
-            return  # already folded (from the log read, or a redelivered feed message)
-        record = to_record(self._log.subjects, seq, m.subject, m.data, m.headers)
+            return
         if entry.loading:
             entry.buffer.append(record)
             return

@@ -28,16 +28,24 @@ from cadre.bus.events import (
 from cadre.planner import pools as agent_pools
 from cadre.planner.catalog import Catalog
 from cadre.planner.proposals import check_proposal
+from cadre.planner.safety import SafetyContext
 from cadre.planner.scheduler import upstream
 from cadre.planner.validation import Limits, passed_all, validate_plan, validate_steps
 from cadre.store.records import StoredEvent
 from cadre.store.state import WorkflowState
 
 
-def make_spec(catalog: Catalog, limits: Limits | None = None, pools: agent_pools.Pools | None = None) -> ActorSpec:
+def make_spec(
+    catalog: Catalog,
+    limits: Limits | None = None,
+    pools: agent_pools.Pools | None = None,
+    safety: SafetyContext | None = None,
+) -> ActorSpec:
     """The validator under ``limits`` and the deployment's agent ``pools`` (a task naming a pool is
-    checked against them: :mod:`planner.pools`)."""
+    checked against them: :mod:`planner.pools`); ``safety``: what the tools' safety rules need from
+    the deployment (its HTTP allow-list; :mod:`planner.safety`)."""
     lim = limits or Limits()
+    ctx_safety = safety or SafetyContext()
 
     async def handle(ctx: Context, rec: StoredEvent, state: WorkflowState) -> Outcome:
         data = rec.event.data
@@ -47,7 +55,7 @@ def make_spec(catalog: Catalog, limits: Limits | None = None, pools: agent_pools
             if data.revision != state.revision:
                 return []  # superseded by a newer revision
             checks = (
-                *validate_plan(data.plan, catalog, lim),
+                *validate_plan(data.plan, catalog, lim, safety=ctx_safety),
                 *agent_pools.check_plan_pools(data.plan.nodes, pools),
             )
             if passed_all(list(checks)):
@@ -63,7 +71,7 @@ def make_spec(catalog: Catalog, limits: Limits | None = None, pools: agent_pools
                 dep: out for dep in ids if (t := state.tasks.get(dep)) is not None and (out := t.output) is not None
             }
             checks = (
-                *validate_steps(task.task, data.steps, catalog, outputs, lim, upstream_ids=ids),
+                *validate_steps(task.task, data.steps, catalog, outputs, lim, upstream_ids=ids, safety=ctx_safety),
                 *agent_pools.check_step_pools(task.task, data.steps, pools),
             )
             if passed_all(list(checks)):

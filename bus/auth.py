@@ -95,6 +95,7 @@ class AuthNames:
     stream: str = "CADRE_EVENTS"
     ledger: str = "CADRE_LEDGER"
     cache_bucket: str = "CADRE_INFERENCE"
+    outputs_bucket: str = "CADRE_OUTPUTS"  # the object store of outputs stored by reference
     pools: tuple[str, ...] = ()  # the agent pools of the policy file: each has its own durable
 
     @property
@@ -124,6 +125,7 @@ class AuthNames:
             "cache_bucket": self.cache_bucket,
             # Recorded so that a deployment minted before the durable intake gets its permissions.
             "requests_stream": self.requests_stream,
+            "outputs_bucket": self.outputs_bucket,
         }
         if self.pools:  # absent without pools: a deployment without them keeps its minted credentials
             out["pools"] = list(self.pools)
@@ -167,6 +169,24 @@ def _event_reader(stream: str) -> list[str]:
     ]
 
 
+def _object_reader(bucket: str) -> list[str]:
+    """Read objects of the outputs' object store (``store.objects``): an object's meta message, then
+    its chunks with an ordered consumer."""
+    stream = f"OBJ_{bucket}"
+    return [
+        f"$JS.API.STREAM.INFO.{stream}",
+        f"$JS.API.STREAM.MSG.GET.{stream}",
+        f"$JS.API.CONSUMER.CREATE.{stream}",
+        f"$JS.FC.{stream}.>",
+    ]
+
+
+def _object_writer(bucket: str) -> list[str]:
+    """Put objects: chunks and meta messages. No purge or delete: a writer adds, and a replaced meta
+    message no longer matches the digest its signed event carries."""
+    return [f"$O.{bucket}.C.>", f"$O.{bucket}.M.>"]
+
+
 def _actor_publish(role: str, names: AuthNames) -> list[str]:
     s = names.subjects
     types = (*EMITS[role], *RUNTIME_EMITS) if role in ACTOR_ROLES else EMITS.get(role, ())
@@ -182,8 +202,11 @@ def _actor_publish(role: str, names: AuthNames) -> list[str]:
                 f"$JS.API.CONSUMER.MSG.NEXT.{names.stream}.{durable}",
                 f"$JS.ACK.{names.stream}.{durable}.>",
             ]
-    # The state cache's ordered consumer, reads of the workflow's last message for appends.
-    return out + _event_reader(names.stream)
+    if role in ("agent", "planner"):  # tool outputs (the agent's steps, the planner's workflow result)
+        out += _object_writer(names.outputs_bucket)
+    # The state cache's ordered consumer, reads of the workflow's last message for appends, and the
+    # objects its events refer to.
+    return out + _event_reader(names.stream) + _object_reader(names.outputs_bucket)
 
 
 def _intake_publish(names: AuthNames) -> list[str]:

@@ -178,7 +178,7 @@ def _tools(r: AuditReport) -> list[str]:
             _e(c.scope),
             _code(c.tool),
             _code(c.input_digest),
-            _code(c.output_digest or "—"),
+            _code(c.output_digest or "—") + (f"<br>by reference {_code(c.stored_as)}" if c.stored_as else ""),
             '<span class="ok">ok</span>' if c.ok else f'<span class="bad">{_e(c.error_code or "failed")}</span>',
             _num(round(c.ms, 2)),
             _e(c.error_message or ""),

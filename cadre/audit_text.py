@@ -79,6 +79,7 @@ def lines(r: AuditReport, width: int = 110) -> list[str]:
         out.append(
             f"  #{call.index:<4} {call.scope:<18} {call.tool:<16} in {call.input_digest}"
             f" out {call.output_digest or '-'}  {outcome} ({call.ms:.1f} ms)"
+            + (f"  stored by reference {call.stored_as}" if call.stored_as else "")
         )
     if not r.tool_calls:
         out.append("  (none)")

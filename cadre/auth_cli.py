@@ -30,6 +30,7 @@ from cadre.bus.errors import AuthConfigError, StreamConfigError
 from cadre.bus.requests_stream import ensure_intake_streams
 from cadre.bus.stream import ensure_stream
 from cadre.settings import Settings
+from cadre.store.objects import OutputObjects
 
 EXIT_OK = 0
 _MIRROR_API = "JS.CADRE.API"  # where READERS imports CADRE's consumer API (bus/auth.py)
@@ -72,6 +73,7 @@ async def bootstrap(settings: Settings, url: str, auth_dir: Path) -> None:
         js = admin.jetstream(timeout=settings.request_timeout_s)
         await ensure_stream(js, settings.stream())
         await ensure_intake_streams(js, settings.intake())
+        await ensure_outputs(OutputObjects(js, settings.outputs_bucket), settings)
     finally:
         await admin.close()
     mirror = await connect(settings.connect_options(url, "cadre-bootstrap", creds_path(auth_dir, "mirror")))
@@ -79,6 +81,12 @@ async def bootstrap(settings: Settings, url: str, auth_dir: Path) -> None:
         await ensure_mirror(mirror, settings)
     finally:
         await mirror.close()
+
+
+async def ensure_outputs(objects: OutputObjects, settings: Settings) -> None:
+    """The object store of outputs stored by reference, with the event stream's storage, replicas and age."""
+    spec = settings.stream()
+    await objects.ensure(memory=spec.storage == "memory", replicas=spec.replicas, max_age=spec.max_age)
 
 
 async def ensure_mirror(nc: NATS, settings: Settings) -> None:
@@ -171,4 +179,13 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-__all__ = ["ROLES", "acting_role", "bootstrap", "creds_for", "ensure_mirror", "local_auth", "prepare_embedded"]
+__all__ = [
+    "ROLES",
+    "acting_role",
+    "bootstrap",
+    "creds_for",
+    "ensure_mirror",
+    "ensure_outputs",
+    "local_auth",
+    "prepare_embedded",
+]

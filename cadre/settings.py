@@ -173,6 +173,22 @@ class Settings(BaseSettings):
     workspace: Path | None = Field(default=None, description="fs.* tools' root (default: <data_dir>/workspace)")
     database: Path | None = Field(default=None, description="sql.* tools' SQLite file (default: the sample shop)")
     http_allow: StrList = Field(default_factory=list, description="URL prefixes http.get may fetch")
+    tool_output_max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1,
+        description="hard cap on one tool output as JSON: a larger one fails its step once with output_too_large "
+        "(outputs above tool_output_inline_max_bytes are stored by reference, so this may exceed the NATS "
+        "server's max_payload)",
+    )
+    tool_output_inline_max_bytes: int = Field(
+        default=256 * 1024,
+        ge=1,
+        description="a tool output larger than this (as JSON) is stored in the object store outputs_bucket under "
+        "its digest, and its event carries the reference (keep it well below the server's max_payload, 1 MiB)",
+    )
+    outputs_bucket: str = Field(
+        default="CADRE_OUTPUTS", description="JetStream object store of the outputs stored by reference"
+    )
     tool_modules: StrList = Field(default_factory=list, description="Python modules defining TOOLS of your own")
     prohibited_tools: StrList = Field(default_factory=list, description="tools the validator refuses")
     approval_tools: StrList = Field(default_factory=list, description="tools that need a person's approval")
@@ -454,6 +470,7 @@ class Settings(BaseSettings):
             stream=self.stream_name,
             ledger=self.ledger_stream_name,
             cache_bucket=self.inference_cache_bucket,
+            outputs_bucket=self.outputs_bucket,
             pools=tuple(sorted(self.pools)),
         )
 

@@ -29,6 +29,7 @@ from cadre.llm import build_llm
 from cadre.planner.builtin_tools import builtin_catalog, compensation_specs
 from cadre.planner.catalog import Catalog
 from cadre.planner.pools import EVERY_POOL, Pools
+from cadre.planner.safety import SafetyContext
 from cadre.settings import Settings
 from cadre.trust import keyring_loader, trust_for
 from cadre.wiring import Bus
@@ -93,6 +94,7 @@ def system_specs(
         agent_pool=agent_pool,
         rate_limit_wait_s=settings.rate_limit_wait_max_s,
         on_failure=settings.on_failure,
+        safety=SafetyContext(http_allow=tuple(settings.http_allow)),
     )
 
 
@@ -144,7 +146,12 @@ async def run_system(
         database = (
             settings.database if settings.database is not None else ensure_sample_database(settings.database_path)
         )
-        config = ToolConfig(workspace=settings.workspace_dir, database=database, http_allow=tuple(settings.http_allow))
+        config = ToolConfig(
+            workspace=settings.workspace_dir,
+            database=database,
+            http_allow=tuple(settings.http_allow),
+            max_output_bytes=settings.tool_output_max_bytes,
+        )
         impls = {**builtin_impls(), **compensation_impls(), **plugin_impls(load_tool_modules(settings.tool_modules))}
         # The agents' toolbox also has the compensating tools, which nothing plans (``actors.compensation``).
         runnable = Catalog([*catalog.values(), *(s for s in compensation_specs() if s.name not in catalog)])

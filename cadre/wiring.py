@@ -9,12 +9,14 @@ from dataclasses import dataclass
 
 from nats.aio.client import Client as NATS
 
-from cadre.auth_cli import acting_role, bootstrap, creds_for, local_auth, prepare_embedded
+from cadre.auth_cli import acting_role, bootstrap, creds_for, ensure_outputs, local_auth, prepare_embedded
+from cadre.bus.auth import READERS_ROLES
 from cadre.bus.connection import connect
 from cadre.bus.embedded import EmbeddedServer, start_embedded
 from cadre.bus.requests_stream import ensure_intake_streams
 from cadre.settings import Settings
 from cadre.store.jetstream import JetStreamLog
+from cadre.store.objects import OutputObjects
 
 
 @dataclass(frozen=True)
@@ -54,16 +56,26 @@ async def open_bus(
         creds = creds_for(settings, role, auth_dir)
         nc = await connect(settings.connect_options(url, name, creds, service=service))
         try:
+            acting = acting_role(settings, role)
+            js = nc.jetstream(timeout=settings.request_timeout_s)
+            # The object store of large outputs is in the CADRE account: a READERS user (a client, an
+            # approver) reads the events' references without their objects.
+            readers = creds is not None and acting in READERS_ROLES
+            objects = None if readers else OutputObjects(js, settings.outputs_bucket)
             log = JetStreamLog(
                 nc,
                 stream=settings.stream(),
                 subjects=settings.subjects,
                 timeout=settings.request_timeout_s,
                 retry=settings.retry_policy(),
+                objects=objects,
+                inline_max_bytes=settings.tool_output_inline_max_bytes,
             )
-            if auth_dir is None and (creds is None or acting_role(settings, role) == "admin"):
+            if auth_dir is None and (creds is None or acting == "admin"):
                 await log.ensure_stream()
                 await ensure_intake_streams(log.js, settings.intake())
+                if objects is not None:
+                    await ensure_outputs(objects, settings)
             yield Bus(url, nc, log, server)
         finally:
             if not nc.is_closed:

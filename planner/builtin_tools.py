@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from cadre.planner.catalog import Catalog, Safety, ToolSpec
+from cadre.planner.safety import fs_rule, http_rule, sql_rule, text_rule
 
 # A value SQLite hands back or takes as a parameter (BLOBs come back as "0x…" hex strings).
 SqlValue = str | int | float | None
@@ -174,6 +175,7 @@ def builtin_specs() -> tuple[ToolSpec, ...]:
             ),
             input_model=SqlQueryInput,
             output_model=SqlQueryOutput,
+            rule=sql_rule,
         ),
         ToolSpec(
             name="fs.read",
@@ -183,6 +185,7 @@ def builtin_specs() -> tuple[ToolSpec, ...]:
             ),
             input_model=FsReadInput,
             output_model=FsReadOutput,
+            rule=fs_rule,
         ),
         ToolSpec(
             name="fs.write",
@@ -193,6 +196,7 @@ def builtin_specs() -> tuple[ToolSpec, ...]:
             ),
             input_model=FsWriteInput,
             output_model=FsWriteOutput,
+            rule=fs_rule,
             safety=Safety.SIDE_EFFECT,
             compensation="fs.restore",
         ),
@@ -205,6 +209,7 @@ def builtin_specs() -> tuple[ToolSpec, ...]:
             ),
             input_model=HttpGetInput,
             output_model=HttpGetOutput,
+            rule=http_rule,
             timeout_s=15.0,
         ),
         ToolSpec(
@@ -216,6 +221,7 @@ def builtin_specs() -> tuple[ToolSpec, ...]:
             ),
             input_model=TextRenderInput,
             output_model=TextRenderOutput,
+            rule=text_rule,
         ),
     )
 

@@ -11,9 +11,12 @@ import functools
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from cadre.planner.safety import SafetyRule
 
 
 class Safety(StrEnum):
@@ -42,6 +45,9 @@ class ToolSpec:
     # The tool that undoes a completed call (a workflow with ``on_failure: compensate``, when it fails):
     # it takes ``CompensationInput`` (``planner.builtin_tools``). None: the tool's effect is not undone.
     compensation: str | None = None
+    # The tool's safety rule (:mod:`planner.safety`): checked by the validator on the literal and on
+    # the resolved inputs, and by the ToolBox before the implementation runs. None: schema only.
+    rule: SafetyRule | None = None
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready description (for prompts, ``cadre tools`` and docs)."""

@@ -16,6 +16,19 @@ Check names are stable (tests, audits and fix-up prompts use them):
     reference_known  reference_upstream  reference_field  reference_resolves  reference_order
     output_known  steps_present  step_count  step_id_form  step_ids_unique  step_task
     confidence (only with ``Limits.reject_below`` set: :mod:`planner.confidence`)
+    inputs_safe  reference_form (recorded only when they fail; see below)
+
+Strict inputs. Inputs are validated as the JSON they are, in pydantic's strict mode: the
+published schema as written, so ``"10"`` or ``true`` is not an int (the ToolBox validates the
+same way: :func:`actors.tools.base.strict_inputs`).
+
+Safety. A tool's rule (:mod:`planner.safety`: path confinement, read-only SQL, the URL
+allow-list, template safety) is checked on the literal inputs at plan time and on the resolved
+inputs at step time (:func:`check_step`, the one step check, also for callers outside this
+module); a value that is still a reference is judged once resolved. ``inputs_safe`` and
+``reference_form`` (a string that opens ``${`` but is no reference, such as ``"${top.rows"``)
+are recorded when they fail: a verdict that passes lists the same checks as before they
+existed, so the verdicts of earlier runs replay as they were.
 
 References and input validation. A reference (``"${top.rows}"``) stands for a value that
 does not exist yet, so it cannot be checked against the tool's input model as written, and
@@ -26,7 +39,8 @@ field is still checked, required fields included (a reference is present, so the
 not missing), and the referenced parts are checked later by :func:`validate_steps`, which
 resolves the references against the upstream outputs first. At plan level the first path
 segment of a reference is still checked against the upstream tool's *output* model
-(``reference_field``).
+(``reference_field``), and the rest of its path against that model's JSON schema to the full
+path (``${top.rows.first}`` is refused: ``rows`` is a list).
 
     CadreError
      └─ ValidationFailed              checks that rejected a plan or steps (code "validation_failed")
@@ -37,6 +51,7 @@ from __future__ import annotations
 import difflib
 import functools
 import itertools
+import json
 import re
 import typing
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -48,16 +63,19 @@ from pydantic import BaseModel, ValidationError
 
 from cadre.bus.errors import CadreError
 from cadre.bus.plan import Check, Plan, Severity, StepIntent, Task
-from cadre.planner.catalog import Catalog, Safety, ToolSpec
+from cadre.planner import pools as agent_pools
+from cadre.planner.catalog import Catalog, Safety, ToolSpec, json_schema
 from cadre.planner.conditions import PRE_NAMES, problem
 from cadre.planner.confidence import confidence_checks
 from cadre.planner.refs import Loc, Ref, RefError, find_refs, format_location, lookup, resolve
+from cadre.planner.safety import SafetyContext
 from cadre.planner.scheduler import Upstream, depth, find_cycle
 
 __all__ = [
     "TASK_ID",
     "Limits",
     "ValidationFailed",
+    "check_step",
     "failed",
     "needs_approval",
     "passed_all",
@@ -70,6 +88,7 @@ __all__ = [
 # so they are tokens without dots.
 TASK_ID = re.compile(r"[A-Za-z0-9_-]+")
 _STEP_ID = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)+")
+NO_DEPLOYMENT = SafetyContext()  # the rules without a deployment's facts (an HTTP URL's form only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +201,11 @@ def _under(loc: Loc, prefixes: Collection[Loc]) -> bool:
 def _input_errors(model: type[BaseModel], inputs: Mapping[str, Any], skip: Collection[Loc]) -> list[str]:
     """Model errors of ``inputs``, leaving out those at or below a location in ``skip``."""
     try:
-        model.model_validate(inputs)
+        raw = json.dumps(inputs, allow_nan=False)
+    except (TypeError, ValueError):
+        return []  # not JSON: inputs_size says so
+    try:
+        model.model_validate_json(raw, strict=True)
     except ValidationError as exc:
         errors: list[str] = []
         for error in exc.errors():
@@ -295,7 +318,9 @@ def _approval_check(who: str, tool: str, path: str) -> Check:
 # -- plans -----------------------------------------------------------------------------------
 
 
-def validate_plan(plan: Plan, catalog: Catalog, limits: Limits = Limits()) -> list[Check]:
+def validate_plan(
+    plan: Plan, catalog: Catalog, limits: Limits = Limits(), *, safety: SafetyContext = NO_DEPLOYMENT
+) -> list[Check]:
     """Every check of ``plan`` against ``catalog`` and ``limits``, passed and failed.
 
     Structure (ids, dependencies, acyclic, size and depth), each task's tool, fallbacks and
@@ -309,7 +334,7 @@ def validate_plan(plan: Plan, catalog: Catalog, limits: Limits = Limits()) -> li
     checks += _check_dependencies(plan)
     checks += _check_shape(plan, limits)
     for index, task in enumerate(plan.nodes):
-        checks += _check_task(index, task, catalog, limits)
+        checks += _check_task(index, task, catalog, limits, safety)
         checks += condition_checks(f"task {task.id!r}", task.pre, task.post, f"nodes[{index}]")
     checks += _check_plan_references(plan, catalog)
     checks += _check_output(plan)
@@ -432,7 +457,7 @@ def _check_shape(plan: Plan, limits: Limits) -> list[Check]:
     return checks
 
 
-def _check_task(index: int, task: Task, catalog: Catalog, limits: Limits) -> list[Check]:
+def _check_task(index: int, task: Task, catalog: Catalog, limits: Limits, safety: SafetyContext) -> list[Check]:
     who = f"task {task.id!r}"
     prefix = f"nodes[{index}]"
     checks = [_check_inputs_size(who, task.inputs, limits, f"{prefix}.inputs")]
@@ -462,7 +487,108 @@ def _check_task(index: int, task: Task, catalog: Catalog, limits: Limits) -> lis
                 checks.append(_approval_check(who, spec.name, f"{prefix}.tool"))
             skip = [ref.loc for ref in find_refs(task.inputs)]
             checks.append(_check_inputs("inputs_valid", who, spec, task.inputs, skip, f"{prefix}.inputs", "error"))
+            checks += _safety_failures(who, spec, task.inputs, safety, prefix)
+    checks += _reference_form_failures(who, task.inputs, prefix)
     checks += _check_fallbacks(who, task.fallback_tools, catalog, f"{prefix}.fallback_tools")[0]
+    return checks
+
+
+def _safety_failures(
+    who: str, spec: ToolSpec, inputs: Mapping[str, Any], safety: SafetyContext, prefix: str
+) -> list[Check]:
+    """``inputs_safe`` failures: what the tool's rule refuses in ``inputs`` (references are judged once resolved)."""
+    if spec.rule is None:
+        return []
+    return [
+        _fail(
+            "inputs_safe",
+            f"{who}: {spec.name} refuses {v.where} ({v.code}): {v.message}",
+            v.fix,
+            f"{prefix}.{v.where}",
+        )
+        for v in spec.rule(inputs, safety)
+    ]
+
+
+_UNCLOSED = re.compile(r"\$\{[A-Za-z0-9_.-]*$")
+_FULL_REF = re.compile(r"\$\{[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\}")  # planner.refs' form of a reference
+
+
+def _reference_form_failures(who: str, inputs: Mapping[str, Any], prefix: str) -> list[Check]:
+    """``reference_form`` failures: strings that open ``${`` like a reference but are none (``"${top.rows"``),
+    which would otherwise pass on as plain text."""
+    found: list[Check] = []
+    for loc, value in _strings(inputs, ()):
+        if "${" not in value or _FULL_REF.fullmatch(value):
+            continue
+        if value.lstrip().startswith("${") or _UNCLOSED.search(value):
+            where = format_location("inputs", loc)
+            found.append(
+                _fail(
+                    "reference_form",
+                    f"{who}: {where} opens a reference with '${{' but is not one: {value!r:.80}",
+                    "write a reference as exactly ${task_id.field} (closed with '}'), the whole value and nothing else",
+                    f"{prefix}.{where}",
+                )
+            )
+    return found
+
+
+def _strings(value: Any, loc: Loc) -> list[tuple[Loc, str]]:
+    if isinstance(value, str):
+        return [(loc, value)]
+    if isinstance(value, Mapping):
+        return [pair for k, v in value.items() for pair in _strings(v, (*loc, str(k)))]
+    if isinstance(value, list | tuple):
+        return [pair for i, v in enumerate(value) for pair in _strings(v, (*loc, i))]
+    return []
+
+
+def check_step(
+    tool: str,
+    inputs: Mapping[str, Any],
+    catalog: Catalog,
+    *,
+    safety: SafetyContext = NO_DEPLOYMENT,
+    limits: Limits = Limits(),
+    pool: str | None = None,
+    pools: agent_pools.Pools | None = None,
+    who: str = "step",
+    path: str = "step",
+) -> list[Check]:
+    """The validator's check of one step about to run: ``tool`` with its fully resolved ``inputs``.
+
+    ``catalog`` carries the deployment's policy (prohibited tools); ``pool`` the agent pool the
+    step runs in, checked against the deployment's ``pools`` (``agent_pool``); ``safety`` the
+    deployment's context of the rules. Checks: the tool exists and is allowed (``tool_exists``,
+    ``tool_allowed``, ``agent_pool``), the inputs' size, that no reference is left
+    (``reference_resolves``, ``reference_form``), strict schema validation (``inputs_valid``) and
+    the tool's safety rule (``inputs_safe``). The verdict is :func:`passed_all` of the result; a
+    proposal (a model's alternative tool or changed inputs) is checked the same way.
+    """
+    checks: list[Check] = [_check_inputs_size(who, inputs, limits, f"{path}.inputs")]
+    found, spec = _check_tool(who, tool, catalog, f"{path}.tool", "choose another tool")
+    checks += found
+    if pool is not None and (why := agent_pools.problem(pool, [tool], pools)) is not None:
+        checks.append(
+            _fail("agent_pool", f"{who}: {why}", "choose a tool of the pool, or run it in another", f"{path}.tool")
+        )
+    left = find_refs(inputs)
+    for ref in left:
+        checks.append(
+            _fail(
+                "reference_resolves",
+                f"{who}: {ref.text} at {ref.where} is not resolved",
+                "resolve references against the upstream outputs before checking a step",
+                f"{path}.{ref.where}",
+            )
+        )
+    checks += _reference_form_failures(who, inputs, path)
+    if spec is not None and spec.safety is not Safety.PROHIBITED:
+        checks.append(
+            _check_inputs("inputs_valid", who, spec, inputs, [r.loc for r in left], f"{path}.inputs", "error")
+        )
+        checks += _safety_failures(who, spec, inputs, safety, path)
     return checks
 
 
@@ -525,7 +651,19 @@ def _check_reference_field(said: str, ref: Ref, target: Task, catalog: Catalog, 
     model = catalog[target.tool].output_model
     field = ref.path[0]
     if field in model.model_fields or model.model_config.get("extra") == "allow":
-        return [_ok("reference_field", f"{said}; {target.tool!r} outputs {field!r}", path)]
+        checks = [_ok("reference_field", f"{said}; {target.tool!r} outputs {field!r}", path)]
+        problem = _output_path_problem(model, ref.path)
+        if problem is not None:  # recorded when it fails only (module docstring)
+            checks.append(
+                _fail(
+                    "reference_field",
+                    f"{said}, but the output of task {target.id!r} (tool {target.tool!r}) has no such path: {problem}",
+                    f"follow the output schema of {target.tool!r} (`cadre schema {target.tool}`), "
+                    "or reference a shorter path",
+                    path,
+                )
+            )
+        return checks
     fields = list(model.model_fields)
     return [
         _fail(
@@ -536,6 +674,63 @@ def _check_reference_field(said: str, ref: Ref, target: Task, catalog: Catalog, 
             path,
         )
     ]
+
+
+@functools.lru_cache(maxsize=1024)
+def _output_path_problem(model: type[BaseModel], path: tuple[str, ...]) -> str | None:
+    """:func:`schema_path_problem` of an output model, once per (model, path): plans repeat references."""
+    return schema_path_problem(json_schema(model), path)
+
+
+def _deref(node: Mapping[str, Any], defs: Mapping[str, Any]) -> Mapping[str, Any]:
+    while "$ref" in node:
+        node = defs.get(str(node["$ref"]).rsplit("/", 1)[-1], {})
+    return node
+
+
+def schema_path_problem(schema: Mapping[str, Any], path: Sequence[str]) -> str | None:
+    """Why ``path`` (reference segments) leads nowhere in the JSON ``schema`` of an output, or None.
+
+    Objects need the named property (or admit any: ``additionalProperties``), lists a numeric
+    index, a union any branch that fits; a schema that says nothing (any JSON) admits the rest.
+    """
+    return _schema_walk(schema, schema.get("$defs", {}), list(path), "")
+
+
+def _schema_walk(node: Mapping[str, Any], defs: Mapping[str, Any], path: list[str], walked: str) -> str | None:
+    for i, segment in enumerate(path):
+        node = _deref(node, defs)
+        branches = node.get("anyOf") or node.get("oneOf")
+        if branches:
+            problems = [_schema_walk(b, defs, path[i:], walked) for b in branches]
+            return None if any(p is None for p in problems) else problems[0]
+        here = walked or "the output"
+        kind = node.get("type")
+        if kind == "object" or "properties" in node:
+            props: Mapping[str, Any] = node.get("properties", {})
+            extra = node.get("additionalProperties")
+            if segment in props:
+                node = props[segment]
+            elif isinstance(extra, Mapping):
+                node = extra
+            elif extra is True or ("properties" not in node and extra is None):
+                return None
+            else:
+                return f"{here} has no field {segment!r} (it has: {', '.join(props) or 'no fields'})"
+        elif kind == "array":
+            if not segment.isdigit():
+                return f"{here} is a list, and {segment!r} is not an index"
+            prefix_items = node.get("prefixItems")
+            if isinstance(prefix_items, list) and int(segment) < len(prefix_items):
+                node = prefix_items[int(segment)]
+            else:
+                node = node.get("items", {})
+        elif kind in ("string", "integer", "number", "boolean", "null"):
+            return f"{here} is a {kind}, which has no field {segment!r}"
+        else:
+            return None  # any JSON value: nothing to check further
+        walked = f"{walked}.{segment}" if walked else segment
+    return None
 
 
 def _check_output(plan: Plan) -> list[Check]:
@@ -559,6 +754,7 @@ def validate_steps(
     limits: Limits = Limits(),
     *,
     upstream_ids: Collection[str] | None = None,
+    safety: SafetyContext = NO_DEPLOYMENT,
 ) -> list[Check]:
     """Every check of the ``steps`` that ``task`` was decomposed into, passed and failed.
 
@@ -608,7 +804,7 @@ def validate_steps(
     if len(seen) == len(steps):
         checks.append(_ok("step_ids_unique", f"the {len(steps)} step ids are distinct", "steps"))
     for i, step in enumerate(steps):
-        checks += _check_step(i, step, task, ids, catalog, upstream_outputs, limits, upstream_ids)
+        checks += _check_step(i, step, task, ids, catalog, upstream_outputs, limits, upstream_ids, safety)
         checks += condition_checks(f"step {step.id!r}", step.pre, step.post, f"steps[{i}]")
     return checks
 
@@ -633,6 +829,7 @@ def _check_step(
     upstream_outputs: Mapping[str, Mapping[str, Any]] | None,
     limits: Limits,
     upstream_ids: Collection[str] | None,
+    safety: SafetyContext,
 ) -> list[Check]:
     who = f"step {step.id!r}"
     prefix = f"steps[{index}]"
@@ -723,6 +920,8 @@ def _check_step(
         inputs, skip = step.inputs, [r.loc for r in refs]
     if spec is not None and spec.safety is not Safety.PROHIBITED:
         checks.append(_check_inputs("inputs_valid", who, spec, inputs, skip, f"{prefix}.inputs", "error"))
+        checks += _safety_failures(who, spec, inputs, safety, prefix)
+    checks += _reference_form_failures(who, step.inputs, prefix)
     found, usable = _check_fallbacks(who, step.fallback_tools, catalog, f"{prefix}.fallback_tools")
     checks += found
     for k, fallback in usable:

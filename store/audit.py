@@ -28,6 +28,7 @@ from typing import Any, assert_never
 
 import msgspec
 
+from cadre.bus import codec
 from cadre.bus.effects import (
     BudgetDecided,
     CallSettled,
@@ -69,6 +70,7 @@ from cadre.bus.events import (
 from cadre.bus.plan import Check
 from cadre.bus.signing import Keyring
 from cadre.store.authenticity import verdict
+from cadre.store.objects import reference_of
 from cadre.store.records import Malformed, Record, StoredEvent
 
 __all__ = [
@@ -240,6 +242,7 @@ class ToolCall(msgspec.Struct, frozen=True, kw_only=True):
     error_code: str | None
     error_message: str | None
     ms: float
+    stored_as: str | None = None  # the object's digest when the output is stored by reference (store.objects)
 
 
 class Approval(msgspec.Struct, kw_only=True):
@@ -371,7 +374,7 @@ def audit(records: Sequence[Record], keyring: Keyring | None = None) -> AuditRep
             continue
         scope = _scope(e, by_id)
         effects = e.data.effects if isinstance(e.data, EffectsRecorded) else e.effects
-        _effects(report, index, e, scope, effects)
+        _effects(report, index, e, scope, effects, _stored_effects(r))
         _event(report, index, e, scope, plans, approvals)
     report.plans = [plans[k] for k in sorted(plans)]
     report.approvals = list(approvals.values())
@@ -574,13 +577,30 @@ def _note(c: Check) -> CheckNote:
     return CheckNote(name=c.name, severity=c.severity, path=c.path, message=c.message, fix=c.fix)
 
 
-def _effects(report: AuditReport, index: int, e: Envelope, scope: str, effects: Sequence[Effect]) -> None:
-    """The consultations and tool calls of one invocation's effects, in order."""
+def _stored_effects(r: StoredEvent) -> Sequence[Effect] | None:
+    """The effects as stored, when an output among them is stored by reference (else None)."""
+    if b'"cadre_object"' not in r.data:
+        return None
+    stored = codec.decode(r.data)
+    return stored.data.effects if isinstance(stored.data, EffectsRecorded) else stored.effects
+
+
+def _effects(
+    report: AuditReport,
+    index: int,
+    e: Envelope,
+    scope: str,
+    effects: Sequence[Effect],
+    stored: Sequence[Effect] | None = None,
+) -> None:
+    """The consultations and tool calls of one invocation's effects, in order (``stored``: the same
+    effects as stored, where an output may be a reference)."""
     current: dict[str, Consultation] = {}  # the open consultation round of each kind
     rounds: dict[str, int] = {}
-    for effect in effects:
+    for i, effect in enumerate(effects):
         match effect:
             case ToolCalled():
+                as_stored = stored[i] if stored is not None and i < len(stored) else None
                 output = effect.refused if effect.error is not None else effect.output
                 report.tool_calls.append(
                     ToolCall(
@@ -595,6 +615,7 @@ def _effects(report: AuditReport, index: int, e: Envelope, scope: str, effects: 
                         error_code=effect.error.code if effect.error is not None else None,
                         error_message=effect.error.message if effect.error is not None else None,
                         ms=effect.ms,
+                        stored_as=reference_of(as_stored.output) if isinstance(as_stored, ToolCalled) else None,
                     )
                 )
             case BudgetDecided():

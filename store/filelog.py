@@ -7,6 +7,11 @@ File format (one JSON object per line)::
     {"seq": 1, "subject": "cadre.evt.wf-1.workflow_requested", "event": {…the stored bytes…},
      "signer": "UA…", "sig": "…"}
     {"seq": 7, "subject": "cadre.evt.wf-1.x", "malformed": "JSON is malformed…", "data_b64": "Z2FyYmFnZQ=="}
+    {"object": "sha256:9f86…", "data_b64": "eyJyb3dzIjog…"}
+
+An object line (format 2, after the records) holds an output stored by reference
+(:mod:`store.objects`): its events carry its digest, and reading the file resolves them from these
+lines, each checked against its digest (a file without such outputs is written as format 1).
 
 An event line embeds the event exactly as it was stored (not re-encoded), so digests and
 signatures computed over stored bytes stay valid on the file. A malformed message is kept,
@@ -24,21 +29,24 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import IO
 
 import msgspec
 
-from cadre.bus.errors import StoreError
+from cadre.bus import codec
+from cadre.bus.errors import DecodeError, StoreError
 from cadre.bus.events import chain_hash
 from cadre.bus.signing import SIG_HEADER, SIGNER_HEADER, Keyring, KeyringFile
 from cadre.bus.subjects import Subjects
 from cadre.store.integrity import Anchor
+from cadre.store.objects import references, resolve_record
 from cadre.store.records import Malformed, Record, StoredEvent, events_only, to_record
 from cadre.store.source import EventSource
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: object lines (outputs stored by reference); 1 without them
 
 
 class LogFileError(StoreError):
@@ -55,6 +63,13 @@ class _Header(msgspec.Struct, frozen=True):
     keyring: KeyringFile | None = None
 
 
+class _Object(msgspec.Struct, frozen=True):
+    """An output stored by reference (``store.objects``): its digest and its bytes."""
+
+    object: str
+    data_b64: str
+
+
 class _Line(msgspec.Struct, frozen=True, omit_defaults=True):
     seq: int
     subject: str
@@ -67,6 +82,8 @@ class _Line(msgspec.Struct, frozen=True, omit_defaults=True):
 
 _header_decoder = msgspec.json.Decoder(_Header)
 _line_decoder = msgspec.json.Decoder(_Line)
+_object_decoder = msgspec.json.Decoder(_Object)
+_OBJECT_LINE = b'{"object":'
 _encoder = msgspec.json.Encoder()
 
 
@@ -77,16 +94,39 @@ async def export(
     records: list[Record] = []
     for wf in workflow_ids:
         records.extend(await source.read_records(wf))
-    return write_export(out, records, stream=source.stream, subjects=source.subjects, keyring=keyring)
+    objects = await source.object_bytes(stored_references(records))
+    return write_export(out, records, stream=source.stream, subjects=source.subjects, keyring=keyring, objects=objects)
+
+
+def stored_references(records: Iterable[Record]) -> list[str]:
+    """The digests of the outputs the records' stored events refer to, in order, each once."""
+    found: dict[str, None] = {}
+    for r in records:
+        data = r.data if isinstance(r, StoredEvent) else b""
+        if b'"cadre_object"' in data:  # cheap test before a decode of the stored bytes
+            with contextlib.suppress(DecodeError):
+                found.update(dict.fromkeys(references(codec.decode(data))))
+    return list(found)
 
 
 def write_export(
-    out: IO[bytes], records: Iterable[Record], *, stream: str, subjects: Subjects, keyring: Keyring | None = None
+    out: IO[bytes],
+    records: Iterable[Record],
+    *,
+    stream: str,
+    subjects: Subjects,
+    keyring: Keyring | None = None,
+    objects: Mapping[str, bytes] | None = None,
 ) -> int:
-    """Write a header (each workflow's head, the keyring's public keys) and ``records``; return how many."""
+    """Write a header (each workflow's head, the keyring's public keys), ``records``, and the
+    ``objects`` they refer to (format 2; without objects a file stays format 1); return how many records."""
     records = list(records)
     header = _Header(
-        FORMAT_VERSION, stream, subjects.prefix, heads(records, subjects), keyring.file if keyring else None
+        FORMAT_VERSION if objects else 1,
+        stream,
+        subjects.prefix,
+        heads(records, subjects),
+        keyring.file if keyring else None,
     )
     out.write(_encoder.encode(header) + b"\n")
     n = 0
@@ -104,6 +144,8 @@ def write_export(
             line = _Line(r.seq, r.subject, malformed=r.reason, data_b64=base64.b64encode(r.data).decode())
         out.write(_encoder.encode(line) + b"\n")
         n += 1
+    for digest, data in (objects or {}).items():  # after the records: a reader of records meets them last
+        out.write(_encoder.encode(_Object(digest, base64.b64encode(data).decode())) + b"\n")
     return n
 
 
@@ -134,8 +176,10 @@ class FileLog:
         path: Path | None = None,
         heads: dict[str, Anchor] | None = None,
         keyring: Keyring | None = None,
+        objects: dict[str, bytes] | None = None,
     ):
         self.records = records
+        self.objects = objects or {}
         self.subjects = subjects
         self.path = path
         self.heads = heads or {}
@@ -169,12 +213,27 @@ class FileLog:
             )
         subjects = Subjects(header.prefix)
         records: list[Record] = []
+        objects: dict[str, bytes] = {}
         for lineno, raw in enumerate(lines[1:], start=2):
             if not raw.strip():
                 continue
+            if raw.startswith(_OBJECT_LINE):
+                digest, data = _parse_object(path, lineno, raw)
+                objects[digest] = data
+                continue
             records.append(_parse_line(path, lineno, raw, subjects))
+        # Outputs stored by reference read from the file's own objects, each checked against its digest.
+        records = [resolve_record(r, objects) for r in records]
         keyring = Keyring(header.keyring) if header.keyring is not None else None
-        return cls(records, stream=header.stream, subjects=subjects, path=path, heads=header.heads, keyring=keyring)
+        return cls(
+            records,
+            stream=header.stream,
+            subjects=subjects,
+            path=path,
+            heads=header.heads,
+            keyring=keyring,
+            objects=objects,
+        )
 
     def _of(self, workflow_id: str, after_seq: int) -> list[Record]:
         head = self.subjects.workflow(workflow_id)[:-1]  # "<prefix>.evt.<wf>."
@@ -193,6 +252,17 @@ class FileLog:
     async def workflows(self) -> list[str]:
         found = {p[0] for r in self.records if (p := self.subjects.parse_event(r.subject)) is not None}
         return sorted(found)
+
+    async def object_bytes(self, digests: list[str]) -> dict[str, bytes]:
+        return {d: self.objects[d] for d in digests if d in self.objects}
+
+
+def _parse_object(path: Path, lineno: int, raw: bytes) -> tuple[str, bytes]:
+    try:
+        line = _object_decoder.decode(raw)
+        return line.object, base64.b64decode(line.data_b64, validate=True)
+    except (msgspec.DecodeError, binascii.Error) as exc:
+        raise LogFileError(f"{path}:{lineno}: not an exported object: {exc}") from None
 
 
 def _parse_line(path: Path, lineno: int, raw: bytes, subjects: Subjects) -> Record:

@@ -30,9 +30,10 @@ from typing import Literal
 import msgspec
 
 from cadre.bus.events import CHAIN_VERSION, chain_hash
+from cadre.store.objects import OBJECT_PROBLEMS
 from cadre.store.records import Malformed, Record, StoredEvent
 
-ProblemKind = Literal["modified", "removed", "inserted", "reordered"]
+ProblemKind = Literal["modified", "removed", "inserted", "reordered", "object"]
 Status = Literal["intact", "unchained", "broken"]
 
 
@@ -122,7 +123,7 @@ def verify(
     not known; then a broken link with nothing missing reads as a modification).
     """
     check = _Check(records, anchor, deleted)
-    problem = check.links() or check.end()
+    problem = check.links() or check.end() or _object_problem(check, records)
     chained = sum(p is not None for p in check.prevs)
     malformed = sum(isinstance(r, Malformed) for r in records)
     if problem is not None:
@@ -140,6 +141,15 @@ def verify(
         head=check.hashes[-1] if records else "",
         problem=problem,
     )
+
+
+def _object_problem(check: _Check, records: Sequence[Record]) -> Problem | None:
+    """The first event whose output stored by reference is missing or does not match the digest its
+    stored (chained, signed) bytes carry (``store.objects``): the event is intact, its object is not."""
+    for i, r in enumerate(records):
+        if isinstance(r, Malformed) and r.reason.startswith(OBJECT_PROBLEMS):
+            return Problem(kind="object", at=check.pos(i), message=f"{check.pos(i).describe()}: {r.reason}")
+    return None
 
 
 class _Check:

@@ -58,6 +58,7 @@ from cadre.bus.retry import RetryPolicy, describe, is_transient, retrying
 from cadre.bus.signing import Signer
 from cadre.bus.stream import StreamSpec, ensure_stream
 from cadre.bus.subjects import Subjects
+from cadre.store.objects import OutputObjects, outsized
 from cadre.store.records import Record, StoredEvent, events_only, to_record
 
 T = TypeVar("T")
@@ -120,6 +121,8 @@ class JetStreamLog:
         timeout: float = 5.0,
         conflict_retries: int = 50,
         retry: RetryPolicy | None = None,
+        objects: OutputObjects | None = None,
+        inline_max_bytes: int = 256 * 1024,
     ) -> None:
         self.spec = stream or StreamSpec()
         self.subjects = subjects or Subjects()
@@ -128,6 +131,10 @@ class JetStreamLog:
         self._timeout = timeout
         self.retry = retry or RetryPolicy()
         self._conflict_retries = conflict_retries
+        # Large outputs by reference (store.objects): None keeps every output inline and leaves
+        # references unresolved (a reader without access to the object store).
+        self.objects = objects
+        self.inline_max_bytes = inline_max_bytes
         self.signer: Signer | None = None
         # What this process signed, by event id: the digest of the bytes and the signature (shared by
         # every signed_by view), so that its own events need no Ed25519 check when they come back.
@@ -242,6 +249,7 @@ class JetStreamLog:
         seq, head = expected_seq, prev
         fresh = False
         for k, e in enumerate(events):
+            e = await self._outsized(e)
             data = codec.encode(msgspec.structs.replace(e, prev=head))
             msg = self._message(self.subjects.event(workflow_id, e.type), data, e.id)
             try:
@@ -266,6 +274,7 @@ class JetStreamLog:
             msgs: list[_Msg] = []
             link = head
             for e in events[start : start + MAX_ATOMIC_BATCH]:
+                e = await self._outsized(e)
                 data = codec.encode(msgspec.structs.replace(e, prev=link))
                 msgs.append(self._message(self.subjects.event(workflow_id, e.type), data, e.id))
                 link = chain_hash(data)
@@ -279,6 +288,29 @@ class JetStreamLog:
                 seq, head = r.last_seq, r.last_hash
                 fresh = fresh or not r.already_stored
         return AppendResult(seq, len(events), not fresh, head)
+
+    async def _outsized(self, e: Envelope) -> Envelope:
+        """The event as it is stored: each output above ``inline_max_bytes`` put in the object store
+        and replaced by its reference (before the event is encoded, chained and signed)."""
+        if self.objects is None:
+            return e
+        stored, objects = outsized(e, self.inline_max_bytes)
+        if objects:
+            await self.objects.put(objects)
+        return stored
+
+    async def resolve(self, rec: Record) -> Record:
+        """The record as readers see it: each output reference replaced by its object, checked
+        against the digest (a missing or mismatching object makes it Malformed)."""
+        return rec if self.objects is None else await self.objects.resolve(rec)
+
+    async def record(self, seq: int, subject: str, data: bytes, headers: dict[str, str] | None) -> Record:
+        """One stored message decoded, its output references resolved."""
+        return await self.resolve(to_record(self.subjects, seq, subject, data, headers))
+
+    async def object_bytes(self, digests: list[str]) -> dict[str, bytes]:
+        """The stored objects of these digests (for an export); a missing one is left out."""
+        return {} if self.objects is None else await self.objects.get(digests)
 
     async def _append_chunk(self, workflow_id: str, msgs: list[_Msg], expected_seq: int, prev: str) -> AppendResult:
         """One event, or one atomic batch, expecting ``expected_seq`` (whose hash is ``prev``)."""
@@ -415,7 +447,7 @@ class JetStreamLog:
             m = await self._retry(lambda: self._js.get_last_msg(self.spec.name, subject), "event log read")
         except NotFoundError:
             return None
-        return to_record(self.subjects, m.seq or 0, m.subject or subject, m.data or b"", m.headers)
+        return await self.record(m.seq or 0, m.subject or subject, m.data or b"", m.headers)
 
     async def _last_msg(self, workflow_id: str) -> api.RawStreamMsg | None:
         subject = self.subjects.workflow(workflow_id)
@@ -475,6 +507,8 @@ class JetStreamLog:
         # The ordered consumer may still deliver a message appended after `last`; cut there.
         while records and records[-1].seq > last:
             records.pop()
+        if self.objects is not None:
+            records = [await self.objects.resolve(r) for r in records]
         return records
 
     async def _subscribe(self, workflow_id: str, after_seq: int, cb: Any = None) -> Any:
@@ -521,7 +555,7 @@ class JetStreamLog:
         subjects = self.subjects
 
         async def on_msg(m: Msg) -> None:
-            await queue.put(to_record(subjects, stream_seq(m.reply), m.subject, m.data, m.headers))
+            await queue.put(await self.resolve(to_record(subjects, stream_seq(m.reply), m.subject, m.data, m.headers)))
 
         sub = await self._subscribe(workflow_id, after_seq, cb=on_msg)
         try:

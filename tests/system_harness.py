@@ -40,6 +40,7 @@ def settings_for(nats_url: str, data_dir: Path, **overrides: Any) -> Settings:
         "llm_provider": "none",
         "ledger_stream_name": prefix.upper() + "_LEDGER",
         "inference_cache_bucket": prefix.upper() + "_INFERENCE",
+        "outputs_bucket": prefix.upper() + "_OUTPUTS",
     }
     base.update(overrides)
     return Settings(**base)
@@ -114,6 +115,10 @@ async def cadre_running(
         finally:
             js = bus.nc.jetstream()
             await js.delete_stream(settings.stream_name)
-            for name in (settings.ledger_stream_name, "KV_" + settings.inference_cache_bucket):
+            for name in (
+                settings.ledger_stream_name,
+                "KV_" + settings.inference_cache_bucket,
+                "OBJ_" + settings.outputs_bucket,
+            ):
                 with contextlib.suppress(NotFoundError):
                     await js.delete_stream(name)

@@ -34,6 +34,7 @@ from cadre.bus.events import EVENT_TYPES
 from cadre.cli import main
 from cadre.settings import Settings
 from cadre.store.jetstream import JetStreamLog
+from cadre.store.objects import OutputObjects, digest_of
 from cadre.store.records import StoredEvent
 from tests.deploy_files import read_env_file
 
@@ -226,6 +227,34 @@ async def test_each_role_appends_only_the_event_types_its_kind_emits(server: Ser
             await nc.close()
         stored = await _stored(server, f"cadre.evt.wf-{role}.>")
         assert {s.rsplit(".", 1)[1] for s in stored} == allowed, role
+
+
+async def test_the_agent_stores_large_outputs_and_the_actors_read_them(server: Server) -> None:
+    """The object store of outputs stored by reference (made by the bootstrap): the agent puts, the
+    other actor roles read but cannot put, a client (READERS) reaches none of it."""
+    data = b'{"rows": [[1], [2]], "row_count": 2}'
+    digest = digest_of(data)
+    roles = ("agent", "planner", "validator", "decomposer", "intake", "approvals", "client")
+    conns = {r: await server.as_role(r) for r in roles}
+
+    def store(role: str, timeout: float = 2) -> OutputObjects:
+        return OutputObjects(conns[role].jetstream(timeout=timeout), "CADRE_OUTPUTS")
+
+    try:
+        await store("agent").put({digest: data})
+        for role in ("planner", "validator", "decomposer", "intake", "approvals"):
+            assert await store(role).get([digest]) == {digest: data}, role
+        other = b'{"result": 1}'  # the planner puts the output task's result (workflow_completed)
+        await store("planner").put({digest_of(other): other})
+        assert await store("validator").get([digest_of(other)]) == {digest_of(other): other}
+        for role in ("validator", "decomposer"):
+            with pytest.raises(nats.errors.TimeoutError):  # refused: the server does not answer
+                await store(role, 0.3).put({digest_of(b"{}"): b"{}"})
+        with pytest.raises(nats.errors.TimeoutError):
+            await store("client", 0.3).get([digest])
+    finally:
+        for nc in conns.values():
+            await nc.close()
 
 
 async def test_wrong_or_missing_credentials_are_a_clear_error(

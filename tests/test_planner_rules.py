@@ -459,7 +459,7 @@ def test_inputs_are_validated_against_the_tool_model() -> None:
     assert re.fullmatch(
         r"task 'a': inputs do not match SqlQueryIn, the input model of 'sql\.query': "
         r"inputs\.sql: Field required; "
-        r"inputs\.max_rows: Input should be a valid integer, unable to parse string as an integer \(got 'lots'\); "
+        r"inputs\.max_rows: Input should be a valid integer \(got 'lots'\); "
         r"inputs\.extra: Extra inputs are not permitted \(got 1\)",
         check.message,
     )

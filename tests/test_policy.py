@@ -366,6 +366,7 @@ def test_an_agent_may_consume_with_each_pools_durable_and_no_other_role_may() ->
         "ledger": "CADRE_LEDGER",
         "cache_bucket": "CADRE_INFERENCE",
         "requests_stream": "CADRE_EVENTS_REQUESTS",  # the durable intake's: its permissions came with it
+        "outputs_bucket": "CADRE_OUTPUTS",
     }
 
 

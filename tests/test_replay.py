@@ -113,6 +113,9 @@ def test_the_golden_logs_cover_every_path() -> None:
         "rate_limit_wait",
         "interpret_proposal",
         "compensated",
+        "unsafe_plan",
+        "output_too_large",
+        "output_by_reference",
     }
 
 

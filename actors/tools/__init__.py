@@ -5,10 +5,10 @@ The specs (names, schemas, safety) are in ``planner/builtin_tools.py``; this pac
 
 from cadre.actors.tools.base import ToolBox, ToolCall, ToolConfig, ToolError, ToolImpl, typed_impl
 from cadre.actors.tools.builtin import builtin_impls, builtin_toolbox
-from cadre.actors.tools.fs import MARKER_DIR, resolve_in_workspace
-from cadre.actors.tools.http import normalise_url
+from cadre.actors.tools.fs import resolve_in_workspace
 from cadre.actors.tools.sample import ensure_sample_database, sample_sql
 from cadre.actors.tools.text import markdown_table, render_template
+from cadre.planner.safety import MARKER_DIR, normalise_url
 
 __all__ = [
     "MARKER_DIR",

@@ -27,6 +27,7 @@ limit, output validation — so that an implementation only does its one job.
          not_allowed        a URL outside the allow-list (CADRE_HTTP_ALLOW)
          http_error         the HTTP server could not be reached (retryable)
          invalid_template   a text.render template that cannot be filled
+         output_too_large   an output above ToolConfig.max_output_bytes (fails once, not retried)
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from pydantic_core import PydanticSerializationError
 
 from cadre.bus.errors import CadreError
 from cadre.planner.catalog import Catalog, Safety
+from cadre.planner.safety import SafetyContext
 
 
 class ToolError(CadreError):
@@ -73,12 +75,16 @@ class ToolConfig:
 
     ``workspace``: the only folder fs.read / fs.write see. ``database``: the SQLite file of
     the sql tools (None: they answer ``not_configured``). ``http_allow``: URL prefixes http.get
-    may fetch (e.g. ``"http://127.0.0.1:8080/"``); empty allows nothing.
+    may fetch (e.g. ``"http://127.0.0.1:8080/"``); empty allows nothing. ``max_output_bytes``: the
+    hard cap on one output as JSON (None: none); a larger one fails the call once with
+    ``output_too_large``. Below it, an output too large to travel inline is stored by reference
+    by the event log (``store.objects``), not here.
     """
 
     workspace: Path
     database: Path | None = None
     http_allow: tuple[str, ...] = ()
+    max_output_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +119,19 @@ def typed_impl(
         return await fn(inputs, config, call)
 
     return impl
+
+
+def strict_inputs(tool: str, model: type[_In], inputs: Mapping[str, Any]) -> _In:
+    """``inputs`` validated as the JSON they are against ``model`` in strict mode: the published schema
+    as written, with no coercion (``"10"`` or ``true`` is not an int). ToolError ``invalid_input``."""
+    try:
+        raw = json.dumps(inputs, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ToolError(tool, "invalid_input", f"invalid input for {tool}: the inputs are not JSON ({e})") from e
+    try:
+        return model.model_validate_json(raw, strict=True)
+    except ValidationError as e:
+        raise ToolError(tool, "invalid_input", f"invalid input for {tool}: {describe_validation_error(e)}") from e
 
 
 def describe_validation_error(err: ValidationError) -> str:
@@ -158,10 +177,10 @@ class ToolBox:
             raise ToolError(name, "prohibited", f"tool {name!r} is prohibited by this deployment's policy")
         if impl is None:
             raise ToolError(name, "unknown_tool", f"tool {name!r} is in the catalog but this toolbox cannot run it")
-        try:
-            model = spec.input_model.model_validate(inputs)
-        except ValidationError as e:
-            raise ToolError(name, "invalid_input", f"invalid input for {name}: {describe_validation_error(e)}") from e
+        model = strict_inputs(name, spec.input_model, inputs)
+        if spec.rule is not None:  # the tool's safety rule, the last line before the implementation runs
+            for v in spec.rule(inputs, SafetyContext(http_allow=self.config.http_allow)):
+                raise ToolError(name, v.code, v.message)
 
         limit = spec.timeout_s if timeout is None else timeout
         deadline = asyncio.timeout(limit)
@@ -172,7 +191,16 @@ class ToolBox:
             if not deadline.expired():  # raised by the implementation itself, not our limit
                 raise
             raise ToolError(name, "timeout", f"{name} did not finish within {limit:g} s", retryable=True) from e
-        return self._checked_output(name, spec.output_model, out)
+        data = self._checked_output(name, spec.output_model, out)
+        cap = self.config.max_output_bytes
+        if cap is not None and (size := len(json.dumps(data, ensure_ascii=False).encode())) > cap:
+            raise ToolError(
+                name,
+                "output_too_large",
+                f"{name} returned {size} bytes of output as JSON; the limit is {cap} (tool_output_max_bytes): "
+                "ask for less (max_rows, max_bytes, a narrower query)",
+            )
+        return data
 
     @staticmethod
     def _checked_output(name: str, model: type[BaseModel], out: object) -> dict[str, Any]:

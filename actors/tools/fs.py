@@ -49,8 +49,7 @@ from cadre.planner.builtin_tools import (
     FsWriteInput,
     FsWriteOutput,
 )
-
-MARKER_DIR = ".cadre-idempotency"
+from cadre.planner.safety import MARKER_DIR, workspace_path_problem
 
 
 def resolve_in_workspace(tool: str, workspace: Path, path: str) -> tuple[Path, str]:
@@ -79,6 +78,9 @@ def resolve_in_workspace(tool: str, workspace: Path, path: str) -> tuple[Path, s
         raise ToolError(tool, "reserved_path", f"path {path!r} is in {MARKER_DIR}/, which cadre keeps for itself")
     if not rel.parts:
         raise ToolError(tool, "not_a_file", f"path {path!r} is the workspace folder itself, not a file")
+    problem = workspace_path_problem(path)  # the validator's rule (e.g. absolute paths), on top of the files'
+    if problem is not None:
+        raise ToolError(tool, *problem)
     return target, rel.as_posix()
 
 

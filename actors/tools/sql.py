@@ -1,8 +1,10 @@
 """sql.schema and sql.query: read-only SQLite.
 
-Three locks keep the database read-only, each enough on its own for the common cases:
-the file is opened ``mode=ro``, ``PRAGMA query_only`` is on, and an authorizer denies every
-action but reading (SELECT, READ, FUNCTION, RECURSIVE; and ``PRAGMA table_info`` for
+Four locks keep the database read-only, each enough on its own for the common cases: the
+statement passes :func:`planner.safety.sql_problem` (the rule the validator checks before
+anything runs; the ToolBox checks it again), the file is opened ``mode=ro``, ``PRAGMA
+query_only`` is on, and the same authorizer denies every action but reading (SELECT, READ,
+FUNCTION but ``load_extension`` and its kind, RECURSIVE; and ``PRAGMA table_info`` for
 sql.schema only). The authorizer decides; the error names the refused statement by its
 leading keywords (``DROP TABLE``) or by the action the authorizer denied (``INSERT on 'orders'``).
 
@@ -13,7 +15,6 @@ connection is interrupted, so a runaway query does not keep the thread busy.
 from __future__ import annotations
 
 import asyncio
-import re
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -30,74 +31,11 @@ from cadre.planner.builtin_tools import (
     SqlTable,
     SqlValue,
 )
+from cadre.planner.safety import ReadGuard, statement_kind
 
 _T = TypeVar("_T")
 
-_READ_ACTIONS = frozenset(
-    {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE}
-)
 _SCHEMA_PRAGMAS = frozenset({"table_info"})
-
-# Authorizer action codes by name, for messages ("DROP TABLE on 'orders'").
-_ACTIONS = (
-    "CREATE_INDEX",
-    "CREATE_TABLE",
-    "CREATE_TEMP_INDEX",
-    "CREATE_TEMP_TABLE",
-    "CREATE_TEMP_TRIGGER",
-    "CREATE_TEMP_VIEW",
-    "CREATE_TRIGGER",
-    "CREATE_VIEW",
-    "DELETE",
-    "DROP_INDEX",
-    "DROP_TABLE",
-    "DROP_TEMP_INDEX",
-    "DROP_TEMP_TABLE",
-    "DROP_TEMP_TRIGGER",
-    "DROP_TEMP_VIEW",
-    "DROP_TRIGGER",
-    "DROP_VIEW",
-    "INSERT",
-    "PRAGMA",
-    "READ",
-    "SELECT",
-    "TRANSACTION",
-    "UPDATE",
-    "ATTACH",
-    "DETACH",
-    "ALTER_TABLE",
-    "REINDEX",
-    "ANALYZE",
-    "CREATE_VTABLE",
-    "DROP_VTABLE",
-    "FUNCTION",
-    "SAVEPOINT",
-    "RECURSIVE",
-)
-_ACTION_NAMES = {getattr(sqlite3, f"SQLITE_{name}"): name.replace("_", " ") for name in _ACTIONS}
-
-
-class _Guard:
-    """The authorizer of one connection; remembers the first action it denied."""
-
-    def __init__(self, *, schema: bool) -> None:
-        self.schema = schema
-        self.denied: str | None = None
-
-    def __call__(self, action: int, arg1: str | None, arg2: str | None, db: str | None, trigger: str | None) -> int:
-        if action in _READ_ACTIONS:
-            return sqlite3.SQLITE_OK
-        if self.schema and action == sqlite3.SQLITE_PRAGMA and arg1 in _SCHEMA_PRAGMAS:
-            return sqlite3.SQLITE_OK
-        if self.denied is None:
-            kind = _ACTION_NAMES.get(action, f"action {action}")
-            if action == sqlite3.SQLITE_PRAGMA:
-                self.denied = f"PRAGMA {arg1}"
-            elif arg1:
-                self.denied = f"{kind} on {arg1!r}"
-            else:
-                self.denied = kind
-        return sqlite3.SQLITE_DENY
 
 
 class _Interrupter:
@@ -133,7 +71,7 @@ def _database(tool: str, config: ToolConfig) -> Path:
     return config.database
 
 
-def _connect(tool: str, path: Path, guard: _Guard) -> sqlite3.Connection:
+def _connect(tool: str, path: Path, guard: ReadGuard) -> sqlite3.Connection:
     if not path.is_file():
         raise ToolError(tool, "not_found", f"database {str(path)!r} does not exist")
     # check_same_thread=False: interrupt() comes from the event loop's thread.
@@ -145,33 +83,7 @@ def _connect(tool: str, path: Path, guard: _Guard) -> sqlite3.Connection:
     return conn
 
 
-_COMMENT = re.compile(r"--[^\n]*|/\*.*?(?:\*/|$)", re.S)
-_SCHEMA_OBJECTS = {"TABLE", "VIEW", "INDEX", "TRIGGER"}
-
-
-def statement_kind(sql: str) -> str | None:
-    """The kind a statement announces by its leading keywords (``"DROP TABLE"``, ``"INSERT"``), if any.
-
-    Used for messages only: the authorizer decides. For CREATE and DROP SQLite's first
-    authorizer call is a write to ``sqlite_master``, which names the statement badly.
-    """
-    words: list[str] = re.findall(r"[A-Za-z_]+", _COMMENT.sub(" ", sql)[:300])
-    if not words:
-        return None
-    first = words[0].upper()
-    if first in ("CREATE", "DROP", "ALTER"):
-        head = [first]
-        for w in words[1:5]:
-            head.append(w.upper())
-            if w.upper() in _SCHEMA_OBJECTS:
-                break
-        return " ".join(head)
-    if first in ("WITH", "SELECT", "VALUES", "PRAGMA", "EXPLAIN"):
-        return None  # the authorizer's action says more (e.g. INSERT on 'orders', PRAGMA writable_schema)
-    return first
-
-
-def _sql_failure(tool: str, guard: _Guard, err: sqlite3.Error, sql: str | None) -> ToolError:
+def _sql_failure(tool: str, guard: ReadGuard, err: sqlite3.Error, sql: str | None) -> ToolError:
     if guard.denied is not None:
         kind = (statement_kind(sql) if sql else None) or guard.denied
         return ToolError(tool, "write_refused", f"{tool} is read-only: {kind} is refused; send one SELECT statement")
@@ -181,7 +93,7 @@ def _sql_failure(tool: str, guard: _Guard, err: sqlite3.Error, sql: str | None) 
 async def _run(tool: str, config: ToolConfig, *, sql: str | None, work: Callable[[sqlite3.Connection], _T]) -> _T:
     """Run ``work`` on a read-only connection in a thread; ``sql`` is None for sql.schema."""
     path = _database(tool, config)
-    guard = _Guard(schema=sql is None)
+    guard = ReadGuard(_SCHEMA_PRAGMAS if sql is None else frozenset())
     interrupter = _Interrupter()
 
     def in_thread() -> _T:

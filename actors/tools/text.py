@@ -18,9 +18,9 @@ from typing import Any
 
 from cadre.actors.tools.base import ToolCall, ToolConfig, ToolError
 from cadre.planner.builtin_tools import TextRenderInput, TextRenderOutput
+from cadre.planner.safety import MAX_FORMAT_WIDTH
 
 TOOL = "text.render"
-MAX_FORMAT_WIDTH = 1000  # a format spec such as {x:>99999999} must not blow up the output
 
 _FIRST = re.compile(r"[^.\[]*")
 _STEP = re.compile(r"\.([^.\[]+)|\[([^\]]+)\]")

@@ -34,7 +34,7 @@ from typing import Any
 from cadre import commands
 from cadre.bus.embedded import embedded_server
 from cadre.bus.events import SCHEMA_VERSION
-from cadre.store.filelog import write_export
+from cadre.store.filelog import stored_references, write_export
 from cadre.store.records import StoredEvent
 from cadre.store.state import fold
 from tests.fake_llm import Behaviour, FakeAPI, anthropic_api, ok, openai_api, status, text
@@ -47,6 +47,13 @@ APPROVAL_PLAN: dict[str, Any] = {
         {"id": "save", "tool": "fs.write", "inputs": {"path": "out/approved.txt", "content": "ok"}},
     ]
 }
+
+TEN_THOUSAND_ROWS = "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 10000) SELECT x FROM n"
+# About 1.2 MB of output as JSON: above the tool_output_max_bytes the golden log was recorded with.
+TEN_THOUSAND_PADDED_ROWS = (
+    "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 10000) "
+    "SELECT x, printf('%0100d', x) AS pad FROM n"
+)
 
 Drive = Callable[[Harness], Awaitable[str]]
 """Runs the scenario's workflow to its end on a running cadre; returns its id."""
@@ -194,6 +201,75 @@ SCENARIOS = (
         "a model is configured but the workflow's budget is 0: the consultation is denied, the library plans",
         submit({"request": LIBRARY_REQUEST, "budget_usd": 0}),
         model=(),
+    ),
+    Scenario(
+        "unsafe_plan",
+        "the last task of a plan writes outside the workspace: the validator's safety rule rejects the plan "
+        "and none of its tasks runs",
+        submit(
+            {
+                "request": "count customers and write the count outside the workspace",
+                "plan": {
+                    "nodes": [
+                        {"id": "n", "tool": "sql.query", "inputs": {"sql": "SELECT COUNT(*) FROM customers"}},
+                        {
+                            "id": "save",
+                            "tool": "fs.write",
+                            "depends_on": ["n"],
+                            "inputs": {"path": "../outside.txt", "content": "${n.rows}"},
+                        },
+                    ]
+                },
+            }
+        ),
+        expect="failed",
+    ),
+    Scenario(
+        "output_too_large",
+        "a 10 000-row query whose output is above the hard cap: the step fails once with output_too_large",
+        submit(
+            {
+                "request": "ten thousand padded rows",
+                "plan": {
+                    "nodes": [
+                        {
+                            "id": "big",
+                            "tool": "sql.query",
+                            "inputs": {
+                                "sql": TEN_THOUSAND_PADDED_ROWS,
+                                "max_rows": 10000,
+                            },
+                        }
+                    ]
+                },
+            }
+        ),
+        # The cap it was recorded with (the default is now 64 MiB: outputs above 256 KiB go by reference).
+        settings={"tool_output_max_bytes": 786_432},
+        expect="failed",
+    ),
+    Scenario(
+        "output_by_reference",
+        "a 10 000-row query above the inline limit: its output is stored by reference (the export carries the "
+        "object) and a downstream step reads it",
+        submit(
+            {
+                "request": "ten thousand rows, counted",
+                "plan": {
+                    "nodes": [
+                        {"id": "big", "tool": "sql.query", "inputs": {"sql": TEN_THOUSAND_ROWS, "max_rows": 10000}},
+                        {
+                            "id": "count",
+                            "tool": "text.render",
+                            "depends_on": ["big"],
+                            "inputs": {"template": "{n} rows", "values": {"n": "${big.row_count}"}},
+                        },
+                    ]
+                },
+            }
+        ),
+        # A low inline limit keeps the file small: the output (about 70 kB) goes by reference all the same.
+        settings={"tool_output_inline_max_bytes": 16_384},
     ),
     Scenario(
         "fallback_tool",
@@ -389,9 +465,10 @@ async def record(s: Scenario, url: str, work: Path, out: Path) -> dict[str, Any]
         async with cadre_running(settings) as h:
             wf = await s.drive(h)
             records = await h.bus.log.read_records(wf)
+            objects = await h.bus.log.object_bytes(stored_references(records))
     path = out / f"{s.name}.jsonl"
     with path.open("wb") as f:
-        write_export(f, records, stream=settings.stream_name, subjects=settings.subjects)
+        write_export(f, records, stream=settings.stream_name, subjects=settings.subjects, objects=objects)
     status = fold(wf, [r for r in records if isinstance(r, StoredEvent)]).status
     if status != s.expect:
         raise RuntimeError(f"{s.name}: the workflow ended {status}, expected {s.expect}")
