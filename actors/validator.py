@@ -102,6 +102,7 @@ def make_spec(
             pools=pools,
             skippable=skippable(state, st.step),
             expected=st.step.expected_outputs,
+            safety=ctx_safety,
         )
         pid = rec.event.id
         if passed_all(checks):

@@ -25,6 +25,7 @@ from cadre.bus.events import ProposalMade
 from cadre.bus.plan import Check, StepIntent, Task
 from cadre.planner import pools as agent_pools
 from cadre.planner.catalog import Catalog, Safety
+from cadre.planner.safety import SafetyContext
 from cadre.planner.validation import Limits, needs_approval, validate_steps
 
 CALLS = frozenset({"retry", "alternative"})
@@ -84,9 +85,11 @@ def check_proposal(
     pools: agent_pools.Pools | None = None,
     skippable: bool = False,
     expected: Sequence[str] = (),
+    safety: SafetyContext | None = None,
 ) -> tuple[list[Check], tuple[str, ...]]:
     """Every check of ``proposal`` (passed and failed) and, when it passes, why a person must
-    approve it first (empty: it runs at once)."""
+    approve it first (empty: it runs at once). ``safety``: what the tools' safety rules need from the
+    deployment (:mod:`planner.safety`), so a proposal meets the same rules as a planned step."""
     who = f"the model's proposal for step {proposal.step_id!r} ({proposal.source}: {proposal.action})"
     if proposal.action == "skip":
         if skippable:
@@ -102,7 +105,7 @@ def check_proposal(
         return [Check(name="proposal_action", passed=False, message=said, fix="retry, alternative or skip")], ()
     step = proposed_step(proposal)
     checks = [
-        *validate_steps(task, [step], catalog, upstream_outputs, limits, upstream_ids=upstream_ids),
+        *validate_steps(task, [step], catalog, upstream_outputs, limits, upstream_ids=upstream_ids, safety=safety),
         *agent_pools.check_step_pools(task, [step], pools),
     ]
     spec = catalog.get(step.tool)
