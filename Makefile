@@ -31,8 +31,11 @@ demo: $(STAMP)
 	@cat .cadre/workspace/reports/top_customers_2024.md
 	@printf '\nEvery step is in the log: .venv/bin/cadre workflows, then .venv/bin/cadre events WF [--json]\n'
 
+# One pytest worker per core (each with its own nats-server); TEST_WORKERS=0 runs them in one process.
+TEST_WORKERS ?= auto
+
 test: $(STAMP) $(JS_STAMP) lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 # mypy cannot follow the install's folder mapping (bus/ -> cadre.bus, ...), so it checks a tree of
 # links laid out as the installed package is: $(VENV)/typecheck/cadre/{bus,store,...} -> the folders.
