@@ -199,3 +199,25 @@ async def test_without_the_object_store_an_append_says_how_to_make_it(nats_url: 
         await nc.jetstream().delete_stream(settings.stream_name)
     finally:
         await nc.close()
+
+
+def test_on_the_embedded_server_with_its_authorization_every_command_reads_the_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`cadre run` (the node role puts the object), then `events` and `export` as a client, from the
+    READERS account's mirrors: the output comes back whole, and the export carries its object."""
+    monkeypatch.setenv("CADRE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("CADRE_NATS_URL", raising=False)
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps(query(PAD, downstream=True)["plan"]))
+    assert main(["run", "ten thousand rows", "--plan", str(plan), "--json"]) == 0
+    run = json.loads(capsys.readouterr().out)
+    assert run["status"] == "completed"
+    assert run["result"]["row_count"] == 10_000
+    wf = run["workflow_id"]
+    assert main(["events", wf, "--json"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    outputs = [e["data"]["output"] for e in events if e["type"] == "step_completed"]
+    assert [o.get("row_count") for o in outputs] == [10_000, None]  # big, then the rendered count
+    assert main(["export", wf, "-o", str(tmp_path / "wf.jsonl")]) == 0
+    assert len(FileLog.load(tmp_path / "wf.jsonl").objects) == 1
