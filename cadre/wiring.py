@@ -71,8 +71,7 @@ async def open_bus(
             )
             if auth_dir is None and (creds is None or acting == "admin"):
                 await log.ensure_stream()
-                if objects is not None:
-                    await ensure_outputs(objects, settings)
+                await ensure_outputs(objects, settings)
             yield Bus(url, nc, log, server)
         finally:
             if not nc.is_closed:
