@@ -141,7 +141,12 @@ class StateCache:
         if entry is not None and seq <= entry.state.last_seq:
             return  # already folded (from the log read, or a redelivered feed message)
         # Decoded, its large outputs read from the object store (an await: look at the entry again after).
-        record = await self._log.record(seq, m.subject, m.data, m.headers)
+        try:
+            record = await self._log.record(seq, m.subject, m.data, m.headers)
+        except Exception as exc:  # the store did not answer: never fold the events after without this one
+            log.warning("could not read the outputs of %s seq %d (%r); its state will be read again", wf, seq, exc)
+            self.forget(wf)
+            return
         entry = self._entries.get(wf)
         if entry is None:
             if etype != "workflow_requested":

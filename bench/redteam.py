@@ -115,6 +115,7 @@ async def running_cadre(nats_url: str, data_dir: Path, allow: str) -> AsyncItera
         http_allow=[allow],
         ledger_stream_name=prefix.upper() + "_LEDGER",
         inference_cache_bucket=prefix.upper() + "_INFERENCE",
+        outputs_bucket=prefix.upper() + "_OUTPUTS",
         actor_ack_wait_s=5.0,
         actor_drain_timeout_s=2.0,
     )
@@ -124,7 +125,12 @@ async def running_cadre(nats_url: str, data_dir: Path, allow: str) -> AsyncItera
                 yield bus, settings
         finally:
             js = bus.nc.jetstream()
-            for name in (settings.stream_name, settings.ledger_stream_name, "KV_" + settings.inference_cache_bucket):
+            for name in (
+                settings.stream_name,
+                settings.ledger_stream_name,
+                "KV_" + settings.inference_cache_bucket,
+                "OBJ_" + settings.outputs_bucket,
+            ):
                 with contextlib.suppress(NotFoundError):
                     await js.delete_stream(name)
 

@@ -12,7 +12,8 @@ config holds only public JWTs (``auth.conf``), so it holds no secret. Two accoun
     event types its kind emits, plus the runtime's ``handler_failed`` and ``effects_recorded``, and
     its consultations and settlements to the budget actor.
 ``READERS``
-    Clients. It holds a *mirror* of the event stream under the same name (same sequences), so a
+    Clients. It holds a *mirror* of the event stream under the same name (same sequences), and one of
+    the object store of outputs stored by reference (``OBJ_<bucket>``), so a
     reader creates consumers on the mirror, never in ``CADRE``: a consumer request there could edit
     an actor's durable (``name`` in the create payload) or deliver stored events to any subject
     (``deliver_subject``), both verified. Users: ``client`` (submit requests, read events),
@@ -285,6 +286,7 @@ def permissions(role: str, names: AuthNames) -> Permissions:
                 f"$JS.API.CONSUMER.CREATE.{stream}.*.{s.events}",  # nats.js with a filter string
                 f"$JS.API.CONSUMER.MSG.NEXT.{stream}.*",  # nats.js consume()
                 f"$JS.API.CONSUMER.DELETE.{stream}.*",
+                *_object_reader(names.outputs_bucket),  # the READERS mirror of the outputs' object store
             ]
             if role == "approver":
                 reads.append(approvals_subject(s))
@@ -466,35 +468,36 @@ def _mint(
     iat = int(time.time())
     pub = {a: _public(s) for a, s in accounts.items()}
     s = names.subjects
-    stream = names.stream
     shared = [s.requests, approvals_subject(s)]  # the service learns who asks
-    # What the READERS mirror needs of CADRE: create its consumer, answer flow control, receive deliveries.
-    api = [f"$JS.API.CONSUMER.CREATE.{stream}", f"$JS.API.CONSUMER.CREATE.{stream}.>"]
-    fc = f"$JS.FC.{stream}.>"
-    deliver = f"deliver.readers.{stream}.>"
-    cadre_exports: list[dict[str, Any]] = [
-        *({"name": subj, "subject": subj, "type": "service"} for subj in shared),
-        *({"name": subj, "subject": subj, "type": "service"} for subj in [*api, fc]),
-        {"name": deliver, "subject": deliver, "type": "stream"},
-    ]
+    cadre_exports: list[dict[str, Any]] = [{"name": subj, "subject": subj, "type": "service"} for subj in shared]
     readers_imports: list[dict[str, Any]] = [
-        *(
-            {"name": subj, "subject": subj, "account": pub[CADRE_ACCOUNT], "type": "service", "share": True}
-            for subj in shared
-        ),
-        *(
-            {
-                "name": subj,
-                "subject": subj,
-                "local_subject": "JS.CADRE.API" + subj.removeprefix("$JS.API"),
-                "account": pub[CADRE_ACCOUNT],
-                "type": "service",
-            }
-            for subj in api
-        ),
-        {"name": fc, "subject": fc, "account": pub[CADRE_ACCOUNT], "type": "service"},
-        {"name": deliver, "subject": deliver, "account": pub[CADRE_ACCOUNT], "type": "stream"},
+        {"name": subj, "subject": subj, "account": pub[CADRE_ACCOUNT], "type": "service", "share": True}
+        for subj in shared
     ]
+    # What each READERS mirror (the event stream, the outputs' object store) needs of CADRE: create
+    # its consumer, answer flow control, receive deliveries.
+    for stream in (names.stream, f"OBJ_{names.outputs_bucket}"):
+        api = [f"$JS.API.CONSUMER.CREATE.{stream}", f"$JS.API.CONSUMER.CREATE.{stream}.>"]
+        fc = f"$JS.FC.{stream}.>"
+        deliver = f"deliver.readers.{stream}.>"
+        cadre_exports += [
+            *({"name": subj, "subject": subj, "type": "service"} for subj in [*api, fc]),
+            {"name": deliver, "subject": deliver, "type": "stream"},
+        ]
+        readers_imports += [
+            *(
+                {
+                    "name": subj,
+                    "subject": subj,
+                    "local_subject": "JS.CADRE.API" + subj.removeprefix("$JS.API"),
+                    "account": pub[CADRE_ACCOUNT],
+                    "type": "service",
+                }
+                for subj in api
+            ),
+            {"name": fc, "subject": fc, "account": pub[CADRE_ACCOUNT], "type": "service"},
+            {"name": deliver, "subject": deliver, "account": pub[CADRE_ACCOUNT], "type": "stream"},
+        ]
     account_jwts = {
         SYSTEM_ACCOUNT: _jwt(operator, pub[SYSTEM_ACCOUNT], SYSTEM_ACCOUNT, {"type": "account", "version": 2}, iat),
         CADRE_ACCOUNT: _jwt(operator, pub[CADRE_ACCOUNT], CADRE_ACCOUNT, _account_claims(cadre_exports, []), iat),

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from nats.aio.client import Client as NATS
-from nats.js import api
+from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError, NotFoundError
 
 from cadre.bus.auth import ROLES, add_approver, creds_path, ensure_auth, role_of_creds
@@ -28,7 +28,7 @@ from cadre.bus.connection import connect
 from cadre.bus.embedded import find_running
 from cadre.bus.errors import AuthConfigError, StreamConfigError
 from cadre.bus.requests_stream import ensure_intake_streams
-from cadre.bus.stream import ensure_stream
+from cadre.bus.stream import StreamSpec, ensure_stream
 from cadre.settings import Settings
 from cadre.store.objects import OutputObjects
 
@@ -90,27 +90,33 @@ async def ensure_outputs(objects: OutputObjects, settings: Settings) -> None:
 
 
 async def ensure_mirror(nc: NATS, settings: Settings) -> None:
-    """The READERS account's mirror of the event stream (same name, same sequences)."""
+    """The READERS account's mirrors (same names, same sequences): of the event stream, and of the
+    object store of outputs stored by reference, so a reader resolves them as the actors do."""
     spec = settings.stream()
     js = nc.jetstream(timeout=settings.request_timeout_s)
+    await _mirror(js, spec.name, spec, "the event stream")
+    await _mirror(js, f"OBJ_{settings.outputs_bucket}", spec, "the outputs' object store")
+
+
+async def _mirror(js: JetStreamContext, name: str, spec: StreamSpec, what: str) -> None:
     cfg = api.StreamConfig(
-        name=spec.name,
+        name=name,
         storage=api.StorageType.MEMORY if spec.storage == "memory" else api.StorageType.FILE,
         num_replicas=spec.replicas,
         max_age=spec.max_age,
-        max_bytes=spec.max_bytes,
+        max_bytes=spec.max_bytes if name == spec.name else -1,
         allow_direct=True,
         mirror=api.StreamSource(
-            name=spec.name,
-            external=api.ExternalStream(api=_MIRROR_API, deliver=f"deliver.readers.{spec.name}"),
+            name=name,
+            external=api.ExternalStream(api=_MIRROR_API, deliver=f"deliver.readers.{name}"),
         ),
     )
     with contextlib.suppress(NotFoundError):
-        info = await js.stream_info(spec.name)
+        info = await js.stream_info(name)
         if info.config.mirror is not None:
             return
         raise StreamConfigError(
-            f"the readers' account holds a stream {spec.name!r} that is not a mirror of the event stream; "
+            f"the readers' account holds a stream {name!r} that is not a mirror of {what}; "
             "delete it (as the mirror user) and start again"
         )
     try:
@@ -118,7 +124,7 @@ async def ensure_mirror(nc: NATS, settings: Settings) -> None:
     except BadRequestError as exc:
         if exc.err_code != _STREAM_IN_USE:
             raise StreamConfigError(
-                f"could not create the readers' mirror of {spec.name!r}: {exc.description} (err_code {exc.err_code})"
+                f"could not create the readers' mirror of {name!r}: {exc.description} (err_code {exc.err_code})"
             ) from None
 
 

@@ -310,7 +310,7 @@ async def _time_travel(args: argparse.Namespace, settings: Settings, wf: str) ->
 async def _export(args: argparse.Namespace, settings: Settings) -> int:
     if not args.workflow_ids and not args.all:
         raise UsageError("name the workflows to export, or pass --all")
-    async with open_bus(settings, name="cadre-export", role="admin") as bus:
+    async with open_bus(settings, name="cadre-export") as bus:
         source: EventSource = bus.log
         ids = await source.workflows() if args.all else [check_token("workflow id", w) for w in args.workflow_ids]
         keyring, _ = find_keyring(settings)  # its public keys go with the export, for offline audits

@@ -58,10 +58,10 @@ async def open_bus(
         try:
             acting = acting_role(settings, role)
             js = nc.jetstream(timeout=settings.request_timeout_s)
-            # The object store of large outputs is in the CADRE account: a READERS user (a client, an
-            # approver) reads the events' references without their objects.
+            # A READERS user (a client, an approver) reads the outputs stored by reference from its
+            # account's mirror of the object store, which may lag the event stream's mirror a little.
             readers = creds is not None and acting in READERS_ROLES
-            objects = None if readers else OutputObjects(js, settings.outputs_bucket)
+            objects = OutputObjects(js, settings.outputs_bucket, wait_missing_s=2.0 if readers else 0.0)
             log = JetStreamLog(
                 nc,
                 stream=settings.stream(),
@@ -74,8 +74,7 @@ async def open_bus(
             if auth_dir is None and (creds is None or acting == "admin"):
                 await log.ensure_stream()
                 await ensure_intake_streams(log.js, settings.intake())
-                if objects is not None:
-                    await ensure_outputs(objects, settings)
+                await ensure_outputs(objects, settings)
             yield Bus(url, nc, log, server)
         finally:
             if not nc.is_closed:

@@ -33,9 +33,7 @@ async def read_records(
         records = await export.read_records(wf)
         where = str(from_file)
     else:
-        # As admin (as `cadre audit --verify`): the outputs stored by reference are read from the
-        # object store, which a READERS user cannot reach (store/objects.py).
-        async with open_bus(settings, name=name, role="admin") as bus:
+        async with open_bus(settings, name=name) as bus:
             records = await bus.log.read_records(wf)
             where = f"stream {bus.log.stream}"
     if not records:

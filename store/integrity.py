@@ -93,6 +93,8 @@ class Verdict(msgspec.Struct, frozen=True, kw_only=True):
 
     def summary(self) -> str:
         """One line for people."""
+        if self.problem is not None and self.problem.kind == "object":
+            return f"chain intact, but an output stored by reference does not hold: {self.problem.message}"
         if self.problem is not None:
             return f"chain broken: {self.problem.message}"
         if self.status == "unchained":

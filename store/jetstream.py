@@ -131,8 +131,9 @@ class JetStreamLog:
         self._timeout = timeout
         self.retry = retry or RetryPolicy()
         self._conflict_retries = conflict_retries
-        # Large outputs by reference (store.objects): None keeps every output inline and leaves
-        # references unresolved (a reader without access to the object store).
+        # Large outputs by reference (store.objects; open_bus always gives one): None keeps every
+        # output inline (one above the server's max payload then cannot be appended) and leaves
+        # references unresolved.
         self.objects = objects
         self.inline_max_bytes = inline_max_bytes
         self.signer: Signer | None = None

@@ -20,6 +20,7 @@ replays with no server.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -172,10 +173,13 @@ def resolve_record(rec: Record, objects: Mapping[str, bytes]) -> Record:
 
 
 class OutputObjects:
-    """The object store of large outputs (bucket ``bucket``, stream ``OBJ_<bucket>``), with a small
-    memory of the objects this process put or read lately (``keep_bytes`` in all)."""
+    """The object store of large outputs (bucket ``bucket``, stream ``OBJ_<bucket>``; in the READERS
+    account, its mirror of the same name), with a small memory of the objects this process put or read
+    lately (``keep_bytes`` in all)."""
 
-    def __init__(self, js: JetStreamContext, bucket: str, *, keep_bytes: int = 32 * 1024 * 1024) -> None:
+    def __init__(
+        self, js: JetStreamContext, bucket: str, *, keep_bytes: int = 32 * 1024 * 1024, wait_missing_s: float = 0.0
+    ) -> None:
         self.bucket = bucket
         self.stream = f"OBJ_{bucket}"
         self._js = js
@@ -183,6 +187,9 @@ class OutputObjects:
         self._kept: OrderedDict[str, bytes] = OrderedDict()
         self._kept_bytes = 0
         self._keep_bytes = keep_bytes
+        # A reader of a mirror (the READERS account's) may see an event before its object has been
+        # mirrored: a missing object is looked for again until this many seconds have passed.
+        self._wait_missing_s = wait_missing_s
 
     async def ensure(self, *, memory: bool = False, replicas: int = 1, max_age: float = 0.0) -> None:
         """Create the bucket (safe from many processes at once; an existing one is kept as it is).
@@ -240,6 +247,11 @@ class OutputObjects:
                 out[digest] = kept
                 continue
             info = await self._info(digest)
+            waited = 0.0
+            while info is None and waited < self._wait_missing_s:
+                await asyncio.sleep(0.05)
+                waited += 0.05
+                info = await self._info(digest)
             if info is None:
                 continue
             out[digest] = data = await self._chunks(info)

@@ -250,8 +250,11 @@ async def test_the_agent_stores_large_outputs_and_the_actors_read_them(server: S
         for role in ("validator", "decomposer"):
             with pytest.raises(nats.errors.TimeoutError):  # refused: the server does not answer
                 await store(role, 0.3).put({digest_of(b"{}"): b"{}"})
-        with pytest.raises(nats.errors.TimeoutError):
-            await store("client", 0.3).get([digest])
+        # A client reads them from its account's mirror (a moment later: the mirror follows).
+        mirrored = OutputObjects(conns["client"].jetstream(timeout=2), "CADRE_OUTPUTS", wait_missing_s=5)
+        assert await mirrored.get([digest]) == {digest: data}
+        with pytest.raises(nats.errors.TimeoutError):  # but puts nothing
+            await store("client", 0.3).put({digest_of(b"{}"): b"{}"})
     finally:
         for nc in conns.values():
             await nc.close()

@@ -199,3 +199,74 @@ async def test_without_the_object_store_an_append_says_how_to_make_it(nats_url: 
         await nc.jetstream().delete_stream(settings.stream_name)
     finally:
         await nc.close()
+
+
+def test_on_the_embedded_server_with_its_authorization_every_command_reads_the_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`cadre run` (the node role puts the object), then `events` and `export` as a client, from the
+    READERS account's mirrors: the output comes back whole, and the export carries its object."""
+    monkeypatch.setenv("CADRE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("CADRE_NATS_URL", raising=False)
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps(query(PAD, downstream=True)["plan"]))
+    assert main(["run", "ten thousand rows", "--plan", str(plan), "--json"]) == 0
+    run = json.loads(capsys.readouterr().out)
+    assert run["status"] == "completed"
+    assert run["result"]["row_count"] == 10_000
+    wf = run["workflow_id"]
+    assert main(["events", wf, "--json"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    outputs = [e["data"]["output"] for e in events if e["type"] == "step_completed"]
+    assert [o.get("row_count") for o in outputs] == [10_000, None]  # big, then the rendered count
+    assert main(["export", wf, "-o", str(tmp_path / "wf.jsonl")]) == 0
+    assert len(FileLog.load(tmp_path / "wf.jsonl").objects) == 1
+
+
+async def test_the_state_cache_never_folds_past_an_output_it_could_not_read(nats_url: str, tmp_path: Path) -> None:
+    """The object store does not answer once while the feed brings a step's event: the cache drops
+    the workflow (rather than fold the next events without that one) and reads it from the log."""
+    from cadre.actors.state_cache import StateCache
+    from cadre.bus.events import WorkflowRequested
+
+    settings = settings_for(nats_url, tmp_path)
+    nc = await nats.connect(nats_url)
+    objects = OutputObjects(nc.jetstream(), settings.outputs_bucket)
+    elog = JetStreamLog(nc, stream=settings.stream(), subjects=settings.subjects, objects=objects, inline_max_bytes=64)
+    await elog.ensure_stream()
+    await objects.ensure(memory=True)
+    cache = StateCache(elog, catch_up_after=0.2)
+    await cache.start()
+    real_get = objects.get
+    failures = 0
+
+    async def flaky_get(digests: list[str]) -> dict[str, bytes]:
+        nonlocal failures
+        if failures == 0:
+            failures += 1
+            raise nats.errors.TimeoutError
+        return await real_get(digests)
+
+    try:
+        wf = "wf-flaky"
+        at = datetime.now(UTC)
+        r1 = await elog.append(wf, [make_event(WorkflowRequested(request="r"), workflow_id=wf, actor="intake", at=at)])
+        await cache.state_at(wf, r1.last_seq)
+        objects._kept.clear()  # as in a process that did not put it
+        objects.get = flaky_get  # type: ignore[method-assign]
+        output = {"rows": [[i] for i in range(100)]}
+        done = StepCompleted(task_id="t", step_id="t.s1", tool="sql.query", planned_tool="sql.query", output=output)
+        r2 = await elog.append(wf, [make_event(done, workflow_id=wf, actor="agent", at=at, causation_id="x")])
+        objects._kept.clear()
+        small = StepCompleted(task_id="u", step_id="u.s1", tool="test.echo", planned_tool="test.echo")
+        r3 = await elog.append(wf, [make_event(small, workflow_id=wf, actor="agent", at=at, causation_id="y")])
+        state = await asyncio.wait_for(cache.state_at(wf, r3.last_seq), 10)
+        assert failures == 1
+        assert r3.last_seq > r2.last_seq
+        assert (state.last_seq, state.events) == (r3.last_seq, 3)  # the step's event folded, not skipped
+    finally:
+        await cache.stop()
+        js = nc.jetstream()
+        await js.delete_stream(settings.stream_name)
+        await js.delete_stream("OBJ_" + settings.outputs_bucket)
+        await nc.close()
