@@ -403,6 +403,9 @@ async def run_step(
     except RefError as exc:
         error = ErrorInfo(code=exc.code, message=exc.message)
         return [StepFailed(task_id=step.task_id, step_id=step.id, tool=step.tool, error=error)]
+    unchecked = unchecked_inputs(state, step, inputs)
+    if unchecked is not None:
+        return [StepFailed(task_id=step.task_id, step_id=step.id, tool=step.tool, error=unchecked)]
     run = _StepRun(ctx, state, step, inputs, catalog, can_skip=skippable(state, step), wait_max_s=wait_max_s)
     blocked = run.preconditions()
     if blocked is not None:
@@ -414,6 +417,27 @@ async def run_step(
         return [await from_fallbacks(run, await run.fallbacks())]
     except Proposed as stop:
         return [stop.proposal]
+
+
+def unchecked_inputs(state: WorkflowState, step: StepIntent, inputs: dict[str, Any]) -> ErrorInfo | None:
+    """Why ``step`` may not run with ``inputs`` (resolved here), or None: in a ``resolved_steps``
+    workflow a step runs only the inputs the validator checked resolved (``step_ready.resolved_inputs``),
+    so a step cleared without them, or whose inputs now resolve otherwise, is refused, never run unchecked."""
+    if not state.resolved_steps:
+        return None  # the earlier flow: the validator saw the step as planned
+    st = state.steps.get(step.id)
+    checked = st.resolved_inputs if st is not None else None
+    if checked is None:
+        message = f"step {step.id!r} was cleared without resolved inputs: the validator did not check what it would run"
+        return ErrorInfo(code="inputs_unchecked", message=message)
+    if checked != inputs:
+        differ = sorted(k for k in {*checked, *inputs} if checked.get(k) != inputs.get(k))
+        message = (
+            f"step {step.id!r}: its inputs resolve now otherwise than the validator checked them "
+            f"(differing: {', '.join(differ) or 'their shape'}); refused rather than run unchecked"
+        )
+        return ErrorInfo(code="inputs_unchecked", message=message)
+    return None
 
 
 async def from_fallbacks(run: _StepRun, order: tuple[str, ...]) -> Event:

@@ -31,7 +31,15 @@ from cadre.store.state import WorkflowState
 
 # Failures a retry cannot fix: the same step would be refused again.
 NOT_RETRYABLE = frozenset(
-    {"approval_denied", "prohibited", "unknown_tool", "invalid_input", "outside_workspace", "output_too_large"}
+    {
+        "approval_denied",
+        "prohibited",
+        "unknown_tool",
+        "invalid_input",
+        "outside_workspace",
+        "output_too_large",
+        "inputs_unchecked",
+    }
 )
 
 
@@ -65,6 +73,8 @@ def on_step_completed(state: WorkflowState, ev: StepCompleted) -> list[Event]:
     if state.done or state.plan is None or task is None or ev.step_id not in task.step_ids:
         return []  # finished, or a step of an earlier attempt
     if task.status != "completed":
+        if state.resolved_steps:
+            return []  # the validator clears the next step, on its resolved inputs
         i = task.step_ids.index(ev.step_id)
         if i + 1 < len(task.step_ids):
             nxt = state.steps[task.step_ids[i + 1]]

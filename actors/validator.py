@@ -4,33 +4,46 @@ Verdicts are events listing every check, passed and failed, with severity, messa
 suggested fix: ``plan_validated`` / ``plan_rejected`` for a plan, ``step_ready`` (the task's
 first step, cleared to run) / ``steps_rejected`` for a task's steps, ``proposal_validated`` /
 ``proposal_rejected`` for a model's decision about a step (``planner.proposals``).
+
+In a workflow whose request carries the ``resolved_steps`` marker (every new one but a dry run;
+:attr:`store.state.WorkflowState.resolved_steps`), each step is cleared on its fully resolved
+inputs: the task's first when its steps are proposed, each later one when the step before it
+completes (the validator handles ``step_completed`` for that). The references are resolved as the
+agent resolves them (upstream task outputs, the task's earlier steps' outputs), the step is checked
+with :func:`planner.validation.check_step` (its fallbacks' safety rules too), and ``step_ready``
+carries the inputs it checked (``resolved_inputs``); a refusal is ``steps_rejected`` naming the step.
+Workflows recorded without the marker keep the earlier flow under replay.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from cadre.actors.agent import skippable
+from cadre.actors.agent import skippable, upstream_outputs
 from cadre.actors.context import Context
 from cadre.actors.outcome import Outcome
 from cadre.actors.runtime import ActorSpec
 from cadre.bus.events import (
+    Event,
     PlanProposed,
     PlanRejected,
     PlanValidated,
     ProposalMade,
     ProposalRejected,
     ProposalValidated,
+    StepCompleted,
     StepReady,
     StepsProposed,
     StepsRejected,
 )
+from cadre.bus.plan import Check, StepIntent, Task
 from cadre.planner import pools as agent_pools
 from cadre.planner.catalog import Catalog
 from cadre.planner.proposals import check_proposal
+from cadre.planner.refs import RefError, resolve
 from cadre.planner.safety import SafetyContext
 from cadre.planner.scheduler import upstream
-from cadre.planner.validation import Limits, passed_all, validate_plan, validate_steps
+from cadre.planner.validation import Limits, check_step, passed_all, validate_plan, validate_steps
 from cadre.store.records import StoredEvent
 from cadre.store.state import WorkflowState
 
@@ -74,12 +87,54 @@ def make_spec(
                 *validate_steps(task.task, data.steps, catalog, outputs, lim, upstream_ids=ids, safety=ctx_safety),
                 *agent_pools.check_step_pools(task.task, data.steps, pools),
             )
-            if passed_all(list(checks)):
-                return [StepReady(step=data.steps[0], checks=checks)]
-            return [StepsRejected(task_id=data.task_id, checks=checks)]
+            if not passed_all(list(checks)):
+                return [StepsRejected(task_id=data.task_id, checks=checks)]
+            if state.resolved_steps:
+                return [cleared(state, task.task, data.steps[0], checks)]
+            return [StepReady(step=data.steps[0], checks=checks)]
+        if isinstance(data, StepCompleted):
+            return next_step(state, data)
         if isinstance(data, ProposalMade):
             return verdict(rec, data, state)
         return []
+
+    def next_step(state: WorkflowState, data: StepCompleted) -> Outcome:
+        """The step after a completed one, cleared on its resolved inputs (a ``resolved_steps`` workflow)."""
+        task = state.tasks.get(data.task_id)
+        if not state.resolved_steps or task is None or task.status != "running" or data.step_id not in task.step_ids:
+            return []  # the planner's flow, the task's last step, or a step of an earlier attempt
+        i = task.step_ids.index(data.step_id)
+        if i + 1 >= len(task.step_ids):
+            return []
+        nxt = state.steps[task.step_ids[i + 1]]
+        return [cleared(state, task.task, nxt.step)] if nxt.status == "proposed" else []
+
+    def cleared(state: WorkflowState, task: Task, step: StepIntent, before: tuple[Check, ...] = ()) -> Event:
+        """``step_ready`` with the inputs checked resolved, or ``steps_rejected`` naming the step."""
+        who, path = f"step {step.id!r}", f"steps.{step.id}"
+        try:
+            inputs = resolve(step.inputs, upstream_outputs(state, step))
+        except RefError as exc:
+            msg = f"{who}: {exc.message}"
+            check = Check(name="reference_resolves", passed=False, message=msg, fix=exc.fix, path=f"{path}.inputs")
+            return StepsRejected(task_id=step.task_id, checks=(*before, check), step_id=step.id)
+        checks = check_step(
+            step.tool, inputs, catalog, safety=ctx_safety, limits=lim, pool=task.pool, pools=pools, who=who, path=path
+        )
+        for k, name in enumerate(step.fallback_tools):  # a fallback runs with the same inputs
+            if name in catalog:
+                found = check_step(
+                    name,
+                    inputs,
+                    catalog,
+                    safety=ctx_safety,
+                    who=f"{who} (fallback {name!r})",
+                    path=f"{path}.fallback_tools[{k}]",
+                )
+                checks += [c for c in found if c.name == "inputs_safe"]
+        if passed_all(checks):
+            return StepReady(step=step, checks=(*before, *checks), resolved_inputs=inputs)
+        return StepsRejected(task_id=step.task_id, checks=(*before, *checks), step_id=step.id)
 
     def verdict(rec: StoredEvent, data: ProposalMade, state: WorkflowState) -> Outcome:
         """A model's proposal, checked as a step of its task (``planner.proposals``)."""
@@ -109,5 +164,5 @@ def make_spec(
             return [ProposalValidated(step_id=data.step_id, proposal_id=pid, checks=tuple(checks), approval=approval)]
         return [ProposalRejected(step_id=data.step_id, proposal_id=pid, checks=tuple(checks))]
 
-    handles = frozenset({PlanProposed.TYPE, StepsProposed.TYPE, ProposalMade.TYPE})
+    handles = frozenset({PlanProposed.TYPE, StepsProposed.TYPE, StepCompleted.TYPE, ProposalMade.TYPE})
     return ActorSpec(kind="validator", handles=handles, handler=handle)

@@ -55,6 +55,10 @@ class WorkflowRequested(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     idempotency_key: str | None = None
     dry_run: bool = False  # plan, validate and decompose for real; simulate every step (no tool runs)
     on_failure: str | None = None  # "compensate": undo the completed steps if it fails (None: the deployment's)
+    # The flow's version marker, set by intake on every new request: the validator clears each step
+    # on its fully resolved inputs (``step_ready.resolved_inputs``). Logs recorded without it keep
+    # the earlier flow under replay (a later step cleared by the planner, resolved by the agent).
+    resolved_steps: bool = False
 
 
 class PlanProposed(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -94,11 +98,14 @@ class StepsProposed(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 
 
 class StepReady(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """The validator cleared a step for an agent to run."""
+    """The validator cleared a step for an agent to run; ``resolved_inputs`` (a workflow with
+    ``resolved_steps``): the step's inputs with every reference resolved, as the validator checked
+    them; the agent runs exactly these (None: an earlier flow's step, resolved by the agent)."""
 
     TYPE: ClassVar[str] = "step_ready"
     step: StepIntent
     checks: tuple[Check, ...] = ()
+    resolved_inputs: dict[str, Any] | None = None
 
 
 class StepCompleted(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -169,6 +176,7 @@ class StepsRejected(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     TYPE: ClassVar[str] = "steps_rejected"
     task_id: str
     checks: tuple[Check, ...] = ()
+    step_id: str | None = None  # the step refused on its resolved inputs (None: the task's steps as proposed)
 
 
 class ApprovalRequested(msgspec.Struct, frozen=True, kw_only=True, gc=False):

@@ -179,6 +179,7 @@ def parse_request(data: bytes) -> WorkflowRequested:
         idempotency_key=model.idempotency_key,
         dry_run=model.dry_run,
         on_failure=model.on_failure,
+        resolved_steps=True,
     )
 
 

@@ -2,7 +2,8 @@
 
 A step's output travels twice in its event: as ``step_completed.output`` and as the ``output`` of the
 ``ToolCalled`` effect that produced it (or its ``refused`` output, for ``invalid_output``); the output
-task's travels again as ``workflow_completed.result``. A value whose JSON is larger than the inline limit
+task's travels again as ``workflow_completed.result``; a step that reads it carries it resolved, as
+``step_ready.resolved_inputs``. A value whose JSON is larger than the inline limit
 is put in the object store under its digest (``sha256:<hex>`` of its JSON bytes, which is also the
 object's name), and each of these places carries a reference instead of the value::
 
@@ -35,7 +36,7 @@ from nats.js.object_store import ObjectStore
 
 from cadre.bus.effects import ToolCalled
 from cadre.bus.errors import StoreError
-from cadre.bus.events import EffectsRecorded, Envelope, StepCompleted, WorkflowCompleted
+from cadre.bus.events import EffectsRecorded, Envelope, StepCompleted, StepReady, WorkflowCompleted
 from cadre.store.records import Malformed, Record, StoredEvent
 
 REF_KEY = "cadre_object"
@@ -77,6 +78,8 @@ def outsized(env: Envelope, limit: int) -> tuple[Envelope, dict[str, bytes]]:
         data = msgspec.structs.replace(data, output=_out(data.output, limit, objects))
     elif isinstance(data, WorkflowCompleted) and data.result is not None:
         data = msgspec.structs.replace(data, result=_out(data.result, limit, objects))
+    elif isinstance(data, StepReady) and data.resolved_inputs:
+        data = msgspec.structs.replace(data, resolved_inputs=_out(data.resolved_inputs, limit, objects))
     elif isinstance(data, EffectsRecorded):
         data = msgspec.structs.replace(data, effects=_effects_out(data.effects, limit, objects))
     effects = _effects_out(env.effects, limit, objects)
@@ -105,6 +108,8 @@ def references(env: Envelope) -> list[str]:
         outputs.append(data.output)
     elif isinstance(data, WorkflowCompleted):
         outputs.append(data.result)
+    elif isinstance(data, StepReady):
+        outputs.append(data.resolved_inputs)
     elif isinstance(data, EffectsRecorded):
         outputs += [v for f in data.effects if isinstance(f, ToolCalled) for v in (f.output, f.refused)]
     outputs += [v for f in env.effects if isinstance(f, ToolCalled) for v in (f.output, f.refused)]
@@ -154,6 +159,8 @@ def resolved(env: Envelope, objects: Mapping[str, bytes]) -> Envelope:
         data = msgspec.structs.replace(data, output=_in(data.output, objects))
     elif isinstance(data, WorkflowCompleted):
         data = msgspec.structs.replace(data, result=_in(data.result, objects))
+    elif isinstance(data, StepReady):
+        data = msgspec.structs.replace(data, resolved_inputs=_in(data.resolved_inputs, objects))
     elif isinstance(data, EffectsRecorded):
         data = msgspec.structs.replace(data, effects=_effects_in(data.effects, objects))
     return msgspec.structs.replace(env, data=data, effects=_effects_in(env.effects, objects))

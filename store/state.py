@@ -63,6 +63,7 @@ StepStatus = Literal[
     "cleared",  # the validator cleared the proposal
     "refused",  # the validator refused the proposal
     "waiting",  # a consultation for it waits out the provider's rate limit (``consultation_waiting``)
+    "rejected",  # the validator refused it on its resolved inputs (``steps_rejected`` naming it)
 ]
 
 
@@ -86,6 +87,9 @@ class StepState(msgspec.Struct, frozen=True, kw_only=True):
     wait_id: str | None = None  # the consultation_waiting event the step waits on
     # Compensation (``step_compensated``): True once undone, False when its compensation failed.
     compensated: bool | None = None
+    # The inputs the validator checked resolved (``step_ready.resolved_inputs``): what the agent runs.
+    resolved_inputs: dict[str, Any] | None = None
+    rejected: tuple[Check, ...] = ()  # the validator's refusal of its resolved inputs
 
 
 class TaskState(msgspec.Struct, frozen=True, kw_only=True):
@@ -136,6 +140,13 @@ class WorkflowState(msgspec.Struct, kw_only=True):
         return self.status in ("completed", "failed")
 
     @property
+    def resolved_steps(self) -> bool:
+        """Whether the validator clears each step on its resolved inputs (the request's version
+        marker, ``workflow_requested.resolved_steps``), and not the planner a task's later steps.
+        A dry run keeps the planned check: its outputs are placeholders and no tool runs."""
+        return self.request is not None and self.request.resolved_steps and not self.request.dry_run
+
+    @property
     def last_hash(self) -> str:
         """What the workflow's next event carries as ``prev`` ("" while it has no events)."""
         return chain_hash(self.last_data) if self.last_seq else ""
@@ -174,8 +185,10 @@ def apply(state: WorkflowState, stored: StoredEvent) -> None:
                 state.steps[s.id] = StepState(step=s)
         case StepsRejected():
             _task(state, data.task_id, rejected=data.checks)
+            if data.step_id is not None and data.step_id in state.steps:
+                _step(state, data.step_id, status="rejected", rejected=data.checks)
         case StepReady():
-            _new_step(state, data.step, status="ready")
+            _new_step(state, data.step, status="ready", resolved_inputs=data.resolved_inputs)
         case ApprovalRequested():
             _new_step(
                 state,
