@@ -34,8 +34,17 @@ from cadre.actors.replay import FieldDiff, Replayer, ReplayResult, WhatIf, diff,
 from cadre.actors.runtime import ActorSpec
 from cadre.audit_html import render
 from cadre.audit_text import lines as audit_lines
-from cadre.bus.effects import Asked
-from cadre.bus.events import ApprovalDenied, ApprovalRequested, PlanProposed, WorkflowCompleted, WorkflowFailed
+from cadre.bus.effects import Asked, ToolCalled
+from cadre.bus.events import (
+    ApprovalDenied,
+    ApprovalRequested,
+    PlanProposed,
+    StepReady,
+    StepsRejected,
+    WorkflowCompleted,
+    WorkflowFailed,
+    WorkflowRequested,
+)
 from cadre.bus.ledger import Consultation, Decision
 from cadre.bus.plan import Check
 from cadre.cli import main
@@ -116,7 +125,28 @@ def test_the_golden_logs_cover_every_path() -> None:
         "unsafe_plan",
         "output_too_large",
         "output_by_reference",
+        "resolved_steps",
+        "resolved_refused",
     }
+
+
+def test_golden_logs_record_which_flow_cleared_their_steps() -> None:
+    """Logs recorded before the ``resolved_steps`` marker keep their flow (no resolved inputs);
+    the new ones carry the inputs the validator checked, and a refused one never reached its tool."""
+    datas = {name: [r.event.data for r in golden(name)[1] if isinstance(r, StoredEvent)] for name in MANIFEST}
+    old = datas["happy_library"]
+    assert not any(isinstance(d, WorkflowRequested) and d.resolved_steps for d in old)
+    assert all(d.resolved_inputs is None for d in old if isinstance(d, StepReady))
+    ready = [(d.step.id, d.resolved_inputs) for d in datas["resolved_steps"] if isinstance(d, StepReady)]
+    assert ready == [("d.s1", {"value": "../x"}), ("d.s2", {"value": "../x"})]
+    _, records = golden("resolved_refused")
+    called = [
+        f.tool for r in records if isinstance(r, StoredEvent) for f in r.event.effects if isinstance(f, ToolCalled)
+    ]
+    assert called == ["test.echo"]
+    [refused] = [d for d in datas["resolved_refused"] if isinstance(d, StepsRejected)]
+    assert refused.step_id == "d.s2"
+    assert [c.name for c in refused.checks if not c.passed] == ["inputs_safe"]
 
 
 @pytest.mark.parametrize("name", sorted(MANIFEST))

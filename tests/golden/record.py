@@ -172,6 +172,15 @@ DISTANCE_PLAN: dict[str, Any] = {
     "output": "far",
 }
 
+TWICE_PLAN: dict[str, Any] = {"nodes": [{"id": "d", "description": "say it twice", "capabilities": ["echo"]}]}
+ECHO_RELATIVE = {"tool": "test.echo", "inputs": {"value": "../x"}, "operation": "echo a relative path"}
+ECHO_AGAIN = {"tool": "test.echo", "inputs": {"value": "${d.s1.value}"}, "operation": "echo it again"}
+WRITE_THERE = {
+    "tool": "fs.write",
+    "inputs": {"path": "${d.s1.value}", "content": "written where the echo said"},
+    "operation": "write the file the echo named",
+}
+
 SCENARIOS = (
     Scenario(
         "happy_library",
@@ -413,6 +422,23 @@ SCENARIOS = (
                 },
             }
         ),
+        expect="failed",
+    ),
+    Scenario(
+        "resolved_steps",
+        "the model decomposes a task into two steps, the second reading the first's output: the validator "
+        "clears the second once the first has run, on its resolved inputs (step_ready.resolved_inputs)",
+        submit({"plan": TWICE_PLAN}),
+        model=(),
+        routes=(("emit_steps", (ok({"steps": [ECHO_RELATIVE, ECHO_AGAIN]}),)),),
+    ),
+    Scenario(
+        "resolved_refused",
+        "the second step writes to the path the first echoed, which resolves to ../x: the validator refuses "
+        "the resolved step (inputs_safe), fs.write is never called and the task fails",
+        submit({"plan": TWICE_PLAN}),
+        model=(),
+        routes=(("emit_steps", (ok({"steps": [ECHO_RELATIVE, WRITE_THERE]}),)),),
         expect="failed",
     ),
     Scenario(
