@@ -2,7 +2,9 @@
 events that move the workflow on. No I/O, no clock: tests and replays call them directly.
 
 The planner owns progress: it dispatches every task whose dependencies are done (parallel
-branches go out together), hands each task's next validated step to the agents, completes
+branches go out together), hands each task's next step to the agents in a workflow recorded
+without the ``resolved_steps`` marker (with it, the validator clears each step on its resolved
+inputs: :mod:`actors.validator`), completes
 the workflow with the output task's output, retries a failed task when its plan allows,
 and otherwise fails the workflow with a reason.
 """

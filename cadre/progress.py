@@ -132,7 +132,8 @@ def _line(e: Envelope) -> str | list[str] | None:
             return f"denied    {d.step_id} by {d.by}" + (f": {d.reason}" if d.reason else "")
         case StepsRejected():
             bad = [c.message for c in d.checks if not c.passed and c.severity == "error"]
-            return f"rejected  steps of {d.task_id}: " + "; ".join(bad)
+            what = f"step {d.step_id} (resolved inputs)" if d.step_id is not None else f"steps of {d.task_id}"
+            return f"rejected  {what}: " + "; ".join(bad)
         case WorkflowCompleted() if isinstance(d.result, dict) and d.result.get("dry_run") is True:
             return dry_run_lines(d.result)
         case WorkflowCompleted():

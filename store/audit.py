@@ -451,10 +451,16 @@ def _event(
                 plan.verdict = "validated" if passed else "rejected"
                 plan.failed_checks = tuple(_note(c) for c in data.checks if not c.passed)
         case StepReady():
-            if data.checks:  # the validator's clearance of a task's steps (the planner's later ones carry none)
+            if data.resolved_inputs is not None:  # the validator's clearance of one step, resolved
+                what = f"step {data.step.id} on its resolved inputs"
+                report.verdicts.append(_verdict(index, e, what, True, data.checks))
+            elif data.checks:  # the validator's clearance of a task's steps (the planner's later ones carry none)
                 report.verdicts.append(_verdict(index, e, f"steps of task {data.step.task_id}", True, data.checks))
         case StepsRejected():
-            report.verdicts.append(_verdict(index, e, f"steps of task {data.task_id}", False, data.checks))
+            what = f"steps of task {data.task_id}"
+            if data.step_id is not None:
+                what = f"step {data.step_id} on its resolved inputs"
+            report.verdicts.append(_verdict(index, e, what, False, data.checks))
         case CompensationStarted():
             text = f"the workflow failed and compensates: undoes {', '.join(data.steps)} (last first)"
             if data.not_undone:
@@ -761,9 +767,11 @@ def summary(data: Event) -> str:
         case StepsProposed():
             return f"task {data.task_id}: " + ", ".join(f"{s.id} ({s.tool})" for s in data.steps)
         case StepsRejected():
-            return f"task {data.task_id}: {_failed(data.checks)}"
+            step = f" step {data.step_id} on its resolved inputs" if data.step_id is not None else ""
+            return f"task {data.task_id}{step}: {_failed(data.checks)}"
         case StepReady():
-            return f"{data.step.id} ({data.step.tool})"
+            checked = ", resolved inputs checked" if data.resolved_inputs is not None else ""
+            return f"{data.step.id} ({data.step.tool}{checked})"
         case StepCompleted() if data.simulated:
             gate = ", would need approval" if data.would_need_approval else ""
             return f"{data.step_id} SIMULATED with {data.tool} (dry run: not run{gate})"

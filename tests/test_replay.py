@@ -147,6 +147,9 @@ def test_golden_logs_record_which_flow_cleared_their_steps() -> None:
     [refused] = [d for d in datas["resolved_refused"] if isinstance(d, StepsRejected)]
     assert refused.step_id == "d.s2"
     assert [c.name for c in refused.checks if not c.passed] == ["inputs_safe"]
+    text = "\n".join(audit_lines(audit(records)))
+    assert "step d.s2 on its resolved inputs" in text
+    assert [call.tool for call in audit(records).tool_calls] == ["test.echo"]
 
 
 @pytest.mark.parametrize("name", sorted(MANIFEST))
