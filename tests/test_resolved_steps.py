@@ -25,11 +25,14 @@ from cadre.bus.events import (
     StepsRejected,
     TaskReady,
     WorkflowRequested,
+    make_event,
 )
 from cadre.bus.plan import Plan, StepIntent, Task
 from cadre.bus.request import parse_request
+from cadre.store.objects import REF_KEY, outsized, references, resolved
 from cadre.store.records import StoredEvent
 from cadre.store.state import fold
+from tests.conftest import T0
 from tests.fake_llm import FakeAPI, anthropic_api, ok
 from tests.system_harness import Harness, cadre_running
 from tests.test_dynamic_inference import CATALOG, WF, history, with_model
@@ -163,3 +166,17 @@ def test_the_agent_refuses_inputs_other_than_those_checked() -> None:
     assert unchecked.code == "inputs_unchecked"
     before = fold(WF, events(marker=False))
     assert unchecked_inputs(before, S1, {"value": "anything"}) is None  # the earlier flow
+
+
+def test_large_resolved_inputs_travel_by_reference_as_outputs_do() -> None:
+    rows = [{"x": i, "pad": f"{i:0100d}"} for i in range(3000)]
+    step = StepIntent(id="d.s2", task_id="d", tool="test.echo", inputs={"value": "${d.s1.rows}"})
+    env = make_event(StepReady(step=step, resolved_inputs={"value": rows}), workflow_id=WF, actor="validator", at=T0)
+    stored, objects = outsized(env, 64 * 1024)
+    assert isinstance(stored.data, StepReady)
+    [digest] = objects
+    assert stored.data.resolved_inputs == {REF_KEY: digest, "bytes": len(objects[digest])}
+    assert references(stored) == [digest]
+    assert resolved(stored, objects) == env  # read back: the inputs as the validator checked them
+    small = make_event(StepReady(step=step, resolved_inputs={"value": "v"}), workflow_id=WF, actor="validator", at=T0)
+    assert outsized(small, 64 * 1024) == (small, {})
