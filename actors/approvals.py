@@ -1,4 +1,5 @@
-"""The approvals service: the only writer of a person's ``approval_granted``/``approval_denied``.
+"""The approvals service: the only writer of a person's ``approval_granted``/``approval_denied``
+and ``cancel_requested`` (a signed cancel, :func:`cancel`: an approver's key may cancel).
 
 A queue-group responder on ``<prefix>.approvals``. For each signed decision
 (:class:`bus.approvals.ApprovalRequest`) it checks, in order, and answers the first failure as
@@ -33,9 +34,17 @@ from nats.aio.msg import Msg
 
 from cadre.actors.clock import utc_now
 from cadre.actors.service import serve
-from cadre.bus.approvals import APPROVAL_DOMAIN, ApprovalReply, ApprovalRequest, Decision
+from cadre.bus.approvals import (
+    APPROVAL_DOMAIN,
+    CANCEL_DOMAIN,
+    ApprovalReply,
+    ApprovalRequest,
+    CancelOrder,
+    CancelRequest,
+    Decision,
+)
 from cadre.bus.errors import CadreError, ConcurrencyConflict
-from cadre.bus.events import ApprovalDenied, ApprovalGranted, make_event
+from cadre.bus.events import ApprovalDenied, ApprovalGranted, CancelRequested, make_event
 from cadre.bus.signing import Keyring
 from cadre.store.authenticity import trusted_fold
 from cadre.store.jetstream import JetStreamLog
@@ -46,6 +55,8 @@ log = logging.getLogger("cadre.approvals")
 FRESHNESS: Final = timedelta(minutes=5)
 _request_decoder = msgspec.json.Decoder(ApprovalRequest)
 _decision_decoder = msgspec.json.Decoder(Decision)
+_cancel_request_decoder = msgspec.json.Decoder(CancelRequest)
+_cancel_decoder = msgspec.json.Decoder(CancelOrder)
 _encoder = msgspec.json.Encoder()
 
 
@@ -127,6 +138,8 @@ def judge(verified: Verified, state: WorkflowState, policy: ApprovalPolicy) -> A
         )
     if step.status != "awaiting_approval":
         raise Refused("not_awaiting_approval", f"step {d.step_id} of {d.workflow_id} is {step.status}")
+    if state.done or state.status == "cancelling":
+        raise Refused("workflow_ended", f"workflow {d.workflow_id} is {state.status}: nothing waits for a decision")
     if step.approval_request_id is not None and step.approval_request_id != d.request_id:
         raise Refused(
             "answers_another_request",
@@ -180,6 +193,84 @@ async def decide(
         return ApprovalReply(error={"code": exc.code, "message": str(exc)})
 
 
+@dataclass(frozen=True)
+class VerifiedCancel:
+    """A cancel whose signature is an approver's: the order and who gave it."""
+
+    order: CancelOrder
+    key: str
+    name: str
+
+
+def verify_cancel(body: bytes, keyring: Keyring, now: datetime, sent_by: str | None = None) -> VerifiedCancel:
+    """As :func:`verify`, for a signed cancel: who may cancel is who may approve (an ``approver``'s
+    key of the keyring), since both stop or let through what a workflow does. Raises :class:`Refused`."""
+    try:
+        request = _cancel_request_decoder.decode(body)
+        order = _cancel_decoder.decode(request.cancel)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise Refused("invalid_request", f"not a signed cancel: {exc}") from None
+    role = keyring.role_of(request.signer)
+    if role != "approver":
+        who = "a key the keyring does not know" if role is None else f"the {role} key"
+        raise Refused("not_an_approver", f"the cancel is signed by {who}; only approvers' keys may cancel")
+    if not keyring.verify_raw(request.signer, CANCEL_DOMAIN + bytes(request.cancel), request.sig):
+        raise Refused("bad_signature", "the signature does not match the cancel it came with")
+    if sent_by is not None and sent_by != request.signer:
+        raise Refused("not_the_signer", "the cancel is signed with a key other than the sender's own")
+    if abs(now - order.at) > FRESHNESS:
+        raise Refused(
+            "stale_decision", f"the cancel was signed at {order.at.isoformat()}, more than {FRESHNESS} from now"
+        )
+    return VerifiedCancel(order, request.signer, keyring.name_of(request.signer))
+
+
+async def cancel(
+    elog: JetStreamLog, keyring: Keyring | None, body: bytes, headers: Mapping[str, str] | None = None
+) -> ApprovalReply:
+    """Verify one signed cancel and append ``cancel_requested`` for it; the reply to send."""
+    try:
+        if keyring is None:
+            raise Refused("no_keyring", "this deployment has no keyring, so no approver can be verified")
+        verified = verify_cancel(body, keyring, utc_now(), requester(headers))
+        wf = verified.order.workflow_id
+        for _ in range(10):
+            records = await elog.read_records(wf)
+            if not records:
+                raise Refused("no_such_workflow", f"no workflow {wf!r} in the log")
+            state = trusted_fold(wf, records, keyring)
+            if state.done:
+                raise Refused("workflow_ended", f"workflow {wf} has ended ({state.status}): nothing to cancel")
+            if state.cancel is not None:
+                raise Refused("cancel_pending", f"workflow {wf} is being cancelled already (by {state.cancel.by})")
+            event = make_event(
+                CancelRequested(reason=verified.order.reason, by=verified.name, key=verified.key),
+                workflow_id=wf,
+                actor="approvals",
+                at=utc_now(),
+                causation_id=None,
+                index=f"cancel:{verified.key}:{verified.order.at.isoformat()}",
+                basis=state.last_seq,
+            )
+            try:
+                await elog.append(wf, [event], expected_seq=state.last_seq, prev=state.last_hash)
+            except ConcurrencyConflict:
+                continue
+            return ApprovalReply(event_id=event.id, by=verified.name)
+        raise Refused("workflow_busy", f"workflow {wf} kept changing; try again")
+    except CadreError as exc:
+        return ApprovalReply(error={"code": exc.code, "message": str(exc)})
+
+
+def is_cancel(body: bytes) -> bool:
+    """Whether a message to the approvals subject is a signed cancel rather than a decision."""
+    try:
+        _cancel_request_decoder.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return False
+    return True
+
+
 @asynccontextmanager
 async def serve_approvals(
     elog: JetStreamLog, keyring: Callable[[], Keyring | None], policy: ApprovalPolicy
@@ -188,7 +279,10 @@ async def serve_approvals(
     approvals). ``keyring`` is asked at every decision, so approvers added meanwhile count."""
 
     async def answer(m: Msg) -> bytes:
-        reply = await decide(elog, keyring(), policy, m.data, m.headers)
+        if is_cancel(m.data):
+            reply = await cancel(elog, keyring(), m.data, m.headers)
+        else:
+            reply = await decide(elog, keyring(), policy, m.data, m.headers)
         if reply.error is not None:
             log.info("approval refused: %s", reply.error)
         return _encoder.encode(reply)

@@ -55,6 +55,10 @@ class WorkflowRequested(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     idempotency_key: str | None = None
     dry_run: bool = False  # plan, validate and decompose for real; simulate every step (no tool runs)
     on_failure: str | None = None  # "compensate": undo the completed steps if it fails (None: the deployment's)
+    # A deadline for the whole workflow: past it, it is cancelled (``deadline_set``). ``deadline_s`` counts
+    # from this event's ``at``; ``deadline`` is an absolute time; at most one of them is set.
+    deadline_s: float | None = None
+    deadline: datetime | None = None
 
 
 class PlanProposed(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -344,6 +348,39 @@ class StepCompensated(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     error: ErrorInfo | None = None
 
 
+class DeadlineSet(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """The request set a deadline: past ``until`` the workflow is cancelled. A durable timer: the
+    planner defers this event to ``until``, then emits ``cancel_requested`` (``by`` = "deadline")."""
+
+    TYPE: ClassVar[str] = "deadline_set"
+    until: datetime
+
+
+class CancelRequested(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """The workflow is to stop: nothing new is dispatched, running steps finish or are abandoned,
+    completed steps are undone where the workflow asked for compensation, and it ends ``cancelled``.
+
+    Written by the approvals service for a person's signed cancel (``by`` their name in the
+    keyring, ``key`` their key) or by the planner when the workflow's deadline passed (``by`` =
+    "deadline")."""
+
+    TYPE: ClassVar[str] = "cancel_requested"
+    reason: str = ""
+    by: str = "unknown"
+    key: str | None = None
+
+
+class WorkflowCancelled(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """The workflow's last event when it was cancelled; ``compensated`` / ``not_undone`` as on
+    ``workflow_failed`` (empty unless the workflow compensates)."""
+
+    TYPE: ClassVar[str] = "workflow_cancelled"
+    reason: str = ""
+    by: str = "unknown"
+    compensated: tuple[str, ...] = ()
+    not_undone: tuple[str, ...] = ()
+
+
 Event = (
     WorkflowRequested
     | PlanProposed
@@ -369,6 +406,9 @@ Event = (
     | ConsultationWaiting
     | CompensationStarted
     | StepCompensated
+    | DeadlineSet
+    | CancelRequested
+    | WorkflowCancelled
 )
 
 EVENT_TYPES: dict[str, type[Event]] = {
@@ -398,10 +438,13 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ConsultationWaiting,
         CompensationStarted,
         StepCompensated,
+        DeadlineSet,
+        CancelRequested,
+        WorkflowCancelled,
     )
 }
 
-TERMINAL_TYPES = frozenset({WorkflowCompleted.TYPE, WorkflowFailed.TYPE})
+TERMINAL_TYPES = frozenset({WorkflowCompleted.TYPE, WorkflowFailed.TYPE, WorkflowCancelled.TYPE})
 
 VERSIONS: dict[str, int] = {name: SCHEMA_VERSION for name in EVENT_TYPES}
 """The current version of each event type (what ``make_event`` writes, what decoding upcasts to).

@@ -98,6 +98,10 @@ def _parser() -> argparse.ArgumentParser:
     approve.add_argument("--deny", action="store_true")
     approve.add_argument("--reason", default="")
 
+    cancel = sub.add_parser("cancel", parents=[bus], help="stop a running workflow (an approver's key signs it)")
+    cancel.add_argument("workflow_id")
+    cancel.add_argument("--reason", default="")
+
     sub.add_parser("status", parents=[bus, out], help="workflows by state, actors alive, backlogs")
     schema = sub.add_parser("schema", help="print the JSON Schema of a request or an event")
     schema.add_argument("what", choices=["request", "event"])
@@ -205,6 +209,8 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
                 deny=args.deny,
                 reason=args.reason,
             )
+        case "cancel":
+            return await commands.cancel(settings, check_token("workflow id", args.workflow_id), reason=args.reason)
         case "status":
             return await commands.status(settings, args.json)
         case "schema":

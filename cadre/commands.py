@@ -26,7 +26,7 @@ from cadre.actors.intake import submit
 from cadre.actors.ping import ping_all
 from cadre.actors.runtime import consumer_name
 from cadre.budget_report import render_report
-from cadre.bus.approvals import ApprovalReply, Decision, sign_decision
+from cadre.bus.approvals import ApprovalReply, CancelOrder, Decision, sign_cancel, sign_decision
 from cadre.bus.errors import CadreError
 from cadre.bus.events import (
     EVENT_TYPES,
@@ -360,6 +360,36 @@ async def approve(settings: Settings, wf: str, step_id: str, *, deny: bool, reas
         return EXIT_OK
 
 
+async def cancel(settings: Settings, wf: str, *, reason: str) -> int:
+    """Sign a cancel with this user's approver key and send it to the approvals service, which
+    checks it as a decision (an approver's key, fresh, the workflow still going) and records
+    ``cancel_requested``; the planner then ends the workflow ``cancelled`` (``actors.cancel``)."""
+    signer = signer_for(settings, "approver")
+    if signer is None:
+        raise CadreError(
+            f"no approver key: expected {settings.auth_dir / 'approver.creds'} (local) or an approver's "
+            "creds file in --creds / CADRE_NATS_CREDS: only approvers may cancel"
+        )
+    async with open_bus(settings, name="cadre-cancel", role="approver") as bus:
+        order = CancelOrder(workflow_id=wf, reason=reason, at=utc_now())
+        try:
+            msg = await bus.nc.request(
+                settings.subjects.approvals, sign_cancel(signer, order), timeout=settings.request_timeout_s
+            )
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+            raise CadreError(
+                f"no approvals service answered on {settings.subjects.approvals}: is `cadre up` (or "
+                "`cadre actor approvals`) running?"
+            ) from None
+        reply = msgspec.json.decode(msg.data, type=ApprovalReply)
+        if reply.error is not None:
+            refused = CadreError(f"the approvals service refused: {reply.error.get('message', '')}")
+            refused.code = reply.error.get("code", "cancel_refused")
+            raise refused
+        _say(visible(f"cancel of {wf} asked as {reply.by}"))
+        return EXIT_OK
+
+
 async def status(settings: Settings, as_json: bool) -> int:
     keyring, _ = find_keyring(settings)
     async with open_bus(settings, name="cadre-status", role="admin") as bus:
@@ -437,7 +467,7 @@ async def _checked_states(log: JetStreamLog, per_wf: dict[str, Counter[str]], ke
 
 def folded_state(state: WorkflowState) -> str:
     """The name ``cadre status`` gives a folded state (as :func:`workflow_state` does from counts)."""
-    if state.status in ("completed", "failed"):
+    if state.status in ("completed", "failed", "cancelled"):
         return state.status
     if any(s.status == "awaiting_approval" for s in state.steps.values()):
         return "awaiting_approval"
@@ -450,6 +480,8 @@ def workflow_state(types: Counter[str]) -> str:
         return "completed"
     if types["workflow_failed"]:
         return "failed"
+    if types["workflow_cancelled"]:
+        return "cancelled"
     if types["approval_requested"] > types["approval_granted"] + types["approval_denied"]:
         return "awaiting_approval"
     if types["plan_proposed"]:

@@ -43,8 +43,10 @@ from cadre.bus.events import (
     ApprovalDenied,
     ApprovalGranted,
     ApprovalRequested,
+    CancelRequested,
     CompensationStarted,
     ConsultationWaiting,
+    DeadlineSet,
     EffectsRecorded,
     Envelope,
     Event,
@@ -63,6 +65,7 @@ from cadre.bus.events import (
     StepsProposed,
     StepsRejected,
     TaskReady,
+    WorkflowCancelled,
     WorkflowCompleted,
     WorkflowFailed,
     WorkflowRequested,
@@ -510,6 +513,10 @@ def _event(
         case WorkflowFailed():
             report.status, report.ended_at = "failed", e.at
             report.failure = f"{data.reason}: {data.message}"
+        case WorkflowCancelled():
+            report.status, report.ended_at = "cancelled", e.at
+            undone = f"; undid {', '.join(data.compensated)}" if data.compensated else ""
+            report.failure = f"cancelled by {data.by}" + (f": {data.reason}" if data.reason else "") + undone
         case HandlerFailed():
             t.dead_letters += 1
         case StepsProposed():
@@ -807,6 +814,13 @@ def summary(data: Event) -> str:
             return f"{data.step_id}: proposal cleared ({len(data.checks)} checks){wait}"
         case ProposalRejected():
             return f"{data.step_id}: proposal refused: {_failed(data.checks)}"
+        case DeadlineSet():
+            return f"cancelled at {data.until:%Y-%m-%d %H:%M:%S} unless it ends before"
+        case CancelRequested():
+            return f"cancel asked by {data.by}" + (f": {data.reason}" if data.reason else "")
+        case WorkflowCancelled():
+            undone = f"; undid {', '.join(data.compensated)}" if data.compensated else ""
+            return f"cancelled by {data.by}" + (f": {data.reason}" if data.reason else "") + undone
     return ""
 
 
