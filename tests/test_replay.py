@@ -116,6 +116,8 @@ def test_the_golden_logs_cover_every_path() -> None:
         "unsafe_plan",
         "output_too_large",
         "output_by_reference",
+        "cancelled",
+        "deadline",
     }
 
 
@@ -605,3 +607,16 @@ def test_the_library_refusal_log_names_what_did_not_fit() -> None:
     assert "`cadre tools`" in failed.message
     assert "`cadre schema request`" in failed.message
     assert "examples/plans" in failed.message
+
+
+@pytest.mark.parametrize(("name", "by"), [("cancelled", "approver"), ("deadline", "deadline")])
+def test_the_audit_of_a_cancelled_workflow_says_who_cancelled_it(name: str, by: str) -> None:
+    _, records = golden(name)
+    report = audit(records)
+    assert report.status == "cancelled"
+    assert report.failure is not None
+    assert report.failure.startswith(f"cancelled by {by}")
+    text = "\n".join(audit_lines(report))
+    assert f"cancel asked by {by}" in text
+    if name == "cancelled":
+        assert report.failure.endswith("; undid w.s1")

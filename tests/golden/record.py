@@ -98,6 +98,24 @@ def approval(*, deny: bool, plan: dict[str, Any] = APPROVAL_PLAN, step: str = "s
     return drive
 
 
+CANCEL_PLAN: dict[str, Any] = {
+    "nodes": [
+        {"id": "w", "tool": "fs.write", "inputs": {"path": "out/cancelled.txt", "content": "soon undone"}},
+        {"id": "e", "tool": "test.echo", "depends_on": ["w"], "inputs": {"value": "v"}},
+    ]
+}
+
+
+async def cancelled(h: Harness) -> str:
+    """A workflow that compensates writes a file, then waits for approval; a person cancels it."""
+    wf = str((await h.submit({"plan": CANCEL_PLAN, "on_failure": "compensate"}))["workflow_id"])
+    await h.wait(wf, until="approval_requested")
+    with contextlib.redirect_stdout(sys.stderr):
+        await commands.cancel(h.settings, wf, reason="not needed any more")
+    await h.wait(wf)
+    return wf
+
+
 DRY_RUN_PLAN: dict[str, Any] = {
     "nodes": [
         {"id": "a", "tool": "test.echo", "inputs": {"value": "hello"}},
@@ -296,6 +314,21 @@ SCENARIOS = (
         approval(deny=True),
         settings={"approval_tools": ["fs.write"]},
         expect="failed",
+    ),
+    Scenario(
+        "cancelled",
+        "on_failure: compensate; the write completes, the echo waits for approval; a person cancels: "
+        "the write is undone and the workflow ends cancelled",
+        cancelled,
+        settings={"approval_tools": ["test.echo"]},
+        expect="cancelled",
+    ),
+    Scenario(
+        "deadline",
+        "fs.write waits for approval; the request's deadline (0.5 s) passes first: the workflow ends cancelled",
+        submit({"plan": APPROVAL_PLAN, "deadline_s": 0.5}),
+        settings={"approval_tools": ["fs.write"]},
+        expect="cancelled",
     ),
     Scenario(
         "confidence_approval",
