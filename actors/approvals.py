@@ -1,5 +1,6 @@
 """The approvals service: the only writer of a person's ``approval_granted``/``approval_denied``
-and ``cancel_requested`` (a signed cancel, :func:`cancel`: an approver's key may cancel).
+and ``cancel_requested`` (a signed cancel, :func:`cancel`) and ``redriven`` (a signed redrive of a dead
+letter, :func:`redrive`): an approver's key may order either.
 
 A queue-group responder on ``<prefix>.approvals``. For each signed decision
 (:class:`bus.approvals.ApprovalRequest`) it checks, in order, and answers the first failure as
@@ -33,21 +34,26 @@ import msgspec
 from nats.aio.msg import Msg
 
 from cadre.actors.clock import utc_now
+from cadre.actors.redrive import NotRedrivable, to_redrive
 from cadre.actors.service import serve
 from cadre.bus.approvals import (
     APPROVAL_DOMAIN,
     CANCEL_DOMAIN,
+    REDRIVE_DOMAIN,
     ApprovalReply,
     ApprovalRequest,
     CancelOrder,
     CancelRequest,
     Decision,
+    RedriveOrder,
+    RedriveRequest,
 )
 from cadre.bus.errors import CadreError, ConcurrencyConflict
-from cadre.bus.events import ApprovalDenied, ApprovalGranted, CancelRequested, make_event
+from cadre.bus.events import ApprovalDenied, ApprovalGranted, CancelRequested, Redriven, make_event
 from cadre.bus.signing import Keyring
-from cadre.store.authenticity import trusted_fold
+from cadre.store.authenticity import trusted_fold, verdict
 from cadre.store.jetstream import JetStreamLog
+from cadre.store.records import StoredEvent
 from cadre.store.state import WorkflowState
 
 log = logging.getLogger("cadre.approvals")
@@ -57,6 +63,8 @@ _request_decoder = msgspec.json.Decoder(ApprovalRequest)
 _decision_decoder = msgspec.json.Decoder(Decision)
 _cancel_request_decoder = msgspec.json.Decoder(CancelRequest)
 _cancel_decoder = msgspec.json.Decoder(CancelOrder)
+_redrive_request_decoder = msgspec.json.Decoder(RedriveRequest)
+_redrive_decoder = msgspec.json.Decoder(RedriveOrder)
 _encoder = msgspec.json.Encoder()
 
 
@@ -194,35 +202,44 @@ async def decide(
 
 
 @dataclass(frozen=True)
-class VerifiedCancel:
-    """A cancel whose signature is an approver's: the order and who gave it."""
+class VerifiedOrder:
+    """A cancel or redrive whose signature is an approver's: the order and who gave it."""
 
-    order: CancelOrder
+    order: CancelOrder | RedriveOrder
     key: str
     name: str
 
 
-def verify_cancel(body: bytes, keyring: Keyring, now: datetime, sent_by: str | None = None) -> VerifiedCancel:
-    """As :func:`verify`, for a signed cancel: who may cancel is who may approve (an ``approver``'s
-    key of the keyring), since both stop or let through what a workflow does. Raises :class:`Refused`."""
+def verify_order(body: bytes, keyring: Keyring, now: datetime, sent_by: str | None = None) -> VerifiedOrder:
+    """As :func:`verify`, for a signed cancel or redrive: who may order them is who may approve (an
+    ``approver``'s key of the keyring), since each stops or lets through what a workflow does.
+    Raises :class:`Refused`."""
     try:
-        request = _cancel_request_decoder.decode(body)
-        order = _cancel_decoder.decode(request.cancel)
+        request: CancelRequest | RedriveRequest
+        order: CancelOrder | RedriveOrder
+        if is_cancel(body):
+            request = _cancel_request_decoder.decode(body)
+            order, domain, what = _cancel_decoder.decode(request.cancel), CANCEL_DOMAIN, "cancel"
+            signed = bytes(request.cancel)
+        else:
+            request = _redrive_request_decoder.decode(body)
+            order, domain, what = _redrive_decoder.decode(request.redrive), REDRIVE_DOMAIN, "redrive"
+            signed = bytes(request.redrive)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise Refused("invalid_request", f"not a signed cancel: {exc}") from None
+        raise Refused("invalid_request", f"not a signed order: {exc}") from None
     role = keyring.role_of(request.signer)
     if role != "approver":
         who = "a key the keyring does not know" if role is None else f"the {role} key"
-        raise Refused("not_an_approver", f"the cancel is signed by {who}; only approvers' keys may cancel")
-    if not keyring.verify_raw(request.signer, CANCEL_DOMAIN + bytes(request.cancel), request.sig):
-        raise Refused("bad_signature", "the signature does not match the cancel it came with")
+        raise Refused("not_an_approver", f"the {what} is signed by {who}; only approvers' keys may {what}")
+    if not keyring.verify_raw(request.signer, domain + signed, request.sig):
+        raise Refused("bad_signature", f"the signature does not match the {what} it came with")
     if sent_by is not None and sent_by != request.signer:
-        raise Refused("not_the_signer", "the cancel is signed with a key other than the sender's own")
+        raise Refused("not_the_signer", f"the {what} is signed with a key other than the sender's own")
     if abs(now - order.at) > FRESHNESS:
         raise Refused(
-            "stale_decision", f"the cancel was signed at {order.at.isoformat()}, more than {FRESHNESS} from now"
+            "stale_decision", f"the {what} was signed at {order.at.isoformat()}, more than {FRESHNESS} from now"
         )
-    return VerifiedCancel(order, request.signer, keyring.name_of(request.signer))
+    return VerifiedOrder(order, request.signer, keyring.name_of(request.signer))
 
 
 async def cancel(
@@ -232,7 +249,7 @@ async def cancel(
     try:
         if keyring is None:
             raise Refused("no_keyring", "this deployment has no keyring, so no approver can be verified")
-        verified = verify_cancel(body, keyring, utc_now(), requester(headers))
+        verified = verify_order(body, keyring, utc_now(), requester(headers))
         wf = verified.order.workflow_id
         for _ in range(10):
             records = await elog.read_records(wf)
@@ -262,6 +279,72 @@ async def cancel(
         return ApprovalReply(error={"code": exc.code, "message": str(exc)})
 
 
+async def redrive(
+    elog: JetStreamLog, keyring: Keyring | None, body: bytes, headers: Mapping[str, str] | None = None
+) -> ApprovalReply:
+    """Verify one signed redrive and append ``redriven`` for the workflow's dead letter
+    (:func:`actors.redrive.to_redrive`); the reply to send."""
+    try:
+        if keyring is None:
+            raise Refused("no_keyring", "this deployment has no keyring, so no approver can be verified")
+        verified = verify_order(body, keyring, utc_now(), requester(headers))
+        wf = verified.order.workflow_id
+        for _ in range(10):
+            records = await elog.read_records(wf)
+            if not records:
+                raise Refused("no_such_workflow", f"no workflow {wf!r} in the log")
+            trusted = [r for r in records if not isinstance(r, StoredEvent) or verdict(r, keyring).trusted]
+            state = trusted_fold(wf, records, keyring)
+            try:
+                letter = to_redrive(wf, trusted, state)
+            except NotRedrivable as exc:
+                raise Refused(exc.code, str(exc)) from None
+            assert letter.input is not None
+            source, seq = letter.input.event, letter.input.seq
+            again = source.data
+            if isinstance(again, Redriven):  # a redrive that failed again: the input it re-delivered
+                original: dict[str, object] = again.input
+                seq, kind = again.input_seq, again.input_type
+            else:
+                original, kind = msgspec.json.decode(letter.input.data), source.type
+            data = Redriven(
+                handler_failed_id=letter.event.event.id,
+                actor=letter.event.event.actor,
+                input_seq=seq,
+                input_type=kind,
+                input=original,
+                by=verified.name,
+                key=verified.key,
+                reason=verified.order.reason,
+            )
+            event = make_event(
+                data,
+                workflow_id=wf,
+                actor="approvals",
+                at=utc_now(),
+                causation_id=letter.event.event.id,
+                index=f"redrive:{verified.key}:{verified.order.at.isoformat()}",
+                basis=state.last_seq,
+            )
+            try:
+                await elog.append(wf, [event], expected_seq=state.last_seq, prev=state.last_hash)
+            except ConcurrencyConflict:
+                continue
+            return ApprovalReply(event_id=event.id, by=verified.name)
+        raise Refused("workflow_busy", f"workflow {wf} kept changing; try again")
+    except CadreError as exc:
+        return ApprovalReply(error={"code": exc.code, "message": str(exc)})
+
+
+def is_redrive(body: bytes) -> bool:
+    """Whether a message to the approvals subject is a signed redrive."""
+    try:
+        _redrive_request_decoder.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return False
+    return True
+
+
 def is_cancel(body: bytes) -> bool:
     """Whether a message to the approvals subject is a signed cancel rather than a decision."""
     try:
@@ -281,6 +364,8 @@ async def serve_approvals(
     async def answer(m: Msg) -> bytes:
         if is_cancel(m.data):
             reply = await cancel(elog, keyring(), m.data, m.headers)
+        elif is_redrive(m.data):
+            reply = await redrive(elog, keyring(), m.data, m.headers)
         else:
             reply = await decide(elog, keyring(), policy, m.data, m.headers)
         if reply.error is not None:

@@ -44,6 +44,7 @@ from cadre.bus.events import (
     ProposalMade,
     ProposalRejected,
     ProposalValidated,
+    Redriven,
     StepCompensated,
     StepCompleted,
     StepFailed,
@@ -238,6 +239,7 @@ def make_spec(catalog: Catalog, on_failure: str = "fail") -> ActorSpec:
                 | DeadlineSet()
                 | CancelRequested()
                 | WorkflowCancelled()
+                | Redriven()
             ):
                 return []
 

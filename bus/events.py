@@ -381,6 +381,24 @@ class WorkflowCancelled(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     not_undone: tuple[str, ...] = ()
 
 
+class Redriven(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A person re-delivered a dead-lettered input (``cadre redrive``) after a fix: ``actor`` (the kind
+    that gave up, ``handler_failed`` ``handler_failed_id``) handles ``input`` (the envelope at stream
+    sequence ``input_seq``, copied here as its JSON object, of type ``input_type``) again, and a
+    workflow that failed for that dead letter goes on. ``by``/``key``: the approver, as on
+    ``approval_granted``. Written by the approvals service."""
+
+    TYPE: ClassVar[str] = "redriven"
+    handler_failed_id: str
+    actor: str
+    input_seq: int
+    input_type: str
+    input: dict[str, Any]
+    by: str = "unknown"
+    key: str | None = None
+    reason: str = ""
+
+
 Event = (
     WorkflowRequested
     | PlanProposed
@@ -409,6 +427,7 @@ Event = (
     | DeadlineSet
     | CancelRequested
     | WorkflowCancelled
+    | Redriven
 )
 
 EVENT_TYPES: dict[str, type[Event]] = {
@@ -441,6 +460,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         DeadlineSet,
         CancelRequested,
         WorkflowCancelled,
+        Redriven,
     )
 }
 

@@ -39,7 +39,7 @@ EMITS: Mapping[str, tuple[str, ...]] = {
         "consultation_waiting",
         "step_compensated",
     ),
-    "approvals": ("approval_granted", "approval_denied", "cancel_requested"),
+    "approvals": ("approval_granted", "approval_denied", "cancel_requested", "redriven"),
 }
 RUNTIME_EMITS = ("handler_failed", "effects_recorded", "forged_event")
 """Written by the actor runtime of any kind: dead letters, the effects of a handler with no output,

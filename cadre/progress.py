@@ -28,6 +28,7 @@ from cadre.bus.events import (
     ProposalMade,
     ProposalRejected,
     ProposalValidated,
+    Redriven,
     StepCompensated,
     StepCompleted,
     StepFailed,
@@ -169,5 +170,9 @@ def _line(e: Envelope) -> str | list[str] | None:
         case WorkflowCancelled():
             undone = f"; undid {', '.join(d.compensated)}" if d.compensated else ""
             return f"CANCELLED by {d.by}" + (f": {d.reason}" if d.reason else "") + undone
+        case Redriven():
+            return f"redriven {d.input_type} (seq {d.input_seq}) to the {d.actor} again, by {d.by}" + (
+                f": {d.reason}" if d.reason else ""
+            )
         case StepsProposed() | EffectsRecorded():
             return None

@@ -58,6 +58,7 @@ from cadre.bus.events import (
     ProposalMade,
     ProposalRejected,
     ProposalValidated,
+    Redriven,
     StepCompensated,
     StepCompleted,
     StepFailed,
@@ -513,6 +514,9 @@ def _event(
         case WorkflowFailed():
             report.status, report.ended_at = "failed", e.at
             report.failure = f"{data.reason}: {data.message}"
+        case Redriven():  # the workflow goes on after the failure it had for the dead letter
+            if report.status == "failed":
+                report.status, report.ended_at, report.failure = "running", None, None
         case WorkflowCancelled():
             report.status, report.ended_at = "cancelled", e.at
             undone = f"; undid {', '.join(data.compensated)}" if data.compensated else ""
@@ -814,6 +818,10 @@ def summary(data: Event) -> str:
             return f"{data.step_id}: proposal cleared ({len(data.checks)} checks){wait}"
         case ProposalRejected():
             return f"{data.step_id}: proposal refused: {_failed(data.checks)}"
+        case Redriven():
+            return f"{data.input_type} (seq {data.input_seq}) re-delivered to the {data.actor} by {data.by}" + (
+                f": {data.reason}" if data.reason else ""
+            )
         case DeadlineSet():
             return f"cancelled at {data.until:%Y-%m-%d %H:%M:%S} unless it ends before"
         case CancelRequested():

@@ -36,6 +36,7 @@ from cadre.bus.events import (
     ProposalMade,
     ProposalRejected,
     ProposalValidated,
+    Redriven,
     StepCompensated,
     StepCompleted,
     StepFailed,
@@ -139,6 +140,10 @@ class WorkflowState(msgspec.Struct, kw_only=True):
     deadline: datetime | None = None  # past it the workflow is cancelled (``deadline_set``)
     cancel: CancelRequested | None = None  # the first cancel asked for (``cancel_requested``)
     cancelled_by: str | None = None  # who cancelled it (``workflow_cancelled``)
+    # Dead letters re-delivered (``redriven``): the ``handler_failed`` ids, in order; and the status
+    # the workflow had before it last failed, which a redrive of its dead letter gives back.
+    redriven: tuple[str, ...] = ()
+    before_failure: Status | None = None
 
     @property
     def done(self) -> bool:
@@ -221,6 +226,7 @@ def apply(state: WorkflowState, stored: StoredEvent) -> None:
             state.result = data.result
             state.ended_at = e.at
         case WorkflowFailed():
+            state.before_failure = state.status
             state.status = "failed"
             state.failure = ErrorInfo(code=data.reason, message=data.message)
             state.failed_task = data.task_id
@@ -247,6 +253,12 @@ def apply(state: WorkflowState, stored: StoredEvent) -> None:
             state.failure = ErrorInfo(code="cancelled", message=data.reason)
             state.cancelled_by = data.by
             state.ended_at = e.at
+        case Redriven():
+            state.redriven = (*state.redriven, data.handler_failed_id)
+            if state.status == "failed" and state.failure is not None and state.failure.code == "handler_failed":
+                state.status = state.before_failure or "running"
+                state.failure = None
+                state.ended_at = None
         case CompensationStarted():
             state.status = "compensating"
             state.compensation = data

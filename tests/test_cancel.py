@@ -3,6 +3,9 @@ deadline stops a workflow; it ends ``cancelled``, undoing its steps where it ask
 
 from __future__ import annotations
 
+import asyncio
+import json
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,7 +21,16 @@ from cadre import commands
 from cadre.actors import cancel
 from cadre.actors.approvals import ApprovalPolicy, serve_approvals
 from cadre.actors.clock import utc_now
-from cadre.bus.approvals import ApprovalReply, CancelOrder, Decision, sign_cancel, sign_decision
+from cadre.audit_text import lines as audit_lines
+from cadre.bus.approvals import (
+    ApprovalReply,
+    CancelOrder,
+    Decision,
+    RedriveOrder,
+    sign_cancel,
+    sign_decision,
+    sign_redrive,
+)
 from cadre.bus.errors import CadreError
 from cadre.bus.events import (
     ApprovalRequested,
@@ -26,6 +38,7 @@ from cadre.bus.events import (
     CompensationStarted,
     DeadlineSet,
     Envelope,
+    Redriven,
     StepReady,
     WorkflowCancelled,
     WorkflowRequested,
@@ -38,7 +51,8 @@ from cadre.store import JetStreamLog, StoredEvent
 from cadre.store.audit import audit
 from cadre.store.state import WorkflowState, fold
 from tests.conftest import T0, ev, unique
-from tests.system_harness import cadre_running, settings_for
+from tests.redrive_tools import FIX
+from tests.system_harness import Harness, cadre_running, settings_for
 
 WAITS = {"plan": {"nodes": [{"id": "save", "tool": "fs.write", "inputs": {"path": "out/a.txt", "content": "ok"}}]}}
 
@@ -248,3 +262,102 @@ def test_the_deadline_timer_waits_then_cancels_once() -> None:
     fold("wf", [_stored(ev(asked, "wf", actor="planner", i=1), 2)], state)
     assert state.status == "cancelling"
     assert cancel.on_deadline(state, data, until) == []  # a redelivery asks nothing twice
+
+
+# -- dead letters and redrive (issue 16, item 4) -------------------------------------------------
+
+FRAGILE = {
+    "plan": {
+        "nodes": [
+            {"id": "a", "tool": "test.echo", "inputs": {"value": "first"}},
+            {"id": "b", "tool": "test.fragile", "depends_on": ["a"], "inputs": {"value": "${a.value}"}},
+        ]
+    }
+}
+
+
+def fragile_settings(nats_url: str, tmp_path: Path) -> Any:
+    return settings_for(
+        nats_url, tmp_path, tool_modules=["tests.plugin_tools", "tests.redrive_tools"], actor_max_attempts=2
+    )
+
+
+async def test_a_dead_letter_is_listed_and_redriven_after_the_fix(
+    nats_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv(FIX, raising=False)
+    settings = fragile_settings(nats_url, tmp_path)
+    async with cadre_running(settings) as h:
+        failed = await h.run(FRAGILE)
+        wf = failed.workflow_id
+        assert failed.status == "failed"
+        assert failed.failure is not None
+        assert failed.failure.code == "handler_failed"
+        capsys.readouterr()
+        assert await commands.dead_letters_cmd(settings, as_json=True) == 0
+        [letter] = [d for d in json.loads(capsys.readouterr().out)["dead_letters"] if d["workflow_id"] == wf]
+        assert (letter["actor"], letter["input_type"], letter["attempts"]) == ("agent", "step_ready", 2)
+        assert letter["reason"]["exception"] == "RuntimeError"
+        assert letter["input"]["step"]["tool"] == "test.fragile"
+        assert letter["redriven"] is False
+        monkeypatch.setenv(FIX, "fixed")  # the fix is deployed
+        assert await commands.redrive(settings, wf, reason="fixed test.fragile") == 0
+        state = await h.wait(wf)
+        records = await h.bus.log.read_records(wf)
+        capsys.readouterr()
+        assert await commands.dead_letters_cmd(settings, as_json=False) == 0
+        listed = capsys.readouterr().out
+        with pytest.raises(CadreError) as again:
+            await commands.redrive(settings, wf, reason="")
+    assert state.status == "completed"
+    assert state.result == {"value": "first"}
+    assert state.redriven == (letter["handler_failed_id"],)
+    assert f"{wf}  redriven agent gave up on step_ready" in listed
+    assert again.value.code == "no_dead_letter"
+    [redrive] = [r.event for r in records if isinstance(r, StoredEvent) and isinstance(r.event.data, Redriven)]
+    assert isinstance(redrive.data, Redriven)
+    assert (redrive.actor, redrive.data.by, redrive.data.actor) == ("approvals", "approver", "agent")
+    [done] = [r.event for r in records if isinstance(r, StoredEvent) and r.event.type == "step_completed"][-1:]
+    assert done.causation_id == redrive.id  # the agent handled the input again, on the redrive
+    report = audit(records)
+    assert report.status == "completed"
+    assert re.search(r"step_ready \(seq \d+\) re-delivered to the agent by approver", "\n".join(audit_lines(report)))
+
+
+async def test_a_redrive_before_the_fix_dead_letters_again_and_only_approvers_may_redrive(
+    nats_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(FIX, raising=False)
+    settings = fragile_settings(nats_url, tmp_path)
+
+    async def failures(h: Harness, wf: str, n: int) -> list[str]:
+        async with asyncio.timeout(10):
+            while True:
+                types = [r.event.type for r in await h.events(wf)]
+                if types.count("workflow_failed") >= n:
+                    return types
+                await asyncio.sleep(0.05)
+
+    async with cadre_running(settings) as h:
+        wf = (await h.run(FRAGILE)).workflow_id
+        ok = await h.run({"plan": {"nodes": [{"id": "x", "tool": "test.echo", "inputs": {"value": "v"}}]}})
+        with pytest.raises(CadreError) as completed:  # a workflow that did not fail for a dead letter
+            await commands.redrive(settings, ok.workflow_id, reason="")
+        assert completed.value.code == "no_dead_letter"
+        stranger = Signer(new_seed(), "client")
+        body = sign_redrive(stranger, RedriveOrder(workflow_id=wf, at=utc_now()))
+        reply = msgspec.json.decode(
+            (await h.bus.nc.request(settings.subjects.approvals, body, timeout=5)).data, type=ApprovalReply
+        )
+        assert reply.error is not None
+        assert reply.error["code"] == "not_an_approver"
+        assert await commands.redrive(settings, wf, reason="too early") == 0
+        types = await failures(h, wf, 2)
+        assert types[-4:] == ["workflow_failed", "redriven", "handler_failed", "workflow_failed"]
+        monkeypatch.setenv(FIX, "fixed")
+        assert await commands.redrive(settings, wf, reason="fixed now") == 0  # the same input, once more
+        state = await h.wait(wf, until="workflow_completed")
+        last = [r.event.data for r in await h.events(wf) if isinstance(r.event.data, Redriven)][-1]
+    assert state.status == "completed"
+    assert len(state.redriven) == 2
+    assert (last.input_type, last.actor) == ("step_ready", "agent")

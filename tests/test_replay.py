@@ -118,6 +118,7 @@ def test_the_golden_logs_cover_every_path() -> None:
         "output_by_reference",
         "cancelled",
         "deadline",
+        "redriven",
     }
 
 
@@ -620,3 +621,14 @@ def test_the_audit_of_a_cancelled_workflow_says_who_cancelled_it(name: str, by: 
     assert f"cancel asked by {by}" in text
     if name == "cancelled":
         assert report.failure.endswith("; undid w.s1")
+
+
+def test_the_audit_of_a_redriven_workflow_shows_the_dead_letter_and_the_redrive() -> None:
+    _, records = golden("redriven")
+    report = audit(records)
+    assert report.status == "completed"
+    assert report.failure is None
+    assert report.totals.dead_letters == 1
+    text = "\n".join(audit_lines(report))
+    assert "gave up on step_ready" in text
+    assert "re-delivered to the agent by approver" in text
