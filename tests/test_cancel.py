@@ -278,7 +278,11 @@ FRAGILE = {
 
 def fragile_settings(nats_url: str, tmp_path: Path) -> Any:
     return settings_for(
-        nats_url, tmp_path, tool_modules=["tests.plugin_tools", "tests.redrive_tools"], actor_max_attempts=2
+        nats_url,
+        tmp_path,
+        tool_modules=["tests.plugin_tools", "tests.redrive_tools"],
+        actor_max_attempts=2,
+        state_release_after_s=0.05,  # the failed workflow leaves the state cache: the redrive reloads it
     )
 
 
@@ -301,6 +305,7 @@ async def test_a_dead_letter_is_listed_and_redriven_after_the_fix(
         assert letter["input"]["step"]["tool"] == "test.fragile"
         assert letter["redriven"] is False
         monkeypatch.setenv(FIX, "fixed")  # the fix is deployed
+        await asyncio.sleep(0.2)
         assert await commands.redrive(settings, wf, reason="fixed test.fragile") == 0
         state = await h.wait(wf)
         records = await h.bus.log.read_records(wf)
