@@ -47,6 +47,7 @@ from cadre.bus.plan import StepIntent
 from cadre.bus.request import RequestError, parse_request
 from cadre.bus.roles import SIGNING_ROLES
 from cadre.bus.signing import Keyring, Signer, new_seed
+from cadre.progress import describe
 from cadre.store import JetStreamLog, StoredEvent
 from cadre.store.audit import audit
 from cadre.store.state import WorkflowState, fold
@@ -366,3 +367,24 @@ async def test_a_redrive_before_the_fix_dead_letters_again_and_only_approvers_ma
     assert state.status == "completed"
     assert len(state.redriven) == 2
     assert (last.input_type, last.actor) == ("step_ready", "agent")
+
+
+def test_cadre_events_describes_the_new_events() -> None:
+    until = T0 + timedelta(seconds=5)
+    lines = [
+        describe(ev(d, "wf", i=i))
+        for i, d in enumerate(
+            [
+                DeadlineSet(until=until),
+                CancelRequested(reason="stop", by="alice"),
+                WorkflowCancelled(reason="stop", by="alice", compensated=("w.s1",)),
+                Redriven(handler_failed_id="h", actor="agent", input_seq=7, input_type="step_ready", input={}, by="b"),
+            ]
+        )
+    ]
+    assert lines == [
+        ["deadline  cancelled at 2026-01-01 00:00:05 UTC unless it ends before"],
+        ["cancel    asked by alice: stop"],
+        ["CANCELLED by alice: stop; undid w.s1"],
+        ["redriven step_ready (seq 7) to the agent again, by b"],
+    ]
