@@ -1,4 +1,6 @@
-"""The approvals service: the only writer of a person's ``approval_granted``/``approval_denied``.
+"""The approvals service: the only writer of a person's ``approval_granted``/``approval_denied``
+and ``cancel_requested`` (a signed cancel, :func:`cancel`) and ``redriven`` (a signed redrive of a dead
+letter, :func:`redrive`): an approver's key may order either.
 
 A queue-group responder on ``<prefix>.approvals``. For each signed decision
 (:class:`bus.approvals.ApprovalRequest`) it checks, in order, and answers the first failure as
@@ -32,13 +34,26 @@ import msgspec
 from nats.aio.msg import Msg
 
 from cadre.actors.clock import utc_now
+from cadre.actors.redrive import NotRedrivable, to_redrive
 from cadre.actors.service import serve
-from cadre.bus.approvals import APPROVAL_DOMAIN, ApprovalReply, ApprovalRequest, Decision
+from cadre.bus.approvals import (
+    APPROVAL_DOMAIN,
+    CANCEL_DOMAIN,
+    REDRIVE_DOMAIN,
+    ApprovalReply,
+    ApprovalRequest,
+    CancelOrder,
+    CancelRequest,
+    Decision,
+    RedriveOrder,
+    RedriveRequest,
+)
 from cadre.bus.errors import CadreError, ConcurrencyConflict
-from cadre.bus.events import ApprovalDenied, ApprovalGranted, make_event
+from cadre.bus.events import ApprovalDenied, ApprovalGranted, CancelRequested, Redriven, make_event
 from cadre.bus.signing import Keyring
-from cadre.store.authenticity import trusted_fold
+from cadre.store.authenticity import trusted_fold, verdict
 from cadre.store.jetstream import JetStreamLog
+from cadre.store.records import StoredEvent
 from cadre.store.state import WorkflowState
 
 log = logging.getLogger("cadre.approvals")
@@ -46,6 +61,10 @@ log = logging.getLogger("cadre.approvals")
 FRESHNESS: Final = timedelta(minutes=5)
 _request_decoder = msgspec.json.Decoder(ApprovalRequest)
 _decision_decoder = msgspec.json.Decoder(Decision)
+_cancel_request_decoder = msgspec.json.Decoder(CancelRequest)
+_cancel_decoder = msgspec.json.Decoder(CancelOrder)
+_redrive_request_decoder = msgspec.json.Decoder(RedriveRequest)
+_redrive_decoder = msgspec.json.Decoder(RedriveOrder)
 _encoder = msgspec.json.Encoder()
 
 
@@ -127,6 +146,8 @@ def judge(verified: Verified, state: WorkflowState, policy: ApprovalPolicy) -> A
         )
     if step.status != "awaiting_approval":
         raise Refused("not_awaiting_approval", f"step {d.step_id} of {d.workflow_id} is {step.status}")
+    if state.done or state.status == "cancelling":
+        raise Refused("workflow_ended", f"workflow {d.workflow_id} is {state.status}: nothing waits for a decision")
     if step.approval_request_id is not None and step.approval_request_id != d.request_id:
         raise Refused(
             "answers_another_request",
@@ -180,6 +201,159 @@ async def decide(
         return ApprovalReply(error={"code": exc.code, "message": str(exc)})
 
 
+@dataclass(frozen=True)
+class VerifiedOrder:
+    """A cancel or redrive whose signature is an approver's: the order and who gave it."""
+
+    order: CancelOrder | RedriveOrder
+    key: str
+    name: str
+
+
+def verify_order(body: bytes, keyring: Keyring, now: datetime, sent_by: str | None = None) -> VerifiedOrder:
+    """As :func:`verify`, for a signed cancel or redrive: who may order them is who may approve (an
+    ``approver``'s key of the keyring), since each stops or lets through what a workflow does.
+    Raises :class:`Refused`."""
+    try:
+        request: CancelRequest | RedriveRequest
+        order: CancelOrder | RedriveOrder
+        if is_cancel(body):
+            request = _cancel_request_decoder.decode(body)
+            order, domain, what = _cancel_decoder.decode(request.cancel), CANCEL_DOMAIN, "cancel"
+            signed = bytes(request.cancel)
+        else:
+            request = _redrive_request_decoder.decode(body)
+            order, domain, what = _redrive_decoder.decode(request.redrive), REDRIVE_DOMAIN, "redrive"
+            signed = bytes(request.redrive)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise Refused("invalid_request", f"not a signed order: {exc}") from None
+    role = keyring.role_of(request.signer)
+    if role != "approver":
+        who = "a key the keyring does not know" if role is None else f"the {role} key"
+        raise Refused("not_an_approver", f"the {what} is signed by {who}; only approvers' keys may {what}")
+    if not keyring.verify_raw(request.signer, domain + signed, request.sig):
+        raise Refused("bad_signature", f"the signature does not match the {what} it came with")
+    if sent_by is not None and sent_by != request.signer:
+        raise Refused("not_the_signer", f"the {what} is signed with a key other than the sender's own")
+    if abs(now - order.at) > FRESHNESS:
+        raise Refused(
+            "stale_decision", f"the {what} was signed at {order.at.isoformat()}, more than {FRESHNESS} from now"
+        )
+    return VerifiedOrder(order, request.signer, keyring.name_of(request.signer))
+
+
+async def cancel(
+    elog: JetStreamLog, keyring: Keyring | None, body: bytes, headers: Mapping[str, str] | None = None
+) -> ApprovalReply:
+    """Verify one signed cancel and append ``cancel_requested`` for it; the reply to send."""
+    try:
+        if keyring is None:
+            raise Refused("no_keyring", "this deployment has no keyring, so no approver can be verified")
+        verified = verify_order(body, keyring, utc_now(), requester(headers))
+        wf = verified.order.workflow_id
+        for _ in range(10):
+            records = await elog.read_records(wf)
+            if not records:
+                raise Refused("no_such_workflow", f"no workflow {wf!r} in the log")
+            state = trusted_fold(wf, records, keyring)
+            if state.done:
+                raise Refused("workflow_ended", f"workflow {wf} has ended ({state.status}): nothing to cancel")
+            if state.cancel is not None:
+                raise Refused("cancel_pending", f"workflow {wf} is being cancelled already (by {state.cancel.by})")
+            event = make_event(
+                CancelRequested(reason=verified.order.reason, by=verified.name, key=verified.key),
+                workflow_id=wf,
+                actor="approvals",
+                at=utc_now(),
+                causation_id=None,
+                index=f"cancel:{verified.key}:{verified.order.at.isoformat()}",
+                basis=state.last_seq,
+            )
+            try:
+                await elog.append(wf, [event], expected_seq=state.last_seq, prev=state.last_hash)
+            except ConcurrencyConflict:
+                continue
+            return ApprovalReply(event_id=event.id, by=verified.name)
+        raise Refused("workflow_busy", f"workflow {wf} kept changing; try again")
+    except CadreError as exc:
+        return ApprovalReply(error={"code": exc.code, "message": str(exc)})
+
+
+async def redrive(
+    elog: JetStreamLog, keyring: Keyring | None, body: bytes, headers: Mapping[str, str] | None = None
+) -> ApprovalReply:
+    """Verify one signed redrive and append ``redriven`` for the workflow's dead letter
+    (:func:`actors.redrive.to_redrive`); the reply to send."""
+    try:
+        if keyring is None:
+            raise Refused("no_keyring", "this deployment has no keyring, so no approver can be verified")
+        verified = verify_order(body, keyring, utc_now(), requester(headers))
+        wf = verified.order.workflow_id
+        for _ in range(10):
+            records = await elog.read_records(wf)
+            if not records:
+                raise Refused("no_such_workflow", f"no workflow {wf!r} in the log")
+            trusted = [r for r in records if not isinstance(r, StoredEvent) or verdict(r, keyring).trusted]
+            state = trusted_fold(wf, records, keyring)
+            try:
+                letter = to_redrive(wf, trusted, state)
+            except NotRedrivable as exc:
+                raise Refused(exc.code, str(exc)) from None
+            assert letter.input is not None
+            source, seq = letter.input.event, letter.input.seq
+            again = source.data
+            if isinstance(again, Redriven):  # a redrive that failed again: the input it re-delivered
+                original: dict[str, object] = again.input
+                seq, kind = again.input_seq, again.input_type
+            else:
+                original, kind = msgspec.json.decode(letter.input.data), source.type
+            data = Redriven(
+                handler_failed_id=letter.event.event.id,
+                actor=letter.event.event.actor,
+                input_seq=seq,
+                input_type=kind,
+                input=original,
+                by=verified.name,
+                key=verified.key,
+                reason=verified.order.reason,
+            )
+            event = make_event(
+                data,
+                workflow_id=wf,
+                actor="approvals",
+                at=utc_now(),
+                causation_id=letter.event.event.id,
+                index=f"redrive:{verified.key}:{verified.order.at.isoformat()}",
+                basis=state.last_seq,
+            )
+            try:
+                await elog.append(wf, [event], expected_seq=state.last_seq, prev=state.last_hash)
+            except ConcurrencyConflict:
+                continue
+            return ApprovalReply(event_id=event.id, by=verified.name)
+        raise Refused("workflow_busy", f"workflow {wf} kept changing; try again")
+    except CadreError as exc:
+        return ApprovalReply(error={"code": exc.code, "message": str(exc)})
+
+
+def is_redrive(body: bytes) -> bool:
+    """Whether a message to the approvals subject is a signed redrive."""
+    try:
+        _redrive_request_decoder.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return False
+    return True
+
+
+def is_cancel(body: bytes) -> bool:
+    """Whether a message to the approvals subject is a signed cancel rather than a decision."""
+    try:
+        _cancel_request_decoder.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return False
+    return True
+
+
 @asynccontextmanager
 async def serve_approvals(
     elog: JetStreamLog, keyring: Callable[[], Keyring | None], policy: ApprovalPolicy
@@ -188,7 +362,12 @@ async def serve_approvals(
     approvals). ``keyring`` is asked at every decision, so approvers added meanwhile count."""
 
     async def answer(m: Msg) -> bytes:
-        reply = await decide(elog, keyring(), policy, m.data, m.headers)
+        if is_cancel(m.data):
+            reply = await cancel(elog, keyring(), m.data, m.headers)
+        elif is_redrive(m.data):
+            reply = await redrive(elog, keyring(), m.data, m.headers)
+        else:
+            reply = await decide(elog, keyring(), policy, m.data, m.headers)
         if reply.error is not None:
             log.info("approval refused: %s", reply.error)
         return _encoder.encode(reply)

@@ -33,8 +33,8 @@ CALLS: Final = frozenset({"retry", "alternative"})
 
 
 def frozen(state: WorkflowState) -> bool:
-    """Whether the workflow is undoing its steps (nothing else may move)."""
-    return state.status == "compensating"
+    """Whether the workflow is undoing its steps, or is being cancelled (nothing else may move)."""
+    return state.status in ("compensating", "cancelling")
 
 
 def wants(request: WorkflowRequested | None, default: str) -> bool:
@@ -95,6 +95,10 @@ def finished(state: WorkflowState) -> list[Event]:
     # A step that was running when the compensation started and completed meanwhile is not undone either.
     late = tuple(sid for sid in state.completed_steps if sid not in c.steps and sid not in c.not_undone)
     not_undone = (*c.not_undone, *failed, *late)
+    if c.reason == "cancelled":  # a cancel started it (``actors.cancel``): the workflow ends cancelled
+        from cadre.actors.cancel import cancelled_after_compensation
+
+        return [cancelled_after_compensation(state, done, not_undone)]
     said = f"; compensated: undid {', '.join(done) or 'nothing'}"
     if not_undone:
         said += f"; not undone: {', '.join(not_undone)}"

@@ -78,7 +78,7 @@ async def decompose_with_model(
 def make_spec(catalog: Catalog, pools: agent_pools.Pools | None = None) -> ActorSpec:
     async def handle(ctx: Context, rec: StoredEvent, state: WorkflowState) -> Outcome:
         data = rec.event.data
-        if not isinstance(data, TaskReady) or state.done:
+        if not isinstance(data, TaskReady) or state.done or state.status == "cancelling":
             return []
         task = state.tasks.get(data.task.id)
         if task is None or task.status != "ready" or task.attempt != data.attempt:

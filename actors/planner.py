@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import msgspec
 
-from cadre.actors import compensation
+from cadre.actors import cancel, compensation
 from cadre.actors import planner_rules as rules
 from cadre.actors.context import Context
 from cadre.actors.outcome import Outcome
@@ -30,8 +30,10 @@ from cadre.bus.events import (
     ApprovalDenied,
     ApprovalGranted,
     ApprovalRequested,
+    CancelRequested,
     CompensationStarted,
     ConsultationWaiting,
+    DeadlineSet,
     EffectsRecorded,
     Event,
     ForgedEvent,
@@ -42,6 +44,7 @@ from cadre.bus.events import (
     ProposalMade,
     ProposalRejected,
     ProposalValidated,
+    Redriven,
     StepCompensated,
     StepCompleted,
     StepFailed,
@@ -49,6 +52,7 @@ from cadre.bus.events import (
     StepsProposed,
     StepsRejected,
     TaskReady,
+    WorkflowCancelled,
     WorkflowCompleted,
     WorkflowFailed,
     WorkflowRequested,
@@ -79,6 +83,8 @@ HANDLES = frozenset(
         StepFailed.TYPE,
         HandlerFailed.TYPE,
         StepCompensated.TYPE,
+        DeadlineSet.TYPE,
+        CancelRequested.TYPE,
     }
 )
 
@@ -180,6 +186,11 @@ def make_spec(catalog: Catalog, on_failure: str = "fail") -> ActorSpec:
     (``compensate``: a failing workflow undoes its completed steps first, :mod:`actors.compensation`)."""
 
     async def handle(ctx: Context, rec: StoredEvent, state: WorkflowState) -> Outcome:
+        data = rec.event.data
+        if isinstance(data, CancelRequested):
+            return cancel.on_cancel(state, catalog, on_failure)
+        if isinstance(data, DeadlineSet):
+            return cancel.on_deadline(state, data, ctx.now())
         if compensation.frozen(state):
             return compensation.finished(state) if isinstance(rec.event.data, StepCompensated) else []
         out = await decide(ctx, rec, state)
@@ -191,7 +202,7 @@ def make_spec(catalog: Catalog, on_failure: str = "fail") -> ActorSpec:
         data = rec.event.data
         match data:
             case WorkflowRequested():
-                return await plan(ctx, state, data, catalog)
+                return cancel.with_deadline(state, await plan(ctx, state, data, catalog), rec.event.at)
             case PlanValidated():
                 return on_plan_validated(state, data)
             case PlanRejected():
@@ -225,6 +236,10 @@ def make_spec(catalog: Catalog, on_failure: str = "fail") -> ActorSpec:
                 | ConsultationWaiting()
                 | CompensationStarted()
                 | StepCompensated()
+                | DeadlineSet()
+                | CancelRequested()
+                | WorkflowCancelled()
+                | Redriven()
             ):
                 return []
 

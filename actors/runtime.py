@@ -475,6 +475,8 @@ class ActorSystem:
                 self.metrics.workflows.labels("completed").inc()
             elif e.type == "workflow_failed":
                 self.metrics.workflows.labels("failed").inc()
+            elif e.type == "workflow_cancelled":
+                self.metrics.workflows.labels("cancelled").inc()
             elif e.type == "plan_proposed":
                 self.metrics.workflows.labels("started").inc()
             elif isinstance(e.data, StepsProposed):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from cadre.actors import agent, decomposer, planner, validator
+from cadre.actors.redrive import redrivable
 from cadre.actors.runtime import ActorSpec
 from cadre.planner.catalog import Catalog
 from cadre.planner.pools import EVERY_POOL, Pools
@@ -32,7 +33,7 @@ def live_specs(
     confidence thresholds (:mod:`planner.confidence`); ``agent_pool``: the pool the agent serves
     (``actors.agent``; a replay's agent serves every pool); ``safety``: what the tools' safety rules
     need from the deployment (:mod:`planner.safety`)."""
-    return (
+    specs = (
         planner.make_spec(catalog, on_failure),
         validator.make_spec(catalog, limits, pools, safety),
         decomposer.make_spec(catalog, pools),
@@ -45,3 +46,4 @@ def live_specs(
             rate_limit_wait_s=rate_limit_wait_s,
         ),
     )
+    return tuple(redrivable(s) for s in specs)  # a redriven input goes to the kind that gave up on it

@@ -62,7 +62,7 @@ def make_spec(
 
     async def handle(ctx: Context, rec: StoredEvent, state: WorkflowState) -> Outcome:
         data = rec.event.data
-        if state.done or state.status == "compensating":
+        if state.done or state.status in ("compensating", "cancelling"):
             return []
         if isinstance(data, PlanProposed):
             if data.revision != state.revision:

@@ -56,3 +56,55 @@ def sign_decision(signer: Signer, decision: Decision) -> bytes:
     body = msgspec.json.encode(decision)
     sig = base64.urlsafe_b64encode(signer.sign_raw(APPROVAL_DOMAIN + body)).rstrip(b"=").decode()
     return msgspec.json.encode(ApprovalRequest(decision=msgspec.Raw(body), signer=signer.public_key, sig=sig))
+
+
+CANCEL_DOMAIN: Final = b"cadre-cancel-v1\n"
+
+
+class CancelOrder(msgspec.Struct, frozen=True, kw_only=True):
+    """What a person orders: stop ``workflow_id`` (``cadre cancel``)."""
+
+    workflow_id: str
+    reason: str = ""
+    at: datetime  # when they signed it; refused when too old or from the future, as a decision
+
+
+class CancelRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """A signed cancel, sent to the approvals subject: ``cancel`` is the JSON that ``sig`` signs."""
+
+    cancel: msgspec.Raw
+    signer: str
+    sig: str
+
+
+def sign_cancel(signer: Signer, order: CancelOrder) -> bytes:
+    """The request body for ``order``, signed by the approver's key (domain ``cadre-cancel-v1``)."""
+    body = msgspec.json.encode(order)
+    sig = base64.urlsafe_b64encode(signer.sign_raw(CANCEL_DOMAIN + body)).rstrip(b"=").decode()
+    return msgspec.json.encode(CancelRequest(cancel=msgspec.Raw(body), signer=signer.public_key, sig=sig))
+
+
+REDRIVE_DOMAIN: Final = b"cadre-redrive-v1\n"
+
+
+class RedriveOrder(msgspec.Struct, frozen=True, kw_only=True):
+    """What a person orders after a fix: re-deliver the dead letter ``workflow_id`` failed for (``cadre redrive``)."""
+
+    workflow_id: str
+    reason: str = ""
+    at: datetime
+
+
+class RedriveRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """A signed redrive, sent to the approvals subject: ``redrive`` is the JSON that ``sig`` signs."""
+
+    redrive: msgspec.Raw
+    signer: str
+    sig: str
+
+
+def sign_redrive(signer: Signer, order: RedriveOrder) -> bytes:
+    """The request body for ``order``, signed by the approver's key (domain ``cadre-redrive-v1``)."""
+    body = msgspec.json.encode(order)
+    sig = base64.urlsafe_b64encode(signer.sign_raw(REDRIVE_DOMAIN + body)).rstrip(b"=").decode()
+    return msgspec.json.encode(RedriveRequest(redrive=msgspec.Raw(body), signer=signer.public_key, sig=sig))

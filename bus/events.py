@@ -59,6 +59,10 @@ class WorkflowRequested(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     # on its fully resolved inputs (``step_ready.resolved_inputs``). Logs recorded without it keep
     # the earlier flow under replay (a later step cleared by the planner, resolved by the agent).
     resolved_steps: bool = False
+    # A deadline for the whole workflow: past it, it is cancelled (``deadline_set``). ``deadline_s`` counts
+    # from this event's ``at``; ``deadline`` is an absolute time; at most one of them is set.
+    deadline_s: float | None = None
+    deadline: datetime | None = None
 
 
 class PlanProposed(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -352,6 +356,57 @@ class StepCompensated(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     error: ErrorInfo | None = None
 
 
+class DeadlineSet(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """The request set a deadline: past ``until`` the workflow is cancelled. A durable timer: the
+    planner defers this event to ``until``, then emits ``cancel_requested`` (``by`` = "deadline")."""
+
+    TYPE: ClassVar[str] = "deadline_set"
+    until: datetime
+
+
+class CancelRequested(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """The workflow is to stop: nothing new is dispatched, running steps finish or are abandoned,
+    completed steps are undone where the workflow asked for compensation, and it ends ``cancelled``.
+
+    Written by the approvals service for a person's signed cancel (``by`` their name in the
+    keyring, ``key`` their key) or by the planner when the workflow's deadline passed (``by`` =
+    "deadline")."""
+
+    TYPE: ClassVar[str] = "cancel_requested"
+    reason: str = ""
+    by: str = "unknown"
+    key: str | None = None
+
+
+class WorkflowCancelled(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """The workflow's last event when it was cancelled; ``compensated`` / ``not_undone`` as on
+    ``workflow_failed`` (empty unless the workflow compensates)."""
+
+    TYPE: ClassVar[str] = "workflow_cancelled"
+    reason: str = ""
+    by: str = "unknown"
+    compensated: tuple[str, ...] = ()
+    not_undone: tuple[str, ...] = ()
+
+
+class Redriven(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A person re-delivered a dead-lettered input (``cadre redrive``) after a fix: ``actor`` (the kind
+    that gave up, ``handler_failed`` ``handler_failed_id``) handles ``input`` (the envelope at stream
+    sequence ``input_seq``, copied here as its JSON object, of type ``input_type``) again, and a
+    workflow that failed for that dead letter goes on. ``by``/``key``: the approver, as on
+    ``approval_granted``. Written by the approvals service."""
+
+    TYPE: ClassVar[str] = "redriven"
+    handler_failed_id: str
+    actor: str
+    input_seq: int
+    input_type: str
+    input: dict[str, Any]
+    by: str = "unknown"
+    key: str | None = None
+    reason: str = ""
+
+
 Event = (
     WorkflowRequested
     | PlanProposed
@@ -377,6 +432,10 @@ Event = (
     | ConsultationWaiting
     | CompensationStarted
     | StepCompensated
+    | DeadlineSet
+    | CancelRequested
+    | WorkflowCancelled
+    | Redriven
 )
 
 EVENT_TYPES: dict[str, type[Event]] = {
@@ -406,10 +465,14 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ConsultationWaiting,
         CompensationStarted,
         StepCompensated,
+        DeadlineSet,
+        CancelRequested,
+        WorkflowCancelled,
+        Redriven,
     )
 }
 
-TERMINAL_TYPES = frozenset({WorkflowCompleted.TYPE, WorkflowFailed.TYPE})
+TERMINAL_TYPES = frozenset({WorkflowCompleted.TYPE, WorkflowFailed.TYPE, WorkflowCancelled.TYPE})
 
 VERSIONS: dict[str, int] = {name: SCHEMA_VERSION for name in EVENT_TYPES}
 """The current version of each event type (what ``make_event`` writes, what decoding upcasts to).

@@ -13,16 +13,18 @@ Errors name the JSON path: ``$.plan.nodes[0].depends_on``.
 from __future__ import annotations
 
 import json
+from datetime import UTC
 from typing import Any, Literal
 
 import msgspec
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cadre.bus.errors import CadreError
 from cadre.bus.events import WorkflowRequested
 from cadre.bus.plan import Plan
 
 MAX_REQUEST_BYTES = 256 * 1024
+MAX_DEADLINE_S = 30 * 86400.0
 
 Intelligence = Literal["basic", "adaptive", "intelligent", "autonomous"]
 Mode = Literal["strict", "adaptive", "creative"]
@@ -124,6 +126,17 @@ class RequestIn(_Strict):
         description="compensate: if the workflow fails, undo its completed steps (last first) before it "
         "ends as failed; unset: the deployment's on_failure",
     )
+    deadline_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_DEADLINE_S,
+        description="cancel the workflow if it has not ended this many seconds after the request (at most 30 days)",
+    )
+    deadline: AwareDatetime | None = Field(
+        default=None,
+        description="cancel the workflow if it has not ended by this time (ISO 8601 with a time zone); "
+        "give this or deadline_s, not both",
+    )
     dry_run: bool = Field(
         default=False,
         description="plan, validate and decompose, then simulate the steps: no tool runs, no model is consulted "
@@ -134,6 +147,8 @@ class RequestIn(_Strict):
     def _something_to_do(self) -> RequestIn:
         if not self.request.strip() and self.plan is None:
             raise ValueError('empty request: give "request" (words) or "plan" (an explicit plan)')
+        if self.deadline_s is not None and self.deadline is not None:
+            raise ValueError("two deadlines: give deadline_s (seconds from now) or deadline (a time), not both")
         return self
 
 
@@ -180,6 +195,8 @@ def parse_request(data: bytes) -> WorkflowRequested:
         dry_run=model.dry_run,
         on_failure=model.on_failure,
         resolved_steps=True,
+        deadline_s=model.deadline_s,
+        deadline=model.deadline.astimezone(UTC) if model.deadline is not None else None,
     )
 
 

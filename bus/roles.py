@@ -16,6 +16,9 @@ EMITS: Mapping[str, tuple[str, ...]] = {
         "workflow_completed",
         "workflow_failed",
         "compensation_started",
+        "deadline_set",
+        "cancel_requested",  # the deadline's (by="deadline")
+        "workflow_cancelled",
     ),
     "validator": (
         "plan_validated",
@@ -36,7 +39,7 @@ EMITS: Mapping[str, tuple[str, ...]] = {
         "consultation_waiting",
         "step_compensated",
     ),
-    "approvals": ("approval_granted", "approval_denied"),
+    "approvals": ("approval_granted", "approval_denied", "cancel_requested", "redriven"),
 }
 RUNTIME_EMITS = ("handler_failed", "effects_recorded", "forged_event")
 """Written by the actor runtime of any kind: dead letters, the effects of a handler with no output,

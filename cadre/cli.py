@@ -98,6 +98,17 @@ def _parser() -> argparse.ArgumentParser:
     approve.add_argument("--deny", action="store_true")
     approve.add_argument("--reason", default="")
 
+    cancel = sub.add_parser("cancel", parents=[bus], help="stop a running workflow (an approver's key signs it)")
+    cancel.add_argument("workflow_id")
+    cancel.add_argument("--reason", default="")
+
+    redrive = sub.add_parser(
+        "redrive", parents=[bus], help="re-deliver the dead letter a workflow failed for, after a fix (approvers)"
+    )
+    redrive.add_argument("workflow_id")
+    redrive.add_argument("--reason", default="")
+    sub.add_parser("dead-letters", parents=[bus, out], help="list the inputs actors gave up on, across workflows")
+
     sub.add_parser("status", parents=[bus, out], help="workflows by state, actors alive, backlogs")
     schema = sub.add_parser("schema", help="print the JSON Schema of a request or an event")
     schema.add_argument("what", choices=["request", "event"])
@@ -205,6 +216,12 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
                 deny=args.deny,
                 reason=args.reason,
             )
+        case "cancel":
+            return await commands.cancel(settings, check_token("workflow id", args.workflow_id), reason=args.reason)
+        case "redrive":
+            return await commands.redrive(settings, check_token("workflow id", args.workflow_id), reason=args.reason)
+        case "dead-letters":
+            return await commands.dead_letters_cmd(settings, args.json)
         case "status":
             return await commands.status(settings, args.json)
         case "schema":

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,18 @@ from cadre.actors.budget.report import report as budget_report
 from cadre.actors.clock import random_token, utc_now
 from cadre.actors.intake import submit
 from cadre.actors.ping import ping_all
+from cadre.actors.redrive import dead_letters
 from cadre.actors.runtime import consumer_name
 from cadre.budget_report import render_report
-from cadre.bus.approvals import ApprovalReply, Decision, sign_decision
+from cadre.bus.approvals import (
+    ApprovalReply,
+    CancelOrder,
+    Decision,
+    RedriveOrder,
+    sign_cancel,
+    sign_decision,
+    sign_redrive,
+)
 from cadre.bus.errors import CadreError
 from cadre.bus.events import (
     EVENT_TYPES,
@@ -35,7 +45,7 @@ from cadre.bus.events import (
 )
 from cadre.bus.request import request_schema
 from cadre.bus.retry import is_transient, retrying
-from cadre.bus.signing import Keyring
+from cadre.bus.signing import Keyring, Signer
 from cadre.bus.subjects import check_token
 from cadre.progress import describe
 from cadre.render import json_line
@@ -360,6 +370,85 @@ async def approve(settings: Settings, wf: str, step_id: str, *, deny: bool, reas
         return EXIT_OK
 
 
+async def _order(settings: Settings, what: str, body: Callable[[Signer], bytes]) -> ApprovalReply:
+    """Sign an order (``body`` of this user's approver key) and send it to the approvals service;
+    its reply, or a :class:`CadreError` with the service's code when it refuses."""
+    signer = signer_for(settings, "approver")
+    if signer is None:
+        raise CadreError(
+            f"no approver key: expected {settings.auth_dir / 'approver.creds'} (local) or an approver's "
+            f"creds file in --creds / CADRE_NATS_CREDS: only approvers may {what}"
+        )
+    async with open_bus(settings, name=f"cadre-{what}", role="approver") as bus:
+        try:
+            msg = await bus.nc.request(settings.subjects.approvals, body(signer), timeout=settings.request_timeout_s)
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+            raise CadreError(
+                f"no approvals service answered on {settings.subjects.approvals}: is `cadre up` (or "
+                "`cadre actor approvals`) running?"
+            ) from None
+    reply = msgspec.json.decode(msg.data, type=ApprovalReply)
+    if reply.error is not None:
+        refused = CadreError(f"the approvals service refused: {reply.error.get('message', '')}")
+        refused.code = reply.error.get("code", f"{what}_refused")
+        raise refused
+    return reply
+
+
+async def cancel(settings: Settings, wf: str, *, reason: str) -> int:
+    """Sign a cancel with this user's approver key and send it to the approvals service, which
+    checks it as a decision (an approver's key, fresh, the workflow still going) and records
+    ``cancel_requested``; the planner then ends the workflow ``cancelled`` (``actors.cancel``)."""
+    order = CancelOrder(workflow_id=wf, reason=reason, at=utc_now())
+    reply = await _order(settings, "cancel", lambda signer: sign_cancel(signer, order))
+    _say(visible(f"cancel of {wf} asked as {reply.by}"))
+    return EXIT_OK
+
+
+async def redrive(settings: Settings, wf: str, *, reason: str) -> int:
+    """Sign a redrive with this user's approver key: the approvals service re-delivers the dead
+    letter the workflow failed for to the actor that gave up on it (``actors.redrive``)."""
+    order = RedriveOrder(workflow_id=wf, reason=reason, at=utc_now())
+    reply = await _order(settings, "redrive", lambda signer: sign_redrive(signer, order))
+    _say(visible(f"redrove the dead letter of {wf} as {reply.by}"))
+    return EXIT_OK
+
+
+async def dead_letters_cmd(settings: Settings, as_json: bool) -> int:
+    """List the dead letters (``handler_failed``) of every workflow: the actor, the input it gave up
+    on, why, and whether it was redriven since; the keyring's view when there is one."""
+    keyring, _ = find_keyring(settings)
+    async with open_bus(settings, name="cadre-dead-letters", role="admin") as bus:
+        counts = await bus.log.subject_counts()
+        wfs = sorted(
+            {p[0] for subject in counts if (p := settings.subjects.parse_event(subject)) and p[1] == "handler_failed"}
+        )
+        letters = []
+        for wf in wfs:
+            records = await bus.log.read_records(wf)
+            trusted = [r for r in records if not isinstance(r, StoredEvent) or verdict(r, keyring).trusted]
+            letters += dead_letters(wf, trusted, trusted_fold(wf, records, keyring))
+    if as_json:
+        _say(json_line({"dead_letters": [d.to_json() for d in letters]}))
+        return EXIT_OK
+    if not letters:
+        _say("no dead letters")
+    for d in letters:
+        f = d.failed
+        state = "redriven" if d.redriven else "dead"
+        _say(
+            visible(
+                f"{d.workflow_id}  {state:<8} {d.event.event.actor} gave up on {f.input_type} (seq {f.input_seq}) "
+                f"after {f.attempts} attempt(s): {f.error.code}: {f.error.message}"
+            )
+        )
+        if d.input is not None:
+            _say(visible(f"    input: {json_line(msgspec.to_builtins(d.input.event.data))[:300]}"))
+        if not d.redriven:
+            _say(f"    after a fix: cadre redrive {d.workflow_id}")
+    return EXIT_OK
+
+
 async def status(settings: Settings, as_json: bool) -> int:
     keyring, _ = find_keyring(settings)
     async with open_bus(settings, name="cadre-status", role="admin") as bus:
@@ -437,7 +526,7 @@ async def _checked_states(log: JetStreamLog, per_wf: dict[str, Counter[str]], ke
 
 def folded_state(state: WorkflowState) -> str:
     """The name ``cadre status`` gives a folded state (as :func:`workflow_state` does from counts)."""
-    if state.status in ("completed", "failed"):
+    if state.status in ("completed", "failed", "cancelled"):
         return state.status
     if any(s.status == "awaiting_approval" for s in state.steps.values()):
         return "awaiting_approval"
@@ -450,6 +539,8 @@ def workflow_state(types: Counter[str]) -> str:
         return "completed"
     if types["workflow_failed"]:
         return "failed"
+    if types["workflow_cancelled"]:
+        return "cancelled"
     if types["approval_requested"] > types["approval_granted"] + types["approval_denied"]:
         return "awaiting_approval"
     if types["plan_proposed"]:

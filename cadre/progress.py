@@ -14,8 +14,10 @@ from cadre.bus.events import (
     ApprovalDenied,
     ApprovalGranted,
     ApprovalRequested,
+    CancelRequested,
     CompensationStarted,
     ConsultationWaiting,
+    DeadlineSet,
     EffectsRecorded,
     Envelope,
     ForgedEvent,
@@ -26,6 +28,7 @@ from cadre.bus.events import (
     ProposalMade,
     ProposalRejected,
     ProposalValidated,
+    Redriven,
     StepCompensated,
     StepCompleted,
     StepFailed,
@@ -33,6 +36,7 @@ from cadre.bus.events import (
     StepsProposed,
     StepsRejected,
     TaskReady,
+    WorkflowCancelled,
     WorkflowCompleted,
     WorkflowFailed,
     WorkflowRequested,
@@ -160,5 +164,16 @@ def _line(e: Envelope) -> str | list[str] | None:
         case ProposalRejected():
             bad = [c.message for c in d.checks if not c.passed and c.severity == "error"]
             return f"refused   the model's proposal for {d.step_id}: " + "; ".join(bad)
+        case DeadlineSet():
+            return f"deadline  cancelled at {d.until:%Y-%m-%d %H:%M:%S} UTC unless it ends before"
+        case CancelRequested():
+            return f"cancel    asked by {d.by}" + (f": {d.reason}" if d.reason else "")
+        case WorkflowCancelled():
+            undone = f"; undid {', '.join(d.compensated)}" if d.compensated else ""
+            return f"CANCELLED by {d.by}" + (f": {d.reason}" if d.reason else "") + undone
+        case Redriven():
+            return f"redriven {d.input_type} (seq {d.input_seq}) to the {d.actor} again, by {d.by}" + (
+                f": {d.reason}" if d.reason else ""
+            )
         case StepsProposed() | EffectsRecorded():
             return None

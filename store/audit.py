@@ -43,8 +43,10 @@ from cadre.bus.events import (
     ApprovalDenied,
     ApprovalGranted,
     ApprovalRequested,
+    CancelRequested,
     CompensationStarted,
     ConsultationWaiting,
+    DeadlineSet,
     EffectsRecorded,
     Envelope,
     Event,
@@ -56,6 +58,7 @@ from cadre.bus.events import (
     ProposalMade,
     ProposalRejected,
     ProposalValidated,
+    Redriven,
     StepCompensated,
     StepCompleted,
     StepFailed,
@@ -63,6 +66,7 @@ from cadre.bus.events import (
     StepsProposed,
     StepsRejected,
     TaskReady,
+    WorkflowCancelled,
     WorkflowCompleted,
     WorkflowFailed,
     WorkflowRequested,
@@ -516,6 +520,13 @@ def _event(
         case WorkflowFailed():
             report.status, report.ended_at = "failed", e.at
             report.failure = f"{data.reason}: {data.message}"
+        case Redriven():  # the workflow goes on after the failure it had for the dead letter
+            if report.status == "failed":
+                report.status, report.ended_at, report.failure = "running", None, None
+        case WorkflowCancelled():
+            report.status, report.ended_at = "cancelled", e.at
+            undone = f"; undid {', '.join(data.compensated)}" if data.compensated else ""
+            report.failure = f"cancelled by {data.by}" + (f": {data.reason}" if data.reason else "") + undone
         case HandlerFailed():
             t.dead_letters += 1
         case StepsProposed():
@@ -815,6 +826,17 @@ def summary(data: Event) -> str:
             return f"{data.step_id}: proposal cleared ({len(data.checks)} checks){wait}"
         case ProposalRejected():
             return f"{data.step_id}: proposal refused: {_failed(data.checks)}"
+        case Redriven():
+            return f"{data.input_type} (seq {data.input_seq}) re-delivered to the {data.actor} by {data.by}" + (
+                f": {data.reason}" if data.reason else ""
+            )
+        case DeadlineSet():
+            return f"cancelled at {data.until:%Y-%m-%d %H:%M:%S} unless it ends before"
+        case CancelRequested():
+            return f"cancel asked by {data.by}" + (f": {data.reason}" if data.reason else "")
+        case WorkflowCancelled():
+            undone = f"; undid {', '.join(data.compensated)}" if data.compensated else ""
+            return f"cancelled by {data.by}" + (f": {data.reason}" if data.reason else "") + undone
     return ""
 
 

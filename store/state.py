@@ -23,8 +23,10 @@ from cadre.bus.events import (
     ApprovalDenied,
     ApprovalGranted,
     ApprovalRequested,
+    CancelRequested,
     CompensationStarted,
     ConsultationWaiting,
+    DeadlineSet,
     EffectsRecorded,
     ForgedEvent,
     HandlerFailed,
@@ -34,6 +36,7 @@ from cadre.bus.events import (
     ProposalMade,
     ProposalRejected,
     ProposalValidated,
+    Redriven,
     StepCompensated,
     StepCompleted,
     StepFailed,
@@ -41,6 +44,7 @@ from cadre.bus.events import (
     StepsProposed,
     StepsRejected,
     TaskReady,
+    WorkflowCancelled,
     WorkflowCompleted,
     WorkflowFailed,
     WorkflowRequested,
@@ -49,7 +53,10 @@ from cadre.bus.events import (
 from cadre.bus.plan import Check, ErrorInfo, Plan, StepIntent, Task
 from cadre.store.records import Record, StoredEvent
 
-Status = Literal["new", "requested", "planned", "running", "compensating", "completed", "failed"]
+Status = Literal[
+    "new", "requested", "planned", "running", "compensating", "cancelling", "completed", "failed", "cancelled"
+]
+ENDED: tuple[Status, ...] = ("completed", "failed", "cancelled")
 TaskStatus = Literal["pending", "ready", "running", "completed", "failed"]
 StepStatus = Literal[
     "proposed",
@@ -134,10 +141,17 @@ class WorkflowState(msgspec.Struct, kw_only=True):
     # never changed in place, so forked states do not share changes).
     completed_steps: tuple[str, ...] = ()
     compensation: CompensationStarted | None = None  # the workflow failed and undoes its steps
+    deadline: datetime | None = None  # past it the workflow is cancelled (``deadline_set``)
+    cancel: CancelRequested | None = None  # the first cancel asked for (``cancel_requested``)
+    cancelled_by: str | None = None  # who cancelled it (``workflow_cancelled``)
+    # Dead letters re-delivered (``redriven``): the ``handler_failed`` ids, in order; and the status
+    # the workflow had before it last failed, which a redrive of its dead letter gives back.
+    redriven: tuple[str, ...] = ()
+    before_failure: Status | None = None
 
     @property
     def done(self) -> bool:
-        return self.status in ("completed", "failed")
+        return self.status in ENDED
 
     @property
     def resolved_steps(self) -> bool:
@@ -225,6 +239,7 @@ def apply(state: WorkflowState, stored: StoredEvent) -> None:
             state.result = data.result
             state.ended_at = e.at
         case WorkflowFailed():
+            state.before_failure = state.status
             state.status = "failed"
             state.failure = ErrorInfo(code=data.reason, message=data.message)
             state.failed_task = data.task_id
@@ -239,6 +254,24 @@ def apply(state: WorkflowState, stored: StoredEvent) -> None:
             state.forged += 1
         case ConsultationWaiting():
             _step(state, data.step_id, status="waiting", wait_id=e.id)
+        case DeadlineSet():
+            state.deadline = data.until
+        case CancelRequested():
+            if state.cancel is None and not state.done:
+                state.cancel = data
+                if state.status != "compensating":
+                    state.status = "cancelling"
+        case WorkflowCancelled():
+            state.status = "cancelled"
+            state.failure = ErrorInfo(code="cancelled", message=data.reason)
+            state.cancelled_by = data.by
+            state.ended_at = e.at
+        case Redriven():
+            state.redriven = (*state.redriven, data.handler_failed_id)
+            if state.status == "failed" and state.failure is not None and state.failure.code == "handler_failed":
+                state.status = state.before_failure or "running"
+                state.failure = None
+                state.ended_at = None
         case CompensationStarted():
             state.status = "compensating"
             state.compensation = data

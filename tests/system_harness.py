@@ -15,6 +15,7 @@ from nats.js.errors import NotFoundError
 
 from cadre.actors.runtime import ActorSystem
 from cadre.bus.auth import ensure_auth
+from cadre.bus.events import TERMINAL_TYPES
 from cadre.bus.signing import Keyring
 from cadre.settings import Settings
 from cadre.store.authenticity import trusted_fold, verdict
@@ -70,10 +71,7 @@ class Harness:
                 if (
                     isinstance(r, StoredEvent)
                     and verdict(r, self.keyring).trusted
-                    and (
-                        r.event.type == until
-                        or (until == "end" and r.event.type in ("workflow_completed", "workflow_failed"))
-                    )
+                    and (r.event.type == until or (until == "end" and r.event.type in TERMINAL_TYPES))
                 ):
                     break
         return trusted_fold(wf, await self.bus.log.read_records(wf), self.keyring)

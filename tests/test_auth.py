@@ -135,7 +135,7 @@ async def test_a_client_cannot_write_or_edit_the_record(server: Server) -> None:
     client = await server.as_role("client", errors)
     try:
         await client.publish("cadre.evt.wf-x.workflow_completed", b"{}")
-        await client.publish("cadre.approvals", b"{}")  # only approvers may send decisions
+        await client.publish("cadre.approvals", b"{}")  # only approvers may send decisions, cancels, redrives
         await barrier(client)
         js = client.jetstream(timeout=0.5)
         for attempt in (

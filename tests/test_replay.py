@@ -127,6 +127,9 @@ def test_the_golden_logs_cover_every_path() -> None:
         "output_by_reference",
         "resolved_steps",
         "resolved_refused",
+        "cancelled",
+        "deadline",
+        "redriven",
     }
 
 
@@ -638,3 +641,27 @@ def test_the_library_refusal_log_names_what_did_not_fit() -> None:
     assert "`cadre tools`" in failed.message
     assert "`cadre schema request`" in failed.message
     assert "examples/plans" in failed.message
+
+
+@pytest.mark.parametrize(("name", "by"), [("cancelled", "approver"), ("deadline", "deadline")])
+def test_the_audit_of_a_cancelled_workflow_says_who_cancelled_it(name: str, by: str) -> None:
+    _, records = golden(name)
+    report = audit(records)
+    assert report.status == "cancelled"
+    assert report.failure is not None
+    assert report.failure.startswith(f"cancelled by {by}")
+    text = "\n".join(audit_lines(report))
+    assert f"cancel asked by {by}" in text
+    if name == "cancelled":
+        assert report.failure.endswith("; undid w.s1")
+
+
+def test_the_audit_of_a_redriven_workflow_shows_the_dead_letter_and_the_redrive() -> None:
+    _, records = golden("redriven")
+    report = audit(records)
+    assert report.status == "completed"
+    assert report.failure is None
+    assert report.totals.dead_letters == 1
+    text = "\n".join(audit_lines(report))
+    assert "gave up on step_ready" in text
+    assert "re-delivered to the agent by approver" in text

@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -38,6 +39,7 @@ from cadre.store.filelog import stored_references, write_export
 from cadre.store.records import StoredEvent
 from cadre.store.state import fold
 from tests.fake_llm import Behaviour, FakeAPI, anthropic_api, ok, openai_api, status, text
+from tests.redrive_tools import FIX
 from tests.scenarios import FLAKY_PLAN, LIBRARY_REQUEST, MODEL_PLAN, NOVEL_REQUEST, REMAINING
 from tests.system_harness import Harness, cadre_running, settings_for
 
@@ -96,6 +98,47 @@ def approval(*, deny: bool, plan: dict[str, Any] = APPROVAL_PLAN, step: str = "s
         return wf
 
     return drive
+
+
+CANCEL_PLAN: dict[str, Any] = {
+    "nodes": [
+        {"id": "w", "tool": "fs.write", "inputs": {"path": "out/cancelled.txt", "content": "soon undone"}},
+        {"id": "e", "tool": "test.echo", "depends_on": ["w"], "inputs": {"value": "v"}},
+    ]
+}
+
+
+async def cancelled(h: Harness) -> str:
+    """A workflow that compensates writes a file, then waits for approval; a person cancels it."""
+    wf = str((await h.submit({"plan": CANCEL_PLAN, "on_failure": "compensate"}))["workflow_id"])
+    await h.wait(wf, until="approval_requested")
+    with contextlib.redirect_stdout(sys.stderr):
+        await commands.cancel(h.settings, wf, reason="not needed any more")
+    await h.wait(wf)
+    return wf
+
+
+FRAGILE_PLAN: dict[str, Any] = {
+    "nodes": [
+        {"id": "a", "tool": "test.echo", "inputs": {"value": "first"}},
+        {"id": "b", "tool": "test.fragile", "depends_on": ["a"], "inputs": {"value": "${a.value}"}},
+    ]
+}
+
+
+async def redriven(h: Harness) -> str:
+    """test.fragile raises until CADRE_TEST_FRAGILE=fixed: its step is dead-lettered and the workflow
+    fails; then the fix is deployed and a person redrives the dead letter: the workflow completes."""
+    os.environ.pop(FIX, None)
+    wf = (await h.run({"plan": FRAGILE_PLAN})).workflow_id
+    os.environ[FIX] = "fixed"
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            await commands.redrive(h.settings, wf, reason="test.fragile fixed")
+        await h.wait(wf, until="workflow_completed")
+    finally:
+        os.environ.pop(FIX, None)
+    return wf
 
 
 DRY_RUN_PLAN: dict[str, Any] = {
@@ -305,6 +348,28 @@ SCENARIOS = (
         approval(deny=True),
         settings={"approval_tools": ["fs.write"]},
         expect="failed",
+    ),
+    Scenario(
+        "cancelled",
+        "on_failure: compensate; the write completes, the echo waits for approval; a person cancels: "
+        "the write is undone and the workflow ends cancelled",
+        cancelled,
+        settings={"approval_tools": ["test.echo"]},
+        expect="cancelled",
+    ),
+    Scenario(
+        "deadline",
+        "fs.write waits for approval; the request's deadline (0.5 s) passes first: the workflow ends cancelled",
+        submit({"plan": APPROVAL_PLAN, "deadline_s": 0.5}),
+        settings={"approval_tools": ["fs.write"]},
+        expect="cancelled",
+    ),
+    Scenario(
+        "redriven",
+        "test.fragile raises until its fix: the step is dead-lettered (two attempts) and the workflow fails; "
+        "after the fix a person redrives it and the workflow completes",
+        redriven,
+        settings={"tool_modules": ["tests.plugin_tools", "tests.redrive_tools"], "actor_max_attempts": 2},
     ),
     Scenario(
         "confidence_approval",
