@@ -105,7 +105,9 @@ def check_proposal(
         return [Check(name="proposal_action", passed=False, message=said, fix="retry, alternative or skip")], ()
     step = proposed_step(proposal)
     checks = [
-        *validate_steps(task, [step], catalog, upstream_outputs, limits, upstream_ids=upstream_ids, safety=safety),
+        *validate_steps(
+            task, [step], catalog, upstream_outputs, limits, upstream_ids=upstream_ids, safety=safety or SafetyContext()
+        ),
         *agent_pools.check_step_pools(task, [step], pools),
     ]
     spec = catalog.get(step.tool)
