@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cadre import __version__, audit_cli, auth_cli, commands, eval_cmd, replay_cli, state_view
+from cadre import __version__, audit_cli, auth_cli, commands, eval_cmd, replay_cli, state_view, stats_cli
 from cadre.bus.errors import CadreError, InvalidName
 from cadre.bus.events import TERMINAL_TYPES
 from cadre.bus.signing import Keyring
@@ -121,6 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     auth_cli.add_parser(sub, [bus])
     replay_cli.add_parser(sub, [bus, out])
     eval_cmd.add_parser(sub, [bus, out, policy])
+    stats_cli.add_parser(sub, [bus, out])
     return p
 
 
@@ -227,6 +228,8 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
             return await auth_cli.run(args, settings)
         case "eval":
             return await eval_cmd.run(args, settings)
+        case "stats":
+            return await stats_cli.run(args, settings)
     raise AssertionError(f"unhandled command {args.command!r}")
 
 
