@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cadre import __version__, audit_cli, auth_cli, commands, eval_cmd, replay_cli, state_view, stats_cli
+from cadre import __version__, audit_cli, auth_cli, commands, eval_cmd, replay_cli, state_view, stats_cli, workflow_list
 from cadre.bus.errors import CadreError, InvalidName
 from cadre.bus.events import TERMINAL_TYPES
 from cadre.bus.signing import Keyring
@@ -114,7 +114,9 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--all", action="store_true", help="export every workflow")
     exp.add_argument("-o", "--output", type=Path, metavar="FILE", help="file to write (default: stdout)")
 
-    sub.add_parser("workflows", parents=[bus, out], help="list the workflow ids in the log")
+    wfs = sub.add_parser("workflows", parents=[bus, out], help="recent workflows: state, request, start, duration")
+    wfs.add_argument("--state", choices=list(workflow_list.STATES), help="only workflows in this state")
+    wfs.add_argument("--limit", type=int, metavar="N", help="at most N workflows, the newest")
     spend = sub.add_parser("budget", parents=[bus, out], help="LLM spend, denials and cache hits from the ledger")
     spend.add_argument("--workflow", metavar="WF", help="only this workflow (today's figures stay global)")
     audit_cli.add_parser(sub, [bus, out])
@@ -328,14 +330,7 @@ async def _export(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _workflows(args: argparse.Namespace, settings: Settings) -> int:
-    async with open_bus(settings, name="cadre-workflows") as bus:
-        ids = await bus.log.workflows()
-    if args.json:
-        print(json_line({"workflows": ids}))
-    else:
-        for wf in ids:
-            print(visible(wf))
-    return EXIT_OK
+    return await commands.workflows(settings, state=args.state, limit=args.limit, as_json=args.json)
 
 
 if __name__ == "__main__":

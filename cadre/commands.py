@@ -18,7 +18,7 @@ import msgspec
 import nats.errors
 from nats.aio.client import Client as NATS
 
-from cadre import __version__
+from cadre import __version__, workflow_list
 from cadre.actors.budget import read_ledger
 from cadre.actors.budget.report import report as budget_report
 from cadre.actors.clock import random_token, utc_now
@@ -406,6 +406,51 @@ async def status(settings: Settings, as_json: bool) -> int:
     for kind, c in consumers.items():
         if c is not None:
             _say(f"  {kind:<10} backlog {c['pending']}, in flight {c['in_flight']}, fetching {c['waiting']}")
+    return EXIT_OK
+
+
+async def workflows(settings: Settings, *, state: str | None, limit: int | None, as_json: bool) -> int:
+    """Recent workflows, newest first: state, request, start, duration (:mod:`cadre.workflow_list`).
+
+    States come from the event types each workflow holds, as for ``cadre status`` (folded from the
+    trusted events when the keyring finds something suspect); the start and end from the request and
+    terminal events, read one each, and left blank when the keyring does not accept them."""
+    if limit is not None and limit < 1:
+        raise UsageError(f"--limit takes a count of 1 or more, not {limit}")
+    keyring, _ = find_keyring(settings)
+    async with open_bus(settings, name="cadre-workflows") as bus:
+        per_wf: dict[str, Counter[str]] = {}
+        for subject, n in (await bus.log.subject_counts()).items():
+            parsed = settings.subjects.parse_event(subject)
+            if parsed is not None:
+                per_wf.setdefault(parsed[0], Counter())[parsed[1]] += n
+        states = {wf: workflow_state(c) for wf, c in per_wf.items()}
+        if keyring is not None:
+            states.update(await _checked_states(bus.log, per_wf, keyring))
+        wanted = [wf for wf in per_wf if state is None or states[wf] == state]
+
+        async def trusted_last(wf: str, event_type: str) -> StoredEvent | None:
+            r = await bus.log.last_of_type(wf, event_type)
+            return r if isinstance(r, StoredEvent) and verdict(r, keyring).trusted else None
+
+        async def one(wf: str) -> workflow_list.WorkflowRow:
+            ends = [t for t in TERMINAL_TYPES if per_wf[wf][t]] if states[wf] in ("completed", "failed") else []
+            requested = await trusted_last(wf, "workflow_requested")
+            ended = await trusted_last(wf, ends[0]) if ends else None
+            return workflow_list.row(wf, states[wf], sum(per_wf[wf].values()), requested, ended, now)
+
+        now = utc_now()
+        rows: list[workflow_list.WorkflowRow] = []
+        for start in range(0, len(wanted), 64):  # a bounded number of reads at once
+            rows.extend(await asyncio.gather(*(one(wf) for wf in wanted[start : start + 64])))
+    chosen = workflow_list.select(rows, state=state, limit=limit)
+    if as_json:
+        _say(json_line({"workflows": [workflow_list.row_json(r) for r in chosen]}))
+    elif chosen:
+        for line in workflow_list.lines(chosen):
+            print(line, flush=True)
+    else:
+        _say("no workflows" + (f" in state {state}" if state else ""))
     return EXIT_OK
 
 
