@@ -235,9 +235,9 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
     raise AssertionError(f"unhandled command {args.command!r}")
 
 
-def _print(r: Record, as_json: bool, keyring: Keyring | None = None) -> None:
+def _print(r: Record, index: int, as_json: bool, keyring: Keyring | None = None) -> None:
     trust = verdict(r, keyring) if keyring is not None and isinstance(r, StoredEvent) else None
-    print(json_line(record_json(r, trust)) if as_json else record_line(r, trust=trust), flush=True)
+    print(json_line(record_json(r, trust, index)) if as_json else record_line(r, index, trust=trust), flush=True)
 
 
 def _report_untrusted(records: Sequence[Record], keyring: Keyring | None) -> None:
@@ -270,8 +270,8 @@ async def _events(args: argparse.Namespace, settings: Settings) -> int:
         flog = FileLog.load(args.from_file)
         keyring, _ = keyring_for(settings, export=flog)
         records = await flog.read_records(wf)
-        for r in records:
-            _print(r, args.json, keyring)
+        for i, r in enumerate(records):
+            _print(r, i, args.json, keyring)
         _report_malformed(records)
         _report_untrusted(records, keyring)
         return EXIT_OK
@@ -279,14 +279,16 @@ async def _events(args: argparse.Namespace, settings: Settings) -> int:
     async with open_bus(settings, name="cadre-events") as bus:
         if not args.follow:
             records = await bus.log.read_records(wf)
-            for r in records:
-                _print(r, args.json, keyring)
+            for i, r in enumerate(records):
+                _print(r, i, args.json, keyring)
             _report_malformed(records)
             _report_untrusted(records, keyring)
             return EXIT_OK
         async with contextlib.aclosing(bus.log.follow(wf)) as feed:
+            index = 0
             async for r in feed:
-                _print(r, args.json, keyring)
+                _print(r, index, args.json, keyring)
+                index += 1
                 if isinstance(r, StoredEvent) and r.event.type in TERMINAL_TYPES:
                     break
     return EXIT_OK

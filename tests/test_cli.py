@@ -67,7 +67,7 @@ def test_garbage_is_reported_with_its_sequence(
     seed(*isolated, garbage=b"not an event")
     assert main(["events", "wf1"]) == 0
     out, err = capsys.readouterr()
-    assert out.splitlines()[-1].startswith("#5      MALFORMED  ")
+    assert out.splitlines()[-1].startswith("#4    seq 5      MALFORMED  ")
     assert "JSON is malformed" in out
     assert err == "cadre: 1 malformed message(s) at stream sequence 5\n"
     assert main(["events", "wf1", "--json"]) == 0

@@ -1,5 +1,6 @@
-"""``cadre workflows``: recent workflows, newest first, with state, request, start and duration,
-against a real nats-server; a request's control characters are shown, never sent."""
+"""The CLI's listings against a real nats-server: ``cadre workflows`` (recent workflows, newest
+first, with state, request, start and duration; a request's control characters shown, never sent)
+and the numbering ``cadre events`` and ``cadre audit`` share."""
 
 from __future__ import annotations
 
@@ -108,3 +109,19 @@ def test_the_text_listing_shows_control_characters_inert(seeded: None, capsys: p
     assert "2.50s" in lines[2]
     assert "\\x1b[2J\\x1b]0;pwned\\x07\\rFAKE\\nline two\\x9b31m\\u202eevil" in lines[2]
     assert lines[1].split()[2].endswith("+")  # still running: the duration so far
+
+
+def test_events_and_audit_number_events_the_same_way(seeded: None, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["events", "wf-mid"]) == 0
+    events = re.findall(r"^#(\d+) +seq (\d+) .*?(workflow_\w+|plan_\w+)", capsys.readouterr().out, re.M)
+    assert main(["audit", "wf-mid"]) == 0
+    audit = re.findall(r"^  #(\d+) +seq (\d+) .*?(workflow_\w+|plan_\w+)", capsys.readouterr().out, re.M)
+    assert events == audit
+    assert [(int(i), t) for i, _, t in events] == [
+        (0, "workflow_requested"),
+        (1, "plan_proposed"),
+        (2, "workflow_failed"),
+    ]
+    assert main(["events", "wf-mid", "--json"]) == 0
+    as_json = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(str(x["index"]), str(x["seq"])) for x in as_json] == [(i, s) for i, s, _ in events]
