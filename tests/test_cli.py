@@ -290,6 +290,7 @@ def test_recorded_escape_sequences_are_shown_not_sent(runner_env: Path, capsys: 
         "audit --verify": ["audit", wf[1], "--verify"],
         "replay": ["replay", wf[1]],
         "workflows": ["workflows"],
+        "stats": ["stats"],
         "status": ["status"],
     }.items():
         assert main(argv) == 0, name
