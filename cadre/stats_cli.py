@@ -130,10 +130,10 @@ def lines(s: Stats) -> Iterator[str]:
     ap = s.approvals
     yield (
         f"approvals    {ap['requested']}: {ap['granted']} granted, {ap['denied']} denied, {ap['timed_out']} timed out,"
-        f" {ap['pending']} pending; wait {_dist(ap['wait_s'], digits=1)} s"
+        f" {ap['pending']} pending; wait {_dist(ap['wait_s'])} s"
     )
-    yield f"cost         per workflow {_dist(s.cost_usd['per_workflow'], '$', 5)}"
-    yield f"             per task {_dist(s.cost_usd['per_task'], '$', 5)}"
+    yield f"cost         per workflow {_dist(s.cost_usd['per_workflow'], '$', 6)}"
+    yield f"             per task {_dist(s.cost_usd['per_task'], '$', 6)}"
     yield "latency (s) by actor"
     for actor, d in s.latency_s.items():
         yield f"  {actor:<10} {_dist(d)}"
