@@ -109,7 +109,7 @@ def workflow_facts(records: Sequence[Record], keyring: Keyring | None = None) ->
     and malformed messages count for nothing."""
     report = audit(records, keyring)
     events = [r.event for r in records if isinstance(r, StoredEvent) and verdict(r, keyring).trusted]
-    f = WorkflowFacts(workflow_id=report.workflow_id or (events[0].workflow_id if events else ""))
+    f = WorkflowFacts(workflow_id=report.workflow_id)
     f.started_at, f.ended_at = report.started_at, report.ended_at
     f.outcome = report.status if report.status in ("completed", "failed") else "unfinished"
     f.deviations = len(report.deviations)

@@ -11,11 +11,13 @@ from pathlib import Path
 import pytest
 
 from cadre.bus import ConnectOptions, StreamSpec, Subjects, connect
+from cadre.bus.signing import Keyring
 from cadre.cli import main
 from cadre.commands import UsageError
 from cadre.stats_cli import parse_since
 from cadre.store import JetStreamLog
-from cadre.store.stats import distribution
+from cadre.store.filelog import FileLog
+from cadre.store.stats import distribution, stats, workflow_facts
 from tests.conftest import unique
 from tests.log_contract import happy_run
 
@@ -220,3 +222,17 @@ def test_since_takes_a_time_or_an_age() -> None:
     assert parse_since("2026-11-21T07:00:00+01:00", now) == datetime(2026, 11, 21, 6, 0, tzinfo=UTC)
     with pytest.raises(UsageError, match="--since takes an ISO time"):
         parse_since("yesterday", now)
+
+
+def test_events_the_keyring_does_not_accept_count_for_nothing() -> None:
+    # The golden logs are unsigned: checked against a keyring (even an empty one), every event is
+    # "unsigned", ignored by the actors, so the workflow has no trusted start, plan or end.
+    flog = FileLog.load(Path(__file__).parent / "golden" / "happy_library.jsonl")
+    [wf] = asyncio.run(flog.workflows())
+    records = asyncio.run(flog.read_records(wf))
+    trusted = workflow_facts(records)
+    assert (trusted.outcome, len(trusted.plans), trusted.steps_completed) == ("completed", 1, 3)
+    checked = workflow_facts(records, Keyring.of([]))
+    assert (checked.outcome, checked.plans, checked.steps_completed, checked.latencies) == ("unfinished", [], 0, [])
+    assert checked.workflow_id == wf
+    assert stats([checked]).workflows["unfinished"] == 1
