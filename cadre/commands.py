@@ -18,7 +18,7 @@ import msgspec
 import nats.errors
 from nats.aio.client import Client as NATS
 
-from cadre import __version__, workflow_list
+from cadre import __version__, log_scan, workflow_list
 from cadre.actors.budget import read_ledger
 from cadre.actors.budget.report import report as budget_report
 from cadre.actors.clock import random_token, utc_now
@@ -43,7 +43,7 @@ from cadre.safe_text import visible
 from cadre.settings import Settings
 from cadre.store.authenticity import trusted_fold, verdict
 from cadre.store.jetstream import JetStreamLog
-from cadre.store.records import StoredEvent
+from cadre.store.records import Record, StoredEvent
 from cadre.store.state import WorkflowState, fold, skip
 from cadre.system import ACTOR_KINDS, catalog_for, run_system
 from cadre.trust import find_keyring, signer_for, trust_for
@@ -428,21 +428,26 @@ async def workflows(settings: Settings, *, state: str | None, limit: int | None,
         if keyring is not None:
             states.update(await _checked_states(bus.log, per_wf, keyring))
         wanted = [wf for wf in per_wf if state is None or states[wf] == state]
+        # Each workflow's request and end, in one pass per type (not a read per workflow).
+        found: dict[str, dict[str, Record]] = {}
+        for t in ("workflow_requested", *TERMINAL_TYPES):
+            stored = sum(c[t] for c in per_wf.values())
+            found[t] = await log_scan.last_of_type(bus.log, t, stored)
 
-        async def trusted_last(wf: str, event_type: str) -> StoredEvent | None:
-            r = await bus.log.last_of_type(wf, event_type)
-            return r if isinstance(r, StoredEvent) and verdict(r, keyring).trusted else None
+    def trusted(wf: str, event_type: str) -> StoredEvent | None:
+        r = found[event_type].get(wf)
+        return r if isinstance(r, StoredEvent) and verdict(r, keyring).trusted else None
 
-        async def one(wf: str) -> workflow_list.WorkflowRow:
-            ends = [t for t in TERMINAL_TYPES if per_wf[wf][t]] if states[wf] in ("completed", "failed") else []
-            requested = await trusted_last(wf, "workflow_requested")
-            ended = await trusted_last(wf, ends[0]) if ends else None
-            return workflow_list.row(wf, states[wf], sum(per_wf[wf].values()), requested, ended, now)
-
-        now = utc_now()
-        rows: list[workflow_list.WorkflowRow] = []
-        for start in range(0, len(wanted), 64):  # a bounded number of reads at once
-            rows.extend(await asyncio.gather(*(one(wf) for wf in wanted[start : start + 64])))
+    now = utc_now()
+    rows = []
+    for wf in wanted:
+        end = (
+            next((t for t in TERMINAL_TYPES if per_wf[wf][t]), None) if states[wf] in ("completed", "failed") else None
+        )
+        ended = trusted(wf, end) if end is not None else None
+        rows.append(
+            workflow_list.row(wf, states[wf], sum(per_wf[wf].values()), trusted(wf, "workflow_requested"), ended, now)
+        )
     chosen = workflow_list.select(rows, state=state, limit=limit)
     if as_json:
         _say(json_line({"workflows": [workflow_list.row_json(r) for r in chosen]}))

@@ -12,24 +12,19 @@ UTC when it names no zone: ``2026-11-21``, ``2026-11-21T07:00``) or an age (``90
 from __future__ import annotations
 
 import argparse
-import asyncio
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from nats.aio.msg import Msg
-
 from cadre.actors.clock import utc_now
-from cadre.bus.errors import StoreError
 from cadre.commands import EXIT_OK, UsageError
+from cadre.log_scan import read_all
 from cadre.render import json_line
 from cadre.safe_text import visible_lines
 from cadre.settings import Settings
 from cadre.store.filelog import FileLog
-from cadre.store.jetstream import JetStreamLog, stream_seq
-from cadre.store.records import Record, to_record
 from cadre.store.stats import Distribution, Stats, WorkflowFacts, stats, workflow_facts
 from cadre.trust import keyring_for
 from cadre.wiring import open_bus
@@ -87,45 +82,6 @@ async def _live_facts(settings: Settings) -> list[WorkflowFacts]:
     async with open_bus(settings, name="cadre-stats") as bus:
         by_wf = await read_all(bus.log)
     return [workflow_facts(records, keyring) for _, records in sorted(by_wf.items())]
-
-
-async def read_all(log: JetStreamLog, stall_s: float = 10.0) -> dict[str, list[Record]]:
-    """Every workflow's records, in stored order, read in one pass: one ordered consumer over all the
-    event subjects up to the stream's last sequence when the read began (a consumer per workflow
-    would be thousands of consumers on a long log)."""
-    info = await log.js.stream_info(log.stream)
-    last = info.state.last_seq
-    by_wf: dict[str, list[Record]] = {}
-    if not info.state.messages:
-        return by_wf
-    done = asyncio.Event()
-    seen = 0
-
-    async def on_msg(m: Msg) -> None:
-        nonlocal seen
-        seq = stream_seq(m.reply)
-        seen += 1
-        if seq > last:
-            done.set()
-            return
-        parsed = log.subjects.parse_event(m.subject)
-        if parsed is not None:
-            by_wf.setdefault(parsed[0], []).append(to_record(log.subjects, seq, m.subject, m.data, m.headers))
-        if seq >= last:
-            done.set()
-
-    sub = await log.ordered(log.subjects.events, 0, on_msg)
-    try:
-        while not done.is_set():
-            before = seen
-            try:
-                await asyncio.wait_for(done.wait(), stall_s)
-            except TimeoutError:
-                if seen == before:
-                    raise StoreError(f"reading the event log stalled after {seen} messages (up to {last})") from None
-    finally:
-        await sub.unsubscribe()
-    return by_wf
 
 
 def _pct(rate: float | None) -> str:
