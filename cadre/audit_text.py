@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
+from cadre.render import number
 from cadre.store.audit import AuditReport, CheckNote
 
 
@@ -112,7 +113,8 @@ def lines(r: AuditReport, width: int = 110) -> list[str]:
     for e in r.timeline:
         cause = e.cause_type or ("-" if e.causation_id is None else e.causation_id[:12])
         flag = f"{e.trust.upper()} " if e.trust else ""
-        out.append(f"  #{e.index:<4} {_t(e.at)}  {e.actor:<10} {flag}{e.type:<20} <- {cause:<20} {_cut(e.summary, 70)}")
+        head = f"  {number(e.index, e.seq)} {_t(e.at)}  {e.actor:<10} {flag}{e.type:<20}"
+        out.append(f"{head} <- {cause:<20} {_cut(e.summary, 70)}")
     return out
 
 

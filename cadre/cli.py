@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cadre import __version__, audit_cli, auth_cli, commands, eval_cmd, replay_cli, state_view
+from cadre import __version__, audit_cli, auth_cli, commands, eval_cmd, replay_cli, state_view, stats_cli, workflow_list
 from cadre.bus.errors import CadreError, InvalidName
 from cadre.bus.events import TERMINAL_TYPES
 from cadre.bus.signing import Keyring
@@ -125,13 +125,16 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--all", action="store_true", help="export every workflow")
     exp.add_argument("-o", "--output", type=Path, metavar="FILE", help="file to write (default: stdout)")
 
-    sub.add_parser("workflows", parents=[bus, out], help="list the workflow ids in the log")
+    wfs = sub.add_parser("workflows", parents=[bus, out], help="recent workflows: state, request, start, duration")
+    wfs.add_argument("--state", choices=list(workflow_list.STATES), help="only workflows in this state")
+    wfs.add_argument("--limit", type=int, metavar="N", help="at most N workflows, the newest")
     spend = sub.add_parser("budget", parents=[bus, out], help="LLM spend, denials and cache hits from the ledger")
     spend.add_argument("--workflow", metavar="WF", help="only this workflow (today's figures stay global)")
     audit_cli.add_parser(sub, [bus, out])
     auth_cli.add_parser(sub, [bus])
     replay_cli.add_parser(sub, [bus, out])
     eval_cmd.add_parser(sub, [bus, out, policy])
+    stats_cli.add_parser(sub, [bus, out])
     return p
 
 
@@ -244,12 +247,14 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
             return await auth_cli.run(args, settings)
         case "eval":
             return await eval_cmd.run(args, settings)
+        case "stats":
+            return await stats_cli.run(args, settings)
     raise AssertionError(f"unhandled command {args.command!r}")
 
 
-def _print(r: Record, as_json: bool, keyring: Keyring | None = None) -> None:
+def _print(r: Record, index: int, as_json: bool, keyring: Keyring | None = None) -> None:
     trust = verdict(r, keyring) if keyring is not None and isinstance(r, StoredEvent) else None
-    print(json_line(record_json(r, trust)) if as_json else record_line(r, trust=trust), flush=True)
+    print(json_line(record_json(r, trust, index)) if as_json else record_line(r, index, trust=trust), flush=True)
 
 
 def _report_untrusted(records: Sequence[Record], keyring: Keyring | None) -> None:
@@ -282,8 +287,8 @@ async def _events(args: argparse.Namespace, settings: Settings) -> int:
         flog = FileLog.load(args.from_file)
         keyring, _ = keyring_for(settings, export=flog)
         records = await flog.read_records(wf)
-        for r in records:
-            _print(r, args.json, keyring)
+        for i, r in enumerate(records):
+            _print(r, i, args.json, keyring)
         _report_malformed(records)
         _report_untrusted(records, keyring)
         return EXIT_OK
@@ -291,14 +296,16 @@ async def _events(args: argparse.Namespace, settings: Settings) -> int:
     async with open_bus(settings, name="cadre-events") as bus:
         if not args.follow:
             records = await bus.log.read_records(wf)
-            for r in records:
-                _print(r, args.json, keyring)
+            for i, r in enumerate(records):
+                _print(r, i, args.json, keyring)
             _report_malformed(records)
             _report_untrusted(records, keyring)
             return EXIT_OK
         async with contextlib.aclosing(bus.log.follow(wf)) as feed:
+            index = 0
             async for r in feed:
-                _print(r, args.json, keyring)
+                _print(r, index, args.json, keyring)
+                index += 1
                 if isinstance(r, StoredEvent) and r.event.type in TERMINAL_TYPES:
                     break
     return EXIT_OK
@@ -342,14 +349,7 @@ async def _export(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _workflows(args: argparse.Namespace, settings: Settings) -> int:
-    async with open_bus(settings, name="cadre-workflows") as bus:
-        ids = await bus.log.workflows()
-    if args.json:
-        print(json_line({"workflows": ids}))
-    else:
-        for wf in ids:
-            print(visible(wf))
-    return EXIT_OK
+    return await commands.workflows(settings, state=args.state, limit=args.limit, as_json=args.json)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import msgspec
 import nats.errors
 from nats.aio.client import Client as NATS
 
-from cadre import __version__
+from cadre import __version__, log_scan, workflow_list
 from cadre.actors.budget import read_ledger
 from cadre.actors.budget.report import report as budget_report
 from cadre.actors.clock import random_token, utc_now
@@ -53,7 +53,7 @@ from cadre.safe_text import visible
 from cadre.settings import Settings
 from cadre.store.authenticity import trusted_fold, verdict
 from cadre.store.jetstream import JetStreamLog
-from cadre.store.records import StoredEvent
+from cadre.store.records import Record, StoredEvent
 from cadre.store.state import WorkflowState, fold, skip
 from cadre.system import ACTOR_KINDS, catalog_for, run_system
 from cadre.trust import find_keyring, signer_for, trust_for
@@ -495,6 +495,56 @@ async def status(settings: Settings, as_json: bool) -> int:
     for kind, c in consumers.items():
         if c is not None:
             _say(f"  {kind:<10} backlog {c['pending']}, in flight {c['in_flight']}, fetching {c['waiting']}")
+    return EXIT_OK
+
+
+async def workflows(settings: Settings, *, state: str | None, limit: int | None, as_json: bool) -> int:
+    """Recent workflows, newest first: state, request, start, duration (:mod:`cadre.workflow_list`).
+
+    States come from the event types each workflow holds, as for ``cadre status`` (folded from the
+    trusted events when the keyring finds something suspect); the start and end from the request and
+    terminal events, read one each, and left blank when the keyring does not accept them."""
+    if limit is not None and limit < 1:
+        raise UsageError(f"--limit takes a count of 1 or more, not {limit}")
+    keyring, _ = find_keyring(settings)
+    async with open_bus(settings, name="cadre-workflows") as bus:
+        per_wf: dict[str, Counter[str]] = {}
+        for subject, n in (await bus.log.subject_counts()).items():
+            parsed = settings.subjects.parse_event(subject)
+            if parsed is not None:
+                per_wf.setdefault(parsed[0], Counter())[parsed[1]] += n
+        states = {wf: workflow_state(c) for wf, c in per_wf.items()}
+        if keyring is not None:
+            states.update(await _checked_states(bus.log, per_wf, keyring))
+        wanted = [wf for wf in per_wf if state is None or states[wf] == state]
+        # Each workflow's request and end, in one pass per type (not a read per workflow).
+        found: dict[str, dict[str, Record]] = {}
+        for t in ("workflow_requested", *TERMINAL_TYPES):
+            stored = sum(c[t] for c in per_wf.values())
+            found[t] = await log_scan.last_of_type(bus.log, t, stored)
+
+    def trusted(wf: str, event_type: str) -> StoredEvent | None:
+        r = found[event_type].get(wf)
+        return r if isinstance(r, StoredEvent) and verdict(r, keyring).trusted else None
+
+    now = utc_now()
+    rows = []
+    for wf in wanted:
+        end = (
+            next((t for t in TERMINAL_TYPES if per_wf[wf][t]), None) if states[wf] in ("completed", "failed") else None
+        )
+        ended = trusted(wf, end) if end is not None else None
+        rows.append(
+            workflow_list.row(wf, states[wf], sum(per_wf[wf].values()), trusted(wf, "workflow_requested"), ended, now)
+        )
+    chosen = workflow_list.select(rows, state=state, limit=limit)
+    if as_json:
+        _say(json_line({"workflows": [workflow_list.row_json(r) for r in chosen]}))
+    elif chosen:
+        for line in workflow_list.lines(chosen):
+            print(line, flush=True)
+    else:
+        _say("no workflows" + (f" in state {state}" if state else ""))
     return EXIT_OK
 
 

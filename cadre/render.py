@@ -19,15 +19,25 @@ from cadre.store.records import Malformed, Record, StoredEvent
 _json = msgspec.json.Encoder()
 
 
-def record_json(r: Record, trust: Verdict | None = None) -> dict[str, Any]:
-    """An event as its envelope plus ``seq`` and ``subject`` (and, when checked against a keyring,
-    ``trust``: its verdict); a malformed message with its reason."""
+def number(index: int, seq: int) -> str:
+    """How ``cadre events`` and ``cadre audit`` number a workflow's records: ``#index`` (its place
+    among the workflow's records, from 0, as the audit's sections and ``--verify`` name it) and
+    ``seq`` (its stream sequence, what ``cadre events --at`` takes)."""
+    return f"#{index:<4} seq {seq:<6}"
+
+
+def record_json(r: Record, trust: Verdict | None = None, index: int | None = None) -> dict[str, Any]:
+    """An event as its envelope plus ``seq`` and ``subject`` (with ``index``, its place among the
+    workflow's records; and, when checked against a keyring, ``trust``: its verdict); a malformed
+    message with its reason."""
+    head: dict[str, Any] = {} if index is None else {"index": index}
     if isinstance(r, StoredEvent):
-        out = {"seq": r.seq, "subject": r.subject, **to_builtins(r.event)}
+        out = {**head, "seq": r.seq, "subject": r.subject, **to_builtins(r.event)}
         if trust is not None:
             out["trust"] = {"status": trust.status, "role": trust.role, "reason": trust.reason or None}
         return out
     return {
+        **head,
         "seq": r.seq,
         "subject": r.subject,
         "malformed": r.reason,
@@ -40,18 +50,16 @@ def json_line(obj: Any) -> str:
     return json_text(_json.encode(obj).decode())
 
 
-def record_line(r: Record, width: int = 100, trust: Verdict | None = None) -> str:
-    """``#seq  time  actor  type  data…`` for people; malformed messages and events a keyring does
-    not accept (``trust``) stand out."""
+def record_line(r: Record, index: int, width: int = 100, trust: Verdict | None = None) -> str:
+    """``#index seq N  time  actor  type  data…`` for people (:func:`number`); malformed messages and
+    events a keyring does not accept (``trust``) stand out."""
     if isinstance(r, Malformed):
         preview = r.data[:60].decode("utf-8", errors="replace")
-        return visible(f"#{r.seq:<6} MALFORMED  {r.subject}: {r.reason}  data={preview!r}")
+        return visible(f"{number(index, r.seq)} MALFORMED  {r.subject}: {r.reason}  data={preview!r}")
     e = r.event
     data = _json.encode(e.data).decode()
     if len(data) > width:
         data = data[: width - 1] + "…"
     at = e.at.strftime("%H:%M:%S.%f")[:-3]
-    line = f"#{r.seq:<6} {at}  {e.actor:<10} {e.type:<20} {data}"
-    if trust is not None and not trust.trusted:
-        line = f"#{r.seq:<6} {trust.status.upper()} (ignored by the actors: {trust.reason})  {line[8:]}"
-    return visible(line)
+    flag = "" if trust is None or trust.trusted else f"{trust.status.upper()} (ignored by the actors: {trust.reason})  "
+    return visible(f"{number(index, r.seq)} {flag}{at}  {e.actor:<10} {e.type:<20} {data}")

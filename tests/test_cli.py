@@ -67,7 +67,7 @@ def test_garbage_is_reported_with_its_sequence(
     seed(*isolated, garbage=b"not an event")
     assert main(["events", "wf1"]) == 0
     out, err = capsys.readouterr()
-    assert out.splitlines()[-1].startswith("#5      MALFORMED  ")
+    assert out.splitlines()[-1].startswith("#4    seq 5      MALFORMED  ")
     assert "JSON is malformed" in out
     assert err == "cadre: 1 malformed message(s) at stream sequence 5\n"
     assert main(["events", "wf1", "--json"]) == 0
@@ -92,7 +92,8 @@ def test_export_then_events_from_file(
 def test_workflows(isolated: tuple[str, Subjects, StreamSpec], capsys: pytest.CaptureFixture[str]) -> None:
     seed(*isolated)
     assert main(["workflows", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"workflows": ["wf1"]}
+    [row] = json.loads(capsys.readouterr().out)["workflows"]
+    assert (row["workflow_id"], row["state"], row["request"]) == ("wf1", "completed", "report the top customers")
 
 
 @pytest.mark.parametrize(
@@ -289,6 +290,7 @@ def test_recorded_escape_sequences_are_shown_not_sent(runner_env: Path, capsys: 
         "audit --verify": ["audit", wf[1], "--verify"],
         "replay": ["replay", wf[1]],
         "workflows": ["workflows"],
+        "stats": ["stats"],
         "status": ["status"],
     }.items():
         assert main(argv) == 0, name

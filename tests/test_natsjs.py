@@ -180,3 +180,42 @@ def test_the_readme_nats_py_example_runs_as_written(cadre_up: Cadre) -> None:
     assert "plan_proposed" in out
     assert out[-1].startswith("{'result': ")
     assert (cadre_up.workdir / ".cadre" / "workspace" / "reports" / "monthly_revenue_2024.md").is_file()
+
+
+@pytest.mark.timeout(120)
+def test_the_natsjs_example_submits_and_follows(cadre_up: Cadre, tmp_path: Path) -> None:
+    """examples/natsjs/submit_and_follow.mjs as a user runs it: beside a node_modules holding its
+    packages (the pinned ones of tests/js, the versions its package.json names)."""
+    if shutil.which("node") is None:
+        pytest.skip("node is not on PATH: the nats.js example needs Node.js 20+")
+    node = _node()
+    example = REPO / "examples" / "natsjs"
+    wanted = json.loads((example / "package.json").read_text())["dependencies"]
+    assert wanted == json.loads((JS_DIR / "package.json").read_text())["dependencies"]
+    shutil.copy(example / "submit_and_follow.mjs", tmp_path)
+    (tmp_path / "node_modules").symlink_to(JS_DIR / "node_modules", target_is_directory=True)
+    run = subprocess.run(
+        [node, str(tmp_path / "submit_and_follow.mjs"), cadre_up.url, str(cadre_up.client_creds), REQUEST],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        cwd=cadre_up.workdir,
+    )
+    assert run.returncode == 0, (run.stdout, run.stderr)
+    lines = run.stdout.splitlines()
+    head = re.fullmatch(r"workflow (wf-[0-9a-f]+)", lines[0])
+    assert head is not None, lines
+    events = [re.fullmatch(r"#(\d+) (\w+)", line) for line in lines[1:-1]]
+    assert all(events), lines
+    types = [m[2] for m in events if m is not None]
+    assert types[0] == "workflow_requested"
+    assert types[-1] == "workflow_completed"
+    assert {"plan_proposed", "plan_validated", "step_completed"} <= set(types)
+    # The very events cadre stored for the workflow, in order, up to its end.
+    stored = asyncio.run(_stored_events(cadre_up, head[1]))
+    assert [(int(m[1]), m[2]) for m in events if m is not None] == [
+        (s["seq"], s["body"]["type"]) for s in stored[: len(events)]
+    ]
+    end = json.loads(lines[-1])
+    assert end["status"] == "completed"
+    assert end["result"] == stored[len(events) - 1]["body"]["data"]["result"]
