@@ -99,7 +99,8 @@ def lines(s: Stats) -> Iterator[str]:
     w = s.workflows
     yield f"workflows{' since ' + s.since.isoformat() if s.since else ''}: {w['total']}"
     yield (
-        f"  completed {w['completed']}, failed {w['failed']}, unfinished {w['unfinished']} ({w['dry_runs']} dry run(s))"
+        f"  completed {w['completed']}, failed {w['failed']}, cancelled {w['cancelled']}, unfinished {w['unfinished']}"
+        f" ({w['dry_runs']} dry run(s))"
     )
     if w["failure_reasons"]:
         yield "  failures   " + ", ".join(f"{k} {v}" for k, v in w["failure_reasons"].items())
@@ -108,7 +109,8 @@ def lines(s: Stats) -> Iterator[str]:
     for source, p in s.plans.items():
         yield (
             f"  {source:<9} {_pct(p['success_rate']):>6} of {p['proposed']} proposed: {p['succeeded']} succeeded,"
-            f" {p['failed']} failed, {p['replaced']} replaced, {p['rejected']} rejected, {p['unfinished']} unfinished"
+            f" {p['failed']} failed, {p['replaced']} replaced, {p['rejected']} rejected,"
+            f" {p['cancelled']} cancelled, {p['unfinished']} unfinished"
         )
     r = s.replans
     yield (

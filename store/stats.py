@@ -6,13 +6,15 @@ keyring that checks them: an event it does not accept counts for nothing, as in 
 the few facts the figures need; :func:`stats` adds up the facts of many workflows (those started
 at or after ``since``). The figures and what they count:
 
-* **workflows** by outcome: ``completed``, ``failed``, ``unfinished`` (no terminal event yet);
+* **workflows** by outcome: ``completed``, ``failed``, ``cancelled`` (by a person or a deadline),
+  ``unfinished`` (no terminal event yet);
   ``dry_runs`` of them were dry runs (counted like the others); ``failure_reasons``: the
   ``workflow_failed`` reasons; ``duration_s``: start to end of the ended ones.
 * **plans** by source (``explicit``, ``library``, ``model``): every plan revision proposed ends as
   ``rejected`` by the validator, ``replaced`` by a later revision (a re-plan), ``failed`` (the
-  workflow failed under it), ``succeeded`` (the workflow completed under it) or ``unfinished``;
-  ``success_rate`` = succeeded / (proposed - unfinished).
+  workflow failed under it), ``succeeded`` (the workflow completed under it), ``cancelled`` (the
+  workflow was cancelled under it) or ``unfinished``;
+  ``success_rate`` = succeeded / (proposed - unfinished - cancelled).
 * **replans**: revisions after the first; ``rate`` = workflows re-planned / workflows with a plan.
 * **validation**: rejection rates of plans (``plan_rejected`` / plan verdicts), of steps
   (``steps_rejected`` / ``steps_proposed``: one verdict per task's steps) and of the model's
@@ -74,7 +76,7 @@ class PlanFact(msgspec.Struct, frozen=True, kw_only=True):
 
     revision: int
     source: str
-    ending: str  # rejected | replaced | failed | succeeded | unfinished
+    ending: str  # rejected | replaced | failed | succeeded | cancelled | unfinished
 
 
 class WorkflowFacts(msgspec.Struct, kw_only=True):
@@ -83,7 +85,7 @@ class WorkflowFacts(msgspec.Struct, kw_only=True):
     workflow_id: str
     started_at: datetime | None = None
     ended_at: datetime | None = None
-    outcome: str = "unfinished"  # completed | failed | unfinished
+    outcome: str = "unfinished"  # completed | failed | cancelled | unfinished
     failure_reason: str | None = None
     dry_run: bool = False
     plans: list[PlanFact] = msgspec.field(default_factory=list)
@@ -111,7 +113,7 @@ def workflow_facts(records: Sequence[Record], keyring: Keyring | None = None) ->
     events = [r.event for r in records if isinstance(r, StoredEvent) and verdict(r, keyring).trusted]
     f = WorkflowFacts(workflow_id=report.workflow_id)
     f.started_at, f.ended_at = report.started_at, report.ended_at
-    f.outcome = report.status if report.status in ("completed", "failed") else "unfinished"
+    f.outcome = report.status if report.status in ("completed", "failed", "cancelled") else "unfinished"
     f.deviations = len(report.deviations)
     f.cost_usd = report.totals.cost_usd
     at = {e.id: e.at for e in events}
@@ -159,8 +161,8 @@ def workflow_facts(records: Sequence[Record], keyring: Keyring | None = None) ->
             ending = "rejected"
         elif i < len(revisions) - 1:
             ending = "replaced"
-        elif f.outcome == "unfinished":
-            ending = "unfinished"
+        elif f.outcome in ("unfinished", "cancelled"):
+            ending = f.outcome
         else:
             ending = "succeeded" if f.outcome == "completed" else "failed"
         f.plans.append(PlanFact(revision=p.revision, source=p.source, ending=ending))
@@ -248,6 +250,7 @@ def stats(facts: Iterable[WorkflowFacts], since: datetime | None = None) -> Stat
             "total": len(fs),
             "completed": outcomes["completed"],
             "failed": outcomes["failed"],
+            "cancelled": outcomes["cancelled"],
             "unfinished": outcomes["unfinished"],
             "dry_runs": sum(f.dry_run for f in fs),
             "failure_reasons": dict(sorted(Counter(f.failure_reason for f in fs if f.failure_reason).items())),
@@ -289,8 +292,9 @@ def stats(facts: Iterable[WorkflowFacts], since: datetime | None = None) -> Stat
 def _plan_figures(c: Counter[str]) -> dict[str, Any]:
     proposed = sum(c.values())
     out: dict[str, Any] = {"proposed": proposed}
-    out.update((k, c[k]) for k in ("succeeded", "failed", "replaced", "rejected", "unfinished"))
-    out["success_rate"] = _rate(c["succeeded"], proposed - c["unfinished"])
+    out.update((k, c[k]) for k in ("succeeded", "failed", "replaced", "rejected", "cancelled", "unfinished"))
+    # A plan whose workflow was cancelled (or has not ended) neither succeeded nor failed.
+    out["success_rate"] = _rate(c["succeeded"], proposed - c["unfinished"] - c["cancelled"])
     return out
 
 

@@ -21,12 +21,38 @@ from cadre.store.stats import distribution, stats, workflow_facts
 from tests.conftest import unique
 from tests.log_contract import happy_run
 
-GOLDEN = sorted((Path(__file__).parent / "golden").glob("*.jsonl"))
+# The golden logs the hand counts below were taken over (a log added later is not in them).
+COUNTED = (
+    "approval_denied",
+    "approval_granted",
+    "budget_denial",
+    "compensated",
+    "conditions",
+    "confidence_approval",
+    "dry_run",
+    "fallback_tool",
+    "grounded_plan",
+    "happy_library",
+    "interpret_proposal",
+    "library_parameters",
+    "library_refusal",
+    "llm_plan_repair",
+    "malformed_answer",
+    "output_by_reference",
+    "output_too_large",
+    "proposal_approved",
+    "proposal_refused",
+    "provider_fallback",
+    "rate_limit_wait",
+    "replan",
+    "unsafe_plan",
+)
+GOLDEN = [Path(__file__).parent / "golden" / f"{name}.jsonl" for name in COUNTED]
 
 
-def golden_stats(capsys: pytest.CaptureFixture[str], *extra: str) -> dict[str, object]:
+def golden_stats(capsys: pytest.CaptureFixture[str], *extra: str, logs: list[Path] = GOLDEN) -> dict[str, object]:
     argv = ["stats", "--json", *extra]
-    for path in GOLDEN:
+    for path in logs:
         argv += ["--from-file", str(path)]
     assert main(argv) == 0
     out: dict[str, object] = json.loads(capsys.readouterr().out)
@@ -34,7 +60,8 @@ def golden_stats(capsys: pytest.CaptureFixture[str], *extra: str) -> dict[str, o
 
 
 def test_the_golden_logs_give_the_hand_counted_figures(capsys: pytest.CaptureFixture[str]) -> None:
-    assert len(GOLDEN) == 23  # one workflow per file: the counts below are over these 23
+    assert len(GOLDEN) == 23  # one workflow per file
+    assert all(p.is_file() for p in GOLDEN)
     s = golden_stats(capsys)
     # Outcomes: the last line of each file is workflow_completed in 16 files and workflow_failed in 7
     # (`tail -qn1 tests/golden/*.jsonl | grep -c workflow_completed`). Their reasons (`grep -o
@@ -66,6 +93,7 @@ def test_the_golden_logs_give_the_hand_counted_figures(capsys: pytest.CaptureFix
             "failed": 5,
             "replaced": 1,
             "rejected": 1,
+            "cancelled": 0,
             "unfinished": 0,
             "success_rate": round(8 / 15, 4),
         },
@@ -75,6 +103,7 @@ def test_the_golden_logs_give_the_hand_counted_figures(capsys: pytest.CaptureFix
             "failed": 0,
             "replaced": 0,
             "rejected": 0,
+            "cancelled": 0,
             "unfinished": 0,
             "success_rate": 1.0,
         },
@@ -84,6 +113,7 @@ def test_the_golden_logs_give_the_hand_counted_figures(capsys: pytest.CaptureFix
             "failed": 0,
             "replaced": 0,
             "rejected": 0,
+            "cancelled": 0,
             "unfinished": 0,
             "success_rate": 1.0,
         },
@@ -171,7 +201,7 @@ def test_the_text_report_says_each_figure(capsys: pytest.CaptureFixture[str]) ->
         argv += ["--from-file", str(path)]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "completed 16, failed 7, unfinished 0 (1 dry run(s))" in out
+    assert "completed 16, failed 7, cancelled 0, unfinished 0 (1 dry run(s))" in out
     assert "explicit   53.3% of 15 proposed: 8 succeeded, 5 failed, 1 replaced, 1 rejected" in out
     assert "adherence    87.9% (29 of 33 steps with their planned tool)" in out
     assert "recovery     55.6% (5 of 9 steps in trouble completed)" in out
@@ -236,3 +266,33 @@ def test_events_the_keyring_does_not_accept_count_for_nothing() -> None:
     assert (checked.outcome, checked.plans, checked.steps_completed, checked.latencies) == ("unfinished", [], 0, [])
     assert checked.workflow_id == wf
     assert stats([checked]).workflows["unfinished"] == 1
+
+
+def test_cancelled_workflows_count_as_cancelled_and_their_plans_neither_succeed_nor_fail(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # cancelled.jsonl (a person's cancel) and deadline.jsonl (a passed deadline): one explicit plan
+    # each (`grep -c plan_proposed`), each workflow ending workflow_cancelled.
+    golden = Path(__file__).parent / "golden"
+    s = golden_stats(capsys, logs=[golden / "cancelled.jsonl", golden / "deadline.jsonl"])
+    workflows = s["workflows"]
+    assert isinstance(workflows, dict)
+    assert {k: workflows[k] for k in ("total", "completed", "failed", "cancelled", "unfinished")} == {
+        "total": 2,
+        "completed": 0,
+        "failed": 0,
+        "cancelled": 2,
+        "unfinished": 0,
+    }
+    plans = s["plans"]
+    assert isinstance(plans, dict)
+    assert plans["explicit"] == {
+        "proposed": 2,
+        "succeeded": 0,
+        "failed": 0,
+        "replaced": 0,
+        "rejected": 0,
+        "cancelled": 2,
+        "unfinished": 0,
+        "success_rate": None,
+    }
