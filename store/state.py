@@ -134,6 +134,9 @@ class WorkflowState(msgspec.Struct, kw_only=True):
     # never changed in place, so forked states do not share changes).
     completed_steps: tuple[str, ...] = ()
     compensation: CompensationStarted | None = None  # the workflow failed and undoes its steps
+    # The consultations of the planner and the decomposer that waited out a rate limit: their
+    # wait_key and the consultation_waiting event's id (replaced, never changed in place).
+    waits: dict[str, str] = msgspec.field(default_factory=dict)
 
     @property
     def done(self) -> bool:
@@ -238,7 +241,10 @@ def apply(state: WorkflowState, stored: StoredEvent) -> None:
         case ForgedEvent():
             state.forged += 1
         case ConsultationWaiting():
-            _step(state, data.step_id, status="waiting", wait_id=e.id)
+            if data.step_id:
+                _step(state, data.step_id, status="waiting", wait_id=e.id)
+            else:  # the planner's or the decomposer's
+                state.waits = {**state.waits, wait_key(data.call, data.task_id, data.attempts): e.id}
         case CompensationStarted():
             state.status = "compensating"
             state.compensation = data
@@ -272,6 +278,11 @@ def _revised_tasks(previous: dict[str, TaskState], plan: Plan) -> dict[str, Task
         prev = previous.get(t.id)
         tasks[t.id] = prev if prev is not None and prev.status == "completed" and prev.task == t else TaskState(task=t)
     return tasks
+
+
+def wait_key(call: str, task_id: str = "", attempt: int = 0) -> str:
+    """What names a planner's or decomposer's consultation wait in ``WorkflowState.waits``."""
+    return f"{call}:{task_id}:{attempt}" if task_id else call
 
 
 def _task(state: WorkflowState, task_id: str, **changes: Any) -> None:

@@ -11,31 +11,54 @@ deadline, which survives a restart because the runtime's redelivery carries it.
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
-from cadre.actors import agent
+from cadre.actors import agent, decomposer, planner
 from cadre.actors.answers import LiveAnswers
 from cadre.actors.budget import BudgetClient
 from cadre.actors.context import Context
 from cadre.actors.outcome import Defer
-from cadre.bus.events import ConsultationWaiting, ProposalMade, StepFailed
+from cadre.actors.runtime import ActorSpec
+from cadre.bus.events import (
+    ConsultationWaiting,
+    PlanProposed,
+    ProposalMade,
+    StepFailed,
+    StepsProposed,
+    StepsRejected,
+    WorkflowFailed,
+    WorkflowRequested,
+)
 from cadre.bus.ledger import Consultation, Decision, Settled, Settlement
+from cadre.store.records import StoredEvent
 from cadre.store.state import fold
-from tests.test_dynamic_inference import CATALOG, HOUR, WF, Run, answer, history_after, one_task, to_step
+from tests.test_dynamic_inference import (
+    CATALOG,
+    ECHO_STEPS,
+    HOUR,
+    WF,
+    Run,
+    answer,
+    history,
+    history_after,
+    one_task,
+    to_step,
+    to_task,
+)
 from tests.test_dynamic_inference import budget as budget
 
 RECOVER_WITH_ECHO = {"action": "alternative", "tool": "test.echo", "inputs": {"value": "v"}, "reason": "echo works"}
 
 
 class RateLimitedOnce:
-    """The real budget, except that its first ``recover`` is denied for the rate limit."""
+    """The real budget, except that its first consultation of ``kind`` is denied for the rate limit."""
 
-    def __init__(self, real: BudgetClient, retry_after_s: float) -> None:
-        self.real, self.retry_after_s, self.denied = real, retry_after_s, 0
+    def __init__(self, real: BudgetClient, retry_after_s: float, kind: str = "recover") -> None:
+        self.real, self.retry_after_s, self.kind, self.denied = real, retry_after_s, kind, 0
 
     async def consult(self, request: Consultation) -> Decision:
-        if request.kind == "recover" and not self.denied:
+        if request.kind == self.kind and not self.denied:
             self.denied += 1
             message = "provider 'recorded' had 1 grants in the last 60 s (limit 1 requests per minute)"
             return Decision(outcome="denied", reason="rate_limited", message=message, retry_after_s=self.retry_after_s)
@@ -112,3 +135,133 @@ async def test_the_second_denial_after_a_wait_falls_back(tmp_path: Path, budget:
     [failed] = await spec.handler(ctx, last, fold(WF, events))
     assert isinstance(failed, StepFailed)
     assert "denied: rate_limited" in failed.error.message
+
+
+# == every consultation waits the same way: the planner's plan, the decomposer's decompose ====
+
+PLAN_REQUEST = "echo v back"
+ECHO_PLAN = {"nodes": [{"id": "e", "description": "echo it", "tool": "test.echo", "inputs": {"value": "v"}}]}
+
+
+def requested() -> list[StoredEvent]:
+    return history(WorkflowRequested(request=PLAN_REQUEST, intelligence="adaptive"))
+
+
+def at(spec: ActorSpec, run: Run, events: list[StoredEvent], now: datetime) -> Context:
+    return Context(kind=spec.kind, stored=events[-1], now=now, answers=LiveAnswers(run.outside))
+
+
+async def test_a_rate_limited_plan_waits_then_plans(tmp_path: Path, budget: BudgetClient) -> None:
+    spec = planner.make_spec(CATALOG, rate_limit_wait_s=5.0)
+    run = Run(tmp_path, None, [answer(ECHO_PLAN)])
+    run.outside = replace(run.outside, budget=RateLimitedOnce(budget, 1.5, kind="plan"))
+    events = requested()
+    [wait] = await run.handle(spec, events)
+    assert isinstance(wait, ConsultationWaiting)
+    assert (wait.call, wait.task_id, wait.step_id, wait.retry_after_s, wait.error.code) == (
+        "plan",
+        "",
+        "",
+        1.5,
+        "rate_limited",
+    )
+    assert wait.until == events[-1].event.at + timedelta(seconds=1.5)
+    assert run.requests == []
+    events += history_after(events, wait)
+    assert fold(WF, events).waits == {"plan": events[-1].event.id}
+
+    # The request redelivered while it waits: the wait asks again, not the request.
+    first = events[:1]
+    ctx = at(spec, run, first, wait.until)
+    assert await spec.handler(ctx, first[0], fold(WF, events)) == []
+
+    early = at(spec, run, events, wait.until - timedelta(seconds=1))
+    assert await spec.handler(early, events[-1], fold(WF, events)) == Defer(until=wait.until)
+
+    ctx = at(spec, run, events, wait.until)  # at until: a redelivery, in this process or after a restart
+    [proposed] = await spec.handler(ctx, events[-1], fold(WF, events))
+    assert isinstance(proposed, PlanProposed)
+    assert proposed.source == "model"
+    assert [t.tool for t in proposed.plan.nodes] == ["test.echo"]
+    assert proposed.reason.startswith("plan was denied for the provider's rate limit; waited 1.5 s and asked again; ")
+    assert len(run.requests) == 1
+
+    # Planned: the wait redelivered once more does nothing.
+    events += history_after(events, proposed)
+    assert await spec.handler(ctx, events[-2], fold(WF, events)) == []
+
+
+async def test_a_plan_denied_again_after_its_wait_falls_back(tmp_path: Path, budget: BudgetClient) -> None:
+    spec = planner.make_spec(CATALOG, rate_limit_wait_s=5.0)
+    run = Run(tmp_path, None, [])
+    limited = RateLimitedOnce(budget, 1.0, kind="plan")
+    run.outside = replace(run.outside, budget=limited)
+    events = requested()
+    [wait] = await run.handle(spec, events)
+    assert isinstance(wait, ConsultationWaiting)
+    limited.denied = 0
+    events += history_after(events, wait)
+    [failed] = await spec.handler(at(spec, run, events, wait.until), events[-1], fold(WF, events))
+    assert isinstance(failed, WorkflowFailed)
+    assert failed.reason == "no_plan"
+    assert "plan was denied for the provider's rate limit; waited 1 s and asked again; " in failed.message
+    assert "denied: rate_limited" in failed.message
+    assert run.requests == []
+
+
+async def test_a_plan_over_the_bound_falls_back_at_once(tmp_path: Path, budget: BudgetClient) -> None:
+    run = Run(tmp_path, None, [])
+    run.outside = replace(run.outside, budget=RateLimitedOnce(budget, 30.0, kind="plan"))
+    [failed] = await run.handle(planner.make_spec(CATALOG, rate_limit_wait_s=5.0), requested())
+    assert isinstance(failed, WorkflowFailed)
+    assert "denied: rate_limited" in failed.message
+    assert "waited" not in failed.message
+
+
+async def test_a_rate_limited_decompose_waits_then_decomposes(tmp_path: Path, budget: BudgetClient) -> None:
+    spec = decomposer.make_spec(CATALOG, rate_limit_wait_s=5.0)
+    run = Run(tmp_path, None, [answer(ECHO_STEPS)])
+    run.outside = replace(run.outside, budget=RateLimitedOnce(budget, 2.0, kind="decompose"))
+    events = to_task("adaptive")
+    [wait] = await run.handle(spec, events)
+    assert isinstance(wait, ConsultationWaiting)
+    assert (wait.call, wait.task_id, wait.attempts, wait.retry_after_s) == ("decompose", "d", 1, 2.0)
+    assert run.requests == []
+    events += history_after(events, wait)
+    assert fold(WF, events).waits == {"decompose:d:1": events[-1].event.id}
+
+    # The task redelivered while it waits: nothing; the wait before its until: deferred.
+    task_ready = events[-2]
+    assert await spec.handler(at(spec, run, events, wait.until), task_ready, fold(WF, events)) == []
+    early = at(spec, run, events, wait.until - timedelta(seconds=1))
+    assert await spec.handler(early, events[-1], fold(WF, events)) == Defer(until=wait.until)
+
+    [proposed] = await spec.handler(at(spec, run, events, wait.until), events[-1], fold(WF, events))
+    assert isinstance(proposed, StepsProposed)
+    assert [s.id for s in proposed.steps] == ["d.s1", "d.s2"]
+    assert len(run.requests) == 1
+
+
+async def test_a_decompose_denied_again_after_its_wait_is_rejected(tmp_path: Path, budget: BudgetClient) -> None:
+    spec = decomposer.make_spec(CATALOG, rate_limit_wait_s=5.0)
+    run = Run(tmp_path, None, [])
+    limited = RateLimitedOnce(budget, 1.0, kind="decompose")
+    run.outside = replace(run.outside, budget=limited)
+    events = to_task("adaptive")
+    [wait] = await run.handle(spec, events)
+    assert isinstance(wait, ConsultationWaiting)
+    limited.denied = 0
+    events += history_after(events, wait)
+    [rejected] = await spec.handler(at(spec, run, events, wait.until), events[-1], fold(WF, events))
+    assert isinstance(rejected, StepsRejected)
+    message = rejected.checks[0].message
+    assert "decompose was denied for the provider's rate limit; waited 1 s and asked again; " in message
+    assert "denied: rate_limited" in message
+
+
+async def test_without_a_bound_nothing_waits(tmp_path: Path, budget: BudgetClient) -> None:
+    """The default of the handlers (a replay of logs made before waits): a denial falls back at once."""
+    run = Run(tmp_path, None, [])
+    run.outside = replace(run.outside, budget=RateLimitedOnce(budget, 1.0, kind="decompose"))
+    [rejected] = await run.handle(decomposer.make_spec(CATALOG), to_task("adaptive"))
+    assert isinstance(rejected, StepsRejected)
