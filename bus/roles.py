@@ -16,6 +16,7 @@ EMITS: Mapping[str, tuple[str, ...]] = {
         "workflow_completed",
         "workflow_failed",
         "compensation_started",
+        "consultation_waiting",
     ),
     "validator": (
         "plan_validated",
@@ -25,7 +26,7 @@ EMITS: Mapping[str, tuple[str, ...]] = {
         "proposal_validated",
         "proposal_rejected",
     ),
-    "decomposer": ("steps_proposed", "steps_rejected"),
+    "decomposer": ("steps_proposed", "steps_rejected", "consultation_waiting"),
     # approval_denied: the deadline's denial (by=timeout) of an unanswered approval.
     "agent": (
         "step_completed",

@@ -1,11 +1,13 @@
 """A consultation denied for the provider's rate limit waits, within a bound, then asks again (issue 13, item 5).
 
-The agent's handlers on the folded workflow, as in tests/test_proposals.py, with the real budget
-actor behind a budget that first answers one ``recover`` with the rate limit's denial (as the budget
-does when the provider's window is full; the real one's window is 60 s, which a unit test does not
-wait out: the golden log ``rate_limit_wait`` holds a real one, recorded). The wait is an event
-(``consultation_waiting``) the agent defers to its ``until``: a durable timer, like an approval's
-deadline, which survives a restart because the runtime's redelivery carries it.
+The agent's, planner's and decomposer's handlers on the folded workflow, as in
+tests/test_proposals.py, with the real budget actor behind a budget that first answers one
+``recover`` (``plan``, ``decompose``) with the rate limit's denial (as the budget does when the
+provider's window is full; the real one's window is 60 s, which a unit test does not wait out: the
+golden logs ``rate_limit_wait`` and ``rate_limit_plan_wait`` hold real ones, recorded). The wait is
+an event (``consultation_waiting``) the actor that asked defers to its ``until``: a durable timer,
+like an approval's deadline, which survives a restart because the runtime's redelivery carries it
+(the handler is called again on the same event at ``until``, as here).
 """
 
 from __future__ import annotations
