@@ -80,9 +80,16 @@ def denial(inferred: Inferred[Any]) -> ErrorInfo:
     return ErrorInfo(code="rate_limited", message=inferred.describe())
 
 
+SETTLE = timedelta(seconds=0.5)
+"""How long after ``until`` a deferred wait is redelivered. ``until`` counts from the handler's
+clock when it asked, the budget's ``retry_after_s`` from the budget's a little later (grounding and
+the request in between): asked again at ``until`` itself, the window may still hold the old grant
+for those milliseconds. Only the redelivery's time moves, not an event, so replays are unchanged."""
+
+
 def not_yet(ctx: Context, wait: ConsultationWaiting) -> Defer | None:
-    """Defer the wait to its ``until`` while it has not come (the runtime redelivers it then)."""
-    return Defer(until=wait.until) if ctx.now() < wait.until else None
+    """Defer the wait while its ``until`` has not come (the runtime redelivers it ``SETTLE`` after)."""
+    return Defer(until=wait.until + SETTLE) if ctx.now() < wait.until else None
 
 
 def waited_note(wait: ConsultationWaiting) -> str:

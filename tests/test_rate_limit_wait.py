@@ -12,11 +12,15 @@ like an approval's deadline, which survives a restart because the runtime's rede
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from cadre.actors import agent, decomposer, planner
+import pytest
+
+from cadre.actors import agent, decomposer, planner, rate_wait
 from cadre.actors.answers import LiveAnswers
 from cadre.actors.budget import BudgetClient
 from cadre.actors.context import Context
@@ -35,6 +39,10 @@ from cadre.bus.events import (
 from cadre.bus.ledger import Consultation, Decision, Settled, Settlement
 from cadre.store.records import StoredEvent
 from cadre.store.state import fold
+from cadre.system import KINDS, run_system
+from tests.fake_llm import anthropic_api, ok
+from tests.scenarios import MODEL_PLAN, NOVEL_REQUEST
+from tests.system_harness import cadre_running, settings_for
 from tests.test_dynamic_inference import (
     CATALOG,
     ECHO_STEPS,
@@ -49,6 +57,7 @@ from tests.test_dynamic_inference import (
     to_task,
 )
 from tests.test_dynamic_inference import budget as budget
+from tests.test_llm_planning import model_settings
 
 RECOVER_WITH_ECHO = {"action": "alternative", "tool": "test.echo", "inputs": {"value": "v"}, "reason": "echo works"}
 
@@ -99,7 +108,7 @@ async def test_a_rate_limited_recovery_waits_then_asks_again(tmp_path: Path, bud
     # Before ``until``: the agent defers its own event (the runtime naks it with that delay).
     last = events[-1]
     early = Context(kind="agent", stored=last, now=wait.until - timedelta(seconds=1), answers=LiveAnswers(run.outside))
-    assert await spec.handler(early, last, fold(WF, events)) == Defer(until=wait.until)
+    assert await spec.handler(early, last, fold(WF, events)) == Defer(until=wait.until + rate_wait.SETTLE)
 
     # At ``until`` (a redelivery, in this process or another after a restart): it asks again.
     ctx = Context(kind="agent", stored=last, now=wait.until, answers=LiveAnswers(run.outside))
@@ -178,7 +187,7 @@ async def test_a_rate_limited_plan_waits_then_plans(tmp_path: Path, budget: Budg
     assert await spec.handler(ctx, first[0], fold(WF, events)) == []
 
     early = at(spec, run, events, wait.until - timedelta(seconds=1))
-    assert await spec.handler(early, events[-1], fold(WF, events)) == Defer(until=wait.until)
+    assert await spec.handler(early, events[-1], fold(WF, events)) == Defer(until=wait.until + rate_wait.SETTLE)
 
     ctx = at(spec, run, events, wait.until)  # at until: a redelivery, in this process or after a restart
     [proposed] = await spec.handler(ctx, events[-1], fold(WF, events))
@@ -236,7 +245,7 @@ async def test_a_rate_limited_decompose_waits_then_decomposes(tmp_path: Path, bu
     task_ready = events[-2]
     assert await spec.handler(at(spec, run, events, wait.until), task_ready, fold(WF, events)) == []
     early = at(spec, run, events, wait.until - timedelta(seconds=1))
-    assert await spec.handler(early, events[-1], fold(WF, events)) == Defer(until=wait.until)
+    assert await spec.handler(early, events[-1], fold(WF, events)) == Defer(until=wait.until + rate_wait.SETTLE)
 
     [proposed] = await spec.handler(at(spec, run, events, wait.until), events[-1], fold(WF, events))
     assert isinstance(proposed, StepsProposed)
@@ -267,3 +276,41 @@ async def test_without_a_bound_nothing_waits(tmp_path: Path, budget: BudgetClien
     run.outside = replace(run.outside, budget=RateLimitedOnce(budget, 1.0, kind="decompose"))
     [rejected] = await run.handle(decomposer.make_spec(CATALOG), to_task("adaptive"))
     assert isinstance(rejected, StepsRejected)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)  # it waits out most of the provider's 60 s window to get a short retry_after_s
+async def test_a_planner_restarted_during_its_wait_plans_after_it(nats_url: str, tmp_path: Path) -> None:
+    """The whole cadre on the test server, one model call a minute: a second request about 58 s after
+    a first is denied for the rate limit and waits about 2 s; the planner stops during the wait and
+    a new one starts: the redelivered wait asks again after it, once, and the model plans."""
+    limits = {"anthropic": {"requests_per_minute": 1, "tokens_per_minute": 200_000}}
+    async with anthropic_api(ok(MODEL_PLAN), ok(MODEL_PLAN)) as api:
+        s = model_settings("anthropic", api, nats_url, tmp_path, rate_limits=limits, rate_limit_wait_max_s=10.0)
+        settings = settings_for(s.pop("nats_url"), s.pop("data_dir"), **s)
+        async with cadre_running(settings, kinds=tuple(k for k in KINDS if k != "planner")) as h:
+            async with run_system(h.bus, settings, ("planner",)):  # the planner and the intake
+                start = time.monotonic()
+                first = await h.run({"request": NOVEL_REQUEST})
+                assert first.status == "completed", first.failure
+                await asyncio.sleep(max(0.0, start + 58.0 - time.monotonic()))
+                reply = await h.submit({"request": "how many customers does the shop database hold"})
+                wf = str(reply["workflow_id"])
+                await h.wait(wf, until="consultation_waiting")
+            # stopped during the wait; a new planner picks the wait up when it comes
+            async with run_system(h.bus, settings, ("planner",)):
+                state = await h.wait(wf, within=30)
+            records = [r for r in await h.events(wf) if isinstance(r, StoredEvent)]
+    assert state.status == "completed", state.failure.message if state.failure else None
+    types = [r.event.type for r in records]
+    assert types[:3] == ["workflow_requested", "consultation_waiting", "plan_proposed"]
+    wait = records[1].event.data
+    assert isinstance(wait, ConsultationWaiting)
+    assert (wait.call, wait.error.code) == ("plan", "rate_limited")
+    assert 0 < wait.retry_after_s <= 10.0
+    proposed = records[2].event.data
+    assert isinstance(proposed, PlanProposed)
+    assert proposed.source == "model"
+    assert proposed.reason.startswith("plan was denied for the provider's rate limit; waited ")
+    assert records[2].event.at >= wait.until
+    assert len(api.requests) == 2  # the first request's plan and the second's, asked again once
