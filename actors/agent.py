@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Final, TypeVar
 
-from cadre.actors import compensation
+from cadre.actors import compensation, rate_wait
 from cadre.actors.context import Context, Inferred, ToolFailure
 from cadre.actors.outcome import Defer, Outcome
 from cadre.actors.runtime import ActorSpec
@@ -296,8 +296,9 @@ class _StepRun:
             "recover", request, recover_validator(self.catalog, self.step, tried, skippable=can_skip)
         )
         plan = inferred.value
-        after = inferred.retry_after_s
-        if plan is None and after is not None and 0 < after <= self.wait_max_s and not self.waited:
+        deadline = rate_wait.deadline_of(self.state)
+        after = rate_wait.wait_s(inferred, self.wait_max_s, waited=self.waited, now=self.ctx.now(), deadline=deadline)
+        if after is not None:
             return self.waiting("recover", after)
         if plan is None:
             return self.failed("" if inferred.declined else f" (recovery was tried: {inferred.describe()})")
@@ -336,16 +337,16 @@ class _StepRun:
     def waiting(self, call: str, after: float) -> ConsultationWaiting:
         """Wait ``after`` seconds for the provider's rate limit, then ask ``call`` again (a durable timer)."""
         last = self.failures[-1]
-        return ConsultationWaiting(
+        return rate_wait.waiting(
+            self.ctx,
+            call,
+            after,
+            last.error,
             task_id=self.step.task_id,
             step_id=self.step.id,
-            call=call,
-            until=self.ctx.now() + timedelta(seconds=after),
-            retry_after_s=after,
             attempts=self.calls,
             deviations=tuple(self.deviations),
             tried=tuple(f.tool for f in self.failures),
-            error=last.error,
             retryable=last.retryable,
         )
 
@@ -718,16 +719,16 @@ def make_spec(
                 tools = pool_catalog(catalog, step_pool(state, st.step), pools)
                 return await run_proposal(ctx, state, st.proposal, tools)
             case ConsultationWaiting():
-                st = state.steps.get(data.step_id)
+                st = state.steps.get(data.step_id) if data.step_id else None  # none: the planner's or decomposer's
                 if st is None or st.status != "waiting" or st.wait_id != rec.event.id or not mine(state, st.step):
                     return []  # asked again already
-                if ctx.now() < data.until:
-                    return Defer(until=data.until)
+                deferred = rate_wait.not_yet(ctx, data)
+                if deferred is not None:
+                    return deferred
                 tools = pool_catalog(catalog, step_pool(state, st.step), pools)
                 run = resumed(ctx, state, data, tools)
                 run.waited, run.can_skip = True, skippable(state, st.step)
-                waited = f"waited {data.retry_after_s:g} s and asked again"
-                run.deviations.append(f"{data.call} was denied for the provider's rate limit; {waited}")
+                run.deviations.append(rate_wait.waited_note(data))
                 return [await run.recover()]
             case ProposalRejected():
                 st = state.steps.get(data.step_id)

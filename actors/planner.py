@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import msgspec
 
-from cadre.actors import cancel, compensation
+from cadre.actors import cancel, compensation, rate_wait
 from cadre.actors import planner_rules as rules
 from cadre.actors.context import Context
 from cadre.actors.outcome import Outcome
@@ -68,7 +68,7 @@ from cadre.planner.providers.prompts import (
 )
 from cadre.planner.scheduler import is_finished
 from cadre.store.records import StoredEvent
-from cadre.store.state import WorkflowState
+from cadre.store.state import WorkflowState, wait_key
 
 MAX_REVISIONS = 3
 """Plan revisions a workflow may have: the first plan and two adaptations."""
@@ -85,13 +85,27 @@ HANDLES = frozenset(
         StepCompensated.TYPE,
         DeadlineSet.TYPE,
         CancelRequested.TYPE,
+        ConsultationWaiting.TYPE,
     }
 )
 
 
-async def plan(ctx: Context, state: WorkflowState, req: WorkflowRequested, catalog: Catalog) -> list[Event]:
+async def plan(
+    ctx: Context,
+    state: WorkflowState,
+    req: WorkflowRequested,
+    catalog: Catalog,
+    wait_max_s: float = 0.0,
+    waited: ConsultationWaiting | None = None,
+) -> list[Event]:
+    """The first plan (module docstring). A ``plan`` consultation denied for the provider's rate
+    limit waits out ``retry_after_s`` up to ``wait_max_s`` (``consultation_waiting``), once:
+    ``waited`` is that wait, come, when the planner asks again (:mod:`actors.rate_wait`)."""
     if state.plan is not None or state.done:
         return []  # planned already (a redelivery)
+    if waited is None and wait_key("plan") in state.waits:
+        return []  # waiting out a rate limit: the wait asks again
+    note = f"{rate_wait.waited_note(waited)}; " if waited is not None else ""
     if req.plan is not None:
         return [PlanProposed(plan=req.plan, source="explicit", reason="plan given with the request")]
     if req.request.strip():
@@ -99,9 +113,13 @@ async def plan(ctx: Context, state: WorkflowState, req: WorkflowRequested, catal
         ask = plan_request(req.request, catalog.describe(), "", 0, grounding)
         inferred = await ctx.infer("plan", ask, plan_validator(catalog), ctx.policy(req))
         if inferred.value is not None:
-            reason = f"planned by the model: {inferred.describe()}{rules.grounded_in(grounding)}"
+            reason = f"{note}planned by the model: {inferred.describe()}{rules.grounded_in(grounding)}"
             return [PlanProposed(plan=inferred.value, source="model", reason=reason)]
-        why = inferred.describe()
+        now, deadline = ctx.now(), rate_wait.deadline_of(state)
+        after = rate_wait.wait_s(inferred, wait_max_s, waited=waited is not None, now=now, deadline=deadline)
+        if after is not None:
+            return [rate_wait.waiting(ctx, "plan", after, rate_wait.denial(inferred))]
+        why = note + inferred.describe()
     else:
         why = "the request has no text"
     hit = await ctx.search_library(req.request)
@@ -181,9 +199,10 @@ def on_plan_validated(state: WorkflowState, data: PlanValidated) -> list[Event]:
     return rules.dispatch_ready(state)
 
 
-def make_spec(catalog: Catalog, on_failure: str = "fail") -> ActorSpec:
+def make_spec(catalog: Catalog, on_failure: str = "fail", rate_limit_wait_s: float = 0.0) -> ActorSpec:
     """The planner; ``on_failure`` is the deployment's default for requests that set none
-    (``compensate``: a failing workflow undoes its completed steps first, :mod:`actors.compensation`)."""
+    (``compensate``: a failing workflow undoes its completed steps first, :mod:`actors.compensation`).
+    A ``plan`` consultation denied for the rate limit waits up to ``rate_limit_wait_s``, once."""
 
     async def handle(ctx: Context, rec: StoredEvent, state: WorkflowState) -> Outcome:
         data = rec.event.data
@@ -202,7 +221,16 @@ def make_spec(catalog: Catalog, on_failure: str = "fail") -> ActorSpec:
         data = rec.event.data
         match data:
             case WorkflowRequested():
-                return cancel.with_deadline(state, await plan(ctx, state, data, catalog), rec.event.at)
+                return cancel.with_deadline(
+                    state, await plan(ctx, state, data, catalog, rate_limit_wait_s), rec.event.at
+                )
+            case ConsultationWaiting() if data.call == "plan" and not data.step_id:
+                if state.waits.get(wait_key("plan")) != rec.event.id or state.request is None:
+                    return []
+                deferred = rate_wait.not_yet(ctx, data)
+                if deferred is not None:
+                    return deferred
+                return await plan(ctx, state, state.request, catalog, rate_limit_wait_s, waited=data)
             case PlanValidated():
                 return on_plan_validated(state, data)
             case PlanRejected():

@@ -34,9 +34,9 @@ def live_specs(
     (``actors.agent``; a replay's agent serves every pool); ``safety``: what the tools' safety rules
     need from the deployment (:mod:`planner.safety`)."""
     specs = (
-        planner.make_spec(catalog, on_failure),
+        planner.make_spec(catalog, on_failure, rate_limit_wait_s),
         validator.make_spec(catalog, limits, pools, safety),
-        decomposer.make_spec(catalog, pools),
+        decomposer.make_spec(catalog, pools, rate_limit_wait_s),
         agent.make_spec(
             approval_timeout,
             catalog=catalog,

@@ -316,13 +316,15 @@ class ConsultationWaiting(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A consultation the budget denied for the provider's rate limit waits ``retry_after_s``, until
     ``until``, then asks again (a durable timer: the agent defers this event to ``until``).
 
-    ``call`` is the consultation (``recover``); the run so far travels with it, as on
-    ``proposal_made``, so the agent picks the step up where it left it.
+    ``call`` is the consultation: ``recover`` (the agent's; the run so far travels with it, as on
+    ``proposal_made``, so the agent picks the step up where it left it), ``plan`` (the planner's:
+    no task, no step) or ``decompose`` (the decomposer's: ``task_id``, and the task's attempt in
+    ``attempts``). The actor that asked defers the event to ``until`` (``actors.rate_wait``).
     """
 
     TYPE: ClassVar[str] = "consultation_waiting"
-    task_id: str
-    step_id: str
+    task_id: str = ""
+    step_id: str = ""
     call: str
     until: datetime
     retry_after_s: float

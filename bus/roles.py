@@ -19,6 +19,7 @@ EMITS: Mapping[str, tuple[str, ...]] = {
         "deadline_set",
         "cancel_requested",  # the deadline's (by="deadline")
         "workflow_cancelled",
+        "consultation_waiting",
     ),
     "validator": (
         "plan_validated",
@@ -28,7 +29,7 @@ EMITS: Mapping[str, tuple[str, ...]] = {
         "proposal_validated",
         "proposal_rejected",
     ),
-    "decomposer": ("steps_proposed", "steps_rejected"),
+    "decomposer": ("steps_proposed", "steps_rejected", "consultation_waiting"),
     # approval_denied: the deadline's denial (by=timeout) of an unanswered approval.
     "agent": (
         "step_completed",

@@ -155,7 +155,8 @@ def _line(e: Envelope) -> str | list[str] | None:
                 return f"not undone {d.step_id}: {d.error.code}: {d.error.message}"
             return f"undone    {d.step_id} with {d.tool}: {_short(d.output, 70)}"
         case ConsultationWaiting():
-            return f"waiting   {d.step_id}: {d.call} rate-limited; asks again in {d.retry_after_s:g} s"
+            who = d.step_id or d.task_id or "the plan"
+            return f"waiting   {who}: {d.call} rate-limited; asks again in {d.retry_after_s:g} s"
         case ProposalMade():
             return f"proposal  {d.step_id}: the model proposes {d.action} with {d.tool} ({d.source}): {d.reason}"
         case ProposalValidated():

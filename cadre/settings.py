@@ -226,7 +226,8 @@ class Settings(BaseSettings):
     rate_limit_wait_max_s: float = Field(
         default=5.0,
         ge=0,
-        description="a recovery the provider's rate limit denies waits its retry_after_s, once, when at most this",
+        description="a plan, decompose or recover consultation the provider's rate limit denies waits its "
+        "retry_after_s, once, when at most this",
     )
     model_side_effects_need_approval: bool = Field(
         default=True,

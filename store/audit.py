@@ -744,10 +744,11 @@ def _scope(e: Envelope, by_id: dict[str, Envelope]) -> str:
             | ProposalMade()
             | ProposalValidated()
             | ProposalRejected()
-            | ConsultationWaiting()
             | StepCompensated()
         ):
             return f"step:{data.step_id}"
+        case ConsultationWaiting():  # the agent's (a step), the decomposer's (a task) or the planner's
+            return f"step:{data.step_id}" if data.step_id else f"task:{data.task_id}" if data.task_id else "workflow"
         case StepReady() | ApprovalRequested():
             return f"step:{data.step.id}"
         case StepsProposed() | StepsRejected():
@@ -818,7 +819,8 @@ def summary(data: Event) -> str:
             return f"{data.step_id} undone by {data.tool}"
         case ConsultationWaiting():
             until = f"{data.until:%H:%M:%S}"
-            return f"{data.step_id}: {data.call} rate-limited; waits {data.retry_after_s:g} s, until {until}"
+            who = data.step_id or data.task_id or "workflow"
+            return f"{who}: {data.call} rate-limited; waits {data.retry_after_s:g} s, until {until}"
         case ProposalMade():
             return f"{data.step_id}: {data.action} with {data.tool} ({data.source}): {data.reason}"
         case ProposalValidated():

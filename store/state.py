@@ -148,6 +148,9 @@ class WorkflowState(msgspec.Struct, kw_only=True):
     # the workflow had before it last failed, which a redrive of its dead letter gives back.
     redriven: tuple[str, ...] = ()
     before_failure: Status | None = None
+    # The consultations of the planner and the decomposer that waited out a rate limit: their
+    # wait_key and the consultation_waiting event's id (replaced, never changed in place).
+    waits: dict[str, str] = msgspec.field(default_factory=dict)
 
     @property
     def done(self) -> bool:
@@ -253,7 +256,10 @@ def apply(state: WorkflowState, stored: StoredEvent) -> None:
         case ForgedEvent():
             state.forged += 1
         case ConsultationWaiting():
-            _step(state, data.step_id, status="waiting", wait_id=e.id)
+            if data.step_id:
+                _step(state, data.step_id, status="waiting", wait_id=e.id)
+            else:  # the planner's or the decomposer's
+                state.waits = {**state.waits, wait_key(data.call, data.task_id, data.attempts): e.id}
         case DeadlineSet():
             state.deadline = data.until
         case CancelRequested():
@@ -305,6 +311,11 @@ def _revised_tasks(previous: dict[str, TaskState], plan: Plan) -> dict[str, Task
         prev = previous.get(t.id)
         tasks[t.id] = prev if prev is not None and prev.status == "completed" and prev.task == t else TaskState(task=t)
     return tasks
+
+
+def wait_key(call: str, task_id: str = "", attempt: int = 0) -> str:
+    """What names a planner's or decomposer's consultation wait in ``WorkflowState.waits``."""
+    return f"{call}:{task_id}:{attempt}" if task_id else call
 
 
 def _task(state: WorkflowState, task_id: str, **changes: Any) -> None:

@@ -120,6 +120,7 @@ def test_the_golden_logs_cover_every_path() -> None:
         "proposal_refused",
         "conditions",
         "rate_limit_wait",
+        "rate_limit_plan_wait",
         "interpret_proposal",
         "compensated",
         "unsafe_plan",

@@ -27,6 +27,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -195,6 +196,18 @@ RATE_LIMITED_PLAN: dict[str, Any] = {
     ],
     "output": "b",
 }
+
+
+async def rate_limited_planning(h: Harness) -> str:
+    """A first workflow's plan takes the minute's one request; a second, submitted about 58 s
+    later, is denied for the rate limit with a retry_after_s of 2 s or so, waits it and plans."""
+    start = time.monotonic()
+    await h.run({"request": NOVEL_REQUEST})
+    await asyncio.sleep(max(0.0, start + 58.0 - time.monotonic()))
+    # Another request: the same one would be answered from the inference cache, which no rate limit gates.
+    return (await h.run({"request": "how many customers does the shop database hold"}, within=30)).workflow_id
+
+
 RECOVER_WITH_ECHO: dict[str, Any] = {
     "action": "alternative",
     "tool": "test.echo",
@@ -451,6 +464,17 @@ SCENARIOS = (
         },
         model=(),
         routes=(("emit_recovery", (ok(RECOVER_WITH_ECHO), ok(RECOVER_WITH_ECHO))),),
+    ),
+    Scenario(
+        "rate_limit_plan_wait",
+        "two requests a minute apart less 2 s, one call a minute: the second's plan is denied for the rate limit, "
+        "waits its retry_after_s (about 2 s, a durable timer) and asks again; the model plans it and it completes",
+        rate_limited_planning,
+        settings={
+            "rate_limits": {"anthropic": {"requests_per_minute": 1, "tokens_per_minute": 200_000}},
+            "rate_limit_wait_max_s": 10.0,
+        },
+        model=(ok(MODEL_PLAN, input=1000, output=110), ok(MODEL_PLAN, input=1000, output=110)),
     ),
     Scenario(
         "interpret_proposal",
