@@ -29,6 +29,7 @@ from cadre.bus.events import (
     DeadlineSet,
     Event,
     WorkflowCancelled,
+    WorkflowFailed,
     WorkflowRequested,
 )
 from cadre.planner.catalog import Catalog
@@ -57,7 +58,7 @@ def with_deadline(state: WorkflowState, events: list[Event], requested_at: datet
     if req is None or state.deadline is not None or not events or state.done:
         return events
     until = deadline_of(req, requested_at)
-    if until is None or any(isinstance(e, WorkflowCancelled) for e in events):
+    if until is None or any(isinstance(e, WorkflowCancelled | WorkflowFailed) for e in events):
         return events
     return [*events, DeadlineSet(until=until)]
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+from cadre.actors import cancel
 from cadre.actors.context import Context
 from cadre.actors.inference import Inferred
 from cadre.actors.outcome import Defer
@@ -26,8 +27,12 @@ from cadre.store.state import WorkflowState
 
 
 def deadline_of(state: WorkflowState) -> datetime | None:
-    """The workflow's deadline (``deadline_set``), which no wait may pass; None: it has none."""
-    return state.deadline
+    """The workflow's deadline, which no wait may pass; None: it has none. Before the planner has
+    recorded it (``deadline_set`` goes out with the first plan, which may itself wait), the
+    request's own."""
+    if state.deadline is not None or state.request is None or state.started_at is None:
+        return state.deadline
+    return cancel.deadline_of(state.request, state.started_at)
 
 
 def wait_s(

@@ -229,6 +229,19 @@ async def test_a_plan_over_the_bound_falls_back_at_once(tmp_path: Path, budget: 
     assert "waited" not in failed.message
 
 
+async def test_a_plan_whose_wait_would_pass_the_deadline_falls_back_at_once(
+    tmp_path: Path, budget: BudgetClient
+) -> None:
+    # Within the bound (2 s of 5 s), but the request's deadline is 1 s after it was made.
+    run = Run(tmp_path, None, [])
+    run.outside = replace(run.outside, budget=RateLimitedOnce(budget, 2.0, kind="plan"))
+    events = history(WorkflowRequested(request=PLAN_REQUEST, intelligence="adaptive", deadline_s=1.0))
+    [failed] = await run.handle(planner.make_spec(CATALOG, rate_limit_wait_s=5.0), events)
+    assert isinstance(failed, WorkflowFailed)
+    assert "denied: rate_limited" in failed.message
+    assert "waited" not in failed.message
+
+
 async def test_a_rate_limited_decompose_waits_then_decomposes(tmp_path: Path, budget: BudgetClient) -> None:
     spec = decomposer.make_spec(CATALOG, rate_limit_wait_s=5.0)
     run = Run(tmp_path, None, [answer(ECHO_STEPS)])
