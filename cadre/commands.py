@@ -304,6 +304,34 @@ async def ask_intake(nc: NATS, settings: Settings, payload: bytes) -> dict[str, 
     return reply
 
 
+async def ask_approvals(nc: NATS, settings: Settings, signed: bytes, what: str, wf: str) -> bytes:
+    """Send a signed order (a decision, a cancel, a redrive) to the approvals service; its answer.
+
+    "No responders" (no service subscribed: one restarting, or this client reconnecting) is asked
+    again with backoff for ``nats_retry_s``: nothing was delivered, so nothing can be done twice. A
+    timeout is not asked again: the service may have recorded the order and lost only its answer,
+    and a second order would then be refused; the error says how to look.
+    """
+    try:
+        msg = await retrying(
+            lambda: nc.request(settings.subjects.approvals, signed, timeout=settings.request_timeout_s),
+            f"{what} to the approvals service",
+            settings.retry_policy(),
+            transient=lambda exc: isinstance(exc, nats.errors.NoRespondersError),
+        )
+    except nats.errors.NoRespondersError:
+        raise CadreError(
+            f"no approvals service answered on {settings.subjects.approvals}: is `cadre up` (or "
+            "`cadre actor approvals`) running?"
+        ) from None
+    except nats.errors.TimeoutError:
+        raise CadreError(
+            f"the approvals service did not answer the {what} within {settings.request_timeout_s:g} s: it may "
+            f"have been recorded all the same; see `cadre events {wf}` before sending it again"
+        ) from None
+    return bytes(msg.data)
+
+
 async def submit_cmd(settings: Settings, payload: bytes, *, wait: bool, as_json: bool) -> int:
     async with open_bus(settings, name="cadre-submit") as bus:
         reply = await ask_intake(bus.nc, settings, payload)
@@ -352,16 +380,8 @@ async def approve(settings: Settings, wf: str, step_id: str, *, deny: bool, reas
             reason=reason,
             at=utc_now(),
         )
-        try:
-            msg = await bus.nc.request(
-                settings.subjects.approvals, sign_decision(signer, decision), timeout=settings.request_timeout_s
-            )
-        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
-            raise CadreError(
-                f"no approvals service answered on {settings.subjects.approvals}: is `cadre up` (or "
-                "`cadre actor approvals`) running?"
-            ) from None
-        reply = msgspec.json.decode(msg.data, type=ApprovalReply)
+        data = await ask_approvals(bus.nc, settings, sign_decision(signer, decision), "decision", wf)
+        reply = msgspec.json.decode(data, type=ApprovalReply)
         if reply.error is not None:
             refused = CadreError(f"the approvals service refused: {reply.error.get('message', '')}")
             refused.code = reply.error.get("code", "approval_refused")
@@ -370,7 +390,7 @@ async def approve(settings: Settings, wf: str, step_id: str, *, deny: bool, reas
         return EXIT_OK
 
 
-async def _order(settings: Settings, what: str, body: Callable[[Signer], bytes]) -> ApprovalReply:
+async def _order(settings: Settings, what: str, wf: str, body: Callable[[Signer], bytes]) -> ApprovalReply:
     """Sign an order (``body`` of this user's approver key) and send it to the approvals service;
     its reply, or a :class:`CadreError` with the service's code when it refuses."""
     signer = signer_for(settings, "approver")
@@ -380,14 +400,8 @@ async def _order(settings: Settings, what: str, body: Callable[[Signer], bytes])
             f"creds file in --creds / CADRE_NATS_CREDS: only approvers may {what}"
         )
     async with open_bus(settings, name=f"cadre-{what}", role="approver") as bus:
-        try:
-            msg = await bus.nc.request(settings.subjects.approvals, body(signer), timeout=settings.request_timeout_s)
-        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
-            raise CadreError(
-                f"no approvals service answered on {settings.subjects.approvals}: is `cadre up` (or "
-                "`cadre actor approvals`) running?"
-            ) from None
-    reply = msgspec.json.decode(msg.data, type=ApprovalReply)
+        data = await ask_approvals(bus.nc, settings, body(signer), what, wf)
+    reply = msgspec.json.decode(data, type=ApprovalReply)
     if reply.error is not None:
         refused = CadreError(f"the approvals service refused: {reply.error.get('message', '')}")
         refused.code = reply.error.get("code", f"{what}_refused")
@@ -400,7 +414,7 @@ async def cancel(settings: Settings, wf: str, *, reason: str) -> int:
     checks it as a decision (an approver's key, fresh, the workflow still going) and records
     ``cancel_requested``; the planner then ends the workflow ``cancelled`` (``actors.cancel``)."""
     order = CancelOrder(workflow_id=wf, reason=reason, at=utc_now())
-    reply = await _order(settings, "cancel", lambda signer: sign_cancel(signer, order))
+    reply = await _order(settings, "cancel", wf, lambda signer: sign_cancel(signer, order))
     _say(visible(f"cancel of {wf} asked as {reply.by}"))
     return EXIT_OK
 
@@ -409,7 +423,7 @@ async def redrive(settings: Settings, wf: str, *, reason: str) -> int:
     """Sign a redrive with this user's approver key: the approvals service re-delivers the dead
     letter the workflow failed for to the actor that gave up on it (``actors.redrive``)."""
     order = RedriveOrder(workflow_id=wf, reason=reason, at=utc_now())
-    reply = await _order(settings, "redrive", lambda signer: sign_redrive(signer, order))
+    reply = await _order(settings, "redrive", wf, lambda signer: sign_redrive(signer, order))
     _say(visible(f"redrove the dead letter of {wf} as {reply.by}"))
     return EXIT_OK
 
