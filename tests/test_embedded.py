@@ -211,6 +211,12 @@ def test_a_hung_server_of_the_data_dir_is_not_replaced(
     server = start(data_dir)
     os.kill(server.pid, signal.SIGSTOP)
     try:
+        # kill() returns before every thread of the server has stopped: on a loaded machine it could
+        # still answer the probe. Wait until the kernel reports it stopped ("T" in /proc/PID/stat).
+        stopped_by = time.monotonic() + 5
+        while Path(f"/proc/{server.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+            assert time.monotonic() < stopped_by, "nats-server did not stop on SIGSTOP"
+            time.sleep(0.01)
         with pytest.raises(EmbeddedServerError, match=rf"^nats-server pid {server.pid} still runs on data dir"):
             find_running(data_dir)
     finally:
