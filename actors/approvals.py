@@ -49,11 +49,11 @@ from cadre.bus.approvals import (
     RedriveRequest,
 )
 from cadre.bus.errors import CadreError, ConcurrencyConflict
-from cadre.bus.events import ApprovalDenied, ApprovalGranted, CancelRequested, Redriven, make_event
+from cadre.bus.events import ApprovalDenied, ApprovalGranted, CancelRequested, Envelope, Redriven, make_event
 from cadre.bus.signing import Keyring
 from cadre.store.authenticity import trusted_fold, verdict
 from cadre.store.jetstream import JetStreamLog
-from cadre.store.records import StoredEvent
+from cadre.store.records import Record, StoredEvent
 from cadre.store.state import WorkflowState
 
 log = logging.getLogger("cadre.approvals")
@@ -160,6 +160,29 @@ def judge(verified: Verified, state: WorkflowState, policy: ApprovalPolicy) -> A
     return ApprovalDenied(step_id=d.step_id, by=verified.name, key=verified.key, reason=d.reason)
 
 
+async def _append_on_state(
+    elog: JetStreamLog,
+    keyring: Keyring,
+    wf: str,
+    build: Callable[[list[Record], WorkflowState], Envelope],
+) -> str:
+    """Append the event ``build`` makes from the workflow's records and trusted state (it raises
+    :class:`Refused` when there is nothing to append); when the workflow moved on in between, build
+    it again on the new state (up to 10 times). The appended event's id."""
+    for _ in range(10):
+        records = await elog.read_records(wf)
+        if not records:
+            raise Refused("no_such_workflow", f"no workflow {wf!r} in the log")
+        state = trusted_fold(wf, records, keyring)
+        event = build(records, state)
+        try:
+            await elog.append(wf, [event], expected_seq=state.last_seq, prev=state.last_hash)
+        except ConcurrencyConflict:
+            continue  # the workflow moved on: judge again on its new state
+        return event.id
+    raise Refused("workflow_busy", f"workflow {wf} kept changing; try again")
+
+
 async def decide(
     elog: JetStreamLog,
     keyring: Keyring | None,
@@ -175,28 +198,20 @@ async def decide(
                 "this deployment has no keyring, so no approver can be verified: make one with `cadre auth init`",
             )
         verified = verify(body, keyring, utc_now(), requester(headers))
-        wf = verified.decision.workflow_id
-        for _ in range(10):
-            records = await elog.read_records(wf)
-            if not records:
-                raise Refused("no_such_workflow", f"no workflow {wf!r} in the log")
-            state = trusted_fold(wf, records, keyring)
-            data = judge(verified, state, policy)
-            event = make_event(
-                data,
-                workflow_id=wf,
+
+        def build(_records: list[Record], state: WorkflowState) -> Envelope:
+            return make_event(
+                judge(verified, state, policy),
+                workflow_id=state.workflow_id,
                 actor="approvals",
                 at=utc_now(),
                 causation_id=verified.decision.request_id,
                 index=int(not verified.decision.grant),
                 basis=state.last_seq,
             )
-            try:
-                await elog.append(wf, [event], expected_seq=state.last_seq, prev=state.last_hash)
-            except ConcurrencyConflict:
-                continue  # the workflow moved on: judge again on its new state
-            return ApprovalReply(event_id=event.id, by=verified.name)
-        raise Refused("workflow_busy", f"workflow {wf} kept changing; try again")
+
+        event_id = await _append_on_state(elog, keyring, verified.decision.workflow_id, build)
+        return ApprovalReply(event_id=event_id, by=verified.name)
     except CadreError as exc:
         return ApprovalReply(error={"code": exc.code, "message": str(exc)})
 
@@ -251,16 +266,13 @@ async def cancel(
             raise Refused("no_keyring", "this deployment has no keyring, so no approver can be verified")
         verified = verify_order(body, keyring, utc_now(), requester(headers))
         wf = verified.order.workflow_id
-        for _ in range(10):
-            records = await elog.read_records(wf)
-            if not records:
-                raise Refused("no_such_workflow", f"no workflow {wf!r} in the log")
-            state = trusted_fold(wf, records, keyring)
+
+        def build(_records: list[Record], state: WorkflowState) -> Envelope:
             if state.done:
                 raise Refused("workflow_ended", f"workflow {wf} has ended ({state.status}): nothing to cancel")
             if state.cancel is not None:
                 raise Refused("cancel_pending", f"workflow {wf} is being cancelled already (by {state.cancel.by})")
-            event = make_event(
+            return make_event(
                 CancelRequested(reason=verified.order.reason, by=verified.name, key=verified.key),
                 workflow_id=wf,
                 actor="approvals",
@@ -269,12 +281,9 @@ async def cancel(
                 index=f"cancel:{verified.key}:{verified.order.at.isoformat()}",
                 basis=state.last_seq,
             )
-            try:
-                await elog.append(wf, [event], expected_seq=state.last_seq, prev=state.last_hash)
-            except ConcurrencyConflict:
-                continue
-            return ApprovalReply(event_id=event.id, by=verified.name)
-        raise Refused("workflow_busy", f"workflow {wf} kept changing; try again")
+
+        event_id = await _append_on_state(elog, keyring, wf, build)
+        return ApprovalReply(event_id=event_id, by=verified.name)
     except CadreError as exc:
         return ApprovalReply(error={"code": exc.code, "message": str(exc)})
 
@@ -289,12 +298,9 @@ async def redrive(
             raise Refused("no_keyring", "this deployment has no keyring, so no approver can be verified")
         verified = verify_order(body, keyring, utc_now(), requester(headers))
         wf = verified.order.workflow_id
-        for _ in range(10):
-            records = await elog.read_records(wf)
-            if not records:
-                raise Refused("no_such_workflow", f"no workflow {wf!r} in the log")
+
+        def build(records: list[Record], state: WorkflowState) -> Envelope:
             trusted = [r for r in records if not isinstance(r, StoredEvent) or verdict(r, keyring).trusted]
-            state = trusted_fold(wf, records, keyring)
             try:
                 letter = to_redrive(wf, trusted, state)
             except NotRedrivable as exc:
@@ -317,7 +323,7 @@ async def redrive(
                 key=verified.key,
                 reason=verified.order.reason,
             )
-            event = make_event(
+            return make_event(
                 data,
                 workflow_id=wf,
                 actor="approvals",
@@ -326,12 +332,9 @@ async def redrive(
                 index=f"redrive:{verified.key}:{verified.order.at.isoformat()}",
                 basis=state.last_seq,
             )
-            try:
-                await elog.append(wf, [event], expected_seq=state.last_seq, prev=state.last_hash)
-            except ConcurrencyConflict:
-                continue
-            return ApprovalReply(event_id=event.id, by=verified.name)
-        raise Refused("workflow_busy", f"workflow {wf} kept changing; try again")
+
+        event_id = await _append_on_state(elog, keyring, wf, build)
+        return ApprovalReply(event_id=event_id, by=verified.name)
     except CadreError as exc:
         return ApprovalReply(error={"code": exc.code, "message": str(exc)})
 
