@@ -12,7 +12,6 @@ import asyncio
 import base64
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -35,19 +34,7 @@ from cadre.cli import main
 from cadre.settings import Settings
 from cadre.system import KINDS
 from tests.deploy_files import read_env_file
-
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+from tests.nats_cluster import DEPLOY, NodeCluster
 
 
 def _get_json(url: str) -> dict[str, Any]:
@@ -61,55 +48,20 @@ def _get_json(url: str) -> dict[str, Any]:
 
 @pytest.fixture
 def three_nodes(tmp_path: Path) -> Iterator[tuple[list[dict[str, str]], Path]]:
-    """deploy/nats/node.conf + cluster.conf + `cadre auth init`, started three times with env/n1..n3.env."""
-    etc = tmp_path / "etc"
-    etc.mkdir()
-    for name in ("node.conf", "cluster.conf"):
-        (etc / name).write_text((DEPLOY / "nats" / name).read_text())
-    assert main(["auth", "init", str(etc)]) == 0
-    ports = _free_ports(9)
-    envs = []
+    """deploy/nats/node.conf + cluster.conf + `cadre auth init`, started three times with env/n1..n3.env
+    (:class:`tests.nats_cluster.NodeCluster`, which moves the shipped ports to free ones)."""
     for i in range(3):
         env = read_env_file(DEPLOY / "nats" / "env" / f"n{i + 1}.env")
         assert env["NATS_ADDR"] == "127.0.0.1"
-        # The shipped routes point at the shipped route ports: move both to free ports together.
+        # The shipped routes point at the shipped route ports, so both move to free ports together.
         shipped = {env[f"NATS_ROUTE_{j + 1}"] for j in range(3)}
         assert shipped == {f"nats-route://127.0.0.1:{6222 + j}" for j in range(3)}
-        env |= {
-            "NATS_PORT": str(ports[i]),
-            "NATS_HTTP_PORT": str(ports[3 + i]),
-            "NATS_CLUSTER_PORT": str(ports[6 + i]),
-            "NATS_STORE_DIR": str(tmp_path / f"js{i + 1}"),
-            **{f"NATS_ROUTE_{j + 1}": f"nats-route://127.0.0.1:{ports[6 + j]}" for j in range(3)},
-        }
-        envs.append(env)
-    procs: list[subprocess.Popen[bytes]] = []
-    logs = []
+    cluster = NodeCluster(tmp_path)
     try:
-        for i, env in enumerate(envs):
-            log = (tmp_path / f"n{i + 1}.log").open("wb")
-            logs.append(log)
-            procs.append(
-                subprocess.Popen(
-                    [str(server_binary()), "-c", str(etc / "node.conf")],
-                    env={"PATH": "/usr/bin:/bin", **env},
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            )
-        yield envs, etc
+        cluster.start()
+        yield cluster.envs, cluster.etc
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
-        for log in logs:
-            log.close()
+        cluster.stop()
 
 
 def _wait_for_routes(envs: list[dict[str, str]], deadline: float) -> dict[str, set[str]]:
