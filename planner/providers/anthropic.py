@@ -120,20 +120,11 @@ class AnthropicProvider:
     def _error(self, exc: anthropic.AnthropicError, request: LLMRequest) -> ProviderError:
         retries = self.config.max_retries
         if isinstance(exc, anthropic.APITimeoutError):
-            return ProviderError(
-                "timeout",
-                f"no answer from the Messages API within {self.config.timeout_s} s per attempt "
-                f"(the SDK retried up to {retries} times) for model {request.model}",
-                provider=self.name,
+            return ProviderError.sdk_timeout(
+                self.name, "the Messages API", self.config.timeout_s, retries, request.model
             )
         if isinstance(exc, anthropic.APIConnectionError):
-            cause = exc.__cause__ or exc
-            return ProviderError(
-                "connection",
-                f"could not reach the Messages API at {self._client.base_url} "
-                f"(the SDK retried up to {retries} times): {type(cause).__name__}: {cause}",
-                provider=self.name,
-            )
+            return ProviderError.unreachable(self.name, "the Messages API", self._client.base_url, retries, exc)
         if isinstance(exc, anthropic.APIStatusError):
             detail = exc.api_message or exc.message
             if exc.type:

@@ -153,6 +153,27 @@ class ProviderError(CadreError):
         )
 
     @classmethod
+    def sdk_timeout(cls, provider: str, api: str, timeout_s: float, retries: int, model: str) -> ProviderError:
+        """No answer from ``api`` within the per-attempt timeout, after the SDK's own retries."""
+        return cls(
+            "timeout",
+            f"no answer from {api} within {timeout_s} s per attempt "
+            f"(the SDK retried up to {retries} times) for model {model}",
+            provider=provider,
+        )
+
+    @classmethod
+    def unreachable(cls, provider: str, api: str, where: object, retries: int, exc: BaseException) -> ProviderError:
+        """``api`` at ``where`` could not be reached (after the SDK's own retries); names the cause."""
+        cause = exc.__cause__ or exc
+        return cls(
+            "connection",
+            f"could not reach {api} at {where} "
+            f"(the SDK retried up to {retries} times): {type(cause).__name__}: {cause}",
+            provider=provider,
+        )
+
+    @classmethod
     def from_status(
         cls, provider: str, status: int, detail: str, *, request_id: str | None = None, retries: int = 0
     ) -> ProviderError:

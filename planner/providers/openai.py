@@ -199,20 +199,11 @@ class OpenAIProvider:
         retries = self.config.max_retries
         where = self._client.base_url
         if isinstance(exc, openai.APITimeoutError):
-            return ProviderError(
-                "timeout",
-                f"no answer from the Chat Completions API within {self.config.timeout_s} s per attempt "
-                f"(the SDK retried up to {retries} times) for model {request.model}",
-                provider=self.name,
+            return ProviderError.sdk_timeout(
+                self.name, "the Chat Completions API", self.config.timeout_s, retries, request.model
             )
         if isinstance(exc, openai.APIConnectionError):
-            cause = exc.__cause__ or exc
-            return ProviderError(
-                "connection",
-                f"could not reach the Chat Completions API at {where} "
-                f"(the SDK retried up to {retries} times): {type(cause).__name__}: {cause}",
-                provider=self.name,
-            )
+            return ProviderError.unreachable(self.name, "the Chat Completions API", where, retries, exc)
         if isinstance(exc, openai.APIStatusError):
             body = exc.body if isinstance(exc.body, dict) else {}
             detail = str(body.get("message") or exc.message)
