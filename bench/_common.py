@@ -125,3 +125,19 @@ def percentile(values: list[float], q: float) -> float:
     lo = int(k)
     hi = min(lo + 1, len(ordered) - 1)
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+async def delete_cadre_streams(nc: NATS, settings: Any) -> None:
+    """Remove what a bench's cadre created on a shared server: the event and ledger streams, the
+    inference cache and the outputs' object store (each already gone is fine)."""
+    from nats.js.errors import NotFoundError
+
+    js = nc.jetstream()
+    for name in (
+        settings.stream_name,
+        settings.ledger_stream_name,
+        "KV_" + settings.inference_cache_bucket,
+        "OBJ_" + settings.outputs_bucket,
+    ):
+        with contextlib.suppress(NotFoundError):
+            await js.delete_stream(name)

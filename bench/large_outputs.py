@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import secrets
 import tempfile
@@ -21,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench._common import environment, median, note, run_on_server
+from bench._common import delete_cadre_streams, environment, median, note, run_on_server
 
 ROWS = "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 10000) SELECT x{pad} FROM n"
 SIZES = {"70 kB (inline)": "", "1.2 MB": ", printf('%0100d', x) AS pad", "10 MB": ", printf('%01000d', x) AS pad"}
@@ -50,8 +49,6 @@ async def run_one(bus: Any, settings: Any, label: str, pad: str, i: int) -> tupl
 
 
 async def main(url: str, runs: int, data_dir: Path) -> dict[str, Any]:
-    from nats.js.errors import NotFoundError
-
     from cadre.settings import Settings
     from cadre.system import run_system
     from cadre.wiring import open_bus
@@ -86,15 +83,7 @@ async def main(url: str, runs: int, data_dir: Path) -> dict[str, Any]:
                     }
                     note(f"{label}: {out[label]}")
         finally:
-            js = bus.nc.jetstream()
-            for name in (
-                settings.stream_name,
-                settings.ledger_stream_name,
-                "KV_" + settings.inference_cache_bucket,
-                "OBJ_" + settings.outputs_bucket,
-            ):
-                with contextlib.suppress(NotFoundError):
-                    await js.delete_stream(name)
+            await delete_cadre_streams(bus.nc, settings)
     return out
 
 

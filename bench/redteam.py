@@ -98,8 +98,7 @@ def local_api() -> Iterator[str]:
 @contextlib.asynccontextmanager
 async def running_cadre(nats_url: str, data_dir: Path, allow: str) -> AsyncIterator[Any]:
     """A whole cadre (every actor kind in this process); yields its bus and settings."""
-    from nats.js.errors import NotFoundError
-
+    from bench._common import delete_cadre_streams
     from cadre.settings import Settings
     from cadre.system import run_system
     from cadre.wiring import open_bus
@@ -124,15 +123,7 @@ async def running_cadre(nats_url: str, data_dir: Path, allow: str) -> AsyncItera
             async with run_system(bus, settings):
                 yield bus, settings
         finally:
-            js = bus.nc.jetstream()
-            for name in (
-                settings.stream_name,
-                settings.ledger_stream_name,
-                "KV_" + settings.inference_cache_bucket,
-                "OBJ_" + settings.outputs_bucket,
-            ):
-                with contextlib.suppress(NotFoundError):
-                    await js.delete_stream(name)
+            await delete_cadre_streams(bus.nc, settings)
 
 
 async def run_one(bus: Any, settings: Any, row: dict[str, Any], allow: str, within: float) -> dict[str, Any]:
@@ -234,6 +225,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.path.insert(0, str(ROOT))  # bench._common, for running_cadre
     from _common import bench_server, note
 
     args = parse_args()
