@@ -44,10 +44,13 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Final, TypeVar
 
+import msgspec
+
 from cadre.actors import compensation, rate_wait
 from cadre.actors.context import Context, Inferred, ToolFailure
 from cadre.actors.outcome import Defer, Outcome
 from cadre.actors.runtime import ActorSpec
+from cadre.bus.effects import ToolCalled
 from cadre.bus.events import (
     ApprovalDenied,
     ApprovalGranted,
@@ -164,6 +167,16 @@ class Proposed(Exception):
     def __init__(self, proposal: ProposalMade) -> None:
         super().__init__(proposal.step_id)
         self.proposal = proposal
+        self.event: Event = proposal
+
+
+class Waits(Exception):
+    """A consultation denied for the rate limit stops the run here (``consultation_waiting``): the
+    step goes on from the same point when the wait comes (:func:`resume_after_wait`)."""
+
+    def __init__(self, wait: ConsultationWaiting) -> None:
+        super().__init__(wait.step_id)
+        self.event: Event = wait
 
 
 @dataclass
@@ -180,10 +193,10 @@ class _StepRun:
     calls: int = 0
     can_skip: bool = False
     conditions: list[Check] = field(default_factory=list)  # the checked conditions evaluated, in order
-    wait_max_s: float = 0.0  # a rate-limited recover waits up to this long, once, then asks again
+    wait_max_s: float = 0.0  # a rate-limited consultation waits up to this long, once, then asks again
     remaining: tuple[str, ...] | None = None  # the fallbacks after the current call (None: not ordered yet)
     phase: str = "run"  # "recovery" while the recovery's call runs
-    waited: bool = False  # it waited already
+    waited: str = ""  # the consultation this run waited for already (it does not wait twice)
 
     def preconditions(self) -> ErrorInfo | None:
         """Check the step's preconditions on its resolved inputs (recorded); the first that does
@@ -212,7 +225,7 @@ class _StepRun:
         except ToolFailure as exc:
             note = ""
             if exc.error.code == "invalid_output" and exc.output is not None:
-                fixed, note = await self.interpret(tool, inputs, exc.output, exc.error.message)
+                fixed, note = await self.interpret(tool, inputs, exc.output, exc.error, exc.retryable)
                 if fixed is not None:
                     raise Proposed(self.interpreted(tool, fixed, exc.error, exc.retryable)) from None
             self.failed_call(FailedCall(tool, exc.error, exc.retryable), note)
@@ -224,11 +237,13 @@ class _StepRun:
                 return out
             self.failed_call(FailedCall(tool, unmet))
             return None
-        problem = f"{tool} returned no {', '.join(missing)}, which the step expects"
+        problem = ErrorInfo(
+            code="missing_output", message=f"{tool} returned no {', '.join(missing)}, which the step expects"
+        )
         fixed, note = await self.interpret(tool, inputs, out, problem)
         if fixed is not None:
-            raise Proposed(self.interpreted(tool, fixed, ErrorInfo(code="missing_output", message=problem)))
-        self.failed_call(FailedCall(tool, ErrorInfo(code="missing_output", message=problem)), note)
+            raise Proposed(self.interpreted(tool, fixed, problem))
+        self.failed_call(FailedCall(tool, problem), note)
         return None
 
     def postconditions(self, tool: str, inputs: dict[str, Any], output: dict[str, Any]) -> ErrorInfo | None:
@@ -254,14 +269,20 @@ class _StepRun:
         self.deviations.append(f"{failure.tool} failed: {failure.error.code}: {failure.error.message}{note}")
 
     async def interpret(
-        self, tool: str, inputs: dict[str, Any], output: Any, problem: str
+        self, tool: str, inputs: dict[str, Any], output: Any, error: ErrorInfo, retryable: bool = False
     ) -> tuple[dict[str, Any] | None, str]:
-        """The model's corrected ``output``, or None and a note on why there is none."""
+        """The model's corrected ``output`` (``error`` says what is wrong with it), or None and a note
+        on why there is none. Denied for the rate limit, within the bound: the run stops here
+        (:class:`Waits`); the tool's output is recorded already, so asking again never re-runs it."""
         if self.catalog is None or tool not in self.catalog:
             return None, ""
         spec = self.catalog[tool]
+        problem = error.message
         request = interpret_request(self.step, inputs, spec, output, problem)
         inferred = await self.infer("interpret", request, interpret_validator(spec, self.step.expected_outputs))
+        after = self.wait_after("interpret", inferred)
+        if after is not None:
+            raise Waits(self.waiting("interpret", after, error, retryable, tool=tool))
         if inferred.value is None:
             return None, "" if inferred.declined else f" (not interpreted: {inferred.describe()})"
         self.deviations.append(f"output interpreted by the model: {problem}; {inferred.describe()}")
@@ -274,6 +295,9 @@ class _StepRun:
             return options
         request = decide_request(self.step, self.inputs, self.failures[-1], options, self.catalog)
         inferred = await self.infer("decide", request, decide_validator(options))
+        after = self.wait_after("decide", inferred)
+        if after is not None:
+            raise Waits(self.waiting("decide", after))
         if inferred.value is None:
             if not inferred.declined:
                 self.deviations.append(f"fallback tools tried in planned order: {inferred.describe()}")
@@ -296,8 +320,7 @@ class _StepRun:
             "recover", request, recover_validator(self.catalog, self.step, tried, skippable=can_skip)
         )
         plan = inferred.value
-        deadline = rate_wait.deadline_of(self.state)
-        after = rate_wait.wait_s(inferred, self.wait_max_s, waited=self.waited, now=self.ctx.now(), deadline=deadline)
+        after = self.wait_after("recover", inferred)
         if after is not None:
             return self.waiting("recover", after)
         if plan is None:
@@ -334,21 +357,36 @@ class _StepRun:
             phase=self.phase,
         )
 
-    def waiting(self, call: str, after: float) -> ConsultationWaiting:
-        """Wait ``after`` seconds for the provider's rate limit, then ask ``call`` again (a durable timer)."""
-        last = self.failures[-1]
-        return rate_wait.waiting(
+    def wait_after(self, call: str, inferred: Inferred[Any]) -> float | None:
+        """How long ``call``, denied for the rate limit, waits before asking again (None: it does not)."""
+        deadline = rate_wait.deadline_of(self.state)
+        waited = self.waited == call
+        return rate_wait.wait_s(inferred, self.wait_max_s, waited=waited, now=self.ctx.now(), deadline=deadline)
+
+    def waiting(
+        self, call: str, after: float, error: ErrorInfo | None = None, retryable: bool | None = None, tool: str = ""
+    ) -> ConsultationWaiting:
+        """Wait ``after`` seconds for the provider's rate limit, then ask ``call`` again (a durable
+        timer). ``error`` (default: the last failed call's) is what the run stands on; an
+        ``interpret`` names the ``tool`` whose output it asks about, and where the run stands."""
+        if error is None or retryable is None:
+            last = self.failures[-1]  # decide and recover come after a failed call
+            error, retryable = last.error, last.retryable
+        wait = rate_wait.waiting(
             self.ctx,
             call,
             after,
-            last.error,
+            error,
             task_id=self.step.task_id,
             step_id=self.step.id,
             attempts=self.calls,
             deviations=tuple(self.deviations),
             tried=tuple(f.tool for f in self.failures),
-            retryable=last.retryable,
+            retryable=retryable,
         )
+        if call != "interpret":
+            return wait
+        return msgspec.structs.replace(wait, tool=tool, remaining=self.remaining, phase=self.phase)
 
     def proposal(self, action: str, tool: str, inputs: dict[str, Any], reason: str) -> ProposalMade:
         """The model's ``recover`` decision, for the validator, with the run so far."""
@@ -416,8 +454,8 @@ async def run_step(
         if out is not None:
             return [run.completed(step.tool, out)]
         return [await from_fallbacks(run, await run.fallbacks())]
-    except Proposed as stop:
-        return [stop.proposal]
+    except (Proposed, Waits) as stop:
+        return [stop.event]
 
 
 def unchecked_inputs(state: WorkflowState, step: StepIntent, inputs: dict[str, Any]) -> ErrorInfo | None:
@@ -473,8 +511,8 @@ async def after_interpretation(run: _StepRun, proposal: ProposalMade, refused: s
             return [run.failed(" (after the model's recovery)")]
         order = proposal.remaining if proposal.remaining is not None else await run.fallbacks()
         return [await from_fallbacks(run, order)]
-    except Proposed as stop:
-        return [stop.proposal]
+    except (Proposed, Waits) as stop:
+        return [stop.event]
 
 
 def resumed(
@@ -496,6 +534,64 @@ def resumed(
     )
 
 
+async def resume_after_wait(
+    ctx: Context,
+    state: WorkflowState,
+    rec: StoredEvent,
+    wait: ConsultationWaiting,
+    catalog: Catalog | None,
+    wait_max_s: float,
+) -> list[Event]:
+    """The wait ``rec`` came: the step goes on from where it stopped, asking ``wait.call`` again,
+    once (a second denial falls back). ``recover`` and ``decide`` pick the run up after its failed
+    calls; ``interpret`` after its tool's call, whose output it reads back from the wait's own
+    recorded effect (``ToolCalled``): the tool never runs twice, and a replay serves the same output."""
+    st = state.steps[wait.step_id]
+    run = resumed(ctx, state, wait, catalog)
+    run.waited, run.can_skip = wait.call, skippable(state, st.step)
+    run.deviations.append(rate_wait.waited_note(wait))
+    if wait.call == "recover":  # the first wait of all: nothing after it waits again
+        return [await run.recover()]
+    run.wait_max_s = wait_max_s
+    try:
+        if wait.call == "decide":
+            return [await from_fallbacks(run, await run.fallbacks())]
+        return await reinterpret(run, st.proposal, wait, rec.event.effects)
+    except (Proposed, Waits) as stop:
+        return [stop.event]
+
+
+def recorded_output(effects: tuple[Any, ...], tool: str) -> Any:
+    """The output ``tool`` last gave in ``effects`` (its refused output, for ``invalid_output``);
+    None when the record holds none."""
+    for f in reversed(effects):
+        if isinstance(f, ToolCalled) and f.tool == tool:
+            return f.output if f.error is None else f.refused
+    return None
+
+
+async def reinterpret(
+    run: _StepRun, proposal: ProposalMade | None, wait: ConsultationWaiting, effects: tuple[Any, ...]
+) -> list[Event]:
+    """Ask ``interpret`` again about the output ``wait.tool`` gave before the wait, then go on as
+    :meth:`_StepRun.call` would have: the model's replacement is a proposal; without one the call
+    counts as failed and the run goes on (the remaining fallbacks, a recovery; nothing after a
+    recovery's call)."""
+    run.remaining, run.phase = wait.remaining, wait.phase
+    recovery = wait.phase == "recovery" and proposal is not None
+    inputs = dict(proposal.inputs) if recovery and proposal is not None else dict(run.inputs)
+    output = recorded_output(effects, wait.tool)
+    fixed, note = await run.interpret(wait.tool, inputs, output, wait.error, wait.retryable)
+    if fixed is not None:
+        return [run.interpreted(wait.tool, fixed, wait.error, wait.retryable)]
+    run.failed_call(FailedCall(wait.tool, wait.error, wait.retryable), note)
+    if wait.phase == "recovery":
+        how = f", {proposal.action} with {proposal.tool}: {proposal.reason}" if proposal is not None else ""
+        return [run.failed(f" (after the model's recovery{how})")]
+    order = wait.remaining if wait.remaining is not None else await run.fallbacks()
+    return [await from_fallbacks(run, order)]
+
+
 async def run_proposal(
     ctx: Context, state: WorkflowState, proposal: ProposalMade, catalog: Catalog | None
 ) -> list[Event]:
@@ -509,8 +605,8 @@ async def run_proposal(
     run.phase = "recovery"
     try:
         out = await run.call(proposal.tool, dict(proposal.inputs), suffix)
-    except Proposed as stop:
-        return [stop.proposal]
+    except (Proposed, Waits) as stop:
+        return [stop.event]
     if out is not None:
         return [run.completed(proposal.tool, out)]
     return [run.failed(f" (after the model's recovery, {proposal.action} with {proposal.tool}: {proposal.reason})")]
@@ -726,10 +822,7 @@ def make_spec(
                 if deferred is not None:
                     return deferred
                 tools = pool_catalog(catalog, step_pool(state, st.step), pools)
-                run = resumed(ctx, state, data, tools)
-                run.waited, run.can_skip = True, skippable(state, st.step)
-                run.deviations.append(rate_wait.waited_note(data))
-                return [await run.recover()]
+                return await resume_after_wait(ctx, state, rec, data, tools, rate_limit_wait_s)
             case ProposalRejected():
                 st = state.steps.get(data.step_id)
                 if st is None or st.status != "refused" or st.proposal is None or not mine(state, st.step):

@@ -19,6 +19,8 @@ its match score as the plan's confidence.
 
 from __future__ import annotations
 
+import logging
+
 import msgspec
 
 from cadre.actors import cancel, compensation, rate_wait
@@ -57,6 +59,7 @@ from cadre.bus.events import (
     WorkflowFailed,
     WorkflowRequested,
 )
+from cadre.bus.plan import ErrorInfo
 from cadre.planner.catalog import Catalog
 from cadre.planner.providers.prompts import (
     ADAPT_AFTER_FAILURE,
@@ -69,6 +72,8 @@ from cadre.planner.providers.prompts import (
 from cadre.planner.scheduler import is_finished
 from cadre.store.records import StoredEvent
 from cadre.store.state import WorkflowState, wait_key
+
+log = logging.getLogger(__name__)
 
 MAX_REVISIONS = 3
 """Plan revisions a workflow may have: the first plan and two adaptations."""
@@ -137,14 +142,52 @@ async def plan(
     return [WorkflowFailed(reason="no_plan", message=rules.no_plan_message(why, hit))]
 
 
-async def adapt(ctx: Context, state: WorkflowState, failed: list[Event], catalog: Catalog) -> list[Event]:
+async def adapt(
+    ctx: Context,
+    state: WorkflowState,
+    failed: list[Event],
+    catalog: Catalog,
+    wait_max_s: float = 0.0,
+    waited: ConsultationWaiting | None = None,
+) -> list[Event]:
     """A new plan revision for the work that remains, instead of ``failed`` (the workflow's
-    failure), when the workflow allows adaptation and the model gives a valid plan."""
+    failure), when the workflow allows adaptation and the model gives a valid plan.
+
+    An ``adapt`` denied for the provider's rate limit waits out ``retry_after_s`` up to
+    ``wait_max_s`` (``consultation_waiting``, ``task_id`` the failed task, ``attempts`` its attempt,
+    ``revision`` the plan's), once; the other branches run on meanwhile, and nothing more of the
+    failed one (its dependents wait on it). ``waited`` is that wait, come: the planner asks again on
+    the workflow as it stands then (:func:`adapt_after_wait`)."""
     end = failed[0] if failed else None
     if not isinstance(end, WorkflowFailed) or end.task_id is None or state.plan is None:
         return failed
+    task = state.tasks.get(end.task_id)
+    attempt = task.attempt if task is not None else 0
+    if waited is None and wait_key("adapt", end.task_id, attempt, state.revision) in state.waits:
+        return []  # the failure redelivered while its re-plan waits: the wait asks again
     why = f"re-planned after task {end.task_id!r} failed ({end.message})"
-    return await _replan(ctx, state, end, why, ADAPT_AFTER_FAILURE, catalog)
+    if waited is not None:
+        why = f"{rate_wait.waited_note(waited)}; {why}"
+    return await _replan(ctx, state, end, why, ADAPT_AFTER_FAILURE, catalog, wait_max_s, waited, attempt)
+
+
+def adapt_pending(state: WorkflowState, wait: ConsultationWaiting, wait_id: str) -> list[Event] | str:
+    """The failure an ``adapt`` wait still stands for, now that it came (``[workflow_failed]``), or
+    why it no longer does: the workflow ended or was cancelled, a later wait replaced it, the plan
+    was revised, or the failed task was dealt with meanwhile. Nothing is asked then."""
+    if state.done or compensation.frozen(state) or state.plan is None:
+        return f"the workflow has ended or is ending ({state.status})"
+    if state.waits.get(wait_key("adapt", wait.task_id, wait.attempts, wait.revision)) != wait_id:
+        return "a later wait replaced it"
+    if state.revision != wait.revision:
+        return f"the plan was revised meanwhile (revision {state.revision})"
+    task = state.tasks.get(wait.task_id)
+    if task is None or task.attempt != wait.attempts or task.status != "running":
+        return f"task {wait.task_id!r} was dealt with meanwhile"
+    failed = [st for sid in task.step_ids if (st := state.steps.get(sid)) is not None and st.status == "failed"]
+    if not failed or failed[-1].error is None:
+        return f"task {wait.task_id!r} has no failed step any more"
+    return rules.fail_task(wait.task_id, failed[-1].error, task.attempt)
 
 
 async def replan_rejected(ctx: Context, state: WorkflowState, data: PlanRejected, catalog: Catalog) -> list[Event]:
@@ -162,9 +205,18 @@ async def replan_rejected(ctx: Context, state: WorkflowState, data: PlanRejected
 
 
 async def _replan(
-    ctx: Context, state: WorkflowState, end: WorkflowFailed, why: str, situation: str, catalog: Catalog
+    ctx: Context,
+    state: WorkflowState,
+    end: WorkflowFailed,
+    why: str,
+    situation: str,
+    catalog: Catalog,
+    wait_max_s: float = 0.0,
+    waited: ConsultationWaiting | None = None,
+    attempt: int = 0,
 ) -> list[Event]:
-    """The model's plan of the remaining work as the next revision, instead of ``end``."""
+    """The model's plan of the remaining work as the next revision, instead of ``end`` (a re-plan
+    after a failed task, ``end.task_id``, denied for the rate limit: a wait, within ``wait_max_s``)."""
     assert state.plan is not None
     if state.revision >= MAX_REVISIONS:
         return [end]
@@ -177,11 +229,19 @@ async def _replan(
     )
     validate = adapt_validator(catalog, state.plan, completed)
     inferred = await ctx.infer("adapt", ask, validate, ctx.policy(state.request))
+    if inferred.value is None and end.task_id is not None:
+        now, deadline = ctx.now(), rate_wait.deadline_of(state)
+        after = rate_wait.wait_s(inferred, wait_max_s, waited=waited is not None, now=now, deadline=deadline)
+        if after is not None:
+            error = ErrorInfo(code=end.reason, message=end.message)  # what the re-plan stands for
+            wait = rate_wait.waiting(ctx, "adapt", after, error, task_id=end.task_id, attempts=attempt)
+            return [msgspec.structs.replace(wait, revision=revision)]
     if inferred.value is None:
-        if inferred.declined:
+        note = f"{rate_wait.waited_note(waited)}; " if waited is not None else ""
+        if inferred.declined and not note:
             return [end]  # adaptation is not for this workflow: fail exactly as without it
-        note = f" (adaptation was tried: {inferred.describe()})"
-        return [msgspec.structs.replace(end, message=end.message + note)]
+        tried = f" (adaptation was tried: {note}{inferred.describe()})"
+        return [msgspec.structs.replace(end, message=end.message + tried)]
     return [
         PlanProposed(plan=inferred.value, revision=revision + 1, source="model", reason=f"{why}: {inferred.describe()}")
     ]
@@ -231,6 +291,8 @@ def make_spec(catalog: Catalog, on_failure: str = "fail", rate_limit_wait_s: flo
                 if deferred is not None:
                     return deferred
                 return await plan(ctx, state, state.request, catalog, rate_limit_wait_s, waited=data)
+            case ConsultationWaiting() if data.call == "adapt" and not data.step_id:
+                return await adapt_after_wait(ctx, rec, state, data)
             case PlanValidated():
                 return on_plan_validated(state, data)
             case PlanRejected():
@@ -243,7 +305,7 @@ def make_spec(catalog: Catalog, on_failure: str = "fail", rate_limit_wait_s: flo
                 failed = rules.on_step_failed(state, data)
                 if state.request is not None and state.request.dry_run:
                     return failed  # a re-plan is an execution-time consultation: a dry run makes none
-                return await adapt(ctx, state, failed, catalog)
+                return await adapt(ctx, state, failed, catalog, rate_limit_wait_s)
             case HandlerFailed():
                 return rules.on_handler_failed(state, data, rec.event.actor)
             case (
@@ -270,5 +332,21 @@ def make_spec(catalog: Catalog, on_failure: str = "fail", rate_limit_wait_s: flo
                 | Redriven()
             ):
                 return []
+
+    async def adapt_after_wait(
+        ctx: Context, rec: StoredEvent, state: WorkflowState, data: ConsultationWaiting
+    ) -> Outcome:
+        """An ``adapt`` wait, come: asked again on the workflow as it stands now, or dropped (with
+        the reason logged) when it no longer stands for a failure."""
+        key = wait_key("adapt", data.task_id, data.attempts, data.revision)
+        if state.waits.get(key) == rec.event.id and not state.done:
+            deferred = rate_wait.not_yet(ctx, data)
+            if deferred is not None:
+                return deferred
+        pending = adapt_pending(state, data, rec.event.id)
+        if isinstance(pending, str):
+            log.info("adapt wait %s of workflow %s dropped: %s", rec.event.id, ctx.workflow_id, pending)
+            return []
+        return await adapt(ctx, state, pending, catalog, rate_limit_wait_s, waited=data)
 
     return ActorSpec(kind="planner", handles=HANDLES, handler=handle, consistent=HANDLES)

@@ -8,8 +8,11 @@ actor defers that event to ``until`` (a durable timer: JetStream redelivers it, 
 too) and then asks again, once; a second denial falls back as without the wait. A consultation
 never denied for a rate limit produces exactly the events it did before.
 
-Plain functions; the handlers (the planner's ``plan``, the decomposer's ``decompose``, the agent's
-``recover``) keep what is theirs: what the run so far is, and how they ask again.
+Plain functions; the handlers (the planner's ``plan`` and ``adapt``, the decomposer's ``decompose``,
+the agent's ``recover``, ``decide`` and ``interpret``) keep what is theirs: what the run so far is,
+and how they ask again (the agent resumes the step where it stopped, reading a tool's output back
+from the wait's own recorded effect; the planner re-checks that the failure its ``adapt`` stands for
+still stands).
 """
 
 from __future__ import annotations

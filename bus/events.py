@@ -316,10 +316,17 @@ class ConsultationWaiting(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A consultation the budget denied for the provider's rate limit waits ``retry_after_s``, until
     ``until``, then asks again (a durable timer: the agent defers this event to ``until``).
 
-    ``call`` is the consultation: ``recover`` (the agent's; the run so far travels with it, as on
-    ``proposal_made``, so the agent picks the step up where it left it), ``plan`` (the planner's:
-    no task, no step) or ``decompose`` (the decomposer's: ``task_id``, and the task's attempt in
-    ``attempts``). The actor that asked defers the event to ``until`` (``actors.rate_wait``).
+    ``call`` is the consultation: ``recover``, ``decide`` or ``interpret`` (the agent's; the run so
+    far travels with it, as on ``proposal_made``, so the agent picks the step up where it left it),
+    ``plan`` (the planner's: no task, no step), ``adapt`` (the planner's re-plan after task
+    ``task_id`` failed for good at attempt ``attempts`` of plan ``revision``) or ``decompose`` (the
+    decomposer's: ``task_id``, and the task's attempt in ``attempts``). The actor that asked defers
+    the event to ``until`` (``actors.rate_wait``).
+
+    ``interpret`` waits after its tool ran: ``tool`` is the call whose output awaits the model (the
+    output itself is this event's recorded ``ToolCalled`` effect, which the agent reads back when it
+    asks again: the tool never runs twice), ``error`` what is wrong with it, ``remaining`` and
+    ``phase`` where the run stands (as on ``proposal_made``).
     """
 
     TYPE: ClassVar[str] = "consultation_waiting"
@@ -333,6 +340,10 @@ class ConsultationWaiting(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     tried: tuple[str, ...] = ()
     error: ErrorInfo
     retryable: bool = False
+    tool: str = ""
+    remaining: tuple[str, ...] | None = None
+    phase: str = "run"
+    revision: int = 0
 
 
 class CompensationStarted(msgspec.Struct, frozen=True, kw_only=True, gc=False):

@@ -259,7 +259,8 @@ def apply(state: WorkflowState, stored: StoredEvent) -> None:
             if data.step_id:
                 _step(state, data.step_id, status="waiting", wait_id=e.id)
             else:  # the planner's or the decomposer's
-                state.waits = {**state.waits, wait_key(data.call, data.task_id, data.attempts): e.id}
+                key = wait_key(data.call, data.task_id, data.attempts, data.revision)
+                state.waits = {**state.waits, key: e.id}
         case DeadlineSet():
             state.deadline = data.until
         case CancelRequested():
@@ -313,9 +314,11 @@ def _revised_tasks(previous: dict[str, TaskState], plan: Plan) -> dict[str, Task
     return tasks
 
 
-def wait_key(call: str, task_id: str = "", attempt: int = 0) -> str:
-    """What names a planner's or decomposer's consultation wait in ``WorkflowState.waits``."""
-    return f"{call}:{task_id}:{attempt}" if task_id else call
+def wait_key(call: str, task_id: str = "", attempt: int = 0, revision: int = 0) -> str:
+    """What names a planner's or decomposer's consultation wait in ``WorkflowState.waits`` (an
+    ``adapt``'s names the plan ``revision`` too: a later revision's task starts its attempts over)."""
+    key = f"{call}:{task_id}:{attempt}" if task_id else call
+    return f"{key}@{revision}" if revision else key
 
 
 def _task(state: WorkflowState, task_id: str, **changes: Any) -> None:
