@@ -86,7 +86,9 @@ from cadre.planner.providers.agent_prompts import (
 )
 from cadre.planner.providers.base import LLMRequest
 from cadre.planner.refs import RefError, find_refs, resolve, with_step_outputs
+from cadre.planner.safety import SafetyContext
 from cadre.planner.scheduler import topo_order
+from cadre.planner.validation import NO_DEPLOYMENT
 from cadre.planner.validation import failed as failed_checks
 from cadre.store.records import StoredEvent
 from cadre.store.state import WorkflowState
@@ -742,8 +744,11 @@ def make_spec(
     pools: agent_pools.Pools | None = None,
     pool: str | None = agent_pools.EVERY_POOL,
     rate_limit_wait_s: float = 0.0,
+    safety: SafetyContext = NO_DEPLOYMENT,
 ) -> ActorSpec:
     """The agent; given the tool ``catalog`` it consults the model too (module docstring).
+    ``safety``: the deployment's context of the tools' safety rules, which a compensating call
+    is checked against before it runs (:func:`actors.compensation.refusal`).
 
     A ``recover`` the budget denies for the provider's rate limit, with ``retry_after_s`` at most
     ``rate_limit_wait_s``, waits that long once (``consultation_waiting``, a durable timer: the agent
@@ -769,7 +774,7 @@ def make_spec(
             st = compensation.next_to_undo(state)
             if st is None or not mine(state, st.step):
                 return []
-            return [await compensation.undo(ctx, state, st, catalog)]
+            return [await compensation.undo(ctx, state, st, catalog, safety)]
         match data:
             case StepReady():
                 st = state.steps.get(data.step.id)

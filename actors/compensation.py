@@ -13,6 +13,13 @@ the tool and its ``step_compensated`` is redelivered and the tool, idempotent by
 nothing twice. Once every step is settled the planner emits ``workflow_failed`` with what was
 undone (``compensated``) and what was not (``not_undone``): failed and compensated.
 
+A compensating call is checked before it runs as the validator checks a step (:func:`refusal`): its
+tool and its inputs by ``check_step`` (the tool known and allowed, the inputs strictly valid, its
+safety rule), and the call it undoes by that call's tool's safety rule (``fs.restore`` puts back
+the file the write named: a path outside the workspace is refused before anything is touched). A
+refused compensation runs nothing: its ``step_compensated`` carries the refusal
+(``compensation_refused``, the failed checks) and the step is listed as not undone.
+
 While a workflow compensates nothing else moves: the planner dispatches nothing, the validator
 clears nothing and the agent starts no step (:func:`frozen`).
 """
@@ -24,8 +31,11 @@ from typing import Any, Final
 from cadre.actors.context import Context, ToolFailure
 from cadre.bus.events import CompensationStarted, Event, StepCompensated, WorkflowFailed, WorkflowRequested
 from cadre.bus.plan import ErrorInfo
+from cadre.planner.builtin_tools import compensation_specs
 from cadre.planner.catalog import Catalog
 from cadre.planner.refs import RefError, resolve
+from cadre.planner.safety import SafetyContext
+from cadre.planner.validation import NO_DEPLOYMENT, check_step, failed
 from cadre.store.state import StepState, WorkflowState
 
 COMPENSATE: Final = "compensate"
@@ -144,8 +154,36 @@ def _inputs(state: WorkflowState, st: StepState) -> dict[str, Any]:
     return resolved
 
 
-async def undo(ctx: Context, state: WorkflowState, st: StepState, catalog: Catalog | None) -> StepCompensated:
-    """Run the compensating tool of ``st``'s tool, once (its own idempotency key)."""
+def refusal(
+    tool: str, compensation: str, inputs: dict[str, Any], catalog: Catalog, safety: SafetyContext = NO_DEPLOYMENT
+) -> ErrorInfo | None:
+    """Why the compensating call (``compensation`` with ``inputs``, undoing a call of ``tool``) may not
+    run, or None: it passes the validator's step check (its tool known and allowed, strict inputs,
+    its safety rule) and the undone call's inputs pass ``tool``'s safety rule. The size limit of a
+    step's inputs is not applied: the call carries the undone call's output, which may be larger."""
+    runnable = Catalog([*catalog.values(), *(s for s in compensation_specs() if s.name not in catalog)])
+    who = f"compensation {compensation}"
+    checks = [c for c in check_step(compensation, inputs, runnable, safety=safety, who=who) if c.name != "inputs_size"]
+    undone = inputs.get("inputs")
+    if isinstance(undone, dict) and tool in runnable:
+        found = check_step(tool, undone, runnable, safety=safety, who=f"{who} (the {tool} call it undoes)")
+        checks += [c for c in found if c.name == "inputs_safe"]
+    refused = failed(checks)
+    if not refused:
+        return None
+    said = "; ".join(c.message for c in refused)
+    return ErrorInfo(code="compensation_refused", message=f"refused before it ran: {said}")
+
+
+async def undo(
+    ctx: Context,
+    state: WorkflowState,
+    st: StepState,
+    catalog: Catalog | None,
+    safety: SafetyContext = NO_DEPLOYMENT,
+) -> StepCompensated:
+    """Run the compensating tool of ``st``'s tool, once (its own idempotency key), if it passes
+    :func:`refusal`; refused, nothing runs and the step is not undone."""
     tool = st.tool or st.step.tool
     spec = catalog.get(tool) if catalog is not None else None
     if spec is None or spec.compensation is None:
@@ -157,6 +195,9 @@ async def undo(ctx: Context, state: WorkflowState, st: StepState, catalog: Catal
         "output": st.output or {},
         "key": call_key(ctx.workflow_id, st),
     }
+    refused = refusal(tool, spec.compensation, inputs, catalog, safety) if catalog is not None else None
+    if refused is not None:
+        return StepCompensated(step_id=st.step.id, tool=spec.compensation, error=refused)
     try:
         out = await ctx.call_tool(
             spec.compensation, inputs, idempotency_key=f"{ctx.workflow_id}/{st.step.id}:compensate"

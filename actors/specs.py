@@ -10,7 +10,7 @@ from cadre.actors.runtime import ActorSpec
 from cadre.planner.catalog import Catalog
 from cadre.planner.pools import EVERY_POOL, Pools
 from cadre.planner.safety import SafetyContext
-from cadre.planner.validation import Limits
+from cadre.planner.validation import NO_DEPLOYMENT, Limits
 
 __all__ = ["live_specs"]
 
@@ -44,6 +44,7 @@ def live_specs(
             pools=pools,
             pool=agent_pool,
             rate_limit_wait_s=rate_limit_wait_s,
+            safety=safety if safety is not None else NO_DEPLOYMENT,
         ),
     )
     return tuple(redrivable(s) for s in specs)  # a redriven input goes to the kind that gave up on it
