@@ -119,7 +119,16 @@ def make_spec(
             check = Check(name="reference_resolves", passed=False, message=msg, fix=exc.fix, path=f"{path}.inputs")
             return StepsRejected(task_id=step.task_id, checks=(*before, check), step_id=step.id)
         checks = check_step(
-            step.tool, inputs, catalog, safety=ctx_safety, limits=lim, pool=task.pool, pools=pools, who=who, path=path
+            step.tool,
+            inputs,
+            catalog,
+            safety=ctx_safety,
+            limits=lim,
+            pool=task.pool,
+            pools=pools,
+            who=who,
+            path=path,
+            planned=step.inputs,
         )
         for k, name in enumerate(step.fallback_tools):  # a fallback runs with the same inputs
             if name in catalog:
@@ -130,6 +139,7 @@ def make_spec(
                     safety=ctx_safety,
                     who=f"{who} (fallback {name!r})",
                     path=f"{path}.fallback_tools[{k}]",
+                    planned=step.inputs,
                 )
                 checks += [c for c in found if c.name == "inputs_safe"]
         if passed_all(checks):

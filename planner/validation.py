@@ -555,8 +555,14 @@ def check_step(
     pools: agent_pools.Pools | None = None,
     who: str = "step",
     path: str = "step",
+    planned: Mapping[str, Any] | None = None,
 ) -> list[Check]:
     """The validator's check of one step about to run: ``tool`` with its fully resolved ``inputs``.
+
+    ``planned``: the inputs as the step was planned, before its references were resolved. Given,
+    the reference checks read those (a reference or a stray ``${`` is the plan's), not the resolved
+    values: an upstream output is data, and a value of it that reads ``${top.rows`` or even
+    ``${a.b}`` is text to pass on, not an unclosed or unresolved reference.
 
     ``catalog`` carries the deployment's policy (prohibited tools); ``pool`` the agent pool the
     step runs in, checked against the deployment's ``pools`` (``agent_pool``); ``safety`` the
@@ -573,7 +579,7 @@ def check_step(
         checks.append(
             _fail("agent_pool", f"{who}: {why}", "choose a tool of the pool, or run it in another", f"{path}.tool")
         )
-    left = find_refs(inputs)
+    left = find_refs(inputs) if planned is None else []  # planned: resolved already, what is left is data
     for ref in left:
         checks.append(
             _fail(
@@ -583,7 +589,7 @@ def check_step(
                 f"{path}.{ref.where}",
             )
         )
-    checks += _reference_form_failures(who, inputs, path)
+    checks += _reference_form_failures(who, inputs if planned is None else planned, path)
     if spec is not None and spec.safety is not Safety.PROHIBITED:
         checks.append(
             _check_inputs("inputs_valid", who, spec, inputs, [r.loc for r in left], f"{path}.inputs", "error")

@@ -29,6 +29,7 @@ from cadre.bus.events import (
 )
 from cadre.bus.plan import Plan, StepIntent, Task
 from cadre.bus.request import parse_request
+from cadre.planner.validation import check_step, passed_all
 from cadre.store.objects import REF_KEY, outsized, references, resolved
 from cadre.store.records import StoredEvent
 from cadre.store.state import fold
@@ -180,3 +181,32 @@ def test_large_resolved_inputs_travel_by_reference_as_outputs_do() -> None:
     assert resolved(stored, objects) == env  # read back: the inputs as the validator checked them
     small = make_event(StepReady(step=step, resolved_inputs={"value": "v"}), workflow_id=WF, actor="validator", at=T0)
     assert outsized(small, 64 * 1024) == (small, {})
+
+
+async def test_an_upstream_value_holding_a_dollar_brace_is_data_not_a_reference() -> None:
+    """A resolved value is data: an upstream output reading ``${top.rows`` (or ``${a.b}``) is passed on
+    as text, not refused as an unclosed (or unresolved) reference; the plan's own inputs still are."""
+    plan = Plan(nodes=(D,))
+    s2 = StepIntent(id="d.s2", task_id="d", tool="test.echo", inputs={"value": "${d.s1.value}"})
+    for text in ("costs ${top.rows", "${top.rows", "${a.b}"):
+        records = history(
+            WorkflowRequested(plan=plan, resolved_steps=True),
+            PlanProposed(plan=plan),
+            PlanValidated(revision=1),
+            TaskReady(task=D),
+            StepsProposed(task_id="d", steps=(S1, s2)),
+            StepReady(step=S1, resolved_inputs={"value": "../x"}),
+            StepCompleted(
+                task_id="d", step_id="d.s1", tool="test.echo", planned_tool="test.echo", output={"value": text}
+            ),
+        )
+        [ready] = await validator.make_spec(CATALOG).handler(None, records[-1], fold(WF, records))  # type: ignore[arg-type]
+        assert isinstance(ready, StepReady), text
+        assert ready.resolved_inputs == {"value": text}
+    # The check itself: the resolved value passes; the same text written in the plan does not.
+    resolved_value = {"value": "${top.rows"}
+    assert passed_all(check_step("test.echo", resolved_value, CATALOG, planned={"value": "${d.s1.value}"}))
+    assert not passed_all(check_step("test.echo", resolved_value, CATALOG, planned=resolved_value))
+    assert [c.name for c in check_step("test.echo", {"value": "${a.b}"}, CATALOG) if not c.passed] == [
+        "reference_resolves"
+    ]
