@@ -215,6 +215,40 @@ RECOVER_WITH_ECHO: dict[str, Any] = {
     "reason": "the flaky service is down; echo the value",
 }
 
+SLOPPY_PAIR: dict[str, Any] = {
+    "nodes": [
+        {"id": "a", "tool": "test.sloppy", "inputs": {"value": "three"}},
+        {"id": "b", "tool": "test.sloppy", "inputs": {"value": "four"}},
+    ],
+    "output": "b",
+}
+FLAKY_PAIR_WITH_FALLBACKS: dict[str, Any] = {
+    "nodes": [
+        {"id": "a", "tool": "test.flaky", "inputs": {"value": "a"}, "fallback_tools": ["test.count", "test.echo"]},
+        {"id": "b", "tool": "test.flaky", "inputs": {"value": "b"}, "fallback_tools": ["test.count", "test.echo"]},
+    ],
+    "output": "b",
+}
+PICK_ECHO = {"choice": "test.echo", "reason": "test.echo returns the value the step expects"}
+FAILING_BRANCH: dict[str, Any] = {
+    "nodes": [
+        {"id": "x", "tool": "test.flaky", "inputs": {"value": "x"}},
+        {"id": "side", "tool": "test.sleep", "inputs": {"seconds": 2}},
+        {"id": "after", "tool": "test.echo", "depends_on": ["x"], "inputs": {"value": "after"}},
+    ],
+    "output": "after",
+}
+GIVE_UP = {"action": "fail", "reason": "the flaky service stays down"}
+REMAINING_AFTER_X: dict[str, Any] = {
+    "nodes": [{"id": "after_b", "tool": "test.echo", "depends_on": ["side"], "inputs": {"value": "instead"}}],
+    "output": "after_b",
+    "rationale": "test.flaky is down; finish from the side branch",
+}
+RATE_LIMITED_ONE_A_MINUTE: dict[str, Any] = {
+    "rate_limits": {"anthropic": {"requests_per_minute": 1, "tokens_per_minute": 200_000}},
+    "rate_limit_wait_max_s": 90.0,
+}
+
 BAD_PLAN = {**MODEL_PLAN, "nodes": [{**MODEL_PLAN["nodes"][0], "tool": "sql.nonexistent"}]}
 DISTANCE_PLAN: dict[str, Any] = {
     "nodes": [
@@ -475,6 +509,35 @@ SCENARIOS = (
             "rate_limit_wait_max_s": 10.0,
         },
         model=(ok(MODEL_PLAN, input=1000, output=110), ok(MODEL_PLAN, input=1000, output=110)),
+    ),
+    Scenario(
+        "interpret_wait",
+        "two test.sloppy outputs to interpret at once, one call a minute: the second interpret is denied for the "
+        "rate limit, waits its retry_after_s and asks again about the output recorded on the wait (the tool does "
+        "not run again); both proposals are cleared and complete",
+        submit({"plan": SLOPPY_PAIR, "intelligence": "intelligent"}, within=150),
+        settings=RATE_LIMITED_ONE_A_MINUTE,
+        model=(),
+        routes=(("emit_tool_output", (ok({"count": 5}), ok({"count": 4}))),),
+    ),
+    Scenario(
+        "decide_wait",
+        "two planned tools fail at once, each with two fallbacks, one call a minute: the second decide is denied "
+        "for the rate limit, waits its retry_after_s and asks again; both run test.echo first and complete",
+        submit({"plan": FLAKY_PAIR_WITH_FALLBACKS, "intelligence": "intelligent"}, within=150),
+        settings=RATE_LIMITED_ONE_A_MINUTE,
+        model=(),
+        routes=(("emit_choice", (ok(PICK_ECHO), ok(PICK_ECHO))),),
+    ),
+    Scenario(
+        "adapt_wait",
+        "autonomous + creative, one call a minute: task x fails for good after its recovery took the minute's "
+        "call; the re-plan is denied for the rate limit and waits while the side branch completes, then asks "
+        "again on the workflow as it stands and the new revision completes",
+        submit({"plan": FAILING_BRANCH, "intelligence": "autonomous", "mode": "creative"}, within=150),
+        settings=RATE_LIMITED_ONE_A_MINUTE,
+        model=(),
+        routes=(("emit_recovery", (ok(GIVE_UP),)), ("emit_remaining_plan", (ok(REMAINING_AFTER_X),))),
     ),
     Scenario(
         "interpret_proposal",
