@@ -199,6 +199,7 @@ class _StepRun:
     remaining: tuple[str, ...] | None = None  # the fallbacks after the current call (None: not ordered yet)
     phase: str = "run"  # "recovery" while the recovery's call runs
     waited: str = ""  # the consultation this run waited for already (it does not wait twice)
+    compensable: bool = False  # the workflow compensates when it fails (``ToolCall.compensable``)
 
     def preconditions(self) -> ErrorInfo | None:
         """Check the step's preconditions on its resolved inputs (recorded); the first that does
@@ -223,7 +224,7 @@ class _StepRun:
         # apply a side effect twice, while another workflow running the same plan applies its own.
         key = f"{self.ctx.workflow_id}/{self.step.id}:{tool}{suffix}"
         try:
-            out = await self.ctx.call_tool(tool, inputs, idempotency_key=key)
+            out = await self.ctx.call_tool(tool, inputs, idempotency_key=key, compensable=self.compensable)
         except ToolFailure as exc:
             note = ""
             if exc.error.code == "invalid_output" and exc.output is not None:
@@ -435,10 +436,16 @@ class _StepRun:
 
 
 async def run_step(
-    ctx: Context, state: WorkflowState, step: StepIntent, catalog: Catalog | None = None, wait_max_s: float = 0.0
+    ctx: Context,
+    state: WorkflowState,
+    step: StepIntent,
+    catalog: Catalog | None = None,
+    wait_max_s: float = 0.0,
+    *,
+    compensable: bool = False,
 ) -> list[Event]:
     """Run ``step``: its tool, then its fallbacks, then (with ``catalog``) a recovery (which waits
-    out a rate limit of up to ``wait_max_s``, once)."""
+    out a rate limit of up to ``wait_max_s``, once). ``compensable``: the workflow compensates."""
     try:
         inputs = resolve(step.inputs, upstream_outputs(state, step))
     except RefError as exc:
@@ -448,6 +455,7 @@ async def run_step(
     if unchecked is not None:
         return [StepFailed(task_id=step.task_id, step_id=step.id, tool=step.tool, error=unchecked)]
     run = _StepRun(ctx, state, step, inputs, catalog, can_skip=skippable(state, step), wait_max_s=wait_max_s)
+    run.compensable = compensable
     blocked = run.preconditions()
     if blocked is not None:
         return [StepFailed(task_id=step.task_id, step_id=step.id, tool=step.tool, error=blocked)]
@@ -518,7 +526,11 @@ async def after_interpretation(run: _StepRun, proposal: ProposalMade, refused: s
 
 
 def resumed(
-    ctx: Context, state: WorkflowState, proposal: ProposalMade | ConsultationWaiting, catalog: Catalog | None
+    ctx: Context,
+    state: WorkflowState,
+    proposal: ProposalMade | ConsultationWaiting,
+    catalog: Catalog | None,
+    compensable: bool = False,
 ) -> _StepRun:
     """The run a proposal (or a wait) was made in, as it stood then (its calls, deviations and failures)."""
     st = state.steps[proposal.step_id]
@@ -533,6 +545,7 @@ def resumed(
         deviations=list(proposal.deviations),
         failures=failures,
         calls=proposal.attempts,
+        compensable=compensable,
     )
 
 
@@ -543,13 +556,14 @@ async def resume_after_wait(
     wait: ConsultationWaiting,
     catalog: Catalog | None,
     wait_max_s: float,
+    compensable: bool = False,
 ) -> list[Event]:
     """The wait ``rec`` came: the step goes on from where it stopped, asking ``wait.call`` again,
     once (a second denial falls back). ``recover`` and ``decide`` pick the run up after its failed
     calls; ``interpret`` after its tool's call, whose output it reads back from the wait's own
     recorded effect (``ToolCalled``): the tool never runs twice, and a replay serves the same output."""
     st = state.steps[wait.step_id]
-    run = resumed(ctx, state, wait, catalog)
+    run = resumed(ctx, state, wait, catalog, compensable)
     run.waited, run.can_skip = wait.call, skippable(state, st.step)
     run.deviations.append(rate_wait.waited_note(wait))
     if wait.call == "recover":  # the first wait of all: nothing after it waits again
@@ -595,10 +609,10 @@ async def reinterpret(
 
 
 async def run_proposal(
-    ctx: Context, state: WorkflowState, proposal: ProposalMade, catalog: Catalog | None
+    ctx: Context, state: WorkflowState, proposal: ProposalMade, catalog: Catalog | None, compensable: bool = False
 ) -> list[Event]:
     """A proposal the validator cleared (and a person approved, if it had to): run it, once."""
-    run = resumed(ctx, state, proposal, catalog)
+    run = resumed(ctx, state, proposal, catalog, compensable)
     if proposal.action == "output":
         return await after_interpretation(run, proposal, None)
     if proposal.action == "skip":
@@ -745,10 +759,13 @@ def make_spec(
     pool: str | None = agent_pools.EVERY_POOL,
     rate_limit_wait_s: float = 0.0,
     safety: SafetyContext = NO_DEPLOYMENT,
+    on_failure: str = "fail",
 ) -> ActorSpec:
     """The agent; given the tool ``catalog`` it consults the model too (module docstring).
     ``safety``: the deployment's context of the tools' safety rules, which a compensating call
-    is checked against before it runs (:func:`actors.compensation.refusal`).
+    is checked against before it runs (:func:`actors.compensation.refusal`); ``on_failure`` the
+    deployment's default for requests that set none: a workflow that compensates calls its tools
+    ``compensable`` (fs.write refuses a write it could not undo).
 
     A ``recover`` the budget denies for the provider's rate limit, with ``retry_after_s`` at most
     ``rate_limit_wait_s``, waits that long once (``consultation_waiting``, a durable timer: the agent
@@ -763,6 +780,10 @@ def make_spec(
 
     def mine(state: WorkflowState, step: StepIntent) -> bool:
         return agent_pools.serves(pool, step_pool(state, step), pools)
+
+    def undoes(state: WorkflowState) -> bool:
+        """Whether the workflow compensates when it fails (its request's ``on_failure``, else the deployment's)."""
+        return compensation.wants(state.request, on_failure)
 
     async def handle(ctx: Context, rec: StoredEvent, state: WorkflowState) -> Outcome:
         data = rec.event.data
@@ -791,7 +812,7 @@ def make_spec(
                 if reasons:
                     reason = "; ".join(reasons)
                     return [ApprovalRequested(step=st.step, reason=reason, deadline=ctx.now() + approval_timeout)]
-                return await run_step(ctx, state, st.step, tools, rate_limit_wait_s)
+                return await run_step(ctx, state, st.step, tools, rate_limit_wait_s, compensable=undoes(state))
             case ApprovalRequested():
                 st = state.steps.get(data.step.id)
                 if st is not None and not mine(state, st.step):
@@ -807,8 +828,8 @@ def make_spec(
                     return []
                 tools = pool_catalog(catalog, step_pool(state, st.step), pools)
                 if st.proposal is not None:  # the model's proposal, cleared by the validator, approved
-                    return await run_proposal(ctx, state, st.proposal, tools)
-                return await run_step(ctx, state, st.step, tools, rate_limit_wait_s)
+                    return await run_proposal(ctx, state, st.proposal, tools, undoes(state))
+                return await run_step(ctx, state, st.step, tools, rate_limit_wait_s, compensable=undoes(state))
             case ProposalValidated():
                 st = state.steps.get(data.step_id)
                 if st is None or st.status != "cleared" or st.proposal is None or not mine(state, st.step):
@@ -818,7 +839,7 @@ def make_spec(
                     step = proposed_step(st.proposal)
                     return [ApprovalRequested(step=step, reason=reason, deadline=ctx.now() + approval_timeout)]
                 tools = pool_catalog(catalog, step_pool(state, st.step), pools)
-                return await run_proposal(ctx, state, st.proposal, tools)
+                return await run_proposal(ctx, state, st.proposal, tools, undoes(state))
             case ConsultationWaiting():
                 st = state.steps.get(data.step_id) if data.step_id else None  # none: the planner's or decomposer's
                 if st is None or st.status != "waiting" or st.wait_id != rec.event.id or not mine(state, st.step):
@@ -827,14 +848,14 @@ def make_spec(
                 if deferred is not None:
                     return deferred
                 tools = pool_catalog(catalog, step_pool(state, st.step), pools)
-                return await resume_after_wait(ctx, state, rec, data, tools, rate_limit_wait_s)
+                return await resume_after_wait(ctx, state, rec, data, tools, rate_limit_wait_s, undoes(state))
             case ProposalRejected():
                 st = state.steps.get(data.step_id)
                 if st is None or st.status != "refused" or st.proposal is None or not mine(state, st.step):
                     return []
                 if st.proposal.action == "output":  # the call failed after all: the run goes on
                     tools = pool_catalog(catalog, step_pool(state, st.step), pools)
-                    run = resumed(ctx, state, st.proposal, tools)
+                    run = resumed(ctx, state, st.proposal, tools, undoes(state))
                     run.can_skip, run.wait_max_s = skippable(state, st.step), rate_limit_wait_s
                     why = "; ".join(c.message for c in failed_checks(data.checks)) or "no reason given"
                     return await after_interpretation(run, st.proposal, why)

@@ -152,14 +152,19 @@ class LiveAnswers:
     def model(self, call: str) -> LLM | None:
         return self.outside.llm
 
-    async def run_tool(self, tool: str, inputs: dict[str, Any], idempotency_key: str) -> ToolCalled:
+    async def run_tool(
+        self, tool: str, inputs: dict[str, Any], idempotency_key: str, compensable: bool = False
+    ) -> ToolCalled:
         started = time.perf_counter()
         inputs_digest = ToolCalled.digest_of(inputs)
         if self.outside.tools is None:
             error = ErrorInfo(code="no_tools", message="this process runs no tools")
             return ToolCalled(tool=tool, inputs=inputs_digest, error=error, ms=_ms(started))
         try:
-            out = await self.outside.tools.run(tool, inputs, idempotency_key)
+            if compensable:  # passed only when set: a toolbox without undo records need not take it
+                out = await self.outside.tools.run(tool, inputs, idempotency_key, compensable=True)  # type: ignore[call-arg]
+            else:
+                out = await self.outside.tools.run(tool, inputs, idempotency_key)
         except ToolFailure as exc:
             self.past.ran(tool, None)
             return ToolCalled(
@@ -377,7 +382,9 @@ class RecordedAnswers:
                 )
         return None
 
-    async def run_tool(self, tool: str, inputs: dict[str, Any], idempotency_key: str) -> ToolCalled:
+    async def run_tool(
+        self, tool: str, inputs: dict[str, Any], idempotency_key: str, compensable: bool = False
+    ) -> ToolCalled:
         return self.take(ToolCalled, ToolCalled.key_of(tool, inputs))
 
     async def search_library(self, request: str) -> LibrarySearched:

@@ -97,7 +97,8 @@ class Tools(Protocol):
     """Runs tools by name (the agents' toolbox)."""
 
     async def run(self, tool: str, inputs: dict[str, Any], idempotency_key: str) -> dict[str, Any]:
-        """The tool's output; raise ToolFailure when it fails."""
+        """The tool's output; raise ToolFailure when it fails. A toolbox that can refuse a call it
+        could not undo takes ``compensable=True`` too (``ToolCall.compensable``); it is passed only then."""
         ...
 
 
@@ -154,7 +155,9 @@ class Answers(Protocol):
         """The model to consult for a ``call`` (``plan``, ``decide``, …); None: no model."""
         ...
 
-    async def run_tool(self, tool: str, inputs: dict[str, Any], idempotency_key: str) -> ToolCalled: ...
+    async def run_tool(
+        self, tool: str, inputs: dict[str, Any], idempotency_key: str, compensable: bool = False
+    ) -> ToolCalled: ...
 
     async def search_library(self, request: str) -> LibrarySearched: ...
 
@@ -214,9 +217,12 @@ class Context:
         """The time of this invocation (recorded as the ``at`` of what the handler emits)."""
         return self._now
 
-    async def call_tool(self, tool: str, inputs: dict[str, Any], *, idempotency_key: str) -> dict[str, Any]:
-        """Run a tool; its output (or failure) is recorded. Raises :class:`ToolFailure`."""
-        effect = await self.answers.run_tool(tool, inputs, idempotency_key)
+    async def call_tool(
+        self, tool: str, inputs: dict[str, Any], *, idempotency_key: str, compensable: bool = False
+    ) -> dict[str, Any]:
+        """Run a tool; its output (or failure) is recorded. Raises :class:`ToolFailure`.
+        ``compensable``: the workflow asked for compensation (``ToolCall.compensable``)."""
+        effect = await self.answers.run_tool(tool, inputs, idempotency_key, compensable)
         self.effects.append(effect)
         if effect.error is not None:
             raise ToolFailure(tool, effect.error, effect.retryable, effect.refused)

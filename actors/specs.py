@@ -45,6 +45,7 @@ def live_specs(
             pool=agent_pool,
             rate_limit_wait_s=rate_limit_wait_s,
             safety=safety if safety is not None else NO_DEPLOYMENT,
+            on_failure=on_failure,
         ),
     )
     return tuple(redrivable(s) for s in specs)  # a redriven input goes to the kind that gave up on it

@@ -13,9 +13,11 @@ class ToolRunner:
     def __init__(self, box: ToolBox) -> None:
         self.box = box
 
-    async def run(self, tool: str, inputs: dict[str, Any], idempotency_key: str) -> dict[str, Any]:
+    async def run(
+        self, tool: str, inputs: dict[str, Any], idempotency_key: str, *, compensable: bool = False
+    ) -> dict[str, Any]:
         try:
-            return await self.box.call(tool, inputs, ToolCall(idempotency_key=idempotency_key))
+            return await self.box.call(tool, inputs, ToolCall(idempotency_key=idempotency_key, compensable=compensable))
         except ToolError as exc:
             raise ToolFailure(
                 tool, ErrorInfo(code=exc.code, message=exc.message), exc.retryable, output=exc.output

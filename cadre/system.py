@@ -151,6 +151,7 @@ async def run_system(
             database=database,
             http_allow=tuple(settings.http_allow),
             max_output_bytes=settings.tool_output_max_bytes,
+            undo_inline_max_bytes=settings.tool_output_inline_max_bytes,
         )
         impls = {**builtin_impls(), **compensation_impls(), **plugin_impls(load_tool_modules(settings.tool_modules))}
         # The agents' toolbox also has the compensating tools, which nothing plans (``actors.compensation``).

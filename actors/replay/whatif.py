@@ -224,10 +224,12 @@ class WhatIfAnswers:
     def model(self, call: str) -> LLM | None:
         return self.recorded.model(call)
 
-    async def run_tool(self, tool: str, inputs: dict[str, Any], idempotency_key: str) -> ToolCalled:
+    async def run_tool(
+        self, tool: str, inputs: dict[str, Any], idempotency_key: str, compensable: bool = False
+    ) -> ToolCalled:
         refusal = self.session.refusal(tool)
         if refusal is None:
-            return await self.recorded.run_tool(tool, inputs, idempotency_key)
+            return await self.recorded.run_tool(tool, inputs, idempotency_key, compensable)
         # the changed catalog would not run it: the recorded call does not happen
         self.recorded.skip(ToolCalled, ToolCalled.key_of(tool, inputs))
         return ToolCalled(tool=tool, inputs=ToolCalled.digest_of(inputs), error=refusal)

@@ -79,12 +79,19 @@ class ToolConfig:
     hard cap on one output as JSON (None: none); a larger one fails the call once with
     ``output_too_large``. Below it, an output too large to travel inline is stored by reference
     by the event log (``store.objects``), not here.
+
+    The same two bounds hold for what fs.write records of the content it replaces (its undo
+    record, for fs.restore): above ``undo_inline_max_bytes`` the content is kept beside the record
+    under its digest, not inline (base64 in JSON); above ``max_output_bytes`` it is not kept at
+    all: a ``compensable`` call is refused before it writes (``undo_too_large``), another writes and
+    records that what it replaced cannot be put back.
     """
 
     workspace: Path
     database: Path | None = None
     http_allow: tuple[str, ...] = ()
     max_output_bytes: int | None = None
+    undo_inline_max_bytes: int = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,11 +100,14 @@ class ToolCall:
 
     ``idempotency_key`` is the step id, so a redelivered step does not apply a side effect
     twice. ``timeout_s`` is set by the ToolBox to the limit it enforces, so an
-    implementation that blocks in a thread can bound its own waits by it.
+    implementation that blocks in a thread can bound its own waits by it. ``compensable``:
+    the workflow asked for compensation (``on_failure: compensate``), so a tool that records
+    what it replaces (fs.write) refuses, before it changes anything, a call it could not undo.
     """
 
     idempotency_key: str
     timeout_s: float | None = None
+    compensable: bool = False
 
 
 ToolImpl = Callable[[BaseModel, ToolConfig, ToolCall], Awaitable[BaseModel]]

@@ -21,6 +21,14 @@ atomically (tmp file, fsync, ``os.replace``, fsync of the folder):
    ``size_before + length`` bytes ending in the content: then the append had landed and only
    ``done`` is recorded; otherwise the file is cut back to ``size_before`` and appended again.
 
+Undo records (what fs.restore puts back): before its first write a key records what the file held
+(``<sha256(key)>.undo.json``): nothing (it did not exist), its content inline (base64) up to
+``ToolConfig.undo_inline_max_bytes``, above that by reference (``content_ref``, the bytes kept as
+``<sha256(content)>.undone`` beside it, checked against the digest when restored), and above the
+hard cap (``ToolConfig.max_output_bytes``) not at all: a ``compensable`` call (its workflow asked for
+compensation) is then refused before anything changes (``undo_too_large``), and any other call
+writes and records ``too_large``, which fs.restore reports instead of guessing.
+
 One lock file (``flock``) serialises writes to a workspace, across threads and processes,
 so a redelivered step running beside the original cannot interleave with it.
 """
@@ -221,6 +229,11 @@ async def fs_write(inputs: FsWriteInput, config: ToolConfig, call: ToolCall) -> 
     """Write or append a workspace file, exactly once per ``call.idempotency_key``."""
     _, rel = resolve_in_workspace("fs.write", config.workspace, inputs.path)
     writer = _Writer(config.workspace.resolve(), rel, inputs, call.idempotency_key)
+    writer.undo_inline, writer.undo_cap, writer.compensable = (
+        config.undo_inline_max_bytes,
+        config.max_output_bytes,
+        call.compensable,
+    )
     return await asyncio.to_thread(writer.run)
 
 
@@ -273,6 +286,9 @@ class _Writer:
         self.tmp = f".{self.name}.{key_hash[:16]}.cadre-tmp"
         self.markers_fd = -1
         self.dir_fd = -1
+        self.undo_inline = 256 * 1024  # the undo record's bounds (module docstring)
+        self.undo_cap: int | None = None
+        self.compensable = False
         # What this key promises to write; a second call with the same key must promise the same.
         self.intent = {
             "path": rel,
@@ -320,10 +336,12 @@ class _Writer:
 
     def _overwrite(self, marker: dict[str, Any] | None) -> FsWriteOutput:
         existing = self._open_existing(os.O_RDONLY | os.O_NONBLOCK)  # refused here if hard-linked
-        if marker is None:
-            self._save_undo(existing)
-        if existing is not None:
-            os.close(existing)
+        try:
+            if marker is None:
+                self._save_undo(existing)
+        finally:
+            if existing is not None:
+                os.close(existing)
         if marker is None:
             self._save_marker("pending", size_before=None)
         # A rename replaces the name, never writes through it: a link planted after the check is cut, not written.
@@ -384,8 +402,27 @@ class _Writer:
             os.stat(name, dir_fd=self.markers_fd, follow_symlinks=False)
             return  # recorded by an earlier, interrupted run of this key: the file has not changed since
         body: dict[str, Any] = {"v": 1, "key": self.key, "path": self.rel, "existed": fd is not None}
-        if fd is not None:
-            body["content_b64"] = base64.b64encode(os.pread(fd, os.fstat(fd).st_size, 0)).decode()
+        size = os.fstat(fd).st_size if fd is not None else 0
+        if fd is None:
+            pass
+        elif self.undo_cap is not None and size > self.undo_cap:
+            if self.compensable:
+                raise ToolError(
+                    self.tool,
+                    "undo_too_large",
+                    f"file {self.rel!r} holds {size} bytes, above the {self.undo_cap}-byte cap on what a "
+                    "compensation may put back; the workflow compensates when it fails, so this write, which "
+                    "could not be undone, is refused before anything changed (write another file, or raise "
+                    "tool_output_max_bytes)",
+                )
+            body["too_large"] = size  # written, but what it replaced cannot be put back
+        elif size > self.undo_inline:
+            content = os.pread(fd, size, 0)
+            digest = hashlib.sha256(content).hexdigest()
+            _replace_atomically(self.markers_fd, f"{digest}.undone", f"{digest}.undone.tmp", content)
+            body["content_ref"], body["bytes"] = f"sha256:{digest}", size
+        else:
+            body["content_b64"] = base64.b64encode(os.pread(fd, size, 0)).decode()
         _replace_atomically(self.markers_fd, name, name + ".tmp", json.dumps(body, sort_keys=True).encode())
 
     # The marker --------------------------------------------------------------------------
@@ -469,6 +506,33 @@ class _Restorer:
             raise ToolError(self.tool, "corrupt_marker", f"{name} in {MARKER_DIR}/ is not a record")
         return body
 
+    def _content(self, mfd: int, undo: dict[str, Any]) -> bytes:
+        """What the write replaced: inline, or by reference (checked against its digest)."""
+        if "too_large" in undo:
+            raise ToolError(
+                self.tool,
+                "undo_too_large",
+                f"the write {self.write_key!r} replaced {undo['too_large']} bytes, above the cap on what a "
+                "compensation may put back, so they were not recorded and cannot be restored",
+            )
+        ref = undo.get("content_ref")
+        if not isinstance(ref, str):
+            return base64.b64decode(str(undo.get("content_b64", "")))
+        digest = ref.removeprefix("sha256:")
+        try:
+            fd = os.open(f"{digest}.undone", os.O_RDONLY | os.O_NOFOLLOW, dir_fd=mfd)
+        except FileNotFoundError:
+            raise ToolError(
+                self.tool, "corrupt_marker", f"the content {ref} the undo record names is missing"
+            ) from None
+        try:
+            data = _read_all(fd, int(undo.get("bytes", 0)) + 1)
+        finally:
+            os.close(fd)
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise ToolError(self.tool, "corrupt_marker", f"the content kept as {ref} does not match its digest")
+        return data
+
     def _run_locked(self, mfd: int) -> FsRestoreOutput:
         done = self._read_json(mfd, self.marker)
         if done is not None:
@@ -486,7 +550,7 @@ class _Restorer:
         restored: Literal["content", "removed"]
         with _dir_fd(self.tool, rel, self.workspace, folders, create=True) as dfd:
             if undo.get("existed"):
-                data = base64.b64decode(str(undo.get("content_b64", "")))
+                data = self._content(mfd, undo)
                 tmp = f".{name}.{self.marker[:16]}.cadre-tmp"
                 _replace_atomically(dfd, name, tmp, data)
                 restored = "content"
