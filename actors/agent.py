@@ -31,6 +31,12 @@ which decides by the workflow's intelligence level and mode, and recorded as eff
   asks for one (a side-effect tool the model chose); a ``proposal_rejected`` one fails the step
   as planned, with the verdict in its message.
 
+A consultation the budget denies for the provider's rate limit, within the deployment's bound,
+waits (``consultation_waiting``, a durable timer) and is asked again once: ``recover`` as before;
+``decide`` and ``interpret`` end the invocation where they stand and the step resumes there when the
+wait comes (:func:`resume_after_wait`), ``interpret`` reading the tool's output back from the wait's
+recorded effect, so no tool runs twice.
+
 Without an answer the step runs as planned. A consultation the workflow does not allow (its
 level or mode) or that has no model leaves no trace in the outcome; any other miss (a
 denial over budget, an invalid answer after the repair round) is noted in the deviations or
