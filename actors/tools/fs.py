@@ -402,10 +402,14 @@ class _Writer:
             os.stat(name, dir_fd=self.markers_fd, follow_symlinks=False)
             return  # recorded by an earlier, interrupted run of this key: the file has not changed since
         body: dict[str, Any] = {"v": 1, "key": self.key, "path": self.rel, "existed": fd is not None}
-        size = os.fstat(fd).st_size if fd is not None else 0
-        if fd is None:
-            pass
-        elif self.undo_cap is not None and size > self.undo_cap:
+        if fd is not None:
+            self._keep_replaced(fd, body)
+        _replace_atomically(self.markers_fd, name, name + ".tmp", json.dumps(body, sort_keys=True).encode())
+
+    def _keep_replaced(self, fd: int, body: dict[str, Any]) -> None:
+        """Put what the file holds into the undo record ``body``, within the bounds (module docstring)."""
+        size = os.fstat(fd).st_size
+        if self.undo_cap is not None and size > self.undo_cap:
             if self.compensable:
                 raise ToolError(
                     self.tool,
@@ -423,7 +427,6 @@ class _Writer:
             body["content_ref"], body["bytes"] = f"sha256:{digest}", size
         else:
             body["content_b64"] = base64.b64encode(os.pread(fd, size, 0)).decode()
-        _replace_atomically(self.markers_fd, name, name + ".tmp", json.dumps(body, sort_keys=True).encode())
 
     # The marker --------------------------------------------------------------------------
 
