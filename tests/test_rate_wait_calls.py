@@ -322,3 +322,52 @@ async def test_an_adapt_denied_again_fails_the_workflow_saying_it_waited(tmp_pat
     assert (failed.reason, failed.task_id) == ("task_failed", "second")
     assert "(adaptation was tried: adapt was denied for the provider's rate limit; waited 0.5 s" in failed.message
     assert "denied: rate_limited" in failed.message
+
+
+# == the golden logs: real waits, recorded on a real system =========================================
+
+
+def recorded(name: str) -> list[StoredEvent]:
+    from tests.test_replay import golden
+
+    return [r for r in golden(name)[1] if isinstance(r, StoredEvent)]
+
+
+def tool_calls(records: list[StoredEvent]) -> list[str]:
+    return [f.tool for r in records for f in r.event.effects if isinstance(f, ToolCalled)]
+
+
+def test_the_interpret_wait_log_ran_each_tool_once() -> None:
+    records = recorded("interpret_wait")
+    [wait] = [r for r in records if isinstance(r.event.data, ConsultationWaiting)]
+    assert isinstance(wait.event.data, ConsultationWaiting)
+    assert (wait.event.data.call, wait.event.data.tool) == ("interpret", "test.sloppy")
+    assert tool_calls([wait]) == ["test.sloppy"]  # the output it asks about again is on the wait itself
+    assert tool_calls(records) == ["test.sloppy", "test.sloppy"]  # one per task: the wait ran nothing again
+    asked_again = [r for r in records if r.event.causation_id == wait.event.id]
+    assert [r.event.type for r in asked_again] == ["proposal_made"]
+    assert asked_again[0].event.at >= wait.event.data.until
+
+
+def test_the_decide_wait_log_did_not_run_the_failed_tool_again() -> None:
+    records = recorded("decide_wait")
+    [wait] = [r for r in records if isinstance(r.event.data, ConsultationWaiting)]
+    assert isinstance(wait.event.data, ConsultationWaiting)
+    assert wait.event.data.call == "decide"
+    assert sorted(tool_calls(records)) == ["test.echo", "test.echo", "test.flaky", "test.flaky"]
+
+
+def test_the_adapt_wait_log_ran_the_side_branch_during_the_wait() -> None:
+    records = recorded("adapt_wait")
+    types = [r.event.type for r in records]
+    wait_at = types.index("consultation_waiting")
+    wait = records[wait_at].event.data
+    assert isinstance(wait, ConsultationWaiting)
+    assert (wait.call, wait.task_id, wait.revision) == ("adapt", "x", 1)
+    replanned = types.index("plan_proposed", wait_at)
+    assert "step_completed" in types[wait_at:replanned]  # the side branch completed meanwhile
+    proposed = records[replanned].event.data
+    assert isinstance(proposed, PlanProposed)
+    assert proposed.revision == 2
+    assert proposed.reason.startswith("adapt was denied for the provider's rate limit; waited ")
+    assert types[-1] == "workflow_completed"
