@@ -240,12 +240,12 @@ def permissions(role: str, names: AuthNames) -> Permissions:
             pub = [*_actor_publish(role, names), s.budget, s.budget_settle]
             if role == "planner":  # `cadre actor planner` hosts the intake as well
                 pub += _actor_publish("intake", names) + _intake_publish(names)
-                listen = (inbox, s.ping, s.requests, s.intake_settled)
+                listen = (inbox, s.ping, s.requests, s.intake_settled, s.plan)
                 return Permissions(_dedupe(pub), listen, allow_responses=True)
             return Permissions(_dedupe(pub), (inbox, s.ping), allow_responses=True)
         case "intake":
             pub = _actor_publish(role, names) + _intake_publish(names)
-            listen = (inbox, s.ping, s.requests, s.intake_settled)
+            listen = (inbox, s.ping, s.requests, s.intake_settled, s.plan)
             return Permissions(_dedupe(pub), listen, allow_responses=True)
         case "approvals":
             decisions = approvals_subject(s)
@@ -281,6 +281,7 @@ def permissions(role: str, names: AuthNames) -> Permissions:
             stream = names.stream  # the mirror in READERS
             reads = [
                 s.requests,
+                s.plan,  # previews of a request's flow and path (nothing runs)
                 "$JS.API.STREAM.NAMES",
                 *_event_reader(stream),
                 f"$JS.API.CONSUMER.CREATE.{stream}.*.{s.events}",  # nats.js with a filter string
