@@ -1,0 +1,189 @@
+"""Flows without a server: the file and its load-time check, paths made into plans, the rules'
+choice, and the run-time decisions of where a flow goes on (pure functions)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from cadre.bus.plan import Plan
+from cadre.cli import main
+from cadre.planner.flows.branching import decide, effective_status
+from cadre.planner.flows.check import check_flow
+from cadre.planner.flows.choose import by_rules, choice_validator, plan_choice
+from cadre.planner.flows.compile import compile_path
+from cadre.planner.flows.model import Flow, FlowError, load_flow, parse_flow
+from cadre.planner.flows.registry import FlowsInvalid, load_folder
+from cadre.planner.providers.structured import InvalidOutput
+from cadre.settings import Settings
+from cadre.system import catalog_for
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "flows" / "text_to_sql.yaml"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "flows"
+CATALOG = catalog_for(Settings(tool_modules=["tests.plugin_tools"]))
+
+
+def flow(**changes: Any) -> Flow:
+    """The by_country fixture with ``changes`` to its top-level keys."""
+    raw = yaml.safe_load((FIXTURES / "by_country.yaml").read_text())
+    raw.update(changes)
+    return parse_flow(json.dumps(raw), "f.json")
+
+
+def problems(f: Flow) -> list[tuple[str, str | None, str]]:
+    return [(p.code, p.node, p.field) for p in check_flow(f, CATALOG)]
+
+
+def nodes_with(name: str, **changes: Any) -> list[dict[str, Any]]:
+    raw = yaml.safe_load((FIXTURES / "by_country.yaml").read_text())
+    return [{**n, **changes} if n["name"] == name else n for n in raw["nodes"]]
+
+
+# -- the file and its check ------------------------------------------------------------------------
+
+
+def test_the_example_and_the_fixtures_pass_their_check() -> None:
+    assert check_flow(load_flow(EXAMPLE), CATALOG) == []
+    assert sorted(load_folder(FIXTURES, CATALOG)) == ["by_country", "polling"]
+    assert len(load_flow(EXAMPLE).nodes) == 11
+
+
+def test_a_malformed_file_says_where() -> None:
+    with pytest.raises(FlowError, match=r"f\.yaml: Object missing required field `description` - at `\$\.nodes\[0\]`"):
+        parse_flow("name: x\ndescription: d\nnodes: [{name: a, tool: sql.query}]", "f.yaml")
+    with pytest.raises(FlowError, match=r"f\.yaml: not valid YAML"):
+        parse_flow("name: [", "f.yaml")
+    with pytest.raises(FlowError, match=r"unknown field `colour`"):
+        parse_flow('{"name": "x", "description": "d", "nodes": [], "colour": 1}', "f.json")
+
+
+def test_each_problem_is_located_at_its_node() -> None:
+    bad_way = nodes_with("count", next=[{"to": "nowhere"}])
+    assert ("unknown_node", "count", "next[0].to") in problems(flow(nodes=bad_way))
+    bad_when = nodes_with("count", next=[{"to": "several", "when": "output.rows[0][0] >>= 2"}, {"to": "few"}])
+    assert ("invalid_condition", "count", "next[0].when") in problems(flow(nodes=bad_when))
+    unknown_field = nodes_with("count", next=[{"to": "several", "when": "output.total > 2"}, {"to": "few"}])
+    assert ("unknown_output", "count", "next[0].when") in problems(flow(nodes=unknown_field))
+    early_default = nodes_with("count", next=[{"to": "few"}, {"to": "several", "when": "output.row_count > 1"}])
+    assert ("unreachable_way", "count", "next[0]") in problems(flow(nodes=early_default))
+    no_tool = nodes_with("several", tool="sql.drop")
+    assert next(p for p in problems(flow(nodes=no_tool)) if p[1] == "several")[:2] == ("tool_exists", "several")
+    bad_ref = nodes_with("several", inputs={"template": "{n}", "values": {"n": "${count.rowz}"}})
+    assert ("reference_field", "several", "inputs.values.n") in problems(flow(nodes=bad_ref))
+    undeclared = nodes_with("count", inputs={"sql": "SELECT ?", "params": ["${request.city}"]})
+    assert ("unknown_parameter", "count", "inputs") in problems(flow(nodes=undeclared))
+
+
+def test_reachability_loops_and_rules_are_checked() -> None:
+    orphan = [*nodes_with("count"), {"name": "orphan", "description": "d", "tool": "sql.schema"}]
+    assert ("unreachable_node", "orphan", "") in problems(flow(nodes=orphan))
+    cycle = nodes_with("few", next=[{"to": "count"}])
+    assert problems(flow(nodes=cycle))[0][0] == "cycle_without_max"
+    too_many = nodes_with("few", next=[{"to": "count", "max": 50}])
+    assert ("loop_bound", "few", "next (to 'count')") in problems(flow(nodes=too_many))
+    assert problems(flow(match=[{"regex": "customers in (?P<city>x"}]))[0][0] == "invalid_regex"
+    assert ("unknown_parameter", None, "match[0].regex") in problems(flow(match=[{"regex": "in (?P<city>x)"}]))
+    assert ("empty_rule", None, "match[0]") in problems(flow(match=[{"name": "all"}]))
+    assert ("unknown_node", None, "default_path") in problems(flow(default_path=["count", "nope"]))
+
+
+def test_a_folder_with_a_bad_flow_does_not_load(tmp_path: Path) -> None:
+    (tmp_path / "good.yaml").write_text((FIXTURES / "polling.yaml").read_text())
+    (tmp_path / "bad.yaml").write_text((FIXTURES / "by_country.yaml").read_text().replace("sql.query", "sql.nope"))
+    with pytest.raises(FlowsInvalid) as caught:
+        load_folder(tmp_path, CATALOG)
+    assert list(caught.value.problems) == [str(tmp_path / "bad.yaml")]
+    assert "node 'count'" in str(caught.value)
+
+
+def test_cadre_schema_flow_is_the_files_schema(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["schema", "flow"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert {"name", "description", "nodes", "params", "match", "default_path"} <= set(
+        schema["$defs"]["Flow"]["properties"]
+    )
+    assert schema["$defs"]["Flow"]["required"] == ["name", "description", "nodes"]
+
+
+# -- paths and choices -----------------------------------------------------------------------------
+
+
+def test_the_fix_rule_runs_three_nodes_with_the_given_sql() -> None:
+    f = load_flow(EXAMPLE)
+    text = "fix this SQL: SELECT name FROM customers"
+    choice = by_rules([f], text)
+    assert choice is not None
+    assert (choice.path, choice.params["sql"]) == (
+        ("validate_sql", "execute", "format_answer"),
+        "SELECT name FROM customers",
+    )
+    plan = plan_choice(choice, text, CATALOG)
+    assert [t.id for t in plan.nodes] == ["validate_sql", "execute", "format_answer"]
+    assert plan.nodes[0].inputs["values"] == {"sql": "SELECT name FROM customers"}  # stands for generate_sql.text
+
+
+def test_a_path_that_needs_a_value_the_request_lacks_is_refused() -> None:
+    f = load_flow(EXAMPLE)
+    with pytest.raises(FlowError, match=r"node 'validate_sql' reads the output of 'generate_sql'"):
+        compile_path(f, ["validate_sql", "execute"], {"text": "x"})
+    with pytest.raises(FlowError, match=r"reads \$\{request.tables\}, and the request gives no 'tables'"):
+        compile_path(f, f.names, {"text": "x", "sql": "SELECT 1"})
+    assert by_rules([f], "top customers by spend") is None
+
+
+def test_the_models_choice_is_checked_and_the_repair_told_why() -> None:
+    f = load_flow(EXAMPLE)
+    validate = choice_validator({"text_to_sql": f}, "q", CATALOG)
+    with pytest.raises(InvalidOutput, match=r"\$\.flow: 'sql' is not a flow"):
+        validate({"flow": "sql", "path": [], "params": {}, "reason": ""})
+    with pytest.raises(InvalidOutput, match=r"reads the output of 'generate_sql'"):
+        validate({"flow": "text_to_sql", "path": ["validate_sql", "execute"], "params": {}, "reason": ""})
+    assert validate({"flow": None, "path": [], "params": {}, "reason": "not a data question"}).choice is None
+    ok = validate(
+        {"flow": "text_to_sql", "path": ["execute", "validate_sql"], "params": {"sql": "SELECT 1"}, "reason": "r"}
+    )
+    assert ok.choice is not None
+    assert ok.choice.path == ("validate_sql", "execute")
+
+
+# -- run-time decisions ----------------------------------------------------------------------------
+
+
+def by_country() -> Plan:
+    return compile_path(load_flow(FIXTURES / "by_country.yaml"), ["count", "several", "few"], {"country": "GB"})
+
+
+@pytest.mark.parametrize(("n", "taken", "skipped"), [(3, "several", ("few",)), (1, "few", ("several",))])
+def test_the_output_chooses_the_branch_and_the_other_is_skipped(n: int, taken: str, skipped: tuple[str, ...]) -> None:
+    ev = decide(by_country(), "count", {"rows": [[n]]}, {"count": "completed"}, {})
+    assert (ev.to, ev.skipped) == (taken, skipped)
+    assert [c.held for c in ev.checked] == ([True] if n >= 2 else [False, True])
+
+
+def test_an_output_a_condition_cannot_read_takes_the_next_way() -> None:
+    ev = decide(by_country(), "count", {"rows": []}, {"count": "completed"}, {})
+    assert ev.to == "few"
+    assert "could not be evaluated" in ev.checked[0].reason or "not there" in ev.checked[0].reason
+
+
+def test_nothing_after_a_task_starts_before_it_chose_its_way() -> None:
+    plan = by_country()
+    assert effective_status(plan, {"count": "completed"}, {})["count"] == "deciding"
+    assert effective_status(plan, {"count": "completed"}, {"count": "few"})["count"] == "completed"
+
+
+def test_a_loop_stops_at_its_maximum() -> None:
+    plan = compile_path(load_flow(FIXTURES / "polling.yaml"), ["poll", "report"], {})
+    assert [t.id for t in plan.nodes] == ["poll", "poll-2", "poll-3", "poll-4", "report"]
+    status = {"poll": "completed", "poll-2": "completed", "poll-3": "completed", "poll-4": "completed"}
+    decided: dict[str, str | None] = {"poll": "poll-2", "poll-2": "poll-3", "poll-3": "poll-4"}
+    ev = decide(plan, "poll-4", {"rows": [[0]]}, status, decided)
+    assert ev.to == "report"
+    assert "the loop back to 'poll' was taken 3 time(s), its maximum" in ev.why
+    early = decide(plan, "poll", {"rows": [[1]]}, {"poll": "completed"}, {})
+    assert (early.to, early.skipped) == ("report", ("poll-2", "poll-3", "poll-4"))
