@@ -187,3 +187,24 @@ def test_a_loop_stops_at_its_maximum() -> None:
     assert "the loop back to 'poll' was taken 3 time(s), its maximum" in ev.why
     early = decide(plan, "poll", {"rows": [[1]]}, {"poll": "completed"}, {})
     assert (early.to, early.skipped) == ("report", ("poll-2", "poll-3", "poll-4"))
+
+
+def test_cadre_plan_and_cadre_flows_print_without_running(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.setenv("CADRE_FLOWS", str(FIXTURES))
+    monkeypatch.setenv("CADRE_DATA_DIR", str(tmp_path))  # nothing is started there: no server, no log
+    monkeypatch.setenv("CADRE_LLM_PROVIDER", "none")
+    assert main(["plan", "how many customers in GB?", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert (printed["flow"], printed["params"], printed["runs"]) == (
+        "by_country",
+        {"country": "GB"},
+        "nothing: a preview",
+    )
+    assert [t["id"] for t in printed["plan"]["nodes"]] == ["count", "several", "few"]
+    assert main(["plan", "what is the weather"]) == 0
+    assert "no flow's match rule matches the request" in capsys.readouterr().out
+    assert main(["flows", "--json"]) == 0
+    assert [json.loads(line)["name"] for line in capsys.readouterr().out.splitlines()] == ["by_country", "polling"]
+    assert list(tmp_path.iterdir()) == []
