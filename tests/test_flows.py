@@ -3,6 +3,7 @@ choice, and the run-time decisions of where a flow goes on (pure functions)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from cadre.audit_text import lines as audit_lines
 from cadre.bus.plan import Plan
 from cadre.cli import main
 from cadre.planner.flows.branching import decide, effective_status
@@ -20,6 +22,8 @@ from cadre.planner.flows.model import Flow, FlowError, load_flow, parse_flow
 from cadre.planner.flows.registry import FlowsInvalid, load_folder
 from cadre.planner.providers.structured import InvalidOutput
 from cadre.settings import Settings
+from cadre.store.audit import audit
+from cadre.store.filelog import FileLog
 from cadre.system import catalog_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -208,3 +212,35 @@ def test_cadre_plan_and_cadre_flows_print_without_running(
     assert main(["flows", "--json"]) == 0
     assert [json.loads(line)["name"] for line in capsys.readouterr().out.splitlines()] == ["by_country", "polling"]
     assert list(tmp_path.iterdir()) == []
+
+
+# -- golden logs: each replays offline (tests/test_replay.py); the audit names the path and why ------
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+
+
+@pytest.mark.parametrize(
+    ("name", "flow_line", "branch"),
+    [
+        (
+            "flow_fix_sql",
+            "flow   text_to_sql, path validate_sql -> execute -> format_answer (chosen by rule)",
+            "execute",
+        ),
+        (
+            "flow_general",
+            "flow   text_to_sql, path classify -> describe_schema -> answer_general (chosen by rule)",
+            "describe_schema",
+        ),
+        ("flow_model_sql", "flow   text_to_sql, path classify -> rewrite -> find_tables -> confirm_tables", "rewrite"),
+        ("flow_loop", "flow   polling, path poll -> report (chosen by default)", "poll-2"),
+    ],
+)
+def test_the_audit_of_a_flow_run_names_the_path_and_why(name: str, flow_line: str, branch: str) -> None:
+    entry = json.loads((GOLDEN / "manifest.json").read_text())["logs"][name]
+    records = asyncio.run(FileLog.load(GOLDEN / entry["file"]).read_records(entry["workflow_id"]))
+    text = "\n".join(audit_lines(audit(records), width=400))
+    assert flow_line in text
+    assert "    why    " in text.split(flow_line)[0].rsplit("revision 1", 1)[1]  # the why is the line above
+    assert f": {branch} (" in text  # the first way taken, with why
+    assert "flow branches" in text
