@@ -418,10 +418,12 @@ def ensure_auth(auth_dir: Path, names: AuthNames) -> dict[str, Identity]:
         seeds[role] = _creds_seed(creds_path(auth_dir, role)) or _new_seed(nkeys.PREFIX_BYTE_USER)
     conf = auth_dir / "auth.conf"
     # What each role may publish is minted into its JWT: a version of cadre with new event types
-    # mints again, or an upgraded deployment's actors could not publish them.
+    # mints again, or an upgraded deployment's actors could not publish them. The same for a new
+    # subject a role listens on (``<prefix>.plan``): the subscribe lists are part of what is compared.
     current = {
         **names.to_json(),
         "emits": {role: list(types) for role, types in (*EMITS.items(), ("*", RUNTIME_EMITS))},
+        "listens": {role: list(permissions(role, names).subscribe or ()) for role in CADRE_ROLES},
     }
     try:
         recorded = json.loads(names_file.read_text())
