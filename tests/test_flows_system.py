@@ -110,6 +110,14 @@ async def test_with_a_model_new_sql_waits_for_the_table_confirmation(nats_url: s
         assert state.status == "completed", state.failure
         proposed, branches, completed = await ran(h, wf)
         records = await h.bus.log.read_records(wf)
+        # The same deployment, the model denied by the request's budget: the rules choose, and say why.
+        denied = await h.run({"request": "fix this SQL: SELECT name FROM customers WHERE id = 9", "budget_usd": 0})
+        assert denied.status == "completed", denied.failure
+        fallback, _, _ = await ran(h, denied.workflow_id)
+    assert (fallback.chosen_by, fallback.path) == ("rule", ("validate_sql", "execute", "format_answer"))
+    assert fallback.reason.startswith("no flow by the model: ")
+    assert "denied" in fallback.reason
+    assert denied.result == {"text": "| name |\n| --- |\n| Niklaus Wirth |"}
     assert (proposed.flow, proposed.chosen_by, proposed.path) == ("text_to_sql", "model", tuple(SQL_PATH))
     assert "chosen by the model: a question about the data" in proposed.reason
     assert completed == SQL_PATH
