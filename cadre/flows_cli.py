@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,6 +23,7 @@ from cadre.commands import EXIT_FAILED, EXIT_OK, UsageError
 from cadre.flow_preview import preview
 from cadre.planner.catalog import Catalog
 from cadre.planner.flows.model import Flow, flow_schema
+from cadre.planner.flows.registry import FlowsInvalid
 from cadre.render import json_line
 from cadre.safe_text import visible
 from cadre.settings import Settings
@@ -59,8 +61,20 @@ def describe(flow: Flow) -> dict[str, Any]:
 
 
 def flows_cmd(settings: Settings, as_json: bool) -> int:
-    """``cadre flows``: the registered flows (loading checks them: a flow with a problem is an error)."""
-    flows = _flows(settings, catalog_for(settings))
+    """``cadre flows``: the registered flows (loading checks them: with a problem in any, every problem
+    of every file, one a line, located at its node; ``--json``: ``{"error": {..., "problems": [...]}}``)."""
+    try:
+        flows = _flows(settings, catalog_for(settings))
+    except FlowsInvalid as exc:
+        if as_json:
+            problems = [{"file": src, **p.to_json()} for src, ps in exc.problems.items() for p in ps]
+            print(json_line({"error": {**exc.to_wire(), "problems": problems}}), flush=True)
+        else:
+            print(f"cadre: {sum(map(len, exc.problems.values()))} problem(s) in the flows:", file=sys.stderr)
+            for src, ps in exc.problems.items():
+                for p in ps:
+                    print(visible(f"  {src}: {p}"), file=sys.stderr)
+        return EXIT_FAILED
     for name in sorted(flows):
         d = describe(flows[name])
         if as_json:

@@ -244,3 +244,21 @@ def test_the_audit_of_a_flow_run_names_the_path_and_why(name: str, flow_line: st
     assert "    why    " in text.split(flow_line)[0].rsplit("revision 1", 1)[1]  # the why is the line above
     assert f": {branch} (" in text  # the first way taken, with why
     assert "flow branches" in text
+
+
+def test_cadre_flows_lists_every_problem_located_at_its_node(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    bad = (FIXTURES / "by_country.yaml").read_text().replace("output.rows[0][0] >= 2", "output.rows[0][0] >>= 2")
+    (tmp_path / "by_country.yaml").write_text(bad.replace("tool: text.render", "tool: text.rendr", 1))
+    monkeypatch.setenv("CADRE_FLOWS", str(tmp_path))
+    monkeypatch.setenv("CADRE_LLM_PROVIDER", "none")
+    assert main(["flows", "--json"]) == 1
+    error = json.loads(capsys.readouterr().out)["error"]
+    assert error["code"] == "invalid_flow"
+    found = {(p["code"], p["node"], p["field"]) for p in error["problems"]}
+    assert ("invalid_condition", "count", "next[0].when") in found
+    assert any(c == "tool_exists" and n == "several" for c, n, _ in found)
+    assert all(p["file"] == str(tmp_path / "by_country.yaml") and p["fix"] for p in error["problems"])
+    assert main(["flows"]) == 1
+    assert "node 'count' next[0].when: condition" in capsys.readouterr().err

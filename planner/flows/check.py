@@ -86,8 +86,8 @@ def check_flow(flow: Flow, catalog: Catalog) -> list[FlowProblem]:
     problems += _reachable(flow)
     problems += _params(flow)
     problems += _rules(flow)
-    if not problems:
-        problems += _plans(flow, catalog)
+    if not any(p.code in ("unknown_parameter", "unknown_node") for p in problems):
+        problems += _plans(flow, catalog)  # every tool, input and reference, even beside other problems
     return problems
 
 
