@@ -183,7 +183,7 @@ async def plan_flow(
         flow_plan = plan_choice(choice, text, catalog)
     except FlowError as exc:
         return None, f"{why}; {choice.why}, but {choice.path_kind} cannot serve it: {exc}"
-    reason = f"{why}; {choice.why}; path {' -> '.join(choice.path)} ({choice.path_kind})"
+    reason = f"{choice.why}; path {' -> '.join(choice.path)} ({choice.path_kind}); {why}"
     chosen = "rule" if choice.path_kind == "the rule's path" else "default"
     return PlanProposed(
         plan=flow_plan, source="flow", flow=choice.flow.name, path=choice.path, chosen_by=chosen, reason=reason

@@ -115,7 +115,8 @@ async def test_with_a_model_new_sql_waits_for_the_table_confirmation(nats_url: s
         assert denied.status == "completed", denied.failure
         fallback, _, _ = await ran(h, denied.workflow_id)
     assert (fallback.chosen_by, fallback.path) == ("rule", ("validate_sql", "execute", "format_answer"))
-    assert fallback.reason.startswith("no flow by the model: ")
+    assert fallback.reason.startswith("rule 'fix_sql' of flow 'text_to_sql' matched")
+    assert "; no flow by the model: " in fallback.reason
     assert "denied" in fallback.reason
     assert denied.result == {"text": "| name |\n| --- |\n| Niklaus Wirth |"}
     assert (proposed.flow, proposed.chosen_by, proposed.path) == ("text_to_sql", "model", tuple(SQL_PATH))
