@@ -33,7 +33,8 @@ def preview(flows: Mapping[str, Flow], catalog: Catalog, text: str, *, model: bo
     if model:
         out["model"] = (
             "a model is configured: the planner asks it first for the flow and path; this is the choice it "
-            "falls back on when the model may not be used or gives no valid answer"
+            "falls back on when the model may not be used or gives no valid answer (the model's own choice: "
+            '`cadre run --dry-run "..."`, which plans for real and runs no tool)'
         )
     choice = by_rules(list(flows.values()), text)
     if choice is None:

@@ -262,3 +262,53 @@ def test_cadre_flows_lists_every_problem_located_at_its_node(
     assert all(p["file"] == str(tmp_path / "by_country.yaml") and p["fix"] for p in error["problems"])
     assert main(["flows"]) == 1
     assert "node 'count' next[0].when: condition" in capsys.readouterr().err
+
+
+def test_a_loop_of_two_nodes_unrolls_each_pass_reading_its_own() -> None:
+    raw = {
+        "name": "retry",
+        "description": "fetch, check, fetch again while the check fails, then report",
+        "nodes": [
+            {
+                "name": "start",
+                "description": "d",
+                "tool": "sql.query",
+                "inputs": {"sql": "SELECT 1 AS n"},
+                "next": [{"to": "fetch"}],
+            },
+            {
+                "name": "fetch",
+                "description": "d",
+                "tool": "sql.query",
+                "inputs": {"sql": "SELECT 0 AS ok"},
+                "next": [{"to": "check"}],
+            },
+            {
+                "name": "check",
+                "description": "d",
+                "tool": "text.render",
+                "inputs": {"template": "{ok}", "values": {"ok": "${fetch.rows.0.0}", "n": "${start.row_count}"}},
+                "next": [{"to": "fetch", "when": "output.text == '0'", "max": 2}, {"to": "report"}],
+            },
+            {"name": "report", "description": "d", "tool": "text.render", "inputs": {"template": "done"}},
+        ],
+    }
+    f = parse_flow(json.dumps(raw), "retry.json")
+    assert check_flow(f, CATALOG) == []
+    plan = compile_path(f, f.names, {})
+    by_id = {t.id: t for t in plan.nodes}
+    assert list(by_id) == ["start", "fetch", "fetch-2", "fetch-3", "check", "check-2", "check-3", "report"]
+    assert by_id["check-2"].inputs["values"] == {"ok": "${fetch-2.rows.0.0}", "n": "${start.row_count}"}
+    assert by_id["fetch-2"].depends_on == ("check",)
+    assert by_id["report"].depends_on == ("check", "check-2", "check-3")
+    assert [(b.to, b.exhausted) for b in by_id["check-3"].branches] == [("fetch", 2), ("report", 0)]
+    reads_inside = {
+        **raw,
+        "nodes": [
+            *raw["nodes"][:3],
+            {**raw["nodes"][3], "inputs": {"template": "{x}", "values": {"x": "${check.text}"}}},
+        ],
+    }
+    assert ("reads_inside_loop", "report", "inputs.values.x") in problems(
+        parse_flow(json.dumps(reads_inside), "r.json")
+    )
