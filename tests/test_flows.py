@@ -21,6 +21,7 @@ from cadre.planner.flows.compile import compile_path
 from cadre.planner.flows.model import Flow, FlowError, load_flow, parse_flow
 from cadre.planner.flows.registry import FlowsInvalid, load_folder
 from cadre.planner.providers.structured import InvalidOutput
+from cadre.planner.scheduler import dispatchable
 from cadre.settings import Settings
 from cadre.store.audit import audit
 from cadre.store.filelog import FileLog
@@ -312,3 +313,47 @@ def test_a_loop_of_two_nodes_unrolls_each_pass_reading_its_own() -> None:
     assert ("reads_inside_loop", "report", "inputs.values.x") in problems(
         parse_flow(json.dumps(reads_inside), "r.json")
     )
+
+
+def test_a_join_after_two_branches_runs_once_the_way_taken_is_done() -> None:
+    raw = {
+        "name": "join",
+        "description": "count, then one of two renderings, then a common end",
+        "nodes": [
+            {
+                "name": "count",
+                "description": "d",
+                "tool": "sql.query",
+                "inputs": {"sql": "SELECT 3 AS n"},
+                "next": [{"to": "many", "when": "output.rows[0][0] > 2"}, {"to": "few"}],
+            },
+            {
+                "name": "many",
+                "description": "d",
+                "tool": "text.render",
+                "inputs": {"template": "many"},
+                "next": [{"to": "end"}],
+            },
+            {
+                "name": "few",
+                "description": "d",
+                "tool": "text.render",
+                "inputs": {"template": "few"},
+                "next": [{"to": "end"}],
+            },
+            {"name": "end", "description": "d", "tool": "text.render", "inputs": {"template": "end"}},
+        ],
+    }
+    f = parse_flow(json.dumps(raw), "join.json")
+    assert check_flow(f, CATALOG) == []
+    plan = compile_path(f, f.names, {})
+    first = decide(plan, "count", {"rows": [[3]]}, {"count": "completed"}, {})
+    assert (first.to, first.skipped) == ("many", ("few",))
+    status = {"count": "completed", "few": "skipped", "many": "pending", "end": "pending"}
+    decided: dict[str, str | None] = {"count": "many"}
+    assert dispatchable(plan, effective_status(plan, status, decided)) == ["many"]  # not end: many has not run
+    status["many"] = "completed"
+    assert dispatchable(plan, effective_status(plan, status, decided)) == []  # many has not chosen its way yet
+    second = decide(plan, "many", {"text": "many"}, status, decided)
+    assert (second.to, second.skipped) == ("end", ())
+    assert dispatchable(plan, effective_status(plan, status, {**decided, "many": "end"})) == ["end"]
