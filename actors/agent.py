@@ -732,6 +732,8 @@ def approval_reasons(
         reasons.append(f"tool {step.tool} requires approval")
     if state is not None:
         task = state.tasks.get(step.task_id)
+        if task is not None and task.task.approval:  # a flow's node a person confirms (planner.flows)
+            reasons.append(f"flow node {step.task_id!r} is confirmed by a person")
         doubt = approval_reason(state.plan, task.task if task is not None else None, approve_below)
         if doubt is not None:
             reasons.append(doubt)

@@ -15,11 +15,20 @@ Adaptation: when a task fails for good, or the validator rejects a plan for its 
 ``creative``) consults the model for a new plan of the remaining work; completed tasks keep
 their outputs. Without a valid answer the workflow fails as before. A library reuse carries
 its match score as the plan's confidence.
+
+Flows (``planner.flows``, the deployment's ``CADRE_FLOWS``): before all this, a request may be
+served by a flow. With a model, the planner asks it (a ``plan`` consultation, schema
+``choose_flow_path``) for the flow, the path of nodes the request needs and the parameters; when
+the model may not be used, fails, or names no flow, the flows' match rules choose
+deterministically (the rule's path, else the flow's default path, else the whole flow). The
+``plan_proposed`` event names the flow, the path, who chose it and why. At run time a flow's
+task chooses its way on by its conditions (``branch_taken``, :mod:`actors.planner_rules`).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 import msgspec
 
@@ -32,6 +41,7 @@ from cadre.bus.events import (
     ApprovalDenied,
     ApprovalGranted,
     ApprovalRequested,
+    BranchTaken,
     CancelRequested,
     CompensationStarted,
     ConsultationWaiting,
@@ -61,6 +71,8 @@ from cadre.bus.events import (
 )
 from cadre.bus.plan import ErrorInfo
 from cadre.planner.catalog import Catalog
+from cadre.planner.flows.choose import by_rules, choice_request, choice_validator, plan_choice
+from cadre.planner.flows.model import Flow, FlowError
 from cadre.planner.providers.prompts import (
     ADAPT_AFTER_FAILURE,
     ADAPT_AFTER_REJECTION,
@@ -102,6 +114,7 @@ async def plan(
     catalog: Catalog,
     wait_max_s: float = 0.0,
     waited: ConsultationWaiting | None = None,
+    flows: Mapping[str, Flow] | None = None,
 ) -> list[Event]:
     """The first plan (module docstring). A ``plan`` consultation denied for the provider's rate
     limit waits out ``retry_after_s`` up to ``wait_max_s`` (``consultation_waiting``), once:
@@ -113,6 +126,12 @@ async def plan(
     note = f"{rate_wait.waited_note(waited)}; " if waited is not None else ""
     if req.plan is not None:
         return [PlanProposed(plan=req.plan, source="explicit", reason="plan given with the request")]
+    flow_note = ""
+    if flows and req.request.strip() and waited is None:
+        proposed, flow_note = await plan_flow(ctx, req, flows, catalog)
+        if proposed is not None:
+            return [proposed]
+        note = f"{flow_note}; " if flow_note else note
     if req.request.strip():
         grounding = await ctx.ground("plan", req.request)
         ask = plan_request(req.request, catalog.describe(), "", 0, grounding)
@@ -140,6 +159,39 @@ async def plan(
             )
         ]
     return [WorkflowFailed(reason="no_plan", message=rules.no_plan_message(why, hit))]
+
+
+async def plan_flow(
+    ctx: Context, req: WorkflowRequested, flows: Mapping[str, Flow], catalog: Catalog
+) -> tuple[PlanProposed | None, str]:
+    """A flow's plan for the request (module docstring), or None and why no flow serves it."""
+    text = req.request
+    ask = choice_request(text, list(flows.values()), "", 0)
+    inferred = await ctx.infer("plan", ask, choice_validator(flows, text, catalog), ctx.policy(req))
+    answer = inferred.value
+    if answer is not None and answer.choice is not None and answer.plan is not None:
+        c = answer.choice
+        reason = f"flow {c.flow.name!r} chosen by the model: {c.why or inferred.describe()}; path {' -> '.join(c.path)}"
+        return PlanProposed(
+            plan=answer.plan, source="flow", flow=c.flow.name, path=c.path, chosen_by="model", reason=reason
+        ), ""
+    why = (
+        f"the model named no flow ({answer.reason})"
+        if answer is not None
+        else f"no flow by the model: {inferred.describe()}"
+    )
+    choice = by_rules(list(flows.values()), text)
+    if choice is None:
+        return None, f"{why}; no flow's match rule matches the request"
+    try:
+        flow_plan = plan_choice(choice, text, catalog)
+    except FlowError as exc:
+        return None, f"{why}; {choice.why}, but {choice.path_kind} cannot serve it: {exc}"
+    reason = f"{choice.why}; path {' -> '.join(choice.path)} ({choice.path_kind}); {why}"
+    chosen = "rule" if choice.path_kind == "the rule's path" else "default"
+    return PlanProposed(
+        plan=flow_plan, source="flow", flow=choice.flow.name, path=choice.path, chosen_by=chosen, reason=reason
+    ), ""
 
 
 async def adapt(
@@ -259,10 +311,16 @@ def on_plan_validated(state: WorkflowState, data: PlanValidated) -> list[Event]:
     return rules.dispatch_ready(state)
 
 
-def make_spec(catalog: Catalog, on_failure: str = "fail", rate_limit_wait_s: float = 0.0) -> ActorSpec:
+def make_spec(
+    catalog: Catalog,
+    on_failure: str = "fail",
+    rate_limit_wait_s: float = 0.0,
+    flows: Mapping[str, Flow] | None = None,
+) -> ActorSpec:
     """The planner; ``on_failure`` is the deployment's default for requests that set none
     (``compensate``: a failing workflow undoes its completed steps first, :mod:`actors.compensation`).
-    A ``plan`` consultation denied for the rate limit waits up to ``rate_limit_wait_s``, once."""
+    A ``plan`` consultation denied for the rate limit waits up to ``rate_limit_wait_s``, once.
+    ``flows``: the deployment's flows (module docstring)."""
 
     async def handle(ctx: Context, rec: StoredEvent, state: WorkflowState) -> Outcome:
         data = rec.event.data
@@ -282,7 +340,7 @@ def make_spec(catalog: Catalog, on_failure: str = "fail", rate_limit_wait_s: flo
         match data:
             case WorkflowRequested():
                 return cancel.with_deadline(
-                    state, await plan(ctx, state, data, catalog, rate_limit_wait_s), rec.event.at
+                    state, await plan(ctx, state, data, catalog, rate_limit_wait_s, flows=flows), rec.event.at
                 )
             case ConsultationWaiting() if data.call == "plan" and not data.step_id:
                 if state.waits.get(wait_key("plan")) != rec.event.id or state.request is None:
@@ -330,6 +388,7 @@ def make_spec(catalog: Catalog, on_failure: str = "fail", rate_limit_wait_s: flo
                 | CancelRequested()
                 | WorkflowCancelled()
                 | Redriven()
+                | BranchTaken()
             ):
                 return []
 

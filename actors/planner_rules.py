@@ -28,7 +28,8 @@ from cadre.bus.events import (
     WorkflowFailed,
 )
 from cadre.bus.plan import Check, ErrorInfo
-from cadre.planner.scheduler import dispatchable, is_finished, topo_order
+from cadre.planner.flows.branching import decide, effective_status
+from cadre.planner.scheduler import COMPLETED, SKIPPED, dispatchable, is_finished, topo_order
 from cadre.store.state import WorkflowState
 
 # Failures a retry cannot fix: the same step would be refused again.
@@ -45,20 +46,33 @@ NOT_RETRYABLE = frozenset(
 )
 
 
-def dispatch_ready(state: WorkflowState) -> list[Event]:
+def task_status(state: WorkflowState) -> dict[str, str]:
+    """The tasks' statuses as the scheduler sees them: a flow's task that completed without its way
+    on chosen yet is not done (:func:`planner.flows.branching.effective_status`)."""
+    assert state.plan is not None
+    decided = {tid: t.branch for tid, t in state.tasks.items() if t.branched}
+    return effective_status(state.plan, state.task_status(), decided)
+
+
+def dispatch_ready(state: WorkflowState, status: dict[str, str] | None = None) -> list[Event]:
     """A ``task_ready`` for every pending task whose dependencies are done, except those
     ``parallelizable: false`` holds back (:func:`planner.scheduler.dispatchable`): they go out
-    when a later completion finds nothing else running."""
+    when a later completion finds nothing else running. ``status``: the statuses to go by (default:
+    :func:`task_status`)."""
     assert state.plan is not None
-    status = state.task_status()
+    status = status if status is not None else task_status(state)
     return [TaskReady(task=state.tasks[t].task, attempt=1) for t in dispatchable(state.plan, status)]
 
 
 def result_of(state: WorkflowState, outputs: dict[str, dict[str, Any] | None]) -> Any:
     """The workflow's result: the plan's ``output`` task's output, else the last task's in DAG order
-    (a dry run's: what a real run would do, with that output's placeholder)."""
+    (a dry run's: what a real run would do, with that output's placeholder). A flow's branches may
+    leave that task out: then the last task's in DAG order that has an output."""
     assert state.plan is not None
     task_id = state.plan.output or topo_order(state.plan)[-1]
+    if outputs.get(task_id) is None and any(t.branches for t in state.plan.nodes):
+        done = [t for t in topo_order(state.plan) if outputs.get(t) is not None]
+        task_id = done[-1] if done else task_id
     if state.request is not None and state.request.dry_run:
         return dry_run_result(state, outputs.get(task_id))
     return outputs.get(task_id)
@@ -82,10 +96,18 @@ def on_step_completed(state: WorkflowState, ev: StepCompleted) -> list[Event]:
             nxt = state.steps[task.step_ids[i + 1]]
             return [StepReady(step=nxt.step)] if nxt.status == "proposed" else []
         return []
-    status = state.task_status()
+    status = task_status(state)
+    out: list[Event] = []
+    if task.task.branches and not task.branched:  # a flow's task: choose the way on first
+        decided = {tid: t.branch for tid, t in state.tasks.items() if t.branched}
+        status[ev.task_id] = COMPLETED
+        taken = decide(state.plan, ev.task_id, task.output, status, decided)
+        out.append(taken)
+        status.update(dict.fromkeys(taken.skipped, SKIPPED))
     if is_finished(state.plan, status):
-        return [WorkflowCompleted(result=result_of(state, {tid: t.output for tid, t in state.tasks.items()}))]
-    return dispatch_ready(state)
+        outputs = {tid: t.output for tid, t in state.tasks.items()}
+        return [*out, WorkflowCompleted(result=result_of(state, outputs))]
+    return [*out, *dispatch_ready(state, status)]
 
 
 def on_step_failed(state: WorkflowState, ev: StepFailed) -> list[Event]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import timedelta
 
 from cadre.actors import agent, decomposer, planner, validator
 from cadre.actors.redrive import redrivable
 from cadre.actors.runtime import ActorSpec
 from cadre.planner.catalog import Catalog
+from cadre.planner.flows.model import Flow
 from cadre.planner.pools import EVERY_POOL, Pools
 from cadre.planner.safety import SafetyContext
 from cadre.planner.validation import NO_DEPLOYMENT, Limits
@@ -26,15 +28,16 @@ def live_specs(
     rate_limit_wait_s: float = 0.0,
     on_failure: str = "fail",
     safety: SafetyContext | None = None,
+    flows: Mapping[str, Flow] | None = None,
 ) -> tuple[ActorSpec, ...]:
     """The event handlers of the planner, validator, decomposer and agent (in that order):
     what ``cadre/system.py`` runs and what a replay re-runs (a what-if with a changed catalog,
     ``limits`` and ``pools``). ``limits.reject_below`` and ``approve_below`` are the deployment's
     confidence thresholds (:mod:`planner.confidence`); ``agent_pool``: the pool the agent serves
     (``actors.agent``; a replay's agent serves every pool); ``safety``: what the tools' safety rules
-    need from the deployment (:mod:`planner.safety`)."""
+    need from the deployment (:mod:`planner.safety`); ``flows``: the deployment's flows (:mod:`planner.flows`)."""
     specs = (
-        planner.make_spec(catalog, on_failure, rate_limit_wait_s),
+        planner.make_spec(catalog, on_failure, rate_limit_wait_s, flows),
         validator.make_spec(catalog, limits, pools, safety),
         decomposer.make_spec(catalog, pools, rate_limit_wait_s),
         agent.make_spec(

@@ -240,12 +240,12 @@ def permissions(role: str, names: AuthNames) -> Permissions:
             pub = [*_actor_publish(role, names), s.budget, s.budget_settle]
             if role == "planner":  # `cadre actor planner` hosts the intake as well
                 pub += _actor_publish("intake", names) + _intake_publish(names)
-                listen = (inbox, s.ping, s.requests, s.intake_settled)
+                listen = (inbox, s.ping, s.requests, s.intake_settled, s.plan)
                 return Permissions(_dedupe(pub), listen, allow_responses=True)
             return Permissions(_dedupe(pub), (inbox, s.ping), allow_responses=True)
         case "intake":
             pub = _actor_publish(role, names) + _intake_publish(names)
-            listen = (inbox, s.ping, s.requests, s.intake_settled)
+            listen = (inbox, s.ping, s.requests, s.intake_settled, s.plan)
             return Permissions(_dedupe(pub), listen, allow_responses=True)
         case "approvals":
             decisions = approvals_subject(s)
@@ -281,6 +281,7 @@ def permissions(role: str, names: AuthNames) -> Permissions:
             stream = names.stream  # the mirror in READERS
             reads = [
                 s.requests,
+                s.plan,  # previews of a request's flow and path (nothing runs)
                 "$JS.API.STREAM.NAMES",
                 *_event_reader(stream),
                 f"$JS.API.CONSUMER.CREATE.{stream}.*.{s.events}",  # nats.js with a filter string
@@ -417,10 +418,12 @@ def ensure_auth(auth_dir: Path, names: AuthNames) -> dict[str, Identity]:
         seeds[role] = _creds_seed(creds_path(auth_dir, role)) or _new_seed(nkeys.PREFIX_BYTE_USER)
     conf = auth_dir / "auth.conf"
     # What each role may publish is minted into its JWT: a version of cadre with new event types
-    # mints again, or an upgraded deployment's actors could not publish them.
+    # mints again, or an upgraded deployment's actors could not publish them. The same for a new
+    # subject a role listens on (``<prefix>.plan``): the subscribe lists are part of what is compared.
     current = {
         **names.to_json(),
         "emits": {role: list(types) for role, types in (*EMITS.items(), ("*", RUNTIME_EMITS))},
+        "listens": {role: list(permissions(role, names).subscribe or ()) for role in CADRE_ROLES},
     }
     try:
         recorded = json.loads(names_file.read_text())

@@ -71,10 +71,15 @@ class PlanProposed(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     TYPE: ClassVar[str] = "plan_proposed"
     plan: Plan
     revision: int = 1
-    source: str = "explicit"  # explicit | library | model
+    source: str = "explicit"  # explicit | library | model | flow
     library_match: str | None = None
     score: float | None = None
     reason: str = ""
+    # A flow's plan (source "flow", ``planner.flows``): the flow, the path of its nodes chosen, and
+    # how (``rule``: a match rule of the flow file; ``model``: the planner's model; ``default``).
+    flow: str | None = None
+    path: tuple[str, ...] = ()
+    chosen_by: str | None = None
 
 
 class PlanValidated(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -420,6 +425,28 @@ class Redriven(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     reason: str = ""
 
 
+class BranchChecked(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """One way on that a ``branch_taken`` weighed: its condition (None: none), whether it held, and why not."""
+
+    to: str
+    when: str | None = None
+    held: bool = False
+    reason: str = ""
+
+
+class BranchTaken(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """The planner chose where a flow goes on after task ``task_id`` (``planner.flows``): task ``to``
+    (None: nowhere, that branch of the flow ends), ``why``, each way weighed in order (``checked``),
+    and the tasks this leaves out (``skipped``: they will not run)."""
+
+    TYPE: ClassVar[str] = "branch_taken"
+    task_id: str
+    to: str | None = None
+    why: str = ""
+    checked: tuple[BranchChecked, ...] = ()
+    skipped: tuple[str, ...] = ()
+
+
 Event = (
     WorkflowRequested
     | PlanProposed
@@ -449,6 +476,7 @@ Event = (
     | CancelRequested
     | WorkflowCancelled
     | Redriven
+    | BranchTaken
 )
 
 EVENT_TYPES: dict[str, type[Event]] = {
@@ -482,6 +510,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         CancelRequested,
         WorkflowCancelled,
         Redriven,
+        BranchTaken,
     )
 }
 

@@ -22,6 +22,17 @@ Severity = Literal["info", "warning", "error"]
 Complexity = Literal["low", "medium", "high"]
 
 
+class Branch(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """One way on from a flow's task (``Task.branches``, tried in order, the first that holds is
+    taken): to task ``to`` when ``when`` (CEL over the task's ``output``, :mod:`planner.conditions`)
+    holds, or always without one. ``exhausted`` > 0 marks a loop's way back on its last pass: it
+    was taken that many times already, so it is never taken again (``planner.flows``)."""
+
+    to: str
+    when: str | None = None
+    exhausted: int = 0
+
+
 class Task(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One node of the plan's DAG.
 
@@ -49,6 +60,10 @@ class Task(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     # before the tool is called; ``post`` over ``inputs`` and ``output``, checked on the tool's output.
     pre: tuple[str, ...] = ()
     post: tuple[str, ...] = ()
+    # A flow's task (``planner.flows``): where to go on after it (empty: to every dependent task, as in
+    # any plan), and whether a person confirms its step before it runs (the agent asks for approval).
+    branches: tuple[Branch, ...] = ()
+    approval: bool = False
 
 
 class Plan(msgspec.Struct, frozen=True, kw_only=True, gc=False):

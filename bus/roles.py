@@ -20,6 +20,7 @@ EMITS: Mapping[str, tuple[str, ...]] = {
         "cancel_requested",  # the deadline's (by="deadline")
         "workflow_cancelled",
         "consultation_waiting",
+        "branch_taken",
     ),
     "validator": (
         "plan_validated",

@@ -2,6 +2,7 @@
 
     <prefix>.requests                      requests from any NATS client (request/reply or publish only;
                                            stored by the requests stream, answered by the intake)
+    <prefix>.plan                          previews of a request's flow and path, running nothing (request/reply)
     <prefix>.intake.settled                an intake took a stored request (core NATS, between intakes)
     <prefix>.budget.consult                consultations to the budget actor (core NATS, request/reply)
     <prefix>.budget.settle                 settlements of granted consultations (core NATS, request/reply)
@@ -49,6 +50,12 @@ class Subjects:
     @property
     def requests(self) -> str:
         return f"{self.prefix}.requests"
+
+    @property
+    def plan(self) -> str:
+        """Previews of the flow and path a request would take, running nothing (request/reply; the
+        planner's process answers: ``cadre plan``, :mod:`cadre.flows_cli`)."""
+        return f"{self.prefix}.plan"
 
     @property
     def intake_settled(self) -> str:

@@ -40,6 +40,8 @@ def lines(r: AuditReport, width: int = 110) -> list[str]:
             f"  revision {p.revision} from {p.source}{match}: {p.verdict} (#{p.index}), confidence {p.confidence:.2f}"
         )
         out.append(f"    why    {_cut(p.reason, width)}")
+        if p.flow is not None:
+            out.append(f"    flow   {p.flow}, path {' -> '.join(p.path)} (chosen by {p.chosen_by})")
         out.extend(f"    caused {_cut(c, width)}" for c in p.caused)
         for task in p.tasks:
             deps = f" after {', '.join(task.depends_on)}" if task.depends_on else ""
@@ -51,6 +53,15 @@ def lines(r: AuditReport, width: int = 110) -> list[str]:
         out.extend(_checks(p.failed_checks, "    "))
     if not r.plans:
         out.append("  (none)")
+
+    if r.branches:
+        out.append("")
+        out.append("flow branches")
+        for b in r.branches:
+            skipped = f"; skipped {', '.join(b.skipped)}" if b.skipped else ""
+            out.append(
+                f"  #{b.index:<4} after {b.task_id}: {b.to or 'the branch ends'} ({_cut(b.why, width)}){skipped}"
+            )
 
     out.append("")
     out.append("validation verdicts")

@@ -17,7 +17,18 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cadre import __version__, audit_cli, auth_cli, commands, eval_cmd, replay_cli, state_view, stats_cli, workflow_list
+from cadre import (
+    __version__,
+    audit_cli,
+    auth_cli,
+    commands,
+    eval_cmd,
+    flows_cli,
+    replay_cli,
+    state_view,
+    stats_cli,
+    workflow_list,
+)
 from cadre.bus.errors import CadreError, InvalidName
 from cadre.bus.events import TERMINAL_TYPES
 from cadre.bus.signing import Keyring
@@ -110,9 +121,12 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("dead-letters", parents=[bus, out], help="list the inputs actors gave up on, across workflows")
 
     sub.add_parser("status", parents=[bus, out], help="workflows by state, actors alive, backlogs")
-    schema = sub.add_parser("schema", help="print the JSON Schema of a request or an event")
-    schema.add_argument("what", choices=["request", "event"])
+    schema = sub.add_parser("schema", help="print the JSON Schema of a request, an event or a flow file")
+    schema.add_argument("what", choices=["request", "event", "flow"])
     sub.add_parser("tools", parents=[out], help="list the tools plans may use")
+    sub.add_parser("flows", parents=[out], help="list the registered flows (CADRE_FLOWS)")
+    plan = sub.add_parser("plan", parents=[out], help="show the flow and path a request would take; runs nothing")
+    plan.add_argument("text", help="the request, in words")
 
     events = sub.add_parser("events", parents=[bus, out], help="list a workflow's events")
     events.add_argument("workflow_id")
@@ -228,7 +242,11 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
         case "status":
             return await commands.status(settings, args.json)
         case "schema":
-            return commands.schema(args.what)
+            return flows_cli.schema_flow() if args.what == "flow" else commands.schema(args.what)
+        case "flows":
+            return flows_cli.flows_cmd(settings, args.json)
+        case "plan":
+            return flows_cli.plan_cmd(settings, args.text, args.json)
         case "tools":
             return commands.tools(settings, args.json)
         case "events":

@@ -14,6 +14,7 @@ from cadre.bus.events import (
     ApprovalDenied,
     ApprovalGranted,
     ApprovalRequested,
+    BranchTaken,
     CancelRequested,
     CompensationStarted,
     ConsultationWaiting,
@@ -176,5 +177,8 @@ def _line(e: Envelope) -> str | list[str] | None:
             return f"redriven {d.input_type} (seq {d.input_seq}) to the {d.actor} again, by {d.by}" + (
                 f": {d.reason}" if d.reason else ""
             )
+        case BranchTaken():
+            skipped = f"; skipped {', '.join(d.skipped)}" if d.skipped else ""
+            return f"branch    {d.task_id} -> {d.to or '(ends)'}: {d.why}{skipped}"
         case StepsProposed() | EffectsRecorded():
             return None

@@ -234,6 +234,9 @@ class Settings(BaseSettings):
         description="a tool with side effects that a model chose (a recovery) waits for a person's approval",
     )
     plan_library: Path | None = Field(default=None, description="example plans (default: ./examples/plans)")
+    flows: Path | None = Field(
+        default=None, description="folder of flow files (YAML/JSON, docs/flows.md) the planner may run (default: none)"
+    )
     library_threshold: float = Field(default=0.35, ge=0, le=1, description="similarity a library plan needs")
     library_max_learned: int = Field(
         default=1_000, ge=0, description="plans of completed workflows the library keeps at most (newest kept)"

@@ -24,10 +24,12 @@ from cadre.actors.tools.builtin import compensation_impls
 from cadre.actors.tools.plugins import load_tool_modules, plugin_impls
 from cadre.budget_config import budget_config, ledger_spec
 from cadre.bus.errors import CadreError
+from cadre.flow_preview import serve_plan
 from cadre.grounding_config import grounder_for
 from cadre.llm import build_llm
 from cadre.planner.builtin_tools import builtin_catalog, compensation_specs
 from cadre.planner.catalog import Catalog
+from cadre.planner.flows.registry import FlowSet, load_folder
 from cadre.planner.pools import EVERY_POOL, Pools
 from cadre.planner.safety import SafetyContext
 from cadre.settings import Settings
@@ -67,6 +69,12 @@ def pools_of(settings: Settings) -> Pools | None:
     return {name: frozenset(p.tools) for name, p in settings.pools.items()} or None
 
 
+def flows_for(settings: Settings, catalog: Catalog) -> FlowSet | None:
+    """The deployment's flows (``CADRE_FLOWS``), checked against ``catalog``; None without the setting.
+    :class:`~planner.flows.registry.FlowsInvalid` (every problem of every file) stops the start."""
+    return load_folder(settings.flows, catalog) if settings.flows is not None else None
+
+
 def check_pool(settings: Settings, pool: str | None) -> None:
     """Raise :class:`UnknownPool` unless ``pool`` is None or declared in the settings' pools."""
     if pool is not None and pool not in settings.pools:
@@ -95,6 +103,7 @@ def system_specs(
         rate_limit_wait_s=settings.rate_limit_wait_max_s,
         on_failure=settings.on_failure,
         safety=SafetyContext(http_allow=tuple(settings.http_allow)),
+        flows=flows_for(settings, catalog),
     )
 
 
@@ -223,6 +232,11 @@ async def run_system(
             signed = bus.log.signed_by(trust.signer("approvals"))
             await stack.enter_async_context(
                 serve_approvals(signed, keyring_loader(settings), approval_policy(settings))
+            )
+        flows = flows_for(settings, catalog) if "planner" in kinds else None
+        if flows is not None:  # previews of a request's flow and path (`cadre plan`, <prefix>.plan)
+            await stack.enter_async_context(
+                serve_plan(bus.nc, settings.subjects, flows, catalog, model=llm is not None)
             )
         await stack.enter_async_context(serve_ping(bus.nc, settings.subjects, kinds, replicas))
         yield system

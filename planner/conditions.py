@@ -125,7 +125,7 @@ def evaluate(condition: Condition, values: Mapping[str, Any]) -> Outcome:
         result = condition.program.execute(cel.Context(dict(values)))
     except KeyError as exc:
         return Outcome(condition.text, False, f"it names {exc.args[0]!r}, which is not there")
-    except (TypeError, ValueError, OverflowError, ZeroDivisionError, RuntimeError) as exc:
+    except (TypeError, ValueError, OverflowError, ZeroDivisionError, RuntimeError, IndexError) as exc:
         return Outcome(condition.text, False, f"it could not be evaluated: {_first_line(str(exc))}")
     if not isinstance(result, bool):
         return Outcome(condition.text, False, f"it gave {type(result).__name__} {result!r:.60}, not true or false")

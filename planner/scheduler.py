@@ -1,7 +1,8 @@
 """Which tasks can run: graph questions about a plan, answered over plain data.
 
 The planner actor keeps each task's status (a string: ``"pending"``, ``"ready"``, ``"running"``,
-``"completed"``, ``"failed"``; a task with no status yet counts as pending) and asks these
+``"completed"``, ``"failed"``, ``"skipped"``: a flow's branch not taken, which counts as done; a task
+with no status yet counts as pending) and asks these
 functions what to do next. They read the plan and the statuses, never change them, and do
 no I/O, so replays and tests call them directly.
 
@@ -30,6 +31,7 @@ __all__ = [
     "PENDING",
     "READY",
     "RUNNING",
+    "SKIPPED",
     "PlanCycle",
     "SchedulingError",
     "UnknownTask",
@@ -49,6 +51,8 @@ READY = "ready"
 RUNNING = "running"
 COMPLETED = "completed"
 FAILED = "failed"
+SKIPPED = "skipped"
+DONE = frozenset({COMPLETED, SKIPPED})
 
 
 class SchedulingError(CadreError):
@@ -210,7 +214,8 @@ def _pending(status: Mapping[str, str], task_id: str) -> bool:
 
 
 def ready_tasks(plan: Plan, status: Mapping[str, str]) -> list[str]:
-    """Pending tasks (status ``"pending"`` or none) whose dependencies have all ``"completed"``, in plan order.
+    """Pending tasks (status ``"pending"`` or none) whose dependencies have all ``"completed"`` (or were
+    ``"skipped"``: a flow's branch not taken), in plan order.
 
     A dependency on an unknown task never completes, so such a task is never ready.
     """
@@ -219,7 +224,7 @@ def ready_tasks(plan: Plan, status: Mapping[str, str]) -> list[str]:
         if (
             task.id not in ready
             and _pending(status, task.id)
-            and all(status.get(dep) == COMPLETED for dep in task.depends_on)
+            and all(status.get(dep) in DONE for dep in task.depends_on)
         ):
             ready[task.id] = None
     return list(ready)
@@ -248,8 +253,8 @@ def dispatchable(plan: Plan, status: Mapping[str, str]) -> list[str]:
 
 
 def is_finished(plan: Plan, status: Mapping[str, str]) -> bool:
-    """Whether every task has ``"completed"`` (vacuously true for an empty plan)."""
-    return all(status.get(task.id) == COMPLETED for task in plan.nodes)
+    """Whether every task has ``"completed"`` or was ``"skipped"`` (vacuously true for an empty plan)."""
+    return all(status.get(task.id) in DONE for task in plan.nodes)
 
 
 def blocked_by_failure(plan: Plan, status: Mapping[str, str]) -> list[str]:

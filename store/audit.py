@@ -43,6 +43,7 @@ from cadre.bus.events import (
     ApprovalDenied,
     ApprovalGranted,
     ApprovalRequested,
+    BranchTaken,
     CancelRequested,
     CompensationStarted,
     ConsultationWaiting,
@@ -156,6 +157,20 @@ class PlanRevision(msgspec.Struct, kw_only=True):
     failed_checks: tuple[CheckNote, ...] = ()
     confidence: float = 1.0
     caused: list[str] = msgspec.field(default_factory=list)  # what the plan's confidence caused
+    flow: str | None = None  # a flow's plan: the flow, the path of its nodes, who chose it (planner.flows)
+    path: tuple[str, ...] = ()
+    chosen_by: str | None = None
+
+
+class BranchNote(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a flow went on after a task (``branch_taken``): the way taken (None: the branch ended),
+    why, and the tasks that left out."""
+
+    index: int
+    task_id: str
+    to: str | None
+    why: str
+    skipped: tuple[str, ...] = ()
 
 
 class Verdict(msgspec.Struct, frozen=True, kw_only=True):
@@ -321,6 +336,7 @@ class AuditReport(msgspec.Struct, kw_only=True):
     groundings: list[GroundingNote] = msgspec.field(default_factory=list)
     step_documents: list[StepDocuments] = msgspec.field(default_factory=list)
     totals: Totals = msgspec.field(default_factory=Totals)
+    branches: list[BranchNote] = msgspec.field(default_factory=list)  # a flow's ways taken, in order
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = msgspec.to_builtins(self)
@@ -443,6 +459,9 @@ def _event(
                     for t in data.plan.nodes
                 ),
                 confidence=data.plan.confidence,
+                flow=data.flow,
+                path=data.path,
+                chosen_by=data.chosen_by,
             )
             if data.revision > 1:
                 report.deviations.append(Deviation(index=index, scope="workflow", text=f"re-planned: {data.reason}"))
@@ -520,6 +539,10 @@ def _event(
         case WorkflowFailed():
             report.status, report.ended_at = "failed", e.at
             report.failure = f"{data.reason}: {data.message}"
+        case BranchTaken():
+            report.branches.append(
+                BranchNote(index=index, task_id=data.task_id, to=data.to, why=data.why, skipped=data.skipped)
+            )
         case Redriven():  # the workflow goes on after the failure it had for the dead letter
             if report.status == "failed":
                 report.status, report.ended_at, report.failure = "running", None, None
@@ -828,6 +851,9 @@ def summary(data: Event) -> str:
             return f"{data.step_id}: proposal cleared ({len(data.checks)} checks){wait}"
         case ProposalRejected():
             return f"{data.step_id}: proposal refused: {_failed(data.checks)}"
+        case BranchTaken():
+            skipped = f"; skipped {', '.join(data.skipped)}" if data.skipped else ""
+            return f"after {data.task_id}: {data.to or 'the branch ends'} ({data.why}){skipped}"
         case Redriven():
             return f"{data.input_type} (seq {data.input_seq}) re-delivered to the {data.actor} by {data.by}" + (
                 f": {data.reason}" if data.reason else ""

@@ -23,6 +23,7 @@ from cadre.bus.events import (
     ApprovalDenied,
     ApprovalGranted,
     ApprovalRequested,
+    BranchTaken,
     CancelRequested,
     CompensationStarted,
     ConsultationWaiting,
@@ -57,7 +58,7 @@ Status = Literal[
     "new", "requested", "planned", "running", "compensating", "cancelling", "completed", "failed", "cancelled"
 ]
 ENDED: tuple[Status, ...] = ("completed", "failed", "cancelled")
-TaskStatus = Literal["pending", "ready", "running", "completed", "failed"]
+TaskStatus = Literal["pending", "ready", "running", "completed", "failed", "skipped"]
 StepStatus = Literal[
     "proposed",
     "ready",
@@ -108,6 +109,9 @@ class TaskState(msgspec.Struct, frozen=True, kw_only=True):
     error: ErrorInfo | None = None
     rejected: tuple[Check, ...] = ()
     simulated: bool = False  # completed by a simulated step (a dry run): ``output`` is a placeholder
+    # A flow's task with branches (``branch_taken``): whether the planner chose where to go on, and where.
+    branched: bool = False
+    branch: str | None = None
 
 
 class WorkflowState(msgspec.Struct, kw_only=True):
@@ -292,6 +296,10 @@ def apply(state: WorkflowState, stored: StoredEvent) -> None:
         case ProposalRejected():
             if _proposed(state, data.step_id, data.proposal_id):
                 _step(state, data.step_id, status="refused")
+        case BranchTaken():
+            _task(state, data.task_id, branched=True, branch=data.to)
+            for tid in data.skipped:
+                _task(state, tid, status="skipped")
         case _:
             assert_never(data)
 

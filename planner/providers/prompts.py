@@ -52,12 +52,15 @@ def _model_plan_schema() -> dict[str, Any]:
 
 
 def _plan_json(plan: Plan) -> dict[str, Any]:
-    """``plan`` as JSON for a prompt; a task without a pool says nothing of pools."""
+    """``plan`` as JSON for a prompt; a task without a pool says nothing of pools, nor one that is not
+    a flow's of branches and approval."""
     out: dict[str, Any] = msgspec.to_builtins(plan)
     for node in out["nodes"]:
         if node.get("pool") is None:
             node.pop("pool", None)
-        for name in ("pre", "post"):
+        if not node.get("approval"):
+            node.pop("approval", None)
+        for name in ("pre", "post", "branches"):
             if not node.get(name):
                 node.pop(name, None)
     return out

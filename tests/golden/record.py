@@ -101,6 +101,38 @@ def approval(*, deny: bool, plan: dict[str, Any] = APPROVAL_PLAN, step: str = "s
     return drive
 
 
+FLOW_CHOICE: dict[str, Any] = {
+    "flow": "text_to_sql",
+    "path": [
+        "classify",
+        "rewrite",
+        "find_tables",
+        "confirm_tables",
+        "trim_schema",
+        "generate_sql",
+        "validate_sql",
+        "execute",
+        "format_answer",
+    ],
+    "params": {"sql": "SELECT name FROM customers WHERE country = 'CH' ORDER BY name", "tables": "customers"},
+    "reason": "a question about the data: new SQL over the customers",
+}
+
+
+def flow_confirmed(request: str, step: str) -> Drive:
+    """A request whose flow waits for a person's confirmation at ``step``: given, then the run's end."""
+
+    async def drive(h: Harness) -> str:
+        wf = str((await h.submit({"request": request}))["workflow_id"])
+        await h.wait(wf, until="approval_requested")
+        with contextlib.redirect_stdout(sys.stderr):
+            await commands.approve(h.settings, wf, step, deny=False, reason="the tables are right")
+        await h.wait(wf)
+        return wf
+
+    return drive
+
+
 CANCEL_PLAN: dict[str, Any] = {
     "nodes": [
         {"id": "w", "tool": "fs.write", "inputs": {"path": "out/cancelled.txt", "content": "soon undone"}},
@@ -598,6 +630,33 @@ SCENARIOS = (
         "the model answers with text twice (no JSON): no repair helps, the library plans",
         submit({"request": LIBRARY_REQUEST}),
         model=(text("here is your plan: {nodes: oops"), text("still not JSON")),
+    ),
+    Scenario(
+        "flow_fix_sql",
+        "a flow without a model: the rule 'fix_sql' of examples/flows/text_to_sql.yaml runs three of its nodes "
+        "(validate, execute, format) with the SQL the request gives",
+        submit({"request": "fix this SQL: SELECT name, country FROM customers ORDER BY name LIMIT 3"}),
+        settings={"flows": "examples/flows"},
+    ),
+    Scenario(
+        "flow_general",
+        "a flow without a model: a schema question; classify's output takes the general branch",
+        submit({"request": "what tables and columns does the database have?"}),
+        settings={"flows": "examples/flows"},
+    ),
+    Scenario(
+        "flow_model_sql",
+        "a flow with a model: it chooses the text-to-SQL path and writes the SQL; the run waits for a person to "
+        "confirm the tables, then completes",
+        flow_confirmed("who are our customers in Switzerland?", "confirm_tables.s1"),
+        settings={"flows": "examples/flows"},
+        model=(ok(FLOW_CHOICE, input=1500, output=120),),
+    ),
+    Scenario(
+        "flow_loop",
+        "a flow's loop: the poll node leads back to itself while the job is not done, at most 3 times; then on",
+        submit({"request": "poll the job"}),
+        settings={"flows": "tests/fixtures/flows"},
     ),
 )
 
