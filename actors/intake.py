@@ -90,6 +90,10 @@ async def submit(elog: JetStreamLog, data: bytes) -> dict[str, Any]:
     """Validate and append one request; the reply to send (``workflow_id`` or ``error``).
 
     For a process that takes a request itself (``cadre run``), not through the requests stream."""
+    return await tracing.taken(_submit(elog, data), None, None)
+
+
+async def _submit(elog: JetStreamLog, data: bytes) -> dict[str, Any]:
     try:
         requested = parse_request(data)
     except RequestError as exc:

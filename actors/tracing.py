@@ -175,23 +175,24 @@ def configure(mode: Mode, endpoint: str | None) -> bool:
 # -- the intake and the handler runs --------------------------------------------------------------
 
 
-def taken(work: Awaitable[dict[str, Any]], headers: Mapping[str, str] | None, seq: int) -> Awaitable[dict[str, Any]]:
-    """``work`` (the intake making stored request ``seq`` a workflow; its answer) in a span under the
-    requester's trace, when tracing is on; else ``work`` itself."""
+def taken(
+    work: Awaitable[dict[str, Any]], headers: Mapping[str, str] | None, seq: int | None
+) -> Awaitable[dict[str, Any]]:
+    """``work`` (the intake making stored request ``seq`` a workflow, or a request taken directly:
+    ``cadre run``; its answer) in a span under the requester's trace, when tracing is on; else
+    ``work`` itself."""
     if _state is None:
         return work
     return _taken(_state, work, headers, seq)
 
 
 async def _taken(
-    state: _Tracing, work: Awaitable[dict[str, Any]], headers: Mapping[str, str] | None, seq: int
+    state: _Tracing, work: Awaitable[dict[str, Any]], headers: Mapping[str, str] | None, seq: int | None
 ) -> dict[str, Any]:
     parent = trace_headers.incoming(headers)
-    attributes: dict[str, str | int] = {
-        "messaging.system": "nats",
-        "messaging.operation.type": "process",
-        "cadre.request.seq": seq,
-    }
+    attributes: dict[str, str | int] = {"messaging.system": "nats", "messaging.operation.type": "process"}
+    if seq is not None:
+        attributes["cadre.request.seq"] = seq
     with state.tracer.start_as_current_span(
         "intake request", context=parent, kind=SpanKind.CONSUMER, attributes=attributes
     ) as span:

@@ -418,6 +418,29 @@ async def measure(
     return runs
 
 
+def traced(mode: str) -> Callable[[], int] | None:
+    """Turn tracing on (``memory``): spans go through a batch processor, as with OTLP, to the SDK's
+    in-memory exporter; returns how to count the spans exported (after a flush)."""
+    if mode == "off":
+        return None
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from cadre.actors import tracing
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    tracing.enable(provider)
+
+    def exported() -> int:
+        provider.force_flush()
+        return len(exporter.get_finished_spans())
+
+    return exported
+
+
 async def main(args: argparse.Namespace, url: str, data_dir: Path) -> dict[str, Any]:
     tag = secrets.token_hex(3)
     prefix = f"pipe{tag}"
@@ -435,11 +458,18 @@ async def main(args: argparse.Namespace, url: str, data_dir: Path) -> dict[str, 
         # every event is signed by its writer and checked by its readers (the server itself runs
         # without NATS authorization here, so the figures show signing's cost alone).
         await asyncio.to_thread(ensure_auth, settings.auth_dir, settings.auth_names())
+    spans = traced(args.tracing)
     client = await connect(ConnectOptions(url=url, name="bench-client"))
     raw_nc = await connect(ConnectOptions(url=url, name="bench-raw-actors"))
     metrics = Metrics.create()
     profile = cProfile.Profile() if args.profile else None
-    out: dict[str, Any] = {**environment(client), "runs": args.runs, "storage": "file", "signing": args.signing}
+    out: dict[str, Any] = {
+        **environment(client),
+        "runs": args.runs,
+        "storage": "file",
+        "signing": args.signing,
+        "tracing": args.tracing,
+    }
     raw = RawChain(client, raw_nc, tag)
     try:
         async with open_bus(settings, name="bench-cadre") as bus:
@@ -474,6 +504,8 @@ async def main(args: argparse.Namespace, url: str, data_dir: Path) -> dict[str, 
         for nc in (raw_nc, client):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(nc.close(), 10)
+    if spans is not None:
+        out["spans"] = spans()
     if profile is not None:
         profile.dump_stats(args.profile)
         note(f"cProfile of the measured cadre runs written to {args.profile}")
@@ -548,6 +580,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--data-dir", type=Path, help="embedded server data dir (default: a fresh temp dir)")
     ap.add_argument("--nats", metavar="URL", help="use this server instead of an embedded one")
     ap.add_argument("--profile", metavar="FILE", help="write a cProfile of the measured cadre runs here")
+    ap.add_argument(
+        "--tracing",
+        choices=("off", "memory"),
+        default="off",
+        help="off (the default): no traces; memory: OpenTelemetry spans of every run and call, batched to the "
+        "SDK's in-memory exporter (what tracing costs short of sending spans to a collector)",
+    )
     ap.add_argument(
         "--signing",
         choices=("on", "off"),

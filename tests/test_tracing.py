@@ -7,21 +7,27 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
+from cadre import commands
 from cadre.actors import tracing
 from cadre.bus import trace_headers
 from cadre.replay_cli import replayer_for
 from cadre.settings import Settings
 from cadre.store.records import StoredEvent
+from tests.scenarios import MODEL_PLAN, NOVEL_REQUEST
 from tests.system_harness import Harness, cadre_running, settings_for
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -187,6 +193,36 @@ async def test_without_a_traceparent_each_workflow_is_a_trace_of_its_own(
     assert traces[0] != traces[1]
 
 
+async def test_an_event_appended_outside_any_span_continues_its_workflows_trace(
+    nats_url: str, tmp_path: Path, spans: InMemorySpanExporter
+) -> None:
+    """A cancel (appended by the approvals service, which traces nothing) carries no context: the
+    planner's run on it continues the trace of the workflow it cancels."""
+    settings = settings_for(nats_url, tmp_path, approval_tools=["fs.write"])
+    waits = {"plan": {"nodes": [{"id": "save", "tool": "fs.write", "inputs": {"path": "a.txt", "content": "ok"}}]}}
+    async with cadre_running(settings) as cadre:
+        resp = await cadre.bus.nc.request(
+            settings.subjects.requests, json.dumps(waits).encode(), timeout=5, headers={"traceparent": TRACEPARENT}
+        )
+        wf = json.loads(resp.data)["workflow_id"]
+        await cadre.wait(wf, until="approval_requested")
+        assert await commands.cancel(settings, wf, reason="not today") == 0
+        assert (await cadre.wait(wf, within=5)).status == "cancelled"
+        stored = {e.event.type: e.seq for e in await cadre.events(wf)}
+        cancel_headers = (await cadre.bus.log.raw_message(stored["cancel_requested"]))[2]
+        async with asyncio.timeout(5):
+            while not named(of_workflow(spans, wf), "planner cancel_requested"):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        found = of_workflow(spans, wf)
+    assert "traceparent" not in cancel_headers
+    [run] = named(found, "planner cancel_requested")
+    [intake] = named(found, "intake request")
+    assert run.parent is not None
+    assert intake.context is not None
+    assert run.parent.span_id == intake.context.span_id  # the trace as this process first saw it
+    assert {trace_hex(s) for s in found} == {TRACE_ID}
+
+
 async def test_tracing_off_no_spans_and_no_headers(nats_url: str, tmp_path: Path) -> None:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
@@ -202,6 +238,66 @@ async def test_tracing_off_no_spans_and_no_headers(nats_url: str, tmp_path: Path
         headers = [(await cadre.bus.log.raw_message(e.seq))[2] for e in stored]
     assert exporter.get_finished_spans() == ()
     assert all("traceparent" not in h for h in headers)
+
+
+async def test_a_cadre_run_exports_its_trace_to_an_otlp_collector(tmp_path: Path) -> None:
+    """`cadre run` in a process of its own, the standard OTEL_ variables pointing at a collector (a
+    fake one here, decoding the OTLP/HTTP protobuf): the workflow's spans arrive, one trace."""
+    bodies: list[tuple[str, bytes]] = []
+
+    async def collect(request: web.Request) -> web.Response:
+        bodies.append((request.content_type, await request.read()))
+        return web.Response(body=b"", content_type="application/x-protobuf")
+
+    app = web.Application()
+    app.router.add_post("/v1/traces", collect)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        (tmp_path / "replies.json").write_text(json.dumps({"plan": [{"output": MODEL_PLAN}]}))
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("CADRE_", "OTEL_", "OPENAI_", "ANTHROPIC_"))}
+        env.update(
+            CADRE_DATA_DIR=str(tmp_path / "data"),
+            CADRE_LLM_PROVIDER="scripted",
+            CADRE_LLM_SCRIPT="replies.json",
+            OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}",
+            OTEL_SERVICE_NAME="cadre-under-test",
+        )
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "cadre.cli",
+            "run",
+            NOVEL_REQUEST,
+            "--json",
+            env=env,
+            cwd=tmp_path,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        await runner.cleanup()
+    assert proc.returncode == 0, err.decode()
+    assert json.loads(out.decode().strip().splitlines()[-1])["status"] == "completed"
+    assert bodies, "no spans were exported"
+    names, traces, services = [], set(), set()
+    for content_type, body in bodies:
+        assert content_type == "application/x-protobuf"
+        export = ExportTraceServiceRequest.FromString(body)
+        for resource_spans in export.resource_spans:
+            services |= {a.value.string_value for a in resource_spans.resource.attributes if a.key == "service.name"}
+            for scope in resource_spans.scope_spans:
+                for span in scope.spans:
+                    names.append(span.name)
+                    traces.add(span.trace_id)
+    assert services == {"cadre-under-test"}
+    assert {"intake request", "planner workflow_requested", "execute_tool sql.query"} <= set(names)
+    assert any(n.startswith("chat ") for n in names)
+    assert len(traces) == 1
 
 
 def test_configure_does_nothing_without_a_collector() -> None:
