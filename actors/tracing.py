@@ -29,6 +29,7 @@ runtime: it emits no spans.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Mapping
@@ -64,6 +65,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+log = logging.getLogger("cadre.tracing")
 
 Mode = Literal["auto", "otlp", "off"]
 
@@ -145,7 +147,8 @@ def configure(mode: Mode, endpoint: str | None) -> bool:
 
     The exporter reads the standard ``OTEL_EXPORTER_OTLP_*`` variables itself (endpoint, headers,
     timeout) and the resource ``OTEL_SERVICE_NAME`` / ``OTEL_RESOURCE_ATTRIBUTES`` (service name
-    ``cadre`` by default). The SDK is imported only here: ``pip install 'cadre-workflows[otel]'``.
+    ``cadre`` by default). The SDK is imported only here: ``pip install 'cadre-workflows[otel]'``;
+    without it ``otlp`` raises :class:`TracesUnavailable` and ``auto`` logs a warning and runs untraced.
     Tracing already enabled (a test's provider) is kept as it is.
     """
     if _state is not None:
@@ -158,9 +161,16 @@ def configure(mode: Mode, endpoint: str | None) -> bool:
         from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
     except ImportError as exc:
+        if mode == "auto":  # an endpoint set for other programs: cadre runs on, untraced, and says why
+            log.warning(
+                "OTLP endpoint %s is set but %s is not installed: no traces (pip install 'cadre-workflows[otel]')",
+                endpoint,
+                exc.name,
+            )
+            return False
         raise TracesUnavailable(
-            f"traces are configured (CADRE_TRACES={mode}, endpoint {endpoint!r}) but {exc.name} is not "
-            "installed: pip install 'cadre-workflows[otel]', or set CADRE_TRACES=off"
+            f"traces are configured (CADRE_TRACES={mode}) but {exc.name} is not installed: "
+            "pip install 'cadre-workflows[otel]', or set CADRE_TRACES=off"
         ) from None
     resource = Resource.create()
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):

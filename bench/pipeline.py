@@ -201,6 +201,8 @@ class CadreSide:
         # each per workflow.
         self.events: dict[str, list[float]] = {}
         self.conflicts: dict[str, list[float]] = {}
+        # CPU of this whole process (every thread: actors, client, a span exporter's) per workflow, ms.
+        self.cpu_ms: dict[str, list[float]] = {}
 
     async def start(self) -> None:
         subjects = self.settings.subjects
@@ -252,7 +254,9 @@ class CadreSide:
                 raise RuntimeError(f"intake replied {reply!r} to request {keys[i]}")
 
         before, conflicts = await self.stream_messages(), counter_total(self.metrics, "cadre_conflicts")
+        cpu = time.process_time()
         result = await self.driver.run(ids, submit, concurrency, run_timeout(n))
+        self.cpu_ms.setdefault(f"{plan}/{concurrency}", []).append((time.process_time() - cpu) * 1000 / n)
         self.events.setdefault(plan, []).append((await self.stream_messages() - before) / n)
         self.conflicts.setdefault(plan, []).append((counter_total(self.metrics, "cadre_conflicts") - conflicts) / n)
         return result
@@ -419,24 +423,17 @@ async def measure(
 
 
 def traced(mode: str) -> Callable[[], int] | None:
-    """Turn tracing on (``memory``): spans go through a batch processor, as with OTLP, to the SDK's
-    in-memory exporter; returns how to count the spans exported (after a flush)."""
+    """Turn tracing on (``on``): spans batched, as with OTLP, to an exporter that counts and drops
+    them (``bench/traces.py``); returns how to count the spans exported (after a flush)."""
     if mode == "off":
         return None
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from traces import dropping
 
-    from cadre.actors import tracing
-
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(BatchSpanProcessor(exporter))
-    tracing.enable(provider)
+    provider, exporter = dropping()
 
     def exported() -> int:
         provider.force_flush()
-        return len(exporter.get_finished_spans())
+        return exporter.spans
 
     return exported
 
@@ -491,6 +488,7 @@ async def main(args: argparse.Namespace, url: str, data_dir: Path) -> dict[str, 
                         await raw.run("w", warm, args.concurrency)
                         cadre.events.clear()
                         cadre.conflicts.clear()
+                        cadre.cpu_ms.clear()
                         redeliveries = counter_total(metrics, "cadre_redeliveries")
                         runs = await measure(args, cadre, raw, profile)
                         redeliveries = counter_total(metrics, "cadre_redeliveries") - redeliveries
@@ -534,6 +532,7 @@ async def main(args: argparse.Namespace, url: str, data_dir: Path) -> dict[str, 
             "event_types": dag_types,
             "event_bytes_avg": round(dag_bytes),
             "conflicts_per_workflow": round(median(cadre.conflicts["dag"]), 2),
+            "cpu_ms_per_workflow": round(median(cadre.cpu_ms[f"dag/{args.concurrency}"]), 2),
             "redeliveries": round(redeliveries),
             "cadre": result,
             "raw": {
@@ -582,10 +581,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--profile", metavar="FILE", help="write a cProfile of the measured cadre runs here")
     ap.add_argument(
         "--tracing",
-        choices=("off", "memory"),
+        choices=("off", "on"),
         default="off",
-        help="off (the default): no traces; memory: OpenTelemetry spans of every run and call, batched to the "
-        "SDK's in-memory exporter (what tracing costs short of sending spans to a collector)",
+        help="off (the default): no traces; on: OpenTelemetry spans of every run and call, batched to an "
+        "exporter that drops them (what tracing costs short of sending spans to a collector)",
     )
     ap.add_argument(
         "--signing",

@@ -306,3 +306,14 @@ def test_configure_does_nothing_without_a_collector() -> None:
     assert not tracing.enabled()
     assert trace_headers.outgoing() == {}
     assert trace_headers.incoming({"traceparent": TRACEPARENT}) is None
+
+
+def test_without_the_otel_extra_auto_runs_untraced_and_otlp_refuses(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.http.trace_exporter", None)  # not installed
+    assert tracing.configure("auto", "http://127.0.0.1:4318") is False
+    assert "pip install 'cadre-workflows[otel]'" in caplog.text
+    with pytest.raises(tracing.TracesUnavailable, match=r"CADRE_TRACES=otlp\) but .+ is not installed: pip install"):
+        tracing.configure("otlp", None)
+    assert not tracing.enabled()
