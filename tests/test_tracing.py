@@ -170,6 +170,7 @@ async def test_a_clients_traceparent_reaches_every_span_of_its_workflow(
 
     # Observation, not state: the trace headers are outside the signed payload; the record replays.
     assert all(isinstance(r, StoredEvent) and r.signature is not None for r in records)
+    assert not [e.event.type for e in stored if TRACE_ID.encode() in e.data or CLIENT_SPAN.encode() in e.data]
     before = len(spans.get_finished_spans())
     result = replayer_for(settings).replay(records)
     assert result.ok, "\n".join(result.lines())
