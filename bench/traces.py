@@ -8,9 +8,9 @@ a tool call is ``TracedAnswers.run_tool`` of an instant tool against ``LiveAnswe
 Off: tracing not enabled (the runtime's path when no collector is configured). On: an SDK tracer
 provider with a ``BatchSpanProcessor``, as an OTLP set-up has, into an exporter that counts the spans
 and drops them (:func:`dropping`): what tracing costs short of encoding and sending the spans (the
-processor's thread does that). Not the SDK's in-memory exporter: it keeps every span, and a process
-holding 10^5 spans pays for them in every garbage collection. Process CPU time, every thread; the
-best of 5 rounds of N. One JSON object on stdout.
+processor's thread does that). Not the SDK's in-memory exporter: it keeps every span, which an OTLP
+exporter does not. Process CPU time, every thread; the best of 5 rounds of N. One JSON object on
+stdout.
 """
 
 from __future__ import annotations
