@@ -42,6 +42,7 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSe
 from nats.js.kv import KeyValue
 
 from cadre.actors import intake_pairing as pairing
+from cadre.actors import tracing
 from cadre.actors.clock import random_token, utc_now
 from cadre.actors.intake_metrics import IntakeMetrics
 from cadre.bus.errors import CadreError, ConcurrencyConflict, StreamConfigError
@@ -89,6 +90,10 @@ async def submit(elog: JetStreamLog, data: bytes) -> dict[str, Any]:
     """Validate and append one request; the reply to send (``workflow_id`` or ``error``).
 
     For a process that takes a request itself (``cadre run``), not through the requests stream."""
+    return await tracing.taken(_submit(elog, data), None, None)
+
+
+async def _submit(elog: JetStreamLog, data: bytes) -> dict[str, Any]:
     try:
         requested = parse_request(data)
     except RequestError as exc:
@@ -303,7 +308,7 @@ class Intake:
             await m.ack()
             return
         if step == "proceed" or step == "again":
-            answer = await workflow_of_stored(self.elog, m.data, self.epoch, seq)
+            answer = await tracing.taken(workflow_of_stored(self.elog, m.data, self.epoch, seq), m.headers, seq)
             await self.change(key, lambda p: (pairing.settle(p, seq, answer), None))
             self.metrics.stored.labels(_outcome(answer)).inc()
             if "error" in answer:

@@ -47,7 +47,7 @@ from nats.js import api
 from nats.js.errors import APIError, NotFoundError
 from prometheus_client import Counter, Histogram
 
-from cadre.actors import invocation
+from cadre.actors import invocation, tracing
 from cadre.actors.answers import LiveAnswers
 from cadre.actors.clock import utc_now
 from cadre.actors.context import Context, Outside
@@ -227,7 +227,8 @@ class _Replica:
             started = time.perf_counter()
             try:
                 try:
-                    outcome = await self._with_keepalive(m, sys_.handle(self.spec, rec))
+                    work = tracing.handled(sys_.handle(self.spec, rec), kind, rec, m.headers)  # a span, when on
+                    outcome = await self._with_keepalive(m, work)
                 finally:
                     sys_.handler_seconds(kind, etype).observe(time.perf_counter() - started)
             except asyncio.CancelledError:
@@ -348,7 +349,7 @@ class ActorSystem:
     _settle_retry: RetryPolicy = field(init=False, repr=False)  # acks ride out an outage up to ack_wait
 
     def __post_init__(self) -> None:
-        self.answers = LiveAnswers(self.outside)
+        self.answers = tracing.answers_for(self.outside)  # traced tool and model calls when tracing is on
         self._settle_retry = dataclasses.replace(self.log.retry, bound_s=self.options.ack_wait)
 
     def handler_seconds(self, kind: str, etype: str) -> Histogram:

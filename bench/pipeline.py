@@ -201,6 +201,8 @@ class CadreSide:
         # each per workflow.
         self.events: dict[str, list[float]] = {}
         self.conflicts: dict[str, list[float]] = {}
+        # CPU of this whole process (every thread: actors, client, a span exporter's) per workflow, ms.
+        self.cpu_ms: dict[str, list[float]] = {}
 
     async def start(self) -> None:
         subjects = self.settings.subjects
@@ -252,7 +254,9 @@ class CadreSide:
                 raise RuntimeError(f"intake replied {reply!r} to request {keys[i]}")
 
         before, conflicts = await self.stream_messages(), counter_total(self.metrics, "cadre_conflicts")
+        cpu = time.process_time()
         result = await self.driver.run(ids, submit, concurrency, run_timeout(n))
+        self.cpu_ms.setdefault(f"{plan}/{concurrency}", []).append((time.process_time() - cpu) * 1000 / n)
         self.events.setdefault(plan, []).append((await self.stream_messages() - before) / n)
         self.conflicts.setdefault(plan, []).append((counter_total(self.metrics, "cadre_conflicts") - conflicts) / n)
         return result
@@ -418,6 +422,22 @@ async def measure(
     return runs
 
 
+def traced(mode: str) -> Callable[[], int] | None:
+    """Turn tracing on (``on``): spans batched, as with OTLP, to an exporter that counts and drops
+    them (``bench/traces.py``); returns how to count the spans exported (after a flush)."""
+    if mode == "off":
+        return None
+    from traces import dropping
+
+    provider, exporter = dropping()
+
+    def exported() -> int:
+        provider.force_flush()
+        return exporter.spans
+
+    return exported
+
+
 async def main(args: argparse.Namespace, url: str, data_dir: Path) -> dict[str, Any]:
     tag = secrets.token_hex(3)
     prefix = f"pipe{tag}"
@@ -435,11 +455,18 @@ async def main(args: argparse.Namespace, url: str, data_dir: Path) -> dict[str, 
         # every event is signed by its writer and checked by its readers (the server itself runs
         # without NATS authorization here, so the figures show signing's cost alone).
         await asyncio.to_thread(ensure_auth, settings.auth_dir, settings.auth_names())
+    spans = traced(args.tracing)
     client = await connect(ConnectOptions(url=url, name="bench-client"))
     raw_nc = await connect(ConnectOptions(url=url, name="bench-raw-actors"))
     metrics = Metrics.create()
     profile = cProfile.Profile() if args.profile else None
-    out: dict[str, Any] = {**environment(client), "runs": args.runs, "storage": "file", "signing": args.signing}
+    out: dict[str, Any] = {
+        **environment(client),
+        "runs": args.runs,
+        "storage": "file",
+        "signing": args.signing,
+        "tracing": args.tracing,
+    }
     raw = RawChain(client, raw_nc, tag)
     try:
         async with open_bus(settings, name="bench-cadre") as bus:
@@ -461,6 +488,7 @@ async def main(args: argparse.Namespace, url: str, data_dir: Path) -> dict[str, 
                         await raw.run("w", warm, args.concurrency)
                         cadre.events.clear()
                         cadre.conflicts.clear()
+                        cadre.cpu_ms.clear()
                         redeliveries = counter_total(metrics, "cadre_redeliveries")
                         runs = await measure(args, cadre, raw, profile)
                         redeliveries = counter_total(metrics, "cadre_redeliveries") - redeliveries
@@ -474,6 +502,8 @@ async def main(args: argparse.Namespace, url: str, data_dir: Path) -> dict[str, 
         for nc in (raw_nc, client):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(nc.close(), 10)
+    if spans is not None:
+        out["spans"] = spans()
     if profile is not None:
         profile.dump_stats(args.profile)
         note(f"cProfile of the measured cadre runs written to {args.profile}")
@@ -502,6 +532,7 @@ async def main(args: argparse.Namespace, url: str, data_dir: Path) -> dict[str, 
             "event_types": dag_types,
             "event_bytes_avg": round(dag_bytes),
             "conflicts_per_workflow": round(median(cadre.conflicts["dag"]), 2),
+            "cpu_ms_per_workflow": round(median(cadre.cpu_ms[f"dag/{args.concurrency}"]), 2),
             "redeliveries": round(redeliveries),
             "cadre": result,
             "raw": {
@@ -548,6 +579,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--data-dir", type=Path, help="embedded server data dir (default: a fresh temp dir)")
     ap.add_argument("--nats", metavar="URL", help="use this server instead of an embedded one")
     ap.add_argument("--profile", metavar="FILE", help="write a cProfile of the measured cadre runs here")
+    ap.add_argument(
+        "--tracing",
+        choices=("off", "on"),
+        default="off",
+        help="off (the default): no traces; on: OpenTelemetry spans of every run and call, batched to an "
+        "exporter that drops them (what tracing costs short of sending spans to a collector)",
+    )
     ap.add_argument(
         "--signing",
         choices=("on", "off"),

@@ -362,6 +362,15 @@ class Settings(BaseSettings):
     budget_timeout_s: float = Field(default=2.0, gt=0, description="a budget that does not answer by then = denied")
 
     metrics_port: int | None = Field(default=None, ge=0, le=65535, description="serve /metrics here (0 = any)")
+    traces: Literal["auto", "otlp", "off"] = Field(
+        default="auto",
+        description="OpenTelemetry traces by OTLP/HTTP (the otel extra): auto = when an OTLP endpoint is set",
+    )
+    otlp_endpoint: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        description="the collector traces go to (the standard OTEL_ variables; the exporter reads them itself)",
+    )
 
     # the durable intake (actors/intake.py): its stream is <stream_name>_REQUESTS, its bucket <stream_name>_INTAKE
     intake_max_pending: int = Field(

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
 
+from cadre.actors import tracing
 from cadre.actors.approvals import ApprovalPolicy, serve_approvals
 from cadre.actors.budget import BudgetClient, serve_budget
 from cadre.actors.context import Outside
@@ -149,6 +150,7 @@ async def run_system(
     metrics = metrics or Metrics.create()
     if settings.metrics_port is not None:
         metrics.serve(settings.metrics_port)
+    tracing.configure(settings.traces, settings.otlp_endpoint)
     tools = None
     if "agent" in kinds:
         settings.workspace_dir.mkdir(parents=True, exist_ok=True)

@@ -51,7 +51,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, NotFoundError
 
-from cadre.bus import codec
+from cadre.bus import codec, trace_headers
 from cadre.bus.errors import AppendError, ConcurrencyConflict, StoreError
 from cadre.bus.events import Envelope, chain_hash
 from cadre.bus.retry import RetryPolicy, describe, is_transient, retrying
@@ -375,8 +375,9 @@ class JetStreamLog:
         """Publish one event, or an atomic batch; return JetStream's parsed reply."""
         batch_id = msgs[0][2]
         last = len(msgs) - 1
+        traced = trace_headers.outgoing()  # the current span's context, when tracing is on (not signed)
         for i, (subject, payload, event_id, signature) in enumerate(msgs):
-            headers = {"Nats-Msg-Id": event_id, **signature}
+            headers = {"Nats-Msg-Id": event_id, **signature, **traced}
             if i == 0:
                 headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_seq)
                 headers["Nats-Expected-Last-Subject-Sequence-Subject"] = self.subjects.workflow(workflow_id)
