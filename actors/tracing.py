@@ -285,12 +285,14 @@ class TracedAnswers(LiveAnswers):
         super().__init__(outside)
         self.tracer = tracer
 
-    async def run_tool(self, tool: str, inputs: dict[str, Any], idempotency_key: str) -> ToolCalled:
+    async def run_tool(
+        self, tool: str, inputs: dict[str, Any], idempotency_key: str, compensable: bool = False
+    ) -> ToolCalled:
         attributes = {GEN_AI.OPERATION: "execute_tool", GEN_AI.TOOL_NAME: tool}
         with self.tracer.start_as_current_span(
             f"execute_tool {tool}", kind=SpanKind.INTERNAL, attributes=attributes
         ) as span:
-            effect = await super().run_tool(tool, inputs, idempotency_key)
+            effect = await super().run_tool(tool, inputs, idempotency_key, compensable)
             span.set_attribute("cadre.tool.inputs", effect.inputs)
             if effect.error is not None:
                 span.set_attribute("error.type", effect.error.code)
