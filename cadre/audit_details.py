@@ -7,7 +7,8 @@ as the actors do (:func:`cadre.store.authenticity.verdict`, :func:`cadre.store.s
 A tool's inputs are not in its effect (only their digest is). They are found as the agent made
 them: the step's ``resolved_inputs`` when the validator resolved them, else the step's inputs
 with their references resolved against the outputs folded so far (the agent's own rule,
-:func:`cadre.actors.agent.upstream_outputs`), or a cleared proposal's inputs. Each candidate is
+:func:`cadre.actors.agent.upstream_outputs`), or a cleared proposal's inputs; a compensating
+tool's, the undone call as ``actors/compensation.py`` describes it. Each candidate is
 checked against the recorded digest; ``inputs_match`` says whether one held.
 
 An output stored by reference (``cadre/store/objects.py``) reads resolved when its object was at
@@ -24,6 +25,7 @@ from datetime import datetime
 from typing import Any
 
 from cadre.actors.agent import upstream_outputs
+from cadre.actors.compensation import call_key
 from cadre.bus import codec
 from cadre.bus.effects import ToolCalled
 from cadre.bus.events import EffectsRecorded, ProposalMade, StepReady
@@ -154,6 +156,11 @@ def _inputs(
             candidates.append(resolve(st.step.inputs, upstream_outputs(state, st.step)))
         if isinstance(st.proposal, ProposalMade):
             candidates.append(st.proposal.inputs)
+        if st.output is not None:  # a compensating tool's call names the step's call (actors/compensation.py)
+            tool = st.tool or st.step.tool
+            key = call_key(state.workflow_id, st)
+            bases = [*candidates, dict(st.step.inputs)]
+            candidates += [{"tool": tool, "inputs": b, "output": st.output, "key": key} for b in bases]
     for c in candidates:
         if isinstance(c, dict) and ToolCalled.digest_of(c) == call.inputs:
             return c, True

@@ -231,3 +231,16 @@ def test_the_vendored_dagre_is_the_npm_release_byte_for_byte() -> None:
         "dagre.min.js": "413e0ebe0fe7bfe47140ad029d7ebf9296f6867d181e1d4a12db87b99feaaf61",
         "dagre.LICENSE": "6a349742a6cb219d5a2fc8d0844f6d89a6efc62e20c664450d884fc7ff2d6015",
     }
+
+
+def test_every_tool_call_of_every_golden_log_has_its_inputs_found_by_digest() -> None:
+    """The inputs the page shows are the ones the call was made with: their digest is the recorded one
+    (steps, resolved steps, fallbacks, proposals, compensations)."""
+    logs = json.loads((GOLDEN / "manifest.json").read_text())["logs"]
+    calls = 0
+    for name in logs:
+        _, records = golden(name)
+        found = details(records, None).calls.values()
+        calls += len(found)
+        assert [(v.tool, v.step_id) for v in found if not v.inputs_match] == [], name
+    assert calls >= 40
