@@ -8,9 +8,11 @@ DBOS with its SQLite system database, in the same run as cadre and the raw nats-
 The workload is ``bench/pipeline.py``'s: the DAG ``a, b -> c`` of three instant tools (``a`` and ``b``
 in parallel, ``c`` after both, reading ``a``'s output), N workflows with at most C in flight, then M
 one at a time (unloaded latency), R runs, medians. cadre and the raw ring are measured by
-``pipeline.main`` itself (imported, not copied: same setup, warm-up and figures), then each peer in the
-same process, with the same driver (``pipeline.Driver``), N, C, M and R, its order rotating per run
-after a warm-up.
+``pipeline.main`` itself (imported, not copied: same setup, warm-up and figures), each peer in the
+same process with the same driver (``pipeline.Driver``), N, C and M. The run is R rounds: in each, one
+run of ``pipeline.main`` (fresh streams, its own warm-up) and one of each peer, loaded and unloaded,
+which of the two goes first alternating, so that every side meets the machine in the same state;
+figures are medians over the rounds.
 
 Durability, as each side runs here:
 
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import operator
@@ -39,12 +42,12 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
 import pipeline
-from _common import bench_server, note, percentile
+from _common import bench_server, median, note, percentile
 from dbos import DBOS
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from langgraph.graph import END, START, StateGraph
@@ -152,9 +155,9 @@ class DbosSide:
 # -- the bench -----------------------------------------------------------------------------------
 
 
-async def measure_peers(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    """Every run of each peer (loaded, then unloaded), the order rotating per run; their figures."""
-    n, c, m = args.workflows, args.concurrency, args.latency_workflows
+@contextlib.asynccontextmanager
+async def peers_running(args: argparse.Namespace, work: Path) -> AsyncIterator[tuple[LangGraphSide, DbosSide]]:
+    """Both peers, set up and warmed up: DBOS launched on its SQLite file, LangGraph's saver on its own."""
     DBOS(
         config={
             "name": "cadre-bench-peers",
@@ -165,33 +168,42 @@ async def measure_peers(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     DBOS.launch()
     try:
         async with AsyncSqliteSaver.from_conn_string(str(work / "langgraph.sqlite")) as saver:
-            lg = LangGraphSide(saver, args.langgraph_durability)
-            db = DbosSide()
-            sides: dict[str, Callable[[int], Awaitable[pipeline.Run]]] = {
-                "langgraph": lambda r: lg.run(f"m{r}", n, c),
-                "dbos": lambda r: db.run(f"m{r}", n, c),
-                "langgraph_unloaded": lambda r: lg.run(f"u{r}", m, 1),
-                "dbos_unloaded": lambda r: db.run(f"u{r}", m, 1),
-            }
-            warm = min(n, 50)
+            lg, db = LangGraphSide(saver, args.langgraph_durability), DbosSide()
+            warm = min(args.workflows, 50)
             note(f"peers warm-up: {warm} workflows each")
-            await lg.run("warm", warm, c)
-            await db.run("warm", warm, c)
-            pragmas = await lg.pragmas()
-            runs: dict[str, list[pipeline.Run]] = {name: [] for name in sides}
-            names = list(sides)
-            for r in range(args.runs):
-                k = r % len(names)
-                for name in names[k:] + names[:k]:
-                    runs[name].append(await sides[name](r))
-                figures = [
-                    f"{name} {len(lat) / s:.0f} wf/s p50 {percentile(lat, 50) * 1000:.1f} ms"
-                    for name in PEERS
-                    for s, lat in runs[name][-1:]
-                ]
-                note(f"  peers run {r + 1}/{args.runs}: " + ", ".join(figures))
+            await lg.run("warm", warm, args.concurrency)
+            await db.run("warm", warm, args.concurrency)
+            yield lg, db
     finally:
         DBOS.destroy()
+
+
+async def peers_round(
+    args: argparse.Namespace, r: int, lg: LangGraphSide, db: DbosSide, runs: dict[str, list[pipeline.Run]]
+) -> None:
+    """One run of each peer (loaded, then unloaded), the order rotating with ``r``."""
+    n, c, m = args.workflows, args.concurrency, args.latency_workflows
+    sides: dict[str, Callable[[], Awaitable[pipeline.Run]]] = {
+        "langgraph": lambda: lg.run(f"m{r}", n, c),
+        "dbos": lambda: db.run(f"m{r}", n, c),
+        "langgraph_unloaded": lambda: lg.run(f"u{r}", m, 1),
+        "dbos_unloaded": lambda: db.run(f"u{r}", m, 1),
+    }
+    names = list(sides)
+    k = r % len(names)
+    for name in names[k:] + names[:k]:
+        runs.setdefault(name, []).append(await sides[name]())
+    figures = [
+        f"{name} {len(lat) / s:.0f} wf/s p50 {percentile(lat, 50) * 1000:.1f} ms"
+        for name in PEERS
+        for s, lat in runs[name][-1:]
+    ]
+    note(f"  round {r + 1}/{args.runs}, peers: " + ", ".join(figures))
+
+
+def peer_figures(
+    args: argparse.Namespace, runs: dict[str, list[pipeline.Run]], pragmas: dict[str, Any]
+) -> dict[str, Any]:
     return {
         "langgraph": {
             **pipeline.summary(runs["langgraph"], 3),
@@ -207,17 +219,29 @@ async def measure_peers(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     }
 
 
+def pipeline_figures(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over rounds of pipeline.main's one-run results (cadre, raw, unloaded p50s)."""
+    out: dict[str, Any] = {}
+    for side in ("cadre", "raw"):
+        out[side] = {
+            key: round(median([float(p[side][key]) for p in rounds]), 1)
+            for key in ("workflows_per_s", "p50_ms", "p99_ms")
+        }
+        out[side]["runs_workflows_per_s"] = [p[side]["workflows_per_s"] for p in rounds]
+        out[side]["runs_p50_ms"] = [p[side]["p50_ms"] for p in rounds]
+        unl = [float(p["unloaded_latency"][side]["p50_ms"]) for p in rounds]
+        out[side]["unloaded"] = {"p50_ms": round(median(unl), 2), "runs_p50_ms": unl}
+    out["hop_ratio"] = round(median([float(p["hop_ratio"]) for p in rounds]), 3)
+    return out
+
+
 def ratios(result: dict[str, Any]) -> dict[str, Any]:
     """cadre's and the raw ring's figures over each peer's (throughput: higher is better for the first;
     p50: lower is better for the first)."""
     pipe = result["pipeline"]
     sides = {
-        "cadre": (
-            pipe["cadre"]["workflows_per_s"],
-            pipe["cadre"]["p50_ms"],
-            pipe["unloaded_latency"]["cadre"]["p50_ms"],
-        ),
-        "raw": (pipe["raw"]["workflows_per_s"], pipe["raw"]["p50_ms"], pipe["unloaded_latency"]["raw"]["p50_ms"]),
+        side: (pipe[side]["workflows_per_s"], pipe[side]["p50_ms"], pipe[side]["unloaded"]["p50_ms"])
+        for side in ("cadre", "raw")
     }
     for peer in PEERS:
         p = result["peers"][peer]
@@ -237,8 +261,8 @@ def table(result: dict[str, Any]) -> str:
     """The figures as a Markdown table."""
     pipe, peers = result["pipeline"], result["peers"]
     rows = [
-        ("raw nats-py JetStream ring", pipe["raw"], pipe["unloaded_latency"]["raw"], "file stream, awaited publish"),
-        ("cadre", pipe["cadre"], pipe["unloaded_latency"]["cadre"], "file stream, signed events"),
+        ("raw nats-py JetStream ring", pipe["raw"], pipe["raw"]["unloaded"], "file stream, awaited publish"),
+        ("cadre", pipe["cadre"], pipe["cadre"]["unloaded"], "file stream, signed events"),
         (
             "LangGraph + SQLite checkpointer",
             peers["langgraph"],
@@ -262,27 +286,39 @@ def table(result: dict[str, Any]) -> str:
 
 
 async def main(args: argparse.Namespace, url: str, work: Path) -> dict[str, Any]:
+    """R rounds, each one run of pipeline.main (cadre and the raw ring, fresh streams, its own warm-up)
+    and one of each peer, which goes first alternating per round: the sides share the machine's state."""
     pargs = pipeline.parse_args(
         [
             f"--workflows={args.workflows}",
             f"--concurrency={args.concurrency}",
-            f"--runs={args.runs}",
+            "--runs=1",
             f"--latency-workflows={args.latency_workflows}",
         ]
     )
-    note("cadre and the raw ring (bench/pipeline.py's main)")
     started = time.perf_counter()
-    pipe = await pipeline.main(pargs, url, work)
-    note(f"peers: LangGraph ({args.langgraph_durability}) and DBOS, SQLite in {work}")
-    peers = await measure_peers(args, work)
+    rounds: list[dict[str, Any]] = []
+    runs: dict[str, list[pipeline.Run]] = {}
+    async with peers_running(args, work) as (lg, db):
+        pragmas = await lg.pragmas()
+        for r in range(args.runs):
+            cadre_dir = work / f"cadre-{r}"
+            cadre_dir.mkdir()
+            if r % 2:
+                await peers_round(args, r, lg, db, runs)
+            note(f"  round {r + 1}/{args.runs}: cadre and the raw ring (bench/pipeline.py's main)")
+            rounds.append(await pipeline.main(pargs, url, cadre_dir))
+            if not r % 2:
+                await peers_round(args, r, lg, db, runs)
     result: dict[str, Any] = {
         "workflows": args.workflows,
         "concurrency": args.concurrency,
         "runs": args.runs,
         "latency_workflows": args.latency_workflows,
         "dag": pipeline.DAG,
-        "pipeline": pipe,
-        "peers": peers,
+        "pipeline": pipeline_figures(rounds),
+        "peers": peer_figures(args, runs, pragmas),
+        "pipeline_rounds": rounds,
         "seconds": round(time.perf_counter() - started, 1),
     }
     result["ratios"] = ratios(result)
@@ -293,7 +329,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description="cadre and the raw ring beside LangGraph and DBOS, same DAG, same run")
     ap.add_argument("--workflows", type=int, default=300, help="workflows per run")
     ap.add_argument("--concurrency", type=int, default=32, help="workflows in flight at most")
-    ap.add_argument("--runs", type=int, default=3, help="runs per side; figures are medians")
+    ap.add_argument("--runs", type=int, default=3, help="rounds (a run of every side); figures are medians")
     ap.add_argument("--latency-workflows", type=int, default=50, help="workflows run one at a time, per run")
     ap.add_argument(
         "--langgraph-durability",
