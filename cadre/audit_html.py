@@ -307,7 +307,7 @@ def _timeline(r: AuditReport, more: Details | None = None) -> list[str]:
     head = ["#", "seq", "time (UTC)", "actor", "event", "caused by", "what"]
     if more is not None:
         head.append("signed by")
-    return ["<h2>Timeline</h2>", _table(head, rows)]
+    return ["<h2>Timeline</h2>", _table(head, rows, limit=None)]  # bounded by _bounded_timeline
 
 
 def _bounded_timeline(entries: Sequence[TimelineEntry]) -> list[TimelineEntry | None]:
@@ -459,11 +459,11 @@ def _checks(checks: Iterable[CheckNote]) -> str:
     return f"<ul>{''.join(items)}</ul>"
 
 
-def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A table whose cells are HTML already (escaped by the callers)."""
+def _table(head: Sequence[str], rows: Sequence[Sequence[str]], limit: int | None = MAX_ROWS) -> str:
+    """A table whose cells are HTML already (escaped by the callers), of ``limit`` rows at most."""
     th = "".join(f"<th>{_e(h)}</th>" for h in head)
-    if len(rows) > MAX_ROWS + 1:
-        left = [f'<span class="muted">… {len(rows) - MAX_ROWS} more row(s) left out</span>']
-        rows = [*rows[:MAX_ROWS], left]
+    if limit is not None and len(rows) > limit + 1:
+        left = [f'<span class="muted">… {len(rows) - limit} more row(s) left out</span>']
+        rows = [*rows[:limit], left]
     body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"

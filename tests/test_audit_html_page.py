@@ -218,6 +218,7 @@ def test_the_page_stays_bounded_for_a_huge_workflow() -> None:
     assert len(out.encode()) < 4_000_000  # 120 MB of outputs: 2.2 MB of page
     assert f"Later calls are shown by digest only (above {audit_html.MAX_CALL_VALUES})" in out
     assert "event(s) left out here" in out
+    assert f'<a id="e{len(big) - 1}"></a>' in out  # the timeline keeps its last events
 
 
 def test_the_vendored_dagre_is_the_npm_release_byte_for_byte() -> None:
