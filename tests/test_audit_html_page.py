@@ -245,3 +245,53 @@ def test_every_tool_call_of_every_golden_log_has_its_inputs_found_by_digest() ->
         calls += len(found)
         assert [(v.tool, v.step_id) for v in found if not v.inputs_match] == [], name
     assert calls >= 40
+
+
+async def test_the_cli_page_of_a_real_signed_run_names_each_signer_and_flags_a_re_signed_event(
+    nats_url: str, tmp_path: Path
+) -> None:
+    """End to end: a run signed by the real actors, exported with its keyring; ``cadre audit --html``
+    names each event's signer, then flags the step_completed re-signed with the planner's key."""
+    import io
+
+    from cadre.bus.signing import load_keyring
+    from cadre.cli import main
+    from cadre.store.filelog import write_export
+    from tests.system_harness import cadre_running, settings_for
+
+    settings = settings_for(nats_url, tmp_path)
+    plan = {"nodes": [{"id": "x", "tool": "text.render", "inputs": {"template": "<b>hi</b>", "values": {}}}]}
+    async with cadre_running(settings) as h:
+        state = await h.run({"plan": plan})
+        wf = state.workflow_id
+        records = await h.bus.log.read_records(wf)
+    keys = settings.auth_dir / "keyring.json"
+    buf = io.BytesIO()
+    write_export(buf, records, stream=settings.stream_name, subjects=settings.subjects, keyring=load_keyring(keys))
+    export, out = tmp_path / "run.jsonl", tmp_path / "audit.html"
+    export.write_bytes(buf.getvalue())
+    argv = ["audit", wf, "--from-file", str(export), "--keys", str(keys), "--html", str(out)]
+    assert await asyncio.to_thread(main, argv) == 0
+    page = out.read_text()
+    rows = re.findall(r'<a id="e\d+"></a>.*?</tr>', page)
+    assert len(rows) == len(records)
+    for r, row in zip(records, rows, strict=True):
+        assert isinstance(r, StoredEvent)
+        assert re.search(rf'<span class="ok">signed</span> {r.event.actor}\b', row), (r.event.type, row)
+    assert "every event signed by a role allowed to emit it" in page
+    assert "&lt;b&gt;hi&lt;/b&gt;" in page  # the tool's input and output, as text
+    assert "<b>hi</b>" not in page
+
+    planner = Signer.from_creds(settings.auth_dir / "planner.creds", "planner")
+    lines = export.read_text().splitlines()
+    for k, line in enumerate(lines[1:], start=1):
+        row = json.loads(line)
+        if row["subject"].endswith(".step_completed"):
+            stored = next(r for r in records if isinstance(r, StoredEvent) and r.seq == row["seq"])
+            sig = planner.sign(stored.subject, stored.event.id, stored.data)
+            lines[k] = line[: line.index('"signer"')] + f'"signer":"{sig.signer}","sig":"{sig.sig}"}}'
+    export.write_text("\n".join(lines) + "\n")
+    assert await asyncio.to_thread(main, argv) == 0
+    page = out.read_text()
+    assert "1 event(s) not written by a party allowed to" in page
+    assert "planner may not emit step_completed" in page
