@@ -34,9 +34,10 @@ _SCRIPT = """
   var g = new dagre.graphlib.Graph();
   g.setGraph({rankdir: "LR", nodesep: 18, ranksep: 56, marginx: 8, marginy: 8});
   g.setDefaultEdgeLabel(function () { return {}; });
+  function detail(n) { return (n.tool || "(no tool)") + " \u00b7 " + n.state + " \u00b7 " + n.confidence.toFixed(2); }
   data.nodes.forEach(function (n) {
-    var w = Math.max(n.id.length, (n.tool || "").length + 2) * 7.4 + 28;
-    g.setNode(n.id, {width: Math.min(w, 320), height: 46});
+    var w = Math.max(n.id.length * 7.4, detail(n).length * 6.8) + 24;
+    g.setNode(n.id, {width: Math.min(w, 360), height: 46});
   });
   data.edges.forEach(function (e) { g.setEdge(e[0], e[1]); });
   dagre.layout(g);
@@ -68,7 +69,7 @@ _SCRIPT = """
     el("rect", {width: p.width, height: p.height, rx: "6"}, box);
     var t1 = el("text", {x: "10", y: "19", "class": "id"}, box); t1.textContent = n.id;
     var t2 = el("text", {x: "10", y: "36", "class": "tool"}, box);
-    t2.textContent = (n.tool || "(no tool)") + " · " + n.state + " · " + n.confidence.toFixed(2);
+    t2.textContent = detail(n);
     var tip = el("title", {}, box); tip.textContent = n.description;
   });
   host.appendChild(svg);
