@@ -49,7 +49,9 @@ lint: $(STAMP)
 	@for d in bus store planner actors; do ln -s "$(CURDIR)/$$d" $(TYPECHECK)/cadre/$$d; done
 	cd $(TYPECHECK) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml
 
+# The bench extra: the durable peers bench/peers.py runs beside cadre (LangGraph, DBOS).
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/log.py
 
 clean:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from cadre.bus.retry import RETRIES
 
@@ -30,6 +30,7 @@ class Metrics:
     steps_proposed: Counter
     llm_seconds: Histogram
     llm_fallbacks: Counter
+    budget_cap: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
@@ -118,6 +119,13 @@ class Metrics:
                 "Consultations handed to the next provider of a fallback list, by kind, the provider that "
                 "failed (from_provider) and the one asked next (provider)",
                 ["kind", "from_provider", "provider"],
+                registry=reg,
+            ),
+            budget_cap=Gauge(
+                "cadre_budget_cap_usd",
+                "The budget actor's LLM spend caps in USD (cap: daily, the deployment's per UTC day; workflow, "
+                "a workflow's whose request sets none), set when it starts: what spend is drawn against",
+                ["cap"],
                 registry=reg,
             ),
         )

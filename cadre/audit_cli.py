@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from cadre import audit_html, audit_text
+from cadre import audit_details, audit_html, audit_text
+from cadre.bus.signing import Keyring
 from cadre.bus.subjects import check_token
 from cadre.commands import EXIT_FAILED, EXIT_OK, UsageError
 from cadre.render import json_line
@@ -68,26 +70,49 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         raise UsageError("--html FILE writes the report; it cannot be combined with --json or --verify")
     if not args.verify:
         return await _audit_report(args, settings, wf)
+    checked = await _checked(args, settings, wf)
+    untrusted = authorship(checked.records, checked.keyring) if checked.keyring is not None else None
+    _report(
+        wf,
+        checked.verdict,
+        checked.where,
+        checked.anchor,
+        args.from_file is not None,
+        args.json,
+        untrusted,
+        checked.keys_from,
+    )
+    return EXIT_OK if checked.verdict.ok and not untrusted else EXIT_FAILED
+
+
+@dataclass(frozen=True)
+class _Checked:
+    records: list[Record]
+    verdict: Verdict
+    anchor: Anchor | None
+    where: str
+    keyring: Keyring | None
+    keys_from: str
+
+
+async def _checked(args: argparse.Namespace, settings: Settings, wf: str) -> _Checked:
+    """The workflow's records, checked against the chain (the export's head, or the live stream's
+    deleted sequences), with the keyring to check their signatures."""
     if args.from_file is not None:
         flog = FileLog.load(args.from_file)
         records = await flog.read_records(wf)
         anchor = flog.heads.get(wf)
         where = str(args.from_file)
         _need(records, wf, where)
-        verdict = verify(records, anchor=anchor)
         keyring, keys_from = keyring_for(settings, args.keys, flog)
-    else:
-        keyring, keys_from = keyring_for(settings, args.keys)
-        async with open_bus(settings, name="cadre-audit", role="admin") as bus:
-            records = await bus.log.read_records(wf)
-            where = f"stream {bus.log.stream}"
-            _need(records, wf, where)
-            deleted = await bus.log.deleted_seqs()
-        anchor = None
-        verdict = verify(records, deleted=deleted)
-    untrusted = authorship(records, keyring) if keyring is not None else None
-    _report(wf, verdict, where, anchor, args.from_file is not None, args.json, untrusted, keys_from)
-    return EXIT_OK if verdict.ok and not untrusted else EXIT_FAILED
+        return _Checked(records, verify(records, anchor=anchor), anchor, where, keyring, keys_from)
+    keyring, keys_from = keyring_for(settings, args.keys)
+    async with open_bus(settings, name="cadre-audit", role="admin") as bus:
+        records = await bus.log.read_records(wf)
+        where = f"stream {bus.log.stream}"
+        _need(records, wf, where)
+        deleted = await bus.log.deleted_seqs()
+    return _Checked(records, verify(records, deleted=deleted), None, where, keyring, keys_from)
 
 
 def _need(records: list[Record], wf: str, where: str) -> None:
@@ -133,12 +158,16 @@ def _report(
 
 async def _audit_report(args: argparse.Namespace, settings: Settings, wf: str) -> int:
     """Without ``--verify``: the audit report as text, JSON or an HTML page."""
+    if args.html is not None:  # the page shows the chain's verdict too: read as --verify reads
+        checked = await _checked(args, settings, wf)
+        report = audit(checked.records, checked.keyring)
+        more = audit_details.details(checked.records, checked.keyring, checked.verdict)
+        args.html.write_text(audit_html.render(report, more), encoding="utf-8")
+        print(f"cadre: audit report of {wf} written to {args.html}", file=sys.stderr)
+        return EXIT_OK
     read = await read_records(settings, wf, args.from_file, name="cadre-audit", keys=args.keys)
     report = audit(read.records, read.keyring)
-    if args.html is not None:
-        args.html.write_text(audit_html.render(report), encoding="utf-8")
-        print(f"cadre: audit report of {wf} written to {args.html}", file=sys.stderr)
-    elif args.json:
+    if args.json:
         print(json_line(report.to_json()))
     else:
         print(visible_lines(audit_text.lines(report)))

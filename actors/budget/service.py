@@ -100,6 +100,9 @@ class BudgetService:
         self._nc = nc
         self._subjects = subjects
         self._metrics = DecisionMetrics(metrics)
+        if metrics is not None:  # what the dashboards draw spend against
+            metrics.budget_cap.labels(cap="daily").set(config.daily_usd)
+            metrics.budget_cap.labels(cap="workflow").set(config.workflow_usd)
         self._clock = clock
         self._timeout = timeout
         self._lock = asyncio.Lock()
