@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import msgspec
 
-from cadre.actors import cancel, compensation, rate_wait
+from cadre.actors import cancel, children, compensation, rate_wait
 from cadre.actors import planner_rules as rules
 from cadre.actors.context import Context
 from cadre.actors.outcome import Outcome
@@ -31,6 +31,9 @@ from cadre.bus.events import (
     ApprovalGranted,
     ApprovalRequested,
     CancelRequested,
+    ChildCompleted,
+    ChildFailed,
+    ChildRequested,
     CompensationStarted,
     ConsultationWaiting,
     DeadlineSet,
@@ -58,6 +61,7 @@ from cadre.bus.events import (
     WorkflowRequested,
 )
 from cadre.planner.catalog import Catalog
+from cadre.planner.children import DEFAULT_MAX_DEPTH
 from cadre.planner.providers.prompts import (
     ADAPT_AFTER_FAILURE,
     ADAPT_AFTER_REJECTION,
@@ -86,6 +90,8 @@ HANDLES = frozenset(
         DeadlineSet.TYPE,
         CancelRequested.TYPE,
         ConsultationWaiting.TYPE,
+        ChildCompleted.TYPE,
+        ChildFailed.TYPE,
     }
 )
 
@@ -199,10 +205,17 @@ def on_plan_validated(state: WorkflowState, data: PlanValidated) -> list[Event]:
     return rules.dispatch_ready(state)
 
 
-def make_spec(catalog: Catalog, on_failure: str = "fail", rate_limit_wait_s: float = 0.0) -> ActorSpec:
+def make_spec(
+    catalog: Catalog,
+    on_failure: str = "fail",
+    rate_limit_wait_s: float = 0.0,
+    max_child_depth: int = DEFAULT_MAX_DEPTH,
+) -> ActorSpec:
     """The planner; ``on_failure`` is the deployment's default for requests that set none
     (``compensate``: a failing workflow undoes its completed steps first, :mod:`actors.compensation`).
-    A ``plan`` consultation denied for the rate limit waits up to ``rate_limit_wait_s``, once."""
+    A ``plan`` consultation denied for the rate limit waits up to ``rate_limit_wait_s``, once. A task
+    that runs a child workflow starts it (``child_requested``, :mod:`actors.children`) up to
+    ``max_child_depth``."""
 
     async def handle(ctx: Context, rec: StoredEvent, state: WorkflowState) -> Outcome:
         data = rec.event.data
@@ -214,6 +227,7 @@ def make_spec(catalog: Catalog, on_failure: str = "fail", rate_limit_wait_s: flo
             return compensation.finished(state) if isinstance(rec.event.data, StepCompensated) else []
         out = await decide(ctx, rec, state)
         if isinstance(out, list):
+            out = children.spawn_instead(state, out, max_child_depth)
             return compensation.instead_of_failing(state, out, catalog, on_failure)
         return out
 
@@ -246,6 +260,10 @@ def make_spec(catalog: Catalog, on_failure: str = "fail", rate_limit_wait_s: flo
                 return await adapt(ctx, state, failed, catalog)
             case HandlerFailed():
                 return rules.on_handler_failed(state, data, rec.event.actor)
+            case ChildCompleted():
+                return children.on_child_completed(state, data)
+            case ChildFailed():
+                return children.on_child_failed(state, data)
             case (
                 PlanProposed()
                 | StepsProposed()
@@ -268,6 +286,7 @@ def make_spec(catalog: Catalog, on_failure: str = "fail", rate_limit_wait_s: flo
                 | CancelRequested()
                 | WorkflowCancelled()
                 | Redriven()
+                | ChildRequested()
             ):
                 return []
 

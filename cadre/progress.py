@@ -15,6 +15,9 @@ from cadre.bus.events import (
     ApprovalGranted,
     ApprovalRequested,
     CancelRequested,
+    ChildCompleted,
+    ChildFailed,
+    ChildRequested,
     CompensationStarted,
     ConsultationWaiting,
     DeadlineSet,
@@ -176,5 +179,12 @@ def _line(e: Envelope) -> str | list[str] | None:
             return f"redriven {d.input_type} (seq {d.input_seq}) to the {d.actor} again, by {d.by}" + (
                 f": {d.reason}" if d.reason else ""
             )
+        case ChildRequested():
+            what = "a plan" if d.request.plan is not None else repr(d.request.request)
+            return f"child     {d.task_id} starts workflow {d.child_id}: {what}"
+        case ChildCompleted():
+            return f"child     {d.child_id} completed; {d.task_id} done: {_short(d.output.get('result'), 70)}"
+        case ChildFailed():
+            return f"child     {d.child_id} {d.status}: {d.error.code}: {d.error.message}"
         case StepsProposed() | EffectsRecorded():
             return None

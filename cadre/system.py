@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
 
+from cadre.actors import children
 from cadre.actors.approvals import ApprovalPolicy, serve_approvals
 from cadre.actors.budget import BudgetClient, serve_budget
 from cadre.actors.context import Outside
@@ -88,6 +89,7 @@ def system_specs(
             settings.limits.to_limits(),
             reject_below=settings.reject_below,
             model_side_effects_need_approval=settings.model_side_effects_need_approval,
+            max_child_depth=settings.child_max_depth,
         ),
         approve_below=settings.approve_below,
         pools=pools_of(settings),
@@ -181,6 +183,8 @@ async def run_system(
     )
 
     specs = [(s, replicas) for s in system_specs(settings, catalog) if s.kind in kinds and s.kind != "agent"]
+    if "planner" in kinds:  # the relay between parent and child workflows (actors.children)
+        specs.append((children.relay_spec(bus.log.signed_by(trust.signer("planner"))), 1))
     if "agent" in kinds:
         for pool in served:
             specs += [(s, replicas) for s in system_specs(settings, catalog, agent_pool=pool) if s.kind == "agent"]
