@@ -34,7 +34,7 @@ from cadre.commands import EXIT_FAILED, EXIT_OK, UsageError
 from cadre.render import json_line
 from cadre.safe_text import visible, visible_lines
 from cadre.settings import Settings
-from cadre.store.audit import audit
+from cadre.store.audit import AuditReport, audit, with_children
 from cadre.store.authenticity import Authorship, authorship
 from cadre.store.filelog import FileLog
 from cadre.store.integrity import Anchor, Verdict, verify
@@ -90,6 +90,25 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK if verdict.ok and not untrusted else EXIT_FAILED
 
 
+async def child_reports(
+    settings: Settings, report: AuditReport, from_file: Path | None, keys: Path | None
+) -> dict[str, AuditReport]:
+    """The reports of ``report``'s child workflows and theirs, by id (a child not in the source is left out)."""
+    found: dict[str, AuditReport] = {}
+    pending = [c.workflow_id for c in report.children]
+    while pending:
+        child = pending.pop()
+        if child in found:
+            continue
+        try:
+            read = await read_records(settings, child, from_file, name="cadre-audit", keys=keys)
+        except UsageError:
+            continue
+        found[child] = audit(read.records, read.keyring)
+        pending += [c.workflow_id for c in found[child].children]
+    return found
+
+
 def _need(records: list[Record], wf: str, where: str) -> None:
     if not records:
         raise UsageError(f"no workflow {wf!r} in {where} (see `cadre workflows`)")
@@ -135,6 +154,8 @@ async def _audit_report(args: argparse.Namespace, settings: Settings, wf: str) -
     """Without ``--verify``: the audit report as text, JSON or an HTML page."""
     read = await read_records(settings, wf, args.from_file, name="cadre-audit", keys=args.keys)
     report = audit(read.records, read.keyring)
+    if report.children:  # the tree: each child's own report (their children's too), where it can be read
+        with_children(report, await child_reports(settings, report, args.from_file, args.keys))
     if args.html is not None:
         args.html.write_text(audit_html.render(report), encoding="utf-8")
         print(f"cadre: audit report of {wf} written to {args.html}", file=sys.stderr)

@@ -9,9 +9,12 @@ from typing import Any
 
 from cadre import commands
 from cadre.actors.replay import Replayer
+from cadre.audit_cli import child_reports
+from cadre.audit_text import lines as audit_lines
 from cadre.bus.effects import BudgetDecided
 from cadre.bus.events import ApprovalRequested, ChildCompleted, ChildFailed, ChildRequested, PlanProposed
 from cadre.planner.children import child_id
+from cadre.store.audit import audit, with_children
 from cadre.store.state import WorkflowState
 from cadre.system import system_specs
 from tests.fake_llm import anthropic_api
@@ -149,3 +152,16 @@ async def test_a_child_deeper_than_the_limit_is_a_validation_error(nats_url: str
         assert grand.request.parent is not None
         assert (grand.request.parent.depth, grand.request.parent.root) == (2, state.workflow_id)
         assert state.result["result"]["result"] == grand.result
+        # The parent's audit shows the tree: each child with its state and cost, and the tree's cost.
+        report = audit(await h.bus.log.read_records(state.workflow_id), h.keyring)
+        with_children(report, await child_reports(deeper, report, None, None))
+    [node] = report.children
+    assert (node.workflow_id, node.task_id, node.status, node.cost_usd) == (child.workflow_id, "sub", "completed", 0.0)
+    [inner] = node.children
+    assert (inner.workflow_id, inner.task_id, inner.status) == (grand.workflow_id, "inner", "completed")
+    assert report.totals.tree_cost_usd == 0.0
+    text = audit_lines(report)
+    at = text.index("child workflows")
+    assert text[at + 1].startswith(f"  task sub -> {child.workflow_id}: completed, $0.00000")
+    assert text[at + 2].startswith(f"    task inner -> {grand.workflow_id}: completed, $0.00000")
+    assert any(line.startswith("  with child workflows") and "$0.00000" in line for line in text)
