@@ -71,6 +71,20 @@ async def test_a_task_that_runs_a_child_completes_with_the_childs_result(nats_ur
         await replays(h, child.workflow_id)
 
 
+async def test_a_child_from_a_request_text_plans_on_its_own(nats_url: str, tmp_path: Path) -> None:
+    """The README's example: no model here, so the child's planner takes the plan library's entry."""
+    plan = parent({"request": NOVEL_REQUEST})
+    async with cadre_running(settings_for(nats_url, tmp_path)) as h:
+        state = await h.run(plan)
+        child = await child_of(h, state)
+        assert child.status == "completed", child.failure
+        assert child.plan_source == "library"
+        assert state.status == "completed", state.failure
+        assert state.result == {"text": f"{child.result['rows'][0][0]} customers"}
+        await replays(h, state.workflow_id)
+        await replays(h, child.workflow_id)
+
+
 async def test_a_failing_child_fails_the_task_and_the_parent_says_why(nats_url: str, tmp_path: Path) -> None:
     async with cadre_running(settings_for(nats_url, tmp_path)) as h:
         state = await h.run(parent({"plan": BROKEN}))
