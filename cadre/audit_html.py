@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from cadre.safe_text import visible
-from cadre.store.audit import AuditReport, CheckNote
+from cadre.store.audit import AuditReport, CheckNote, ChildNode
 
 _CSS = """
 :root { --fg:#1d2329; --muted:#5b6670; --line:#d9dee3; --bg:#fafbfc; --ok:#1a7f37; --bad:#cf222e; --warn:#9a6700; }
@@ -86,6 +86,7 @@ def render(report: AuditReport) -> str:
     parts += _approvals(r)
     parts += _deviations(r)
     parts += _costs(r)
+    parts += _children(r)
     parts += _timeline(r)
     parts.append(
         f"<footer>Written by <code>cadre audit {_e(r.workflow_id)} --html</code> from the workflow's recorded events "
@@ -311,3 +312,22 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     th = "".join(f"<th>{_e(h)}</th>" for h in head)
     body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _children(r: AuditReport) -> list[str]:
+    """The child workflows its tasks ran, nested as they nest, with the tree's cost (none: nothing)."""
+    if not r.children:
+        return []
+
+    def items(nodes: list[ChildNode]) -> str:
+        out = []
+        for c in nodes:
+            cost = f"${c.cost_usd:.5f}" if c.cost_usd is not None else "cost unknown"
+            why = f": {_e(c.failure)}" if c.failure else ""
+            inner = f"<ul>{items(c.children)}</ul>" if c.children else ""
+            out.append(f"<li>task {_code(c.task_id)} → {_code(c.workflow_id)}: {_e(c.status)}, {cost}{why}{inner}</li>")
+        return "".join(out)
+
+    tree = r.totals.tree_cost_usd
+    total = f"${tree:.5f} with its children" if tree is not None else "children not read"
+    return ["<h2>Child workflows</h2>", f"<p>{_e(total)}</p>", f"<ul>{items(r.children)}</ul>"]

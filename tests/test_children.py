@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cadre import commands
+from cadre import audit_html, commands
 from cadre.actors.replay import Replayer
 from cadre.audit_cli import child_reports
 from cadre.audit_text import lines as audit_lines
@@ -179,3 +179,6 @@ async def test_a_child_deeper_than_the_limit_is_a_validation_error(nats_url: str
     assert text[at + 1].startswith(f"  task sub -> {child.workflow_id}: completed, $0.00000")
     assert text[at + 2].startswith(f"    task inner -> {grand.workflow_id}: completed, $0.00000")
     assert any(line.startswith("  with child workflows") and "$0.00000" in line for line in text)
+    page = audit_html.render(report)
+    assert "<h2>Child workflows</h2>" in page
+    assert f"<code>{grand.workflow_id}</code>: completed" in page
