@@ -78,10 +78,13 @@ RELAY_HANDLES = frozenset(
 # -- the planner's part (pure) -------------------------------------------------------------------
 
 
-def spawn_instead(state: WorkflowState, events: list[Event], max_depth: int) -> list[Event]:
+def spawn_instead(
+    state: WorkflowState, events: list[Event], max_depth: int, flows: rules.FlowHook | None = None
+) -> list[Event]:
     """The planner's ``events`` with each ``task_ready`` of a child task replaced by its
     ``child_requested`` (or by the workflow's failure when the child cannot start: its inputs, or
-    the depth limit seen only now)."""
+    the depth limit seen only now). ``flows``: the deployment's flows, for a ``flow`` input (the
+    hook :data:`planner.children.FlowHook`; None: there are none)."""
     if not any(isinstance(e, TaskReady) and rules.is_child(e.task) for e in events):
         return events
     out: list[Event] = []
@@ -95,7 +98,7 @@ def spawn_instead(state: WorkflowState, events: list[Event], max_depth: int) -> 
             why = ErrorInfo(code="child_depth", message=f"a child at depth {depth} is past the limit of {max_depth}")
             return fail_task(task.id, why, e.attempt)
         try:
-            request = rules.child_request(state.request, state.workflow_id, task, _resolved(state, task.id))
+            request = rules.child_request(state.request, state.workflow_id, task, _resolved(state, task.id), flows)
         except (rules.ChildInputError, RefError) as exc:
             return fail_task(task.id, ErrorInfo(code="invalid_input", message=str(exc)), e.attempt)
         child = rules.child_id(state.workflow_id, task.id, e.attempt)

@@ -189,9 +189,11 @@ def check_children(
     max_depth: int,
     validate: Callable[[Plan], list[Check]],
     prefix: str = "",
+    flows: FlowHook | None = None,
 ) -> list[Check]:
     """The checks of ``plan``'s child tasks, for a workflow at ``depth``: the depth limit, the
-    inputs' form, and each nested plan (``validate``, then its own children, one level deeper)."""
+    inputs' form, and each nested plan (``validate``, then its own children, one level deeper).
+    ``flows``: the deployment's flows (the hook; None: it has none, and a ``flow`` input is refused)."""
     checks: list[Check] = []
     for i, task in enumerate(plan.nodes):
         if not is_child(task):
@@ -230,24 +232,23 @@ def check_children(
                 Check(name="child_inputs", passed=False, message=f"{who}: {exc}", fix=_fix(task), path=f"{path}.inputs")
             )
             continue
+        inner = f"{path}.inputs.plan."
         if task.inputs.get("flow") is not None:
-            checks.append(
-                Check(
-                    name="child_inputs",
-                    passed=False,
-                    message=f"{who} runs flow {task.inputs['flow']!r}, but this deployment has no flows",
-                    fix='give the child a "request" or a "plan" instead',
-                    path=f"{path}.inputs.flow",
+            inner = f"{path}.inputs.flow."
+            try:
+                nested = flow_request(str(task.inputs["flow"]), task.inputs, flows)
+            except ChildInputError as exc:
+                fix = 'give the child a "request" or a "plan" instead'
+                checks.append(
+                    Check(name="child_inputs", passed=False, message=f"{who}: {exc}", fix=fix, path=inner[:-1])
                 )
-            )
-            continue
+                continue
         if nested is None:
             continue
-        inner = f"{path}.inputs.plan."
         for c in validate(for_validation(nested)):
             where = f"{inner}{c.path}" if c.path else inner.rstrip(".")
             checks.append(msgspec.structs.replace(c, message=f"{who}'s child plan: {c.message}", path=where))
-        checks += check_children(nested, depth + 1, max_depth, validate, inner)
+        checks += check_children(nested, depth + 1, max_depth, validate, inner, flows)
     return checks
 
 

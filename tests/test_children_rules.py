@@ -189,3 +189,24 @@ def test_a_request_to_the_intake_cannot_claim_a_parent() -> None:
     with pytest.raises(RequestError) as refused:
         parse_request(b'{"request": "x", "parent": {"workflow_id": "wf-1", "task_id": "t", "root": "wf-1"}}')
     assert refused.value.code == "unknown_field"
+
+
+def test_flows_plug_in_through_the_hook() -> None:
+    """Without flows a ``flow`` input is refused; a deployment's flows (the hook) give the child's plan."""
+
+    def flows(name: str, inputs: Any) -> Plan | None:
+        return msgspec.convert(COUNT, Plan) if name == "count" else None
+
+    def validate(p: Plan) -> list[Any]:
+        return validate_plan(rules.for_validation(p), CATALOG)
+
+    sub = plan_of({"id": "sub", "tool": "workflow.run", "inputs": {"flow": "count"}})
+    assert passed_all(rules.check_children(sub, 0, 3, validate, flows=flows))
+    unknown = plan_of({"id": "sub", "tool": "workflow.run", "inputs": {"flow": "other"}})
+    assert failed(rules.check_children(unknown, 0, 3, validate, flows=flows)) == [
+        ("child_inputs", "nodes[0].inputs.flow")
+    ]
+    state, _ = running(sub)
+    [spawn] = children.spawn_instead(state, [TaskReady(task=state.tasks["sub"].task)], 3, flows)
+    assert isinstance(spawn, ChildRequested)
+    assert spawn.request.plan == msgspec.convert(COUNT, Plan)
