@@ -29,6 +29,7 @@ from cadre.grounding_config import grounder_for
 from cadre.llm import build_llm
 from cadre.planner.builtin_tools import builtin_catalog, compensation_specs
 from cadre.planner.catalog import Catalog
+from cadre.planner.children import WORKFLOW_RUN
 from cadre.planner.pools import EVERY_POOL, Pools
 from cadre.planner.safety import SafetyContext
 from cadre.settings import Settings
@@ -75,6 +76,11 @@ def check_pool(settings: Settings, pool: str | None) -> None:
         raise UnknownPool(f"agent pool {pool!r} is not declared in the deployment's policy (pools: {declared})")
 
 
+def child_max_depth(settings: Settings) -> int:
+    """How deep child workflows may nest here: 0 (none) when the policy prohibits ``workflow.run``."""
+    return 0 if WORKFLOW_RUN in settings.prohibited_tools else settings.child_max_depth
+
+
 def system_specs(
     settings: Settings, catalog: Catalog | None = None, *, agent_pool: str | None = EVERY_POOL
 ) -> tuple[ActorSpec, ...]:
@@ -89,7 +95,7 @@ def system_specs(
             settings.limits.to_limits(),
             reject_below=settings.reject_below,
             model_side_effects_need_approval=settings.model_side_effects_need_approval,
-            max_child_depth=settings.child_max_depth,
+            max_child_depth=child_max_depth(settings),
         ),
         approve_below=settings.approve_below,
         pools=pools_of(settings),

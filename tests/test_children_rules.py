@@ -3,6 +3,7 @@ spawn in place of ``task_ready``, the fold, and a child's consultations charged 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -210,3 +211,13 @@ def test_flows_plug_in_through_the_hook() -> None:
     [spawn] = children.spawn_instead(state, [TaskReady(task=state.tasks["sub"].task)], 3, flows)
     assert isinstance(spawn, ChildRequested)
     assert spawn.request.plan == msgspec.convert(COUNT, Plan)
+
+
+def test_a_policy_that_prohibits_workflow_run_allows_no_children(tmp_path: Path) -> None:
+    from cadre.system import child_max_depth
+    from tests.system_harness import settings_for
+
+    assert child_max_depth(settings_for("nats://127.0.0.1:1", tmp_path)) == 3
+    assert child_max_depth(settings_for("nats://127.0.0.1:1", tmp_path, child_max_depth=5)) == 5
+    banned = settings_for("nats://127.0.0.1:1", tmp_path, prohibited_tools=["http.get", "workflow.run"])
+    assert child_max_depth(banned) == 0
