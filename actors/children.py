@@ -166,8 +166,11 @@ def end_of_child(state: WorkflowState, rec: StoredEvent) -> Event | None:
     data = rec.event.data
     task_id, child = req.parent.task_id, state.workflow_id
     if isinstance(data, WorkflowCompleted):
+        result = data.result
+        if req.dry_run and isinstance(result, dict) and result.get("dry_run") is True:
+            result = result.get("output")  # a dry run's child: its placeholder output, as a simulated step's
         return ChildCompleted(
-            task_id=task_id, child_id=child, output=rules.task_output(child, data.result), child_event=rec.event.id
+            task_id=task_id, child_id=child, output=rules.task_output(child, result), child_event=rec.event.id
         )
     if isinstance(data, WorkflowFailed):
         error = ErrorInfo(code=data.reason, message=data.message)

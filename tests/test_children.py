@@ -182,3 +182,16 @@ async def test_a_child_deeper_than_the_limit_is_a_validation_error(nats_url: str
     page = audit_html.render(report)
     assert "<h2>Child workflows</h2>" in page
     assert f"<code>{grand.workflow_id}</code>: completed" in page
+
+
+async def test_a_dry_run_runs_its_children_dry(nats_url: str, tmp_path: Path) -> None:
+    """The child of a dry run is a dry run; the task's result is the child's placeholder output."""
+    async with cadre_running(settings_for(nats_url, tmp_path)) as h:
+        state = await h.run({**parent({"plan": COUNT}), "dry_run": True})
+        child = await child_of(h, state)
+        assert child.request is not None
+        assert child.request.dry_run
+        assert state.status == "completed", state.failure
+        assert state.result["dry_run"] is True
+        assert state.tasks["sub"].output == {"workflow_id": child.workflow_id, "result": child.result["output"]}
+        await replays(h, state.workflow_id)
