@@ -330,10 +330,10 @@ class Context:
                 outcome: Outcome[T] = done.value
                 if decision.outcome == "granted":
                     cache = key if outcome.ok else None
-                    cost += await self._settle(kind, current.model, decision, reply, cache, outcome)
+                    cost += await self._settle(kind, current.model, decision, reply, cache, outcome, policy)
                 return _inferred(outcome, source, provider, request.model, calls, cost)
             if decision.outcome == "granted":
-                cost += await self._settle(kind, current.model, decision, reply, None, None)
+                cost += await self._settle(kind, current.model, decision, reply, None, None, policy)
             current = following
 
     def _consultation(
@@ -344,7 +344,7 @@ class Context:
             self._nonce = format(round(self._now.timestamp() * 1_000_000), "x")
         return Consultation(
             id=f"{self.event.id}-{self._nonce}-{self._consultations}",
-            workflow_id=self.workflow_id,
+            workflow_id=policy.account or self.workflow_id,  # a child spends its tree's budget
             kind=kind,
             provider=provider,
             model=request.model,
@@ -366,6 +366,7 @@ class Context:
         reply: LLMResponse | ProviderError,
         key: str | None,
         outcome: Outcome[Any] | None,
+        policy: Policy,
     ) -> float:
         """Tell the budget what a granted call used; a valid final output goes to the cache."""
         if decision.reservation_id is None:
@@ -379,7 +380,7 @@ class Context:
             decision,
             Settlement(
                 reservation_id=decision.reservation_id,
-                workflow_id=self.workflow_id,
+                workflow_id=policy.account or self.workflow_id,
                 model=reply.model if isinstance(reply, LLMResponse) else model,
                 input_tokens=usage.input_tokens,
                 output_tokens=usage.output_tokens,

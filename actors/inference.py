@@ -70,6 +70,9 @@ class Policy:
     intelligence: str = "adaptive"
     mode: str = "adaptive"
     budget_usd: float | None = None
+    # The workflow whose budget account its consultations are charged to (None: its own). A child
+    # workflow's is its tree's root, so the whole tree spends within the root's cap (planner.children).
+    account: str | None = None
 
     def for_request(self, req: WorkflowRequested | None) -> Policy:
         """The request's own settings, with this policy's for the ones it leaves unset."""
@@ -79,6 +82,7 @@ class Policy:
             intelligence=req.intelligence or self.intelligence,
             mode=req.mode or self.mode,
             budget_usd=req.budget_usd if req.budget_usd is not None else self.budget_usd,
+            account=req.parent.root if req.parent is not None else None,
         )
 
 

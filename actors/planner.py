@@ -32,7 +32,7 @@ from collections.abc import Mapping
 
 import msgspec
 
-from cadre.actors import cancel, compensation, rate_wait
+from cadre.actors import cancel, children, compensation, rate_wait
 from cadre.actors import planner_rules as rules
 from cadre.actors.context import Context
 from cadre.actors.outcome import Outcome
@@ -43,6 +43,9 @@ from cadre.bus.events import (
     ApprovalRequested,
     BranchTaken,
     CancelRequested,
+    ChildCompleted,
+    ChildFailed,
+    ChildRequested,
     CompensationStarted,
     ConsultationWaiting,
     DeadlineSet,
@@ -71,6 +74,7 @@ from cadre.bus.events import (
 )
 from cadre.bus.plan import ErrorInfo
 from cadre.planner.catalog import Catalog
+from cadre.planner.children import DEFAULT_MAX_DEPTH
 from cadre.planner.flows.choose import by_rules, choice_request, choice_validator, plan_choice
 from cadre.planner.flows.model import Flow, FlowError
 from cadre.planner.providers.prompts import (
@@ -103,6 +107,8 @@ HANDLES = frozenset(
         DeadlineSet.TYPE,
         CancelRequested.TYPE,
         ConsultationWaiting.TYPE,
+        ChildCompleted.TYPE,
+        ChildFailed.TYPE,
     }
 )
 
@@ -316,11 +322,13 @@ def make_spec(
     on_failure: str = "fail",
     rate_limit_wait_s: float = 0.0,
     flows: Mapping[str, Flow] | None = None,
+    max_child_depth: int = DEFAULT_MAX_DEPTH,
 ) -> ActorSpec:
     """The planner; ``on_failure`` is the deployment's default for requests that set none
     (``compensate``: a failing workflow undoes its completed steps first, :mod:`actors.compensation`).
     A ``plan`` consultation denied for the rate limit waits up to ``rate_limit_wait_s``, once.
-    ``flows``: the deployment's flows (module docstring)."""
+    ``flows``: the deployment's flows (module docstring). A task that runs a child workflow starts
+    it (``child_requested``, :mod:`actors.children`) up to ``max_child_depth``."""
 
     async def handle(ctx: Context, rec: StoredEvent, state: WorkflowState) -> Outcome:
         data = rec.event.data
@@ -332,6 +340,7 @@ def make_spec(
             return compensation.finished(state) if isinstance(rec.event.data, StepCompensated) else []
         out = await decide(ctx, rec, state)
         if isinstance(out, list):
+            out = children.spawn_instead(state, out, max_child_depth)
             return compensation.instead_of_failing(state, out, catalog, on_failure)
         return out
 
@@ -366,6 +375,10 @@ def make_spec(
                 return await adapt(ctx, state, failed, catalog, rate_limit_wait_s)
             case HandlerFailed():
                 return rules.on_handler_failed(state, data, rec.event.actor)
+            case ChildCompleted():
+                return children.on_child_completed(state, data)
+            case ChildFailed():
+                return children.on_child_failed(state, data)
             case (
                 PlanProposed()
                 | StepsProposed()
@@ -389,6 +402,7 @@ def make_spec(
                 | WorkflowCancelled()
                 | Redriven()
                 | BranchTaken()
+                | ChildRequested()
             ):
                 return []
 

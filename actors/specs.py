@@ -37,7 +37,7 @@ def live_specs(
     (``actors.agent``; a replay's agent serves every pool); ``safety``: what the tools' safety rules
     need from the deployment (:mod:`planner.safety`); ``flows``: the deployment's flows (:mod:`planner.flows`)."""
     specs = (
-        planner.make_spec(catalog, on_failure, rate_limit_wait_s, flows),
+        planner.make_spec(catalog, on_failure, rate_limit_wait_s, flows, (limits or Limits()).max_child_depth),
         validator.make_spec(catalog, limits, pools, safety),
         decomposer.make_spec(catalog, pools, rate_limit_wait_s),
         agent.make_spec(

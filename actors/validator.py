@@ -36,7 +36,8 @@ from cadre.bus.events import (
     StepsProposed,
     StepsRejected,
 )
-from cadre.bus.plan import Check, StepIntent, Task
+from cadre.bus.plan import Check, Plan, StepIntent, Task
+from cadre.planner import children
 from cadre.planner import pools as agent_pools
 from cadre.planner.catalog import Catalog
 from cadre.planner.proposals import check_proposal
@@ -59,6 +60,14 @@ def make_spec(
     the deployment (its HTTP allow-list; :mod:`planner.safety`)."""
     lim = limits or Limits()
     ctx_safety = safety or SafetyContext()
+    with_children = children.with_workflow_run(catalog)
+
+    def check_plan(plan: Plan) -> list[Check]:
+        """``validate_plan``, with ``workflow.run`` in the catalog for a plan that runs a child (only:
+        a check's fix names the catalog's tools, and a plan without one is checked as it always was)."""
+        runs_child = any(children.is_child(t) for t in plan.nodes)
+        tools = with_children if runs_child else catalog
+        return validate_plan(children.for_validation(plan), tools, lim, safety=ctx_safety)
 
     async def handle(ctx: Context, rec: StoredEvent, state: WorkflowState) -> Outcome:
         data = rec.event.data
@@ -67,9 +76,11 @@ def make_spec(
         if isinstance(data, PlanProposed):
             if data.revision != state.revision:
                 return []  # superseded by a newer revision
+            depth = children.depth_of(state.request)
             checks = (
-                *validate_plan(data.plan, catalog, lim, safety=ctx_safety),
+                *check_plan(data.plan),
                 *agent_pools.check_plan_pools(data.plan.nodes, pools),
+                *children.check_children(data.plan, depth, lim.max_child_depth, check_plan),
             )
             if passed_all(list(checks)):
                 return [PlanValidated(revision=data.revision, checks=checks)]

@@ -193,8 +193,9 @@ def _actor_publish(role: str, names: AuthNames) -> list[str]:
     types = (*EMITS[role], *RUNTIME_EMITS) if role in ACTOR_ROLES else EMITS.get(role, ())
     out = [s.of_type(t) for t in types]
     if role in ACTOR_ROLES:
-        # An agent also consumes with each agent pool's durable (`cadre actor agent --pool NAME`).
-        pools = names.pools if role == "agent" else ()
+        # An agent also consumes with each agent pool's durable (`cadre actor agent --pool NAME`); the
+        # planner with its children relay's (actors.children).
+        pools = names.pools if role == "agent" else ("children",) if role == "planner" else ()
         for durable in (names.durable(role), *(names.durable(role, p) for p in pools)):
             out += [
                 # ensure_consumer: its own durable only; then fetch and ack (in_progress, nak, term).

@@ -43,8 +43,19 @@ CHAIN_VERSION = 2
 """The first version whose events carry ``prev`` (the integrity chain): older events are unchained."""
 
 
+class ParentLink(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """Where a child workflow comes from: the parent workflow and its task that started it, the
+    tree's ``root`` (whose budget every workflow of the tree spends) and the child's ``depth``
+    (the root's children are at 1; :mod:`cadre.planner.children`)."""
+
+    workflow_id: str
+    task_id: str
+    root: str
+    depth: int = 1
+
+
 class WorkflowRequested(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """A request arrived: the first event of every workflow."""
+    """A request arrived: the first event of every workflow (a child workflow's carries ``parent``)."""
 
     TYPE: ClassVar[str] = "workflow_requested"
     request: str = ""
@@ -63,6 +74,9 @@ class WorkflowRequested(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     # from this event's ``at``; ``deadline`` is an absolute time; at most one of them is set.
     deadline_s: float | None = None
     deadline: datetime | None = None
+    # A child workflow's link to the task that started it (None: a workflow of its own). Written by the
+    # planner's children relay (``actors.children``), never taken from a request sent to the intake.
+    parent: ParentLink | None = None
 
 
 class PlanProposed(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -445,6 +459,41 @@ class BranchTaken(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     why: str = ""
     checked: tuple[BranchChecked, ...] = ()
     skipped: tuple[str, ...] = ()
+class ChildRequested(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """The planner starts a child workflow for a task whose tool is ``workflow.run``
+    (:mod:`cadre.planner.children`): ``child_id`` derives from the workflow, the task and its
+    ``attempt``; ``request`` is the child's first event as it will be stored (its ``parent`` set).
+    The children relay appends it to the child's workflow once; the task waits for
+    ``child_completed`` or ``child_failed``."""
+
+    TYPE: ClassVar[str] = "child_requested"
+    task_id: str
+    child_id: str
+    attempt: int = 1
+    request: WorkflowRequested
+
+
+class ChildCompleted(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A child workflow completed (its ``workflow_completed`` is ``child_event``): ``output`` is the task's
+    (``{"workflow_id": …, "result": …}``). Written on the parent by the planner's children relay."""
+
+    TYPE: ClassVar[str] = "child_completed"
+    task_id: str
+    child_id: str
+    output: dict[str, Any] = msgspec.field(default_factory=dict)
+    child_event: str = ""
+
+
+class ChildFailed(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A child workflow failed or was cancelled (``status``; its last event is ``child_event``);
+    ``error`` is its failure, which the task takes. Written on the parent by the children relay."""
+
+    TYPE: ClassVar[str] = "child_failed"
+    task_id: str
+    child_id: str
+    status: str = "failed"
+    error: ErrorInfo
+    child_event: str = ""
 
 
 Event = (
@@ -477,6 +526,9 @@ Event = (
     | WorkflowCancelled
     | Redriven
     | BranchTaken
+    | ChildRequested
+    | ChildCompleted
+    | ChildFailed
 )
 
 EVENT_TYPES: dict[str, type[Event]] = {
@@ -511,6 +563,9 @@ EVENT_TYPES: dict[str, type[Event]] = {
         WorkflowCancelled,
         Redriven,
         BranchTaken,
+        ChildRequested,
+        ChildCompleted,
+        ChildFailed,
     )
 }
 

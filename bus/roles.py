@@ -21,6 +21,11 @@ EMITS: Mapping[str, tuple[str, ...]] = {
         "workflow_cancelled",
         "consultation_waiting",
         "branch_taken",
+        "child_requested",  # a task that runs a child workflow (actors.children)
+        # The children relay, hosted with the planner: a child's end on its parent, a parent's
+        # cancel on its children (cancel_requested, by="parent").
+        "child_completed",
+        "child_failed",
     ),
     "validator": (
         "plan_validated",

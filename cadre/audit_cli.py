@@ -36,7 +36,7 @@ from cadre.commands import EXIT_FAILED, EXIT_OK, UsageError
 from cadre.render import json_line
 from cadre.safe_text import visible, visible_lines
 from cadre.settings import Settings
-from cadre.store.audit import audit
+from cadre.store.audit import AuditReport, audit, with_children
 from cadre.store.authenticity import Authorship, authorship
 from cadre.store.filelog import FileLog
 from cadre.store.integrity import Anchor, Verdict, verify
@@ -115,6 +115,25 @@ async def _checked(args: argparse.Namespace, settings: Settings, wf: str) -> _Ch
     return _Checked(records, verify(records, deleted=deleted), None, where, keyring, keys_from)
 
 
+async def child_reports(
+    settings: Settings, report: AuditReport, from_file: Path | None, keys: Path | None
+) -> dict[str, AuditReport]:
+    """The reports of ``report``'s child workflows and theirs, by id (a child not in the source is left out)."""
+    found: dict[str, AuditReport] = {}
+    pending = [c.workflow_id for c in report.children]
+    while pending:
+        child = pending.pop()
+        if child in found:
+            continue
+        try:
+            read = await read_records(settings, child, from_file, name="cadre-audit", keys=keys)
+        except UsageError:
+            continue
+        found[child] = audit(read.records, read.keyring)
+        pending += [c.workflow_id for c in found[child].children]
+    return found
+
+
 def _need(records: list[Record], wf: str, where: str) -> None:
     if not records:
         raise UsageError(f"no workflow {wf!r} in {where} (see `cadre workflows`)")
@@ -161,12 +180,16 @@ async def _audit_report(args: argparse.Namespace, settings: Settings, wf: str) -
     if args.html is not None:  # the page shows the chain's verdict too: read as --verify reads
         checked = await _checked(args, settings, wf)
         report = audit(checked.records, checked.keyring)
+        if report.children:  # the tree: each child's own report (their children's too), where it can be read
+            with_children(report, await child_reports(settings, report, args.from_file, args.keys))
         more = audit_details.details(checked.records, checked.keyring, checked.verdict)
         args.html.write_text(audit_html.render(report, more), encoding="utf-8")
         print(f"cadre: audit report of {wf} written to {args.html}", file=sys.stderr)
         return EXIT_OK
     read = await read_records(settings, wf, args.from_file, name="cadre-audit", keys=args.keys)
     report = audit(read.records, read.keyring)
+    if report.children:  # the tree: each child's own report (their children's too), where it can be read
+        with_children(report, await child_reports(settings, report, args.from_file, args.keys))
     if args.json:
         print(json_line(report.to_json()))
     else:

@@ -27,7 +27,7 @@ from typing import Any
 from cadre import audit_dag
 from cadre.audit_details import CallValues, Details, Signer
 from cadre.safe_text import visible
-from cadre.store.audit import AuditReport, CheckNote, TimelineEntry
+from cadre.store.audit import AuditReport, CheckNote, ChildNode, TimelineEntry
 
 MAX_VALUE_CHARS = 2000
 MAX_CALL_VALUES = 200
@@ -115,6 +115,7 @@ def render(report: AuditReport, more: Details | None = None) -> str:
     parts += _approvals(r)
     parts += _deviations(r)
     parts += _costs(r)
+    parts += _children(r)
     parts += _timeline(r, more)
     parts.append(
         f"<footer>Written by <code>cadre audit {_e(r.workflow_id)} --html</code> from the workflow's recorded events "
@@ -467,3 +468,22 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[str]], limit: int | None
         rows = [*rows[:limit], left]
     body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _children(r: AuditReport) -> list[str]:
+    """The child workflows its tasks ran, nested as they nest, with the tree's cost (none: nothing)."""
+    if not r.children:
+        return []
+
+    def items(nodes: list[ChildNode]) -> str:
+        out = []
+        for c in nodes:
+            cost = f"${c.cost_usd:.5f}" if c.cost_usd is not None else "cost unknown"
+            why = f": {_e(c.failure)}" if c.failure else ""
+            inner = f"<ul>{items(c.children)}</ul>" if c.children else ""
+            out.append(f"<li>task {_code(c.task_id)} → {_code(c.workflow_id)}: {_e(c.status)}, {cost}{why}{inner}</li>")
+        return "".join(out)
+
+    tree = r.totals.tree_cost_usd
+    total = f"${tree:.5f} with its children" if tree is not None else "children not read"
+    return ["<h2>Child workflows</h2>", f"<p>{_e(total)}</p>", f"<ul>{items(r.children)}</ul>"]

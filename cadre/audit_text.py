@@ -6,7 +6,7 @@ import json
 from datetime import datetime
 
 from cadre.render import number
-from cadre.store.audit import AuditReport, CheckNote
+from cadre.store.audit import AuditReport, CheckNote, ChildNode
 
 
 def lines(r: AuditReport, width: int = 110) -> list[str]:
@@ -118,6 +118,12 @@ def lines(r: AuditReport, width: int = 110) -> list[str]:
     for scope, cost in sorted(t.cost_by_scope.items()):
         out.append(f"  {scope:<24} ${cost:.5f}")
     out.append(f"  {'total':<24} ${t.cost_usd:.5f}")
+    if r.children:
+        tree = f"${t.tree_cost_usd:.5f}" if t.tree_cost_usd is not None else "unknown (children not read)"
+        out.append(f"  {'with child workflows':<24} {tree}")
+        out.append("")
+        out.append("child workflows")
+        out.extend(_tree(r.children, "  ", width))
 
     out.append("")
     out.append("timeline")
@@ -147,6 +153,19 @@ def _grounding(r: AuditReport, width: int) -> list[str]:
         out.append(f"  #{g.index:<4} {g.scope} {g.call}: {_cut('; '.join(parts), width)}")
     for d in r.step_documents:
         out.append(f"  step {d.step_id} ({d.tool}) used: {_cut(', '.join(d.documents), width)}")
+    return out
+
+
+def _tree(children: list[ChildNode], indent: str, width: int) -> list[str]:
+    """One line per child workflow, its own children indented under it."""
+    out = []
+    for c in children:
+        cost = f"${c.cost_usd:.5f}" if c.cost_usd is not None else "cost unknown"
+        tree = f" (tree ${c.tree_cost_usd:.5f})" if c.children and c.tree_cost_usd is not None else ""
+        why = f": {c.failure}" if c.failure else ""
+        line = f"{indent}task {c.task_id} -> {c.workflow_id}: {c.status}, {cost}{tree}{why}"
+        out.append(_cut(line, width + len(indent)))
+        out.extend(_tree(c.children, indent + "  ", width))
     return out
 
 

@@ -16,6 +16,9 @@ from cadre.bus.events import (
     ApprovalRequested,
     BranchTaken,
     CancelRequested,
+    ChildCompleted,
+    ChildFailed,
+    ChildRequested,
     CompensationStarted,
     ConsultationWaiting,
     DeadlineSet,
@@ -180,5 +183,12 @@ def _line(e: Envelope) -> str | list[str] | None:
         case BranchTaken():
             skipped = f"; skipped {', '.join(d.skipped)}" if d.skipped else ""
             return f"branch    {d.task_id} -> {d.to or '(ends)'}: {d.why}{skipped}"
+        case ChildRequested():
+            what = "a plan" if d.request.plan is not None else repr(d.request.request)
+            return f"child     {d.task_id} starts workflow {d.child_id}: {what}"
+        case ChildCompleted():
+            return f"child     {d.child_id} completed; {d.task_id} done: {_short(d.output.get('result'), 70)}"
+        case ChildFailed():
+            return f"child     {d.child_id} {d.status}: {d.error.code}: {d.error.message}"
         case StepsProposed() | EffectsRecorded():
             return None

@@ -233,6 +233,11 @@ class Settings(BaseSettings):
         default=True,
         description="a tool with side effects that a model chose (a recovery) waits for a person's approval",
     )
+    child_max_depth: int = Field(
+        default=_LIMITS.max_child_depth,
+        ge=0,
+        description="how deep child workflows (a task whose tool is workflow.run) may nest; 0 allows none",
+    )
     plan_library: Path | None = Field(default=None, description="example plans (default: ./examples/plans)")
     flows: Path | None = Field(
         default=None, description="folder of flow files (YAML/JSON, docs/flows.md) the planner may run (default: none)"

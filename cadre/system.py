@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
 
-from cadre.actors import tracing
+from cadre.actors import children, tracing
 from cadre.actors.approvals import ApprovalPolicy, serve_approvals
 from cadre.actors.budget import BudgetClient, serve_budget
 from cadre.actors.context import Outside
@@ -30,6 +30,7 @@ from cadre.grounding_config import grounder_for
 from cadre.llm import build_llm
 from cadre.planner.builtin_tools import builtin_catalog, compensation_specs
 from cadre.planner.catalog import Catalog
+from cadre.planner.children import WORKFLOW_RUN
 from cadre.planner.flows.registry import FlowSet, load_folder
 from cadre.planner.pools import EVERY_POOL, Pools
 from cadre.planner.safety import SafetyContext
@@ -83,6 +84,11 @@ def check_pool(settings: Settings, pool: str | None) -> None:
         raise UnknownPool(f"agent pool {pool!r} is not declared in the deployment's policy (pools: {declared})")
 
 
+def child_max_depth(settings: Settings) -> int:
+    """How deep child workflows may nest here: 0 (none) when the policy prohibits ``workflow.run``."""
+    return 0 if WORKFLOW_RUN in settings.prohibited_tools else settings.child_max_depth
+
+
 def system_specs(
     settings: Settings, catalog: Catalog | None = None, *, agent_pool: str | None = EVERY_POOL
 ) -> tuple[ActorSpec, ...]:
@@ -97,6 +103,7 @@ def system_specs(
             settings.limits.to_limits(),
             reject_below=settings.reject_below,
             model_side_effects_need_approval=settings.model_side_effects_need_approval,
+            max_child_depth=child_max_depth(settings),
         ),
         approve_below=settings.approve_below,
         pools=pools_of(settings),
@@ -193,6 +200,8 @@ async def run_system(
     )
 
     specs = [(s, replicas) for s in system_specs(settings, catalog) if s.kind in kinds and s.kind != "agent"]
+    if "planner" in kinds:  # the relay between parent and child workflows (actors.children)
+        specs.append((children.relay_spec(bus.log.signed_by(trust.signer("planner"))), 1))
     if "agent" in kinds:
         for pool in served:
             specs += [(s, replicas) for s in system_specs(settings, catalog, agent_pool=pool) if s.kind == "agent"]

@@ -101,6 +101,7 @@ class Limits:
     max_inputs_bytes: int = 64_000  # of one task's or step's inputs, encoded as JSON
     reject_below: float | None = None  # a plan or task confidence below this rejects the plan
     model_side_effects_need_approval: bool = True  # a side-effect tool a model chose waits for a person
+    max_child_depth: int = 3  # how deep child workflows nest (``workflow.run``; planner.children); 0: none
 
 
 class ValidationFailed(CadreError):

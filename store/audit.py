@@ -22,7 +22,7 @@ digest is the one its effect key carries (``<tool>:<digest of the inputs>``).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, assert_never
 
@@ -45,6 +45,9 @@ from cadre.bus.events import (
     ApprovalRequested,
     BranchTaken,
     CancelRequested,
+    ChildCompleted,
+    ChildFailed,
+    ChildRequested,
     CompensationStarted,
     ConsultationWaiting,
     DeadlineSet,
@@ -82,6 +85,7 @@ __all__ = [
     "Approval",
     "AuditReport",
     "CheckNote",
+    "ChildNode",
     "Consultation",
     "Deviation",
     "PlanRevision",
@@ -91,6 +95,7 @@ __all__ = [
     "Verdict",
     "audit",
     "value_digest",
+    "with_children",
 ]
 
 _canonical = msgspec.json.Encoder(order="sorted")
@@ -288,6 +293,22 @@ class Deviation(msgspec.Struct, frozen=True, kw_only=True):
     text: str
 
 
+class ChildNode(msgspec.Struct, kw_only=True):
+    """A child workflow one of its tasks started (``child_requested``), as the parent's events say
+    (``status``, ``failure``); ``cost_usd`` (its own consultations) and ``tree_cost_usd`` (with its
+    children's) once its records were read (:func:`with_children`; None: they were not)."""
+
+    workflow_id: str
+    task_id: str
+    attempt: int = 1
+    index: int = 0  # the child_requested event's
+    status: str = "running"
+    failure: str | None = None
+    cost_usd: float | None = None
+    tree_cost_usd: float | None = None
+    children: list[ChildNode] = msgspec.field(default_factory=list)
+
+
 class Totals(msgspec.Struct, kw_only=True):
     """What the workflow cost and how it went, in numbers."""
 
@@ -311,6 +332,8 @@ class Totals(msgspec.Struct, kw_only=True):
     dead_letters: int = 0
     steps_proposed: int = 0
     steps_with_documents: int = 0  # steps proposed with documentation_references
+    # The workflow's cost with its child workflows' (theirs read: :func:`with_children`); None until then.
+    tree_cost_usd: float | None = None
 
 
 class AuditReport(msgspec.Struct, kw_only=True):
@@ -337,6 +360,7 @@ class AuditReport(msgspec.Struct, kw_only=True):
     step_documents: list[StepDocuments] = msgspec.field(default_factory=list)
     totals: Totals = msgspec.field(default_factory=Totals)
     branches: list[BranchNote] = msgspec.field(default_factory=list)  # a flow's ways taken, in order
+    children: list[ChildNode] = msgspec.field(default_factory=list)  # its child workflows, as started
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = msgspec.to_builtins(self)
@@ -546,6 +570,17 @@ def _event(
         case Redriven():  # the workflow goes on after the failure it had for the dead letter
             if report.status == "failed":
                 report.status, report.ended_at, report.failure = "running", None, None
+        case ChildRequested():
+            report.children.append(
+                ChildNode(workflow_id=data.child_id, task_id=data.task_id, attempt=data.attempt, index=index)
+            )
+        case ChildCompleted() | ChildFailed():
+            for child in report.children:
+                if child.workflow_id == data.child_id and child.status == "running":
+                    child.status = data.status if isinstance(data, ChildFailed) else "completed"
+                    child.failure = (
+                        f"{data.error.code}: {data.error.message}" if isinstance(data, ChildFailed) else None
+                    )
         case WorkflowCancelled():
             report.status, report.ended_at = "cancelled", e.at
             undone = f"; undid {', '.join(data.compensated)}" if data.compensated else ""
@@ -865,7 +900,33 @@ def summary(data: Event) -> str:
         case WorkflowCancelled():
             undone = f"; undid {', '.join(data.compensated)}" if data.compensated else ""
             return f"cancelled by {data.by}" + (f": {data.reason}" if data.reason else "") + undone
+        case ChildRequested():
+            what = "an explicit plan" if data.request.plan is not None else repr(data.request.request)
+            return f"task {data.task_id} starts child {data.child_id} ({what})"
+        case ChildCompleted():
+            return f"child {data.child_id} completed: task {data.task_id} done"
+        case ChildFailed():
+            return f"child {data.child_id} {data.status}: {data.error.code}: {data.error.message}"
     return ""
+
+
+def with_children(report: AuditReport, reports: Mapping[str, AuditReport]) -> AuditReport:
+    """``report`` with its children's own reports (``reports``, by workflow id; theirs nest) filled
+    in: each child's status as its own log says, its cost and its tree's, and the whole tree's cost in
+    ``totals.tree_cost_usd``. A child whose report is missing keeps what the parent's events say."""
+    tree = report.totals.cost_usd
+    for child in report.children:
+        mine = reports.get(child.workflow_id)
+        if mine is None:
+            continue
+        with_children(mine, reports)
+        child.status, child.failure = mine.status, mine.failure
+        child.cost_usd = mine.totals.cost_usd
+        child.tree_cost_usd = mine.totals.tree_cost_usd
+        child.children = mine.children
+        tree += child.tree_cost_usd or 0.0
+    report.totals.tree_cost_usd = round(tree, 8)
+    return report
 
 
 def _failed(checks: Iterable[Check]) -> str:

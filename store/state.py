@@ -25,6 +25,9 @@ from cadre.bus.events import (
     ApprovalRequested,
     BranchTaken,
     CancelRequested,
+    ChildCompleted,
+    ChildFailed,
+    ChildRequested,
     CompensationStarted,
     ConsultationWaiting,
     DeadlineSet,
@@ -114,6 +117,19 @@ class TaskState(msgspec.Struct, frozen=True, kw_only=True):
     branch: str | None = None
 
 
+ChildStatus = Literal["running", "completed", "failed", "cancelled"]
+
+
+class ChildState(msgspec.Struct, frozen=True, kw_only=True):
+    """A child workflow a task started (``child_requested``) and how it ended, once it has."""
+
+    task_id: str
+    child_id: str
+    attempt: int = 1
+    status: ChildStatus = "running"
+    error: ErrorInfo | None = None
+
+
 class WorkflowState(msgspec.Struct, kw_only=True):
     """What a workflow's events add up to (``last_seq``: the stream sequence folded up to).
 
@@ -155,6 +171,9 @@ class WorkflowState(msgspec.Struct, kw_only=True):
     # The consultations of the planner and the decomposer that waited out a rate limit: their
     # wait_key and the consultation_waiting event's id (replaced, never changed in place).
     waits: dict[str, str] = msgspec.field(default_factory=dict)
+    # The child workflows its tasks started, by child id, in the order started (replaced, never
+    # changed in place: ``actors.children``).
+    children: dict[str, ChildState] = msgspec.field(default_factory=dict)
 
     @property
     def done(self) -> bool:
@@ -300,8 +319,38 @@ def apply(state: WorkflowState, stored: StoredEvent) -> None:
             _task(state, data.task_id, branched=True, branch=data.to)
             for tid in data.skipped:
                 _task(state, tid, status="skipped")
+        case ChildRequested():
+            state.children = {
+                **state.children,
+                data.child_id: ChildState(task_id=data.task_id, child_id=data.child_id, attempt=data.attempt),
+            }
+            _task(state, data.task_id, status="running", attempt=data.attempt, step_ids=[], error=None)
+        case ChildCompleted():
+            child = state.children.get(data.child_id)
+            if child is not None and child.status == "running":
+                state.children = {**state.children, data.child_id: msgspec.structs.replace(child, status="completed")}
+                t = state.tasks.get(data.task_id)
+                if t is not None and t.status == "running" and t.attempt == child.attempt:
+                    _task(state, data.task_id, status="completed", output=data.output)
+        case ChildFailed():
+            child = state.children.get(data.child_id)
+            if child is not None and child.status == "running":
+                status: ChildStatus = "cancelled" if data.status == "cancelled" else "failed"
+                changed = msgspec.structs.replace(child, status=status, error=data.error)
+                state.children = {**state.children, data.child_id: changed}
         case _:
             assert_never(data)
+
+
+def current_child(state: WorkflowState, task_id: str) -> ChildState | None:
+    """The child the task's current attempt started, if it started one."""
+    t = state.tasks.get(task_id)
+    if t is None:
+        return None
+    for child in state.children.values():
+        if child.task_id == task_id and child.attempt == t.attempt:
+            return child
+    return None
 
 
 def skip(state: WorkflowState, record: Record) -> None:

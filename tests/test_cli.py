@@ -261,7 +261,7 @@ def test_schemas_and_tools(capsys: pytest.CaptureFixture[str]) -> None:
     assert request["additionalProperties"] is False
     assert main(["schema", "event"]) == 0
     event = json.loads(capsys.readouterr().out)
-    assert len(event["oneOf"]) == 29  # bus.events.EVENT_TYPES
+    assert len(event["oneOf"]) == 32  # bus.events.EVENT_TYPES
     assert main(["tools", "--json"]) == 0
     names = [t["name"] for t in json.loads(capsys.readouterr().out)]
     assert names == ["sql.schema", "sql.query", "fs.read", "fs.write", "http.get", "text.render"]

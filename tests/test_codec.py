@@ -24,7 +24,7 @@ def test_every_event_of_a_run_round_trips() -> None:
 
 def test_every_type_is_registered_under_its_tag() -> None:
     assert all(name == cls.TYPE for name, cls in EVENT_TYPES.items())
-    assert len(EVENT_TYPES) == 29
+    assert len(EVENT_TYPES) == 32
 
 
 def test_wire_form_is_plain_json() -> None:

@@ -359,7 +359,13 @@ def test_an_agent_may_consume_with_each_pools_durable_and_no_other_role_may() ->
         assert f"$JS.API.CONSUMER.DURABLE.CREATE.ACME.{durable}" in agent
         assert f"$JS.ACK.ACME.{durable}.>" in agent
     planner = permissions("planner", names).publish or ()
-    assert not any("_pool_" in p for p in planner)
+    # The planner's only other durable is its children relay's (actors.children), never an agent pool's.
+    assert {p for p in planner if "_pool_" in p} == {
+        "$JS.API.CONSUMER.DURABLE.CREATE.ACME.acme_planner_pool_children",
+        "$JS.API.CONSUMER.INFO.ACME.acme_planner_pool_children",
+        "$JS.API.CONSUMER.MSG.NEXT.ACME.acme_planner_pool_children",
+        "$JS.ACK.ACME.acme_planner_pool_children.>",
+    }
     assert AuthNames().to_json() == {  # a deployment without pools keeps the credentials it minted
         "prefix": "cadre",
         "stream": "CADRE_EVENTS",

@@ -134,6 +134,8 @@ def test_the_golden_logs_cover_every_path() -> None:
         "cancelled",
         "deadline",
         "redriven",
+        "sub_workflow",
+        "sub_workflow_child",
     }
 
 
@@ -617,6 +619,9 @@ async def test_the_replayer_runs_the_handlers_the_system_runs(
     async with cadre_running(settings):
         pass
     replayed = replayer_for(settings).specs
+    # The children relay (actors.children) delivers between workflows; what it writes is an input there.
+    assert [(s.kind, s.pool) for s in ran if s.pool == "children"] == [("planner", "children")]
+    ran = [s for s in ran if s.pool != "children"]
     assert [s.kind for s in ran] == ["planner", "validator", "decomposer", "agent"]
     assert [_spec_shape(s) for s in ran] == [_spec_shape(s) for s in replayed]
     other = replayer_for(settings.model_copy(update={"approval_timeout_s": 8})).specs

@@ -36,6 +36,7 @@ from typing import Any
 from cadre import commands
 from cadre.bus.embedded import embedded_server
 from cadre.bus.events import SCHEMA_VERSION
+from cadre.planner.children import child_id
 from cadre.store.filelog import stored_references, write_export
 from cadre.store.records import StoredEvent
 from cadre.store.state import fold
@@ -149,6 +150,42 @@ async def cancelled(h: Harness) -> str:
         await commands.cancel(h.settings, wf, reason="not needed any more")
     await h.wait(wf)
     return wf
+
+
+SUB_PLAN: dict[str, Any] = {
+    "nodes": [
+        {
+            "id": "sub",
+            "tool": "workflow.run",
+            "inputs": {
+                "plan": {
+                    "nodes": [
+                        {"id": "q", "tool": "sql.query", "inputs": {"sql": "SELECT COUNT(*) AS n FROM customers"}}
+                    ]
+                }
+            },
+        },
+        {
+            "id": "say",
+            "tool": "text.render",
+            "depends_on": ["sub"],
+            "inputs": {"template": "{n} customers", "values": {"n": "${sub.result.rows.0.0}"}},
+        },
+    ]
+}
+
+
+def sub_workflow(*, child: bool) -> Drive:
+    """A task runs a child workflow (an explicit plan); the next task renders its result. Returns the
+    parent's id, or (``child``) the child's."""
+
+    async def drive(h: Harness) -> str:
+        parent = await h.run({"plan": SUB_PLAN})
+        cid = child_id(parent.workflow_id, "sub")
+        await h.wait(cid)
+        return cid if child else parent.workflow_id
+
+    return drive
 
 
 FRAGILE_PLAN: dict[str, Any] = {
@@ -442,6 +479,17 @@ SCENARIOS = (
         submit({"plan": APPROVAL_PLAN, "deadline_s": 0.5}),
         settings={"approval_tools": ["fs.write"]},
         expect="cancelled",
+    ),
+    Scenario(
+        "sub_workflow",
+        "task sub runs a child workflow (workflow.run with an explicit plan): child_requested, then "
+        "child_completed with its result, which the next task renders",
+        sub_workflow(child=False),
+    ),
+    Scenario(
+        "sub_workflow_child",
+        "the child workflow of sub_workflow's run (its workflow_requested carries the parent link)",
+        sub_workflow(child=True),
     ),
     Scenario(
         "redriven",

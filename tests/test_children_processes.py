@@ -1,0 +1,49 @@
+"""A child workflow survives its planner: the planner process (which hosts the children relay) is
+killed with SIGKILL while the child's step runs; a new planner process finishes the child, reports
+its end to the parent, and the parent completes, each event once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from nats.aio.client import Client as NATS
+
+from cadre.bus.events import ChildCompleted, ChildRequested, WorkflowCompleted, WorkflowRequested
+from cadre.planner.children import child_id
+from cadre.store import JetStreamLog
+from cadre.store.records import StoredEvent
+from cadre.store.state import fold
+from tests.test_processes import Cluster, cluster  # noqa: F401  (the fixture)
+
+
+async def test_planner_killed_during_a_childs_run_completes_the_parent_once(nc: NATS, cluster: Cluster) -> None:  # noqa: F811
+    for kind in ("planner", "validator", "decomposer", "agent", "budget"):
+        cluster.start(kind, kind)
+    await cluster.wait_alive(nc, {"planner": 1, "validator": 1, "decomposer": 1, "agent": 1, "budget": 1})
+    slow = {"id": "w", "tool": "test.slow_append", "inputs": {"path": "child.txt", "line": "once", "sleep_s": 2}}
+    body = {"plan": {"nodes": [{"id": "sub", "tool": "workflow.run", "inputs": {"plan": {"nodes": [slow]}}}]}}
+    resp = await nc.request(cluster.subjects.requests, json.dumps(body).encode(), timeout=10)
+    wf = json.loads(resp.data)["workflow_id"]
+    written = cluster.data_dir / "workspace" / "child.txt"
+    async with asyncio.timeout(20):
+        while not written.exists():  # noqa: ASYNC110  (another process writes it)
+            await asyncio.sleep(0.05)
+    cluster.procs["planner"].kill()  # kill -9, while the child's step sleeps
+    cluster.procs["planner"].wait()
+    cluster.start("planner-2", "planner")
+    log = JetStreamLog(nc, stream=cluster.spec, subjects=cluster.subjects)
+    async with asyncio.timeout(30):
+        async for r in log.follow(wf):
+            if isinstance(r, StoredEvent) and r.event.type in ("workflow_completed", "workflow_failed"):
+                break
+    parent = await log.read(wf)
+    child = await log.read(child_id(wf, "sub"))
+    state = fold(wf, parent)
+    assert state.status == "completed", state.failure
+    assert state.result["result"]["path"] == "child.txt"
+    assert [type(e.event.data) for e in parent].count(ChildRequested) == 1
+    assert [type(e.event.data) for e in parent].count(ChildCompleted) == 1
+    assert [type(e.event.data) for e in child].count(WorkflowRequested) == 1
+    assert [type(e.event.data) for e in child].count(WorkflowCompleted) == 1
+    assert written.read_text() == "once\n"
