@@ -459,6 +459,8 @@ class BranchTaken(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     why: str = ""
     checked: tuple[BranchChecked, ...] = ()
     skipped: tuple[str, ...] = ()
+
+
 class ChildRequested(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """The planner starts a child workflow for a task whose tool is ``workflow.run``
     (:mod:`cadre.planner.children`): ``child_id`` derives from the workflow, the task and its
