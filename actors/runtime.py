@@ -227,7 +227,9 @@ class _Replica:
             started = time.perf_counter()
             try:
                 try:
-                    work = tracing.handled(sys_.handle(self.spec, rec), kind, rec, m.headers)  # a span, when on
+                    work = tracing.handled(
+                        sys_.handle(self.spec, rec), kind, rec, m.headers, self.spec.pool
+                    )  # a span, when on
                     outcome = await self._with_keepalive(m, work)
                 finally:
                     sys_.handler_seconds(kind, etype).observe(time.perf_counter() - started)

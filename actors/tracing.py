@@ -220,16 +220,25 @@ async def _taken(
         return answer
 
 
-def handled(work: Awaitable[T], kind: str, rec: StoredEvent, headers: Mapping[str, str] | None) -> Awaitable[T]:
+def handled(
+    work: Awaitable[T], kind: str, rec: StoredEvent, headers: Mapping[str, str] | None, pool: str | None = None
+) -> Awaitable[T]:
     """``work`` (the run of ``kind``'s handler on ``rec``, and the storing of its outputs) in a span
-    continuing the trace the input carries, when tracing is on; else ``work`` itself."""
+    continuing the trace the input carries, when tracing is on; else ``work`` itself. ``pool``: the
+    spec's own consumer (an agent pool, the planner's children relay), named in the span so two
+    specs of one kind handling the same event give two spans told apart."""
     if _state is None:
         return work
-    return _handled(_state, work, kind, rec, headers)
+    return _handled(_state, work, kind, rec, headers, pool)
 
 
 async def _handled(
-    state: _Tracing, work: Awaitable[T], kind: str, rec: StoredEvent, headers: Mapping[str, str] | None
+    state: _Tracing,
+    work: Awaitable[T],
+    kind: str,
+    rec: StoredEvent,
+    headers: Mapping[str, str] | None,
+    pool: str | None,
 ) -> T:
     event = rec.event
     parent = state.parent(event.workflow_id, headers)
@@ -243,11 +252,16 @@ async def _handled(
         "cadre.event.type": event.type,
         "cadre.event.seq": rec.seq,
     }
+    if pool is not None:
+        attributes["cadre.actor.pool"] = pool
     pending: list[_ModelSpan] = []
     token = _model_spans.set(pending)
     try:
         with state.tracer.start_as_current_span(
-            f"{kind} {event.type}", context=parent, kind=SpanKind.CONSUMER, attributes=attributes
+            f"{kind} {event.type}" if pool is None else f"{kind}[{pool}] {event.type}",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            attributes=attributes,
         ) as span:
             if parent is None:
                 state.remember(event.workflow_id, span.get_span_context())
