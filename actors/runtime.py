@@ -53,6 +53,7 @@ from cadre.actors.clock import utc_now
 from cadre.actors.context import Context, Outside
 from cadre.actors.metrics import Metrics
 from cadre.actors.outcome import Defer, Outcome
+from cadre.actors.partitions import Leases, bucket_name, group_of
 from cadre.actors.state_cache import StateCache
 from cadre.actors.trust import Trust
 from cadre.bus.effects import (
@@ -107,6 +108,8 @@ class RuntimeOptions:
     state_release_after: float = 5.0  # seconds the state cache keeps a workflow after it ends
     state_max_workflows: int = 10_000  # workflows the state cache keeps at most
     state_recent_events: int = 2_000  # decoded events the state cache keeps for actors' inputs
+    partitions: int = 0  # workflows' partitions shared by processes through leases (0: none, every process all)
+    partition_lease_ttl: float = 6.0  # seconds a partition lease lasts unrenewed (a dead process's, at most)
 
 
 class Lifecycle(enum.Enum):
@@ -211,6 +214,9 @@ class _Replica:
         sys_, kind = self.system, self.spec.kind
         try:
             seq, delivered = delivery(m)
+            if not sys_.mine(m.subject):  # another process holds its partition: it goes there, undecoded
+                await sys_.settle(lambda: m.nak(delay=_ELSEWHERE_DELAY if delivered > 2 else 0), "nak")
+                return
             rec, checked = await sys_.input_record(seq, m.subject, m.data, m.headers)
             if delivered > 1:
                 sys_.metrics.redeliveries.labels(kind).inc()
@@ -295,6 +301,11 @@ class _DrainTimeout(Exception):
     pass
 
 
+# Seconds before an input of a partition this process does not hold is offered again, once it was
+# offered twice (no process may hold it for a moment, while a dead process's lease runs out).
+_ELSEWHERE_DELAY = 0.05
+
+
 def _consumer_trouble(exc: Exception) -> bool:
     """A fetch refused because of its consumer: gone (404), deleted or changed under it (409)."""
     return isinstance(exc, APIError) and exc.code in (404, 409)
@@ -330,6 +341,7 @@ class ActorSystem:
     trust: Trust = field(default_factory=Trust)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     lifecycle: Lifecycle = Lifecycle.CREATED
+    leases: Leases | None = None  # the partitions this process holds (None: no partitions, all of them)
     # Labelled metric children, looked up once each: prometheus_client's ``labels()`` validates
     # its arguments and takes a lock on every call (three calls per input cost about 3 % of a
     # busy process's CPU).
@@ -381,6 +393,13 @@ class ActorSystem:
         )
         await retrying(lambda: self.log.js.add_consumer(self.log.stream, cfg), "consumer create", self.log.retry)
 
+    def mine(self, subject: str) -> bool:
+        """Whether this process handles the input on ``subject`` (always, without partitions)."""
+        if self.leases is None:
+            return True
+        parsed = self.log.subjects.parse_event(subject)
+        return parsed is None or self.leases.owns(parsed[0])
+
     async def input_record(
         self, seq: int, subject: str, data: bytes, headers: dict[str, str] | None = None
     ) -> tuple[Record, Verdict | None]:
@@ -397,6 +416,7 @@ class ActorSystem:
                 if (known := self.cache.recent(seq)) is not None:
                     return known
         rec = await self.log.record(seq, subject, data, headers)
+        self.cache.decoded += 1
         return rec, verdict(rec, self.trust.keyring) if isinstance(rec, StoredEvent) else None
 
     async def handle(self, spec: ActorSpec, rec: StoredEvent) -> Outcome | None:
@@ -615,6 +635,18 @@ async def run_actors(
     system = ActorSystem(elog, outside, opts, metrics or Metrics.create(), cache, trust)
     for spec, _ in specs:
         await system.ensure_consumer(spec)
+    if opts.partitions > 0:
+        leases = Leases(
+            elog.js,
+            bucket=bucket_name(elog.subjects.prefix),
+            group=group_of(consumer_name("g", s.kind, s.pool)[2:] for s, _ in specs),
+            partitions=opts.partitions,
+            ttl=opts.partition_lease_ttl,
+            on_lost=lambda lost: cache.forget_where(lambda wf: not leases.owns(wf)),
+        )
+        await leases.start()
+        system.leases = leases
+        cache.owns = leases.owns
     await cache.start()
     body_error: Exception | None = None
     try:
@@ -637,5 +669,7 @@ async def run_actors(
     finally:
         system.lifecycle = Lifecycle.STOPPED
         await cache.stop()
+        if system.leases is not None:
+            await system.leases.stop()
     if body_error is not None:
         raise body_error

@@ -1,0 +1,218 @@
+"""Partitioned work: each workflow belongs to one of P partitions; each process holds leases on some.
+
+With ``partitions`` set (``CADRE_PARTITIONS``), a workflow's partition is a deterministic hash of
+its id (:func:`partition_of`). The processes that run the same actor kinds (a *group*, named by
+:func:`group_of`) share the partitions through leases in a JetStream KV bucket whose entries
+expire (the bucket's TTL, ``CADRE_PARTITION_LEASE_TTL_S``):
+
+* every process writes a membership key ``<group>.m.<owner>`` each tick (a third of the TTL);
+* it renews its partition keys ``<group>.p<n>`` (compare-and-set on the revision it holds: a lease
+  that expired and was taken by another is lost, never stolen back);
+* it aims at ``ceil(P / members)`` partitions (:func:`rebalance`): it claims free ones (create:
+  only if no one holds the key) and hands back those over its share (delete), so a new process
+  gets its share at the next tick, and a process that dies (kill -9) loses its leases when they
+  expire; another claims them then. A process that stops hands its leases back at once.
+
+The leases route work; they are not what keeps it exactly-once. Actors of several processes may
+always race on a workflow (during a takeover, for a tick): the appends' expected sequence and the
+outputs' derived ids keep that safe, as without partitions. A process handles the inputs of the
+partitions it holds; its state cache follows (decodes) only those workflows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import math
+import secrets
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import nats.errors
+from nats.js import JetStreamContext
+from nats.js.errors import (
+    BadRequestError,
+    BucketNotFoundError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NoKeysError,
+)
+from nats.js.kv import KeyValue
+
+log = logging.getLogger("cadre.partitions")
+
+__all__ = ["Leases", "PartitionPlan", "bucket_name", "group_of", "partition_of", "rebalance"]
+
+
+def partition_of(workflow_id: str, partitions: int) -> int:
+    """The partition of a workflow: the same in every process, language and run (blake2b, not ``hash``)."""
+    digest = hashlib.blake2b(workflow_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % partitions
+
+
+def group_of(consumers: Iterable[str]) -> str:
+    """The lease group of a process: the actor consumers it runs (processes that run the same kinds
+    share partitions; a kind run by two groups is covered by each). A valid KV key token."""
+    return "-".join(sorted(set(consumers))) or "none"
+
+
+def bucket_name(prefix: str) -> str:
+    """The lease bucket of a subject prefix."""
+    return f"{prefix.replace('.', '_')}_partitions"
+
+
+@dataclass(frozen=True)
+class PartitionPlan:
+    """What one tick does: the free partitions to claim and the held ones to hand back."""
+
+    claim: tuple[int, ...]
+    release: tuple[int, ...]
+
+
+def rebalance(partitions: int, held: frozenset[int], taken: frozenset[int], members: int) -> PartitionPlan:
+    """Move towards an even share: ``ceil(partitions / members)`` each.
+
+    ``held``: the partitions this process holds; ``taken``: those others hold; ``members``: the live
+    processes of the group, this one included. Claims the lowest free partitions up to the share;
+    hands back the highest held ones over it."""
+    share = math.ceil(partitions / max(1, members))
+    if len(held) > share:
+        return PartitionPlan(claim=(), release=tuple(sorted(held)[share:]))
+    free = [p for p in range(partitions) if p not in held and p not in taken]
+    return PartitionPlan(claim=tuple(free[: share - len(held)]), release=())
+
+
+class Leases:
+    """The partitions this process holds, kept through a KV bucket (see the module doc)."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        *,
+        bucket: str,
+        group: str,
+        partitions: int,
+        ttl: float,
+        on_lost: Callable[[frozenset[int]], None] | None = None,
+    ) -> None:
+        if partitions < 1:
+            raise ValueError("partitions must be at least 1")
+        self._js = js
+        self._bucket = bucket
+        self.group = group
+        self.partitions = partitions
+        self.ttl = ttl
+        self.owner = secrets.token_hex(6)
+        self._on_lost = on_lost
+        self._kv: KeyValue | None = None
+        self._revs: dict[int, int] = {}  # held partition -> revision of our lease
+        self._held: frozenset[int] = frozenset()
+        self._task: asyncio.Task[None] | None = None
+        self.changed = asyncio.Event()  # set whenever ``held`` changes
+
+    @property
+    def held(self) -> frozenset[int]:
+        return self._held
+
+    def owns(self, workflow_id: str) -> bool:
+        """Whether this process holds the workflow's partition now."""
+        return partition_of(workflow_id, self.partitions) in self._held
+
+    def _key(self, p: int) -> str:
+        return f"{self.group}.p{p}"
+
+    async def start(self) -> None:
+        """Open the bucket, take a first share, and keep the leases from then on."""
+        try:
+            self._kv = await self._js.create_key_value(bucket=self._bucket, history=1, ttl=self.ttl)
+        except BadRequestError:  # exists with another TTL (another setting): use it as it is
+            self._kv = await self._js.key_value(self._bucket)
+            log.warning("lease bucket %s exists with another configuration; using it as it is", self._bucket)
+        await self.tick()
+        self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        """Stop renewing and hand every lease back (another process claims them at its next tick)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._kv is None:
+            return
+        with contextlib.suppress(Exception):
+            for p, rev in list(self._revs.items()):
+                await self._kv.delete(self._key(p), last=rev)
+            await self._kv.delete(f"{self.group}.m.{self.owner}")
+        self._revs.clear()
+        self._set_held()
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.ttl / 3)
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # an outage: keep what we hold until it expires; try again next tick
+                log.warning("partition leases of %s: %r", self.group, exc)
+
+    async def _members_and_taken(self) -> tuple[int, frozenset[int]]:
+        assert self._kv is not None
+        try:
+            keys = await self._kv.keys()
+        except NoKeysError:
+            keys = []
+        members, taken = 0, set()
+        mine = f"{self.group}.p"
+        for k in keys:
+            if k.startswith(f"{self.group}.m."):
+                members += 1
+            elif k.startswith(mine) and k[len(mine) :].isdigit():
+                p = int(k[len(mine) :])
+                if p not in self._revs:
+                    taken.add(p)
+        return members, frozenset(taken)
+
+    async def tick(self) -> None:
+        """Renew, then claim or hand back towards the even share."""
+        kv = self._kv
+        assert kv is not None
+        await kv.put(f"{self.group}.m.{self.owner}", self.owner.encode())
+        for p, rev in list(self._revs.items()):
+            try:
+                self._revs[p] = await kv.update(self._key(p), self.owner.encode(), last=rev)
+            except KeyWrongLastSequenceError:  # it expired and someone else holds it now
+                log.warning("partition %d of %s was lost (its lease expired)", p, self.group)
+                del self._revs[p]
+        members, taken = await self._members_and_taken()
+        plan = rebalance(self.partitions, frozenset(self._revs), taken, max(1, members))
+        for p in plan.release:
+            rev = self._revs.pop(p)
+            with contextlib.suppress(KeyWrongLastSequenceError, KeyNotFoundError):
+                await kv.delete(self._key(p), last=rev)
+        for p in plan.claim:
+            with contextlib.suppress(KeyWrongLastSequenceError, nats.errors.TimeoutError):  # claimed first elsewhere
+                self._revs[p] = await kv.create(self._key(p), self.owner.encode())
+        self._set_held()
+
+    def _set_held(self) -> None:
+        held = frozenset(self._revs)
+        if held != self._held:
+            lost = self._held - held
+            log.info("%s holds partitions %s of %d", self.group, sorted(held), self.partitions)
+            self._held = held
+            self.changed.set()
+            if lost and self._on_lost is not None:
+                self._on_lost(lost)
+
+
+async def bucket_exists(js: JetStreamContext, bucket: str) -> bool:
+    """Whether the lease bucket exists (for tools that read who holds what)."""
+    try:
+        await js.key_value(bucket)
+    except BucketNotFoundError:
+        return False
+    return True

@@ -1,0 +1,114 @@
+"""Partitioned work (actors.partitions): the hash, the share, the leases on a real server, and two
+actor systems that split the workflows between them (each decodes and handles only its own)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections import Counter
+from collections.abc import Callable
+
+from nats.aio.client import Client as NATS
+
+from cadre.actors.context import Context, Outside
+from cadre.actors.outcome import Outcome
+from cadre.actors.partitions import Leases, bucket_name, group_of, partition_of, rebalance
+from cadre.actors.runtime import ActorSpec, run_actors
+from cadre.bus.events import WorkflowCompleted, WorkflowRequested
+from cadre.store import JetStreamLog, StoredEvent
+from cadre.store.state import WorkflowState
+from tests.conftest import requested, unique
+from tests.test_runtime import FAST, wait_for_type
+
+
+def test_a_workflow_has_one_partition_everywhere() -> None:
+    assert partition_of("wf-1", 8) == partition_of("wf-1", 8)
+    assert partition_of("wf-1", 1) == 0
+    # Pinned: the hash must not change between versions, or a rolling upgrade splits a workflow.
+    assert [partition_of(f"wf-{i}", 1024) for i in range(4)] == [729, 632, 464, 344]
+    spread = Counter(partition_of(f"wf-{i}", 4) for i in range(4000))
+    assert set(spread) == {0, 1, 2, 3}
+    assert min(spread.values()) > 800  # about 1000 each
+
+
+def test_the_share_is_even_and_claims_only_free_partitions() -> None:
+    alone = rebalance(8, frozenset(), frozenset(), members=1)
+    assert alone.claim == tuple(range(8))
+    assert alone.release == ()
+    # A second member joined: the first hands back the top half; the second claims nothing yet.
+    first = rebalance(8, frozenset(range(8)), frozenset(), members=2)
+    assert first.release == (4, 5, 6, 7)
+    assert first.claim == ()
+    second = rebalance(8, frozenset(), frozenset(range(8)), members=2)
+    assert second.claim == ()
+    assert second.release == ()
+    # Once handed back, the second claims them.
+    assert rebalance(8, frozenset(), frozenset(range(4)), members=2).claim == (4, 5, 6, 7)
+    # Three members, 8 partitions: shares of 3, 3 and 2 cover them all.
+    assert rebalance(8, frozenset({0, 1, 2}), frozenset({3, 4, 5, 6}), members=3).claim == ()
+    assert rebalance(8, frozenset(), frozenset(range(6)), members=3).claim == (6, 7)
+    assert group_of(["planner", "agent", "planner"]) == "agent-planner"
+
+
+async def _wait(cond: Callable[[], bool], within: float) -> None:
+    async with asyncio.timeout(within):
+        while not cond():  # noqa: ASYNC110 (leases move on timers: nothing to await on)
+            await asyncio.sleep(0.05)
+
+
+async def test_leases_split_and_a_dead_holders_move_to_the_living(nc: NATS) -> None:
+    bucket = bucket_name(unique("lease"))
+    a = Leases(nc.jetstream(), bucket=bucket, group="agent", partitions=8, ttl=0.9)
+    b = Leases(nc.jetstream(), bucket=bucket, group="agent", partitions=8, ttl=0.9)
+    await a.start()
+    assert a.held == frozenset(range(8))
+    await b.start()
+    try:
+        await _wait(lambda: len(a.held) == 4 and len(b.held) == 4, 5)
+        assert a.held | b.held == frozenset(range(8))
+        assert not a.held & b.held
+        # a dies (no hand-back, as under kill -9): its leases expire and b takes them.
+        assert a._task is not None
+        a._task.cancel()
+        await _wait(lambda: b.held == frozenset(range(8)), 5)
+    finally:
+        await b.stop()
+        a._kv = None  # dead: nothing to hand back
+        await a.stop()
+    await nc.jetstream().delete_key_value(bucket)
+
+
+async def test_two_systems_split_the_workflows_and_handle_each_once(log: JetStreamLog) -> None:
+    handled: dict[str, list[str]] = {"x": [], "y": []}
+
+    def finisher(tag: str) -> ActorSpec:
+        async def complete(ctx: Context, rec: StoredEvent, state: WorkflowState) -> Outcome:
+            handled[tag].append(rec.event.workflow_id)
+            return [WorkflowCompleted(result=tag)]
+
+        return ActorSpec(kind="finisher", handles=frozenset({WorkflowRequested.TYPE}), handler=complete)
+
+    options = dataclasses.replace(FAST, partitions=4, partition_lease_ttl=0.9)
+    async with run_actors(log, [(finisher("x"), 1)], outside=Outside(), options=options) as x:
+        async with run_actors(log, [(finisher("y"), 1)], outside=Outside(), options=options) as y:
+            assert x.leases is not None
+            assert y.leases is not None
+            xl, yl = x.leases, y.leases
+            await _wait(lambda: len(xl.held) == 2 and len(yl.held) == 2, 5)
+            decoded = (x.cache.decoded, y.cache.decoded)
+            wfs = [f"wf{i}" for i in range(24)]
+            for wf in wfs:
+                await log.append(wf, [requested(wf)], expected_seq=0)
+            for wf in wfs:
+                await wait_for_type(log, wf, WorkflowCompleted.TYPE)
+            assert sorted(handled["x"] + handled["y"]) == sorted(wfs)  # each once
+            assert all(xl.owns(wf) for wf in handled["x"])
+            assert all(yl.owns(wf) for wf in handled["y"])
+            # Each decoded only its own workflows' events (2 a workflow), not the other's.
+            assert x.cache.decoded - decoded[0] == 2 * len(handled["x"])
+            assert y.cache.decoded - decoded[1] == 2 * len(handled["y"])
+        # y stopped and handed its leases back: x holds all four at its next tick.
+        await _wait(lambda: len(xl.held) == 4, 5)
+        await log.append("late", [requested("late")], expected_seq=0)
+        await wait_for_type(log, "late", WorkflowCompleted.TYPE)
+        assert handled["x"][-1] == "late"
