@@ -7,14 +7,23 @@ import asyncio
 import dataclasses
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
+import nats
+import nats.errors
+import nats.js.errors
+import pytest
 from nats.aio.client import Client as NATS
 
 from cadre.actors.context import Context, Outside
 from cadre.actors.outcome import Outcome
 from cadre.actors.partitions import Leases, bucket_name, group_of, partition_of, rebalance
 from cadre.actors.runtime import ActorSpec, run_actors
+from cadre.auth_cli import bootstrap, prepare_embedded
+from cadre.bus.auth import AuthNames, creds_path
+from cadre.bus.embedded import start_embedded
 from cadre.bus.events import WorkflowCompleted, WorkflowRequested
+from cadre.settings import Settings
 from cadre.store import JetStreamLog, StoredEvent
 from cadre.store.state import WorkflowState
 from tests.conftest import requested, unique
@@ -112,3 +121,37 @@ async def test_two_systems_split_the_workflows_and_handle_each_once(log: JetStre
         await log.append("late", [requested("late")], expected_seq=0)
         await wait_for_type(log, "late", WorkflowCompleted.TYPE)
         assert handled["x"][-1] == "late"
+
+
+async def test_an_actor_role_keeps_its_leases_under_least_privilege(tmp_path: Path) -> None:
+    """With NATS authorization on, an actor's credentials reach the lease bucket (created if missing);
+    a client's do not."""
+    settings = Settings.load(data_dir=tmp_path / "data")
+    server = start_embedded(settings.data_dir, config=prepare_embedded(settings))
+    try:
+        await bootstrap(settings, server.url, settings.auth_dir)
+        assert bucket_name(settings.subject_prefix) == AuthNames(prefix=settings.subject_prefix).lease_bucket
+        agent = await nats.connect(server.url, user_credentials=str(creds_path(settings.auth_dir, "agent")))
+        client = await nats.connect(server.url, user_credentials=str(creds_path(settings.auth_dir, "client")))
+        try:
+            leases = Leases(
+                agent.jetstream(), bucket=bucket_name(settings.subject_prefix), group="agent", partitions=4, ttl=3
+            )
+            await leases.start()
+            assert leases.held == frozenset(range(4))
+            await leases.stop()
+            assert leases.held == frozenset()
+            other = Leases(
+                client.jetstream(timeout=0.5),
+                bucket=bucket_name(settings.subject_prefix),
+                group="agent",
+                partitions=4,
+                ttl=3,
+            )
+            with pytest.raises((nats.errors.TimeoutError, nats.js.errors.APIError)):
+                await other.start()
+        finally:
+            await agent.close()
+            await client.close()
+    finally:
+        server.stop()
