@@ -215,6 +215,7 @@ class _Replica:
         try:
             seq, delivered = delivery(m)
             if not sys_.mine(m.subject):  # another process holds its partition: it goes there, undecoded
+                sys_.handed_on += 1
                 await sys_.settle(lambda: m.nak(delay=_ELSEWHERE_DELAY if delivered > 2 else 0), "nak")
                 return
             rec, checked = await sys_.input_record(seq, m.subject, m.data, m.headers)
@@ -342,6 +343,7 @@ class ActorSystem:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     lifecycle: Lifecycle = Lifecycle.CREATED
     leases: Leases | None = None  # the partitions this process holds (None: no partitions, all of them)
+    handed_on: int = 0  # inputs offered here of partitions another process holds (naked, undecoded)
     # Labelled metric children, looked up once each: prometheus_client's ``labels()`` validates
     # its arguments and takes a lock on every call (three calls per input cost about 3 % of a
     # busy process's CPU).
