@@ -216,7 +216,7 @@ class _Replica:
             seq, delivered = delivery(m)
             if not sys_.mine(m.subject):  # another process holds its partition: it goes there, undecoded
                 sys_.handed_on += 1
-                await sys_.settle(lambda: m.nak(delay=_ELSEWHERE_DELAY if delivered > 2 else 0), "nak")
+                await sys_.settle(lambda: m.nak(delay=elsewhere_delay(delivered)), "nak")
                 return
             rec, checked = await sys_.input_record(seq, m.subject, m.data, m.headers)
             if delivered > 1:
@@ -240,7 +240,7 @@ class _Replica:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if delivered >= sys_.options.max_attempts:
+                if sys_.attempts_spent(seq, delivered):
                     log.error("%s: giving up on %s #%d after %d attempts: %r", self.name, etype, seq, delivered, exc)
                     await sys_.dead_letter(kind, rec, delivered, exc)
                     await sys_.settle(m.term, "term")
@@ -302,9 +302,12 @@ class _DrainTimeout(Exception):
     pass
 
 
-# Seconds before an input of a partition this process does not hold is offered again, once it was
-# offered twice (no process may hold it for a moment, while a dead process's lease runs out).
-_ELSEWHERE_DELAY = 0.05
+def elsewhere_delay(delivered: int) -> float:
+    """Seconds before an input of a partition this process does not hold is offered again: at once
+    the first time, then longer each time (up to 0.2 s), so that a process with free slots does not
+    spin on inputs while their partition's holder is busy, or while no process holds it (a dead
+    process's lease running out)."""
+    return 0.0 if delivered <= 1 else min(0.2, 0.01 * 2 ** (delivered - 2))
 
 
 def _consumer_trouble(exc: Exception) -> bool:
@@ -350,6 +353,7 @@ class ActorSystem:
     _latency: dict[tuple[str, str], Histogram] = field(default_factory=dict, repr=False)
     _handled: dict[tuple[str, str, str], Counter] = field(default_factory=dict, repr=False)
     _logs: dict[str, JetStreamLog] = field(default_factory=dict, repr=False)
+    _failures: dict[int, int] = field(default_factory=dict, repr=False)  # with partitions: failures by input seq
 
     def log_for(self, kind: str) -> JetStreamLog:
         """The log as ``kind`` writes to it: every event it appends is signed with its role's key."""
@@ -394,6 +398,23 @@ class ActorSystem:
             deliver_policy=api.DeliverPolicy.ALL,
         )
         await retrying(lambda: self.log.js.add_consumer(self.log.stream, cfg), "consumer create", self.log.retry)
+
+    def attempts_spent(self, seq: int, delivered: int) -> bool:
+        """Whether a failed input has had its ``max_attempts`` (then it is dead-lettered).
+
+        Without partitions, JetStream's delivery count. With them, deliveries also count the times
+        the input was handed on to its partition's holder, so the handler's failures here are
+        counted (and a cap of 4x the deliveries holds after a restart, which forgets them)."""
+        limit = self.options.max_attempts
+        if self.leases is None:
+            return delivered >= limit
+        failed = self._failures.pop(seq, 0) + 1
+        if failed >= limit or delivered >= 4 * limit:
+            return True
+        self._failures[seq] = failed
+        if len(self._failures) > 10_000:
+            self._failures.pop(next(iter(self._failures)))
+        return False
 
     def mine(self, subject: str) -> bool:
         """Whether this process handles the input on ``subject`` (always, without partitions)."""

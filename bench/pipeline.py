@@ -201,6 +201,9 @@ class CadreSide:
         # each per workflow.
         self.events: dict[str, list[float]] = {}
         self.conflicts: dict[str, list[float]] = {}
+        # CPU seconds of this process (actors, client, nats-py) per workflow: steadier than wall
+        # time on a shared machine.
+        self.cpu: dict[str, list[float]] = {}
 
     async def start(self) -> None:
         subjects = self.settings.subjects
@@ -252,7 +255,9 @@ class CadreSide:
                 raise RuntimeError(f"intake replied {reply!r} to request {keys[i]}")
 
         before, conflicts = await self.stream_messages(), counter_total(self.metrics, "cadre_conflicts")
+        cpu = time.process_time()
         result = await self.driver.run(ids, submit, concurrency, run_timeout(n))
+        self.cpu.setdefault(plan, []).append((time.process_time() - cpu) / n)
         self.events.setdefault(plan, []).append((await self.stream_messages() - before) / n)
         self.conflicts.setdefault(plan, []).append((counter_total(self.metrics, "cadre_conflicts") - conflicts) / n)
         return result
@@ -460,6 +465,7 @@ async def main(args: argparse.Namespace, url: str, data_dir: Path) -> dict[str, 
                         raw.pad_to(round(dag_bytes))
                         await raw.run("w", warm, args.concurrency)
                         cadre.events.clear()
+                        cadre.cpu.clear()
                         cadre.conflicts.clear()
                         redeliveries = counter_total(metrics, "cadre_redeliveries")
                         runs = await measure(args, cadre, raw, profile)
@@ -502,6 +508,7 @@ async def main(args: argparse.Namespace, url: str, data_dir: Path) -> dict[str, 
             "event_types": dag_types,
             "event_bytes_avg": round(dag_bytes),
             "conflicts_per_workflow": round(median(cadre.conflicts["dag"]), 2),
+            "cpu_ms_per_workflow": round(median(cadre.cpu["dag"]) * 1000, 2),
             "redeliveries": round(redeliveries),
             "cadre": result,
             "raw": {

@@ -18,11 +18,11 @@ from nats.aio.client import Client as NATS
 from cadre.actors.context import Context, Outside
 from cadre.actors.outcome import Outcome
 from cadre.actors.partitions import Leases, bucket_name, group_of, partition_of, rebalance
-from cadre.actors.runtime import ActorSpec, run_actors
+from cadre.actors.runtime import ActorSpec, elsewhere_delay, run_actors
 from cadre.auth_cli import bootstrap, prepare_embedded
 from cadre.bus.auth import AuthNames, creds_path
 from cadre.bus.embedded import start_embedded
-from cadre.bus.events import WorkflowCompleted, WorkflowRequested
+from cadre.bus.events import HandlerFailed, WorkflowCompleted, WorkflowRequested
 from cadre.settings import Settings
 from cadre.store import JetStreamLog, StoredEvent
 from cadre.store.state import WorkflowState
@@ -113,9 +113,10 @@ async def test_two_systems_split_the_workflows_and_handle_each_once(log: JetStre
             assert sorted(handled["x"] + handled["y"]) == sorted(wfs)  # each once
             assert all(xl.owns(wf) for wf in handled["x"])
             assert all(yl.owns(wf) for wf in handled["y"])
-            # Each decoded only its own workflows' events (2 a workflow), not the other's.
-            assert x.cache.decoded - decoded[0] == 2 * len(handled["x"])
-            assert y.cache.decoded - decoded[1] == 2 * len(handled["y"])
+            # Each decoded its own workflows' events (2 a workflow), not the other's (48 in all): a few
+            # more only if a state was read from the log (the feed late under load).
+            for system, tag, before in ((x, "x", decoded[0]), (y, "y", decoded[1])):
+                assert 2 * len(handled[tag]) <= system.cache.decoded - before <= 2 * len(handled[tag]) + 6
         # y stopped and handed its leases back: x holds all four at its next tick.
         await _wait(lambda: len(xl.held) == 4, 5)
         await log.append("late", [requested("late")], expected_seq=0)
@@ -155,3 +156,26 @@ async def test_an_actor_role_keeps_its_leases_under_least_privilege(tmp_path: Pa
             await client.close()
     finally:
         server.stop()
+
+
+def test_an_input_handed_on_waits_longer_each_time() -> None:
+    assert [elsewhere_delay(d) for d in (1, 2, 3, 4)] == [0.0, 0.01, 0.02, 0.04]
+    assert elsewhere_delay(30) == 0.2
+
+
+async def test_with_partitions_a_failing_input_is_dead_lettered_after_its_attempts(log: JetStreamLog) -> None:
+    calls: list[str] = []
+
+    async def broken(ctx: Context, rec: StoredEvent, state: WorkflowState) -> Outcome:
+        calls.append(rec.event.workflow_id)
+        raise RuntimeError("boom")
+
+    spec = ActorSpec(kind="finisher", handles=frozenset({WorkflowRequested.TYPE}), handler=broken)
+    options = dataclasses.replace(FAST, partitions=2, partition_lease_ttl=3)
+    async with run_actors(log, [(spec, 1)], outside=Outside(), options=options):
+        await log.append("wf", [requested("wf")], expected_seq=0)
+        events = await wait_for_type(log, "wf", HandlerFailed.TYPE)
+    assert calls == ["wf"] * FAST.max_attempts
+    dead = events[-1].event.data
+    assert isinstance(dead, HandlerFailed)
+    assert dead.attempts == FAST.max_attempts
