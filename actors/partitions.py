@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import nats.errors
+import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.errors import (
     BadRequestError,
@@ -177,26 +178,57 @@ class Leases:
         return members, frozenset(taken)
 
     async def tick(self) -> None:
-        """Renew, then claim or hand back towards the even share."""
+        """Renew, then claim or hand back towards the even share.
+
+        The renewals go out together (one round trip), first: a process whose loop is busy (tools
+        that use its CPU) still renews well within the TTL."""
         kv = self._kv
         assert kv is not None
-        await kv.put(f"{self.group}.m.{self.owner}", self.owner.encode())
-        for p, rev in list(self._revs.items()):
-            try:
-                self._revs[p] = await kv.update(self._key(p), self.owner.encode(), last=rev)
-            except KeyWrongLastSequenceError:  # it expired and someone else holds it now
-                log.warning("partition %d of %s was lost (its lease expired)", p, self.group)
-                del self._revs[p]
+        held = list(self._revs.items())
+        renewed = await asyncio.gather(
+            kv.put(f"{self.group}.m.{self.owner}", self.owner.encode()),
+            *(kv.update(self._key(p), self.owner.encode(), last=rev) for p, rev in held),
+            return_exceptions=True,
+        )
+        failed: BaseException | None = renewed[0] if isinstance(renewed[0], BaseException) else None
+        for (p, _), rev in zip(held, renewed[1:], strict=True):
+            if isinstance(rev, int):
+                self._revs[p] = rev
+            elif isinstance(rev, KeyWrongLastSequenceError):
+                await self._lost_or_ours(p)
+            else:  # an outage: keep the lease until it expires (a late reply may have renewed it: see above)
+                failed = failed or rev
+        if failed is not None:
+            raise failed
         members, taken = await self._members_and_taken()
         plan = rebalance(self.partitions, frozenset(self._revs), taken, max(1, members))
         for p in plan.release:
             rev = self._revs.pop(p)
             with contextlib.suppress(KeyWrongLastSequenceError, KeyNotFoundError):
                 await kv.delete(self._key(p), last=rev)
-        for p in plan.claim:
-            with contextlib.suppress(KeyWrongLastSequenceError, nats.errors.TimeoutError):  # claimed first elsewhere
-                self._revs[p] = await kv.create(self._key(p), self.owner.encode())
+        claimed = await asyncio.gather(
+            *(kv.create(self._key(p), self.owner.encode()) for p in plan.claim), return_exceptions=True
+        )
+        for p, rev in zip(plan.claim, claimed, strict=True):
+            if isinstance(rev, int):
+                self._revs[p] = rev
+            elif not isinstance(rev, (KeyWrongLastSequenceError, nats.errors.TimeoutError)):  # else: claimed elsewhere
+                raise rev
         self._set_held()
+
+    async def _lost_or_ours(self, p: int) -> None:
+        """A renewal was refused: the lease expired and another holds it, or a renewal whose reply
+        was lost did go through (then the lease is still ours, at its newer revision)."""
+        assert self._kv is not None
+        try:
+            entry = await self._kv.get(self._key(p))
+        except (KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            entry = None
+        if entry is not None and entry.value == self.owner.encode() and entry.revision is not None:
+            self._revs[p] = entry.revision
+            return
+        log.warning("partition %d of %s was lost (its lease expired)", p, self.group)
+        del self._revs[p]
 
     def _set_held(self) -> None:
         held = frozenset(self._revs)
