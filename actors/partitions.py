@@ -151,10 +151,21 @@ class Leases:
         self._set_held()
 
     async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
+            due = loop.time() + self.ttl / 3
             await asyncio.sleep(self.ttl / 3)
             try:
                 await self.tick()
+                late = loop.time() - due
+                if late > self.ttl / 3:
+                    log.warning(
+                        "partition leases of %s renewed %.1f s late (TTL %.1f s): the event loop is held "
+                        "(a tool using the CPU in it?); raise the lease TTL or run such tools in a thread",
+                        self.group,
+                        late,
+                        self.ttl,
+                    )
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # an outage: keep what we hold until it expires; try again next tick

@@ -59,7 +59,7 @@ def plan(rounds: int) -> dict[str, Any]:
     }
 
 
-def settings_for(url: str, data_dir: Path, prefix: str, partitions: int) -> Settings:
+def settings_for(url: str, data_dir: Path, prefix: str, partitions: int, lease_ttl: float = 10.0) -> Settings:
     return Settings(
         nats_url=url,
         data_dir=data_dir,
@@ -69,7 +69,7 @@ def settings_for(url: str, data_dir: Path, prefix: str, partitions: int) -> Sett
         tool_modules=["_cpu_tools"],
         actor_drain_timeout_s=5.0,
         partitions=partitions,
-        partition_lease_ttl_s=3.0,
+        partition_lease_ttl_s=lease_ttl,
     )
 
 
@@ -78,7 +78,7 @@ def settings_for(url: str, data_dir: Path, prefix: str, partitions: int) -> Sett
 
 async def worker(args: argparse.Namespace) -> None:
     """Run the agents until SIGTERM; then print what the process decoded and handed on."""
-    settings = settings_for(args.nats, Path(args.data_dir), args.prefix, args.partitions)
+    settings = settings_for(args.nats, Path(args.data_dir), args.prefix, args.partitions, args.lease_ttl)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     async with open_bus(settings, name="bench-agent") as bus, run_system(bus, settings, ["agent"]) as system:
@@ -93,8 +93,16 @@ async def worker(args: argparse.Namespace) -> None:
 
 
 class Agents:
-    def __init__(self, url: str, data_dir: Path, prefix: str, partitions: int, n: int) -> None:
-        self.cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--nats", url]
+    def __init__(self, url: str, data_dir: Path, prefix: str, partitions: int, n: int, lease_ttl: float) -> None:
+        self.cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--worker",
+            "--nats",
+            url,
+            "--lease-ttl",
+            str(lease_ttl),
+        ]
         self.cmd += ["--data-dir", str(data_dir), "--prefix", prefix, "--partitions", str(partitions)]
         self.n = n
         self.procs: list[subprocess.Popen[str]] = []
@@ -151,7 +159,7 @@ async def run_config(args: argparse.Namespace, url: str, data_dir: Path, n: int,
     prefix = f"part{secrets.token_hex(3)}"
     settings = settings_for(url, data_dir, prefix, 0)
     client = await connect(ConnectOptions(url=url, name="bench-client"))
-    agents = Agents(url, data_dir, prefix, partitions, n)
+    agents = Agents(url, data_dir, prefix, partitions, n, args.lease_ttl)
     done: dict[str, asyncio.Future[float]] = {}
     submitted = 0
     try:
@@ -250,6 +258,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=30_000, help="hash rounds per step (about 10 ms of CPU)")
+    ap.add_argument(
+        "--lease-ttl",
+        type=float,
+        default=10.0,
+        help="partition lease TTL, s (the CPU-bound steps hold an agent's loop for seconds at a time)",
+    )
     ap.add_argument("--nats", metavar="URL", help="use this server instead of an embedded one")
     ap.add_argument("--data-dir", help="data dir (keys, workspace); default: a fresh temp dir")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
