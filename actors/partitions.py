@@ -35,7 +35,6 @@ import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.errors import (
     BadRequestError,
-    BucketNotFoundError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
     NoKeysError,
@@ -111,7 +110,6 @@ class Leases:
         self._revs: dict[int, int] = {}  # held partition -> revision of our lease
         self._held: frozenset[int] = frozenset()
         self._task: asyncio.Task[None] | None = None
-        self.changed = asyncio.Event()  # set whenever ``held`` changes
 
     @property
     def held(self) -> frozenset[int]:
@@ -128,9 +126,12 @@ class Leases:
         """Open the bucket, take a first share, and keep the leases from then on."""
         try:
             self._kv = await self._js.create_key_value(bucket=self._bucket, history=1, ttl=self.ttl)
-        except BadRequestError:  # exists with another TTL (another setting): use it as it is
+        except BadRequestError:  # exists with another TTL (another setting): use it, and renew at its pace
             self._kv = await self._js.key_value(self._bucket)
-            log.warning("lease bucket %s exists with another configuration; using it as it is", self._bucket)
+            info = await self._js.stream_info(f"KV_{self._bucket}")
+            ttl = info.config.max_age or self.ttl
+            log.warning("lease bucket %s has a TTL of %.1f s (not %.1f s); using it", self._bucket, ttl, self.ttl)
+            self.ttl = ttl
         await self.tick()
         self._task = asyncio.create_task(self._loop())
 
@@ -247,15 +248,5 @@ class Leases:
             lost = self._held - held
             log.info("%s holds partitions %s of %d", self.group, sorted(held), self.partitions)
             self._held = held
-            self.changed.set()
             if lost and self._on_lost is not None:
                 self._on_lost(lost)
-
-
-async def bucket_exists(js: JetStreamContext, bucket: str) -> bool:
-    """Whether the lease bucket exists (for tools that read who holds what)."""
-    try:
-        await js.key_value(bucket)
-    except BucketNotFoundError:
-        return False
-    return True

@@ -179,3 +179,17 @@ async def test_with_partitions_a_failing_input_is_dead_lettered_after_its_attemp
     dead = events[-1].event.data
     assert isinstance(dead, HandlerFailed)
     assert dead.attempts == FAST.max_attempts
+
+
+async def test_a_process_with_another_ttl_renews_at_the_buckets_pace(nc: NATS) -> None:
+    bucket = bucket_name(unique("lease"))
+    first = Leases(nc.jetstream(), bucket=bucket, group="agent", partitions=2, ttl=1.2)
+    later = Leases(nc.jetstream(), bucket=bucket, group="agent", partitions=2, ttl=30)
+    await first.start()
+    await later.start()
+    try:
+        assert later.ttl == 1.2  # renewing every 10 s, its leases would expire every 1.2 s
+    finally:
+        await later.stop()
+        await first.stop()
+    await nc.jetstream().delete_key_value(bucket)
