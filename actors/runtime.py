@@ -26,6 +26,10 @@ ends a replica: its fetch loop backs off (:mod:`bus.retry`) and fetches again, r
 durable consumer if it vanished; appends, reads and acks retry the same way.
 Structured concurrency: replicas run in a TaskGroup owned by :func:`run_actors`; entering it
 returns once every consumer exists and every replica is fetching; leaving it drains.
+
+With ``partitions`` (:mod:`actors.partitions`) the process holds leases on some partitions of the
+workflows: its state cache follows only those, and its replicas nak the inputs of the others
+undecoded, so that JetStream offers them to the process that holds their partition.
 """
 
 from __future__ import annotations
@@ -670,7 +674,12 @@ async def run_actors(
         await leases.start()
         system.leases = leases
         cache.owns = leases.owns
-    await cache.start()
+    try:
+        await cache.start()
+    except BaseException:
+        if system.leases is not None:
+            await system.leases.stop()
+        raise
     body_error: Exception | None = None
     try:
         async with asyncio.TaskGroup() as tg:
