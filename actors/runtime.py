@@ -26,6 +26,10 @@ ends a replica: its fetch loop backs off (:mod:`bus.retry`) and fetches again, r
 durable consumer if it vanished; appends, reads and acks retry the same way.
 Structured concurrency: replicas run in a TaskGroup owned by :func:`run_actors`; entering it
 returns once every consumer exists and every replica is fetching; leaving it drains.
+
+With ``partitions`` (:mod:`actors.partitions`) the process holds leases on some partitions of the
+workflows: its state cache follows only those, and its replicas nak the inputs of the others
+undecoded, so that JetStream offers them to the process that holds their partition.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ from cadre.actors.clock import utc_now
 from cadre.actors.context import Context, Outside
 from cadre.actors.metrics import Metrics
 from cadre.actors.outcome import Defer, Outcome
+from cadre.actors.partitions import Leases, bucket_name, group_of
 from cadre.actors.state_cache import StateCache
 from cadre.actors.trust import Trust
 from cadre.bus.effects import (
@@ -107,6 +112,8 @@ class RuntimeOptions:
     state_release_after: float = 5.0  # seconds the state cache keeps a workflow after it ends
     state_max_workflows: int = 10_000  # workflows the state cache keeps at most
     state_recent_events: int = 2_000  # decoded events the state cache keeps for actors' inputs
+    partitions: int = 0  # workflows' partitions shared by processes through leases (0: none, every process all)
+    partition_lease_ttl: float = 6.0  # seconds a partition lease lasts unrenewed (a dead process's, at most)
 
 
 class Lifecycle(enum.Enum):
@@ -211,6 +218,10 @@ class _Replica:
         sys_, kind = self.system, self.spec.kind
         try:
             seq, delivered = delivery(m)
+            if not sys_.mine(m.subject):  # another process holds its partition: it goes there, undecoded
+                sys_.handed_on += 1
+                await sys_.settle(lambda: m.nak(delay=elsewhere_delay(delivered)), "nak")
+                return
             rec, checked = await sys_.input_record(seq, m.subject, m.data, m.headers)
             if delivered > 1:
                 sys_.metrics.redeliveries.labels(kind).inc()
@@ -236,7 +247,7 @@ class _Replica:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if delivered >= sys_.options.max_attempts:
+                if sys_.attempts_spent(seq, delivered):
                     log.error("%s: giving up on %s #%d after %d attempts: %r", self.name, etype, seq, delivered, exc)
                     await sys_.dead_letter(kind, rec, delivered, exc)
                     await sys_.settle(m.term, "term")
@@ -298,6 +309,14 @@ class _DrainTimeout(Exception):
     pass
 
 
+def elsewhere_delay(delivered: int) -> float:
+    """Seconds before an input of a partition this process does not hold is offered again: at once
+    the first time, then longer each time (up to 0.2 s), so that a process with free slots does not
+    spin on inputs while their partition's holder is busy, or while no process holds it (a dead
+    process's lease running out)."""
+    return 0.0 if delivered <= 1 else min(0.2, 0.01 * 2 ** (delivered - 2))
+
+
 def _consumer_trouble(exc: Exception) -> bool:
     """A fetch refused because of its consumer: gone (404), deleted or changed under it (409)."""
     return isinstance(exc, APIError) and exc.code in (404, 409)
@@ -333,12 +352,15 @@ class ActorSystem:
     trust: Trust = field(default_factory=Trust)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     lifecycle: Lifecycle = Lifecycle.CREATED
+    leases: Leases | None = None  # the partitions this process holds (None: no partitions, all of them)
+    handed_on: int = 0  # inputs offered here of partitions another process holds (naked, undecoded)
     # Labelled metric children, looked up once each: prometheus_client's ``labels()`` validates
     # its arguments and takes a lock on every call (three calls per input cost about 3 % of a
     # busy process's CPU).
     _latency: dict[tuple[str, str], Histogram] = field(default_factory=dict, repr=False)
     _handled: dict[tuple[str, str, str], Counter] = field(default_factory=dict, repr=False)
     _logs: dict[str, JetStreamLog] = field(default_factory=dict, repr=False)
+    _failures: dict[int, int] = field(default_factory=dict, repr=False)  # with partitions: failures by input seq
 
     def log_for(self, kind: str) -> JetStreamLog:
         """The log as ``kind`` writes to it: every event it appends is signed with its role's key."""
@@ -384,6 +406,30 @@ class ActorSystem:
         )
         await retrying(lambda: self.log.js.add_consumer(self.log.stream, cfg), "consumer create", self.log.retry)
 
+    def attempts_spent(self, seq: int, delivered: int) -> bool:
+        """Whether a failed input has had its ``max_attempts`` (then it is dead-lettered).
+
+        Without partitions, JetStream's delivery count. With them, deliveries also count the times
+        the input was handed on to its partition's holder, so the handler's failures here are
+        counted (and a cap of 4x the deliveries holds after a restart, which forgets them)."""
+        limit = self.options.max_attempts
+        if self.leases is None:
+            return delivered >= limit
+        failed = self._failures.pop(seq, 0) + 1
+        if failed >= limit or delivered >= 4 * limit:
+            return True
+        self._failures[seq] = failed
+        if len(self._failures) > 10_000:
+            self._failures.pop(next(iter(self._failures)))
+        return False
+
+    def mine(self, subject: str) -> bool:
+        """Whether this process handles the input on ``subject`` (always, without partitions)."""
+        if self.leases is None:
+            return True
+        parsed = self.log.subjects.parse_event(subject)
+        return parsed is None or self.leases.owns(parsed[0])
+
     async def input_record(
         self, seq: int, subject: str, data: bytes, headers: dict[str, str] | None = None
     ) -> tuple[Record, Verdict | None]:
@@ -400,6 +446,7 @@ class ActorSystem:
                 if (known := self.cache.recent(seq)) is not None:
                     return known
         rec = await self.log.record(seq, subject, data, headers)
+        self.cache.decoded += 1
         return rec, verdict(rec, self.trust.keyring) if isinstance(rec, StoredEvent) else None
 
     async def handle(self, spec: ActorSpec, rec: StoredEvent) -> Outcome | None:
@@ -618,7 +665,24 @@ async def run_actors(
     system = ActorSystem(elog, outside, opts, metrics or Metrics.create(), cache, trust)
     for spec, _ in specs:
         await system.ensure_consumer(spec)
-    await cache.start()
+    if opts.partitions > 0:
+        leases = Leases(
+            elog.js,
+            bucket=bucket_name(elog.subjects.prefix),
+            group=group_of(consumer_name("g", s.kind, s.pool)[2:] for s, _ in specs),
+            partitions=opts.partitions,
+            ttl=opts.partition_lease_ttl,
+            on_lost=lambda lost: cache.forget_where(lambda wf: not leases.owns(wf)),
+        )
+        await leases.start()
+        system.leases = leases
+        cache.owns = leases.owns
+    try:
+        await cache.start()
+    except BaseException:
+        if system.leases is not None:
+            await system.leases.stop()
+        raise
     body_error: Exception | None = None
     try:
         async with asyncio.TaskGroup() as tg:
@@ -640,5 +704,7 @@ async def run_actors(
     finally:
         system.lifecycle = Lifecycle.STOPPED
         await cache.stop()
+        if system.leases is not None:
+            await system.leases.stop()
     if body_error is not None:
         raise body_error

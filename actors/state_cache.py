@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,6 +94,10 @@ class StateCache:
         self._recent_max = recent_events
         self._release_after = release_after
         self._releases: dict[str, asyncio.TimerHandle] = {}
+        # With partitions (``actors.partitions``): whether this process holds a workflow's partition.
+        # The feed decodes and folds only those workflows; the others are skipped from the subject.
+        self.owns: Callable[[str], bool] | None = None
+        self.decoded = 0  # events decoded here (the feed's, the log reads', the runtime's own)
 
     async def start(self) -> None:
         """Begin following the stream; returns once the feed's consumer exists."""
@@ -134,6 +139,10 @@ class StateCache:
         if parsed is None:
             return
         wf, etype = parsed
+        if self.owns is not None and not self.owns(wf):
+            if wf in self._entries:  # its partition moved to another process: read it again if needed
+                self.forget(wf)
+            return
         entry = self._entries.get(wf)
         seq = stream_seq(m.reply)
         if entry is None and etype != "workflow_requested":
@@ -141,6 +150,7 @@ class StateCache:
         if entry is not None and seq <= entry.state.last_seq:
             return  # already folded (from the log read, or a redelivered feed message)
         # Decoded, its large outputs read from the object store (an await: look at the entry again after).
+        self.decoded += 1
         try:
             record = await self._log.record(seq, m.subject, m.data, m.headers)
         except Exception as exc:  # the store did not answer: never fold the events after without this one
@@ -205,6 +215,7 @@ class StateCache:
         self._evict()
         try:
             records = await self._log.read_records(wf)
+            self.decoded += len(records)
         except BaseException:
             del self._entries[wf]
             entry.loaded.set()  # wake waiters; they find no entry and load it themselves
@@ -237,7 +248,9 @@ class StateCache:
             except TimeoutError:
                 # The feed is behind (reconnecting?): read what is missing from the log.
                 log.info("state of %s behind (%d < %d); catching up from the log", wf, entry.state.last_seq, min_seq)
-                for r in await self._log.read_records(wf, after_seq=entry.state.last_seq):
+                missing = await self._log.read_records(wf, after_seq=entry.state.last_seq)
+                self.decoded += len(missing)
+                for r in missing:
                     self._apply(entry, r)
         entry.handed_out = True
         return entry.state
@@ -262,6 +275,11 @@ class StateCache:
         """The lock under which this process appends to the workflow (a fresh one if it is not cached)."""
         entry = self._entries.get(wf)
         return entry.appending if entry is not None else asyncio.Lock()
+
+    def forget_where(self, gone: Callable[[str], bool]) -> None:
+        """Forget every workflow ``gone`` says (those of partitions this process no longer holds)."""
+        for wf in [wf for wf in self._entries if gone(wf)]:
+            self.forget(wf)
 
     def forget(self, wf: str) -> None:
         self._entries.pop(wf, None)

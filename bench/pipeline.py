@@ -31,9 +31,11 @@ fetched batch concurrently, as cadre's replicas do.
 The figure to read is the hop rate: events appended by cadre's actors per second against
 raw hops per second. With the same number of hops per workflow, this equals the ratio of
 workflows per second. Latency is also measured unloaded, with M workflows one at a time.
-Every figure is the median of R runs. The sides alternate, and the order rotates every
-run, after a warm-up of each. ``--profile FILE`` writes a cProfile of the measured cadre
-(DAG) runs to FILE. It covers the whole process: actors, client and nats-py.
+Every figure is the median of R runs. ``cpu_ms_per_workflow``: this process's CPU time
+per cadre DAG workflow (``time.process_time``), steadier than throughput on a shared machine.
+The sides alternate, and the order rotates every run, after a warm-up of each.
+``--profile FILE`` writes a cProfile of the measured cadre (DAG) runs to FILE. It covers the
+whole process: actors, client and nats-py.
 
 By default the bundled nats-server runs in a fresh temporary data dir (file storage) and is
 stopped at the end. One JSON object goes to stdout; progress to stderr.

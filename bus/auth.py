@@ -114,6 +114,11 @@ class AuthNames:
         return f"{self.stream}_REQUESTS"
 
     @property
+    def lease_bucket(self) -> str:
+        """The partition leases' bucket (``actors.partitions.bucket_name``; with ``CADRE_PARTITIONS``)."""
+        return f"{self.prefix.replace('.', '_')}_partitions"
+
+    @property
     def intake_bucket(self) -> str:
         """The durable intake's pairing bucket (``bus.requests_stream.intake_spec``)."""
         return f"{self.stream}_INTAKE"
@@ -206,9 +211,31 @@ def _actor_publish(role: str, names: AuthNames) -> list[str]:
             ]
     if role in ("agent", "planner"):  # tool outputs (the agent's steps, the planner's workflow result)
         out += _object_writer(names.outputs_bucket)
+    if role in ACTOR_ROLES:
+        out += _lease_access(names)
     # The state cache's ordered consumer, reads of the workflow's last message for appends, and the
     # objects its events refer to.
     return out + _event_reader(names.stream) + _object_reader(names.outputs_bucket)
+
+
+def _lease_access(names: AuthNames) -> list[str]:
+    """The partition leases (``actors.partitions``): the bucket created if missing, its keys read
+    (an ordered consumer lists them), written and deleted."""
+    bucket = names.lease_bucket
+    kv = f"KV_{bucket}"
+    return [
+        f"$JS.API.STREAM.CREATE.{kv}",
+        f"$JS.API.STREAM.INFO.{kv}",
+        f"$JS.API.STREAM.MSG.GET.{kv}",
+        f"$JS.API.DIRECT.GET.{kv}",
+        f"$JS.API.DIRECT.GET.{kv}.>",
+        f"$JS.API.CONSUMER.CREATE.{kv}",
+        f"$JS.API.CONSUMER.CREATE.{kv}.>",
+        f"$JS.API.CONSUMER.INFO.{kv}.*",
+        f"$JS.API.CONSUMER.DELETE.{kv}.*",
+        f"$JS.FC.{kv}.>",
+        f"$KV.{bucket}.>",
+    ]
 
 
 def _intake_publish(names: AuthNames) -> list[str]:

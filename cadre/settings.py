@@ -283,6 +283,16 @@ class Settings(BaseSettings):
     state_recent_events: int = Field(
         default=2_000, ge=0, description="decoded events an actor process keeps for its actors' inputs"
     )
+    partitions: int = Field(
+        default=0,
+        ge=0,
+        le=4096,
+        description="workflows hash to this many partitions, which the processes running the same actor kinds "
+        "share through leases (each decodes and handles only its own); 0 = no partitions, every process sees all",
+    )
+    partition_lease_ttl_s: float = Field(
+        default=6.0, gt=0, description="a partition lease not renewed for this long expires (a dead process's)"
+    )
     intelligence: Intelligence = Field(
         default="adaptive", description="intelligence level of workflows whose request does not set one"
     )

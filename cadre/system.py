@@ -126,6 +126,8 @@ def runtime_options(settings: Settings) -> RuntimeOptions:
         state_release_after=settings.state_release_after_s,
         state_max_workflows=settings.state_max_workflows,
         state_recent_events=settings.state_recent_events,
+        partitions=settings.partitions,
+        partition_lease_ttl=settings.partition_lease_ttl_s,
     )
 
 

@@ -1,0 +1,195 @@
+"""Partitioned work (actors.partitions): the hash, the share, the leases on a real server, and two
+actor systems that split the workflows between them (each decodes and handles only its own)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import nats
+import nats.errors
+import nats.js.errors
+import pytest
+from nats.aio.client import Client as NATS
+
+from cadre.actors.context import Context, Outside
+from cadre.actors.outcome import Outcome
+from cadre.actors.partitions import Leases, bucket_name, group_of, partition_of, rebalance
+from cadre.actors.runtime import ActorSpec, elsewhere_delay, run_actors
+from cadre.auth_cli import bootstrap, prepare_embedded
+from cadre.bus.auth import AuthNames, creds_path
+from cadre.bus.embedded import start_embedded
+from cadre.bus.events import HandlerFailed, WorkflowCompleted, WorkflowRequested
+from cadre.settings import Settings
+from cadre.store import JetStreamLog, StoredEvent
+from cadre.store.state import WorkflowState
+from tests.conftest import requested, unique
+from tests.test_runtime import FAST, wait_for_type
+
+
+def test_a_workflow_has_one_partition_everywhere() -> None:
+    assert partition_of("wf-1", 8) == partition_of("wf-1", 8)
+    assert partition_of("wf-1", 1) == 0
+    # Pinned: the hash must not change between versions, or a rolling upgrade splits a workflow.
+    assert [partition_of(f"wf-{i}", 1024) for i in range(4)] == [729, 632, 464, 344]
+    spread = Counter(partition_of(f"wf-{i}", 4) for i in range(4000))
+    assert set(spread) == {0, 1, 2, 3}
+    assert min(spread.values()) > 800  # about 1000 each
+
+
+def test_the_share_is_even_and_claims_only_free_partitions() -> None:
+    alone = rebalance(8, frozenset(), frozenset(), members=1)
+    assert alone.claim == tuple(range(8))
+    assert alone.release == ()
+    # A second member joined: the first hands back the top half; the second claims nothing yet.
+    first = rebalance(8, frozenset(range(8)), frozenset(), members=2)
+    assert first.release == (4, 5, 6, 7)
+    assert first.claim == ()
+    second = rebalance(8, frozenset(), frozenset(range(8)), members=2)
+    assert second.claim == ()
+    assert second.release == ()
+    # Once handed back, the second claims them.
+    assert rebalance(8, frozenset(), frozenset(range(4)), members=2).claim == (4, 5, 6, 7)
+    # Three members, 8 partitions: shares of 3, 3 and 2 cover them all.
+    assert rebalance(8, frozenset({0, 1, 2}), frozenset({3, 4, 5, 6}), members=3).claim == ()
+    assert rebalance(8, frozenset(), frozenset(range(6)), members=3).claim == (6, 7)
+    assert group_of(["planner", "agent", "planner"]) == "agent-planner"
+
+
+async def _wait(cond: Callable[[], bool], within: float) -> None:
+    async with asyncio.timeout(within):
+        while not cond():  # noqa: ASYNC110 (leases move on timers: nothing to await on)
+            await asyncio.sleep(0.05)
+
+
+async def test_leases_split_and_a_dead_holders_move_to_the_living(nc: NATS) -> None:
+    bucket = bucket_name(unique("lease"))
+    a = Leases(nc.jetstream(), bucket=bucket, group="agent", partitions=8, ttl=0.9)
+    b = Leases(nc.jetstream(), bucket=bucket, group="agent", partitions=8, ttl=0.9)
+    await a.start()
+    assert a.held == frozenset(range(8))
+    await b.start()
+    try:
+        await _wait(lambda: len(a.held) == 4 and len(b.held) == 4, 5)
+        assert a.held | b.held == frozenset(range(8))
+        assert not a.held & b.held
+        # a dies (no hand-back, as under kill -9): its leases expire and b takes them.
+        assert a._task is not None
+        a._task.cancel()
+        await _wait(lambda: b.held == frozenset(range(8)), 5)
+    finally:
+        await b.stop()
+        a._kv = None  # dead: nothing to hand back
+        await a.stop()
+    await nc.jetstream().delete_key_value(bucket)
+
+
+async def test_two_systems_split_the_workflows_and_handle_each_once(log: JetStreamLog) -> None:
+    handled: dict[str, list[str]] = {"x": [], "y": []}
+
+    def finisher(tag: str) -> ActorSpec:
+        async def complete(ctx: Context, rec: StoredEvent, state: WorkflowState) -> Outcome:
+            handled[tag].append(rec.event.workflow_id)
+            return [WorkflowCompleted(result=tag)]
+
+        return ActorSpec(kind="finisher", handles=frozenset({WorkflowRequested.TYPE}), handler=complete)
+
+    options = dataclasses.replace(FAST, partitions=4, partition_lease_ttl=0.9)
+    async with run_actors(log, [(finisher("x"), 1)], outside=Outside(), options=options) as x:
+        async with run_actors(log, [(finisher("y"), 1)], outside=Outside(), options=options) as y:
+            assert x.leases is not None
+            assert y.leases is not None
+            xl, yl = x.leases, y.leases
+            await _wait(lambda: len(xl.held) == 2 and len(yl.held) == 2, 5)
+            decoded = (x.cache.decoded, y.cache.decoded)
+            wfs = [f"wf{i}" for i in range(24)]
+            for wf in wfs:
+                await log.append(wf, [requested(wf)], expected_seq=0)
+            for wf in wfs:
+                await wait_for_type(log, wf, WorkflowCompleted.TYPE)
+            assert sorted(handled["x"] + handled["y"]) == sorted(wfs)  # each once
+            assert all(xl.owns(wf) for wf in handled["x"])
+            assert all(yl.owns(wf) for wf in handled["y"])
+            # Each decoded its own workflows' events (2 a workflow), not the other's (48 in all): a few
+            # more only if a state was read from the log (the feed late under load).
+            for system, tag, before in ((x, "x", decoded[0]), (y, "y", decoded[1])):
+                assert 2 * len(handled[tag]) <= system.cache.decoded - before <= 2 * len(handled[tag]) + 6
+        # y stopped and handed its leases back: x holds all four at its next tick.
+        await _wait(lambda: len(xl.held) == 4, 5)
+        await log.append("late", [requested("late")], expected_seq=0)
+        await wait_for_type(log, "late", WorkflowCompleted.TYPE)
+        assert handled["x"][-1] == "late"
+
+
+async def test_an_actor_role_keeps_its_leases_under_least_privilege(tmp_path: Path) -> None:
+    """With NATS authorization on, an actor's credentials reach the lease bucket (created if missing);
+    a client's do not."""
+    settings = Settings.load(data_dir=tmp_path / "data")
+    server = start_embedded(settings.data_dir, config=prepare_embedded(settings))
+    try:
+        await bootstrap(settings, server.url, settings.auth_dir)
+        assert bucket_name(settings.subject_prefix) == AuthNames(prefix=settings.subject_prefix).lease_bucket
+        agent = await nats.connect(server.url, user_credentials=str(creds_path(settings.auth_dir, "agent")))
+        client = await nats.connect(server.url, user_credentials=str(creds_path(settings.auth_dir, "client")))
+        try:
+            leases = Leases(
+                agent.jetstream(), bucket=bucket_name(settings.subject_prefix), group="agent", partitions=4, ttl=3
+            )
+            await leases.start()
+            assert leases.held == frozenset(range(4))
+            await leases.stop()
+            assert leases.held == frozenset()
+            other = Leases(
+                client.jetstream(timeout=0.5),
+                bucket=bucket_name(settings.subject_prefix),
+                group="agent",
+                partitions=4,
+                ttl=3,
+            )
+            with pytest.raises((nats.errors.TimeoutError, nats.js.errors.APIError)):
+                await other.start()
+        finally:
+            await agent.close()
+            await client.close()
+    finally:
+        server.stop()
+
+
+def test_an_input_handed_on_waits_longer_each_time() -> None:
+    assert [elsewhere_delay(d) for d in (1, 2, 3, 4)] == [0.0, 0.01, 0.02, 0.04]
+    assert elsewhere_delay(30) == 0.2
+
+
+async def test_with_partitions_a_failing_input_is_dead_lettered_after_its_attempts(log: JetStreamLog) -> None:
+    calls: list[str] = []
+
+    async def broken(ctx: Context, rec: StoredEvent, state: WorkflowState) -> Outcome:
+        calls.append(rec.event.workflow_id)
+        raise RuntimeError("boom")
+
+    spec = ActorSpec(kind="finisher", handles=frozenset({WorkflowRequested.TYPE}), handler=broken)
+    options = dataclasses.replace(FAST, partitions=2, partition_lease_ttl=3)
+    async with run_actors(log, [(spec, 1)], outside=Outside(), options=options):
+        await log.append("wf", [requested("wf")], expected_seq=0)
+        events = await wait_for_type(log, "wf", HandlerFailed.TYPE)
+    assert calls == ["wf"] * FAST.max_attempts
+    dead = events[-1].event.data
+    assert isinstance(dead, HandlerFailed)
+    assert dead.attempts == FAST.max_attempts
+
+
+async def test_a_process_with_another_ttl_renews_at_the_buckets_pace(nc: NATS) -> None:
+    bucket = bucket_name(unique("lease"))
+    first = Leases(nc.jetstream(), bucket=bucket, group="agent", partitions=2, ttl=1.2)
+    later = Leases(nc.jetstream(), bucket=bucket, group="agent", partitions=2, ttl=30)
+    await first.start()
+    await later.start()
+    try:
+        assert later.ttl == 1.2  # renewing every 10 s, its leases would expire every 1.2 s
+    finally:
+        await later.stop()
+        await first.stop()
+    await nc.jetstream().delete_key_value(bucket)
