@@ -75,6 +75,7 @@ from cadre.bus.events import (
 from cadre.bus.plan import ErrorInfo
 from cadre.planner.catalog import Catalog
 from cadre.planner.children import DEFAULT_MAX_DEPTH
+from cadre.planner.flows.child import flow_hook
 from cadre.planner.flows.choose import by_rules, choice_request, choice_validator, plan_choice
 from cadre.planner.flows.model import Flow, FlowError
 from cadre.planner.providers.prompts import (
@@ -330,6 +331,8 @@ def make_spec(
     ``flows``: the deployment's flows (module docstring). A task that runs a child workflow starts
     it (``child_requested``, :mod:`actors.children`) up to ``max_child_depth``."""
 
+    child_flows = flow_hook(flows, catalog) if flows else None  # a child may run a flow
+
     async def handle(ctx: Context, rec: StoredEvent, state: WorkflowState) -> Outcome:
         data = rec.event.data
         if isinstance(data, CancelRequested):
@@ -340,7 +343,7 @@ def make_spec(
             return compensation.finished(state) if isinstance(rec.event.data, StepCompensated) else []
         out = await decide(ctx, rec, state)
         if isinstance(out, list):
-            out = children.spawn_instead(state, out, max_child_depth)
+            out = children.spawn_instead(state, out, max_child_depth, child_flows)
             return compensation.instead_of_failing(state, out, catalog, on_failure)
         return out
 

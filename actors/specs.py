@@ -38,7 +38,7 @@ def live_specs(
     need from the deployment (:mod:`planner.safety`); ``flows``: the deployment's flows (:mod:`planner.flows`)."""
     specs = (
         planner.make_spec(catalog, on_failure, rate_limit_wait_s, flows, (limits or Limits()).max_child_depth),
-        validator.make_spec(catalog, limits, pools, safety),
+        validator.make_spec(catalog, limits, pools, safety, flows),
         decomposer.make_spec(catalog, pools, rate_limit_wait_s),
         agent.make_spec(
             approval_timeout,

@@ -17,6 +17,7 @@ Workflows recorded without the marker keep the earlier flow under replay.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from cadre.actors.agent import skippable, upstream_outputs
@@ -40,6 +41,8 @@ from cadre.bus.plan import Check, Plan, StepIntent, Task
 from cadre.planner import children
 from cadre.planner import pools as agent_pools
 from cadre.planner.catalog import Catalog
+from cadre.planner.flows.child import flow_hook
+from cadre.planner.flows.model import Flow
 from cadre.planner.proposals import check_proposal
 from cadre.planner.refs import RefError, resolve
 from cadre.planner.safety import SafetyContext
@@ -54,13 +57,16 @@ def make_spec(
     limits: Limits | None = None,
     pools: agent_pools.Pools | None = None,
     safety: SafetyContext | None = None,
+    flows: Mapping[str, Flow] | None = None,
 ) -> ActorSpec:
     """The validator under ``limits`` and the deployment's agent ``pools`` (a task naming a pool is
     checked against them: :mod:`planner.pools`); ``safety``: what the tools' safety rules need from
-    the deployment (its HTTP allow-list; :mod:`planner.safety`)."""
+    the deployment (its HTTP allow-list; :mod:`planner.safety`); ``flows``: the deployment's flows,
+    which a child task may run (:mod:`planner.flows.child`)."""
     lim = limits or Limits()
     ctx_safety = safety or SafetyContext()
     with_children = children.with_workflow_run(catalog)
+    child_flows = flow_hook(flows, catalog) if flows else None
 
     def check_plan(plan: Plan) -> list[Check]:
         """``validate_plan``, with ``workflow.run`` in the catalog for a plan that runs a child (only:
@@ -80,7 +86,7 @@ def make_spec(
             checks = (
                 *check_plan(data.plan),
                 *agent_pools.check_plan_pools(data.plan.nodes, pools),
-                *children.check_children(data.plan, depth, lim.max_child_depth, check_plan),
+                *children.check_children(data.plan, depth, lim.max_child_depth, check_plan, flows=child_flows),
             )
             if passed_all(list(checks)):
                 return [PlanValidated(revision=data.revision, checks=checks)]

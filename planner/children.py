@@ -5,8 +5,8 @@ The task's inputs say what the child runs, exactly one of:
 * ``request``: a request text, planned by the child's planner as any request (the text may be a
   reference to an upstream output, ``"${task.field}"``, resolved when the child starts);
 * ``plan``: an explicit plan (``{"nodes": [...]}``), validated with the parent's plan;
-* ``flow``: a registered flow by name: the hook for flows (:func:`flow_request`), refused until a
-  deployment has them.
+* ``flow``: a registered flow by name, through the hook :data:`FlowHook` that
+  :mod:`planner.flows.child` gives for the deployment's flows; refused where there are none.
 
 The child's id derives from the parent's id, the task's id and the task's attempt
 (:func:`child_id`), so a redelivery never starts two. The child spends from the tree's budget
@@ -59,7 +59,7 @@ class WorkflowRunInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
     request: str | None = Field(None, description="a request text the child plans, or a reference to one")
     plan: dict[str, JsonValue] | None = Field(None, description='an explicit plan for the child: {"nodes": [...]}')
-    flow: str | None = Field(None, description="a registered flow, by name (once the deployment has flows)")
+    flow: str | None = Field(None, description="a registered flow, by name: the child runs its default path")
 
 
 class WorkflowRunOutput(BaseModel):
@@ -113,7 +113,7 @@ def flow_request(name: str, inputs: Mapping[str, Any], flows: FlowHook | None) -
     plan = flows(name, inputs) if flows is not None else None
     if plan is None:
         raise ChildInputError(
-            f"flow {name!r} is not registered here (this deployment has no flows); "
+            f"flow {name!r} is not registered here (not in this deployment's flows, CADRE_FLOWS); "
             'give the child a "request" or a "plan" instead'
         )
     return plan

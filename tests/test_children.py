@@ -195,3 +195,27 @@ async def test_a_dry_run_runs_its_children_dry(nats_url: str, tmp_path: Path) ->
         assert state.result["dry_run"] is True
         assert state.tasks["sub"].output == {"workflow_id": child.workflow_id, "result": child.result["output"]}
         await replays(h, state.workflow_id)
+
+
+async def test_a_child_runs_a_registered_flow_and_one_it_cannot_run_is_refused(nats_url: str, tmp_path: Path) -> None:
+    """``{"flow": NAME}``: the child runs the flow (its default path, else all of it), branches and
+    loop included; a flow whose path needs parameters the child cannot give is refused before
+    anything runs, and so is a flow the deployment does not have."""
+    from tests.test_flows_system import flows_dir
+
+    async with cadre_running(settings_for(nats_url, tmp_path, flows=flows_dir(tmp_path))) as h:
+        state = await h.run(parent({"flow": "polling"}, then=False))
+        child = await child_of(h, state)
+        assert child.status == "completed", child.failure
+        assert state.status == "completed", state.failure
+        assert state.tasks["sub"].output == {"workflow_id": child.workflow_id, "result": child.result}
+        assert child.plan is not None
+        assert [t.id for t in child.plan.nodes][:2] == ["poll", "poll-2"]  # the loop, unrolled
+        await replays(h, state.workflow_id)
+        await replays(h, child.workflow_id)
+        for name, why in (("by_country", "cannot run as a child"), ("nowhere", "not registered")):
+            refused = await h.run(parent({"flow": name}, then=False))
+            assert refused.status == "failed", name
+            assert refused.failure is not None
+            assert why in refused.failure.message, refused.failure.message
+            assert not refused.children, name

@@ -143,7 +143,7 @@ def test_a_spawn_past_the_limit_or_with_bad_inputs_fails_the_task() -> None:
     state, _ = running(plan_of({"id": "sub", "tool": "workflow.run", "inputs": {"flow": "x"}}))
     [end] = children.spawn_instead(state, [TaskReady(task=state.tasks["sub"].task)], max_depth=3)
     assert isinstance(end, WorkflowFailed)
-    assert "no flows" in end.message
+    assert "not registered here" in end.message
 
 
 def test_the_fold_and_the_planner_take_the_childs_end_as_the_tasks() -> None:
