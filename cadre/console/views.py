@@ -16,10 +16,12 @@ import msgspec
 from cadre.bus.effects import ModelCalled, ToolCalled
 from cadre.bus.events import EffectsRecorded, StepCompleted, StepFailed, StepReady, TaskReady
 from cadre.bus.signing import Keyring
+from cadre.commands import folded_state
 from cadre.store.audit import audit
 from cadre.store.authenticity import trusted_fold, verdict
 from cadre.store.integrity import verify
 from cadre.store.records import Record, StoredEvent
+from cadre.store.state import TaskState, WorkflowState
 
 PREVIEW_CHARS = 600  # characters of a value the page shows before "show all"
 
@@ -61,7 +63,7 @@ def page(wf: str, records: Sequence[Record], keyring: Keyring | None) -> dict[st
                 "tool": t.tool,
                 "description": t.description,
                 "depends_on": list(t.depends_on),
-                "status": ts.status if ts is not None else "pending",
+                "status": _task_status(state, ts),
                 "attempt": ts.attempt if ts is not None else 0,
                 "confidence": confidence.get(tid, t.confidence),
                 "steps": [
@@ -164,7 +166,7 @@ def page(wf: str, records: Sequence[Record], keyring: Keyring | None) -> dict[st
     out["result"] = bounded(report.result) if report.result is not None else None
     out.update(
         {
-            "status": state.status,
+            "status": folded_state(state),
             "dag": tasks,
             "spans": timeline,
             "tool_calls": calls,
@@ -175,6 +177,15 @@ def page(wf: str, records: Sequence[Record], keyring: Keyring | None) -> dict[st
         }
     )
     return out
+
+
+def _task_status(state: WorkflowState, ts: TaskState | None) -> str:
+    """A task's state as the DAG shows it: ``awaiting_approval`` while one of its steps waits for a decision."""
+    if ts is None:
+        return "pending"
+    if any(state.steps[s].status == "awaiting_approval" for s in ts.step_ids if s in state.steps):
+        return "awaiting_approval"
+    return ts.status
 
 
 def _step_of(r: StoredEvent) -> str | None:

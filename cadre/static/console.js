@@ -20,6 +20,12 @@ function el(tag, attrs, ...kids) {
   }
   return n;
 }
+// Replace a node's children (null, undefined and false leave nothing; strings become text nodes).
+function fill(node, ...kids) {
+  node.replaceChildren(...kids.flat().filter((k) => k !== null && k !== undefined && k !== false)
+    .map((k) => k instanceof Node ? k : document.createTextNode(String(k))));
+  return node;
+}
 const svg = (tag, attrs) => {
   const n = document.createElementNS("http://www.w3.org/2000/svg", tag);
   for (const [k, v] of Object.entries(attrs || {})) n.setAttribute(k, String(v));
@@ -28,7 +34,7 @@ const svg = (tag, attrs) => {
 // Control characters shown as escapes (as the CLI's safe_text does): never sent to the page raw.
 const visible = (s) => (s === null || s === undefined) ? "" :
   String(s).replace(/[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/g, (c) => "\\x" + c.charCodeAt(0).toString(16).padStart(2, "0"));
-const when = (iso) => iso ? iso.replace("T", " ").replace(/\.\d+/, "").replace("+00:00", "") : "-";
+const when = (iso) => iso ? iso.replace("T", " ").replace(/\.\d+/, "").replace(/(\+00:00|Z)$/, "") : "-";
 const dur = (s) => s === null || s === undefined ? "-" : s < 60 ? s.toFixed(2) + " s" : s < 3600 ? (s / 60).toFixed(1) + " min" : (s / 3600).toFixed(1) + " h";
 const usd = (x) => x ? "$" + Number(x).toFixed(4) : "-";
 const state = (s) => el("span", { class: "state s-" + s, text: s });
@@ -76,7 +82,7 @@ function workflowsView() {
   const render = () => {
     const list = [...rows.values()].filter(matches).sort((a, b) =>
       (b.started_at || "").localeCompare(a.started_at || "") || a.workflow_id.localeCompare(b.workflow_id)).slice(0, 100);
-    body.replaceChildren(...list.map((r) => el("tr", { class: "row", "data-wf": r.workflow_id, "data-state": r.state,
+    fill(body, ...list.map((r) => el("tr", { class: "row", "data-wf": r.workflow_id, "data-state": r.state,
         onclick: () => { location.hash = "#/wf/" + encodeURIComponent(r.workflow_id); } },
       el("td", { class: "state-cell" }, state(r.state)),
       el("td", {}, el("a", { href: "#/wf/" + encodeURIComponent(r.workflow_id), text: r.workflow_id })),
@@ -98,7 +104,7 @@ function workflowsView() {
   };
   const submit = async (e) => {
     e.preventDefault();
-    said.replaceChildren();
+    fill(said);
     const d = await api("/api/requests", { body: { request: req.value, dry_run: dry.checked } });
     if (d.error) { said.appendChild(notice(`${d.error.code}: ${d.error.message}`, true)); return; }
     said.appendChild(el("div", { class: "notice" }, "started ", el("a", { href: "#/wf/" + encodeURIComponent(d.workflow_id), text: d.workflow_id }), dry.checked ? " (a dry run: nothing is executed)" : ""));
@@ -106,7 +112,7 @@ function workflowsView() {
   };
   stateSel.addEventListener("change", load);
   text.addEventListener("input", debounce(load, 250));
-  main().replaceChildren(
+  fill(main(), 
     el("h1", { text: "Workflows" }),
     el("form", { class: "card", id: "req-form", onsubmit: submit },
       req, el("div", { class: "bar" }, el("label", {}, dry, " dry run (plan and simulate; run no tool)"),
@@ -157,7 +163,7 @@ function dag(tasks) {
     grp.appendChild(svg("rect", { width: n.width, height: n.height, class: "t-" + t.status }));
     const title = svg("title", {}); title.textContent = visible(`${t.id} (${t.tool || "no tool"}): ${t.status}; confidence ${t.confidence}`);
     const a = svg("text", { x: 8, y: 19 }); a.textContent = visible(t.id);
-    const b = svg("text", { x: 8, y: 36, class: "status" }); b.textContent = t.status + (t.attempt > 1 ? ` (attempt ${t.attempt})` : "");
+    const b = svg("text", { x: 8, y: 36, class: "status" }); b.textContent = t.status.replace("_", " ") + (t.attempt > 1 ? ` (attempt ${t.attempt})` : "");
     grp.append(title, a, b);
     root.appendChild(grp);
   }
@@ -187,7 +193,7 @@ function decisionForm(wf, w, after) {
   const reason = el("input", { type: "text", placeholder: "reason", "aria-label": "reason", "data-reason": w.step_id });
   const said = el("span", {});
   const send = async (grant) => {
-    said.replaceChildren();
+    fill(said);
     const d = await api(`/api/workflows/${encodeURIComponent(wf)}/decide`, { body: { step_id: w.step_id, grant, reason: reason.value } });
     said.appendChild(d.error ? notice(`${d.error.code}: ${d.error.message}`, true) : notice(`${d.decision} as ${d.by}`));
     if (!d.error && after) after();
@@ -201,24 +207,24 @@ function decisionForm(wf, w, after) {
 
 function workflowView(wf) {
   const root = el("div", {});
-  main().replaceChildren(root);
+  fill(main(), root);
   const out = el("div", { id: "wf-actions-out" });
   const load = async () => {
     const d = await api("/api/workflows/" + encodeURIComponent(wf));
-    if (d.error) { root.replaceChildren(notice(`${d.error.code}: ${d.error.message}`, true)); return; }
+    if (d.error) { fill(root, notice(`${d.error.code}: ${d.error.message}`, true)); return; }
     const t = d.totals;
     const ended = ["completed", "failed", "cancelled"].includes(d.status);
     const replay = async () => {
-      out.replaceChildren(el("span", { class: "muted", text: "replaying…" }));
+      fill(out, el("span", { class: "muted", text: "replaying…" }));
       const r = await api(`/api/workflows/${encodeURIComponent(wf)}/replay`, { body: {} });
-      out.replaceChildren(r.error ? notice(`${r.error.code}: ${r.error.message}`, true) :
+      fill(out, r.error ? notice(`${r.error.code}: ${r.error.message}`, true) :
         el("div", { class: "card", id: "replay-result" }, el("b", { class: r.ok ? "okc" : "err", text: r.ok ? "replay matches the record" : "replay differs from the record" }), el("pre", { text: visible(r.lines.join("\n")) })));
     };
     const cancel = async () => {
       const r = await api(`/api/workflows/${encodeURIComponent(wf)}/cancel`, { body: { reason: "cancelled from the console" } });
-      out.replaceChildren(r.error ? notice(`${r.error.code}: ${r.error.message}`, true) : notice(`cancel asked as ${r.by}`));
+      fill(out, r.error ? notice(`${r.error.code}: ${r.error.message}`, true) : notice(`cancel asked as ${r.by}`));
     };
-    root.replaceChildren(
+    fill(root, 
       el("h1", {}, "Workflow ", el("span", { id: "wf-id", text: wf }), " ", el("span", { id: "wf-state" }, state(d.status))),
       el("div", { class: "card" },
         el("div", { id: "wf-request" }, el("b", { text: "Request: " }), visible(d.request || "(an explicit plan)")),
@@ -270,7 +276,7 @@ function workflowView(wf) {
 function approvalsView() {
   const load = async () => {
     const d = await api("/api/approvals");
-    main().replaceChildren(el("h1", { text: "Approvals" }),
+    fill(main(), el("h1", { text: "Approvals" }),
       S.approver ? null : notice("This console holds no approver key: it shows what waits, and cannot decide. Run `cadre ui` with an approver's credentials to approve or deny."),
       d.waiting.length ? el("div", { id: "approvals" }, d.waiting.map((w) => el("div", { class: "card", "data-wf": w.workflow_id },
         el("div", {}, el("a", { href: "#/wf/" + encodeURIComponent(w.workflow_id), text: w.workflow_id }), " ", visible(w.request || "")),
@@ -286,7 +292,7 @@ function problemsView() {
   const load = async () => {
     const d = await api("/api/problems");
     const link = (wf) => el("a", { href: "#/wf/" + encodeURIComponent(wf), text: wf });
-    main().replaceChildren(el("h1", { text: "Problems" }),
+    fill(main(), el("h1", { text: "Problems" }),
       el("h2", { text: `Dead letters (${d.dead_letters.length})` }),
       table(["workflow", "seq", "actor", "input", "attempts", "error"], d.dead_letters.map((x) => [link(x.workflow_id), String(x.seq), x.actor, x.input_type, String(x.attempts), `${x.code}: ${x.message}`])),
       el("h2", { text: `Forged or unsigned events (${d.untrusted.length})` }),
@@ -301,10 +307,10 @@ function problemsView() {
 function budgetView() {
   (async () => {
     const d = await api("/api/budget");
-    if (d.error) { main().replaceChildren(el("h1", { text: "Budget" }), notice(`${d.error.code}: ${d.error.message}`, true)); return; }
+    if (d.error) { fill(main(), el("h1", { text: "Budget" }), notice(`${d.error.code}: ${d.error.message}`, true)); return; }
     const r = d.report;
     const lines = (title, m) => [el("h2", { text: title }), table(["", "spent", "calls", "denied", "cache hits"], Object.entries(m || {}).map(([k, v]) => [k, usd(v.spent_usd), String(v.calls ?? "-"), String(v.denied ?? "-"), String(v.cache_hits ?? "-")]))];
-    main().replaceChildren(el("h1", { text: "Budget" }), el("p", { class: "muted", text: "ledger " + d.ledger }),
+    fill(main(), el("h1", { text: "Budget" }), el("p", { class: "muted", text: "ledger " + d.ledger }),
       el("pre", { id: "budget-raw", text: visible(JSON.stringify(Object.fromEntries(Object.entries(r).filter(([, v]) => typeof v !== "object")), null, 1)) }),
       ...Object.entries(r).filter(([, v]) => v && typeof v === "object" && !Array.isArray(v)).flatMap(([k, v]) => lines(k.replaceAll("_", " "), v)),
       ...Object.entries(r).filter(([, v]) => Array.isArray(v)).flatMap(([k, v]) => [el("h2", { text: k.replaceAll("_", " ") }), el("pre", { text: visible(JSON.stringify(v, null, 1)) })]));
@@ -317,16 +323,16 @@ function statsView() {
   const out = el("div", {});
   const load = async () => {
     const d = await api("/api/stats?" + new URLSearchParams({ since: since.value }));
-    if (d.error) { out.replaceChildren(notice(`${d.error.code}: ${d.error.message}`, true)); return; }
+    if (d.error) { fill(out, notice(`${d.error.code}: ${d.error.message}`, true)); return; }
     const flat = [];
     const walk = (prefix, v) => {
       if (v && typeof v === "object" && !Array.isArray(v)) for (const [k, x] of Object.entries(v)) walk(prefix ? prefix + "." + k : k, x);
       else flat.push([prefix, Array.isArray(v) ? JSON.stringify(v) : v === null ? "-" : String(v)]);
     };
     walk("", d.stats);
-    out.replaceChildren(table(["figure", "value"], flat, { id: "stats-table" }));
+    fill(out, table(["figure", "value"], flat, { id: "stats-table" }));
   };
-  main().replaceChildren(el("h1", { text: "Stats" }), el("div", { class: "bar" }, since, el("button", { onclick: load, text: "Show" })), out);
+  fill(main(), el("h1", { text: "Stats" }), el("div", { class: "bar" }, since, el("button", { onclick: load, text: "Show" })), out);
   load();
   return {};
 }
