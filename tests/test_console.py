@@ -216,3 +216,41 @@ async def test_the_page_puts_recorded_values_in_as_text_only(console: Console) -
     for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
         assert sink not in script
     assert "script-src 'self'" in policy
+
+
+async def test_the_api_behind_the_other_pages(system: Harness, console: Console) -> None:
+    """Approvals, replay, export, a whole value on demand, problems, stats and budget, over HTTP."""
+    wf = (await system.submit(two_tasks("out/api.txt")))["workflow_id"]
+    await system.wait(wf, until="approval_requested")
+    async with aiohttp.ClientSession() as http:
+
+        async def get(path: str) -> Any:
+            resp = await http.get(console.url + path)
+            assert resp.status == 200, await resp.text()
+            return await resp.json()
+
+        token = (await get("/api/session"))["token"]
+        waiting = [w for w in (await get("/api/approvals"))["waiting"] if w["workflow_id"] == wf]
+        assert [(w["step_id"], w["tool"]) for w in waiting] == [("save.s1", "fs.write")]
+        assert "out/api.txt" in waiting[0]["inputs"]["text"]
+        denied = await http.post(
+            f"{console.url}/api/workflows/{wf}/decide",
+            json={"step_id": "save.s1", "grant": False, "reason": "not this one"},
+            headers={"X-Cadre-Token": token},
+        )
+        assert (await denied.json())["decision"] == "denied"
+        assert (await system.wait(wf)).status == "failed"
+        page = await get(f"/api/workflows/{wf}")
+        echo = next(c for c in page["tool_calls"] if c["tool"] == "test.echo")
+        whole = await get(f"/api/workflows/{wf}/value?event={echo['event_id']}&effect={echo['effect']}&part=output")
+        assert whole["value"] == {"value": "kept"}
+        replay = await http.post(f"{console.url}/api/workflows/{wf}/replay", json={}, headers={"X-Cadre-Token": token})
+        assert (await replay.json())["ok"] is True
+        export = await http.get(f"{console.url}/api/workflows/{wf}/export")
+        assert export.headers["Content-Disposition"] == f'attachment; filename="{wf}.jsonl"'
+        assert len((await export.read()).splitlines()) > page["totals"]["events"]  # a header, then the records
+        stats = (await get("/api/stats"))["stats"]
+        assert stats["workflows"]["total"] >= 1
+        problems = await get("/api/problems")
+        assert set(problems) >= {"dead_letters", "untrusted", "stuck"}
+        assert "report" in await get("/api/budget")
