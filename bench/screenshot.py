@@ -31,6 +31,7 @@ from cadre.wiring import open_bus
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
+PAGES = ["approvals", "problems", "budget", "stats"]
 WAITING_PLAN: dict[str, Any] = {
     "request": "count the orders of 2024 and save the figure for the monthly report",
     "plan": {
@@ -73,7 +74,7 @@ async def until(log: Any, wf: str, types: set[str], within: float = 20.0) -> Non
                 return
 
 
-async def shoot(url: str, out: Path) -> None:
+async def shoot(url: str, out: Path, pages: list[str]) -> None:
     with tempfile.TemporaryDirectory(prefix="cadre-shot-") as tmp:
         settings = Settings(
             nats_url=url,
@@ -106,6 +107,10 @@ async def shoot(url: str, out: Path) -> None:
                 await page.locator("#dag g[data-task=save]").wait_for()
                 await page.wait_for_timeout(300)
                 await page.screenshot(path=str(out / "console-workflow.png"))
+                for name in pages:  # --pages: the other pages too, for a look
+                    await page.goto(f"{console.url}/#/{name}")
+                    await page.wait_for_timeout(800)
+                    await page.screenshot(path=str(out / f"console-{name}.png"), full_page=True)
                 await browser.close()
             note(f"wrote {out / 'console.png'} and {out / 'console-workflow.png'}")
 
@@ -113,10 +118,11 @@ async def shoot(url: str, out: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "img")
+    p.add_argument("--pages", action="store_true", help="also shoot Approvals, Problems, Budget and Stats")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     with bench_server(None, None) as url:
-        asyncio.run(asyncio.wait_for(shoot(url, args.out), 120))
+        asyncio.run(asyncio.wait_for(shoot(url, args.out, PAGES if args.pages else []), 120))
     sys.exit(0)
 
 

@@ -15,6 +15,9 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, Page, async_playwright, expect
 
+from cadre.actors.clock import utc_now
+from cadre.bus import codec
+from cadre.bus.events import WorkflowCompleted, make_event
 from cadre.console.server import Console, console_running
 from cadre.settings import Settings
 from tests.system_harness import Harness, cadre_running, settings_for
@@ -254,3 +257,29 @@ async def test_the_api_behind_the_other_pages(system: Harness, console: Console)
         problems = await get("/api/problems")
         assert set(problems) >= {"dead_letters", "untrusted", "stuck"}
         assert "report" in await get("/api/budget")
+
+
+async def test_problems_list_a_dead_letter_and_a_forged_end_which_the_list_does_not_believe(
+    system: Harness, console: Console
+) -> None:
+    wf = (await system.submit(two_tasks("out/problem.txt")))["workflow_id"]
+    await system.wait(wf, until="approval_requested")
+    forged = make_event(
+        WorkflowCompleted(result={"forged": True}), workflow_id=wf, actor="planner", at=utc_now(), index=99
+    )
+    js = system.bus.nc.jetstream()
+    await js.publish(system.settings.subjects.event(wf, "workflow_completed"), codec.encode(forged))  # unsigned
+    await js.publish(system.settings.subjects.event(wf, "step_ready"), b"{garbage")  # a dead letter
+    assert (await system.wait(wf)).status == "failed"
+    async with aiohttp.ClientSession() as http:
+        for _ in range(100):
+            problems = await (await http.get(console.url + "/api/problems")).json()
+            dead = [x for x in problems["dead_letters"] if x["workflow_id"] == wf]
+            if dead:
+                break
+            await asyncio.sleep(0.05)
+        untrusted = [x for x in problems["untrusted"] if x["workflow_id"] == wf]
+        rows = (await (await http.get(console.url + f"/api/workflows?q={wf}")).json())["rows"]
+    assert [(x["input_type"], x["code"]) for x in dead] == [("step_ready", "malformed_event")]
+    assert ("workflow_completed", "unsigned", "console") in {(x["type"], x["status"], x["seen_by"]) for x in untrusted}
+    assert [(r["workflow_id"], r["state"]) for r in rows] == [(wf, "failed")]  # not the forged "completed"

@@ -308,12 +308,20 @@ function budgetView() {
   (async () => {
     const d = await api("/api/budget");
     if (d.error) { fill(main(), el("h1", { text: "Budget" }), notice(`${d.error.code}: ${d.error.message}`, true)); return; }
-    const r = d.report;
-    const lines = (title, m) => [el("h2", { text: title }), table(["", "spent", "calls", "denied", "cache hits"], Object.entries(m || {}).map(([k, v]) => [k, usd(v.spent_usd), String(v.calls ?? "-"), String(v.denied ?? "-"), String(v.cache_hits ?? "-")]))];
-    fill(main(), el("h1", { text: "Budget" }), el("p", { class: "muted", text: "ledger " + d.ledger }),
-      el("pre", { id: "budget-raw", text: visible(JSON.stringify(Object.fromEntries(Object.entries(r).filter(([, v]) => typeof v !== "object")), null, 1)) }),
-      ...Object.entries(r).filter(([, v]) => v && typeof v === "object" && !Array.isArray(v)).flatMap(([k, v]) => lines(k.replaceAll("_", " "), v)),
-      ...Object.entries(r).filter(([, v]) => Array.isArray(v)).flatMap(([k, v]) => [el("h2", { text: k.replaceAll("_", " ") }), el("pre", { text: visible(JSON.stringify(v, null, 1)) })]));
+    const r = d.report, t = r.today;
+    const spend = (title, m, cap) => [el("h2", { text: title }), Object.keys(m).length
+      ? table(["", "calls", "tokens in", "tokens out", "cost"].concat(cap ? ["cap"] : []), Object.entries(m).map(([k, v]) =>
+        [k, String(v.calls), String(v.input_tokens), String(v.output_tokens), usd(v.cost_usd)].concat(cap ? [v.cap_usd === null ? "-" : usd(v.cap_usd)] : [])))
+      : el("p", { class: "muted", text: "nothing paid" })];
+    fill(main(), el("h1", { text: "Budget" }), el("p", { class: "muted", text: "from the ledger " + d.ledger }),
+      el("div", { class: "grid", id: "budget-figures" }, [["spent", usd(r.spend_usd)], ["today", t ? usd(t.settled_usd) : "-"],
+        ["today's cap", t && t.cap_usd !== null ? usd(t.cap_usd) : "none"], ["reserved now", t ? usd(t.reserved_usd) : "-"],
+        ["cache hits", r.cache_hits], ["denials", Object.values(r.denials).reduce((a, b) => a + b, 0)], ["expired", r.expired], ["overruns", r.overruns]]
+        .map(([k, v]) => el("div", { class: "fig" }, el("b", { text: String(v) }), el("span", { text: k })))),
+      spend("By workflow", r.by_workflow, true), spend("By provider", r.by_provider), spend("By kind", r.by_kind),
+      el("h2", { text: "Denials" }), Object.keys(r.denials).length ? table(["reason", "count"], Object.entries(r.denials).map(([k, v]) => [k, String(v)])) : el("p", { class: "muted", text: "none" }),
+      el("h2", { text: "Open reservations" }), r.open_reservations.length ? table(["workflow", "kind", "provider", "model", "reserved", "expires"],
+        r.open_reservations.map((o) => [o.workflow_id, o.kind, o.provider, o.model, usd(o.reserved_usd), when(o.expires_at)])) : el("p", { class: "muted", text: "none" }));
   })();
   return {};
 }
