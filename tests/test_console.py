@@ -178,7 +178,7 @@ async def test_a_console_without_an_approver_key_cannot_approve(
     assert not (system.settings.workspace_dir / "out" / "never.txt").exists()
 
 
-async def test_a_post_without_the_token_or_from_another_origin_is_refused(console: Console) -> None:
+async def test_a_post_without_the_token_or_from_another_origin_or_host_is_refused(console: Console) -> None:
     async with aiohttp.ClientSession() as http:
         token = (await (await http.get(console.url + "/api/session")).json())["token"]
         bare = await http.post(console.url + "/api/requests", json={"request": "x"})
@@ -189,6 +189,8 @@ async def test_a_post_without_the_token_or_from_another_origin_is_refused(consol
             headers={"X-Cadre-Token": token, "Origin": "http://evil.example"},
         )
         assert (other.status, (await other.json())["error"]["code"]) == (403, "cross_origin")
+        rebound = await http.get(console.url + "/api/session", headers={"Host": "evil.example:8470"})
+        assert (rebound.status, (await rebound.json())["error"]["code"]) == (403, "bad_host")
 
 
 async def test_html_and_control_characters_in_a_request_render_as_inert_text(

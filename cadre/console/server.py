@@ -44,6 +44,7 @@ from cadre.trust import find_keyring, signer_for
 from cadre.wiring import Bus, open_bus
 
 STATIC = Path(str(resources.files("cadre") / "static"))
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 SSE_FLUSH_S = 0.2  # changed rows go out at most this often per client
 SSE_MAX_ROWS = 200  # rows per flush; past it the client is told to reload the list
 _dumps = json.dumps
@@ -63,6 +64,7 @@ class Console:
     clients: set[Callable[[str], None]] = field(default_factory=set)
     closing: asyncio.Event = field(default_factory=asyncio.Event)
     url: str = ""
+    loopback: bool = True  # listening on loopback only: requests must name a loopback host
 
 
 CONSOLE = web.AppKey("console", Console)
@@ -91,8 +93,15 @@ def _wf(request: web.Request) -> str:
 async def _guard(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """POSTs: this session's token and, when sent, this host as the origin. Every answer: no framing,
-    no sniffing, and a policy that runs only this origin's scripts."""
+    """A console on loopback answers requests that name a loopback host only (a page of another site
+    whose name was made to point at 127.0.0.1 names its own). POSTs: this session's token and, when
+    sent, this host as the origin. Every answer: no framing, no sniffing, and a policy that runs only
+    this origin's scripts."""
+    c = _console(request)
+    if c.loopback and request.url.host not in LOOPBACK_NAMES:  # a DNS-rebinding page names another host
+        return _json(
+            {"error": {"code": "bad_host", "message": f"refused: host {request.host!r} is not this console"}}, 403
+        )
     if request.method not in ("GET", "HEAD"):
         origin = request.headers.get("Origin")
         if origin is not None and origin not in (f"http://{request.host}", f"https://{request.host}"):
@@ -100,6 +109,8 @@ async def _guard(
         if not secrets.compare_digest(request.headers.get("X-Cadre-Token", ""), _console(request).token):
             return _json({"error": {"code": "bad_token", "message": "refused: no valid console token (reload)"}}, 403)
     resp = await handler(request)
+    if resp.prepared:  # a stream (server-sent events) has sent its headers already
+        return resp
     resp.headers["X-Content-Type-Options"] = "nosniff"
     resp.headers["X-Frame-Options"] = "DENY"
     resp.headers["Content-Security-Policy"] = (
@@ -355,6 +366,8 @@ def app_for(console: Console) -> web.Application:
 
     async def closing(_: web.Application) -> None:
         console.closing.set()
+        for note in list(console.clients):  # wake the event streams, which then end
+            note("")
 
     app.on_shutdown.append(closing)
     return app
@@ -388,6 +401,7 @@ async def console_running(
         runner = web.AppRunner(app_for(console), access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
+        console.loopback = (host or settings.ui_host) in LOOPBACK_NAMES
         site = web.TCPSite(runner, host or settings.ui_host, settings.ui_port if port is None else port)
         await site.start()
         sockets = getattr(site._server, "sockets", None) or []  # the bound port when 0 asked for any
