@@ -2,7 +2,9 @@
 
     .venv/bin/python bench/console.py [--workflows N] [--runs R] [--data-dir DIR] [--nats URL]
 
-Appends N completed one-task workflows (6 events each, as bench/listing.py) to a fresh stream, then
+Appends N completed one-task workflows (6 events each, as bench/listing.py; ``--signed``: each signed,
+the console given the keyring, so it checks the signatures of the events a row is made of, 4 of
+the 6 here) to a fresh stream, then
 starts ``cadre ui`` as its own process and measures: the time until it serves (its index built by
 one pass over the stream), the first list page over HTTP (``/api/workflows``, the 100 newest) and
 again warm, the list page in Debian's chromium (navigation until the rows are drawn), a new
@@ -26,11 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgspec
 from _common import bench_server, environment, note
 from listing import one_run
 from playwright.async_api import async_playwright
 
 from cadre.bus import ConnectOptions, StreamSpec, Subjects, connect
+from cadre.bus.signing import KeyEntry, KeyringFile, Signer, new_seed
 from cadre.store import JetStreamLog
 
 PREFIX = "benchui"
@@ -43,9 +47,19 @@ def _log(nc: Any) -> JetStreamLog:
     return JetStreamLog(nc, stream=StreamSpec(name=PREFIX.upper(), subjects=subjects.events), subjects=subjects)
 
 
-async def seed(url: str, n: int) -> dict[str, Any]:
+def bench_signer(keyring_path: Path) -> Signer:
+    """A signer whose key the keyring written to ``keyring_path`` trusts for the six event types of a
+    run (one role for all of them: the console checks each signature as it would a deployment's)."""
+    signer = Signer(new_seed(), "bench")
+    types = tuple(sorted({e.type for e in one_run("wf-0", 0)}))
+    keyring = KeyringFile(keys=(KeyEntry(key=signer.public_key, role="bench"),), emits={"bench": types})
+    keyring_path.write_bytes(msgspec.json.encode(keyring))
+    return signer
+
+
+async def seed(url: str, n: int, signer: Signer | None) -> dict[str, Any]:
     nc = await connect(ConnectOptions(url=url))
-    log = _log(nc)
+    log = _log(nc).signed_by(signer)
     await log.ensure_stream()
     started = time.perf_counter()
     for first in range(0, n, 200):
@@ -90,7 +104,7 @@ def usage(pid: int) -> dict[str, float]:
     }
 
 
-async def measure_console(url: str, env: dict[str, str], runs: int) -> dict[str, Any]:
+async def measure_console(url: str, env: dict[str, str], runs: int, signer: Signer | None) -> dict[str, Any]:
     cadre = str(Path(sys.executable).with_name("cadre"))
     started = time.perf_counter()
     proc = await asyncio.create_subprocess_exec(cadre, "ui", "--port", "0", env=env, stdout=asyncio.subprocess.PIPE)
@@ -139,7 +153,7 @@ async def measure_console(url: str, env: dict[str, str], runs: int) -> dict[str,
             nc = await connect(ConnectOptions(url=url))
             t = time.perf_counter()
             new = "wf-ffffffff"
-            await _log(nc).append(new, one_run(new, 10**7), expected_seq=0)
+            await _log(nc).signed_by(signer).append(new, one_run(new, 10**7), expected_seq=0)
             await page.locator(f'tr[data-wf="{new}"][data-state="completed"]').wait_for()
             out["live_row_s"] = round(time.perf_counter() - t, 3)
             await nc.drain()
@@ -171,21 +185,29 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--data-dir", type=Path)
     p.add_argument("--nats", metavar="URL")
+    p.add_argument(
+        "--signed", action="store_true", help="sign every event and give the console the keyring (it checks them)"
+    )
     args = p.parse_args()
     with (
         tempfile.TemporaryDirectory(prefix="cadre-bench-console-") as tmp,
         bench_server(args.nats, args.data_dir) as url,
     ):
-        info = asyncio.run(seed(url, args.workflows))
         env = dict(os.environ, CADRE_NATS_URL=url, CADRE_SUBJECT_PREFIX=PREFIX, CADRE_STREAM_NAME=PREFIX.upper())
         env["CADRE_DATA_DIR"] = str(Path(tmp) / "cli")
+        signer = None
+        if args.signed:
+            env["CADRE_KEYRING"] = str(Path(tmp) / "keyring.json")
+            signer = bench_signer(Path(env["CADRE_KEYRING"]))
+        info = asyncio.run(seed(url, args.workflows, signer))
         result = {
             "workflows": args.workflows,
+            "signed": args.signed,
             "events": args.workflows * 6,
             **info,
             "raw_read_s": round(asyncio.run(raw_read(url)), 3),
             "cadre_workflows_json": cli_workflows(env, args.runs),
-            "console": asyncio.run(measure_console(url, env, args.runs)),
+            "console": asyncio.run(measure_console(url, env, args.runs, signer)),
         }
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")
