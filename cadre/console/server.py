@@ -403,7 +403,13 @@ async def console_running(
         stack.push_async_callback(runner.cleanup)
         console.loopback = (host or settings.ui_host) in LOOPBACK_NAMES
         site = web.TCPSite(runner, host or settings.ui_host, settings.ui_port if port is None else port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise CadreError(
+                f"the console cannot listen on {host or settings.ui_host}:{site.name.rsplit(':', 1)[-1]}: "
+                f"{exc.strerror or exc} (another port: --port, CADRE_UI_PORT)"
+            ) from None
         sockets = getattr(site._server, "sockets", None) or []  # the bound port when 0 asked for any
         bound = sockets[0].getsockname()[1] if sockets else settings.ui_port
         console.url = f"http://{host or settings.ui_host}:{bound}"
