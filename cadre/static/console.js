@@ -81,7 +81,7 @@ function workflowsView() {
     (!text.value.trim() || (r.workflow_id + " " + (r.request || "")).toLowerCase().includes(text.value.trim().toLowerCase()));
   const render = () => {
     const list = [...rows.values()].filter(matches).sort((a, b) =>
-      (b.started_at || "").localeCompare(a.started_at || "") || a.workflow_id.localeCompare(b.workflow_id)).slice(0, 100);
+      (b.started_at || "").localeCompare(a.started_at || "") || a.workflow_id.localeCompare(b.workflow_id)).slice(0, limit);
     fill(body, ...list.map((r) => el("tr", { class: "row", "data-wf": r.workflow_id, "data-state": r.state,
         onclick: () => { location.hash = "#/wf/" + encodeURIComponent(r.workflow_id); } },
       el("td", { class: "state-cell" }, state(r.state)),
@@ -92,14 +92,17 @@ function workflowsView() {
       el("td", { class: "num", text: usd(r.cost_usd) }),
       el("td", { class: "num", text: r.problems ? String(r.problems) : "" }))));
   };
+  let limit = 100;
+  const more = el("button", { class: "plain", id: "wf-more", text: "Show 100 more", onclick: () => { limit += 100; load(); } });
   const load = async () => {
-    const q = new URLSearchParams({ limit: "100" });
+    const q = new URLSearchParams({ limit: String(limit) });
     if (stateSel.value) q.set("state", stateSel.value);
     if (text.value.trim()) q.set("q", text.value.trim());
     const d = await api("/api/workflows?" + q);
     rows.clear();
     for (const r of d.rows || []) rows.set(r.workflow_id, r);
-    total.textContent = `${d.total} shown of ${d.workflows} workflows`;
+    total.textContent = `${Math.min(d.total, limit)} shown of ${d.total} matching (${d.workflows} workflows)`;
+    more.hidden = d.total <= limit;
     render();
   };
   const submit = async (e) => {
@@ -110,15 +113,16 @@ function workflowsView() {
     said.appendChild(el("div", { class: "notice" }, "started ", el("a", { href: "#/wf/" + encodeURIComponent(d.workflow_id), text: d.workflow_id }), dry.checked ? " (a dry run: nothing is executed)" : ""));
     req.value = "";
   };
-  stateSel.addEventListener("change", load);
-  text.addEventListener("input", debounce(load, 250));
+  stateSel.addEventListener("change", () => { limit = 100; load(); });
+  text.addEventListener("input", debounce(() => { limit = 100; load(); }, 250));
   fill(main(), 
     el("h1", { text: "Workflows" }),
     el("form", { class: "card", id: "req-form", onsubmit: submit },
       req, el("div", { class: "bar" }, el("label", {}, dry, " dry run (plan and simulate; run no tool)"),
         el("button", { type: "submit", id: "req-submit", text: "Submit request" })), said),
     el("div", { class: "bar" }, stateSel, text, total),
-    el("table", {}, el("thead", {}, el("tr", {}, ["state", "workflow", "request", "started (UTC)", "duration", "cost", "problems"].map((h) => el("th", { text: h })))), body));
+    el("table", {}, el("thead", {}, el("tr", {}, ["state", "workflow", "request", "started (UTC)", "duration", "cost", "problems"].map((h) => el("th", { text: h })))), body),
+    el("div", { class: "bar" }, more));
   load();
   return {
     onRows(d) {
