@@ -31,9 +31,20 @@ const svg = (tag, attrs) => {
   for (const [k, v] of Object.entries(attrs || {})) n.setAttribute(k, String(v));
   return n;
 };
-// Control characters shown as escapes (as the CLI's safe_text does): never sent to the page raw.
-const visible = (s) => (s === null || s === undefined) ? "" :
-  String(s).replace(/[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/g, (c) => "\\x" + c.charCodeAt(0).toString(16).padStart(2, "0"));
+// Recorded text shown as the CLI prints it (cadre/safe_text.py): a character that is not printable
+// (Unicode's Other and Separator categories but the space: controls, bidi overrides, zero-width
+// characters, unassigned and private-use code points) is shown as its escape, never passed on.
+// Line breaks are kept only with `newlines` (a block meant to span lines).
+const UNPRINTABLE = /(?! )[\p{C}\p{Z}]/gu;
+const NAMED = { "\n": "\\n", "\r": "\\r", "\t": "\\t" };
+function escapeChar(c) {
+  if (NAMED[c]) return NAMED[c];
+  const n = c.codePointAt(0);
+  const hex = (w) => n.toString(16).padStart(w, "0");
+  return n < 0x100 ? "\\x" + hex(2) : n < 0x10000 ? "\\u" + hex(4) : "\\U" + hex(8);
+}
+const visible = (s, newlines) => (s === null || s === undefined) ? "" :
+  String(s).replace(UNPRINTABLE, (c) => newlines && c === "\n" ? c : escapeChar(c));
 const when = (iso) => iso ? iso.replace("T", " ").replace(/\.\d+/, "").replace(/(\+00:00|Z)$/, "") : "-";
 const dur = (s) => s === null || s === undefined ? "-" : s < 60 ? s.toFixed(2) + " s" : s < 3600 ? (s / 60).toFixed(1) + " min" : (s / 3600).toFixed(1) + " h";
 const usd = (x) => x ? "$" + Number(x).toFixed(4) : "-";
@@ -136,12 +147,12 @@ function workflowsView() {
 // --- a workflow -----------------------------------------------------------------------------------
 function valueBox(v, wf, eventId, effect, part) {
   if (!v) return el("span", { class: "muted", text: "-" });
-  const pre = el("pre", { text: visible(v.text) });
+  const pre = el("pre", { text: visible(v.text, true) });
   if (!v.cut) return pre;
   const more = el("button", { class: "plain", text: `show all (${v.cut} more characters)`, onclick: async () => {
     const q = new URLSearchParams({ event: eventId, effect: String(effect), part });
     const d = await api(`/api/workflows/${encodeURIComponent(wf)}/value?` + q);
-    pre.textContent = visible(typeof d.value === "string" ? d.value : JSON.stringify(d.value, null, 1));
+    pre.textContent = visible(typeof d.value === "string" ? d.value : JSON.stringify(d.value, null, 1), true);
     more.remove();
   } });
   return el("div", {}, pre, more);
@@ -222,7 +233,7 @@ function workflowView(wf) {
       fill(out, el("span", { class: "muted", text: "replaying…" }));
       const r = await api(`/api/workflows/${encodeURIComponent(wf)}/replay`, { body: {} });
       fill(out, r.error ? notice(`${r.error.code}: ${r.error.message}`, true) :
-        el("div", { class: "card", id: "replay-result" }, el("b", { class: r.ok ? "okc" : "err", text: r.ok ? "replay matches the record" : "replay differs from the record" }), el("pre", { text: visible(r.lines.join("\n")) })));
+        el("div", { class: "card", id: "replay-result" }, el("b", { class: r.ok ? "okc" : "err", text: r.ok ? "replay matches the record" : "replay differs from the record" }), el("pre", { text: visible(r.lines.join("\n"), true) })));
     };
     const cancel = async () => {
       const r = await api(`/api/workflows/${encodeURIComponent(wf)}/cancel`, { body: { reason: "cancelled from the console" } });
