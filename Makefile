@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench ui screenshot clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,16 @@ $(JS_STAMP): tests/js/package-lock.json
 	npm ci --prefix tests/js --no-audit --no-fund
 	@touch $(JS_STAMP)
 
+# The console's browser tests (tests/test_console.py) drive Debian's chromium through Playwright's
+# executable_path; nothing downloads a browser. Installed (as root, with apt-get) when missing.
+CHROMIUM       := /usr/bin/chromium
+CHROMIUM_STAMP := $(VENV)/.chromium
+
+$(CHROMIUM_STAMP): $(STAMP)
+	@test -x $(CHROMIUM) || { apt-get update && apt-get install -y chromium; }
+	@test -x $(CHROMIUM) || { echo "make: $(CHROMIUM) is missing: apt-get install -y chromium (as root)" >&2; exit 1; }
+	@touch $(CHROMIUM_STAMP)
+
 DEMO_REQUEST := find the three customers who spent most in 2024 and write a report
 
 demo: $(STAMP)
@@ -34,7 +44,7 @@ demo: $(STAMP)
 # One pytest worker per core (each with its own nats-server); TEST_WORKERS=0 runs them in one process.
 TEST_WORKERS ?= auto
 
-test: $(STAMP) $(JS_STAMP) lint
+test: $(STAMP) $(JS_STAMP) $(CHROMIUM_STAMP) lint
 	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 # mypy cannot follow the install's folder mapping (bus/ -> cadre.bus, ...), so it checks a tree of
@@ -48,6 +58,14 @@ lint: $(STAMP)
 	@for f in $(filter-out cadre/__pycache__,$(wildcard cadre/*)); do ln -s "$(CURDIR)/$$f" $(TYPECHECK)/cadre/; done
 	@for d in bus store planner actors; do ln -s "$(CURDIR)/$$d" $(TYPECHECK)/cadre/$$d; done
 	cd $(TYPECHECK) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml
+
+# The web console of the local cadre (start `cadre up` first, or use `cadre up --ui`).
+ui: $(STAMP)
+	$(BIN)/cadre ui
+
+# docs/img/console.png, the README's picture of the console: a scripted cadre, shot in chromium.
+screenshot: $(STAMP) $(CHROMIUM_STAMP)
+	$(BIN)/python bench/screenshot.py
 
 # The bench extra: the durable peers bench/peers.py runs beside cadre (LangGraph, DBOS).
 bench: $(STAMP)

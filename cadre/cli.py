@@ -89,6 +89,8 @@ def _parser() -> argparse.ArgumentParser:
         "up", parents=[bus, metrics, policy], help="run cadre: every actor (and the embedded NATS server)"
     )
     up.add_argument("--port", type=int, help="port of the embedded server (default: a free one)")
+    up.add_argument("--ui", action="store_true", help="serve the web console too (cadre ui)")
+    up.add_argument("--ui-port", type=int, metavar="PORT", help="the console's port (env CADRE_UI_PORT; default 8470)")
 
     actor = sub.add_parser("actor", parents=[bus, metrics, policy], help="run one actor kind as its own process")
     actor.add_argument("kind", choices=list(KINDS))
@@ -149,6 +151,9 @@ def _parser() -> argparse.ArgumentParser:
     replay_cli.add_parser(sub, [bus, out])
     eval_cmd.add_parser(sub, [bus, out, policy])
     stats_cli.add_parser(sub, [bus, out])
+    ui = sub.add_parser("ui", parents=[bus], help="the web console: workflows, approvals, problems, budget, stats")
+    ui.add_argument("--host", metavar="ADDR", help="listen on this address (env CADRE_UI_HOST; default 127.0.0.1)")
+    ui.add_argument("--port", dest="ui_port", type=int, metavar="PORT", help="port (env CADRE_UI_PORT; default 8470)")
     return p
 
 
@@ -214,7 +219,14 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
     settings = deployment_settings(settings)
     match args.command:
         case "up":  # the whole deployment: an agent without a pool and one for each pool
-            return await commands.up(settings, KINDS, 1, "cadre-up", agent_pools=(None, *settings.pools))
+            alongside = None
+            if args.ui:
+                from cadre.console import cli as console_cli  # aiohttp: loaded only for the console
+
+                alongside = console_cli.alongside(settings, args.ui_port)
+            return await commands.up(
+                settings, KINDS, 1, "cadre-up", agent_pools=(None, *settings.pools), alongside=alongside
+            )
         case "actor":
             if args.replicas < 1:
                 raise UsageError("--replicas must be at least 1")
@@ -267,6 +279,10 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
             return await eval_cmd.run(args, settings)
         case "stats":
             return await stats_cli.run(args, settings)
+        case "ui":
+            from cadre.console import cli as console_ui
+
+            return await console_ui.serve(settings, args.host, args.ui_port)
     raise AssertionError(f"unhandled command {args.command!r}")
 
 

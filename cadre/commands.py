@@ -114,9 +114,11 @@ async def up(
     name: str,
     *,
     agent_pools: tuple[str | None, ...] | None = None,
+    alongside: Callable[[str], contextlib.AbstractAsyncContextManager[str]] | None = None,
 ) -> int:
     """Run actor kinds until SIGINT/SIGTERM, then drain and stop (the agents serve ``agent_pools``:
-    :func:`cadre.system.run_system`)."""
+    :func:`cadre.system.run_system`). ``alongside``: something more to run in the process while
+    they do (``cadre up --ui``: the console), given the server's URL; it says what it is in a line."""
     stop = _stop_on_signals(settings.actor_drain_timeout_s + settings.stop_grace_s)
     # One process runs every kind (`cadre up`) as `node`, the union of the actor roles; a process of
     # one kind (`cadre actor KIND`) as that kind's role.
@@ -139,8 +141,11 @@ async def up(
         if bus.server is not None:
             client = settings.auth_dir / "client.creds"
             _say(f"  other NATS clients: {bus.url} with the credentials in {client}")
-        await stop.wait()
-        print("cadre: draining and stopping", file=sys.stderr, flush=True)
+        async with contextlib.AsyncExitStack() as extra:
+            if alongside is not None:
+                _say(await extra.enter_async_context(alongside(bus.url)))
+            await stop.wait()
+            print("cadre: draining and stopping", file=sys.stderr, flush=True)
     return EXIT_OK
 
 

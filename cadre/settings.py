@@ -387,6 +387,13 @@ class Settings(BaseSettings):
         description="the collector traces go to (the standard OTEL_ variables; the exporter reads them itself)",
     )
 
+    # the web console (`cadre ui`, `cadre up --ui`: cadre/console/)
+    ui_host: str = Field(default="127.0.0.1", description="the console listens on this address (loopback by default)")
+    ui_port: int = Field(default=8470, ge=0, le=65535, description="the console's port (0 = any free one)")
+    ui_stuck_after_s: float = Field(
+        default=600.0, gt=0, description="the console lists a workflow as stuck after this long without an event"
+    )
+
     # the durable intake (actors/intake.py): its stream is <stream_name>_REQUESTS, its bucket <stream_name>_INTAKE
     intake_max_pending: int = Field(
         default=100_000, ge=1, description="requests the requests stream holds at most (then it refuses new ones)"
