@@ -359,7 +359,14 @@ async def test_a_full_stream_refuses_a_request_and_the_requester_is_told(deploym
     finally:
         await requester.close()
     assert answer["error"]["code"] == "overloaded"
-    assert registry.get_sample_value("cadre_intake_publish_only_refused_total") == 1
+    # The publish-only refusal is counted by the intake's own subscriber, which may take its turn
+    # after the requester's flush has returned (seen on a loaded machine): wait for it, bounded.
+    refused = "cadre_intake_publish_only_refused_total"
+    async with asyncio.timeout(5):
+        while registry.get_sample_value(refused) != 1:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+    await asyncio.sleep(0.2)  # and it stays one: the request is counted once
+    assert registry.get_sample_value(refused) == 1
     ready = asyncio.Event()
     consumer = asyncio.create_task(intake.consume(ready))
     try:

@@ -1,5 +1,6 @@
 """Plan checks stay fast on large, densely linked plans (issue 12: a 200-node plan pinned the
-validator's CPU for seconds, and its process ignored SIGTERM meanwhile)."""
+validator's CPU for seconds, and its process ignored SIGTERM meanwhile). The bounds are on this
+process's CPU time, not the wall clock, so a busy machine (CI's other worker) does not fail them."""
 
 from __future__ import annotations
 
@@ -31,9 +32,9 @@ def test_a_200_node_dense_plan_validates_in_under_a_second(chain: bool) -> None:
     plan = _dense(N, chain=chain)
     catalog = builtin_catalog()
     roomy = Limits(max_tasks=N, max_depth=N)
-    started = time.perf_counter()
+    started = time.process_time()
     checks = validate_plan(plan, catalog, roomy)
-    took = time.perf_counter() - started
+    took = time.process_time() - started
     assert failed(checks) == []
     assert sum(c.name == "reference_upstream" and c.passed for c in checks) == N * (N - 1) // 2
     assert took < 1.0, f"validating {N} dense tasks took {took:.2f}s"
@@ -41,9 +42,9 @@ def test_a_200_node_dense_plan_validates_in_under_a_second(chain: bool) -> None:
 
 def test_a_200_node_plan_over_the_default_limits_is_rejected_fast_by_its_size() -> None:
     plan = _dense(N)
-    started = time.perf_counter()
+    started = time.process_time()
     checks = validate_plan(plan, builtin_catalog())
-    took = time.perf_counter() - started
+    took = time.process_time() - started
     assert {c.name for c in failed(checks)} == {"plan_size", "plan_depth"}
     assert took < 1.0, f"rejecting {N} dense tasks took {took:.2f}s"
 
@@ -61,8 +62,8 @@ def test_a_reference_past_the_dependencies_is_still_refused() -> None:
 
 def test_upstream_and_blocked_tasks_of_a_dense_plan_are_quick_and_right() -> None:
     plan = _dense(N, chain=True)
-    started = time.perf_counter()
+    started = time.process_time()
     assert upstream(plan, f"t{N - 1}") == {f"t{j}" for j in range(N - 1)}
     blocked = blocked_by_failure(plan, {"t0": FAILED})
-    assert time.perf_counter() - started < 1.0
+    assert time.process_time() - started < 1.0
     assert blocked == [f"t{j}" for j in range(1, N)]
