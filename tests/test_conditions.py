@@ -100,10 +100,10 @@ def test_what_is_not_a_condition_is_refused_when_parsed(text: str, names: frozen
 def test_parse_compiles_once_and_evaluation_is_fast() -> None:
     assert parse("size(output.rows) > 0") is parse("size(output.rows) > 0")
     rows = {"output": {"rows": [{"v": i} for i in range(1000)]}}
-    start = time.perf_counter()
+    start = time.process_time()  # this process's CPU: a busy machine does not count against it
     for _ in range(100):
         assert check("output.rows.all(r, r.v >= 0)", rows).passed
-    assert time.perf_counter() - start < 2.0
+    assert time.process_time() - start < 2.0
 
 
 # == the agent evaluates and records them; the validator checks they parse ==========================
