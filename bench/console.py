@@ -29,11 +29,11 @@ from typing import Any
 
 import aiohttp
 import msgspec
-from _common import bench_server, environment, note
-from listing import one_run
+from _common import bench_server, note
+from listing import log_of, one_run, seed
 from playwright.async_api import async_playwright
 
-from cadre.bus import ConnectOptions, StreamSpec, Subjects, connect
+from cadre.bus import ConnectOptions, connect
 from cadre.bus.signing import KeyEntry, KeyringFile, Signer, new_seed
 from cadre.store import JetStreamLog
 
@@ -43,8 +43,7 @@ CLK = os.sysconf("SC_CLK_TCK")
 
 
 def _log(nc: Any) -> JetStreamLog:
-    subjects = Subjects(PREFIX)
-    return JetStreamLog(nc, stream=StreamSpec(name=PREFIX.upper(), subjects=subjects.events), subjects=subjects)
+    return log_of(nc, PREFIX)
 
 
 def bench_signer(keyring_path: Path) -> Signer:
@@ -55,20 +54,6 @@ def bench_signer(keyring_path: Path) -> Signer:
     keyring = KeyringFile(keys=(KeyEntry(key=signer.public_key, role="bench"),), emits={"bench": types})
     keyring_path.write_bytes(msgspec.json.encode(keyring))
     return signer
-
-
-async def seed(url: str, n: int, signer: Signer | None) -> dict[str, Any]:
-    nc = await connect(ConnectOptions(url=url))
-    log = _log(nc).signed_by(signer)
-    await log.ensure_stream()
-    started = time.perf_counter()
-    for first in range(0, n, 200):
-        batch = range(first, min(n, first + 200))
-        await asyncio.gather(*(log.append(f"wf-{i:08x}", one_run(f"wf-{i:08x}", i), expected_seq=0) for i in batch))
-    note(f"appended {n} workflows in {time.perf_counter() - started:.1f} s")
-    env = environment(nc)
-    await nc.drain()
-    return env
 
 
 async def raw_read(url: str) -> float:
@@ -199,7 +184,7 @@ def main() -> None:
         if args.signed:
             env["CADRE_KEYRING"] = str(Path(tmp) / "keyring.json")
             signer = bench_signer(Path(env["CADRE_KEYRING"]))
-        info = asyncio.run(seed(url, args.workflows, signer))
+        info = asyncio.run(seed(url, args.workflows, PREFIX, signer))
         result = {
             "workflows": args.workflows,
             "signed": args.signed,

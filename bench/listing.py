@@ -40,6 +40,7 @@ from cadre.bus.events import (
     make_event,
 )
 from cadre.bus.plan import Plan, Task
+from cadre.bus.signing import Signer
 from cadre.store import JetStreamLog
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -67,10 +68,16 @@ def one_run(wf: str, n: int) -> list[Envelope]:
     return out
 
 
-async def seed(url: str, n: int) -> dict[str, Any]:
+def log_of(nc: Any, prefix: str = PREFIX) -> JetStreamLog:
+    """The bench's event log under its own ``prefix`` (its own stream), not a deployment's."""
+    subjects = Subjects(prefix)
+    return JetStreamLog(nc, stream=StreamSpec(name=prefix.upper(), subjects=subjects.events), subjects=subjects)
+
+
+async def seed(url: str, n: int, prefix: str = PREFIX, signer: Signer | None = None) -> dict[str, Any]:
+    """Append ``n`` finished workflows (:func:`one_run`) under ``prefix``, signed by ``signer`` if given."""
     nc = await connect(ConnectOptions(url=url))
-    subjects = Subjects(PREFIX)
-    log = JetStreamLog(nc, stream=StreamSpec(name=PREFIX.upper(), subjects=subjects.events), subjects=subjects)
+    log = log_of(nc, prefix).signed_by(signer)
     await log.ensure_stream()
     started = time.perf_counter()
     for first in range(0, n, 200):
