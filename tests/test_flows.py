@@ -235,6 +235,7 @@ GOLDEN = Path(__file__).resolve().parent / "golden"
         ),
         ("flow_model_sql", "flow   text_to_sql, path classify -> rewrite -> find_tables -> confirm_tables", "rewrite"),
         ("flow_loop", "flow   polling, path poll -> report (chosen by default)", "poll-2"),
+        ("flow_subflow", "flow   orders_report, path count -> report (chosen by default)", "report"),
     ],
 )
 def test_the_audit_of_a_flow_run_names_the_path_and_why(name: str, flow_line: str, branch: str) -> None:
