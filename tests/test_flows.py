@@ -409,3 +409,18 @@ def test_a_sub_flow_must_exist_and_nest_within_the_child_depth(tmp_path: Path) -
     (tmp_path / "top.json").write_text(json.dumps(both))
     with pytest.raises(FlowsInvalid, match="both a tool and a flow"):
         load_folder(tmp_path, CATALOG)
+
+
+def test_a_workflow_run_node_with_a_flow_input_is_a_sub_flow_too(tmp_path: Path) -> None:
+    for f in SUBFLOWS.glob("*.yaml"):
+        (tmp_path / f.name).write_text(f.read_text())
+    loop = _sub("loop", "x")
+    loop["nodes"][0] = {"name": "go", "description": "run it", "tool": "workflow.run", "inputs": {"flow": "loop"}}
+    (tmp_path / "loop.json").write_text(json.dumps(loop))
+    with pytest.raises(FlowsInvalid, match=r"loop -> loop"):
+        load_folder(tmp_path, CATALOG)
+    loop["nodes"][0]["inputs"] = {"flow": "count_customers"}
+    (tmp_path / "loop.json").write_text(json.dumps(loop))
+    flows = load_folder(tmp_path, CATALOG)
+    plan = compile_path(flows["loop"], ["go"], {"text": "t"})
+    assert (plan.nodes[0].tool, plan.nodes[0].inputs) == ("workflow.run", {"flow": "count_customers"})

@@ -241,3 +241,16 @@ async def test_a_preview_with_a_model_asks_it_through_the_budget_and_runs_nothin
     assert "flow  text_to_sql  path validate_sql -> execute -> format_answer  (chosen by rule)" in printed
     assert "the model named no flow (a request to fix SQL: the rules know it)" in printed
     assert printed.rstrip().endswith("nothing was run")
+
+
+async def test_cadre_plan_with_a_model_and_no_planner_running_says_the_model_was_not_asked(
+    nats_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    script = tmp_path / "replies.json"
+    script.write_text(json.dumps({"plan": []}))
+    settings = flow_settings(nats_url, tmp_path, llm_provider="scripted", llm_script=str(script))
+    assert await asyncio.to_thread(flows_cli.plan_cmd, settings, "fix this SQL: SELECT 1", True) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert (printed["flow"], printed["chosen_by"]) == ("text_to_sql", "rule")
+    assert f"no planner answered on {settings.subjects.plan}" in printed["model"]
+    assert "so it was not asked" in printed["model"]
