@@ -409,6 +409,11 @@ def test_a_sub_flow_must_exist_and_nest_within_the_child_depth(tmp_path: Path) -
     (tmp_path / "top.json").write_text(json.dumps(both))
     with pytest.raises(FlowsInvalid, match="both a tool and a flow"):
         load_folder(tmp_path, CATALOG)
+    gated = _sub("top", "orders_report")
+    gated["nodes"][0]["approval"] = True
+    (tmp_path / "top.json").write_text(json.dumps(gated))
+    with pytest.raises(FlowsInvalid, match="which has no step of its own for a person to confirm"):
+        load_folder(tmp_path, CATALOG)
 
 
 def test_a_workflow_run_node_with_a_flow_input_is_a_sub_flow_too(tmp_path: Path) -> None:

@@ -147,6 +147,16 @@ def _names(flow: Flow) -> list[FlowProblem]:
                     "remove inputs; give the sub-flow's parameters defaults",
                 )
             )
+        if n.subflow is not None and n.approval:
+            out.append(
+                FlowProblem(
+                    "subflow_approval",
+                    "a sub-flow node runs a child workflow, which has no step of its own for a person to confirm",
+                    n.name,
+                    "approval",
+                    "set approval on a node of the sub-flow instead",
+                )
+            )
         if not n.description.strip():
             out.append(
                 FlowProblem(
