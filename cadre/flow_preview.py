@@ -16,6 +16,7 @@ and cost.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
@@ -34,6 +35,7 @@ from cadre.actors.clock import utc_now
 from cadre.actors.context import Context, Outside
 from cadre.actors.planner import plan_flow
 from cadre.bus.effects import BudgetDecided, CallSettled, ModelCalled
+from cadre.bus.errors import CadreError
 from cadre.bus.events import Envelope, WorkflowRequested
 from cadre.bus.subjects import Subjects
 from cadre.planner.catalog import Catalog
@@ -156,23 +158,33 @@ async def serve_plan(
     the process has a model (``answers``: its ports, :func:`preview_outside`), else :func:`preview`;
     ``{"error": {...}}`` for a malformed one, as the requests subject answers."""
 
-    async def on_msg(m: Msg) -> None:
-        if not m.reply:
-            return
+    pending: set[asyncio.Task[None]] = set()
+
+    async def answer(m: Msg) -> None:
         try:
             body = json.loads(m.data)
             text = body.get("request") if isinstance(body, dict) else None
             if not isinstance(text, str) or not text.strip():
                 raise ValueError('expected {"request": "..."}')
             if answers is not None and model:
-                answer: dict[str, Any] = await preview_by_model(
+                reply: dict[str, Any] = await preview_by_model(
                     flows, catalog, text, answers, now=utc_now(), pid=preview_id()
                 )
             else:
-                answer = preview(flows, catalog, text, model=model)
+                reply = preview(flows, catalog, text, model=model)
         except ValueError as exc:  # json.JSONDecodeError is one
-            answer = {"error": {"code": "invalid_request", "message": str(exc)}}
-        await m.respond(msgspec.json.encode(answer))
+            reply = {"error": {"code": "invalid_request", "message": str(exc)}}
+        except CadreError as exc:
+            reply = {"error": exc.to_wire()}
+        await m.respond(msgspec.json.encode(reply))
+
+    async def on_msg(m: Msg) -> None:
+        """Each preview in a task of its own: one waiting on the model holds up no other."""
+        if not m.reply:
+            return
+        task = asyncio.create_task(answer(m))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
 
     sub = await nc.subscribe(subjects.plan, queue="cadre-plan", cb=on_msg)
     try:
@@ -180,3 +192,6 @@ async def serve_plan(
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
+        for task in list(pending):
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
