@@ -31,7 +31,7 @@ import msgspec
 
 from cadre.actors.context import Context
 from cadre.actors.outcome import Outcome
-from cadre.actors.planner_rules import dispatch_ready, fail_task, result_of
+from cadre.actors.planner_rules import after_task, fail_task
 from cadre.actors.runtime import ActorSpec
 from cadre.bus.errors import ConcurrencyConflict
 from cadre.bus.events import (
@@ -51,7 +51,7 @@ from cadre.bus.events import (
 from cadre.bus.plan import ErrorInfo
 from cadre.planner import children as rules
 from cadre.planner.refs import RefError, resolve
-from cadre.planner.scheduler import is_finished, upstream
+from cadre.planner.scheduler import upstream
 from cadre.store.jetstream import JetStreamLog
 from cadre.store.records import StoredEvent
 from cadre.store.state import WorkflowState, current_child
@@ -129,9 +129,7 @@ def on_child_completed(state: WorkflowState, data: ChildCompleted) -> list[Event
         return []
     if child.attempt != task.attempt:
         return []
-    if is_finished(state.plan, state.task_status()):
-        return [WorkflowCompleted(result=result_of(state, {tid: t.output for tid, t in state.tasks.items()}))]
-    return dispatch_ready(state)
+    return after_task(state, data.task_id)  # a flow's sub-flow node chooses its way on first
 
 
 def on_child_failed(state: WorkflowState, data: ChildFailed) -> list[Event]:

@@ -96,12 +96,20 @@ def on_step_completed(state: WorkflowState, ev: StepCompleted) -> list[Event]:
             nxt = state.steps[task.step_ids[i + 1]]
             return [StepReady(step=nxt.step)] if nxt.status == "proposed" else []
         return []
+    return after_task(state, ev.task_id)
+
+
+def after_task(state: WorkflowState, task_id: str) -> list[Event]:
+    """After task ``task_id`` completed (its last step, or its child workflow): its way on, when it
+    has ways (a flow's task, ``branch_taken``), then the tasks it made ready, or the workflow's end."""
+    task = state.tasks[task_id]
+    assert state.plan is not None
     status = task_status(state)
     out: list[Event] = []
     if task.task.branches and not task.branched:  # a flow's task: choose the way on first
         decided = {tid: t.branch for tid, t in state.tasks.items() if t.branched}
-        status[ev.task_id] = COMPLETED
-        taken = decide(state.plan, ev.task_id, task.output, status, decided)
+        status[task_id] = COMPLETED
+        taken = decide(state.plan, task_id, task.output, status, decided)
         out.append(taken)
         status.update(dict.fromkeys(taken.skipped, SKIPPED))
     if is_finished(state.plan, status):

@@ -2,21 +2,25 @@
 path a request would take, with nothing run (:mod:`cadre.flow_preview`, which also answers the
 ``<prefix>.plan`` subject).
 
-The preview is the planner's deterministic choice (:func:`planner.flows.choose.by_rules`: the
-flows' match rules, the rule's path, else the default path, else the whole flow), made into the
-plan the planner would propose and checked by the plan validator. With a model configured the
-planner asks the model first (``actors.planner``); the preview says so, and shows the fallback
-the planner takes when the model may not be used or gives no valid answer. No workflow is
-started, no tool runs and no model is consulted.
+Without a model the preview is the planner's deterministic choice (:func:`planner.flows.choose.by_rules`:
+the flows' match rules, the rule's path, else the default path, else the whole flow), made here into
+the plan the planner would propose and checked by the plan validator: nothing is started, no model
+is consulted. With a model configured the choice is the model's, and the model, the budget and the
+keys are the planner's: ``cadre plan`` asks the running planner on ``<prefix>.plan``, which makes the
+planner's own consultation (through the budget, accounted to a preview id) and runs nothing. When
+no planner answers, it says so and shows the rules' choice, the planner's fallback.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
+
+import nats.errors
 
 from cadre.bus.errors import CadreError
 from cadre.commands import EXIT_FAILED, EXIT_OK, UsageError
@@ -28,6 +32,7 @@ from cadre.render import json_line
 from cadre.safe_text import visible
 from cadre.settings import Settings
 from cadre.system import catalog_for, flows_for
+from cadre.wiring import open_bus
 
 __all__ = ["flows_cmd", "plan_cmd", "schema_flow"]
 
@@ -47,7 +52,8 @@ def describe(flow: Flow) -> dict[str, Any]:
         "nodes": [
             {
                 "name": n.name,
-                "tool": n.tool,
+                "tool": n.runs,
+                "flow": n.subflow,
                 "description": n.description,
                 "next": [{"to": e.to, "when": e.when, "max": e.max} for e in n.next],
                 "approval": n.approval,
@@ -90,7 +96,8 @@ def flows_cmd(settings: Settings, as_json: bool) -> int:
                 for e in n["next"]
             )
             gate = " [a person confirms]" if n["approval"] else ""
-            print(visible(f"  - {n['name']}: {n['tool']}{gate}  {n['description']}"), flush=True)
+            runs = f"flow {n['flow']}" if n["flow"] else n["tool"]
+            print(visible(f"  - {n['name']}: {runs}{gate}  {n['description']}"), flush=True)
             if ways:
                 print(visible(f"      then {ways}"), flush=True)
     if not flows:
@@ -107,16 +114,50 @@ def _model_configured(settings: Settings) -> bool:
     return False
 
 
+PLANNER_WAIT_S: Final = 120.0
+"""How long ``cadre plan`` waits for the planner's answer (a model consultation, its repair round)."""
+
+
+async def ask_planner(settings: Settings, text: str) -> dict[str, Any] | None:
+    """The running planner's preview of ``text`` (``<prefix>.plan``); None when no planner listens."""
+    async with open_bus(settings, name="cadre-plan") as bus:
+        try:
+            reply = await bus.nc.request(
+                settings.subjects.plan,
+                json.dumps({"request": text}).encode(),
+                timeout=max(settings.request_timeout_s, PLANNER_WAIT_S),
+            )
+        except nats.errors.NoRespondersError:
+            return None
+    answer: dict[str, Any] = json.loads(reply.data)
+    return answer
+
+
 def plan_cmd(settings: Settings, text: str, as_json: bool) -> int:
-    """``cadre plan "request"``: the preview, printed."""
+    """``cadre plan "request"``: the preview (module docstring), printed."""
     if not text.strip():
         raise UsageError('give the request in words: cadre plan "..."')
     catalog = catalog_for(settings)
-    p = preview(_flows(settings, catalog), catalog, text, model=_model_configured(settings))
+    flows = _flows(settings, catalog)
+    p = asyncio.run(ask_planner(settings, text)) if _model_configured(settings) else None
+    if p is None:
+        p = preview(flows, catalog, text, model=_model_configured(settings))
+        if "model" in p:
+            p["model"] = (
+                f"a model is configured, but no planner answered on {settings.subjects.plan} (start `cadre up`), "
+                "so it was not asked: this is the rules' choice, which the planner falls back on"
+            )
     if as_json:
         print(json_line(p), flush=True)
         return EXIT_FAILED if "error" in p else EXIT_OK
-    if "model" in p:
+    if "flow" not in p:  # the planner refused the request
+        print(visible(f"cannot plan: {p.get('error', {}).get('message', p)}"), flush=True)
+        return EXIT_FAILED
+    if isinstance(p.get("model"), dict):
+        m = p["model"]
+        asked = ", ".join(m["decisions"]) or "not asked"
+        print(visible(f"model {asked}; {m['calls']} call(s); charged {m['charged']}"), flush=True)
+    elif "model" in p:
         print(visible(f"note: {p['model']}"), flush=True)
     if p["flow"] is None:
         print(visible(p["why"]), flush=True)

@@ -8,6 +8,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
 
 from cadre.actors import children, tracing
+from cadre.actors.answers import LiveAnswers
 from cadre.actors.approvals import ApprovalPolicy, serve_approvals
 from cadre.actors.budget import BudgetClient, serve_budget
 from cadre.actors.context import Outside
@@ -25,7 +26,7 @@ from cadre.actors.tools.builtin import compensation_impls
 from cadre.actors.tools.plugins import load_tool_modules, plugin_impls
 from cadre.budget_config import budget_config, ledger_spec
 from cadre.bus.errors import CadreError
-from cadre.flow_preview import serve_plan
+from cadre.flow_preview import preview_outside, serve_plan
 from cadre.grounding_config import grounder_for
 from cadre.llm import build_llm
 from cadre.planner.builtin_tools import builtin_catalog, compensation_specs
@@ -74,7 +75,9 @@ def pools_of(settings: Settings) -> Pools | None:
 def flows_for(settings: Settings, catalog: Catalog) -> FlowSet | None:
     """The deployment's flows (``CADRE_FLOWS``), checked against ``catalog``; None without the setting.
     :class:`~planner.flows.registry.FlowsInvalid` (every problem of every file) stops the start."""
-    return load_folder(settings.flows, catalog) if settings.flows is not None else None
+    if settings.flows is None:
+        return None
+    return load_folder(settings.flows, catalog, child_max_depth(settings))
 
 
 def check_pool(settings: Settings, pool: str | None) -> None:
@@ -249,7 +252,14 @@ async def run_system(
         flows = flows_for(settings, catalog) if "planner" in kinds else None
         if flows is not None:  # previews of a request's flow and path (`cadre plan`, <prefix>.plan)
             await stack.enter_async_context(
-                serve_plan(bus.nc, settings.subjects, flows, catalog, model=llm is not None)
+                serve_plan(
+                    bus.nc,
+                    settings.subjects,
+                    flows,
+                    catalog,
+                    model=llm is not None,
+                    answers=LiveAnswers(preview_outside(outside)) if llm is not None else None,
+                )
             )
         await stack.enter_async_context(serve_ping(bus.nc, settings.subjects, kinds, replicas))
         yield system

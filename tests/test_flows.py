@@ -235,6 +235,7 @@ GOLDEN = Path(__file__).resolve().parent / "golden"
         ),
         ("flow_model_sql", "flow   text_to_sql, path classify -> rewrite -> find_tables -> confirm_tables", "rewrite"),
         ("flow_loop", "flow   polling, path poll -> report (chosen by default)", "poll-2"),
+        ("flow_subflow", "flow   orders_report, path count -> report (chosen by default)", "report"),
     ],
 )
 def test_the_audit_of_a_flow_run_names_the_path_and_why(name: str, flow_line: str, branch: str) -> None:
@@ -357,3 +358,74 @@ def test_a_join_after_two_branches_runs_once_the_way_taken_is_done() -> None:
     second = decide(plan, "many", {"text": "many"}, status, decided)
     assert (second.to, second.skipped) == ("end", ())
     assert dispatchable(plan, effective_status(plan, status, {**decided, "many": "end"})) == ["end"]
+
+
+# -- sub-flows -------------------------------------------------------------------------------------
+
+SUBFLOWS = FIXTURES.parent / "subflows"
+
+
+def test_a_sub_flow_node_compiles_to_a_child_workflow_task() -> None:
+    flows = load_folder(SUBFLOWS, CATALOG)
+    assert sorted(flows) == ["count_customers", "orders_report"]
+    plan = plan_choice(by_rules(list(flows.values()), "a report") or pytest.fail("no rule"), "a report", CATALOG)
+    assert (plan.nodes[0].tool, plan.nodes[0].inputs) == ("workflow.run", {"flow": "count_customers"})
+    assert plan.nodes[1].depends_on == ("count",)
+
+
+def _sub(name: str, runs: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "description": f"{name} runs {runs}",
+        "nodes": [{"name": "go", "description": f"run {runs}", "flow": runs}],
+    }
+
+
+def test_flows_that_run_each_other_in_a_cycle_do_not_load(tmp_path: Path) -> None:
+    (tmp_path / "a.json").write_text(json.dumps(_sub("ping", "pong")))
+    (tmp_path / "b.json").write_text(json.dumps(_sub("pong", "ping")))
+    with pytest.raises(FlowsInvalid) as err:
+        load_folder(tmp_path, CATALOG)
+    found = {(src.rsplit("/", 1)[-1], p.code, p.node) for src, ps in err.value.problems.items() for p in ps}
+    assert found == {("a.json", "flow_cycle", "go"), ("b.json", "flow_cycle", "go")}
+    assert "ping -> pong -> ping" in str(err.value)
+
+
+def test_a_sub_flow_must_exist_and_nest_within_the_child_depth(tmp_path: Path) -> None:
+    for f in SUBFLOWS.glob("*.yaml"):
+        (tmp_path / f.name).write_text(f.read_text())
+    (tmp_path / "top.json").write_text(json.dumps(_sub("top", "orders_report")))
+    assert sorted(load_folder(tmp_path, CATALOG, max_depth=2)) == ["count_customers", "orders_report", "top"]
+    with pytest.raises(FlowsInvalid) as err:
+        load_folder(tmp_path, CATALOG, max_depth=1)
+    [(src, [p])] = err.value.problems.items()
+    assert (src.rsplit("/", 1)[-1], p.code, p.node) == ("top.json", "child_depth", "go")
+    assert "top -> orders_report -> count_customers" in p.message
+    (tmp_path / "top.json").write_text(json.dumps(_sub("top", "nowhere")))
+    with pytest.raises(FlowsInvalid, match="runs flow 'nowhere', which is not registered here"):
+        load_folder(tmp_path, CATALOG)
+    both = _sub("top", "orders_report")
+    both["nodes"][0]["tool"] = "text.render"
+    (tmp_path / "top.json").write_text(json.dumps(both))
+    with pytest.raises(FlowsInvalid, match="both a tool and a flow"):
+        load_folder(tmp_path, CATALOG)
+    gated = _sub("top", "orders_report")
+    gated["nodes"][0]["approval"] = True
+    (tmp_path / "top.json").write_text(json.dumps(gated))
+    with pytest.raises(FlowsInvalid, match="which has no step of its own for a person to confirm"):
+        load_folder(tmp_path, CATALOG)
+
+
+def test_a_workflow_run_node_with_a_flow_input_is_a_sub_flow_too(tmp_path: Path) -> None:
+    for f in SUBFLOWS.glob("*.yaml"):
+        (tmp_path / f.name).write_text(f.read_text())
+    loop = _sub("loop", "x")
+    loop["nodes"][0] = {"name": "go", "description": "run it", "tool": "workflow.run", "inputs": {"flow": "loop"}}
+    (tmp_path / "loop.json").write_text(json.dumps(loop))
+    with pytest.raises(FlowsInvalid, match=r"loop -> loop"):
+        load_folder(tmp_path, CATALOG)
+    loop["nodes"][0]["inputs"] = {"flow": "count_customers"}
+    (tmp_path / "loop.json").write_text(json.dumps(loop))
+    flows = load_folder(tmp_path, CATALOG)
+    plan = compile_path(flows["loop"], ["go"], {"text": "t"})
+    assert (plan.nodes[0].tool, plan.nodes[0].inputs) == ("workflow.run", {"flow": "count_customers"})

@@ -4,6 +4,7 @@ run replays from its record."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from cadre import commands
+from cadre import commands, flows_cli
 from cadre.bus.events import BranchTaken, PlanProposed, StepCompleted
 from cadre.replay_cli import replayer_for
 from cadre.settings import Settings
@@ -179,3 +180,77 @@ async def test_a_preview_on_the_bus_runs_nothing(nats_url: str, tmp_path: Path) 
     assert [t["id"] for t in answer["plan"]["nodes"]] == answer["path"]
     assert json.loads(bad.data)["error"]["code"] == "invalid_request"
     assert before == after  # no workflow was started
+
+
+async def test_a_node_that_runs_a_sub_flow_completes_with_the_childs_result(nats_url: str, tmp_path: Path) -> None:
+    settings = settings_for(nats_url, tmp_path, flows=FIXTURES.parent / "subflows")
+    async with cadre_running(settings) as h:
+        state = await h.run({"request": "a report of the customers, please"})
+        assert state.status == "completed", state.failure
+        proposed, _, completed = await ran(h, state.workflow_id)
+        records = await h.bus.log.read_records(state.workflow_id)
+        child = state.tasks["count"].output["workflow_id"]
+        child_state = await h.wait(child)
+        child_records = await h.bus.log.read_records(child)
+    assert (proposed.flow, proposed.path) == ("orders_report", ("count", "report"))
+    assert completed == ["report"]  # count's task ran no step of its own: its child did the work
+    assert (state.tasks["count"].status, state.tasks["count"].branch) == ("completed", "report")
+    assert child_state.status == "completed"
+    assert child_state.request is not None
+    assert child_state.request.parent is not None
+    assert state.tasks["count"].output == {"workflow_id": child, "result": child_state.result}
+    assert state.result == {"text": f"the shop has {child_state.result['text']} customers (counted by {child})"}
+    replays(settings, records)
+    replays(settings, child_records)
+
+
+async def test_a_preview_with_a_model_asks_it_through_the_budget_and_runs_nothing(
+    nats_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    choice = {
+        "flow": "text_to_sql",
+        "path": SQL_PATH,
+        "params": {"sql": "SELECT name FROM customers WHERE country = 'CH'", "tables": "customers"},
+        "reason": "a question about the data: new SQL over the customers",
+    }
+    none = {"flow": None, "path": [], "params": {}, "reason": "a request to fix SQL: the rules know it"}
+    script = tmp_path / "replies.json"
+    script.write_text(json.dumps({"plan": [{"output": choice}, {"output": none}]}))
+    settings = flow_settings(nats_url, tmp_path, llm_provider="scripted", llm_script=str(script))
+    async with cadre_running(settings) as h:
+        before = await h.bus.log.workflows()
+        events = (await h.bus.nc.jetstream().stream_info(settings.stream_name)).state.messages
+        reply = await h.bus.nc.request(
+            settings.subjects.plan, json.dumps({"request": "who are our customers in Switzerland?"}).encode(), timeout=5
+        )
+        assert await asyncio.to_thread(flows_cli.plan_cmd, settings, "fix this SQL: SELECT 1", False) == 0
+        after = (await h.bus.nc.jetstream().stream_info(settings.stream_name)).state.messages
+        assert await h.bus.log.workflows() == before == []
+    answer = json.loads(reply.data)
+    assert (answer["flow"], answer["path"], answer["chosen_by"]) == ("text_to_sql", SQL_PATH, "model")
+    assert "chosen by the model: a question about the data" in answer["why"]
+    assert [t["id"] for t in answer["plan"]["nodes"]] == SQL_PATH
+    assert json.dumps(choice["params"]["sql"]) in json.dumps(answer["plan"])  # the SQL the model wrote
+    model = answer["model"]
+    assert (model["decisions"], model["calls"]) == (["granted"], 1)
+    assert model["preview_id"].startswith("preview-")
+    assert model["preview_id"] in model["charged"]
+    assert events == after  # no workflow was started, nothing appended
+    printed = capsys.readouterr().out
+    assert "model granted; 1 call(s); charged $" in printed
+    assert "flow  text_to_sql  path validate_sql -> execute -> format_answer  (chosen by rule)" in printed
+    assert "the model named no flow (a request to fix SQL: the rules know it)" in printed
+    assert printed.rstrip().endswith("nothing was run")
+
+
+async def test_cadre_plan_with_a_model_and_no_planner_running_says_the_model_was_not_asked(
+    nats_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    script = tmp_path / "replies.json"
+    script.write_text(json.dumps({"plan": []}))
+    settings = flow_settings(nats_url, tmp_path, llm_provider="scripted", llm_script=str(script))
+    assert await asyncio.to_thread(flows_cli.plan_cmd, settings, "fix this SQL: SELECT 1", True) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert (printed["flow"], printed["chosen_by"]) == ("text_to_sql", "rule")
+    assert f"no planner answered on {settings.subjects.plan}" in printed["model"]
+    assert "so it was not asked" in printed["model"]

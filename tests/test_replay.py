@@ -136,6 +136,8 @@ def test_the_golden_logs_cover_every_path() -> None:
         "redriven",
         "sub_workflow",
         "sub_workflow_child",
+        "flow_subflow",
+        "flow_subflow_child",
     }
 
 

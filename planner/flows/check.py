@@ -24,13 +24,14 @@ import msgspec
 from cadre.bus.plan import Plan, Task
 from cadre.planner import conditions
 from cadre.planner.catalog import Catalog, json_schema
+from cadre.planner.children import with_workflow_run
 from cadre.planner.flows.compile import compile_path, forward_edges, loops_of, request_refs
 from cadre.planner.flows.model import MAX_LOOP, NAME_PATTERN, Flow, FlowError
 from cadre.planner.refs import find_refs
 from cadre.planner.scheduler import find_cycle
 from cadre.planner.validation import failed, schema_path_problem, validate_plan
 
-__all__ = ["FlowProblem", "check_flow", "example_params"]
+__all__ = ["FlowProblem", "check_flow", "example_params", "tools_for"]
 
 _OUTPUT_FIELD = re.compile(r"\boutput((?:\.[A-Za-z_][A-Za-z0-9_]*)+)")
 _NAME = re.compile(NAME_PATTERN)
@@ -72,6 +73,11 @@ def example_params(flow: Flow) -> dict[str, Any]:
             else _EXAMPLES[p.type]
         )
     return out
+
+
+def tools_for(flow: Flow, catalog: Catalog) -> Catalog:
+    """``catalog``, with ``workflow.run`` when a node of ``flow`` runs a sub-flow."""
+    return with_workflow_run(catalog) if any(n.subflow is not None for n in flow.nodes) else catalog
 
 
 def check_flow(flow: Flow, catalog: Catalog) -> list[FlowProblem]:
@@ -121,6 +127,36 @@ def _names(flow: Flow) -> list[FlowProblem]:
                 FlowProblem("duplicate_node", f"two nodes are named {n.name!r}", n.name, "name", "rename one of them")
             )
         seen.add(n.name)
+        if bool(n.tool) == (n.flow is not None):
+            out.append(
+                FlowProblem(
+                    "node_runs",
+                    f"the node gives {'both a tool and a flow' if n.tool else 'neither a tool nor a flow'}",
+                    n.name,
+                    "tool",
+                    "give the tool it runs, or the flow it runs as a sub-flow (flow: NAME)",
+                )
+            )
+        elif n.flow is not None and n.inputs:
+            out.append(
+                FlowProblem(
+                    "subflow_inputs",
+                    "a sub-flow node takes no inputs: the sub-flow runs its default path with its own",
+                    n.name,
+                    "inputs",
+                    "remove inputs; give the sub-flow's parameters defaults",
+                )
+            )
+        if n.subflow is not None and n.approval:
+            out.append(
+                FlowProblem(
+                    "subflow_approval",
+                    "a sub-flow node runs a child workflow, which has no step of its own for a person to confirm",
+                    n.name,
+                    "approval",
+                    "set approval on a node of the sub-flow instead",
+                )
+            )
         if not n.description.strip():
             out.append(
                 FlowProblem(
@@ -157,17 +193,18 @@ def _names(flow: Flow) -> list[FlowProblem]:
 
 def _ways(flow: Flow, catalog: Catalog) -> list[FlowProblem]:
     out = []
+    catalog = tools_for(flow, catalog)
     for n in flow.nodes:
-        if n.tool not in catalog:
+        if n.runs not in catalog:
             continue  # the plan check says so, with the names it may use
-        schema = json_schema(catalog[n.tool].output_model)
+        schema = json_schema(catalog[n.runs].output_model)
         for field in n.outputs:
             problem = schema_path_problem(schema, field.split("."))
             if problem is not None:
                 out.append(
                     FlowProblem(
                         "unknown_output",
-                        f"outputs names {field!r}, but {problem} (tool {n.tool!r})",
+                        f"outputs names {field!r}, but {problem} (tool {n.runs!r})",
                         n.name,
                         "outputs",
                         "see the output schema in `cadre tools`",
@@ -206,7 +243,7 @@ def _ways(flow: Flow, catalog: Catalog) -> list[FlowProblem]:
                     out.append(
                         FlowProblem(
                             "unknown_output",
-                            f"next[{i}].when reads output.{path[0]}, but {problem} (tool {n.tool!r})",
+                            f"next[{i}].when reads output.{path[0]}, but {problem} (tool {n.runs!r})",
                             n.name,
                             f"next[{i}].when",
                             "name a field of the tool's output",
@@ -429,7 +466,7 @@ def _plans(flow: Flow, catalog: Catalog) -> list[FlowProblem]:
                 )
             )
             continue
-        for c in failed(validate_plan(plan, catalog)):
+        for c in failed(validate_plan(plan, tools_for(flow, catalog))):
             if c.name == "plan_output" or c.name == "confidence":
                 continue
             node = _node_of(plan, c.path)

@@ -20,6 +20,7 @@ from typing import Any, Final
 
 from cadre.bus.plan import Plan
 from cadre.planner.catalog import Catalog
+from cadre.planner.children import is_child, with_workflow_run
 from cadre.planner.flows.compile import compile_path
 from cadre.planner.flows.model import Flow, FlowError
 from cadre.planner.providers.base import LLMRequest
@@ -96,7 +97,8 @@ def plan_choice(choice: Choice, text: str, catalog: Catalog) -> Plan:
     """The plan of ``choice`` for request ``text``, checked by the plan validator; FlowError if it
     cannot be made or does not pass."""
     plan = compile_path(choice.flow, choice.path, {"text": text, **choice.params})
-    errors = [c for c in failed(validate_plan(plan, catalog)) if c.name not in ("confidence",)]
+    tools = with_workflow_run(catalog) if any(is_child(t) for t in plan.nodes) else catalog
+    errors = [c for c in failed(validate_plan(plan, tools)) if c.name not in ("confidence",)]
     if errors:
         raise FlowError("; ".join(f"{c.path}: {c.message}" for c in errors[:5]))
     return plan
@@ -113,7 +115,7 @@ def _describe(flows: Sequence[Flow]) -> list[dict[str, Any]]:
                 {
                     "name": n.name,
                     "description": n.description,
-                    "tool": n.tool,
+                    **({"runs_flow": n.flow} if n.flow is not None else {"tool": n.tool}),
                     "next": [{"to": e.to, **({"when": e.when} if e.when else {})} for e in n.next],
                 }
                 for n in f.nodes

@@ -6,7 +6,8 @@ it a :class:`~bus.plan.Plan`: one task per node, depending on the nodes of the p
 to it, its ways on as ``Task.branches`` (the planner takes one of them at run time, on the
 node's output: :mod:`planner.flows.branching`), its ``${request.*}`` inputs replaced by the
 request's values, and its references to nodes the path leaves out served by the parameters
-that stand for them (``Param.stands_for``).
+that stand for them (``Param.stands_for``). A node with ``flow: NAME`` becomes a ``workflow.run``
+task with inputs ``{"flow": NAME}``: a child workflow runs that flow (:mod:`planner.flows.child`).
 
 Loops are unrolled: a way back from node ``b`` to node ``a`` with ``max: m`` repeats the nodes
 between ``a`` and ``b`` ``m`` more times (``a-2`` … ``b-2``, up to ``-(m+1)``), each pass's way
@@ -229,6 +230,8 @@ def compile_path(flow: Flow, path: Sequence[str], params: Mapping[str, Any]) -> 
             tid = pass_name(node.name, k)
             rename = {n: pass_name(n, k) for n in passes} if k > 1 else {}
             inputs = _substitute(node.inputs, node.name, values, outside, rename)
+            if node.flow is not None:  # a sub-flow: a child workflow that runs it (planner.children)
+                inputs = {"flow": node.flow}
             branches = _branches(node, passes, k, loop_max)
             for b in branches:
                 if not b.exhausted:
@@ -237,7 +240,7 @@ def compile_path(flow: Flow, path: Sequence[str], params: Mapping[str, Any]) -> 
                 Task(
                     id=tid,
                     description=node.description if k == 1 else f"{node.description} (pass {k} of its loop)",
-                    tool=node.tool,
+                    tool=node.runs,
                     inputs=inputs,
                     retries=node.retries,
                     branches=branches,

@@ -24,6 +24,7 @@ import msgspec
 import yaml  # type: ignore[import-untyped]
 
 from cadre.bus.errors import CadreError
+from cadre.planner.children import WORKFLOW_RUN
 
 __all__ = [
     "MAX_LOOP",
@@ -81,17 +82,32 @@ class Edge(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
 
 class Node(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One node: what it does (``description``, read by the planner's model), the tool it runs and
-    its inputs, the output fields later nodes and conditions use, and where the flow goes on.
-    ``approval``: a person confirms the node's step before it runs."""
+    its inputs (or ``flow``: another registered flow it runs as a child workflow, whose output is
+    ``{workflow_id, result}``), the output fields later nodes and conditions use, and where the flow
+    goes on. ``approval``: a person confirms the node's step before it runs."""
 
     name: str
     description: str
-    tool: str
+    tool: str = ""
+    flow: str | None = None
     inputs: dict[str, Any] = {}
     outputs: list[str] = []
     next: list[Edge] = []
     approval: bool = False
     retries: int = 0
+
+    @property
+    def subflow(self) -> str | None:
+        """The flow this node runs as a child: ``flow``, or a ``workflow.run`` tool's ``flow`` input."""
+        if self.flow is not None:
+            return self.flow
+        given = self.inputs.get("flow") if self.tool == WORKFLOW_RUN else None
+        return given if isinstance(given, str) else None
+
+    @property
+    def runs(self) -> str:
+        """The tool the node's task runs (``workflow.run`` for a sub-flow)."""
+        return WORKFLOW_RUN if self.flow is not None else self.tool
 
 
 class Rule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -1,9 +1,11 @@
 """The deployment's flows: the files of one folder (``CADRE_FLOWS``), each loaded and checked.
 
 :func:`load_folder` reads every ``*.yaml``, ``*.yml`` and ``*.json`` file of the folder (in name
-order), checks each flow against the catalog (:func:`planner.flows.check.check_flow`) and
-raises :class:`FlowsInvalid` listing every problem of every file: a deployment does not start
-with a flow it cannot run. The one function of the flows package that reads files.
+order), checks each flow against the catalog (:func:`planner.flows.check.check_flow`), then the
+flows together (sub-flows registered, no cycle between flows, nesting within the child depth:
+:func:`planner.flows.nesting.check_nesting`) and raises :class:`FlowsInvalid` listing every
+problem of every file: a deployment does not start with a flow it cannot run. The one function
+of the flows package that reads files.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cadre.planner.catalog import Catalog
+from cadre.planner.children import DEFAULT_MAX_DEPTH
 from cadre.planner.flows.check import FlowProblem, check_flow
 from cadre.planner.flows.model import Flow, FlowError, load_flow
+from cadre.planner.flows.nesting import check_nesting
 
 __all__ = ["FlowSet", "FlowsInvalid", "load_folder"]
 
@@ -47,8 +51,9 @@ class FlowSet(Mapping[str, Flow]):
         return len(self.flows)
 
 
-def load_folder(folder: Path, catalog: Catalog) -> FlowSet:
-    """The checked flows of ``folder`` (module docstring)."""
+def load_folder(folder: Path, catalog: Catalog, max_depth: int = DEFAULT_MAX_DEPTH) -> FlowSet:
+    """The checked flows of ``folder`` (module docstring); ``max_depth``: how deep sub-flows may nest
+    (``CADRE_CHILD_MAX_DEPTH``, :mod:`planner.flows.nesting`)."""
     if not folder.is_dir():
         raise FlowError(f"the flows folder {str(folder)!r} is not a directory (CADRE_FLOWS)")
     flows: dict[str, Flow] = {}
@@ -75,6 +80,9 @@ def load_folder(folder: Path, catalog: Catalog) -> FlowSet:
             continue
         flows[flow.name] = flow
         sources[flow.name] = str(path)
+    if not problems:
+        for name, found in check_nesting(flows, catalog, max_depth).items():
+            problems[sources[name]] = found
     if problems:
         raise FlowsInvalid(problems)
     return FlowSet(flows, sources)

@@ -188,6 +188,19 @@ def sub_workflow(*, child: bool) -> Drive:
     return drive
 
 
+def flow_subflow(*, child: bool) -> Drive:
+    """A flow whose node runs a sub-flow as a child workflow. Returns the parent's id, or (``child``)
+    the child's."""
+
+    async def drive(h: Harness) -> str:
+        parent = await h.run({"request": "a report of the customers, please"})
+        cid = child_id(parent.workflow_id, "count")
+        await h.wait(cid)
+        return cid if child else parent.workflow_id
+
+    return drive
+
+
 FRAGILE_PLAN: dict[str, Any] = {
     "nodes": [
         {"id": "a", "tool": "test.echo", "inputs": {"value": "first"}},
@@ -705,6 +718,19 @@ SCENARIOS = (
         "a flow's loop: the poll node leads back to itself while the job is not done, at most 3 times; then on",
         submit({"request": "poll the job"}),
         settings={"flows": "tests/fixtures/flows"},
+    ),
+    Scenario(
+        "flow_subflow",
+        "a flow's node runs another flow (tests/fixtures/subflows: orders_report's count runs count_customers as "
+        "a child workflow); its way on is chosen when the child completes, and report renders the child's result",
+        flow_subflow(child=False),
+        settings={"flows": "tests/fixtures/subflows"},
+    ),
+    Scenario(
+        "flow_subflow_child",
+        "the child workflow of flow_subflow's run: the count_customers flow's default path (the whole flow)",
+        flow_subflow(child=True),
+        settings={"flows": "tests/fixtures/subflows"},
     ),
 )
 
