@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
@@ -117,6 +118,7 @@ class FakeAPI:
         self.requests: list[dict[str, Any]] = []  # request bodies
         self.paths: list[str] = []
         self.headers: list[dict[str, str]] = []
+        self.times: list[float] = []  # time.monotonic() of each request's arrival
 
     def add(self, *behaviours: Behaviour) -> None:
         self._script.extend(behaviours)
@@ -138,6 +140,7 @@ class FakeAPI:
         return self._script.popleft() if self._script else None
 
     async def handle(self, request: web.Request) -> web.Response:
+        self.times.append(time.monotonic())
         body = await request.json()
         self.requests.append(body)
         self.paths.append(request.path)
