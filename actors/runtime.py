@@ -51,7 +51,7 @@ from nats.js import api
 from nats.js.errors import APIError, NotFoundError
 from prometheus_client import Counter, Histogram
 
-from cadre.actors import invocation, tracing
+from cadre.actors import invocation, pull, tracing
 from cadre.actors.answers import LiveAnswers
 from cadre.actors.clock import utc_now
 from cadre.actors.context import Context, Outside
@@ -162,7 +162,7 @@ class _Replica:
                         want += 1
                     failed: Exception | None = None
                     try:
-                        msgs = await sub.fetch(want, timeout=opts.fetch_timeout)
+                        msgs = await pull.fetch(sub, want, opts.fetch_timeout)
                     except (TimeoutError, nats.errors.TimeoutError):
                         msgs = []
                     except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):

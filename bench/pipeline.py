@@ -50,6 +50,7 @@ import cProfile
 import gc
 import json
 import logging
+import os
 import secrets
 import shutil
 import sys
@@ -177,6 +178,33 @@ def summary(runs: list[Run], hops_per_wf: float) -> dict[str, Any]:
     }
 
 
+def server_cpu_reader(url: str) -> Callable[[], float | None]:
+    """The CPU seconds (user + system) so far of the local nats-server listening on ``url``'s port,
+    read from /proc (None when there is no such process here, or no /proc)."""
+    pid: int | None = None
+    port = f"\0{url.rsplit(':', 1)[-1].strip('/')}\0".encode()
+    with contextlib.suppress(OSError):
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit():
+                with contextlib.suppress(OSError):
+                    cmd = (proc / "cmdline").read_bytes()
+                    if b"nats-server" in cmd and b"\0-p" + port in cmd:
+                        pid = int(proc.name)
+                        break
+    ticks = os.sysconf("SC_CLK_TCK")
+
+    def read() -> float | None:
+        if pid is None:
+            return None
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / ticks
+
+    return read
+
+
 def unloaded(runs: list[Run]) -> dict[str, Any]:
     """Latency of workflows run one at a time: medians over runs of p50 and p99."""
     return {
@@ -205,6 +233,9 @@ class CadreSide:
         self.conflicts: dict[str, list[float]] = {}
         # CPU of this whole process (every thread: actors, client, a span exporter's) per workflow, ms.
         self.cpu_ms: dict[str, list[float]] = {}
+        # CPU of the nats-server per workflow, ms (when this bench started it: ``server_cpu``).
+        self.server_cpu_ms: dict[str, list[float]] = {}
+        self.server_cpu: Callable[[], float | None] = lambda: None
 
     async def start(self) -> None:
         subjects = self.settings.subjects
@@ -256,9 +287,11 @@ class CadreSide:
                 raise RuntimeError(f"intake replied {reply!r} to request {keys[i]}")
 
         before, conflicts = await self.stream_messages(), counter_total(self.metrics, "cadre_conflicts")
-        cpu = time.process_time()
+        cpu, server_cpu = time.process_time(), self.server_cpu()
         result = await self.driver.run(ids, submit, concurrency, run_timeout(n))
         self.cpu_ms.setdefault(f"{plan}/{concurrency}", []).append((time.process_time() - cpu) * 1000 / n)
+        if server_cpu is not None and (server_after := self.server_cpu()) is not None:
+            self.server_cpu_ms.setdefault(f"{plan}/{concurrency}", []).append((server_after - server_cpu) * 1000 / n)
         self.events.setdefault(plan, []).append((await self.stream_messages() - before) / n)
         self.conflicts.setdefault(plan, []).append((counter_total(self.metrics, "cadre_conflicts") - conflicts) / n)
         return result
@@ -281,6 +314,9 @@ class RawChain:
         self.hops = 15  # set to cadre's actor events per workflow before measuring
         self.pad = b""
         self._done_sub: Any = None
+        self.cpu_ms: dict[str, list[float]] = {}  # this process's CPU per workflow, by concurrency
+        self.server_cpu_ms: dict[str, list[float]] = {}
+        self.server_cpu: Callable[[], float | None] = lambda: None
 
     def hop_subject(self, k: int) -> str:
         return f"{self.prefix}.hop.{k}"
@@ -366,10 +402,14 @@ class RawChain:
                 tg.create_task(self._actor(k, ready, stop))
                 await ready.wait()
             await barrier(self.actors_nc)
+            cpu, server_cpu = time.process_time(), self.server_cpu()
             try:
                 return await self.driver.run(ids, submit, concurrency, run_timeout(n))
             finally:
                 stop.set()
+                self.cpu_ms.setdefault(str(concurrency), []).append((time.process_time() - cpu) * 1000 / n)
+                if server_cpu is not None and (server_after := self.server_cpu()) is not None:
+                    self.server_cpu_ms.setdefault(str(concurrency), []).append((server_after - server_cpu) * 1000 / n)
 
 
 # -- the bench ----------------------------------------------------------------------------------
@@ -476,6 +516,7 @@ async def main(args: argparse.Namespace, url: str, data_dir: Path) -> dict[str, 
                 async with run_system(bus, settings, metrics=metrics):
                     await barrier(bus.nc)
                     cadre = CadreSide(client, settings, metrics, tag)
+                    cadre.server_cpu = raw.server_cpu = server_cpu_reader(url)
                     await cadre.start()
                     await raw.setup()
                     try:
@@ -491,6 +532,9 @@ async def main(args: argparse.Namespace, url: str, data_dir: Path) -> dict[str, 
                         cadre.events.clear()
                         cadre.conflicts.clear()
                         cadre.cpu_ms.clear()
+                        cadre.server_cpu_ms.clear()
+                        raw.cpu_ms.clear()
+                        raw.server_cpu_ms.clear()
                         redeliveries = counter_total(metrics, "cadre_redeliveries")
                         runs = await measure(args, cadre, raw, profile)
                         redeliveries = counter_total(metrics, "cadre_redeliveries") - redeliveries
@@ -535,6 +579,11 @@ async def main(args: argparse.Namespace, url: str, data_dir: Path) -> dict[str, 
             "event_bytes_avg": round(dag_bytes),
             "conflicts_per_workflow": round(median(cadre.conflicts["dag"]), 2),
             "cpu_ms_per_workflow": round(median(cadre.cpu_ms[f"dag/{args.concurrency}"]), 2),
+            "server_cpu_ms_per_workflow": (
+                round(median(cadre.server_cpu_ms[f"dag/{args.concurrency}"]), 2)
+                if cadre.server_cpu_ms.get(f"dag/{args.concurrency}")
+                else None
+            ),
             "redeliveries": round(redeliveries),
             "cadre": result,
             "raw": {
@@ -542,6 +591,12 @@ async def main(args: argparse.Namespace, url: str, data_dir: Path) -> dict[str, 
                 "hops_per_workflow": raw.hops,
                 "actors": RAW_ACTORS,
                 "payload_bytes": len(raw.payload("r-00-00000", 10)),
+                "cpu_ms_per_workflow": round(median(raw.cpu_ms[str(args.concurrency)]), 2),
+                "server_cpu_ms_per_workflow": (
+                    round(median(raw.server_cpu_ms[str(args.concurrency)]), 2)
+                    if raw.server_cpu_ms.get(str(args.concurrency))
+                    else None
+                ),
             },
             "hop_ratio": round(ratio, 3),
             "unloaded_latency": lat_unloaded,

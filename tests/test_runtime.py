@@ -196,3 +196,22 @@ async def test_a_handler_sees_the_same_state_after_an_await_live_and_under_repla
     done = events[-1].event.data
     assert isinstance(done, WorkflowCompleted)
     assert done.result == {"status": "requested", "events": 1, "seq": events[0].seq}
+
+
+async def test_a_handler_longer_than_ack_wait_runs_once(elog: JetStreamLog) -> None:
+    """The replica's beat keeps a long input in progress: JetStream does not redeliver it."""
+    calls = 0
+
+    async def slow(ctx: Context, rec: StoredEvent, state: WorkflowState) -> Outcome:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(2.5)
+        return [WorkflowCompleted(result="done")]
+
+    spec = ActorSpec(kind="slow", handles=frozenset({WorkflowRequested.TYPE}), handler=slow)
+    options = RuntimeOptions(ack_wait=1.0, fetch_timeout=0.2, drain_timeout=5)
+    async with run_actors(elog, [(spec, 1)], outside=Outside(), options=options):
+        await elog.append("wf", [requested("wf")], expected_seq=0)
+        await wait_for_type(elog, "wf", WorkflowCompleted.TYPE)
+        await asyncio.sleep(1.2)  # past another ack_wait: a redelivery would have come by now
+    assert calls == 1
