@@ -17,8 +17,10 @@ Workflows recorded without the marker keep the earlier flow under replay.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, TypeVar
+
+import msgspec
 
 from cadre.actors.agent import skippable, upstream_outputs
 from cadre.actors.context import Context
@@ -68,12 +70,20 @@ def make_spec(
     with_children = children.with_workflow_run(catalog)
     child_flows = flow_hook(flows, catalog) if flows else None
 
+    plans: Memo[tuple[Check, ...]] = Memo()
+    steps: Memo[tuple[Check, ...]] = Memo()
+    ready: Memo[tuple[Check, ...]] = Memo()
+
     def check_plan(plan: Plan) -> list[Check]:
         """``validate_plan``, with ``workflow.run`` in the catalog for a plan that runs a child (only:
         a check's fix names the catalog's tools, and a plan without one is checked as it always was)."""
-        runs_child = any(children.is_child(t) for t in plan.nodes)
-        tools = with_children if runs_child else catalog
-        return validate_plan(children.for_validation(plan), tools, lim, safety=ctx_safety)
+
+        def run() -> tuple[Check, ...]:
+            runs_child = any(children.is_child(t) for t in plan.nodes)
+            tools = with_children if runs_child else catalog
+            return tuple(validate_plan(children.for_validation(plan), tools, lim, safety=ctx_safety))
+
+        return list(plans.get(msgspec.json.encode(plan), run))
 
     async def handle(ctx: Context, rec: StoredEvent, state: WorkflowState) -> Outcome:
         data = rec.event.data
@@ -100,8 +110,15 @@ def make_spec(
             outputs: dict[str, dict[str, Any]] = {
                 dep: out for dep in ids if (t := state.tasks.get(dep)) is not None and (out := t.output) is not None
             }
+            proposed, planned = task.task, data.steps
+
+            def run() -> tuple[Check, ...]:
+                return tuple(
+                    validate_steps(proposed, planned, catalog, outputs, lim, upstream_ids=ids, safety=ctx_safety)
+                )
+
             checks = (
-                *validate_steps(task.task, data.steps, catalog, outputs, lim, upstream_ids=ids, safety=ctx_safety),
+                *steps.get(msgspec.json.encode((proposed, planned, outputs, sorted(ids))), run),
                 *agent_pools.check_step_pools(task.task, data.steps, pools),
             )
             if not passed_all(list(checks)):
@@ -135,30 +152,35 @@ def make_spec(
             msg = f"{who}: {exc.message}"
             check = Check(name="reference_resolves", passed=False, message=msg, fix=exc.fix, path=f"{path}.inputs")
             return StepsRejected(task_id=step.task_id, checks=(*before, check), step_id=step.id)
-        checks = check_step(
-            step.tool,
-            inputs,
-            catalog,
-            safety=ctx_safety,
-            limits=lim,
-            pool=task.pool,
-            pools=pools,
-            who=who,
-            path=path,
-            planned=step.inputs,
-        )
-        for k, name in enumerate(step.fallback_tools):  # a fallback runs with the same inputs
-            if name in catalog:
-                found = check_step(
-                    name,
-                    inputs,
-                    catalog,
-                    safety=ctx_safety,
-                    who=f"{who} (fallback {name!r})",
-                    path=f"{path}.fallback_tools[{k}]",
-                    planned=step.inputs,
-                )
-                checks += [c for c in found if c.name == "inputs_safe"]
+
+        def run() -> tuple[Check, ...]:
+            checks = check_step(
+                step.tool,
+                inputs,
+                catalog,
+                safety=ctx_safety,
+                limits=lim,
+                pool=task.pool,
+                pools=pools,
+                who=who,
+                path=path,
+                planned=step.inputs,
+            )
+            for k, name in enumerate(step.fallback_tools):  # a fallback runs with the same inputs
+                if name in catalog:
+                    found = check_step(
+                        name,
+                        inputs,
+                        catalog,
+                        safety=ctx_safety,
+                        who=f"{who} (fallback {name!r})",
+                        path=f"{path}.fallback_tools[{k}]",
+                        planned=step.inputs,
+                    )
+                    checks += [c for c in found if c.name == "inputs_safe"]
+            return tuple(checks)
+
+        checks = list(ready.get(msgspec.json.encode((step, inputs, task.pool)), run))
         if passed_all(checks):
             return StepReady(step=step, checks=(*before, *checks), resolved_inputs=inputs)
         return StepsRejected(task_id=step.task_id, checks=(*before, *checks), step_id=step.id)
@@ -193,3 +215,36 @@ def make_spec(
 
     handles = frozenset({PlanProposed.TYPE, StepsProposed.TYPE, StepCompleted.TYPE, ProposalMade.TYPE})
     return ActorSpec(kind="validator", handles=handles, handler=handle)
+
+
+T = TypeVar("T")
+
+
+class Memo(Generic[T]):
+    """Verdicts of the validator's pure checks, by the JSON of everything they read (the catalog,
+    limits, pools and safety context are the spec's own): a plan, a task's proposed steps with the
+    upstream outputs they resolve against, a step with its resolved inputs. The same check asked
+    again (a workflow of the same plan, a replay of a workflow this process ran or replayed) is
+    answered with the same verdict. Keys above ``max_key`` bytes are not kept, and the memo starts
+    over past ``size`` entries."""
+
+    def __init__(self, size: int = 1024, max_key: int = 16_384) -> None:
+        self.size, self.max_key = size, max_key
+        self.found: dict[bytes, T] = {}
+
+    def __eq__(self, other: object) -> bool:
+        """Memos of the same bounds are equal whatever they hold: what they hold is what the checks
+        would say again (a handler's closure compares equal to another built the same way)."""
+        return isinstance(other, Memo) and (self.size, self.max_key) == (other.size, other.max_key)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def get(self, key: bytes, make: Callable[[], T]) -> T:
+        if (hit := self.found.get(key)) is not None:
+            return hit
+        value = make()
+        if len(key) <= self.max_key:
+            if len(self.found) >= self.size:
+                self.found.clear()
+            self.found[key] = value
+        return value

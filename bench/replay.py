@@ -1,15 +1,18 @@
 """Benchmark of deterministic replay, beside the raw read rate of the same events.
 
     .venv/bin/python bench/replay.py [--workflows N] [--concurrency C] [--big-tasks K] [--runs R]
-                                     [--jobs J] [--data-dir DIR] [--nats URL]
+                                     [--jobs J] [--distinct] [--data-dir DIR] [--nats URL]
 
 **Recording.** Every actor kind runs in this process (``cadre.system.run_system``) on a
-file-storage stream of its own; a client submits N workflows (at most C in flight), each an
+file-storage stream of its own, with a deployment's keys (every event signed, as with the
+embedded server's auth); a client submits N workflows (at most C in flight), each an
 explicit plan of six instant tools (``bench.echo``: two parallel branches of two tasks, a
-join, a last task: 27 events per workflow), and one big workflow of K tasks in parallel chains (4 events per task;
+join, a last task: 28 events per workflow), and one big workflow of K tasks in parallel chains (4 events per task;
 the validator allows 50). No model: planning and decomposition are rule based, so the handlers that
 replay are the ones that run (validation of every plan and step, reference resolution, the
-planner's scheduling).
+planner's scheduling). The N workflows are the same plan with the same literal inputs, so a
+process that validated one has the verdicts of the others (``actors.validator.Memo``);
+``--distinct`` gives each its own literal inputs (every plan and step verdict is then made anew).
 
 **Measurements**, each the median of R runs; the reads alternate, then the replays do (a
 replay side starts after a second of quiet: after a read, nats-server keeps a core busy for
@@ -20,8 +23,10 @@ a while, which the parallel replay would otherwise compete with):
 2. ``cadre_read``: the same consumer, each message decoded into a record as the log's
    ``read_records`` does (``store.records.to_record``) and grouped by workflow: how a bulk
    replay reads (one ``read_records`` per workflow costs a consumer each);
-3. ``replay``: :meth:`actors.replay.Replayer.replay` of every workflow's records, in memory
-   (what ``cadre replay`` does once it has read), one process; every workflow must reproduce;
+3. ``replay``: :meth:`actors.replay.Replayer.replay` of every workflow's records, in memory,
+   one process, without a keyring (no signature checked); every workflow must reproduce;
+   ``replay_keys``: the same with the deployment's keyring, each event's signature checked
+   (what ``cadre replay`` does, once it has read, in a deployment with keys);
 4. ``replay_jobs``: the same split over J worker processes (forked: they inherit the
    records, so nothing is copied), as a CI job re-verifying many workflows would;
 5. ``big_workflow``: the big workflow alone: the raw read, ``JetStreamLog.read_records``
@@ -35,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
 import json
 import multiprocessing
@@ -53,11 +59,13 @@ from nats.js import api
 
 from cadre.actors.intake import workflow_id_for
 from cadre.actors.replay import Replayer, live_specs
+from cadre.bus.auth import ensure_auth
 from cadre.bus.connection import barrier
 from cadre.settings import Settings
 from cadre.store.jetstream import stream_seq
 from cadre.store.records import Record, to_record
 from cadre.system import catalog_for, run_system
+from cadre.trust import find_keyring
 from cadre.wiring import Bus, open_bus
 
 RUN_TIMEOUT = 120.0
@@ -76,6 +84,17 @@ WIDE: dict[str, Any] = {
     ],
     "output": "last",
 }
+
+
+def wide(i: int | None) -> dict[str, Any]:
+    """:data:`WIDE`, with literal inputs of its own for workflow ``i`` (None: :data:`WIDE` itself)."""
+    if i is None:
+        return WIDE
+    nodes = [
+        {**n, "inputs": {"value": f"{n['inputs']['value']}-{i}"}} if n["id"] in ("a1", "b1") else n
+        for n in WIDE["nodes"]
+    ]
+    return {**WIDE, "nodes": nodes}
 
 
 def grid(k: int, depth: int = 5) -> dict[str, Any]:
@@ -167,7 +186,7 @@ async def read_stream(bus: Bus, subject: str, expected: int, decode: bool) -> tu
             nonlocal count
             count += bool(m.data)
             if decode:
-                r = to_record(subjects, stream_seq(m.reply), m.subject, m.data)
+                r = to_record(subjects, stream_seq(m.reply), m.subject, m.data, m.headers)
                 parsed = subjects.parse_event(m.subject)
                 by_wf.setdefault(parsed[0] if parsed else "", []).append(r)
             if m.metadata.num_pending == 0:
@@ -210,7 +229,7 @@ def _replay_slice(bounds: tuple[int, int]) -> tuple[int, int, float]:
     for records in workflows[bounds[0] : bounds[1]]:
         result = replayer.replay(records)
         events += result.events
-        bad += not result.ok
+        bad += not result.ok or result.forged > 0
     return events, bad, time.perf_counter() - start
 
 
@@ -273,16 +292,21 @@ async def main(args: argparse.Namespace, url: str, data_dir: Path) -> dict[str, 
         ledger_stream_name=prefix.upper() + "_LEDGER",
         inference_cache_bucket=prefix.upper() + "_INFERENCE",
     )
+    ensure_auth(settings.auth_dir, settings.auth_names())  # the deployment's keys: the system signs
+    keyring, _ = find_keyring(settings)
+    assert keyring is not None
     replayer = Replayer(
         live_specs(catalog_for(settings), approval_timeout=timedelta(seconds=settings.approval_timeout_s))
     )
+    keyed = dataclasses.replace(replayer, keyring=keyring)
     async with open_bus(settings, name="cadre-bench-replay") as bus:
         out: dict[str, Any] = {**environment(bus.nc), "runs": args.runs, "jobs": args.jobs, "storage": "file"}
         try:
             note(f"recording {args.workflows} workflows of 6 tasks and one of {args.big_tasks} tasks")
             started = time.perf_counter()
             async with run_system(bus, settings):
-                ids = await record(bus, settings, [WIDE] * args.workflows, args.concurrency)
+                plans = [wide(i if args.distinct else None) for i in range(args.workflows)]
+                ids = await record(bus, settings, plans, args.concurrency)
                 [big] = await record(bus, settings, [grid(args.big_tasks)], 1)
             note(f"  recorded in {time.perf_counter() - started:.1f} s")
             total = await bus.log.last_seq(big)
@@ -291,13 +315,17 @@ async def main(args: argparse.Namespace, url: str, data_dir: Path) -> dict[str, 
             big_events = len(records[big])
             note(f"  {events} events in {len(ids)} workflows; the big workflow has {big_events}")
             workflows = [records[wf] for wf in ids]
-            first = replayer.replay(workflows[0])
-            if not first.ok:
+            first = keyed.replay(workflows[0])
+            if not first.ok or first.forged:
                 raise RuntimeError("\n".join(first.lines()))
 
             async def replay_one() -> float:
                 await asyncio.sleep(SETTLE_S)
                 return replay_all(replayer, workflows, 1)
+
+            async def replay_keys() -> float:
+                await asyncio.sleep(SETTLE_S)
+                return replay_all(keyed, workflows, 1)
 
             async def replay_jobs() -> float:
                 await asyncio.sleep(SETTLE_S)
@@ -311,13 +339,17 @@ async def main(args: argparse.Namespace, url: str, data_dir: Path) -> dict[str, 
 
             note(f"many workflows: {events} events (of {total} in the stream) x {args.runs} runs")
             s = await alternate(args.runs, {"raw_read": read_raw, "cadre_read": read_cadre})
-            s |= await alternate(args.runs, {"replay": replay_one, "replay_jobs": replay_jobs})
+            s |= await alternate(
+                args.runs, {"replay": replay_one, "replay_keys": replay_keys, "replay_jobs": replay_jobs}
+            )
             out["workflows"] = {
                 "workflows": len(ids),
                 "events": events,
                 "raw_read": rates(total, s["raw_read"]),
                 "cadre_read": rates(total, s["cadre_read"]),
+                "distinct_inputs": args.distinct,
                 "replay": rates(events, s["replay"]),
+                "replay_keys": rates(events, s["replay_keys"]),
                 f"replay_{args.jobs}_jobs": rates(events, s["replay_jobs"]),
                 "worker_seconds": WORKER_SECONDS[-args.runs :],
                 "target": TARGET_EVENTS_PER_S,
@@ -351,11 +383,14 @@ async def main(args: argparse.Namespace, url: str, data_dir: Path) -> dict[str, 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description="cadre replay vs raw reads of the same events")
-    ap.add_argument("--workflows", type=int, default=1500, help="workflows of 6 tasks (27 events each)")
+    ap.add_argument("--workflows", type=int, default=1500, help="workflows of 6 tasks (28 events each)")
     ap.add_argument("--concurrency", type=int, default=64, help="workflows in flight while recording")
     ap.add_argument("--big-tasks", type=int, default=50, help="tasks of the one big workflow (at most 50)")
     ap.add_argument("--runs", type=int, default=3, help="runs per side; figures are medians")
     ap.add_argument("--jobs", type=int, default=2, help="worker processes of the parallel replay")
+    ap.add_argument(
+        "--distinct", action="store_true", help="give each workflow its own literal inputs (no verdict repeats)"
+    )
     ap.add_argument("--data-dir", type=Path, help="embedded server data dir (default: a fresh temp dir)")
     ap.add_argument("--nats", metavar="URL", help="use this server instead of an embedded one")
     args = ap.parse_args(argv)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import json
 import re
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,6 +102,10 @@ def parse_ref(value: Any, *, where: str = "", loc: Loc = ()) -> Ref | None:
     m = _REF.fullmatch(value)
     if m is None:
         return None
+    return _ref(m, where, loc)
+
+
+def _ref(m: re.Match[str], where: str, loc: Loc) -> Ref:
     path = tuple(m["path"].split(".")[1:]) if m["path"] else ()
     return Ref(task_id=m["task"], path=path, where=where, loc=loc)
 
@@ -111,17 +115,6 @@ def is_ref(value: Any) -> bool:
     return parse_ref(value) is not None
 
 
-def _walk(value: Any, loc: Loc) -> Iterator[tuple[Loc, Any]]:
-    """Every (location, leaf-or-container) pair under ``value``, depth first, in order."""
-    yield loc, value
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            yield from _walk(item, (*loc, str(key)))
-    elif isinstance(value, list | tuple):
-        for index, item in enumerate(value):
-            yield from _walk(item, (*loc, index))
-
-
 def find_refs(value: Any, *, root: str = "inputs") -> list[Ref]:
     """Every reference nested anywhere in ``value``, in document order.
 
@@ -129,11 +122,22 @@ def find_refs(value: Any, *, root: str = "inputs") -> list[Ref]:
     ``inputs.values.top``).
     """
     refs: list[Ref] = []
-    for loc, item in _walk(value, ()):
-        ref = parse_ref(item, where=format_location(root, loc), loc=loc)
-        if ref is not None:
-            refs.append(ref)
+    _find(value, (), root, refs)
     return refs
+
+
+def _find(value: Any, loc: Loc, root: str, refs: list[Ref]) -> None:
+    """:func:`find_refs`' walk: only strings that open with ``${`` are matched, and a location is
+    spelled out only for a reference (every validation of a step walks its inputs)."""
+    if isinstance(value, str):
+        if value.startswith("${") and (m := _REF.fullmatch(value)) is not None:
+            refs.append(_ref(m, format_location(root, loc), loc))
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            _find(item, (*loc, str(key)), root, refs)
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _find(item, (*loc, index), root, refs)
 
 
 def _describe(value: Any) -> str:
@@ -210,9 +214,11 @@ def resolve(
 
 
 def _resolve(value: Any, outputs: Mapping[str, Mapping[str, Any]], root: str, loc: Loc, leave: frozenset[str]) -> Any:
-    ref = parse_ref(value, where=format_location(root, loc), loc=loc)
-    if ref is not None:
-        return value if ref.task_id in leave else lookup(ref, outputs)
+    if isinstance(value, str):
+        if value.startswith("${") and (m := _REF.fullmatch(value)) is not None:
+            ref = _ref(m, format_location(root, loc), loc)
+            return value if ref.task_id in leave else lookup(ref, outputs)
+        return value
     if isinstance(value, Mapping):
         return {key: _resolve(item, outputs, root, (*loc, str(key)), leave) for key, item in value.items()}
     if isinstance(value, list):

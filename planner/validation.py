@@ -205,18 +205,29 @@ def _input_errors(model: type[BaseModel], inputs: Mapping[str, Any], skip: Colle
         raw = json.dumps(inputs, allow_nan=False)
     except (TypeError, ValueError):
         return []  # not JSON: inputs_size says so
+    found = _model_errors(model, raw) if len(raw) <= _CACHED_INPUTS_CHARS else _model_errors.__wrapped__(model, raw)
+    return [f"{format_location('inputs', loc)}: {said}" for loc, said in found if not _under(loc, skip)]
+
+
+_CACHED_INPUTS_CHARS = 4096  # larger inputs are validated each time (the cache holds at most 4 096 of them)
+
+
+@functools.lru_cache(maxsize=4096)
+def _model_errors(model: type[BaseModel], raw: str) -> tuple[tuple[Loc, str], ...]:
+    """Strict validation of the JSON text ``raw`` against ``model``: each error's location and what
+    it says (its message and, unless missing, the value). Pure, so made once per (model, inputs) in
+    a process: a step's inputs are checked when its steps are proposed and again once resolved,
+    live and under replay (a tool's input model must not depend on anything but its input, or
+    replay would not reproduce its verdicts either)."""
     try:
         model.model_validate_json(raw, strict=True)
     except ValidationError as exc:
-        errors: list[str] = []
+        out: list[tuple[Loc, str]] = []
         for error in exc.errors():
-            loc: Loc = tuple(error["loc"])
-            if _under(loc, skip):
-                continue  # the value there is a reference, checked once it is resolved
             got = "" if error["type"] == "missing" else f" (got {error['input']!r:.60})"
-            errors.append(f"{format_location('inputs', loc)}: {error['msg']}{got}")
-        return errors
-    return []
+            out.append((tuple(error["loc"]), f"{error['msg']}{got}"))
+        return tuple(out)
+    return ()
 
 
 def _check_inputs(
