@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from nats.aio.client import Client as NATS
-from nats.js.errors import NoKeysError
+from nats.js.errors import KeyNotFoundError, NoKeysError
 
 from cadre.actors.partitions import bucket_name
 from cadre.bus.events import StepCompleted
@@ -44,7 +44,10 @@ async def holders(nc: NATS, c: Cluster) -> Counter[str]:
     out: Counter[str] = Counter()
     for k in keys:
         if k.startswith("agent.p"):
-            entry = await kv.get(k)
+            try:
+                entry = await kv.get(k)
+            except KeyNotFoundError:  # let go (or expired) between the listing and this read
+                continue
             out[(entry.value or b"").decode()] += 1
     return out
 
