@@ -29,7 +29,7 @@ CHROMIUM       := /usr/bin/chromium
 CHROMIUM_STAMP := $(VENV)/.chromium
 
 $(CHROMIUM_STAMP): $(STAMP)
-	@test -x $(CHROMIUM) || { apt-get update && apt-get install -y chromium; }
+	@test -x $(CHROMIUM) || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
 	@test -x $(CHROMIUM) || { echo "make: $(CHROMIUM) is missing: apt-get install -y chromium (as root)" >&2; exit 1; }
 	@touch $(CHROMIUM_STAMP)
 
