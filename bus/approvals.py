@@ -51,10 +51,16 @@ class ApprovalReply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tru
     error: dict[str, str] | None = None
 
 
+def _signature(signer: Signer, domain: bytes, body: bytes) -> str:
+    """The approver's signature of ``body`` under ``domain`` (one domain per kind of order, so a
+    signed decision can never pass as a cancel), unpadded URL-safe base64."""
+    return base64.urlsafe_b64encode(signer.sign_raw(domain + body)).rstrip(b"=").decode()
+
+
 def sign_decision(signer: Signer, decision: Decision) -> bytes:
     """The request body for ``decision``, signed by the approver's key."""
     body = msgspec.json.encode(decision)
-    sig = base64.urlsafe_b64encode(signer.sign_raw(APPROVAL_DOMAIN + body)).rstrip(b"=").decode()
+    sig = _signature(signer, APPROVAL_DOMAIN, body)
     return msgspec.json.encode(ApprovalRequest(decision=msgspec.Raw(body), signer=signer.public_key, sig=sig))
 
 
@@ -80,7 +86,7 @@ class CancelRequest(msgspec.Struct, frozen=True, kw_only=True):
 def sign_cancel(signer: Signer, order: CancelOrder) -> bytes:
     """The request body for ``order``, signed by the approver's key (domain ``cadre-cancel-v1``)."""
     body = msgspec.json.encode(order)
-    sig = base64.urlsafe_b64encode(signer.sign_raw(CANCEL_DOMAIN + body)).rstrip(b"=").decode()
+    sig = _signature(signer, CANCEL_DOMAIN, body)
     return msgspec.json.encode(CancelRequest(cancel=msgspec.Raw(body), signer=signer.public_key, sig=sig))
 
 
@@ -106,5 +112,5 @@ class RedriveRequest(msgspec.Struct, frozen=True, kw_only=True):
 def sign_redrive(signer: Signer, order: RedriveOrder) -> bytes:
     """The request body for ``order``, signed by the approver's key (domain ``cadre-redrive-v1``)."""
     body = msgspec.json.encode(order)
-    sig = base64.urlsafe_b64encode(signer.sign_raw(REDRIVE_DOMAIN + body)).rstrip(b"=").decode()
+    sig = _signature(signer, REDRIVE_DOMAIN, body)
     return msgspec.json.encode(RedriveRequest(redrive=msgspec.Raw(body), signer=signer.public_key, sig=sig))
