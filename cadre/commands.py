@@ -468,18 +468,27 @@ async def dead_letters_cmd(settings: Settings, as_json: bool) -> int:
     return EXIT_OK
 
 
+async def _workflow_states(
+    settings: Settings, log: JetStreamLog, keyring: Keyring | None
+) -> tuple[dict[str, Counter[str]], dict[str, str]]:
+    """Each workflow's event types with their counts (from the stream's subject counts, no event
+    read) and its state from them, folded from the trusted events instead where the keyring finds
+    something suspect (:func:`_checked_states`): what ``cadre status`` and ``cadre workflows`` show."""
+    per_wf: dict[str, Counter[str]] = {}
+    for subject, n in (await log.subject_counts()).items():
+        parsed = settings.subjects.parse_event(subject)
+        if parsed is not None:
+            per_wf.setdefault(parsed[0], Counter())[parsed[1]] += n
+    states = {wf: workflow_state(c) for wf, c in per_wf.items()}
+    if keyring is not None:
+        states.update(await _checked_states(log, per_wf, keyring))
+    return per_wf, states
+
+
 async def status(settings: Settings, as_json: bool) -> int:
     keyring, _ = find_keyring(settings)
     async with open_bus(settings, name="cadre-status", role="admin") as bus:
-        counts = await bus.log.subject_counts()
-        per_wf: dict[str, Counter[str]] = {}
-        for subject, n in counts.items():
-            parsed = settings.subjects.parse_event(subject)
-            if parsed is not None:
-                per_wf.setdefault(parsed[0], Counter())[parsed[1]] += n
-        states = {wf: workflow_state(c) for wf, c in per_wf.items()}
-        if keyring is not None:
-            states.update(await _checked_states(bus.log, per_wf, keyring))
+        _, states = await _workflow_states(settings, bus.log, keyring)
         answers = await ping_all(bus.nc, settings.subjects)
         consumers: dict[str, dict[str, Any] | None] = {}
         # Each agent pool of the policy has its own consumer ("agent:files").
@@ -527,14 +536,7 @@ async def workflows(settings: Settings, *, state: str | None, limit: int | None,
         raise UsageError(f"--limit takes a count of 1 or more, not {limit}")
     keyring, _ = find_keyring(settings)
     async with open_bus(settings, name="cadre-workflows") as bus:
-        per_wf: dict[str, Counter[str]] = {}
-        for subject, n in (await bus.log.subject_counts()).items():
-            parsed = settings.subjects.parse_event(subject)
-            if parsed is not None:
-                per_wf.setdefault(parsed[0], Counter())[parsed[1]] += n
-        states = {wf: workflow_state(c) for wf, c in per_wf.items()}
-        if keyring is not None:
-            states.update(await _checked_states(bus.log, per_wf, keyring))
+        per_wf, states = await _workflow_states(settings, bus.log, keyring)
         wanted = [wf for wf in per_wf if state is None or states[wf] == state]
         # Each workflow's request and end, in one pass per type (not a read per workflow).
         found: dict[str, dict[str, Record]] = {}
