@@ -160,12 +160,11 @@ def judge(verified: Verified, state: WorkflowState, policy: ApprovalPolicy) -> A
     return ApprovalDenied(step_id=d.step_id, by=verified.name, key=verified.key, reason=d.reason)
 
 
-async def _append_on_state(
-    elog: JetStreamLog,
-    keyring: Keyring,
-    wf: str,
-    build: Callable[[list[Record], WorkflowState], Envelope],
-) -> str:
+BuildOn = Callable[[list[Record], WorkflowState], Envelope]
+"""What a decision, cancel or redrive appends, built on the workflow's records and trusted state."""
+
+
+async def _append_on_state(elog: JetStreamLog, keyring: Keyring, wf: str, build: BuildOn) -> str:
     """Append the event ``build`` makes from the workflow's records and trusted state (it raises
     :class:`Refused` when there is nothing to append); when the workflow moved on in between, build
     it again on the new state (up to 10 times). The appended event's id."""
@@ -257,35 +256,95 @@ def verify_order(body: bytes, keyring: Keyring, now: datetime, sent_by: str | No
     return VerifiedOrder(order, request.signer, keyring.name_of(request.signer))
 
 
-async def cancel(
-    elog: JetStreamLog, keyring: Keyring | None, body: bytes, headers: Mapping[str, str] | None = None
+async def _on_order(
+    elog: JetStreamLog,
+    keyring: Keyring | None,
+    body: bytes,
+    headers: Mapping[str, str] | None,
+    event_for: Callable[[VerifiedOrder, Keyring], BuildOn],
 ) -> ApprovalReply:
-    """Verify one signed cancel and append ``cancel_requested`` for it; the reply to send."""
+    """Verify one signed cancel or redrive and append the event ``event_for`` builds for it on the
+    workflow's trusted state (:func:`_append_on_state`); the reply to send."""
     try:
         if keyring is None:
             raise Refused("no_keyring", "this deployment has no keyring, so no approver can be verified")
         verified = verify_order(body, keyring, utc_now(), requester(headers))
-        wf = verified.order.workflow_id
-
-        def build(_records: list[Record], state: WorkflowState) -> Envelope:
-            if state.done:
-                raise Refused("workflow_ended", f"workflow {wf} has ended ({state.status}): nothing to cancel")
-            if state.cancel is not None:
-                raise Refused("cancel_pending", f"workflow {wf} is being cancelled already (by {state.cancel.by})")
-            return make_event(
-                CancelRequested(reason=verified.order.reason, by=verified.name, key=verified.key),
-                workflow_id=wf,
-                actor="approvals",
-                at=utc_now(),
-                causation_id=None,
-                index=f"cancel:{verified.key}:{verified.order.at.isoformat()}",
-                basis=state.last_seq,
-            )
-
-        event_id = await _append_on_state(elog, keyring, wf, build)
+        event_id = await _append_on_state(elog, keyring, verified.order.workflow_id, event_for(verified, keyring))
         return ApprovalReply(event_id=event_id, by=verified.name)
     except CadreError as exc:
         return ApprovalReply(error={"code": exc.code, "message": str(exc)})
+
+
+def _cancel_event(verified: VerifiedOrder, keyring: Keyring) -> BuildOn:
+    """``cancel_requested`` for a verified cancel, refused when the workflow has ended or is being
+    cancelled already."""
+    wf = verified.order.workflow_id
+
+    def build(_records: list[Record], state: WorkflowState) -> Envelope:
+        if state.done:
+            raise Refused("workflow_ended", f"workflow {wf} has ended ({state.status}): nothing to cancel")
+        if state.cancel is not None:
+            raise Refused("cancel_pending", f"workflow {wf} is being cancelled already (by {state.cancel.by})")
+        return make_event(
+            CancelRequested(reason=verified.order.reason, by=verified.name, key=verified.key),
+            workflow_id=wf,
+            actor="approvals",
+            at=utc_now(),
+            causation_id=None,
+            index=f"cancel:{verified.key}:{verified.order.at.isoformat()}",
+            basis=state.last_seq,
+        )
+
+    return build
+
+
+async def cancel(
+    elog: JetStreamLog, keyring: Keyring | None, body: bytes, headers: Mapping[str, str] | None = None
+) -> ApprovalReply:
+    """Verify one signed cancel and append ``cancel_requested`` for it; the reply to send."""
+    return await _on_order(elog, keyring, body, headers, _cancel_event)
+
+
+def _redrive_event(verified: VerifiedOrder, keyring: Keyring) -> BuildOn:
+    """``redriven`` for a verified redrive: the workflow's dead letter, re-delivered
+    (:func:`actors.redrive.to_redrive`)."""
+    wf = verified.order.workflow_id
+
+    def build(records: list[Record], state: WorkflowState) -> Envelope:
+        trusted = [r for r in records if not isinstance(r, StoredEvent) or verdict(r, keyring).trusted]
+        try:
+            letter = to_redrive(wf, trusted, state)
+        except NotRedrivable as exc:
+            raise Refused(exc.code, str(exc)) from None
+        assert letter.input is not None
+        source, seq = letter.input.event, letter.input.seq
+        again = source.data
+        if isinstance(again, Redriven):  # a redrive that failed again: the input it re-delivered
+            original: dict[str, object] = again.input
+            seq, kind = again.input_seq, again.input_type
+        else:
+            original, kind = msgspec.json.decode(letter.input.data), source.type
+        data = Redriven(
+            handler_failed_id=letter.event.event.id,
+            actor=letter.event.event.actor,
+            input_seq=seq,
+            input_type=kind,
+            input=original,
+            by=verified.name,
+            key=verified.key,
+            reason=verified.order.reason,
+        )
+        return make_event(
+            data,
+            workflow_id=wf,
+            actor="approvals",
+            at=utc_now(),
+            causation_id=letter.event.event.id,
+            index=f"redrive:{verified.key}:{verified.order.at.isoformat()}",
+            basis=state.last_seq,
+        )
+
+    return build
 
 
 async def redrive(
@@ -293,50 +352,7 @@ async def redrive(
 ) -> ApprovalReply:
     """Verify one signed redrive and append ``redriven`` for the workflow's dead letter
     (:func:`actors.redrive.to_redrive`); the reply to send."""
-    try:
-        if keyring is None:
-            raise Refused("no_keyring", "this deployment has no keyring, so no approver can be verified")
-        verified = verify_order(body, keyring, utc_now(), requester(headers))
-        wf = verified.order.workflow_id
-
-        def build(records: list[Record], state: WorkflowState) -> Envelope:
-            trusted = [r for r in records if not isinstance(r, StoredEvent) or verdict(r, keyring).trusted]
-            try:
-                letter = to_redrive(wf, trusted, state)
-            except NotRedrivable as exc:
-                raise Refused(exc.code, str(exc)) from None
-            assert letter.input is not None
-            source, seq = letter.input.event, letter.input.seq
-            again = source.data
-            if isinstance(again, Redriven):  # a redrive that failed again: the input it re-delivered
-                original: dict[str, object] = again.input
-                seq, kind = again.input_seq, again.input_type
-            else:
-                original, kind = msgspec.json.decode(letter.input.data), source.type
-            data = Redriven(
-                handler_failed_id=letter.event.event.id,
-                actor=letter.event.event.actor,
-                input_seq=seq,
-                input_type=kind,
-                input=original,
-                by=verified.name,
-                key=verified.key,
-                reason=verified.order.reason,
-            )
-            return make_event(
-                data,
-                workflow_id=wf,
-                actor="approvals",
-                at=utc_now(),
-                causation_id=letter.event.event.id,
-                index=f"redrive:{verified.key}:{verified.order.at.isoformat()}",
-                basis=state.last_seq,
-            )
-
-        event_id = await _append_on_state(elog, keyring, wf, build)
-        return ApprovalReply(event_id=event_id, by=verified.name)
-    except CadreError as exc:
-        return ApprovalReply(error={"code": exc.code, "message": str(exc)})
+    return await _on_order(elog, keyring, body, headers, _redrive_event)
 
 
 def is_redrive(body: bytes) -> bool:
