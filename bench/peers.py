@@ -27,6 +27,12 @@ Durability, as each side runs here:
 * **DBOS**: ``@DBOS.workflow`` with three ``@DBOS.step`` (``a`` and ``b`` gathered), SQLite system
   database (``sqlite:///…``): each step's output is recorded before the workflow goes on.
 
+Every side's figures include this process's CPU per workflow (``cpu_ms_per_workflow``,
+``time.process_time`` around each loaded run: every thread of the process, SQLite's and DBOS's included;
+cadre's and the raw ring's as pipeline.main measures them), the figure the load of a shared machine moves
+least. ``idle_cpu_ms_per_s`` is the process's CPU while its loop only waits, DBOS launched: what
+background threads add to every side's figure.
+
 One JSON object goes to stdout (``pipeline`` holds pipeline.main's whole result), a table to stderr.
 """
 
@@ -179,9 +185,15 @@ async def peers_running(args: argparse.Namespace, work: Path) -> AsyncIterator[t
 
 
 async def peers_round(
-    args: argparse.Namespace, r: int, lg: LangGraphSide, db: DbosSide, runs: dict[str, list[pipeline.Run]]
+    args: argparse.Namespace,
+    r: int,
+    lg: LangGraphSide,
+    db: DbosSide,
+    runs: dict[str, list[pipeline.Run]],
+    cpu_ms: dict[str, list[float]],
 ) -> None:
-    """One run of each peer (loaded, then unloaded), the order rotating with ``r``."""
+    """One run of each peer (loaded, then unloaded), the order rotating with ``r``; ``cpu_ms`` gets this
+    process's CPU time per workflow of each run (``time.process_time``: every thread, SQLite's included)."""
     n, c, m = args.workflows, args.concurrency, args.latency_workflows
     sides: dict[str, Callable[[], Awaitable[pipeline.Run]]] = {
         "langgraph": lambda: lg.run(f"m{r}", n, c),
@@ -192,7 +204,9 @@ async def peers_round(
     names = list(sides)
     k = r % len(names)
     for name in names[k:] + names[:k]:
+        cpu = time.process_time()
         runs.setdefault(name, []).append(await sides[name]())
+        cpu_ms.setdefault(name, []).append((time.process_time() - cpu) * 1000 / len(runs[name][-1][1]))
     figures = [
         f"{name} {len(lat) / s:.0f} wf/s p50 {percentile(lat, 50) * 1000:.1f} ms"
         for name in PEERS
@@ -202,21 +216,39 @@ async def peers_round(
 
 
 def peer_figures(
-    args: argparse.Namespace, runs: dict[str, list[pipeline.Run]], pragmas: dict[str, Any]
+    args: argparse.Namespace,
+    runs: dict[str, list[pipeline.Run]],
+    pragmas: dict[str, Any],
+    cpu_ms: dict[str, list[float]],
 ) -> dict[str, Any]:
     return {
         "langgraph": {
             **pipeline.summary(runs["langgraph"], 3),
+            **cpu_figures(cpu_ms["langgraph"]),
             "unloaded": pipeline.unloaded(runs["langgraph_unloaded"]),
             "durability": f"AsyncSqliteSaver, durability={args.langgraph_durability!r}, SQLite "
             f"journal_mode={pragmas['journal_mode']}, synchronous={pragmas['synchronous']}",
         },
         "dbos": {
             **pipeline.summary(runs["dbos"], 3),
+            **cpu_figures(cpu_ms["dbos"]),
             "unloaded": pipeline.unloaded(runs["dbos_unloaded"]),
             "durability": "SQLite system database (every step's output recorded before the workflow goes on)",
         },
     }
+
+
+def cpu_figures(cpu_ms: list[float]) -> dict[str, Any]:
+    """Median and runs of this process's CPU ms per workflow."""
+    return {"cpu_ms_per_workflow": round(median(cpu_ms), 2), "runs_cpu_ms_per_workflow": [round(x, 2) for x in cpu_ms]}
+
+
+async def idle_cpu_ms_per_s(seconds: float = 1.0) -> float:
+    """This process's CPU ms per second while its loop waits: what background threads (DBOS's, once
+    launched) add to every side's CPU figure, the peers' and cadre's alike."""
+    cpu, start = time.process_time(), time.perf_counter()
+    await asyncio.sleep(seconds)
+    return round((time.process_time() - cpu) * 1000 / (time.perf_counter() - start), 2)
 
 
 def pipeline_figures(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -231,6 +263,11 @@ def pipeline_figures(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         out[side]["runs_p50_ms"] = [p[side]["p50_ms"] for p in rounds]
         unl = [float(p["unloaded_latency"][side]["p50_ms"]) for p in rounds]
         out[side]["unloaded"] = {"p50_ms": round(median(unl), 2), "runs_p50_ms": unl}
+        # pipeline.main prints cadre's CPU figures at its top level, the raw ring's in its "raw" part.
+        figures = [p if side == "cadre" else p["raw"] for p in rounds]
+        out[side].update(cpu_figures([float(f["cpu_ms_per_workflow"]) for f in figures]))
+        server = [float(f["server_cpu_ms_per_workflow"]) for f in figures if f.get("server_cpu_ms_per_workflow")]
+        out[side]["server_cpu_ms_per_workflow"] = round(median(server), 2) if server else None
     out["hop_ratio"] = round(median([float(p["hop_ratio"]) for p in rounds]), 3)
     return out
 
@@ -272,11 +309,16 @@ def table(result: dict[str, Any]) -> str:
         ("DBOS + SQLite", peers["dbos"], peers["dbos"]["unloaded"], peers["dbos"]["durability"]),
     ]
     lines = [
-        f"| system | workflows/s | p50 at {result['concurrency']} in flight | unloaded p50 | durability |",
-        "|---|---:|---:|---:|---|",
+        f"| system | workflows/s | p50 at {result['concurrency']} in flight | unloaded p50 | process CPU per workflow "
+        "| durability |",
+        "|---|---:|---:|---:|---:|---|",
     ]
     for name, f, u, dur in rows:
-        lines.append(f"| {name} | {f['workflows_per_s']} | {f['p50_ms']} ms | {u['p50_ms']} ms | {dur} |")
+        lines.append(
+            f"| {name} | {f['workflows_per_s']} | {f['p50_ms']} ms | {u['p50_ms']} ms | {f['cpu_ms_per_workflow']} ms "
+            f"| {dur} |"
+        )
+    lines.append(f"(this process's CPU while idle, DBOS launched: {result['idle_cpu_ms_per_s']} ms per s)")
     lines.append("")
     for k, v in result["ratios"].items():
         lines.append(
@@ -299,17 +341,19 @@ async def main(args: argparse.Namespace, url: str, work: Path) -> dict[str, Any]
     started = time.perf_counter()
     rounds: list[dict[str, Any]] = []
     runs: dict[str, list[pipeline.Run]] = {}
+    cpu_ms: dict[str, list[float]] = {}
     async with peers_running(args, work) as (lg, db):
         pragmas = await lg.pragmas()
+        idle = await idle_cpu_ms_per_s()
         for r in range(args.runs):
             cadre_dir = work / f"cadre-{r}"
             cadre_dir.mkdir()
             if r % 2:
-                await peers_round(args, r, lg, db, runs)
+                await peers_round(args, r, lg, db, runs, cpu_ms)
             note(f"  round {r + 1}/{args.runs}: cadre and the raw ring (bench/pipeline.py's main)")
             rounds.append(await pipeline.main(pargs, url, cadre_dir))
             if not r % 2:
-                await peers_round(args, r, lg, db, runs)
+                await peers_round(args, r, lg, db, runs, cpu_ms)
     result: dict[str, Any] = {
         "workflows": args.workflows,
         "concurrency": args.concurrency,
@@ -317,7 +361,8 @@ async def main(args: argparse.Namespace, url: str, work: Path) -> dict[str, Any]
         "latency_workflows": args.latency_workflows,
         "dag": pipeline.DAG,
         "pipeline": pipeline_figures(rounds),
-        "peers": peer_figures(args, runs, pragmas),
+        "peers": peer_figures(args, runs, pragmas, cpu_ms),
+        "idle_cpu_ms_per_s": idle,
         "pipeline_rounds": rounds,
         "seconds": round(time.perf_counter() - started, 1),
     }

@@ -40,12 +40,17 @@ def test_peers_bench_runs_every_side_at_a_tiny_size(tmp_path: Path) -> None:
     assert result["dag"].startswith("a, b -> c")
     assert result["pipeline"]["cadre"]["workflows_per_s"] > 0
     assert result["pipeline"]["raw"]["workflows_per_s"] > 0
+    for side in ("cadre", "raw"):
+        assert result["pipeline"][side]["cpu_ms_per_workflow"] > 0
     for peer in ("langgraph", "dbos"):
         figures = result["peers"][peer]
         assert figures["workflows_per_s"] > 0
         assert figures["p50_ms"] > 0
         assert figures["unloaded"]["p50_ms"] > 0
         assert figures["durability"]
+        assert figures["cpu_ms_per_workflow"] > 0
+        assert len(figures["runs_cpu_ms_per_workflow"]) == 1
     assert "durability='sync'" in result["peers"]["langgraph"]["durability"]
     assert set(result["ratios"]) == {"cadre/raw", "cadre/langgraph", "cadre/dbos", "raw/langgraph", "raw/dbos"}
+    assert result["idle_cpu_ms_per_s"] >= 0
     assert "| LangGraph + SQLite checkpointer |" in done.stderr
