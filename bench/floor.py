@@ -48,7 +48,8 @@ Printed per variant: workflows/s, hop ratio against the plain ring, this process
 load on a shared machine moves far less than workflows/s) and the nats-server's CPU per workflow (from
 /proc, when this bench started it). ``budget_at_0_6`` is what a CPU-bound process
 leaves for cadre's logic at a hop ratio of 0.6: the plain ring's CPU per workflow / 0.6, less the
-ceiling's, per workflow and per event.
+ceiling's (``all``, and ``all_pull``, the ceiling with the fetch cadre's runtime uses), per workflow
+and per event. ``micro_us_per_call``: each primitive alone, µs per call on the shape's events.
 
 One JSON object goes to stdout; progress and a table to stderr.
 """
@@ -454,6 +455,45 @@ async def cadre_shape(cadre: pipeline.CadreSide, bus: Any, warm: int, concurrenc
 # -- the bench ----------------------------------------------------------------------------------
 
 
+def micro_us(shape: Shape, signer: Signer, repeat: int = 2000) -> dict[str, float]:
+    """µs per call of each primitive a variant adds, alone (``time.process_time``, the shape's events in
+    turn, each at its recorded size): what the ring figures should add up to, per event."""
+    ring_keyring = Keyring(
+        KeyringFile(
+            keys=(KeyEntry(key=signer.public_key, role=FLOOR_ROLE),),
+            emits={FLOOR_ROLE: tuple(sorted({e.type for e in shape.events}))},
+        )
+    )
+    events = [msgspec.structs.replace(e, id=f"fmicro-{i}", workflow_id="fmicro") for i, e in enumerate(shape.events)]
+    datas = [codec.encode(e) for e in events]
+    subjects = [f"floor.evt.fmicro.{e.type}" for e in events]
+    sigs = [signer.sign(subject, e.id, d) for subject, e, d in zip(subjects, events, datas, strict=True)]
+    n = len(events)
+    kept = {events[i].id: (digest(subjects[i], datas[i]), sigs[i].sig) for i in range(len(events))}
+
+    def signed_here(i: int) -> object:  # as FloorRing.check (store/jetstream.py's signed_here, then the role)
+        here = kept.get(events[i].id) == (digest(subjects[i], datas[i]), sigs[i].sig)
+        return ring_keyring.check(subjects[i], events[i].type, events[i].id, datas[i], sigs[i], verified=here)
+
+    def timed_us(op: Callable[[int], object]) -> float:
+        cpu = time.process_time()
+        for i in range(repeat):
+            op(i % n)
+        return round((time.process_time() - cpu) * 1e6 / repeat, 2)
+
+    return {
+        "sign": timed_us(lambda i: signer.sign(subjects[i], events[i].id, datas[i])),
+        "check_signed_here": timed_us(signed_here),
+        "check_verify": timed_us(
+            lambda i: ring_keyring.check(subjects[i], events[i].type, events[i].id, datas[i], sigs[i])
+        ),
+        "decode": timed_us(lambda i: codec.decode(datas[i])),
+        "encode": timed_us(
+            lambda i: codec.encode(msgspec.structs.replace(events[i], prev=chain_hash(datas[i]), at=datetime.now(UTC)))
+        ),
+    }
+
+
 def figures(
     runs: list[pipeline.Run], cpu: list[float], server: list[float], plain_wps: float, plain_cpu: float
 ) -> dict[str, Any]:
@@ -586,6 +626,7 @@ async def main(args: argparse.Namespace, url: str, data_dir: Path) -> dict[str, 
         "extra_inputs_per_workflow": shape.extra_inputs,
     }
     out["variants"] = variants
+    out["micro_us_per_call"] = micro_us(shape, signer)
     out["budget_at_0_6"] = {
         "model": "the process is CPU bound: workflows/s ~ 1 / its CPU per workflow",
         "cpu_ms_per_workflow_allowed": round(plain_cpu / 0.6, 3),
