@@ -77,7 +77,7 @@ def test_floor_bench_runs_every_variant_at_a_tiny_size() -> None:
         left = budget["cpu_ms_per_workflow_allowed"] - variants[ceiling]["cpu_ms_per_workflow"]
         assert budget[ceiling]["cpu_ms_per_workflow_left"] == pytest.approx(left, abs=0.01)
     micro = result["micro_us_per_call"]
-    assert set(micro) == {"sign", "check_signed_here", "check_verify", "decode", "encode"}
+    assert {"sign", "check_signed_here", "check_verify", "decode", "encode"} <= set(micro)
     assert all(us > 0 for us in micro.values())
     assert micro["check_verify"] > micro["check_signed_here"]
     assert "| all_verify |" in done.stderr
