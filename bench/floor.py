@@ -34,8 +34,12 @@ the same run, re-addressed to each ring workflow), with these added:
 * **e** (``consumers``): as many actor consumers as cadre has durable consumers on its stream
   (measured in this run) instead of 4, and the inputs that produce no event (cadre delivers more
   inputs per workflow than its actors append events: measured too), each fetched and acked;
+  **e_count**: the consumer count alone;
+* **pull**: the plain ring fetching with cadre's ``actors/pull.py`` (as cadre's runtime does) instead
+  of nats-py's ``fetch``, nothing else;
 * **all**: a to e together (one-process signing); **all_verify**: the same with every signature
-  verified: the ceiling of cadre's hop ratio with no workflow logic at all.
+  verified; **all_pull**: a to e with cadre's fetch: the ceiling of cadre's hop ratio, as cadre
+  fetches, with no workflow logic at all.
 
 **cadre**: the pipeline bench's cadre side (``CadreSide``: every kind in this process, the DAG
 ``a, b -> c``) on its own stream, in the same run: its warm-up gives the shape the rings copy (hops,
@@ -108,7 +112,8 @@ class Adds:
     verify_all: bool = False  # b, every signature verified (not only other processes')
     feed: bool = False  # c
     codec: bool = False  # d
-    consumers: bool = False  # e
+    consumers: bool = False  # e: cadre's consumer count
+    extra_inputs: bool = False  # e: and its inputs that produce no event
     pull: bool = False  # cadre's fetch (actors/pull.py) instead of nats-py's
 
 
@@ -119,11 +124,14 @@ VARIANTS: dict[str, Adds] = {
     "b_verify": Adds(signing=True, verify_all=True),
     "c": Adds(feed=True),
     "d": Adds(codec=True),
-    "e": Adds(consumers=True),
+    "e_count": Adds(consumers=True),
+    "e": Adds(consumers=True, extra_inputs=True),
     "pull": Adds(pull=True),
-    "all": Adds(headers=True, signing=True, feed=True, codec=True, consumers=True),
-    "all_verify": Adds(headers=True, signing=True, verify_all=True, feed=True, codec=True, consumers=True),
-    "all_pull": Adds(headers=True, signing=True, feed=True, codec=True, consumers=True, pull=True),
+    "all": Adds(headers=True, signing=True, feed=True, codec=True, consumers=True, extra_inputs=True),
+    "all_verify": Adds(
+        headers=True, signing=True, verify_all=True, feed=True, codec=True, consumers=True, extra_inputs=True
+    ),
+    "all_pull": Adds(headers=True, signing=True, feed=True, codec=True, consumers=True, extra_inputs=True, pull=True),
 }
 CEILINGS = ("all", "all_pull")
 DESCRIBED = {
@@ -134,6 +142,7 @@ DESCRIBED = {
     "b_verify": "b, with every input's signature verified (events signed by other processes)",
     "c": "ordered push feed over the stream in the same process, every message decoded; actors wait for it",
     "d": "codec.decode of each input, codec.encode of each output (chained, stamped)",
+    "e_count": "cadre's number of durable consumers instead of the ring's 4, nothing else",
     "e": "cadre's number of durable consumers and its extra inputs per workflow (fetched, acked, no output)",
     "pull": "nothing added, but fetched with cadre's actors/pull.py (no task per message) instead of nats-py's fetch",
     "all": "a + b + c + d + e (one-process signing)",
@@ -149,6 +158,7 @@ class Shape:
     hops: int  # events cadre's actors append per workflow
     events: list[Envelope]  # the workflow's events in order (0: workflow_requested)
     consumers: int  # durable consumers on cadre's stream
+    consumer_names: list[str]
     inputs_per_workflow: float  # deliveries to those consumers per workflow
     event_bytes: float  # the average stored event
 
@@ -243,7 +253,7 @@ class FloorRing(pipeline.RawChain):
         self.extra_acked = 0  # inputs acked without output (variant e)
         # Inputs that produce no event (e): the hops whose message a second actor also takes.
         self.extra: dict[int, list[int]] = {k: [] for k in range(self.actors)}
-        if adds.consumers and self.hops > 1 and self.actors > 1:
+        if adds.extra_inputs and self.hops > 1 and self.actors > 1:
             for i in range(shape.extra_inputs):
                 hop = 1 + i % (self.hops - 1)  # never the last (the done subject)
                 k = (hop + 1 + i // (self.hops - 1)) % self.actors
@@ -434,19 +444,22 @@ async def cadre_shape(cadre: pipeline.CadreSide, bus: Any, warm: int, concurrenc
     js = cadre.js
     stream = cadre.settings.stream_name
 
-    async def delivered() -> tuple[int, int]:
+    async def delivered() -> tuple[list[str], int]:
         infos = [c for c in await js.consumers_info(stream) if c.config.durable_name]
-        return len(infos), sum(int(c.delivered.consumer_seq or 0) for c in infos if c.delivered)
+        return sorted(str(c.config.durable_name) for c in infos), sum(
+            int(c.delivered.consumer_seq or 0) for c in infos if c.delivered
+        )
 
     _, before = await delivered()
     await cadre.run("dag", "warm", warm, concurrency)
-    consumers, after = await delivered()
+    names, after = await delivered()
     records = await bus.log.read_records(cadre.ids("dag", "warm", 1)[1][0])
     events = [r.event for r in records]
     return Shape(
         hops=len(events) - 1,
         events=events,
-        consumers=consumers,
+        consumers=len(names),
+        consumer_names=names,
         inputs_per_workflow=(after - before) / warm,
         event_bytes=sum(len(r.data) for r in records) / len(records),
     )
@@ -646,6 +659,7 @@ async def main(args: argparse.Namespace, url: str, data_dir: Path) -> dict[str, 
         "event_types": [e.type for e in shape.events],
         "event_bytes_avg": round(shape.event_bytes),
         "consumers": shape.consumers,
+        "consumer_names": shape.consumer_names,
         "inputs_per_workflow": round(shape.inputs_per_workflow, 2),
         "extra_inputs_per_workflow": shape.extra_inputs,
     }

@@ -32,7 +32,7 @@ def test_floor_bench_runs_every_variant_at_a_tiny_size() -> None:
     shape = result["shape"]
     assert shape["hops"] == len(shape["event_types"]) - 1 >= 10
     assert shape["event_types"][0] == "workflow_requested"
-    assert shape["consumers"] >= 4
+    assert shape["consumers"] == len(shape["consumer_names"]) >= 4
     assert shape["inputs_per_workflow"] >= shape["hops"]
     variants = result["variants"]
     assert set(variants) == {
@@ -43,6 +43,7 @@ def test_floor_bench_runs_every_variant_at_a_tiny_size() -> None:
         "b_verify",
         "c",
         "d",
+        "e_count",
         "e",
         "pull",
         "all",
@@ -61,13 +62,15 @@ def test_floor_bench_runs_every_variant_at_a_tiny_size() -> None:
     per_run = WORKFLOWS * shape["hops"]
     for name in ("b", "b_verify", "all", "all_verify", "all_pull"):
         assert variants[name]["inputs_checked"] >= 2 * per_run, name
-    for name in ("a", "c", "d", "e", "none", "pull"):
+    for name in ("a", "c", "d", "e", "e_count", "none", "pull"):
         assert variants[name]["inputs_checked"] == 0, name
     for name in ("c", "all", "all_verify", "all_pull"):
         assert variants[name]["feed_deliveries"] >= 2 * per_run, name
     for name in ("e", "all", "all_pull"):
         assert variants[name]["actors"] == shape["consumers"]
         assert variants[name]["extra_inputs_acked"] == 2 * WORKFLOWS * shape["extra_inputs_per_workflow"], name
+    assert variants["e_count"]["actors"] == shape["consumers"]
+    assert variants["e_count"]["extra_inputs_acked"] == 0
     assert variants["d"]["actors"] == 4
     assert variants["d"]["extra_inputs_acked"] == 0
     assert result["cadre"]["workflows_per_s"] > 0
