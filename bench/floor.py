@@ -50,10 +50,12 @@ Printed per variant: workflows/s, hop ratio against the plain ring, this process
 (``time.process_time``: every actor, the feed and the client are in this process), the CPU hop ratio
 (the plain ring's CPU per workflow over the variant's: the hop ratio of a CPU-bound process, which the
 load on a shared machine moves far less than workflows/s) and the nats-server's CPU per workflow (from
-/proc, when this bench started it). ``budget_at_0_6`` is what a CPU-bound process
-leaves for cadre's logic at a hop ratio of 0.6: the plain ring's CPU per workflow / 0.6, less the
-ceiling's (``all``, and ``all_pull``, the ceiling with the fetch cadre's runtime uses), per workflow
-and per event. ``micro_us_per_call``: each primitive alone, µs per call on the shape's events.
+/proc, when this bench started it). ``idle_cpu_ms_per_s``: this process's CPU while nothing runs but
+cadre's idle system (which stays up during the rings' runs, as in bench/pipeline.py).
+``budget_at_0_6`` is what a CPU-bound process leaves for cadre's logic at a hop ratio of 0.6: the
+plain ring's CPU per workflow / 0.6, less the ceiling's (``all``, and ``all_pull``, the ceiling with
+the fetch cadre's runtime uses), per workflow and per event. ``micro_us_per_call``: each primitive
+alone, µs per call on the shape's events.
 
 One JSON object goes to stdout; progress and a table to stderr.
 """
@@ -81,7 +83,7 @@ from typing import Any
 import msgspec
 import nats.errors
 import pipeline
-from _common import bench_server, delete_cadre_streams, environment, median, note, percentile
+from _common import bench_server, delete_cadre_streams, environment, idle_cpu_ms_per_s, median, note, percentile
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import api
@@ -612,6 +614,8 @@ async def main(args: argparse.Namespace, url: str, data_dir: Path) -> dict[str, 
                                 ring.server_cpu_ms.clear()
                             cadre.cpu_ms.clear()
                             cadre.server_cpu_ms.clear()
+                            # cadre runs throughout, idle during the rings' runs (as in bench/pipeline.py).
+                            out["idle_cpu_ms_per_s"] = await idle_cpu_ms_per_s()
                             names = list(sides)
                             note(f"measuring: {n} workflows with {c} in flight, {args.runs} runs per side")
                             for r in range(args.runs):

@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
 import pipeline
-from _common import bench_server, median, note, percentile
+from _common import bench_server, idle_cpu_ms_per_s, median, note, percentile
 from dbos import DBOS
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from langgraph.graph import END, START, StateGraph
@@ -241,14 +241,6 @@ def peer_figures(
 def cpu_figures(cpu_ms: list[float]) -> dict[str, Any]:
     """Median and runs of this process's CPU ms per workflow."""
     return {"cpu_ms_per_workflow": round(median(cpu_ms), 2), "runs_cpu_ms_per_workflow": [round(x, 2) for x in cpu_ms]}
-
-
-async def idle_cpu_ms_per_s(seconds: float = 1.0) -> float:
-    """This process's CPU ms per second while its loop waits: what background threads (DBOS's, once
-    launched) add to every side's CPU figure, the peers' and cadre's alike."""
-    cpu, start = time.process_time(), time.perf_counter()
-    await asyncio.sleep(seconds)
-    return round((time.process_time() - cpu) * 1000 / (time.perf_counter() - start), 2)
 
 
 def pipeline_figures(rounds: list[dict[str, Any]]) -> dict[str, Any]:

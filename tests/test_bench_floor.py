@@ -74,6 +74,7 @@ def test_floor_bench_runs_every_variant_at_a_tiny_size() -> None:
     assert variants["d"]["actors"] == 4
     assert variants["d"]["extra_inputs_acked"] == 0
     assert result["cadre"]["workflows_per_s"] > 0
+    assert result["idle_cpu_ms_per_s"] >= 0
     budget = result["budget_at_0_6"]
     assert budget["cpu_ms_per_workflow_allowed"] == pytest.approx(variants["plain"]["cpu_ms_per_workflow"] / 0.6, 0.01)
     for ceiling in ("all", "all_pull"):
