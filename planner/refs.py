@@ -32,6 +32,7 @@ from cadre.bus.errors import CadreError
 __all__ = [
     "Ref",
     "RefError",
+    "copy_value",
     "find_refs",
     "format_location",
     "is_ref",
@@ -194,7 +195,24 @@ def lookup(ref: Ref, outputs: Mapping[str, Mapping[str, Any]]) -> Any:
             )
         walked = f"{walked}.{segment}"
     # A copy, so that the resolved inputs never alias (and never let anyone mutate) a stored output.
-    return copy.deepcopy(current)
+    return copy_value(current)
+
+
+_ATOMS = frozenset({str, int, float, bool, type(None)})
+
+
+def copy_value(value: Any) -> Any:
+    """A deep copy of ``value``: JSON values (dicts, lists, strings, numbers) copied by a short
+    walk, anything else by :func:`copy.deepcopy` (which costs several times more on the small
+    inputs and outputs that steps pass around)."""
+    t = type(value)
+    if t in _ATOMS:
+        return value
+    if t is dict:
+        return {k: v if type(v) in _ATOMS else copy_value(v) for k, v in value.items()}
+    if t is list:
+        return [v if type(v) in _ATOMS else copy_value(v) for v in value]
+    return copy.deepcopy(value)
 
 
 def resolve(
@@ -216,10 +234,14 @@ def resolve(
 def _resolve(value: Any, outputs: Mapping[str, Mapping[str, Any]], root: str, loc: Loc, leave: frozenset[str]) -> Any:
     if isinstance(value, str):
         if value.startswith("${") and (m := _REF.fullmatch(value)) is not None:
-            ref = _ref(m, format_location(root, loc), loc)
-            return value if ref.task_id in leave else lookup(ref, outputs)
+            if m["task"] in leave:
+                return value
+            try:
+                return lookup(_ref(m, "", loc), outputs)
+            except RefError:  # spell the location out only for the error (lookup is pure: it fails again)
+                return lookup(_ref(m, format_location(root, loc), loc), outputs)
         return value
-    if isinstance(value, Mapping):
+    if type(value) is dict or isinstance(value, Mapping):  # a plain dict skips the ABC's check
         return {key: _resolve(item, outputs, root, (*loc, str(key)), leave) for key, item in value.items()}
     if isinstance(value, list):
         return [_resolve(item, outputs, root, (*loc, i), leave) for i, item in enumerate(value)]
