@@ -21,6 +21,7 @@ Everything here is pure: no I/O, and values are copied, never mutated.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import re
 from collections.abc import Collection, Mapping
@@ -231,15 +232,34 @@ def resolve(
     return _resolve(value, outputs, root, (), frozenset(leave))
 
 
+@functools.lru_cache(maxsize=4096)
+def _parsed(text: str) -> tuple[str, tuple[str, ...]] | None:
+    """(task id, path) of a string that is exactly a reference, else None (the same reference
+    strings recur in every step of every workflow of a plan)."""
+    m = _REF.fullmatch(text)
+    if m is None:
+        return None
+    return m["task"], tuple(m["path"].split(".")[1:]) if m["path"] else ()
+
+
 def _resolve(value: Any, outputs: Mapping[str, Mapping[str, Any]], root: str, loc: Loc, leave: frozenset[str]) -> Any:
     if isinstance(value, str):
-        if value.startswith("${") and (m := _REF.fullmatch(value)) is not None:
-            if m["task"] in leave:
+        if value.startswith("${") and (parsed := _parsed(value)) is not None:
+            task_id, path = parsed
+            if task_id in leave:
                 return value
-            try:
-                return lookup(_ref(m, "", loc), outputs)
+            if task_id in outputs:  # the common case, a path of fields through dicts: walked here
+                current: Any = outputs[task_id]
+                for segment in path:
+                    if type(current) is not dict or segment not in current:
+                        break
+                    current = current[segment]
+                else:
+                    return copy_value(current)
+            try:  # anything else (a list index, a missing field) as lookup says
+                return lookup(Ref(task_id=task_id, path=path, loc=loc), outputs)
             except RefError:  # spell the location out only for the error (lookup is pure: it fails again)
-                return lookup(_ref(m, format_location(root, loc), loc), outputs)
+                return lookup(Ref(task_id=task_id, path=path, where=format_location(root, loc), loc=loc), outputs)
         return value
     if type(value) is dict or isinstance(value, Mapping):  # a plain dict skips the ABC's check
         return {key: _resolve(item, outputs, root, (*loc, str(key)), leave) for key, item in value.items()}
