@@ -87,9 +87,10 @@ class UnknownTask(SchedulingError):
 class _Tables:
     """What the graph questions read of one plan, made once per plan (a plan never changes: a
     frozen struct of tuples): the dependency graph, the first task of each id, every task's
-    upstream as it is asked for, and each task's (id, dependencies) in plan order."""
+    upstream as it is asked for, each task's (id, dependencies) in plan order, and whether every
+    task may run beside others (``parallelizable``)."""
 
-    __slots__ = ("above", "edges", "first", "graph", "ids")
+    __slots__ = ("above", "edges", "first", "graph", "ids", "parallel")
 
     def __init__(self, plan: Plan) -> None:
         ids = {t.id for t in plan.nodes}
@@ -104,6 +105,7 @@ class _Tables:
         self.ids = tuple(t.id for t in plan.nodes)
         self.edges = tuple((t.id, t.depends_on) for t in plan.nodes)
         self.above = Upstream(graph)
+        self.parallel = all(t.parallelizable for t in first.values())
 
 
 _TABLES: dict[int, tuple[Plan, _Tables]] = {}
@@ -272,7 +274,10 @@ def dispatchable(plan: Plan, status: Mapping[str, str]) -> list[str]:
     ``"running"``), and nothing starts while it runs. Ready tasks start in plan order, up to
     the first that must wait, so a waiting task is not overtaken by the tasks after it.
     """
-    tasks = _tables(plan).first
+    tables = _tables(plan)
+    if tables.parallel:  # nothing waits for anything else to stop running
+        return ready_tasks(plan, status)
+    tasks = tables.first
     active = [tid for tid in tasks if status.get(tid) in (READY, RUNNING)]
     if any(not tasks[tid].parallelizable for tid in active):
         return []

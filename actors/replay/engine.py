@@ -35,10 +35,11 @@ waits for anything real is refused as a divergence).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+import operator
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, cast
 
 import msgspec
 
@@ -65,8 +66,6 @@ __all__ = [
     "envelope_json",
     "replay",
 ]
-
-T = TypeVar("T")
 
 
 class Invocation(msgspec.Struct, frozen=True):
@@ -236,6 +235,7 @@ class _Job:
     invocation: Invocation
     anchor: int
     positions: tuple[int, ...]  # of the recorded outputs; () for a quiet check
+    basis: int  # the invocation's: jobs run in order of (basis, anchor)
 
 
 class _Specs:
@@ -392,8 +392,8 @@ class _Run:
             for kind in kinds:
                 key = (eid, kind)
                 if key not in answered and key not in dead:
-                    out.append(_Job(Invocation(kind, r, r.event.at, (), r.seq), pos, ()))
-        out.sort(key=_job_order)
+                    out.append(_Job(Invocation(kind, r, r.event.at, (), r.seq), pos, (), r.seq))
+        out.sort(key=_JOB_ORDER)
         return out
 
     def note(self, pos: int, note: str) -> None:
@@ -413,12 +413,12 @@ class _Run:
                 self.diverge(pos, "orphan", f"emitted by {actor}, which does not handle {inp.event.type} (its cause)")
             return None
         records = self.records
-        outputs = tuple([self.event(p) for p in positions])
+        outputs = cast("tuple[StoredEvent, ...]", tuple([records[p] for p in positions]))  # of self.events
         first = outputs[0].event
         effects = first.data.effects if type(first.data) is EffectsRecorded else first.effects
         if basis <= 0:  # written before v2: the state just before the first output
             basis = records[positions[0] - 1].seq if positions[0] > 0 else 0
-        return _Job(Invocation(actor, inp, at, effects, basis, outputs), positions[0], tuple(positions))
+        return _Job(Invocation(actor, inp, at, effects, basis, outputs), positions[0], tuple(positions), basis)
 
     # -- re-running ------------------------------------------------------------------------------
 
@@ -426,7 +426,16 @@ class _Run:
         """Run the handler as the runtime does; raise what the handler or its context raised."""
         inp, kind, at = inv.input, inv.kind, inv.at
         ctx = Context(kind=kind, stored=inp, now=at, answers=self.answers(inv))
-        result = _drive(self.specs[kind].handler(ctx, inp, state))
+        steps = self.specs[kind].handler(ctx, inp, state).__await__()
+        # A replay context answers at once, so the handler finishes on its first step; one that
+        # waits for anything is refused.
+        try:
+            steps.send(None)
+        except StopIteration as done:
+            result = done.value
+        else:
+            steps.close()
+            raise ReplayDivergence(_WAITED)
         payloads: list[Event] = result if type(result) is list else []
         return invocation.envelopes(kind, inp.event, payloads, tuple(ctx.effects), at, inv.basis)
 
@@ -443,9 +452,13 @@ class _Run:
             return
         recorded = inv.outputs
         n = len(replayed)
-        if len(recorded) == n and all(map(_same_stored, recorded, replayed)):  # the usual case
-            self.rederived += n
-            return
+        if len(recorded) == n:  # the usual case: each output the same as the recorded one
+            for rec, actual in zip(recorded, replayed, strict=True):
+                if not _same(rec.event, actual):
+                    break
+            else:
+                self.rederived += n
+                return
         for i, rec in enumerate(recorded):
             pos = job.positions[i]
             if i >= n:
@@ -502,7 +515,7 @@ class _Run:
         untrusted = self.untrusted
         retry: list[_Job] = []
         for job in jobs:
-            basis = job.invocation.basis
+            basis = job.basis
             while pos < n and (r := records[pos]).seq <= basis:  # fold up to the state it decided on
                 if isinstance(r, StoredEvent) and pos not in untrusted:
                     apply(state, r)
@@ -536,8 +549,7 @@ class _Run:
             )
 
 
-def _job_order(job: _Job) -> tuple[int, int]:
-    return job.invocation.basis, job.anchor
+_JOB_ORDER = operator.attrgetter("basis", "anchor")
 
 
 def replay(
@@ -571,20 +583,10 @@ def replay(
 # -- helpers -------------------------------------------------------------------------------------
 
 
-def _drive(awaitable: Awaitable[T]) -> T:
-    """Run a handler's coroutine to its end without an event loop: a replay context answers at
-    once, so it finishes on its first step. One that waits for anything is refused."""
-    steps = awaitable.__await__()
-    try:
-        steps.send(None)
-    except StopIteration as done:
-        result: T = done.value
-        return result
-    steps.close()
-    raise ReplayDivergence(
-        "the handler waited for something outside its replay context (a live call, a sleep); "
-        "under replay every outside answer comes from the record"
-    )
+_WAITED = (
+    "the handler waited for something outside its replay context (a live call, a sleep); "
+    "under replay every outside answer comes from the record"
+)
 
 
 def _same(recorded: Envelope, replayed: Envelope) -> bool:
@@ -599,10 +601,6 @@ def _same(recorded: Envelope, replayed: Envelope) -> bool:
         and recorded.data == replayed.data
         and recorded.effects == replayed.effects
     )
-
-
-def _same_stored(recorded: StoredEvent, replayed: Envelope) -> bool:
-    return _same(recorded.event, replayed)
 
 
 def _changed(recorded: Envelope, replayed: Envelope, diffs: Sequence[FieldDiff]) -> str:
