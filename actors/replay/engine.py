@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, cast
 
@@ -228,8 +227,7 @@ def envelope_json(env: Envelope) -> dict[str, Any]:
 # -- the engine ---------------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class _Job:
+class _Job(msgspec.Struct, gc=False):
     """An invocation to re-run, and the position of its first recorded output (or its input)."""
 
     invocation: Invocation
