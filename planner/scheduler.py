@@ -93,19 +93,26 @@ class _Tables:
     __slots__ = ("above", "edges", "first", "graph", "ids", "parallel")
 
     def __init__(self, plan: Plan) -> None:
-        ids = {t.id for t in plan.nodes}
+        nodes = plan.nodes
+        ids = tuple([t.id for t in nodes])
+        known = set(ids)
         graph: dict[str, tuple[str, ...]] = {}
         first: dict[str, Task] = {}
-        for task in plan.nodes:
+        parallel = True
+        for task in nodes:
             if task.id not in graph:
-                graph[task.id] = tuple(dict.fromkeys(d for d in task.depends_on if d in ids))
+                deps = task.depends_on
+                if not known.issuperset(deps) or len(set(deps)) != len(deps):  # unknown or repeated ids
+                    deps = tuple(dict.fromkeys(d for d in deps if d in known))
+                graph[task.id] = deps
                 first[task.id] = task
+                parallel = parallel and task.parallelizable
         self.graph = graph
         self.first = first
-        self.ids = tuple(t.id for t in plan.nodes)
-        self.edges = tuple((t.id, t.depends_on) for t in plan.nodes)
+        self.ids = ids
+        self.edges = tuple([(t.id, t.depends_on) for t in nodes])
         self.above = Upstream(graph)
-        self.parallel = all(t.parallelizable for t in first.values())
+        self.parallel = parallel
 
 
 _TABLES: dict[int, tuple[Plan, _Tables]] = {}
