@@ -56,17 +56,22 @@ def wrap(
 ) -> list[Envelope]:
     """Envelopes for a handler's outputs; its effects ride on the first one (not on EffectsRecorded,
     which carries them in its payload). ``basis``: the sequence of the state it decided on."""
-    first = () if payloads and isinstance(payloads[0], EffectsRecorded) else effects
-    return [
-        make_event(
-            p,
-            workflow_id=cause.workflow_id,
-            actor=kind,
-            at=now,
-            causation_id=cause.id,
-            index=output_key(p, i),
-            effects=first if i == 0 else (),
-            basis=basis,
+    out: list[Envelope] = []
+    if not payloads:
+        return out
+    workflow_id, cause_id = cause.workflow_id, cause.id
+    ride = () if isinstance(payloads[0], EffectsRecorded) else effects
+    for i, p in enumerate(payloads):
+        out.append(
+            make_event(
+                p,
+                workflow_id=workflow_id,
+                actor=kind,
+                at=now,
+                causation_id=cause_id,
+                index=output_key(p, i),
+                effects=ride if i == 0 else (),
+                basis=basis,
+            )
         )
-        for i, p in enumerate(payloads)
-    ]
+    return out

@@ -16,7 +16,7 @@ again) and whose workflow failed for it (not compensated, cancelled or completed
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -102,14 +102,17 @@ def redrivable(spec: ActorSpec) -> ActorSpec:
     """``spec`` also handling ``redriven``: the kind it names handles the copied input again."""
     inner, kind, handles = spec.handler, spec.kind, spec.handles  # not the spec: its closure stays comparable
 
-    async def handle(ctx: Context, rec: StoredEvent, state: WorkflowState) -> Outcome:
+    def handle(ctx: Context, rec: StoredEvent, state: WorkflowState) -> Awaitable[Outcome]:
         data = rec.event.data
         if not isinstance(data, Redriven):
-            return await inner(ctx, rec, state)
+            return inner(ctx, rec, state)  # the handler's own awaitable: no second coroutine per input
+        return again(ctx, rec, state, data)
+
+    async def again(ctx: Context, rec: StoredEvent, state: WorkflowState, data: Redriven) -> Outcome:
         if data.actor != kind or data.input_type not in handles:
             return []
         raw = msgspec.json.encode(data.input)
-        again = StoredEvent(data.input_seq, rec.subject, decode(raw), raw)
-        return await inner(ctx, again, state)
+        copied = StoredEvent(data.input_seq, rec.subject, decode(raw), raw)
+        return await inner(ctx, copied, state)
 
     return replace(spec, handles=spec.handles | {Redriven.TYPE}, handler=handle)

@@ -98,7 +98,7 @@ def make_spec(
                 *agent_pools.check_plan_pools(data.plan.nodes, pools),
                 *children.check_children(data.plan, depth, lim.max_child_depth, check_plan, flows=child_flows),
             )
-            if passed_all(list(checks)):
+            if passed_all(checks):
                 return [PlanValidated(revision=data.revision, checks=checks)]
             return [PlanRejected(revision=data.revision, checks=checks)]
         if isinstance(data, StepsProposed):
@@ -121,7 +121,7 @@ def make_spec(
                 *steps.get(msgspec.json.encode((proposed, planned, outputs, sorted(ids))), run),
                 *agent_pools.check_step_pools(task.task, data.steps, pools),
             )
-            if not passed_all(list(checks)):
+            if not passed_all(checks):
                 return [StepsRejected(task_id=data.task_id, checks=checks)]
             if state.resolved_steps:
                 return [cleared(state, task.task, data.steps[0], checks)]
@@ -180,7 +180,7 @@ def make_spec(
                     checks += [c for c in found if c.name == "inputs_safe"]
             return tuple(checks)
 
-        checks = list(ready.get(msgspec.json.encode((step, inputs, task.pool)), run))
+        checks = ready.get(msgspec.json.encode((step, inputs, task.pool)), run)
         if passed_all(checks):
             return StepReady(step=step, checks=(*before, *checks), resolved_inputs=inputs)
         return StepsRejected(task_id=step.task_id, checks=(*before, *checks), step_id=step.id)

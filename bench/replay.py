@@ -1,7 +1,7 @@
 """Benchmark of deterministic replay, beside the raw read rate of the same events.
 
     .venv/bin/python bench/replay.py [--workflows N] [--concurrency C] [--big-tasks K] [--runs R]
-                                     [--jobs J] [--distinct] [--data-dir DIR] [--nats URL]
+                                     [--jobs J] [--distinct] [--profile FILE] [--data-dir DIR] [--nats URL]
 
 **Recording.** Every actor kind runs in this process (``cadre.system.run_system``) on a
 file-storage stream of its own, with a deployment's keys (every event signed, as with the
@@ -26,11 +26,16 @@ a while, which the parallel replay would otherwise compete with):
 3. ``replay``: :meth:`actors.replay.Replayer.replay` of every workflow's records, in memory,
    one process, without a keyring (no signature checked); every workflow must reproduce;
    ``replay_keys``: the same with the deployment's keyring, each event's signature checked
-   (what ``cadre replay`` does, once it has read, in a deployment with keys);
+   (what ``cadre replay`` does, once it has read, in a deployment with keys); beside ``replay``,
+   its CPU time per event (``cpu_us_per_event``, ``time.process_time``: what a loaded machine
+   changes least);
 4. ``replay_jobs``: the same split over J worker processes (forked: they inherit the
    records, so nothing is copied), as a CI job re-verifying many workflows would;
 5. ``big_workflow``: the big workflow alone: the raw read, ``JetStreamLog.read_records``
    (what ``cadre replay WF`` does), and its replay.
+
+``--profile FILE`` writes a cProfile (clock: the process's CPU time) of one more one-process
+replay of the many workflows, after the measurements, to FILE (read it with ``pstats``).
 
 By default the bundled nats-server runs in a fresh temporary data dir and is stopped at the
 end. One JSON object goes to stdout; progress to stderr.
@@ -40,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import dataclasses
 import gc
 import json
@@ -234,6 +240,7 @@ def _replay_slice(bounds: tuple[int, int]) -> tuple[int, int, float]:
 
 
 WORKER_SECONDS: list[list[float]] = []  # each parallel run's seconds per worker, for the output
+CPU_SECONDS: list[float] = []  # each one-process run's CPU time (time.process_time)
 
 
 def replay_all(replayer: Replayer, workflows: list[list[Record]], jobs: int) -> float:
@@ -242,9 +249,10 @@ def replay_all(replayer: Replayer, workflows: list[list[Record]], jobs: int) -> 
     _WORK = (replayer, workflows)
     n = len(workflows)
     if jobs == 1:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         _, bad, _ = _replay_slice((0, n))
         seconds = time.perf_counter() - start
+        CPU_SECONDS.append(time.process_time() - cpu)
     else:
         step = -(-n // jobs)
         slices = [(i, min(i + step, n)) for i in range(0, n, step)]
@@ -319,9 +327,13 @@ async def main(args: argparse.Namespace, url: str, data_dir: Path) -> dict[str, 
             if not first.ok or first.forged:
                 raise RuntimeError("\n".join(first.lines()))
 
+            one_cpu: list[float] = []
+
             async def replay_one() -> float:
                 await asyncio.sleep(SETTLE_S)
-                return replay_all(replayer, workflows, 1)
+                seconds = replay_all(replayer, workflows, 1)
+                one_cpu.append(CPU_SECONDS[-1])
+                return seconds
 
             async def replay_keys() -> float:
                 await asyncio.sleep(SETTLE_S)
@@ -349,11 +361,17 @@ async def main(args: argparse.Namespace, url: str, data_dir: Path) -> dict[str, 
                 "cadre_read": rates(total, s["cadre_read"]),
                 "distinct_inputs": args.distinct,
                 "replay": rates(events, s["replay"]),
+                "cpu_us_per_event": round(median(one_cpu) / events * 1e6, 2),
                 "replay_keys": rates(events, s["replay_keys"]),
                 f"replay_{args.jobs}_jobs": rates(events, s["replay_jobs"]),
                 "worker_seconds": WORKER_SECONDS[-args.runs :],
                 "target": TARGET_EVENTS_PER_S,
             }
+            if args.profile is not None:
+                note(f"profiling one more one-process replay into {args.profile}")
+                profile = cProfile.Profile(time.process_time)
+                profile.runcall(replay_all, replayer, workflows, 1)
+                profile.dump_stats(args.profile)
 
             async def big_raw() -> float:
                 return (await read_stream(bus, settings.subjects.workflow(big), big_events, decode=False))[0]
@@ -391,6 +409,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--distinct", action="store_true", help="give each workflow its own literal inputs (no verdict repeats)"
     )
+    ap.add_argument("--profile", type=Path, metavar="FILE", help="write a cProfile of one more one-process replay")
     ap.add_argument("--data-dir", type=Path, help="embedded server data dir (default: a fresh temp dir)")
     ap.add_argument("--nats", metavar="URL", help="use this server instead of an embedded one")
     args = ap.parse_args(argv)

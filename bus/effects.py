@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from typing import Any, ClassVar, Literal
 
 import msgspec
@@ -70,8 +71,45 @@ __all__ = [
 
 def digest(value: Any, size: int = 8) -> str:
     """A stable hex digest (``2 * size`` characters) of a JSON value; key order does not matter."""
-    raw = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()
-    return hashlib.blake2b(raw, digest_size=size).hexdigest()
+    return hashlib.blake2b(_canonical(value).encode(), digest_size=size).hexdigest()
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+class _Canonical(threading.local):
+    """``json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)``, the text a
+    :func:`digest` hashes, without building a new encoder per call (json.dumps with arguments
+    builds a ``JSONEncoder`` and its C encoder every time: 5 us against 0.5 us for a small dict).
+    The same C encoder with the same settings, so the same text. One per thread (the encoder
+    remembers the containers it is inside of, to refuse a circular value), and built anew after
+    an error, so no half-done walk is remembered."""
+
+    def __init__(self) -> None:
+        self._encode = self._make()
+
+    @staticmethod
+    def _make() -> Any:
+        make = getattr(json.encoder, "c_make_encoder", None)
+        if make is None:  # a Python without the C accelerator: json.dumps itself
+            return None
+        return make({}, str, json.encoder.encode_basestring_ascii, None, ":", ",", True, False, True)
+
+    def __call__(self, value: Any) -> str:
+        encode = self._encode
+        if encode is None:
+            return _dumps(value)
+        if isinstance(value, str):
+            return json.encoder.encode_basestring_ascii(value)
+        try:
+            return "".join(encode(value, 0))
+        except BaseException:
+            self._encode = self._make()
+            raise
+
+
+_canonical = _Canonical()
 
 
 # -- what the answers hold -------------------------------------------------------------------------

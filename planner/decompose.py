@@ -19,11 +19,15 @@ Task ids are tokens without dots, so a step id always starts with its task id an
 
 from __future__ import annotations
 
-import copy
+import functools
+from typing import NoReturn
+
+from pydantic import BaseModel
 
 from cadre.bus.errors import CadreError
 from cadre.bus.plan import StepIntent, Task
 from cadre.planner.catalog import Catalog, Safety
+from cadre.planner.refs import copy_value
 
 __all__ = ["DecompositionError", "decompose", "step_id"]
 
@@ -57,18 +61,9 @@ def decompose(task: Task, catalog: Catalog, *, attempt: int = 1) -> list[StepInt
     check with a fix. Raises :class:`DecompositionError` when the task names no tool or a tool
     the catalog does not have.
     """
-    names = ", ".join(sorted(catalog)) or "(the catalog is empty)"
-    if task.tool is None:
-        wanted = f" (it asks for capabilities: {', '.join(task.capabilities)})" if task.capabilities else ""
-        raise DecompositionError(
-            task.id,
-            f"it names no tool{wanted} and the rule-based decomposer only runs named tools",
-            f're-plan it with "tool": one of {names}',
-        )
-    if task.tool not in catalog:
-        raise DecompositionError(
-            task.id, f"its tool {task.tool!r} is not in the catalog", f're-plan it with "tool": one of {names}'
-        )
+    if task.tool is None or task.tool not in catalog:
+        names = ", ".join(sorted(catalog)) or "(the catalog is empty)"
+        _refuse(task, names)
     spec = catalog[task.tool]
     sid = step_id(task.id, attempt=attempt)
     preconditions = [f"inputs validate against {spec.input_model.__name__}"]
@@ -81,14 +76,14 @@ def decompose(task: Task, catalog: Catalog, *, attempt: int = 1) -> list[StepInt
         else None
     )
     approval = any(catalog[name].requires_approval for name in (task.tool, *task.fallback_tools) if name in catalog)
-    required = tuple(name for name, field in spec.output_model.model_fields.items() if field.is_required())
+    required = _required(spec.output_model)
     return [
         StepIntent(
             id=sid,
             task_id=task.id,
             tool=spec.name,
             operation=task.description or spec.description,
-            inputs=copy.deepcopy(task.inputs),  # the step must not alias the plan's dict
+            inputs=copy_value(task.inputs),  # the step must not alias the plan's dict
             expected_outputs=required,
             preconditions=tuple(preconditions),
             postconditions=(f"output validates against {spec.output_model.__name__}",),
@@ -99,3 +94,23 @@ def decompose(task: Task, catalog: Catalog, *, attempt: int = 1) -> list[StepInt
             post=task.post,
         )
     ]
+
+
+def _refuse(task: Task, names: str) -> NoReturn:
+    """Raise the :class:`DecompositionError` of a task that names no tool, or one the catalog lacks."""
+    if task.tool is None:
+        wanted = f" (it asks for capabilities: {', '.join(task.capabilities)})" if task.capabilities else ""
+        raise DecompositionError(
+            task.id,
+            f"it names no tool{wanted} and the rule-based decomposer only runs named tools",
+            f're-plan it with "tool": one of {names}',
+        )
+    raise DecompositionError(
+        task.id, f"its tool {task.tool!r} is not in the catalog", f're-plan it with "tool": one of {names}'
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _required(model: type[BaseModel]) -> tuple[str, ...]:
+    """The required fields of a tool's output model (a model's fields are fixed once it is defined)."""
+    return tuple(name for name, field in model.model_fields.items() if field.is_required())

@@ -21,6 +21,7 @@ Everything here is pure: no I/O, and values are copied, never mutated.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import re
 from collections.abc import Collection, Mapping
@@ -32,6 +33,7 @@ from cadre.bus.errors import CadreError
 __all__ = [
     "Ref",
     "RefError",
+    "copy_value",
     "find_refs",
     "format_location",
     "is_ref",
@@ -194,7 +196,24 @@ def lookup(ref: Ref, outputs: Mapping[str, Mapping[str, Any]]) -> Any:
             )
         walked = f"{walked}.{segment}"
     # A copy, so that the resolved inputs never alias (and never let anyone mutate) a stored output.
-    return copy.deepcopy(current)
+    return copy_value(current)
+
+
+_ATOMS = frozenset({str, int, float, bool, type(None)})
+
+
+def copy_value(value: Any) -> Any:
+    """A deep copy of ``value``: JSON values (dicts, lists, strings, numbers) copied by a short
+    walk, anything else by :func:`copy.deepcopy` (which costs several times more on the small
+    inputs and outputs that steps pass around)."""
+    t = type(value)
+    if t in _ATOMS:
+        return value
+    if t is dict:
+        return {k: v if type(v) in _ATOMS else copy_value(v) for k, v in value.items()}
+    if t is list:
+        return [v if type(v) in _ATOMS else copy_value(v) for v in value]
+    return copy.deepcopy(value)
 
 
 def resolve(
@@ -213,13 +232,36 @@ def resolve(
     return _resolve(value, outputs, root, (), frozenset(leave))
 
 
+@functools.lru_cache(maxsize=4096)
+def _parsed(text: str) -> tuple[str, tuple[str, ...]] | None:
+    """(task id, path) of a string that is exactly a reference, else None (the same reference
+    strings recur in every step of every workflow of a plan)."""
+    m = _REF.fullmatch(text)
+    if m is None:
+        return None
+    return m["task"], tuple(m["path"].split(".")[1:]) if m["path"] else ()
+
+
 def _resolve(value: Any, outputs: Mapping[str, Mapping[str, Any]], root: str, loc: Loc, leave: frozenset[str]) -> Any:
     if isinstance(value, str):
-        if value.startswith("${") and (m := _REF.fullmatch(value)) is not None:
-            ref = _ref(m, format_location(root, loc), loc)
-            return value if ref.task_id in leave else lookup(ref, outputs)
+        if value.startswith("${") and (parsed := _parsed(value)) is not None:
+            task_id, path = parsed
+            if task_id in leave:
+                return value
+            if task_id in outputs:  # the common case, a path of fields through dicts: walked here
+                current: Any = outputs[task_id]
+                for segment in path:
+                    if type(current) is not dict or segment not in current:
+                        break
+                    current = current[segment]
+                else:
+                    return copy_value(current)
+            try:  # anything else (a list index, a missing field) as lookup says
+                return lookup(Ref(task_id=task_id, path=path, loc=loc), outputs)
+            except RefError:  # spell the location out only for the error (lookup is pure: it fails again)
+                return lookup(Ref(task_id=task_id, path=path, where=format_location(root, loc), loc=loc), outputs)
         return value
-    if isinstance(value, Mapping):
+    if type(value) is dict or isinstance(value, Mapping):  # a plain dict skips the ABC's check
         return {key: _resolve(item, outputs, root, (*loc, str(key)), leave) for key, item in value.items()}
     if isinstance(value, list):
         return [_resolve(item, outputs, root, (*loc, i), leave) for i, item in enumerate(value)]

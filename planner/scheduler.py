@@ -84,14 +84,60 @@ class UnknownTask(SchedulingError):
         self.task_id = task_id
 
 
+class _Tables:
+    """What the graph questions read of one plan, made once per plan (a plan never changes: a
+    frozen struct of tuples): the dependency graph, the first task of each id, every task's
+    upstream as it is asked for, each task's (id, dependencies) in plan order, and whether every
+    task may run beside others (``parallelizable``)."""
+
+    __slots__ = ("above", "edges", "first", "graph", "ids", "parallel")
+
+    def __init__(self, plan: Plan) -> None:
+        nodes = plan.nodes
+        ids = tuple([t.id for t in nodes])
+        known = set(ids)
+        graph: dict[str, tuple[str, ...]] = {}
+        first: dict[str, Task] = {}
+        parallel = True
+        for task in nodes:
+            if task.id not in graph:
+                deps = task.depends_on
+                if not known.issuperset(deps) or len(set(deps)) != len(deps):  # unknown or repeated ids
+                    deps = tuple(dict.fromkeys(d for d in deps if d in known))
+                graph[task.id] = deps
+                first[task.id] = task
+                parallel = parallel and task.parallelizable
+        self.graph = graph
+        self.first = first
+        self.ids = ids
+        self.edges = tuple([(t.id, t.depends_on) for t in nodes])
+        self.above = Upstream(graph)
+        self.parallel = parallel
+
+
+_TABLES: dict[int, tuple[Plan, _Tables]] = {}
+_TABLES_KEPT = 256
+
+
+def _tables(plan: Plan) -> _Tables:
+    """``plan``'s :class:`_Tables`, by the plan's identity: the planner, the validator and the agent
+    ask about the plan a workflow's state holds (the same object from one event to the next) many
+    times per event. The entry holds the plan, so its id is not reused while it is kept; the
+    table starts over past :data:`_TABLES_KEPT` plans."""
+    hit = _TABLES.get(id(plan))
+    if hit is not None and hit[0] is plan:
+        return hit[1]
+    tables = _Tables(plan)
+    if len(_TABLES) >= _TABLES_KEPT:
+        _TABLES.clear()
+    _TABLES[id(plan)] = (plan, tables)
+    return tables
+
+
 def _graph(plan: Plan) -> dict[str, tuple[str, ...]]:
-    """Task id -> ids of the known tasks it depends on, in plan order (first of duplicate ids wins)."""
-    ids = {t.id for t in plan.nodes}
-    graph: dict[str, tuple[str, ...]] = {}
-    for task in plan.nodes:
-        if task.id not in graph:
-            graph[task.id] = tuple(dict.fromkeys(d for d in task.depends_on if d in ids))
-    return graph
+    """Task id -> ids of the known tasks it depends on, in plan order (first of duplicate ids wins).
+    Shared: read it, never change it."""
+    return _tables(plan).graph
 
 
 def find_cycle(plan: Plan) -> list[str] | None:
@@ -166,10 +212,10 @@ def depth(plan: Plan) -> int:
 
 def upstream(plan: Plan, task_id: str) -> set[str]:
     """Every task ``task_id`` depends on, directly or through other tasks (not itself, unless in a cycle)."""
-    graph = _graph(plan)
-    if task_id not in graph:
-        raise UnknownTask(task_id, graph)
-    return set(Upstream(graph).of(task_id))
+    tables = _tables(plan)
+    if task_id not in tables.graph:
+        raise UnknownTask(task_id, tables.graph)
+    return set(tables.above.of(task_id))
 
 
 class Upstream:
@@ -220,13 +266,15 @@ def ready_tasks(plan: Plan, status: Mapping[str, str]) -> list[str]:
     A dependency on an unknown task never completes, so such a task is never ready.
     """
     ready: dict[str, None] = {}
-    for task in plan.nodes:
-        if (
-            task.id not in ready
-            and _pending(status, task.id)
-            and all(status.get(dep) in DONE for dep in task.depends_on)
-        ):
-            ready[task.id] = None
+    get = status.get
+    for task_id, depends_on in _tables(plan).edges:  # loops, not all() over generators: called per event
+        if task_id in ready or get(task_id, PENDING) != PENDING:
+            continue
+        for dep in depends_on:
+            if get(dep) not in DONE:
+                break
+        else:
+            ready[task_id] = None
     return list(ready)
 
 
@@ -238,9 +286,10 @@ def dispatchable(plan: Plan, status: Mapping[str, str]) -> list[str]:
     ``"running"``), and nothing starts while it runs. Ready tasks start in plan order, up to
     the first that must wait, so a waiting task is not overtaken by the tasks after it.
     """
-    tasks: dict[str, Task] = {}
-    for task in plan.nodes:
-        tasks.setdefault(task.id, task)
+    tables = _tables(plan)
+    if tables.parallel:  # nothing waits for anything else to stop running
+        return ready_tasks(plan, status)
+    tasks = tables.first
     active = [tid for tid in tasks if status.get(tid) in (READY, RUNNING)]
     if any(not tasks[tid].parallelizable for tid in active):
         return []
@@ -254,7 +303,11 @@ def dispatchable(plan: Plan, status: Mapping[str, str]) -> list[str]:
 
 def is_finished(plan: Plan, status: Mapping[str, str]) -> bool:
     """Whether every task has ``"completed"`` or was ``"skipped"`` (vacuously true for an empty plan)."""
-    return all(status.get(task.id) in DONE for task in plan.nodes)
+    get = status.get
+    for task_id in _tables(plan).ids:  # noqa: SIM110  # a loop: half the cost of all() over a generator
+        if get(task_id) not in DONE:
+            return False
+    return True
 
 
 def blocked_by_failure(plan: Plan, status: Mapping[str, str]) -> list[str]:

@@ -131,7 +131,11 @@ def warnings(checks: Iterable[Check]) -> list[Check]:
 
 def passed_all(checks: Iterable[Check]) -> bool:
     """Whether no check rejects (warnings do not count)."""
-    return not failed(checks)
+    # not failed(checks), without the list; a loop, which costs half what all() over a generator does
+    for c in checks:  # noqa: SIM110
+        if not c.passed and c.severity == "error":
+            return False
+    return True
 
 
 def needs_approval(step: StepIntent, catalog: Catalog) -> bool:

@@ -12,7 +12,7 @@ read-only.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any, Literal, assert_never
 
@@ -32,6 +32,8 @@ from cadre.bus.events import (
     ConsultationWaiting,
     DeadlineSet,
     EffectsRecorded,
+    Envelope,
+    Event,
     ForgedEvent,
     HandlerFailed,
     PlanProposed,
@@ -202,144 +204,249 @@ def apply(state: WorkflowState, stored: StoredEvent) -> None:
     state.events += 1
     state.last_seq = stored.seq
     state.last_data = stored.data
-    match data:
-        case WorkflowRequested():
-            state.status = "requested"
-            state.request = data
-            state.started_at = e.at
-        case PlanProposed():
-            state.status = "planned"
-            state.plan = data.plan
-            state.revision = data.revision
-            state.plan_source = data.source
-            state.tasks = _revised_tasks(state.tasks, data.plan)
-        case PlanValidated():
-            state.status = "running"
-        case PlanRejected():
-            state.rejected = data.checks
-        case TaskReady():
-            _task(state, data.task.id, status="ready", attempt=data.attempt, step_ids=[], error=None)
-        case StepsProposed():
-            _task(state, data.task_id, status="running", step_ids=[s.id for s in data.steps])
-            for s in data.steps:
-                state.steps[s.id] = StepState(step=s)
-        case StepsRejected():
-            _task(state, data.task_id, rejected=data.checks)
-            if data.step_id is not None and data.step_id in state.steps:
-                _step(state, data.step_id, status="rejected", rejected=data.checks)
-        case StepReady():
-            _new_step(state, data.step, status="ready", resolved_inputs=data.resolved_inputs)
-        case ApprovalRequested():
-            _new_step(
-                state,
-                data.step,
-                status="awaiting_approval",
-                approval_deadline=data.deadline,
-                approval_request_id=e.id,
-            )
-        case ApprovalGranted():
-            _step(state, data.step_id, status="approved", approved_by=data.by)
-        case ApprovalDenied():
-            _step(state, data.step_id, status="denied")
-        case StepCompleted():
-            _step(
-                state,
-                data.step_id,
-                status="completed",
-                tool=data.tool,
-                output=data.output,
-                simulated=data.simulated,
-                would_need_approval=data.would_need_approval,
-                estimate=data.estimate,
-            )
-            if not data.simulated:
-                state.completed_steps = (*state.completed_steps, data.step_id)
-            # A task is complete when the last step of its current attempt is: its output is that step's.
-            t = state.tasks.get(data.task_id)
-            if t is not None and t.step_ids and t.step_ids[-1] == data.step_id and t.status == "running":
-                _task(state, data.task_id, status="completed", output=data.output, simulated=data.simulated)
-        case StepFailed():
-            _step(state, data.step_id, status="failed", error=data.error)
-        case WorkflowCompleted():
-            state.status = "completed"
-            state.result = data.result
-            state.ended_at = e.at
-        case WorkflowFailed():
-            state.before_failure = state.status
-            state.status = "failed"
-            state.failure = ErrorInfo(code=data.reason, message=data.message)
-            state.failed_task = data.task_id
-            state.ended_at = e.at
-            if data.task_id is not None:
-                _task(state, data.task_id, status="failed", error=state.failure)
-        case EffectsRecorded():
-            pass
-        case HandlerFailed():
-            state.dead_letters += 1
-        case ForgedEvent():
-            state.forged += 1
-        case ConsultationWaiting():
-            if data.step_id:
-                _step(state, data.step_id, status="waiting", wait_id=e.id)
-            else:  # the planner's or the decomposer's
-                key = wait_key(data.call, data.task_id, data.attempts, data.revision)
-                state.waits = {**state.waits, key: e.id}
-        case DeadlineSet():
-            state.deadline = data.until
-        case CancelRequested():
-            if state.cancel is None and not state.done:
-                state.cancel = data
-                if state.status != "compensating":
-                    state.status = "cancelling"
-        case WorkflowCancelled():
-            state.status = "cancelled"
-            state.failure = ErrorInfo(code="cancelled", message=data.reason)
-            state.cancelled_by = data.by
-            state.ended_at = e.at
-        case Redriven():
-            state.redriven = (*state.redriven, data.handler_failed_id)
-            if state.status == "failed" and state.failure is not None and state.failure.code == "handler_failed":
-                state.status = state.before_failure or "running"
-                state.failure = None
-                state.ended_at = None
-        case CompensationStarted():
-            state.status = "compensating"
-            state.compensation = data
-        case StepCompensated():
-            _step(state, data.step_id, compensated=data.error is None)
-        case ProposalMade():
-            _step(state, data.step_id, status="validating", proposal=data, proposal_id=e.id)
-        case ProposalValidated():
-            if _proposed(state, data.step_id, data.proposal_id):
-                _step(state, data.step_id, status="cleared")
-        case ProposalRejected():
-            if _proposed(state, data.step_id, data.proposal_id):
-                _step(state, data.step_id, status="refused")
-        case BranchTaken():
-            _task(state, data.task_id, branched=True, branch=data.to)
-            for tid in data.skipped:
-                _task(state, tid, status="skipped")
-        case ChildRequested():
-            state.children = {
-                **state.children,
-                data.child_id: ChildState(task_id=data.task_id, child_id=data.child_id, attempt=data.attempt),
-            }
-            _task(state, data.task_id, status="running", attempt=data.attempt, step_ids=[], error=None)
-        case ChildCompleted():
-            child = state.children.get(data.child_id)
-            if child is not None and child.status == "running":
-                state.children = {**state.children, data.child_id: msgspec.structs.replace(child, status="completed")}
-                t = state.tasks.get(data.task_id)
-                if t is not None and t.status == "running" and t.attempt == child.attempt:
-                    _task(state, data.task_id, status="completed", output=data.output)
-        case ChildFailed():
-            child = state.children.get(data.child_id)
-            if child is not None and child.status == "running":
-                status: ChildStatus = "cancelled" if data.status == "cancelled" else "failed"
-                changed = msgspec.structs.replace(child, status=status, error=data.error)
-                state.children = {**state.children, data.child_id: changed}
-        case _:
-            assert_never(data)
+    fold_one = _FOLDS.get(type(data))
+    if fold_one is None:  # not an event type (a subclass of one is folded as that type)
+        fold_one = next((f for cls, f in _FOLDS.items() if isinstance(data, cls)), None)
+        if fold_one is None:
+            assert_never(data)  # type: ignore[arg-type]
+    fold_one(state, e, data)
+
+
+def _fold_workflow_requested(state: WorkflowState, e: Envelope, data: WorkflowRequested) -> None:
+    state.status = "requested"
+    state.request = data
+    state.started_at = e.at
+
+
+def _fold_plan_proposed(state: WorkflowState, _e: Envelope, data: PlanProposed) -> None:
+    state.status = "planned"
+    state.plan = data.plan
+    state.revision = data.revision
+    state.plan_source = data.source
+    state.tasks = _revised_tasks(state.tasks, data.plan)
+
+
+def _fold_plan_validated(state: WorkflowState, _e: Envelope, data: PlanValidated) -> None:
+    state.status = "running"
+
+
+def _fold_plan_rejected(state: WorkflowState, _e: Envelope, data: PlanRejected) -> None:
+    state.rejected = data.checks
+
+
+def _fold_task_ready(state: WorkflowState, _e: Envelope, data: TaskReady) -> None:
+    _task(state, data.task.id, status="ready", attempt=data.attempt, step_ids=[], error=None)
+
+
+def _fold_steps_proposed(state: WorkflowState, _e: Envelope, data: StepsProposed) -> None:
+    _task(state, data.task_id, status="running", step_ids=[s.id for s in data.steps])
+    for s in data.steps:
+        state.steps[s.id] = StepState(step=s)
+
+
+def _fold_steps_rejected(state: WorkflowState, _e: Envelope, data: StepsRejected) -> None:
+    _task(state, data.task_id, rejected=data.checks)
+    if data.step_id is not None and data.step_id in state.steps:
+        _step(state, data.step_id, status="rejected", rejected=data.checks)
+
+
+def _fold_step_ready(state: WorkflowState, _e: Envelope, data: StepReady) -> None:
+    _new_step(state, data.step, status="ready", resolved_inputs=data.resolved_inputs)
+
+
+def _fold_approval_requested(state: WorkflowState, e: Envelope, data: ApprovalRequested) -> None:
+    _new_step(
+        state,
+        data.step,
+        status="awaiting_approval",
+        approval_deadline=data.deadline,
+        approval_request_id=e.id,
+    )
+
+
+def _fold_approval_granted(state: WorkflowState, _e: Envelope, data: ApprovalGranted) -> None:
+    _step(state, data.step_id, status="approved", approved_by=data.by)
+
+
+def _fold_approval_denied(state: WorkflowState, _e: Envelope, data: ApprovalDenied) -> None:
+    _step(state, data.step_id, status="denied")
+
+
+def _fold_step_completed(state: WorkflowState, _e: Envelope, data: StepCompleted) -> None:
+    _step(
+        state,
+        data.step_id,
+        status="completed",
+        tool=data.tool,
+        output=data.output,
+        simulated=data.simulated,
+        would_need_approval=data.would_need_approval,
+        estimate=data.estimate,
+    )
+    if not data.simulated:
+        state.completed_steps = (*state.completed_steps, data.step_id)
+    # A task is complete when the last step of its current attempt is: its output is that step's.
+    t = state.tasks.get(data.task_id)
+    if t is not None and t.step_ids and t.step_ids[-1] == data.step_id and t.status == "running":
+        _task(state, data.task_id, status="completed", output=data.output, simulated=data.simulated)
+
+
+def _fold_step_failed(state: WorkflowState, _e: Envelope, data: StepFailed) -> None:
+    _step(state, data.step_id, status="failed", error=data.error)
+
+
+def _fold_workflow_completed(state: WorkflowState, e: Envelope, data: WorkflowCompleted) -> None:
+    state.status = "completed"
+    state.result = data.result
+    state.ended_at = e.at
+
+
+def _fold_workflow_failed(state: WorkflowState, e: Envelope, data: WorkflowFailed) -> None:
+    state.before_failure = state.status
+    state.status = "failed"
+    state.failure = ErrorInfo(code=data.reason, message=data.message)
+    state.failed_task = data.task_id
+    state.ended_at = e.at
+    if data.task_id is not None:
+        _task(state, data.task_id, status="failed", error=state.failure)
+
+
+def _fold_effects_recorded(state: WorkflowState, _e: Envelope, data: EffectsRecorded) -> None:
+    pass
+
+
+def _fold_handler_failed(state: WorkflowState, _e: Envelope, data: HandlerFailed) -> None:
+    state.dead_letters += 1
+
+
+def _fold_forged_event(state: WorkflowState, _e: Envelope, data: ForgedEvent) -> None:
+    state.forged += 1
+
+
+def _fold_consultation_waiting(state: WorkflowState, e: Envelope, data: ConsultationWaiting) -> None:
+    if data.step_id:
+        _step(state, data.step_id, status="waiting", wait_id=e.id)
+    else:  # the planner's or the decomposer's
+        key = wait_key(data.call, data.task_id, data.attempts, data.revision)
+        state.waits = {**state.waits, key: e.id}
+
+
+def _fold_deadline_set(state: WorkflowState, _e: Envelope, data: DeadlineSet) -> None:
+    state.deadline = data.until
+
+
+def _fold_cancel_requested(state: WorkflowState, _e: Envelope, data: CancelRequested) -> None:
+    if state.cancel is None and not state.done:
+        state.cancel = data
+        if state.status != "compensating":
+            state.status = "cancelling"
+
+
+def _fold_workflow_cancelled(state: WorkflowState, e: Envelope, data: WorkflowCancelled) -> None:
+    state.status = "cancelled"
+    state.failure = ErrorInfo(code="cancelled", message=data.reason)
+    state.cancelled_by = data.by
+    state.ended_at = e.at
+
+
+def _fold_redriven(state: WorkflowState, _e: Envelope, data: Redriven) -> None:
+    state.redriven = (*state.redriven, data.handler_failed_id)
+    if state.status == "failed" and state.failure is not None and state.failure.code == "handler_failed":
+        state.status = state.before_failure or "running"
+        state.failure = None
+        state.ended_at = None
+
+
+def _fold_compensation_started(state: WorkflowState, _e: Envelope, data: CompensationStarted) -> None:
+    state.status = "compensating"
+    state.compensation = data
+
+
+def _fold_step_compensated(state: WorkflowState, _e: Envelope, data: StepCompensated) -> None:
+    _step(state, data.step_id, compensated=data.error is None)
+
+
+def _fold_proposal_made(state: WorkflowState, e: Envelope, data: ProposalMade) -> None:
+    _step(state, data.step_id, status="validating", proposal=data, proposal_id=e.id)
+
+
+def _fold_proposal_validated(state: WorkflowState, _e: Envelope, data: ProposalValidated) -> None:
+    if _proposed(state, data.step_id, data.proposal_id):
+        _step(state, data.step_id, status="cleared")
+
+
+def _fold_proposal_rejected(state: WorkflowState, _e: Envelope, data: ProposalRejected) -> None:
+    if _proposed(state, data.step_id, data.proposal_id):
+        _step(state, data.step_id, status="refused")
+
+
+def _fold_branch_taken(state: WorkflowState, _e: Envelope, data: BranchTaken) -> None:
+    _task(state, data.task_id, branched=True, branch=data.to)
+    for tid in data.skipped:
+        _task(state, tid, status="skipped")
+
+
+def _fold_child_requested(state: WorkflowState, _e: Envelope, data: ChildRequested) -> None:
+    state.children = {
+        **state.children,
+        data.child_id: ChildState(task_id=data.task_id, child_id=data.child_id, attempt=data.attempt),
+    }
+    _task(state, data.task_id, status="running", attempt=data.attempt, step_ids=[], error=None)
+
+
+def _fold_child_completed(state: WorkflowState, _e: Envelope, data: ChildCompleted) -> None:
+    child = state.children.get(data.child_id)
+    if child is not None and child.status == "running":
+        state.children = {**state.children, data.child_id: msgspec.structs.replace(child, status="completed")}
+        t = state.tasks.get(data.task_id)
+        if t is not None and t.status == "running" and t.attempt == child.attempt:
+            _task(state, data.task_id, status="completed", output=data.output)
+
+
+def _fold_child_failed(state: WorkflowState, _e: Envelope, data: ChildFailed) -> None:
+    child = state.children.get(data.child_id)
+    if child is not None and child.status == "running":
+        status: ChildStatus = "cancelled" if data.status == "cancelled" else "failed"
+        changed = msgspec.structs.replace(child, status=status, error=data.error)
+        state.children = {**state.children, data.child_id: changed}
+
+
+_FOLDS: dict[type[Event], Callable[[WorkflowState, Envelope, Any], None]] = {
+    WorkflowRequested: _fold_workflow_requested,
+    PlanProposed: _fold_plan_proposed,
+    PlanValidated: _fold_plan_validated,
+    PlanRejected: _fold_plan_rejected,
+    TaskReady: _fold_task_ready,
+    StepsProposed: _fold_steps_proposed,
+    StepsRejected: _fold_steps_rejected,
+    StepReady: _fold_step_ready,
+    ApprovalRequested: _fold_approval_requested,
+    ApprovalGranted: _fold_approval_granted,
+    ApprovalDenied: _fold_approval_denied,
+    StepCompleted: _fold_step_completed,
+    StepFailed: _fold_step_failed,
+    WorkflowCompleted: _fold_workflow_completed,
+    WorkflowFailed: _fold_workflow_failed,
+    EffectsRecorded: _fold_effects_recorded,
+    HandlerFailed: _fold_handler_failed,
+    ForgedEvent: _fold_forged_event,
+    ConsultationWaiting: _fold_consultation_waiting,
+    DeadlineSet: _fold_deadline_set,
+    CancelRequested: _fold_cancel_requested,
+    WorkflowCancelled: _fold_workflow_cancelled,
+    Redriven: _fold_redriven,
+    CompensationStarted: _fold_compensation_started,
+    StepCompensated: _fold_step_compensated,
+    ProposalMade: _fold_proposal_made,
+    ProposalValidated: _fold_proposal_validated,
+    ProposalRejected: _fold_proposal_rejected,
+    BranchTaken: _fold_branch_taken,
+    ChildRequested: _fold_child_requested,
+    ChildCompleted: _fold_child_completed,
+    ChildFailed: _fold_child_failed,
+}
+"""How each event type changes a state (:func:`apply`): one lookup by type instead of a match
+over every type (the fold runs once per event, live and under replay)."""
 
 
 def current_child(state: WorkflowState, task_id: str) -> ChildState | None:

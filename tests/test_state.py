@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from cadre.bus import encode
-from cadre.bus.events import PlanRejected, StepFailed, WorkflowFailed
+from cadre.bus.events import EVENT_TYPES, PlanRejected, StepFailed, WorkflowFailed
 from cadre.bus.plan import ErrorInfo
 from cadre.store import StoredEvent, WorkflowState, fold
+from cadre.store import state as state_module
 from cadre.store.filelog import FileLog
 from cadre.store.state import apply, forked
 from tests.conftest import ev, requested
@@ -71,3 +72,8 @@ def test_folding_into_a_fork_leaves_the_state_it_came_from_as_it_was(name: str) 
     assert state == fold(wf, events)
     for i, h in enumerate(held):
         assert h == fold(wf, events[:i]), f"the state after {i} events changed"
+
+
+def test_every_event_type_has_a_fold() -> None:
+    """``apply`` looks the fold up by the payload's type: a type without one would fail at runtime."""
+    assert set(state_module._FOLDS) == set(EVENT_TYPES.values())

@@ -35,10 +35,10 @@ waits for anything real is refused as a divergence).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+import operator
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, cast
 
 import msgspec
 
@@ -65,8 +65,6 @@ __all__ = [
     "envelope_json",
     "replay",
 ]
-
-T = TypeVar("T")
 
 
 class Invocation(msgspec.Struct, frozen=True):
@@ -229,13 +227,53 @@ def envelope_json(env: Envelope) -> dict[str, Any]:
 # -- the engine ---------------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class _Job:
+class _Job(msgspec.Struct, gc=False):
     """An invocation to re-run, and the position of its first recorded output (or its input)."""
 
     invocation: Invocation
     anchor: int
     positions: tuple[int, ...]  # of the recorded outputs; () for a quiet check
+    basis: int  # the invocation's: jobs run in order of (basis, anchor)
+
+
+class _Specs:
+    """What a replay reads of its handlers, made once per sequence of specs (a :class:`Replayer`
+    replays many workflows with the same one): each kind's spec, and the kinds that handle each
+    event type."""
+
+    __slots__ = ("by_kind", "kinds_of", "specs")
+
+    def __init__(self, specs: Sequence[ActorSpec]) -> None:
+        self.specs = tuple(specs)
+        self.by_kind = {s.kind: s for s in self.specs}
+        kinds_of: dict[str, list[str]] = {}
+        for spec in self.by_kind.values():
+            for t in spec.handles:
+                kinds_of.setdefault(t, []).append(spec.kind)
+        self.kinds_of = {t: tuple(kinds) for t, kinds in kinds_of.items()}
+
+    def same(self, specs: Sequence[ActorSpec]) -> bool:
+        """Whether ``specs`` holds the very specs these tables were made of (not copies: a spec's
+        handler is a closure)."""
+        mine = self.specs
+        return len(specs) == len(mine) and all(a is b for a, b in zip(specs, mine, strict=True))
+
+
+_SPECS: dict[int, tuple[Sequence[ActorSpec], _Specs]] = {}
+
+
+def _specs_of(specs: Iterable[ActorSpec]) -> _Specs:
+    """The :class:`_Specs` of ``specs``, kept by the sequence's identity (and checked spec by spec)."""
+    if not isinstance(specs, list | tuple):
+        return _Specs(tuple(specs))
+    hit = _SPECS.get(id(specs))
+    if hit is not None and hit[0] is specs and hit[1].same(specs):
+        return hit[1]
+    tables = _Specs(specs)
+    if len(_SPECS) >= 64:
+        _SPECS.clear()
+    _SPECS[id(specs)] = (specs, tables)
+    return tables
 
 
 class _Run:
@@ -244,33 +282,34 @@ class _Run:
     def __init__(
         self,
         records: Sequence[Record],
-        specs: Mapping[str, ActorSpec],
+        specs: _Specs,
         answers: AnswersFactory,
         keyring: Keyring | None = None,
     ):
         self.records = records
-        self.specs = specs
+        self.specs = specs.by_kind
+        self.kinds_of = specs.kinds_of
         self.answers = answers
         self.divergences: list[Divergence] = []
         self.inputs: list[InputNote] = []
         self.rederived = 0
         self.invocations = 0
         self.quiet = 0
-        self.events: list[tuple[int, StoredEvent]] = [(p, r) for p, r in enumerate(records) if type(r) is StoredEvent]
+        events: list[tuple[int, StoredEvent]] = []
+        position: dict[str, int] = {}
+        for p, r in enumerate(records):
+            if type(r) is StoredEvent:
+                events.append((p, r))
+                position.setdefault(r.event.id, p)  # the first of equal ids wins
+        self.events = events
+        self.position = position
         # Events the keyring does not accept moved nothing live: they are no input, and no state.
         self.untrusted: dict[int, Verdict] = {}
         if keyring is not None:
-            for p, r in self.events:
+            for p, r in events:
                 v = verdict(r, keyring)
                 if not v.trusted:
                     self.untrusted[p] = v
-        self.position: dict[str, int] = {}
-        for pos, r in reversed(self.events):
-            self.position[r.event.id] = pos  # the first of equal ids wins
-        self.kinds_of: dict[str, list[str]] = {}
-        for spec in specs.values():
-            for t in spec.handles:
-                self.kinds_of.setdefault(t, []).append(spec.kind)
 
     def event(self, pos: int) -> StoredEvent:
         r = self.records[pos]
@@ -311,27 +350,33 @@ class _Run:
         groups: dict[tuple[str, str, datetime, int], list[int]] = {}
         answered: set[tuple[str, str]] = set()
         dead: set[tuple[str | None, str]] = set()
-        specs = self.specs
+        specs, untrusted, kinds_of = self.specs, self.untrusted, self.kinds_of
+        handled: list[tuple[int, StoredEvent, tuple[str, ...]]] = []  # trusted events some kind handles
+        forged_type, failed_type = ForgedEvent.TYPE, HandlerFailed.TYPE
         for pos, r in self.events:
             e = r.event
-            if pos in self.untrusted:
-                v = self.untrusted[pos]
+            if untrusted and pos in untrusted:
+                v = untrusted[pos]
                 self.note(pos, f"{v.status}, not replayed and not folded: {v.reason}")
                 continue
-            if e.type == ForgedEvent.TYPE:
-                dead.add((e.causation_id, e.actor))
-                self.note(pos, f"{e.actor} refused its input {e.causation_id} as forged; that input is not re-run")
+            kinds = kinds_of.get(e.type)
+            if kinds is not None:
+                handled.append((pos, r, kinds))
+            etype, cause, actor = e.type, e.causation_id, e.actor
+            if etype == forged_type:
+                dead.add((cause, actor))
+                self.note(pos, f"{actor} refused its input {cause} as forged; that input is not re-run")
                 continue
-            if e.actor in specs and e.causation_id is not None and e.type != HandlerFailed.TYPE:
-                invocation = (e.causation_id, e.actor, e.at, e.basis)
+            if actor in specs and cause is not None and etype != failed_type:
+                invocation = (cause, actor, e.at, e.basis)
                 group = groups.get(invocation)
                 if group is None:
                     groups[invocation] = [pos]
-                    answered.add((e.causation_id, e.actor))
+                    answered.add((cause, actor))
                 else:
                     group.append(pos)
-            elif e.type == HandlerFailed.TYPE:
-                dead.add((e.causation_id, e.actor))
+            elif etype == failed_type:
+                dead.add((cause, actor))
                 self.note(pos, _dead_letter_note(e))
             else:
                 self.note(pos, _input_note(e))
@@ -340,15 +385,13 @@ class _Run:
             job = self._group_job(cause, actor, at, basis, positions)
             if job is not None:
                 out.append(job)
-        kinds_of = self.kinds_of
-        for pos, r in self.events:
-            if pos in self.untrusted:
-                continue
-            for kind in kinds_of.get(r.event.type, ()):
-                key = (r.event.id, kind)
+        for pos, r, kinds in handled:
+            eid = r.event.id
+            for kind in kinds:
+                key = (eid, kind)
                 if key not in answered and key not in dead:
-                    out.append(_Job(Invocation(kind, r, r.event.at, (), r.seq), pos, ()))
-        out.sort(key=_job_order)
+                    out.append(_Job(Invocation(kind, r, r.event.at, (), r.seq), pos, (), r.seq))
+        out.sort(key=_JOB_ORDER)
         return out
 
     def note(self, pos: int, note: str) -> None:
@@ -368,21 +411,31 @@ class _Run:
                 self.diverge(pos, "orphan", f"emitted by {actor}, which does not handle {inp.event.type} (its cause)")
             return None
         records = self.records
-        outputs = tuple([self.event(p) for p in positions])
+        outputs = cast("tuple[StoredEvent, ...]", tuple([records[p] for p in positions]))  # of self.events
         first = outputs[0].event
         effects = first.data.effects if type(first.data) is EffectsRecorded else first.effects
         if basis <= 0:  # written before v2: the state just before the first output
             basis = records[positions[0] - 1].seq if positions[0] > 0 else 0
-        return _Job(Invocation(actor, inp, at, effects, basis, outputs), positions[0], tuple(positions))
+        return _Job(Invocation(actor, inp, at, effects, basis, outputs), positions[0], tuple(positions), basis)
 
     # -- re-running ------------------------------------------------------------------------------
 
     def invoke(self, inv: Invocation, state: WorkflowState) -> list[Envelope]:
         """Run the handler as the runtime does; raise what the handler or its context raised."""
-        ctx = Context(kind=inv.kind, stored=inv.input, now=inv.at, answers=self.answers(inv))
-        result = _drive(self.specs[inv.kind].handler(ctx, inv.input, state))
+        inp, kind, at = inv.input, inv.kind, inv.at
+        ctx = Context(kind=kind, stored=inp, now=at, answers=self.answers(inv))
+        steps = self.specs[kind].handler(ctx, inp, state).__await__()
+        # A replay context answers at once, so the handler finishes on its first step; one that
+        # waits for anything is refused.
+        try:
+            steps.send(None)
+        except StopIteration as done:
+            result = done.value
+        else:
+            steps.close()
+            raise ReplayDivergence(_WAITED)
         payloads: list[Event] = result if type(result) is list else []
-        return invocation.envelopes(inv.kind, inv.input.event, payloads, tuple(ctx.effects), inv.at, inv.basis)
+        return invocation.envelopes(kind, inp.event, payloads, tuple(ctx.effects), at, inv.basis)
 
     def check_group(self, job: _Job, state: WorkflowState) -> None:
         self.invocations += 1
@@ -396,9 +449,17 @@ class _Run:
             self.diverge(job.anchor, "raised", f"the handler raised {type(exc).__name__}: {exc}")
             return
         recorded = inv.outputs
+        n = len(replayed)
+        if len(recorded) == n:  # the usual case: each output the same as the recorded one
+            for rec, actual in zip(recorded, replayed, strict=True):
+                if not _same(rec.event, actual):
+                    break
+            else:
+                self.rederived += n
+                return
         for i, rec in enumerate(recorded):
             pos = job.positions[i]
-            if i >= len(replayed):
+            if i >= n:
                 what = ", ".join(e.type for e in replayed) or "nothing"
                 self.diverge(
                     pos,
@@ -449,29 +510,29 @@ class _Run:
         jobs = self.jobs()
         state = WorkflowState(workflow_id=_workflow_id(self.records))
         records, n, pos = self.records, len(self.records), 0
-
         untrusted = self.untrusted
-
-        def fold_until(until: int) -> None:
-            nonlocal pos
-            while pos < n and records[pos].seq <= until:
-                r = records[pos]
+        retry: list[_Job] = []
+        for job in jobs:
+            basis = job.basis
+            while pos < n and (r := records[pos]).seq <= basis:  # fold up to the state it decided on
                 if isinstance(r, StoredEvent) and pos not in untrusted:
                     apply(state, r)
                 else:
                     skip(state, r)
                 pos += 1
-
-        retry: list[_Job] = []
-        for job in jobs:
-            fold_until(job.invocation.basis)
             if job.positions:
                 self.check_group(job, state)
             elif self.check_quiet(job, state)[0] is None:
                 self.quiet += 1
             else:
                 retry.append(job)
-        fold_until(records[-1].seq if records else 0)
+        last = records[-1].seq if records else 0
+        while pos < n and (r := records[pos]).seq <= last:  # to the end of the log
+            if isinstance(r, StoredEvent) and pos not in untrusted:
+                apply(state, r)
+            else:
+                skip(state, r)
+            pos += 1
         for job in retry:  # the live state cache may have been ahead of the input: the latest state
             why, replayed = self.check_quiet(job, state)
             if why is None:
@@ -486,8 +547,7 @@ class _Run:
             )
 
 
-def _job_order(job: _Job) -> tuple[int, int]:
-    return job.invocation.basis, job.anchor
+_JOB_ORDER = operator.attrgetter("basis", "anchor")
 
 
 def replay(
@@ -500,7 +560,7 @@ def replay(
     """Re-run every handler invocation of one workflow's ``records`` (in stored order, as read)
     and compare its outputs with the recorded ones (module docstring). With ``keyring``, events
     it does not accept are skipped as the live actors skipped them (and counted as ``forged``)."""
-    run = _Run(records, {s.kind: s for s in specs}, answers, keyring)
+    run = _Run(records, _specs_of(specs), answers, keyring)
     run.run()
     divergences = sorted(run.divergences, key=lambda d: d.index)
     events = len(run.events)
@@ -521,20 +581,10 @@ def replay(
 # -- helpers -------------------------------------------------------------------------------------
 
 
-def _drive(awaitable: Awaitable[T]) -> T:
-    """Run a handler's coroutine to its end without an event loop: a replay context answers at
-    once, so it finishes on its first step. One that waits for anything is refused."""
-    steps = awaitable.__await__()
-    try:
-        steps.send(None)
-    except StopIteration as done:
-        result: T = done.value
-        return result
-    steps.close()
-    raise ReplayDivergence(
-        "the handler waited for something outside its replay context (a live call, a sleep); "
-        "under replay every outside answer comes from the record"
-    )
+_WAITED = (
+    "the handler waited for something outside its replay context (a live call, a sleep); "
+    "under replay every outside answer comes from the record"
+)
 
 
 def _same(recorded: Envelope, replayed: Envelope) -> bool:

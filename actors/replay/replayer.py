@@ -63,9 +63,13 @@ class Replayer:
     def replay(self, records: Sequence[Record]) -> ReplayResult:
         """Re-run every handler invocation of one workflow's records and compare (:mod:`actors.replay.engine`)."""
         fallback = self.fallback_llm
+        # An invocation without recorded answers can take none, so nothing in its answers changes:
+        # one serves them all (most invocations ask nothing outside).
+        none = RecordedAnswers((), fallback_llm=fallback)
 
         def answers(invocation: Invocation) -> Answers:
-            return RecordedAnswers(invocation.effects, fallback_llm=fallback)
+            effects = invocation.effects
+            return RecordedAnswers(effects, fallback_llm=fallback) if effects else none
 
         return replay(records, self.specs, answers=answers, keyring=self.keyring)
 
