@@ -6,7 +6,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from nats.aio.client import Client as NatsPyClient
 
-from cadre.bus.nats_client import Client, parse_header_lines
+from cadre.bus.nats_client import Client, header_block, parse_header_lines
 
 # Bytes that matter to the parse: separators, every ASCII whitespace str.isspace knows (\x1c-\x1f
 # too), bytes that bytes.strip removes, non-ASCII (a valid UTF-8 letter and invalid bytes).
@@ -49,3 +49,47 @@ def test_header_parse_equals_nats_py(raw: bytes) -> None:
 def test_the_client_uses_it() -> None:
     raw = b"Nats-Msg-Id: x\r\n\x1cbad: y\r\n"
     assert Client._parse_header_lines(raw) == NatsPyClient._parse_header_lines(raw) == {"Nats-Msg-Id": "x"}
+
+
+async def _written(client: NatsPyClient, subject: str, headers: dict[str, str] | None) -> bytes | Exception:
+    """The command ``client._send_publish`` hands to the connection (or the error it raises)."""
+    sent: list[bytes] = []
+
+    async def capture(cmd: bytes, priority: bool = False) -> None:
+        sent.append(bytes(cmd))
+
+    client._send_command = capture  # type: ignore[method-assign]
+    try:
+        await client._send_publish(subject, "_INBOX.x.1", b"payload", 7, headers)
+    except Exception as exc:  # the same error is part of the same behaviour
+        return exc
+    assert len(sent) == 1
+    return sent[0]
+
+
+_key = st.one_of(
+    st.sampled_from(["Nats-Msg-Id", "Cadre-Sig", " Padded ", "", " ", "bad key", "bad:key", "é", "t!#$%&'*+-.^_`|~9"]),
+    st.text(max_size=6),
+)
+_value = st.one_of(
+    st.sampled_from(["", " v ", "a\r\nb", "\n", "x\ry", "p\nq", "\u2028", "é", "a" * 86]),
+    st.text(max_size=12),
+)
+
+
+@given(st.one_of(st.none(), st.dictionaries(_key, _value, max_size=6)))
+@example({"Nats-Msg-Id": "01J", "Cadre-Sig": "a\r\nb", " Spaced ": " v "})
+@example({"": "skipped", "ok": "kept"})
+@example({"bad key": "x"})
+async def test_header_writing_equals_nats_py(headers: dict[str, str] | None) -> None:
+    ours = await _written(Client(), "cadre.evt.wf.step_completed", headers)
+    theirs = await _written(NatsPyClient(), "cadre.evt.wf.step_completed", headers)
+    if isinstance(theirs, Exception):
+        assert (type(ours), ours.args if isinstance(ours, Exception) else None) == (type(theirs), theirs.args)
+    else:
+        assert ours == theirs
+    again = await _written(Client(), "cadre.evt.wf.step_completed", headers)  # from the remembered keys
+    assert type(again) is type(ours)
+    if not isinstance(ours, Exception):
+        assert again == ours
+    assert header_block({"K": "v"}) == b"NATS/1.0\r\nK: v\r\n\r\n"
