@@ -61,7 +61,9 @@ class ReplyMux:
         nc = self._nc
         if nc.is_draining_pubs:
             raise nats.errors.ConnectionDrainingError
-        if nc.reply_sid not in nc._subs:  # the first request, or the connection was closed and connected again
+        # Subscribe on the first request, or when the connection was closed and connected again; not
+        # while it drains (its subscriptions are going): as with nats-py, the request goes out and times out.
+        if nc.reply_sid not in nc._subs and not (self._prefix and nc.is_draining):
             async with self._subscribing:
                 if nc.reply_sid not in nc._subs:
                     await self._subscribe()

@@ -62,6 +62,25 @@ async def test_a_reply_comes_back_with_headers_and_payload(nc: NATS) -> None:
     assert all(m.reply.startswith("_INBOX.") and m.reply.rsplit(".", 1)[1].isdigit() for m in seen)
 
 
+async def test_the_mux_uses_the_connections_inbox_prefix(nats_url: str) -> None:
+    nc = Client()
+    await nc.connect(nats_url, inbox_prefix="_CUSTOM.inbox")
+    subject = unique("echo")
+    replies: list[str] = []
+
+    async def echo(m: Msg) -> None:
+        replies.append(m.reply)
+        await nc.publish(m.reply, b"ok")
+
+    try:
+        await nc.subscribe(subject, cb=echo)
+        assert await _mux(nc).request(subject, b"", {}, 2.0) == b"ok"
+    finally:
+        await nc.close()
+    assert replies[0].startswith("_CUSTOM.inbox.")
+    assert len(replies[0].split(".")) == 4  # <prefix (2 tokens)>.<nuid>.<counter>
+
+
 async def test_no_responders_raises_what_nats_py_raises(nc: NATS) -> None:
     with pytest.raises(nats.errors.NoRespondersError):
         await _mux(nc).request(unique("nobody"), b"", {}, 2.0)
