@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import re
 import time
 from collections.abc import Mapping
@@ -225,11 +224,8 @@ async def _connect_once(opts: ConnectOptions) -> NATS:
 
 
 def _new_client() -> NATS:
-    """cadre's nats-py client (:mod:`cadre.bus.nats_client`: cheaper header parsing, direct append
-    replies), or nats-py's own with ``CADRE_NATS_CLIENT=nats-py`` (the same behaviour, for an A/B
-    measurement or to rule cadre's client out when something looks wrong)."""
-    if os.environ.get("CADRE_NATS_CLIENT", "").strip().lower() == "nats-py":
-        return NATS()
+    """cadre's nats-py client (:mod:`cadre.bus.nats_client`: cheaper headers, direct append replies).
+    ``bench/with_nats_py_client.py`` replaces this function to measure against nats-py's own."""
     return Client()
 
 
