@@ -53,6 +53,7 @@ class ReplyMux:
         prefix = bytes(nc._inbox_prefix) + b"." + bytes(nc._nuid.next()) + b"."
         self._prefix, self._skip = prefix.decode(), len(prefix)
         self._loop = asyncio.get_running_loop()
+        self._sweep = None  # a sweep of an earlier connection's loop does not run on this one
         sub = await nc.subscribe(self._prefix + "*")  # no callback: Client._process_msg hands replies to deliver
         nc.reply_sid = sub._id
 
