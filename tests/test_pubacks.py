@@ -21,7 +21,7 @@ from cadre.bus.embedded import server_binary
 from cadre.bus.errors import AppendError, ConcurrencyConflict
 from cadre.bus.events import WorkflowCompleted
 from cadre.bus.nats_client import Client
-from cadre.bus.pubacks import SWEEP_S, ReplyMux, mux_for
+from cadre.bus.pubacks import ReplyMux, mux_for
 from cadre.bus.retry import RetryPolicy
 from cadre.store import JetStreamLog
 from tests.conftest import _free_port, ev, requested, unique
@@ -96,7 +96,7 @@ async def test_a_request_nobody_answers_times_out_as_with_nats_py(nc: NATS) -> N
         with pytest.raises(nats.errors.TimeoutError):
             await _mux(nc).request(subject, b"", {}, 0.3)
         took = time.monotonic() - started
-        assert 0.3 <= took < 0.3 + SWEEP_S + 0.5
+        assert 0.3 <= took < 2.0  # the deadline, seen by the next sweep (with room for a loaded machine)
         with pytest.raises(nats.errors.TimeoutError):
             await nc.request(subject, b"", timeout=0.3)
     finally:
