@@ -53,7 +53,9 @@ class ReplyMux:
         prefix = bytes(nc._inbox_prefix) + b"." + bytes(nc._nuid.next()) + b"."
         self._prefix, self._skip = prefix.decode(), len(prefix)
         self._loop = asyncio.get_running_loop()
-        self._sweep = None  # a sweep of an earlier connection's loop does not run on this one
+        if self._sweep is not None:  # a sweep of the connection before (perhaps on another loop): start anew
+            self._sweep.cancel()
+            self._sweep = None
         sub = await nc.subscribe(self._prefix + "*")  # no callback: Client._process_msg hands replies to deliver
         nc.reply_sid = sub._id
 

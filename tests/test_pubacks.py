@@ -81,6 +81,28 @@ async def test_the_mux_uses_the_connections_inbox_prefix(nats_url: str) -> None:
     assert len(replies[0].split(".")) == 4  # <prefix (2 tokens)>.<nuid>.<counter>
 
 
+async def test_a_client_connected_again_after_close_gets_a_new_reply_subscription(nats_url: str) -> None:
+    nc = Client()
+    subject, silent = unique("echo"), unique("silent")
+
+    async def echo(m: Msg) -> None:
+        await nc.publish(m.reply, m.data)
+
+    prefixes = []
+    for round_ in range(2):
+        await nc.connect(nats_url)
+        try:
+            await nc.subscribe(subject, cb=echo)
+            await nc.subscribe(silent)  # takes requests, never answers
+            assert await _mux(nc).request(subject, b"%d" % round_, {}, 2.0) == b"%d" % round_
+            with pytest.raises(nats.errors.TimeoutError):  # the timeout sweep runs for this connection too
+                await _mux(nc).request(silent, b"", {}, 0.2)
+            prefixes.append(_mux(nc)._prefix)
+        finally:
+            await nc.close()
+    assert prefixes[0] != prefixes[1]
+
+
 async def test_no_responders_raises_what_nats_py_raises(nc: NATS) -> None:
     with pytest.raises(nats.errors.NoRespondersError):
         await _mux(nc).request(unique("nobody"), b"", {}, 2.0)
