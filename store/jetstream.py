@@ -28,7 +28,10 @@ outage only while the stream exists: without it, an append fails at once with ho
 
 Appends use core request/reply with hand-built headers instead of ``js.publish`` /
 ``publish_async``: nats-py has no atomic-batch API, and ``publish_async`` futures never
-resolve on a JetStream API error (nats.py#985).
+resolve on a JetStream API error (nats.py#985). On cadre's own client (``bus.connection.connect``)
+the request goes through the connection's :class:`~cadre.bus.pubacks.ReplyMux` (one reply
+subscription, a counter token, a periodic timeout sweep: a fraction of ``Client.request``'s CPU,
+with the same replies and errors); on another nats-py client through ``Client.request``.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ from nats.js.errors import APIError, NotFoundError
 from cadre.bus import codec, trace_headers
 from cadre.bus.errors import AppendError, ConcurrencyConflict, StoreError
 from cadre.bus.events import Envelope, chain_hash
+from cadre.bus.pubacks import mux_for
 from cadre.bus.retry import RetryPolicy, describe, is_transient, retrying
 from cadre.bus.signing import Signer
 from cadre.bus.stream import StreamSpec, ensure_stream
@@ -389,8 +393,12 @@ class JetStreamLog:
             else:
                 if batch:
                     headers["Nats-Batch-Commit"] = "1"
-                resp = await self._nc.request(subject, payload, timeout=self._timeout, headers=headers)
-                parsed: dict[str, Any] = json.loads(resp.data)
+                mux = mux_for(self._nc)
+                if mux is None:  # a nats-py client made elsewhere
+                    data = (await self._nc.request(subject, payload, timeout=self._timeout, headers=headers)).data
+                else:
+                    data = await mux.request(subject, payload, headers, self._timeout)
+                parsed: dict[str, Any] = json.loads(data)
                 return parsed
         raise AssertionError("unreachable: msgs is not empty")
 

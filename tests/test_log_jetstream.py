@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import io
 import itertools
+import json
 from pathlib import Path
 from typing import Any
 
+import nats
 import nats.errors
 import pytest
 from nats.aio.client import Client as NATS
@@ -15,6 +17,7 @@ from nats.aio.client import Client as NATS
 from cadre.bus import StreamSpec, Subjects
 from cadre.bus.errors import AppendError, ConcurrencyConflict
 from cadre.bus.events import Envelope, StepCompleted, WorkflowCompleted
+from cadre.bus.pubacks import mux_for
 from cadre.bus.retry import RetryPolicy
 from cadre.store import MAX_ATOMIC_BATCH, FileLog, JetStreamLog, Malformed, StoredEvent, export
 from tests.conftest import ev, requested, unchained
@@ -99,8 +102,38 @@ async def test_retry_after_lost_ack_recognises_its_own_write(log: JetStreamLog, 
 
 
 async def test_lost_ack_on_the_wire_is_retried(log: JetStreamLog, nc: NATS) -> None:
-    """Lose the first ack for real: the event reaches the server but the append sees a
-    timeout; the log retries, gets 'wrong last sequence', and recognises its own write."""
+    """Lose the first ack for real: the event is stored and JetStream answers, but the reply is
+    dropped as it reaches cadre's client (its reply mux); the append times out, the log retries,
+    gets 'wrong last sequence', and recognises its own write."""
+    root = requested("wf")
+    quick = JetStreamLog(nc, stream=log.spec, subjects=log.subjects, timeout=0.3, retry=RetryPolicy(bound_s=2))
+    mux = mux_for(nc)
+    assert mux is not None
+    real_deliver = mux.deliver
+    dropped: list[bytes] = []
+    delivered: list[bytes] = []
+
+    def lossy_deliver(subject: bytes, data: bytes, headers: dict[str, str] | None) -> None:
+        if not dropped:
+            dropped.append(data)
+            return
+        delivered.append(data)
+        real_deliver(subject, data, headers)
+
+    mux.deliver = lossy_deliver  # type: ignore[method-assign]
+    try:
+        result = await quick.append("wf", [root], expected_seq=0)
+    finally:
+        mux.deliver = real_deliver  # type: ignore[method-assign]
+    assert json.loads(dropped[0])["seq"] > 0  # the lost reply was the ack of a stored event
+    assert [json.loads(d)["error"]["err_code"] for d in delivered] == [10071]  # the retry: wrong last sequence
+    assert result.already_stored
+    assert [s.event for s in await log.read("wf")] == [root]
+
+
+async def test_lost_ack_is_retried_on_a_nats_py_client(log: JetStreamLog, nats_url: str) -> None:
+    """The same on a client made by nats-py itself, whose appends go through ``Client.request``."""
+    nc = await nats.connect(nats_url)
     root = requested("wf")
     quick = JetStreamLog(nc, stream=log.spec, subjects=log.subjects, timeout=0.3, retry=RetryPolicy(bound_s=2))
     real_request = nc.request
@@ -116,9 +149,10 @@ async def test_lost_ack_on_the_wire_is_retried(log: JetStreamLog, nc: NATS) -> N
 
     nc.request = lossy_request  # type: ignore[method-assign]
     try:
+        assert mux_for(nc) is None
         result = await quick.append("wf", [root], expected_seq=0)
     finally:
-        nc.request = real_request  # type: ignore[method-assign]
+        await nc.close()
     assert len(sends) == 2
     assert result.already_stored
     assert [s.event for s in await log.read("wf")] == [root]

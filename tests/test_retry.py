@@ -7,7 +7,6 @@ import asyncio
 import logging
 import time
 from pathlib import Path
-from typing import Any
 
 import nats.errors
 import pytest
@@ -17,6 +16,7 @@ from nats.js.errors import APIError, BadRequestError, NotFoundError, ServiceUnav
 from cadre.actors.metrics import Metrics
 from cadre.actors.runtime import consumer_name
 from cadre.actors.state_cache import StateCache
+from cadre.bus.pubacks import mux_for
 from cadre.bus.retry import RETRIES, RetryPolicy, is_transient, retrying
 from cadre.store.jetstream import JetStreamLog
 from tests.conftest import requested
@@ -109,22 +109,24 @@ async def test_other_errors_are_raised_at_once() -> None:
 async def test_an_append_nobody_answers_while_the_stream_exists_is_sent_again(log: JetStreamLog, nc: NATS) -> None:
     """A cluster between stream leaders: "no responders" for a while, then the append lands, once."""
     quick = JetStreamLog(nc, stream=log.spec, subjects=log.subjects, retry=QUICK)
-    real_request = nc.request
+    mux = mux_for(nc)  # appends of cadre's client go through its reply mux
+    assert mux is not None
+    real_request = mux.request
     sends = 0
 
-    async def electing(subject: str, payload: bytes = b"", **kw: Any) -> Any:
+    async def electing(subject: str, payload: bytes, headers: dict[str, str], within: float) -> bytes:
         nonlocal sends
         if subject.startswith(log.subjects.prefix + ".evt."):
             sends += 1
             if sends <= 3:
                 raise nats.errors.NoRespondersError
-        return await real_request(subject, payload, **kw)
+        return await real_request(subject, payload, headers, within)
 
-    nc.request = electing  # type: ignore[method-assign]
+    mux.request = electing  # type: ignore[method-assign]
     try:
         result = await quick.append("wf", [requested("wf")], expected_seq=0)
     finally:
-        nc.request = real_request  # type: ignore[method-assign]
+        mux.request = real_request  # type: ignore[method-assign]
     assert sends == 4
     assert not result.already_stored
     assert [e.event.type for e in await log.read("wf")] == ["workflow_requested"]
