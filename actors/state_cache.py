@@ -40,8 +40,9 @@ would only bring back what the process itself stored or was handed), the cache f
   the chain: its ``prev`` is the hash of the state's newest message (a ``workflow_requested`` with
   no ``prev``, of v2 or later, starts its entry);
 * anything else (another process appended it, a v1 event, a workflow evicted or never seen) is
-  read from the log at once: one read per gap, which the waiters of the workflow share (the
-  others wait for it and look again).
+  read from the log at once: a workflow never seen is loaded, a gap is asked for message by
+  message (up to four, then read with a consumer), one read at a time per workflow, which its
+  waiters share (the others wait for it and look again).
 
 Nothing is folded out of order or twice there either: a fold needs the state to be exactly at
 the message before, and a read starts right after the state's last sequence.
@@ -62,8 +63,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nats.aio.msg import Msg
+from nats.js.errors import NotFoundError
 
 from cadre.bus.events import CHAIN_VERSION, TERMINAL_TYPES
+from cadre.bus.retry import retrying
 from cadre.bus.signing import Keyring, Verdict
 from cadre.store.authenticity import verdict
 from cadre.store.jetstream import JetStreamLog, stream_seq
@@ -72,6 +75,8 @@ from cadre.store.records import Record, StoredEvent, to_record
 from cadre.store.state import WorkflowState, apply, forked, skip
 
 log = logging.getLogger("cadre.state")
+
+_GETS = 4  # without the feed: messages of a gap asked for one by one before the rest is read with a consumer
 
 
 @dataclass
@@ -119,7 +124,8 @@ class StateCache:
         # The feed decodes and folds only those workflows; the others are skipped from the subject.
         self.owns: Callable[[str], bool] | None = None
         self.decoded = 0  # events decoded here (the feed's, the log reads', the runtime's own)
-        self.reads = 0  # reads of a workflow from the log (loads, and catch-ups after a gap)
+        self.reads = 0  # reads of a workflow from the log with a consumer (loads, and catch-ups after a gap)
+        self.gets = 0  # without the feed: messages of a gap asked for one by one
 
     async def start(self) -> None:
         """Begin following the stream (returns once the feed's consumer exists), or without the
@@ -316,7 +322,9 @@ class StateCache:
         ``given``: the message at ``min_seq``, decoded (an actor's input); without the feed it is
         folded if it is the workflow's next message, which spares a read of the log."""
         entry = self._entries.get(wf)
-        if given is not None and not self.feed and given.seq == min_seq:
+        if given is not None and (self.feed or given.seq != min_seq):
+            given = None
+        if given is not None:
             entry = self._handed(wf, entry, given)
         if entry is None:
             entry = await self._load(wf)
@@ -326,7 +334,7 @@ class StateCache:
                 await entry.loaded.wait()
                 entry = self._entries.get(wf) or await self._load(wf)
         while entry.state.last_seq < min_seq and not self.feed:
-            await self._catch_up(wf, entry, min_seq)
+            await self._catch_up(wf, entry, min_seq, given)
         while entry.state.last_seq < min_seq:
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             entry.waiters.append((min_seq, fut))
@@ -343,10 +351,27 @@ class StateCache:
         entry.handed_out = True
         return entry.state
 
-    async def _catch_up(self, wf: str, entry: _Entry, min_seq: int) -> None:
+    async def _catch_up(self, wf: str, entry: _Entry, min_seq: int, given: Record | None) -> None:
         """Without the feed: read what the state misses from the log, once for every waiter of the
-        workflow (the others wait for the read under way, then look again)."""
+        workflow (the others wait for the read under way, then look again).
+
+        A gap is usually a message or two (another process's output): the workflow's next message
+        is asked for directly, up to ``_GETS`` times, before the rest is read with a consumer (an
+        ordered consumer per gap costs the server a consumer's creation and deletion, and many at
+        once run into its limit of consumers). ``given`` (the message at ``min_seq``) is folded as
+        soon as the state reaches the message before it."""
         async with entry.reading:
+            for _ in range(_GETS):
+                if given is not None:
+                    self._handed(wf, entry, given)
+                if entry.state.last_seq >= min_seq:
+                    return
+                record = await self._next(wf, entry.state.last_seq)
+                if record is None:
+                    break
+                self.gets += 1
+                self.decoded += 1
+                self._fold(wf, entry, record)
             if entry.state.last_seq >= min_seq:
                 return
             missing = await self._log.read_records(wf, after_seq=entry.state.last_seq)
@@ -357,6 +382,19 @@ class StateCache:
             if entry.state.last_seq < min_seq:  # not in the log yet (a lagging replica?): look again soon
                 log.info("state of %s at %d, not yet %d in the log; reading again", wf, entry.state.last_seq, min_seq)
                 await asyncio.sleep(0.05)
+
+    async def _next(self, wf: str, after_seq: int) -> Record | None:
+        """The workflow's first message after ``after_seq`` (None: it has none yet)."""
+        elog = self._log
+        try:
+            m = await retrying(
+                lambda: elog.js.get_msg(elog.stream, seq=after_seq + 1, subject=elog.subjects.workflow(wf), next=True),
+                "event log read",
+                elog.retry,
+            )
+        except NotFoundError:
+            return None
+        return await elog.record(m.seq or 0, m.subject or "", m.data or b"", m.headers)
 
     def head(self, wf: str) -> tuple[int, str]:
         """The workflow's newest (stream sequence, chain hash) this process knows: its state's, or
