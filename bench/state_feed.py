@@ -76,6 +76,11 @@ async def measure(
                 if system is not None:
                     systems.append(system)
                 await barrier(bus.nc)
+            if partitions:  # until the processes hold an even share (a new process gets its own at a tick)
+                share = partitions // len(systems)
+                async with asyncio.timeout(30):
+                    while any(s.leases is None or len(s.leases.held) != share for s in systems):  # noqa: ASYNC110
+                        await asyncio.sleep(0.2)  # the leases change at their ticks
             cadre = CadreSide(client, settings, Metrics.create(), tag)
             await cadre.start()
             try:

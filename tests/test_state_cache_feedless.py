@@ -5,6 +5,7 @@ log, once; its states are always the fold of the log up to their sequence."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from collections.abc import AsyncIterator
 
@@ -259,3 +260,49 @@ def test_auto_turns_the_feed_off_only_where_every_appending_kind_runs() -> None:
     assert state_feed(settings, [k for k in KINDS if k != "approvals"], (None,))
     assert state_feed(Settings(state_feed="on"), KINDS, (None,))
     assert not state_feed(Settings(state_feed="off"), ["agent"], (None,))
+
+
+async def test_a_partition_taken_over_is_loaded_by_its_new_holder(log: JetStreamLog, nc: NATS) -> None:
+    """x handles a workflow's first input and stops; y takes its partition over with no state of it,
+    loads it, and handles the next input on the whole state, once."""
+    from tests.test_partitions import _wait
+
+    seen: list[tuple[str, str, int]] = []
+
+    def stepper(tag: str) -> ActorSpec:
+        async def step(ctx: Context, rec: StoredEvent, state: WorkflowState) -> Outcome:
+            seen.append((tag, rec.event.type, state.events))
+            if rec.event.type == WorkflowRequested.TYPE:
+                return [PlanProposed(plan=PLAN)]
+            return [WorkflowCompleted(result=state.events)]
+
+        return ActorSpec(kind="stepper", handles=frozenset({WorkflowRequested.TYPE, StepsProposed.TYPE}), handler=step)
+
+    options = dataclasses.replace(OFF, partitions=2, partition_lease_ttl=0.9)
+    own = [JetStreamLog(nc, stream=log.spec, subjects=log.subjects) for _ in range(2)]  # a log per process
+    async with contextlib.AsyncExitStack() as xs:
+        x = await xs.enter_async_context(run_actors(own[0], [(stepper("x"), 1)], outside=Outside(), options=options))
+        async with run_actors(own[1], [(stepper("y"), 1)], outside=Outside(), options=options) as y:
+            assert x.leases is not None
+            assert y.leases is not None
+            xl, yl = x.leases, y.leases
+            await _wait(lambda: len(xl.held) == 1 and len(yl.held) == 1, 5)
+            wf = next(f"wf{i}" for i in range(100) if xl.owns(f"wf{i}"))
+            root = requested(wf)
+            await log.append(wf, [root], expected_seq=0)
+            planned = await wait_for_type(log, wf, PlanProposed.TYPE)
+            await xs.aclose()  # x stops and hands its leases back; y claims them at its next tick
+            await _wait(lambda: len(yl.held) == 2, 5)
+            assert wf not in y.cache._entries
+            steps = ev(StepsProposed(task_id="a", steps=()), wf, cause=root.id, i=5, actor="decomposer")
+            await log.append(wf, [steps], expected_seq=planned[-1].seq)
+            done = await wait_for_type(log, wf, WorkflowCompleted.TYPE)
+            assert y.cache.reads == 1  # loaded, as a workflow it never saw
+            await assert_is_the_log(log, await y.cache.state_at(wf, done[-1].seq))
+    assert seen == [("x", WorkflowRequested.TYPE, 1), ("y", StepsProposed.TYPE, 3)]
+    assert [e.event.type for e in done] == [
+        WorkflowRequested.TYPE,
+        PlanProposed.TYPE,
+        StepsProposed.TYPE,
+        WorkflowCompleted.TYPE,
+    ]
