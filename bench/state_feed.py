@@ -8,7 +8,7 @@ changes nothing the cache counts), runs N workflows of the pipeline bench's DAG 
 explicit plans, instant tools) with the feed off, then the same with it on, and prints per
 workflow: the reads of the log with a consumer (loads and long catch-ups, ``StateCache.reads``),
 the messages of gaps asked for one by one (``StateCache.gets``) and the events decoded, summed
-over the processes. One JSON object goes to stdout.
+over the processes, and every NATS message they received (feed, mailboxes, replies). One JSON object goes to stdout.
 
 Layouts: ``one`` (every kind in one process: ``cadre up``), ``agents apart`` (the agents in a
 process of their own), ``two cadre up`` (two processes each running every kind, sharing the
@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import bench_server, note
+from nats.aio.client import Client as NATS
 from pipeline import CadreSide, run_timeout
 
 from cadre.actors.metrics import Metrics
@@ -68,10 +69,12 @@ async def measure(
     )
     client = await connect(ConnectOptions(url=url, name="bench-client"))
     systems: list[ActorSystem] = []
+    conns: list[NATS] = []
     try:
         async with contextlib.AsyncExitStack() as stack:
             for i, kinds in enumerate(layout):
                 bus = await stack.enter_async_context(open_bus(settings, name=f"bench-p{i}"))
+                conns.append(bus.nc)
                 system = await stack.enter_async_context(run_system(bus, settings, kinds, metrics=Metrics.create()))
                 if system is not None:
                     systems.append(system)
@@ -86,12 +89,15 @@ async def measure(
             try:
                 await cadre.run("dag", "warm", 20, c)
                 reads, gets, decoded = (sum(getattr(s.cache, k) for s in systems) for k in ("reads", "gets", "decoded"))
+                received = sum(nc.stats["in_msgs"] for nc in conns)
                 seconds, _ = await cadre.run("dag", "m", n, c)
                 return {
                     "feed": [s.cache.feed for s in systems],
                     "consumer_reads_per_workflow": round((sum(s.cache.reads for s in systems) - reads) / n, 2),
                     "gets_per_workflow": round((sum(s.cache.gets for s in systems) - gets) / n, 2),
                     "decoded_per_workflow": round((sum(s.cache.decoded for s in systems) - decoded) / n, 2),
+                    # every NATS message the processes received: feed, mailboxes, replies, pings
+                    "received_per_workflow": round((sum(nc.stats["in_msgs"] for nc in conns) - received) / n, 1),
                     "events_per_workflow": round(cadre.events["dag"][-1], 2),
                     "workflows_per_s": round(n / seconds, 1),
                 }
@@ -106,6 +112,8 @@ async def measure(
 async def main(args: argparse.Namespace, url: str, work: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"workflows": args.workflows, "concurrency": args.concurrency, "layouts": {}}
     for name, (layout, partitions) in LAYOUTS.items():
+        if args.layouts and name not in args.layouts:
+            continue
         out["layouts"][name] = {"processes": [list(k) for k in layout], "partitions": partitions}
         for feed in ("off", "on"):
             note(f"{name}, feed {feed}")
@@ -124,6 +132,7 @@ def run() -> None:
     ap.add_argument("--workflows", type=int, default=200)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--nats", metavar="URL", help="use this server instead of an embedded one")
+    ap.add_argument("--layouts", nargs="*", choices=list(LAYOUTS), help="only these layouts (default: all)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     work = Path(tempfile.mkdtemp(prefix="cadre-state-feed-"))
