@@ -58,7 +58,7 @@ from cadre.actors.context import Context, Outside
 from cadre.actors.metrics import Metrics
 from cadre.actors.outcome import Defer, Outcome
 from cadre.actors.partitions import Leases, bucket_name, group_of
-from cadre.actors.state_cache import StateCache
+from cadre.actors.state_cache import StateCache, stored_after
 from cadre.actors.trust import Trust
 from cadre.bus.effects import (
     BudgetDecided,
@@ -439,8 +439,8 @@ class ActorSystem:
 
         The cache's feed has usually decoded and checked the same event already; decode and check
         it here only if not. Without the feed, the cache has it when this process appended it;
-        else it is decoded here and handed to the cache, which folds it if it is the workflow's
-        next message (and reads the log if not).
+        else it is decoded here and handed to the cache with the sequence JetStream stored it
+        expecting, which folds it if that is the state's (and reads the log if not).
         """
         parsed = self.log.subjects.parse_event(subject)
         if parsed is not None and not self.cache.feed:
@@ -450,7 +450,8 @@ class ActorSystem:
                     return known
                 rec = await self.log.record(seq, subject, data, headers)
                 self.cache.decoded += 1
-                await self.cache.state_at(parsed[0], seq, given=rec)
+                after = stored_after(headers, self.log.subjects.workflow(parsed[0]))
+                await self.cache.state_at(parsed[0], seq, given=rec, after=after)
                 if (known := self.cache.recent(seq)) is not None:
                     return known
                 return rec, verdict(rec, self.trust.keyring) if isinstance(rec, StoredEvent) else None

@@ -36,9 +36,10 @@ would only bring back what the process itself stored or was handed), the cache f
 * the messages the process appends, at their ack (:meth:`JetStreamLog.on_stored`): each was stored
   expecting the one before it, so it is folded when the state is at that one (a new workflow's
   first message, stored expecting nothing, starts its entry);
-* an actor's input the runtime hands over (``state_at(wf, seq, given=record)``) when it continues
-  the chain: its ``prev`` is the hash of the state's newest message (a ``workflow_requested`` with
-  no ``prev``, of v2 or later, starts its entry);
+* an actor's input the runtime hands over (``state_at(wf, seq, given=record, after=...)``) when
+  JetStream stored it expecting the state's last sequence (the ``Nats-Expected-Last-Subject-Sequence``
+  headers it was stored with, for the workflow's subjects: :func:`stored_after`); one stored
+  expecting an empty workflow starts its entry (another process's intake);
 * anything else (another process appended it, a v1 event, a workflow evicted or never seen) is
   read from the log at once: a workflow never seen is loaded, a gap is asked for message by
   message (up to four, then read with a consumer), one read at a time per workflow, which its
@@ -65,7 +66,7 @@ from typing import Any
 from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 
-from cadre.bus.events import CHAIN_VERSION, TERMINAL_TYPES
+from cadre.bus.events import TERMINAL_TYPES
 from cadre.bus.retry import retrying
 from cadre.bus.signing import Keyring, Verdict
 from cadre.store.authenticity import verdict
@@ -251,16 +252,18 @@ class StateCache:
             log.exception("could not fold the append to %s; its state will be read from the log", wf)
             self.forget(wf)
 
-    def _handed(self, wf: str, entry: _Entry | None, given: Record) -> _Entry | None:
-        """Without the feed: fold an input the runtime decoded if it is the workflow's next message
-        (its ``prev`` is the hash of the state's last one). Returns the entry (None: still unknown)."""
-        if not isinstance(given, StoredEvent) or given.event.v < CHAIN_VERSION:
-            return entry  # no chain to tell where it goes: the log is read
+    def _handed(self, wf: str, entry: _Entry | None, given: Record, after: int | None) -> _Entry | None:
+        """Without the feed: fold an input the runtime decoded if it is the workflow's next message:
+        JetStream stored it expecting the state's last sequence (``after``, from its headers:
+        :func:`stored_after`; 0 starts the workflow). Its ``prev`` is not proof enough: a writer
+        that skips the expected sequence could copy it. Returns the entry (None: still unknown)."""
+        if after is None:
+            return entry  # no proof of where it goes: the log is read
         if entry is None:
-            if given.event.type != "workflow_requested" or given.event.prev != "":
+            if after != 0:
                 return None
-            entry = self._new(wf)
-        if not entry.loading and given.seq > entry.state.last_seq and given.event.prev == entry.state.last_hash:
+            entry = self._new(wf)  # stored expecting an empty workflow: its first message
+        if not entry.loading and after == entry.state.last_seq and given.seq > after:
             self._fold(wf, entry, given)
         return entry
 
@@ -315,17 +318,20 @@ class StateCache:
         entry.loaded.set()
         return entry
 
-    async def state_at(self, wf: str, min_seq: int, given: Record | None = None) -> WorkflowState:
+    async def state_at(
+        self, wf: str, min_seq: int, given: Record | None = None, after: int | None = None
+    ) -> WorkflowState:
         """The workflow's state including at least stream sequence ``min_seq``; it does not
         change afterwards (the cache folds newer events into a copy).
 
-        ``given``: the message at ``min_seq``, decoded (an actor's input); without the feed it is
-        folded if it is the workflow's next message, which spares a read of the log."""
+        ``given``: the message at ``min_seq``, decoded (an actor's input), and ``after``: the
+        workflow's sequence JetStream stored it expecting (:func:`stored_after`); without the feed
+        it is folded if it is the workflow's next message, which spares a read of the log."""
         entry = self._entries.get(wf)
         if given is not None and (self.feed or given.seq != min_seq):
             given = None
         if given is not None:
-            entry = self._handed(wf, entry, given)
+            entry = self._handed(wf, entry, given, after)
         if entry is None:
             entry = await self._load(wf)
         else:
@@ -334,7 +340,7 @@ class StateCache:
                 await entry.loaded.wait()
                 entry = self._entries.get(wf) or await self._load(wf)
         while entry.state.last_seq < min_seq and not self.feed:
-            await self._catch_up(wf, entry, min_seq, given)
+            await self._catch_up(wf, entry, min_seq, given, after)
         while entry.state.last_seq < min_seq:
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             entry.waiters.append((min_seq, fut))
@@ -351,7 +357,7 @@ class StateCache:
         entry.handed_out = True
         return entry.state
 
-    async def _catch_up(self, wf: str, entry: _Entry, min_seq: int, given: Record | None) -> None:
+    async def _catch_up(self, wf: str, entry: _Entry, min_seq: int, given: Record | None, after: int | None) -> None:
         """Without the feed: read what the state misses from the log, once for every waiter of the
         workflow (the others wait for the read under way, then look again).
 
@@ -363,7 +369,7 @@ class StateCache:
         async with entry.reading:
             for _ in range(_GETS):
                 if given is not None:
-                    self._handed(wf, entry, given)
+                    self._handed(wf, entry, given, after)
                 if entry.state.last_seq >= min_seq:
                     return
                 record = await self._next(wf, entry.state.last_seq)
@@ -446,3 +452,13 @@ class StateCache:
 def _in_use(entry: _Entry) -> bool:
     """Whether an actor loads, waits for, reads or appends to the workflow right now (kept then)."""
     return entry.loading or bool(entry.waiters) or entry.appending.locked() or entry.reading.locked()
+
+
+def stored_after(headers: dict[str, str] | None, workflow_subjects: str) -> int | None:
+    """The workflow's sequence a message was stored expecting, from the headers JetStream stored it
+    with (it refused the message unless the workflow's last message was there); None if it was
+    stored with no such expectation on ``workflow_subjects`` (``<prefix>.evt.<wf>.>``)."""
+    if not headers or headers.get("Nats-Expected-Last-Subject-Sequence-Subject") != workflow_subjects:
+        return None
+    expected = headers.get("Nats-Expected-Last-Subject-Sequence")
+    return int(expected) if expected is not None and expected.isdigit() else None

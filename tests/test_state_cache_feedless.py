@@ -17,7 +17,8 @@ from nats.aio.client import Client as NATS
 from cadre.actors.context import Context, Outside
 from cadre.actors.outcome import Outcome
 from cadre.actors.runtime import ActorSpec, run_actors
-from cadre.actors.state_cache import StateCache
+from cadre.actors.state_cache import StateCache, stored_after
+from cadre.bus import codec
 from cadre.bus.errors import ConcurrencyConflict
 from cadre.bus.events import Envelope, PlanProposed, StepsProposed, WorkflowCompleted, WorkflowRequested
 from cadre.bus.plan import Plan, Task
@@ -96,7 +97,15 @@ async def test_a_gap_another_process_appended_is_read_once_for_every_waiter(
         await assert_is_the_log(log, state)
 
 
-async def test_a_handed_input_that_continues_the_chain_is_folded_else_the_log_is_read(
+async def handed(log: JetStreamLog, seq: int) -> tuple[StoredEvent, int | None]:
+    """The message at ``seq`` as the runtime hands it over: decoded, and where JetStream stored it."""
+    subject, data, headers = await log.raw_message(seq)
+    rec = to_record(log.subjects, seq, subject, data, headers)
+    assert isinstance(rec, StoredEvent)
+    return rec, stored_after(headers, log.subjects.workflow(rec.event.workflow_id))
+
+
+async def test_a_handed_input_stored_right_after_the_state_is_folded_else_the_log_is_read(
     log: JetStreamLog, other: JetStreamLog, cache: StateCache
 ) -> None:
     root = requested("wf")
@@ -105,29 +114,54 @@ async def test_a_handed_input_that_continues_the_chain_is_folded_else_the_log_is
     third = await other.append(
         "wf", [ev(WorkflowCompleted(result="ok"), "wf", cause=root.id, i=2)], expected_seq=second.last_seq
     )
-    msgs = {m.seq: m for m in await log.read("wf")}
-
-    def handed(seq: int) -> StoredEvent:
-        m = msgs[seq]
-        rec = to_record(log.subjects, seq, m.subject, m.data)
-        assert isinstance(rec, StoredEvent)
-        return rec
-
-    # The workflow's first message starts it: no read.
-    state = await cache.state_at("wf", first.last_seq, given=handed(first.last_seq))
-    assert (state.last_seq, cache.reads) == (first.last_seq, 0)
-    # Its next message continues the chain: folded, no read.
-    state = await cache.state_at("wf", second.last_seq, given=handed(second.last_seq))
-    assert (state.last_seq, cache.reads) == (second.last_seq, 0)
+    # The workflow's first message (stored expecting nothing) starts it: no read.
+    rec, after = await handed(log, first.last_seq)
+    assert after == 0
+    state = await cache.state_at("wf", first.last_seq, given=rec, after=after)
+    assert (state.last_seq, cache.reads, cache.gets) == (first.last_seq, 0, 0)
+    # Its next message, stored expecting the first: folded, no read.
+    rec, after = await handed(log, second.last_seq)
+    state = await cache.state_at("wf", second.last_seq, given=rec, after=after)
+    assert (state.last_seq, cache.reads, cache.gets) == (second.last_seq, 0, 0)
     await assert_is_the_log(log, state)
     # A message after a gap is not folded over it: the gap is read, then it is folded.
     cache.forget("wf")
-    await cache.state_at("wf", first.last_seq, given=handed(first.last_seq))
-    state = await cache.state_at("wf", third.last_seq, given=handed(third.last_seq))
+    rec, after = await handed(log, first.last_seq)
+    await cache.state_at("wf", first.last_seq, given=rec, after=after)
+    rec, after = await handed(log, third.last_seq)
+    state = await cache.state_at("wf", third.last_seq, given=rec, after=after)
     assert state.last_seq == third.last_seq
     assert (cache.gets, cache.reads) == (1, 0)
     assert state.status == "completed"
     await assert_is_the_log(log, state)
+
+
+async def test_an_input_stored_with_no_expected_sequence_is_never_folded_over_a_gap(
+    log: JetStreamLog, nc: NATS, cache: StateCache
+) -> None:
+    """A writer that skips the expected sequence and copies the ``prev`` of an event it saw: its
+    message carries the right ``prev`` but is not the workflow's next; the state reads the one
+    between instead of folding over it."""
+    root = requested("wf")
+    first = await log.append("wf", [root], expected_seq=0)
+    cache.forget("wf")  # another process's view: it has seen the first message only
+    await cache.state_at("wf", first.last_seq)
+    between = await other_writer(nc, log).append("wf", [plan_event("wf", root.id)], expected_seq=first.last_seq)
+    copied = msgspec.structs.replace(
+        ev(StepsProposed(task_id="a", steps=()), "wf", cause=root.id, i=7), prev=first.last_hash
+    )
+    ack = await nc.jetstream().publish(log.subjects.event("wf", copied.type), codec.encode(copied))
+    rec, after = await handed(log, ack.seq)
+    assert after is None
+    assert rec.event.prev == cache.head("wf")[1]  # it would pass a check on prev alone
+    state = await cache.state_at("wf", ack.seq, given=rec, after=after)
+    assert between.last_seq < ack.seq == state.last_seq
+    assert state.plan is not None  # the message between was read, not skipped
+    await assert_is_the_log(log, state)
+
+
+def other_writer(nc: NATS, log: JetStreamLog) -> JetStreamLog:
+    return JetStreamLog(nc, stream=log.spec, subjects=log.subjects)
 
 
 async def test_a_long_gap_is_asked_for_message_by_message_then_read(
@@ -144,12 +178,13 @@ async def test_a_long_gap_is_asked_for_message_by_message_then_read(
 
 
 async def test_an_unchained_input_is_read_from_the_log(log: JetStreamLog, cache: StateCache) -> None:
-    """A v1 event has no ``prev`` to tell where it goes: never folded from the hand-over."""
+    """An input handed with no stored expectation (a v1 event's writer set none) is never folded
+    from the hand-over: the workflow is loaded."""
     stored = await log.append("wf", [requested("wf")], expected_seq=0)
     cache.forget("wf")
     m = (await log.read("wf"))[0]
     v1 = StoredEvent(m.seq, m.subject, msgspec.structs.replace(m.event, v=1), m.data)
-    state = await cache.state_at("wf", stored.last_seq, given=v1)
+    state = await cache.state_at("wf", stored.last_seq, given=v1, after=None)
     assert cache.reads == 1  # loaded, not folded from the hand-over
     await assert_is_the_log(log, state)
 
