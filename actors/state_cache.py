@@ -268,8 +268,8 @@ class StateCache:
         return entry
 
     def recent(self, seq: int) -> tuple[StoredEvent, Verdict] | None:
-        """The event at ``seq`` and the keyring's verdict on it, if the feed decoded it lately
-        (else the caller decodes and checks it)."""
+        """The event at ``seq`` and the keyring's verdict on it, if the cache decoded it lately (the
+        feed; without it, an own append, a hand-over or a read), else None: the caller decodes it."""
         return self._recent.get(seq)
 
     def _apply(self, entry: _Entry, rec: Record) -> tuple[StoredEvent, Verdict] | None:
