@@ -58,7 +58,7 @@ from cadre.actors.context import Context, Outside
 from cadre.actors.metrics import Metrics
 from cadre.actors.outcome import Defer, Outcome
 from cadre.actors.partitions import Leases, bucket_name, group_of
-from cadre.actors.state_cache import StateCache
+from cadre.actors.state_cache import StateCache, stored_after
 from cadre.actors.trust import Trust
 from cadre.bus.effects import (
     BudgetDecided,
@@ -114,6 +114,7 @@ class RuntimeOptions:
     state_recent_events: int = 2_000  # decoded events the state cache keeps for actors' inputs
     partitions: int = 0  # workflows' partitions shared by processes through leases (0: none, every process all)
     partition_lease_ttl: float = 6.0  # seconds a partition lease lasts unrenewed (a dead process's, at most)
+    state_feed: bool = True  # the state cache follows the stream; off: own appends and inputs, gaps read
 
 
 class Lifecycle(enum.Enum):
@@ -437,9 +438,23 @@ class ActorSystem:
         the keyring's verdict on it (None for a malformed one).
 
         The cache's feed has usually decoded and checked the same event already; decode and check
-        it here only if not.
+        it here only if not. Without the feed, the cache has it when this process appended it;
+        else it is decoded here and handed to the cache with the sequence JetStream stored it
+        expecting, which folds it if that is the state's (and reads the log if not).
         """
         parsed = self.log.subjects.parse_event(subject)
+        if parsed is not None and not self.cache.feed:
+            with contextlib.suppress(InvalidName):
+                if (known := self.cache.recent(seq)) is not None:
+                    await self.cache.state_at(parsed[0], seq)
+                    return known
+                rec = await self.log.record(seq, subject, data, headers)
+                self.cache.decoded += 1
+                after = stored_after(headers, self.log.subjects.workflow(parsed[0]))
+                await self.cache.state_at(parsed[0], seq, given=rec, after=after)
+                if (known := self.cache.recent(seq)) is not None:
+                    return known
+                return rec, verdict(rec, self.trust.keyring) if isinstance(rec, StoredEvent) else None
         if parsed is not None:
             with contextlib.suppress(InvalidName):  # a subject no workflow id can have: decoded below
                 await self.cache.state_at(parsed[0], seq)
@@ -661,6 +676,7 @@ async def run_actors(
         max_workflows=opts.state_max_workflows,
         recent_events=opts.state_recent_events,
         release_after=opts.state_release_after,
+        feed=opts.state_feed,
     )
     system = ActorSystem(elog, outside, opts, metrics or Metrics.create(), cache, trust)
     for spec, _ in specs:

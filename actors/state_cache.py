@@ -30,6 +30,24 @@ the process chains to it at once (``head``), and one lock under which the proces
 append to the workflow one after the other (``append_lock``): writers of one process never
 race each other, only writers of other processes.
 
+Without the feed (``feed=False``: a process that runs every kind that appends, where the feed
+would only bring back what the process itself stored or was handed), the cache folds:
+
+* the messages the process appends, at their ack (:meth:`JetStreamLog.on_stored`): each was stored
+  expecting the one before it, so it is folded when the state is at that one (a new workflow's
+  first message, stored expecting nothing, starts its entry);
+* an actor's input the runtime hands over (``state_at(wf, seq, given=record, after=...)``) when
+  JetStream stored it expecting the state's last sequence (the ``Nats-Expected-Last-Subject-Sequence``
+  headers it was stored with, for the workflow's subjects: :func:`stored_after`); one stored
+  expecting an empty workflow starts its entry (another process's intake);
+* anything else (another process appended it, a v1 event, a workflow evicted or never seen) is
+  read from the log at once: a workflow never seen is loaded, a gap is asked for message by
+  message (up to four, then read with a consumer), one read at a time per workflow, which its
+  waiters share (the others wait for it and look again).
+
+Nothing is folded out of order or twice there either: a fold needs the state to be exactly at
+the message before, and a read starts right after the state's last sequence.
+
 Memory stays bounded however many workflows a process sees: a workflow is released
 ``release_after`` seconds after its terminal event (a late event of it is loaded from the log
 again, as for a workflow the cache never followed), at most ``max_workflows`` are kept (least
@@ -41,20 +59,25 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from nats.aio.msg import Msg
+from nats.js.errors import NotFoundError
 
 from cadre.bus.events import TERMINAL_TYPES
+from cadre.bus.retry import retrying
 from cadre.bus.signing import Keyring, Verdict
 from cadre.store.authenticity import verdict
 from cadre.store.jetstream import JetStreamLog, stream_seq
-from cadre.store.records import Record, StoredEvent
+from cadre.store.objects import references
+from cadre.store.records import Record, StoredEvent, to_record
 from cadre.store.state import WorkflowState, apply, forked, skip
 
 log = logging.getLogger("cadre.state")
+
+_GETS = 4  # without the feed: messages of a gap asked for one by one before the rest is read with a consumer
 
 
 @dataclass
@@ -67,6 +90,7 @@ class _Entry:
     appended: tuple[int, str] = (0, "")  # (seq, chain hash) of this process's latest append
     appending: asyncio.Lock = field(default_factory=asyncio.Lock)
     handed_out: bool = False  # ``state`` was handed out since it was last forked: fold into a copy
+    reading: asyncio.Lock = field(default_factory=asyncio.Lock)  # without the feed: one gap read at a time
 
 
 class StateCache:
@@ -81,8 +105,11 @@ class StateCache:
         recent_events: int = 2_000,
         release_after: float = 5.0,
         keyring: Keyring | None = None,
+        feed: bool = True,
     ) -> None:
         self._log = elog
+        self.feed = feed  # follow the stream; without: fold own appends and handed-over inputs, read gaps
+        self._unhook: Callable[[], None] | None = None
         self._keyring = keyring
         self._max = max_workflows
         self._catch_up_after = catch_up_after
@@ -98,12 +125,21 @@ class StateCache:
         # The feed decodes and folds only those workflows; the others are skipped from the subject.
         self.owns: Callable[[str], bool] | None = None
         self.decoded = 0  # events decoded here (the feed's, the log reads', the runtime's own)
+        self.reads = 0  # reads of a workflow from the log with a consumer (loads, and catch-ups after a gap)
+        self.gets = 0  # without the feed: messages of a gap asked for one by one
 
     async def start(self) -> None:
-        """Begin following the stream; returns once the feed's consumer exists."""
-        self._sub = await self._log.ordered(self._log.subjects.events, None, self._on_msg)
+        """Begin following the stream (returns once the feed's consumer exists), or without the
+        feed, the process's own appends."""
+        if self.feed:
+            self._sub = await self._log.ordered(self._log.subjects.events, None, self._on_msg)
+        else:
+            self._unhook = self._log.on_stored(self._on_stored)
 
     async def stop(self) -> None:
+        if self._unhook is not None:
+            self._unhook()
+            self._unhook = None
         if self._sub is not None:
             await self._sub.unsubscribe()
             self._sub = None
@@ -129,7 +165,7 @@ class StateCache:
         entry = self._entries.get(wf)
         if entry is None:
             return
-        if entry.loading or entry.waiters or entry.appending.locked():
+        if _in_use(entry):
             self._release_later(wf)  # in use right now: try again later
             return
         del self._entries[wf]
@@ -169,19 +205,71 @@ class StateCache:
         if entry.loading:
             entry.buffer.append(record)
             return
+        self._fold(wf, entry, record)
+
+    def _fold(self, wf: str, entry: _Entry, record: Record) -> None:
+        """Apply the record (the next of the workflow) and keep it for the runtime."""
         applied = self._apply(entry, record)
-        if etype in TERMINAL_TYPES:
+        if isinstance(record, StoredEvent) and record.event.type in TERMINAL_TYPES:
             self._release_later(wf)
         if len(self._entries) > self._max:  # over because entries were in use when last evicted
             self._evict()
         if applied is not None:
-            self._recent[seq] = applied
+            self._recent[record.seq] = applied
             if len(self._recent) > self._recent_max:
                 self._recent.popitem(last=False)
 
+    def _new(self, wf: str) -> _Entry:
+        """A workflow followed from its first message (none folded yet)."""
+        entry = self._entries[wf] = _Entry(WorkflowState(workflow_id=wf))
+        entry.loaded.set()
+        self._evict()
+        return entry
+
+    def _on_stored(
+        self, wf: str, expected_seq: int, last_seq: int, msgs: Sequence[tuple[str, bytes, str, dict[str, str]]]
+    ) -> None:
+        """Without the feed: fold messages this process just stored, if the state is at the one they
+        were stored expecting (else the next ``state_at`` that needs them reads them)."""
+        if self.owns is not None and not self.owns(wf):
+            return
+        try:
+            entry = self._entries.get(wf)
+            if entry is None:
+                if expected_seq != 0:  # not followed here; loaded from the log if an actor needs it
+                    return
+                entry = self._new(wf)  # stored expecting an empty workflow: its first message
+            elif entry.loading or entry.state.last_seq != expected_seq:
+                return
+            first = last_seq - len(msgs) + 1
+            for i, (subject, data, _, headers) in enumerate(msgs):
+                record = to_record(self._log.subjects, first + i, subject, data, headers)
+                if isinstance(record, StoredEvent) and references(record.event):
+                    return  # an output stored by reference: resolved when it is read from the log
+                self.decoded += 1
+                self._fold(wf, entry, record)
+        except Exception:  # never fail the append that was stored: the state reads it from the log later
+            log.exception("could not fold the append to %s; its state will be read from the log", wf)
+            self.forget(wf)
+
+    def _handed(self, wf: str, entry: _Entry | None, given: Record, after: int | None) -> _Entry | None:
+        """Without the feed: fold an input the runtime decoded if it is the workflow's next message:
+        JetStream stored it expecting the state's last sequence (``after``, from its headers:
+        :func:`stored_after`; 0 starts the workflow). Its ``prev`` is not proof enough: a writer
+        that skips the expected sequence could copy it. Returns the entry (None: still unknown)."""
+        if after is None:
+            return entry  # no proof of where it goes: the log is read
+        if entry is None:
+            if after != 0:
+                return None
+            entry = self._new(wf)  # stored expecting an empty workflow: its first message
+        if not entry.loading and after == entry.state.last_seq and given.seq > after:
+            self._fold(wf, entry, given)
+        return entry
+
     def recent(self, seq: int) -> tuple[StoredEvent, Verdict] | None:
-        """The event at ``seq`` and the keyring's verdict on it, if the feed decoded it lately
-        (else the caller decodes and checks it)."""
+        """The event at ``seq`` and the keyring's verdict on it, if the cache decoded it lately (the
+        feed; without it, an own append, a hand-over or a read), else None: the caller decodes it."""
         return self._recent.get(seq)
 
     def _apply(self, entry: _Entry, rec: Record) -> tuple[StoredEvent, Verdict] | None:
@@ -215,6 +303,7 @@ class StateCache:
         self._evict()
         try:
             records = await self._log.read_records(wf)
+            self.reads += 1
             self.decoded += len(records)
         except BaseException:
             del self._entries[wf]
@@ -229,10 +318,20 @@ class StateCache:
         entry.loaded.set()
         return entry
 
-    async def state_at(self, wf: str, min_seq: int) -> WorkflowState:
+    async def state_at(
+        self, wf: str, min_seq: int, given: Record | None = None, after: int | None = None
+    ) -> WorkflowState:
         """The workflow's state including at least stream sequence ``min_seq``; it does not
-        change afterwards (the cache folds newer events into a copy)."""
+        change afterwards (the cache folds newer events into a copy).
+
+        ``given``: the message at ``min_seq``, decoded (an actor's input), and ``after``: the
+        workflow's sequence JetStream stored it expecting (:func:`stored_after`); without the feed
+        it is folded if it is the workflow's next message, which spares a read of the log."""
         entry = self._entries.get(wf)
+        if given is not None and (self.feed or given.seq != min_seq):
+            given = None
+        if given is not None:
+            entry = self._handed(wf, entry, given, after)
         if entry is None:
             entry = await self._load(wf)
         else:
@@ -240,6 +339,8 @@ class StateCache:
             if entry.loading:  # another actor is loading it: wait for that read
                 await entry.loaded.wait()
                 entry = self._entries.get(wf) or await self._load(wf)
+        while entry.state.last_seq < min_seq and not self.feed:
+            await self._catch_up(wf, entry, min_seq, given, after)
         while entry.state.last_seq < min_seq:
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             entry.waiters.append((min_seq, fut))
@@ -249,11 +350,57 @@ class StateCache:
                 # The feed is behind (reconnecting?): read what is missing from the log.
                 log.info("state of %s behind (%d < %d); catching up from the log", wf, entry.state.last_seq, min_seq)
                 missing = await self._log.read_records(wf, after_seq=entry.state.last_seq)
+                self.reads += 1
                 self.decoded += len(missing)
                 for r in missing:
                     self._apply(entry, r)
         entry.handed_out = True
         return entry.state
+
+    async def _catch_up(self, wf: str, entry: _Entry, min_seq: int, given: Record | None, after: int | None) -> None:
+        """Without the feed: read what the state misses from the log, once for every waiter of the
+        workflow (the others wait for the read under way, then look again).
+
+        A gap is usually a message or two (another process's output): the workflow's next message
+        is asked for directly, up to ``_GETS`` times, before the rest is read with a consumer (an
+        ordered consumer per gap costs the server a consumer's creation and deletion, and many at
+        once run into its limit of consumers). ``given`` (the message at ``min_seq``) is folded as
+        soon as the state reaches the message before it."""
+        async with entry.reading:
+            for _ in range(_GETS):
+                if given is not None:
+                    self._handed(wf, entry, given, after)
+                if entry.state.last_seq >= min_seq:
+                    return
+                record = await self._next(wf, entry.state.last_seq)
+                if record is None:
+                    break
+                self.gets += 1
+                self.decoded += 1
+                self._fold(wf, entry, record)
+            if entry.state.last_seq >= min_seq:
+                return
+            missing = await self._log.read_records(wf, after_seq=entry.state.last_seq)
+            self.reads += 1
+            self.decoded += len(missing)
+            for r in missing:
+                self._fold(wf, entry, r)
+            if entry.state.last_seq < min_seq:  # not in the log yet (a lagging replica?): look again soon
+                log.info("state of %s at %d, not yet %d in the log; reading again", wf, entry.state.last_seq, min_seq)
+                await asyncio.sleep(0.05)
+
+    async def _next(self, wf: str, after_seq: int) -> Record | None:
+        """The workflow's first message after ``after_seq`` (None: it has none yet)."""
+        elog = self._log
+        try:
+            m = await retrying(
+                lambda: elog.js.get_msg(elog.stream, seq=after_seq + 1, subject=elog.subjects.workflow(wf), next=True),
+                "event log read",
+                elog.retry,
+            )
+        except NotFoundError:
+            return None
+        return await elog.record(m.seq or 0, m.subject or "", m.data or b"", m.headers)
 
     def head(self, wf: str) -> tuple[int, str]:
         """The workflow's newest (stream sequence, chain hash) this process knows: its state's, or
@@ -294,9 +441,24 @@ class StateCache:
             return
         victims = []
         for wf, entry in self._entries.items():
-            if not (entry.loading or entry.waiters or entry.appending.locked()):
+            if not _in_use(entry):
                 victims.append(wf)
                 if len(victims) == excess:
                     break
         for wf in victims:
             self.forget(wf)
+
+
+def _in_use(entry: _Entry) -> bool:
+    """Whether an actor loads, waits for, reads or appends to the workflow right now (kept then)."""
+    return entry.loading or bool(entry.waiters) or entry.appending.locked() or entry.reading.locked()
+
+
+def stored_after(headers: dict[str, str] | None, workflow_subjects: str) -> int | None:
+    """The workflow's sequence a message was stored expecting, from the headers JetStream stored it
+    with (it refused the message unless the workflow's last message was there); None if it was
+    stored with no such expectation on ``workflow_subjects`` (``<prefix>.evt.<wf>.>``)."""
+    if not headers or headers.get("Nats-Expected-Last-Subject-Sequence-Subject") != workflow_subjects:
+        return None
+    expected = headers.get("Nats-Expected-Last-Subject-Sequence")
+    return int(expected) if expected is not None and expected.isdigit() else None

@@ -513,7 +513,7 @@ async def main(args: argparse.Namespace, url: str, data_dir: Path) -> dict[str, 
     try:
         async with open_bus(settings, name="bench-cadre") as bus:
             try:
-                async with run_system(bus, settings, metrics=metrics):
+                async with run_system(bus, settings, metrics=metrics) as system:
                     await barrier(bus.nc)
                     cadre = CadreSide(client, settings, metrics, tag)
                     cadre.server_cpu = raw.server_cpu = server_cpu_reader(url)
@@ -536,8 +536,16 @@ async def main(args: argparse.Namespace, url: str, data_dir: Path) -> dict[str, 
                         raw.cpu_ms.clear()
                         raw.server_cpu_ms.clear()
                         redeliveries = counter_total(metrics, "cadre_redeliveries")
+                        assert system is not None
+                        cache, reads, decoded = system.cache, system.cache.reads, system.cache.decoded
                         runs = await measure(args, cadre, raw, profile)
                         redeliveries = counter_total(metrics, "cadre_redeliveries") - redeliveries
+                        measured = args.runs * 2 * (args.workflows + args.latency_workflows)
+                        out["state_cache"] = {  # CADRE_STATE_FEED (auto: off here, every kind in one process)
+                            "feed": cache.feed,
+                            "decoded_per_workflow": round((cache.decoded - decoded) / measured, 2),
+                            "log_reads_per_workflow": round((cache.reads - reads) / measured, 3),
+                        }
                     finally:
                         await cadre.stop()
                         await raw.teardown()

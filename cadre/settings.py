@@ -283,6 +283,12 @@ class Settings(BaseSettings):
     state_recent_events: int = Field(
         default=2_000, ge=0, description="decoded events an actor process keeps for its actors' inputs"
     )
+    state_feed: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="whether an actor process's state cache follows the whole event stream: off folds the "
+        "process's own appends and inputs and reads the log at a gap; auto = off when the process runs every "
+        "kind that appends (cadre up), else on",
+    )
     partitions: int = Field(
         default=0,
         ge=0,

@@ -118,7 +118,22 @@ def system_specs(
     )
 
 
-def runtime_options(settings: Settings) -> RuntimeOptions:
+APPENDING_KINDS = frozenset({*ACTOR_KINDS, "approvals"})
+"""The kinds whose processes append events (the intake runs with the planner; the budget appends none)."""
+
+
+def state_feed(settings: Settings, kinds: Sequence[str], served: Sequence[str | None]) -> bool:
+    """Whether the state cache of a process running ``kinds`` (its agents serving ``served`` pools)
+    follows the whole stream. ``auto``: not when the process runs every kind that appends and its
+    agents serve every pool, so that nearly every event is one it appended or is handed as an
+    input (a split deployment would read the log for most inputs instead)."""
+    if settings.state_feed != "auto":
+        return settings.state_feed == "on"
+    every_pool = EVERY_POOL in served or set(settings.pools) <= {p for p in served if p is not None}
+    return not (set(kinds) >= APPENDING_KINDS and every_pool)
+
+
+def runtime_options(settings: Settings, *, feed: bool = True) -> RuntimeOptions:
     return RuntimeOptions(
         batch=settings.actor_batch,
         max_in_flight=settings.actor_max_in_flight,
@@ -131,6 +146,7 @@ def runtime_options(settings: Settings) -> RuntimeOptions:
         state_recent_events=settings.state_recent_events,
         partitions=settings.partitions,
         partition_lease_ttl=settings.partition_lease_ttl_s,
+        state_feed=feed,
     )
 
 
@@ -231,7 +247,12 @@ async def run_system(
         if specs:
             system = await stack.enter_async_context(
                 run_actors(
-                    bus.log, specs, outside=outside, options=runtime_options(settings), metrics=metrics, trust=trust
+                    bus.log,
+                    specs,
+                    outside=outside,
+                    options=runtime_options(settings, feed=state_feed(settings, kinds, served)),
+                    metrics=metrics,
+                    trust=trust,
                 )
             )
         if "planner" in kinds:

@@ -83,6 +83,12 @@ def _digest(subject: str, data: bytes) -> bytes:
 
 _Msg = tuple[str, bytes, str, dict[str, str]]  # subject, stored bytes, event id, signature headers
 
+StoredHook = Callable[[str, int, int, Sequence[_Msg]], None]
+"""Told of messages this log stored (:meth:`JetStreamLog.on_stored`): (workflow id, the sequence they
+were stored expecting, the stream sequence of the last one, the messages in order: (subject, stored
+bytes, event id, signature headers)). They are consecutive in the stream, the first right after the
+expected sequence in the workflow."""
+
 
 @dataclass(frozen=True, slots=True)
 class AppendResult:
@@ -144,6 +150,15 @@ class JetStreamLog:
         # What this process signed, by event id: the digest of the bytes and the signature (shared by
         # every signed_by view), so that its own events need no Ed25519 check when they come back.
         self._signed: OrderedDict[str, tuple[bytes, str]] = OrderedDict()
+        # Told of every message stored through this log or a view of it (shared by every signed_by view).
+        self._stored_hooks: list[StoredHook] = []
+
+    def on_stored(self, hook: StoredHook) -> Callable[[], None]:
+        """Call ``hook`` at the ack of each append of new messages through this log (or a view of it),
+        before the append returns; returns what removes it. A duplicate, or a write found stored
+        after a lost ack, is not told."""
+        self._stored_hooks.append(hook)
+        return lambda: self._stored_hooks.remove(hook)
 
     def signed_by(self, signer: Signer | None) -> JetStreamLog:
         """This log (same connection) appending as ``signer``: every event it stores is signed."""
@@ -350,7 +365,11 @@ class JetStreamLog:
             ) from None
         error = reply.get("error")
         if error is None:
-            return AppendResult(int(reply["seq"]), len(msgs), bool(reply.get("duplicate", False)), last_hash)
+            result = AppendResult(int(reply["seq"]), len(msgs), bool(reply.get("duplicate", False)), last_hash)
+            if not result.already_stored:
+                for hook in self._stored_hooks:
+                    hook(workflow_id, expected_seq, result.last_seq, msgs)
+            return result
         code = error.get("err_code")
         if code in (_WRONG_LAST_SEQUENCE, _DUPLICATE_IN_BATCH):
             return await self._already_stored_or_conflict(

@@ -1,0 +1,78 @@
+"""kill -9 of a whole ``cadre up`` process, whose state cache runs without its feed (``auto``): the
+process that replaces it knows nothing of the workflow, loads it, and completes it once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from nats.aio.client import Client as NATS
+
+from cadre.bus.events import StepCompleted
+from cadre.store import JetStreamLog, StoredEvent
+from cadre.store.state import fold
+from tests.test_processes import Cluster, cluster  # noqa: F401 (the fixture)
+
+
+def start_up(c: Cluster, name: str) -> None:
+    """``cadre up`` (every kind, one process) on the cluster's server and stream."""
+    log = (c.data_dir / f"{name}.log").open("wb")
+    c.procs[name] = subprocess.Popen(
+        [sys.executable, "-m", "cadre.cli", "up"],
+        env=c.env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    log.close()
+
+
+async def test_cadre_up_killed_mid_side_effect_step_is_replaced_and_completes_once(
+    nc: NATS,
+    cluster: Cluster,  # noqa: F811
+) -> None:
+    kinds = {"planner": 1, "validator": 1, "decomposer": 1, "budget": 1, "agent": 1, "approvals": 1}
+    start_up(cluster, "up-1")
+    await cluster.wait_alive(nc, kinds)
+    feeds = [
+        i
+        for i in await nc.jetstream().consumers_info(cluster.spec.name)
+        if i.config.filter_subject == cluster.subjects.events
+    ]
+    assert feeds == []  # auto: no feed in a process that runs every kind
+    body = {
+        "plan": {
+            "nodes": [
+                {"id": "a", "tool": "test.slow_append", "inputs": {"path": "a.txt", "line": "first", "sleep_s": 0}},
+                {
+                    "id": "w",
+                    "tool": "test.slow_append",
+                    "depends_on": ["a"],
+                    "inputs": {"path": "ledger.txt", "line": "paid invoice 7", "sleep_s": 60},
+                },
+            ]
+        }
+    }
+    resp = await nc.request(cluster.subjects.requests, json.dumps(body).encode(), timeout=10)
+    wf = json.loads(resp.data)["workflow_id"]
+    ledger = cluster.data_dir / "workspace" / "ledger.txt"
+    async with asyncio.timeout(30):
+        while not ledger.exists():  # noqa: ASYNC110 (another process writes it)
+            await asyncio.sleep(0.05)
+    cluster.procs["up-1"].kill()  # kill -9, mid-step: its side effect done, its result not stored
+    cluster.procs["up-1"].wait()
+    start_up(cluster, "up-2")
+    log = JetStreamLog(nc, stream=cluster.spec, subjects=cluster.subjects)
+    async with asyncio.timeout(40):
+        async for r in log.follow(wf):
+            if isinstance(r, StoredEvent) and r.event.type in ("workflow_completed", "workflow_failed"):
+                break
+    events = await log.read(wf)
+    state = fold(wf, events)
+    assert state.status == "completed", state.failure
+    assert ledger.read_text() == "paid invoice 7\n"  # once, although the step ran twice
+    done = [e.event.data for e in events if isinstance(e.event.data, StepCompleted)]
+    assert [d.output.get("already_done") for d in done] == [False, True]
