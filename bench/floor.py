@@ -564,8 +564,8 @@ async def main(args: argparse.Namespace, url: str, data_dir: Path) -> dict[str, 
         actor_drain_timeout_s=5.0,
     )
     await asyncio.to_thread(ensure_auth, settings.auth_dir, settings.auth_names())
-    client = await connect(ConnectOptions(url=url, name="floor-client"))
-    ring_nc = await connect(ConnectOptions(url=url, name="floor-actors"))
+    client = await connect(ConnectOptions(url=url, name="floor-client"), nats_py=True)  # as the raw ring's
+    ring_nc = await connect(ConnectOptions(url=url, name="floor-actors"), nats_py=True)
     out: dict[str, Any] = {**environment(client), "workflows": args.workflows, "concurrency": args.concurrency}
     out["runs"] = args.runs
     signer = Signer(new_seed(), FLOOR_ROLE)

@@ -22,6 +22,8 @@ dispatches ``a`` and ``b`` as one atomic batch of two events) and no concurrency
 **raw** (the baseline): 4 "actors" in a ring. Each is a durable pull consumer (``fetch`` +
 ``ack``) on a subject of its own in a file-storage stream. Each republishes what it takes
 to the next actor's subject with an awaited ``js.publish`` that carries a ``Nats-Msg-Id``.
+The ring and the client connect with nats-py's own client, as a user's program would (cadre's
+actors use ``cadre.bus.nats_client``, its subclass).
 A message goes round until it has made as many hops as cadre's actors append events per
 workflow; the last hop publishes to a ``done`` subject, which the client follows as it
 follows cadre's completions. The client submits with an awaited ``js.publish``, with the
@@ -498,8 +500,9 @@ async def main(args: argparse.Namespace, url: str, data_dir: Path) -> dict[str, 
         # without NATS authorization here, so the figures show signing's cost alone).
         await asyncio.to_thread(ensure_auth, settings.auth_dir, settings.auth_names())
     spans = traced(args.tracing)
-    client = await connect(ConnectOptions(url=url, name="bench-client"))
-    raw_nc = await connect(ConnectOptions(url=url, name="bench-raw-actors"))
+    # The client and the raw ring connect as a user's program would: nats-py's own client.
+    client = await connect(ConnectOptions(url=url, name="bench-client"), nats_py=True)
+    raw_nc = await connect(ConnectOptions(url=url, name="bench-raw-actors"), nats_py=True)
     metrics = Metrics.create()
     profile = cProfile.Profile() if args.profile else None
     out: dict[str, Any] = {

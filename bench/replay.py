@@ -19,7 +19,8 @@ replay side starts after a second of quiet: after a read, nats-server keeps a co
 a while, which the parallel replay would otherwise compete with):
 
 1. ``raw_read``: one ordered push consumer over every event of the stream, with a callback
-   that touches ``m.data`` (nats-py's fastest way to read), until nothing is pending;
+   that touches ``m.data`` (nats-py's fastest way to read), until nothing is pending, on a
+   connection of nats-py's own client (cadre's connections use ``cadre.bus.nats_client``);
 2. ``cadre_read``: the same consumer, each message decoded into a record as the log's
    ``read_records`` does (``store.records.to_record``) and grouped by workflow: how a bulk
    replay reads (one ``read_records`` per workflow costs a consumer each);
@@ -60,13 +61,14 @@ from pathlib import Path
 from typing import Any
 
 from _common import bench_server, environment, median, note, timed
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import api
 
 from cadre.actors.intake import workflow_id_for
 from cadre.actors.replay import Replayer, live_specs
 from cadre.bus.auth import ensure_auth
-from cadre.bus.connection import barrier
+from cadre.bus.connection import ConnectOptions, barrier, connect
 from cadre.settings import Settings
 from cadre.store.jetstream import stream_seq
 from cadre.store.records import Record, to_record
@@ -176,10 +178,13 @@ async def record(bus: Bus, settings: Settings, plans: list[dict[str, Any]], conc
 # -- reading ------------------------------------------------------------------------------------
 
 
-async def read_stream(bus: Bus, subject: str, expected: int, decode: bool) -> tuple[float, dict[str, list[Record]]]:
+async def read_stream(
+    bus: Bus, subject: str, expected: int, decode: bool, nc: NATS | None = None
+) -> tuple[float, dict[str, list[Record]]]:
     """Seconds an ordered push consumer with a callback takes to read every event on ``subject``
     (touching ``m.data``; with ``decode``, each message decoded into a record, as the log's
-    ``read_records`` does, and grouped by workflow), and the records by workflow."""
+    ``read_records`` does, and grouped by workflow), and the records by workflow. ``nc``: read
+    through this connection instead of the bus's (the raw read's: nats-py's own client)."""
     count = 0
     subjects = bus.log.subjects
     by_wf: dict[str, list[Record]] = {}
@@ -198,8 +203,12 @@ async def read_stream(bus: Bus, subject: str, expected: int, decode: bool) -> tu
             if m.metadata.num_pending == 0:
                 done.set()
 
-        sub = await bus.nc.jetstream().subscribe(
-            subject, stream=bus.log.stream, ordered_consumer=True, deliver_policy=api.DeliverPolicy.ALL, cb=on_msg
+        sub = (
+            await (nc or bus.nc)
+            .jetstream()
+            .subscribe(
+                subject, stream=bus.log.stream, ordered_consumer=True, deliver_policy=api.DeliverPolicy.ALL, cb=on_msg
+            )
         )
         try:
             await done.wait()
@@ -307,6 +316,8 @@ async def main(args: argparse.Namespace, url: str, data_dir: Path) -> dict[str, 
         live_specs(catalog_for(settings), approval_timeout=timedelta(seconds=settings.approval_timeout_s))
     )
     keyed = dataclasses.replace(replayer, keyring=keyring)
+    # The raw read connects as a user's program would: nats-py's own client, not cadre's.
+    raw_nc = await connect(ConnectOptions(url=url, name="cadre-bench-raw-read"), nats_py=True)
     async with open_bus(settings, name="cadre-bench-replay") as bus:
         out: dict[str, Any] = {**environment(bus.nc), "runs": args.runs, "jobs": args.jobs, "storage": "file"}
         try:
@@ -347,7 +358,7 @@ async def main(args: argparse.Namespace, url: str, data_dir: Path) -> dict[str, 
                 return (await read_stream(bus, settings.subjects.events, total, decode=True))[0]
 
             async def read_raw() -> float:
-                return (await read_stream(bus, settings.subjects.events, total, decode=False))[0]
+                return (await read_stream(bus, settings.subjects.events, total, decode=False, nc=raw_nc))[0]
 
             note(f"many workflows: {events} events (of {total} in the stream) x {args.runs} runs")
             s = await alternate(args.runs, {"raw_read": read_raw, "cadre_read": read_cadre})
@@ -374,7 +385,7 @@ async def main(args: argparse.Namespace, url: str, data_dir: Path) -> dict[str, 
                 profile.dump_stats(args.profile)
 
             async def big_raw() -> float:
-                return (await read_stream(bus, settings.subjects.workflow(big), big_events, decode=False))[0]
+                return (await read_stream(bus, settings.subjects.workflow(big), big_events, decode=False, nc=raw_nc))[0]
 
             async def big_cadre() -> float:
                 return await read_records(bus, big)
@@ -391,6 +402,7 @@ async def main(args: argparse.Namespace, url: str, data_dir: Path) -> dict[str, 
             }
             return out
         finally:
+            await raw_nc.close()
             js = bus.nc.jetstream()
             for name in (settings.stream_name, settings.ledger_stream_name):
                 try:

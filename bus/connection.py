@@ -83,8 +83,11 @@ def server_problem(info: Mapping[str, Any], url: str) -> str | None:
     return None
 
 
-async def connect(opts: ConnectOptions) -> NATS:
+async def connect(opts: ConnectOptions, *, nats_py: bool = False) -> NATS:
     """Connect (waiting up to ``opts.wait_s`` for a server to come up), then check the server.
+
+    ``nats_py``: with nats-py's own client instead of cadre's (:mod:`cadre.bus.nats_client`), as a
+    user's program would connect: the benchmarks' raw baselines.
 
     Raises :class:`NatsUnavailable` when no server answered in time, :class:`NatsAuthError`
     when it refused the credentials and :class:`ServerUnsupported` when it cannot run cadre.
@@ -93,7 +96,7 @@ async def connect(opts: ConnectOptions) -> NATS:
     delay = 0.25
     while True:
         try:
-            nc = await _connect_once(opts)
+            nc = await _connect_once(opts, nats_py)
             break
         except NatsUnavailable as exc:
             left = deadline - time.monotonic()
@@ -166,7 +169,7 @@ async def _wait_for_jetstream(nc: NATS, opts: ConnectOptions, deadline: float) -
         delay = min(delay * 2, 5.0)
 
 
-async def _connect_once(opts: ConnectOptions) -> NATS:
+async def _connect_once(opts: ConnectOptions, nats_py: bool = False) -> NATS:
     """Connect, or raise :class:`NatsUnavailable` quickly when no server answers."""
     servers = [u.strip() for u in opts.url.split(",") if u.strip()]
     holder: list[NATS] = []
@@ -207,7 +210,7 @@ async def _connect_once(opts: ConnectOptions) -> NATS:
             "reconnected_cb": on_reconnected,
             "user_credentials": str(opts.creds) if opts.creds is not None else None,
         }
-        nc = _new_client()
+        nc = NATS() if nats_py else _new_client()
         await nc.connect(servers, **options)
     except (TimeoutError, nats.errors.NoServersError, OSError, nats.errors.Error) as exc:
         if refused or "authorization violation" in str(exc).lower():
