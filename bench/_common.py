@@ -25,6 +25,7 @@ from typing import Any
 from nats.aio.client import Client as NATS
 
 from cadre.bus.embedded import embedded_server
+from cadre.settings import Settings
 
 
 def run_on_server(
@@ -35,6 +36,43 @@ def run_on_server(
         result = asyncio.run(asyncio.wait_for(main(server_url), limit_s))
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")
+
+
+def run_in_workdir(
+    url: str | None,
+    data_dir: Path | None,
+    main: Callable[[str, Path], Awaitable[dict[str, Any]]],
+    limit_s: float,
+    prefix: str,
+    table: Callable[[dict[str, Any]], str] | None = None,
+) -> None:
+    """Run ``main(server_url, work)`` within ``limit_s`` on :func:`bench_server`'s server, ``work``
+    a fresh temporary directory (removed after); print its ``table`` to stderr, then its result."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        with bench_server(url, data_dir) as server_url:
+            result = asyncio.run(asyncio.wait_for(main(server_url, work), limit_s))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if table is not None:
+        note("\n" + table(result))
+    json.dump(result, sys.stdout)
+    sys.stdout.write("\n")
+
+
+def bench_settings(url: str, data_dir: Path, prefix: str, **extra: Any) -> Settings:
+    """A bench's cadre: a file-storage stream of its own named after ``prefix``, the bench's tools
+    (``bench/_tools.py``), a short drain at the end; ``extra`` settings on top."""
+    return Settings(
+        nats_url=url,
+        data_dir=data_dir,
+        subject_prefix=prefix,
+        stream_name=prefix.upper(),
+        stream_storage="file",
+        tool_modules=["_tools"],
+        actor_drain_timeout_s=5.0,
+        **extra,
+    )
 
 
 def note(msg: str) -> None:

@@ -66,12 +66,9 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
-import json
 import logging
 import secrets
-import shutil
 import sys
-import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -83,7 +80,16 @@ from typing import Any
 import msgspec
 import nats.errors
 import pipeline
-from _common import bench_server, delete_cadre_streams, environment, idle_cpu_ms_per_s, median, note, percentile
+from _common import (
+    bench_settings,
+    delete_cadre_streams,
+    environment,
+    idle_cpu_ms_per_s,
+    median,
+    note,
+    percentile,
+    run_in_workdir,
+)
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import api
@@ -95,7 +101,6 @@ from cadre.bus.auth import ensure_auth
 from cadre.bus.connection import ConnectOptions, barrier, connect
 from cadre.bus.events import Envelope, chain_hash
 from cadre.bus.signing import SIG_HEADER, SIGNER_HEADER, KeyEntry, Keyring, KeyringFile, Signature, Signer, new_seed
-from cadre.settings import Settings
 from cadre.store.jetstream import stream_seq
 from cadre.system import run_system
 from cadre.wiring import open_bus
@@ -554,15 +559,7 @@ def figures(
 async def main(args: argparse.Namespace, url: str, data_dir: Path) -> dict[str, Any]:
     tag = secrets.token_hex(3)
     prefix = f"floor{tag}"
-    settings = Settings(
-        nats_url=url,
-        data_dir=data_dir,
-        subject_prefix=prefix,
-        stream_name=prefix.upper(),
-        stream_storage="file",
-        tool_modules=["_tools"],
-        actor_drain_timeout_s=5.0,
-    )
+    settings = bench_settings(url, data_dir, prefix)
     await asyncio.to_thread(ensure_auth, settings.auth_dir, settings.auth_names())
     client = await connect(ConnectOptions(url=url, name="floor-client"), nats_py=True)  # as the raw ring's
     ring_nc = await connect(ConnectOptions(url=url, name="floor-actors"), nats_py=True)
@@ -729,15 +726,7 @@ def run() -> None:
     args = parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     total = 180 + (args.runs + 1) * (len(args.variants) + 2) * pipeline.run_timeout(args.workflows)
-    work = Path(tempfile.mkdtemp(prefix="cadre-floor-"))
-    try:
-        with bench_server(args.nats, args.data_dir) as url:
-            result = asyncio.run(asyncio.wait_for(main(args, url, work), total))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    note("\n" + table(result))
-    json.dump(result, sys.stdout)
-    sys.stdout.write("\n")
+    run_in_workdir(args.nats, args.data_dir, lambda url, work: main(args, url, work), total, "cadre-floor-", table)
 
 
 if __name__ == "__main__":

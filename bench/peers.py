@@ -41,19 +41,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import operator
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
 import pipeline
-from _common import bench_server, idle_cpu_ms_per_s, median, note, percentile
+from _common import idle_cpu_ms_per_s, median, note, percentile, run_in_workdir
 from dbos import DBOS
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from langgraph.graph import END, START, StateGraph
@@ -387,15 +384,8 @@ def run() -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     per_round = 5 * pipeline.run_timeout(args.workflows) + 5 * pipeline.run_timeout(args.latency_workflows)
     total = 180 + 2 * (args.runs + 1) * per_round
-    work = Path(tempfile.mkdtemp(prefix="cadre-peers-"))  # cadre's workspace, the peers' SQLite files
-    try:
-        with bench_server(args.nats, args.data_dir) as url:
-            result = asyncio.run(asyncio.wait_for(main(args, url, work), total))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    note("\n" + table(result))
-    json.dump(result, sys.stdout)
-    sys.stdout.write("\n")
+    # cadre's workspace and the peers' SQLite files in a temporary directory
+    run_in_workdir(args.nats, args.data_dir, lambda url, work: main(args, url, work), total, "cadre-peers-", table)
 
 
 if __name__ == "__main__":

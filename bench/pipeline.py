@@ -54,15 +54,13 @@ import json
 import logging
 import os
 import secrets
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from _common import bench_server, environment, median, note, percentile
+from _common import bench_settings, environment, median, note, percentile, run_in_workdir
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import api
@@ -485,15 +483,7 @@ def traced(mode: str) -> Callable[[], int] | None:
 async def main(args: argparse.Namespace, url: str, data_dir: Path) -> dict[str, Any]:
     tag = secrets.token_hex(3)
     prefix = f"pipe{tag}"
-    settings = Settings(
-        nats_url=url,
-        data_dir=data_dir,
-        subject_prefix=prefix,
-        stream_name=prefix.upper(),
-        stream_storage="file",
-        tool_modules=["_tools"],
-        actor_drain_timeout_s=5.0,
-    )
+    settings = bench_settings(url, data_dir, prefix)
     if args.signing == "on":
         # The deployment's keys in the data dir, as the embedded server's first start makes them:
         # every event is signed by its writer and checked by its readers (the server itself runs
@@ -671,14 +661,8 @@ def run() -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     per_round = 3 * run_timeout(args.workflows) + 3 * run_timeout(args.latency_workflows)
     total = 120 + (args.runs + 1) * per_round
-    work = Path(tempfile.mkdtemp(prefix="cadre-pipeline-"))  # cadre's workspace and sample database
-    try:
-        with bench_server(args.nats, args.data_dir) as url:
-            result = asyncio.run(asyncio.wait_for(main(args, url, work), total))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    json.dump(result, sys.stdout)
-    sys.stdout.write("\n")
+    # cadre's workspace and sample database in a temporary directory
+    run_in_workdir(args.nats, args.data_dir, lambda url, work: main(args, url, work), total, "cadre-pipeline-")
 
 
 if __name__ == "__main__":

@@ -22,23 +22,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import secrets
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from _common import bench_server, note
+from _common import bench_settings, note, run_in_workdir
 from nats.aio.client import Client as NATS
 from pipeline import CadreSide, run_timeout
 
 from cadre.actors.metrics import Metrics
 from cadre.actors.runtime import ActorSystem
 from cadre.bus.connection import ConnectOptions, barrier, connect
-from cadre.settings import Settings
 from cadre.system import KINDS, run_system
 from cadre.wiring import open_bus
 
@@ -56,17 +52,7 @@ async def measure(
 ) -> dict[str, Any]:
     tag = secrets.token_hex(3)
     prefix = f"feed{tag}"
-    settings = Settings(
-        nats_url=url,
-        data_dir=work,
-        subject_prefix=prefix,
-        stream_name=prefix.upper(),
-        stream_storage="file",
-        tool_modules=["_tools"],
-        actor_drain_timeout_s=5.0,
-        state_feed=feed,  # type: ignore[arg-type]
-        partitions=partitions,
-    )
+    settings = bench_settings(url, work, prefix, state_feed=feed, partitions=partitions)
     client = await connect(ConnectOptions(url=url, name="bench-client"))
     systems: list[ActorSystem] = []
     conns: list[NATS] = []
@@ -135,15 +121,8 @@ def run() -> None:
     ap.add_argument("--layouts", nargs="*", choices=list(LAYOUTS), help="only these layouts (default: all)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
-    work = Path(tempfile.mkdtemp(prefix="cadre-state-feed-"))
-    try:
-        with bench_server(args.nats, None) as url:
-            timeout = 60 + 2 * len(LAYOUTS) * (run_timeout(args.workflows) + run_timeout(20))
-            result = asyncio.run(asyncio.wait_for(main(args, url, work), timeout))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    json.dump(result, sys.stdout)
-    sys.stdout.write("\n")
+    timeout = 60 + 2 * len(LAYOUTS) * (run_timeout(args.workflows) + run_timeout(20))
+    run_in_workdir(args.nats, None, lambda url, work: main(args, url, work), timeout, "cadre-state-feed-")
 
 
 if __name__ == "__main__":
