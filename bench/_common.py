@@ -63,16 +63,16 @@ def run_in_workdir(
 def bench_settings(url: str, data_dir: Path, prefix: str, **extra: Any) -> Settings:
     """A bench's cadre: a file-storage stream of its own named after ``prefix``, the bench's tools
     (``bench/_tools.py``), a short drain at the end; ``extra`` settings on top."""
-    return Settings(
-        nats_url=url,
-        data_dir=data_dir,
-        subject_prefix=prefix,
-        stream_name=prefix.upper(),
-        stream_storage="file",
-        tool_modules=["_tools"],
-        actor_drain_timeout_s=5.0,
-        **extra,
-    )
+    fields: dict[str, Any] = {
+        "nats_url": url,
+        "data_dir": data_dir,
+        "subject_prefix": prefix,
+        "stream_name": prefix.upper(),
+        "stream_storage": "file",
+        "tool_modules": ["_tools"],
+        "actor_drain_timeout_s": 5.0,
+    }
+    return Settings(**(fields | extra))
 
 
 def note(msg: str) -> None:

@@ -376,25 +376,6 @@ class FloorRing(pipeline.RawChain):
 
         return await self._measured(ids, submit, n, concurrency)
 
-    async def _measured(
-        self, ids: list[str], submit: Callable[[int], Awaitable[None]], n: int, concurrency: int
-    ) -> pipeline.Run:
-        stop = asyncio.Event()
-        async with asyncio.TaskGroup() as tg:
-            for k in range(self.actors):
-                ready = asyncio.Event()
-                tg.create_task(self._actor(k, ready, stop))
-                await ready.wait()
-            await barrier(self.actors_nc)
-            cpu, server_cpu = time.process_time(), self.server_cpu()
-            try:
-                return await self.driver.run(ids, submit, concurrency, pipeline.run_timeout(n))
-            finally:
-                stop.set()
-                self.cpu_ms.setdefault(str(concurrency), []).append((time.process_time() - cpu) * 1000 / n)
-                if server_cpu is not None and (server_after := self.server_cpu()) is not None:
-                    self.server_cpu_ms.setdefault(str(concurrency), []).append((server_after - server_cpu) * 1000 / n)
-
     # -- the actors ---------------------------------------------------------------------------------
 
     async def _hop(self, k: int, m: Msg) -> None:

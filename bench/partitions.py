@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import bench_server, environment, median, note, percentile
+from _common import bench_server, bench_settings, environment, median, note, percentile
 from nats.aio.client import Client as NATS
 from nats.js import api
 from nats.js.errors import NoKeysError
@@ -60,16 +60,8 @@ def plan(rounds: int) -> dict[str, Any]:
 
 
 def settings_for(url: str, data_dir: Path, prefix: str, partitions: int, lease_ttl: float = 10.0) -> Settings:
-    return Settings(
-        nats_url=url,
-        data_dir=data_dir,
-        subject_prefix=prefix,
-        stream_name=prefix.upper(),
-        stream_storage="file",
-        tool_modules=["_cpu_tools"],
-        actor_drain_timeout_s=5.0,
-        partitions=partitions,
-        partition_lease_ttl_s=lease_ttl,
+    return bench_settings(
+        url, data_dir, prefix, tool_modules=["_cpu_tools"], partitions=partitions, partition_lease_ttl_s=lease_ttl
     )
 
 

@@ -311,6 +311,7 @@ class RawChain:
         self.prefix = f"raw{tag}"
         self.done_subject = f"{self.prefix}.done"
         self.driver = Driver()
+        self.actors = RAW_ACTORS
         self.hops = 15  # set to cadre's actor events per workflow before measuring
         self.pad = b""
         self._done_sub: Any = None
@@ -395,9 +396,16 @@ class RawChain:
             wf = ids[i]
             await self.client_js.publish(first, self.payload(wf, 0), headers={"Nats-Msg-Id": f"{wf}-0"})
 
+        return await self._measured(ids, submit, n, concurrency)
+
+    async def _measured(
+        self, ids: list[str], submit: Callable[[int], Awaitable[None]], n: int, concurrency: int
+    ) -> Run:
+        """Start the actors, run the workflows through the driver, and note this process's and the
+        server's CPU per workflow."""
         stop = asyncio.Event()
         async with asyncio.TaskGroup() as tg:
-            for k in range(RAW_ACTORS):
+            for k in range(self.actors):
                 ready = asyncio.Event()
                 tg.create_task(self._actor(k, ready, stop))
                 await ready.wait()

@@ -60,7 +60,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from _common import bench_server, environment, median, note, timed
+from _common import bench_server, bench_settings, environment, median, note, timed
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import api
@@ -298,13 +298,10 @@ def rates(events: int, seconds: list[float]) -> dict[str, Any]:
 
 async def main(args: argparse.Namespace, url: str, data_dir: Path) -> dict[str, Any]:
     prefix = f"rpl{secrets.token_hex(3)}"
-    settings = Settings(
-        nats_url=url,
-        data_dir=data_dir,
-        subject_prefix=prefix,
-        stream_name=prefix.upper(),
-        stream_storage="file",
-        tool_modules=["_tools"],
+    settings = bench_settings(
+        url,
+        data_dir,
+        prefix,
         llm_provider="none",
         ledger_stream_name=prefix.upper() + "_LEDGER",
         inference_cache_bucket=prefix.upper() + "_INFERENCE",
