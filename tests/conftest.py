@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -76,6 +77,14 @@ async def nc(nats_url: str) -> AsyncIterator[NATS]:
 
 def unique(prefix: str = "t") -> str:
     return prefix + uuid.uuid4().hex[:10]
+
+
+async def until(cond: Callable[[], bool], within: float) -> None:
+    """Poll ``cond`` every 50 ms until it holds, at most ``within`` seconds: for what another
+    process, a timer or a file changes, which offers nothing to await on."""
+    async with asyncio.timeout(within):
+        while not cond():  # noqa: ASYNC110 (nothing to await on: see above)
+            await asyncio.sleep(0.05)
 
 
 @pytest.fixture

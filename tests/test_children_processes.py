@@ -4,7 +4,6 @@ its end to the parent, and the parent completes, each event once."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 from nats.aio.client import Client as NATS
@@ -12,8 +11,8 @@ from nats.aio.client import Client as NATS
 from cadre.bus.events import ChildCompleted, ChildRequested, WorkflowCompleted, WorkflowRequested
 from cadre.planner.children import child_id
 from cadre.store import JetStreamLog
-from cadre.store.records import StoredEvent
 from cadre.store.state import fold
+from tests.conftest import until
 from tests.test_processes import Cluster, cluster  # noqa: F401  (the fixture)
 
 
@@ -26,19 +25,12 @@ async def test_planner_killed_during_a_childs_run_completes_the_parent_once(nc: 
     resp = await nc.request(cluster.subjects.requests, json.dumps(body).encode(), timeout=10)
     wf = json.loads(resp.data)["workflow_id"]
     written = cluster.data_dir / "workspace" / "child.txt"
-    async with asyncio.timeout(20):
-        while not written.exists():  # noqa: ASYNC110  (another process writes it)
-            await asyncio.sleep(0.05)
+    await until(written.exists, 20)  # another process writes it
     cluster.procs["planner"].kill()  # kill -9, while the child's step sleeps
     cluster.procs["planner"].wait()
     cluster.start("planner-2", "planner")
-    log = JetStreamLog(nc, stream=cluster.spec, subjects=cluster.subjects)
-    async with asyncio.timeout(30):
-        async for r in log.follow(wf):
-            if isinstance(r, StoredEvent) and r.event.type in ("workflow_completed", "workflow_failed"):
-                break
-    parent = await log.read(wf)
-    child = await log.read(child_id(wf, "sub"))
+    parent = await cluster.ended(nc, wf, 30)
+    child = await JetStreamLog(nc, stream=cluster.spec, subjects=cluster.subjects).read(child_id(wf, "sub"))
     state = fold(wf, parent)
     assert state.status == "completed", state.failure
     assert state.result["result"]["path"] == "child.txt"

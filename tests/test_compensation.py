@@ -4,7 +4,6 @@ ends failed and compensated; the audit says what was undone and what was not."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -27,12 +26,11 @@ from cadre.bus.events import (
 )
 from cadre.bus.plan import Plan, StepIntent, Task
 from cadre.planner.builtin_tools import CompensationInput, FsWriteInput
-from cadre.store import JetStreamLog
 from cadre.store.audit import audit
 from cadre.store.records import StoredEvent
 from cadre.store.state import fold
 from tests.compensation_tools import UNDO_LOG
-from tests.conftest import ev
+from tests.conftest import ev, until
 from tests.system_harness import cadre_running, settings_for
 from tests.test_processes import Cluster, cluster  # noqa: F401  (the fixture)
 
@@ -135,19 +133,12 @@ async def test_killed_during_compensation_each_step_is_undone_once(nc: NATS, clu
     body = {"plan": plan, "on_failure": "compensate"}
     resp = await nc.request(cluster.subjects.requests, json.dumps(body).encode(), timeout=10)
     wf = json.loads(resp.data)["workflow_id"]
-    async with asyncio.timeout(30):
-        # The note's compensation runs first (it completed last) and sleeps: kill the agent then.
-        while not (ws / UNDO_LOG).exists():  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
+    # The note's compensation runs first (it completed last) and sleeps: kill the agent then.
+    await until((ws / UNDO_LOG).exists, 30)
     cluster.procs["agent-1"].kill()  # kill -9
     cluster.procs["agent-1"].wait()
     cluster.start("agent-2", "agent")
-    log = JetStreamLog(nc, stream=cluster.spec, subjects=cluster.subjects)
-    async with asyncio.timeout(40):
-        async for r in log.follow(wf):
-            if isinstance(r, StoredEvent) and r.event.type in ("workflow_completed", "workflow_failed"):
-                break
-    events = await log.read(wf)
+    events = await cluster.ended(nc, wf, 40)
     state = fold(wf, events)
     assert state.status == "failed", state.failure
     assert (ws / UNDO_LOG).read_text() == "undid test.note\n"  # once, although its compensation ran twice

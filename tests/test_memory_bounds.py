@@ -3,7 +3,6 @@ for every workflow a process had seen, never released)."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 
 from cadre.actors.context import Context, Outside
@@ -12,7 +11,7 @@ from cadre.actors.runtime import ActorSpec, run_actors
 from cadre.bus.events import WorkflowCompleted, WorkflowRequested
 from cadre.store import JetStreamLog, StoredEvent
 from cadre.store.state import WorkflowState
-from tests.conftest import requested
+from tests.conftest import requested, until
 from tests.test_runtime import FAST, wait_for_type
 
 
@@ -28,9 +27,7 @@ async def test_the_state_cache_releases_a_workflow_soon_after_it_ends(log: JetSt
     async with run_actors(log, [(SPEC, 1)], outside=Outside(), options=options) as system:
         await log.append("wf", [requested("wf")], expected_seq=0)
         events = await wait_for_type(log, "wf", WorkflowCompleted.TYPE)
-        async with asyncio.timeout(5):
-            while len(system.cache):  # noqa: ASYNC110 (the release is a timer; nothing to await on)
-                await asyncio.sleep(0.05)
+        await until(lambda: not len(system.cache), 5)  # the release is a timer
         # A late reader of the released workflow gets its state from the log, as before.
         state = await system.cache.state_at("wf", events[-1].seq)
         assert state.status == "completed"

@@ -3,10 +3,8 @@ actor systems that split the workflows between them (each decodes and handles on
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import nats
@@ -26,7 +24,7 @@ from cadre.bus.events import HandlerFailed, WorkflowCompleted, WorkflowRequested
 from cadre.settings import Settings
 from cadre.store import JetStreamLog, StoredEvent
 from cadre.store.state import WorkflowState
-from tests.conftest import requested, unique
+from tests.conftest import requested, unique, until
 from tests.test_runtime import FAST, wait_for_type
 
 
@@ -59,12 +57,6 @@ def test_the_share_is_even_and_claims_only_free_partitions() -> None:
     assert group_of(["planner", "agent", "planner"]) == "agent-planner"
 
 
-async def _wait(cond: Callable[[], bool], within: float) -> None:
-    async with asyncio.timeout(within):
-        while not cond():  # noqa: ASYNC110 (leases move on timers: nothing to await on)
-            await asyncio.sleep(0.05)
-
-
 async def test_leases_split_and_a_dead_holders_move_to_the_living(nc: NATS) -> None:
     bucket = bucket_name(unique("lease"))
     a = Leases(nc.jetstream(), bucket=bucket, group="agent", partitions=8, ttl=0.9)
@@ -73,13 +65,13 @@ async def test_leases_split_and_a_dead_holders_move_to_the_living(nc: NATS) -> N
     assert a.held == frozenset(range(8))
     await b.start()
     try:
-        await _wait(lambda: len(a.held) == 4 and len(b.held) == 4, 5)
+        await until(lambda: len(a.held) == 4 and len(b.held) == 4, 5)
         assert a.held | b.held == frozenset(range(8))
         assert not a.held & b.held
         # a dies (no hand-back, as under kill -9): its leases expire and b takes them.
         assert a._task is not None
         a._task.cancel()
-        await _wait(lambda: b.held == frozenset(range(8)), 5)
+        await until(lambda: b.held == frozenset(range(8)), 5)
     finally:
         await b.stop()
         a._kv = None  # dead: nothing to hand back
@@ -103,7 +95,7 @@ async def test_two_systems_split_the_workflows_and_handle_each_once(log: JetStre
             assert x.leases is not None
             assert y.leases is not None
             xl, yl = x.leases, y.leases
-            await _wait(lambda: len(xl.held) == 2 and len(yl.held) == 2, 5)
+            await until(lambda: len(xl.held) == 2 and len(yl.held) == 2, 5)
             decoded = (x.cache.decoded, y.cache.decoded)
             wfs = [f"wf{i}" for i in range(24)]
             for wf in wfs:
@@ -118,7 +110,7 @@ async def test_two_systems_split_the_workflows_and_handle_each_once(log: JetStre
             for system, tag, before in ((x, "x", decoded[0]), (y, "y", decoded[1])):
                 assert 2 * len(handled[tag]) <= system.cache.decoded - before <= 2 * len(handled[tag]) + 6
         # y stopped and handed its leases back: x holds all four at its next tick.
-        await _wait(lambda: len(xl.held) == 4, 5)
+        await until(lambda: len(xl.held) == 4, 5)
         await log.append("late", [requested("late")], expected_seq=0)
         await wait_for_type(log, "late", WorkflowCompleted.TYPE)
         assert handled["x"][-1] == "late"

@@ -15,9 +15,8 @@ from nats.js.errors import KeyNotFoundError, NoKeysError
 
 from cadre.actors.partitions import bucket_name
 from cadre.bus.events import StepCompleted
-from cadre.store import JetStreamLog
-from cadre.store.records import StoredEvent
 from cadre.store.state import fold
+from tests.conftest import until
 from tests.test_processes import Cluster
 
 PARTITIONS = 8
@@ -78,22 +77,15 @@ async def test_a_killed_agents_partitions_move_and_every_workflow_completes_once
         resp = await nc.request(cluster.subjects.requests, json.dumps(body).encode(), timeout=10)
         wfs.append(json.loads(resp.data)["workflow_id"])
     workspace = cluster.data_dir / "workspace"
-    async with asyncio.timeout(20):
-        # Poll the files (other processes write them): once both agents wrote, both are mid-step.
-        while len(list(workspace.glob("ledger-*.txt"))) < 4:  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
+    # Once both agents wrote (other processes write the files), both are mid-step.
+    await until(lambda: len(list(workspace.glob("ledger-*.txt"))) >= 4, 20)
     cluster.procs["agent-1"].kill()  # kill -9
     cluster.procs["agent-1"].wait()
 
-    log = JetStreamLog(nc, stream=cluster.spec, subjects=cluster.subjects)
-    async with asyncio.timeout(25):
-        for wf in wfs:
-            async for r in log.follow(wf):
-                if isinstance(r, StoredEvent) and r.event.type in ("workflow_completed", "workflow_failed"):
-                    break
+    async with asyncio.timeout(25):  # for them all
+        ended = [await cluster.ended(nc, wf, 25) for wf in wfs]
     redone = 0
-    for i, wf in enumerate(wfs):
-        events = await log.read(wf)
+    for i, (wf, events) in enumerate(zip(wfs, ended, strict=True)):
         state = fold(wf, events)
         assert state.status == "completed", state.failure
         done = [e.event.data for e in events if isinstance(e.event.data, StepCompleted)]

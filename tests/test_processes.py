@@ -20,7 +20,7 @@ from cadre.bus.events import StepCompleted
 from cadre.store import JetStreamLog
 from cadre.store.records import StoredEvent
 from cadre.store.state import fold
-from tests.conftest import unique
+from tests.conftest import unique, until
 
 
 class Cluster:
@@ -43,15 +43,29 @@ class Cluster:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self, name: str, kind: str, replicas: int = 1) -> None:
+        """``cadre actor KIND`` as a process named ``name``."""
+        self.launch(name, "actor", kind, "--replicas", str(replicas))
+
+    def launch(self, name: str, *args: str) -> None:
+        """``cadre ARGS...`` as a process named ``name``, its output in ``<data dir>/<name>.log``."""
         log = (self.data_dir / f"{name}.log").open("wb")
         self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "cadre.cli", "actor", kind, "--replicas", str(replicas)],
+            [sys.executable, "-m", "cadre.cli", *args],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=Path(__file__).resolve().parent.parent,
         )
         log.close()
+
+    async def ended(self, nc: NATS, wf: str, within: float) -> list[StoredEvent]:
+        """The workflow's events once it has completed or failed (at most ``within`` seconds)."""
+        log = JetStreamLog(nc, stream=self.spec, subjects=self.subjects)
+        async with asyncio.timeout(within):
+            async for r in log.follow(wf):
+                if isinstance(r, StoredEvent) and r.event.type in ("workflow_completed", "workflow_failed"):
+                    break
+        return await log.read(wf)
 
     async def wait_alive(self, nc: NATS, kinds: dict[str, int], within: float = 20) -> None:
         async with asyncio.timeout(within):
@@ -90,12 +104,8 @@ def cluster(nats_url: str, tmp_path: Path) -> Iterator[Cluster]:
 async def submit_and_wait(nc: NATS, c: Cluster, body: dict[str, object], within: float = 30) -> str:
     resp = await nc.request(c.subjects.requests, json.dumps(body).encode(), timeout=10)
     wf: str = json.loads(resp.data)["workflow_id"]
-    log = JetStreamLog(nc, stream=c.spec, subjects=c.subjects)
-    async with asyncio.timeout(within):
-        async for r in log.follow(wf):
-            if isinstance(r, StoredEvent) and r.event.type in ("workflow_completed", "workflow_failed"):
-                return wf
-    raise AssertionError("unreachable")
+    await c.ended(nc, wf, within)
+    return wf
 
 
 async def test_each_kind_in_its_own_process(nc: NATS, cluster: Cluster) -> None:
@@ -128,20 +138,12 @@ async def test_agent_killed_mid_side_effect_step(nc: NATS, cluster: Cluster) -> 
     resp = await nc.request(cluster.subjects.requests, json.dumps(body).encode(), timeout=10)
     wf = json.loads(resp.data)["workflow_id"]
     ledger = cluster.data_dir / "workspace" / "ledger.txt"
-    async with asyncio.timeout(20):
-        # Poll the file (another process writes it; there is nothing to wait on): once it exists the
-        # side effect has happened and the step's result is not stored yet.
-        while not ledger.exists():  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
+    # Once the file exists the side effect has happened and the step's result is not stored yet.
+    await until(ledger.exists, 20)
     cluster.procs["agent-1"].kill()  # kill -9
     cluster.procs["agent-1"].wait()
     cluster.start("agent-2", "agent")
-    log = JetStreamLog(nc, stream=cluster.spec, subjects=cluster.subjects)
-    async with asyncio.timeout(30):
-        async for r in log.follow(wf):
-            if isinstance(r, StoredEvent) and r.event.type in ("workflow_completed", "workflow_failed"):
-                break
-    events = await log.read(wf)
+    events = await cluster.ended(nc, wf, 30)
     state = fold(wf, events)
     assert state.status == "completed", state.failure
     assert ledger.read_text() == "paid invoice 7\n"  # once, although the step ran twice

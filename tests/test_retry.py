@@ -19,7 +19,7 @@ from cadre.actors.state_cache import StateCache
 from cadre.bus.pubacks import mux_for
 from cadre.bus.retry import RETRIES, RetryPolicy, is_transient, retrying
 from cadre.store.jetstream import JetStreamLog
-from tests.conftest import requested
+from tests.conftest import requested, until
 from tests.system_harness import cadre_running, settings_for
 
 QUICK = RetryPolicy(bound_s=1.0, first_delay_s=0.01, max_delay_s=0.05)
@@ -160,17 +160,14 @@ async def test_the_state_cache_feed_is_recreated_when_its_consumer_vanishes(log:
     await cache.start()
     try:
         first = await log.append("wf1", [requested("wf1")], expected_seq=0)
-        async with asyncio.timeout(5):
-            # Only the feed fills ``recent`` (no log read here); polled: the cache has nothing to wait on.
-            while cache.recent(first.last_seq) is None:  # noqa: ASYNC110
-                await asyncio.sleep(0.05)
+        # Only the feed fills ``recent`` (no log read here); polled: the cache has nothing to wait on.
+        await until(lambda: cache.recent(first.last_seq) is not None, 5)
         js = nc.jetstream()
         for info in await js.consumers_info(log.stream):
             await js.delete_consumer(log.stream, info.name)
         second = await log.append("wf2", [requested("wf2")], expected_seq=0)
-        async with asyncio.timeout(8):  # nats-py's default heartbeat (5 s) would take 10 s
-            while cache.recent(second.last_seq) is None:  # noqa: ASYNC110
-                await asyncio.sleep(0.05)
+        # nats-py's default heartbeat (5 s) would take 10 s
+        await until(lambda: cache.recent(second.last_seq) is not None, 8)
         assert [i.name for i in await js.consumers_info(log.stream)] != []
     finally:
         await cache.stop()

@@ -3,31 +3,14 @@ process that replaces it knows nothing of the workflow, loads it, and completes 
 
 from __future__ import annotations
 
-import asyncio
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 from nats.aio.client import Client as NATS
 
 from cadre.bus.events import StepCompleted
-from cadre.store import JetStreamLog, StoredEvent
 from cadre.store.state import fold
+from tests.conftest import until
 from tests.test_processes import Cluster, cluster  # noqa: F401 (the fixture)
-
-
-def start_up(c: Cluster, name: str) -> None:
-    """``cadre up`` (every kind, one process) on the cluster's server and stream."""
-    log = (c.data_dir / f"{name}.log").open("wb")
-    c.procs[name] = subprocess.Popen(
-        [sys.executable, "-m", "cadre.cli", "up"],
-        env=c.env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=Path(__file__).resolve().parent.parent,
-    )
-    log.close()
 
 
 async def test_cadre_up_killed_mid_side_effect_step_is_replaced_and_completes_once(
@@ -35,7 +18,7 @@ async def test_cadre_up_killed_mid_side_effect_step_is_replaced_and_completes_on
     cluster: Cluster,  # noqa: F811
 ) -> None:
     kinds = {"planner": 1, "validator": 1, "decomposer": 1, "budget": 1, "agent": 1, "approvals": 1}
-    start_up(cluster, "up-1")
+    cluster.launch("up-1", "up")  # every kind, one process
     await cluster.wait_alive(nc, kinds)
     feeds = [
         i
@@ -59,18 +42,11 @@ async def test_cadre_up_killed_mid_side_effect_step_is_replaced_and_completes_on
     resp = await nc.request(cluster.subjects.requests, json.dumps(body).encode(), timeout=10)
     wf = json.loads(resp.data)["workflow_id"]
     ledger = cluster.data_dir / "workspace" / "ledger.txt"
-    async with asyncio.timeout(30):
-        while not ledger.exists():  # noqa: ASYNC110 (another process writes it)
-            await asyncio.sleep(0.05)
+    await until(ledger.exists, 30)  # another process writes it
     cluster.procs["up-1"].kill()  # kill -9, mid-step: its side effect done, its result not stored
     cluster.procs["up-1"].wait()
-    start_up(cluster, "up-2")
-    log = JetStreamLog(nc, stream=cluster.spec, subjects=cluster.subjects)
-    async with asyncio.timeout(40):
-        async for r in log.follow(wf):
-            if isinstance(r, StoredEvent) and r.event.type in ("workflow_completed", "workflow_failed"):
-                break
-    events = await log.read(wf)
+    cluster.launch("up-2", "up")
+    events = await cluster.ended(nc, wf, 40)
     state = fold(wf, events)
     assert state.status == "completed", state.failure
     assert ledger.read_text() == "paid invoice 7\n"  # once, although the step ran twice

@@ -27,6 +27,7 @@ from cadre.bus import trace_headers
 from cadre.replay_cli import replayer_for
 from cadre.settings import Settings
 from cadre.store.records import StoredEvent
+from tests.conftest import until
 from tests.scenarios import MODEL_PLAN, NOVEL_REQUEST
 from tests.system_harness import Harness, cadre_running, settings_for
 
@@ -211,9 +212,7 @@ async def test_an_event_appended_outside_any_span_continues_its_workflows_trace(
         assert (await cadre.wait(wf, within=5)).status == "cancelled"
         stored = {e.event.type: e.seq for e in await cadre.events(wf)}
         cancel_headers = (await cadre.bus.log.raw_message(stored["cancel_requested"]))[2]
-        async with asyncio.timeout(5):
-            while not named(of_workflow(spans, wf), "planner cancel_requested"):  # noqa: ASYNC110
-                await asyncio.sleep(0.05)
+        await until(lambda: bool(named(of_workflow(spans, wf), "planner cancel_requested")), 5)
         found = of_workflow(spans, wf)
     assert "traceparent" not in cancel_headers
     [run] = named(found, "planner cancel_requested")
