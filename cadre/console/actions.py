@@ -66,9 +66,18 @@ async def submit(nc: NATS, settings: Settings, text: Any, dry_run: Any) -> dict[
     return reply
 
 
-def _refused(reply: ApprovalReply, default: str) -> ActionRefused:
-    err = reply.error or {}
-    return ActionRefused(err.get("code", default), f"the approvals service refused: {err.get('message', '')}", 409)
+async def _ask(nc: NATS, settings: Settings, body: bytes, what: str, wf: str, refused: str) -> ApprovalReply:
+    """Send a signed ``what`` (``decision``, ``cancel``) about ``wf`` to the approvals service and
+    return its reply; an unreachable service is a 503, a refusal a 409 with its code (else ``refused``)."""
+    try:
+        data = await ask_approvals(nc, settings, body, what, wf)
+    except CadreError as exc:
+        raise ActionRefused(exc.code, exc.message, 503) from None
+    reply = msgspec.json.decode(data, type=ApprovalReply)
+    if reply.error is not None:
+        err = reply.error
+        raise ActionRefused(err.get("code", refused), f"the approvals service refused: {err.get('message', '')}", 409)
+    return reply
 
 
 async def decide(
@@ -98,13 +107,7 @@ async def decide(
     decision = Decision(
         workflow_id=wf, step_id=step_id, request_id=st.approval_request_id, grant=grant, reason=reason, at=utc_now()
     )
-    try:
-        data = await ask_approvals(nc, settings, sign_decision(signer, decision), "decision", wf)
-    except CadreError as exc:
-        raise ActionRefused(exc.code, exc.message, 503) from None
-    reply = msgspec.json.decode(data, type=ApprovalReply)
-    if reply.error is not None:
-        raise _refused(reply, "approval_refused")
+    reply = await _ask(nc, settings, sign_decision(signer, decision), "decision", wf, "approval_refused")
     return {"workflow_id": wf, "step_id": step_id, "decision": "granted" if grant else "denied", "by": reply.by}
 
 
@@ -115,11 +118,5 @@ async def cancel(nc: NATS, settings: Settings, signer: Signer | None, wf: str, r
     if not isinstance(reason, str) or len(reason) > REASON_MAX:
         raise ActionRefused("invalid_cancel", f"the reason is text of at most {REASON_MAX} characters")
     order = CancelOrder(workflow_id=wf, reason=reason, at=utc_now())
-    try:
-        data = await ask_approvals(nc, settings, sign_cancel(signer, order), "cancel", wf)
-    except CadreError as exc:
-        raise ActionRefused(exc.code, exc.message, 503) from None
-    reply = msgspec.json.decode(data, type=ApprovalReply)
-    if reply.error is not None:
-        raise _refused(reply, "cancel_refused")
+    reply = await _ask(nc, settings, sign_cancel(signer, order), "cancel", wf, "cancel_refused")
     return {"workflow_id": wf, "cancel": "asked", "by": reply.by}
