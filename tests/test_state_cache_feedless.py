@@ -27,7 +27,7 @@ from cadre.store import JetStreamLog, StoredEvent
 from cadre.store.records import to_record
 from cadre.store.state import WorkflowState, fold
 from cadre.system import KINDS, state_feed
-from tests.conftest import ev, requested
+from tests.conftest import ev, requested, until
 from tests.test_runtime import FAST, wait_for_type
 
 OFF = dataclasses.replace(FAST, state_feed=False)
@@ -300,8 +300,6 @@ def test_auto_turns_the_feed_off_only_where_every_appending_kind_runs() -> None:
 async def test_a_partition_taken_over_is_loaded_by_its_new_holder(log: JetStreamLog, nc: NATS) -> None:
     """x handles a workflow's first input and stops; y takes its partition over with no state of it,
     loads it, and handles the next input on the whole state, once."""
-    from tests.test_partitions import _wait
-
     seen: list[tuple[str, str, int]] = []
 
     def stepper(tag: str) -> ActorSpec:
@@ -321,13 +319,13 @@ async def test_a_partition_taken_over_is_loaded_by_its_new_holder(log: JetStream
             assert x.leases is not None
             assert y.leases is not None
             xl, yl = x.leases, y.leases
-            await _wait(lambda: len(xl.held) == 1 and len(yl.held) == 1, 5)
+            await until(lambda: len(xl.held) == 1 and len(yl.held) == 1, 5)
             wf = next(f"wf{i}" for i in range(100) if xl.owns(f"wf{i}"))
             root = requested(wf)
             await log.append(wf, [root], expected_seq=0)
             planned = await wait_for_type(log, wf, PlanProposed.TYPE)
             await xs.aclose()  # x stops and hands its leases back; y claims them at its next tick
-            await _wait(lambda: len(yl.held) == 2, 5)
+            await until(lambda: len(yl.held) == 2, 5)
             assert wf not in y.cache._entries
             steps = ev(StepsProposed(task_id="a", steps=()), wf, cause=root.id, i=5, actor="decomposer")
             await log.append(wf, [steps], expected_seq=planned[-1].seq)
