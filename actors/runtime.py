@@ -443,25 +443,22 @@ class ActorSystem:
         expecting, which folds it if that is the state's (and reads the log if not).
         """
         parsed = self.log.subjects.parse_event(subject)
-        if parsed is not None and not self.cache.feed:
-            with contextlib.suppress(InvalidName):
-                if (known := self.cache.recent(seq)) is not None:
-                    await self.cache.state_at(parsed[0], seq)
-                    return known
-                rec = await self.log.record(seq, subject, data, headers)
-                self.cache.decoded += 1
-                after = stored_after(headers, self.log.subjects.workflow(parsed[0]))
-                await self.cache.state_at(parsed[0], seq, given=rec, after=after)
-                if (known := self.cache.recent(seq)) is not None:
-                    return known
-                return rec, verdict(rec, self.trust.keyring) if isinstance(rec, StoredEvent) else None
+        rec: Record | None = None
         if parsed is not None:
             with contextlib.suppress(InvalidName):  # a subject no workflow id can have: decoded below
-                await self.cache.state_at(parsed[0], seq)
-                if (known := self.cache.recent(seq)) is not None:
+                wf, cache = parsed[0], self.cache
+                if cache.feed or cache.recent(seq) is not None:
+                    await cache.state_at(wf, seq)
+                else:  # without the feed, an input this process did not append: handed over
+                    rec = await self.log.record(seq, subject, data, headers)
+                    cache.decoded += 1
+                    after = stored_after(headers, self.log.subjects.workflow(wf))
+                    await cache.state_at(wf, seq, given=rec, after=after)
+                if (known := cache.recent(seq)) is not None:
                     return known
-        rec = await self.log.record(seq, subject, data, headers)
-        self.cache.decoded += 1
+        if rec is None:
+            rec = await self.log.record(seq, subject, data, headers)
+            self.cache.decoded += 1
         return rec, verdict(rec, self.trust.keyring) if isinstance(rec, StoredEvent) else None
 
     async def handle(self, spec: ActorSpec, rec: StoredEvent) -> Outcome | None:
