@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import nats.errors
 from hypothesis import example, given
 from hypothesis import strategies as st
+from nats.aio.client import Client as NATS
 from nats.aio.client import Client as NatsPyClient
+from nats.aio.msg import Msg
 
+from cadre.bus import ConnectOptions, connect
 from cadre.bus.nats_client import Client, header_block, parse_header_lines
+from tests.conftest import unique
 
 # Bytes that matter to the parse: separators, every ASCII whitespace str.isspace knows (\x1c-\x1f
 # too), bytes that bytes.strip removes, non-ASCII (a valid UTF-8 letter and invalid bytes).
@@ -93,3 +98,49 @@ async def test_header_writing_equals_nats_py(headers: dict[str, str] | None) -> 
     if not isinstance(ours, Exception):
         assert again == ours
     assert header_block({"K": "v"}) == b"NATS/1.0\r\nK: v\r\n\r\n"
+
+
+async def test_a_flush_returns_after_the_server_has_what_was_written_before_it(nc: NATS, nats_url: str) -> None:
+    """nats-py 2.16 writes flush's PING ahead of the pending SUB; cadre's client writes it behind."""
+    written: list[bytes] = []
+    transport = nc._transport
+    assert transport is not None
+    write, writelines = transport.write, transport.writelines
+
+    def record(data: bytes) -> None:
+        written.append(bytes(data))
+        write(data)
+
+    def record_lines(lines: list[bytes]) -> None:
+        written.extend(bytes(line) for line in lines)
+        writelines(lines)
+
+    subject = unique("barrier")
+    transport.write, transport.writelines = record, record_lines  # type: ignore[method-assign]
+    try:
+        await nc.subscribe(subject)
+        await nc.flush()
+    finally:
+        transport.write, transport.writelines = write, writelines  # type: ignore[method-assign]
+    order = [line.split(b" ")[0].strip() for line in written]
+    assert order.index(b"SUB") < order.index(b"PING"), order
+
+    # And what it is for: another connection's request finds the subscriber, every time.
+    other = await connect(ConnectOptions(url=nats_url, name="barrier-other"))
+    try:
+        missed = 0
+        for i in range(150):
+
+            async def answer(m: Msg) -> None:
+                await nc.publish(m.reply, b"ok")
+
+            sub = await nc.subscribe(f"{subject}.{i}", cb=answer)
+            await nc.flush()
+            try:
+                await other.request(f"{subject}.{i}", b"", timeout=2)
+            except nats.errors.NoRespondersError:
+                missed += 1
+            await sub.unsubscribe()
+        assert missed == 0
+    finally:
+        await other.close()
