@@ -24,7 +24,7 @@ from cadre.bus.nats_client import Client
 from cadre.bus.pubacks import ReplyMux, mux_for
 from cadre.bus.retry import RetryPolicy
 from cadre.store import JetStreamLog
-from tests.conftest import _free_port, ev, requested, unique
+from tests.conftest import _free_port, ev, requested, unique, until
 
 
 def _mux(nc: NATS) -> ReplyMux:
@@ -250,6 +250,9 @@ async def test_a_server_restart_mid_request(server: _Server) -> None:
         async def answer(m: Msg) -> None:
             await listener.publish(m.reply, json.dumps({"ok": True}).encode())
 
+        # The listener reconnects on its own schedule: while it is still reconnecting, nats-py's
+        # flush only writes to its buffer (no round trip), and the request would find no responder.
+        await until(lambda: listener.is_connected, 20)
         echo = unique("echo")
         await listener.subscribe(echo, cb=answer)
         await listener.flush()
