@@ -249,9 +249,10 @@ def _auth_error(opts: ConnectOptions) -> NatsAuthError:
 async def barrier(nc: NATS) -> None:
     """Wait until the server has processed everything this client sent so far.
 
-    ``nc.flush()`` alone is not a barrier: it writes PING straight to the socket while
-    SUB/PUB commands may still sit in the client's pending buffer (SDK-FACTS §6.1). Yield to
-    the flusher task until the buffer is empty, then PING/PONG.
+    On nats-py's own client ``nc.flush()`` alone is not a barrier: it writes PING straight to
+    the socket while SUB/PUB commands may still sit in the client's pending buffer (SDK-FACTS
+    §6.1). Yield to the flusher task until the buffer is empty, then PING/PONG. On cadre's client
+    (:func:`connect`) ``flush`` is already a barrier (``cadre.bus.nats_client``); this works on both.
     """
     await asyncio.sleep(0)
     # The flusher task empties the buffer within a loop iteration or two; there is no event
