@@ -81,8 +81,14 @@ def _left(wait_s: float, started: float) -> float:
     return wait_s - (time.monotonic() - started)
 
 
-async def fetch(psub: JetStreamContext.PullSubscription, batch: int, wait_s: float) -> list[Msg]:
-    """``psub.fetch(batch, timeout=wait_s)``, with the same requests and outcomes."""
+async def fetch(
+    psub: JetStreamContext.PullSubscription, batch: int, wait_s: float, *, linger: bool = True
+) -> list[Msg]:
+    """``psub.fetch(batch, timeout=wait_s)``, with the same requests and outcomes.
+
+    ``linger=False``: a batch that finds nothing at once ends (``nats.errors.TimeoutError``) instead
+    of waiting ``wait_s`` for a first message, which a caller whose fetch holds a slot per message it
+    asks for, shared with other fetch loops, would hold all that time (one message is always waited for)."""
     if not all(hasattr(psub, a) for a in ("_sub", "_nms", "_deliver", "_nc")) or not hasattr(
         getattr(psub, "_sub", None), "_pending_queue"
     ):
@@ -91,7 +97,9 @@ async def fetch(psub: JetStreamContext.PullSubscription, batch: int, wait_s: flo
         raise ValueError("nats: invalid batch size or fetch wait")
     expires = int(wait_s * 1_000_000_000) - 100_000
     q = _Queue(psub)
-    return [await _fetch_one(psub, q, expires, wait_s)] if batch == 1 else await _fetch_n(psub, q, batch, wait_s)
+    if batch == 1:
+        return [await _fetch_one(psub, q, expires, wait_s)]
+    return await _fetch_n(psub, q, batch, wait_s, linger)
 
 
 async def _request(psub: Any, req: dict[str, Any]) -> None:
@@ -123,7 +131,7 @@ async def _fetch_one(psub: Any, q: _Queue, expires: int, wait_s: float) -> Msg:
         raise nats.js.errors.APIError.from_msg(msg)
 
 
-async def _fetch_n(psub: Any, q: _Queue, batch: int, wait_s: float) -> list[Msg]:
+async def _fetch_n(psub: Any, q: _Queue, batch: int, wait_s: float, linger: bool = True) -> list[Msg]:
     msgs: list[Msg] = []
     started = time.monotonic()
     needed = batch
@@ -135,8 +143,9 @@ async def _fetch_n(psub: Any, q: _Queue, batch: int, wait_s: float) -> list[Msg]
         return msgs
     # First request: no_wait, for what is there now (without ``expires`` when the queue had some:
     # the server treats a no_wait request with ``expires`` as a lingering one).
+    # Without ``linger``, never ``expires``: the request ends at once with what is there.
     req: dict[str, Any] = {"batch": needed}
-    if not msgs:
+    if not msgs and linger:
         req["expires"] = int(wait_s * 1_000_000_000) - 100_000
     req["no_wait"] = True
     await _request(psub, req)
@@ -157,6 +166,8 @@ async def _fetch_n(psub: Any, q: _Queue, batch: int, wait_s: float) -> list[Msg]
         _rest(q, msgs, needed)
     if msgs:
         return msgs
+    if not linger:
+        raise nats.errors.TimeoutError
     # Second request: a lingering one, expiring with what is left of the wait.
     left = _left(wait_s, started)
     if left <= 0 or int(left * 1_000_000_000) - 100_000 <= 0:
@@ -201,3 +212,16 @@ def _rest(q: _Queue, msgs: list[Msg], needed: int) -> None:
         if _processable(status, msg):
             needed -= 1
             msgs.append(msg)
+
+
+def queued(psub: JetStreamContext.PullSubscription) -> list[Msg]:
+    """The messages already delivered to the subscription and not fetched yet (statuses dropped):
+    what a pull request that was still open delivered after the last fetch."""
+    if not hasattr(getattr(psub, "_sub", None), "_pending_queue"):
+        return []
+    q = _Queue(psub)
+    out = []
+    while (msg := q.now()) is not None:
+        if not _status(msg):
+            out.append(msg)
+    return out
