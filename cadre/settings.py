@@ -516,6 +516,7 @@ class Settings(BaseSettings):
             cache_bucket=self.inference_cache_bucket,
             outputs_bucket=self.outputs_bucket,
             pools=tuple(sorted(self.pools)),
+            partitions=self.partitions,
         )
 
     @property
