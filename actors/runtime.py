@@ -28,8 +28,12 @@ Structured concurrency: replicas run in a TaskGroup owned by :func:`run_actors`;
 returns once every consumer exists and every replica is fetching; leaving it drains.
 
 With ``partitions`` (:mod:`actors.partitions`) the process holds leases on some partitions of the
-workflows: its state cache follows only those, and its replicas nak the inputs of the others
-undecoded, so that JetStream offers them to the process that holds their partition.
+workflows: its state cache follows only those, and each replica fetches from a durable consumer per
+held partition (``<durable>_p<i>``, filtered on ``<prefix>.evt.*.<type>.<i>``: the stream stores the
+partition in the subject), one loop each, started and stopped as the leases move; the loops share
+the replica's ``max_in_flight`` slots. The kind's shared consumer then holds only inputs stored
+before the stream had partitions: those of partitions held elsewhere are nak'd undecoded, so that
+JetStream offers them to the process that holds their partition.
 """
 
 from __future__ import annotations
