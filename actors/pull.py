@@ -81,14 +81,8 @@ def _left(wait_s: float, started: float) -> float:
     return wait_s - (time.monotonic() - started)
 
 
-async def fetch(
-    psub: JetStreamContext.PullSubscription, batch: int, wait_s: float, *, linger: bool = True
-) -> list[Msg]:
-    """``psub.fetch(batch, timeout=wait_s)``, with the same requests and outcomes.
-
-    ``linger=False``: a batch that finds nothing at once ends (``nats.errors.TimeoutError``) instead
-    of waiting ``wait_s`` for a first message, which a caller whose fetch holds a slot per message it
-    asks for, shared with other fetch loops, would hold all that time (one message is always waited for)."""
+async def fetch(psub: JetStreamContext.PullSubscription, batch: int, wait_s: float) -> list[Msg]:
+    """``psub.fetch(batch, timeout=wait_s)``, with the same requests and outcomes."""
     if not all(hasattr(psub, a) for a in ("_sub", "_nms", "_deliver", "_nc")) or not hasattr(
         getattr(psub, "_sub", None), "_pending_queue"
     ):
@@ -97,9 +91,7 @@ async def fetch(
         raise ValueError("nats: invalid batch size or fetch wait")
     expires = int(wait_s * 1_000_000_000) - 100_000
     q = _Queue(psub)
-    if batch == 1:
-        return [await _fetch_one(psub, q, expires, wait_s)]
-    return await _fetch_n(psub, q, batch, wait_s, linger)
+    return [await _fetch_one(psub, q, expires, wait_s)] if batch == 1 else await _fetch_n(psub, q, batch, wait_s)
 
 
 async def _request(psub: Any, req: dict[str, Any]) -> None:
@@ -131,7 +123,7 @@ async def _fetch_one(psub: Any, q: _Queue, expires: int, wait_s: float) -> Msg:
         raise nats.js.errors.APIError.from_msg(msg)
 
 
-async def _fetch_n(psub: Any, q: _Queue, batch: int, wait_s: float, linger: bool = True) -> list[Msg]:
+async def _fetch_n(psub: Any, q: _Queue, batch: int, wait_s: float) -> list[Msg]:
     msgs: list[Msg] = []
     started = time.monotonic()
     needed = batch
@@ -143,9 +135,8 @@ async def _fetch_n(psub: Any, q: _Queue, batch: int, wait_s: float, linger: bool
         return msgs
     # First request: no_wait, for what is there now (without ``expires`` when the queue had some:
     # the server treats a no_wait request with ``expires`` as a lingering one).
-    # Without ``linger``, never ``expires``: the request ends at once with what is there.
     req: dict[str, Any] = {"batch": needed}
-    if not msgs and linger:
+    if not msgs:
         req["expires"] = int(wait_s * 1_000_000_000) - 100_000
     req["no_wait"] = True
     await _request(psub, req)
@@ -166,8 +157,6 @@ async def _fetch_n(psub: Any, q: _Queue, batch: int, wait_s: float, linger: bool
         _rest(q, msgs, needed)
     if msgs:
         return msgs
-    if not linger:
-        raise nats.errors.TimeoutError
     # Second request: a lingering one, expiring with what is left of the wait.
     left = _left(wait_s, started)
     if left <= 0 or int(left * 1_000_000_000) - 100_000 <= 0:

@@ -244,18 +244,18 @@ class _Replica:
         # no "404 No Messages" after it and waits for the rest of its batch until its timeout,
         # holding the message: up to 0.5 s more latency for the first input after an idle spell.
         # A one-message fetch returns as soon as it has that message. With partitions, the loops
-        # share the replica's slots: a batch fetch that finds nothing at once ends (no linger), so a
-        # loop waits for inputs holding one slot, never a batch's worth that the others need.
+        # share the replica's slots: a loop's batch is at most its share of them (``_batch``), so a
+        # fetch waiting for inputs never holds the slots the other loops need to fetch at all.
         idle = False
         while not sys_.stopping.is_set() and not (stop is not None and stop.is_set()):
             await self._slots.acquire()
-            want = 1
-            while not idle and want < opts.batch and not self._slots.locked():
+            want, cap = 1, self._batch()
+            while not idle and want < cap and not self._slots.locked():
                 await self._slots.acquire()
                 want += 1
             failed: Exception | None = None
             try:
-                msgs = await pull.fetch(sub, want, opts.fetch_timeout, linger=sys_.leases is None)
+                msgs = await pull.fetch(sub, want, opts.fetch_timeout)
             except (TimeoutError, nats.errors.TimeoutError):
                 msgs = []
             except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
@@ -277,6 +277,12 @@ class _Replica:
                 await outage.failed(failed)
             elif msgs:
                 outage.ok()
+
+    def _batch(self) -> int:
+        """The most a fetch asks for: the batch, and with several loops each its share of the slots
+        (a fetch that waits holds a slot per message asked for; the others' loops must fetch too)."""
+        opts = self.system.options
+        return max(1, min(opts.batch, opts.max_in_flight // max(1, len(self._loops))))
 
     async def _recover(self, durable: str, p: int | None) -> None:
         """After a failed fetch: recreate the durable consumer if it is gone (a pull request to a
