@@ -803,6 +803,14 @@ async def run_actors(
         raise partitions_refused(elog.stream, partitions_of(info.config), opts.partitions)
     for spec, _ in specs:
         await system.ensure_consumer(spec)
+    if opts.partitions > 0 and opts.max_in_flight <= opts.partitions:
+        log.warning(
+            "max_in_flight %d is not above the partitions (%d): a replica's loops, one per held partition and "
+            "one shared, each hold a slot while they wait for inputs, so some cannot fetch until another's "
+            "fetch times out; raise CADRE_ACTOR_MAX_IN_FLIGHT",
+            opts.max_in_flight,
+            opts.partitions,
+        )
     if opts.partitions > 0:
         leases = Leases(
             elog.js,
