@@ -23,7 +23,7 @@ from cadre.actors.runtime import ActorSpec, elsewhere_delay, run_actors
 from cadre.auth_cli import bootstrap, prepare_embedded
 from cadre.bus.auth import AuthNames, creds_path
 from cadre.bus.embedded import start_embedded
-from cadre.bus.errors import StreamConfigError
+from cadre.bus.errors import ConcurrencyConflict, StreamConfigError
 from cadre.bus.events import HandlerFailed, PlanProposed, WorkflowCompleted, WorkflowRequested
 from cadre.bus.plan import Plan, Task
 from cadre.bus.signing import Keyring, Signer, new_seed
@@ -126,6 +126,15 @@ async def test_signatures_and_the_chain_hold_on_a_partitioned_stream(log: JetStr
     records = await reader.read_records("wf-signed")
     assert [verdict(rec, keyring).trusted for rec in records if isinstance(rec, StoredEvent)] == [True, True]
     assert verify(records).status == "intact"
+    # The appends' expected sequence is checked against the stored (partitioned) subjects: stale is refused.
+    late = ev(PlanProposed(plan=PLAN), "wf-signed", cause=root.id, i=2, actor="planner")
+    with pytest.raises(ConcurrencyConflict):
+        await plog.signed_by(planner).append("wf-signed", [late], expected_seq=r.last_seq)
+    # An atomic batch is stored whole, under the workflow's partition.
+    first = requested("wf-batch")
+    batch = [first, ev(PlanProposed(plan=PLAN), "wf-batch", cause=first.id, actor="planner")]
+    assert (await plog.append("wf-batch", batch, expected_seq=0)).count == 2
+    assert [x.event.type for x in await plog.read("wf-batch")] == [WorkflowRequested.TYPE, PlanProposed.TYPE]
     # Moved to another workflow's subject, the same bytes and signature would not be accepted.
     assert isinstance(records[1], StoredEvent)
     moved = msgspec.structs.replace(records[1], subject=plog.subjects.event("wf-other", PlanProposed.TYPE))
