@@ -191,6 +191,7 @@ async def test_two_systems_split_the_workflows_and_handle_each_once(log: JetStre
             # what they deliver is handed on at once: test_a_partition_handed_back_naks_...).
             await asyncio.sleep(options.fetch_timeout + 0.2)
             decoded = (x.cache.decoded, y.cache.decoded)
+            reads = (x.cache.reads, y.cache.reads)
             handed_on = (x.handed_on, y.handed_on)
             wfs = [f"wf{i}" for i in range(24)]
             for wf in wfs:
@@ -200,10 +201,12 @@ async def test_two_systems_split_the_workflows_and_handle_each_once(log: JetStre
             assert sorted(handled["x"] + handled["y"]) == sorted(wfs)  # each once
             assert all(xl.owns(wf) for wf in handled["x"])
             assert all(yl.owns(wf) for wf in handled["y"])
-            # Each decoded its own workflows' events (2 a workflow), not the other's (48 in all): a few
-            # more only if a state was read from the log (the feed late under load).
-            for system, tag, before in ((x, "x", decoded[0]), (y, "y", decoded[1])):
-                assert 2 * len(handled[tag]) <= system.cache.decoded - before <= 2 * len(handled[tag]) + 6
+            # Each decoded its own workflows' events (2 a workflow), not the other's (48 in all): more
+            # only where a state was read from the log (the feed late under load: 2 events at most
+            # each), and a few of the runtime's own.
+            for system, tag, before, read in ((x, "x", decoded[0], reads[0]), (y, "y", decoded[1], reads[1])):
+                extra = 2 * (system.cache.reads - read) + 6
+                assert 2 * len(handled[tag]) <= system.cache.decoded - before <= 2 * len(handled[tag]) + extra
             # Each input reached its partition's holder first: none was handed on.
             assert (x.handed_on, y.handed_on) == handed_on
         # y stopped and handed its leases back: x holds all four at its next tick.
@@ -329,5 +332,5 @@ async def test_a_partition_handed_back_naks_what_reached_it_at_once(log: JetStre
             async with asyncio.timeout(10):  # far less than the ack wait (30 s)
                 await wait_for_type(log, wf, WorkflowCompleted.TYPE)
             assert handled == {"x": [], "y": [wf]}
-            assert x.handed_on == 1  # it did reach x first
+            assert x.handed_on >= 1  # it did reach x first (and maybe again, while x's request was open)
             assert y.handed_on == 0
