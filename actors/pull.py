@@ -17,8 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import weakref
-from collections.abc import AsyncIterator
 from typing import Any
 
 import nats.errors
@@ -83,13 +81,8 @@ def _left(wait_s: float, started: float) -> float:
     return wait_s - (time.monotonic() - started)
 
 
-async def fetch(
-    psub: JetStreamContext.PullSubscription, batch: int, wait_s: float, *, reuse: bool = False
-) -> list[Msg]:
-    """``psub.fetch(batch, timeout=wait_s)``, with the same requests and outcomes.
-
-    ``reuse``: wait on this subscription's pull request while it is still open instead of sending
-    another (:func:`_fetch_reusing`), for a consumer whose inputs come one at a time."""
+async def fetch(psub: JetStreamContext.PullSubscription, batch: int, wait_s: float) -> list[Msg]:
+    """``psub.fetch(batch, timeout=wait_s)``, with the same requests and outcomes."""
     if not all(hasattr(psub, a) for a in ("_sub", "_nms", "_deliver", "_nc")) or not hasattr(
         getattr(psub, "_sub", None), "_pending_queue"
     ):
@@ -98,8 +91,6 @@ async def fetch(
         raise ValueError("nats: invalid batch size or fetch wait")
     expires = int(wait_s * 1_000_000_000) - 100_000
     q = _Queue(psub)
-    if reuse:
-        return await _fetch_reusing(psub, q, batch, wait_s)
     return [await _fetch_one(psub, q, expires, wait_s)] if batch == 1 else await _fetch_n(psub, q, batch, wait_s)
 
 
@@ -212,85 +203,14 @@ def _rest(q: _Queue, msgs: list[Msg], needed: int) -> None:
             msgs.append(msg)
 
 
-async def delivered_within(psub: JetStreamContext.PullSubscription, wait_s: float) -> AsyncIterator[Msg]:
-    """The messages delivered to the subscription and not fetched, queued or arriving within ``wait_s``
-    seconds (statuses dropped): what its pull requests still open deliver until they expire."""
+def queued(psub: JetStreamContext.PullSubscription) -> list[Msg]:
+    """The messages already delivered to the subscription and not fetched yet (statuses dropped):
+    what a pull request that was still open delivered after the last fetch."""
     if not hasattr(getattr(psub, "_sub", None), "_pending_queue"):
-        return
+        return []
     q = _Queue(psub)
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            msg = await q.next(deadline - time.monotonic())
-        except nats.errors.TimeoutError:
-            return
+    out = []
+    while (msg := q.now()) is not None:
         if not _status(msg):
-            yield msg
-
-
-class _Open:
-    """The lingering pull request a subscription has open on the server: until when, and how many
-    messages it may still deliver (one such request at a time: :func:`_fetch_reusing`)."""
-
-    __slots__ = ("left", "until")
-
-    def __init__(self) -> None:
-        self.left = 0
-        self.until = 0.0
-
-
-_OPEN: weakref.WeakKeyDictionary[Any, _Open] = weakref.WeakKeyDictionary()
-
-
-def _take_queued(q: _Queue, state: _Open, msgs: list[Msg], batch: int) -> None:
-    """Move the queued messages to ``msgs`` (up to ``batch``), noting the open request's end."""
-    while len(msgs) < batch and (msg := q.now()) is not None:
-        status = _status(msg)
-        if not status:
-            state.left -= 1
-            msgs.append(msg)
-        elif status in _ENDS_REQUEST or status == api.StatusCode.CONFLICT:
-            state.left = 0
-        elif status != api.StatusCode.CONTROL_MESSAGE:
-            raise nats.js.errors.APIError.from_msg(msg)
-
-
-async def _fetch_reusing(psub: Any, q: _Queue, batch: int, wait_s: float) -> list[Msg]:
-    """A fetch that sends a pull request only when the last one has ended.
-
-    :func:`_fetch_n` sends a request (or two) on every call: on a consumer whose inputs arrive one at
-    a time (a partition's), that is a request or more, and their ends, per input (tests/test_pull_reuse.py).
-    Here a lingering request (the batch, expiring after ``wait_s``) is sent when none is open, and
-    the fetch waits on it, returning as soon as one message is in (with what else is queued); the
-    request stays open for the rest of its batch, and the next fetch waits on it again. A request
-    ends when it expires, sends a 404/408/409, or has delivered its batch; a stale status taken for
-    the open request's end only costs one request more."""
-    state = _OPEN.get(psub)
-    if state is None:
-        state = _OPEN[psub] = _Open()
-    msgs: list[Msg] = []
-    _take_queued(q, state, msgs, batch)
-    if msgs:
-        return msgs
-    now = time.monotonic()
-    if state.left <= 0 or now >= state.until:
-        await _request(psub, {"batch": batch, "expires": int(wait_s * 1_000_000_000) - 100_000})
-        state.left, state.until = batch, now + wait_s
-    while True:
-        try:
-            msg = await q.next(state.until - time.monotonic())
-        except nats.errors.TimeoutError:
-            state.left = 0
-            raise
-        status = _status(msg)
-        if not status:
-            state.left -= 1
-            msgs.append(msg)
-            _take_queued(q, state, msgs, batch)
-            return msgs
-        if status == api.StatusCode.CONTROL_MESSAGE:
-            continue
-        if status in _ENDS_REQUEST or status == api.StatusCode.CONFLICT:
-            state.left = 0
-            raise nats.errors.TimeoutError
-        raise nats.js.errors.APIError.from_msg(msg)
+            out.append(msg)
+    return out

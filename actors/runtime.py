@@ -215,9 +215,9 @@ class _Replica:
         try:
             await self._fetch(sub, durable, p, stop)
             if not sys_.stopping.is_set():
-                # A pull request of the last fetch may still deliver until it expires: hand each
-                # back as it comes (one nak'd may come back to the same request while it is open).
-                async for m in pull.delivered_within(sub, sys_.options.fetch_timeout + 0.1):
+                # A pull request of the last fetch may still deliver until it expires: wait that out.
+                await asyncio.sleep(sys_.options.fetch_timeout + 0.1)
+                for m in pull.queued(sub):
                     sys_.handed_on += 1
                     with contextlib.suppress(Exception):
                         await sys_.settle(functools.partial(m.nak, delay=0), "nak")
@@ -255,7 +255,7 @@ class _Replica:
                 want += 1
             failed: Exception | None = None
             try:
-                msgs = await pull.fetch(sub, want, opts.fetch_timeout, reuse=p is not None)
+                msgs = await pull.fetch(sub, want, opts.fetch_timeout)
             except (TimeoutError, nats.errors.TimeoutError):
                 msgs = []
             except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
