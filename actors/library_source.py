@@ -47,7 +47,7 @@ class LogLibrary:
         self._learn_explicit = learn_explicit
         self._entries: list[LibraryEntry] = load_entries(examples) if examples is not None and examples.is_dir() else []
         self._learned: dict[str, LibraryEntry] = {}
-        self._next_seq = 1
+        self._next_seq = [1, 1]  # per filter of the completions (without, with a partition)
         self._lock = asyncio.Lock()
 
     @property
@@ -55,34 +55,39 @@ class LogLibrary:
         return [*self._entries, *self._learned.values()]
 
     async def refresh(self) -> None:
-        """Learn the plans of workflows completed since the last refresh."""
+        """Learn the plans of workflows completed since the last refresh (stored with or without a
+        partition in their subjects: a cursor each)."""
         if self._log is None:
             return
         js, stream, subjects = self._log.js, self._log.stream, self._log.subjects
         async with self._lock:
-            while True:
-                try:
-                    m = await js.get_msg(
-                        stream, seq=self._next_seq, subject=subjects.of_type("workflow_completed"), next=True
-                    )
-                except NotFoundError:
-                    return
-                self._next_seq = (m.seq or self._next_seq) + 1
-                parsed = subjects.parse_event(m.subject or "")
-                if parsed is None or parsed[0] in self._learned:
-                    continue
-                entry = await self._entry_of(parsed[0])
-                if entry is not None:
-                    self._learned[parsed[0]] = entry
-                    if len(self._learned) > self._max_learned:  # the oldest learned plan goes first
-                        del self._learned[next(iter(self._learned))]
+            for i, filtered in enumerate(subjects.stored_of_type("workflow_completed")):
+                while True:
+                    try:
+                        m = await js.get_msg(stream, seq=self._next_seq[i], subject=filtered, next=True)
+                    except NotFoundError:
+                        break
+                    self._next_seq[i] = (m.seq or self._next_seq[i]) + 1
+                    parsed = subjects.parse_event(m.subject or "")
+                    if parsed is None or parsed[0] in self._learned:
+                        continue
+                    entry = await self._entry_of(parsed[0])
+                    if entry is not None:
+                        self._learned[parsed[0]] = entry
+                        if len(self._learned) > self._max_learned:  # the oldest learned plan goes first
+                            del self._learned[next(iter(self._learned))]
 
     async def _entry_of(self, wf: str) -> LibraryEntry | None:
-        js, stream, subjects = self._log.js, self._log.stream, self._log.subjects  # type: ignore[union-attr]
+        elog = self._log
+        assert elog is not None
+        req_msg = await elog.last_msg_of_type(wf, "workflow_requested")
+        plan_msg = await elog.last_msg_of_type(wf, "plan_proposed")
+        if req_msg is None or plan_msg is None:
+            return None
         try:
-            req = codec.decode((await js.get_last_msg(stream, subjects.event(wf, "workflow_requested"))).data or b"")
-            plan = codec.decode((await js.get_last_msg(stream, subjects.event(wf, "plan_proposed"))).data or b"")
-        except (NotFoundError, DecodeError):
+            req = codec.decode(req_msg.data or b"")
+            plan = codec.decode(plan_msg.data or b"")
+        except DecodeError:
             return None
         if not isinstance(req.data, WorkflowRequested) or not isinstance(plan.data, PlanProposed):
             return None

@@ -1,7 +1,9 @@
 """Partitioned work: each workflow belongs to one of P partitions; each process holds leases on some.
 
 With ``partitions`` set (``CADRE_PARTITIONS``), a workflow's partition is a deterministic hash of
-its id (:func:`partition_of`). The processes that run the same actor kinds (a *group*, named by
+its id (:func:`partition_of`): the one the event stream's subject transform puts in each stored
+subject (``bus.subjects.partition_transform``), so that each partition has its own consumers.
+The processes that run the same actor kinds (a *group*, named by
 :func:`group_of`) share the partitions through leases in a JetStream KV bucket whose entries
 expire (the bucket's TTL, ``CADRE_PARTITION_LEASE_TTL_S``):
 
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import math
 import secrets
@@ -46,10 +47,18 @@ log = logging.getLogger("cadre.partitions")
 __all__ = ["Leases", "PartitionPlan", "bucket_name", "group_of", "partition_of", "rebalance"]
 
 
+_FNV_OFFSET = 0x811C9DC5
+_FNV_PRIME = 0x01000193
+
+
 def partition_of(workflow_id: str, partitions: int) -> int:
-    """The partition of a workflow: the same in every process, language and run (blake2b, not ``hash``)."""
-    digest = hashlib.blake2b(workflow_id.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % partitions
+    """The partition of a workflow: the same in every process, language and run, and the one the
+    server writes into its stored subjects: nats-server's ``{{partition(P,1)}}`` is the FNV-1a (32 bit)
+    hash of the workflow token, mod P."""
+    h = _FNV_OFFSET
+    for byte in workflow_id.encode():
+        h = ((h ^ byte) * _FNV_PRIME) & 0xFFFFFFFF
+    return h % partitions
 
 
 def group_of(consumers: Iterable[str]) -> str:
@@ -96,7 +105,10 @@ class Leases:
         partitions: int,
         ttl: float,
         on_lost: Callable[[frozenset[int]], None] | None = None,
+        on_change: Callable[[frozenset[int]], None] | None = None,
     ) -> None:
+        """``on_lost``: told the partitions no longer held (handed back or lost); ``on_change``: told
+        the partitions held after every change (claims and losses)."""
         if partitions < 1:
             raise ValueError("partitions must be at least 1")
         self._js = js
@@ -106,6 +118,7 @@ class Leases:
         self.ttl = ttl
         self.owner = secrets.token_hex(6)
         self._on_lost = on_lost
+        self._on_change = on_change
         self._kv: KeyValue | None = None
         self._revs: dict[int, int] = {}  # held partition -> revision of our lease
         self._held: frozenset[int] = frozenset()
@@ -250,3 +263,5 @@ class Leases:
             self._held = held
             if lost and self._on_lost is not None:
                 self._on_lost(lost)
+            if self._on_change is not None:
+                self._on_change(held)

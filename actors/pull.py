@@ -201,3 +201,16 @@ def _rest(q: _Queue, msgs: list[Msg], needed: int) -> None:
         if _processable(status, msg):
             needed -= 1
             msgs.append(msg)
+
+
+def queued(psub: JetStreamContext.PullSubscription) -> list[Msg]:
+    """The messages already delivered to the subscription and not fetched yet (statuses dropped):
+    what a pull request that was still open delivered after the last fetch."""
+    if not hasattr(getattr(psub, "_sub", None), "_pending_queue"):
+        return []
+    q = _Queue(psub)
+    out = []
+    while (msg := q.now()) is not None:
+        if not _status(msg):
+            out.append(msg)
+    return out

@@ -28,8 +28,12 @@ Structured concurrency: replicas run in a TaskGroup owned by :func:`run_actors`;
 returns once every consumer exists and every replica is fetching; leaving it drains.
 
 With ``partitions`` (:mod:`actors.partitions`) the process holds leases on some partitions of the
-workflows: its state cache follows only those, and its replicas nak the inputs of the others
-undecoded, so that JetStream offers them to the process that holds their partition.
+workflows: its state cache follows only those, and each replica fetches from a durable consumer per
+held partition (``<durable>_p<i>``, filtered on ``<prefix>.evt.*.<type>.<i>``: the stream stores the
+partition in the subject), one loop each, started and stopped as the leases move; the loops share
+the replica's ``max_in_flight`` slots. The kind's shared consumer then holds only inputs stored
+before the stream had partitions: those of partitions held elsewhere are nak'd undecoded, so that
+JetStream offers them to the process that holds their partition.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import asyncio
 import contextlib
 import dataclasses
 import enum
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -47,7 +52,7 @@ from typing import assert_never
 
 import nats.errors
 from nats.aio.msg import Msg
-from nats.js import api
+from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, NotFoundError
 from prometheus_client import Counter, Histogram
 
@@ -75,6 +80,7 @@ from cadre.bus.events import Envelope, ForgedEvent, HandlerFailed, StepsProposed
 from cadre.bus.plan import ErrorInfo
 from cadre.bus.retry import Backoff, RetryPolicy, is_transient, retrying
 from cadre.bus.signing import Verdict
+from cadre.bus.stream import partitions_of, partitions_refused
 from cadre.store.authenticity import verdict
 from cadre.store.jetstream import JetStreamLog
 from cadre.store.records import Malformed, Record, StoredEvent
@@ -131,19 +137,105 @@ def consumer_name(prefix: str, kind: str, pool: str | None = None) -> str:
     return base if pool is None else f"{base}_pool_{pool}"
 
 
+def partition_consumer(durable: str, partition: int) -> str:
+    """The durable consumer of one partition of a kind (with partitions: ``<durable>_p<i>``)."""
+    return f"{durable}_p{partition}"
+
+
 class _Replica:
+    """One replica of a kind: a fetch loop on the kind's shared consumer and, with partitions, one on
+    each held partition's consumer (started when its lease is claimed, stopped when it is handed
+    back or lost); the loops share the replica's ``max_in_flight`` slots."""
+
     def __init__(self, system: ActorSystem, spec: ActorSpec, index: int) -> None:
         self.system = system
         self.spec = spec
         self.name = f"{spec.kind}#{index}"
+        self.durable = consumer_name(system.log.subjects.prefix, spec.kind, spec.pool)
         self._slots = asyncio.Semaphore(system.options.max_in_flight)
+        self._tg: asyncio.TaskGroup | None = None
+        self._stops: dict[int, asyncio.Event] = {}  # held partition -> what stops its loop
+        self._loops: set[asyncio.Task[None]] = set()
 
     async def run(self, ready: asyncio.Event) -> None:
         sys_ = self.system
-        durable = consumer_name(sys_.log.subjects.prefix, self.spec.kind, self.spec.pool)
-        sub = await sys_.log.js.pull_subscribe_bind(durable=durable, stream=sys_.log.stream)
-        outage = Backoff(f"{self.name} fetch", sys_.log.retry)
+        shared = await sys_.log.js.pull_subscribe_bind(durable=self.durable, stream=sys_.log.stream)
+        try:
+            async with asyncio.TaskGroup() as tg:  # the fetch loops and the handlers they start
+                self._tg = tg
+                self._loop(tg.create_task(self._fetch(shared, self.durable)))
+                if sys_.leases is not None:
+                    sys_.replicas.append(self)
+                    bound = self.partitions_changed(sys_.leases.held)
+                    await asyncio.gather(*(b.wait() for b in bound))
+                ready.set()
+                await sys_.stopping.wait()
+                while self._loops:  # each ends after its fetch
+                    await asyncio.wait(set(self._loops))
+                await self._drain()
+        finally:
+            self._tg = None
+            if self in sys_.replicas:
+                sys_.replicas.remove(self)
+            with contextlib.suppress(Exception):
+                await shared.unsubscribe()
+
+    def _loop(self, task: asyncio.Task[None]) -> None:
+        self._loops.add(task)
+        task.add_done_callback(self._loops.discard)
+
+    def partitions_changed(self, held: frozenset[int]) -> list[asyncio.Event]:
+        """Start a loop on each newly held partition and stop those of partitions no longer held;
+        returns the events set once the new loops are bound to their consumers."""
+        tg = self._tg
+        if tg is None or self.system.stopping.is_set():
+            return []
+        for p in set(self._stops) - held:
+            self._stops.pop(p).set()
+        bound = []
+        for p in sorted(held - set(self._stops)):
+            stop, ready = asyncio.Event(), asyncio.Event()
+            self._stops[p] = stop
+            self._loop(tg.create_task(self._partition(p, stop, ready)))
+            bound.append(ready)
+        return bound
+
+    async def _partition(self, p: int, stop: asyncio.Event, ready: asyncio.Event) -> None:
+        """Fetch from partition ``p``'s consumer until ``stop``; then hand back what reached this
+        process after it (nak, no delay: the partition's new holder gets it at once)."""
+        sys_ = self.system
+        durable = partition_consumer(self.durable, p)
+        js = sys_.log.js
+
+        async def bind() -> JetStreamContext.PullSubscription:
+            return await js.pull_subscribe_bind(durable=durable, stream=sys_.log.stream)
+
+        sub = await retrying(bind, f"{self.name} bind {durable}", sys_.log.retry)
         ready.set()
+        try:
+            await self._fetch(sub, durable, p, stop)
+            if not sys_.stopping.is_set():
+                # A pull request of the last fetch may still deliver until it expires: wait that out.
+                await asyncio.sleep(sys_.options.fetch_timeout + 0.1)
+                for m in pull.queued(sub):
+                    sys_.handed_on += 1
+                    with contextlib.suppress(Exception):
+                        await sys_.settle(functools.partial(m.nak, delay=0), "nak")
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _fetch(
+        self,
+        sub: JetStreamContext.PullSubscription,
+        durable: str,
+        p: int | None = None,
+        stop: asyncio.Event | None = None,
+    ) -> None:
+        sys_ = self.system
+        tg = self._tg
+        assert tg is not None
+        outage = Backoff(f"{self.name} fetch", sys_.log.retry)
         opts = sys_.options
         # After a fetch that timed out, fetch one message, not a batch. The timed-out pull
         # request's late "408 Request Timeout" can reach the next fetch, which nats-py 2.16
@@ -151,45 +243,49 @@ class _Replica:
         # open on the server for fetch_timeout; a fetch that receives a message through it gets
         # no "404 No Messages" after it and waits for the rest of its batch until its timeout,
         # holding the message: up to 0.5 s more latency for the first input after an idle spell.
-        # A one-message fetch returns as soon as it has that message.
+        # A one-message fetch returns as soon as it has that message. With partitions, the loops
+        # share the replica's slots: a loop's batch is at most its share of them (``_batch``), so a
+        # fetch waiting for inputs never holds the slots the other loops need to fetch at all.
         idle = False
-        try:
-            async with asyncio.TaskGroup() as inflight:
-                while not sys_.stopping.is_set():
-                    await self._slots.acquire()
-                    want = 1
-                    while not idle and want < opts.batch and not self._slots.locked():
-                        await self._slots.acquire()
-                        want += 1
-                    failed: Exception | None = None
-                    try:
-                        msgs = await pull.fetch(sub, want, opts.fetch_timeout)
-                    except (TimeoutError, nats.errors.TimeoutError):
-                        msgs = []
-                    except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
-                        msgs = []
-                        sys_.stopping.set()
-                    except Exception as exc:  # an outage (503 during an election, a reconnect): wait and fetch again
-                        if not (is_transient(exc) or _consumer_trouble(exc)):
-                            raise
-                        msgs, failed = [], exc
-                    idle = not msgs
-                    for _ in range(want - len(msgs)):
+        while not sys_.stopping.is_set() and not (stop is not None and stop.is_set()):
+            await self._slots.acquire()
+            want, cap = 1, self._batch()
+            while not idle and want < cap and not self._slots.locked():
+                await self._slots.acquire()
+                want += 1
+            failed: Exception | None = None
+            try:
+                msgs = await pull.fetch(sub, want, opts.fetch_timeout)
+            except (TimeoutError, nats.errors.TimeoutError):
+                msgs = []
+            except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
+                msgs = []
+                sys_.stopping.set()
+            except Exception as exc:  # an outage (503 during an election, a reconnect): wait and fetch again
+                if not (is_transient(exc) or _consumer_trouble(exc)):
+                    for _ in range(want):
                         self._slots.release()
-                    for m in msgs:
-                        inflight.create_task(self._process(m))
-                    if failed is not None:
-                        await self._recover(durable)
-                        await outage.failed(failed)
-                    elif msgs:
-                        outage.ok()
-                await self._drain()
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+                    raise
+                msgs, failed = [], exc
+            idle = not msgs
+            for _ in range(want - len(msgs)):
+                self._slots.release()
+            for m in msgs:
+                tg.create_task(self._process(m, p))
+            if failed is not None:
+                await self._recover(durable, p)
+                await outage.failed(failed)
+            elif msgs:
+                outage.ok()
 
-    async def _recover(self, durable: str) -> None:
-        """After a failed fetch: recreate the kind's durable consumer if it is gone (a pull request to a
+    def _batch(self) -> int:
+        """The most a fetch asks for: the batch, and with several loops each its share of the slots
+        (a fetch that waits holds a slot per message asked for; the others' loops must fetch too)."""
+        opts = self.system.options
+        return max(1, min(opts.batch, opts.max_in_flight // max(1, len(self._loops))))
+
+    async def _recover(self, durable: str, p: int | None) -> None:
+        """After a failed fetch: recreate the durable consumer if it is gone (a pull request to a
         consumer that does not exist is answered 503, as one to a consumer between leaders)."""
         sys_ = self.system
         try:
@@ -197,7 +293,7 @@ class _Replica:
         except NotFoundError:
             log.warning("%s: consumer %s is gone; creating it again", self.name, durable)
             with contextlib.suppress(Exception):  # an outage again: the next failed fetch tries again
-                await sys_.ensure_consumer(self.spec)
+                await sys_.ensure_consumer(self.spec, p)
         except Exception as exc:
             if not is_transient(exc):
                 raise
@@ -215,11 +311,16 @@ class _Replica:
         )
         raise _DrainTimeout
 
-    async def _process(self, m: Msg) -> None:
+    async def _process(self, m: Msg, p: int | None = None) -> None:
+        """Handle one input; ``p``: the partition whose consumer delivered it (None: the shared one)."""
         sys_, kind = self.system, self.spec.kind
         try:
             seq, delivered = delivery(m)
-            if not sys_.mine(m.subject):  # another process holds its partition: it goes there, undecoded
+            if p is not None and p not in self._stops:  # handed back since it was fetched: to the new holder
+                sys_.handed_on += 1
+                await sys_.settle(lambda: m.nak(delay=0), "nak")
+                return
+            if p is None and not sys_.mine(m.subject):  # another process holds its partition: it goes there
                 sys_.handed_on += 1
                 await sys_.settle(lambda: m.nak(delay=elsewhere_delay(delivered)), "nak")
                 return
@@ -362,6 +463,7 @@ class ActorSystem:
     _handled: dict[tuple[str, str, str], Counter] = field(default_factory=dict, repr=False)
     _logs: dict[str, JetStreamLog] = field(default_factory=dict, repr=False)
     _failures: dict[int, int] = field(default_factory=dict, repr=False)  # with partitions: failures by input seq
+    replicas: list[_Replica] = field(default_factory=list, repr=False)  # with partitions: told of lease changes
 
     def log_for(self, kind: str) -> JetStreamLog:
         """The log as ``kind`` writes to it: every event it appends is signed with its role's key."""
@@ -394,18 +496,37 @@ class ActorSystem:
         first); past ack_wait the input is redelivered anyway."""
         await retrying(call, f"{how} of inputs", self._settle_retry)
 
-    async def ensure_consumer(self, spec: ActorSpec) -> None:
+    async def ensure_consumer(self, spec: ActorSpec, partition: int | None = None) -> None:
+        """Create (or bring up to date) the kind's durable consumers: the shared one, whose filter
+        takes the inputs stored without a partition (all of them on a stream without partitions),
+        and with partitions one per partition, created here up front so that each holds its inputs
+        from the first one whoever holds the partition (``partition``: that one only)."""
         subjects = self.log.subjects
-        cfg = api.ConsumerConfig(
-            durable_name=consumer_name(subjects.prefix, spec.kind, spec.pool),
-            filter_subjects=[subjects.of_type(t) for t in sorted(spec.handles)],
-            ack_policy=api.AckPolicy.EXPLICIT,
-            ack_wait=self.options.ack_wait,
-            max_deliver=-1,  # the runtime dead-letters after max_attempts itself, so the failure is logged
-            max_ack_pending=self.options.max_ack_pending,
-            deliver_policy=api.DeliverPolicy.ALL,
-        )
-        await retrying(lambda: self.log.js.add_consumer(self.log.stream, cfg), "consumer create", self.log.retry)
+        durable = consumer_name(subjects.prefix, spec.kind, spec.pool)
+        types = sorted(spec.handles)
+        wanted: list[tuple[str, list[str]]] = []
+        if partition is None:
+            wanted.append((durable, [subjects.of_type(t) for t in types]))
+        for p in range(self.options.partitions) if partition is None else (partition,):
+            wanted.append((partition_consumer(durable, p), [subjects.of_type_in(t, p) for t in types]))
+        for name, filters in wanted:
+            cfg = api.ConsumerConfig(
+                durable_name=name,
+                filter_subjects=filters,
+                ack_policy=api.AckPolicy.EXPLICIT,
+                ack_wait=self.options.ack_wait,
+                max_deliver=-1,  # the runtime dead-letters after max_attempts itself, so the failure is logged
+                max_ack_pending=self.options.max_ack_pending,
+                deliver_policy=api.DeliverPolicy.ALL,
+            )
+            await retrying(
+                functools.partial(self.log.js.add_consumer, self.log.stream, cfg), "consumer create", self.log.retry
+            )
+
+    def partitions_changed(self, held: frozenset[int]) -> None:
+        """The leases changed: each replica starts or stops its partitions' loops."""
+        for replica in list(self.replicas):
+            replica.partitions_changed(held)
 
     def attempts_spent(self, seq: int, delivered: int) -> bool:
         """Whether a failed input has had its ``max_attempts`` (then it is dead-lettered).
@@ -425,7 +546,8 @@ class ActorSystem:
         return False
 
     def mine(self, subject: str) -> bool:
-        """Whether this process handles the input on ``subject`` (always, without partitions)."""
+        """Whether this process handles the input on ``subject`` (always, without partitions): for an
+        input of the shared consumer, one stored before the stream had partitions."""
         if self.leases is None:
             return True
         parsed = self.log.subjects.parse_event(subject)
@@ -676,8 +798,19 @@ async def run_actors(
         feed=opts.state_feed,
     )
     system = ActorSystem(elog, outside, opts, metrics or Metrics.create(), cache, trust)
+    info = await retrying(lambda: elog.js.stream_info(elog.stream), "stream info", elog.retry)
+    if partitions_of(info.config) != opts.partitions:  # its consumers would miss the inputs
+        raise partitions_refused(elog.stream, partitions_of(info.config), opts.partitions)
     for spec, _ in specs:
         await system.ensure_consumer(spec)
+    if opts.partitions > 0 and opts.max_in_flight <= opts.partitions:
+        log.warning(
+            "max_in_flight %d is not above the partitions (%d): a replica's loops, one per held partition and "
+            "one shared, each hold a slot while they wait for inputs, so some cannot fetch until another's "
+            "fetch times out; raise CADRE_ACTOR_MAX_IN_FLIGHT",
+            opts.max_in_flight,
+            opts.partitions,
+        )
     if opts.partitions > 0:
         leases = Leases(
             elog.js,
@@ -686,6 +819,7 @@ async def run_actors(
             partitions=opts.partitions,
             ttl=opts.partition_lease_ttl,
             on_lost=lambda lost: cache.forget_where(lambda wf: not leases.owns(wf)),
+            on_change=system.partitions_changed,
         )
         await leases.start()
         system.leases = leases

@@ -4,9 +4,10 @@
                                          [--concurrency C] [--rounds R] [--nats URL]
 
 For each count N of agent processes, a fresh prefix and stream; this process runs the planner,
-validator, decomposer, budget and intake (``run_system``, no partitions); N agent processes
-(``bench/partitions.py --worker``, each ``run_system`` with the agent kind only) run with
-``partitions=P`` (and once more with partitions off, today's behaviour, for the decode count).
+validator, decomposer, budget and intake (``run_system``, with the same ``partitions``: every process
+of a stream has the stream's count, and this one, alone in its group, holds all of them); N agent
+processes (``bench/partitions.py --worker``, each ``run_system`` with the agent kind only) run with
+``partitions=P`` (and once more with partitions off, for the decode count).
 A client submits N workflows (explicit plans, the DAG ``a, b -> c`` of ``bench.burn`` steps that
 hash ``rounds`` times each: a tool that uses the process's CPU), at most C in flight, after a
 warm-up. At the end each agent process reports the events it decoded (its state cache's feed,
@@ -149,7 +150,7 @@ async def settled(nc: NATS, prefix: str, n: int, partitions: int) -> None:
 
 async def run_config(args: argparse.Namespace, url: str, data_dir: Path, n: int, partitions: int) -> dict[str, Any]:
     prefix = f"part{secrets.token_hex(3)}"
-    settings = settings_for(url, data_dir, prefix, 0)
+    settings = settings_for(url, data_dir, prefix, partitions, args.lease_ttl)
     client = await connect(ConnectOptions(url=url, name="bench-client"))
     agents = Agents(url, data_dir, prefix, partitions, n, args.lease_ttl)
     done: dict[str, asyncio.Future[float]] = {}
@@ -170,11 +171,13 @@ async def run_config(args: argparse.Namespace, url: str, data_dir: Path, n: int,
                     fut.set_result(time.perf_counter())
 
             js = client.jetstream()
+            completed = settings.subjects.stored_of_type("workflow_completed")  # with a partition or not
             sub = await js.subscribe(
-                settings.subjects.of_type("workflow_completed"),
+                completed[0],
                 stream=settings.stream_name,
                 ordered_consumer=True,
                 deliver_policy=api.DeliverPolicy.NEW,
+                config=api.ConsumerConfig(filter_subjects=list(completed)),
                 cb=on_end,
             )
             await barrier(client)

@@ -246,6 +246,8 @@ class CadreSide:
                     stream=self.settings.stream_name,
                     ordered_consumer=True,
                     deliver_policy=api.DeliverPolicy.NEW,
+                    # stored with or without a partition in the subject (CADRE_PARTITIONS)
+                    config=api.ConsumerConfig(filter_subjects=list(subjects.stored_of_type(etype))),
                     cb=on_end,
                 )
             )

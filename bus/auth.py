@@ -98,6 +98,7 @@ class AuthNames:
     cache_bucket: str = "CADRE_INFERENCE"
     outputs_bucket: str = "CADRE_OUTPUTS"  # the object store of outputs stored by reference
     pools: tuple[str, ...] = ()  # the agent pools of the policy file: each has its own durable
+    partitions: int = 0  # CADRE_PARTITIONS: each durable has one more per partition (``<durable>_p<i>``)
 
     @property
     def subjects(self) -> Subjects:
@@ -107,6 +108,11 @@ class AuthNames:
         """An actor kind's durable consumer, or an agent pool's (as ``actors.runtime.consumer_name``)."""
         base = f"{self.prefix.replace('.', '_')}_{kind}"
         return base if pool is None else f"{base}_pool_{pool}"
+
+    def durables(self, kind: str, pool: str | None = None) -> list[str]:
+        """An actor kind's (or pool's) durable, then its partition durables (``actors.runtime.partition_consumer``)."""
+        durable = self.durable(kind, pool)
+        return [durable, *(f"{durable}_p{i}" for i in range(self.partitions))]
 
     @property
     def requests_stream(self) -> str:
@@ -135,6 +141,8 @@ class AuthNames:
         }
         if self.pools:  # absent without pools: a deployment without them keeps its minted credentials
             out["pools"] = list(self.pools)
+        if self.partitions:  # the same: absent without partitions
+            out["partitions"] = self.partitions
         return out
 
 
@@ -201,7 +209,8 @@ def _actor_publish(role: str, names: AuthNames) -> list[str]:
         # An agent also consumes with each agent pool's durable (`cadre actor agent --pool NAME`); the
         # planner with its children relay's (actors.children).
         pools = names.pools if role == "agent" else ("children",) if role == "planner" else ()
-        for durable in (names.durable(role), *(names.durable(role, p) for p in pools)):
+        # With partitions, each has one durable more per partition (its own: no wildcard over names).
+        for durable in (*names.durables(role), *(d for p in pools for d in names.durables(role, p))):
             out += [
                 # ensure_consumer: its own durable only; then fetch and ack (in_progress, nak, term).
                 f"$JS.API.CONSUMER.DURABLE.CREATE.{names.stream}.{durable}",
@@ -484,13 +493,15 @@ def keyring_of(identities: Mapping[str, Identity]) -> Keyring:
     )
 
 
-def _write_user(path: Path, role: str, names: AuthNames, account: bytes, seed: bytes, iat: int) -> None:
+def _write_user(path: Path, role: str, names: AuthNames, account: bytes, seed: bytes, iat: int) -> int:
     """A user's creds file: its JWT with ``role``'s permissions, issued by its account's key directly
     (no signing key: iss = the account), and its seed."""
     nats: dict[str, Any] = {"type": "user", "version": 2, "subs": -1, "data": -1, "payload": -1}
     nats.update(permissions(role, names).claims())
     nats["issuer_account"] = _public(account)
-    _write_private(path, _creds(_jwt(account, _public(seed), role, nats, iat), seed))
+    jwt = _jwt(account, _public(seed), role, nats, iat)
+    _write_private(path, _creds(jwt, seed))
+    return len(jwt)
 
 
 def _mint(
@@ -536,9 +547,11 @@ def _mint(
             operator, pub[READERS_ACCOUNT], READERS_ACCOUNT, _account_claims([], readers_imports), iat
         ),
     }
+    largest = 0
     for role in ROLES:
         account = CADRE_ACCOUNT if role in CADRE_ROLES else READERS_ACCOUNT
-        _write_user(creds_path(auth_dir, role), role, names, accounts[account], seeds[role], iat)
+        written = _write_user(creds_path(auth_dir, role), role, names, accounts[account], seeds[role], iat)
+        largest = max(largest, written)
     op_pub = _public(operator)
     op_jwt = _jwt(operator, op_pub, "cadre", {"type": "operator", "version": 2}, iat)
     preload = "\n".join(f"  {pub[a]}: {jwt}" for a, jwt in account_jwts.items())
@@ -550,8 +563,8 @@ def _mint(
         f"operator: {op_jwt}\n"
         f"system_account: {pub[SYSTEM_ACCOUNT]}\n"
         "# A client's CONNECT line carries its JWT: the node role's (every actor role's permissions, and an\n"
-        "# agent durable per agent pool) outgrows the default limit of 4 KB.\n"
-        f"max_control_line: {MAX_CONTROL_LINE}\n"
+        "# agent durable per agent pool, each durable one more per partition) outgrows the default limit of 4 KB.\n"
+        f"max_control_line: {control_line(largest)}\n"
         "resolver: MEMORY\n"
         "resolver_preload: {\n"
         f"{preload}\n"
@@ -561,6 +574,13 @@ def _mint(
 
 MAX_CONTROL_LINE = 32_768
 """The server's limit on a protocol line (``auth.conf``): room for the largest role's JWT."""
+
+
+def control_line(largest_jwt: int) -> int:
+    """``max_control_line`` for users whose largest JWT has ``largest_jwt`` characters: at least
+    :data:`MAX_CONTROL_LINE`, and room for that JWT and the rest of a CONNECT line (many partitions
+    make the node role's JWT longer: a durable per partition per kind)."""
+    return max(MAX_CONTROL_LINE, -(-(largest_jwt + 8192) // 4096) * 4096)
 
 
 def role_of_creds(path: Path) -> str | None:

@@ -11,6 +11,11 @@
     <prefix>.evt.<workflow_id>.<type>      every event of a workflow (JetStream, the event log)
 
 A workflow id and an event type are single subject tokens: letters, digits, ``_`` and ``-``.
+
+With partitions (``CADRE_PARTITIONS``), the event stream stores each event under its subject plus
+the workflow's partition, ``<prefix>.evt.<workflow_id>.<type>.<partition>``: the stream's own
+subject transform adds it (:func:`partition_transform`); publishers still publish the subject
+above, and readers take either form (:meth:`Subjects.parse_event`, :meth:`Subjects.published`).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from dataclasses import dataclass
 
 from cadre.bus.errors import InvalidName
 
+_PARTITION = re.compile(r"[0-9]{1,4}")
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _PREFIX = re.compile(r"[A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64}){0,7}")
 
@@ -104,12 +110,59 @@ class Subjects:
         """Events of one type across all workflows (an actor's consumer filter)."""
         return f"{self.prefix}.evt.*.{check_token('event type', event_type)}"
 
+    def of_type_in(self, event_type: str, partition: int) -> str:
+        """Events of one type stored under one partition (a partition consumer's filter)."""
+        return f"{self.of_type(event_type)}.{partition}"
+
+    def stored_of_type(self, event_type: str) -> tuple[str, str]:
+        """The filters of one type's events as stored: without and with a partition token (a stream
+        that got its partitions later holds both; an unpartitioned one never the second)."""
+        of_type = self.of_type(event_type)
+        return of_type, f"{of_type}.*"
+
+    def stored_event(self, workflow_id: str, event_type: str) -> tuple[str, str]:
+        """The subjects one workflow's events of a type are stored under: without and with a partition."""
+        event = self.event(workflow_id, event_type)
+        return event, f"{event}.*"
+
     def parse_event(self, subject: str) -> tuple[str, str] | None:
-        """``(workflow_id, event_type)`` of an event subject, or None when it is not one."""
+        """``(workflow_id, event_type)`` of an event subject, or None when it is not one.
+
+        A stored subject may end in the workflow's partition (digits), which the stream added."""
         head = f"{self.prefix}.evt."
         if not subject.startswith(head):
             return None
         rest = subject[len(head) :].split(".")
+        if len(rest) == 3 and _PARTITION.fullmatch(rest[2]):
+            rest.pop()
         if len(rest) != 2 or not all(rest):
             return None
         return rest[0], rest[1]
+
+    def published(self, subject: str) -> str:
+        """The subject an event was published to: a stored subject without its partition token (what a
+        signature binds: :mod:`bus.signing`); any other subject as it is."""
+        head = f"{self.prefix}.evt."
+        if subject.startswith(head):
+            rest = subject[len(head) :].split(".")
+            if len(rest) == 3 and all(rest[:2]) and _PARTITION.fullmatch(rest[2]):
+                return subject.rpartition(".")[0]
+        return subject
+
+
+def partition_transform(events: str, partitions: int) -> tuple[str, str]:
+    """The event stream's subject transform with ``partitions``: ``(src, dest)`` for the stream whose
+    subjects are ``events`` (``<prefix>.evt.>``). JetStream stores ``<prefix>.evt.<wf>.<type>`` as
+    ``<prefix>.evt.<wf>.<type>.<p>``, ``p`` the FNV-1a hash of the workflow token mod ``partitions``
+    (``actors.partitions.partition_of``)."""
+    base = events.removesuffix(">")
+    return f"{base}*.*", f"{base}{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}.{{{{partition({partitions},1)}}}}"
+
+
+_TRANSFORM_DEST = re.compile(r"\{\{\s*partition\(\s*([0-9]+)\s*,\s*1\s*\)\s*\}\}$")
+
+
+def transform_partitions(dest: str | None) -> int:
+    """The partitions of a stream's subject transform destination (0: none, or not one of cadre's)."""
+    m = _TRANSFORM_DEST.search(dest or "")
+    return int(m.group(1)) if m else 0

@@ -50,4 +50,5 @@ def ledger_spec(settings: Settings) -> StreamSpec:
         subjects=settings.subjects.ledger,
         max_age=0.0,
         max_bytes=-1,
+        partitions=0,  # one subject, no workflows
     )

@@ -26,7 +26,7 @@ from cadre.actors.clock import random_token, utc_now
 from cadre.actors.intake import submit
 from cadre.actors.ping import ping_all
 from cadre.actors.redrive import dead_letters
-from cadre.actors.runtime import consumer_name
+from cadre.actors.runtime import consumer_name, partition_consumer
 from cadre.budget_report import render_report
 from cadre.bus.approvals import (
     ApprovalReply,
@@ -495,12 +495,14 @@ async def status(settings: Settings, as_json: bool) -> int:
         durables = [(k, k, None) for k in ACTOR_KINDS] + [(f"agent:{p}", "agent", p) for p in settings.pools]
         for kind, actor_kind, pool in durables:
             name = consumer_name(settings.subject_prefix, actor_kind, pool)
+            # With partitions, the kind's inputs are in its consumer per partition too: the sums.
+            names = [name, *(partition_consumer(name, p) for p in range(settings.partitions))]
             try:
-                ci = await bus.log.js.consumer_info(settings.stream_name, name)
+                infos = [await bus.log.js.consumer_info(settings.stream_name, n) for n in names]
                 consumers[kind] = {
-                    "pending": ci.num_pending,
-                    "in_flight": ci.num_ack_pending,
-                    "waiting": ci.num_waiting,
+                    "pending": sum(ci.num_pending or 0 for ci in infos),
+                    "in_flight": sum(ci.num_ack_pending or 0 for ci in infos),
+                    "waiting": sum(ci.num_waiting or 0 for ci in infos),
                 }
             except Exception:
                 consumers[kind] = None

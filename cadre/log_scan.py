@@ -6,7 +6,7 @@ a long log (past the server's limit), and a direct read per workflow a round tri
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from nats.aio.msg import Msg
 
@@ -17,7 +17,7 @@ from cadre.store.records import Record, to_record
 
 async def _scan(
     log: JetStreamLog,
-    subject: str,
+    subject: str | Sequence[str],
     keep: Callable[[str, Record], None],
     done_at: Callable[[int, int], bool],
     stall_s: float,
@@ -48,7 +48,8 @@ async def _scan(
                 await asyncio.wait_for(done.wait(), stall_s)
             except TimeoutError:
                 if seen == before:
-                    raise StoreError(f"reading {subject} from the event log stalled after {seen} messages") from None
+                    what = subject if isinstance(subject, str) else " and ".join(subject)
+                    raise StoreError(f"reading {what} from the event log stalled after {seen} messages") from None
     finally:
         await sub.unsubscribe()
 
@@ -79,5 +80,6 @@ async def last_of_type(log: JetStreamLog, event_type: str, stored: int, stall_s:
     def keep(wf: str, r: Record) -> None:
         found[wf] = r
 
-    await _scan(log, log.subjects.of_type(event_type), keep, lambda _, n: n >= stored, stall_s)
+    # Stored with or without a partition in the subject: one consumer with both filters.
+    await _scan(log, log.subjects.stored_of_type(event_type), keep, lambda _, n: n >= stored, stall_s)
     return found

@@ -294,7 +294,9 @@ class Settings(BaseSettings):
         ge=0,
         le=4096,
         description="workflows hash to this many partitions, which the processes running the same actor kinds "
-        "share through leases (each decodes and handles only its own); 0 = no partitions, every process sees all",
+        "share through leases (each decodes and handles only its own, through a consumer per partition); the "
+        "event stream stores the partition in each subject and keeps the count it got first (every process of a "
+        "stream sets the same); 0 = no partitions, every process sees all",
     )
     partition_lease_ttl_s: float = Field(
         default=6.0, gt=0, description="a partition lease not renewed for this long expires (a dead process's)"
@@ -472,6 +474,7 @@ class Settings(BaseSettings):
             duplicate_window=self.stream_duplicate_window_s,
             max_age=self.stream_max_age_s,
             max_bytes=self.stream_max_bytes,
+            partitions=self.partitions,
         )
 
     def retry_policy(self) -> RetryPolicy:
@@ -513,6 +516,7 @@ class Settings(BaseSettings):
             cache_bucket=self.inference_cache_bucket,
             outputs_bucket=self.outputs_bucket,
             pools=tuple(sorted(self.pools)),
+            partitions=self.partitions,
         )
 
     @property

@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import functools
 import hashlib
 import json
 import re
@@ -471,12 +472,21 @@ class JetStreamLog:
 
     async def last_of_type(self, workflow_id: str, event_type: str) -> Record | None:
         """The workflow's last message of ``event_type`` with its signature (None: it has none)."""
-        subject = self.subjects.event(workflow_id, event_type)
-        try:
-            m = await self._retry(lambda: self._js.get_last_msg(self.spec.name, subject), "event log read")
-        except NotFoundError:
+        m = await self.last_msg_of_type(workflow_id, event_type)
+        if m is None:
             return None
-        return await self.record(m.seq or 0, m.subject or subject, m.data or b"", m.headers)
+        return await self.record(m.seq or 0, m.subject or "", m.data or b"", m.headers)
+
+    async def last_msg_of_type(self, workflow_id: str, event_type: str) -> api.RawStreamMsg | None:
+        """The workflow's last stored message of ``event_type``, undecoded (None: it has none): the later
+        of the last one stored without a partition and the last one with (a stream that got its
+        partitions later may hold both)."""
+        found: list[api.RawStreamMsg] = []
+        for subject in self.subjects.stored_event(workflow_id, event_type):
+            read = functools.partial(self._js.get_last_msg, self.spec.name, subject)
+            with contextlib.suppress(NotFoundError):
+                found.append(await self._retry(read, "event log read"))
+        return max(found, key=lambda m: m.seq or 0, default=None)
 
     async def _last_msg(self, workflow_id: str) -> api.RawStreamMsg | None:
         subject = self.subjects.workflow(workflow_id)
@@ -543,11 +553,15 @@ class JetStreamLog:
     async def _subscribe(self, workflow_id: str, after_seq: int, cb: Any = None) -> Any:
         return await self.ordered(self.subjects.workflow(workflow_id), after_seq, cb)
 
-    async def ordered(self, subject: str, after_seq: int | None, cb: Any) -> Any:
-        """An ordered push consumer of ``subject`` from the message after ``after_seq`` (None: new
-        messages only), created through an outage. nats-py recreates it from where it was when it
-        hears nothing for two heartbeats (its server died, or the stream moved to another leader)."""
+    async def ordered(self, subject: str | Sequence[str], after_seq: int | None, cb: Any) -> Any:
+        """An ordered push consumer of ``subject`` (or of several filters) from the message after
+        ``after_seq`` (None: new messages only), created through an outage. nats-py recreates it
+        from where it was when it hears nothing for two heartbeats (its server died, or the stream
+        moved to another leader)."""
         config = api.ConsumerConfig(idle_heartbeat=_FEED_HEARTBEAT_S)
+        if not isinstance(subject, str):
+            config.filter_subjects = list(subject)
+            subject = subject[0]
         if after_seq is None:
             policy = api.DeliverPolicy.NEW
         elif after_seq > 0:

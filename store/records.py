@@ -20,7 +20,11 @@ from cadre.bus.subjects import Subjects
 
 class StoredEvent(msgspec.Struct, frozen=True, gc=False):
     """An event as stored: its stream sequence, subject, the decoded envelope and its exact bytes,
-    and the signature of whoever wrote it (None: written unsigned, as before signing existed)."""
+    and the signature of whoever wrote it (None: written unsigned, as before signing existed).
+
+    ``subject`` is the subject the event was published to, ``<prefix>.evt.<wf>.<type>``: the
+    partition token a partitioned stream adds when it stores it is dropped (it is the server's
+    function of the workflow id; the signature binds the published subject)."""
 
     seq: int
     subject: str
@@ -50,7 +54,9 @@ def to_record(
     """Decode one stored message; a problem becomes a :class:`Malformed` record, never an exception.
 
     ``headers`` are the message's NATS headers, where its signature travels (:mod:`bus.signing`).
+    A stored subject's partition token is dropped (:meth:`Subjects.published`).
     """
+    subject = subjects.published(subject)
     try:
         event = codec.decode(data)
     except DecodeError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 import subprocess
 import time
@@ -101,6 +102,14 @@ async def log(nc: NATS, spec_and_subjects: tuple[StreamSpec, Subjects]) -> Async
     await jlog.ensure_stream()
     yield jlog
     await nc.jetstream().delete_stream(spec.name)
+
+
+async def with_partitions(log: JetStreamLog, partitions: int) -> JetStreamLog:
+    """``log``'s stream given ``partitions`` (as a process with ``CADRE_PARTITIONS`` set brings it up
+    to date at start-up), and a log of that setting on it."""
+    plog = JetStreamLog(log.nc, stream=dataclasses.replace(log.spec, partitions=partitions), subjects=log.subjects)
+    await plog.ensure_stream()
+    return plog
 
 
 def ev(data: Event, wf: str, *, cause: str | None = None, i: int = 0, actor: str = "test") -> Envelope:

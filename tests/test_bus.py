@@ -10,6 +10,7 @@ from nats.aio.client import Client as NATS
 
 from cadre.bus import ConnectOptions, StreamSpec, Subjects, check_token, connect, ensure_stream
 from cadre.bus.errors import InvalidName, NatsUnavailable, StreamConfigError
+from cadre.bus.subjects import partition_transform, transform_partitions
 from tests.conftest import unique
 
 
@@ -22,6 +23,25 @@ def test_subjects_of_a_workflow() -> None:
     assert s.parse_event("acme.cadre.evt.wf-1.plan_proposed") == ("wf-1", "plan_proposed")
     assert s.parse_event("acme.cadre.evt.wf-1") is None
     assert s.parse_event("cadre.evt.wf-1.x") is None
+
+
+def test_a_stored_subject_may_end_in_its_partition() -> None:
+    s = Subjects("acme.cadre")
+    # As a partitioned stream stores it (the server's subject transform adds the partition).
+    assert s.parse_event("acme.cadre.evt.wf-1.plan_proposed.3") == ("wf-1", "plan_proposed")
+    assert s.published("acme.cadre.evt.wf-1.plan_proposed.3") == "acme.cadre.evt.wf-1.plan_proposed"
+    assert s.published("acme.cadre.evt.wf-1.plan_proposed") == "acme.cadre.evt.wf-1.plan_proposed"
+    # Only digits: any other fifth token is no event subject (nor is a sixth).
+    for bad in ("acme.cadre.evt.wf-1.plan_proposed.x", "acme.cadre.evt.wf-1.plan_proposed.3.4"):
+        assert s.parse_event(bad) is None
+        assert s.published(bad) == bad
+    assert s.of_type_in("step_ready", 2) == "acme.cadre.evt.*.step_ready.2"
+    assert s.stored_of_type("step_ready") == ("acme.cadre.evt.*.step_ready", "acme.cadre.evt.*.step_ready.*")
+    src, dest = partition_transform(s.events, 8)
+    assert src == "acme.cadre.evt.*.*"
+    assert dest == "acme.cadre.evt.{{wildcard(1)}}.{{wildcard(2)}}.{{partition(8,1)}}"
+    assert transform_partitions(dest) == 8
+    assert transform_partitions(None) == transform_partitions("x.{{wildcard(1)}}") == 0
 
 
 @pytest.mark.parametrize("bad", ["", "a.b", "a b", "*", ">", "x" * 129])

@@ -27,7 +27,7 @@ from cadre.store import JetStreamLog, StoredEvent
 from cadre.store.records import to_record
 from cadre.store.state import WorkflowState, fold
 from cadre.system import KINDS, state_feed
-from tests.conftest import ev, requested, until
+from tests.conftest import ev, requested, until, with_partitions
 from tests.test_runtime import FAST, wait_for_type
 
 OFF = dataclasses.replace(FAST, state_feed=False)
@@ -312,6 +312,7 @@ async def test_a_partition_taken_over_is_loaded_by_its_new_holder(log: JetStream
         return ActorSpec(kind="stepper", handles=frozenset({WorkflowRequested.TYPE, StepsProposed.TYPE}), handler=step)
 
     options = dataclasses.replace(OFF, partitions=2, partition_lease_ttl=0.9)
+    log = await with_partitions(log, 2)
     own = [JetStreamLog(nc, stream=log.spec, subjects=log.subjects) for _ in range(2)]  # a log per process
     async with contextlib.AsyncExitStack() as xs:
         x = await xs.enter_async_context(run_actors(own[0], [(stepper("x"), 1)], outside=Outside(), options=options))
