@@ -139,15 +139,20 @@ class Subjects:
             return None
         return rest[0], rest[1]
 
+    def parse_stored(self, subject: str) -> tuple[str, str, str] | None:
+        """``(workflow_id, event_type, published subject)`` of a stored event subject, or None when it
+        is not one: the published subject is the stored one without its partition token."""
+        parsed = self.parse_event(subject)
+        if parsed is None:
+            return None
+        workflow_id, event_type = parsed
+        return workflow_id, event_type, f"{self.prefix}.evt.{workflow_id}.{event_type}"
+
     def published(self, subject: str) -> str:
         """The subject an event was published to: a stored subject without its partition token (what a
         signature binds: :mod:`bus.signing`); any other subject as it is."""
-        head = f"{self.prefix}.evt."
-        if subject.startswith(head):
-            rest = subject[len(head) :].split(".")
-            if len(rest) == 3 and all(rest[:2]) and _PARTITION.fullmatch(rest[2]):
-                return subject.rpartition(".")[0]
-        return subject
+        stored = self.parse_stored(subject)
+        return subject if stored is None else stored[2]
 
 
 def partition_transform(events: str, partitions: int) -> tuple[str, str]:

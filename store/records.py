@@ -54,15 +54,16 @@ def to_record(
     """Decode one stored message; a problem becomes a :class:`Malformed` record, never an exception.
 
     ``headers`` are the message's NATS headers, where its signature travels (:mod:`bus.signing`).
-    A stored subject's partition token is dropped (:meth:`Subjects.published`).
+    A stored subject's partition token is dropped (:meth:`Subjects.parse_stored`).
     """
-    subject = subjects.published(subject)
+    stored = subjects.parse_stored(subject)  # one parse: the workflow, the type, the published subject
+    if stored is not None:
+        subject = stored[2]
     try:
         event = codec.decode(data)
     except DecodeError as exc:
         return Malformed(seq, subject, exc.reason, data)
-    parsed = subjects.parse_event(subject)
-    if parsed is None or parsed != (event.workflow_id, event.type):
+    if stored is None or stored[0] != event.workflow_id or stored[1] != event.type:
         return Malformed(
             seq,
             subject,
