@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -74,6 +77,21 @@ async def nc(nats_url: str) -> AsyncIterator[NATS]:
     c = await connect(ConnectOptions(url=nats_url, name="cadre-tests"))
     yield c
     await c.drain()
+
+
+def run_bench(script: str, *args: str, timeout: float) -> tuple[dict[str, Any], str]:
+    """``python bench/SCRIPT ARGS...`` from the repository's root: its JSON result (stdout) and its
+    progress (stderr); a failed run fails the test with the end of its stderr."""
+    done = subprocess.run(
+        [sys.executable, f"bench/{script}", *args],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout), done.stderr
 
 
 def unique(prefix: str = "t") -> str:

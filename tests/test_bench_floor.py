@@ -6,29 +6,18 @@ feed delivering every message a second time (feed), cadre's extra inputs fetched
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import run_bench
+
 WORKFLOWS = 10
 
 
 @pytest.mark.timeout(180)
 def test_floor_bench_runs_every_variant_at_a_tiny_size() -> None:
-    done = subprocess.run(
-        [sys.executable, "bench/floor.py", *("--workflows", str(WORKFLOWS), "--concurrency", "4", "--runs", "1")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=170,
-        check=False,
+    result, progress = run_bench(
+        "floor.py", *("--workflows", str(WORKFLOWS), "--concurrency", "4", "--runs", "1"), timeout=170
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout)
     shape = result["shape"]
     assert shape["hops"] == len(shape["event_types"]) - 1 >= 10
     assert shape["event_types"][0] == "workflow_requested"
@@ -84,4 +73,4 @@ def test_floor_bench_runs_every_variant_at_a_tiny_size() -> None:
     assert {"sign", "check_signed_here", "check_verify", "decode", "encode"} <= set(micro)
     assert all(us > 0 for us in micro.values())
     assert micro["check_verify"] > micro["check_signed_here"]
-    assert "| all_verify |" in done.stderr
+    assert "| all_verify |" in progress

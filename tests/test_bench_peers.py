@@ -6,37 +6,24 @@ runtime's nor the dev extra's: where they are not installed (CI installs dev onl
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import run_bench
+
 pytest.importorskip("langgraph.checkpoint.sqlite.aio", reason="the bench extra (LangGraph) is not installed")
 pytest.importorskip("dbos", reason="the bench extra (DBOS) is not installed")
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.timeout(120)
 def test_peers_bench_runs_every_side_at_a_tiny_size(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [
-            sys.executable,
-            "bench/peers.py",
-            *("--workflows", "10", "--concurrency", "4", "--runs", "1"),
-            "--latency-workflows",
-            "1",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    result, progress = run_bench(
+        "peers.py",
+        *("--workflows", "10", "--concurrency", "4", "--runs", "1"),
+        *("--latency-workflows", "1"),
         timeout=110,
-        check=False,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout)
     assert result["dag"].startswith("a, b -> c")
     assert result["pipeline"]["cadre"]["workflows_per_s"] > 0
     assert result["pipeline"]["raw"]["workflows_per_s"] > 0
@@ -53,4 +40,4 @@ def test_peers_bench_runs_every_side_at_a_tiny_size(tmp_path: Path) -> None:
     assert "durability='sync'" in result["peers"]["langgraph"]["durability"]
     assert set(result["ratios"]) == {"cadre/raw", "cadre/langgraph", "cadre/dbos", "raw/langgraph", "raw/dbos"}
     assert result["idle_cpu_ms_per_s"] >= 0
-    assert "| LangGraph + SQLite checkpointer |" in done.stderr
+    assert "| LangGraph + SQLite checkpointer |" in progress
