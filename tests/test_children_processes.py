@@ -4,15 +4,12 @@ its end to the parent, and the parent completes, each event once."""
 
 from __future__ import annotations
 
-import json
-
 from nats.aio.client import Client as NATS
 
 from cadre.bus.events import ChildCompleted, ChildRequested, WorkflowCompleted, WorkflowRequested
 from cadre.planner.children import child_id
 from cadre.store import JetStreamLog
 from cadre.store.state import fold
-from tests.conftest import until
 from tests.test_processes import Cluster, cluster  # noqa: F401  (the fixture)
 
 
@@ -22,14 +19,11 @@ async def test_planner_killed_during_a_childs_run_completes_the_parent_once(nc: 
     await cluster.wait_alive(nc, {"planner": 1, "validator": 1, "decomposer": 1, "agent": 1, "budget": 1})
     slow = {"id": "w", "tool": "test.slow_append", "inputs": {"path": "child.txt", "line": "once", "sleep_s": 2}}
     body = {"plan": {"nodes": [{"id": "sub", "tool": "workflow.run", "inputs": {"plan": {"nodes": [slow]}}}]}}
-    resp = await nc.request(cluster.subjects.requests, json.dumps(body).encode(), timeout=10)
-    wf = json.loads(resp.data)["workflow_id"]
     written = cluster.data_dir / "workspace" / "child.txt"
-    await until(written.exists, 20)  # another process writes it
-    cluster.procs["planner"].kill()  # kill -9, while the child's step sleeps
-    cluster.procs["planner"].wait()
-    cluster.start("planner-2", "planner")
-    parent = await cluster.ended(nc, wf, 30)
+    # kill -9 of the planner while the child's step sleeps
+    wf, parent = await cluster.killed_mid_side_effect(
+        nc, body, written, "planner", lambda: cluster.start("planner-2", "planner"), written_within=20, ended_within=30
+    )
     child = await JetStreamLog(nc, stream=cluster.spec, subjects=cluster.subjects).read(child_id(wf, "sub"))
     state = fold(wf, parent)
     assert state.status == "completed", state.failure

@@ -4,7 +4,6 @@ the other, and every workflow completes once (each side effect once, each step c
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,8 +73,7 @@ async def test_a_killed_agents_partitions_move_and_every_workflow_completes_once
                 ]
             }
         }
-        resp = await nc.request(cluster.subjects.requests, json.dumps(body).encode(), timeout=10)
-        wfs.append(json.loads(resp.data)["workflow_id"])
+        wfs.append(await cluster.submit(nc, body))
     workspace = cluster.data_dir / "workspace"
     # Once both agents wrote (other processes write the files), both are mid-step.
     await until(lambda: len(list(workspace.glob("ledger-*.txt"))) >= 4, 20)

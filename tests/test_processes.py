@@ -8,8 +8,9 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from nats.aio.client import Client as NATS
@@ -67,6 +68,33 @@ class Cluster:
                     break
         return await log.read(wf)
 
+    async def submit(self, nc: NATS, body: dict[str, Any]) -> str:
+        """Send a request to the intake; the id of the workflow it started."""
+        resp = await nc.request(self.subjects.requests, json.dumps(body).encode(), timeout=10)
+        wf: str = json.loads(resp.data)["workflow_id"]
+        return wf
+
+    async def killed_mid_side_effect(
+        self,
+        nc: NATS,
+        body: dict[str, Any],
+        written: Path,
+        victim: str,
+        replace: Callable[[], None],
+        *,
+        written_within: float,
+        ended_within: float,
+    ) -> tuple[str, list[StoredEvent]]:
+        """Submit ``body``, one of whose steps writes ``written`` and then sleeps; once the file exists
+        (its side effect done, its result not stored), kill -9 process ``victim`` and ``replace`` it.
+        The workflow's id and its events once it has ended."""
+        wf = await self.submit(nc, body)
+        await until(written.exists, written_within)  # another process writes it
+        self.procs[victim].kill()  # kill -9
+        self.procs[victim].wait()
+        replace()
+        return wf, await self.ended(nc, wf, ended_within)
+
     async def wait_alive(self, nc: NATS, kinds: dict[str, int], within: float = 20) -> None:
         async with asyncio.timeout(within):
             while True:
@@ -101,9 +129,8 @@ def cluster(nats_url: str, tmp_path: Path) -> Iterator[Cluster]:
         c.stop()
 
 
-async def submit_and_wait(nc: NATS, c: Cluster, body: dict[str, object], within: float = 30) -> str:
-    resp = await nc.request(c.subjects.requests, json.dumps(body).encode(), timeout=10)
-    wf: str = json.loads(resp.data)["workflow_id"]
+async def submit_and_wait(nc: NATS, c: Cluster, body: dict[str, Any], within: float = 30) -> str:
+    wf = await c.submit(nc, body)
     await c.ended(nc, wf, within)
     return wf
 
@@ -135,15 +162,10 @@ async def test_agent_killed_mid_side_effect_step(nc: NATS, cluster: Cluster) -> 
             ]
         }
     }
-    resp = await nc.request(cluster.subjects.requests, json.dumps(body).encode(), timeout=10)
-    wf = json.loads(resp.data)["workflow_id"]
     ledger = cluster.data_dir / "workspace" / "ledger.txt"
-    # Once the file exists the side effect has happened and the step's result is not stored yet.
-    await until(ledger.exists, 20)
-    cluster.procs["agent-1"].kill()  # kill -9
-    cluster.procs["agent-1"].wait()
-    cluster.start("agent-2", "agent")
-    events = await cluster.ended(nc, wf, 30)
+    wf, events = await cluster.killed_mid_side_effect(
+        nc, body, ledger, "agent-1", lambda: cluster.start("agent-2", "agent"), written_within=20, ended_within=30
+    )
     state = fold(wf, events)
     assert state.status == "completed", state.failure
     assert ledger.read_text() == "paid invoice 7\n"  # once, although the step ran twice

@@ -3,13 +3,10 @@ process that replaces it knows nothing of the workflow, loads it, and completes 
 
 from __future__ import annotations
 
-import json
-
 from nats.aio.client import Client as NATS
 
 from cadre.bus.events import StepCompleted
 from cadre.store.state import fold
-from tests.conftest import until
 from tests.test_processes import Cluster, cluster  # noqa: F401 (the fixture)
 
 
@@ -39,14 +36,10 @@ async def test_cadre_up_killed_mid_side_effect_step_is_replaced_and_completes_on
             ]
         }
     }
-    resp = await nc.request(cluster.subjects.requests, json.dumps(body).encode(), timeout=10)
-    wf = json.loads(resp.data)["workflow_id"]
     ledger = cluster.data_dir / "workspace" / "ledger.txt"
-    await until(ledger.exists, 30)  # another process writes it
-    cluster.procs["up-1"].kill()  # kill -9, mid-step: its side effect done, its result not stored
-    cluster.procs["up-1"].wait()
-    cluster.launch("up-2", "up")
-    events = await cluster.ended(nc, wf, 40)
+    wf, events = await cluster.killed_mid_side_effect(
+        nc, body, ledger, "up-1", lambda: cluster.launch("up-2", "up"), written_within=30, ended_within=40
+    )
     state = fold(wf, events)
     assert state.status == "completed", state.failure
     assert ledger.read_text() == "paid invoice 7\n"  # once, although the step ran twice
